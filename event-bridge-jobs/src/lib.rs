@@ -1,0 +1,1 @@
+//! Job worker bridge (`WorkerEvent` → `ServerEvent`), queue status, and note-change emission after commit.

@@ -1,0 +1,383 @@
+//! Authentication hooks for transports.
+//!
+//! A transport extracts [`Credentials`] from the request (bearer header,
+//! `?token=`, or the WebSocket subprotocol `bearer.<token>`) and asks the
+//! host's [`Authenticator`] for a [`Principal`]. The principal decides which
+//! scoped events the connection may see: unscoped events reach everyone,
+//! events with a `memory` or `tenant_id` reach only principals allowed it.
+//!
+//! Two authenticators ship here: [`AllowAnonymous`] (local mode: everyone is
+//! admitted and sees everything) and [`StaticTokens`] (an admin token and a
+//! list of client tokens, compared in constant time). matric-api plugs its
+//! OAuth validation in by implementing the trait.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::event::Event;
+
+/// What a client presented. The token is never printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The bearer token, if any.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Credentials with a token.
+    pub fn bearer(token: impl Into<String>) -> Self {
+        Credentials {
+            token: Some(token.into()),
+        }
+    }
+
+    /// Extracts the token from a request: `Authorization: Bearer <t>` first,
+    /// then `Sec-WebSocket-Protocol: bearer.<t>` (when `websocket`), then the
+    /// `token` query parameter.
+    pub fn from_request(headers: &HeaderMap, query_token: Option<&str>, websocket: bool) -> Self {
+        let from_header = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| rest.trim().to_owned())
+            });
+        let from_protocol =
+            || websocket_bearer_protocol(headers).map(|(_, token)| token.to_owned());
+        let token = from_header
+            .or_else(|| if websocket { from_protocol() } else { None })
+            .or_else(|| query_token.map(str::to_owned))
+            .filter(|t| !t.is_empty());
+        Credentials { token }
+    }
+}
+
+/// Finds a `bearer.<token>` entry in `Sec-WebSocket-Protocol`, returning the
+/// whole protocol name (which the server must echo back to accept it) and the
+/// token.
+pub fn websocket_bearer_protocol(headers: &HeaderMap) -> Option<(&str, &str)> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("bearer.").map(|t| (p, t)))
+}
+
+/// The role a principal plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// No credentials were presented.
+    Anonymous,
+    /// A client token (UI, agent).
+    Client,
+    /// The admin token: may manage webhooks, publish, kick connections.
+    Admin,
+}
+
+/// A set of scope values a principal may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Every value.
+    All,
+    /// Only these values (events without a value are still visible).
+    Only(BTreeSet<String>),
+}
+
+impl Access {
+    /// No scoped value at all.
+    pub fn none() -> Access {
+        Access::Only(BTreeSet::new())
+    }
+
+    /// Whether `value` is allowed.
+    pub fn allows(&self, value: &str) -> bool {
+        match self {
+            Access::All => true,
+            Access::Only(set) => set.contains(value),
+        }
+    }
+}
+
+/// An authenticated (or anonymous) client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// A stable, non-secret identifier for logs and the connection list
+    /// (never the token itself).
+    pub id: String,
+    /// The role.
+    pub role: Role,
+    /// The memories this principal may see.
+    pub memories: Access,
+    /// The tenants this principal may see.
+    pub tenants: Access,
+}
+
+impl Principal {
+    /// An anonymous principal that sees everything (local mode).
+    pub fn anonymous() -> Self {
+        Principal {
+            id: "anonymous".to_owned(),
+            role: Role::Anonymous,
+            memories: Access::All,
+            tenants: Access::All,
+        }
+    }
+
+    /// An admin that sees everything.
+    pub fn admin(id: impl Into<String>) -> Self {
+        Principal {
+            id: id.into(),
+            role: Role::Admin,
+            memories: Access::All,
+            tenants: Access::All,
+        }
+    }
+
+    /// Whether this principal may manage the server (webhooks, publishing,
+    /// connections).
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// Whether this principal may see the event (scope check only).
+    pub fn can_see(&self, event: &Event) -> bool {
+        event.memory().is_none_or(|m| self.memories.allows(m))
+            && event.tenant_id().is_none_or(|t| self.tenants.allows(t))
+    }
+}
+
+/// Turns credentials into a principal. Implemented by the host.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// Admits or refuses a client. Refusal is [`Error::Unauthorized`].
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, Error>;
+}
+
+#[async_trait]
+impl<A: Authenticator + ?Sized> Authenticator for Arc<A> {
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, Error> {
+        (**self).authenticate(credentials).await
+    }
+}
+
+/// Local mode: everyone is admitted as an anonymous principal that sees
+/// every event and may administer. Use only on a trusted network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAnonymous;
+
+#[async_trait]
+impl Authenticator for AllowAnonymous {
+    async fn authenticate(&self, _credentials: &Credentials) -> Result<Principal, Error> {
+        Ok(Principal {
+            role: Role::Admin,
+            ..Principal::anonymous()
+        })
+    }
+}
+
+/// A fixed set of tokens. Tokens are stored as SHA-256 digests and compared
+/// in constant time; principals are named by a digest prefix, never by the
+/// token.
+#[derive(Clone, Default)]
+pub struct StaticTokens {
+    admin: Option<[u8; 32]>,
+    clients: Vec<([u8; 32], Access)>,
+    allow_anonymous: bool,
+}
+
+impl fmt::Debug for StaticTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticTokens")
+            .field("admin", &self.admin.is_some())
+            .field("clients", &self.clients.len())
+            .field("allow_anonymous", &self.allow_anonymous)
+            .finish()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Constant-time equality of two digests.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+impl StaticTokens {
+    /// No tokens, anonymous clients refused.
+    pub fn new() -> Self {
+        StaticTokens::default()
+    }
+
+    /// Sets the admin token.
+    pub fn admin(mut self, token: &str) -> Self {
+        self.admin = Some(digest(token));
+        self
+    }
+
+    /// Adds a client token that sees every memory and tenant.
+    pub fn client(self, token: &str) -> Self {
+        self.client_with_memories(token, Access::All)
+    }
+
+    /// Adds a client token limited to some memories.
+    pub fn client_with_memories(mut self, token: &str, memories: Access) -> Self {
+        self.clients.push((digest(token), memories));
+        self
+    }
+
+    /// Admits clients without a token as anonymous principals that see only
+    /// unscoped events.
+    pub fn allow_anonymous(mut self, allow: bool) -> Self {
+        self.allow_anonymous = allow;
+        self
+    }
+
+    fn principal_id(prefix: &str, d: &[u8; 32]) -> String {
+        let mut id = String::with_capacity(prefix.len() + 9);
+        id.push_str(prefix);
+        id.push(':');
+        for b in &d[..4] {
+            id.push_str(&format!("{b:02x}"));
+        }
+        id
+    }
+}
+
+#[async_trait]
+impl Authenticator for StaticTokens {
+    async fn authenticate(&self, credentials: &Credentials) -> Result<Principal, Error> {
+        let Some(token) = credentials.token.as_deref() else {
+            if self.allow_anonymous {
+                return Ok(Principal {
+                    memories: Access::none(),
+                    tenants: Access::none(),
+                    ..Principal::anonymous()
+                });
+            }
+            return Err(Error::Unauthorized("a bearer token is required".to_owned()));
+        };
+        let d = digest(token);
+        // Check every entry so timing does not reveal which one matched.
+        let is_admin = self.admin.as_ref().is_some_and(|a| ct_eq(a, &d));
+        let mut client = None;
+        for (candidate, access) in &self.clients {
+            if ct_eq(candidate, &d) && client.is_none() {
+                client = Some(access.clone());
+            }
+        }
+        if is_admin {
+            return Ok(Principal::admin(Self::principal_id("admin", &d)));
+        }
+        match client {
+            Some(memories) => Ok(Principal {
+                id: Self::principal_id("client", &d),
+                role: Role::Client,
+                memories,
+                tenants: Access::All,
+            }),
+            None => Err(Error::Unauthorized("invalid token".to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn token_sources_in_order() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            Credentials::from_request(&h, Some("q"), true)
+                .token
+                .as_deref(),
+            Some("q")
+        );
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("json, bearer.proto"),
+        );
+        assert_eq!(
+            Credentials::from_request(&h, Some("q"), true)
+                .token
+                .as_deref(),
+            Some("proto")
+        );
+        assert_eq!(
+            Credentials::from_request(&h, Some("q"), false)
+                .token
+                .as_deref(),
+            Some("q")
+        );
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer hdr"),
+        );
+        assert_eq!(
+            Credentials::from_request(&h, Some("q"), true)
+                .token
+                .as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(
+            websocket_bearer_protocol(&h),
+            Some(("bearer.proto", "proto"))
+        );
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        let c = Credentials::bearer("s3cret-token");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn static_tokens() {
+        let auth = StaticTokens::new().admin("adm-token").client("cli-token");
+        let admin = auth
+            .authenticate(&Credentials::bearer("adm-token"))
+            .await
+            .unwrap();
+        assert!(admin.is_admin());
+        assert!(!admin.id.contains("adm-token"));
+        let client = auth
+            .authenticate(&Credentials::bearer("cli-token"))
+            .await
+            .unwrap();
+        assert_eq!(client.role, Role::Client);
+        assert!(matches!(
+            auth.authenticate(&Credentials::bearer("nope")).await,
+            Err(Error::Unauthorized(_))
+        ));
+        assert!(auth.authenticate(&Credentials::default()).await.is_err());
+        let open = auth.allow_anonymous(true);
+        let anon = open.authenticate(&Credentials::default()).await.unwrap();
+        assert_eq!(anon.role, Role::Anonymous);
+        assert_eq!(anon.memories, Access::none());
+    }
+}

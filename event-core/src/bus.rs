@@ -1,0 +1,386 @@
+//! The in-process event bus.
+//!
+//! # Model
+//!
+//! One [`EventBus`] per process. Producers call [`EventBus::publish`], which
+//! is synchronous: it assigns the next sequence number and a UUIDv7, appends
+//! the event to the [`ReplayRing`], remembers it as the latest of its kind,
+//! and hands it to a `tokio::sync::broadcast` channel, all inside one short
+//! critical section. That single ordering point is what makes sequence
+//! order, id order, ring order and delivery order the same thing for every
+//! subscriber, even with many concurrent publishers.
+//!
+//! Publishing never waits for consumers. The channel is bounded; a
+//! subscriber that falls more than `capacity` events behind loses the oldest
+//! ones and learns exactly how many through [`Received::Lagged`].
+//!
+//! Subscribers are few by design: each transport registers one
+//! [`EventSink`](crate::EventSink) (which fans out to its own connections),
+//! so the cost of a publish does not grow with the number of clients.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::Error;
+use crate::event::{Event, EventMeta};
+use crate::payload::{EventKind, ServerEvent};
+use crate::ring::{Cursor, ReplayMiss, ReplayRing};
+
+/// Default capacity of the broadcast channel.
+pub const DEFAULT_BUS_CAPACITY: usize = 1024;
+/// Default number of events kept for replay.
+pub const DEFAULT_REPLAY_SIZE: usize = 1024;
+
+/// Where sequence numbers start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeqStart {
+    /// At the current Unix time in microseconds. Sequence numbers then keep
+    /// increasing across restarts (at under a million events per second), so
+    /// a cursor from an earlier process is recognised as expired instead of
+    /// being mistaken for a recent event.
+    #[default]
+    Clock,
+    /// At this number (tests, or an external sequence source).
+    At(u64),
+}
+
+/// Bus configuration.
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// Broadcast channel capacity: how far a subscriber may fall behind
+    /// before it loses events. At least 1.
+    pub capacity: usize,
+    /// How many recent events the replay ring keeps (0 disables replay).
+    pub replay_size: usize,
+    /// The first sequence number.
+    pub seq_start: SeqStart,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            capacity: DEFAULT_BUS_CAPACITY,
+            replay_size: DEFAULT_REPLAY_SIZE,
+            seq_start: SeqStart::Clock,
+        }
+    }
+}
+
+struct BusState {
+    next_seq: u64,
+    ring: ReplayRing,
+    latest: [Option<Arc<Event>>; 7],
+}
+
+struct BusInner {
+    state: Mutex<BusState>,
+    sender: broadcast::Sender<Arc<Event>>,
+    capacity: usize,
+}
+
+/// The event bus. Cheap to clone; all clones publish to the same stream.
+///
+/// ```
+/// use event_core::{EventBus, ServerEvent, QueueStatus, Received};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::default();
+/// let mut sub = bus.subscribe();
+/// let published = bus.publish(ServerEvent::QueueStatus(QueueStatus::new(3, 1)));
+/// match sub.recv().await {
+///     Received::Event(ev) => assert_eq!(ev.seq(), published.seq()),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("capacity", &self.inner.capacity)
+            .field("last_seq", &self.last_seq())
+            .field("subscribers", &self.subscriber_count())
+            .finish()
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new(BusConfig::default())
+    }
+}
+
+impl EventBus {
+    /// A bus with the given configuration.
+    pub fn new(config: BusConfig) -> Self {
+        let capacity = config.capacity.max(1);
+        let first_seq = match config.seq_start {
+            SeqStart::At(n) => n.max(1),
+            SeqStart::Clock => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+                .unwrap_or(1)
+                .max(1),
+        };
+        let (sender, _) = broadcast::channel(capacity);
+        EventBus {
+            inner: Arc::new(BusInner {
+                state: Mutex::new(BusState {
+                    next_seq: first_seq,
+                    ring: ReplayRing::starting_at(config.replay_size, first_seq),
+                    latest: Default::default(),
+                }),
+                sender,
+                capacity,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, BusState> {
+        // A panic while holding this lock could only come from an allocation
+        // failure; the state is still consistent (each step is a single
+        // assignment), so keep going rather than poisoning every publisher.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Publishes an unscoped event caused by the system.
+    pub fn publish(&self, payload: impl Into<ServerEvent>) -> Arc<Event> {
+        self.publish_with(payload, EventMeta::default())
+    }
+
+    /// Publishes an event with actor, scope and correlation. Synchronous and
+    /// non-blocking: it never waits for a subscriber.
+    pub fn publish_with(&self, payload: impl Into<ServerEvent>, meta: EventMeta) -> Arc<Event> {
+        let payload = payload.into();
+        let mut state = self.state();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        // Generated inside the lock: the shared v7 context is monotonic, so
+        // id order follows sequence order.
+        let event = Arc::new(Event::new(
+            seq,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            meta,
+            payload,
+        ));
+        Self::commit(&mut state, &self.inner.sender, &event);
+        event
+    }
+
+    /// Publishes an event that already has its identity (sequence, id, time),
+    /// e.g. one received from another instance. Its sequence number must be
+    /// higher than every one published so far; otherwise it is refused
+    /// ([`Error::OutOfOrder`]), so that order stays total.
+    pub fn publish_event(&self, event: Event) -> Result<Arc<Event>, Error> {
+        let mut state = self.state();
+        if event.seq() < state.next_seq {
+            return Err(Error::OutOfOrder {
+                seq: event.seq(),
+                next: state.next_seq,
+            });
+        }
+        state.next_seq = event.seq() + 1;
+        let event = Arc::new(event);
+        Self::commit(&mut state, &self.inner.sender, &event);
+        Ok(event)
+    }
+
+    fn commit(state: &mut BusState, sender: &broadcast::Sender<Arc<Event>>, event: &Arc<Event>) {
+        state.ring.push(event.clone());
+        state.latest[event.kind().index()] = Some(event.clone());
+        // An error only means nobody is subscribed right now, which is fine:
+        // the event is still in the ring and in `latest`.
+        let _ = sender.send(event.clone());
+    }
+
+    /// A new subscriber that receives every event published from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.inner.sender.subscribe(),
+        }
+    }
+
+    /// Every retained event after `cursor`, oldest first.
+    pub fn replay_since(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        self.state().ring.since(cursor)
+    }
+
+    /// Subscribes and reads the replay in one step, so that the hand-over
+    /// from replay to live delivery loses nothing: events published after the
+    /// replay was read arrive on the subscription (some may arrive on both;
+    /// drop live events with `seq <=` the last replayed one).
+    pub fn subscribe_from(
+        &self,
+        cursor: &Cursor,
+    ) -> (Subscription, Result<Vec<Arc<Event>>, ReplayMiss>) {
+        let state = self.state();
+        // Subscribing under the state lock means the subscription starts
+        // exactly after the last event in the ring: no gap, no overlap.
+        let sub = self.subscribe();
+        let replay = state.ring.since(cursor);
+        (sub, replay)
+    }
+
+    /// At most `limit` retained events after `cursor` (from the oldest
+    /// retained when `None`), oldest first.
+    pub fn history(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        self.state().ring.page(cursor, limit)
+    }
+
+    /// The most recent event of a kind, if any was published (e.g. the
+    /// latest `QueueStatus` for a new connection).
+    pub fn latest(&self, kind: EventKind) -> Option<Arc<Event>> {
+        self.state().latest[kind.index()].clone()
+    }
+
+    /// The sequence number of the newest event (the one before the first
+    /// when nothing was published).
+    pub fn last_seq(&self) -> u64 {
+        self.state().next_seq - 1
+    }
+
+    /// How many subscriptions are open.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.sender.receiver_count()
+    }
+
+    /// The channel capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// How many events the replay ring holds right now.
+    pub fn retained(&self) -> usize {
+        self.state().ring.len()
+    }
+}
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// The next event.
+    Event(Arc<Event>),
+    /// This many events were lost because the subscriber fell behind; the
+    /// next call continues with the oldest event still available.
+    Lagged(u64),
+    /// The bus is gone.
+    Closed,
+}
+
+/// A live view of the bus from the moment it was created.
+#[derive(Debug)]
+pub struct Subscription {
+    receiver: broadcast::Receiver<Arc<Event>>,
+}
+
+impl Subscription {
+    /// Waits for the next event (cancel-safe).
+    pub async fn recv(&mut self) -> Received {
+        match self.receiver.recv().await {
+            Ok(ev) => Received::Event(ev),
+            Err(broadcast::error::RecvError::Lagged(n)) => Received::Lagged(n),
+            Err(broadcast::error::RecvError::Closed) => Received::Closed,
+        }
+    }
+
+    /// The next event if one is ready, without waiting.
+    pub fn try_recv(&mut self) -> Option<Received> {
+        match self.receiver.try_recv() {
+            Ok(ev) => Some(Received::Event(ev)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => Some(Received::Lagged(n)),
+            Err(broadcast::error::TryRecvError::Closed) => Some(Received::Closed),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+        }
+    }
+
+    /// How many events are waiting.
+    pub fn pending(&self) -> usize {
+        self.receiver.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::QueueStatus;
+
+    fn bus(capacity: usize, replay: usize) -> EventBus {
+        EventBus::new(BusConfig {
+            capacity,
+            replay_size: replay,
+            seq_start: SeqStart::At(1),
+        })
+    }
+
+    #[test]
+    fn publish_without_subscribers_is_fine() {
+        let bus = bus(4, 4);
+        for i in 0..10 {
+            bus.publish(QueueStatus::new(i, 0));
+        }
+        assert_eq!(bus.last_seq(), 10);
+        assert_eq!(bus.retained(), 4);
+    }
+
+    #[test]
+    fn clock_start_is_above_old_small_sequences() {
+        let bus = EventBus::default();
+        let ev = bus.publish(QueueStatus::new(0, 0));
+        assert!(ev.seq() > 1_700_000_000_000_000);
+        assert_eq!(
+            bus.replay_since(&Cursor::Seq(12345)).unwrap_err(),
+            ReplayMiss::Expired
+        );
+    }
+
+    #[test]
+    fn latest_per_kind() {
+        let bus = bus(4, 4);
+        assert!(bus.latest(EventKind::QueueStatus).is_none());
+        bus.publish(QueueStatus::new(1, 0));
+        let second = bus.publish(QueueStatus::new(2, 0));
+        assert_eq!(
+            bus.latest(EventKind::QueueStatus).unwrap().seq(),
+            second.seq()
+        );
+        assert!(bus.latest(EventKind::JobQueued).is_none());
+    }
+
+    #[test]
+    fn publish_event_keeps_order() {
+        let bus = bus(4, 4);
+        bus.publish(QueueStatus::new(1, 0));
+        let stale = Event::new(
+            1,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            QueueStatus::new(0, 0).into(),
+        );
+        assert!(bus.publish_event(stale).is_err());
+        let fresh = Event::new(
+            100,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            QueueStatus::new(0, 0).into(),
+        );
+        assert_eq!(bus.publish_event(fresh).unwrap().seq(), 100);
+        assert_eq!(bus.publish(QueueStatus::new(0, 0)).seq(), 101);
+    }
+}

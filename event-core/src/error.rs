@@ -1,0 +1,64 @@
+//! The error type of event-core.
+
+/// Everything that can go wrong in event-core.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A filter parameter could not be parsed.
+    #[error("invalid `{param}` filter {value:?}: {reason}")]
+    InvalidFilter {
+        /// The parameter (`events`, `types`, `entity_id`, `memory`).
+        param: &'static str,
+        /// The raw value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An event name is not one of the seven.
+    #[error("unknown event name {0:?}")]
+    UnknownEventName(String),
+    /// A `Last-Event-ID` that is neither a sequence number nor a UUID.
+    #[error("invalid event id {0:?}: expected a sequence number or a UUID")]
+    InvalidCursor(String),
+    /// An event breaks a rule of PROTOCOL §1.
+    #[error("invalid event: `{field}` {message}")]
+    InvalidEvent {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Credentials were missing or wrong.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The principal may not do this.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// An event with an assigned sequence number arrived after a later one.
+    #[error("event sequence {seq} is out of order (the bus is at {next})")]
+    OutOfOrder {
+        /// The refused sequence number.
+        seq: u64,
+        /// The lowest sequence number the bus would accept.
+        next: u64,
+    },
+    /// A host-supplied provider failed.
+    #[error("{0}")]
+    Provider(String),
+}
+
+impl Error {
+    /// A short machine-readable code for JSON error bodies
+    /// (`{"error": code, "message": …}`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidFilter { .. } => "invalid_filter",
+            Error::UnknownEventName(_) => "unknown_event",
+            Error::InvalidCursor(_) => "invalid_cursor",
+            Error::InvalidEvent { .. } => "invalid_event",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::OutOfOrder { .. } => "out_of_order",
+            Error::Provider(_) => "provider_error",
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! What the bus carries: a [`ServerEvent`] with its sequence number, id, time,
+//! scope and actor, plus the two wire renderings cached on first use.
+//!
+//! Rendering is the expensive part of fan-out. An [`Event`] renders its flat
+//! JSON (PROTOCOL §1) and its envelope JSON (PROTOCOL §3) at most once each,
+//! lazily, and hands out the result as shared [`Bytes`]: a thousand
+//! subscribers cost one serialization, not a thousand.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::payload::{EntityType, EventKind, ServerEvent};
+
+/// Who caused an event: the envelope's `actor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// `system`, `user`, `service`, `agent`, …
+    pub kind: String,
+    /// The actor's id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// A display name, if known. Personal data: never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Actor {
+    /// The server itself (the default).
+    pub fn system() -> Self {
+        Actor {
+            kind: "system".to_owned(),
+            id: None,
+            name: None,
+        }
+    }
+
+    /// A user, by id.
+    pub fn user(id: impl Into<String>) -> Self {
+        Actor {
+            kind: "user".to_owned(),
+            id: Some(id.into()),
+            name: None,
+        }
+    }
+}
+
+impl Default for Actor {
+    fn default() -> Self {
+        Actor::system()
+    }
+}
+
+/// Everything about an event except its payload and the values the bus
+/// assigns (sequence, id, time). Producers fill what they know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventMeta {
+    /// Who caused the event.
+    pub actor: Actor,
+    /// The memory (archive) the event belongs to; `None` = visible to every principal.
+    pub memory: Option<String>,
+    /// The tenant the event belongs to; `None` = visible to every principal.
+    pub tenant_id: Option<String>,
+    /// Groups events of one user action or workflow.
+    pub correlation_id: Option<Uuid>,
+    /// The event (or request) that caused this one.
+    pub causation_id: Option<Uuid>,
+}
+
+impl EventMeta {
+    /// Sets the memory scope.
+    pub fn memory(mut self, memory: impl Into<String>) -> Self {
+        self.memory = Some(memory.into());
+        self
+    }
+
+    /// Sets the tenant scope.
+    pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Sets the actor.
+    pub fn actor(mut self, actor: Actor) -> Self {
+        self.actor = actor;
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn correlation(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id.
+    pub fn causation(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+}
+
+/// An event as the bus carries it. Immutable once published; shared as `Arc<Event>`.
+#[derive(Debug)]
+pub struct Event {
+    seq: u64,
+    id: Uuid,
+    occurred_at: OffsetDateTime,
+    published_at: Instant,
+    meta: EventMeta,
+    payload: ServerEvent,
+    json: OnceLock<Bytes>,
+    envelope_json: OnceLock<Bytes>,
+    renders: AtomicU32,
+}
+
+impl Event {
+    /// Builds an event. The bus does this on publish; other code needs it only
+    /// to re-inject events that already have an identity (e.g. from another
+    /// instance).
+    pub fn new(
+        seq: u64,
+        id: Uuid,
+        occurred_at: OffsetDateTime,
+        meta: EventMeta,
+        payload: ServerEvent,
+    ) -> Self {
+        Event {
+            seq,
+            id,
+            occurred_at,
+            published_at: Instant::now(),
+            meta,
+            payload,
+            json: OnceLock::new(),
+            envelope_json: OnceLock::new(),
+            renders: AtomicU32::new(0),
+        }
+    }
+
+    /// The bus sequence number: strictly increasing per bus, the SSE `v1` `id:`.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The event's UUIDv7, the envelope's `event_id` (ordered like `seq`).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// When the event happened (UTC).
+    pub fn occurred_at(&self) -> OffsetDateTime {
+        self.occurred_at
+    }
+
+    /// When this process published it (monotonic clock), for latency metrics.
+    pub fn published_at(&self) -> Instant {
+        self.published_at
+    }
+
+    /// Actor, scope and correlation.
+    pub fn meta(&self) -> &EventMeta {
+        &self.meta
+    }
+
+    /// The HotM event itself.
+    pub fn payload(&self) -> &ServerEvent {
+        &self.payload
+    }
+
+    /// The kind of the payload.
+    pub fn kind(&self) -> EventKind {
+        self.payload.kind()
+    }
+
+    /// The memory scope, if any.
+    pub fn memory(&self) -> Option<&str> {
+        self.meta.memory.as_deref()
+    }
+
+    /// The tenant scope, if any.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.meta.tenant_id.as_deref()
+    }
+
+    /// The flat JSON of PROTOCOL §1 (the WebSocket message, the SSE `v1` data,
+    /// the webhook `data`). Rendered on first call, then shared.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            self.renders.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(render(&self.payload))
+        })
+    }
+
+    /// The envelope JSON of PROTOCOL §3 (the SSE `envelope` data, history).
+    /// Rendered on first call, then shared.
+    pub fn envelope_json(&self) -> &Bytes {
+        self.envelope_json.get_or_init(|| {
+            self.renders.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(render(&Envelope::from_event(self)))
+        })
+    }
+
+    /// The envelope as a value.
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope::from_event(self)
+    }
+
+    /// How many times this event has been serialized (at most one per wire
+    /// form). Exposed so tests and benchmarks can prove fan-out does not
+    /// re-serialize.
+    pub fn render_count(&self) -> u32 {
+        self.renders.load(Ordering::Relaxed)
+    }
+}
+
+/// Serializes a value that cannot fail to serialize (no maps with non-string
+/// keys, no custom serializers that error).
+fn render<T: Serialize>(value: &T) -> Vec<u8> {
+    // The types rendered here are plain structs of strings, numbers, UUIDs and
+    // vectors; serde_json only fails on non-string map keys or I/O errors, and
+    // neither can occur. An empty object is still a valid fallback.
+    serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// The G2 envelope (PROTOCOL §3): the payload plus identity, time, actor,
+/// scope and entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The event's UUIDv7.
+    pub event_id: Uuid,
+    /// The dot name (`job.progress`).
+    pub event_type: String,
+    /// RFC 3339 UTC, rendered with milliseconds.
+    #[serde(with = "rfc3339_millis")]
+    pub occurred_at: OffsetDateTime,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Memory scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// Tenant scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// `job` or `note`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_type: Option<EntityType>,
+    /// The job or note id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<Uuid>,
+    /// Correlation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<Uuid>,
+    /// Causation id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<Uuid>,
+    /// Always 1 for this contract.
+    pub payload_version: u32,
+    /// The flat §1 object.
+    pub payload: ServerEvent,
+}
+
+impl Envelope {
+    fn from_event(event: &Event) -> Self {
+        let entity = event.payload.entity();
+        Envelope {
+            event_id: event.id,
+            event_type: event.payload.dot_name().to_owned(),
+            occurred_at: event.occurred_at,
+            actor: event.meta.actor.clone(),
+            memory: event.meta.memory.clone(),
+            tenant_id: event.meta.tenant_id.clone(),
+            entity_type: entity.map(|(t, _)| t),
+            entity_id: entity.map(|(_, id)| id),
+            correlation_id: event.meta.correlation_id,
+            causation_id: event.meta.causation_id,
+            payload_version: 1,
+            payload: event.payload.clone(),
+        }
+    }
+
+    /// The metadata part of the envelope.
+    pub fn meta(&self) -> EventMeta {
+        EventMeta {
+            actor: self.actor.clone(),
+            memory: self.memory.clone(),
+            tenant_id: self.tenant_id.clone(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC with millisecond precision
+/// (`2026-02-05T10:30:45.123Z`), the form of the envelope's `occurred_at`.
+pub fn format_rfc3339_millis(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Formats a time as RFC 3339 UTC with whole seconds (`2026-02-05T10:30:45Z`).
+pub fn format_rfc3339_seconds(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+mod rfc3339_millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    pub(super) fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_rfc3339_millis(*t))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let text = String::deserialize(d)?;
+        OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::QueueStatus;
+
+    #[test]
+    fn millis_format_pads_and_truncates() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_770_287_445_123_999_999).unwrap();
+        assert_eq!(format_rfc3339_millis(t), "2026-02-05T10:30:45.123Z");
+        assert_eq!(format_rfc3339_seconds(t), "2026-02-05T10:30:45Z");
+    }
+
+    #[test]
+    fn renders_once_per_form() {
+        let ev = Event::new(
+            1,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::QueueStatus(QueueStatus::new(1, 1)),
+        );
+        for _ in 0..3 {
+            let _ = ev.json();
+            let _ = ev.envelope_json();
+        }
+        assert_eq!(ev.render_count(), 2);
+    }
+}

@@ -1,0 +1,556 @@
+//! Fan-out from one bus subscription to many client connections.
+//!
+//! # Model
+//!
+//! A transport registers one [`FanoutHub`] on the bus as its
+//! [`EventSink`]. Each client connection subscribes to the hub and gets an
+//! [`Outbox`]: a bounded queue of events already filtered for that
+//! connection (kinds, entity, memory, principal scope). The hub's task does
+//! the filtering and pushes shared `Arc<Event>`s (whose wire bytes are
+//! rendered once, on first use); the connection's task drains everything
+//! pending in one go and writes it with a single syscall.
+//!
+//! This keeps three costs flat: a publish touches one channel per transport,
+//! not one per client; an event is serialized once per wire form; and a
+//! connection wakes once per batch, not once per event.
+//!
+//! An outbox is bounded in messages and bytes. What happens when a client
+//! does not keep up is the [`OverflowPolicy`]: the WebSocket closes the
+//! connection (close code 4008), SSE drops the excess and tells the client
+//! how many it missed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::auth::Principal;
+use crate::event::Event;
+use crate::filter::{EventFilter, KindSet};
+use crate::sink::{EventSink, SinkError};
+
+/// How much an outbox may hold before its connection counts as slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Maximum queued messages.
+    pub max_messages: usize,
+    /// Maximum queued bytes (wire size).
+    pub max_bytes: usize,
+}
+
+impl Default for OutboxLimits {
+    /// 1,024 messages or 1 MiB.
+    fn default() -> Self {
+        OutboxLimits {
+            max_messages: 1024,
+            max_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What an outbox does when a push would exceed its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Stop accepting and mark the outbox overflowed; the connection should
+    /// close (WebSocket: 4008).
+    Close,
+    /// Drop the excess, counting it as a [`Outgoing::Lagged`] marker in the
+    /// queue, and keep going (SSE: `events.lagged`).
+    DropAndCount,
+}
+
+/// Which rendering of an event a connection writes, used to account bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WireForm {
+    /// The flat §1 JSON.
+    #[default]
+    Flat,
+    /// The §3 envelope JSON.
+    Envelope,
+}
+
+impl WireForm {
+    /// The bytes of `event` in this form (rendered once per event).
+    pub fn bytes(self, event: &Event) -> &bytes::Bytes {
+        match self {
+            WireForm::Flat => event.json(),
+            WireForm::Envelope => event.envelope_json(),
+        }
+    }
+}
+
+/// Frame overhead per message beyond the JSON (SSE `id:`/`event:` lines).
+const FRAME_OVERHEAD: usize = 64;
+
+/// One item in an outbox.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An event to write.
+    Event(Arc<Event>),
+    /// This many events were dropped at this point of the stream.
+    Lagged(u64),
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    queue: VecDeque<Outgoing>,
+    bytes: usize,
+    messages: usize,
+    overflowed: bool,
+    /// When the outbox last hit its limit without being drained since.
+    full_since: Option<Instant>,
+}
+
+/// A connection's bounded queue of outgoing events.
+pub struct Outbox {
+    state: Mutex<OutboxState>,
+    notify: Notify,
+    limits: OutboxLimits,
+    policy: OverflowPolicy,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("limits", &self.limits)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// What a drain found besides the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainStatus {
+    /// The outbox overflowed under [`OverflowPolicy::Close`]: close the connection.
+    pub overflowed: bool,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new(limits: OutboxLimits, policy: OverflowPolicy) -> Self {
+        Outbox {
+            state: Mutex::new(OutboxState::default()),
+            notify: Notify::new(),
+            limits,
+            policy,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // Queue operations cannot leave the state inconsistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until something was pushed since the last drain (cancel-safe;
+    /// a push that happens before the wait is not lost).
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Moves everything queued into `out` (appending) and reports overflow.
+    pub fn drain_into(&self, out: &mut Vec<Outgoing>) -> DrainStatus {
+        let mut st = self.lock();
+        out.extend(st.queue.drain(..));
+        st.bytes = 0;
+        st.messages = 0;
+        st.full_since = None;
+        DrainStatus {
+            overflowed: st.overflowed,
+        }
+    }
+
+    /// How long the outbox has been full without a drain, if it is.
+    pub fn full_for(&self) -> Option<Duration> {
+        self.lock().full_since.map(|t| t.elapsed())
+    }
+
+    /// Whether the outbox overflowed under [`OverflowPolicy::Close`].
+    pub fn is_overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
+    /// Queues a lag marker (events lost upstream of this outbox).
+    pub fn push_lagged(&self, missed: u64) {
+        {
+            let mut st = self.lock();
+            Self::add_lag(&mut st, missed);
+        }
+        self.notify.notify_one();
+    }
+
+    fn add_lag(st: &mut OutboxState, missed: u64) {
+        if let Some(Outgoing::Lagged(n)) = st.queue.back_mut() {
+            *n += missed;
+        } else {
+            st.queue.push_back(Outgoing::Lagged(missed));
+        }
+    }
+
+    /// Pushes one event of wire size `size`. Returns `false` if it was not
+    /// queued (overflow).
+    fn push_locked(&self, st: &mut OutboxState, event: &Arc<Event>, size: usize) -> bool {
+        if st.overflowed {
+            return false;
+        }
+        let fits = st.messages < self.limits.max_messages
+            && st.bytes.saturating_add(size) <= self.limits.max_bytes;
+        if fits {
+            st.queue.push_back(Outgoing::Event(event.clone()));
+            st.messages += 1;
+            st.bytes += size;
+            return true;
+        }
+        st.full_since.get_or_insert_with(Instant::now);
+        match self.policy {
+            OverflowPolicy::Close => {
+                st.overflowed = true;
+            }
+            OverflowPolicy::DropAndCount => Self::add_lag(st, 1),
+        }
+        false
+    }
+}
+
+struct HubSubscriber {
+    filter: EventFilter,
+    kinds: AtomicU8,
+    principal: Principal,
+    wire: WireForm,
+    outbox: Arc<Outbox>,
+}
+
+impl HubSubscriber {
+    fn wants(&self, kinds: KindSet, event: &Event) -> bool {
+        kinds.contains(event.kind())
+            && self.filter.matches_except_kind(event)
+            && self.principal.can_see(event)
+    }
+}
+
+#[derive(Default)]
+struct Slots {
+    slots: Vec<Option<Arc<HubSubscriber>>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+struct HubInner {
+    name: String,
+    subscribers: RwLock<Slots>,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// Options for one hub subscription.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// Which events the connection wants.
+    pub filter: EventFilter,
+    /// Who is connected (scope checks).
+    pub principal: Principal,
+    /// The outbox bounds.
+    pub limits: OutboxLimits,
+    /// What to do on overflow.
+    pub policy: OverflowPolicy,
+    /// Which rendering the connection writes (for byte accounting).
+    pub wire: WireForm,
+}
+
+/// A sink that fans events out to per-connection outboxes. Cheap to clone.
+#[derive(Clone)]
+pub struct FanoutHub {
+    inner: Arc<HubInner>,
+}
+
+impl fmt::Debug for FanoutHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FanoutHub")
+            .field("name", &self.inner.name)
+            .field("subscribers", &self.len())
+            .finish()
+    }
+}
+
+impl FanoutHub {
+    /// A hub; `name` is the sink name used in logs and metrics.
+    pub fn new(name: impl Into<String>) -> Self {
+        FanoutHub {
+            inner: Arc::new(HubInner {
+                name: name.into(),
+                subscribers: RwLock::new(Slots::default()),
+                delivered: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Adds a connection. It receives every event the hub delivers from now
+    /// on that passes its filter and scope. Dropping the subscription
+    /// removes it.
+    pub fn subscribe(&self, options: SubscribeOptions) -> HubSubscription {
+        let sub = Arc::new(HubSubscriber {
+            kinds: AtomicU8::new(options.filter.kinds().bits()),
+            filter: options.filter,
+            principal: options.principal,
+            wire: options.wire,
+            outbox: Arc::new(Outbox::new(options.limits, options.policy)),
+        });
+        let mut slots = self
+            .inner
+            .subscribers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = match slots.free.pop() {
+            Some(k) => {
+                slots.slots[k] = Some(sub.clone());
+                k
+            }
+            None => {
+                slots.slots.push(Some(sub.clone()));
+                slots.slots.len() - 1
+            }
+        };
+        slots.live += 1;
+        HubSubscription {
+            hub: self.inner.clone(),
+            key,
+            sub,
+        }
+    }
+
+    /// Open subscriptions.
+    pub fn len(&self) -> usize {
+        self.inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+    }
+
+    /// Whether there are no subscriptions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Events pushed into outboxes so far (one per event per connection).
+    pub fn delivered(&self) -> u64 {
+        self.inner.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Events not queued because an outbox was full.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Pushes a batch of events (in order) to every interested connection,
+    /// waking each connection at most once.
+    pub fn fan_out(&self, events: &[Arc<Event>]) {
+        let slots = self
+            .inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let (mut delivered, mut dropped) = (0u64, 0u64);
+        for sub in slots.slots.iter().flatten() {
+            let kinds = KindSet::from_bits(sub.kinds.load(Ordering::Relaxed));
+            let mut state: Option<MutexGuard<'_, OutboxState>> = None;
+            for ev in events {
+                if !sub.wants(kinds, ev) {
+                    continue;
+                }
+                let size = sub.wire.bytes(ev).len() + FRAME_OVERHEAD;
+                let st = state.get_or_insert_with(|| sub.outbox.lock());
+                if sub.outbox.push_locked(st, ev, size) {
+                    delivered += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+            if state.take().is_some() {
+                sub.outbox.notify.notify_one();
+            }
+        }
+        self.inner.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.inner.dropped.fetch_add(dropped, Ordering::Relaxed);
+    }
+
+    /// Tells every connection that `missed` events were lost before reaching
+    /// the hub.
+    pub fn lagged(&self, missed: u64) {
+        let slots = self
+            .inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        for sub in slots.slots.iter().flatten() {
+            sub.outbox.push_lagged(missed);
+        }
+    }
+}
+
+#[async_trait]
+impl EventSink for FanoutHub {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError> {
+        self.fan_out(std::slice::from_ref(&event));
+        Ok(())
+    }
+
+    async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
+        self.fan_out(&events);
+        Ok(())
+    }
+
+    async fn on_lag(&self, missed: u64) {
+        self.lagged(missed);
+    }
+}
+
+/// A connection's membership in a [`FanoutHub`]; dropping it unsubscribes.
+pub struct HubSubscription {
+    hub: Arc<HubInner>,
+    key: usize,
+    sub: Arc<HubSubscriber>,
+}
+
+impl fmt::Debug for HubSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubSubscription")
+            .field("hub", &self.hub.name)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl HubSubscription {
+    /// The connection's outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.sub.outbox
+    }
+
+    /// The kinds currently delivered.
+    pub fn kinds(&self) -> KindSet {
+        KindSet::from_bits(self.sub.kinds.load(Ordering::Relaxed))
+    }
+
+    /// Changes the kinds delivered from now on (WebSocket `subscribe` /
+    /// `unsubscribe`).
+    pub fn set_kinds(&self, kinds: KindSet) {
+        self.sub.kinds.store(kinds.bits(), Ordering::Relaxed);
+    }
+
+    /// The principal of the connection.
+    pub fn principal(&self) -> &Principal {
+        &self.sub.principal
+    }
+
+    /// Whether this connection would receive `event` (filter and scope),
+    /// for events it gets outside the hub (replay, snapshots).
+    pub fn wants(&self, event: &Event) -> bool {
+        self.sub.wants(self.kinds(), event)
+    }
+}
+
+impl Drop for HubSubscription {
+    fn drop(&mut self) {
+        let mut slots = self
+            .hub
+            .subscribers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.slots.get_mut(self.key)
+            && slot.take().is_some()
+        {
+            slots.free.push(self.key);
+            slots.live -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{BusConfig, EventBus, SeqStart};
+    use crate::event::EventMeta;
+    use crate::payload::{EventKind, QueueStatus};
+
+    fn options(policy: OverflowPolicy, max_messages: usize) -> SubscribeOptions {
+        SubscribeOptions {
+            filter: EventFilter::all(),
+            principal: Principal::anonymous(),
+            limits: OutboxLimits {
+                max_messages,
+                max_bytes: usize::MAX,
+            },
+            policy,
+            wire: WireForm::Flat,
+        }
+    }
+
+    fn events(n: u64) -> Vec<Arc<Event>> {
+        let bus = EventBus::new(BusConfig {
+            seq_start: SeqStart::At(1),
+            ..BusConfig::default()
+        });
+        (0..n)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect()
+    }
+
+    #[test]
+    fn drop_policy_counts_in_place() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::DropAndCount, 3));
+        hub.fan_out(&events(5));
+        let mut out = Vec::new();
+        assert!(!sub.outbox().drain_into(&mut out).overflowed);
+        let shape: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => format!("e{}", e.seq()),
+                Outgoing::Lagged(n) => format!("lag{n}"),
+            })
+            .collect();
+        assert_eq!(shape, ["e1", "e2", "e3", "lag2"]);
+        assert_eq!(hub.dropped(), 2);
+    }
+
+    #[test]
+    fn close_policy_marks_overflow() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Close, 2));
+        hub.fan_out(&events(3));
+        let mut out = Vec::new();
+        assert!(sub.outbox().drain_into(&mut out).overflowed);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn scope_and_kinds_are_applied() {
+        let hub = FanoutHub::new("t");
+        let mut limited = Principal::anonymous();
+        limited.memories = crate::auth::Access::none();
+        let sub = hub.subscribe(SubscribeOptions {
+            principal: limited,
+            ..options(OverflowPolicy::Close, 100)
+        });
+        let bus = EventBus::default();
+        let scoped = bus.publish_with(QueueStatus::new(1, 0), EventMeta::default().memory("m"));
+        let open = bus.publish(QueueStatus::new(2, 0));
+        hub.fan_out(&[scoped, open.clone()]);
+        sub.set_kinds(KindSet::only(EventKind::NoteUpdated));
+        hub.fan_out(&[open]);
+        let mut out = Vec::new();
+        sub.outbox().drain_into(&mut out);
+        assert_eq!(out.len(), 1);
+        drop(sub);
+        assert!(hub.is_empty());
+    }
+}

@@ -1,0 +1,101 @@
+//! # event-core
+//!
+//! The heart of matric's real-time event system: the seven HotM event types,
+//! the in-process [`EventBus`], the [`EventSink`] trait every transport
+//! implements, filters, the replay ring, authentication hooks and the
+//! connection registry. It does no I/O beyond Tokio channels.
+//!
+//! ## How the pieces fit
+//!
+//! ```text
+//!  job worker ─┐                       ┌─► WsSink ──► FanoutHub ──► WebSocket clients
+//!  note API  ──┼─► EventBus::publish ──┼─► SseSink ─► FanoutHub ──► SSE clients
+//!  POST /events┘   (seq, UUIDv7, ring) ├─► WebhookSink ─► durable queue ─► HTTP POST
+//!                                      └─► TelemetrySink ─► tracing / metrics
+//! ```
+//!
+//! * [`ServerEvent`] is the wire contract of PROTOCOL §1 (flat JSON, tagged by
+//!   `type`); [`Event`] wraps it with sequence number, id, time, scope and
+//!   actor, and caches its two renderings ([`Event::json`],
+//!   [`Event::envelope_json`]) so each is serialized once, however many
+//!   clients receive it.
+//! * [`EventBus::publish`] is synchronous and never waits for a consumer. One
+//!   short critical section orders sequence, id, ring and delivery.
+//! * A host registers sinks on a [`SinkRunner`]; each runs in its own task
+//!   with its own subscription, isolated from the others' errors, panics and
+//!   stalls.
+//! * Transports with many clients register a [`FanoutHub`] and give each
+//!   connection an [`Outbox`].
+//!
+//! ## Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use event_core::{async_trait, EventBus, EventSink, Event, JobQueued, SinkError, SinkRunner};
+//!
+//! struct Counter(AtomicUsize);
+//!
+//! #[async_trait]
+//! impl EventSink for Counter {
+//!     fn name(&self) -> &str { "counter" }
+//!     async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError> {
+//!         println!("{} {}", event.seq(), std::str::from_utf8(event.json()).unwrap());
+//!         self.0.fetch_add(1, Ordering::Relaxed);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let bus = EventBus::default();
+//! let counter = Arc::new(Counter(AtomicUsize::new(0)));
+//! let mut runner = SinkRunner::new(&bus);
+//! runner.register(counter.clone());
+//!
+//! bus.publish(JobQueued {
+//!     job_id: uuid::Uuid::now_v7(),
+//!     job_type: "Embedding".into(),
+//!     note_id: None,
+//! });
+//!
+//! runner.shutdown(std::time::Duration::from_secs(1)).await; // drains first
+//! assert_eq!(counter.0.load(Ordering::Relaxed), 1);
+//! # }
+//! ```
+
+pub mod auth;
+pub mod bus;
+mod error;
+pub mod event;
+pub mod fanout;
+pub mod filter;
+pub mod payload;
+pub mod registry;
+pub mod ring;
+pub mod sink;
+pub mod snapshot;
+
+pub use async_trait::async_trait;
+pub use auth::{Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens};
+pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription};
+pub use error::Error;
+pub use event::{Actor, Envelope, Event, EventMeta};
+pub use fanout::{
+    FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy, SubscribeOptions,
+    WireForm,
+};
+pub use filter::{EventFilter, FilterParams, KindSet};
+pub use payload::{
+    EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
+    NoteOperation, NoteUpdated, QueueStatus, ServerEvent,
+};
+pub use registry::{ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport};
+pub use ring::{Cursor, ReplayMiss, ReplayRing};
+pub use sink::{
+    EventSink, RunnerConfig, ShutdownReport, SinkError, SinkRunner, SinkStats, SinkStatsSnapshot,
+};
+pub use snapshot::{QueueSnapshot, current_queue_status};
+
+/// Re-exported so sinks and hosts use the same versions.
+pub use bytes::Bytes;
+pub use uuid::Uuid;

@@ -1,0 +1,338 @@
+//! The connection registry shared by the WebSocket and SSE transports.
+//!
+//! Every live client connection holds a [`ConnectionGuard`]; dropping the
+//! guard removes the entry, so a connection leaves the registry however it
+//! ends (client close, abrupt TCP drop, heartbeat timeout, server kick,
+//! panic in its task). The registry is the management view — list, inspect,
+//! kick — and the source of the client counts other parts need (the queue
+//! ticker runs only while a client is connected).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+
+/// Which transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `/api/v1/ws`
+    #[serde(rename = "ws")]
+    WebSocket,
+    /// `/api/v1/events`
+    Sse,
+}
+
+impl Transport {
+    /// `ws` or `sse`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// Why a connection ended or was asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// An operator removed it through the registry.
+    Kicked,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// One connection's live record.
+pub struct ConnectionEntry {
+    id: u64,
+    transport: Transport,
+    remote_addr: Option<SocketAddr>,
+    principal_id: String,
+    connected_at: OffsetDateTime,
+    events_sent: AtomicU64,
+    dropped: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl fmt::Debug for ConnectionEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionEntry")
+            .field("id", &self.id)
+            .field("transport", &self.transport)
+            .field("remote_addr", &self.remote_addr)
+            .finish()
+    }
+}
+
+impl ConnectionEntry {
+    /// The connection id (unique per registry).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Counts events written to the client.
+    pub fn record_sent(&self, n: u64) {
+        self.events_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts events the client missed.
+    pub fn record_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Resolves when the connection has been asked to close (kick or shutdown).
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Whether the connection has been asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// A snapshot for listing.
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            id: self.id,
+            transport: self.transport,
+            remote_addr: self.remote_addr.map(|a| a.to_string()),
+            principal: self.principal_id.clone(),
+            connected_at: crate::event::format_rfc3339_millis(self.connected_at),
+            events_sent: self.events_sent.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A connection as listed by `GET /api/v1/connections`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionInfo {
+    /// The connection id.
+    pub id: u64,
+    /// `ws` or `sse`.
+    pub transport: Transport,
+    /// The peer address, if known.
+    pub remote_addr: Option<String>,
+    /// The principal id (never a token).
+    pub principal: String,
+    /// When it connected (RFC 3339).
+    pub connected_at: String,
+    /// Events written to it.
+    pub events_sent: u64,
+    /// Events it missed.
+    pub dropped: u64,
+}
+
+struct RegistryInner {
+    next_id: AtomicU64,
+    entries: RwLock<HashMap<u64, Arc<ConnectionEntry>>>,
+    /// The number of open connections, for tasks that wait for the first
+    /// client (or the last to leave).
+    count: watch::Sender<usize>,
+    shutdown: CancellationToken,
+}
+
+/// The registry of open client connections. Cheap to clone.
+#[derive(Clone)]
+pub struct ConnectionRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+impl fmt::Debug for ConnectionRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionRegistry")
+            .field("open", &self.total())
+            .finish()
+    }
+}
+
+impl Default for ConnectionRegistry {
+    fn default() -> Self {
+        ConnectionRegistry::new()
+    }
+}
+
+impl ConnectionRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        ConnectionRegistry {
+            inner: Arc::new(RegistryInner {
+                next_id: AtomicU64::new(1),
+                entries: RwLock::new(HashMap::new()),
+                count: watch::Sender::new(0),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<u64, Arc<ConnectionEntry>>> {
+        // Map operations cannot leave it inconsistent; ignore poisoning.
+        self.inner.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<u64, Arc<ConnectionEntry>>> {
+        self.inner
+            .entries
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a connection. Keep the guard for the connection's lifetime.
+    pub fn register(
+        &self,
+        transport: Transport,
+        remote_addr: Option<SocketAddr>,
+        principal: &Principal,
+    ) -> ConnectionGuard {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ConnectionEntry {
+            id,
+            transport,
+            remote_addr,
+            principal_id: principal.id.clone(),
+            connected_at: OffsetDateTime::now_utc(),
+            events_sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            // A child of the registry's shutdown token: shutting the registry
+            // down asks every connection to close.
+            cancel: self.inner.shutdown.child_token(),
+        });
+        let len = {
+            let mut map = self.write();
+            map.insert(id, entry.clone());
+            map.len()
+        };
+        self.inner.count.send_replace(len);
+        ConnectionGuard {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        let len = {
+            let mut map = self.write();
+            map.remove(&id);
+            map.len()
+        };
+        self.inner.count.send_replace(len);
+    }
+
+    /// Every open connection, ordered by id.
+    pub fn list(&self) -> Vec<ConnectionInfo> {
+        let mut v: Vec<_> = self.read().values().map(|e| e.info()).collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// One connection.
+    pub fn get(&self, id: u64) -> Option<ConnectionInfo> {
+        self.read().get(&id).map(|e| e.info())
+    }
+
+    /// Asks a connection to close. Returns `false` when no such connection
+    /// is open. The entry disappears once the connection has closed.
+    pub fn disconnect(&self, id: u64) -> bool {
+        match self.read().get(&id) {
+            Some(entry) => {
+                entry.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every connection, present and future, to close (server shutdown).
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Open connections of one transport.
+    pub fn count(&self, transport: Transport) -> usize {
+        self.read()
+            .values()
+            .filter(|e| e.transport == transport)
+            .count()
+    }
+
+    /// All open connections.
+    pub fn total(&self) -> usize {
+        *self.inner.count.borrow()
+    }
+
+    /// Watches the number of open connections.
+    pub fn watch_total(&self) -> watch::Receiver<usize> {
+        self.inner.count.subscribe()
+    }
+}
+
+/// Keeps a connection registered; dropping it unregisters.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    registry: ConnectionRegistry,
+    entry: Arc<ConnectionEntry>,
+}
+
+impl std::ops::Deref for ConnectionGuard {
+    type Target = ConnectionEntry;
+
+    fn deref(&self) -> &ConnectionEntry {
+        &self.entry
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.registry.remove(self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn register_list_kick_drop() {
+        let reg = ConnectionRegistry::new();
+        let mut total = reg.watch_total();
+        let p = Principal::anonymous();
+        let a = reg.register(Transport::WebSocket, None, &p);
+        let b = reg.register(Transport::Sse, "127.0.0.1:9".parse().ok(), &p);
+        assert_eq!(reg.total(), 2);
+        assert_eq!(reg.count(Transport::Sse), 1);
+        b.record_sent(3);
+        b.record_dropped(1);
+        let info = reg.get(b.id()).unwrap();
+        assert_eq!((info.events_sent, info.dropped), (3, 1));
+        assert_eq!(info.remote_addr.as_deref(), Some("127.0.0.1:9"));
+        assert!(reg.disconnect(a.id()));
+        a.closed().await;
+        drop(a);
+        assert_eq!(reg.list().len(), 1);
+        assert!(!reg.disconnect(999));
+        drop(b);
+        total.wait_for(|n| *n == 0).await.unwrap();
+        let c = reg.register(Transport::Sse, None, &p);
+        reg.shutdown();
+        c.closed().await;
+        assert!(reg.register(Transport::Sse, None, &p).is_closing());
+    }
+}

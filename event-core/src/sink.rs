@@ -1,0 +1,392 @@
+//! Sinks: the one trait every transport implements, and the runner that
+//! drives them.
+//!
+//! # Model
+//!
+//! Like `tracing`'s `Subscriber`, [`EventSink`] is the single seam between the
+//! bus and everything that consumes it. The host composes sinks on a
+//! [`SinkRunner`]; sinks never know about each other.
+//!
+//! Each registered sink gets its own task and its own bus subscription. The
+//! task waits for an event, takes whatever else is already queued (up to a
+//! batch limit) and hands the batch to [`EventSink::deliver_batch`]. A sink
+//! that is slow only lags its own subscription; a sink that returns errors
+//! is counted and logged; a sink that panics is counted, logged and resumed
+//! with the next batch (the rest of the batch that panicked is lost to that
+//! sink: the runner cannot know which events it had handled); a sink whose
+//! delivery hangs is given up on after the delivery timeout. None of this reaches the bus or the other sinks.
+//!
+//! [`SinkRunner::shutdown`] stops accepting new events, lets each sink
+//! deliver what its subscription already holds, calls
+//! [`EventSink::shutdown`], and aborts whatever is still running at the
+//! deadline.
+
+use std::any::Any;
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{EventBus, Received, Subscription};
+use crate::event::Event;
+
+/// A failure reported by a sink. Opaque to the runner, which only counts and
+/// logs it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl SinkError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        SinkError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error wrapping a cause.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        SinkError {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// A consumer of bus events: a transport, the webhook queue, the telemetry
+/// mirror.
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    /// A short, stable name for logs and metrics (`ws`, `sse`, `webhook`, …).
+    fn name(&self) -> &str;
+
+    /// Whether this sink wants the event at all (checked before delivery;
+    /// default: every event).
+    fn accepts(&self, _event: &Event) -> bool {
+        true
+    }
+
+    /// Handles one event.
+    async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError>;
+
+    /// Handles several events, in order. The default calls
+    /// [`deliver`](Self::deliver) for each and reports the first error;
+    /// sinks that can do better with a batch (one wake-up per connection, one
+    /// database transaction) override it.
+    async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
+        let mut first_error = None;
+        for event in events {
+            if let Err(e) = self.deliver(event).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Called when the sink's subscription lost `missed` events because the
+    /// sink fell behind.
+    async fn on_lag(&self, _missed: u64) {}
+
+    /// Called once when the runner stops, after the last delivery.
+    async fn shutdown(&self) {}
+}
+
+/// Counters for one registered sink.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    delivered: AtomicU64,
+    batches: AtomicU64,
+    errors: AtomicU64,
+    panics: AtomicU64,
+    timeouts: AtomicU64,
+    lagged: AtomicU64,
+}
+
+/// A copy of a sink's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct SinkStatsSnapshot {
+    /// Events handed to the sink (including failed ones).
+    pub delivered: u64,
+    /// Batches handed to the sink.
+    pub batches: u64,
+    /// Batches that returned an error.
+    pub errors: u64,
+    /// Batches that panicked.
+    pub panics: u64,
+    /// Batches given up on after the delivery timeout.
+    pub timeouts: u64,
+    /// Events the sink's subscription lost by lagging.
+    pub lagged: u64,
+}
+
+impl SinkStats {
+    /// A snapshot of the counters.
+    pub fn snapshot(&self) -> SinkStatsSnapshot {
+        SinkStatsSnapshot {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            panics: self.panics.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            lagged: self.lagged.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most events handed to a sink at once.
+    pub max_batch: usize,
+    /// How long one delivery may take before the runner gives up on it and
+    /// moves on (the batch counts as a timeout).
+    pub deliver_timeout: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            max_batch: 256,
+            deliver_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Registered {
+    name: String,
+    stats: Arc<SinkStats>,
+    task: JoinHandle<()>,
+}
+
+/// Drives registered sinks from a bus.
+pub struct SinkRunner {
+    bus: EventBus,
+    config: RunnerConfig,
+    stop: CancellationToken,
+    sinks: Vec<Registered>,
+}
+
+impl fmt::Debug for SinkRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkRunner")
+            .field(
+                "sinks",
+                &self.sinks.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// What [`SinkRunner::shutdown`] observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sinks that finished within the deadline.
+    pub finished: Vec<String>,
+    /// Sinks aborted at the deadline.
+    pub aborted: Vec<String>,
+}
+
+impl SinkRunner {
+    /// A runner on `bus` with default settings.
+    pub fn new(bus: &EventBus) -> Self {
+        SinkRunner::with_config(bus, RunnerConfig::default())
+    }
+
+    /// A runner with explicit settings.
+    pub fn with_config(bus: &EventBus, config: RunnerConfig) -> Self {
+        SinkRunner {
+            bus: bus.clone(),
+            config,
+            stop: CancellationToken::new(),
+            sinks: Vec::new(),
+        }
+    }
+
+    /// Registers a sink. Its subscription starts now, so it receives every
+    /// event published after this call. Must be called within a Tokio runtime.
+    pub fn register(&mut self, sink: Arc<dyn EventSink>) -> Arc<SinkStats> {
+        let stats = Arc::new(SinkStats::default());
+        let name = sink.name().to_owned();
+        let worker = SinkTask {
+            sink,
+            subscription: self.bus.subscribe(),
+            stats: stats.clone(),
+            stop: self.stop.clone(),
+            config: self.config.clone(),
+        };
+        let task = tokio::spawn(worker.run());
+        self.sinks.push(Registered {
+            name,
+            stats: stats.clone(),
+            task,
+        });
+        stats
+    }
+
+    /// Each sink's name and counters.
+    pub fn stats(&self) -> Vec<(String, SinkStatsSnapshot)> {
+        self.sinks
+            .iter()
+            .map(|s| (s.name.clone(), s.stats.snapshot()))
+            .collect()
+    }
+
+    /// Stops every sink: each delivers what it has already received, then
+    /// its `shutdown` runs. Sinks still running at `deadline` are aborted.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        self.stop.cancel();
+        let until = tokio::time::Instant::now() + deadline;
+        let mut report = ShutdownReport::default();
+        for mut s in self.sinks {
+            match tokio::time::timeout_at(until, &mut s.task).await {
+                Ok(_) => report.finished.push(s.name),
+                Err(_) => {
+                    s.task.abort();
+                    tracing::warn!(sink = %s.name, "sink did not stop before the deadline; aborted");
+                    report.aborted.push(s.name);
+                }
+            }
+        }
+        report
+    }
+}
+
+struct SinkTask {
+    sink: Arc<dyn EventSink>,
+    subscription: Subscription,
+    stats: Arc<SinkStats>,
+    stop: CancellationToken,
+    config: RunnerConfig,
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+impl SinkTask {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(16);
+        loop {
+            let first = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                r = self.subscription.recv() => r,
+            };
+            if !self.absorb(first, &mut batch).await {
+                break;
+            }
+            while batch.len() < self.config.max_batch {
+                match self.subscription.try_recv() {
+                    Some(r) => {
+                        if !self.absorb(r, &mut batch).await {
+                            break;
+                        }
+                    }
+                    None => break,
+                }
+            }
+            self.flush(&mut batch).await;
+        }
+        // Drain what the subscription already holds, then say goodbye.
+        while let Some(r) = self.subscription.try_recv() {
+            if !self.absorb(r, &mut batch).await {
+                break;
+            }
+            if batch.len() >= self.config.max_batch {
+                self.flush(&mut batch).await;
+            }
+        }
+        self.flush(&mut batch).await;
+        let name = self.sink.name().to_owned();
+        if AssertUnwindSafe(self.sink.shutdown())
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!(sink = %name, "sink panicked during shutdown");
+        }
+    }
+
+    /// Adds a received item to the batch; returns `false` when the bus is gone.
+    async fn absorb(&mut self, received: Received, batch: &mut Vec<Arc<Event>>) -> bool {
+        match received {
+            Received::Event(ev) => {
+                if self.sink.accepts(&ev) {
+                    batch.push(ev);
+                }
+                true
+            }
+            Received::Lagged(missed) => {
+                // Deliver what came before the gap first, so the sink sees
+                // the lag at the right place in the stream.
+                self.flush(batch).await;
+                self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
+                tracing::warn!(sink = %self.sink.name(), missed, "sink fell behind the bus");
+                if AssertUnwindSafe(self.sink.on_lag(missed))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(sink = %self.sink.name(), "sink panicked in on_lag");
+                }
+                true
+            }
+            Received::Closed => false,
+        }
+    }
+
+    async fn flush(&mut self, batch: &mut Vec<Arc<Event>>) {
+        if batch.is_empty() {
+            return;
+        }
+        let events = std::mem::take(batch);
+        let n = events.len() as u64;
+        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let delivery = AssertUnwindSafe(self.sink.deliver_batch(events)).catch_unwind();
+        match tokio::time::timeout(self.config.deliver_timeout, delivery).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = %self.sink.name(), events = n, %error, "sink delivery failed");
+            }
+            Ok(Err(panic)) => {
+                self.stats.panics.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    sink = %self.sink.name(),
+                    events = n,
+                    panic = panic_message(panic.as_ref()),
+                    "sink panicked; resuming with the next batch"
+                );
+            }
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    sink = %self.sink.name(),
+                    events = n,
+                    timeout_ms = self.config.deliver_timeout.as_millis() as u64,
+                    "sink delivery timed out; moving on"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Several server instances as one, over NATS JetStream.

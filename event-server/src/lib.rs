@@ -1,0 +1,1 @@
+//! The reference host binary: picks its sinks through Cargo features.

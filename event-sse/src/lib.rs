@@ -1,0 +1,1 @@
+//! SSE endpoint `/api/v1/events` with replay, filters and lag signalling.

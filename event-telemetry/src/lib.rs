@@ -1,0 +1,1 @@
+//! Tracing mirror of every event, Prometheus metrics and OpenTelemetry setup.

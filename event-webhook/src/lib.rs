@@ -1,0 +1,1 @@
+//! Signed, retried, durable outbound webhooks with a REST API.

@@ -1,0 +1,1 @@
+//! WebSocket endpoint `/api/v1/ws` (HotM protocol) with connection management.
