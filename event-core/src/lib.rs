@@ -69,6 +69,7 @@ mod error;
 pub mod event;
 pub mod fanout;
 pub mod filter;
+pub mod metrics;
 pub mod payload;
 pub mod registry;
 pub mod ring;
@@ -85,6 +86,7 @@ pub use fanout::{
     WireForm,
 };
 pub use filter::{EventFilter, FilterParams, KindSet};
+pub use metrics::TransportMetrics;
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,

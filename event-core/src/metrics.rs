@@ -1,0 +1,172 @@
+//! Metric names and the instruments every transport records into.
+//!
+//! # Model
+//!
+//! Transports record through the `opentelemetry` *API* only; the SDK, the
+//! Prometheus exporter and the `/metrics` route belong to `event-telemetry`
+//! (like `tracing`'s split between macros and subscribers). Until the host
+//! installs a meter provider the instruments are no-ops, so a transport works
+//! unchanged in a host without telemetry.
+//!
+//! Instruments are created from [`opentelemetry::global::meter`] when a
+//! [`TransportMetrics`] is built, so the host installs its meter provider
+//! *before* it builds its transports.
+//!
+//! The names below are the instrument names; the Prometheus exporter appends
+//! `_total` to counters, which yields exactly the names of PROTOCOL §5
+//! (`matric_ws_events_sent_total{event_type}` and so on). Label values are
+//! bounded sets (event type names, transports, statuses), never ids.
+
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+
+use crate::payload::EventKind;
+use crate::registry::Transport;
+
+/// The instrumentation scope every matric instrument is created under.
+pub const METER_NAME: &str = "matric-events";
+
+/// Gauge: open WebSocket connections.
+pub const WS_CONNECTIONS_ACTIVE: &str = "matric_ws_connections_active";
+/// Gauge: open SSE connections.
+pub const SSE_CONNECTIONS_ACTIVE: &str = "matric_sse_connections_active";
+/// Counter `{event_type}`: events written to WebSocket clients.
+pub const WS_EVENTS_SENT: &str = "matric_ws_events_sent";
+/// Counter `{event_type}`: events written to SSE clients.
+pub const SSE_EVENTS_SENT: &str = "matric_sse_events_sent";
+/// Counter `{event_type}`: events published on the bus.
+pub const EVENTS_PUBLISHED: &str = "matric_events_published";
+/// Counter `{consumer}`: events a consumer (a transport's client, a sink) lost.
+pub const EVENTS_DROPPED: &str = "matric_events_dropped";
+/// Counter `{transport, reason}`: connections closed, by reason.
+pub const CONNECTIONS_CLOSED: &str = "matric_connections_closed";
+/// Counter `{status}`: webhook delivery attempts (`success`, `retry`, `failed`).
+pub const WEBHOOK_DELIVERIES: &str = "matric_webhook_deliveries";
+/// Gauge: webhook deliveries waiting to be sent.
+pub const WEBHOOK_QUEUE_DEPTH: &str = "matric_webhook_queue_depth";
+/// Counter `{consumer}`: events a bus subscriber missed because it lagged.
+pub const BUS_LAGGED: &str = "matric_bus_lagged_events";
+/// Histogram `{transport}` in milliseconds: publish → written to a client
+/// socket (WS, SSE) or → the receiver's response (webhook).
+pub const EVENT_LATENCY_MS: &str = "matric_event_latency_ms";
+/// Counter `{replay}`: SSE replays served (`served`) or refused (`expired`).
+pub const SSE_REPLAYS: &str = "matric_sse_replays";
+
+/// Histogram bucket boundaries for [`EVENT_LATENCY_MS`], in milliseconds.
+pub const LATENCY_BUCKETS_MS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
+
+/// The global meter all matric instruments come from.
+pub fn meter() -> Meter {
+    opentelemetry::global::meter(METER_NAME)
+}
+
+/// The latency histogram, shared by every transport (label `transport`).
+pub fn latency_histogram(meter: &Meter) -> Histogram<f64> {
+    meter
+        .f64_histogram(EVENT_LATENCY_MS)
+        .with_description("Publish to written-to-client latency in milliseconds")
+        .with_boundaries(LATENCY_BUCKETS_MS.to_vec())
+        .build()
+}
+
+/// The `{consumer}` dropped-events counter.
+pub fn dropped_counter(meter: &Meter) -> Counter<u64> {
+    meter
+        .u64_counter(EVENTS_DROPPED)
+        .with_description("Events a consumer lost (lag, overflow, slow client)")
+        .build()
+}
+
+/// Milliseconds since `published_at`, as the latency histogram records them.
+pub fn elapsed_ms(published_at: Instant) -> f64 {
+    published_at.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The instruments of one client-facing transport (WebSocket or SSE).
+///
+/// Cheap to clone; build one per endpoint, after the host has installed its
+/// meter provider.
+#[derive(Clone, Debug)]
+pub struct TransportMetrics {
+    transport: Transport,
+    active: UpDownCounter<i64>,
+    sent: Counter<u64>,
+    dropped: Counter<u64>,
+    closed: Counter<u64>,
+    latency: Histogram<f64>,
+    transport_attr: [KeyValue; 1],
+}
+
+impl TransportMetrics {
+    /// Creates the instruments of `transport` from the global meter.
+    pub fn new(transport: Transport) -> Self {
+        let meter = meter();
+        let (active, sent) = match transport {
+            Transport::WebSocket => (WS_CONNECTIONS_ACTIVE, WS_EVENTS_SENT),
+            Transport::Sse => (SSE_CONNECTIONS_ACTIVE, SSE_EVENTS_SENT),
+        };
+        TransportMetrics {
+            transport,
+            active: meter
+                .i64_up_down_counter(active)
+                .with_description("Open client connections")
+                .build(),
+            sent: meter
+                .u64_counter(sent)
+                .with_description("Events written to clients, by event type")
+                .build(),
+            dropped: dropped_counter(&meter),
+            closed: meter
+                .u64_counter(CONNECTIONS_CLOSED)
+                .with_description("Connections closed, by transport and reason")
+                .build(),
+            latency: latency_histogram(&meter),
+            transport_attr: [KeyValue::new("transport", transport.as_str())],
+        }
+    }
+
+    /// Which transport these instruments describe.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// A connection opened.
+    pub fn connection_opened(&self) {
+        self.active.add(1, &[]);
+    }
+
+    /// A connection closed, for `reason` (a short fixed word such as
+    /// `client_close`, `slow_consumer`, `shutdown`, `idle_timeout`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.active.add(-1, &[]);
+        self.closed.add(
+            1,
+            &[
+                KeyValue::new("transport", self.transport.as_str()),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
+    /// `n` events of `kind` were written to a client.
+    pub fn events_sent(&self, kind: EventKind, n: u64) {
+        self.sent
+            .add(n, &[KeyValue::new("event_type", kind.type_name())]);
+    }
+
+    /// One event, published at `published_at`, reached a client socket.
+    pub fn observe_latency(&self, published_at: Instant) {
+        self.latency
+            .record(elapsed_ms(published_at), &self.transport_attr);
+    }
+
+    /// A client of this transport lost `n` events.
+    pub fn dropped(&self, n: u64) {
+        self.dropped
+            .add(n, &[KeyValue::new("consumer", self.transport.as_str())]);
+    }
+}
