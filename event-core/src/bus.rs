@@ -18,7 +18,7 @@
 //! [`EventSink`](crate::EventSink) (which fans out to its own connections),
 //! so the cost of a publish does not grow with the number of clients.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
@@ -80,6 +80,24 @@ struct BusInner {
     state: Mutex<BusState>,
     sender: broadcast::Sender<Arc<Event>>,
     capacity: usize,
+    upstream: RwLock<Option<Arc<dyn Upstream>>>,
+}
+
+/// An external sequencer for a bus: a shared log (e.g. a NATS JetStream
+/// stream, see `event-nats`) that orders the events of several processes.
+///
+/// With an upstream set, [`EventBus::publish`] / [`EventBus::publish_with`]
+/// do not sequence the event locally: they give it an id and a time, hand it
+/// to [`Upstream::forward`] and return it with sequence number `0`
+/// ("not sequenced yet"). The upstream later brings the event back through
+/// [`EventBus::publish_event`] with its cluster-wide sequence number, the
+/// same on every process, and only then do subscribers see it.
+pub trait Upstream: Send + Sync + 'static {
+    /// Takes a locally published event (`seq() == 0`). Must not block.
+    /// Returning `Err(event)` makes the bus publish the event locally right
+    /// away with the next local sequence number (e.g. while the upstream is
+    /// unreachable).
+    fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>>;
 }
 
 /// The event bus. Cheap to clone; all clones publish to the same stream.
@@ -139,6 +157,7 @@ impl EventBus {
                 }),
                 sender,
                 capacity,
+                upstream: RwLock::new(None),
             }),
         }
     }
@@ -160,8 +179,24 @@ impl EventBus {
 
     /// Publishes an event with actor, scope and correlation. Synchronous and
     /// non-blocking: it never waits for a subscriber.
+    ///
+    /// With an [`Upstream`] set, the event goes to the upstream instead and is
+    /// returned with sequence number `0`; see [`EventBus::set_upstream`].
     pub fn publish_with(&self, payload: impl Into<ServerEvent>, meta: EventMeta) -> Arc<Event> {
         let payload = payload.into();
+        if let Some(upstream) = self.upstream() {
+            let event = Arc::new(Event::new(
+                0,
+                Uuid::now_v7(),
+                OffsetDateTime::now_utc(),
+                meta,
+                payload,
+            ));
+            return match upstream.forward(event.clone()) {
+                Ok(()) => event,
+                Err(refused) => self.publish_local(&refused),
+            };
+        }
         let mut state = self.state();
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -194,6 +229,48 @@ impl EventBus {
         let event = Arc::new(event);
         Self::commit(&mut state, &self.inner.sender, &event);
         Ok(event)
+    }
+
+    /// Publishes a copy of `event` (same id, time, metadata and payload) on
+    /// this bus only, with the next local sequence number, bypassing any
+    /// [`Upstream`]. For an upstream that cannot reach its log.
+    pub fn publish_local(&self, event: &Event) -> Arc<Event> {
+        let mut state = self.state();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let event = Arc::new(Event::new(
+            seq,
+            event.id(),
+            event.occurred_at(),
+            event.meta().clone(),
+            event.payload().clone(),
+        ));
+        Self::commit(&mut state, &self.inner.sender, &event);
+        event
+    }
+
+    /// Sets (or with `None` removes) the [`Upstream`] that sequences locally
+    /// published events. Without one (the default) the bus sequences events
+    /// itself.
+    pub fn set_upstream(&self, upstream: Option<Arc<dyn Upstream>>) {
+        *self
+            .inner
+            .upstream
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = upstream;
+    }
+
+    /// Whether an [`Upstream`] is set.
+    pub fn has_upstream(&self) -> bool {
+        self.upstream().is_some()
+    }
+
+    fn upstream(&self) -> Option<Arc<dyn Upstream>> {
+        self.inner
+            .upstream
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn commit(state: &mut BusState, sender: &broadcast::Sender<Arc<Event>>, event: &Arc<Event>) {
@@ -359,6 +436,53 @@ mod tests {
             second.seq()
         );
         assert!(bus.latest(EventKind::JobQueued).is_none());
+    }
+
+    struct Collect(Mutex<Vec<Arc<Event>>>, bool);
+
+    impl Upstream for Collect {
+        fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+            if self.1 {
+                self.0.lock().unwrap().push(event);
+                Ok(())
+            } else {
+                Err(event)
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_takes_local_publishes() {
+        let bus = bus(4, 4);
+        let mut sub = bus.subscribe();
+        let up = Arc::new(Collect(Mutex::new(Vec::new()), true));
+        bus.set_upstream(Some(up.clone()));
+        assert!(bus.has_upstream());
+        let forwarded = bus.publish(QueueStatus::new(1, 0));
+        assert_eq!(forwarded.seq(), 0);
+        assert!(sub.try_recv().is_none(), "not local until it comes back");
+        assert_eq!(up.0.lock().unwrap()[0].id(), forwarded.id());
+        // The upstream brings it back with its cluster sequence.
+        let back = Event::new(
+            7,
+            forwarded.id(),
+            forwarded.occurred_at(),
+            EventMeta::default(),
+            forwarded.payload().clone(),
+        );
+        bus.publish_event(back).unwrap();
+        match sub.try_recv() {
+            Some(Received::Event(ev)) => assert_eq!((ev.seq(), ev.id()), (7, forwarded.id())),
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // A refusing upstream: the bus publishes locally, keeping the id.
+        bus.set_upstream(Some(Arc::new(Collect(Mutex::new(Vec::new()), false))));
+        let local = bus.publish(QueueStatus::new(2, 0));
+        assert_eq!(local.seq(), 8);
+        bus.set_upstream(None);
+        assert!(!bus.has_upstream());
+        assert_eq!(bus.publish(QueueStatus::new(3, 0)).seq(), 9);
     }
 
     #[test]

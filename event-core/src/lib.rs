@@ -78,7 +78,7 @@ pub mod snapshot;
 
 pub use async_trait::async_trait;
 pub use auth::{Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens};
-pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription};
+pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription, Upstream};
 pub use error::Error;
 pub use event::{Actor, Envelope, Event, EventMeta};
 pub use fanout::{

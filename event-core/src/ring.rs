@@ -197,8 +197,17 @@ impl ReplayRing {
                 let idx = self.events.partition_point(|e| e.id() < id);
                 match self.events.get(idx) {
                     Some(e) if e.id() == id => Ok(idx + 1),
-                    _ if idx == 0 && self.evicted_seq > 0 => Err(ReplayMiss::Expired),
-                    _ => Err(ReplayMiss::Unknown),
+                    // Events re-injected from other instances (through
+                    // `EventBus::publish_event`) carry ids made by several
+                    // clocks, so id order may differ from sequence order
+                    // there: look at every retained event before giving up.
+                    // On a bus whose ids are all its own this finds nothing
+                    // the binary search missed.
+                    _ => match self.events.iter().rposition(|e| e.id() == id) {
+                        Some(pos) => Ok(pos + 1),
+                        None if idx == 0 && self.evicted_seq > 0 => Err(ReplayMiss::Expired),
+                        None => Err(ReplayMiss::Unknown),
+                    },
                 }
             }
         }
@@ -274,6 +283,29 @@ mod tests {
             ring.since(&Cursor::Id(Uuid::now_v7())).unwrap_err(),
             ReplayMiss::Unknown
         );
+    }
+
+    #[test]
+    fn ids_out_of_sequence_order_are_found() {
+        let smaller = Uuid::now_v7();
+        let larger = Uuid::now_v7();
+        let with = |seq: u64, id: Uuid| {
+            Arc::new(Event::new(
+                seq,
+                id,
+                OffsetDateTime::now_utc(),
+                EventMeta::default(),
+                ServerEvent::QueueStatus(QueueStatus::new(seq, 0)),
+            ))
+        };
+        let mut ring = ReplayRing::new(8);
+        // Sequence order is the opposite of id order, as when two instances'
+        // events reach the shared log in the other order.
+        ring.push(with(1, larger));
+        ring.push(with(2, smaller));
+        ring.push(ev(3));
+        assert_eq!(seqs(&ring.since(&Cursor::Id(larger)).unwrap()), vec![2, 3]);
+        assert_eq!(seqs(&ring.since(&Cursor::Id(smaller)).unwrap()), vec![3]);
     }
 
     #[test]
