@@ -1,1 +1,41 @@
-//! The reference host binary: picks its sinks through Cargo features.
+//! # event-server
+//!
+//! The reference host: it builds one [`event_core::EventBus`], registers the
+//! sinks its Cargo features select, mounts their routers and serves them.
+#![doc = "Docs filled in with the assembly."]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod connections;
+pub mod dashboard;
+pub mod db;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod error;
+pub mod logging;
+pub mod publish;
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,393 @@
+//! Server configuration: flags and environment variables.
+//!
+//! Every setting has an environment variable and a matching `--kebab-case`
+//! flag (`EVENT_BUS_CAPACITY` ↔ `--event-bus-capacity`). The names are part of
+//! the interface: operators and scripts depend on them. Invalid values stop
+//! the server with a one-line error and exit code 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+
+/// The SSE frame format used when a client does not ask for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum SseFormat {
+    /// `id: <seq>` / `event: <PascalCase>` / flat JSON (the seed format).
+    #[default]
+    V1,
+    /// `event: <dot.name>` / `id: <uuid>` / envelope JSON (HotM G2).
+    Envelope,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, fields, message).
+    Json,
+}
+
+/// A comma-separated list of durations such as `1s,5s,25s,125s` (units `ms`,
+/// `s`, `m`, `h`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|d| format!("{}ms", d.as_millis()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Parses one duration: `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{t:?} is not a duration (expected e.g. 500ms, 5s, 2m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{t:?} has no valid unit (use ms, s, m or h)")),
+    };
+    Ok(d)
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let steps = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(parse_duration)
+            .collect::<Result<Vec<_>, _>>()?;
+        if steps.is_empty() {
+            return Err("the retry schedule is empty".to_owned());
+        }
+        Ok(Schedule(steps))
+    }
+}
+
+fn non_zero(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
+}
+
+fn seconds(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1 second".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
+}
+
+fn header_name(text: &str) -> Result<String, String> {
+    http::HeaderName::from_str(text.trim())
+        .map(|_| text.trim().to_owned())
+        .map_err(|_| format!("{text:?} is not a valid HTTP header name"))
+}
+
+/// The matric real-time event server.
+///
+/// Serves the HotM WebSocket (`/api/v1/ws`), SSE (`/api/v1/events`),
+/// webhooks (`/api/v1/webhooks`), metrics (`/metrics`), health (`/health`) and
+/// a live dashboard (`/`). With no auth token configured it runs in
+/// anonymous local mode: bind it to loopback only.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "event-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long = "event-server-addr",
+        env = "EVENT_SERVER_ADDR",
+        default_value = "127.0.0.1:3000"
+    )]
+    pub addr: SocketAddr,
+
+    /// Database for webhooks and the demo domain: `sqlite://path` (created on
+    /// first run) or `postgres://…` (needs the `postgres` feature).
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/matric-events.db"
+    )]
+    pub database_url: String,
+
+    /// How far (in events) a sink may fall behind the bus before it loses events.
+    #[arg(long = "event-bus-capacity", env = "EVENT_BUS_CAPACITY", default_value = "1024", value_parser = non_zero)]
+    pub bus_capacity: usize,
+
+    /// How many recent events are kept for SSE replay (`Last-Event-ID`) and history.
+    #[arg(
+        long = "event-replay-size",
+        env = "EVENT_REPLAY_SIZE",
+        default_value = "1024"
+    )]
+    pub replay_size: usize,
+
+    /// SSE frame format when the client does not ask (`?format=`).
+    #[arg(
+        long = "sse-default-format",
+        env = "SSE_DEFAULT_FORMAT",
+        value_enum,
+        default_value = "v1"
+    )]
+    pub sse_default_format: SseFormat,
+
+    /// Seconds between WebSocket pings.
+    #[arg(long = "ws-ping-interval-secs", env = "WS_PING_INTERVAL_SECS", default_value = "30", value_parser = seconds)]
+    pub ws_ping_interval_secs: u64,
+
+    /// Seconds of client silence (no pong, no frame) before a WebSocket is closed.
+    #[arg(long = "ws-idle-timeout-secs", env = "WS_IDLE_TIMEOUT_SECS", default_value = "90", value_parser = seconds)]
+    pub ws_idle_timeout_secs: u64,
+
+    /// Maximum open client connections per transport (WebSocket, SSE).
+    #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value = "10000", value_parser = non_zero)]
+    pub max_connections: usize,
+
+    /// Admin bearer token (webhooks, publishing, connection management). With
+    /// neither this nor client tokens set, the server runs in anonymous local mode.
+    #[arg(
+        long = "auth-admin-token",
+        env = "AUTH_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_admin_token: Option<String>,
+
+    /// Comma-separated client bearer tokens (UI, agents).
+    #[arg(
+        long = "auth-client-tokens",
+        env = "AUTH_CLIENT_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub auth_client_tokens: Vec<String>,
+
+    /// Comma-separated allowed browser origins (WebSocket `Origin` check and
+    /// CORS). Empty: any origin.
+    #[arg(
+        long = "allowed-origins",
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Comma-separated CIDRs webhook targets may resolve to despite being
+    /// private (e.g. `127.0.0.0/8` for local testing).
+    #[arg(
+        long = "webhook-allow-cidrs",
+        env = "WEBHOOK_ALLOW_CIDRS",
+        value_delimiter = ','
+    )]
+    pub webhook_allow_cidrs: Vec<IpNet>,
+
+    /// Delays between webhook delivery attempts.
+    #[arg(
+        long = "webhook-retry-schedule",
+        env = "WEBHOOK_RETRY_SCHEDULE",
+        default_value = "1s,5s,25s,125s"
+    )]
+    pub webhook_retry_schedule: Schedule,
+
+    /// Seconds before a webhook request times out.
+    #[arg(long = "webhook-timeout-secs", env = "WEBHOOK_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    pub webhook_timeout_secs: u64,
+
+    /// Name of the hex HMAC signature header on webhook requests.
+    #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
+    pub webhook_signature_header: String,
+
+    /// Log format.
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, `RUST_LOG` syntax (e.g. `info,matric::events=debug`).
+    #[arg(long = "rust-log", env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+
+    /// NATS server for running several instances as one (feature `nats`).
+    #[arg(long = "nats-url", env = "NATS_URL")]
+    pub nats_url: Option<String>,
+}
+
+impl Config {
+    /// Checks rules that involve several settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ws_idle_timeout_secs <= self.ws_ping_interval_secs {
+            return Err(format!(
+                "WS_IDLE_TIMEOUT_SECS ({}) must be greater than WS_PING_INTERVAL_SECS ({})",
+                self.ws_idle_timeout_secs, self.ws_ping_interval_secs
+            ));
+        }
+        let scheme = self.database_url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => {}
+            "postgres" | "postgresql" if cfg!(feature = "postgres") => {}
+            "postgres" | "postgresql" => {
+                return Err("DATABASE_URL is PostgreSQL but the server was built without the `postgres` feature".to_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "DATABASE_URL must start with sqlite:// or postgres:// (got scheme {scheme:?})"
+                ));
+            }
+        }
+        if self.auth_client_tokens.iter().any(|t| t.trim().is_empty()) {
+            return Err("AUTH_CLIENT_TOKENS contains an empty token".to_owned());
+        }
+        if self.nats_url.is_some() && !cfg!(feature = "nats") {
+            return Err(
+                "NATS_URL is set but the server was built without the `nats` feature".to_owned(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether any token is configured (otherwise: anonymous local mode).
+    pub fn auth_enabled(&self) -> bool {
+        self.auth_admin_token.is_some() || !self.auth_client_tokens.is_empty()
+    }
+
+    /// The directory a SQLite database file lives in, if the URL names a file.
+    pub fn sqlite_dir(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let path = rest.trim_start_matches("//");
+        let path = path.split('?').next().unwrap_or(path);
+        if path.is_empty() || path == ":memory:" {
+            return None;
+        }
+        PathBuf::from(path).parent().map(PathBuf::from)
+    }
+
+    /// The WebSocket ping interval.
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_secs)
+    }
+
+    /// The WebSocket idle timeout.
+    pub fn ws_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.ws_idle_timeout_secs)
+    }
+
+    /// Parses flags and environment; prints a one-line error and exits with
+    /// code 2 on invalid configuration (help and version exit normally).
+    pub fn load() -> Config {
+        let config = match Config::try_parse() {
+            Ok(c) => c,
+            Err(e) => match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    e.exit()
+                }
+                _ => {
+                    let text = e.to_string();
+                    let first = text.lines().next().unwrap_or("invalid configuration");
+                    eprintln!("event-server: {}", first.trim_start_matches("error: "));
+                    std::process::exit(2);
+                }
+            },
+        };
+        if let Err(message) = config.validate() {
+            eprintln!("event-server: invalid configuration: {message}");
+            std::process::exit(2);
+        }
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["event-server"];
+        all.extend_from_slice(args);
+        let c = Config::try_parse_from(all).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.bus_capacity, 1024);
+        assert_eq!(
+            c.webhook_retry_schedule.0,
+            [1, 5, 25, 125].map(Duration::from_secs)
+        );
+        assert_eq!(c.sqlite_dir(), Some(PathBuf::from("data")));
+        assert!(!c.auth_enabled());
+    }
+
+    #[test]
+    fn schedules_and_lists() {
+        let c = parse(&[
+            "--webhook-retry-schedule",
+            "100ms, 2s,1m",
+            "--webhook-allow-cidrs",
+            "127.0.0.0/8,::1/128",
+            "--auth-client-tokens",
+            "a,b",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_retry_schedule.0,
+            vec![
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+                Duration::from_secs(60)
+            ]
+        );
+        assert_eq!(c.webhook_allow_cidrs.len(), 2);
+        assert_eq!(c.auth_client_tokens, ["a", "b"]);
+        assert!(c.auth_enabled());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        for args in [
+            &["--event-bus-capacity", "0"][..],
+            &["--event-bus-capacity", "many"],
+            &["--webhook-retry-schedule", "5"],
+            &["--webhook-retry-schedule", ""],
+            &["--sse-default-format", "xml"],
+            &["--webhook-signature-header", "bad header"],
+            &[
+                "--ws-ping-interval-secs",
+                "30",
+                "--ws-idle-timeout-secs",
+                "30",
+            ],
+            &["--database-url", "mysql://x"],
+            &["--webhook-allow-cidrs", "10.0.0.0/33"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `POST/GET/PATCH/DELETE /api/v1/notes[/{id}]`: the demo note API.
+//!
+//! It follows the pattern matric-api's handlers follow: change the note in a
+//! transaction, commit, and only then publish `NoteUpdated`, so a client that
+//! re-fetches the note on that event sees the new state.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use event_core::{EventBus, EventMeta, NoteOperation, NoteUpdated};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::store::{self, Note, NotePatch, Write};
+use crate::db::Db;
+use crate::error::ServerError;
+
+/// State of the note routes.
+#[derive(Clone, Debug)]
+pub struct NotesState {
+    /// The database the notes live in.
+    pub db: Db,
+    /// Where `NoteUpdated` goes.
+    pub bus: EventBus,
+}
+
+/// Body of `POST /api/v1/notes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNote {
+    /// Title (required, not blank).
+    pub title: String,
+    /// Text.
+    #[serde(default)]
+    pub content: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// The note routes, mounted by the host.
+pub fn router<S: Clone + Send + Sync + 'static>(state: NotesState) -> Router<S> {
+    Router::new()
+        .route("/api/v1/notes", get(list).post(create))
+        .route(
+            "/api/v1/notes/{id}",
+            get(fetch).patch(update).delete(remove),
+        )
+        .with_state(state)
+}
+
+/// Publishes the committed change.
+pub fn announce(bus: &EventBus, note: &Note, write: Write, user_id: Option<String>) {
+    let operation = match write {
+        Write::Created => NoteOperation::Created,
+        Write::Updated => NoteOperation::Updated,
+        Write::Deleted => NoteOperation::Deleted,
+    };
+    bus.publish_with(
+        NoteUpdated {
+            note_id: note.id,
+            title: Some(note.title.clone()),
+            tags: note.tags.clone(),
+            has_ai_content: note.has_ai_content,
+            has_links: note.has_links,
+            operation: Some(operation),
+            user_id,
+        },
+        EventMeta::default(),
+    );
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ServerError> {
+    Uuid::parse_str(id).map_err(|_| {
+        ServerError::bad_request("invalid_id", format!("{id:?} is not a note id (UUID)"))
+    })
+}
+
+fn check_title(title: &str) -> Result<(), ServerError> {
+    if title.trim().is_empty() {
+        return Err(ServerError::bad_request(
+            "invalid_title",
+            "`title` must not be blank",
+        ));
+    }
+    if title.len() > 1000 {
+        return Err(ServerError::bad_request(
+            "invalid_title",
+            "`title` is longer than 1,000 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ServerError::bad_request("invalid_body", format!("invalid note body: {e}")))
+}
+
+async fn list(State(state): State<NotesState>) -> Result<Json<Vec<Note>>, ServerError> {
+    Ok(Json(store::list(&state.db).await?))
+}
+
+async fn fetch(
+    State(state): State<NotesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Note>, ServerError> {
+    let id = parse_id(&id)?;
+    store::get(&state.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ServerError::NotFound(format!("no note {id}")))
+}
+
+async fn create(
+    State(state): State<NotesState>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Note>), ServerError> {
+    let new: NewNote = json_body(&body)?;
+    check_title(&new.title)?;
+    let now = OffsetDateTime::now_utc();
+    let note = Note {
+        id: Uuid::now_v7(),
+        has_links: store::has_links(&new.content),
+        title: new.title,
+        content: new.content,
+        tags: new.tags,
+        has_ai_content: false,
+        created_at: now,
+        updated_at: now,
+    };
+    let (note, write) = store::write(&state.db, None, |_| Ok(Some(note)))
+        .await?
+        .ok_or_else(|| ServerError::Internal("the new note was not stored".to_owned()))?;
+    announce(&state.bus, &note, write, None);
+    Ok((StatusCode::CREATED, Json(note)))
+}
+
+async fn update(
+    State(state): State<NotesState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Note>, ServerError> {
+    let id = parse_id(&id)?;
+    let patch: NotePatch = json_body(&body)?;
+    if let Some(title) = &patch.title {
+        check_title(title)?;
+    }
+    let changed = store::write(&state.db, Some(id), |current| {
+        let Some(mut note) = current else {
+            return Ok(None);
+        };
+        if let Some(title) = patch.title {
+            note.title = title;
+        }
+        if let Some(content) = patch.content {
+            note.has_links = store::has_links(&content);
+            note.content = content;
+        }
+        if let Some(tags) = patch.tags {
+            note.tags = tags;
+        }
+        note.updated_at = OffsetDateTime::now_utc();
+        Ok(Some(note))
+    })
+    .await?;
+    let (note, write) = changed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
+    announce(&state.bus, &note, write, None);
+    Ok(Json(note))
+}
+
+async fn remove(
+    State(state): State<NotesState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ServerError> {
+    let id = parse_id(&id)?;
+    let removed = store::write(&state.db, Some(id), |_| Ok(None)).await?;
+    let (note, write) = removed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
+    announce(&state.bus, &note, write, None);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What the `AiRevision` demo job does to its note: marks it AI-revised and
+/// appends a revision line, commits, then announces the change — all before
+/// the job reports completion.
+pub async fn ai_revise(state: &NotesState, id: Uuid) -> Result<bool, ServerError> {
+    let changed = store::write(&state.db, Some(id), |current| {
+        let Some(mut note) = current else {
+            return Ok(None);
+        };
+        note.has_ai_content = true;
+        note.content.push_str("\n\n_Revised by AI._");
+        note.updated_at = OffsetDateTime::now_utc();
+        Ok(Some(note))
+    })
+    .await?;
+    match changed {
+        Some((note, write)) => {
+            announce(&state.bus, &note, write, Some("ai-revision".to_owned()));
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}

@@ -1,0 +1,338 @@
+//! The demo domain's notes table, in the host's database (SQLite or PostgreSQL).
+//!
+//! Every write runs in a transaction and returns the note as committed; the
+//! HTTP layer publishes `NoteUpdated` only after `commit()` succeeded.
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::db::Db;
+use crate::error::ServerError;
+
+/// A note of the demo domain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Note {
+    /// Its id.
+    pub id: Uuid,
+    /// Its title.
+    pub title: String,
+    /// Its text.
+    pub content: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Whether an AI revision touched it.
+    pub has_ai_content: bool,
+    /// Whether the text links elsewhere (`http://`, `https://` or `[[wiki]]` links).
+    pub has_links: bool,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// Fields of a change; `None` keeps the stored value.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotePatch {
+    /// New title.
+    pub title: Option<String>,
+    /// New text.
+    pub content: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+}
+
+/// Whether `content` links elsewhere.
+pub fn has_links(content: &str) -> bool {
+    content.contains("http://") || content.contains("https://") || content.contains("[[")
+}
+
+const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS demo_notes (
+    id TEXT PRIMARY KEY NOT NULL,
+    title TEXT NOT NULL,
+    content TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    has_ai_content INTEGER NOT NULL,
+    has_links INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL)";
+
+const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS demo_notes (
+    id UUID PRIMARY KEY,
+    title TEXT NOT NULL,
+    content TEXT NOT NULL,
+    tags TEXT[] NOT NULL,
+    has_ai_content BOOLEAN NOT NULL,
+    has_links BOOLEAN NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL)";
+
+fn db_error(e: sqlx::Error) -> ServerError {
+    ServerError::Internal(format!("database error: {e}"))
+}
+
+/// Creates the notes table when missing.
+pub async fn migrate(db: &Db) -> Result<(), ServerError> {
+    match db {
+        Db::Sqlite(pool) => sqlx::query(SQLITE_SCHEMA)
+            .execute(pool)
+            .await
+            .map_err(db_error)?,
+        #[cfg(feature = "postgres")]
+        Db::Postgres(pool) => sqlx::query(PG_SCHEMA)
+            .execute(pool)
+            .await
+            .map_err(db_error)?,
+    };
+    let _ = PG_SCHEMA;
+    Ok(())
+}
+
+fn sqlite_note(row: &sqlx::sqlite::SqliteRow) -> Result<Note, ServerError> {
+    let id: String = row.try_get("id").map_err(db_error)?;
+    let tags: String = row.try_get("tags").map_err(db_error)?;
+    let created: String = row.try_get("created_at").map_err(db_error)?;
+    let updated: String = row.try_get("updated_at").map_err(db_error)?;
+    let parse_time = |t: &str| {
+        OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| ServerError::Internal(format!("stored time {t:?} is invalid: {e}")))
+    };
+    Ok(Note {
+        id: Uuid::parse_str(&id).map_err(|e| ServerError::Internal(format!("stored id: {e}")))?,
+        title: row.try_get("title").map_err(db_error)?,
+        content: row.try_get("content").map_err(db_error)?,
+        tags: serde_json::from_str(&tags)
+            .map_err(|e| ServerError::Internal(format!("stored tags: {e}")))?,
+        has_ai_content: row.try_get("has_ai_content").map_err(db_error)?,
+        has_links: row.try_get("has_links").map_err(db_error)?,
+        created_at: parse_time(&created)?,
+        updated_at: parse_time(&updated)?,
+    })
+}
+
+#[cfg(feature = "postgres")]
+fn pg_note(row: &sqlx::postgres::PgRow) -> Result<Note, ServerError> {
+    Ok(Note {
+        id: row.try_get("id").map_err(db_error)?,
+        title: row.try_get("title").map_err(db_error)?,
+        content: row.try_get("content").map_err(db_error)?,
+        tags: row.try_get("tags").map_err(db_error)?,
+        has_ai_content: row.try_get("has_ai_content").map_err(db_error)?,
+        has_links: row.try_get("has_links").map_err(db_error)?,
+        created_at: row.try_get("created_at").map_err(db_error)?,
+        updated_at: row.try_get("updated_at").map_err(db_error)?,
+    })
+}
+
+fn rfc3339(t: OffsetDateTime) -> Result<String, ServerError> {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| ServerError::Internal(format!("cannot format time: {e}")))
+}
+
+/// Lists notes, newest first (at most 500).
+pub async fn list(db: &Db) -> Result<Vec<Note>, ServerError> {
+    const SQL: &str = "SELECT * FROM demo_notes ORDER BY created_at DESC LIMIT 500";
+    match db {
+        Db::Sqlite(pool) => sqlx::query(SQL)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(sqlite_note)
+            .collect(),
+        #[cfg(feature = "postgres")]
+        Db::Postgres(pool) => sqlx::query(SQL)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?
+            .iter()
+            .map(pg_note)
+            .collect(),
+    }
+}
+
+/// One note, if it exists.
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<Note>, ServerError> {
+    match db {
+        Db::Sqlite(pool) => sqlx::query("SELECT * FROM demo_notes WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?
+            .as_ref()
+            .map(sqlite_note)
+            .transpose(),
+        #[cfg(feature = "postgres")]
+        Db::Postgres(pool) => sqlx::query("SELECT * FROM demo_notes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(db_error)?
+            .as_ref()
+            .map(pg_note)
+            .transpose(),
+    }
+}
+
+/// Writes `note` (insert or full replace) inside an open transaction.
+async fn put_sqlite(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    note: &Note,
+) -> Result<(), ServerError> {
+    let tags = serde_json::to_string(&note.tags)
+        .map_err(|e| ServerError::Internal(format!("cannot encode tags: {e}")))?;
+    sqlx::query(
+        "INSERT INTO demo_notes (id, title, content, tags, has_ai_content, has_links, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, content = excluded.content,
+           tags = excluded.tags, has_ai_content = excluded.has_ai_content,
+           has_links = excluded.has_links, updated_at = excluded.updated_at",
+    )
+    .bind(note.id.to_string())
+    .bind(&note.title)
+    .bind(&note.content)
+    .bind(tags)
+    .bind(note.has_ai_content)
+    .bind(note.has_links)
+    .bind(rfc3339(note.created_at)?)
+    .bind(rfc3339(note.updated_at)?)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+#[cfg(feature = "postgres")]
+async fn put_pg(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    note: &Note,
+) -> Result<(), ServerError> {
+    sqlx::query(
+        "INSERT INTO demo_notes (id, title, content, tags, has_ai_content, has_links, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (id) DO UPDATE SET title = excluded.title, content = excluded.content,
+           tags = excluded.tags, has_ai_content = excluded.has_ai_content,
+           has_links = excluded.has_links, updated_at = excluded.updated_at",
+    )
+    .bind(note.id)
+    .bind(&note.title)
+    .bind(&note.content)
+    .bind(&note.tags)
+    .bind(note.has_ai_content)
+    .bind(note.has_links)
+    .bind(note.created_at)
+    .bind(note.updated_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// What a write did, for the `NoteUpdated` that follows its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// A new note.
+    Created,
+    /// A changed note.
+    Updated,
+    /// A removed note.
+    Deleted,
+}
+
+/// Applies `change` to the note `id` (or a new note when `id` is `None`)
+/// inside one transaction and commits. `change` gets the current note
+/// (`None` for a new one) and returns the note to store, or `None` to delete.
+///
+/// Returns `Ok(None)` when `id` names no note.
+pub async fn write<F>(
+    db: &Db,
+    id: Option<Uuid>,
+    change: F,
+) -> Result<Option<(Note, Write)>, ServerError>
+where
+    F: FnOnce(Option<Note>) -> Result<Option<Note>, ServerError>,
+{
+    match db {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            let current = match id {
+                Some(id) => match sqlx::query("SELECT * FROM demo_notes WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                {
+                    Some(row) => Some(sqlite_note(&row)?),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let existed = current.clone();
+            let outcome = match change(current)? {
+                Some(note) => {
+                    put_sqlite(&mut tx, &note).await?;
+                    let w = if existed.is_some() {
+                        Write::Updated
+                    } else {
+                        Write::Created
+                    };
+                    (note, w)
+                }
+                None => {
+                    let Some(old) = existed else { return Ok(None) };
+                    sqlx::query("DELETE FROM demo_notes WHERE id = ?")
+                        .bind(old.id.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    (old, Write::Deleted)
+                }
+            };
+            tx.commit().await.map_err(db_error)?;
+            Ok(Some(outcome))
+        }
+        #[cfg(feature = "postgres")]
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.map_err(db_error)?;
+            let current = match id {
+                Some(id) => match sqlx::query("SELECT * FROM demo_notes WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                {
+                    Some(row) => Some(pg_note(&row)?),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let existed = current.clone();
+            let outcome = match change(current)? {
+                Some(note) => {
+                    put_pg(&mut tx, &note).await?;
+                    let w = if existed.is_some() {
+                        Write::Updated
+                    } else {
+                        Write::Created
+                    };
+                    (note, w)
+                }
+                None => {
+                    let Some(old) = existed else { return Ok(None) };
+                    sqlx::query("DELETE FROM demo_notes WHERE id = $1")
+                        .bind(old.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                    (old, Write::Deleted)
+                }
+            };
+            tx.commit().await.map_err(db_error)?;
+            Ok(Some(outcome))
+        }
+    }
+}

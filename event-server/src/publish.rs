@@ -1,0 +1,157 @@
+//! `POST /api/v1/events`: publishing from producers that are not written in Rust.
+//!
+//! The body is one flat `ServerEvent` object (PROTOCOL §1) or an array of
+//! them. Every event is parsed and validated before any is published, so a
+//! bad batch publishes nothing; a good one is published in order and answered
+//! `202 {"events":[{"seq":…,"event_id":…}]}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use event_core::{Authenticator, EventBus, EventMeta, ServerEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::require_admin;
+use crate::error::ServerError;
+
+/// Most events accepted in one request.
+pub const MAX_BATCH: usize = 1000;
+
+/// State of the publish route.
+#[derive(Clone)]
+pub struct PublishState {
+    /// Where events go.
+    pub bus: EventBus,
+    /// Who may publish (admin only when auth is on).
+    pub auth: Arc<dyn Authenticator>,
+}
+
+/// Query parameters.
+#[derive(Debug, Deserialize)]
+pub struct PublishQuery {
+    /// Scope every event to this memory.
+    pub memory: Option<String>,
+    /// Alternative to the bearer header.
+    pub token: Option<String>,
+}
+
+/// One published event's identity.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Published {
+    /// The bus sequence number.
+    pub seq: u64,
+    /// The event UUID.
+    pub event_id: uuid::Uuid,
+}
+
+/// The 202 answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// In request order.
+    pub events: Vec<Published>,
+}
+
+/// Parses and validates a request body into events, naming the first problem.
+pub fn parse_events(body: Value) -> Result<Vec<ServerEvent>, ServerError> {
+    let (items, single) = match body {
+        Value::Array(items) => (items, false),
+        obj @ Value::Object(_) => (vec![obj], true),
+        other => {
+            return Err(ServerError::bad_request(
+                "invalid_body",
+                format!(
+                    "expected an event object or an array of events, got {}",
+                    json_kind(&other)
+                ),
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(ServerError::bad_request(
+            "invalid_body",
+            "the array holds no events",
+        ));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(ServerError::bad_request(
+            "invalid_body",
+            format!(
+                "at most {MAX_BATCH} events per request, got {}",
+                items.len()
+            ),
+        ));
+    }
+    let at = |i: usize| {
+        if single {
+            String::new()
+        } else {
+            format!("event {i}: ")
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let event: ServerEvent = serde_json::from_value(item)
+                .map_err(|e| ServerError::bad_request("invalid_event", format!("{}{e}", at(i))))?;
+            event
+                .validate()
+                .map_err(|e| ServerError::bad_request("invalid_event", format!("{}{e}", at(i))))?;
+            Ok(event)
+        })
+        .collect()
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The handler.
+pub async fn publish(
+    State(state): State<PublishState>,
+    Query(query): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<PublishResponse>), ServerError> {
+    require_admin(&state.auth, &headers, query.token.as_deref()).await?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| {
+        ServerError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    let events = parse_events(value)?;
+    if let Some(m) = &query.memory
+        && m.trim().is_empty()
+    {
+        return Err(ServerError::bad_request(
+            "invalid_memory",
+            "`memory` must not be empty",
+        ));
+    }
+    let published = events
+        .into_iter()
+        .map(|event| {
+            let meta = EventMeta {
+                memory: query.memory.clone(),
+                ..EventMeta::default()
+            };
+            let ev = state.bus.publish_with(event, meta);
+            Published {
+                seq: ev.seq(),
+                event_id: ev.id(),
+            }
+        })
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PublishResponse { events: published }),
+    ))
+}
