@@ -1,1 +1,88 @@
-//! WebSocket endpoint `/api/v1/ws` (HotM protocol) with connection management.
+//! # event-ws
+//!
+//! The HotM WebSocket endpoint `GET /api/v1/ws` (PROTOCOL §2): the channel the
+//! original HotM UI uses for every real-time feature.
+//!
+//! ## Model
+//!
+//! ```text
+//!  EventBus ─► SinkRunner ─► FanoutHub (the endpoint's sink)
+//!                               │ filter + scope per connection, shared Arc<Event>
+//!                               ▼
+//!                  Outbox (bounded) ─► writer: drain all, feed each frame, one flush
+//!  client ◄──────────────────────────────────────────────────────────────┘
+//!  client ──► reader: refresh / subscribe / unsubscribe / ping, heartbeat deadline
+//! ```
+//!
+//! * The endpoint registers **one** sink on the bus, a [`FanoutHub`](event_core::FanoutHub).
+//!   Each connection gets an outbox holding only the events it may see (the
+//!   principal's scope) and asked for (`subscribe`). Events travel as shared
+//!   `Arc<Event>`s whose flat §1 JSON is rendered once, whatever the number
+//!   of clients.
+//! * A connection's writer wakes once per batch, writes every pending frame
+//!   and flushes once. A client that does not keep up overflows its outbox
+//!   (default 1,024 messages or 1 MiB) and is closed with **4008**; the bus
+//!   and the other clients never wait for it.
+//! * Right after the upgrade a client receives one `QueueStatus` (the host's
+//!   [`QueueSnapshot`](event_core::QueueSnapshot) if configured, else the
+//!   last published one). The text `refresh` asks for another, answered to
+//!   that client only.
+//! * `{"type":"subscribe","events":[…]}` narrows the stream (names in either
+//!   scheme, or `types=`-style prefixes such as `job`), `unsubscribe` removes
+//!   kinds; both are answered with `{"type":"subscribed","events":[…]}`.
+//!   `{"type":"ping"}` is answered with `{"type":"pong"}`. Anything else is
+//!   ignored.
+//! * The server pings every 30 s and closes a client silent for 90 s
+//!   ([`close_code::IDLE_TIMEOUT`]); a message over 64 KiB closes with 1009.
+//! * Authentication goes through the host's
+//!   [`Authenticator`](event_core::Authenticator) before the upgrade (`401`;
+//!   token from `Authorization: Bearer`, `Sec-WebSocket-Protocol:
+//!   bearer.<token>` — echoed back — or `?token=`); a disallowed `Origin` is
+//!   `403`; beyond `max_connections` the upgrade is `503`.
+//! * Every connection is in the [`ConnectionRegistry`](event_core::ConnectionRegistry)
+//!   while it lives, however it ends. `registry.shutdown()` (or the
+//!   token given to [`WsEndpoint::with_shutdown`]) closes every socket with
+//!   **1001** within the close timeout. The server never closes with 1000.
+//! * Metrics go through [`TransportMetrics`](event_core::TransportMetrics):
+//!   the connection gauge, events sent per type, drops, close reasons and the
+//!   publish-to-socket latency. Each connection runs in a `ws_connection`
+//!   tracing span with its id, peer address and principal id (never a token).
+//!
+//! ## Mounting it in a host
+//!
+//! ```
+//! use std::{net::SocketAddr, sync::Arc};
+//! use event_core::{AllowAnonymous, ConnectionRegistry, EventBus, SinkRunner};
+//! use event_ws::{WsConfig, WsEndpoint};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (bus, registry) = (EventBus::default(), ConnectionRegistry::new());
+//! let ws = WsEndpoint::new(bus.clone(), registry.clone(), Arc::new(AllowAnonymous), WsConfig::default());
+//! let mut runner = SinkRunner::new(&bus);
+//! runner.register(ws.sink());
+//! let app: axum::Router = axum::Router::new().merge(ws.router());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move {
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+//! });
+//!
+//! // A client receives the queue status first.
+//! use futures_util::StreamExt;
+//! let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/v1/ws")).await?;
+//! let first = client.next().await.ok_or("closed")??;
+//! assert_eq!(first.to_text()?, r#"{"type":"QueueStatus","total_jobs":0,"running":0,"pending":0}"#);
+//!
+//! registry.shutdown(); // every socket closes with 1001
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod connection;
+mod endpoint;
+mod error;
+mod protocol;
+
+pub use config::{DEFAULT_PATH, WsConfig, close_code};
+pub use endpoint::WsEndpoint;
+pub use error::WsError;

@@ -1,0 +1,122 @@
+//! Endpoint settings and the close codes the server uses.
+
+use std::time::Duration;
+
+use event_core::OutboxLimits;
+
+/// The WebSocket close codes this endpoint sends (PROTOCOL §2).
+///
+/// The server never closes with `1000`: HotM clients do not reconnect after a
+/// normal closure, so every server-initiated close uses a code that makes them
+/// come back.
+pub mod close_code {
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The connection was refused or removed by policy (an operator kick).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// The client sent a frame or message larger than the configured limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Something went wrong on the server.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server has no room for another connection.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The client stopped answering heartbeats (no pong, no frame) for the
+    /// idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The client did not read fast enough: its outgoing budget overflowed or
+    /// a write stalled.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// The path the router serves.
+pub const DEFAULT_PATH: &str = "/api/v1/ws";
+
+/// Settings of a [`WsEndpoint`](crate::WsEndpoint). `Default` gives the
+/// protocol's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConfig {
+    /// The route path (`/api/v1/ws`).
+    pub path: String,
+    /// Allowed `Origin` values (exact, case-insensitive, e.g.
+    /// `https://app.example.com`). Empty allows every origin. Requests without
+    /// an `Origin` header (non-browser clients) are always allowed, since the
+    /// check exists to stop other web pages from using a browser's
+    /// credentials.
+    pub allowed_origins: Vec<String>,
+    /// How often the server sends a WebSocket ping (30 s).
+    pub ping_interval: Duration,
+    /// How long a client may stay silent (no pong, no frame) before it is
+    /// closed with [`close_code::IDLE_TIMEOUT`] (90 s).
+    pub idle_timeout: Duration,
+    /// The largest frame or message a client may send; larger ones close the
+    /// connection with [`close_code::MESSAGE_TOO_BIG`] (64 KiB).
+    pub max_message_bytes: usize,
+    /// Each connection's outgoing budget. A connection that exceeds it is
+    /// closed with [`close_code::SLOW_CONSUMER`] (1,024 messages or 1 MiB).
+    pub outbox: OutboxLimits,
+    /// How long one write to a client may stall before the client counts as
+    /// a slow consumer (30 s).
+    pub write_timeout: Duration,
+    /// Most simultaneous connections; beyond it the upgrade is refused with
+    /// `503` (10,000).
+    pub max_connections: usize,
+    /// How long a close handshake may take before the socket is dropped
+    /// (5 s). Bounds how long graceful shutdown waits for a client.
+    pub close_timeout: Duration,
+    /// How long to wait for the host's queue snapshot before falling back to
+    /// the last published `QueueStatus` (800 ms; `refresh` must be answered
+    /// within 1 s).
+    pub snapshot_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            path: DEFAULT_PATH.to_owned(),
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            max_message_bytes: 64 * 1024,
+            outbox: OutboxLimits::default(),
+            write_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            close_timeout: Duration::from_secs(5),
+            snapshot_timeout: Duration::from_millis(800),
+        }
+    }
+}
+
+impl WsConfig {
+    /// Whether a request with this `Origin` header value may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(o) => {
+                let o = o.trim().trim_end_matches('/');
+                self.allowed_origins
+                    .iter()
+                    .any(|a| a.trim().trim_end_matches('/').eq_ignore_ascii_case(o))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_allow_list() {
+        let open = WsConfig::default();
+        assert!(open.origin_allowed(Some("https://evil.example")));
+        let cfg = WsConfig {
+            allowed_origins: vec!["https://app.example".into()],
+            ..WsConfig::default()
+        };
+        assert!(cfg.origin_allowed(None));
+        assert!(cfg.origin_allowed(Some("https://APP.example/")));
+        assert!(!cfg.origin_allowed(Some("https://evil.example")));
+        assert!(!cfg.origin_allowed(Some("https://app.example.evil")));
+    }
+}

@@ -1,0 +1,242 @@
+//! The endpoint handle, its router and the upgrade handshake.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use event_core::metrics::TransportMetrics;
+use event_core::{
+    Authenticator, ConnectionRegistry, Credentials, EventBus, EventSink, FanoutHub, QueueSnapshot,
+    Transport,
+};
+use http::request::Parts;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::WsConfig;
+use crate::connection::{self, ConnectionContext};
+use crate::error::WsError;
+
+/// Bytes tungstenite preallocates to read into. Client messages are tiny; a
+/// larger one grows the buffer only while it is being read, so an idle
+/// connection stays small.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Outgoing frames are gathered up to this size before a socket write, which
+/// coalesces a batch of events into few syscalls without keeping a large
+/// buffer per connection.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The WebSocket endpoint `/api/v1/ws`: an [`EventSink`] for the bus and a
+/// [`Router`] for the host. Cheap to clone; clones share connections.
+///
+/// Configure it (`with_*`) before calling [`router`](Self::router).
+#[derive(Clone)]
+pub struct WsEndpoint {
+    pub(crate) bus: EventBus,
+    pub(crate) registry: ConnectionRegistry,
+    pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) snapshot: Option<Arc<dyn QueueSnapshot>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) config: Arc<WsConfig>,
+    pub(crate) hub: FanoutHub,
+    pub(crate) metrics: TransportMetrics,
+    /// Admitted connections (including ones still completing the upgrade).
+    pub(crate) active: Arc<watch::Sender<usize>>,
+}
+
+impl fmt::Debug for WsEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsEndpoint")
+            .field("path", &self.config.path)
+            .field("connections", &self.connections())
+            .field("queue_snapshot", &self.snapshot.is_some())
+            .finish()
+    }
+}
+
+impl WsEndpoint {
+    /// An endpoint on `bus`, registering its connections in `registry` and
+    /// admitting clients through `auth`.
+    ///
+    /// Builds its metric instruments from the global meter, so install the
+    /// meter provider first.
+    pub fn new(
+        bus: EventBus,
+        registry: ConnectionRegistry,
+        auth: Arc<dyn Authenticator>,
+        config: WsConfig,
+    ) -> Self {
+        WsEndpoint {
+            bus,
+            registry,
+            auth,
+            snapshot: None,
+            shutdown: CancellationToken::new(),
+            config: Arc::new(config),
+            hub: FanoutHub::new("ws"),
+            metrics: TransportMetrics::new(Transport::WebSocket),
+            active: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// Uses `provider` for the `QueueStatus` sent on connect and on
+    /// `refresh` (otherwise the last published one is used).
+    pub fn with_queue_snapshot(mut self, provider: Arc<dyn QueueSnapshot>) -> Self {
+        self.snapshot = Some(provider);
+        self
+    }
+
+    /// Closes every connection with 1001 when `token` is cancelled and
+    /// refuses new ones (in addition to `registry.shutdown()`, which does the
+    /// same).
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// The sink to register on the host's `SinkRunner`: the fan-out hub that
+    /// feeds every connection's outbox.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(self.hub.clone())
+    }
+
+    /// The fan-out hub (subscriber count, delivered/dropped counters).
+    pub fn hub(&self) -> &FanoutHub {
+        &self.hub
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &WsConfig {
+        &self.config
+    }
+
+    /// Open connections of this endpoint.
+    pub fn connections(&self) -> usize {
+        *self.active.borrow()
+    }
+
+    /// Watches the number of open connections (e.g. to wait for the last
+    /// one to close during shutdown).
+    pub fn watch_connections(&self) -> watch::Receiver<usize> {
+        self.active.subscribe()
+    }
+
+    /// Whether new connections are refused because of shutdown.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled() || self.registry.is_shutting_down()
+    }
+
+    /// The router serving `GET <config.path>` (`/api/v1/ws`). Merge it into
+    /// the host's router; serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()` so connections
+    /// know their peer address.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        Router::new()
+            .route(&self.config.path, get(upgrade))
+            .with_state(Arc::new(self.clone()))
+    }
+
+    /// Takes one connection slot, or says why not.
+    fn admit_slot(&self) -> Result<Slot, WsError> {
+        let max = self.config.max_connections;
+        let taken = self.active.send_if_modified(|n| {
+            if *n < max {
+                *n += 1;
+                true
+            } else {
+                false
+            }
+        });
+        if taken {
+            Ok(Slot {
+                active: self.active.clone(),
+            })
+        } else {
+            Err(WsError::OverCapacity(max))
+        }
+    }
+
+    async fn handshake(&self, parts: &mut Parts) -> Result<Response, WsError> {
+        if self.is_shutting_down() {
+            return Err(WsError::ShuttingDown);
+        }
+        let ws = WebSocketUpgrade::from_request_parts(parts, &())
+            .await
+            .map_err(|r| WsError::BadUpgrade(r.body_text()))?;
+        let origin = parts
+            .headers
+            .get(http::header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if !self.config.origin_allowed(origin) {
+            return Err(WsError::Forbidden("origin not allowed".to_owned()));
+        }
+        let query_token = Query::<TokenQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|q| q.0.token);
+        let credentials = Credentials::from_request(&parts.headers, query_token.as_deref(), true);
+        let principal = self.auth.authenticate(&credentials).await?;
+        let slot = self.admit_slot()?;
+
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        // A browser that offered `bearer.<token>` fails the handshake unless
+        // the server picks one of its protocols, so echo it back.
+        let bearer_protocol = event_core::auth::websocket_bearer_protocol(&parts.headers)
+            .map(|(protocol, _)| protocol.to_owned());
+        let mut ws = ws
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(WRITE_BUFFER_BYTES)
+            .max_message_size(self.config.max_message_bytes)
+            .max_frame_size(self.config.max_message_bytes);
+        if let Some(protocol) = bearer_protocol {
+            ws = ws.protocols([protocol]);
+        }
+        let ctx = ConnectionContext {
+            endpoint: self.clone(),
+            principal,
+            remote,
+        };
+        Ok(ws
+            .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
+            .on_upgrade(move |socket| async move {
+                connection::serve(ctx, socket).await;
+                drop(slot);
+            }))
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// One admitted connection's place under `max_connections`; released on
+/// drop, including when the upgrade never completes.
+struct Slot {
+    active: Arc<watch::Sender<usize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.active.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+async fn upgrade(State(endpoint): State<Arc<WsEndpoint>>, request: Request) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    match endpoint.handshake(&mut parts).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%error, status = %error.status(), "websocket upgrade refused");
+            error.into_response()
+        }
+    }
+}
