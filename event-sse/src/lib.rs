@@ -1,1 +1,95 @@
-//! SSE endpoint `/api/v1/events` with replay, filters and lag signalling.
+//! # event-sse
+//!
+//! Server-Sent Events for matric's real-time events (PROTOCOL §3):
+//! `GET /api/v1/events` (alias `/api/v1/events/stream`) with replay,
+//! filters and lag signalling, and `GET /api/v1/events/history`. The same
+//! machinery serves any other event type through [`SseChannel`], so a
+//! third-party axum service can stream its own enum.
+//!
+//! ## Model
+//!
+//! ```text
+//!  EventBus ─► SinkRunner ─► FanoutHub (SseEndpoint::sink)
+//!                               │ filter + scope per connection
+//!                               ▼
+//!                  Outbox (bounded, drop-and-count) ─► body stream ─► client
+//!  replay ring ─► (Last-Event-ID) ──────────────────────┘
+//! ```
+//!
+//! * Each connection subscribes to the hub *before* reading the replay ring,
+//!   then drops live events it already replayed (by sequence): a publish
+//!   during the hand-over is neither lost nor duplicated.
+//! * The body is a plain stream of `Bytes`: each poll drains everything
+//!   pending and writes it as one chunk, framed byte-exactly from each
+//!   event's cached JSON (serialized once, however many clients).
+//! * A connection that falls behind loses the excess and receives
+//!   `event: events.lagged` with the exact count; one whose queue stays full
+//!   for [`SseConfig::stall_timeout`] is dropped.
+//! * A kick or `ConnectionRegistry::shutdown()` ends the stream at once, so
+//!   axum's graceful shutdown completes; the registry entry goes away when
+//!   the body is dropped, however the client left.
+//!
+//! ## Wire
+//!
+//! First `retry: 3000`, then — if the client's cursor cannot be served —
+//! `event: resync_required`, then the `QueueStatus` confirmation, then
+//! replayed and live events, with a `: keepalive` comment on idle streams
+//! (`?heartbeat=5..300` seconds, default 15). Frames in `v1` are
+//! `id:`/`event:`/`data:`, in `envelope` `event:`/`id:`/`data:` (choose with
+//! `?format=`). Filters: `events=`, `types=`, `entity_id=`, `memory=` (or
+//! `X-Fortemi-Memory`); bad values are a `400` JSON error naming them.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use event_core::{AllowAnonymous, ConnectionRegistry, EventBus, QueueStatus, SinkRunner};
+//! use event_sse::{SseConfig, SseEndpoint};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let bus = EventBus::default();
+//! let registry = ConnectionRegistry::new();
+//! let sse = SseEndpoint::new(bus.clone(), registry.clone(), Arc::new(AllowAnonymous), SseConfig::default());
+//! let mut runner = SinkRunner::new(&bus);
+//! runner.register(sse.sink());
+//!
+//! let app: axum::Router = axum::Router::new()
+//!     .merge(sse.router())
+//!     .layer(event_sse::cors_layer(["http://localhost:5173"]));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! let addr = listener.local_addr().unwrap();
+//! let server = tokio::spawn(async move {
+//!     axum::serve(listener, app)
+//!         .with_graceful_shutdown(async move { registry.shutdown() })
+//!         .await
+//! });
+//! bus.publish(QueueStatus::new(1, 0));
+//! // … clients connect to http://{addr}/api/v1/events …
+//! # let _ = addr;
+//! server.await.unwrap().unwrap();
+//! # }
+//! ```
+//!
+//! For another event type, implement [`SseEvent`] and use [`SseChannel`]
+//! (see its documentation and `examples/src/bin/third-party-sse.rs`).
+
+mod channel;
+mod config;
+mod cors;
+mod endpoint;
+mod error;
+mod event;
+pub mod frame;
+mod params;
+mod stream;
+
+pub use channel::SseChannel;
+pub use config::{MAX_HEARTBEAT_SECS, MAX_HISTORY_LIMIT, MIN_HEARTBEAT_SECS, SseConfig};
+pub use cors::{ALLOWED_HEADERS, cors_layer};
+pub use endpoint::SseEndpoint;
+pub use error::SseError;
+pub use event::{Format, SseEvent, SseId};
+pub use params::MEMORY_HEADER;
+
+/// Re-exported for [`SseEvent`] implementations.
+pub use bytes;

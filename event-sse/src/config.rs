@@ -1,0 +1,46 @@
+//! Endpoint configuration.
+
+use std::time::Duration;
+
+use event_core::OutboxLimits;
+
+use crate::event::Format;
+
+/// Smallest `?heartbeat=` a client may ask for, in seconds.
+pub const MIN_HEARTBEAT_SECS: u64 = 5;
+/// Largest `?heartbeat=` a client may ask for, in seconds.
+pub const MAX_HEARTBEAT_SECS: u64 = 300;
+/// Largest `limit` of `GET /api/v1/events/history`.
+pub const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// Configuration of an SSE endpoint. `Default` is PROTOCOL §3.
+#[derive(Debug, Clone)]
+pub struct SseConfig {
+    /// The frame format when the client sends no `?format=` (`v1`).
+    pub format: Format,
+    /// The `retry:` written first, in milliseconds (3000).
+    pub retry_ms: u64,
+    /// The keep-alive interval when the client sends no `?heartbeat=` (15 s).
+    pub heartbeat: Duration,
+    /// How much a connection may have queued before it starts losing events
+    /// (and receives `events.lagged`).
+    pub outbox: OutboxLimits,
+    /// A connection whose queue stays full this long without being written
+    /// is dropped (30 s).
+    pub stall_timeout: Duration,
+    /// The `limit` of a history request that names none (100).
+    pub history_default_limit: usize,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            format: Format::V1,
+            retry_ms: 3000,
+            heartbeat: Duration::from_secs(15),
+            outbox: OutboxLimits::default(),
+            stall_timeout: Duration::from_secs(30),
+            history_default_limit: 100,
+        }
+    }
+}

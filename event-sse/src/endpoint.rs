@@ -1,0 +1,421 @@
+//! The SSE endpoint for matric's own events: `/api/v1/events`,
+//! `/api/v1/events/stream` and `/api/v1/events/history`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::BytesMut;
+use event_core::metrics::{self, SSE_REPLAYS};
+use event_core::{
+    Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, Event, EventBus, EventFilter,
+    EventSink, FanoutHub, FilterParams, HubSubscription, Outgoing, OverflowPolicy, Principal,
+    QueueSnapshot, ReplayMiss, ServerEvent, SubscribeOptions, Transport, TransportMetrics, Uuid,
+    WireForm, current_queue_status,
+};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
+
+use crate::config::{MAX_HISTORY_LIMIT, SseConfig};
+use crate::error::SseError;
+use crate::event::Format;
+use crate::frame;
+use crate::params::Query;
+use crate::stream::{Connection, Feed, Item, StreamSettings};
+
+struct Inner {
+    bus: EventBus,
+    registry: ConnectionRegistry,
+    auth: Arc<dyn Authenticator>,
+    queue: Option<Arc<dyn QueueSnapshot>>,
+    hub: FanoutHub,
+    config: SseConfig,
+    metrics: TransportMetrics,
+    replays: Counter<u64>,
+}
+
+/// The SSE transport for [`event_core::Event`]s. Cheap to clone.
+///
+/// Register [`sink`](Self::sink) on the host's `SinkRunner` and merge
+/// [`router`](Self::router) into the host's router.
+#[derive(Clone)]
+pub struct SseEndpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SseEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseEndpoint")
+            .field("connections", &self.inner.hub.len())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl SseEndpoint {
+    /// An endpoint over `bus` whose connections are listed in `registry` and
+    /// admitted by `auth`. Build it after installing the meter provider.
+    pub fn new(
+        bus: EventBus,
+        registry: ConnectionRegistry,
+        auth: Arc<dyn Authenticator>,
+        config: SseConfig,
+    ) -> Self {
+        let replays = metrics::meter()
+            .u64_counter(SSE_REPLAYS)
+            .with_description("SSE replays served or refused (expired cursor)")
+            .build();
+        SseEndpoint {
+            inner: Arc::new(Inner {
+                bus,
+                registry,
+                auth,
+                queue: None,
+                hub: FanoutHub::new("sse"),
+                config,
+                metrics: TransportMetrics::new(Transport::Sse),
+                replays,
+            }),
+        }
+    }
+
+    /// Uses `provider` for the `QueueStatus` sent when a client connects
+    /// (otherwise the last published one). Call before cloning the endpoint.
+    pub fn with_queue_snapshot(mut self, provider: Arc<dyn QueueSnapshot>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.queue = Some(provider);
+        } else {
+            tracing::warn!("with_queue_snapshot called on a shared SseEndpoint; ignored");
+        }
+        self
+    }
+
+    /// The sink to register on the host's `SinkRunner`: it fans events out
+    /// to every connection.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(self.inner.hub.clone())
+    }
+
+    /// The fan-out hub (connection count, delivered and dropped totals).
+    pub fn hub(&self) -> &FanoutHub {
+        &self.inner.hub
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SseConfig {
+        &self.inner.config
+    }
+
+    /// `GET /api/v1/events`, `GET /api/v1/events/stream` and
+    /// `GET /api/v1/events/history`, for any host state.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        let stream = {
+            let ep = self.clone();
+            move |req: Request| {
+                let ep = ep.clone();
+                async move { ep.serve_stream(req).await }
+            }
+        };
+        let history = {
+            let ep = self.clone();
+            move |req: Request| {
+                let ep = ep.clone();
+                async move { ep.serve_history(req).await }
+            }
+        };
+        Router::new()
+            .route("/api/v1/events", get(stream.clone()))
+            .route("/api/v1/events/stream", get(stream))
+            .route("/api/v1/events/history", get(history))
+    }
+
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: &Query,
+    ) -> Result<Principal, SseError> {
+        let creds = Credentials::from_request(headers, query.get("token"), false);
+        Ok(self.inner.auth.authenticate(&creds).await?)
+    }
+
+    fn filter(
+        &self,
+        headers: &HeaderMap,
+        query: &Query,
+        principal: &Principal,
+    ) -> Result<EventFilter, SseError> {
+        let memory = query.memory(headers)?;
+        let filter = EventFilter::parse(FilterParams {
+            events: query.get("events"),
+            types: query.get("types"),
+            entity_id: query.get("entity_id"),
+            memory,
+        })?;
+        if let Some(m) = filter.memory()
+            && !principal.memories.allows(m)
+        {
+            return Err(SseError::Forbidden(format!(
+                "no access to memory {:?}",
+                crate::error::truncate(m)
+            )));
+        }
+        Ok(filter)
+    }
+
+    async fn serve_stream(self, req: Request) -> Response {
+        match self.open_stream(req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn open_stream(&self, req: Request) -> Result<Response, SseError> {
+        let inner = &self.inner;
+        let headers = req.headers();
+        let query = Query::parse(req.uri())?;
+        let format = query.format(inner.config.format)?;
+        let heartbeat = query.heartbeat(inner.config.heartbeat)?;
+        let principal = self.authenticate(headers, &query).await?;
+        let filter = self.filter(headers, &query, &principal)?;
+        let remote = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+
+        let guard = inner.registry.register(Transport::Sse, remote, &principal);
+        if guard.is_closing() {
+            return Err(SseError::ShuttingDown);
+        }
+        let guard = Arc::new(guard);
+        // Subscribe to live delivery before reading the ring: an event
+        // published meanwhile lands in the outbox and maybe in the replay
+        // too, and `skip_through` drops the second copy.
+        let sub = inner.hub.subscribe(SubscribeOptions {
+            filter,
+            principal,
+            limits: inner.config.outbox,
+            policy: OverflowPolicy::DropAndCount,
+            wire: match format {
+                Format::V1 => WireForm::Flat,
+                Format::Envelope => WireForm::Envelope,
+            },
+        });
+
+        let mut first = BytesMut::new();
+        frame::write_retry(&mut first, inner.config.retry_ms);
+        let mut replayed = Vec::new();
+        let mut skip_through = 0;
+        if let Some(raw) = query.last_event_id(headers) {
+            match Cursor::parse(&raw) {
+                Ok(cursor) => match replay(&inner.bus, &cursor) {
+                    Ok((events, through)) => {
+                        inner.replays.add(1, &[KeyValue::new("replay", "served")]);
+                        skip_through = through;
+                        replayed = events;
+                    }
+                    Err(miss) => {
+                        inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
+                        tracing::debug!(reason = miss.as_str(), "SSE cursor cannot be replayed");
+                        frame::write_resync(&mut first, &crate::error::truncate(&raw));
+                    }
+                },
+                Err(_) => {
+                    inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
+                    frame::write_resync(&mut first, &crate::error::truncate(&raw));
+                }
+            }
+        }
+        let status = current_queue_status(&inner.bus, inner.queue.as_deref()).await;
+        write_queue_status(&mut first, format, ServerEvent::QueueStatus(status));
+        let mut sent = 0;
+        for ev in replayed.iter().filter(|ev| sub.wants(ev)) {
+            frame::write_event(&mut first, &**ev, format);
+            inner.metrics.events_sent(ev.kind(), 1);
+            sent += 1;
+        }
+        guard.record_sent(sent);
+
+        let closed = {
+            let g = guard.clone();
+            Box::pin(async move { g.closed().await })
+        };
+        let conn = Connection::new(
+            HubFeed {
+                sub,
+                scratch: Vec::new(),
+            },
+            StreamSettings {
+                format,
+                heartbeat,
+                stall_timeout: inner.config.stall_timeout,
+                skip_through,
+            },
+            first.freeze(),
+            closed,
+            Some(inner.metrics.clone()),
+            Some(guard),
+        );
+        Ok(sse_response(Body::from_stream(conn.into_stream())))
+    }
+
+    async fn serve_history(self, req: Request) -> Response {
+        match self.history(req).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn history(&self, req: Request) -> Result<Response, SseError> {
+        let headers = req.headers();
+        let query = Query::parse(req.uri())?;
+        let principal = self.authenticate(headers, &query).await?;
+        let filter = self.filter(headers, &query, &principal)?;
+        let limit = match query.get("limit") {
+            None => self.inner.config.history_default_limit,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(SseError::param("limit", raw, "expected a positive integer")),
+            },
+        }
+        .min(MAX_HISTORY_LIMIT);
+        let since = match query.get("since").filter(|s| !s.trim().is_empty()) {
+            None => None,
+            Some(raw) => Some(Cursor::parse(raw).map_err(|_| {
+                SseError::param("since", raw, "expected a sequence number or an event UUID")
+            })?),
+        };
+        let events =
+            self.inner
+                .bus
+                .history(since.as_ref(), usize::MAX)
+                .map_err(|miss| match miss {
+                    ReplayMiss::Expired => {
+                        SseError::CursorExpired(since.map(|c| c.to_string()).unwrap_or_default())
+                    }
+                    ReplayMiss::Unknown => SseError::param(
+                        "since",
+                        &since.map(|c| c.to_string()).unwrap_or_default(),
+                        "no such event",
+                    ),
+                })?;
+        let mut body = BytesMut::with_capacity(2 + limit.min(events.len()) * 256);
+        body.extend_from_slice(b"[");
+        let visible = events
+            .iter()
+            .filter(|ev| filter.matches(ev) && principal.can_see(ev))
+            .take(limit);
+        for (i, ev) in visible.enumerate() {
+            if i > 0 {
+                body.extend_from_slice(b",");
+            }
+            body.extend_from_slice(ev.envelope_json());
+        }
+        body.extend_from_slice(b"]");
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body.freeze(),
+        )
+            .into_response())
+    }
+}
+
+/// Reads the replay after `cursor` and the sequence through which the live
+/// outbox must be skipped (everything published before the read).
+fn replay(bus: &EventBus, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), ReplayMiss> {
+    let mut attempts = 0;
+    loop {
+        let before = bus.last_seq();
+        let events = bus.replay_since(cursor)?;
+        if let Some(through) = events.last().map(|e| e.seq()) {
+            return Ok((events, through));
+        }
+        // Nothing after the cursor: the ring ended at the cursor, so the
+        // cursor itself is the hand-over point.
+        if let Cursor::Seq(seq) = cursor {
+            return Ok((events, *seq));
+        }
+        // An id cursor with nothing after it: the ring ended at `before`
+        // unless an event was published during the read; then read again.
+        attempts += 1;
+        if bus.last_seq() == before || attempts >= 16 {
+            return Ok((events, before));
+        }
+    }
+}
+
+/// The connection confirmation: a `QueueStatus` without `id:`.
+fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
+    match format {
+        Format::V1 => {
+            let data = serde_json::to_vec(&status).unwrap_or_default();
+            frame::write_synthetic(out, status.type_name(), &data);
+        }
+        Format::Envelope => {
+            let envelope = Envelope {
+                event_id: Uuid::now_v7(),
+                event_type: status.dot_name().to_owned(),
+                occurred_at: time::OffsetDateTime::now_utc(),
+                actor: event_core::Actor::system(),
+                memory: None,
+                tenant_id: None,
+                entity_type: None,
+                entity_id: None,
+                correlation_id: None,
+                causation_id: None,
+                payload_version: 1,
+                payload: status,
+            };
+            let data = serde_json::to_vec(&envelope).unwrap_or_default();
+            frame::write_synthetic(out, &envelope.event_type, &data);
+        }
+    }
+}
+
+/// A `200 text/event-stream` response with the headers of PROTOCOL §3.
+pub(crate) fn sse_response(body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// A hub subscription as a connection feed.
+struct HubFeed {
+    sub: HubSubscription,
+    scratch: Vec<Outgoing>,
+}
+
+impl Feed for HubFeed {
+    type Event = Event;
+
+    fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.sub.outbox().ready()
+    }
+
+    fn drain(&mut self, out: &mut Vec<Item<Event>>) {
+        self.sub.outbox().drain_into(&mut self.scratch);
+        out.extend(self.scratch.drain(..).map(|o| match o {
+            Outgoing::Event(e) => Item::Event(e),
+            Outgoing::Lagged(n) => Item::Lagged(n),
+        }));
+    }
+
+    fn stalled_for(&self) -> Option<Duration> {
+        self.sub.outbox().full_for()
+    }
+}
