@@ -1,0 +1,112 @@
+//! The one error type of this crate.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// Everything that can go wrong in event-webhook.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A request body or query could not be parsed (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A field failed validation (HTTP 422). The message names the field.
+    #[error("`{field}`: {message}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// No webhook or delivery with that id (HTTP 404).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request conflicts with the current state (HTTP 409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Credentials missing or wrong (HTTP 401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The principal is not an administrator (HTTP 403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A target address is not allowed (SSRF guard).
+    #[error("target address refused: {0}")]
+    Refused(String),
+    /// The database URL is not one this build supports.
+    #[error("unsupported database URL: {0}")]
+    UnsupportedDatabase(String),
+    /// A database error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(String),
+    /// Data in the store is not what this crate wrote.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand result type.
+pub type Result<T, E = WebhookError> = std::result::Result<T, E>;
+
+impl WebhookError {
+    /// An [`Invalid`](WebhookError::Invalid) error.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        WebhookError::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The stable code for the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WebhookError::BadRequest(_) => "bad_request",
+            WebhookError::Invalid { .. } => "validation_error",
+            WebhookError::NotFound(_) => "not_found",
+            WebhookError::Conflict(_) => "conflict",
+            WebhookError::Unauthorized(_) => "unauthorized",
+            WebhookError::Forbidden(_) => "forbidden",
+            WebhookError::Refused(_) => "url_not_allowed",
+            WebhookError::UnsupportedDatabase(_) => "unsupported_database",
+            WebhookError::Database(_)
+            | WebhookError::Migrate(_)
+            | WebhookError::Client(_)
+            | WebhookError::Corrupt(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WebhookError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Invalid { .. } | WebhookError::Refused(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            WebhookError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebhookError::Conflict(_) => StatusCode::CONFLICT,
+            WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            WebhookError::Forbidden(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            // Database and client details stay in the log, not on the wire.
+            tracing::error!(error = %self, "webhook API request failed");
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let body = serde_json::json!({ "error": self.code(), "message": message });
+        (status, Json(body)).into_response()
+    }
+}

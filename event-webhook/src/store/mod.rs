@@ -1,0 +1,179 @@
+//! Durable storage: webhooks, deliveries (the queue and the log in one
+//! table) and attempts.
+//!
+//! # Model
+//!
+//! A delivery row is written once per (event, webhook) when the sink
+//! accepts a batch, in one transaction per batch. The worker *claims* due
+//! rows by stamping them with a claim token and a lease (`claimed_until`);
+//! the result of an attempt is recorded in one transaction (attempt row,
+//! delivery state, webhook counters) that only succeeds while the claim
+//! still holds. A process that dies leaves its claims behind; they expire
+//! at the end of the lease, and [`WebhookStore::recover_in_flight`] frees
+//! them at start-up, so nothing is lost (at-least-once).
+//!
+//! Two engines implement [`WebhookStore`]: [`SqliteStore`] (default, a
+//! file, one worker process per database) and, with the `postgres` feature,
+//! [`PostgresStore`] (any number of workers: claims use
+//! `FOR UPDATE SKIP LOCKED`). [`connect`] picks one by URL scheme.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Result, WebhookError};
+use crate::model::{
+    Attempt, AttemptEffect, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryStatus,
+    NewDelivery, Webhook,
+};
+
+#[cfg(feature = "postgres")]
+mod postgres;
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// The storage the webhook service needs. Implemented for SQLite and
+/// PostgreSQL; the same conformance suite runs against both.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Which engine (`sqlite`, `postgres`), for logs.
+    fn engine(&self) -> &'static str;
+
+    /// Whether several processes may run workers on this store at once.
+    fn shared_queue(&self) -> bool;
+
+    /// Inserts a webhook.
+    async fn create_webhook(&self, webhook: &Webhook) -> Result<()>;
+
+    /// One webhook.
+    async fn get_webhook(&self, id: Uuid) -> Result<Option<Webhook>>;
+
+    /// Every webhook, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>>;
+
+    /// Replaces a webhook's fields; `false` when it does not exist.
+    async fn update_webhook(&self, webhook: &Webhook) -> Result<bool>;
+
+    /// Deletes a webhook with its deliveries and attempts; `false` when it
+    /// did not exist.
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool>;
+
+    /// Queues deliveries, all in one transaction.
+    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()>;
+
+    /// Queues one delivery already claimed by the caller (a test delivery
+    /// sent right away).
+    async fn enqueue_claimed(
+        &self,
+        delivery: &NewDelivery,
+        token: Uuid,
+        lease_until: OffsetDateTime,
+    ) -> Result<()>;
+
+    /// One delivery of one webhook.
+    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>>;
+
+    /// A webhook's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>>;
+
+    /// A delivery's attempts, oldest first.
+    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>>;
+
+    /// Re-queues a delivery (whatever its status) with a fresh retry
+    /// schedule; `None` when it does not exist.
+    async fn redeliver(
+        &self,
+        webhook_id: Uuid,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Delivery>>;
+
+    /// Claims due deliveries of active webhooks.
+    async fn claim_due(&self, request: &ClaimRequest) -> Result<Vec<ClaimedDelivery>>;
+
+    /// Gives claimed rows back unattempted.
+    async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()>;
+
+    /// Records an attempt and the delivery's new state in one transaction.
+    async fn complete_attempt(&self, record: &AttemptRecord) -> Result<AttemptEffect>;
+
+    /// Frees the claims of dead processes; returns how many rows were freed.
+    async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64>;
+
+    /// Deletes succeeded deliveries delivered before `before`.
+    async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64>;
+
+    /// Deliveries waiting to be sent (pending or scheduled for retry).
+    async fn queue_depth(&self) -> Result<u64>;
+}
+
+/// Opens the store named by a database URL and runs its migrations:
+/// `sqlite:` / `sqlite://` (a file, created when missing; `sqlite::memory:`
+/// for tests), or with the `postgres` feature `postgres://` /
+/// `postgresql://`.
+pub async fn connect(url: &str) -> Result<Arc<dyn WebhookStore>> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteStore::connect(url).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(PostgresStore::connect(url).await?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(WebhookError::UnsupportedDatabase(
+            "postgres URLs need the `postgres` feature".to_owned(),
+        ));
+    }
+    let scheme = url.split(':').next().unwrap_or_default();
+    Err(WebhookError::UnsupportedDatabase(format!(
+        "scheme {scheme:?} (expected sqlite: or postgres://)"
+    )))
+}
+
+pub(crate) fn u32_of(v: i64, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| WebhookError::Corrupt(format!("{what} out of range: {v}")))
+}
+
+pub(crate) fn status_of(s: &str) -> Result<DeliveryStatus> {
+    DeliveryStatus::parse(s).ok_or_else(|| WebhookError::Corrupt(format!("status {s:?}")))
+}
+
+pub(crate) fn code_of(v: Option<i64>) -> Option<u16> {
+    v.and_then(|c| u16::try_from(c).ok())
+}
+
+/// The delivery's new columns for an outcome:
+/// `(status, next_attempt_at, delivered_at)`.
+pub(crate) fn outcome_columns(
+    record: &AttemptRecord,
+) -> (
+    DeliveryStatus,
+    Option<OffsetDateTime>,
+    Option<OffsetDateTime>,
+) {
+    use crate::model::AttemptOutcome::*;
+    let done = record.started_at + time::Duration::milliseconds(record.duration_ms as i64);
+    match record.outcome {
+        Succeeded => (DeliveryStatus::Succeeded, None, Some(done)),
+        Retry(at) => (DeliveryStatus::Failed, Some(at), None),
+        Dead | Gone => (DeliveryStatus::Dead, None, None),
+        FailedOnce => (DeliveryStatus::Failed, None, None),
+    }
+}
+
+/// Reason stored when a webhook is disabled after too many dead deliveries.
+pub(crate) fn dead_streak_reason(n: u32) -> String {
+    format!("disabled after {n} consecutive failed deliveries")
+}
+
+/// Reason stored when the endpoint answered 410 Gone.
+pub(crate) const GONE_REASON: &str = "endpoint answered 410 Gone";

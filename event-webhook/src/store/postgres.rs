@@ -1,0 +1,545 @@
+//! The PostgreSQL store: native `UUID`, `TIMESTAMPTZ`, `TEXT[]` and `JSON`
+//! columns.
+//!
+//! Any number of processes may run workers on one database: a claim locks
+//! the rows it takes with `FOR UPDATE SKIP LOCKED`, so concurrent claims
+//! never take the same row, and an attempt's result is recorded only while
+//! the claim token still matches.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    GONE_REASON, WebhookStore, code_of, dead_streak_reason, outcome_columns, status_of, u32_of,
+};
+use crate::error::{Result, WebhookError};
+use crate::model::{
+    Attempt, AttemptEffect, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per INSERT statement (PostgreSQL allows 65,535 bound parameters).
+const INSERT_CHUNK: usize = 1000;
+
+/// The PostgreSQL implementation of [`WebhookStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+const WEBHOOK_COLUMNS: &str = "id, url, events, secret, active, max_retries, created_at, \
+     updated_at, last_triggered_at, failure_count, disabled_reason";
+
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, \
+     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
+
+fn i32_of(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+fn webhook_of(row: &PgRow) -> Result<Webhook> {
+    let names: Vec<String> = row.try_get("events")?;
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        events: kinds_from_names(&names)?,
+        secret: row.try_get("secret")?,
+        active: row.try_get("active")?,
+        max_retries: u32_of(row.try_get::<i32, _>("max_retries")?.into(), "max_retries")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        last_triggered_at: row.try_get("last_triggered_at")?,
+        failure_count: u32_of(
+            row.try_get::<i32, _>("failure_count")?.into(),
+            "failure_count",
+        )?,
+        disabled_reason: row.try_get("disabled_reason")?,
+    })
+}
+
+fn delivery_of(row: &PgRow) -> Result<Delivery> {
+    let status = status_of(row.try_get::<&str, _>("status")?)?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        status,
+        attempts: u32_of(row.try_get::<i32, _>("attempts")?.into(), "attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_status_code: code_of(
+            row.try_get::<Option<i32>, _>("last_status_code")?
+                .map(i64::from),
+        ),
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        success: status == DeliveryStatus::Succeeded,
+    })
+}
+
+impl PostgresStore {
+    /// Connects to `url` and migrates the database (in the connection's
+    /// `search_path` schema).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(PgConnectOptions::from_str(url)?).await
+    }
+
+    /// Connects to `url` using (and creating when missing) the schema
+    /// `schema`: every table of this store lives there. Lets several
+    /// services, or tests, share one database.
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(WebhookError::invalid(
+                "schema",
+                "must be non-empty ASCII letters, digits and underscores",
+            ));
+        }
+        let options = PgConnectOptions::from_str(url)?;
+        let setup = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&setup)
+            .await?;
+        setup.close().await;
+        Self::connect_with(options.options([("search_path", schema)])).await
+    }
+
+    /// Connects with explicit options and migrates.
+    pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool and migrates it.
+    pub async fn from_pool(pool: PgPool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl WebhookStore for PostgresStore {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn shared_queue(&self) -> bool {
+        true
+    }
+
+    async fn create_webhook(&self, w: &Webhook) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webhooks (id, url, events, secret, active, max_retries, created_at, \
+             updated_at, last_triggered_at, failure_count, disabled_reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(w.id)
+        .bind(&w.url)
+        .bind(kinds_to_names(&w.events))
+        .bind(&w.secret)
+        .bind(w.active)
+        .bind(i32_of(w.max_retries))
+        .bind(w.created_at)
+        .bind(w.updated_at)
+        .bind(w.last_triggered_at)
+        .bind(i32_of(w.failure_count))
+        .bind(&w.disabled_reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, id: Uuid) -> Result<Option<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(webhook_of).transpose()
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(webhook_of).collect()
+    }
+
+    async fn update_webhook(&self, w: &Webhook) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE webhooks SET url = $1, events = $2, secret = $3, active = $4, \
+             max_retries = $5, updated_at = $6, last_triggered_at = $7, failure_count = $8, \
+             disabled_reason = $9 WHERE id = $10",
+        )
+        .bind(&w.url)
+        .bind(kinds_to_names(&w.events))
+        .bind(&w.secret)
+        .bind(w.active)
+        .bind(i32_of(w.max_retries))
+        .bind(w.updated_at)
+        .bind(w.last_triggered_at)
+        .bind(i32_of(w.failure_count))
+        .bind(&w.disabled_reason)
+        .bind(w.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in deliveries.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Postgres>::new(
+                "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+                 attempts, next_attempt_at, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.id)
+                    .push_bind(d.webhook_id)
+                    .push_bind(d.event_id)
+                    .push_bind(d.event_type)
+                    .push_bind(String::from_utf8_lossy(&d.body).into_owned())
+                    .push_unseparated("::json")
+                    .push("'pending'")
+                    .push("0")
+                    .push_bind(d.next_attempt_at)
+                    .push_bind(d.created_at);
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_claimed(
+        &self,
+        d: &NewDelivery,
+        token: Uuid,
+        lease_until: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+             attempts, next_attempt_at, claimed_until, claim_token, created_at) \
+             VALUES ($1, $2, $3, $4, $5::json, 'pending', 0, $6, $7, $8, $9)",
+        )
+        .bind(d.id)
+        .bind(d.webhook_id)
+        .bind(d.event_id)
+        .bind(d.event_type)
+        .bind(String::from_utf8_lossy(&d.body).into_owned())
+        .bind(d.next_attempt_at)
+        .bind(lease_until)
+        .bind(token)
+        .bind(d.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>> {
+        let sql =
+            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 AND webhook_id = $2");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(webhook_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_of).transpose()
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = $1 \
+             AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(webhook_id)
+            .bind(status.map(DeliveryStatus::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(delivery_of).collect()
+    }
+
+    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts \
+             WHERE delivery_id = $1 ORDER BY attempt, id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    attempt: u32_of(r.try_get::<i32, _>("attempt")?.into(), "attempt")?,
+                    started_at: r.try_get("started_at")?,
+                    duration_ms: r.try_get::<i64, _>("duration_ms")?.max(0) as u64,
+                    status_code: code_of(
+                        r.try_get::<Option<i32>, _>("status_code")?.map(i64::from),
+                    ),
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn redeliver(
+        &self,
+        webhook_id: Uuid,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Delivery>> {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
+             claimed_until = NULL, claim_token = NULL, delivered_at = NULL \
+             WHERE id = $2 AND webhook_id = $3 RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(id)
+            .bind(webhook_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_of).transpose()
+    }
+
+    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        // The ranked subquery picks candidates (at most `per_webhook` per
+        // endpoint); the locking SELECT re-checks the due condition on the
+        // latest row version and skips rows another worker is claiming.
+        let rows = sqlx::query(
+            "WITH candidates AS ( \
+               SELECT id FROM ( \
+                 SELECT d.id, d.next_attempt_at, row_number() OVER \
+                   (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn \
+                 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                 WHERE d.status IN ('pending', 'failed') AND w.active \
+                   AND d.next_attempt_at <= $1 \
+                   AND (d.claimed_until IS NULL OR d.claimed_until < $1) \
+                   AND NOT (d.webhook_id = ANY($2)) \
+               ) ranked WHERE rn <= $3 ORDER BY next_attempt_at LIMIT $4 \
+             ), locked AS ( \
+               SELECT d.id FROM deliveries d JOIN candidates c ON c.id = d.id \
+               WHERE d.status IN ('pending', 'failed') \
+                 AND (d.claimed_until IS NULL OR d.claimed_until < $1) \
+               FOR UPDATE OF d SKIP LOCKED \
+             ) \
+             UPDATE deliveries SET claimed_until = $5, claim_token = $6 \
+             FROM locked WHERE deliveries.id = locked.id \
+             RETURNING deliveries.id, deliveries.webhook_id, deliveries.event_id, \
+               deliveries.event_type, deliveries.body::text AS body, deliveries.attempts, \
+               deliveries.created_at",
+        )
+        .bind(req.now)
+        .bind(&req.exclude)
+        .bind(i64::from(req.per_webhook))
+        .bind(i64::from(req.limit))
+        .bind(req.lease_until)
+        .bind(req.token)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedDelivery {
+                    id: r.try_get("id")?,
+                    webhook_id: r.try_get("webhook_id")?,
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("event_type")?,
+                    body: r.try_get("body")?,
+                    attempts: u32_of(r.try_get::<i32, _>("attempts")?.into(), "attempts")?,
+                    created_at: r.try_get("created_at")?,
+                    claim_token: req.token,
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
+             WHERE claim_token = $1 AND id = ANY($2)",
+        )
+        .bind(token)
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn complete_attempt(&self, r: &AttemptRecord) -> Result<AttemptEffect> {
+        let (status, next_at, delivered_at) = outcome_columns(r);
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, \
+             last_status_code = $4, last_error = $5, delivered_at = $6, claimed_until = NULL, \
+             claim_token = NULL WHERE id = $7 AND claim_token = $8",
+        )
+        .bind(status.as_str())
+        .bind(i32_of(r.attempt))
+        .bind(next_at)
+        .bind(r.status_code.map(i32::from))
+        .bind(&r.error)
+        .bind(delivered_at)
+        .bind(r.delivery_id)
+        .bind(r.claim_token)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(AttemptEffect {
+                lost_claim: true,
+                webhook_disabled: false,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+             error) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(r.delivery_id)
+        .bind(i32_of(r.attempt))
+        .bind(r.started_at)
+        .bind(r.duration_ms as i64)
+        .bind(r.status_code.map(i32::from))
+        .bind(&r.error)
+        .execute(&mut *tx)
+        .await?;
+        let now = r.started_at;
+        let webhook_disabled = match r.outcome {
+            AttemptOutcome::Succeeded => {
+                sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = $1, failure_count = 0 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(r.webhook_id)
+                .execute(&mut *tx)
+                .await?;
+                false
+            }
+            AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
+                sqlx::query("UPDATE webhooks SET last_triggered_at = $1 WHERE id = $2")
+                    .bind(now)
+                    .bind(r.webhook_id)
+                    .execute(&mut *tx)
+                    .await?;
+                false
+            }
+            AttemptOutcome::Gone => {
+                sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = $1, active = FALSE, \
+                     disabled_reason = $2, updated_at = $1 WHERE id = $3",
+                )
+                .bind(now)
+                .bind(GONE_REASON)
+                .bind(r.webhook_id)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+            AttemptOutcome::Dead => {
+                let limit = i32_of(r.disable_after_dead);
+                let row = sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = $1, failure_count = failure_count + 1, \
+                     active = CASE WHEN failure_count + 1 >= $2 THEN FALSE ELSE active END, \
+                     disabled_reason = CASE WHEN active AND failure_count + 1 >= $2 \
+                     THEN $3 ELSE disabled_reason END, updated_at = $1 \
+                     WHERE id = $4 RETURNING active, failure_count",
+                )
+                .bind(now)
+                .bind(limit)
+                .bind(dead_streak_reason(r.disable_after_dead))
+                .bind(r.webhook_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match row {
+                    Some(row) => {
+                        let active: bool = row.try_get("active")?;
+                        let count: i32 = row.try_get("failure_count")?;
+                        !active && count == limit
+                    }
+                    None => false,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(AttemptEffect {
+            lost_claim: false,
+            webhook_disabled,
+        })
+    }
+
+    async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64> {
+        // Other live workers may hold claims: free only expired leases.
+        let done = sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
+             WHERE claimed_until < $1 AND status IN ('pending', 'failed')",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64> {
+        let done =
+            sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_depth(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed') \
+             AND next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+}

@@ -1,0 +1,536 @@
+//! The SQLite store: one file, WAL journal, times as unix milliseconds.
+//!
+//! SQLite serializes writers, so a claim (`UPDATE … RETURNING` over the due
+//! rows) is atomic without row locks. Only one process should run a worker
+//! on a database: [`recover_in_flight`](WebhookStore::recover_in_flight)
+//! frees *every* claim at start-up, taking any claimed row to be the
+//! leftover of a dead process.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    GONE_REASON, WebhookStore, code_of, dead_streak_reason, outcome_columns, status_of, u32_of,
+};
+use crate::error::{Result, WebhookError};
+use crate::model::{
+    Attempt, AttemptEffect, AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per INSERT statement (SQLite caps bound parameters per statement).
+const INSERT_CHUNK: usize = 500;
+
+/// The SQLite implementation of [`WebhookStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(v: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(v) * 1_000_000)
+        .map_err(|e| WebhookError::Corrupt(format!("timestamp {v}: {e}")))
+}
+
+fn opt_from_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>> {
+    v.map(from_ms).transpose()
+}
+
+const WEBHOOK_COLUMNS: &str = "id, url, events, secret, active, max_retries, created_at, \
+     updated_at, last_triggered_at, failure_count, disabled_reason";
+
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, \
+     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
+
+fn webhook_of(row: &SqliteRow) -> Result<Webhook> {
+    let events: String = row.try_get("events")?;
+    let names: Vec<String> =
+        serde_json::from_str(&events).map_err(|e| WebhookError::Corrupt(format!("events: {e}")))?;
+    Ok(Webhook {
+        id: row.try_get("id")?,
+        url: row.try_get("url")?,
+        events: kinds_from_names(&names)?,
+        secret: row.try_get("secret")?,
+        active: row.try_get("active")?,
+        max_retries: u32_of(row.try_get("max_retries")?, "max_retries")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        updated_at: from_ms(row.try_get("updated_at")?)?,
+        last_triggered_at: opt_from_ms(row.try_get("last_triggered_at")?)?,
+        failure_count: u32_of(row.try_get("failure_count")?, "failure_count")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+    })
+}
+
+fn delivery_of(row: &SqliteRow) -> Result<Delivery> {
+    let status = status_of(row.try_get::<&str, _>("status")?)?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        webhook_id: row.try_get("webhook_id")?,
+        event_id: row.try_get("event_id")?,
+        event_type: row.try_get("event_type")?,
+        status,
+        attempts: u32_of(row.try_get("attempts")?, "attempts")?,
+        next_attempt_at: opt_from_ms(row.try_get("next_attempt_at")?)?,
+        last_status_code: code_of(row.try_get("last_status_code")?),
+        last_error: row.try_get("last_error")?,
+        created_at: from_ms(row.try_get("created_at")?)?,
+        delivered_at: opt_from_ms(row.try_get("delivered_at")?)?,
+        success: status == DeliveryStatus::Succeeded,
+    })
+}
+
+fn events_json(webhook: &Webhook) -> String {
+    serde_json::Value::from(kinds_to_names(&webhook.events)).to_string()
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url` and migrates it.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let options = if memory {
+            options
+        } else {
+            // WAL + FULL: a committed delivery survives a crash of the
+            // process or the machine.
+            options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+        };
+        // An in-memory database exists per connection: keep exactly one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 4 })
+            .connect_with(options)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    /// Wraps an existing pool and migrates it.
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+#[async_trait]
+impl WebhookStore for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn shared_queue(&self) -> bool {
+        false
+    }
+
+    async fn create_webhook(&self, w: &Webhook) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webhooks (id, url, events, secret, active, max_retries, created_at, \
+             updated_at, last_triggered_at, failure_count, disabled_reason) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(w.id)
+        .bind(&w.url)
+        .bind(events_json(w))
+        .bind(&w.secret)
+        .bind(w.active)
+        .bind(i64::from(w.max_retries))
+        .bind(ms(w.created_at))
+        .bind(ms(w.updated_at))
+        .bind(w.last_triggered_at.map(ms))
+        .bind(i64::from(w.failure_count))
+        .bind(&w.disabled_reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, id: Uuid) -> Result<Option<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(webhook_of).transpose()
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(webhook_of).collect()
+    }
+
+    async fn update_webhook(&self, w: &Webhook) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE webhooks SET url = ?, events = ?, secret = ?, active = ?, max_retries = ?, \
+             updated_at = ?, last_triggered_at = ?, failure_count = ?, disabled_reason = ? \
+             WHERE id = ?",
+        )
+        .bind(&w.url)
+        .bind(events_json(w))
+        .bind(&w.secret)
+        .bind(w.active)
+        .bind(i64::from(w.max_retries))
+        .bind(ms(w.updated_at))
+        .bind(w.last_triggered_at.map(ms))
+        .bind(i64::from(w.failure_count))
+        .bind(&w.disabled_reason)
+        .bind(w.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM webhooks WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in deliveries.chunks(INSERT_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+                 attempts, next_attempt_at, created_at) ",
+            );
+            qb.push_values(chunk, |mut b, d| {
+                b.push_bind(d.id)
+                    .push_bind(d.webhook_id)
+                    .push_bind(d.event_id)
+                    .push_bind(d.event_type)
+                    .push_bind(String::from_utf8_lossy(&d.body).into_owned())
+                    .push_bind("pending")
+                    .push_bind(0_i64)
+                    .push_bind(d.next_attempt_at.map(ms))
+                    .push_bind(ms(d.created_at));
+            });
+            qb.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn enqueue_claimed(
+        &self,
+        d: &NewDelivery,
+        token: Uuid,
+        lease_until: OffsetDateTime,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+             attempts, next_attempt_at, claimed_until, claim_token, created_at) \
+             VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
+        )
+        .bind(d.id)
+        .bind(d.webhook_id)
+        .bind(d.event_id)
+        .bind(d.event_type)
+        .bind(String::from_utf8_lossy(&d.body).into_owned())
+        .bind(d.next_attempt_at.map(ms))
+        .bind(ms(lease_until))
+        .bind(token)
+        .bind(ms(d.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>> {
+        let sql =
+            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ? AND webhook_id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(webhook_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_of).transpose()
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = ? \
+             AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id DESC LIMIT ?"
+        );
+        let status = status.map(DeliveryStatus::as_str);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(webhook_id)
+            .bind(status)
+            .bind(status)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(delivery_of).collect()
+    }
+
+    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts \
+             WHERE delivery_id = ? ORDER BY attempt, id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    attempt: u32_of(r.try_get("attempt")?, "attempt")?,
+                    started_at: from_ms(r.try_get("started_at")?)?,
+                    duration_ms: r.try_get::<i64, _>("duration_ms")?.max(0) as u64,
+                    status_code: code_of(r.try_get("status_code")?),
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn redeliver(
+        &self,
+        webhook_id: Uuid,
+        id: Uuid,
+        now: OffsetDateTime,
+    ) -> Result<Option<Delivery>> {
+        let sql = format!(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, \
+             claimed_until = NULL, claim_token = NULL, delivered_at = NULL \
+             WHERE id = ? AND webhook_id = ? RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ms(now))
+            .bind(id)
+            .bind(webhook_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_of).transpose()
+    }
+
+    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        let now = ms(req.now);
+        let mut qb = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET claimed_until = ");
+        qb.push_bind(ms(req.lease_until))
+            .push(", claim_token = ")
+            .push_bind(req.token)
+            .push(
+                " WHERE id IN (SELECT id FROM (SELECT d.id, d.next_attempt_at, row_number() \
+                 OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn \
+                 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                 WHERE d.status IN ('pending', 'failed') AND w.active = 1 \
+                 AND d.next_attempt_at <= ",
+            )
+            .push_bind(now)
+            .push(" AND (d.claimed_until IS NULL OR d.claimed_until < ")
+            .push_bind(now)
+            .push(")");
+        if !req.exclude.is_empty() {
+            qb.push(" AND d.webhook_id NOT IN (");
+            let mut list = qb.separated(", ");
+            for id in &req.exclude {
+                list.push_bind(*id);
+            }
+            qb.push(")");
+        }
+        qb.push(") WHERE rn <= ")
+            .push_bind(i64::from(req.per_webhook))
+            .push(" ORDER BY next_attempt_at LIMIT ")
+            .push_bind(i64::from(req.limit))
+            .push(") RETURNING id, webhook_id, event_id, event_type, body, attempts, created_at");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ClaimedDelivery {
+                    id: r.try_get("id")?,
+                    webhook_id: r.try_get("webhook_id")?,
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("event_type")?,
+                    body: r.try_get("body")?,
+                    attempts: u32_of(r.try_get("attempts")?, "attempts")?,
+                    created_at: from_ms(r.try_get("created_at")?)?,
+                    claim_token: req.token,
+                })
+            })
+            .collect()
+    }
+
+    async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL WHERE claim_token = ",
+        );
+        qb.push_bind(token).push(" AND id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(")");
+        qb.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn complete_attempt(&self, r: &AttemptRecord) -> Result<AttemptEffect> {
+        let (status, next_at, delivered_at) = outcome_columns(r);
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
+             last_status_code = ?, last_error = ?, delivered_at = ?, claimed_until = NULL, \
+             claim_token = NULL WHERE id = ? AND claim_token = ?",
+        )
+        .bind(status.as_str())
+        .bind(i64::from(r.attempt))
+        .bind(next_at.map(ms))
+        .bind(r.status_code.map(i64::from))
+        .bind(&r.error)
+        .bind(delivered_at.map(ms))
+        .bind(r.delivery_id)
+        .bind(r.claim_token)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(AttemptEffect {
+                lost_claim: true,
+                webhook_disabled: false,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+             error) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.delivery_id)
+        .bind(i64::from(r.attempt))
+        .bind(ms(r.started_at))
+        .bind(r.duration_ms as i64)
+        .bind(r.status_code.map(i64::from))
+        .bind(&r.error)
+        .execute(&mut *tx)
+        .await?;
+        let now = ms(r.started_at);
+        let webhook_disabled = match r.outcome {
+            AttemptOutcome::Succeeded => {
+                sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = ?, failure_count = 0 WHERE id = ?",
+                )
+                .bind(now)
+                .bind(r.webhook_id)
+                .execute(&mut *tx)
+                .await?;
+                false
+            }
+            AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
+                sqlx::query("UPDATE webhooks SET last_triggered_at = ? WHERE id = ?")
+                    .bind(now)
+                    .bind(r.webhook_id)
+                    .execute(&mut *tx)
+                    .await?;
+                false
+            }
+            AttemptOutcome::Gone => {
+                sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = ?, active = 0, disabled_reason = ?, \
+                     updated_at = ? WHERE id = ?",
+                )
+                .bind(now)
+                .bind(GONE_REASON)
+                .bind(now)
+                .bind(r.webhook_id)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+            AttemptOutcome::Dead => {
+                let limit = i64::from(r.disable_after_dead);
+                let row = sqlx::query(
+                    "UPDATE webhooks SET last_triggered_at = ?1, failure_count = failure_count + 1, \
+                     active = CASE WHEN failure_count + 1 >= ?2 THEN 0 ELSE active END, \
+                     disabled_reason = CASE WHEN active = 1 AND failure_count + 1 >= ?2 \
+                     THEN ?3 ELSE disabled_reason END, updated_at = ?1 \
+                     WHERE id = ?4 RETURNING active, failure_count",
+                )
+                .bind(now)
+                .bind(limit)
+                .bind(dead_streak_reason(r.disable_after_dead))
+                .bind(r.webhook_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match row {
+                    Some(row) => {
+                        let active: bool = row.try_get("active")?;
+                        let count: i64 = row.try_get("failure_count")?;
+                        !active && count == limit
+                    }
+                    None => false,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(AttemptEffect {
+            lost_claim: false,
+            webhook_disabled,
+        })
+    }
+
+    async fn recover_in_flight(&self, _now: OffsetDateTime) -> Result<u64> {
+        // One worker process per SQLite database: any claim found at start-up
+        // belongs to a process that is gone.
+        let done = sqlx::query(
+            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
+             WHERE claimed_until IS NOT NULL AND status IN ('pending', 'failed')",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64> {
+        let done =
+            sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < ?")
+                .bind(ms(before))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_depth(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed') \
+             AND next_attempt_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+}
