@@ -1,0 +1,420 @@
+//! The bridge task: worker channel in, bus out, queue status on the side.
+//!
+//! # Model
+//!
+//! One task per worker channel. It reads [`WorkerEvent`]s, applies the
+//! ordering, rate and counting rules (see the crate docs), and publishes the
+//! resulting [`ServerEvent`]s on the [`EventBus`]. Three clocks drive it
+//! besides the worker: the per-job progress timers (trailing edge, re-send),
+//! the `QueueStatus` coalescing timer, and the periodic `QueueStatus` tick
+//! that runs only while at least one WebSocket/SSE client is connected
+//! (watched through [`ConnectionRegistry::watch_total`]); internal sinks never
+//! count as clients.
+//!
+//! Queue depth has two sources. The bridge counts jobs from the events it
+//! sees, which is free and immediate; the host's [`QueueStats`] (typically a
+//! job-table query) is the source of truth. The counts drive the
+//! publish-on-change path (no database round trip per job event); the source
+//! is consulted at start-up, on every tick, after a worker-side lag and for
+//! [`QueueSnapshot`] requests, and the counts are reset to its answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_core::{
+    Actor, ConnectionRegistry, EventBus, EventMeta, QueueSnapshot, QueueStatus, ServerEvent,
+    async_trait,
+};
+use opentelemetry::KeyValue;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::classify::{DefaultClassifier, ErrorClassifier};
+use crate::core::{BridgeCore, Timing};
+use crate::stats::{BridgeStats, BridgeStatsSnapshot};
+use crate::worker::WorkerEvent;
+
+/// How the bridge paces what it publishes. `Default` = the protocol's values.
+#[derive(Debug, Clone)]
+pub struct JobBridgeConfig {
+    /// At most one `JobProgress` per job per this interval; the latest value
+    /// is delivered when it ends (trailing edge). Default 100 ms.
+    pub progress_interval: Duration,
+    /// A running job whose progress has not been published for this long gets
+    /// its last progress re-sent (UC-001: at least every 5 s). Default 5 s.
+    pub progress_resend_interval: Duration,
+    /// At most one change-driven `QueueStatus` per this interval (changes in
+    /// between are coalesced into one). Default 250 ms.
+    pub queue_status_interval: Duration,
+    /// While a client is connected, a `QueueStatus` goes out this often even
+    /// without changes. Default 5 s.
+    pub queue_status_tick: Duration,
+    /// A running job with no worker event for this long is forgotten (its
+    /// terminal event was probably lost). Default 30 min.
+    pub job_idle_timeout: Duration,
+    /// How many finished job ids are remembered to drop late or duplicate
+    /// events for them. Default 10 000.
+    pub finished_capacity: usize,
+    /// How long a [`QueueStats`] query may take. Default 2 s.
+    pub queue_stats_timeout: Duration,
+    /// The actor of every event the bridge publishes. Default: service
+    /// `job-worker`.
+    pub actor: Actor,
+}
+
+impl Default for JobBridgeConfig {
+    fn default() -> Self {
+        JobBridgeConfig {
+            progress_interval: Duration::from_millis(100),
+            progress_resend_interval: Duration::from_secs(5),
+            queue_status_interval: Duration::from_millis(250),
+            queue_status_tick: Duration::from_secs(5),
+            job_idle_timeout: Duration::from_secs(30 * 60),
+            finished_capacity: 10_000,
+            queue_stats_timeout: Duration::from_secs(2),
+            actor: Actor {
+                kind: "service".to_owned(),
+                id: Some("job-worker".to_owned()),
+                name: None,
+            },
+        }
+    }
+}
+
+impl JobBridgeConfig {
+    fn timing(&self) -> Timing {
+        // Zero intervals would spin the timer loop; one millisecond is the
+        // tokio timer resolution anyway.
+        let min = Duration::from_millis(1);
+        Timing {
+            progress_interval: self.progress_interval,
+            progress_resend: self.progress_resend_interval.max(min),
+            queue_status_interval: self.queue_status_interval,
+            job_idle_timeout: self.job_idle_timeout.max(min),
+            finished_capacity: self.finished_capacity,
+        }
+    }
+}
+
+/// The host's source of truth for queue depth (e.g. a `SELECT count(*) …
+/// GROUP BY status` on the job table).
+#[async_trait]
+pub trait QueueStats: Send + Sync + 'static {
+    /// Pending and running jobs right now.
+    async fn queue_stats(&self) -> Result<QueueStatus, Error>;
+}
+
+struct Shared {
+    counts: watch::Sender<QueueStatus>,
+    stats: Arc<BridgeStats>,
+    source: Option<Arc<dyn QueueStats>>,
+    stats_timeout: Duration,
+}
+
+impl Shared {
+    async fn query_source(&self) -> Option<QueueStatus> {
+        let source = self.source.as_ref()?;
+        match tokio::time::timeout(self.stats_timeout, source.queue_stats()).await {
+            Ok(Ok(status)) => Some(QueueStatus::new(status.pending, status.running)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "queue stats query failed; keeping the bridge's counts");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("queue stats query timed out; keeping the bridge's counts");
+                None
+            }
+        }
+    }
+}
+
+/// Builds and starts the bridge task.
+///
+/// ```
+/// use event_bridge_jobs::{JobBridge, JobBridgeConfig, WorkerEvent};
+/// use event_core::{ConnectionRegistry, EventBus, Received, ServerEvent};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::default();
+/// let registry = ConnectionRegistry::new();
+/// let mut sub = bus.subscribe();
+/// let (worker_tx, worker_rx) = tokio::sync::broadcast::channel(256);
+/// let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default()).spawn(worker_rx);
+///
+/// let job_id = uuid::Uuid::now_v7();
+/// worker_tx.send(WorkerEvent::JobQueued { job_id, job_type: "Embedding".into(), note_id: None }).unwrap();
+/// drop(worker_tx); // the worker stops: the bridge drains and ends
+/// bridge.join().await;
+///
+/// let Received::Event(ev) = sub.recv().await else { panic!() };
+/// assert!(matches!(ev.payload(), ServerEvent::JobQueued(q) if q.job_id == job_id));
+/// # }
+/// ```
+pub struct JobBridge {
+    bus: EventBus,
+    registry: ConnectionRegistry,
+    config: JobBridgeConfig,
+    source: Option<Arc<dyn QueueStats>>,
+    classifier: Arc<dyn ErrorClassifier>,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for JobBridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobBridge")
+            .field("config", &self.config)
+            .field("has_queue_stats", &self.source.is_some())
+            .finish()
+    }
+}
+
+impl JobBridge {
+    /// A bridge publishing on `bus`; `registry` tells it whether any client
+    /// is connected (for the periodic `QueueStatus`).
+    pub fn new(bus: &EventBus, registry: &ConnectionRegistry, config: JobBridgeConfig) -> Self {
+        JobBridge {
+            bus: bus.clone(),
+            registry: registry.clone(),
+            config,
+            source: None,
+            classifier: Arc::new(DefaultClassifier),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Uses the host's queue depth as the source of truth.
+    pub fn with_queue_stats(mut self, source: Arc<dyn QueueStats>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Replaces the failure classifier ([`DefaultClassifier`] by default).
+    pub fn with_classifier(mut self, classifier: Arc<dyn ErrorClassifier>) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Stops the bridge when `token` is cancelled (held-back progress is
+    /// flushed first). Without it the bridge runs until the worker channel
+    /// closes or [`JobBridgeHandle::shutdown`] is called.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// Starts the bridge task on the current Tokio runtime.
+    pub fn spawn(self, worker: broadcast::Receiver<WorkerEvent>) -> JobBridgeHandle {
+        let stats = Arc::new(BridgeStats::default());
+        let shared = Arc::new(Shared {
+            counts: watch::Sender::new(QueueStatus::new(0, 0)),
+            stats: stats.clone(),
+            source: self.source.clone(),
+            stats_timeout: self.config.queue_stats_timeout,
+        });
+        let core = BridgeCore::new(self.config.timing(), self.classifier.clone(), stats);
+        let cancel = self.cancel.clone();
+        let task = Runner {
+            bus: self.bus,
+            registry: self.registry,
+            meta: EventMeta::default().actor(self.config.actor.clone()),
+            tick: self.config.queue_status_tick.max(Duration::from_millis(1)),
+            shared: shared.clone(),
+            core,
+            cancel: self.cancel,
+            out: Vec::new(),
+        };
+        JobBridgeHandle {
+            view: QueueView { shared },
+            task: tokio::spawn(task.run(worker)),
+            cancel,
+        }
+    }
+}
+
+struct Runner {
+    bus: EventBus,
+    registry: ConnectionRegistry,
+    meta: EventMeta,
+    tick: Duration,
+    shared: Arc<Shared>,
+    core: BridgeCore,
+    cancel: CancellationToken,
+    out: Vec<ServerEvent>,
+}
+
+impl Runner {
+    async fn run(mut self, mut worker: broadcast::Receiver<WorkerEvent>) {
+        let mut clients = self.registry.watch_total();
+        let mut watching_clients = true;
+        let mut next_tick = (*clients.borrow_and_update() > 0).then(|| Instant::now() + self.tick);
+
+        if let Some(status) = self.shared.query_source().await {
+            self.core.resync(&status);
+            self.core
+                .publish_status(Instant::now(), true, &mut self.out);
+            self.publish();
+        }
+
+        loop {
+            let deadline = self.core.next_deadline();
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break,
+                received = worker.recv() => match received {
+                    Ok(event) => {
+                        BridgeStats::inc(&self.shared.stats.worker_events);
+                        self.core.on_worker_event(event, Instant::now(), &mut self.out);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n).await,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.core.on_timer(Instant::now(), &mut self.out);
+                }
+                () = sleep_until(next_tick), if next_tick.is_some() => {
+                    if let Some(status) = self.shared.query_source().await {
+                        self.core.resync(&status);
+                    }
+                    let now = Instant::now();
+                    self.core.publish_status(now, false, &mut self.out);
+                    next_tick = Some(now + self.tick);
+                }
+                changed = clients.changed(), if watching_clients => {
+                    if changed.is_err() {
+                        // The registry is gone: no client can connect any more.
+                        watching_clients = false;
+                        next_tick = None;
+                    } else if *clients.borrow_and_update() == 0 {
+                        next_tick = None;
+                    } else if next_tick.is_none() {
+                        // The client got a fresh status on connect; tick from here.
+                        next_tick = Some(Instant::now() + self.tick);
+                    }
+                }
+            }
+            self.publish();
+        }
+        self.core.flush(Instant::now(), &mut self.out);
+        self.publish();
+        tracing::debug!(stats = ?self.shared.stats.snapshot(), "job bridge stopped");
+    }
+
+    async fn lagged(&mut self, n: u64) {
+        tracing::warn!(
+            missed = n,
+            "job bridge fell behind the worker channel; publishing a fresh queue status"
+        );
+        BridgeStats::add(&self.shared.stats.worker_lagged, n);
+        event_core::metrics::dropped_counter(&event_core::metrics::meter())
+            .add(n, &[KeyValue::new("consumer", "job_bridge")]);
+        if let Some(status) = self.shared.query_source().await {
+            self.core.resync(&status);
+        }
+        self.core
+            .publish_status(Instant::now(), true, &mut self.out);
+    }
+
+    fn publish(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        for event in self.out.drain(..) {
+            self.bus.publish_with(event, self.meta.clone());
+            BridgeStats::inc(&self.shared.stats.published);
+        }
+        let counts = self.core.counts();
+        self.shared.counts.send_if_modified(|c| {
+            let changed = *c != counts;
+            *c = counts;
+            changed
+        });
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The running bridge.
+#[derive(Debug)]
+pub struct JobBridgeHandle {
+    view: QueueView,
+    task: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+impl JobBridgeHandle {
+    /// What the bridge has seen and done so far.
+    pub fn stats(&self) -> BridgeStatsSnapshot {
+        self.view.shared.stats.snapshot()
+    }
+
+    /// The bridge's own queue counts (as of its last publish).
+    pub fn counts(&self) -> QueueStatus {
+        self.view.shared.counts.borrow().clone()
+    }
+
+    /// Watches the bridge's queue counts.
+    pub fn watch_counts(&self) -> watch::Receiver<QueueStatus> {
+        self.view.shared.counts.subscribe()
+    }
+
+    /// The queue status provider to give the WebSocket/SSE endpoints (so a
+    /// new connection and `refresh` get fresh numbers).
+    pub fn queue_snapshot(&self) -> Arc<dyn QueueSnapshot> {
+        Arc::new(self.view.clone())
+    }
+
+    /// A cloneable view of the queue status ([`QueueSnapshot`]).
+    pub fn queue_view(&self) -> QueueView {
+        self.view.clone()
+    }
+
+    /// Whether the task has ended (worker channel closed or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the bridge ends on its own (the worker channel closed).
+    pub async fn join(self) {
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "job bridge task failed");
+        }
+    }
+
+    /// Stops the bridge (held-back progress is flushed) and waits for it.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.join().await;
+    }
+}
+
+/// The queue status as the bridge knows it: the host's [`QueueStats`] when
+/// configured and answering, else the bridge's own counts.
+#[derive(Clone)]
+pub struct QueueView {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for QueueView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueView")
+            .field("counts", &*self.shared.counts.borrow())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl QueueSnapshot for QueueView {
+    async fn queue_status(&self) -> Result<QueueStatus, event_core::Error> {
+        if let Some(status) = self.shared.query_source().await {
+            return Ok(status);
+        }
+        Ok(self.shared.counts.borrow().clone())
+    }
+}
