@@ -1,1 +1,153 @@
-//! Several server instances as one, over NATS JetStream.
+//! # event-nats
+//!
+//! Several event-server instances acting as one, over a NATS JetStream
+//! stream: a client connected to any instance sees every instance's events,
+//! in the same order, under the same ids, and can reconnect to another
+//! instance with its `Last-Event-ID` and resume where it was.
+//!
+//! ## Model: the stream is the sequencer
+//!
+//! Each instance has its usual in-process [`EventBus`](event_core::EventBus). With NATS enabled,
+//! the bus gets an [`Upstream`](event_core::Upstream) (the additive
+//! event-core hook this crate uses): `EventBus::publish` no longer numbers
+//! the event itself but hands it to the publisher, which publishes it to the
+//! stream, subject `matric.events.<dot name>` (e.g.
+//! `matric.events.job.progress`), payload the envelope JSON, headers
+//! `Nats-Msg-Id: <event id>` and `Matric-Origin: <instance id>`.
+//!
+//! Every instance, **the origin included**, runs one ordered consumer on
+//! the stream and injects each event into its bus with
+//! `EventBus::publish_event`, keeping the original id and using the stream
+//! sequence as the bus sequence. So every bus holds the same events, in
+//! stream order, under the same ids and sequence numbers; an event reaches
+//! each bus exactly once (there is no separate local path to duplicate it)
+//! and injection never publishes again (no echo loop).
+//!
+//! ```text
+//!  producer ─► bus.publish ─► Upstream ─► JetStream stream ─┬─► source A ─► bus A ─► sinks/clients of A
+//!  (on A)      (seq = 0)      (queue,       (assigns the     ├─► source B ─► bus B ─► sinks/clients of B
+//!                              never blocks) sequence)       └─► …
+//! ```
+//!
+//! **Sequence numbers.** The bus sequence of the event at stream sequence
+//! `s` is `s × SEQ_STRIDE` (1,000,000) on every instance, so SSE `v1` ids
+//! look like `42000000`. The numbers in between are for events an instance
+//! delivers locally only during a NATS outage (below): they slot in without
+//! breaking the bus's total order, and any id maps back to its place in the
+//! stream with [`stream_seq`]. UUID ids are the producer's original UUIDv7s.
+//!
+//! **Startup.** [`NatsCluster::connect`] creates or updates the stream,
+//! builds the bus with its first sequence taken from the stream, and loads
+//! the most recent events (the ring's size, or `NatsConfig::warm_up`) into
+//! the replay ring before returning, so a restarted instance can serve
+//! resuming clients at once. Register sinks *after* `connect` (they see only
+//! new events, not the warm-up).
+//!
+//! **Replay.** [`NatsCluster::replay_since`] serves a cursor from the local
+//! ring, or from JetStream when it is older than the ring (as far as the
+//! stream's retention and `NatsConfig::max_replay` allow); otherwise it
+//! returns an error for which the SSE layer sends `resync_required`.
+//!
+//! ## NATS outages
+//!
+//! The client reconnects on its own, with exponential backoff (50 ms up to
+//! `NatsConfig::max_reconnect_delay`), forever. Meanwhile:
+//!
+//! * the instance keeps serving: events produced locally are delivered to
+//!   its own clients and sinks at once ("local-only", bus sequences between
+//!   two stream sequences) and counted in `matric_nats_published{result="local_only"}`;
+//! * [`NatsCluster::state`] / [`NatsCluster::health`] report
+//!   `disconnected`, and the gauge `matric_nats_connected` is 0;
+//! * after reconnecting, the consumer resumes from the next stream sequence
+//!   it had not injected, so events other instances published through the
+//!   stream meanwhile arrive late but complete and in order.
+//!
+//! **What remote clients miss:** the local-only events. They never enter
+//! the stream, so clients of *other* instances never receive them, and a
+//! client that resumes on another instance does not get them replayed.
+//! Clients of the producing instance get them normally. An event whose
+//! publish is in flight when the connection drops is retried (deduplicated
+//! by `Nats-Msg-Id`) and then delivered locally only; if it did reach the
+//! stream after all, the origin skips its copy and other instances get it.
+//! Also, NATS must be reachable when an instance starts.
+//!
+//! ## Deployment: N instances behind a load balancer
+//!
+//! ```text
+//!                    ┌──────────── load balancer (WS + SSE, no stickiness needed) ───────────┐
+//!                    ▼                               ▼                               ▼
+//!              event-server A                 event-server B                 event-server C
+//!                    │ NATS_URL                      │                               │
+//!                    └──────────► NATS JetStream (stream MATRIC_EVENTS) ◄────────────┘
+//!                    └──────────► PostgreSQL (webhook registrations + delivery queue) ◄┘
+//! ```
+//!
+//! * Every instance gets the same `NATS_URL` (and `NATS_STREAM`,
+//!   `NATS_SUBJECT_PREFIX` if changed) and a distinct `NATS_INSTANCE_ID`
+//!   (a random one by default); see [`NatsConfig::from_env`].
+//! * The load balancer needs no sticky sessions: any instance can resume
+//!   any client. Size the stream's retention (`NatsConfig::retention`,
+//!   default 24 h / 1 M events / 1 GiB) for the longest disconnection after
+//!   which clients should still resume rather than resync.
+//! * Webhooks: all instances share the PostgreSQL webhook store and delivery
+//!   queue, whose claiming gives each delivery to exactly one instance.
+//!   Every instance sees every event, so enqueue each event once: register
+//!   the webhook sink wrapped in [`NatsCluster::local_origin_only`] (only the
+//!   instance where the event was produced enqueues it), or make the
+//!   enqueue idempotent on `(webhook, event id)`.
+//! * `/health` should include [`NatsCluster::health`]; the metrics
+//!   `matric_nats_connected`, `matric_nats_published{result}`,
+//!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
+//!   through the `opentelemetry` API like the other crates'.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use event_core::{BusConfig, JobQueued, Received};
+//! use event_nats::{NatsCluster, NatsConfig};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), event_nats::Error> {
+//! // In the host: `let Some(config) = NatsConfig::from_env() else { /* single instance */ };`
+//! let Ok(url) = std::env::var("TEST_NATS_URL") else { return Ok(()) }; // doc test needs NATS
+//! let config = NatsConfig {
+//!     stream: format!("DOC_{}", uuid::Uuid::new_v4().simple()),
+//!     subject_prefix: format!("doc.{}", uuid::Uuid::new_v4().simple()),
+//!     ..NatsConfig::new(url)
+//! };
+//! let cluster = NatsCluster::connect(config.clone(), BusConfig::default()).await?;
+//! let bus = cluster.bus().clone(); // give this bus to producers and transports
+//! let mut sub = bus.subscribe();
+//!
+//! let sent = bus.publish(JobQueued { job_id: uuid::Uuid::now_v7(), job_type: "Embedding".into(), note_id: None });
+//! assert_eq!(sent.seq(), 0); // numbered by the stream, not yet
+//! let Ok(Received::Event(ev)) = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await else {
+//!     panic!("the event did not come back from the stream");
+//! };
+//! assert_eq!(ev.id(), sent.id());
+//! assert_eq!(ev.seq(), event_nats::bus_seq(1)); // stream sequence 1
+//! assert_eq!(cluster.health().status.as_str(), "connected");
+//!
+//! cluster.shutdown(Duration::from_secs(2)).await;
+//! event_nats::delete_stream(&config).await?;
+//! # Ok(()) }
+//! ```
+
+mod cluster;
+mod codec;
+mod config;
+mod error;
+mod origin;
+mod publisher;
+mod replay;
+mod source;
+mod state;
+
+pub use cluster::{NatsCluster, delete_stream};
+pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
+pub use config::{DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_URL, NatsConfig, Retention};
+pub use error::Error;
+pub use origin::LocalOriginOnly;
+pub use state::{
+    ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
+};

@@ -1,0 +1,240 @@
+//! Configuration: where NATS is, which stream, how long it keeps events.
+
+use std::time::Duration;
+
+use crate::Error;
+
+/// The protocol's subject prefix: events go to `matric.events.<dot name>`,
+/// e.g. `matric.events.job.progress`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "matric.events";
+/// The default JetStream stream name.
+pub const DEFAULT_STREAM: &str = "MATRIC_EVENTS";
+/// The default NATS URL.
+pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// How long and how much the stream keeps: the window in which a client can
+/// resume on any instance (older cursors get `resync_required`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// Oldest event kept (default 24 h).
+    pub max_age: Duration,
+    /// Most events kept (default 1,000,000).
+    pub max_messages: i64,
+    /// Most bytes kept (default 1 GiB).
+    pub max_bytes: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age: Duration::from_secs(24 * 3600),
+            max_messages: 1_000_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Cluster configuration. `Default` connects to `nats://127.0.0.1:4222`,
+/// stream `MATRIC_EVENTS`, subjects `matric.events.>`.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma-separated. May carry credentials; it is
+    /// never logged or put in errors.
+    pub url: String,
+    /// JetStream stream name (no `.`, `*`, `>` or whitespace).
+    pub stream: String,
+    /// Subject prefix; each event goes to `<prefix>.<dot name>`.
+    pub subject_prefix: String,
+    /// This instance's id, sent with every event it publishes (header
+    /// `Matric-Origin`). Unique per running instance; keep it stable across
+    /// restarts if you want [`crate::NatsCluster::originated_here`] to
+    /// recognise events from before a restart.
+    pub instance_id: String,
+    /// Stream retention.
+    pub retention: Retention,
+    /// Keep the stream in memory instead of on disk (tests).
+    pub memory_storage: bool,
+    /// Stream replicas (on a clustered NATS).
+    pub replicas: usize,
+    /// Timeout of the first connection and of JetStream API requests.
+    pub connect_timeout: Duration,
+    /// How long to wait for JetStream to acknowledge a published event.
+    pub publish_ack_timeout: Duration,
+    /// How many times a failed publish is retried (same `Nats-Msg-Id`, so
+    /// retries are deduplicated by the stream) before the event is delivered
+    /// locally only.
+    pub publish_retries: u32,
+    /// Upper bound of the reconnect backoff (exponential from 50 ms).
+    pub max_reconnect_delay: Duration,
+    /// Events waiting to be published; when full, new events are delivered
+    /// locally only (publishing never blocks).
+    pub publish_queue: usize,
+    /// How many recent events to load into the bus's replay ring at startup
+    /// (`None`: the ring's size).
+    pub warm_up: Option<usize>,
+    /// Most events one [`crate::NatsCluster::replay_since`] returns; older
+    /// cursors get [`Error::ReplayTooLong`] (→ resync).
+    pub max_replay: usize,
+    /// Deadline of one replay from JetStream.
+    pub replay_timeout: Duration,
+    /// How far around a UUID cursor's timestamp a replay looks for it in the
+    /// stream (clock skew between instances and NATS).
+    pub id_search_window: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: DEFAULT_URL.to_owned(),
+            stream: DEFAULT_STREAM.to_owned(),
+            subject_prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            instance_id: format!("instance-{}", uuid::Uuid::new_v4().simple()),
+            retention: Retention::default(),
+            memory_storage: false,
+            replicas: 1,
+            connect_timeout: Duration::from_secs(5),
+            publish_ack_timeout: Duration::from_secs(2),
+            publish_retries: 3,
+            max_reconnect_delay: Duration::from_secs(5),
+            publish_queue: 65_536,
+            warm_up: None,
+            max_replay: 100_000,
+            replay_timeout: Duration::from_secs(10),
+            id_search_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The defaults with another URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            ..NatsConfig::default()
+        }
+    }
+
+    /// From the environment: `None` when `NATS_URL` is unset or empty (run
+    /// as a single instance); otherwise the defaults overridden by
+    /// `NATS_URL`, `NATS_STREAM`, `NATS_SUBJECT_PREFIX`, `NATS_INSTANCE_ID`
+    /// and `NATS_MAX_AGE_SECS`.
+    pub fn from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let mut config = NatsConfig::new(var("NATS_URL")?);
+        if let Some(stream) = var("NATS_STREAM") {
+            config.stream = stream;
+        }
+        if let Some(prefix) = var("NATS_SUBJECT_PREFIX") {
+            config.subject_prefix = prefix;
+        }
+        if let Some(id) = var("NATS_INSTANCE_ID") {
+            config.instance_id = id;
+        }
+        if let Some(secs) = var("NATS_MAX_AGE_SECS").and_then(|s| s.trim().parse::<u64>().ok()) {
+            config.retention.max_age = Duration::from_secs(secs);
+        }
+        Some(config)
+    }
+
+    /// The subject an event of this dot name goes to.
+    pub fn subject_for(&self, dot_name: &str) -> String {
+        format!("{}.{dot_name}", self.subject_prefix)
+    }
+
+    /// The stream's subject filter: `<prefix>.>`.
+    pub fn stream_subjects(&self) -> String {
+        format!("{}.>", self.subject_prefix)
+    }
+
+    /// Checks names and bounds.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad_char = |c: char| c.is_whitespace() || matches!(c, '*' | '>' | '/' | '\\');
+        if self.stream.is_empty() || self.stream.contains('.') || self.stream.chars().any(bad_char)
+        {
+            return Err(Error::Config(format!(
+                "stream name {:?} must be non-empty without `.`, `*`, `>`, `/` or whitespace",
+                self.stream
+            )));
+        }
+        if self.subject_prefix.split('.').any(|t| t.is_empty())
+            || self.subject_prefix.chars().any(bad_char)
+        {
+            return Err(Error::Config(format!(
+                "subject prefix {:?} must be dot-separated non-empty tokens without wildcards",
+                self.subject_prefix
+            )));
+        }
+        if self.instance_id.trim().is_empty() {
+            return Err(Error::Config("instance id must not be empty".to_owned()));
+        }
+        if self.url.trim().is_empty() {
+            return Err(Error::Config("NATS URL must not be empty".to_owned()));
+        }
+        if self.publish_queue == 0 || self.max_replay == 0 {
+            return Err(Error::Config(
+                "publish_queue and max_replay must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The URL(s) without user info, for logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match (u.find("://"), u.rfind('@')) {
+                (Some(scheme_end), Some(at)) if at > scheme_end => {
+                    format!("{}://***@{}", &u[..scheme_end], &u[at + 1..])
+                }
+                (None, Some(at)) => format!("***@{}", &u[at + 1..]),
+                _ => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_protocol_names() {
+        let c = NatsConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.subject_for("job.progress"), "matric.events.job.progress");
+        assert_eq!(c.stream_subjects(), "matric.events.>");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for (stream, prefix) in [
+            ("A.B", "x"),
+            ("", "x"),
+            ("A B", "x"),
+            ("A", "x..y"),
+            ("A", "x.*"),
+        ] {
+            let c = NatsConfig {
+                stream: stream.into(),
+                subject_prefix: prefix.into(),
+                ..NatsConfig::default()
+            };
+            assert!(
+                matches!(c.validate(), Err(Error::Config(_))),
+                "{stream} {prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redact_url("nats://user:secret@h1:4222, tls://tok@h2:4222,nats://h3"),
+            "nats://***@h1:4222,tls://***@h2:4222,nats://h3"
+        );
+        assert_eq!(redact_url("tok@h:1"), "***@h:1");
+    }
+}

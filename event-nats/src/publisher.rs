@@ -1,0 +1,162 @@
+//! Local events → JetStream.
+//!
+//! [`Forwarder`] is the bus's [`Upstream`]: `EventBus::publish` hands it the
+//! event (synchronously, never blocking) and it queues the event for the
+//! publisher task, or refuses it, so the bus delivers it locally at once,
+//! when NATS is unreachable or the queue is full. The task publishes queued
+//! events in batches (pipelined: all sent, then all acknowledgements
+//! awaited), in queue order. A failed publish is retried with the same
+//! `Nats-Msg-Id`, so the stream stores it once even if an earlier attempt
+//! did arrive; after the last retry the event is delivered locally only.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use event_core::{Event, Upstream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Shared;
+use crate::codec;
+
+/// Most events sent before their acknowledgements are awaited.
+const MAX_BATCH: usize = 256;
+
+/// The bus's upstream.
+pub(crate) struct Forwarder {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Arc<Event>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(shared: Arc<Shared>, tx: mpsc::Sender<Arc<Event>>) -> Self {
+        Forwarder { shared, tx }
+    }
+
+    fn refuse(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+        // The bus publishes it locally right after this returns; remember it
+        // as ours so `originated_here` and `local_origin_only` know it.
+        self.shared.origins.insert(event.id());
+        self.shared.stats.local_only();
+        Err(event)
+    }
+}
+
+impl Upstream for Forwarder {
+    fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+        if !self.shared.state.is_connected() {
+            return self.refuse(event);
+        }
+        match self.tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                tracing::warn!("NATS publish queue full; delivering the event locally only");
+                self.refuse(event)
+            }
+            Err(mpsc::error::TrySendError::Closed(event)) => self.refuse(event),
+        }
+    }
+}
+
+/// The publisher task.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    cancel: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(_) => break,
+            }
+        }
+        publish_batch(&shared, &mut batch, &cancel).await;
+    }
+    // Shutting down: the bus no longer forwards here; publish what is
+    // queued (no retries), deliver locally what fails.
+    rx.close();
+    while let Ok(ev) = rx.try_recv() {
+        batch.push(ev);
+        if batch.len() == MAX_BATCH {
+            publish_batch(&shared, &mut batch, &cancel).await;
+        }
+    }
+    publish_batch(&shared, &mut batch, &cancel).await;
+}
+
+async fn publish_batch(shared: &Shared, batch: &mut Vec<Arc<Event>>, cancel: &CancellationToken) {
+    let mut pending = std::mem::take(batch);
+    let mut attempt = 0u32;
+    while !pending.is_empty() {
+        if !shared.state.is_connected() {
+            break;
+        }
+        let mut sent: Vec<(Arc<Event>, Option<PublishAckFuture>)> =
+            Vec::with_capacity(pending.len());
+        for event in pending.drain(..) {
+            let subject = shared.config.subject_for(event.kind().dot_name());
+            let message = PublishMessage::build()
+                .payload(event.envelope_json().clone())
+                .headers(codec::headers(&event, &shared.config.instance_id));
+            match shared.js.send_publish(subject, message).await {
+                Ok(ack) => sent.push((event, Some(ack))),
+                Err(error) => {
+                    tracing::debug!(%error, "NATS publish failed");
+                    sent.push((event, None));
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        let mut last_error = None;
+        for (event, ack) in sent {
+            match ack {
+                Some(ack) => match ack.await {
+                    Ok(_) => shared.stats.published(),
+                    Err(error) => {
+                        last_error = Some(error.to_string());
+                        failed.push(event);
+                    }
+                },
+                None => failed.push(event),
+            }
+        }
+        pending = failed;
+        if pending.is_empty() || attempt >= shared.config.publish_retries || cancel.is_cancelled() {
+            break;
+        }
+        attempt += 1;
+        tracing::warn!(
+            events = pending.len(),
+            attempt,
+            error = last_error.as_deref().unwrap_or("not sent"),
+            "JetStream publish failed; retrying"
+        );
+        let delay = Duration::from_millis(100u64 << attempt.min(6));
+        tokio::select! {
+            () = cancel.cancelled() => {},
+            () = tokio::time::sleep(delay) => {},
+        }
+    }
+    if !pending.is_empty() {
+        tracing::warn!(
+            events = pending.len(),
+            "could not publish to JetStream; delivering locally only"
+        );
+        for event in pending {
+            shared.deliver_locally(&event);
+        }
+    }
+}

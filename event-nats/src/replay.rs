@@ -1,0 +1,187 @@
+//! Replay for cursors older than the local ring, from JetStream.
+//!
+//! A client resuming on any instance names the last event it saw, by bus
+//! sequence (SSE `v1`) or by UUID (SSE `envelope`). The local ring answers
+//! recent cursors; older ones are served from the stream, as far back as its
+//! retention reaches and up to `NatsConfig::max_replay` events. A UUID is
+//! located by reading the stream's headers around the time embedded in the
+//! UUIDv7 (`NatsConfig::id_search_window` either side).
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use event_core::{Cursor, Event, ReplayMiss};
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::codec::{self, stream_seq};
+use crate::{Error, NatsCluster};
+
+impl NatsCluster {
+    /// Every event after `cursor`, oldest first: from the local replay ring
+    /// when it still has them, else from JetStream (bounded by the stream's
+    /// retention and `max_replay`). An error means the cursor cannot be
+    /// served: answer the client with `resync_required`
+    /// ([`Error::requires_resync`]).
+    ///
+    /// The events from JetStream reach up to the stream's newest event when
+    /// the call was made, which may be ahead of what the local bus has
+    /// injected yet. To hand over to live delivery without gap or duplicate,
+    /// subscribe to the bus *before* calling this and drop live events whose
+    /// `seq` is at most the last replayed one (or at most the cursor's
+    /// sequence when the replay is empty).
+    pub async fn replay_since(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
+        match self.bus().replay_since(cursor) {
+            Ok(events) => Ok(events),
+            Err(ReplayMiss::Expired | ReplayMiss::Unknown) => self.replay_from_stream(cursor).await,
+        }
+    }
+
+    /// Like [`replay_since`](Self::replay_since) but always from JetStream.
+    pub async fn replay_from_stream(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
+        let timeout = self.config().replay_timeout;
+        match tokio::time::timeout(timeout, self.replay_inner(cursor)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Replay(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn replay_inner(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
+        let shared = self.shared();
+        if !shared.state.is_connected() {
+            return Err(Error::Disconnected);
+        }
+        let info = shared
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let after = match *cursor {
+            Cursor::Seq(seq) => stream_seq(seq),
+            Cursor::Id(id) => self.locate(id, first, last).await?,
+        };
+        if after > last {
+            return Err(Error::CursorUnknown(cursor.to_string()));
+        }
+        if after.saturating_add(1) < first {
+            return Err(Error::CursorExpired(cursor.to_string()));
+        }
+        if after == last {
+            return Ok(Vec::new());
+        }
+        let count = last - after;
+        if count > shared.config.max_replay as u64 {
+            return Err(Error::ReplayTooLong {
+                count,
+                limit: shared.config.max_replay,
+            });
+        }
+        let mut messages = self
+            .ordered(
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                false,
+            )
+            .await?;
+        let mut events = Vec::with_capacity(count as usize);
+        while let Some(item) = messages.next().await {
+            let message = item.map_err(|e| Error::Replay(e.to_string()))?;
+            let info = message.info().map_err(|e| Error::Replay(e.to_string()))?;
+            let seq = info.stream_sequence;
+            let pending = info.pending;
+            if seq > last {
+                break;
+            }
+            match codec::decode(seq, &message.payload, message.headers.as_ref()) {
+                Ok(decoded) => events.push(Arc::new(decoded.event)),
+                Err(error) => {
+                    tracing::warn!(seq, %error, "undecodable stream message; not replayed")
+                }
+            }
+            if seq == last || pending == 0 {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// The stream sequence of the event with this id.
+    async fn locate(&self, id: Uuid, first: u64, last: u64) -> Result<u64, Error> {
+        let unknown = || Error::CursorUnknown(id.to_string());
+        if last < first {
+            return Err(unknown());
+        }
+        let (secs, nanos) = id.get_timestamp().ok_or_else(unknown)?.to_unix();
+        let made_at = i64::try_from(secs)
+            .ok()
+            .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+            .map(|t| t + time::Duration::nanoseconds(i64::from(nanos)))
+            .ok_or_else(unknown)?;
+        let window = time::Duration::try_from(self.config().id_search_window)
+            .unwrap_or(time::Duration::minutes(1));
+        let info = self
+            .shared()
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        if info.state.first_timestamp > made_at + window {
+            return Err(Error::CursorExpired(id.to_string()));
+        }
+        // A consumer waits for new messages forever: only start one when the
+        // window holds at least one.
+        if info.state.last_timestamp < made_at - window {
+            return Err(unknown());
+        }
+        let mut headers = self
+            .ordered(
+                DeliverPolicy::ByStartTime {
+                    start_time: made_at - window,
+                },
+                true,
+            )
+            .await?;
+        let limit = self.config().max_replay.saturating_mul(10);
+        let mut scanned = 0usize;
+        while let Some(item) = headers.next().await {
+            let message = item.map_err(|e| Error::Replay(e.to_string()))?;
+            let info = message.info().map_err(|e| Error::Replay(e.to_string()))?;
+            let (seq, pending, stored_at) = (info.stream_sequence, info.pending, info.published);
+            if codec::message_id(message.headers.as_ref()) == Some(id) {
+                return Ok(seq);
+            }
+            scanned += 1;
+            if pending == 0 || seq >= last || stored_at > made_at + window || scanned >= limit {
+                break;
+            }
+        }
+        Err(unknown())
+    }
+
+    async fn ordered(
+        &self,
+        deliver_policy: DeliverPolicy,
+        headers_only: bool,
+    ) -> Result<pull::Ordered, Error> {
+        let consumer = self
+            .shared()
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy,
+                headers_only,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))
+    }
+}

@@ -1,0 +1,44 @@
+//! OTLP/HTTP trace export (feature `otlp`).
+//!
+//! Spans (connections, deliveries, webhook attempts) go through
+//! `tracing-opentelemetry` into an SDK tracer provider with a batch span
+//! processor and the OTLP/HTTP protobuf exporter. The exporter uses a
+//! blocking HTTP client on its own thread, so export never runs on the
+//! async workers; it speaks plain HTTP (no TLS stack is linked), so point it
+//! at a local collector or sidecar.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::{TelemetryConfig, TelemetryError};
+
+/// The `tracing` layer exporting spans to `endpoint`, and its provider
+/// (kept to flush on shutdown).
+pub(crate) fn layer(
+    config: &TelemetryConfig,
+    endpoint: &str,
+) -> Result<(Box<dyn Layer<Registry> + Send + Sync>, SdkTracerProvider), TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+    let provider = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(config.service_name.clone())
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer(event_core::metrics::METER_NAME);
+    let filter: EnvFilter = config.env_filter()?;
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter)
+        .boxed();
+    Ok((layer, provider))
+}
