@@ -4,6 +4,8 @@
 //! One test function: the meter provider is process-global, and the values
 //! asserted are cumulative.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
