@@ -11,12 +11,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Scrape, get, serve, seven_events};
+use common::{get, serve, seven_events};
 use event_core::metrics::{self as names, LATENCY_BUCKETS_MS};
 use event_core::{
     BusConfig, EventBus, EventKind, EventSink, SeqStart, SinkRunner, Transport, TransportMetrics,
     Uuid,
 };
+use event_telemetry::Scrape;
 use event_telemetry::{PROMETHEUS_CONTENT_TYPE, PrometheusMetrics, TelemetrySink};
 use opentelemetry::KeyValue;
 
@@ -58,8 +59,14 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     ws.connection_opened();
     sse.connection_opened();
     let s = scrape(addr).await;
-    assert_eq!(s.types["matric_ws_connections_active"], "gauge");
-    assert_eq!(s.types["matric_sse_connections_active"], "gauge");
+    assert_eq!(
+        s.kind("matric_ws_connections_active").unwrap_or("missing"),
+        "gauge"
+    );
+    assert_eq!(
+        s.kind("matric_sse_connections_active").unwrap_or("missing"),
+        "gauge"
+    );
     assert_eq!(s.value("matric_ws_connections_active", &[]), Some(2.0));
     assert_eq!(s.value("matric_sse_connections_active", &[]), Some(1.0));
 
@@ -127,7 +134,11 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     // Gauges back to 0, closes counted by reason.
     assert_eq!(s.value("matric_ws_connections_active", &[]), Some(0.0));
     assert_eq!(s.value("matric_sse_connections_active", &[]), Some(0.0));
-    assert_eq!(s.types["matric_connections_closed_total"], "counter");
+    assert_eq!(
+        s.kind("matric_connections_closed_total")
+            .unwrap_or("missing"),
+        "counter"
+    );
     assert_eq!(
         s.value(
             "matric_connections_closed_total",
@@ -144,8 +155,14 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     );
 
     // Sent counters.
-    assert_eq!(s.types["matric_ws_events_sent_total"], "counter");
-    assert_eq!(s.types["matric_sse_events_sent_total"], "counter");
+    assert_eq!(
+        s.kind("matric_ws_events_sent_total").unwrap_or("missing"),
+        "counter"
+    );
+    assert_eq!(
+        s.kind("matric_sse_events_sent_total").unwrap_or("missing"),
+        "counter"
+    );
     assert_eq!(
         s.value(
             "matric_ws_events_sent_total",
@@ -171,7 +188,10 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
 
     // Published: one of each type, two JobQueued, plus the 4 QueueStatus the
     // lagging sink still saw (10 published, 6 missed).
-    assert_eq!(s.types["matric_events_published_total"], "counter");
+    assert_eq!(
+        s.kind("matric_events_published_total").unwrap_or("missing"),
+        "counter"
+    );
     for kind in EventKind::ALL {
         let want = match kind {
             EventKind::JobQueued => 2.0,
@@ -189,7 +209,10 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     }
 
     // Drops and lag.
-    assert_eq!(s.types["matric_events_dropped_total"], "counter");
+    assert_eq!(
+        s.kind("matric_events_dropped_total").unwrap_or("missing"),
+        "counter"
+    );
     assert_eq!(
         s.value("matric_events_dropped_total", &[("consumer", "ws")]),
         Some(5.0)
@@ -198,7 +221,11 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
         s.value("matric_events_dropped_total", &[("consumer", "telemetry")]),
         Some(6.0)
     );
-    assert_eq!(s.types["matric_bus_lagged_events_total"], "counter");
+    assert_eq!(
+        s.kind("matric_bus_lagged_events_total")
+            .unwrap_or("missing"),
+        "counter"
+    );
     assert_eq!(
         s.value(
             "matric_bus_lagged_events_total",
@@ -208,18 +235,28 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     );
 
     // Webhooks.
-    assert_eq!(s.types["matric_webhook_deliveries_total"], "counter");
+    assert_eq!(
+        s.kind("matric_webhook_deliveries_total")
+            .unwrap_or("missing"),
+        "counter"
+    );
     for (status, n) in [("success", 2.0), ("retry", 1.0), ("failed", 1.0)] {
         assert_eq!(
             s.value("matric_webhook_deliveries_total", &[("status", status)]),
             Some(n)
         );
     }
-    assert_eq!(s.types["matric_webhook_queue_depth"], "gauge");
+    assert_eq!(
+        s.kind("matric_webhook_queue_depth").unwrap_or("missing"),
+        "gauge"
+    );
     assert_eq!(s.value("matric_webhook_queue_depth", &[]), Some(2.0));
 
     // Latency histogram: counts per transport, the configured buckets.
-    assert_eq!(s.types["matric_event_latency_ms"], "histogram");
+    assert_eq!(
+        s.kind("matric_event_latency_ms").unwrap_or("missing"),
+        "histogram"
+    );
     for (transport, n) in [("ws", 4.0), ("sse", 2.0), ("webhook", 1.0)] {
         assert_eq!(
             s.value("matric_event_latency_ms_count", &[("transport", transport)]),

@@ -3,7 +3,6 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -18,85 +17,6 @@ pub async fn serve(router: Router) -> SocketAddr {
         axum::serve(listener, router).await.expect("serve");
     });
     addr
-}
-
-/// One sample line of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// A parsed scrape: `# TYPE` lines and samples.
-#[derive(Debug, Default)]
-pub struct Scrape {
-    pub types: BTreeMap<String, String>,
-    pub samples: Vec<Sample>,
-}
-
-impl Scrape {
-    pub fn parse(text: &str) -> Scrape {
-        let mut scrape = Scrape::default();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest.split_once(' ').expect("TYPE line");
-                scrape.types.insert(name.to_owned(), kind.to_owned());
-                continue;
-            }
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let (series, value) = line.rsplit_once(' ').expect("sample line");
-            let value: f64 = value.parse().expect("sample value");
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => {
-                    let body = rest.strip_suffix('}').expect("closing brace");
-                    let labels = body
-                        .split("\",")
-                        .filter(|p| !p.is_empty())
-                        .map(|pair| {
-                            let (k, v) = pair.split_once('=').expect("label pair");
-                            (k.to_owned(), v.trim_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name.to_owned(), labels)
-                }
-                None => (series.to_owned(), BTreeMap::new()),
-            };
-            scrape.samples.push(Sample {
-                name,
-                labels,
-                value,
-            });
-        }
-        scrape
-    }
-
-    /// The value of the series `name` with exactly `labels`.
-    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let wanted: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels == wanted)
-            .map(|s| s.value)
-    }
-
-    /// Every label name used by samples of `name`.
-    pub fn label_names(&self, name: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .samples
-            .iter()
-            .filter(|s| s.name == name)
-            .flat_map(|s| s.labels.keys().cloned())
-            .collect();
-        names.sort();
-        names.dedup();
-        names
-    }
 }
 
 /// GETs `http://addr/path`, returning status, content type and body.
