@@ -380,17 +380,19 @@ impl JobBridgeHandle {
         self.task.is_finished()
     }
 
-    /// Waits until the bridge ends on its own (the worker channel closed).
-    pub async fn join(self) {
+    /// Waits until the bridge ends on its own (the worker channel closed);
+    /// returns its final counters.
+    pub async fn join(self) -> BridgeStatsSnapshot {
         if let Err(error) = self.task.await {
             tracing::error!(%error, "job bridge task failed");
         }
+        self.view.shared.stats.snapshot()
     }
 
     /// Stops the bridge (held-back progress is flushed) and waits for it.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> BridgeStatsSnapshot {
         self.cancel.cancel();
-        self.join().await;
+        self.join().await
     }
 }
 
