@@ -75,8 +75,11 @@
 //!
 //! ## Features
 //!
-//! * `otlp` — export spans over OTLP/HTTP (protobuf, no TLS; put a collector
-//!   or proxy next to the process for TLS), via `TelemetryConfig::otlp_endpoint`.
+//! * `otlp` — export spans over OTLP/HTTP (protobuf) to
+//!   `TelemetryConfig::otlp_endpoint`, via `tracing-opentelemetry` and
+//!   `opentelemetry-otlp` (pure Rust, no OpenSSL; plain `http://` to a local
+//!   collector is the tested set-up). Without the feature, setting the
+//!   endpoint makes [`init`] fail with [`TelemetryError::Otlp`].
 
 mod error;
 pub mod health;

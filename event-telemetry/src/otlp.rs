@@ -4,8 +4,8 @@
 //! `tracing-opentelemetry` into an SDK tracer provider with a batch span
 //! processor and the OTLP/HTTP protobuf exporter. The exporter uses a
 //! blocking HTTP client on its own thread, so export never runs on the
-//! async workers; it speaks plain HTTP (no TLS stack is linked), so point it
-//! at a local collector or sidecar.
+//! async workers. Plain `http://` endpoints are what is tested; point it at
+//! a local collector or sidecar and let that handle TLS.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -21,6 +21,12 @@ pub(crate) fn layer(
     config: &TelemetryConfig,
     endpoint: &str,
 ) -> Result<(Box<dyn Layer<Registry> + Send + Sync>, SdkTracerProvider), TelemetryError> {
+    // The workspace builds reqwest with `rustls-no-provider`: a client built
+    // without a process-wide crypto provider panics, even for plain HTTP.
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(endpoint)
