@@ -249,6 +249,13 @@ impl EventBus {
         event
     }
 
+    /// Declares that events up to sequence `seq` are missing from this bus
+    /// (an upstream skipped them): the replay ring reports cursors below
+    /// `seq` as expired instead of replaying around the gap.
+    pub fn expire_through(&self, seq: u64) {
+        self.state().ring.expire_through(seq);
+    }
+
     /// Sets (or with `None` removes) the [`Upstream`] that sequences locally
     /// published events. Without one (the default) the bus sequences events
     /// itself.

@@ -137,6 +137,14 @@ impl ReplayRing {
         self.events.push_back(event);
     }
 
+    /// Declares that the events up to sequence `seq` cannot all be
+    /// replayed, though no retained event was evicted: cursors below `seq`
+    /// become expired. For a bus fed from an external log that skipped
+    /// events (e.g. removed by the log's retention before they were read).
+    pub fn expire_through(&mut self, seq: u64) {
+        self.evicted_seq = self.evicted_seq.max(seq);
+    }
+
     /// How many events are retained.
     pub fn len(&self) -> usize {
         self.events.len()
@@ -306,6 +314,25 @@ mod tests {
         ring.push(ev(3));
         assert_eq!(seqs(&ring.since(&Cursor::Id(larger)).unwrap()), vec![2, 3]);
         assert_eq!(seqs(&ring.since(&Cursor::Id(smaller)).unwrap()), vec![3]);
+    }
+
+    #[test]
+    fn expire_through_marks_a_gap() {
+        let mut ring = ReplayRing::new(8);
+        ring.push(ev(1));
+        // Events 2..=4 never reached this ring.
+        ring.expire_through(4);
+        ring.push(ev(5));
+        assert_eq!(
+            ring.since(&Cursor::Seq(2)).unwrap_err(),
+            ReplayMiss::Expired
+        );
+        assert_eq!(seqs(&ring.since(&Cursor::Seq(4)).unwrap()), vec![5]);
+        ring.expire_through(1); // never lowers the bound
+        assert_eq!(
+            ring.since(&Cursor::Seq(3)).unwrap_err(),
+            ReplayMiss::Expired
+        );
     }
 
     #[test]
