@@ -92,6 +92,8 @@ fn inject(shared: &Shared, message: &async_nats::jetstream::Message, next: &mut 
             got = stream_seq,
             "events missing from the stream (retention removed them before this instance read them)"
         );
+        // Cursors before the gap must resync rather than silently skip it.
+        shared.bus.expire_through(bus_seq(stream_seq - 1));
     }
     *next = stream_seq + 1;
     match codec::decode(stream_seq, &message.payload, message.headers.as_ref()) {

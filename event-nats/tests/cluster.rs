@@ -168,18 +168,34 @@ async fn cursors_beyond_retention_or_bounds_require_resync() {
     let mut config = unique_config(&url, "a");
     config.retention.max_messages = 20;
     config.max_replay = 5;
-    let a = connect(&config, 4).await;
+    let a = connect(&config, 64).await;
     // One instance's events enter the stream in its publish order.
     let sent: Vec<Uuid> = (0..30).map(|i| a.bus().publish(progress(i)).id()).collect();
     assert!(a.wait_for_stream_seq(30, WAIT).await);
 
+    // Whether or not A's consumer read events 1..=10 before the stream
+    // dropped them, A's ring never replays across a gap.
+    if let Ok(events) = a.bus().replay_since(&Cursor::Seq(bus_seq(2))) {
+        let seqs: Vec<u64> = events.iter().map(|e| e.seq()).collect();
+        assert_eq!(seqs, (3..=30).map(bus_seq).collect::<Vec<_>>());
+    }
+
     // Stream keeps 11..=30: a cursor at 2 lost events 3..=10.
-    let expired = a.replay_since(&Cursor::Seq(bus_seq(2))).await.unwrap_err();
+    let expired = a
+        .replay_from_stream(&Cursor::Seq(bus_seq(2)))
+        .await
+        .unwrap_err();
     assert!(matches!(expired, Error::CursorExpired(_)), "{expired:?}");
-    let expired_id = a.replay_since(&Cursor::Id(sent[1])).await.unwrap_err();
+    let expired_id = a
+        .replay_from_stream(&Cursor::Id(sent[1]))
+        .await
+        .unwrap_err();
     assert!(expired_id.requires_resync(), "{expired_id:?}");
     // From the future.
-    let unknown = a.replay_since(&Cursor::Seq(bus_seq(99))).await.unwrap_err();
+    let unknown = a
+        .replay_from_stream(&Cursor::Seq(bus_seq(99)))
+        .await
+        .unwrap_err();
     assert!(matches!(unknown, Error::CursorUnknown(_)), "{unknown:?}");
     let unknown_id = a
         .replay_since(&Cursor::Id(Uuid::now_v7()))
@@ -190,7 +206,10 @@ async fn cursors_beyond_retention_or_bounds_require_resync() {
         "{unknown_id:?}"
     );
     // Retained, but more than max_replay (5) events ago.
-    let long = a.replay_since(&Cursor::Seq(bus_seq(20))).await.unwrap_err();
+    let long = a
+        .replay_from_stream(&Cursor::Seq(bus_seq(20)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             long,
@@ -203,7 +222,10 @@ async fn cursors_beyond_retention_or_bounds_require_resync() {
     );
     assert!(expired.requires_resync() && unknown.requires_resync() && long.requires_resync());
     // Within every bound.
-    let ok = a.replay_since(&Cursor::Seq(bus_seq(26))).await.unwrap();
+    let ok = a
+        .replay_from_stream(&Cursor::Seq(bus_seq(26)))
+        .await
+        .unwrap();
     let ok: Vec<(u64, Uuid)> = ok.iter().map(|e| (e.seq(), e.id())).collect();
     let want: Vec<(u64, Uuid)> = (27..=30)
         .map(|s| (bus_seq(s), sent[s as usize - 1]))
