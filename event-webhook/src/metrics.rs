@@ -1,0 +1,56 @@
+//! Webhook instruments, recorded through `event_core::metrics`.
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Gauge, Histogram};
+
+use event_core::metrics as names;
+
+/// The webhook worker's instruments.
+#[derive(Debug, Clone)]
+pub struct WebhookMetrics {
+    deliveries: Counter<u64>,
+    queue_depth: Gauge<u64>,
+    latency: Histogram<f64>,
+    transport: [KeyValue; 1],
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        WebhookMetrics::new()
+    }
+}
+
+impl WebhookMetrics {
+    /// Creates the instruments from the global meter (install the meter
+    /// provider first).
+    pub fn new() -> Self {
+        let meter = names::meter();
+        WebhookMetrics {
+            deliveries: meter
+                .u64_counter(names::WEBHOOK_DELIVERIES)
+                .with_description("Webhook delivery attempts by outcome (success, retry, failed)")
+                .build(),
+            queue_depth: meter
+                .u64_gauge(names::WEBHOOK_QUEUE_DEPTH)
+                .with_description("Webhook deliveries waiting to be sent")
+                .build(),
+            latency: names::latency_histogram(&meter),
+            transport: [KeyValue::new("transport", "webhook")],
+        }
+    }
+
+    /// An attempt ended with `status` (`success`, `retry` or `failed`).
+    pub fn attempt(&self, status: &'static str) {
+        self.deliveries.add(1, &[KeyValue::new("status", status)]);
+    }
+
+    /// Queue → receiver's response, in milliseconds.
+    pub fn latency_ms(&self, ms: f64) {
+        self.latency.record(ms, &self.transport);
+    }
+
+    /// The current queue depth.
+    pub fn queue_depth(&self, depth: u64) {
+        self.queue_depth.record(depth, &[]);
+    }
+}

@@ -1,0 +1,134 @@
+//! [`Webhooks`]: the handle the host builds once and takes the router, the
+//! sink and the worker from.
+
+use std::sync::Arc;
+
+use event_core::{Authenticator, EventSink};
+use http::HeaderName;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::http_client;
+use crate::config::WebhookConfig;
+use crate::error::{Result, WebhookError};
+use crate::index::SubscriberIndex;
+use crate::metrics::WebhookMetrics;
+use crate::sink::WebhookSink;
+use crate::ssrf::SsrfGuard;
+use crate::store::{self, WebhookStore};
+use crate::worker::DeliveryWorker;
+
+/// What the router, the sink and the worker share.
+pub(crate) struct Shared {
+    pub store: Arc<dyn WebhookStore>,
+    pub index: SubscriberIndex,
+    pub auth: Arc<dyn Authenticator>,
+    pub config: WebhookConfig,
+    pub signature_header: HeaderName,
+    pub guard: SsrfGuard,
+    pub client: reqwest::Client,
+    /// Wakes this process's worker when rows were queued.
+    pub wake: Notify,
+    pub metrics: WebhookMetrics,
+}
+
+impl Shared {
+    /// Reloads the subscriber index, logging (not failing) on error: the
+    /// periodic refresh will catch up.
+    pub async fn refresh_index(&self) {
+        if let Err(error) = self.index.reload(self.store.as_ref()).await {
+            tracing::warn!(%error, "webhook subscriber index reload failed");
+        }
+    }
+}
+
+/// The webhook service: REST API, event sink and delivery worker over one
+/// store.
+///
+/// Cheap to clone. Build it after installing the meter provider (metrics
+/// are created here).
+#[derive(Clone)]
+pub struct Webhooks {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Webhooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhooks")
+            .field("store", &self.shared.store.engine())
+            .field("webhooks", &self.shared.index.len())
+            .finish()
+    }
+}
+
+impl Webhooks {
+    /// Opens the store named by `database_url` (see [`store::connect`]) and
+    /// builds the service.
+    pub async fn connect(
+        database_url: &str,
+        auth: Arc<dyn Authenticator>,
+        config: WebhookConfig,
+    ) -> Result<Self> {
+        let store = store::connect(database_url).await?;
+        Webhooks::new(store, auth, config).await
+    }
+
+    /// Builds the service on an open store and loads the subscriber index.
+    /// Admin routes require [`Principal::is_admin`](event_core::Principal)
+    /// from `auth` (`AllowAnonymous` admits everyone as admin).
+    pub async fn new(
+        store: Arc<dyn WebhookStore>,
+        auth: Arc<dyn Authenticator>,
+        config: WebhookConfig,
+    ) -> Result<Self> {
+        let signature_header = HeaderName::from_bytes(config.signature_header.as_bytes())
+            .map_err(|_| WebhookError::invalid("signature_header", "not a valid header name"))?;
+        if config.retry_schedule.is_empty() {
+            return Err(WebhookError::invalid("retry_schedule", "must not be empty"));
+        }
+        let shared = Arc::new(Shared {
+            client: http_client(&config)?,
+            guard: SsrfGuard::new(config.allow_cidrs.clone()),
+            store,
+            index: SubscriberIndex::default(),
+            auth,
+            signature_header,
+            config,
+            wake: Notify::new(),
+            metrics: WebhookMetrics::new(),
+        });
+        shared.index.reload(shared.store.as_ref()).await?;
+        Ok(Webhooks { shared })
+    }
+
+    /// The event sink to register on the host's `SinkRunner`.
+    pub fn sink(&self) -> Arc<dyn EventSink> {
+        Arc::new(WebhookSink::new(self.shared.clone()))
+    }
+
+    /// The `/api/v1/webhooks` routes.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> axum::Router<S> {
+        crate::api::router(self.shared.clone())
+    }
+
+    /// Starts the delivery worker; it stops when `shutdown` is cancelled or
+    /// [`DeliveryWorker::shutdown`] is called.
+    pub fn start_worker(&self, shutdown: CancellationToken) -> DeliveryWorker {
+        DeliveryWorker::start(self.shared.clone(), shutdown)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn WebhookStore> {
+        &self.shared.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &WebhookConfig {
+        &self.shared.config
+    }
+
+    /// Reloads the subscriber index from the store now.
+    pub async fn refresh(&self) -> Result<()> {
+        self.shared.index.reload(self.shared.store.as_ref()).await
+    }
+}

@@ -1,0 +1,103 @@
+//! [`WebhookSink`]: turns bus events into durable delivery rows.
+//!
+//! For each batch the runner hands over, the sink looks the subscribers of
+//! each event up in the in-memory index, renders the request body once per
+//! event (shared by every webhook), and writes one row per (event, webhook)
+//! in a single transaction before returning. Only then is the batch
+//! acknowledged, and the worker is woken.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_core::{Event, EventSink, SinkError, async_trait};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::deliver::body_for;
+use crate::model::NewDelivery;
+use crate::service::Shared;
+
+/// The webhook [`EventSink`]. Obtain it from
+/// [`Webhooks::sink`](crate::Webhooks::sink).
+pub struct WebhookSink {
+    shared: Arc<Shared>,
+}
+
+impl WebhookSink {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        WebhookSink { shared }
+    }
+
+    fn rows_for(&self, events: &[Arc<Event>]) -> Vec<NewDelivery> {
+        let now = OffsetDateTime::now_utc();
+        let mut rows = Vec::new();
+        for event in events {
+            let subscribers = self.shared.index.subscribers(event.kind());
+            if subscribers.is_empty() {
+                continue;
+            }
+            let body = body_for(event);
+            for w in subscribers {
+                rows.push(NewDelivery {
+                    id: Uuid::now_v7(),
+                    webhook_id: w.id,
+                    event_id: event.id(),
+                    event_type: event.kind().type_name(),
+                    body: body.clone(),
+                    created_at: now,
+                    next_attempt_at: Some(now),
+                });
+            }
+        }
+        rows
+    }
+}
+
+/// Back-off between enqueue attempts when the database is briefly away.
+const ENQUEUE_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
+
+#[async_trait]
+impl EventSink for WebhookSink {
+    fn name(&self) -> &str {
+        "webhook"
+    }
+
+    fn accepts(&self, event: &Event) -> bool {
+        self.shared.index.has_subscribers(event.kind())
+    }
+
+    async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError> {
+        self.deliver_batch(vec![event]).await
+    }
+
+    async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
+        let rows = self.rows_for(&events);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tries = ENQUEUE_BACKOFF.iter();
+        loop {
+            match self.shared.store.enqueue(&rows).await {
+                Ok(()) => break,
+                Err(error) => match tries.next() {
+                    Some(pause) => {
+                        tracing::warn!(%error, rows = rows.len(), "webhook enqueue failed; retrying");
+                        tokio::time::sleep(*pause).await;
+                    }
+                    None => {
+                        return Err(SinkError::with_source(
+                            format!("could not queue {} webhook deliveries", rows.len()),
+                            error,
+                        ));
+                    }
+                },
+            }
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+}
