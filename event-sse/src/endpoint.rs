@@ -188,17 +188,12 @@ impl SseEndpoint {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
 
-        let guard = inner.registry.register(Transport::Sse, remote, &principal);
-        if guard.is_closing() {
-            return Err(SseError::ShuttingDown);
-        }
-        let guard = Arc::new(guard);
         // Subscribe to live delivery before reading the ring: an event
         // published meanwhile lands in the outbox and maybe in the replay
         // too, and `skip_through` drops the second copy.
         let sub = inner.hub.subscribe(SubscribeOptions {
             filter,
-            principal,
+            principal: principal.clone(),
             limits: inner.config.outbox,
             policy: OverflowPolicy::DropAndCount,
             wire: match format {
@@ -207,6 +202,12 @@ impl SseEndpoint {
             },
         });
 
+        // Registered after subscribing: a listed connection receives events.
+        let guard = inner.registry.register(Transport::Sse, remote, &principal);
+        if guard.is_closing() {
+            return Err(SseError::ShuttingDown);
+        }
+        let guard = Arc::new(guard);
         let mut first = BytesMut::new();
         frame::write_retry(&mut first, inner.config.retry_ms);
         let mut replayed = Vec::new();
