@@ -251,7 +251,7 @@ impl Runner {
         let mut next_tick = (*clients.borrow_and_update() > 0).then(|| Instant::now() + self.tick);
 
         if let Some(status) = self.shared.query_source().await {
-            self.core.resync(&status);
+            self.core.resync(&status, worker.len());
             self.core
                 .publish_status(Instant::now(), true, &mut self.out);
             self.publish();
@@ -267,7 +267,7 @@ impl Runner {
                         BridgeStats::inc(&self.shared.stats.worker_events);
                         self.core.on_worker_event(event, Instant::now(), &mut self.out);
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n, &worker).await,
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 () = sleep_until(deadline), if deadline.is_some() => {
@@ -275,7 +275,7 @@ impl Runner {
                 }
                 () = sleep_until(next_tick), if next_tick.is_some() => {
                     if let Some(status) = self.shared.query_source().await {
-                        self.core.resync(&status);
+                        self.core.resync(&status, worker.len());
                     }
                     let now = Instant::now();
                     self.core.publish_status(now, false, &mut self.out);
@@ -301,7 +301,7 @@ impl Runner {
         tracing::debug!(stats = ?self.shared.stats.snapshot(), "job bridge stopped");
     }
 
-    async fn lagged(&mut self, n: u64) {
+    async fn lagged(&mut self, n: u64, worker: &broadcast::Receiver<WorkerEvent>) {
         tracing::warn!(
             missed = n,
             "job bridge fell behind the worker channel; publishing a fresh queue status"
@@ -310,7 +310,7 @@ impl Runner {
         event_core::metrics::dropped_counter(&event_core::metrics::meter())
             .add(n, &[KeyValue::new("consumer", "job_bridge")]);
         if let Some(status) = self.shared.query_source().await {
-            self.core.resync(&status);
+            self.core.resync(&status, worker.len());
         }
         self.core
             .publish_status(Instant::now(), true, &mut self.out);

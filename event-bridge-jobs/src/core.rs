@@ -74,6 +74,10 @@ pub(crate) struct BridgeCore {
     last_status: Option<QueueStatus>,
     last_status_at: Option<Instant>,
     status_due: Option<Instant>,
+    /// Worker events still to come that the last resync already counted.
+    uncounted: usize,
+    /// Whether the event being applied moves the counts.
+    counting: bool,
 }
 
 impl BridgeCore {
@@ -96,6 +100,8 @@ impl BridgeCore {
             last_status: Some(QueueStatus::new(0, 0)),
             last_status_at: None,
             status_due: None,
+            uncounted: 0,
+            counting: true,
         }
     }
 
@@ -126,6 +132,8 @@ impl BridgeCore {
         now: Instant,
         out: &mut Vec<ServerEvent>,
     ) {
+        self.counting = self.uncounted == 0;
+        self.uncounted = self.uncounted.saturating_sub(1);
         match event {
             WorkerEvent::JobQueued {
                 job_id,
@@ -177,10 +185,10 @@ impl BridgeCore {
                 BridgeStats::inc(&self.stats.retries_scheduled);
                 if let Some(job) = self.jobs.get_mut(&job_id) {
                     job.last_activity = now;
-                    if job.slot == Slot::Running {
-                        job.slot = Slot::Pending;
-                        self.running = self.running.saturating_sub(1);
-                        self.pending += 1;
+                    let was_running = job.slot == Slot::Running;
+                    job.slot = Slot::Pending;
+                    if was_running {
+                        self.shift(1, -1);
                     }
                     self.reschedule(job_id);
                 }
@@ -209,7 +217,7 @@ impl BridgeCore {
         }
         self.jobs
             .insert(job_id, JobState::new(Slot::Pending, note_id, now));
-        self.pending += 1;
+        self.shift(1, 0);
         out.push(ServerEvent::JobQueued(JobQueued {
             job_id,
             job_type,
@@ -235,13 +243,14 @@ impl BridgeCore {
             newly_running = true;
             JobState::new(Slot::Running, note_id, now)
         });
-        if newly_running {
-            self.running += 1;
+        let delta = if newly_running {
+            (0, 1)
         } else if job.slot == Slot::Pending {
             job.slot = Slot::Running;
-            self.pending = self.pending.saturating_sub(1);
-            self.running += 1;
-        }
+            (-1, 1)
+        } else {
+            (0, 0)
+        };
         job.last_activity = now;
         if job.note_id.is_none() {
             job.note_id = note_id;
@@ -259,6 +268,7 @@ impl BridgeCore {
                 note_id: job.note_id,
             }));
         }
+        self.shift(delta.0, delta.1);
         self.reschedule(job_id);
     }
 
@@ -279,25 +289,26 @@ impl BridgeCore {
             newly_running = true;
             JobState::new(Slot::Running, note_id, now)
         });
-        if newly_running {
-            self.running += 1;
-        }
         job.last_activity = now;
         if job.note_id.is_none() {
             job.note_id = note_id;
         }
-        if job.slot == Slot::Pending {
+        let delta = if newly_running {
+            (0, 1)
+        } else if job.slot == Slot::Pending {
             // Progress after a retry without a start: it runs again.
             job.slot = Slot::Running;
-            self.pending = self.pending.saturating_sub(1);
-            self.running += 1;
-        }
+            (-1, 1)
+        } else {
+            (0, 0)
+        };
         // Clamped into range; `as` is exact after the clamp.
         let value = percent.clamp(0, 100) as u8;
         if let Some(high) = job.high
             && (value < high || (value == high && message == job.high_message))
         {
             BridgeStats::inc(&self.stats.progress_suppressed);
+            self.shift(delta.0, delta.1);
             self.reschedule(job_id);
             return;
         }
@@ -325,6 +336,7 @@ impl BridgeCore {
                 BridgeStats::inc(&self.stats.progress_coalesced);
             }
         }
+        self.shift(delta.0, delta.1);
         self.reschedule(job_id);
     }
 
@@ -346,8 +358,8 @@ impl BridgeCore {
                 job.send(pending, now, out);
             }
             match job.slot {
-                Slot::Pending => self.pending = self.pending.saturating_sub(1),
-                Slot::Running => self.running = self.running.saturating_sub(1),
+                Slot::Pending => self.shift(-1, 0),
+                Slot::Running => self.shift(0, -1),
             }
         }
         out.push(event);
@@ -419,7 +431,8 @@ impl BridgeCore {
                 tracing::warn!(%job_id, "job silent past the idle timeout; no longer tracked");
                 BridgeStats::inc(&self.stats.jobs_expired);
                 self.jobs.remove(&job_id);
-                self.running = self.running.saturating_sub(1);
+                self.counting = true;
+                self.shift(0, -1);
                 continue;
             }
             let interval_over = job
@@ -481,9 +494,33 @@ impl BridgeCore {
     }
 
     /// Replaces the counts with the host's authoritative numbers.
-    pub(crate) fn resync(&mut self, status: &QueueStatus) {
+    ///
+    /// `already_counted` is how many worker events were waiting in the
+    /// channel when the answer arrived: they happened before the query (give
+    /// or take the query's own duration), so the source already counts them
+    /// and applying them again would count them twice. They are still
+    /// published and tracked, just not counted.
+    pub(crate) fn resync(&mut self, status: &QueueStatus, already_counted: usize) {
         self.pending = status.pending;
         self.running = status.running;
+        self.uncounted = already_counted;
+    }
+
+    /// Moves the queue counts, unless the current event is one the host's
+    /// numbers already include.
+    fn shift(&mut self, pending: i64, running: i64) {
+        if !self.counting {
+            return;
+        }
+        let apply = |n: u64, d: i64| {
+            if d >= 0 {
+                n.saturating_add(d.unsigned_abs())
+            } else {
+                n.saturating_sub(d.unsigned_abs())
+            }
+        };
+        self.pending = apply(self.pending, pending);
+        self.running = apply(self.running, running);
     }
 
     /// Publishes the current status now (periodic tick, after a lag), unless

@@ -386,3 +386,18 @@ proptest! {
         prop_assert_eq!(last.unwrap_or(QueueStatus::new(0, 0)), expected);
     }
 }
+
+#[test]
+fn resync_does_not_count_events_the_source_already_includes() {
+    let mut d = Driver::new();
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    // The host says 2 pending while our two JobQueued are still in the channel.
+    d.core.resync(&QueueStatus::new(2, 0), 2);
+    d.send(queued(a));
+    d.send(queued(b));
+    assert_eq!(d.core.counts(), QueueStatus::new(2, 0));
+    d.send(queued(c));
+    d.send(started(a));
+    assert_eq!(d.core.counts(), QueueStatus::new(2, 1));
+    assert_eq!(d.kinds().iter().filter(|k| **k == "JobQueued").count(), 3);
+}

@@ -95,6 +95,51 @@ async fn simulator_drives_a_job_from_queued_to_completed_with_monotone_progress(
 }
 
 #[tokio::test]
+async fn queue_status_from_a_late_bridge_does_not_double_count() {
+    let bus = EventBus::default();
+    let registry = ConnectionRegistry::new();
+    let mut sub = bus.subscribe();
+    let worker = SimulatedWorker::start(fast());
+    let rx = worker.subscribe();
+    // Jobs submitted before the bridge runs: the worker's own numbers
+    // already include them when the bridge asks at start-up.
+    let jobs: Vec<Uuid> = (0..3)
+        .map(|_| worker.submit("Embedding", None).unwrap())
+        .collect();
+    let _bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+        .with_queue_stats(Arc::new(worker.clone()))
+        .spawn(rx);
+    let mut statuses = Vec::new();
+    let mut done = 0;
+    timeout(Duration::from_secs(10), async {
+        while done < jobs.len() {
+            let Received::Event(ev) = sub.recv().await else {
+                panic!("bus closed")
+            };
+            match ev.payload() {
+                ServerEvent::QueueStatus(q) => statuses.push(q.clone()),
+                ServerEvent::JobCompleted(_) => done += 1,
+                _ => {}
+            }
+        }
+        // The final status follows the last completion (coalesced).
+        while statuses.last() != Some(&QueueStatus::new(0, 0)) {
+            if let Received::Event(ev) = sub.recv().await
+                && let ServerEvent::QueueStatus(q) = ev.payload()
+            {
+                statuses.push(q.clone());
+            }
+        }
+    })
+    .await
+    .expect("queue drains to zero");
+    assert!(
+        statuses.iter().all(|q| q.total_jobs <= 3 && q.running <= 2),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn planned_failure_is_published_as_a_code() {
     let bus = EventBus::default();
     let registry = ConnectionRegistry::new();
