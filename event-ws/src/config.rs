@@ -18,7 +18,10 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Something went wrong on the server.
     pub const INTERNAL_ERROR: u16 = 1011;
-    /// The server has no room for another connection.
+    /// The server has no room for another connection. This endpoint refuses
+    /// extra connections with `503` before the upgrade instead, so it does
+    /// not send this code; it is listed for clients and other servers of the
+    /// protocol.
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The client stopped answering heartbeats (no pong, no frame) for the
     /// idle timeout.

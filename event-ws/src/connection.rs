@@ -169,7 +169,7 @@ async fn run(
         () = guard.closed() => {
             if ep.registry.is_shutting_down() { End::Shutdown } else { End::Kicked }
         }
-        () = ep.shutdown.cancelled() => End::Shutdown,
+        () = ep.stop.cancelled() => End::Shutdown,
         end = read_loop(ep, stream, sub, &control_tx) => end,
         end = write_loop(ep, guard, sink, sub.outbox(), &mut control_rx) => end,
     }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
@@ -42,7 +43,8 @@ pub struct WsEndpoint {
     pub(crate) registry: ConnectionRegistry,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) snapshot: Option<Arc<dyn QueueSnapshot>>,
-    pub(crate) shutdown: CancellationToken,
+    /// Cancelled to close every connection with 1001 and refuse new ones.
+    pub(crate) stop: CancellationToken,
     pub(crate) config: Arc<WsConfig>,
     pub(crate) hub: FanoutHub,
     pub(crate) metrics: TransportMetrics,
@@ -77,7 +79,7 @@ impl WsEndpoint {
             registry,
             auth,
             snapshot: None,
-            shutdown: CancellationToken::new(),
+            stop: CancellationToken::new(),
             config: Arc::new(config),
             hub: FanoutHub::new("ws"),
             metrics: TransportMetrics::new(Transport::WebSocket),
@@ -94,10 +96,24 @@ impl WsEndpoint {
 
     /// Closes every connection with 1001 when `token` is cancelled and
     /// refuses new ones (in addition to `registry.shutdown()`, which does the
-    /// same).
+    /// same). The endpoint watches a child of `token`, so
+    /// [`shutdown`](Self::shutdown) never cancels the host's token.
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
-        self.shutdown = token;
+        self.stop = token.child_token();
         self
+    }
+
+    /// Closes every connection with 1001, refuses new ones, and waits up to
+    /// `deadline` for the last one to finish. Returns whether all did.
+    ///
+    /// Each close handshake is itself bounded by
+    /// [`WsConfig::close_timeout`], so a deadline above it always suffices.
+    pub async fn shutdown(&self, deadline: Duration) -> bool {
+        self.stop.cancel();
+        let mut open = self.active.subscribe();
+        tokio::time::timeout(deadline, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The sink to register on the host's `SinkRunner`: the fan-out hub that
@@ -129,7 +145,7 @@ impl WsEndpoint {
 
     /// Whether new connections are refused because of shutdown.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled() || self.registry.is_shutting_down()
+        self.stop.is_cancelled() || self.registry.is_shutting_down()
     }
 
     /// The router serving `GET <config.path>` (`/api/v1/ws`). Merge it into

@@ -164,3 +164,48 @@ async fn a_client_that_never_reads_is_closed_with_4008_while_others_get_everythi
         assert_eq!(next_text(&mut c).await, r#"{"type":"pong"}"#);
     }
 }
+
+#[tokio::test]
+async fn a_stalled_write_drops_the_client_even_within_its_budget() {
+    let server = TestServer::start_with(Setup {
+        send_buffer: Some(16 * 1024),
+        config: WsConfig {
+            write_timeout: Duration::from_millis(300),
+            close_timeout: Duration::from_millis(200),
+            ..WsConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(server.url(), tcp)
+        .await
+        .unwrap();
+    futures_util::StreamExt::next(&mut stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    server.wait_registered(1).await;
+
+    // Far more bytes than the socket buffers hold, far fewer messages than
+    // the outbox budget: the write blocks but nothing overflows.
+    let padding = "x".repeat(4096);
+    for i in 0..200 {
+        server.bus.publish(NoteUpdated {
+            note_id: Uuid::now_v7(),
+            title: Some(format!("{i}-{padding}")),
+            tags: vec![],
+            has_ai_content: false,
+            has_links: false,
+            operation: None,
+            user_id: None,
+        });
+    }
+    // The server gives up on the client (the default write timeout of 30 s
+    // would outlast this wait).
+    server.wait_registered(0).await;
+    assert_eq!(server.endpoint.hub().dropped(), 0, "not an overflow");
+    assert!(server.endpoint.hub().is_empty());
+}

@@ -214,3 +214,26 @@ async fn kicked_connection_is_closed_and_unregistered() {
     send_text(&mut kept, r#"{"type":"ping"}"#).await;
     assert_eq!(next_text(&mut kept).await, r#"{"type":"pong"}"#);
 }
+
+#[tokio::test]
+async fn endpoint_shutdown_closes_with_1001_and_waits_for_the_last_connection() {
+    let server = TestServer::start(WsConfig::default()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let endpoint = server.endpoint.clone();
+    let done = tokio::spawn(async move { endpoint.shutdown(Duration::from_secs(15)).await });
+    assert_eq!(expect_close(&mut a).await, close_code::GOING_AWAY);
+    assert_eq!(expect_close(&mut b).await, close_code::GOING_AWAY);
+    assert!(
+        done.await.unwrap(),
+        "every connection finished before the deadline"
+    );
+    assert_eq!(server.endpoint.connections(), 0);
+    assert_eq!(server.registry.total(), 0);
+    // The registry itself was not shut down, but the endpoint refuses.
+    assert!(!server.registry.is_shutting_down());
+    match tokio_tungstenite::connect_async(server.url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+}

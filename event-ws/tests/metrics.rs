@@ -1,0 +1,131 @@
+//! Metrics through the opentelemetry API: connection gauge, events sent per
+//! type, latency, close reasons. Its own test binary, because it installs
+//! the process-global meter provider.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestServer, next_text, send_text};
+use event_core::{JobQueued, NoteUpdated, Uuid};
+use event_ws::WsConfig;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder, TextEncoder};
+
+fn install() -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .without_target_info()
+        .build()
+        .unwrap();
+    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+    opentelemetry::global::set_meter_provider(provider);
+    registry
+}
+
+/// The value of the series `name` whose labels include every `labels` pair.
+fn value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let series = l.split(' ').next().unwrap_or("");
+            let base = series.split('{').next().unwrap_or("");
+            base == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn gauge_sent_latency_and_close_reasons() {
+    let registry = install();
+    let server = TestServer::start(WsConfig::default()).await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    assert_eq!(
+        value(&registry, "matric_ws_connections_active", &[]),
+        Some(2.0)
+    );
+
+    let queued = || JobQueued {
+        job_id: Uuid::now_v7(),
+        job_type: "Embedding".into(),
+        note_id: None,
+    };
+    server.bus.publish(queued());
+    server.bus.publish(queued());
+    server.bus.publish(NoteUpdated {
+        note_id: Uuid::now_v7(),
+        title: None,
+        tags: vec![],
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    });
+    for c in [&mut a, &mut b] {
+        for _ in 0..3 {
+            next_text(c).await;
+        }
+        // The pong is written after the events' batch was recorded.
+        send_text(c, r#"{"type":"ping"}"#).await;
+        assert_eq!(next_text(c).await, r#"{"type":"pong"}"#);
+    }
+    let sent = |t| {
+        value(
+            &registry,
+            "matric_ws_events_sent_total",
+            &[("event_type", t)],
+        )
+    };
+    assert_eq!(sent("JobQueued"), Some(4.0));
+    assert_eq!(sent("NoteUpdated"), Some(2.0));
+    assert_eq!(
+        value(
+            &registry,
+            "matric_event_latency_ms_count",
+            &[("transport", "ws")]
+        ),
+        Some(6.0)
+    );
+
+    drop(a); // abrupt: no close frame
+    server.wait_registered(1).await;
+    assert_eq!(
+        value(&registry, "matric_ws_connections_active", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &registry,
+            "matric_connections_closed_total",
+            &[("transport", "ws"), ("reason", "client_gone")]
+        ),
+        Some(1.0)
+    );
+    server.registry.shutdown();
+    common::expect_close(&mut b).await;
+    server.wait_registered(0).await;
+    assert_eq!(
+        value(&registry, "matric_ws_connections_active", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &registry,
+            "matric_connections_closed_total",
+            &[("transport", "ws"), ("reason", "shutdown")]
+        ),
+        Some(1.0)
+    );
+}
