@@ -51,3 +51,67 @@ pub async fn postgres_store() -> Option<Arc<dyn WebhookStore>> {
             .expect("postgres store"),
     ))
 }
+
+use std::time::Duration;
+
+use event_core::{AllowAnonymous, Authenticator};
+use event_webhook::{WebhookConfig, Webhooks};
+
+/// A config for tests: loopback allowed, short schedule, fast polling.
+pub fn fast_config() -> WebhookConfig {
+    WebhookConfig {
+        retry_schedule: vec![Duration::from_millis(50); 4],
+        jitter: 0.0,
+        poll_interval: Duration::from_millis(20),
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        allow_cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+        ..WebhookConfig::default()
+    }
+}
+
+/// The service on `store` with `config`, its API served on 127.0.0.1:0.
+pub async fn serve(
+    store: Arc<dyn WebhookStore>,
+    auth: Arc<dyn Authenticator>,
+    config: WebhookConfig,
+) -> (Webhooks, String) {
+    let webhooks = Webhooks::new(store, auth, config).await.unwrap();
+    let app: axum::Router = webhooks.router();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (webhooks, base)
+}
+
+/// The service on a fresh SQLite store, anonymous admin, fast config.
+pub async fn serve_sqlite(config: WebhookConfig) -> (Webhooks, String) {
+    serve(sqlite_store().await, Arc::new(AllowAnonymous), config).await
+}
+
+/// A plain HTTP client for calling the API.
+pub fn client() -> reqwest::Client {
+    event_webhook::client::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// Polls `check` (an async condition on the store) until it holds.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let result = tokio::time::timeout(timeout, async {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            tick.tick().await;
+            if check().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "condition not met within {timeout:?}");
+}
