@@ -29,6 +29,9 @@ use crate::frame;
 use crate::params::Query;
 use crate::stream::{Connection, Feed, Item, StreamSettings};
 
+/// How long the connection confirmation waits for the host's queue snapshot.
+const QUEUE_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
 struct Inner {
     bus: EventBus,
     registry: ConnectionRegistry,
@@ -232,7 +235,19 @@ impl SseEndpoint {
                 }
             }
         }
-        let status = current_queue_status(&inner.bus, inner.queue.as_deref()).await;
+        // A slow host provider must not hold back the response headers.
+        let status = match tokio::time::timeout(
+            QUEUE_SNAPSHOT_TIMEOUT,
+            current_queue_status(&inner.bus, inner.queue.as_deref()),
+        )
+        .await
+        {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!("queue snapshot timed out; using the last published status");
+                current_queue_status(&inner.bus, None).await
+            }
+        };
         write_queue_status(&mut first, format, ServerEvent::QueueStatus(status));
         let mut sent = 0;
         for ev in replayed.iter().filter(|ev| sub.wants(ev)) {
