@@ -20,20 +20,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Shared;
 use crate::codec::{self, bus_seq};
+use crate::state::ConnectionState;
 
 /// The source task: injects stream events from `start` on.
 pub(crate) async fn run(shared: Arc<Shared>, start: u64, cancel: CancellationToken) {
     let mut next = start;
     let mut failures = 0usize;
+    let mut state = shared.state.subscribe();
     while !cancel.is_cancelled() {
         match open(&shared, next).await {
             Ok(mut messages) => {
                 shared.state.set_source_running(true);
                 failures = 0;
+                state.mark_unchanged();
                 loop {
                     let item = tokio::select! {
                         biased;
                         () = cancel.cancelled() => return,
+                        changed = state.changed() => {
+                            // Back after an outage: the server may have lost
+                            // the consumer (a restart). Re-create it now
+                            // rather than when its heartbeats are missed.
+                            if changed.is_ok() && *state.borrow_and_update() == ConnectionState::Connected {
+                                tracing::debug!(next, "reconnected; re-creating the stream consumer");
+                                break;
+                            }
+                            continue;
+                        }
                         item = messages.next() => item,
                     };
                     match item {

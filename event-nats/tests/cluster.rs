@@ -330,3 +330,61 @@ async fn instances_recover_when_nats_restarts() {
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
+
+struct Recorder(tokio::sync::mpsc::UnboundedSender<Uuid>);
+
+#[event_core::async_trait]
+impl event_core::EventSink for Recorder {
+    fn name(&self) -> &str {
+        "recorder"
+    }
+
+    async fn deliver(
+        &self,
+        event: std::sync::Arc<event_core::Event>,
+    ) -> Result<(), event_core::SinkError> {
+        let _ = self.0.send(event.id());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn local_origin_only_sink_runs_once_per_event_in_the_cluster() {
+    let Some(url) = nats_url("local_origin_only_sink_runs_once_per_event_in_the_cluster") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let b = connect(&instance(&config, "b"), 64).await;
+    let (tx_a, mut rx_a) = tokio::sync::mpsc::unbounded_channel();
+    let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
+    let mut runner_a = event_core::SinkRunner::new(a.bus());
+    runner_a.register(a.local_origin_only(std::sync::Arc::new(Recorder(tx_a))));
+    let mut runner_b = event_core::SinkRunner::new(b.bus());
+    runner_b.register(b.local_origin_only(std::sync::Arc::new(Recorder(tx_b))));
+    let (mut sub_a, mut sub_b) = (a.bus().subscribe(), b.bus().subscribe());
+
+    let mine_a: Vec<Uuid> = (0..3).map(|i| a.bus().publish(progress(i)).id()).collect();
+    let mine_b: Vec<Uuid> = (0..2).map(|i| b.bus().publish(progress(i)).id()).collect();
+    collect(&mut sub_a, 5, "A").await;
+    collect(&mut sub_b, 5, "B").await;
+    // Shutting the runners down drains what their subscriptions hold.
+    runner_a.shutdown(Duration::from_secs(5)).await;
+    runner_b.shutdown(Duration::from_secs(5)).await;
+    let drain = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Uuid>| {
+        let mut v = Vec::new();
+        while let Ok(id) = rx.try_recv() {
+            v.push(id);
+        }
+        v
+    };
+    assert_eq!(drain(&mut rx_a), mine_a);
+    assert_eq!(drain(&mut rx_b), mine_b);
+    let health = serde_json::to_value(a.health()).unwrap();
+    assert_eq!(health["status"], "connected");
+    assert_eq!(health["published"], 3);
+
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
