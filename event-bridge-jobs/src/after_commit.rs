@@ -33,7 +33,7 @@
 //!   reports the job as completed to the worker (which emits
 //!   `JobCompleted`). Clients therefore see `NoteUpdated` before
 //!   `JobCompleted`, and re-fetching on either shows the revised note. The
-//!   [`SimulatedWorker`](crate::simulator)'s completion hook follows exactly
+//!   `simulator::SimulatedWorker`'s completion hook follows exactly
 //!   this order.
 //!
 //! ```

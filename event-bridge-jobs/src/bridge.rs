@@ -107,6 +107,35 @@ pub trait QueueStats: Send + Sync + 'static {
     async fn queue_stats(&self) -> Result<QueueStatus, Error>;
 }
 
+/// A [`QueueStats`] from an async closure, e.g. a job-table query:
+///
+/// ```
+/// use event_bridge_jobs::queue_stats_fn;
+/// use event_core::QueueStatus;
+/// let stats = queue_stats_fn(|| async { Ok(QueueStatus::new(3, 1)) });
+/// # let _ = stats;
+/// ```
+pub fn queue_stats_fn<F, Fut>(query: F) -> Arc<dyn QueueStats>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<QueueStatus, Error>> + Send + 'static,
+{
+    struct FnStats<F>(F);
+
+    #[async_trait]
+    impl<F, Fut> QueueStats for FnStats<F>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<QueueStatus, Error>> + Send + 'static,
+    {
+        async fn queue_stats(&self) -> Result<QueueStatus, Error> {
+            (self.0)().await
+        }
+    }
+
+    Arc::new(FnStats(query))
+}
+
 struct Shared {
     counts: watch::Sender<QueueStatus>,
     stats: Arc<BridgeStats>,

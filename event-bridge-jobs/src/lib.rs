@@ -53,10 +53,26 @@
 //!
 //! ## Simulated worker
 //!
-//! With feature `simulator`, [`simulator::SimulatedWorker`] is an in-process
+//! With feature `simulator`, `simulator::SimulatedWorker` is an in-process
 //! job queue (steps, durations, failure rate, concurrency) emitting real
 //! [`WorkerEvent`]s, with a completion hook that runs — and commits — before
 //! `JobCompleted` is emitted.
+//!
+//! ## Host wiring
+//!
+//! 1. Build the bridge from the shared `EventBus` and `ConnectionRegistry`:
+//!    `JobBridge::new(&bus, &registry, JobBridgeConfig::default())`, add
+//!    `.with_queue_stats(..)` (the job table) and `.with_cancellation(token)`,
+//!    then `.spawn(worker.subscribe())` with the worker's broadcast receiver
+//!    (matric-jobs' worker, or a `simulator::SimulatedWorker` in demo mode,
+//!    which implements [`QueueStats`] itself).
+//! 2. Pass [`JobBridgeHandle::queue_snapshot`] to the WebSocket and SSE
+//!    endpoints as their `QueueSnapshot`.
+//! 3. Note handlers publish through [`AfterCommit`] (or [`NoteEvents`] for
+//!    changes that are already committed).
+//! 4. On shutdown: stop the worker (its channel closes and the bridge ends
+//!    after flushing), or cancel the token; `join()`/`shutdown()` return the
+//!    final [`BridgeStatsSnapshot`].
 //!
 //! ## Example
 //!
@@ -103,7 +119,9 @@ mod stats;
 mod worker;
 
 pub use after_commit::{AfterCommit, PendingEvents};
-pub use bridge::{JobBridge, JobBridgeConfig, JobBridgeHandle, QueueStats, QueueView};
+pub use bridge::{
+    JobBridge, JobBridgeConfig, JobBridgeHandle, QueueStats, QueueView, queue_stats_fn,
+};
 pub use classify::{DefaultClassifier, ErrorClassifier, classify_error, codes};
 pub use error::Error;
 pub use notes::{NoteChange, NoteEvents};

@@ -254,6 +254,47 @@ async fn worker_side_lag_publishes_a_fresh_queue_status() {
 }
 
 #[tokio::test]
+async fn queue_snapshot_prefers_the_host_source_and_falls_back_to_counts() {
+    let bus = EventBus::default();
+    let registry = ConnectionRegistry::new();
+    let (tx, rx) = broadcast::channel(16);
+    let failing = event_bridge_jobs::queue_stats_fn(|| async {
+        Err(Error::QueueStats("database is down".into()))
+    });
+    let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+        .with_queue_stats(failing)
+        .spawn(rx);
+    let mut counts = bridge.watch_counts();
+    tx.send(WorkerEvent::JobQueued {
+        job_id: Uuid::now_v7(),
+        job_type: "Embedding".into(),
+        note_id: None,
+    })
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), counts.wait_for(|q| q.pending == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let snapshot = bridge.queue_snapshot();
+    assert_eq!(
+        snapshot.queue_status().await.unwrap(),
+        QueueStatus::new(1, 0)
+    );
+
+    let (_tx2, rx2) = broadcast::channel::<WorkerEvent>(16);
+    let healthy = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+        .with_queue_stats(Arc::new(FixedStats(QueueStatus::new(5, 2))))
+        .spawn(rx2);
+    assert_eq!(
+        healthy.queue_snapshot().queue_status().await.unwrap(),
+        QueueStatus::new(5, 2)
+    );
+    healthy.shutdown().await;
+    drop(tx);
+    bridge.join().await;
+}
+
+#[tokio::test]
 async fn bridge_stops_when_the_worker_channel_closes() {
     let bus = EventBus::default();
     let registry = ConnectionRegistry::new();
