@@ -105,8 +105,10 @@ impl NatsCluster {
     /// loads the most recent events into the bus's replay ring and starts
     /// the background tasks.
     ///
-    /// NATS must be reachable now (an error otherwise, so the host can retry
-    /// or run single-instance); later outages are survived.
+    /// `bus_config.seq_start` is ignored: with NATS, sequence numbers come
+    /// from the stream. NATS must be reachable now (an error otherwise, so
+    /// the host can retry or run single-instance); later outages are
+    /// survived.
     pub async fn connect(config: NatsConfig, bus_config: BusConfig) -> Result<Self, Error> {
         config.validate()?;
         let state = Arc::new(StateCell::new());

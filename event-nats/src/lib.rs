@@ -100,6 +100,30 @@
 //!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
 //!   through the `opentelemetry` API like the other crates'.
 //!
+//! ## Wiring it into a host
+//!
+//! Behind a cargo feature (`nats`) and `NATS_URL`:
+//!
+//! 1. `NatsConfig::from_env()`; when `Some`, build the bus with
+//!    [`NatsCluster::connect`]`(config, bus_config)` and use
+//!    `cluster.bus()` everywhere a bus is needed; when `None`,
+//!    `EventBus::new(bus_config)` as before.
+//! 2. Register sinks on that bus *after* `connect`; wrap the webhook sink in
+//!    [`NatsCluster::local_origin_only`] (or dedupe the enqueue).
+//! 3. SSE replay: when the bus cannot serve a `Last-Event-ID`
+//!    (`ReplayMiss`), call [`NatsCluster::replay_since`]; `Ok(events)` →
+//!    send them, then live events with a higher `seq`; `Err(_)` →
+//!    `resync_required`.
+//! 4. `/health`: add `cluster.health()` (serializes as
+//!    `{"status":"connected",…}`); the instance stays healthy while
+//!    disconnected (it still serves its local events), so report it as a
+//!    degraded component rather than failing the check.
+//! 5. Shutdown: `cluster.shutdown(deadline)` after the transports stopped
+//!    producing.
+//!
+//! `EventBus::publish` returns the event with `seq() == 0` under NATS (the
+//! stream numbers it a moment later); its `id()` is final.
+//!
 //! ## Example
 //!
 //! ```

@@ -388,3 +388,30 @@ async fn local_origin_only_sink_runs_once_per_event_in_the_cluster() {
     b.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
 }
+
+#[tokio::test]
+async fn failed_publish_is_delivered_locally_not_lost() {
+    let Some(url) = nats_url("failed_publish_is_delivered_locally_not_lost") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let mut sub = a.bus().subscribe();
+    let first = a.bus().publish(progress(1));
+    assert_eq!(next_event(&mut sub, "first").await.id(), first.id());
+
+    // The stream disappears while NATS stays up: publishing fails, is
+    // retried, then the event is delivered on this instance only.
+    assert!(event_nats::delete_stream(&config).await.unwrap());
+    let orphan = a.bus().publish(progress(2));
+    assert_eq!(orphan.seq(), 0, "queued for the stream first");
+    let got = next_event(&mut sub, "local fallback").await;
+    assert_eq!(got.id(), orphan.id());
+    assert_eq!(got.seq(), bus_seq(1) + 1, "between stream sequences");
+    assert_eq!(a.health().local_only, 1);
+    assert!(a.originated_here(&got));
+    assert_eq!(a.state(), ConnectionState::Connected);
+
+    a.shutdown(Duration::from_secs(2)).await;
+    assert!(!event_nats::delete_stream(&config).await.unwrap());
+}
