@@ -48,6 +48,27 @@
 //!   publish-to-socket latency. Each connection runs in a `ws_connection`
 //!   tracing span with its id, peer address and principal id (never a token).
 //!
+//! ## Configuration and close codes
+//!
+//! [`WsConfig::default()`] is the protocol's defaults: path `/api/v1/ws`, ping
+//! every 30 s, idle timeout 90 s, 64 KiB messages, outbox 1,024 messages or
+//! 1 MiB, write stall 30 s, 10,000 connections, close handshake 5 s, queue
+//! snapshot 800 ms, every `Origin` allowed.
+//!
+//! | code | when |
+//! |---|---|
+//! | 1001 | server shutdown (`registry.shutdown()`, the host's token, [`WsEndpoint::shutdown`]) |
+//! | 1008 | removed by an operator (`registry.disconnect(id)`) |
+//! | 1009 | the client sent more than `max_message_bytes` |
+//! | 1011 | internal error |
+//! | 4000 | no pong or frame from the client within `idle_timeout` |
+//! | 4008 | slow consumer: outbox overflow, a write stalled for `write_timeout`, or the endpoint itself missed events |
+//!
+//! Refusals before the upgrade are HTTP errors with a JSON body
+//! `{"error":"<code>","message":"…"}` ([`WsError`]): `400` not an upgrade,
+//! `401` credentials, `403` origin or principal, `503` over capacity or
+//! shutting down.
+//!
 //! ## Mounting it in a host
 //!
 //! ```

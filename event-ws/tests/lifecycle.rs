@@ -142,12 +142,12 @@ async fn silent_client_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn answering_pings_keeps_the_connection_open() {
-    let server = TestServer::start(heartbeat(50, 300)).await;
+    let server = TestServer::start(heartbeat(50, 600)).await;
     let mut client = server.connect().await;
     // Reading answers pings automatically; see enough of them to span
     // several idle timeouts.
     let mut pings = 0;
-    while pings < 20 {
+    while pings < 40 {
         match tokio::time::timeout(WAIT, client.next()).await.unwrap() {
             Some(Ok(Message::Ping(_))) => pings += 1,
             other => panic!("unexpected {other:?}"),
