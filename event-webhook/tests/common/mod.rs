@@ -115,3 +115,10 @@ where
     .await;
     assert!(result.is_ok(), "condition not met within {timeout:?}");
 }
+
+/// `url` with `options=-c search_path=<schema>` so any process connecting
+/// with it works inside that schema.
+pub fn with_search_path(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
