@@ -4,7 +4,6 @@
 //!
 //! `cargo run -p event-bridge-jobs --features simulator --example simulated_jobs`
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use event_bridge_jobs::simulator::{SimulatedJob, SimulatedWorker, SimulatorConfig};
@@ -25,7 +24,7 @@ async fn main() {
         ..SimulatorConfig::default()
     });
     let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
-        .with_queue_stats(Arc::new(worker.clone()))
+        .with_queue_stats(worker.stats_source())
         .spawn(worker.subscribe());
 
     // The AI revision edits its note (here without a database; a real host

@@ -346,9 +346,6 @@ impl Runner {
     }
 
     fn publish(&mut self) {
-        if self.out.is_empty() {
-            return;
-        }
         for event in self.out.drain(..) {
             self.bus.publish_with(event, self.meta.clone());
             BridgeStats::inc(&self.shared.stats.published);

@@ -65,7 +65,7 @@
 //!    `.with_queue_stats(..)` (the job table) and `.with_cancellation(token)`,
 //!    then `.spawn(worker.subscribe())` with the worker's broadcast receiver
 //!    (matric-jobs' worker, or a `simulator::SimulatedWorker` in demo mode,
-//!    which implements [`QueueStats`] itself).
+//!    whose `stats_source()` is a [`QueueStats`]).
 //! 2. Pass [`JobBridgeHandle::queue_snapshot`] to the WebSocket and SSE
 //!    endpoints as their `QueueSnapshot`.
 //! 3. Note handlers publish through [`AfterCommit`] (or [`NoteEvents`] for

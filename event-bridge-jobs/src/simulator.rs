@@ -342,6 +342,13 @@ impl SimulatedWorker {
         Ok(job_id)
     }
 
+    /// The worker's queue depth as a [`QueueStats`] source for the
+    /// [`JobBridge`](crate::JobBridge). Holding it does not keep the worker
+    /// running.
+    pub fn stats_source(&self) -> Arc<dyn QueueStats> {
+        Arc::new(SimulatorStats(self.inner.clone()))
+    }
+
     /// Jobs waiting and running right now.
     pub fn queue_status(&self) -> QueueStatus {
         QueueStatus::new(
@@ -365,10 +372,17 @@ impl SimulatedWorker {
     }
 }
 
+/// The simulator's queue depth; holds the shared state but not the
+/// stop-on-drop guard, so it does not keep the worker running.
+struct SimulatorStats(Arc<Inner>);
+
 #[async_trait]
-impl QueueStats for SimulatedWorker {
+impl QueueStats for SimulatorStats {
     async fn queue_stats(&self) -> Result<QueueStatus, Error> {
-        Ok(self.queue_status())
+        Ok(QueueStatus::new(
+            self.0.pending.load(Ordering::Relaxed),
+            self.0.running.load(Ordering::Relaxed),
+        ))
     }
 }
 
@@ -408,6 +422,9 @@ async fn dispatch(inner: Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<QueuedJob
     }
     while running.join_next().await.is_some() {}
     inner.emit(WorkerEvent::WorkerStopped);
+    // Close the channel now, even if clones of the worker (or its stats
+    // source) live on, so a bridge reading it ends.
+    lock(&inner.sender).take();
 }
 
 async fn run_job(inner: &Inner, queued: QueuedJob) {

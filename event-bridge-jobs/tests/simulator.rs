@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use event_bridge_jobs::simulator::{JobPlan, SimulatedJob, SimulatedWorker, SimulatorConfig};
@@ -58,7 +57,7 @@ async fn simulator_drives_a_job_from_queued_to_completed_with_monotone_progress(
     let mut sub = bus.subscribe();
     let worker = SimulatedWorker::start(fast());
     let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
-        .with_queue_stats(Arc::new(worker.clone()))
+        .with_queue_stats(worker.stats_source())
         .spawn(worker.subscribe());
 
     let note = Uuid::now_v7();
@@ -107,7 +106,7 @@ async fn queue_status_from_a_late_bridge_does_not_double_count() {
         .map(|_| worker.submit("Embedding", None).unwrap())
         .collect();
     let _bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
-        .with_queue_stats(Arc::new(worker.clone()))
+        .with_queue_stats(worker.stats_source())
         .spawn(rx);
     let mut statuses = Vec::new();
     let mut done = 0;
@@ -323,6 +322,21 @@ async fn hook_error_fails_the_job() {
     .await
     .unwrap();
     assert_eq!(outcome.as_deref(), Some("note not found"));
+}
+
+#[tokio::test]
+async fn dropping_the_worker_stops_it_and_ends_the_bridge() {
+    let bus = EventBus::default();
+    let registry = ConnectionRegistry::new();
+    let worker = SimulatedWorker::start(fast());
+    let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+        .with_queue_stats(worker.stats_source())
+        .spawn(worker.subscribe());
+    drop(worker);
+    let stats = timeout(Duration::from_secs(5), bridge.join())
+        .await
+        .expect("the bridge ends once the dropped worker has stopped");
+    assert_eq!(stats.worker_lifecycle, 2);
 }
 
 #[tokio::test]
