@@ -209,3 +209,30 @@ async fn a_stalled_write_drops_the_client_even_within_its_budget() {
     assert_eq!(server.endpoint.hub().dropped(), 0, "not an overflow");
     assert!(server.endpoint.hub().is_empty());
 }
+
+/// On this single-threaded runtime the sink runner cannot run while the
+/// test publishes, so a burst larger than the bus capacity makes the
+/// endpoint itself miss events.
+#[tokio::test]
+async fn clients_are_closed_with_4008_when_the_endpoint_missed_events() {
+    let server = TestServer::start_with(Setup {
+        bus_capacity: Some(8),
+        ..Setup::default()
+    })
+    .await;
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    for i in 0..100 {
+        server.bus.publish(QueueStatus::new(i, 0));
+    }
+    // Rather than skipping events silently, both are told to reconnect.
+    assert_eq!(expect_close(&mut a).await, close_code::SLOW_CONSUMER);
+    assert_eq!(expect_close(&mut b).await, close_code::SLOW_CONSUMER);
+    server.wait_registered(0).await;
+    // A reconnecting client starts over with a fresh status.
+    let (_c, first) = server.connect_with_status().await;
+    assert_eq!(
+        first,
+        r#"{"type":"QueueStatus","total_jobs":99,"running":0,"pending":99}"#
+    );
+}

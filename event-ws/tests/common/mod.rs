@@ -39,6 +39,8 @@ pub struct Setup {
     /// connections (fixing it also stops the kernel from growing it to
     /// megabytes, which lets a test fill a connection's buffers quickly).
     pub send_buffer: Option<u32>,
+    /// The bus's broadcast capacity (default: the bus default).
+    pub bus_capacity: Option<usize>,
 }
 
 impl Default for Setup {
@@ -49,6 +51,7 @@ impl Default for Setup {
             snapshot: None,
             shutdown: None,
             send_buffer: None,
+            bus_capacity: None,
         }
     }
 }
@@ -81,7 +84,13 @@ impl TestServer {
 
     /// Everything configurable.
     pub async fn start_with(setup: Setup) -> TestServer {
-        let bus = EventBus::default();
+        let bus = match setup.bus_capacity {
+            Some(capacity) => EventBus::new(event_core::BusConfig {
+                capacity,
+                ..event_core::BusConfig::default()
+            }),
+            None => EventBus::default(),
+        };
         let registry = ConnectionRegistry::new();
         let mut endpoint = WsEndpoint::new(bus.clone(), registry.clone(), setup.auth, setup.config);
         if let Some(p) = setup.snapshot {
