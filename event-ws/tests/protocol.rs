@@ -328,3 +328,32 @@ async fn oversized_limit_is_configurable() {
     .await;
     assert_eq!(expect_close(&mut client).await, 1009);
 }
+
+/// A provider that never answers.
+struct Hanging;
+
+#[async_trait]
+impl QueueSnapshot for Hanging {
+    async fn queue_status(&self) -> Result<QueueStatus, Error> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_snapshot_provider_falls_back_to_the_last_published_status() {
+    let server = TestServer::start_with(Setup {
+        snapshot: Some(Arc::new(Hanging)),
+        config: WsConfig {
+            snapshot_timeout: std::time::Duration::from_millis(100),
+            ..WsConfig::default()
+        },
+        ..Setup::default()
+    })
+    .await;
+    server.bus.publish(QueueStatus::new(5, 1));
+    let want = r#"{"type":"QueueStatus","total_jobs":6,"running":1,"pending":5}"#;
+    let (mut client, first) = server.connect_with_status().await;
+    assert_eq!(first, want);
+    send_text(&mut client, "refresh").await;
+    assert_eq!(next_text(&mut client).await, want);
+}
