@@ -20,6 +20,7 @@ async fn main() {
         steps: 4,
         step_duration: Duration::from_millis(150),
         failure_rate: 0.3,
+        retries: 1,
         seed: Some(42),
         ..SimulatorConfig::default()
     });

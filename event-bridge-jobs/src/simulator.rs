@@ -74,8 +74,11 @@ pub struct SimulatorConfig {
     pub steps: u32,
     /// How long each step takes. Default 400 ms.
     pub step_duration: Duration,
-    /// Probability (0–1) that a job fails at a random step. Default 0.
+    /// Probability (0–1) that an attempt fails at a random step. Default 0.
     pub failure_rate: f64,
+    /// How often a failed attempt is retried (`JobRetryScheduled`, back to
+    /// the queue) before the job fails for good. Default 0.
+    pub retries: u32,
     /// Jobs running at once. Default 2.
     pub concurrency: usize,
     /// Capacity of the worker event channel. Default 1024.
@@ -90,6 +93,7 @@ impl Default for SimulatorConfig {
             steps: 5,
             step_duration: Duration::from_millis(400),
             failure_rate: 0.0,
+            retries: 0,
             concurrency: 2,
             channel_capacity: 1024,
             seed: None,
@@ -105,7 +109,8 @@ pub struct JobPlan {
     /// Duration of each step.
     pub step_duration: Duration,
     /// Fail instead of finishing this step (0 = right after starting), with
-    /// this raw error text.
+    /// this raw error text. Applies to the first attempt; retries roll the
+    /// configured failure dice.
     pub fail_at: Option<(u32, String)>,
 }
 
@@ -148,7 +153,19 @@ where
 struct QueuedJob {
     job: SimulatedJob,
     plan: JobPlan,
+    /// 1-based.
+    attempt: u32,
 }
+
+/// Why an attempt did not complete.
+enum Failure {
+    /// Shutdown: never retried.
+    Cancelled,
+    /// Raw error text: retried while attempts remain.
+    Error(String),
+}
+
+const CANCELLED: &str = "job cancelled: worker shutting down";
 
 struct Inner {
     config: SimulatorConfig,
@@ -173,6 +190,16 @@ impl Inner {
             // No receiver is fine: nobody is listening yet.
             let _ = sender.send(event);
         }
+    }
+
+    /// Rolls the failure dice: the step to fail at and the raw error.
+    fn roll_failure(&self) -> Option<(u32, String)> {
+        let mut rng = lock(&self.rng);
+        rng.random_bool(self.config.failure_rate).then(|| {
+            let step = rng.random_range(0..=self.config.steps);
+            let error = FAILURES[rng.random_range(0..FAILURES.len())];
+            (step, error.to_owned())
+        })
     }
 
     fn hook(&self, job_type: &str) -> Option<Arc<dyn CompletionHook>> {
@@ -286,14 +313,7 @@ impl SimulatedWorker {
     /// `JobQueued` is emitted before this returns.
     pub fn submit(&self, job_type: &str, note_id: Option<Uuid>) -> Result<Uuid, Error> {
         let config = &self.inner.config;
-        let fail_at = {
-            let mut rng = lock(&self.inner.rng);
-            rng.random_bool(config.failure_rate).then(|| {
-                let step = rng.random_range(0..=config.steps);
-                let error = FAILURES[rng.random_range(0..FAILURES.len())];
-                (step, error.to_owned())
-            })
-        };
+        let fail_at = self.inner.roll_failure();
         self.submit_plan(
             job_type,
             note_id,
@@ -329,12 +349,16 @@ impl SimulatedWorker {
             note_id,
         });
         let job_id = job.job_id;
-        if let Err(mpsc::error::SendError(lost)) = self.inner.queue.send(QueuedJob { job, plan }) {
+        if let Err(mpsc::error::SendError(lost)) = self.inner.queue.send(QueuedJob {
+            job,
+            plan,
+            attempt: 1,
+        }) {
             self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             self.inner.running.fetch_add(1, Ordering::Relaxed);
             self.inner.finish(
                 &lost.job,
-                Some("worker shutting down: job cancelled".to_owned()),
+                Some(CANCELLED.to_owned()),
                 tokio::time::Instant::now(),
             );
             return Err(Error::WorkerStopped);
@@ -416,7 +440,7 @@ async fn dispatch(inner: Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<QueuedJob
         inner.running.fetch_add(1, Ordering::Relaxed);
         inner.finish(
             &queued.job,
-            Some("worker shutting down: job cancelled".to_owned()),
+            Some(CANCELLED.to_owned()),
             tokio::time::Instant::now(),
         );
     }
@@ -428,7 +452,7 @@ async fn dispatch(inner: Arc<Inner>, mut jobs: mpsc::UnboundedReceiver<QueuedJob
 }
 
 async fn run_job(inner: &Inner, queued: QueuedJob) {
-    let QueuedJob { job, plan } = queued;
+    let QueuedJob { job, plan, attempt } = queued;
     inner.pending.fetch_sub(1, Ordering::Relaxed);
     inner.running.fetch_add(1, Ordering::Relaxed);
     let started = tokio::time::Instant::now();
@@ -437,21 +461,55 @@ async fn run_job(inner: &Inner, queued: QueuedJob) {
         job_type: job.job_type.clone(),
         note_id: job.note_id,
     });
+    match run_attempt(inner, &job, &plan).await {
+        Ok(()) => inner.finish(&job, None, started),
+        Err(Failure::Cancelled) => inner.finish(&job, Some(CANCELLED.to_owned()), started),
+        Err(Failure::Error(error))
+            if attempt <= inner.config.retries && !inner.cancel.is_cancelled() =>
+        {
+            inner.running.fetch_sub(1, Ordering::Relaxed);
+            inner.pending.fetch_add(1, Ordering::Relaxed);
+            inner.emit(WorkerEvent::JobRetryScheduled {
+                job_id: job.job_id,
+                job_type: job.job_type.clone(),
+                note_id: job.note_id,
+                attempt: attempt + 1,
+                delay_ms: None,
+            });
+            let retry = QueuedJob {
+                job,
+                plan: JobPlan {
+                    fail_at: inner.roll_failure(),
+                    ..plan
+                },
+                attempt: attempt + 1,
+            };
+            if let Err(mpsc::error::SendError(lost)) = inner.queue.send(retry) {
+                inner.pending.fetch_sub(1, Ordering::Relaxed);
+                inner.running.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "retry dropped: the worker is stopping");
+                inner.finish(&lost.job, Some(CANCELLED.to_owned()), started);
+            }
+        }
+        Err(Failure::Error(error)) => inner.finish(&job, Some(error), started),
+    }
+}
+
+/// One attempt: the steps with their progress, then the completion hook.
+async fn run_attempt(inner: &Inner, job: &SimulatedJob, plan: &JobPlan) -> Result<(), Failure> {
     let fail_at = plan.fail_at.as_ref();
     if let Some((0, error)) = fail_at {
-        return inner.finish(&job, Some(error.clone()), started);
+        return Err(Failure::Error(error.clone()));
     }
     for step in 1..=plan.steps {
         tokio::select! {
-            () = inner.cancel.cancelled() => {
-                return inner.finish(&job, Some("job cancelled: worker shutting down".to_owned()), started);
-            }
+            () = inner.cancel.cancelled() => return Err(Failure::Cancelled),
             () = tokio::time::sleep(plan.step_duration) => {}
         }
         if let Some((at, error)) = fail_at
             && *at == step
         {
-            return inner.finish(&job, Some(error.clone()), started);
+            return Err(Failure::Error(error.clone()));
         }
         let percent = i32::try_from(u64::from(step) * 100 / u64::from(plan.steps)).unwrap_or(100);
         inner.emit(WorkerEvent::JobProgress {
@@ -461,13 +519,11 @@ async fn run_job(inner: &Inner, queued: QueuedJob) {
             message: Some(format!("Step {step}/{}", plan.steps)),
         });
     }
-    let outcome = match inner.hook(&job.job_type) {
+    match inner.hook(&job.job_type) {
         Some(hook) => hook
-            .before_complete(&job)
+            .before_complete(job)
             .await
-            .err()
-            .map(|e| e.to_string()),
-        None => None,
-    };
-    inner.finish(&job, outcome, started);
+            .map_err(|e| Failure::Error(e.to_string())),
+        None => Ok(()),
+    }
 }

@@ -176,6 +176,62 @@ async fn planned_failure_is_published_as_a_code() {
 }
 
 #[tokio::test]
+async fn failed_attempt_is_retried_and_the_bridge_counts_it_without_publishing() {
+    let bus = EventBus::default();
+    let registry = ConnectionRegistry::new();
+    let mut sub = bus.subscribe();
+    let worker = SimulatedWorker::start(SimulatorConfig {
+        retries: 1,
+        ..fast()
+    });
+    let mut raw = worker.subscribe();
+    let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+        .with_queue_stats(worker.stats_source())
+        .spawn(worker.subscribe());
+    let job = worker
+        .submit_plan(
+            "Embedding",
+            None,
+            JobPlan {
+                steps: 4,
+                step_duration: Duration::from_millis(2),
+                fail_at: Some((3, "upstream 503 Service Unavailable".into())),
+            },
+        )
+        .unwrap();
+    let events = until_terminal(&mut sub, job).await;
+    let mine: Vec<&ServerEvent> = events.iter().filter(|e| e.job_id() == Some(job)).collect();
+    assert!(
+        matches!(mine.last(), Some(ServerEvent::JobCompleted(_))),
+        "{mine:?}"
+    );
+    let starts = mine
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::JobStarted(_)))
+        .count();
+    assert_eq!(starts, 1, "the retry's start is not announced again");
+    let progress: Vec<u8> = mine
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::JobProgress(p) => Some(p.progress),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert_eq!(progress.last(), Some(&100));
+    let mut saw_retry = false;
+    while let Ok(ev) = raw.try_recv() {
+        saw_retry |= matches!(ev, WorkerEvent::JobRetryScheduled { attempt: 2, .. });
+    }
+    assert!(saw_retry, "the worker announced the retry");
+    worker.shutdown().await;
+    let stats = timeout(Duration::from_secs(5), bridge.join())
+        .await
+        .unwrap();
+    assert_eq!(stats.retries_scheduled, 1);
+}
+
+#[tokio::test]
 async fn failure_rate_one_fails_every_job_and_concurrency_is_respected() {
     let worker = SimulatedWorker::start(SimulatorConfig {
         failure_rate: 1.0,
