@@ -19,6 +19,15 @@
 //!   that manages its transaction itself: push, commit, then
 //!   [`publish`](PendingEvents::publish).
 //!
+//! Two limits, by design:
+//!
+//! * Wrap the **outermost** transaction only. A nested `begin()` is a
+//!   savepoint; "committing" it is not durable while the outer transaction
+//!   can still roll back.
+//! * If `COMMIT` itself reports an error (e.g. the connection dropped after
+//!   sending it), the outcome is unknown and nothing is published: delivery
+//!   is at most once, never an event for a change that may not exist.
+//!
 //! # How matric-api's handlers use it
 //!
 //! * **Create / update / delete a note**: begin an [`AfterCommit`] from the
