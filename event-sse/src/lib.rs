@@ -24,10 +24,13 @@
 //!   event's cached JSON (serialized once, however many clients).
 //! * A connection that falls behind loses the excess and receives
 //!   `event: events.lagged` with the exact count; one whose queue stays full
-//!   for [`SseConfig::stall_timeout`] is dropped.
+//!   for [`SseConfig::stall_timeout`] is dropped. A client that stops reading
+//!   altogether is only visible at the socket: serve through
+//!   [`write_timeout`] so that its connection is aborted too.
 //! * A kick or `ConnectionRegistry::shutdown()` ends the stream at once, so
-//!   axum's graceful shutdown completes; the registry entry goes away when
-//!   the body is dropped, however the client left.
+//!   axum's graceful shutdown completes (a client that stopped reading holds
+//!   it up until [`write_timeout`] aborts its connection); the registry
+//!   entry goes away when the body is dropped, however the client left.
 //!
 //! ## Wire
 //!
@@ -80,6 +83,7 @@ mod endpoint;
 mod error;
 mod event;
 pub mod frame;
+mod listener;
 mod params;
 mod stream;
 
@@ -89,6 +93,7 @@ pub use cors::{ALLOWED_HEADERS, cors_layer};
 pub use endpoint::SseEndpoint;
 pub use error::SseError;
 pub use event::{Format, SseEvent, SseId};
+pub use listener::{WriteTimeout, WriteTimeoutIo, WriteTimeoutListener, write_timeout};
 pub use params::MEMORY_HEADER;
 
 /// Re-exported for [`SseEvent`] implementations.

@@ -36,6 +36,8 @@ pub struct Options {
     pub bus: BusConfig,
     pub config: SseConfig,
     pub auth: Arc<dyn Authenticator>,
+    /// The socket write timeout the server runs with.
+    pub write_timeout: Duration,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             },
             config: SseConfig::default(),
             auth: Arc::new(AllowAnonymous),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -68,6 +71,7 @@ impl Server {
         let app: axum::Router = endpoint.router();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let listener = event_sse::write_timeout(listener, options.write_timeout);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {

@@ -197,6 +197,58 @@ async fn client_stalled_past_the_timeout_is_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_dropped_at_the_socket_while_others_continue() {
+    let server = Server::with(Options {
+        config: SseConfig {
+            outbox: OutboxLimits {
+                max_messages: 32,
+                max_bytes: 1 << 20,
+            },
+            ..SseConfig::default()
+        },
+        write_timeout: Duration::from_millis(500),
+        ..Options::default()
+    })
+    .await;
+    let mut reader = RawSse::connect(server.addr, "/api/v1/events", &[]).await;
+    reader.skip_preamble().await;
+    let _stalled = stalled_client(&server).await;
+    server.wait_connections(2).await;
+    // Publish in rounds the reader keeps up with, until the stalled
+    // client's connection is gone (its socket write timed out).
+    let mut total = server.registry.watch_total();
+    let dropped = async {
+        let mut n = 0u64;
+        loop {
+            for i in 0..16 {
+                server.bus.publish(big_note(n + i));
+            }
+            n += 16;
+            for _ in 0..16 {
+                let frame = reader.event_frame().await;
+                assert_ne!(frame.event.as_deref(), Some("events.lagged"));
+            }
+            if *total.borrow_and_update() == 1 {
+                return n;
+            }
+            // Give the timer its chance without a fixed sleep: wait for the
+            // count to change, or publish the next round.
+            let _ = tokio::time::timeout(Duration::from_millis(50), total.changed()).await;
+            if *total.borrow() == 1 {
+                return n;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, dropped)
+        .await
+        .expect("the stalled client was never dropped");
+    assert_eq!(server.endpoint.hub().len(), 1);
+    // The reader is unaffected.
+    let ev = server.bus.publish(QueueStatus::new(0, 0));
+    assert_eq!(reader.event_frame().await.seq(), ev.seq());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_clients_receive_every_event() {
     let server = Server::start().await;
     let clients =
