@@ -309,3 +309,22 @@ async fn webhook_attempt_and_connection_spans_carry_seq_and_correlation() {
     assert_eq!(closed["fields"]["connection.reason"], "client_close");
     assert_eq!(closed["fields"]["connection.events_sent"], 5);
 }
+
+#[test]
+fn json_lines_stay_valid_with_quotes_newlines_and_non_ascii() {
+    let capture = LogCapture::new();
+    let _logging = tracing::subscriber::set_default(
+        subscriber(&json_config("info"), capture.clone()).expect("subscriber"),
+    );
+    let odd = "quote\" back\\ nl\n tab\t bell\u{7} é 🦀";
+    tracing::info!(target: "matric::test", odd, n = -3, f = 1.5, ok = true, "message {odd:?} \"x\"\n2");
+    let lines = capture.json_lines();
+    assert_eq!(lines.len(), 1, "{}", capture.contents());
+    let line = &lines[0];
+    assert_eq!(line["fields"]["odd"], odd);
+    assert_eq!(line["fields"]["n"], -3);
+    assert_eq!(line["fields"]["f"], 1.5);
+    assert_eq!(line["fields"]["ok"], true);
+    assert_eq!(line["message"], format!("message {odd:?} \"x\"\n2"));
+    assert_eq!(capture.contents().lines().count(), 1, "one physical line");
+}
