@@ -1,0 +1,447 @@
+//! `loadgen`: a load generator for the event server (or the raw floor).
+//!
+//! Three modes:
+//! * **fan-out** (default): `--ws N` WebSocket and `--sse M` SSE clients
+//!   connect; once all are confirmed, a publisher posts `JobProgress` events
+//!   to `POST /api/v1/events` at `--rate` events/s for `--duration` seconds,
+//!   in arrays every `--batch-ms`. Each event's `message` is
+//!   `t=<unix nanos>;n=<counter>;` padded so the flat JSON is `--payload`
+//!   bytes. Every client measures publish → receive latency (log-bucket
+//!   histogram, merged at the end) and counts counter gaps (lost events) and
+//!   lag signals (SSE `events.lagged`, WebSocket close 4008).
+//! * **idle** (`--idle K`): open K connections, half of each kind, hold them,
+//!   report the server's RSS per connection (`--server-pid`).
+//! * **churn** (`--churn C`): C connect → confirm → disconnect cycles; then
+//!   the server's connection gauges (`/metrics`) must return to 0.
+//!
+//! A progress line goes to stderr; the result is one JSON object on the last
+//! line of stdout (for `cargo xtask bench`). Everything is bounded in time.
+//!
+//! ```text
+//! cargo run --release -p examples --bin loadgen -- \
+//!     --url http://127.0.0.1:3000 --ws 100 --sse 100 --rate 1000 --duration 10
+//! ```
+
+mod client;
+mod hist;
+mod http;
+mod progress;
+mod scale;
+mod sys;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+
+use client::{ClientStats, Kind, Shared, SubConfig, subscriber, unix_nanos};
+use hist::Histogram;
+use http::{HttpClient, Target};
+use progress::Progress;
+use sys::CpuMeter;
+
+/// Most events per publish request (the server's limit).
+const MAX_BATCH: u64 = 1000;
+/// The `job_id` of every probe event.
+const PROBE_JOB: &str = "0197c0de-5e1a-7a00-8000-00000000b0b0";
+
+/// Load generator for the event server.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", about)]
+struct Args {
+    /// Server root URL.
+    #[arg(long, default_value = "http://127.0.0.1:3000")]
+    url: String,
+    /// WebSocket clients (fan-out mode).
+    #[arg(long, default_value_t = 100)]
+    ws: u64,
+    /// SSE clients (fan-out mode).
+    #[arg(long, default_value_t = 100)]
+    sse: u64,
+    /// Events published per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Size of each event's flat JSON, in bytes.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Milliseconds between publish requests.
+    #[arg(long, default_value_t = 5)]
+    batch_ms: u64,
+    /// Seconds to wait after publishing for events still in flight.
+    #[arg(long, default_value_t = 10.0)]
+    settle: f64,
+    /// Seconds a connection may take to deliver its first frame.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Connections opened at a time.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Server process id, for its CPU time and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Bearer token for publishing (admin).
+    #[arg(long, env = "LOADGEN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Token for subscribing (sent as `?token=`).
+    #[arg(long, env = "LOADGEN_CLIENT_TOKEN", hide_env_values = true)]
+    client_token: Option<String>,
+    /// SSE frame format to ask for (`v1` or `envelope`); the server's default when unset.
+    #[arg(long)]
+    sse_format: Option<String>,
+    /// Idle mode: open this many connections (half WS, half SSE) and hold them.
+    #[arg(long, conflicts_with = "churn")]
+    idle: Option<u64>,
+    /// Seconds to hold idle connections after reporting.
+    #[arg(long, default_value_t = 1.0)]
+    hold: f64,
+    /// Churn mode: this many connect/disconnect cycles.
+    #[arg(long)]
+    churn: Option<u64>,
+    /// No progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+fn sub_config(args: &Args, target: Target) -> SubConfig {
+    let mut ws_query = Vec::new();
+    let mut sse_query = Vec::new();
+    if let Some(token) = &args.client_token {
+        ws_query.push(format!("token={token}"));
+        sse_query.push(format!("token={token}"));
+    }
+    if let Some(format) = &args.sse_format {
+        sse_query.push(format!("format={format}"));
+    }
+    let with = |path: &str, q: &[String]| {
+        if q.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", q.join("&"))
+        }
+    };
+    SubConfig {
+        target,
+        ws_path: with("/api/v1/ws", &ws_query),
+        sse_path: with("/api/v1/events", &sse_query),
+        connect_timeout: secs(args.connect_timeout),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let target = match Target::parse(&args.url).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cfg = Arc::new(sub_config(&args, target.clone()));
+    let pid = args.server_pid.map(|p| p.to_string());
+    let report = if let Some(count) = args.idle {
+        scale::idle(
+            cfg,
+            count,
+            args.concurrency,
+            pid.as_deref(),
+            secs(args.hold),
+            args.quiet,
+        )
+        .await
+    } else if let Some(cycles) = args.churn {
+        scale::churn(cfg, cycles, args.concurrency, pid.as_deref(), args.quiet).await
+    } else {
+        fanout(&args, cfg, target, pid.as_deref()).await
+    };
+    println!("{report}");
+    std::process::ExitCode::SUCCESS
+}
+
+/// Appends one probe event of `size` bytes (or the minimum size).
+fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, size: usize) {
+    let start = out.len();
+    out.extend_from_slice(
+        format!(
+            r#"{{"type":"JobProgress","job_id":"{PROBE_JOB}","progress":50,"progress_percent":50,"message":"t={t};n={n};"#
+        )
+        .as_bytes(),
+    );
+    let pad = size.saturating_sub(out.len() - start + 2);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+}
+
+/// What the publisher did.
+#[derive(Debug, Default)]
+struct Published {
+    count: u64,
+    requests: u64,
+    elapsed: f64,
+    error: Option<String>,
+}
+
+/// Publishes `rate × duration` probe events, catching up when a request
+/// takes longer than the batch interval. Stops at the first failed request
+/// (its events would show up as losses otherwise) or at twice the planned
+/// time.
+async fn publish(args: Args, target: Target, published: Arc<AtomicU64>) -> Published {
+    let mut client = HttpClient::new(target);
+    let total = (args.rate * args.duration).round().max(0.0) as u64;
+    let auth = args.admin_token.as_ref().map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let deadline = secs(args.duration * 2.0 + 5.0);
+    let mut ticker = tokio::time::interval(Duration::from_millis(args.batch_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut body = Vec::new();
+    let mut out = Published::default();
+    let started = Instant::now();
+    while out.count < total && started.elapsed() < deadline {
+        ticker.tick().await;
+        let due = ((args.rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
+        while out.count < due {
+            let n = (due - out.count).min(MAX_BATCH);
+            body.clear();
+            body.push(b'[');
+            let t = unix_nanos();
+            for i in 0..n {
+                if i > 0 {
+                    body.push(b',');
+                }
+                probe_event(&mut body, t, out.count + i, args.payload);
+            }
+            body.push(b']');
+            out.requests += 1;
+            match client
+                .request("POST", "/api/v1/events", &headers, &body)
+                .await
+            {
+                Ok(resp) if (200..300).contains(&resp.status) => {
+                    out.count += n;
+                    published.store(out.count, Ordering::Relaxed);
+                }
+                Ok(resp) => {
+                    out.error = Some(format!(
+                        "publish answered {}: {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body)
+                    ));
+                }
+                Err(e) => out.error = Some(format!("publish failed: {e}")),
+            }
+            if out.error.is_some() {
+                out.elapsed = started.elapsed().as_secs_f64();
+                return out;
+            }
+        }
+    }
+    out.elapsed = started.elapsed().as_secs_f64();
+    out
+}
+
+fn micros(ns: u64) -> f64 {
+    (ns as f64 / 100.0).round() / 10.0
+}
+
+async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&str>) -> Value {
+    let clients = args.ws + args.sse;
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let connect_started = Instant::now();
+    // Interleaved, so both kinds connect at the same pace.
+    let kinds = (0..args.ws.max(args.sse)).flat_map(|i| {
+        let ws = (i < args.ws).then_some(Kind::Ws);
+        let sse = (i < args.sse).then_some(Kind::Sse);
+        ws.into_iter().chain(sse)
+    });
+    let handles: Vec<_> = kinds
+        .map(|kind| {
+            tokio::spawn(subscriber(
+                kind,
+                cfg.clone(),
+                shared.clone(),
+                permits.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+    let connecting = Progress::start(args.quiet, "connect", {
+        let shared = shared.clone();
+        move || {
+            format!(
+                "established {}/{clients}, failed {}",
+                shared.established.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed)
+            )
+        }
+    });
+    let connect_deadline = secs(args.connect_timeout * 2.0 + 10.0);
+    while shared.established.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed)
+        < clients
+        && connect_started.elapsed() < connect_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    connecting.finish();
+    let connect_s = connect_started.elapsed().as_secs_f64();
+
+    let server_cpu = pid.map(CpuMeter::start);
+    let client_cpu = CpuMeter::start("self");
+    let published = Arc::new(AtomicU64::new(0));
+    let publish_started = Instant::now();
+    let publisher = {
+        let (args, target, published) = (args.clone(), target, published.clone());
+        // Its own thread and runtime, so a busy client runtime does not
+        // delay publish ticks.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(publish(args, target, published)))
+                .unwrap_or_else(|e| Published {
+                    error: Some(format!("publisher runtime: {e}")),
+                    ..Published::default()
+                })
+        })
+    };
+    let running = Progress::start(args.quiet, "fan-out", {
+        let (shared, published) = (shared.clone(), published.clone());
+        move || {
+            let secs = publish_started.elapsed().as_secs_f64().max(1e-9);
+            let delivered = shared.received.load(Ordering::Relaxed);
+            format!(
+                "published {}, delivered {delivered} ({:.0}/s), lost {}, lag signals {}",
+                published.load(Ordering::Relaxed),
+                delivered as f64 / secs,
+                shared.lost.load(Ordering::Relaxed),
+                shared.lag_signals.load(Ordering::Relaxed),
+            )
+        }
+    });
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publish_report = publisher.join().unwrap_or_else(|_| Published {
+        error: Some("publisher panicked".to_owned()),
+        ..Published::default()
+    });
+    // Wait until every live client has seen the last event, or the settle time.
+    let total = publish_report.count;
+    let settle_started = Instant::now();
+    let complete =
+        || shared.progress.load(Ordering::Relaxed) >= total * shared.live.load(Ordering::Relaxed);
+    while !complete() && settle_started.elapsed() < secs(args.settle) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let settled = complete();
+    let window = publish_started.elapsed().as_secs_f64();
+    let server_cpu_pct = server_cpu.and_then(|m| m.percent());
+    let client_cpu_pct = client_cpu.percent();
+    running.finish();
+    let _ = stop_tx.send(true);
+
+    let mut latency = Histogram::default();
+    let mut stats = ClientStats::default();
+    let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
+    for handle in handles {
+        let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), handle).await else {
+            failed += 1;
+            continue;
+        };
+        if let Some(e) = s.error {
+            failed += 1;
+            first_error.get_or_insert(e);
+            continue;
+        }
+        // Events never received before the end count as lost too.
+        let tail = total.saturating_sub(s.next);
+        stats.received += s.received;
+        stats.lost += s.lost + tail;
+        stats.lag_signals += s.lag_signals;
+        stats.out_of_order += s.out_of_order;
+        dropped += u64::from(s.dropped);
+        latency.merge(&s.latency);
+    }
+    let established = clients - failed;
+    json!({
+        "mode": "fanout",
+        "url": args.url,
+        "ws": args.ws,
+        "sse": args.sse,
+        "established": established,
+        "connect_failed": failed,
+        "first_error": first_error,
+        "connect_s": connect_s,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "payload_bytes": args.payload,
+        "published": total,
+        "publish_requests": publish_report.requests,
+        "publish_s": publish_report.elapsed,
+        "publish_rate": total as f64 / publish_report.elapsed.max(1e-9),
+        "publish_error": publish_report.error,
+        "expected": total * established,
+        "delivered": stats.received,
+        "window_s": window,
+        "delivered_per_s": stats.received as f64 / window.max(1e-9),
+        "settled": settled,
+        "lost": stats.lost,
+        "lag_signals": stats.lag_signals,
+        "out_of_order": stats.out_of_order,
+        "clients_dropped": dropped,
+        "latency_us": {
+            "p50": micros(latency.quantile(0.50)),
+            "p95": micros(latency.quantile(0.95)),
+            "p99": micros(latency.quantile(0.99)),
+            "max": micros(latency.max()),
+            "samples": latency.count(),
+        },
+        "server_cpu_pct": server_cpu_pct,
+        "client_cpu_pct": client_cpu_pct,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_events_have_the_requested_size_and_parse_back() {
+        let mut out = Vec::new();
+        probe_event(&mut out, 1_764_000_000_123_456_789, 42, 256);
+        assert_eq!(out.len(), 256);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["type"], "JobProgress");
+        assert_eq!(
+            client::parse_probe(&out),
+            Some((1_764_000_000_123_456_789, 42))
+        );
+        // As the SSE frame the server writes.
+        let frame = format!(
+            "id: 17\nevent: JobProgress\ndata: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(
+            client::parse_probe(frame.as_bytes()),
+            Some((1_764_000_000_123_456_789, 42))
+        );
+        assert_eq!(
+            client::parse_probe(br#"{"type":"QueueStatus","total_jobs":0}"#),
+            None
+        );
+    }
+}

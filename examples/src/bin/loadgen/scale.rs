@@ -1,0 +1,242 @@
+//! Connection-count modes: idle scale (hold many connections) and churn
+//! (connect, confirm, disconnect, many times).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::client::{Kind, SubConfig, sse_connect, ws_connect};
+use crate::http::connection_gauge;
+use crate::progress::Progress;
+use crate::sys::{CpuMeter, rss_kib};
+
+/// Counters of a scale run.
+#[derive(Debug, Default)]
+struct Counts {
+    done: AtomicU64,
+    failed: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Counts {
+    fn fail(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(error);
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+fn kind_of(i: u64) -> Kind {
+    if i.is_multiple_of(2) {
+        Kind::Ws
+    } else {
+        Kind::Sse
+    }
+}
+
+/// Opens a connection and keeps it (never read while held).
+async fn open(cfg: &SubConfig, kind: Kind) -> Result<Box<dyn Send>, String> {
+    Ok(match kind {
+        Kind::Ws => Box::new(ws_connect(cfg).await?),
+        Kind::Sse => Box::new(sse_connect(cfg).await?),
+    })
+}
+
+async fn gauge_value(cfg: &SubConfig) -> Value {
+    match connection_gauge(&cfg.target).await {
+        Ok(Some(v)) => json!(v),
+        _ => Value::Null,
+    }
+}
+
+/// Opens `count` connections (half WebSocket, half SSE), `concurrency` at a
+/// time, holds them all for `hold`, and reports the server's RSS growth per
+/// connection.
+pub async fn idle(
+    cfg: Arc<SubConfig>,
+    count: u64,
+    concurrency: usize,
+    server_pid: Option<&str>,
+    hold: Duration,
+    quiet: bool,
+) -> Value {
+    let rss_before = server_pid.and_then(rss_kib);
+    let counts = Arc::new(Counts::default());
+    let held = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(count as usize)));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = Progress::start(quiet, "idle", {
+        let counts = counts.clone();
+        move || {
+            format!(
+                "established {}/{count}, failed {}",
+                counts.done.load(Ordering::Relaxed),
+                counts.failed.load(Ordering::Relaxed)
+            )
+        }
+    });
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (cfg, counts, held, next) =
+                (cfg.clone(), counts.clone(), held.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return;
+                    }
+                    match open(&cfg, kind_of(i)).await {
+                        Ok(conn) => {
+                            held.lock().await.push(conn);
+                            counts.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => counts.fail(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let connect_s = started.elapsed().as_secs_f64();
+    progress.finish();
+    // Let the server finish per-connection setup before reading its RSS.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = server_pid.and_then(rss_kib);
+    let gauge_open = gauge_value(&cfg).await;
+    let established = counts.done.load(Ordering::Relaxed);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if established > 0 => {
+            json!((a.saturating_sub(b) as f64 * 1024.0 / established as f64).round())
+        }
+        _ => Value::Null,
+    };
+    tokio::time::sleep(hold).await;
+    drop(held);
+    json!({
+        "mode": "idle",
+        "connections": count,
+        "established": established,
+        "failed": counts.failed.load(Ordering::Relaxed),
+        "first_error": counts.first_error(),
+        "connect_s": connect_s,
+        "gauge_while_open": gauge_open,
+        "server_rss_before_kib": rss_before,
+        "server_rss_after_kib": rss_after,
+        "rss_per_conn_bytes": per_conn,
+    })
+}
+
+/// `cycles` connect → first frame → disconnect cycles (alternating
+/// WebSocket with a close handshake and SSE with a plain TCP close),
+/// `concurrency` at a time; then waits for the server's connection gauge to
+/// return to 0 and compares its RSS with before.
+pub async fn churn(
+    cfg: Arc<SubConfig>,
+    cycles: u64,
+    concurrency: usize,
+    server_pid: Option<&str>,
+    quiet: bool,
+) -> Value {
+    let rss_before = server_pid.and_then(rss_kib);
+    let gauge_before = gauge_value(&cfg).await;
+    let server_cpu = server_pid.map(CpuMeter::start);
+    let counts = Arc::new(Counts::default());
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let progress = Progress::start(quiet, "churn", {
+        let counts = counts.clone();
+        move || {
+            format!(
+                "cycles {}/{cycles}, failed {}",
+                counts.done.load(Ordering::Relaxed),
+                counts.failed.load(Ordering::Relaxed)
+            )
+        }
+    });
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (cfg, counts, next) = (cfg.clone(), counts.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cycles {
+                        return;
+                    }
+                    let result = match kind_of(i) {
+                        Kind::Ws => match ws_connect(&cfg).await {
+                            Ok(mut ws) => {
+                                // Close handshake: send ours, read until the server's arrives.
+                                let _ = ws.close(None).await;
+                                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                                    while let Some(Ok(_)) = ws.next().await {}
+                                })
+                                .await;
+                                Ok(())
+                            }
+                            Err(e) => Err(e),
+                        },
+                        Kind::Sse => sse_connect(&cfg).await.map(drop),
+                    };
+                    match result {
+                        Ok(()) => {
+                            counts.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => counts.fail(e),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    progress.finish();
+    let server_cpu_pct = server_cpu.and_then(|m| m.percent());
+    // The gauge should drop to 0 once the server has noticed every close.
+    let wait = Instant::now();
+    let mut gauge = gauge_value(&cfg).await;
+    while gauge.as_f64().is_some_and(|g| g > 0.0) && wait.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gauge = gauge_value(&cfg).await;
+    }
+    let gauge_zero_ms = gauge
+        .as_f64()
+        .is_some_and(|g| g == 0.0)
+        .then(|| wait.elapsed().as_millis() as u64);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after = server_pid.and_then(rss_kib);
+    let change = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if b > 0 => json!((a as f64 / b as f64 - 1.0) * 100.0),
+        _ => Value::Null,
+    };
+    let done = counts.done.load(Ordering::Relaxed);
+    json!({
+        "mode": "churn",
+        "cycles": cycles,
+        "completed": done,
+        "failed": counts.failed.load(Ordering::Relaxed),
+        "first_error": counts.first_error(),
+        "elapsed_s": elapsed,
+        "cycles_per_s": done as f64 / elapsed.max(1e-9),
+        "server_cpu_pct": server_cpu_pct,
+        "gauge_before": gauge_before,
+        "gauge_after": gauge,
+        "gauge_zero_ms": gauge_zero_ms,
+        "server_rss_before_kib": rss_before,
+        "server_rss_after_kib": rss_after,
+        "rss_change_pct": change,
+    })
+}
