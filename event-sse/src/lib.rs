@@ -61,8 +61,10 @@
 //!     .layer(event_sse::cors_layer(["http://localhost:5173"]));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 //! let addr = listener.local_addr().unwrap();
+//! // Clients that stop reading are cut off after the stall timeout.
+//! let listener = event_sse::write_timeout(listener, sse.config().stall_timeout);
 //! let server = tokio::spawn(async move {
-//!     axum::serve(listener, app)
+//!     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
 //!         .with_graceful_shutdown(async move { registry.shutdown() })
 //!         .await
 //! });

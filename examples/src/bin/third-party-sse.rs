@@ -167,6 +167,9 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
     let channel = sensors.channel.clone();
+    // A client that stops reading is cut off after 30 s instead of holding
+    // its connection (and the graceful shutdown) forever.
+    let listener = event_sse::write_timeout(listener, Duration::from_secs(30));
     axum::serve(listener, app(&sensors))
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
