@@ -109,7 +109,7 @@ impl TransportMetrics {
             Transport::WebSocket => (WS_CONNECTIONS_ACTIVE, WS_EVENTS_SENT),
             Transport::Sse => (SSE_CONNECTIONS_ACTIVE, SSE_EVENTS_SENT),
         };
-        TransportMetrics {
+        let metrics = TransportMetrics {
             transport,
             active: meter
                 .i64_up_down_counter(active)
@@ -126,7 +126,11 @@ impl TransportMetrics {
                 .build(),
             latency: latency_histogram(&meter),
             transport_attr: [KeyValue::new("transport", transport.as_str())],
-        }
+        };
+        // Export the gauge from the start (at 0), not only after the first
+        // connection: dashboards and alerts expect the series to exist.
+        metrics.active.add(0, &[]);
+        metrics
     }
 
     /// Which transport these instruments describe.

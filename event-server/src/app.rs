@@ -40,6 +40,20 @@ pub struct App {
     db: Db,
     cancel: CancellationToken,
     background: Vec<JoinHandle<()>>,
+    parts: Parts,
+}
+
+/// The feature-selected pieces that need an orderly stop.
+#[derive(Default)]
+struct Parts {
+    #[cfg(feature = "jobs")]
+    bridge: Option<event_bridge_jobs::JobBridgeHandle>,
+    #[cfg(feature = "jobs")]
+    worker_events: Option<tokio::sync::broadcast::Sender<event_bridge_jobs::WorkerEvent>>,
+    #[cfg(feature = "demo")]
+    simulator: Option<Arc<event_bridge_jobs::simulator::SimulatedWorker>>,
+    #[cfg(feature = "webhook")]
+    webhooks: Option<(event_webhook::Webhooks, event_webhook::DeliveryWorker)>,
 }
 
 impl std::fmt::Debug for App {
@@ -48,6 +62,32 @@ impl std::fmt::Debug for App {
             .field("bus", &self.bus)
             .field("connections", &self.registry.total())
             .finish_non_exhaustive()
+    }
+}
+
+impl Parts {
+    /// Stops the worker, the bridge and the webhook deliveries, in that
+    /// order (the bridge publishes what the worker's stop reports).
+    async fn stop(self) {
+        #[cfg(feature = "demo")]
+        if let Some(worker) = self.simulator {
+            worker.shutdown().await;
+        }
+        #[cfg(feature = "jobs")]
+        {
+            drop(self.worker_events);
+            if let Some(bridge) = self.bridge {
+                let _ = tokio::time::timeout(Duration::from_secs(1), bridge.shutdown()).await;
+            }
+        }
+        #[cfg(feature = "webhook")]
+        if let Some((_, worker)) = self.webhooks
+            && !worker.shutdown(Duration::from_secs(2)).await
+        {
+            tracing::warn!(
+                "webhook deliveries in flight at shutdown are retried at the next start"
+            );
+        }
     }
 }
 
@@ -70,6 +110,10 @@ pub fn authenticator(config: &Config) -> Arc<dyn Authenticator> {
 impl App {
     /// Builds everything the configuration and features select.
     pub async fn build(config: &Config) -> Result<App, ServerError> {
+        // Instruments are created when the transports are built, so the
+        // meter provider goes first.
+        #[cfg(feature = "telemetry")]
+        let metrics = crate::telemetry::metrics()?;
         let bus = EventBus::new(BusConfig {
             capacity: config.bus_capacity,
             replay_size: config.replay_size,
@@ -78,9 +122,12 @@ impl App {
         let registry = ConnectionRegistry::new();
         let auth = authenticator(config);
         let db = Db::connect(&config.database_url).await?;
-        let runner = SinkRunner::new(&bus);
+        let mut runner = SinkRunner::new(&bus);
         let cancel = CancellationToken::new();
         let background = Vec::new();
+        let mut parts = Parts::default();
+        #[cfg(feature = "telemetry")]
+        let mut health = event_telemetry::Health::new(registry.clone());
 
         let mut router = Router::new()
             .route("/", get(crate::dashboard::page))
@@ -96,15 +143,135 @@ impl App {
                 auth: auth.clone(),
             }));
 
-        #[cfg(feature = "demo")]
+        // Jobs: the bridge turns worker events into job events and keeps
+        // the queue status the transports send on connect and `refresh`.
+        #[cfg(feature = "jobs")]
+        let queue: Option<Arc<dyn event_core::QueueSnapshot>> = {
+            use event_bridge_jobs::{JobBridge, JobBridgeConfig};
+            let bridge = JobBridge::new(&bus, &registry, JobBridgeConfig::default())
+                .with_cancellation(cancel.child_token());
+            #[cfg(feature = "demo")]
+            let bridge = {
+                crate::demo::store::migrate(&db).await?;
+                let notes = crate::demo::notes::NotesState {
+                    db: db.clone(),
+                    bus: bus.clone(),
+                };
+                let worker = Arc::new(event_bridge_jobs::simulator::SimulatedWorker::start(
+                    event_bridge_jobs::simulator::SimulatorConfig::default(),
+                ));
+                crate::demo::jobs::install_hooks(&worker, notes.clone());
+                router = router.merge(crate::demo::notes::router(notes)).merge(
+                    crate::demo::jobs::router(crate::demo::jobs::JobsState {
+                        worker: worker.clone(),
+                    }),
+                );
+                let handle = bridge
+                    .with_queue_stats(worker.stats_source())
+                    .spawn(worker.subscribe());
+                parts.simulator = Some(worker);
+                handle
+            };
+            #[cfg(not(feature = "demo"))]
+            let bridge = {
+                // No worker in this process: in-process producers send
+                // through `App::worker_events`.
+                let (tx, rx) = tokio::sync::broadcast::channel(1024);
+                parts.worker_events = Some(tx);
+                bridge.spawn(rx)
+            };
+            let snapshot = bridge.queue_snapshot();
+            parts.bridge = Some(bridge);
+            Some(snapshot)
+        };
+        #[cfg(not(feature = "jobs"))]
+        let queue: Option<Arc<dyn event_core::QueueSnapshot>> = None;
+
+        #[cfg(feature = "ws")]
         {
-            crate::demo::store::migrate(&db).await?;
-            router = router.merge(crate::demo::notes::router(crate::demo::notes::NotesState {
-                db: db.clone(),
-                bus: bus.clone(),
-            }));
+            let ws_config = event_ws::WsConfig {
+                ping_interval: config.ws_ping_interval(),
+                idle_timeout: config.ws_idle_timeout(),
+                max_connections: config.max_connections,
+                allowed_origins: config.allowed_origins.clone(),
+                ..event_ws::WsConfig::default()
+            };
+            let mut ws =
+                event_ws::WsEndpoint::new(bus.clone(), registry.clone(), auth.clone(), ws_config)
+                    .with_shutdown(cancel.clone());
+            if let Some(q) = &queue {
+                ws = ws.with_queue_snapshot(q.clone());
+            }
+            runner.register(ws.sink());
+            router = router.merge(ws.router());
         }
 
+        #[cfg(feature = "sse")]
+        {
+            let format = match config.sse_default_format {
+                crate::config::SseFormat::V1 => event_sse::Format::V1,
+                crate::config::SseFormat::Envelope => event_sse::Format::Envelope,
+            };
+            let sse_config = event_sse::SseConfig {
+                format,
+                ..event_sse::SseConfig::default()
+            };
+            let mut sse = event_sse::SseEndpoint::new(
+                bus.clone(),
+                registry.clone(),
+                auth.clone(),
+                sse_config,
+            );
+            if let Some(q) = &queue {
+                sse = sse.with_queue_snapshot(q.clone());
+            }
+            runner.register(sse.sink());
+            router = router.merge(sse.router());
+        }
+        let _ = &queue;
+
+        #[cfg(feature = "webhook")]
+        {
+            let webhook_config = event_webhook::WebhookConfig {
+                signature_header: config.webhook_signature_header.clone(),
+                retry_schedule: config.webhook_retry_schedule.0.clone(),
+                request_timeout: Duration::from_secs(config.webhook_timeout_secs),
+                allow_cidrs: config.webhook_allow_cidrs.clone(),
+                ..event_webhook::WebhookConfig::default()
+            };
+            let webhooks = event_webhook::Webhooks::connect(
+                &config.database_url,
+                auth.clone(),
+                webhook_config,
+            )
+            .await
+            .map_err(|e| ServerError::Startup(format!("webhooks: {e}")))?;
+            runner.register(webhooks.sink());
+            router = router.merge(webhooks.router());
+            let worker = webhooks.start_worker(cancel.child_token());
+            parts.webhooks = Some((webhooks, worker));
+        }
+
+        #[cfg(feature = "telemetry")]
+        {
+            runner.register(event_telemetry::TelemetrySink::new().into_sink());
+            health = health.component("database", crate::telemetry::DbCheck(db.clone()));
+            router = router.merge(metrics.router()).merge(health.router());
+        }
+        #[cfg(not(feature = "telemetry"))]
+        {
+            router = router.route(
+                "/health",
+                get(crate::health::plain).with_state(crate::health::PlainHealth {
+                    registry: registry.clone(),
+                    db: db.clone(),
+                }),
+            );
+        }
+
+        if !config.allowed_origins.is_empty() {
+            router = router.layer(crate::cors::layer(&config.allowed_origins));
+        }
         router = router.fallback(crate::error::not_found);
         Ok(App {
             router,
@@ -114,7 +281,17 @@ impl App {
             db,
             cancel,
             background,
+            parts,
         })
+    }
+
+    /// Where an in-process job worker sends its events (feature `jobs`
+    /// without `demo`; with `demo` the simulated worker is the source).
+    #[cfg(feature = "jobs")]
+    pub fn worker_events(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Sender<event_bridge_jobs::WorkerEvent>> {
+        self.parts.worker_events.clone()
     }
 
     /// The bus (to publish from in-process producers and tests).
@@ -145,6 +322,7 @@ impl App {
             runner,
             cancel,
             background,
+            parts,
             ..
         } = self;
         let stop = cancel.clone();
@@ -169,6 +347,7 @@ impl App {
             .await
             .map_err(|e| ServerError::Internal(format!("server error: {e}")));
         stop.cancel();
+        parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;
         if !report.aborted.is_empty() {
             tracing::warn!(sinks = ?report.aborted, "sinks did not drain before the deadline");

@@ -70,3 +70,15 @@ fn sqlite_parent(url: &str) -> Option<std::path::PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .map(std::path::Path::to_path_buf)
 }
+
+impl Db {
+    /// A trivial query, for health checks.
+    pub async fn ping(&self) -> Result<(), ServerError> {
+        let result = match self {
+            Db::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            #[cfg(feature = "postgres")]
+            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        };
+        result.map_err(|e| ServerError::Internal(format!("database unavailable: {e}")))
+    }
+}

@@ -24,6 +24,9 @@ pub enum ServerError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// A dependency is not available now (worker stopped, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
     /// A dependency (database, worker) failed.
     #[error("{0}")]
     Internal(String),
@@ -47,6 +50,7 @@ impl ServerError {
             ServerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }

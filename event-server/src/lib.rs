@@ -8,13 +8,18 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod cors;
 pub mod dashboard;
 pub mod db;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+#[cfg(not(feature = "telemetry"))]
+pub mod health;
 pub mod logging;
 pub mod publish;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

@@ -9,12 +9,12 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use event_core::{EventBus, EventMeta, NoteOperation, NoteUpdated};
+use event_core::EventBus;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::store::{self, Note, NotePatch, Write};
+use super::store::{self, Note, NotePatch};
 use crate::db::Db;
 use crate::error::ServerError;
 
@@ -50,27 +50,6 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: NotesState) -> Router<S> 
             get(fetch).patch(update).delete(remove),
         )
         .with_state(state)
-}
-
-/// Publishes the committed change.
-pub fn announce(bus: &EventBus, note: &Note, write: Write, user_id: Option<String>) {
-    let operation = match write {
-        Write::Created => NoteOperation::Created,
-        Write::Updated => NoteOperation::Updated,
-        Write::Deleted => NoteOperation::Deleted,
-    };
-    bus.publish_with(
-        NoteUpdated {
-            note_id: note.id,
-            title: Some(note.title.clone()),
-            tags: note.tags.clone(),
-            has_ai_content: note.has_ai_content,
-            has_links: note.has_links,
-            operation: Some(operation),
-            user_id,
-        },
-        EventMeta::default(),
-    );
 }
 
 fn parse_id(id: &str) -> Result<Uuid, ServerError> {
@@ -132,10 +111,9 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    let (note, write) = store::write(&state.db, None, |_| Ok(Some(note)))
+    let (note, _) = store::write(&state.db, &state.bus, None, None, |_| Ok(Some(note)))
         .await?
         .ok_or_else(|| ServerError::Internal("the new note was not stored".to_owned()))?;
-    announce(&state.bus, &note, write, None);
     Ok((StatusCode::CREATED, Json(note)))
 }
 
@@ -149,7 +127,7 @@ async fn update(
     if let Some(title) = &patch.title {
         check_title(title)?;
     }
-    let changed = store::write(&state.db, Some(id), |current| {
+    let changed = store::write(&state.db, &state.bus, Some(id), None, |current| {
         let Some(mut note) = current else {
             return Ok(None);
         };
@@ -167,8 +145,7 @@ async fn update(
         Ok(Some(note))
     })
     .await?;
-    let (note, write) = changed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
-    announce(&state.bus, &note, write, None);
+    let (note, _) = changed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
     Ok(Json(note))
 }
 
@@ -177,9 +154,8 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ServerError> {
     let id = parse_id(&id)?;
-    let removed = store::write(&state.db, Some(id), |_| Ok(None)).await?;
-    let (note, write) = removed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
-    announce(&state.bus, &note, write, None);
+    let removed = store::write(&state.db, &state.bus, Some(id), None, |_| Ok(None)).await?;
+    removed.ok_or_else(|| ServerError::NotFound(format!("no note {id}")))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,7 +163,7 @@ async fn remove(
 /// appends a revision line, commits, then announces the change — all before
 /// the job reports completion.
 pub async fn ai_revise(state: &NotesState, id: Uuid) -> Result<bool, ServerError> {
-    let changed = store::write(&state.db, Some(id), |current| {
+    let changed = store::write(&state.db, &state.bus, Some(id), None, |current| {
         let Some(mut note) = current else {
             return Ok(None);
         };
@@ -197,11 +173,5 @@ pub async fn ai_revise(state: &NotesState, id: Uuid) -> Result<bool, ServerError
         Ok(Some(note))
     })
     .await?;
-    match changed {
-        Some((note, write)) => {
-            announce(&state.bus, &note, write, Some("ai-revision".to_owned()));
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    Ok(changed.is_some())
 }

@@ -8,6 +8,9 @@ use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use event_bridge_jobs::{AfterCommit, NoteChange};
+use event_core::{EventBus, NoteOperation};
+
 use crate::db::Db;
 use crate::error::ServerError;
 
@@ -232,7 +235,7 @@ async fn put_pg(
     Ok(())
 }
 
-/// What a write did, for the `NoteUpdated` that follows its commit.
+/// What a write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Write {
     /// A new note.
@@ -243,14 +246,46 @@ pub enum Write {
     Deleted,
 }
 
+impl Write {
+    fn operation(self) -> NoteOperation {
+        match self {
+            Write::Created => NoteOperation::Created,
+            Write::Updated => NoteOperation::Updated,
+            Write::Deleted => NoteOperation::Deleted,
+        }
+    }
+}
+
+/// The `NoteUpdated` a committed write announces.
+fn change_of(note: &Note, write: Write, user_id: Option<String>) -> NoteChange {
+    NoteChange {
+        title: Some(note.title.clone()),
+        tags: note.tags.clone(),
+        has_ai_content: note.has_ai_content,
+        has_links: note.has_links,
+        user_id,
+        ..NoteChange::new(note.id, write.operation())
+    }
+}
+
+fn commit_error(e: event_bridge_jobs::Error) -> ServerError {
+    ServerError::Internal(format!("database error: {e}"))
+}
+
 /// Applies `change` to the note `id` (or a new note when `id` is `None`)
-/// inside one transaction and commits. `change` gets the current note
-/// (`None` for a new one) and returns the note to store, or `None` to delete.
+/// inside one transaction, queues its `NoteUpdated` on the transaction and
+/// commits: the event is published only once the commit succeeded (and never
+/// when anything fails), so a client that re-fetches the note on that event
+/// sees the new state. This is the pattern matric-api's handlers follow.
 ///
-/// Returns `Ok(None)` when `id` names no note.
+/// `change` gets the current note (`None` for a new one) and returns the
+/// note to store, or `None` to delete. Returns `Ok(None)` when `id` names no
+/// note.
 pub async fn write<F>(
     db: &Db,
+    bus: &EventBus,
     id: Option<Uuid>,
+    user_id: Option<String>,
     change: F,
 ) -> Result<Option<(Note, Write)>, ServerError>
 where
@@ -258,11 +293,11 @@ where
 {
     match db {
         Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await.map_err(db_error)?;
+            let mut tx = AfterCommit::begin(pool, bus).await.map_err(commit_error)?;
             let current = match id {
                 Some(id) => match sqlx::query("SELECT * FROM demo_notes WHERE id = ?")
                     .bind(id.to_string())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx.transaction())
                     .await
                     .map_err(db_error)?
                 {
@@ -274,7 +309,7 @@ where
             let existed = current.clone();
             let outcome = match change(current)? {
                 Some(note) => {
-                    put_sqlite(&mut tx, &note).await?;
+                    put_sqlite(tx.transaction(), &note).await?;
                     let w = if existed.is_some() {
                         Write::Updated
                     } else {
@@ -286,22 +321,23 @@ where
                     let Some(old) = existed else { return Ok(None) };
                     sqlx::query("DELETE FROM demo_notes WHERE id = ?")
                         .bind(old.id.to_string())
-                        .execute(&mut *tx)
+                        .execute(&mut **tx.transaction())
                         .await
                         .map_err(db_error)?;
                     (old, Write::Deleted)
                 }
             };
-            tx.commit().await.map_err(db_error)?;
+            tx.note_updated(change_of(&outcome.0, outcome.1, user_id));
+            tx.commit().await.map_err(commit_error)?;
             Ok(Some(outcome))
         }
         #[cfg(feature = "postgres")]
         Db::Postgres(pool) => {
-            let mut tx = pool.begin().await.map_err(db_error)?;
+            let mut tx = AfterCommit::begin(pool, bus).await.map_err(commit_error)?;
             let current = match id {
                 Some(id) => match sqlx::query("SELECT * FROM demo_notes WHERE id = $1 FOR UPDATE")
                     .bind(id)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx.transaction())
                     .await
                     .map_err(db_error)?
                 {
@@ -313,7 +349,7 @@ where
             let existed = current.clone();
             let outcome = match change(current)? {
                 Some(note) => {
-                    put_pg(&mut tx, &note).await?;
+                    put_pg(tx.transaction(), &note).await?;
                     let w = if existed.is_some() {
                         Write::Updated
                     } else {
@@ -325,13 +361,14 @@ where
                     let Some(old) = existed else { return Ok(None) };
                     sqlx::query("DELETE FROM demo_notes WHERE id = $1")
                         .bind(old.id)
-                        .execute(&mut *tx)
+                        .execute(&mut **tx.transaction())
                         .await
                         .map_err(db_error)?;
                     (old, Write::Deleted)
                 }
             };
-            tx.commit().await.map_err(db_error)?;
+            tx.note_updated(change_of(&outcome.0, outcome.1, user_id));
+            tx.commit().await.map_err(commit_error)?;
             Ok(Some(outcome))
         }
     }

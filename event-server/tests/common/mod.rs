@@ -1,6 +1,6 @@
 //! A real server on 127.0.0.1:0 for the host's tests.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -105,4 +105,24 @@ pub fn client() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
+}
+
+/// The next event on `sub` that `want` accepts (others, such as the job
+/// bridge's periodic `QueueStatus`, are skipped); panics after 5 s.
+pub async fn next_where(
+    sub: &mut event_core::Subscription,
+    want: impl Fn(&event_core::Event) -> bool,
+) -> std::sync::Arc<event_core::Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, sub.recv())
+            .await
+            .expect("no matching event within 5 s")
+        {
+            event_core::Received::Event(ev) if want(&ev) => return ev,
+            event_core::Received::Event(_) => {}
+            event_core::Received::Lagged(n) => panic!("lagged by {n}"),
+            event_core::Received::Closed => panic!("bus closed"),
+        }
+    }
 }
