@@ -193,14 +193,18 @@ where
         ));
     }
 
-    tracing::subscriber::set_global_default(Registry::default().with(std::mem::take(&mut layers)))
-        .map_err(|_| TelemetryError::AlreadyInitialized)?;
-
+    // Build everything that can fail before installing anything, so an
+    // error leaves the process as it was.
     let metrics = if config.metrics {
-        Some(PrometheusMetrics::install(&config.service_name)?)
+        Some(PrometheusMetrics::new(&config.service_name)?)
     } else {
         None
     };
+    tracing::subscriber::set_global_default(Registry::default().with(std::mem::take(&mut layers)))
+        .map_err(|_| TelemetryError::AlreadyInitialized)?;
+    if let Some(m) = &metrics {
+        m.set_global();
+    }
     Ok(Telemetry {
         metrics,
         #[cfg(feature = "otlp")]
