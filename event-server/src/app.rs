@@ -122,9 +122,12 @@ impl App {
         let registry = ConnectionRegistry::new();
         let auth = authenticator(config);
         let db = Db::connect(&config.database_url).await?;
+        // Whether anything is registered or kept depends on the features.
+        #[allow(unused_mut)]
         let mut runner = SinkRunner::new(&bus);
         let cancel = CancellationToken::new();
         let background = Vec::new();
+        #[allow(unused_mut)]
         let mut parts = Parts::default();
         #[cfg(feature = "telemetry")]
         let mut health = event_telemetry::Health::new(registry.clone());
@@ -338,14 +341,22 @@ impl App {
                 cancel.cancel();
             }
         };
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        // A client that stops reading leaves its response body unpolled, so
+        // nothing inside the SSE stream can end it; the listener aborts a
+        // write stalled this long instead (and so cannot block shutdown).
+        #[cfg(feature = "sse")]
+        let result = axum::serve(
+            event_sse::write_timeout(listener, event_sse::SseConfig::default().stall_timeout),
+            service,
         )
-        .with_graceful_shutdown(on_signal);
-        let result = server
-            .await
-            .map_err(|e| ServerError::Internal(format!("server error: {e}")));
+        .with_graceful_shutdown(on_signal)
+        .await;
+        #[cfg(not(feature = "sse"))]
+        let result = axum::serve(listener, service)
+            .with_graceful_shutdown(on_signal)
+            .await;
+        let result = result.map_err(|e| ServerError::Internal(format!("server error: {e}")));
         stop.cancel();
         parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;

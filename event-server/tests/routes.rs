@@ -2,7 +2,6 @@
 
 mod common;
 
-
 use common::{Server, client};
 use event_core::{EventKind, ServerEvent};
 use serde_json::{Value, json};
