@@ -258,6 +258,12 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.rust_log) {
+            return Err(format!(
+                "RUST_LOG {:?} is not a valid log filter: {e}",
+                self.rust_log
+            ));
+        }
         if self.auth_client_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err("AUTH_CLIENT_TOKENS contains an empty token".to_owned());
         }
@@ -385,6 +391,7 @@ mod tests {
                 "30",
             ],
             &["--database-url", "mysql://x"],
+            &["--rust-log", "info,=[bad"],
             &["--webhook-allow-cidrs", "10.0.0.0/33"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be refused");

@@ -6,7 +6,7 @@ use event_server::config::Config;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::load();
-    event_server::logging::init(&config);
+    let logs = event_server::logging::init(&config);
     let app = match App::build(&config).await {
         Ok(app) => app,
         Err(e) => {
@@ -21,12 +21,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    tracing::info!(addr = %config.addr, "listening; dashboard at http://{}/", config.addr);
-    match app.serve(listener, event_server::shutdown_signal()).await {
+    let addr = listener.local_addr().unwrap_or(config.addr);
+    tracing::info!(%addr, "listening; dashboard at http://{addr}/");
+    let code = match app.serve(listener, event_server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("event-server: {e}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    logs.shutdown();
+    code
 }
