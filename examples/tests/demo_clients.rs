@@ -1,0 +1,458 @@
+//! Smoke tests of the demo clients: each binary (`ws-tail`, `sse-tail`,
+//! `webhook-receiver`) runs as a real process against a real, in-process
+//! `event-server` on a loopback port. Every wait is bounded.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use clap::Parser;
+use event_core::{EventBus, JobQueued, NoteUpdated, ServerEvent, Uuid};
+use event_server::app::App;
+use event_server::config::Config;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+/// How long any single wait may take (generous: the machine is shared).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("demo-clients-test-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An `event-server` App on 127.0.0.1:0, stopped on drop.
+struct Server {
+    addr: SocketAddr,
+    bus: EventBus,
+    dir: TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = TempDir::new();
+        let config = Config::try_parse_from([
+            "event-server",
+            "--event-server-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            &format!("sqlite://{}/events.db", dir.0.display()),
+            "--webhook-allow-cidrs",
+            "127.0.0.0/8",
+        ])
+        .unwrap();
+        config.validate().unwrap();
+        let app = App::build(&config).await.unwrap();
+        let bus = app.bus().clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(app.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            addr,
+            bus,
+            dir,
+            _stop: stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// A demo client process, killed on drop, whose stdout is read line by line.
+struct Client {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    /// Every stdout line read so far.
+    lines: Vec<String>,
+}
+
+impl Client {
+    fn spawn(program: &str, args: &[&str]) -> Client {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Client {
+            child,
+            stdout,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The next stdout line `want` accepts (earlier ones are kept in `lines`).
+    async fn line_where(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.stdout.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}; got {:#?}", self.lines))
+                .unwrap()
+                .unwrap_or_else(|| panic!("stdout ended before {what}; got {:#?}", self.lines));
+            self.lines.push(line.clone());
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself, reading the rest
+    /// of its stdout into `lines`.
+    async fn exit(&mut self) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while let Some(line) = tokio::time::timeout_at(deadline, self.stdout.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the client did not exit; got {:#?}", self.lines))
+            .unwrap()
+        {
+            self.lines.push(line);
+        }
+        tokio::time::timeout_at(deadline, self.child.wait())
+            .await
+            .expect("the client closed stdout but did not exit")
+            .unwrap()
+    }
+}
+
+fn note(title: &str) -> ServerEvent {
+    ServerEvent::NoteUpdated(NoteUpdated {
+        note_id: Uuid::now_v7(),
+        title: Some(title.to_owned()),
+        tags: vec!["smoke".to_owned()],
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    })
+}
+
+fn job_queued() -> ServerEvent {
+    ServerEvent::JobQueued(JobQueued {
+        job_id: Uuid::now_v7(),
+        job_type: "Embedding".to_owned(),
+        note_id: None,
+    })
+}
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"))
+}
+
+#[tokio::test]
+async fn ws_tail_prints_the_selected_events_and_exits_after_count() {
+    let server = Server::start().await;
+    let url = format!("ws://{}/api/v1/ws", server.addr);
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_ws-tail"),
+        &[
+            "--url",
+            &url,
+            "--refresh",
+            "--events",
+            "NoteUpdated",
+            "--count",
+            "1",
+        ],
+    );
+    // The connection snapshot, then the answers to `subscribe` and `refresh`.
+    let first = tail.line_where("a first line", |_| true).await;
+    assert_eq!(json(&first)["type"], "QueueStatus", "{first}");
+    let ack = tail
+        .line_where("the subscription", |l| l.contains("subscribed"))
+        .await;
+    assert!(
+        json(&ack)["events"]
+            .as_array()
+            .unwrap()
+            .contains(&"NoteUpdated".into())
+    );
+    tail.line_where("the refresh answer", |l| json(l)["type"] == "QueueStatus")
+        .await;
+
+    // The filter applies from here on: the job event must not come through.
+    server.bus.publish(job_queued());
+    let published = server.bus.publish(note("ws smoke"));
+    let line = tail
+        .line_where("the NoteUpdated", |l| json(l)["type"] == "NoteUpdated")
+        .await;
+    assert_eq!(line.as_bytes(), &published.json()[..], "the flat wire JSON");
+    assert!(tail.exit().await.success(), "--count 1 ends with success");
+    assert!(
+        !tail.lines.iter().any(|l| l.contains("JobQueued")),
+        "unsubscribed event printed: {:#?}",
+        tail.lines
+    );
+}
+
+#[tokio::test]
+async fn ws_tail_rejects_unknown_event_names() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ws-tail"))
+        .args([
+            "--url",
+            "ws://127.0.0.1:9/api/v1/ws",
+            "--events",
+            "NoSuchEvent",
+        ])
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchEvent"));
+}
+
+/// Runs `sse-tail` once with `--count 2`, publishing `before` notes once it
+/// is connected; returns its stdout lines.
+async fn sse_tail_run(server: &Server, state: &str, titles: &[&str]) -> Vec<String> {
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_sse-tail"),
+        &[
+            "--server",
+            &server.url(""),
+            "--events",
+            "NoteUpdated",
+            "--state-file",
+            state,
+            "--count",
+            "2",
+        ],
+    );
+    // The connection confirmation (no id) means the stream is live.
+    let first = tail
+        .line_where("the confirmation", |l| l.starts_with("- QueueStatus "))
+        .await;
+    assert!(first.starts_with("- QueueStatus {"), "{first}");
+    for title in titles {
+        server.bus.publish(note(title));
+    }
+    assert!(tail.exit().await.success(), "{:#?}", tail.lines);
+    tail.lines
+}
+
+/// The titles of the printed `NoteUpdated` events, with their ids.
+fn notes(lines: &[String]) -> Vec<(u64, String)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            let id = parts.next()?.parse().ok()?;
+            (parts.next()? == "NoteUpdated").then_some(())?;
+            let title = json(parts.next()?)["title"].as_str()?.to_owned();
+            Some((id, title))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn sse_tail_resumes_with_last_event_id_across_runs() {
+    let server = Server::start().await;
+    let state = server.dir.0.join("sse-tail-last-id");
+    let state_arg = state.to_str().unwrap();
+
+    // Run 1: a fresh start, two live events.
+    let run1 = notes(&sse_tail_run(&server, state_arg, &["a", "b"]).await);
+    assert_eq!(
+        run1.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(
+        saved.trim(),
+        run1[1].0.to_string(),
+        "the state file holds b's id"
+    );
+
+    // While no client runs, two more events (and an unrelated one).
+    let missed: Vec<u64> = ["c", "d"]
+        .iter()
+        .map(|t| server.bus.publish(note(t)).seq())
+        .collect();
+    server.bus.publish(job_queued());
+
+    // Run 2 resumes after b: replays c and d, nothing already seen.
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_sse-tail"),
+        &[
+            "--server",
+            &server.url(""),
+            "--events",
+            "NoteUpdated",
+            "--state-file",
+            state_arg,
+            "--count",
+            "2",
+        ],
+    );
+    assert!(tail.exit().await.success(), "{:#?}", tail.lines);
+    let run2 = notes(&tail.lines);
+    assert_eq!(
+        run2,
+        [(missed[0], "c".to_owned()), (missed[1], "d".to_owned())],
+        "{:#?}",
+        tail.lines
+    );
+    assert!(
+        !tail.lines.iter().any(|l| l.contains("resync_required")),
+        "{:#?}",
+        tail.lines
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap().trim(),
+        missed[1].to_string()
+    );
+}
+
+#[tokio::test]
+async fn sse_tail_stops_on_a_refused_filter() {
+    let server = Server::start().await;
+    let state = server.dir.0.join("unused-id");
+    let out = Command::new(env!("CARGO_BIN_EXE_sse-tail"))
+        .args(["--server", &server.url(""), "--events", "NoSuchEvent"])
+        .args(["--state-file", state.to_str().unwrap()])
+        .output();
+    let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("NoSuchEvent"),
+        "{stderr}"
+    );
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(WAIT).build().unwrap()
+}
+
+/// A delivery body and headers signed with `secret` (HMAC scheme only, or
+/// both schemes).
+fn signed(secret: &str, body: &str, standard: bool) -> reqwest::header::HeaderMap {
+    use event_webhook::signing::{matric_signature, standard_signature};
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert("content-type", "application/json".parse().unwrap());
+    h.insert("x-matric-event", "NoteUpdated".parse().unwrap());
+    h.insert("webhook-id", "evt-by-hand".parse().unwrap());
+    h.insert("webhook-timestamp", ts.to_string().parse().unwrap());
+    h.insert(
+        "x-matric-signature",
+        matric_signature(secret, body.as_bytes()).parse().unwrap(),
+    );
+    if standard {
+        h.insert(
+            "webhook-signature",
+            standard_signature(secret, "evt-by-hand", ts, body.as_bytes())
+                .parse()
+                .unwrap(),
+        );
+    }
+    h
+}
+
+#[tokio::test]
+async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
+    let mut receiver = Client::spawn(
+        env!("CARGO_BIN_EXE_webhook-receiver"),
+        &["--addr", "127.0.0.1:0", "--secret", SECRET, "--count", "2"],
+    );
+    let first = receiver.line_where("the address", |_| true).await;
+    let addr = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    let hook_url = format!("http://{addr}/hooks/matric");
+    let http = http();
+
+    // Forged or missing signatures: 401, nothing printed or counted.
+    let body = r#"{"id":"evt-by-hand","event":"NoteUpdated","timestamp":"2026-01-01T00:00:00Z","data":{"type":"NoteUpdated"}}"#;
+    for headers in [
+        signed("whsec_b3RoZXI=", body, true),
+        signed("whsec_b3RoZXI=", body, false),
+        {
+            // A valid HMAC but a forged Standard signature: both must hold.
+            let mut h = signed(SECRET, body, true);
+            h.insert("webhook-signature", "v1,AAAA".parse().unwrap());
+            h
+        },
+        reqwest::header::HeaderMap::new(),
+    ] {
+        let res = http
+            .post(&hook_url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+
+    // The HMAC scheme alone (what GitHub-style senders do): accepted.
+    let res = http
+        .post(&hook_url)
+        .headers(signed(SECRET, body, false))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let line = receiver
+        .line_where("the hand-signed event", |l| l.contains("evt-by-hand"))
+        .await;
+    assert!(line.starts_with("NoteUpdated (hmac) {"), "{line}");
+
+    // A real delivery from the server, both schemes.
+    let server = Server::start().await;
+    let res = http
+        .post(server.url("/api/v1/webhooks"))
+        .json(&serde_json::json!({
+            "url": hook_url,
+            "events": ["NoteUpdated"],
+            "secret": SECRET,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let published = server.bus.publish(note("webhook smoke"));
+    let line = receiver
+        .line_where("the delivered event", |l| l.contains("webhook smoke"))
+        .await;
+    let (head, body) = line.split_once(" {").unwrap();
+    assert_eq!(head, "NoteUpdated (standard+hmac)");
+    let delivered = json(&format!("{{{body}"));
+    assert_eq!(delivered["id"], published.id().to_string());
+    assert_eq!(delivered["event"], "NoteUpdated");
+    assert_eq!(
+        delivered["data"],
+        serde_json::from_slice::<serde_json::Value>(published.json()).unwrap()
+    );
+    // --count 2 reached: the receiver exits by itself.
+    assert!(receiver.exit().await.success(), "{:#?}", receiver.lines);
+}
