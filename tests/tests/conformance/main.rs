@@ -8,4 +8,5 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod use_cases;
 mod wire;
