@@ -8,5 +8,6 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod hotm_ws;
 mod use_cases;
 mod wire;
