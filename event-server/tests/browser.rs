@@ -1,0 +1,261 @@
+//! The live dashboard in a real browser: headless Chromium driven through
+//! ChromeDriver (WebDriver) with `fantoccini`, against a real server on a
+//! loopback port.
+//!
+//! The test loads `/`, waits for the page to go live over SSE, submits a job
+//! with the page's own button, follows the job's progress bar to 100 % and
+//! waits for the completion to be listed, then saves a screenshot to
+//! `target/screenshots/dashboard.png`.
+//!
+//! It needs Debian's `chromium` and `chromium-driver` packages
+//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`). Without them it prints why
+//! and passes, unless `EVENT_TEST_REQUIRE_SERVICES=1` (CI), where it fails.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Server, TempDir};
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// Bound on every wait (the simulated job itself takes about 2 s).
+const WAIT: Duration = Duration::from_secs(30);
+/// How often a condition is re-checked inside a deadline.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Whether the browser is there; if not, says why (and fails in CI).
+fn browser_available() -> bool {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "browser test skipped: {} not found (install Debian's `chromium` and `chromium-driver`)",
+        missing.join(" and ")
+    );
+    if std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{why}, but EVENT_TEST_REQUIRE_SERVICES=1");
+    }
+    eprintln!("{why}");
+    false
+}
+
+/// A chromedriver on a free loopback port, in its own process group so that
+/// the Chromium it starts is killed with it on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"))
+        };
+        let mut driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let http = common::client();
+        let status = format!("{}/status", driver.url);
+        until("chromedriver to be ready", || {
+            let request = http.get(&status).send();
+            async { request.await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+        assert!(driver.child.try_wait().unwrap().is_none());
+        driver
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the browser processes it started.
+        let group = format!("-{}", self.child.id());
+        let killed = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !killed {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every [`POLL`] until it yields a value; panics after [`WAIT`].
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(value)) = tokio::time::timeout_at(deadline, check()).await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn attr(browser: &Client, css: &str, name: &str) -> Option<String> {
+    let element = browser.find(Locator::Css(css)).await.ok()?;
+    element.attr(name).await.ok().flatten()
+}
+
+async fn text(browser: &Client, css: &str) -> Option<String> {
+    let element = browser.find(Locator::Css(css)).await.ok()?;
+    element.text().await.ok()
+}
+
+/// `target/screenshots/`, next to the test binary's own target directory.
+fn screenshot_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/browser-<hash>
+    let target = exe.ancestors().nth(3).unwrap();
+    target.join("screenshots")
+}
+
+async fn open_browser(driver: &Driver, profile: &TempDir) -> Client {
+    let mut caps = fantoccini::wd::Capabilities::new();
+    caps.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.0.display()),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    tokio::time::timeout(
+        WAIT,
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&driver.url),
+    )
+    .await
+    .expect("no WebDriver session within the deadline")
+    .expect("cannot start a Chromium session")
+}
+
+#[tokio::test]
+async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
+    if !browser_available() {
+        return;
+    }
+    let mut server = Server::start(&[]).await;
+    let driver = Driver::start().await;
+    let profile = TempDir::new();
+    let browser = open_browser(&driver, &profile).await;
+
+    browser.goto(&server.url("/")).await.unwrap();
+    assert_eq!(browser.title().await.unwrap(), "matric events — live");
+    // Live over SSE, the primary transport, with the queue snapshot shown.
+    until("the page to go live over SSE", || async {
+        (attr(&browser, "#conn", "data-state").await.as_deref() == Some("sse")).then_some(())
+    })
+    .await;
+    until("the queue snapshot in the event log", || {
+        text(&browser, "#log li[data-type=QueueStatus]")
+    })
+    .await;
+
+    browser
+        .find(Locator::Css("#submit-job"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let status = until("the submission to be confirmed", || async {
+        text(&browser, "#action-status")
+            .await
+            .filter(|t| t.ends_with(" submitted"))
+    })
+    .await;
+    let job_id = status
+        .strip_prefix("job ")
+        .and_then(|s| s.strip_suffix(" submitted"))
+        .unwrap_or_else(|| panic!("unexpected status {status:?}"))
+        .to_owned();
+
+    // Follow the bar: its value only grows, and reaches 100.
+    let bar = format!(".job[data-job-id=\"{job_id}\"] .bar[role=progressbar]");
+    let mut seen: Vec<u32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.last() != Some(&100) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the progress bar did not reach 100 within {WAIT:?}: {seen:?}"
+        );
+        let now = attr(&browser, &bar, "aria-valuenow").await;
+        if let Some(now) = now.and_then(|v| v.parse::<u32>().ok())
+            && seen.last() != Some(&now)
+        {
+            seen.push(now);
+        } else {
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {seen:?}"
+    );
+    let pct = text(&browser, &format!(".job[data-job-id=\"{job_id}\"] .pct")).await;
+    assert_eq!(pct.as_deref(), Some("100%"));
+
+    let done = format!("#done li[data-job-id=\"{job_id}\"]");
+    let line = until("the completion in #done", || text(&browser, &done)).await;
+    assert_eq!(attr(&browser, &done, "class").await.as_deref(), Some("ok"));
+    assert!(line.starts_with("✓ Embedding "), "{line}");
+    assert!(line.contains(&job_id[job_id.len() - 6..]), "{line}");
+    for kind in ["JobQueued", "JobStarted", "JobCompleted"] {
+        let css = format!("#log li[data-type={kind}]");
+        assert!(text(&browser, &css).await.is_some(), "no {kind} in the log");
+    }
+
+    // Taken while the finished bar is still shown (the page keeps it 4 s).
+    let png = browser.screenshot().await.unwrap();
+    let dir = screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+
+    browser.close().await.unwrap();
+    server.shutdown().await;
+}
