@@ -8,6 +8,7 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod harness;
+mod hotm_sse;
 mod hotm_ws;
 mod use_cases;
 mod wire;
