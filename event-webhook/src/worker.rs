@@ -2,24 +2,28 @@
 //!
 //! # Model
 //!
-//! One loop claims due rows (at most the free global slots, at most
-//! `per_endpoint_concurrency` per webhook, skipping webhooks already at
-//! their limit) and spawns one task per attempt. Each task sends, decides
-//! (success, retry with back-off, dead, gone) and records the result in one
-//! transaction. The loop sleeps until new rows are queued by this process,
-//! a slot frees up, or `poll_interval` passes (rows queued by other
-//! instances, retries coming due).
+//! A dispatcher loop claims due rows in batches (skipping webhooks that
+//! already hold enough) into per-webhook local queues, and starts attempt
+//! tasks within two limits: `max_concurrency` in total and
+//! `per_endpoint_concurrency` per webhook. An attempt task that finishes
+//! takes the next row of its webhook's queue unless another webhook is
+//! waiting for a slot, so a busy endpoint needs no database round trip per
+//! delivery and cannot starve the others. Attempt results go to one
+//! recorder task that writes whatever has accumulated in a single
+//! transaction.
 //!
-//! A slow endpoint occupies at most its own per-endpoint slots, so the
-//! others keep flowing. At start-up, claims left by a dead process are
-//! freed; succeeded rows older than `retention` are pruned periodically.
+//! Local queues are bounded so every claimed row is attempted well within
+//! its lease; rows still queued at shutdown are released at once. A slow
+//! endpoint occupies only its own slots. At start-up, claims left by a dead
+//! process are freed; succeeded rows older than `retention` are pruned
+//! periodically.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +35,9 @@ use crate::model::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery,
 use crate::service::Shared;
 use crate::ssrf::host_of;
 
+/// Most attempt results written in one transaction.
+const RECORD_BATCH: usize = 256;
+
 /// A running delivery worker.
 #[derive(Debug)]
 pub struct DeliveryWorker {
@@ -39,35 +46,34 @@ pub struct DeliveryWorker {
     tracker: TaskTracker,
 }
 
-/// Per-webhook in-flight counts.
-type InFlight = Arc<Mutex<HashMap<Uuid, usize>>>;
-
-fn lock(m: &Mutex<HashMap<Uuid, usize>>) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Loop {
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    slots: Arc<Semaphore>,
-    in_flight: InFlight,
-    slot_freed: Arc<Notify>,
-}
-
 impl DeliveryWorker {
     pub(crate) fn start(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        let lp = Loop {
-            slots: Arc::new(Semaphore::new(shared.config.max_concurrency.max(1))),
+        let (record_tx, record_rx) = mpsc::channel(RECORD_BATCH * 4);
+        tracker.spawn(record_loop(shared.clone(), record_rx));
+        let cfg = shared.config.clone();
+        let per = cfg.per_endpoint_concurrency.max(1);
+        // How many rows one webhook may hold locally: enough to keep its
+        // slots busy between claims, few enough that the last one is
+        // attempted long before its lease ends (each round takes at most
+        // `request_timeout`).
+        let rounds = (cfg.lease.as_secs_f64()
+            / (2.0 * cfg.request_timeout.as_secs_f64().max(0.001)))
+        .floor()
+        .clamp(1.0, 4.0) as usize;
+        let dispatcher = Arc::new(Dispatcher {
             shared,
             stop: stop.clone(),
             tracker: tracker.clone(),
-            in_flight: Arc::default(),
-            slot_freed: Arc::new(Notify::new()),
-        };
-        let task = tokio::spawn(lp.run());
+            slots: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
+            state: Mutex::default(),
+            slot_freed: Notify::new(),
+            per,
+            hold: per * rounds,
+            records: record_tx,
+        });
+        let task = tokio::spawn(dispatcher.run());
         DeliveryWorker {
             stop,
             task,
@@ -94,8 +100,57 @@ impl DeliveryWorker {
     }
 }
 
-impl Loop {
-    async fn run(self) {
+#[derive(Default)]
+struct State {
+    queued: HashMap<Uuid, VecDeque<ClaimedDelivery>>,
+    running: HashMap<Uuid, usize>,
+    queued_total: usize,
+}
+
+impl State {
+    fn held(&self, webhook: &Uuid) -> usize {
+        self.queued.get(webhook).map_or(0, VecDeque::len)
+            + self.running.get(webhook).copied().unwrap_or(0)
+    }
+
+    fn pop(&mut self, webhook: &Uuid) -> Option<ClaimedDelivery> {
+        let q = self.queued.get_mut(webhook)?;
+        let row = q.pop_front();
+        if q.is_empty() {
+            self.queued.remove(webhook);
+        }
+        if row.is_some() {
+            self.queued_total -= 1;
+        }
+        row
+    }
+
+    /// Whether a webhook other than `me` has rows waiting for a free slot.
+    fn others_waiting(&self, me: &Uuid, per: usize) -> bool {
+        self.queued
+            .keys()
+            .any(|w| w != me && self.running.get(w).copied().unwrap_or(0) < per)
+    }
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    slots: Arc<Semaphore>,
+    state: Mutex<State>,
+    slot_freed: Notify,
+    per: usize,
+    hold: usize,
+    records: mpsc::Sender<AttemptRecord>,
+}
+
+impl Dispatcher {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run(self: Arc<Self>) {
         let cfg = &self.shared.config;
         match self
             .shared
@@ -127,8 +182,9 @@ impl Loop {
                     self.shared.metrics.queue_depth(depth);
                 }
             }
-            let claimed = self.claim_and_spawn().await;
-            if claimed > 0 && self.slots.available_permits() > 0 {
+            let claimed = self.claim().await;
+            self.dispatch();
+            if claimed > 0 {
                 continue;
             }
             tokio::select! {
@@ -138,7 +194,7 @@ impl Loop {
                 () = tokio::time::sleep(cfg.poll_interval) => {}
             }
         }
-        self.tracker.close();
+        self.release_queued().await;
     }
 
     async fn prune(&self) {
@@ -156,25 +212,31 @@ impl Loop {
         }
     }
 
-    /// Claims what fits and spawns attempts; returns how many were claimed.
-    async fn claim_and_spawn(&self) -> usize {
+    /// Claims due rows into the local queues; returns how many were kept.
+    async fn claim(&self) -> usize {
         let cfg = &self.shared.config;
-        let free = self.slots.available_permits();
-        if free == 0 {
+        let capacity = cfg.max_concurrency.max(1) * 2;
+        let (room, exclude) = {
+            let st = self.state();
+            let room = capacity.saturating_sub(st.queued_total);
+            let mut ids: Vec<Uuid> = st.queued.keys().chain(st.running.keys()).copied().collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let exclude: Vec<Uuid> = ids
+                .into_iter()
+                .filter(|w| st.held(w) >= self.hold)
+                .collect();
+            (room, exclude)
+        };
+        if room == 0 {
             return 0;
         }
-        let per = cfg.per_endpoint_concurrency.max(1);
-        let exclude: Vec<Uuid> = lock(&self.in_flight)
-            .iter()
-            .filter(|(_, n)| **n >= per)
-            .map(|(id, _)| *id)
-            .collect();
         let now = OffsetDateTime::now_utc();
         let lease = time::Duration::try_from(cfg.lease).unwrap_or(time::Duration::minutes(5));
         let request = ClaimRequest {
             now,
-            limit: u32::try_from(free).unwrap_or(u32::MAX).min(cfg.claim_batch),
-            per_webhook: u32::try_from(per).unwrap_or(u32::MAX),
+            limit: u32::try_from(room).unwrap_or(u32::MAX).min(cfg.claim_batch),
+            per_webhook: u32::try_from(self.hold).unwrap_or(u32::MAX),
             exclude,
             lease_until: now + lease,
             token: Uuid::new_v4(),
@@ -186,35 +248,18 @@ impl Loop {
                 return 0;
             }
         };
-        let n = rows.len();
+        let mut kept = 0;
         let mut give_back = Vec::new();
-        for row in rows {
-            let permit = {
-                let mut map = lock(&self.in_flight);
-                let count = map.entry(row.webhook_id).or_insert(0);
-                if *count >= per {
-                    None
+        {
+            let mut st = self.state();
+            for row in rows {
+                if st.held(&row.webhook_id) >= self.hold {
+                    give_back.push(row.id);
                 } else {
-                    match self.slots.clone().try_acquire_owned() {
-                        Ok(p) => {
-                            *count += 1;
-                            Some(p)
-                        }
-                        Err(_) => None,
-                    }
+                    st.queued_total += 1;
+                    st.queued.entry(row.webhook_id).or_default().push_back(row);
+                    kept += 1;
                 }
-            };
-            match permit {
-                Some(permit) => {
-                    let task = Attempt {
-                        shared: self.shared.clone(),
-                        in_flight: self.in_flight.clone(),
-                        slot_freed: self.slot_freed.clone(),
-                        _permit: permit,
-                    };
-                    self.tracker.spawn(task.run(row));
-                }
-                None => give_back.push(row.id),
             }
         }
         if !give_back.is_empty()
@@ -222,31 +267,81 @@ impl Loop {
         {
             tracing::warn!(%error, "releasing webhook deliveries failed; they return after the lease");
         }
-        n
+        kept
     }
-}
 
-/// One attempt's task; frees its slots when dropped.
-struct Attempt {
-    shared: Arc<Shared>,
-    in_flight: InFlight,
-    slot_freed: Arc<Notify>,
-    _permit: OwnedSemaphorePermit,
-}
+    /// Starts attempts for queued rows while slots are free.
+    fn dispatch(self: &Arc<Self>) {
+        let mut st = self.state();
+        let webhooks: Vec<Uuid> = st.queued.keys().copied().collect();
+        for w in webhooks {
+            while st.running.get(&w).copied().unwrap_or(0) < self.per {
+                let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                    return;
+                };
+                let Some(row) = st.pop(&w) else {
+                    break;
+                };
+                *st.running.entry(w).or_insert(0) += 1;
+                self.tracker.spawn(self.clone().attempts(row, permit));
+            }
+        }
+    }
 
-impl Attempt {
-    async fn run(self, row: ClaimedDelivery) {
-        self.attempt(&row).await;
-        {
-            let mut map = lock(&self.in_flight);
-            if let Some(c) = map.get_mut(&row.webhook_id) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    map.remove(&row.webhook_id);
+    /// Runs attempts for one webhook: `row`, then its queued successors
+    /// while no other webhook waits for a slot.
+    async fn attempts(self: Arc<Self>, mut row: ClaimedDelivery, _permit: OwnedSemaphorePermit) {
+        let webhook_id = row.webhook_id;
+        loop {
+            self.attempt(&row).await;
+            let mut st = self.state();
+            let next = if self.stop.is_cancelled()
+                || (self.slots.available_permits() == 0 && st.others_waiting(&webhook_id, self.per))
+            {
+                None
+            } else {
+                st.pop(&webhook_id)
+            };
+            // Running low: let the dispatcher claim more for this webhook.
+            let low = st.queued.get(&webhook_id).map_or(0, VecDeque::len) < self.per;
+            match next {
+                Some(n) => {
+                    row = n;
+                    drop(st);
+                    if low {
+                        self.slot_freed.notify_one();
+                    }
+                }
+                None => {
+                    if let Some(c) = st.running.get_mut(&webhook_id) {
+                        *c = c.saturating_sub(1);
+                        if *c == 0 {
+                            st.running.remove(&webhook_id);
+                        }
+                    }
+                    drop(st);
+                    self.slot_freed.notify_one();
+                    return;
                 }
             }
         }
-        self.slot_freed.notify_one();
+    }
+
+    async fn release_queued(&self) {
+        let rows: Vec<ClaimedDelivery> = {
+            let mut st = self.state();
+            st.queued_total = 0;
+            st.queued.drain().flat_map(|(_, q)| q).collect()
+        };
+        let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for r in rows {
+            by_token.entry(r.claim_token).or_default().push(r.id);
+        }
+        for (token, ids) in by_token {
+            if let Err(error) = self.shared.store.release(&ids, token).await {
+                tracing::warn!(%error, "releasing queued deliveries at shutdown failed");
+            }
+        }
     }
 
     async fn webhook(&self, id: Uuid) -> Option<Arc<Webhook>> {
@@ -270,6 +365,14 @@ impl Attempt {
             // claim expires and the row, if any, comes back.
             return;
         };
+        if !webhook.active {
+            // Disabled since the claim (410, too many dead deliveries, the
+            // API): hand the row back untouched.
+            if let Err(error) = shared.store.release(&[row.id], row.claim_token).await {
+                tracing::warn!(%error, "releasing a delivery of a disabled webhook failed");
+            }
+            return;
+        }
         let attempt = row.attempts + 1;
         let exchange = send(
             shared,
@@ -281,7 +384,7 @@ impl Attempt {
         )
         .await;
         let outcome = decide(&shared.config, &exchange, attempt, webhook.max_retries);
-        self.observe(&webhook, row, &exchange, outcome, attempt);
+        observe(shared, &webhook, row, &exchange, outcome, attempt);
         let record = AttemptRecord {
             delivery_id: row.id,
             webhook_id: row.webhook_id,
@@ -294,75 +397,87 @@ impl Attempt {
             outcome,
             disable_after_dead: shared.config.disable_after_dead,
         };
-        let mut tries = 0;
-        let effect = loop {
-            match shared.store.complete_attempt(&record).await {
-                Ok(effect) => break Some(effect),
+        // Recorded in the background: the next attempt need not wait for
+        // this one's transaction. Until it commits the claim protects the
+        // row; if the process dies first, the row is sent again.
+        let _ = self.records.send(record).await;
+    }
+}
+
+/// Writes attempt results in batches: whatever arrived while the previous
+/// transaction ran goes into the next one.
+async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
+    let mut batch: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let mut tries = 0u64;
+        let effects = loop {
+            match shared.store.complete_attempts(&batch).await {
+                Ok(effects) => break effects,
                 Err(error) if tries < 3 => {
                     tries += 1;
-                    tracing::warn!(%error, "recording webhook attempt failed; retrying");
+                    tracing::warn!(%error, "recording webhook attempts failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * tries)).await;
                 }
                 Err(error) => {
-                    // The claim expires and the delivery is sent again:
+                    // The claims expire and the deliveries are sent again:
                     // at-least-once.
-                    tracing::error!(%error, delivery_id = %row.id, "recording webhook attempt failed");
-                    break None;
+                    tracing::error!(%error, attempts = batch.len(), "recording webhook attempts failed");
+                    break Vec::new();
                 }
             }
         };
-        if let Some(effect) = effect {
+        let mut disabled = false;
+        for (record, effect) in batch.iter().zip(&effects) {
             if effect.lost_claim {
-                tracing::warn!(delivery_id = %row.id, "webhook claim expired before the attempt was recorded");
+                tracing::warn!(delivery_id = %record.delivery_id, "webhook claim expired before the attempt was recorded");
             }
             if effect.webhook_disabled {
-                tracing::warn!(
-                    webhook_id = %webhook.id,
-                    host = %host_of(&webhook.url),
-                    "webhook disabled"
-                );
-                shared.refresh_index().await;
+                tracing::warn!(webhook_id = %record.webhook_id, "webhook disabled");
+                disabled = true;
             }
         }
+        if disabled {
+            shared.refresh_index().await;
+        }
+        batch.clear();
     }
+}
 
-    fn observe(
-        &self,
-        webhook: &Webhook,
-        row: &ClaimedDelivery,
-        exchange: &Exchange,
-        outcome: AttemptOutcome,
-        attempt: u32,
-    ) {
-        let metrics = &self.shared.metrics;
-        let host = host_of(&webhook.url);
-        match outcome {
-            AttemptOutcome::Succeeded => {
-                metrics.attempt("success");
-                let queued_ms =
-                    (OffsetDateTime::now_utc() - row.created_at).as_seconds_f64() * 1000.0;
-                metrics.latency_ms(queued_ms.max(0.0));
-                tracing::debug!(delivery_id = %row.id, %host, attempt, "webhook delivered");
-            }
-            AttemptOutcome::Retry(_) => {
-                metrics.attempt("retry");
-                tracing::debug!(
-                    delivery_id = %row.id, %host, attempt,
-                    error = exchange.error.as_deref().unwrap_or(""),
-                    "webhook attempt failed; will retry"
-                );
-            }
-            AttemptOutcome::Dead | AttemptOutcome::Gone | AttemptOutcome::FailedOnce => {
-                metrics.attempt("failed");
-                tracing::warn!(
-                    delivery_id = %row.id,
-                    webhook_id = %webhook.id,
-                    %host,
-                    attempt,
-                    error = exchange.error.as_deref().unwrap_or(""),
-                    "webhook delivery dead"
-                );
-            }
+fn observe(
+    shared: &Shared,
+    webhook: &Webhook,
+    row: &ClaimedDelivery,
+    exchange: &Exchange,
+    outcome: AttemptOutcome,
+    attempt: u32,
+) {
+    let metrics = &shared.metrics;
+    match outcome {
+        AttemptOutcome::Succeeded => {
+            metrics.attempt("success");
+            let queued_ms = (OffsetDateTime::now_utc() - row.created_at).as_seconds_f64() * 1000.0;
+            metrics.latency_ms(queued_ms.max(0.0));
+        }
+        AttemptOutcome::Retry(_) => {
+            metrics.attempt("retry");
+            tracing::debug!(
+                delivery_id = %row.id,
+                host = %host_of(&webhook.url),
+                attempt,
+                error = exchange.error.as_deref().unwrap_or(""),
+                "webhook attempt failed; will retry"
+            );
+        }
+        AttemptOutcome::Dead | AttemptOutcome::Gone | AttemptOutcome::FailedOnce => {
+            metrics.attempt("failed");
+            tracing::warn!(
+                delivery_id = %row.id,
+                webhook_id = %webhook.id,
+                host = %host_of(&webhook.url),
+                attempt,
+                error = exchange.error.as_deref().unwrap_or(""),
+                "webhook delivery dead"
+            );
         }
     }
 }

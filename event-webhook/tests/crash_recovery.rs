@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::receiver::{Receiver, Reply};
+use common::receiver::{Receiver, Recorded, Reply};
 use common::{eventually, postgres_url};
 use event_webhook::model::{DeliveryStatus, NewDelivery, Webhook};
 use event_webhook::store::WebhookStore;
@@ -66,8 +66,8 @@ async fn queue(store: &Arc<dyn WebhookStore>, url: String) -> (Uuid, HashSet<Str
     (w.id, ids)
 }
 
-fn received_ids(rx: &Receiver) -> HashSet<String> {
-    rx.requests()
+fn ids_of(requests: &[Recorded]) -> HashSet<String> {
+    requests
         .iter()
         .filter_map(|r| r.header("webhook-id").map(str::to_owned))
         .collect()
@@ -95,8 +95,14 @@ async fn kill_and_recover(store: Arc<dyn WebhookStore>, database_url: &str, leas
     );
 
     let mut second = spawn_worker(database_url, lease_ms);
-    rx.wait_until(Duration::from_secs(120), |_| received_ids(&rx).len() >= N)
-        .await;
+    let mut seen = HashSet::new();
+    let mut scanned = 0;
+    rx.wait_until(Duration::from_secs(120), |r| {
+        seen.extend(ids_of(&r[scanned..]));
+        scanned = r.len();
+        seen.len() >= N
+    })
+    .await;
     eventually(Duration::from_secs(60), || async {
         store
             .list_deliveries(webhook_id, Some(DeliveryStatus::Succeeded), N as u32)
@@ -108,7 +114,11 @@ async fn kill_and_recover(store: Arc<dyn WebhookStore>, database_url: &str, leas
     .await;
     second.kill().unwrap();
     second.wait().unwrap();
-    assert_eq!(received_ids(&rx), expected, "every event at least once");
+    assert_eq!(
+        ids_of(&rx.requests()),
+        expected,
+        "every event at least once"
+    );
     assert_eq!(store.queue_depth().await.unwrap(), 0);
 }
 

@@ -104,8 +104,19 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Gives claimed rows back unattempted.
     async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()>;
 
-    /// Records an attempt and the delivery's new state in one transaction.
-    async fn complete_attempt(&self, record: &AttemptRecord) -> Result<AttemptEffect>;
+    /// Records attempts and their deliveries' new states, all in one
+    /// transaction. A record whose claim was lost writes nothing and reports
+    /// [`AttemptEffect::lost_claim`].
+    async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>>;
+
+    /// Records one attempt (see [`complete_attempts`](Self::complete_attempts)).
+    async fn complete_attempt(&self, record: &AttemptRecord) -> Result<AttemptEffect> {
+        let effects = self.complete_attempts(std::slice::from_ref(record)).await?;
+        effects
+            .into_iter()
+            .next()
+            .ok_or_else(|| WebhookError::Corrupt("no effect for a recorded attempt".to_owned()))
+    }
 
     /// Frees the claims of dead processes; returns how many rows were freed.
     async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64>;

@@ -412,104 +412,14 @@ impl WebhookStore for PostgresStore {
         Ok(())
     }
 
-    async fn complete_attempt(&self, r: &AttemptRecord) -> Result<AttemptEffect> {
-        let (status, next_at, delivered_at) = outcome_columns(r);
+    async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, \
-             last_status_code = $4, last_error = $5, delivered_at = $6, claimed_until = NULL, \
-             claim_token = NULL WHERE id = $7 AND claim_token = $8",
-        )
-        .bind(status.as_str())
-        .bind(i32_of(r.attempt))
-        .bind(next_at)
-        .bind(r.status_code.map(i32::from))
-        .bind(&r.error)
-        .bind(delivered_at)
-        .bind(r.delivery_id)
-        .bind(r.claim_token)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(AttemptEffect {
-                lost_claim: true,
-                webhook_disabled: false,
-            });
+        let mut effects = Vec::with_capacity(records.len());
+        for r in records {
+            effects.push(record_attempt(&mut tx, r).await?);
         }
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
-             error) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(r.delivery_id)
-        .bind(i32_of(r.attempt))
-        .bind(r.started_at)
-        .bind(r.duration_ms as i64)
-        .bind(r.status_code.map(i32::from))
-        .bind(&r.error)
-        .execute(&mut *tx)
-        .await?;
-        let now = r.started_at;
-        let webhook_disabled = match r.outcome {
-            AttemptOutcome::Succeeded => {
-                sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = $1, failure_count = 0 WHERE id = $2",
-                )
-                .bind(now)
-                .bind(r.webhook_id)
-                .execute(&mut *tx)
-                .await?;
-                false
-            }
-            AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
-                sqlx::query("UPDATE webhooks SET last_triggered_at = $1 WHERE id = $2")
-                    .bind(now)
-                    .bind(r.webhook_id)
-                    .execute(&mut *tx)
-                    .await?;
-                false
-            }
-            AttemptOutcome::Gone => {
-                sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = $1, active = FALSE, \
-                     disabled_reason = $2, updated_at = $1 WHERE id = $3",
-                )
-                .bind(now)
-                .bind(GONE_REASON)
-                .bind(r.webhook_id)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
-            AttemptOutcome::Dead => {
-                let limit = i32_of(r.disable_after_dead);
-                let row = sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = $1, failure_count = failure_count + 1, \
-                     active = CASE WHEN failure_count + 1 >= $2 THEN FALSE ELSE active END, \
-                     disabled_reason = CASE WHEN active AND failure_count + 1 >= $2 \
-                     THEN $3 ELSE disabled_reason END, updated_at = $1 \
-                     WHERE id = $4 RETURNING active, failure_count",
-                )
-                .bind(now)
-                .bind(limit)
-                .bind(dead_streak_reason(r.disable_after_dead))
-                .bind(r.webhook_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match row {
-                    Some(row) => {
-                        let active: bool = row.try_get("active")?;
-                        let count: i32 = row.try_get("failure_count")?;
-                        !active && count == limit
-                    }
-                    None => false,
-                }
-            }
-        };
         tx.commit().await?;
-        Ok(AttemptEffect {
-            lost_claim: false,
-            webhook_disabled,
-        })
+        Ok(effects)
     }
 
     async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64> {
@@ -542,4 +452,106 @@ impl WebhookStore for PostgresStore {
         .await?;
         Ok(n.max(0) as u64)
     }
+}
+
+/// Records one attempt inside a transaction; a lost claim writes nothing.
+async fn record_attempt(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    r: &AttemptRecord,
+) -> Result<AttemptEffect> {
+    let (status, next_at, delivered_at) = outcome_columns(r);
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, \
+         last_status_code = $4, last_error = $5, delivered_at = $6, claimed_until = NULL, \
+         claim_token = NULL WHERE id = $7 AND claim_token = $8",
+    )
+    .bind(status.as_str())
+    .bind(i32_of(r.attempt))
+    .bind(next_at)
+    .bind(r.status_code.map(i32::from))
+    .bind(&r.error)
+    .bind(delivered_at)
+    .bind(r.delivery_id)
+    .bind(r.claim_token)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(AttemptEffect {
+            lost_claim: true,
+            webhook_disabled: false,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+         error) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(r.delivery_id)
+    .bind(i32_of(r.attempt))
+    .bind(r.started_at)
+    .bind(r.duration_ms as i64)
+    .bind(r.status_code.map(i32::from))
+    .bind(&r.error)
+    .execute(&mut **tx)
+    .await?;
+    let now = r.started_at;
+    let webhook_disabled = match r.outcome {
+        AttemptOutcome::Succeeded => {
+            sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = $1, failure_count = 0 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(r.webhook_id)
+            .execute(&mut **tx)
+            .await?;
+            false
+        }
+        AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
+            sqlx::query("UPDATE webhooks SET last_triggered_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(r.webhook_id)
+                .execute(&mut **tx)
+                .await?;
+            false
+        }
+        AttemptOutcome::Gone => {
+            sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = $1, active = FALSE, \
+                 disabled_reason = $2, updated_at = $1 WHERE id = $3",
+            )
+            .bind(now)
+            .bind(GONE_REASON)
+            .bind(r.webhook_id)
+            .execute(&mut **tx)
+            .await?;
+            true
+        }
+        AttemptOutcome::Dead => {
+            let limit = i32_of(r.disable_after_dead);
+            let row = sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = $1, failure_count = failure_count + 1, \
+                 active = CASE WHEN failure_count + 1 >= $2 THEN FALSE ELSE active END, \
+                 disabled_reason = CASE WHEN active AND failure_count + 1 >= $2 \
+                 THEN $3 ELSE disabled_reason END, updated_at = $1 \
+                 WHERE id = $4 RETURNING active, failure_count",
+            )
+            .bind(now)
+            .bind(limit)
+            .bind(dead_streak_reason(r.disable_after_dead))
+            .bind(r.webhook_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            match row {
+                Some(row) => {
+                    let active: bool = row.try_get("active")?;
+                    let count: i32 = row.try_get("failure_count")?;
+                    !active && count == limit
+                }
+                None => false,
+            }
+        }
+    };
+    Ok(AttemptEffect {
+        lost_claim: false,
+        webhook_disabled,
+    })
 }

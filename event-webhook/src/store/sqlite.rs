@@ -402,105 +402,14 @@ impl WebhookStore for SqliteStore {
         Ok(())
     }
 
-    async fn complete_attempt(&self, r: &AttemptRecord) -> Result<AttemptEffect> {
-        let (status, next_at, delivered_at) = outcome_columns(r);
+    async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
-             last_status_code = ?, last_error = ?, delivered_at = ?, claimed_until = NULL, \
-             claim_token = NULL WHERE id = ? AND claim_token = ?",
-        )
-        .bind(status.as_str())
-        .bind(i64::from(r.attempt))
-        .bind(next_at.map(ms))
-        .bind(r.status_code.map(i64::from))
-        .bind(&r.error)
-        .bind(delivered_at.map(ms))
-        .bind(r.delivery_id)
-        .bind(r.claim_token)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(AttemptEffect {
-                lost_claim: true,
-                webhook_disabled: false,
-            });
+        let mut effects = Vec::with_capacity(records.len());
+        for r in records {
+            effects.push(record_attempt(&mut tx, r).await?);
         }
-        sqlx::query(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
-             error) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(r.delivery_id)
-        .bind(i64::from(r.attempt))
-        .bind(ms(r.started_at))
-        .bind(r.duration_ms as i64)
-        .bind(r.status_code.map(i64::from))
-        .bind(&r.error)
-        .execute(&mut *tx)
-        .await?;
-        let now = ms(r.started_at);
-        let webhook_disabled = match r.outcome {
-            AttemptOutcome::Succeeded => {
-                sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = ?, failure_count = 0 WHERE id = ?",
-                )
-                .bind(now)
-                .bind(r.webhook_id)
-                .execute(&mut *tx)
-                .await?;
-                false
-            }
-            AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
-                sqlx::query("UPDATE webhooks SET last_triggered_at = ? WHERE id = ?")
-                    .bind(now)
-                    .bind(r.webhook_id)
-                    .execute(&mut *tx)
-                    .await?;
-                false
-            }
-            AttemptOutcome::Gone => {
-                sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = ?, active = 0, disabled_reason = ?, \
-                     updated_at = ? WHERE id = ?",
-                )
-                .bind(now)
-                .bind(GONE_REASON)
-                .bind(now)
-                .bind(r.webhook_id)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
-            AttemptOutcome::Dead => {
-                let limit = i64::from(r.disable_after_dead);
-                let row = sqlx::query(
-                    "UPDATE webhooks SET last_triggered_at = ?1, failure_count = failure_count + 1, \
-                     active = CASE WHEN failure_count + 1 >= ?2 THEN 0 ELSE active END, \
-                     disabled_reason = CASE WHEN active = 1 AND failure_count + 1 >= ?2 \
-                     THEN ?3 ELSE disabled_reason END, updated_at = ?1 \
-                     WHERE id = ?4 RETURNING active, failure_count",
-                )
-                .bind(now)
-                .bind(limit)
-                .bind(dead_streak_reason(r.disable_after_dead))
-                .bind(r.webhook_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match row {
-                    Some(row) => {
-                        let active: bool = row.try_get("active")?;
-                        let count: i64 = row.try_get("failure_count")?;
-                        !active && count == limit
-                    }
-                    None => false,
-                }
-            }
-        };
         tx.commit().await?;
-        Ok(AttemptEffect {
-            lost_claim: false,
-            webhook_disabled,
-        })
+        Ok(effects)
     }
 
     async fn recover_in_flight(&self, _now: OffsetDateTime) -> Result<u64> {
@@ -533,4 +442,107 @@ impl WebhookStore for SqliteStore {
         .await?;
         Ok(n.max(0) as u64)
     }
+}
+
+/// Records one attempt inside a transaction; a lost claim writes nothing.
+async fn record_attempt(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    r: &AttemptRecord,
+) -> Result<AttemptEffect> {
+    let (status, next_at, delivered_at) = outcome_columns(r);
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
+         last_status_code = ?, last_error = ?, delivered_at = ?, claimed_until = NULL, \
+         claim_token = NULL WHERE id = ? AND claim_token = ?",
+    )
+    .bind(status.as_str())
+    .bind(i64::from(r.attempt))
+    .bind(next_at.map(ms))
+    .bind(r.status_code.map(i64::from))
+    .bind(&r.error)
+    .bind(delivered_at.map(ms))
+    .bind(r.delivery_id)
+    .bind(r.claim_token)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(AttemptEffect {
+            lost_claim: true,
+            webhook_disabled: false,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+         error) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.delivery_id)
+    .bind(i64::from(r.attempt))
+    .bind(ms(r.started_at))
+    .bind(r.duration_ms as i64)
+    .bind(r.status_code.map(i64::from))
+    .bind(&r.error)
+    .execute(&mut **tx)
+    .await?;
+    let now = ms(r.started_at);
+    let webhook_disabled = match r.outcome {
+        AttemptOutcome::Succeeded => {
+            sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = ?, failure_count = 0 WHERE id = ?",
+            )
+            .bind(now)
+            .bind(r.webhook_id)
+            .execute(&mut **tx)
+            .await?;
+            false
+        }
+        AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
+            sqlx::query("UPDATE webhooks SET last_triggered_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(r.webhook_id)
+                .execute(&mut **tx)
+                .await?;
+            false
+        }
+        AttemptOutcome::Gone => {
+            sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = ?, active = 0, disabled_reason = ?, \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(now)
+            .bind(GONE_REASON)
+            .bind(now)
+            .bind(r.webhook_id)
+            .execute(&mut **tx)
+            .await?;
+            true
+        }
+        AttemptOutcome::Dead => {
+            let limit = i64::from(r.disable_after_dead);
+            let row = sqlx::query(
+                "UPDATE webhooks SET last_triggered_at = ?1, failure_count = failure_count + 1, \
+                 active = CASE WHEN failure_count + 1 >= ?2 THEN 0 ELSE active END, \
+                 disabled_reason = CASE WHEN active = 1 AND failure_count + 1 >= ?2 \
+                 THEN ?3 ELSE disabled_reason END, updated_at = ?1 \
+                 WHERE id = ?4 RETURNING active, failure_count",
+            )
+            .bind(now)
+            .bind(limit)
+            .bind(dead_streak_reason(r.disable_after_dead))
+            .bind(r.webhook_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            match row {
+                Some(row) => {
+                    let active: bool = row.try_get("active")?;
+                    let count: i64 = row.try_get("failure_count")?;
+                    !active && count == limit
+                }
+                None => false,
+            }
+        }
+    };
+    Ok(AttemptEffect {
+        lost_claim: false,
+        webhook_disabled,
+    })
 }

@@ -175,9 +175,10 @@ impl Receiver {
         let mut count = self.count.clone();
         let result = tokio::time::timeout(timeout, async {
             loop {
-                let reqs = self.requests();
-                if pred(&reqs) {
-                    return reqs;
+                // Judge under the lock: cloning every request on every
+                // change would make long runs quadratic.
+                if pred(&self.inner.lock().unwrap().requests) {
+                    return self.requests();
                 }
                 count.changed().await.unwrap();
             }
