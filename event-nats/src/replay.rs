@@ -81,7 +81,7 @@ impl NatsCluster {
                 limit: shared.config.max_replay,
             });
         }
-        let mut messages = self
+        let (mut messages, _consumer) = self
             .ordered(
                 DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
@@ -139,7 +139,7 @@ impl NatsCluster {
         if info.state.last_timestamp < made_at - window {
             return Err(unknown());
         }
-        let mut headers = self
+        let (mut headers, _consumer) = self
             .ordered(
                 DeliverPolicy::ByStartTime {
                     start_time: made_at - window,
@@ -164,11 +164,14 @@ impl NatsCluster {
         Err(unknown())
     }
 
+    /// An ordered consumer for one replay. It is deleted when the returned
+    /// guard drops, rather than lingering until the server's inactivity
+    /// timeout.
     async fn ordered(
         &self,
         deliver_policy: DeliverPolicy,
         headers_only: bool,
-    ) -> Result<pull::Ordered, Error> {
+    ) -> Result<(pull::Ordered, ConsumerGuard), Error> {
         let consumer = self
             .shared()
             .stream
@@ -179,9 +182,34 @@ impl NatsCluster {
             })
             .await
             .map_err(|e| Error::Replay(e.to_string()))?;
-        consumer
+        let guard = ConsumerGuard {
+            stream: self.shared().stream.clone(),
+            name: consumer.cached_info().name.clone(),
+        };
+        let messages = consumer
             .messages()
             .await
-            .map_err(|e| Error::Replay(e.to_string()))
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        Ok((messages, guard))
+    }
+}
+
+/// Deletes a replay's consumer in the background when dropped.
+struct ConsumerGuard {
+    stream: async_nats::jetstream::stream::Stream,
+    name: String,
+}
+
+impl Drop for ConsumerGuard {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        let name = std::mem::take(&mut self.name);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = stream.delete_consumer(&name).await {
+                    tracing::debug!(%error, consumer = %name, "could not delete a replay consumer");
+                }
+            });
+        }
     }
 }
