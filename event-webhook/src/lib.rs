@@ -1,4 +1,118 @@
-//! event-webhook (docs to come).
+//! # event-webhook
+//!
+//! Signed, retried, durable outbound webhooks for matric's event bus, with
+//! the REST API of PROTOCOL §4 and a SQL store (SQLite by default,
+//! PostgreSQL with the `postgres` feature). Modelled on Svix and the
+//! Standard Webhooks specification.
+//!
+//! ## How it works
+//!
+//! ```text
+//!  EventBus ─► WebhookSink ──(one transaction per batch)──► deliveries table
+//!               │ in-memory subscriber index                    │ claim (lease)
+//!  REST API ────┘ (reloaded on every change)                    ▼
+//!                                                   DeliveryWorker ─► HTTP POST
+//!                                                   retries, 410, dead, prune
+//! ```
+//!
+//! * **Registration** (`/api/v1/webhooks`): the URL must be `http(s)`, at
+//!   most 2,048 characters, and pass the [SSRF guard](ssrf); the secret is
+//!   returned once, at creation (generated as `whsec_` + 32 random bytes
+//!   base64 when absent) and is never listed or logged; neither are full
+//!   URLs (logs carry the host only). Every route needs an admin principal
+//!   from the host's [`Authenticator`](event_core::Authenticator).
+//! * **Queueing**: the [sink](WebhookSink) finds subscribers in memory (no
+//!   query per event), renders each event's body once, and writes one row
+//!   per (event, webhook) in a single transaction per batch *before*
+//!   acknowledging it. A crash loses nothing.
+//! * **Delivery**: the [worker](DeliveryWorker) claims due rows under a
+//!   lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several instances share
+//!   one queue; SQLite: one worker process per database), with a global and
+//!   a per-endpoint concurrency limit. 2xx succeeds; 3xx fails (redirects
+//!   are not followed); 410 disables the webhook; anything else, and
+//!   timeouts, retry after 1 s, 5 s, 25 s, 125 s (±10 % jitter,
+//!   `Retry-After` honoured up to a cap), then the delivery is `dead`. Ten
+//!   dead deliveries in a row disable the webhook. Claims of a dead process
+//!   are recovered at start-up; succeeded rows are pruned after 7 days.
+//! * **Signing** ([`signing`]): `X-Matric-Signature: sha256=<hex>` (header
+//!   name configurable) and the Standard Webhooks headers `webhook-id`,
+//!   `webhook-timestamp`, `webhook-signature`. Receivers check either with
+//!   [`verify`].
+//!
+//! ## Host wiring
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use event_core::{AllowAnonymous, EventBus, JobQueued, SinkRunner};
+//! use event_webhook::{WebhookConfig, Webhooks};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // `DATABASE_URL` picks the engine: `sqlite://…` or `postgres://…`.
+//! let webhooks = Webhooks::connect(
+//!     "sqlite::memory:",
+//!     Arc::new(AllowAnonymous),
+//!     WebhookConfig::default(),
+//! )
+//! .await?;
+//!
+//! // The REST API, merged into the host's router.
+//! let app: axum::Router = axum::Router::new().merge(webhooks.router());
+//!
+//! // The sink on the bus, and the worker sending what it queues.
+//! let bus = EventBus::default();
+//! let mut runner = SinkRunner::new(&bus);
+//! runner.register(webhooks.sink());
+//! let shutdown = CancellationToken::new();
+//! let worker = webhooks.start_worker(shutdown.clone());
+//!
+//! bus.publish(JobQueued {
+//!     job_id: uuid::Uuid::now_v7(),
+//!     job_type: "Embedding".into(),
+//!     note_id: None,
+//! }); // no webhook registered yet: nothing is queued
+//!
+//! # drop(app);
+//! // Graceful shutdown: drain the sink, then stop the worker.
+//! runner.shutdown(Duration::from_secs(5)).await;
+//! shutdown.cancel();
+//! assert!(worker.shutdown(Duration::from_secs(5)).await);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Verifying a delivery (receiver side)
+//!
+//! ```
+//! use event_webhook::signing::{matric_signature, standard_signature};
+//!
+//! let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+//! let body = br#"{"id":"e1","event":"JobQueued","timestamp":"2026-01-01T00:00:00.000Z","data":{}}"#;
+//! let now = time::OffsetDateTime::now_utc().unix_timestamp();
+//!
+//! // What a delivery carries…
+//! let mut headers = http::HeaderMap::new();
+//! headers.insert("webhook-id", "e1".parse()?);
+//! headers.insert("webhook-timestamp", now.to_string().parse()?);
+//! headers.insert("webhook-signature", standard_signature(secret, "e1", now, body).parse()?);
+//! headers.insert("x-matric-signature", matric_signature(secret, body).parse()?);
+//!
+//! // …and the check a receiver makes (either scheme, 5-minute tolerance).
+//! event_webhook::verify(secret, &headers, body)?;
+//! assert!(event_webhook::verify(secret, &headers, b"tampered").is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Configuration
+//!
+//! [`WebhookConfig`]'s `Default` is PROTOCOL §4. Tests and local setups that
+//! deliver to loopback must allow it explicitly
+//! (`allow_cidrs: vec!["127.0.0.0/8".parse()?]`). The process-wide rustls
+//! provider (ring) is installed by [`http_client`] if the host has not
+//! installed one.
 
 pub mod api;
 pub mod client;
