@@ -25,7 +25,7 @@ fn rfc3339_opt<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok,
 ///
 /// The secret is part of the struct (the worker signs with it) but is never
 /// serialized and never printed by `Debug`; the API shows it once, at
-/// creation, through [`CreatedWebhook`].
+/// creation, through [`WebhookJson::with_secret`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Webhook {
     /// The webhook's id.

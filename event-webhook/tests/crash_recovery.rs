@@ -148,4 +148,5 @@ async fn postgres_worker_killed_mid_queue_loses_nothing() {
     // PostgreSQL workers may share a queue, so claims of the dead process
     // come back only when their lease expires: keep it short here.
     kill_and_recover(store, &url, 1_000).await;
+    common::drop_schema(&schema).await;
 }

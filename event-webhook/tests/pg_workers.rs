@@ -115,4 +115,5 @@ async fn two_workers_share_one_queue_without_double_sending() {
             && per_worker.get("worker-b").is_some_and(|n| *n > 0),
         "both workers took part: {per_worker:?}"
     );
+    common::drop_schema(&schema).await;
 }

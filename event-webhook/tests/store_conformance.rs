@@ -572,8 +572,11 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    let Some(store) = super::common::postgres_store().await else { return };
+                    let Some((store, schema)) = super::common::postgres_store().await else {
+                        return;
+                    };
                     super::$name(store).await;
+                    super::common::drop_schema(&schema).await;
                 }
             )*
         }

@@ -40,16 +40,32 @@ pub fn fresh_schema() -> String {
     format!("wh_test_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// A fresh PostgreSQL store in its own schema, or `None` when PostgreSQL is
-/// not configured.
-pub async fn postgres_store() -> Option<Arc<dyn WebhookStore>> {
+/// A fresh PostgreSQL store in its own schema (and the schema's name, for
+/// [`drop_schema`]), or `None` when PostgreSQL is not configured.
+pub async fn postgres_store() -> Option<(Arc<dyn WebhookStore>, String)> {
     let url = postgres_url()?;
     let schema = fresh_schema();
-    Some(Arc::new(
-        event_webhook::store::PostgresStore::connect_in_schema(&url, &schema)
-            .await
-            .expect("postgres store"),
-    ))
+    let store = event_webhook::store::PostgresStore::connect_in_schema(&url, &schema)
+        .await
+        .expect("postgres store");
+    Some((Arc::new(store), schema))
+}
+
+/// Removes a test schema (best effort: a failed test leaves its schema for
+/// inspection).
+pub async fn drop_schema(schema: &str) {
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        return;
+    };
+    if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+    {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        pool.close().await;
+    }
 }
 
 use std::time::Duration;
