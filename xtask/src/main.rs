@@ -4,6 +4,9 @@
 //!   each workspace member's tests on their own (so a crate that only compiles
 //!   inside the workspace is caught), the host's single-feature builds, then
 //!   the doc tests.
+//! * `demo` — the server and the demo clients together (see `demo.rs`).
+
+mod demo;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -12,6 +15,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("demo") => demo::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -34,6 +38,7 @@ fn print_help() {
     println!(
         "  ci      fmt check, clippy -D warnings, each member's tests, feature builds, doc tests"
     );
+    println!("  demo    run the server with ws-tail, sse-tail, webhook-receiver and demo jobs");
 }
 
 /// The host's Cargo features, each of which must build on its own.
