@@ -55,8 +55,8 @@ impl Shared {
         }
         self.fallback.insert(event.id());
         self.origins.insert(event.id());
-        self.bus.publish_local(event);
         self.stats.local_only();
+        self.bus.publish_local(event);
     }
 }
 
