@@ -75,8 +75,12 @@ pub struct NatsConfig {
     /// Most events one [`crate::NatsCluster::replay_since`] returns; older
     /// cursors get [`Error::ReplayTooLong`] (→ resync).
     pub max_replay: usize,
-    /// Deadline of one replay from JetStream.
+    /// Deadline of one replay from JetStream (including the wait for a
+    /// replay slot).
     pub replay_timeout: Duration,
+    /// How many replays from JetStream run at once; more wait for a slot
+    /// (so a reconnect storm after a deploy does not flood NATS).
+    pub max_concurrent_replays: usize,
     /// How far around a UUID cursor's timestamp a replay looks for it in the
     /// stream (clock skew between instances and NATS).
     pub id_search_window: Duration,
@@ -100,6 +104,7 @@ impl Default for NatsConfig {
             warm_up: None,
             max_replay: 100_000,
             replay_timeout: Duration::from_secs(10),
+            max_concurrent_replays: 8,
             id_search_window: Duration::from_secs(60),
         }
     }
@@ -170,9 +175,10 @@ impl NatsConfig {
         if self.url.trim().is_empty() {
             return Err(Error::Config("NATS URL must not be empty".to_owned()));
         }
-        if self.publish_queue == 0 || self.max_replay == 0 {
+        if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
             return Err(Error::Config(
-                "publish_queue and max_replay must be at least 1".to_owned(),
+                "publish_queue, max_replay and max_concurrent_replays must be at least 1"
+                    .to_owned(),
             ));
         }
         Ok(())

@@ -55,6 +55,11 @@ impl NatsCluster {
         if !shared.state.is_connected() {
             return Err(Error::Disconnected);
         }
+        let _slot = shared
+            .replay_slots
+            .acquire()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
         let info = shared
             .stream
             .get_info()

@@ -416,3 +416,32 @@ async fn failed_publish_is_delivered_locally_not_lost() {
     a.shutdown(Duration::from_secs(2)).await;
     assert!(!event_nats::delete_stream(&config).await.unwrap());
 }
+
+#[tokio::test]
+async fn foreign_garbage_on_the_stream_is_skipped() {
+    let Some(url) = nats_url("foreign_garbage_on_the_stream_is_skipped") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let mut sub = a.bus().subscribe();
+
+    // Someone else publishes junk on one of the stream's subjects.
+    let client = async_nats::connect(url.as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish(config.subject_for("job.progress"), "not an event".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let next = a.bus().publish(progress(5));
+    let got = next_event(&mut sub, "after junk").await;
+    assert_eq!((got.id(), got.seq()), (next.id(), bus_seq(2)));
+    // Replays skip it too.
+    let replayed = a.replay_from_stream(&Cursor::Seq(0)).await.unwrap();
+    assert_eq!(identity(&replayed), identity(&[got]));
+
+    a.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(a.health().skipped, 1);
+    cleanup(&config).await;
+}
