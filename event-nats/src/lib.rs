@@ -69,7 +69,12 @@
 //! publish is in flight when the connection drops is retried (deduplicated
 //! by `Nats-Msg-Id`) and then delivered locally only; if it did reach the
 //! stream after all, the origin skips its copy and other instances get it.
-//! Also, NATS must be reachable when an instance starts.
+//! Also, NATS must be reachable when an instance starts, and at most
+//! `SEQ_STRIDE - 1` local-only events fit between two stream events (beyond
+//! that, later stream events are skipped and counted in
+//! `matric_nats_skipped{reason="out_of_order"}`). A gap in the stream (its
+//! retention removed events before this instance read them) is marked in
+//! the replay ring, so cursors before it resync instead of skipping it.
 //!
 //! ## Deployment: N instances behind a load balancer
 //!
@@ -93,8 +98,10 @@
 //!   queue, whose claiming gives each delivery to exactly one instance.
 //!   Every instance sees every event, so enqueue each event once: register
 //!   the webhook sink wrapped in [`NatsCluster::local_origin_only`] (only the
-//!   instance where the event was produced enqueues it), or make the
-//!   enqueue idempotent on `(webhook, event id)`.
+//!   instance where the event was produced enqueues it; an event whose
+//!   origin crashes between publishing and enqueueing gets no delivery), or,
+//!   more robust, let every instance enqueue and make the enqueue
+//!   idempotent on `(webhook, event id)`.
 //! * `/health` should include [`NatsCluster::health`]; the metrics
 //!   `matric_nats_connected`, `matric_nats_published{result}`,
 //!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
