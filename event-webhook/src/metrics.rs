@@ -11,6 +11,7 @@ pub struct WebhookMetrics {
     deliveries: Counter<u64>,
     queue_depth: Gauge<u64>,
     latency: Histogram<f64>,
+    dropped: Counter<u64>,
     transport: [KeyValue; 1],
 }
 
@@ -35,6 +36,7 @@ impl WebhookMetrics {
                 .with_description("Webhook deliveries waiting to be sent")
                 .build(),
             latency: names::latency_histogram(&meter),
+            dropped: names::dropped_counter(&meter),
             transport: [KeyValue::new("transport", "webhook")],
         }
     }
@@ -47,6 +49,11 @@ impl WebhookMetrics {
     /// Queue → receiver's response, in milliseconds.
     pub fn latency_ms(&self, ms: f64) {
         self.latency.record(ms, &self.transport);
+    }
+
+    /// The sink lost `n` events (it lagged behind the bus).
+    pub fn dropped(&self, n: u64) {
+        self.dropped.add(n, &[KeyValue::new("consumer", "webhook")]);
     }
 
     /// The current queue depth.

@@ -83,6 +83,12 @@ impl Webhooks {
     ) -> Result<Self> {
         let signature_header = HeaderName::from_bytes(config.signature_header.as_bytes())
             .map_err(|_| WebhookError::invalid("signature_header", "not a valid header name"))?;
+        if config.lease <= config.request_timeout {
+            return Err(WebhookError::invalid(
+                "lease",
+                "must exceed request_timeout (a claim must outlive its attempt)",
+            ));
+        }
         if config.retry_schedule.is_empty() {
             return Err(WebhookError::invalid("retry_schedule", "must not be empty"));
         }

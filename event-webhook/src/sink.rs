@@ -70,6 +70,15 @@ impl EventSink for WebhookSink {
         self.shared.index.has_subscribers(event.kind())
     }
 
+    async fn on_lag(&self, missed: u64) {
+        // Events the bus dropped before this sink saw them cannot be queued.
+        self.shared.metrics.dropped(missed);
+        tracing::error!(
+            missed,
+            "webhook sink fell behind the bus; events were not queued"
+        );
+    }
+
     async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError> {
         self.deliver_batch(vec![event]).await
     }

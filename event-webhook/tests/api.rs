@@ -367,3 +367,38 @@ async fn admin_principal_required_when_auth_is_enabled() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn inconsistent_configuration_is_refused() {
+    use event_webhook::{WebhookConfig, Webhooks};
+    let auth = Arc::new(event_core::AllowAnonymous);
+    for (config, field) in [
+        (
+            WebhookConfig {
+                signature_header: "bad header".into(),
+                ..fast_config()
+            },
+            "signature_header",
+        ),
+        (
+            WebhookConfig {
+                lease: std::time::Duration::from_secs(1),
+                ..fast_config()
+            },
+            "lease",
+        ),
+        (
+            WebhookConfig {
+                retry_schedule: vec![],
+                ..fast_config()
+            },
+            "retry_schedule",
+        ),
+    ] {
+        let err = Webhooks::new(sqlite_store().await, auth.clone(), config)
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(field), "{err}");
+    }
+}

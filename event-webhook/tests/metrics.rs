@@ -1,0 +1,105 @@
+//! Delivery outcomes are counted under the PROTOCOL §5 names.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::{Receiver, Reply};
+use common::{client, eventually, fast_config, serve_sqlite};
+use event_core::{EventBus, JobQueued, SinkRunner};
+use prometheus::{Encoder, TextEncoder};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn render(registry: &prometheus::Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn deliveries_counted_by_status_with_latency() {
+    // Installed before the service builds its instruments.
+    let registry = prometheus::Registry::new();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .without_target_info()
+        .without_units()
+        .build()
+        .unwrap();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(exporter)
+        .build();
+    opentelemetry::global::set_meter_provider(provider);
+
+    let (webhooks, base) = serve_sqlite(fast_config()).await;
+    let bus = EventBus::default();
+    let mut runner = SinkRunner::new(&bus);
+    runner.register(webhooks.sink());
+    let worker = webhooks.start_worker(CancellationToken::new());
+    let rx = Receiver::start().await;
+    rx.script("m", [Reply::status(500)]);
+    rx.default_reply("x", Reply::status(500));
+    for (url, retries) in [(rx.url("m"), 4), (rx.url("x"), 0)] {
+        let r = client()
+            .post(format!("{base}/api/v1/webhooks"))
+            .json(&json!({"url": url, "max_retries": retries}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    bus.publish(JobQueued {
+        job_id: uuid::Uuid::now_v7(),
+        job_type: "x".into(),
+        note_id: None,
+    });
+    // m: 500 then 200 (retry + success); x: 500 with no retries (failed).
+    eventually(Duration::from_secs(10), || async {
+        let text = render(&registry);
+        value(
+            &text,
+            r#"matric_webhook_deliveries_total{status="success"}"#,
+        ) >= 1.0
+            && value(&text, r#"matric_webhook_deliveries_total{status="failed"}"#) >= 1.0
+    })
+    .await;
+    let text = render(&registry);
+    assert_eq!(
+        value(&text, r#"matric_webhook_deliveries_total{status="retry"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"matric_webhook_deliveries_total{status="success"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, r#"matric_webhook_deliveries_total{status="failed"}"#),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            r#"matric_event_latency_ms_count{transport="webhook"}"#
+        ) >= 1.0,
+        "{text}"
+    );
+    runner.shutdown(Duration::from_secs(2)).await;
+    worker.shutdown(Duration::from_secs(2)).await;
+}
