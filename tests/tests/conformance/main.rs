@@ -11,5 +11,6 @@ mod failures;
 mod harness;
 mod hotm_sse;
 mod hotm_ws;
+mod properties;
 mod use_cases;
 mod wire;

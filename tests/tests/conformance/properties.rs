@@ -1,0 +1,491 @@
+//! Property tests for every parser that takes outside input: SSE filters
+//! (query strings), `Last-Event-ID`, WebSocket client messages, webhook
+//! registration bodies and publish bodies. For any input: no panic, no 5xx,
+//! no hang, and every refusal is the documented 4xx JSON
+//! `{"error","message"}`.
+//!
+//! Each property drives one shared server (started once) with a modest
+//! number of cases, so the suite stays quick on a 2-core machine.
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const NAMES: [&str; 16] = [
+    "QueueStatus",
+    "JobQueued",
+    "JobStarted",
+    "JobProgress",
+    "JobCompleted",
+    "JobFailed",
+    "NoteUpdated",
+    "queue.status",
+    "job.progress",
+    "note.updated",
+    "job",
+    "note",
+    "JOB",
+    "jobs",
+    "noteupdated",
+    "",
+];
+
+/// A runner with `cases` cases (`PROPTEST_CASES` overrides, for a longer
+/// local run), no persistence files.
+fn runner(cases: u32) -> TestRunner {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Text that stresses parsers: names, separators, escapes, unicode.
+fn nasty_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(NAMES.to_vec()).prop_map(str::to_owned),
+        proptest::collection::vec(proptest::sample::select(NAMES.to_vec()), 0..4)
+            .prop_map(|v| v.join(",")),
+        "[A-Za-z0-9._,%+-]{0,24}",
+        "\\PC{0,16}",
+        Just(uuid::Uuid::now_v7().to_string()),
+        "[0-9]{1,24}",
+        Just("%zz%0A%00".to_owned()),
+    ]
+}
+
+fn encode(s: &str) -> String {
+    // Mostly percent-encoded, but raw `%` junk is kept to hit the decoder.
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b',' | b'%' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Accepts a 2xx with `ok`, or the documented JSON error; refuses anything else.
+async fn check_answer(res: reqwest::Response, ok: u16) -> Result<Option<Value>, TestCaseError> {
+    let status = res.status().as_u16();
+    if status == ok {
+        return Ok(None);
+    }
+    prop_assert!(
+        (400..500).contains(&status),
+        "status {status} (only {ok} or a 4xx is acceptable)"
+    );
+    let ct = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    prop_assert!(ct.starts_with("application/json"), "content-type {ct:?}");
+    let body: Value = res
+        .json()
+        .await
+        .map_err(|e| TestCaseError::fail(format!("error body is not JSON: {e}")))?;
+    prop_assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    prop_assert!(body["message"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    Ok(Some(body))
+}
+
+#[test]
+fn sse_query_strings_never_fail_badly() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    let key = prop_oneof![
+        proptest::sample::select(vec![
+            "events",
+            "types",
+            "entity_id",
+            "format",
+            "heartbeat",
+            "memory",
+            "last_event_id",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_]{1,8}",
+    ];
+    let query = proptest::collection::vec((key, nasty_text()), 0..5);
+    let outcomes = Outcomes::default();
+    runner(40)
+        .run(&query, |pairs| {
+            rt.block_on(async {
+                let q: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .collect();
+                let url = server.url(&format!("/api/v1/events?{}", q.join("&")));
+                let res = tokio::time::timeout(WAIT, stream_client().get(&url).send())
+                    .await
+                    .map_err(|_| TestCaseError::fail(format!("{url}: no answer")))?
+                    .map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+                if res.status() == 200 {
+                    let mut sse = SseClient::from_response(res);
+                    let first = sse.frame_within(WAIT).await;
+                    prop_assert!(
+                        first.is_some_and(|f| f.retry.is_some()),
+                        "{url}: no retry frame"
+                    );
+                    outcomes.accepted();
+                } else {
+                    check_answer(res, 200).await?;
+                    outcomes.refused();
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    outcomes.assert_both("SSE query");
+}
+
+#[test]
+fn last_event_ids_never_fail_badly() {
+    let rt = runtime();
+    let server = rt.block_on(async {
+        let s = Server::start(&["--event-replay-size", "8"]).await;
+        for i in 0..12u64 {
+            s.publish(&json!({"type":"QueueStatus","total_jobs":i,"running":0,"pending":i}))
+                .await;
+        }
+        s
+    });
+    let last = rt.block_on(async { server.bus.last_seq() });
+    let cursor = prop_oneof![
+        (0..last + 5).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        Just(uuid::Uuid::now_v7().to_string()),
+        "[ -~]{0,64}",
+        "\\PC{0,20}",
+        Just("-1".to_owned()),
+        Just("00000000000000000000000000000000000001".to_owned()),
+    ];
+    runner(40)
+        .run(&(cursor, any::<bool>()), |(cursor, in_header)| {
+            rt.block_on(async {
+                let base = server.url("/api/v1/events");
+                let req = if in_header {
+                    match reqwest::header::HeaderValue::from_str(&cursor) {
+                        Ok(v) => stream_client().get(&base).header("last-event-id", v),
+                        // Not sendable as a header: use the query instead.
+                        Err(_) => stream_client().get(format!("{base}?last_event_id={}", encode(&cursor))),
+                    }
+                } else {
+                    stream_client().get(format!("{base}?last_event_id={}", encode(&cursor)))
+                };
+                let res = tokio::time::timeout(WAIT, req.send())
+                    .await
+                    .map_err(|_| TestCaseError::fail("no answer"))?
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(res.status().as_u16(), 200, "cursor {:?}", cursor);
+                let mut sse = SseClient::from_response(res);
+                let first = sse.frame_within(WAIT).await;
+                prop_assert!(first.is_some_and(|f| f.retry.is_some()));
+                let second = sse
+                    .frame_within(WAIT)
+                    .await
+                    .ok_or_else(|| TestCaseError::fail("stream stalled after retry"))?;
+                let data: Value = serde_json::from_str(second.data.as_deref().unwrap_or(""))
+                    .map_err(|e| TestCaseError::fail(format!("{:?}: {e}", second.raw)))?;
+                match second.event.as_deref() {
+                    Some("resync_required") => {
+                        prop_assert!(second.id.is_none());
+                        prop_assert_eq!(data["reason"].as_str(), Some("cursor_expired"));
+                    }
+                    Some("QueueStatus") => {}
+                    other => prop_assert!(false, "unexpected second frame {:?}", other),
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+}
+
+fn json_leaf() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        (0u64..=120).prop_map(|n| json!(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        nasty_text().prop_map(Value::String),
+        Just(json!(uuid::Uuid::now_v7())),
+        Just(json!("http://127.0.0.1:9/hook")),
+        Just(json!("http://169.254.169.254/latest")),
+        Just(json!("ftp://example.org/")),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    json_leaf().prop_recursive(2, 12, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            proptest::collection::vec(("[a-z_]{1,10}", inner), 0..4)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// An object made mostly of the fields a parser knows, with random values.
+fn near_object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
+    proptest::collection::vec(
+        (proptest::sample::select(keys.to_vec()), json_value()),
+        0..7,
+    )
+    .prop_map(|kv| {
+        Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    })
+}
+
+/// `base` with one field replaced by a random value, or removed.
+fn mutated(base: Vec<Value>) -> impl Strategy<Value = Value> {
+    (proptest::sample::select(base), "[a-z_]{1,16}", proptest::option::of(json_value()), any::<bool>())
+        .prop_map(|(mut obj, key, value, pick_existing)| {
+            let map = obj.as_object_mut().expect("an object");
+            let key = if pick_existing {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                keys[key.len() % keys.len()].clone()
+            } else {
+                key
+            };
+            match value {
+                Some(v) => {
+                    map.insert(key, v);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+            obj
+        })
+}
+
+/// Counts accepted and refused cases, so a property cannot pass by only
+/// ever taking one branch.
+#[derive(Default)]
+struct Outcomes {
+    accepted: std::cell::Cell<u32>,
+    refused: std::cell::Cell<u32>,
+}
+
+impl Outcomes {
+    fn accepted(&self) {
+        self.accepted.set(self.accepted.get() + 1);
+    }
+    fn refused(&self) {
+        self.refused.set(self.refused.get() + 1);
+    }
+    fn assert_both(&self, what: &str) {
+        assert!(
+            self.accepted.get() > 0 && self.refused.get() > 0,
+            "{what}: {} accepted, {} refused: the generator misses a branch",
+            self.accepted.get(),
+            self.refused.get()
+        );
+    }
+}
+
+#[test]
+fn webhook_registration_bodies_never_fail_badly() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    const KEYS: &[&str] = &[
+        "url", "url", "events", "events", "secret", "max_retries", "active", "is_active", "extra",
+    ];
+    let body = prop_oneof![
+        8 => near_object(KEYS).prop_map(|v| v.to_string().into_bytes()),
+        2 => near_object(KEYS).prop_map(|mut v| {
+            v["url"] = json!("http://127.0.0.1:9/hook");
+            v.to_string().into_bytes()
+        }),
+        3 => mutated(vec![
+            json!({"url":"http://127.0.0.1:9/hook","events":[]}),
+            json!({"url":"http://127.0.0.1:9/a","events":["JobCompleted","note.updated"],"secret":"s3cret","max_retries":3,"active":true}),
+        ]).prop_map(|v| v.to_string().into_bytes()),
+        1 => json_value().prop_map(|v| v.to_string().into_bytes()),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ];
+    let outcomes = Outcomes::default();
+    runner(48)
+        .run(&body, |body| {
+            rt.block_on(async {
+                let http = client();
+                let res = http
+                    .post(server.url("/api/v1/webhooks"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if res.status() == 201 {
+                    let w: Value = res.json().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert!(w["id"].is_string() && w["secret"].is_string(), "{w}");
+                    let del = http
+                        .delete(server.url(&format!("/api/v1/webhooks/{}", w["id"].as_str().unwrap_or(""))))
+                        .send()
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(del.status().as_u16(), 204);
+                    outcomes.accepted();
+                } else {
+                    check_answer(res, 201).await?;
+                    outcomes.refused();
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    outcomes.assert_both("webhook registration");
+}
+
+/// A body near one of the 7 events: mostly the right field names.
+fn publish_event() -> impl Strategy<Value = Value> {
+    const KEYS: &[&str] = &[
+        "type", "type", "type", "job_id", "job_type", "note_id", "progress", "progress_percent",
+        "message", "duration_ms", "error", "title", "tags", "has_ai_content", "has_links",
+        "operation", "user_id", "total_jobs", "running", "pending",
+    ];
+    near_object(KEYS)
+        .prop_flat_map(|obj| {
+            (Just(obj), proptest::sample::select(NAMES[..7].to_vec()), any::<bool>())
+        })
+        .prop_map(|(mut obj, name, typed)| {
+            if typed {
+                obj["type"] = json!(name);
+            }
+            obj
+        })
+}
+
+#[test]
+fn publish_bodies_never_fail_badly_and_refusals_publish_nothing() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    let body = prop_oneof![
+        6 => publish_event().prop_map(|v| v.to_string().into_bytes()),
+        2 => proptest::collection::vec(publish_event(), 0..4).prop_map(|v| Value::Array(v).to_string().into_bytes()),
+        3 => mutated(crate::wire::the_seven().into_iter().map(|t| t.3).collect())
+            .prop_map(|v| v.to_string().into_bytes()),
+        1 => json_value().prop_map(|v| v.to_string().into_bytes()),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ];
+    let outcomes = Outcomes::default();
+    runner(48)
+        .run(&body, |body| {
+            rt.block_on(async {
+                let before = server.bus.last_seq();
+                let mut sub = server.bus.subscribe();
+                let res = client()
+                    .post(server.url("/api/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                if res.status() == 202 {
+                    let answer: Value = res.json().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let n = answer["events"].as_array().map_or(0, Vec::len);
+                    prop_assert!(n >= 1);
+                    prop_assert_eq!(server.bus.last_seq(), before + n as u64);
+                    // What was accepted is a valid §1 event on the wire.
+                    for e in answer["events"].as_array().into_iter().flatten() {
+                        let seq = e["seq"].as_u64().unwrap_or(0);
+                        let ev = next_on_bus(&mut sub, |ev| ev.seq() == seq).await;
+                        let v: Value = serde_json::from_slice(ev.json()).unwrap_or(Value::Null);
+                        prop_assert!(v["type"].as_str().is_some_and(known_type), "{}", v);
+                        prop_assert!(ev.payload().validate().is_ok());
+                    }
+                    outcomes.accepted();
+                } else {
+                    check_answer(res, 202).await?;
+                    prop_assert_eq!(server.bus.last_seq(), before, "a refused body published events");
+                    outcomes.refused();
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    outcomes.assert_both("publish");
+}
+
+#[test]
+fn websocket_client_messages_never_break_the_connection() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    // `TestRunner::run` takes an `Fn`: the one connection lives in a cell.
+    let ws = std::cell::RefCell::new(rt.block_on(async {
+        let mut ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
+        ws.next_text().await;
+        ws
+    }));
+    let names = proptest::collection::vec(nasty_text().prop_map(Value::String), 0..5);
+    let message = prop_oneof![
+        3 => proptest::string::string_regex("\\PC{0,64}").unwrap(),
+        1 => Just("refresh".to_owned()),
+        1 => Just(" refresh\\n".to_owned()),
+        3 => (proptest::sample::select(vec!["subscribe", "unsubscribe", "ping", "refresh", "pong", "Subscribe", ""]), names)
+            .prop_map(|(t, events)| json!({"type": t, "events": events}).to_string()),
+        2 => (proptest::sample::select(vec!["subscribe", "unsubscribe"]), json_value())
+            .prop_map(|(t, events)| json!({"type": t, "events": events}).to_string()),
+        2 => json_value().prop_map(|v| v.to_string()),
+    ];
+    runner(64)
+        .run(&message, |msg| {
+            let mut ws = ws.borrow_mut();
+            rt.block_on(async {
+                ws.send(&msg).await;
+                // The connection answers a ping afterwards; everything before
+                // the pong is a well-formed server message.
+                ws.send(r#"{"type":"ping"}"#).await;
+                loop {
+                    match ws.read_within(WAIT).await {
+                        Some(WsRead::Text(text, _)) => {
+                            let v: Value = serde_json::from_str(&text)
+                                .map_err(|e| TestCaseError::fail(format!("{text:?}: {e}")))?;
+                            let t = v["type"].as_str().unwrap_or("");
+                            if t == "pong" {
+                                return Ok(());
+                            }
+                            prop_assert!(known_type(t) || t == "subscribed", "{text}");
+                        }
+                        other => {
+                            return Err(TestCaseError::fail(format!(
+                                "after {msg:?} the connection gave {other:?}"
+                            )));
+                        }
+                    }
+                }
+            })
+        })
+        .unwrap();
+    // Still usable for events: subscribe to everything again and receive one.
+    let mut ws = ws.into_inner();
+    rt.block_on(async {
+        ws.send(r#"{"type":"subscribe","events":["job","note","queue"]}"#).await;
+        ws.drain_until_pong().await;
+        server
+            .publish(&json!({"type":"JobQueued","job_id":uuid::Uuid::now_v7(),"job_type":"P"}))
+            .await;
+        ws.next_text_where(|v| v["type"] == "JobQueued").await;
+    });
+}
