@@ -8,8 +8,9 @@
 //! `target/screenshots/dashboard.png`.
 //!
 //! It needs Debian's `chromium` and `chromium-driver` packages
-//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`). Without them it prints why
-//! and passes, unless `EVENT_TEST_REQUIRE_SERVICES=1` (CI), where it fails.
+//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`; other locations through
+//! `EVENT_TEST_CHROMIUM` / `EVENT_TEST_CHROMEDRIVER`). Without them it prints
+//! why and passes, unless `EVENT_TEST_REQUIRE_SERVICES=1` (CI), where it fails.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,8 +25,14 @@ use std::time::Duration;
 use common::{Server, TempDir};
 use fantoccini::{Client, ClientBuilder, Locator};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The browser and its driver: Debian's paths unless overridden.
+fn chromium() -> String {
+    std::env::var("EVENT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+}
+
+fn chromedriver() -> String {
+    std::env::var("EVENT_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned())
+}
 /// Bound on every wait (the simulated job itself takes about 2 s).
 const WAIT: Duration = Duration::from_secs(30);
 /// How often a condition is re-checked inside a deadline.
@@ -33,7 +40,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Whether the browser is there; if not, says why (and fails in CI).
 fn browser_available() -> bool {
-    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+    let missing: Vec<String> = [chromium(), chromedriver()]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
@@ -67,13 +74,13 @@ impl Driver {
             .port();
         let child = {
             use std::os::unix::process::CommandExt;
-            Command::new(CHROMEDRIVER)
+            Command::new(chromedriver())
                 .arg(format!("--port={port}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"))
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver()))
         };
         let mut driver = Driver {
             child,
@@ -149,7 +156,7 @@ async fn open_browser(driver: &Driver, profile: &TempDir) -> Client {
     caps.insert(
         "goog:chromeOptions".to_owned(),
         serde_json::json!({
-            "binary": CHROMIUM,
+            "binary": chromium(),
             "args": [
                 "--headless",
                 "--no-sandbox",
