@@ -11,10 +11,11 @@
 //! addresses too: the WHATWG URL parser normalises them, and
 //! [`parse_ipv4_loose`] catches any that reach a resolver as names.
 //!
-//! Every address a name resolves to must pass, and the HTTP client connects
-//! only to addresses this guard returned: the client's DNS resolver *is*
+//! Every address a name resolves to is checked, and the HTTP client
+//! connects only to addresses that passed: the client's DNS resolver *is*
 //! the guard ([`GuardedResolver`]), so there is no window between the check
-//! and the connection for a rebinding DNS server to exploit. The check runs
+//! and the connection for a rebinding DNS server to exploit. A name with no
+//! passing address is refused. The check runs
 //! at registration and on every attempt. Addresses inside a configured
 //! allow-list ([`WebhookConfig::allow_cidrs`](crate::WebhookConfig)) pass
 //! whatever their kind.
@@ -217,7 +218,8 @@ impl SsrfGuard {
         Ok((parsed, name))
     }
 
-    /// Resolves `host` and checks every address; returns them when all pass.
+    /// Resolves `host`, checks every address and returns those that pass
+    /// (refused when none does).
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -235,10 +237,24 @@ impl SsrfGuard {
         if addrs.is_empty() {
             return Err(WebhookError::Refused(format!("{host} has no addresses")));
         }
-        for a in &addrs {
-            self.check_ip(a.ip())?;
+        // Only addresses that pass are returned, so only they are ever
+        // connected to; a name none of whose addresses passes is refused.
+        let mut first_refusal = None;
+        let passed: Vec<SocketAddr> = addrs
+            .into_iter()
+            .filter(|a| match self.check_ip(a.ip()) {
+                Ok(()) => true,
+                Err(e) => {
+                    first_refusal.get_or_insert(e);
+                    false
+                }
+            })
+            .collect();
+        match (passed.is_empty(), first_refusal) {
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(WebhookError::Refused(format!("{host} has no addresses"))),
+            (false, _) => Ok(passed),
         }
-        Ok(addrs)
     }
 
     /// The full check of a URL: scheme, literal host, and every address its
@@ -363,5 +379,20 @@ mod tests {
                 .check_ip("127.0.0.1".parse().unwrap())
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn resolver_returns_only_passing_addresses() {
+        let g = SsrfGuard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        let addrs = g.resolve("localhost", 80).await.unwrap();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs.iter().all(|a| a.ip().is_loopback() && a.is_ipv4()),
+            "{addrs:?}"
+        );
+        assert!(SsrfGuard::default().resolve("localhost", 80).await.is_err());
+        assert!(g.resolve("[::1]", 80).await.is_err());
+        assert!(g.resolve("0x7f.1", 80).await.is_ok());
+        assert!(SsrfGuard::default().resolve("0x7f.1", 80).await.is_err());
     }
 }

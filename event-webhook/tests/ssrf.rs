@@ -94,6 +94,7 @@ async fn loopback_passes_only_through_the_allow_list() {
     let (_w, base) = serve_sqlite(fast_config()).await; // allows 127.0.0.0/8
     for url in [
         "http://127.0.0.1:9/",
+        "http://localhost:9/",
         "http://2130706433:9/",
         "http://0x7f.1:9/",
         "http://[::ffff:127.0.0.1]:9/",
