@@ -23,20 +23,25 @@ async fn abrupt_client_disconnects_leave_nothing_behind() {
     // WebSocket dropped without a close frame, and one reset (RST).
     let ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tcp.set_linger(Some(Duration::ZERO)).unwrap();
-    let (mut reset, _) =
-        tokio_tungstenite::client_async(server.ws_url("/api/v1/ws"), tcp)
-            .await
-            .unwrap();
-    futures_util::StreamExt::next(&mut reset).await.unwrap().unwrap();
+    tcp.set_zero_linger().unwrap();
+    let (mut reset, _) = tokio_tungstenite::client_async(server.ws_url("/api/v1/ws"), tcp)
+        .await
+        .unwrap();
+    futures_util::StreamExt::next(&mut reset)
+        .await
+        .unwrap()
+        .unwrap();
     // SSE dropped mid-stream.
     let mut sse = SseClient::connect(&server.url("/api/v1/events"), &[]).await;
     sse.next_frame().await;
     // A half-sent upgrade request.
     let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut half, b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
-        .await
-        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut half,
+        b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n",
+    )
+    .await
+    .unwrap();
     server.wait_connections(3).await;
     drop(ws);
     drop(reset);
@@ -76,7 +81,11 @@ async fn failing_webhook_endpoint_retries_dies_and_never_delays_others() {
     ws.next_text().await;
 
     let ids = server
-        .publish(&json!([note(uuid::Uuid::now_v7()), note(uuid::Uuid::now_v7()), note(uuid::Uuid::now_v7())]))
+        .publish(&json!([
+            note(uuid::Uuid::now_v7()),
+            note(uuid::Uuid::now_v7()),
+            note(uuid::Uuid::now_v7())
+        ]))
         .await;
     // The healthy endpoint and the WebSocket get everything while the other
     // endpoint is still failing.
@@ -91,7 +100,9 @@ async fn failing_webhook_endpoint_retries_dies_and_never_delays_others() {
     let attempts = failing.wait_for(9).await;
     assert!(attempts.iter().all(|r| r.status == 500));
     let hook_id = bad["id"].as_str().unwrap();
-    let url = server.url(&format!("/api/v1/webhooks/{hook_id}/deliveries?status=dead"));
+    let url = server.url(&format!(
+        "/api/v1/webhooks/{hook_id}/deliveries?status=dead"
+    ));
     let http = client();
     let dead: Value = tokio::time::timeout(WAIT, async {
         loop {
@@ -118,7 +129,9 @@ async fn failing_webhook_endpoint_retries_dies_and_never_delays_others() {
     failing.script(&[200]);
     let before = failing.requests().len();
     let res = http
-        .post(server.url(&format!("/api/v1/webhooks/{hook_id}/deliveries/{did}/redeliver")))
+        .post(server.url(&format!(
+            "/api/v1/webhooks/{hook_id}/deliveries/{did}/redeliver"
+        )))
         .send()
         .await
         .unwrap();
@@ -132,10 +145,17 @@ async fn gone_410_disables_the_webhook() {
     let server = Server::start(&["--webhook-retry-schedule", "100ms"]).await;
     let gone = Receiver::start().await;
     gone.script(&[410]);
-    let hook = register_webhook(&server, &json!({"url": gone.url("/"), "events": ["NoteUpdated"]})).await;
+    let hook = register_webhook(
+        &server,
+        &json!({"url": gone.url("/"), "events": ["NoteUpdated"]}),
+    )
+    .await;
     server.publish(&note(uuid::Uuid::now_v7())).await;
     gone.wait_for(1).await;
-    let url = server.url(&format!("/api/v1/webhooks/{}", hook["id"].as_str().unwrap()));
+    let url = server.url(&format!(
+        "/api/v1/webhooks/{}",
+        hook["id"].as_str().unwrap()
+    ));
     let http = client();
     let w: Value = tokio::time::timeout(WAIT, async {
         loop {
@@ -153,7 +173,11 @@ async fn gone_410_disables_the_webhook() {
     // Later events are not sent to it.
     server.publish(&note(uuid::Uuid::now_v7())).await;
     let marker = Receiver::start().await;
-    register_webhook(&server, &json!({"url": marker.url("/"), "events": ["JobCompleted"]})).await;
+    register_webhook(
+        &server,
+        &json!({"url": marker.url("/"), "events": ["JobCompleted"]}),
+    )
+    .await;
     server
         .publish(&json!({"type":"JobCompleted","job_id":uuid::Uuid::now_v7(),"job_type":"M"}))
         .await;
@@ -165,7 +189,11 @@ async fn gone_410_disables_the_webhook() {
 async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     let server = Server::start(&["--event-bus-capacity", "4"]).await;
     let receiver = Receiver::start().await;
-    register_webhook(&server, &json!({"url": receiver.url("/"), "events": ["NoteUpdated"]})).await;
+    register_webhook(
+        &server,
+        &json!({"url": receiver.url("/"), "events": ["NoteUpdated"]}),
+    )
+    .await;
     let mut sse = SseClient::connect(&server.url("/api/v1/events?events=NoteUpdated"), &[]).await;
     sse.next_frame().await;
     let mut ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
@@ -204,7 +232,10 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     assert!(lagged > 0, "the SSE client was not told about the loss");
     // Nothing is lost silently (a bridge QueueStatus may be among the
     // missed events, so the count may exceed the filtered burst).
-    assert!(received + lagged as usize >= BURST, "{received} received, {lagged} counted");
+    assert!(
+        received + lagged as usize >= BURST,
+        "{received} received, {lagged} counted"
+    );
     assert!(received < BURST);
 
     // WebSocket: the endpoint missed events, so its clients are closed with
@@ -219,7 +250,11 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     // Webhooks still deliver what comes after the burst.
     tokio::time::timeout(WAIT, async {
         loop {
-            if receiver.requests().iter().any(|r| r.header("webhook-id") == live_id) {
+            if receiver
+                .requests()
+                .iter()
+                .any(|r| r.header("webhook-id") == live_id)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -238,7 +273,11 @@ async fn webhook_deliveries_survive_bus_overflow() {
     // in the bus's replay ring (1,024 by default), so none has to be lost.
     let server = Server::start(&["--event-bus-capacity", "4"]).await;
     let receiver = Receiver::start().await;
-    let hook = register_webhook(&server, &json!({"url": receiver.url("/"), "events": ["NoteUpdated"]})).await;
+    let hook = register_webhook(
+        &server,
+        &json!({"url": receiver.url("/"), "events": ["NoteUpdated"]}),
+    )
+    .await;
     const BURST: usize = 200;
     for _ in 0..BURST {
         server.bus.publish(event_core::NoteUpdated {
@@ -256,7 +295,11 @@ async fn webhook_deliveries_survive_bus_overflow() {
     // (it processes the bus in order): every delivery row exists by then.
     tokio::time::timeout(WAIT, async {
         loop {
-            if receiver.requests().iter().any(|r| r.header("webhook-id") == last) {
+            if receiver
+                .requests()
+                .iter()
+                .any(|r| r.header("webhook-id") == last)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

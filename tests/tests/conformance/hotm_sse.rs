@@ -16,7 +16,10 @@ async fn response_headers_and_first_frames_before_any_event() {
         let mut sse = SseClient::connect(&server.url(path), &[]).await;
         let h = sse.response.headers().clone();
         assert!(
-            h["content-type"].to_str().unwrap().starts_with("text/event-stream"),
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream"),
             "{path}"
         );
         assert_eq!(h["cache-control"], "no-cache", "{path}");
@@ -30,7 +33,10 @@ async fn response_headers_and_first_frames_before_any_event() {
         assert_eq!(confirm.event.as_deref(), Some("QueueStatus"));
         server.publish(&note(uuid::Uuid::now_v7())).await;
         sse.next_non_queue().await;
-        assert!(!sse.all.contains(&b'\r'), "{path}: line endings are LF only");
+        assert!(
+            !sse.all.contains(&b'\r'),
+            "{path}: line endings are LF only"
+        );
     }
 }
 
@@ -41,9 +47,21 @@ async fn default_format_is_configurable_and_overridable_per_request() {
     let mut v1 = SseClient::connect(&server.url("/api/v1/events?format=v1"), &[]).await;
     let (seq, id) = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
     let f = env.next_non_queue().await;
-    assert!(f.raw.starts_with(&format!("event: note.updated\nid: {id}\ndata: {{\"event_id\":\"{id}\"")), "{}", f.raw);
+    assert!(
+        f.raw.starts_with(&format!(
+            "event: note.updated\nid: {id}\ndata: {{\"event_id\":\"{id}\""
+        )),
+        "{}",
+        f.raw
+    );
     let f = v1.next_non_queue().await;
-    assert!(f.raw.starts_with(&format!("id: {seq}\nevent: NoteUpdated\ndata: {{\"type\":\"NoteUpdated\"")), "{}", f.raw);
+    assert!(
+        f.raw.starts_with(&format!(
+            "id: {seq}\nevent: NoteUpdated\ndata: {{\"type\":\"NoteUpdated\""
+        )),
+        "{}",
+        f.raw
+    );
 }
 
 #[tokio::test]
@@ -51,7 +69,10 @@ async fn replay_accepts_either_form_of_id_in_header_or_query() {
     let server = Server::start(&[]).await;
     let anchor = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
     let mut later = server
-        .publish(&json!([note(uuid::Uuid::now_v7()), note(uuid::Uuid::now_v7())]))
+        .publish(&json!([
+            note(uuid::Uuid::now_v7()),
+            note(uuid::Uuid::now_v7())
+        ]))
         .await;
     let seq_form = anchor.0.to_string();
     for (format, cursor, in_header) in [
@@ -68,13 +89,25 @@ async fn replay_accepts_either_form_of_id_in_header_or_query() {
         };
         for (seq, id) in &later {
             let f = sse.next_non_queue().await;
-            let want = if format == "v1" { seq.to_string() } else { id.clone() };
-            assert_eq!(f.id.as_deref(), Some(want.as_str()), "{format} {cursor} {in_header}");
+            let want = if format == "v1" {
+                seq.to_string()
+            } else {
+                id.clone()
+            };
+            assert_eq!(
+                f.id.as_deref(),
+                Some(want.as_str()),
+                "{format} {cursor} {in_header}"
+            );
         }
         // Then live (and replayed by the next iteration's cursor).
         let (seq, id) = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
         let f = sse.next_non_queue().await;
-        let want = if format == "v1" { seq.to_string() } else { id.clone() };
+        let want = if format == "v1" {
+            seq.to_string()
+        } else {
+            id.clone()
+        };
         assert_eq!(f.id.as_deref(), Some(want.as_str()));
         later.push((seq, id));
     }
@@ -89,7 +122,12 @@ async fn unknown_or_expired_id_gets_resync_required_without_id_bypassing_filters
     }
     let unknown = uuid::Uuid::now_v7().to_string();
     let old_seq = old_seq.to_string();
-    for cursor in [old_seq.as_str(), old_id.as_str(), unknown.as_str(), "not-an-id"] {
+    for cursor in [
+        old_seq.as_str(),
+        old_id.as_str(),
+        unknown.as_str(),
+        "not-an-id",
+    ] {
         // The filter excludes notes and queue status: the synthetic frame still comes.
         let mut sse = SseClient::connect(
             &server.url("/api/v1/events?events=JobCompleted"),
@@ -231,7 +269,11 @@ async fn slow_consumer_gets_events_lagged_and_the_stream_continues() {
     let mut received = 0u64;
     let mut dropped = 0u64;
     let mut lag_frames = 0;
-    let end = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0).0;
+    let end = server
+        .publish(&note(uuid::Uuid::now_v7()))
+        .await
+        .remove(0)
+        .0;
     loop {
         let f = sse.next_where(Frame::is_event).await;
         match f.event.as_deref() {
@@ -251,18 +293,27 @@ async fn slow_consumer_gets_events_lagged_and_the_stream_continues() {
             _ => {}
         }
     }
-    assert!(lag_frames >= 1, "no lag signal although {dropped} were dropped");
+    assert!(
+        lag_frames >= 1,
+        "no lag signal although {dropped} were dropped"
+    );
     assert!(dropped > 0);
-    assert_eq!(received + dropped, n, "every event is either delivered or counted");
+    assert_eq!(
+        received + dropped,
+        n,
+        "every event is either delivered or counted"
+    );
 }
 
 #[tokio::test]
 async fn idle_streams_get_keepalive_comments() {
     let server = Server::start(&[]).await;
-    let mut sse = SseClient::connect(&server.url("/api/v1/events?heartbeat=5&events=JobFailed"), &[]).await;
-    let f = sse
-        .next_where(|f| f.comment)
-        .await;
+    let mut sse = SseClient::connect(
+        &server.url("/api/v1/events?heartbeat=5&events=JobFailed"),
+        &[],
+    )
+    .await;
+    let f = sse.next_where(|f| f.comment).await;
     assert_eq!(f.raw, ": keepalive\n\n");
 }
 

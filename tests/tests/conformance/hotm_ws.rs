@@ -61,11 +61,17 @@ impl HotmUi {
                         Some(_) => self.ignored.push(text),
                     }
                 }
-                Some(WsRead::Binary(b)) => panic!("the server sent a binary frame ({} bytes)", b.len()),
+                Some(WsRead::Binary(b)) => {
+                    panic!("the server sent a binary frame ({} bytes)", b.len())
+                }
                 Some(WsRead::Closed(frame)) => {
                     let code = frame.map(|f| u16::from(f.code));
                     self.closes.push(code);
-                    assert_ne!(code, Some(1000), "a server close with 1000 stops the UI for good");
+                    assert_ne!(
+                        code,
+                        Some(1000),
+                        "a server close with 1000 stops the UI for good"
+                    );
                     self.reconnect().await;
                 }
                 None => panic!("nothing the UI waited for arrived in time"),
@@ -140,7 +146,9 @@ async fn auth_by_query_token_bearer_header_or_bearer_subprotocol() {
         HeaderValue::from_static("bearer.ui-token"),
     );
     for req in [
-        format!("{url}?token=ui-token").into_client_request().unwrap(),
+        format!("{url}?token=ui-token")
+            .into_client_request()
+            .unwrap(),
         by_header,
         by_protocol,
     ] {
@@ -188,10 +196,22 @@ async fn every_server_message_is_a_text_frame_with_a_known_type() {
         .await;
     ui.ws.send(r#"{"type":"subscribe","events":["job"]}"#).await;
     ui.until(|v| v["type"] == "subscribed").await;
-    assert!(ui.ignored.is_empty(), "unknown types sent: {:?}", ui.ignored);
+    assert!(
+        ui.ignored.is_empty(),
+        "unknown types sent: {:?}",
+        ui.ignored
+    );
     let kinds: std::collections::BTreeSet<&str> =
         ui.shown.iter().filter_map(|v| v["type"].as_str()).collect();
-    for t in ["QueueStatus", "JobQueued", "JobStarted", "JobProgress", "JobCompleted", "JobFailed", "NoteUpdated"] {
+    for t in [
+        "QueueStatus",
+        "JobQueued",
+        "JobStarted",
+        "JobProgress",
+        "JobCompleted",
+        "JobFailed",
+        "NoteUpdated",
+    ] {
         assert!(kinds.contains(t), "{t} never shown");
     }
     assert!(ui.closes.is_empty());
@@ -199,7 +219,13 @@ async fn every_server_message_is_a_text_frame_with_a_known_type() {
 
 #[tokio::test]
 async fn server_pings_and_closes_a_silent_client_but_not_an_answering_one() {
-    let server = Server::start(&["--ws-ping-interval-secs", "1", "--ws-idle-timeout-secs", "2"]).await;
+    let server = Server::start(&[
+        "--ws-ping-interval-secs",
+        "1",
+        "--ws-idle-timeout-secs",
+        "2",
+    ])
+    .await;
     let url = server.ws_url("/api/v1/ws");
     // An answering client (tungstenite answers pings while reading) stays.
     let mut alive = WsClient::connect(&url).await;
@@ -211,7 +237,11 @@ async fn server_pings_and_closes_a_silent_client_but_not_an_answering_one() {
             panic!("an answering client was closed: {f:?}");
         }
     }
-    assert!(alive.pings >= 2, "ping control frames every second, saw {}", alive.pings);
+    assert!(
+        alive.pings >= 2,
+        "ping control frames every second, saw {}",
+        alive.pings
+    );
     // The other one has not read (so not answered) for 3.5 s: closed, not with 1000.
     let code = silent.expect_close().await;
     assert!(silent.pings >= 1, "it was pinged before being dropped");
@@ -301,7 +331,10 @@ async fn subscribe_and_unsubscribe_narrow_the_stream() {
     assert_eq!(types, ["JobProgress", "NoteUpdated"]);
     // The completion was not sent either (checked after the pong barrier).
     let rest = ui.ws.drain_until_pong().await;
-    assert!(rest.iter().all(|v| v["job_id"] != job.to_string()), "{rest:?}");
+    assert!(
+        rest.iter().all(|v| v["job_id"] != job.to_string()),
+        "{rest:?}"
+    );
 
     ui.ws
         .send(r#"{"type":"unsubscribe","events":["note.updated"]}"#)
@@ -321,7 +354,9 @@ async fn subscribe_and_unsubscribe_narrow_the_stream() {
     let v = ui.until(|v| v["type"] == "JobProgress").await;
     assert_eq!(v["progress"], 7);
     assert!(
-        ui.shown[before..].iter().all(|v| v["type"] != "NoteUpdated"),
+        ui.shown[before..]
+            .iter()
+            .all(|v| v["type"] != "NoteUpdated"),
         "unsubscribed NoteUpdated still delivered"
     );
 }

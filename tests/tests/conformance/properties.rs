@@ -103,8 +103,14 @@ async fn check_answer(res: reqwest::Response, ok: u16) -> Result<Option<Value>, 
         .json()
         .await
         .map_err(|e| TestCaseError::fail(format!("error body is not JSON: {e}")))?;
-    prop_assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
-    prop_assert!(body["message"].as_str().is_some_and(|s| !s.is_empty()), "{body}");
+    prop_assert!(
+        body["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
+    prop_assert!(
+        body["message"].as_str().is_some_and(|s| !s.is_empty()),
+        "{body}"
+    );
     Ok(Some(body))
 }
 
@@ -187,7 +193,9 @@ fn last_event_ids_never_fail_badly() {
                     match reqwest::header::HeaderValue::from_str(&cursor) {
                         Ok(v) => stream_client().get(&base).header("last-event-id", v),
                         // Not sendable as a header: use the query instead.
-                        Err(_) => stream_client().get(format!("{base}?last_event_id={}", encode(&cursor))),
+                        Err(_) => {
+                            stream_client().get(format!("{base}?last_event_id={}", encode(&cursor)))
+                        }
                     }
                 } else {
                     stream_client().get(format!("{base}?last_event_id={}", encode(&cursor)))
@@ -227,7 +235,9 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
         (0u64..=120).prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         nasty_text().prop_map(Value::String),
         Just(json!(uuid::Uuid::now_v7())),
         Just(json!("http://127.0.0.1:9/hook")),
@@ -252,14 +262,17 @@ fn near_object(keys: &'static [&'static str]) -> impl Strategy<Value = Value> {
         (proptest::sample::select(keys.to_vec()), json_value()),
         0..7,
     )
-    .prop_map(|kv| {
-        Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
-    })
+    .prop_map(|kv| Value::Object(kv.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
 }
 
 /// `base` with one field replaced by a random value, or removed.
 fn mutated(base: Vec<Value>) -> impl Strategy<Value = Value> {
-    (proptest::sample::select(base), "[a-z_]{1,16}", proptest::option::of(json_value()), any::<bool>())
+    (
+        proptest::sample::select(base),
+        "[a-z_]{1,16}",
+        proptest::option::of(json_value()),
+        any::<bool>(),
+    )
         .prop_map(|(mut obj, key, value, pick_existing)| {
             let map = obj.as_object_mut().expect("an object");
             let key = if pick_existing {
@@ -310,7 +323,15 @@ fn webhook_registration_bodies_never_fail_badly() {
     let rt = runtime();
     let server = rt.block_on(Server::start(&[]));
     const KEYS: &[&str] = &[
-        "url", "url", "events", "events", "secret", "max_retries", "active", "is_active", "extra",
+        "url",
+        "url",
+        "events",
+        "events",
+        "secret",
+        "max_retries",
+        "active",
+        "is_active",
+        "extra",
     ];
     let body = prop_oneof![
         8 => near_object(KEYS).prop_map(|v| v.to_string().into_bytes()),
@@ -338,10 +359,16 @@ fn webhook_registration_bodies_never_fail_badly() {
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 if res.status() == 201 {
-                    let w: Value = res.json().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let w: Value = res
+                        .json()
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert!(w["id"].is_string() && w["secret"].is_string(), "{w}");
                     let del = http
-                        .delete(server.url(&format!("/api/v1/webhooks/{}", w["id"].as_str().unwrap_or(""))))
+                        .delete(server.url(&format!(
+                            "/api/v1/webhooks/{}",
+                            w["id"].as_str().unwrap_or("")
+                        )))
                         .send()
                         .await
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -361,13 +388,34 @@ fn webhook_registration_bodies_never_fail_badly() {
 /// A body near one of the 7 events: mostly the right field names.
 fn publish_event() -> impl Strategy<Value = Value> {
     const KEYS: &[&str] = &[
-        "type", "type", "type", "job_id", "job_type", "note_id", "progress", "progress_percent",
-        "message", "duration_ms", "error", "title", "tags", "has_ai_content", "has_links",
-        "operation", "user_id", "total_jobs", "running", "pending",
+        "type",
+        "type",
+        "type",
+        "job_id",
+        "job_type",
+        "note_id",
+        "progress",
+        "progress_percent",
+        "message",
+        "duration_ms",
+        "error",
+        "title",
+        "tags",
+        "has_ai_content",
+        "has_links",
+        "operation",
+        "user_id",
+        "total_jobs",
+        "running",
+        "pending",
     ];
     near_object(KEYS)
         .prop_flat_map(|obj| {
-            (Just(obj), proptest::sample::select(NAMES[..7].to_vec()), any::<bool>())
+            (
+                Just(obj),
+                proptest::sample::select(NAMES[..7].to_vec()),
+                any::<bool>(),
+            )
         })
         .prop_map(|(mut obj, name, typed)| {
             if typed {
@@ -403,7 +451,10 @@ fn publish_bodies_never_fail_badly_and_refusals_publish_nothing() {
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 if res.status() == 202 {
-                    let answer: Value = res.json().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let answer: Value = res
+                        .json()
+                        .await
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     let n = answer["events"].as_array().map_or(0, Vec::len);
                     prop_assert!(n >= 1);
                     prop_assert_eq!(server.bus.last_seq(), before + n as u64);
@@ -418,7 +469,11 @@ fn publish_bodies_never_fail_badly_and_refusals_publish_nothing() {
                     outcomes.accepted();
                 } else {
                     check_answer(res, 202).await?;
-                    prop_assert_eq!(server.bus.last_seq(), before, "a refused body published events");
+                    prop_assert_eq!(
+                        server.bus.last_seq(),
+                        before,
+                        "a refused body published events"
+                    );
                     outcomes.refused();
                 }
                 Ok(())
@@ -481,7 +536,8 @@ fn websocket_client_messages_never_break_the_connection() {
     // Still usable for events: subscribe to everything again and receive one.
     let mut ws = ws.into_inner();
     rt.block_on(async {
-        ws.send(r#"{"type":"subscribe","events":["job","note","queue"]}"#).await;
+        ws.send(r#"{"type":"subscribe","events":["job","note","queue"]}"#)
+            .await;
         ws.drain_until_pong().await;
         server
             .publish(&json!({"type":"JobQueued","job_id":uuid::Uuid::now_v7(),"job_type":"P"}))

@@ -27,7 +27,8 @@ fn collect_job(
             {
                 Received::Event(ev) => {
                     if ev.payload().job_id().map(|j| j.to_string()) == Some(job_id.clone()) {
-                        let end = matches!(ev.kind(), EventKind::JobCompleted | EventKind::JobFailed);
+                        let end =
+                            matches!(ev.kind(), EventKind::JobCompleted | EventKind::JobFailed);
                         out.push(ev);
                         if end {
                             return out;
@@ -72,7 +73,10 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
     // The UI: connects, sends `refresh`, shows the queue status.
     let mut ui = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
     let (first, _) = ui.next_text().await;
-    assert_eq!(serde_json::from_str::<Value>(&first).unwrap()["type"], "QueueStatus");
+    assert_eq!(
+        serde_json::from_str::<Value>(&first).unwrap()["type"],
+        "QueueStatus"
+    );
     ui.send("refresh").await;
     ui.next_text_where(|v| v["type"] == "QueueStatus").await;
     // An SSE agent watches too.
@@ -127,7 +131,10 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
     }
     let sse_seen = sse_task.await.unwrap();
     let published = bus_events.await.unwrap();
-    assert!(published.len() >= 4, "queued, started, ≥1 progress, completed");
+    assert!(
+        published.len() >= 4,
+        "queued, started, ≥1 progress, completed"
+    );
     let types: Vec<Value> = ws_seen
         .iter()
         .map(|(t, _)| serde_json::from_str(t).unwrap())
@@ -142,7 +149,11 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
     // Every event, on both transports, arrives in bus order and within
     // 500 ms of its publication.
     for (label, seen) in [("WebSocket", &ws_seen), ("SSE", &sse_seen)] {
-        assert_eq!(seen.len(), published.len(), "{label}: not every event arrived");
+        assert_eq!(
+            seen.len(),
+            published.len(),
+            "{label}: not every event arrived"
+        );
         for ((text, at), ev) in seen.iter().zip(&published) {
             assert_eq!(text.as_bytes(), ev.json().as_ref(), "{label}: order");
             let latency = at.saturating_duration_since(ev.published_at());
@@ -234,7 +245,10 @@ async fn uc002_note_refetched_after_ai_revision_has_the_new_content() {
             break;
         }
     }
-    assert_eq!(note_events, 1, "one change, one NoteUpdated (no duplicate fetch)");
+    assert_eq!(
+        note_events, 1,
+        "one change, one NoteUpdated (no duplicate fetch)"
+    );
     let fetched = fetched.unwrap();
     assert_eq!(fetched["has_ai_content"], true);
     let content = fetched["content"].as_str().unwrap();
@@ -298,7 +312,14 @@ async fn uc003_agent_filters_by_event_name() {
 
     let ids = publish_n(
         &server,
-        &["JobQueued", "NoteUpdated", "JobStarted", "JobProgress", "JobCompleted", "JobFailed"],
+        &[
+            "JobQueued",
+            "NoteUpdated",
+            "JobStarted",
+            "JobProgress",
+            "JobCompleted",
+            "JobFailed",
+        ],
     )
     .await;
     server
@@ -327,7 +348,9 @@ async fn uc003_agent_filters_by_event_name() {
 async fn uc003_reconnect_with_last_event_id_recovers_missed_events() {
     let server = Server::start(&[]).await;
     for (format, header) in [("v1", true), ("envelope", false)] {
-        let url = server.url(&format!("/api/v1/events?format={format}&events=JobQueued,JobStarted,JobCompleted,job.progress"));
+        let url = server.url(&format!(
+            "/api/v1/events?format={format}&events=JobQueued,JobStarted,JobCompleted,job.progress"
+        ));
         let mut agent = SseClient::connect(&url, &[]).await;
         let before = publish_n(&server, &["JobQueued", "JobStarted"]).await;
         let mut last = None;
@@ -339,7 +362,13 @@ async fn uc003_reconnect_with_last_event_id_recovers_missed_events() {
         }
         let want_before: Vec<String> = before
             .iter()
-            .map(|(s, u)| if format == "v1" { s.to_string() } else { u.clone() })
+            .map(|(s, u)| {
+                if format == "v1" {
+                    s.to_string()
+                } else {
+                    u.clone()
+                }
+            })
             .collect();
         assert_eq!(ids, want_before, "{format}");
         // The connection drops; events keep coming (some filtered out).
@@ -358,7 +387,13 @@ async fn uc003_reconnect_with_last_event_id_recovers_missed_events() {
             assert_ne!(f.event.as_deref(), Some("resync_required"), "{format}");
             got.push(f.id.clone().unwrap());
         }
-        let pick = |(s, u): &(u64, String)| if format == "v1" { s.to_string() } else { u.clone() };
+        let pick = |(s, u): &(u64, String)| {
+            if format == "v1" {
+                s.to_string()
+            } else {
+                u.clone()
+            }
+        };
         assert_eq!(
             got,
             vec![pick(&missed[0]), pick(&missed[2]), pick(&live[0])],
@@ -378,7 +413,10 @@ async fn uc004_signed_delivery_verified_and_retried_after_500() {
         &json!({"url": receiver.url("/ci"), "events": ["JobCompleted","NoteUpdated"], "secret": secret}),
     )
     .await;
-    assert_eq!(hook["secret"], secret, "the secret is shown once, at creation");
+    assert_eq!(
+        hook["secret"], secret,
+        "the secret is shown once, at creation"
+    );
     let hook_id = hook["id"].as_str().unwrap();
 
     let published = publish_n(&server, &["JobQueued", "JobCompleted"]).await;
@@ -400,7 +438,10 @@ async fn uc004_signed_delivery_verified_and_retried_after_500() {
         requests[0].header("x-matric-delivery"),
         requests[1].header("x-matric-delivery")
     );
-    assert!(requests[1].at - requests[0].at >= Duration::from_millis(90), "retry waited");
+    assert!(
+        requests[1].at - requests[0].at >= Duration::from_millis(90),
+        "retry waited"
+    );
 
     // The delivery is recorded as succeeded after two attempts.
     let http = client();
@@ -421,7 +462,11 @@ async fn uc004_signed_delivery_verified_and_retried_after_500() {
     assert_eq!(delivery["event_id"], event_id.as_str());
     assert_eq!(delivery["last_status_code"], 200);
     let list: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1, "JobQueued is not subscribed");
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "JobQueued is not subscribed"
+    );
     let listed: Value = http
         .get(server.url("/api/v1/webhooks"))
         .send()
@@ -430,5 +475,8 @@ async fn uc004_signed_delivery_verified_and_retried_after_500() {
         .json()
         .await
         .unwrap();
-    assert!(listed[0].get("secret").is_none(), "the list never shows the secret");
+    assert!(
+        listed[0].get("secret").is_none(),
+        "the list never shows the secret"
+    );
 }

@@ -10,7 +10,13 @@ const JOB: &str = "0197c0de-5e1a-7a00-8000-000000000001";
 const NOTE: &str = "0197c0de-5e1a-7a00-8000-0000000000aa";
 
 /// `(type, dot name, entity type, request body, the exact §1 JSON)`.
-pub fn the_seven() -> Vec<(&'static str, &'static str, Option<&'static str>, Value, String)> {
+pub fn the_seven() -> Vec<(
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Value,
+    String,
+)> {
     vec![
         (
             "QueueStatus",
@@ -24,7 +30,9 @@ pub fn the_seven() -> Vec<(&'static str, &'static str, Option<&'static str>, Val
             "job.queued",
             Some("job"),
             json!({"type":"JobQueued","job_id":JOB,"job_type":"Embedding","note_id":NOTE}),
-            format!(r#"{{"type":"JobQueued","job_id":"{JOB}","job_type":"Embedding","note_id":"{NOTE}"}}"#),
+            format!(
+                r#"{{"type":"JobQueued","job_id":"{JOB}","job_type":"Embedding","note_id":"{NOTE}"}}"#
+            ),
         ),
         (
             "JobStarted",
@@ -90,7 +98,8 @@ async fn each_type_reaches_ws_sse_v1_sse_envelope_and_webhook_byte_exact() {
     let mut env = SseClient::connect(&server.url("/api/v1/events?format=envelope"), &[]).await;
     // Every client is subscribed once it has its confirmation.
     ws.next_text_where(|v| v["type"] == "QueueStatus").await;
-    v1.next_where(|f| f.event.as_deref() == Some("QueueStatus")).await;
+    v1.next_where(|f| f.event.as_deref() == Some("QueueStatus"))
+        .await;
     env.next_where(|f| f.event.as_deref() == Some("queue.status"))
         .await;
 
@@ -136,8 +145,7 @@ async fn each_type_reaches_ws_sse_v1_sse_envelope_and_webhook_byte_exact() {
         assert!(envelope["actor"]["kind"].is_string(), "{envelope}");
         let at = envelope["occurred_at"].as_str().unwrap();
         assert!(at.ends_with('Z'), "occurred_at {at} is not UTC");
-        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .unwrap();
+        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).unwrap();
         let uuid = uuid::Uuid::parse_str(id).unwrap();
         assert_eq!(uuid.get_version_num(), 7, "event ids are UUIDv7");
         assert_eq!(id.to_lowercase(), *id);
@@ -162,7 +170,11 @@ async fn each_type_reaches_ws_sse_v1_sse_envelope_and_webhook_byte_exact() {
     for ((type_name, _, _, _, expected), (_, id)) in seven.iter().zip(&published) {
         let req = requests
             .iter()
-            .find(|r| r.headers.get("webhook-id").is_some_and(|v| v == id.as_str()))
+            .find(|r| {
+                r.headers
+                    .get("webhook-id")
+                    .is_some_and(|v| v == id.as_str())
+            })
             .unwrap_or_else(|| panic!("no delivery of {type_name}"));
         let body = std::str::from_utf8(&req.body).unwrap();
         assert!(
