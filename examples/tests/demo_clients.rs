@@ -10,7 +10,9 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
-use event_core::{EventBus, JobQueued, NoteUpdated, ServerEvent, Uuid};
+use event_core::{
+    ConnectionRegistry, EventBus, JobQueued, NoteUpdated, ServerEvent, Transport, Uuid,
+};
 use event_server::app::App;
 use event_server::config::Config;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -41,6 +43,7 @@ impl Drop for TempDir {
 struct Server {
     addr: SocketAddr,
     bus: EventBus,
+    registry: ConnectionRegistry,
     dir: TempDir,
     _stop: oneshot::Sender<()>,
 }
@@ -61,6 +64,7 @@ impl Server {
         config.validate().unwrap();
         let app = App::build(&config).await.unwrap();
         let bus = app.bus().clone();
+        let registry = app.registry().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -70,6 +74,7 @@ impl Server {
         Server {
             addr,
             bus,
+            registry,
             dir,
             _stop: stop,
         }
@@ -77,6 +82,34 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The ids of the open connections of `transport`.
+    fn connections(&self, transport: Transport) -> Vec<u64> {
+        self.registry
+            .list()
+            .into_iter()
+            .filter(|c| c.transport == transport)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Waits (bounded, polling) until exactly one `transport` connection is
+    /// open and it is not `old`; returns its id.
+    async fn one_connection_besides(&self, transport: Transport, old: Option<u64>) -> u64 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let [id] = self.connections(transport)[..]
+                && Some(id) != old
+            {
+                return id;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no new {transport:?} connection within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -221,6 +254,34 @@ async fn ws_tail_rejects_unknown_event_names() {
     let out = tokio::time::timeout(WAIT, out).await.unwrap().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NoSuchEvent"));
+}
+
+#[tokio::test]
+async fn ws_tail_reconnects_when_the_server_drops_it() {
+    let server = Server::start().await;
+    let url = format!("ws://{}/api/v1/ws", server.addr);
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_ws-tail"),
+        &["--url", &url, "--events", "note", "--count", "1"],
+    );
+    tail.line_where("the subscription", |l| l.contains("subscribed"))
+        .await;
+    let first = server
+        .one_connection_besides(Transport::WebSocket, None)
+        .await;
+    // Kicked (1008): like the UI, the tail comes back by itself.
+    assert!(server.registry.disconnect(first));
+    server
+        .one_connection_besides(Transport::WebSocket, Some(first))
+        .await;
+    tail.line_where("the subscription again", |l| l.contains("subscribed"))
+        .await;
+    let published = server.bus.publish(note("after the kick"));
+    let line = tail
+        .line_where("the NoteUpdated", |l| json(l)["type"] == "NoteUpdated")
+        .await;
+    assert_eq!(line.as_bytes(), &published.json()[..]);
+    assert!(tail.exit().await.success());
 }
 
 /// Runs `sse-tail` once with `--count 2`, publishing `before` notes once it
@@ -455,4 +516,74 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
     );
     // --count 2 reached: the receiver exits by itself.
     assert!(receiver.exit().await.success(), "{:#?}", receiver.lines);
+}
+
+#[tokio::test]
+async fn sse_tail_resumes_after_a_dropped_connection_without_gap_or_duplicate() {
+    let server = Server::start().await;
+    let state = server.dir.0.join("sse-tail-last-id");
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_sse-tail"),
+        &[
+            "--server",
+            &server.url(""),
+            "--events",
+            "NoteUpdated",
+            "--state-file",
+            state.to_str().unwrap(),
+            "--count",
+            "3",
+        ],
+    );
+    tail.line_where("the confirmation", |l| l.starts_with("- QueueStatus "))
+        .await;
+    server.bus.publish(note("a"));
+    tail.line_where("a", |l| l.contains(r#""title":"a""#)).await;
+    let first = server.one_connection_besides(Transport::Sse, None).await;
+    assert!(server.registry.disconnect(first));
+    // Published while the tail is (most likely) away: replayed on return.
+    server.bus.publish(note("b"));
+    server
+        .one_connection_besides(Transport::Sse, Some(first))
+        .await;
+    server.bus.publish(note("c"));
+    assert!(tail.exit().await.success(), "{:#?}", tail.lines);
+    let titles: Vec<String> = notes(&tail.lines).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(titles, ["a", "b", "c"], "{:#?}", tail.lines);
+}
+
+#[tokio::test]
+async fn sse_tail_reports_resync_required_for_an_unknown_saved_id() {
+    let server = Server::start().await;
+    let state = server.dir.0.join("sse-tail-last-id");
+    std::fs::write(&state, "12345").unwrap();
+    let mut tail = Client::spawn(
+        env!("CARGO_BIN_EXE_sse-tail"),
+        &[
+            "--server",
+            &server.url(""),
+            "--events",
+            "NoteUpdated",
+            "--state-file",
+            state.to_str().unwrap(),
+            "--count",
+            "1",
+        ],
+    );
+    let first = tail.line_where("a first line", |_| true).await;
+    assert!(first.starts_with("- resync_required {"), "{first}");
+    assert_eq!(
+        json(first.splitn(3, ' ').nth(2).unwrap())["last_event_id"],
+        "12345"
+    );
+    tail.line_where("the confirmation", |l| l.starts_with("- QueueStatus "))
+        .await;
+    let published = server.bus.publish(note("fresh"));
+    assert!(tail.exit().await.success(), "{:#?}", tail.lines);
+    assert_eq!(notes(&tail.lines), [(published.seq(), "fresh".to_owned())]);
+    // The stale id is replaced by the new one.
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        published.seq().to_string()
+    );
 }

@@ -83,13 +83,18 @@ async fn main() -> ExitCode {
     let mut seen = 0u64;
     let mut backoff = Duration::from_millis(250);
     loop {
-        match tail(&client, &args, &mut seen).await {
+        let mut connected = false;
+        match tail(&client, &args, &mut seen, &mut connected).await {
             Ok(()) => return ExitCode::SUCCESS,
             Err(Failure::Fatal(e)) => {
                 eprintln!("sse-tail: {e}");
                 return ExitCode::FAILURE;
             }
             Err(Failure::Transient(e)) => {
+                if connected {
+                    // A stream that worked: come back quickly.
+                    backoff = Duration::from_millis(250);
+                }
                 eprintln!("sse-tail: {e}; reconnecting in {backoff:?}");
             }
         }
@@ -115,7 +120,13 @@ fn write_state(path: &Path, id: &str) -> std::io::Result<()> {
 }
 
 /// Runs one connection; `Ok` once `--count` events were printed.
-async fn tail(client: &reqwest::Client, args: &Args, seen: &mut u64) -> Result<(), Failure> {
+/// `connected` tells whether the server accepted the stream.
+async fn tail(
+    client: &reqwest::Client,
+    args: &Args,
+    seen: &mut u64,
+    connected: &mut bool,
+) -> Result<(), Failure> {
     let base = format!("{}/api/v1/events", args.server.trim_end_matches('/'));
     let mut url = reqwest::Url::parse(&base)
         .map_err(|e| Failure::Fatal(format!("invalid server URL {base:?}: {e}")))?;
@@ -154,6 +165,7 @@ async fn tail(client: &reqwest::Client, args: &Args, seen: &mut u64) -> Result<(
         });
     }
     eprintln!("sse-tail: connected");
+    *connected = true;
     let mut stream = response.bytes_stream().eventsource();
     while let Some(event) = stream.next().await {
         let event = event.map_err(|e| Failure::Transient(e.to_string()))?;

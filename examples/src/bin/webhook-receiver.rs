@@ -123,7 +123,7 @@ async fn main() -> ExitCode {
     let stop = async move {
         tokio::select! {
             () = receiver.done.notified() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            () = stop_signal() => {}
         }
     };
     // Graceful: the response to the last counted delivery is still sent.
@@ -137,6 +137,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn receive(
