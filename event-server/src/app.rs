@@ -54,6 +54,8 @@ struct Parts {
     simulator: Option<Arc<event_bridge_jobs::simulator::SimulatedWorker>>,
     #[cfg(feature = "webhook")]
     webhooks: Option<(event_webhook::Webhooks, event_webhook::DeliveryWorker)>,
+    #[cfg(feature = "nats")]
+    cluster: Option<event_nats::NatsCluster>,
 }
 
 impl std::fmt::Debug for App {
@@ -114,11 +116,33 @@ impl App {
         // meter provider goes first.
         #[cfg(feature = "telemetry")]
         let metrics = crate::telemetry::metrics()?;
-        let bus = EventBus::new(BusConfig {
+        let bus_config = BusConfig {
             capacity: config.bus_capacity,
             replay_size: config.replay_size,
             ..BusConfig::default()
-        });
+        };
+        // With NATS, the cluster builds the bus: every instance's bus then has
+        // the same order, sequence numbers and ids (see event-nats).
+        #[cfg(feature = "nats")]
+        let cluster = match &config.nats_url {
+            Some(url) => {
+                let mut nats = event_nats::NatsConfig::from_env()
+                    .unwrap_or_else(|| event_nats::NatsConfig::new(url.clone()));
+                nats.url.clone_from(url);
+                let cluster = event_nats::NatsCluster::connect(nats, bus_config.clone())
+                    .await
+                    .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?;
+                Some(cluster)
+            }
+            None => None,
+        };
+        #[cfg(feature = "nats")]
+        let bus = match &cluster {
+            Some(c) => c.bus().clone(),
+            None => EventBus::new(bus_config),
+        };
+        #[cfg(not(feature = "nats"))]
+        let bus = EventBus::new(bus_config);
         let registry = ConnectionRegistry::new();
         let auth = authenticator(config);
         let db = Db::connect(&config.database_url).await?;
@@ -249,7 +273,16 @@ impl App {
             )
             .await
             .map_err(|e| ServerError::Startup(format!("webhooks: {e}")))?;
-            runner.register(webhooks.sink());
+            // In a cluster every instance sees every event; only the one it
+            // originated on queues its deliveries (the queue is shared).
+            #[cfg(feature = "nats")]
+            let sink = match &cluster {
+                Some(c) => c.local_origin_only(webhooks.sink()),
+                None => webhooks.sink(),
+            };
+            #[cfg(not(feature = "nats"))]
+            let sink = webhooks.sink();
+            runner.register(sink);
             router = router.merge(webhooks.router());
             let worker = webhooks.start_worker(cancel.child_token());
             parts.webhooks = Some((webhooks, worker));
@@ -259,6 +292,20 @@ impl App {
         {
             runner.register(event_telemetry::TelemetrySink::new().into_sink());
             health = health.component("database", crate::telemetry::DbCheck(db.clone()));
+            #[cfg(feature = "nats")]
+            if let Some(c) = &cluster {
+                let c = c.clone();
+                health = health.component("nats", move || match c.state() {
+                    event_nats::ConnectionState::Connected => {
+                        event_telemetry::ComponentStatus::up()
+                    }
+                    event_nats::ConnectionState::Disconnected => {
+                        event_telemetry::ComponentStatus::degraded(
+                            "disconnected from NATS: serving local events only, reconnecting",
+                        )
+                    }
+                });
+            }
             router = router.merge(metrics.router()).merge(health.router());
         }
         #[cfg(not(feature = "telemetry"))]
@@ -274,6 +321,10 @@ impl App {
 
         if !config.allowed_origins.is_empty() {
             router = router.layer(crate::cors::layer(&config.allowed_origins));
+        }
+        #[cfg(feature = "nats")]
+        {
+            parts.cluster = cluster;
         }
         router = router.fallback(crate::error::not_found);
         Ok(App {

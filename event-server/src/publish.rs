@@ -3,7 +3,8 @@
 //! The body is one flat `ServerEvent` object (PROTOCOL §1) or an array of
 //! them. Every event is parsed and validated before any is published, so a
 //! bad batch publishes nothing; a good one is published in order and answered
-//! `202 {"events":[{"seq":…,"event_id":…}]}`.
+//! `202 {"events":[{"seq":…,"event_id":…}]}` (`seq` is absent in a NATS
+//! cluster, where JetStream assigns it after the answer).
 
 use std::sync::Arc;
 
@@ -41,8 +42,11 @@ pub struct PublishQuery {
 /// One published event's identity.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Published {
-    /// The bus sequence number.
-    pub seq: u64,
+    /// The bus sequence number. Absent in a NATS cluster, where JetStream
+    /// assigns it when the event comes back from the stream (the id is final
+    /// at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// The event UUID.
     pub event_id: uuid::Uuid,
 }
@@ -145,7 +149,7 @@ pub async fn publish(
             };
             let ev = state.bus.publish_with(event, meta);
             Published {
-                seq: ev.seq(),
+                seq: (ev.seq() != 0).then_some(ev.seq()),
                 event_id: ev.id(),
             }
         })

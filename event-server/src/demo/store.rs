@@ -64,6 +64,7 @@ const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS demo_notes (
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL)";
 
+#[cfg(feature = "postgres")]
 const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS demo_notes (
     id UUID PRIMARY KEY,
     title TEXT NOT NULL,
@@ -81,18 +82,11 @@ fn db_error(e: sqlx::Error) -> ServerError {
 /// Creates the notes table when missing.
 pub async fn migrate(db: &Db) -> Result<(), ServerError> {
     match db {
-        Db::Sqlite(pool) => sqlx::query(SQLITE_SCHEMA)
-            .execute(pool)
-            .await
-            .map_err(db_error)?,
+        Db::Sqlite(pool) => sqlx::query(SQLITE_SCHEMA).execute(pool).await.map(drop),
         #[cfg(feature = "postgres")]
-        Db::Postgres(pool) => sqlx::query(PG_SCHEMA)
-            .execute(pool)
-            .await
-            .map_err(db_error)?,
-    };
-    let _ = PG_SCHEMA;
-    Ok(())
+        Db::Postgres(pool) => sqlx::query(PG_SCHEMA).execute(pool).await.map(drop),
+    }
+    .map_err(db_error)
 }
 
 fn sqlite_note(row: &sqlx::sqlite::SqliteRow) -> Result<Note, ServerError> {
