@@ -12,7 +12,6 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use event_telemetry::{LogCapture, LogFormat, TelemetryConfig};
@@ -27,69 +26,6 @@ const TITLE: &str = "Title-SECRET-5";
 const TAG: &str = "tag-SECRET-6";
 const MESSAGE: &str = "message-SECRET-7";
 const USER: &str = "user-SECRET-8";
-
-/// One Prometheus sample.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let mut map = BTreeMap::new();
-        // Label values here never contain `,` or `"` (bounded sets).
-        for pair in labels.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap();
-            map.insert(k.to_owned(), v.trim_matches('"').to_owned());
-        }
-        out.push(Sample {
-            name: name.to_owned(),
-            labels: map,
-            value: value.parse().unwrap(),
-        });
-    }
-    out
-}
-
-/// The sum of the samples named `name` whose labels include `labels`;
-/// `None` when there is no such series.
-fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .collect();
-    if matching.is_empty() {
-        None
-    } else {
-        Some(matching.iter().map(|s| s.value).sum())
-    }
-}
-
-async fn scrape(server: &Server) -> (String, Vec<Sample>) {
-    let res = client().get(server.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(ct.starts_with("text/plain"), "{ct}");
-    let text = res.text().await.unwrap();
-    let samples = parse_metrics(&text);
-    (text, samples)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {

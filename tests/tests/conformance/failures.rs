@@ -199,7 +199,19 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     let mut ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
     ws.next_text().await;
 
-    // A burst far beyond the bus capacity, without yielding to the sinks.
+    let (_, before) = scrape(&server).await;
+    let lag_metric = |m: &[Sample], consumer: &str| {
+        metric(
+            m,
+            "matric_bus_lagged_events_total",
+            &[("consumer", consumer)],
+        )
+        .unwrap_or(0.0)
+            + metric(m, "matric_events_dropped_total", &[("consumer", consumer)]).unwrap_or(0.0)
+    };
+
+    // A burst far beyond the bus capacity, without yielding to the sinks
+    // (this test runs on a current-thread runtime, so they cannot run).
     const BURST: usize = 200;
     let mut ids = Vec::new();
     for _ in 0..BURST {
@@ -263,6 +275,16 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     .await
     .expect("webhooks stopped after the bus overflowed");
     drop((ids, end_id));
+
+    // The loss is visible to operators too (the meter is process-wide and
+    // other tests run alongside, so only growth is checked).
+    let (text, after) = scrape(&server).await;
+    for consumer in ["telemetry", "webhook"] {
+        assert!(
+            lag_metric(&after, consumer) > lag_metric(&before, consumer),
+            "no lag metric for {consumer}\n{text}"
+        );
+    }
     health_ok(&server).await;
 }
 
