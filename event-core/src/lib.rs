@@ -72,6 +72,7 @@ pub mod filter;
 pub mod metrics;
 pub mod payload;
 pub mod registry;
+pub mod replay_source;
 pub mod ring;
 pub mod sink;
 pub mod snapshot;
@@ -92,6 +93,7 @@ pub use payload::{
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,
 };
 pub use registry::{ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport};
+pub use replay_source::{ReplaySource, Replayed};
 pub use ring::{Cursor, ReplayMiss, ReplayRing};
 pub use sink::{
     EventSink, RunnerConfig, ShutdownReport, SinkError, SinkRunner, SinkStats, SinkStatsSnapshot,

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{EventBus, Received, Subscription};
 use crate::event::Event;
+use crate::ring::Cursor;
 
 /// A failure reported by a sink. Opaque to the runner, which only counts and
 /// logs it.
@@ -97,6 +98,18 @@ pub trait EventSink: Send + Sync + 'static {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Whether the runner should recover the events this sink's
+    /// subscription lost by lagging from the bus's replay ring, instead of
+    /// reporting them lost through [`on_lag`](Self::on_lag). Default: no.
+    ///
+    /// Sinks that must not lose events (the durable webhook queue) say yes:
+    /// while the missed events are still retained (`EVENT_REPLAY_SIZE`), the
+    /// runner delivers them in order, exactly once, and `on_lag` is called
+    /// only for what the ring no longer holds.
+    fn recover_lagged(&self) -> bool {
+        false
+    }
+
     /// Called when the sink's subscription lost `missed` events because the
     /// sink fell behind.
     async fn on_lag(&self, _missed: u64) {}
@@ -114,6 +127,7 @@ pub struct SinkStats {
     panics: AtomicU64,
     timeouts: AtomicU64,
     lagged: AtomicU64,
+    recovered: AtomicU64,
 }
 
 /// A copy of a sink's counters.
@@ -129,8 +143,12 @@ pub struct SinkStatsSnapshot {
     pub panics: u64,
     /// Batches given up on after the delivery timeout.
     pub timeouts: u64,
-    /// Events the sink's subscription lost by lagging.
+    /// Events the sink's subscription lost by lagging (and that were not
+    /// recovered).
     pub lagged: u64,
+    /// Events the subscription missed by lagging that were recovered from the
+    /// replay ring (see [`EventSink::recover_lagged`]).
+    pub recovered: u64,
 }
 
 impl SinkStats {
@@ -143,6 +161,7 @@ impl SinkStats {
             panics: self.panics.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             lagged: self.lagged.load(Ordering::Relaxed),
+            recovered: self.recovered.load(Ordering::Relaxed),
         }
     }
 }
@@ -221,8 +240,14 @@ impl SinkRunner {
     pub fn register(&mut self, sink: Arc<dyn EventSink>) -> Arc<SinkStats> {
         let stats = Arc::new(SinkStats::default());
         let name = sink.name().to_owned();
+        // Read before subscribing: every event after this one reaches the
+        // subscription (or, after a lag, is still in the ring).
+        let last_seq = self.bus.last_seq();
         let worker = SinkTask {
             sink,
+            bus: self.bus.clone(),
+            last_seq,
+            skip_through: None,
             subscription: self.bus.subscribe(),
             stats: stats.clone(),
             stop: self.stop.clone(),
@@ -267,6 +292,12 @@ impl SinkRunner {
 
 struct SinkTask {
     sink: Arc<dyn EventSink>,
+    bus: EventBus,
+    /// The sequence of the last event received (delivered or filtered out).
+    last_seq: u64,
+    /// After a recovery from the ring: events up to here were delivered
+    /// already and are skipped when the subscription hands them over too.
+    skip_through: Option<u64>,
     subscription: Subscription,
     stats: Arc<SinkStats>,
     stop: CancellationToken,
@@ -329,6 +360,10 @@ impl SinkTask {
     async fn absorb(&mut self, received: Received, batch: &mut Vec<Arc<Event>>) -> bool {
         match received {
             Received::Event(ev) => {
+                if self.skip_through.is_some_and(|s| ev.seq() <= s) {
+                    return true;
+                }
+                self.last_seq = ev.seq();
                 if self.sink.accepts(&ev) {
                     batch.push(ev);
                 }
@@ -338,6 +373,9 @@ impl SinkTask {
                 // Deliver what came before the gap first, so the sink sees
                 // the lag at the right place in the stream.
                 self.flush(batch).await;
+                if self.sink.recover_lagged() && self.recover(missed, batch).await {
+                    return true;
+                }
                 self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
                 tracing::warn!(sink = %self.sink.name(), missed, "sink fell behind the bus");
                 if AssertUnwindSafe(self.sink.on_lag(missed))
@@ -352,6 +390,31 @@ impl SinkTask {
             }
             Received::Closed => false,
         }
+    }
+
+    /// Delivers, from the replay ring, every event after the last one
+    /// received; `false` when the ring no longer holds them all.
+    async fn recover(&mut self, missed: u64, batch: &mut Vec<Arc<Event>>) -> bool {
+        let Ok(events) = self.bus.replay_since(&Cursor::Seq(self.last_seq)) else {
+            return false;
+        };
+        let Some(newest) = events.last().map(|e| e.seq()) else {
+            return true;
+        };
+        tracing::debug!(sink = %self.sink.name(), missed, "sink fell behind the bus; recovering from the replay ring");
+        self.stats.recovered.fetch_add(missed, Ordering::Relaxed);
+        for ev in events {
+            if self.sink.accepts(&ev) {
+                batch.push(ev);
+                if batch.len() >= self.config.max_batch {
+                    self.flush(batch).await;
+                }
+            }
+        }
+        self.flush(batch).await;
+        self.last_seq = newest;
+        self.skip_through = Some(newest);
+        true
     }
 
     async fn flush(&mut self, batch: &mut Vec<Arc<Event>>) {

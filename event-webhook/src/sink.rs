@@ -70,8 +70,15 @@ impl EventSink for WebhookSink {
         self.shared.index.has_subscribers(event.kind())
     }
 
+    // Deliveries are durable: events missed while this sink was busy with
+    // the database are taken from the bus's replay ring instead of lost.
+    fn recover_lagged(&self) -> bool {
+        true
+    }
+
     async fn on_lag(&self, missed: u64) {
-        // Events the bus dropped before this sink saw them cannot be queued.
+        // Called only for events the replay ring no longer held either: those
+        // cannot be queued.
         self.shared.metrics.dropped(missed);
         tracing::error!(
             missed,

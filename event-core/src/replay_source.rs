@@ -1,0 +1,79 @@
+//! Replay beyond the local ring: a longer history the host can plug in.
+//!
+//! The bus's [`ReplayRing`](crate::ReplayRing) keeps only the most recent
+//! events. A host that also has a durable, ordered log of the same events —
+//! a NATS JetStream stream shared by several instances, for example — can
+//! offer it as a [`ReplaySource`]. A transport asks the source only when the
+//! ring cannot serve a client's cursor ([`ReplayMiss`]); if the source cannot
+//! either, the client is told to resync as before.
+//!
+//! The hand-over to live delivery stays the transport's job and works as
+//! with the ring: subscribe to live events first, then ask the source, then
+//! drop live events whose sequence is at most [`Replayed::through`]. The
+//! source may answer with events the local bus has not delivered yet (the
+//! log can be ahead of the bus); `through` covers them, so they are sent once,
+//! from the replay.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::event::Event;
+use crate::ring::{Cursor, ReplayMiss};
+
+/// What a [`ReplaySource`] returns for a cursor it can serve.
+#[derive(Debug, Clone, Default)]
+pub struct Replayed {
+    /// Every event after the cursor, oldest first, with the bus sequence
+    /// numbers the local bus gives (or will give) them.
+    pub events: Vec<Arc<Event>>,
+    /// The bus sequence through which this replay is complete: live events
+    /// at or below it are covered by it (sent or deliberately not). The last
+    /// event's sequence, or — when there are none — the cursor's own.
+    pub through: u64,
+}
+
+impl Replayed {
+    /// A replay of `events`; `through` is the last event's sequence, or
+    /// `cursor_seq` (the sequence of the event the cursor names) when
+    /// `events` is empty.
+    pub fn new(events: Vec<Arc<Event>>, cursor_seq: u64) -> Self {
+        let through = events.last().map_or(cursor_seq, |e| e.seq());
+        Replayed { events, through }
+    }
+}
+
+/// A history older than the bus's replay ring, for resuming clients.
+///
+/// Implementations bound their own work (time, number of events) and answer
+/// [`ReplayMiss`] when they cannot serve a cursor completely: the transport
+/// then sends `resync_required`. Never answer with a partial replay.
+#[async_trait]
+pub trait ReplaySource: Send + Sync + 'static {
+    /// Every event after `cursor`, oldest first. Called only after the local
+    /// ring missed, so it may skip the ring.
+    async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventMeta;
+    use crate::payload::{QueueStatus, ServerEvent};
+
+    fn ev(seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(
+            seq,
+            uuid::Uuid::now_v7(),
+            time::OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::QueueStatus(QueueStatus::new(seq, 0)),
+        ))
+    }
+
+    #[test]
+    fn through_is_the_last_event_or_the_cursor() {
+        assert_eq!(Replayed::new(vec![ev(5), ev(9)], 3).through, 9);
+        assert_eq!(Replayed::new(Vec::new(), 3).through, 3);
+    }
+}
