@@ -594,8 +594,10 @@ pub async fn register_webhook(server: &Server, body: &Value) -> Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 201, "webhook registration refused");
-    res.json().await.unwrap()
+    let status = res.status();
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "webhook registration refused: {answer}");
+    answer
 }
 
 /// Asserts that `res` is a documented JSON error with `status`.

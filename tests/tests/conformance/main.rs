@@ -13,4 +13,5 @@ mod hotm_sse;
 mod hotm_ws;
 mod properties;
 mod use_cases;
+mod webhooks;
 mod wire;
