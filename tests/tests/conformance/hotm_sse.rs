@@ -326,3 +326,67 @@ async fn graceful_shutdown_ends_streams() {
     server.shutdown().await;
     assert!(ended.await.unwrap(), "the stream did not end at shutdown");
 }
+
+#[tokio::test]
+async fn replay_hand_over_under_concurrent_publishing_has_no_gap_and_no_duplicate() {
+    let server = Server::start(&[]).await;
+    let first = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
+    // A publisher keeps going while the client reconnects with a cursor.
+    let bus = server.bus.clone();
+    let publisher = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for _ in 0..300 {
+            let ev = bus.publish(event_core::NoteUpdated {
+                note_id: uuid::Uuid::now_v7(),
+                title: None,
+                tags: Vec::new(),
+                has_ai_content: false,
+                has_links: false,
+                operation: None,
+                user_id: None,
+            });
+            seqs.push(ev.seq());
+            tokio::task::yield_now().await;
+        }
+        seqs
+    });
+    let mut sse = SseClient::connect(
+        &server.url("/api/v1/events?events=NoteUpdated"),
+        &[("Last-Event-ID", first.0.to_string().as_str())],
+    )
+    .await;
+    let published = publisher.await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < published.len() {
+        let f = sse.next_non_queue().await;
+        got.push(f.id.unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(
+        got, published,
+        "replay then live: in order, no gap, no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn a_standard_sse_parser_reads_the_stream() {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    let server = Server::start(&[]).await;
+    let res = SseClient::request(&server.url("/api/v1/events?format=envelope"), &[]).await;
+    let mut events = res.bytes_stream().eventsource();
+    let (_, id) = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
+    let ev = tokio::time::timeout(WAIT, async {
+        loop {
+            let ev = events.next().await.unwrap().unwrap();
+            if ev.event == "note.updated" {
+                return ev;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ev.id, id);
+    assert_eq!(ev.retry, None, "retry arrives in its own frame");
+    let v: Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(v["payload"]["type"], "NoteUpdated");
+}
