@@ -16,8 +16,8 @@ use event_core::metrics::{self, SSE_REPLAYS};
 use event_core::{
     Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, Event, EventBus, EventFilter,
     EventSink, FanoutHub, FilterParams, HubSubscription, Outgoing, OverflowPolicy, Principal,
-    QueueSnapshot, ReplayMiss, ServerEvent, SubscribeOptions, Transport, TransportMetrics, Uuid,
-    WireForm, current_queue_status,
+    QueueSnapshot, ReplayMiss, ReplaySource, ServerEvent, SubscribeOptions, Transport,
+    TransportMetrics, Uuid, WireForm, current_queue_status,
 };
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
@@ -37,6 +37,7 @@ struct Inner {
     registry: ConnectionRegistry,
     auth: Arc<dyn Authenticator>,
     queue: Option<Arc<dyn QueueSnapshot>>,
+    replay_source: Option<Arc<dyn ReplaySource>>,
     hub: FanoutHub,
     config: SseConfig,
     metrics: TransportMetrics,
@@ -80,6 +81,7 @@ impl SseEndpoint {
                 registry,
                 auth,
                 queue: None,
+                replay_source: None,
                 hub: FanoutHub::new("sse"),
                 config,
                 metrics: TransportMetrics::new(Transport::Sse),
@@ -95,6 +97,21 @@ impl SseEndpoint {
             inner.queue = Some(provider);
         } else {
             tracing::warn!("with_queue_snapshot called on a shared SseEndpoint; ignored");
+        }
+        self
+    }
+
+    /// Serves cursors older than the bus's replay ring from `source` (e.g.
+    /// a NATS JetStream stream shared by several instances) instead of
+    /// answering `resync_required` at once. Asked only when the ring misses;
+    /// if the source misses too, the client gets `resync_required`. The
+    /// hand-over to live delivery is the same as from the ring: no gap, no
+    /// duplicate. Call before cloning the endpoint.
+    pub fn with_replay_source(mut self, source: Arc<dyn ReplaySource>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.replay_source = Some(source);
+        } else {
+            tracing::warn!("with_replay_source called on a shared SseEndpoint; ignored");
         }
         self
     }
@@ -217,7 +234,7 @@ impl SseEndpoint {
         let mut skip_through = 0;
         if let Some(raw) = query.last_event_id(headers) {
             match Cursor::parse(&raw) {
-                Ok(cursor) => match replay(&inner.bus, &cursor) {
+                Ok(cursor) => match self.replay(&cursor).await {
                     Ok((events, through)) => {
                         inner.replays.add(1, &[KeyValue::new("replay", "served")]);
                         skip_through = through;
@@ -278,6 +295,27 @@ impl SseEndpoint {
             Some(guard),
         );
         Ok(sse_response(Body::from_stream(conn.into_stream())))
+    }
+
+    /// The replay after `cursor` from the ring, else from the replay source,
+    /// and the sequence through which the live outbox must be skipped.
+    async fn replay(&self, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), ReplayMiss> {
+        let miss = match replay(&self.inner.bus, cursor) {
+            Ok(served) => return Ok(served),
+            Err(miss) => miss,
+        };
+        let Some(source) = &self.inner.replay_source else {
+            return Err(miss);
+        };
+        // Live delivery is already subscribed: whatever the source returns
+        // that also arrives live is at or below `through` and skipped there.
+        let replayed = source.replay_since(cursor).await?;
+        tracing::debug!(
+            ring = miss.as_str(),
+            events = replayed.events.len(),
+            "SSE cursor served by the replay source"
+        );
+        Ok((replayed.events, replayed.through))
     }
 
     async fn serve_history(self, req: Request) -> Response {

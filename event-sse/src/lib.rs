@@ -19,6 +19,11 @@
 //! * Each connection subscribes to the hub *before* reading the replay ring,
 //!   then drops live events it already replayed (by sequence): a publish
 //!   during the hand-over is neither lost nor duplicated.
+//! * A cursor older than the ring gets `resync_required` — unless the host
+//!   set a longer history with [`SseEndpoint::with_replay_source`] (e.g. the
+//!   NATS JetStream stream of a cluster, `event-nats`): then that history is
+//!   asked, after the live subscription as well, and only its miss is a
+//!   resync.
 //! * The body is a plain stream of `Bytes`: each poll drains everything
 //!   pending and writes it as one chunk, framed byte-exactly from each
 //!   event's cached JSON (serialized once, however many clients).

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_core::{
-    AllowAnonymous, Authenticator, BusConfig, ConnectionRegistry, EventBus, SeqStart, SinkRunner,
+    AllowAnonymous, Authenticator, BusConfig, ConnectionRegistry, EventBus, ReplaySource, SeqStart,
+    SinkRunner,
 };
 use event_sse::{SseConfig, SseEndpoint};
 use futures_util::StreamExt;
@@ -38,6 +39,8 @@ pub struct Options {
     pub auth: Arc<dyn Authenticator>,
     /// The socket write timeout the server runs with.
     pub write_timeout: Duration,
+    /// Builds the endpoint's replay source from the server's bus.
+    pub replay_source: Option<Box<dyn FnOnce(&EventBus) -> Arc<dyn ReplaySource> + Send>>,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             config: SseConfig::default(),
             auth: Arc::new(AllowAnonymous),
             write_timeout: Duration::from_secs(30),
+            replay_source: None,
         }
     }
 }
@@ -64,8 +68,11 @@ impl Server {
         install_provider();
         let bus = EventBus::new(options.bus);
         let registry = ConnectionRegistry::new();
-        let endpoint =
+        let mut endpoint =
             SseEndpoint::new(bus.clone(), registry.clone(), options.auth, options.config);
+        if let Some(source) = options.replay_source {
+            endpoint = endpoint.with_replay_source(source(&bus));
+        }
         let mut runner = SinkRunner::new(&bus);
         runner.register(endpoint.sink());
         let app: axum::Router = endpoint.router();

@@ -13,4 +13,5 @@ mod filters;
 mod framing;
 mod history;
 mod replay;
+mod replay_source;
 mod third_party;
