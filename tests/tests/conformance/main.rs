@@ -11,6 +11,7 @@ mod failures;
 mod harness;
 mod hotm_sse;
 mod hotm_ws;
+mod postgres;
 mod properties;
 mod use_cases;
 mod webhooks;

@@ -194,7 +194,11 @@ async fn uc001_job_failure_reaches_the_ui_as_a_short_code() {
 
 #[tokio::test]
 async fn uc002_note_refetched_after_ai_revision_has_the_new_content() {
-    let server = Server::start(&[]).await;
+    uc002(&Server::start(&[]).await).await;
+}
+
+/// UC-002 against `server` (SQLite here, PostgreSQL in `postgres`).
+pub async fn uc002(server: &Server) {
     let http = client();
     let note: Value = http
         .post(server.url("/api/v1/notes"))
@@ -404,7 +408,11 @@ async fn uc003_reconnect_with_last_event_id_recovers_missed_events() {
 
 #[tokio::test]
 async fn uc004_signed_delivery_verified_and_retried_after_500() {
-    let server = Server::start(&["--webhook-retry-schedule", "100ms,200ms"]).await;
+    uc004(&Server::start(&["--webhook-retry-schedule", "100ms,200ms"]).await).await;
+}
+
+/// UC-004 against `server`, which retries after 100 ms.
+pub async fn uc004(server: &Server) {
     let receiver = Receiver::start().await;
     receiver.script(&[500]);
     let secret = "shared-secret-key";
@@ -419,7 +427,7 @@ async fn uc004_signed_delivery_verified_and_retried_after_500() {
     );
     let hook_id = hook["id"].as_str().unwrap();
 
-    let published = publish_n(&server, &["JobQueued", "JobCompleted"]).await;
+    let published = publish_n(server, &["JobQueued", "JobCompleted"]).await;
     let event_id = &published[1].1;
     let requests = receiver.wait_for(2).await;
     assert_eq!(requests[0].status, 500);
