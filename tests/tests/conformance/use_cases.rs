@@ -417,7 +417,7 @@ pub async fn uc004(server: &Server) {
     receiver.script(&[500]);
     let secret = "shared-secret-key";
     let hook = register_webhook(
-        &server,
+        server,
         &json!({"url": receiver.url("/ci"), "events": ["JobCompleted","NoteUpdated"], "secret": secret}),
     )
     .await;
