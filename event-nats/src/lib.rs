@@ -47,6 +47,10 @@
 //! ring, or from JetStream when it is older than the ring (as far as the
 //! stream's retention and `NatsConfig::max_replay` allow); otherwise it
 //! returns an error for which the SSE layer sends `resync_required`.
+//! `NatsCluster` also implements event-core's
+//! [`ReplaySource`](event_core::ReplaySource), so an SSE endpoint asks
+//! JetStream by itself whenever its ring misses
+//! (`SseEndpoint::with_replay_source(Arc::new(cluster.clone()))`).
 //!
 //! ## NATS outages
 //!
@@ -117,10 +121,12 @@
 //!    `EventBus::new(bus_config)` as before.
 //! 2. Register sinks on that bus *after* `connect`; wrap the webhook sink in
 //!    [`NatsCluster::local_origin_only`] (or dedupe the enqueue).
-//! 3. SSE replay: when the bus cannot serve a `Last-Event-ID`
-//!    (`ReplayMiss`), call [`NatsCluster::replay_since`]; `Ok(events)` →
-//!    send them, then live events with a higher `seq`; `Err(_)` →
-//!    `resync_required`.
+//! 3. SSE replay: `sse.with_replay_source(Arc::new(cluster.clone()))`: when
+//!    the ring cannot serve a `Last-Event-ID`, the endpoint replays from
+//!    JetStream (the `ReplaySource` impl), else sends `resync_required`.
+//!    Other transports: subscribe first, then [`NatsCluster::replay_since`];
+//!    `Ok(events)` → send them, then live events with a higher `seq`;
+//!    `Err(_)` → `resync_required`.
 //! 4. `/health`: add `cluster.health()` (serializes as
 //!    `{"status":"connected",…}`); the instance stays healthy while
 //!    disconnected (it still serves its local events), so report it as a

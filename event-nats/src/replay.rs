@@ -10,12 +10,12 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use event_core::{Cursor, Event, ReplayMiss};
+use event_core::{Cursor, Event, ReplayMiss, ReplaySource, Replayed, async_trait};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::codec::{self, stream_seq};
+use crate::codec::{self, bus_seq, stream_seq};
 use crate::{Error, NatsCluster};
 
 impl NatsCluster {
@@ -40,6 +40,12 @@ impl NatsCluster {
 
     /// Like [`replay_since`](Self::replay_since) but always from JetStream.
     pub async fn replay_from_stream(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
+        self.replay_bounded(cursor).await.map(|(events, _)| events)
+    }
+
+    /// The replay from JetStream and the stream sequence of the cursor,
+    /// within `replay_timeout`.
+    async fn replay_bounded(&self, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), Error> {
         let timeout = self.config().replay_timeout;
         match tokio::time::timeout(timeout, self.replay_inner(cursor)).await {
             Ok(result) => result,
@@ -50,7 +56,7 @@ impl NatsCluster {
         }
     }
 
-    async fn replay_inner(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
+    async fn replay_inner(&self, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), Error> {
         let shared = self.shared();
         if !shared.state.is_connected() {
             return Err(Error::Disconnected);
@@ -77,7 +83,7 @@ impl NatsCluster {
             return Err(Error::CursorExpired(cursor.to_string()));
         }
         if after == last {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), after));
         }
         let count = last - after;
         if count > shared.config.max_replay as u64 {
@@ -113,7 +119,7 @@ impl NatsCluster {
                 break;
             }
         }
-        Ok(events)
+        Ok((events, after))
     }
 
     /// The stream sequence of the event with this id.
@@ -196,6 +202,38 @@ impl NatsCluster {
             .await
             .map_err(|e| Error::Replay(e.to_string()))?;
         Ok((messages, guard))
+    }
+}
+
+/// For `event_sse::SseEndpoint::with_replay_source` (or any transport):
+/// cursors the local ring misses are served from JetStream, as
+/// [`NatsCluster::replay_from_stream`] does. Every [`Error`] is a miss
+/// (`resync_required`): [`Error::CursorUnknown`] as
+/// [`ReplayMiss::Unknown`], the others as [`ReplayMiss::Expired`].
+///
+/// [`Replayed::through`] is the last replayed event's bus sequence or, when
+/// nothing follows the cursor, the cursor's own (for a UUID cursor, the bus
+/// sequence of its stream position). So a client that resumes here with an
+/// event this instance has not injected yet does not get it twice.
+#[async_trait]
+impl ReplaySource for NatsCluster {
+    async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss> {
+        match self.replay_bounded(cursor).await {
+            Ok((events, after)) => {
+                let cursor_seq = match *cursor {
+                    Cursor::Seq(seq) => seq,
+                    Cursor::Id(_) => bus_seq(after),
+                };
+                Ok(Replayed::new(events, cursor_seq))
+            }
+            Err(error) => {
+                tracing::debug!(code = error.code(), %error, "cursor not served from JetStream");
+                Err(match error {
+                    Error::CursorUnknown(_) => ReplayMiss::Unknown,
+                    _ => ReplayMiss::Expired,
+                })
+            }
+        }
     }
 }
 

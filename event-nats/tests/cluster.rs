@@ -445,3 +445,44 @@ async fn foreign_garbage_on_the_stream_is_skipped() {
     assert_eq!(a.health().skipped, 1);
     cleanup(&config).await;
 }
+
+#[tokio::test]
+async fn replay_source_serves_jetstream_with_its_hand_over_point() {
+    use event_core::ReplaySource;
+    let Some(url) = nats_url("replay_source_serves_jetstream_with_its_hand_over_point") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 1024).await;
+    let mut sub_a = a.bus().subscribe();
+    for i in 0..20 {
+        a.bus().publish(progress(i));
+    }
+    let seen = collect(&mut sub_a, 20, "A").await;
+    let source: &dyn ReplaySource = &a;
+
+    // By sequence and by id: everything after, through the last event.
+    for cursor in [Cursor::Seq(seen[2].seq()), Cursor::Id(seen[2].id())] {
+        let replayed = source.replay_since(&cursor).await.expect("served");
+        assert_eq!(identity(&replayed.events), identity(&seen[3..]), "{cursor}");
+        assert_eq!(replayed.through, bus_seq(20));
+    }
+    // Nothing after the newest: the hand-over point is the cursor's own
+    // position, also for an id (its stream sequence).
+    for cursor in [Cursor::Seq(seen[19].seq()), Cursor::Id(seen[19].id())] {
+        let replayed = source.replay_since(&cursor).await.expect("served");
+        assert!(replayed.events.is_empty(), "{cursor}");
+        assert_eq!(replayed.through, bus_seq(20), "{cursor}");
+    }
+    // Cursors the stream never had are misses (resync_required).
+    for cursor in [Cursor::Seq(bus_seq(500)), Cursor::Id(Uuid::now_v7())] {
+        assert_eq!(
+            source.replay_since(&cursor).await.unwrap_err(),
+            ReplayMiss::Unknown,
+            "{cursor}"
+        );
+    }
+
+    a.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
