@@ -129,6 +129,12 @@ impl App {
                 let mut nats = event_nats::NatsConfig::from_env()
                     .unwrap_or_else(|| event_nats::NatsConfig::new(url.clone()));
                 nats.url.clone_from(url);
+                if let Some(stream) = &config.nats_stream {
+                    nats.stream.clone_from(stream);
+                }
+                if let Some(prefix) = &config.nats_subject_prefix {
+                    nats.subject_prefix.clone_from(prefix);
+                }
                 let cluster = event_nats::NatsCluster::connect(nats, bus_config.clone())
                     .await
                     .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?;
@@ -251,6 +257,11 @@ impl App {
             );
             if let Some(q) = &queue {
                 sse = sse.with_queue_snapshot(q.clone());
+            }
+            // Cursors older than the ring are replayed from JetStream.
+            #[cfg(feature = "nats")]
+            if let Some(c) = &cluster {
+                sse = sse.with_replay_source(Arc::new(c.clone()));
             }
             runner.register(sse.sink());
             router = router.merge(sse.router());

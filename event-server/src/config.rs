@@ -234,6 +234,14 @@ pub struct Config {
     /// NATS server for running several instances as one (feature `nats`).
     #[arg(long = "nats-url", env = "NATS_URL")]
     pub nats_url: Option<String>,
+
+    /// JetStream stream shared by the instances (default `MATRIC_EVENTS`).
+    #[arg(long = "nats-stream", env = "NATS_STREAM")]
+    pub nats_stream: Option<String>,
+
+    /// Subject prefix of the events on NATS (default `matric.events`).
+    #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX")]
+    pub nats_subject_prefix: Option<String>,
 }
 
 impl Config {
