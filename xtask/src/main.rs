@@ -107,6 +107,17 @@ fn ci() -> Result<(), String> {
     for member in members()? {
         cargo(&["test", "--locked", "-p", &member, "--all-targets"])?;
     }
+    // Two server instances on one NATS (needs TEST_NATS_URL).
+    cargo(&[
+        "test",
+        "--locked",
+        "-p",
+        "event-server",
+        "--features",
+        "nats,postgres",
+        "--test",
+        "cluster",
+    ])?;
     // Each transport must build and run alone in the host.
     for feature in HOST_FEATURES {
         cargo(&[
