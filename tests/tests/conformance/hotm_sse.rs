@@ -390,3 +390,42 @@ async fn a_standard_sse_parser_reads_the_stream() {
     let v: Value = serde_json::from_str(&ev.data).unwrap();
     assert_eq!(v["payload"]["type"], "NoteUpdated");
 }
+
+#[tokio::test]
+async fn g2_client_resumes_after_a_kick_with_its_last_envelope_id() {
+    let server = Server::start(&[]).await;
+    let url = server.url("/api/v1/events?format=envelope&types=note");
+    let mut sse = SseClient::connect(&url, &[]).await;
+    let (_, seen_id) = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
+    let f = sse.next_non_queue().await;
+    assert_eq!(f.id.as_deref(), Some(seen_id.as_str()));
+    // An operator kicks the stream; it ends (EventSource then reconnects).
+    let conns: Value = client()
+        .get(server.url("/api/v1/connections"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = conns[0]["id"].as_u64().unwrap();
+    let res = client()
+        .delete(server.url(&format!("/api/v1/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(sse.ends_within(WAIT).await, "a kicked stream ends");
+    let missed = server
+        .publish(&json!([
+            note(uuid::Uuid::now_v7()),
+            note(uuid::Uuid::now_v7())
+        ]))
+        .await;
+    let mut sse = SseClient::connect(&url, &[("Last-Event-ID", seen_id.as_str())]).await;
+    for (_, id) in &missed {
+        let f = sse.next_non_queue().await;
+        assert_eq!(f.id.as_deref(), Some(id.as_str()));
+        assert_eq!(f.json()["event_id"], id.as_str());
+    }
+}
