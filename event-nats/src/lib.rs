@@ -106,6 +106,12 @@
 //!   origin crashes between publishing and enqueueing gets no delivery), or,
 //!   more robust, let every instance enqueue and make the enqueue
 //!   idempotent on `(webhook, event id)`.
+//! * With the reference host `event-server`: build it with
+//!   `--features nats,postgres` and start every instance with the same
+//!   `NATS_URL` (and `NATS_STREAM` / `NATS_SUBJECT_PREFIX`, or the flags
+//!   `--nats-stream` / `--nats-subject-prefix`) and the same PostgreSQL
+//!   `DATABASE_URL`. It does the wiring below: webhook sink behind
+//!   `local_origin_only`, SSE replay from JetStream, `nats` in `/health`.
 //! * `/health` should include [`NatsCluster::health`]; the metrics
 //!   `matric_nats_connected`, `matric_nats_published{result}`,
 //!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
