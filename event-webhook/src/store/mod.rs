@@ -181,6 +181,11 @@ pub(crate) fn outcome_columns(
     }
 }
 
+/// How many of the oldest due rows a claim considers.
+pub(crate) fn candidate_pool(req: &ClaimRequest) -> u32 {
+    req.limit.saturating_mul(4).max(64)
+}
+
 /// Reason stored when a webhook is disabled after too many dead deliveries.
 pub(crate) fn dead_streak_reason(n: u32) -> String {
     format!("disabled after {n} consecutive failed deliveries")

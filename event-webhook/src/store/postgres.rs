@@ -16,7 +16,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    GONE_REASON, WebhookStore, code_of, dead_streak_reason, outcome_columns, status_of, u32_of,
+    GONE_REASON, WebhookStore, candidate_pool, code_of, dead_streak_reason, outcome_columns,
+    status_of, u32_of,
 };
 use crate::error::{Result, WebhookError};
 use crate::model::{
@@ -347,19 +348,24 @@ impl WebhookStore for PostgresStore {
     }
 
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
-        // The ranked subquery picks candidates (at most `per_webhook` per
-        // endpoint); the locking SELECT re-checks the due condition on the
+        // Candidates come from the oldest due rows only (an index range
+        // scan, whatever the queue length); the ranked subquery keeps at most
+        // `per_webhook` per endpoint; the locking SELECT re-checks the due condition on the
         // latest row version and skips rows another worker is claiming.
         let rows = sqlx::query(
             "WITH candidates AS ( \
                SELECT id FROM ( \
-                 SELECT d.id, d.next_attempt_at, row_number() OVER \
-                   (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn \
-                 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-                 WHERE d.status IN ('pending', 'failed') AND w.active \
-                   AND d.next_attempt_at <= $1 \
-                   AND (d.claimed_until IS NULL OR d.claimed_until < $1) \
-                   AND NOT (d.webhook_id = ANY($2)) \
+                 SELECT id, next_attempt_at, row_number() OVER \
+                   (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn \
+                 FROM ( \
+                   SELECT d.id, d.webhook_id, d.next_attempt_at \
+                   FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                   WHERE d.status IN ('pending', 'failed') AND w.active \
+                     AND d.next_attempt_at <= $1 \
+                     AND (d.claimed_until IS NULL OR d.claimed_until < $1) \
+                     AND NOT (d.webhook_id = ANY($2)) \
+                   ORDER BY d.next_attempt_at LIMIT $7 \
+                 ) oldest \
                ) ranked WHERE rn <= $3 ORDER BY next_attempt_at LIMIT $4 \
              ), locked AS ( \
                SELECT d.id FROM deliveries d JOIN candidates c ON c.id = d.id \
@@ -379,6 +385,7 @@ impl WebhookStore for PostgresStore {
         .bind(i64::from(req.limit))
         .bind(req.lease_until)
         .bind(req.token)
+        .bind(i64::from(candidate_pool(req)))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -19,7 +19,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    GONE_REASON, WebhookStore, code_of, dead_streak_reason, outcome_columns, status_of, u32_of,
+    GONE_REASON, WebhookStore, candidate_pool, code_of, dead_streak_reason, outcome_columns,
+    status_of, u32_of,
 };
 use crate::error::{Result, WebhookError};
 use crate::model::{
@@ -341,12 +342,16 @@ impl WebhookStore for SqliteStore {
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
         let now = ms(req.now);
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET claimed_until = ");
+        // Candidates come from the oldest due rows only (an index range
+        // scan), so a claim costs the same however long the queue is; the
+        // per-webhook cap is applied among them.
         qb.push_bind(ms(req.lease_until))
             .push(", claim_token = ")
             .push_bind(req.token)
             .push(
-                " WHERE id IN (SELECT id FROM (SELECT d.id, d.next_attempt_at, row_number() \
-                 OVER (PARTITION BY d.webhook_id ORDER BY d.next_attempt_at, d.id) AS rn \
+                " WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at, row_number() \
+                 OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, id) AS rn FROM \
+                 (SELECT d.id, d.webhook_id, d.next_attempt_at \
                  FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id \
                  WHERE d.status IN ('pending', 'failed') AND w.active = 1 \
                  AND d.next_attempt_at <= ",
@@ -363,7 +368,9 @@ impl WebhookStore for SqliteStore {
             }
             qb.push(")");
         }
-        qb.push(") WHERE rn <= ")
+        qb.push(" ORDER BY d.next_attempt_at LIMIT ")
+            .push_bind(i64::from(candidate_pool(req)))
+            .push(")) WHERE rn <= ")
             .push_bind(i64::from(req.per_webhook))
             .push(" ORDER BY next_attempt_at LIMIT ")
             .push_bind(i64::from(req.limit))
