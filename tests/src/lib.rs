@@ -25,7 +25,7 @@
 //!   * `failures` — abrupt disconnects, failing and `410` endpoints, bus
 //!     overflow with a tiny `--event-bus-capacity`.
 //!   * `properties` — proptest properties for every parser of outside input
-//!     (SSE query strings, `Last-Event-ID`, WebSocket client messages,
+//!     (SSE and history query strings, `Last-Event-ID`, WebSocket client messages,
 //!     webhook and publish bodies): no panic, no 5xx, refusals are the
 //!     documented 4xx JSON. `PROPTEST_CASES=500` runs a longer search.
 //!   * `postgres` — UC-002 and UC-004 on PostgreSQL.

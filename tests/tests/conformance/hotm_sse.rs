@@ -429,3 +429,48 @@ async fn g2_client_resumes_after_a_kick_with_its_last_envelope_id() {
         assert_eq!(f.json()["event_id"], id.as_str());
     }
 }
+
+#[tokio::test]
+async fn history_returns_retained_envelopes_after_a_cursor_filtered_and_limited() {
+    let server = Server::start(&[]).await;
+    let (anchor, _) = server.publish(&note(uuid::Uuid::now_v7())).await.remove(0);
+    let job = uuid::Uuid::now_v7();
+    let ids = server
+        .publish(&json!([
+            {"type":"JobQueued","job_id":job,"job_type":"E"},
+            note(uuid::Uuid::now_v7()),
+            {"type":"JobCompleted","job_id":job,"job_type":"E"},
+            note(uuid::Uuid::now_v7()),
+        ]))
+        .await;
+    let get = |q: String| {
+        let url = server.url(&format!("/api/v1/events/history?{q}"));
+        async move {
+            let res = client().get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let all = get(format!("since={anchor}")).await;
+    let got: Vec<&str> = all
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = ids.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(
+        got, want,
+        "everything after the cursor, oldest first, as envelopes"
+    );
+    assert_eq!(all[0]["payload"]["type"], "JobQueued");
+    let jobs = get(format!("since={anchor}&types=job")).await;
+    assert_eq!(jobs.len(), 2);
+    let limited = get(format!("since={anchor}&limit=1")).await;
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0]["event_id"], ids[0].1.as_str());
+    let res = client()
+        .get(server.url("/api/v1/events/history?limit=zero"))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(res, 400).await;
+}

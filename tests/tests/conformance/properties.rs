@@ -165,6 +165,60 @@ fn sse_query_strings_never_fail_badly() {
 }
 
 #[test]
+fn history_queries_never_fail_badly() {
+    let rt = runtime();
+    let server = rt.block_on(async {
+        let s = Server::start(&["--event-replay-size", "8"]).await;
+        for i in 0..12u64 {
+            s.publish(&json!({"type":"QueueStatus","total_jobs":i,"running":0,"pending":i}))
+                .await;
+        }
+        s
+    });
+    let key = proptest::sample::select(vec![
+        "since",
+        "limit",
+        "events",
+        "types",
+        "entity_id",
+        "memory",
+        "zz",
+    ]);
+    let value = prop_oneof![nasty_text(), (0u64..40).prop_map(|n| n.to_string())];
+    let query = proptest::collection::vec((key, value), 0..4);
+    let outcomes = Outcomes::default();
+    runner(40)
+        .run(&query, |pairs| {
+            rt.block_on(async {
+                let q: Vec<String> = pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", encode(v)))
+                    .collect();
+                let url = server.url(&format!("/api/v1/events/history?{}", q.join("&")));
+                let res = client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+                if res.status() == 200 {
+                    let list: Value = res
+                        .json()
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+                    prop_assert!(list.is_array(), "{url}: {list}");
+                    outcomes.accepted();
+                } else {
+                    check_answer(res, 200).await?;
+                    outcomes.refused();
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    outcomes.assert_both("history query");
+}
+
+#[test]
 fn last_event_ids_never_fail_badly() {
     let rt = runtime();
     let server = rt.block_on(async {
