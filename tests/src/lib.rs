@@ -29,6 +29,7 @@
 //!     webhook and publish bodies): no panic, no 5xx, refusals are the
 //!     documented 4xx JSON. `PROPTEST_CASES=500` runs a longer search.
 //!   * `postgres` — UC-002 and UC-004 on PostgreSQL.
+//!   * `auth` — optional authentication: anonymous mode, client and admin tokens.
 //! * `observability` — UC-005: exact `/metrics` values after scripted
 //!   WebSocket, SSE and webhook traffic, gauges back to 0, the JSON log line
 //!   of each type, and no secret or personal data in the captured logs. Its

@@ -7,6 +7,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod failures;
 mod harness;
 mod hotm_sse;
