@@ -474,3 +474,52 @@ async fn history_returns_retained_envelopes_after_a_cursor_filtered_and_limited(
         .unwrap();
     assert_json_error(res, 400).await;
 }
+
+#[tokio::test]
+async fn memory_scope_by_query_or_header_keeps_unscoped_events() {
+    let server = Server::start(&[]).await;
+    let mut work = SseClient::connect(
+        &server.url("/api/v1/events?format=envelope&types=note&memory=work"),
+        &[],
+    )
+    .await;
+    let mut home = SseClient::connect(
+        &server.url("/api/v1/events?format=envelope&types=note"),
+        &[("X-Fortemi-Memory", "home")],
+    )
+    .await;
+    let publish_in = |memory: Option<&'static str>| {
+        let url = match memory {
+            Some(m) => server.url(&format!("/api/v1/events?memory={m}")),
+            None => server.url("/api/v1/events"),
+        };
+        async move {
+            let res = client()
+                .post(url)
+                .json(&note(uuid::Uuid::now_v7()))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 202);
+            res.json::<Value>().await.unwrap()["events"][0]["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let in_work = publish_in(Some("work")).await;
+    let in_home = publish_in(Some("home")).await;
+    let unscoped = publish_in(None).await;
+    for (client, mine, memory) in [(&mut work, &in_work, "work"), (&mut home, &in_home, "home")] {
+        let f = client.next_non_queue().await;
+        assert_eq!(f.id.as_deref(), Some(mine.as_str()), "{memory}");
+        assert_eq!(f.json()["memory"], memory);
+        let f = client.next_non_queue().await;
+        assert_eq!(
+            f.id.as_deref(),
+            Some(unscoped.as_str()),
+            "{memory}: unscoped events pass"
+        );
+        assert!(f.json().get("memory").is_none());
+    }
+}
