@@ -1,6 +1,8 @@
 //! Smoke test of the benchmark tools: `loadgen` against `raw-floor`, both
 //! real processes on loopback.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 

@@ -4,8 +4,11 @@
 //!   each workspace member's tests on their own (so a crate that only compiles
 //!   inside the workspace is caught), the host's single-feature builds, then
 //!   the doc tests.
+//! * `bench` — the benchmark harness; writes `BENCHMARKS.md` (`--quick` for
+//!   a smoke run). See `bench.rs`.
 //! * `demo` — the server and the demo clients together (see `demo.rs`).
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -15,6 +18,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
@@ -37,6 +41,9 @@ fn print_help() {
     println!("cargo xtask <command>\n");
     println!(
         "  ci      fmt check, clippy -D warnings, each member's tests, feature builds, doc tests"
+    );
+    println!(
+        "  bench   benchmarks against release builds, writes BENCHMARKS.md (--quick: smoke run)"
     );
     println!("  demo    run the server with ws-tail, sse-tail, webhook-receiver and demo jobs");
 }

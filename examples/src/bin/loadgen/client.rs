@@ -66,6 +66,8 @@ pub struct Shared {
 /// What one client saw.
 #[derive(Debug, Default)]
 pub struct ClientStats {
+    /// The client's transport (`None` when it never connected).
+    pub kind: Option<Kind>,
     /// Probe events received.
     pub received: u64,
     /// Counter gaps.
@@ -418,6 +420,7 @@ pub async fn subscriber(
     shared.live.fetch_add(1, Ordering::Relaxed);
     shared.established.fetch_add(1, Ordering::Relaxed);
     let mut tracker = Tracker::new(shared);
+    tracker.stats.kind = Some(kind);
     let dropped = match connection {
         Either::Ws(ws) => track_ws(ws, &mut tracker, &mut stop).await,
         Either::Sse(sse) => track_sse(sse, &mut tracker, &mut stop).await,

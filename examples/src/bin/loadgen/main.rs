@@ -13,6 +13,9 @@
 //!   report the server's RSS per connection (`--server-pid`).
 //! * **churn** (`--churn C`): C connect → confirm → disconnect cycles; then
 //!   the server's connection gauges (`/metrics`) must return to 0.
+//! * **webhooks** (`--webhooks N`): a receiver in this process, one webhook
+//!   registered through `/api/v1/webhooks`, N events published at `--rate`; reports
+//!   deliveries/s until all N arrived.
 //!
 //! A progress line goes to stderr; the result is one JSON object on the last
 //! line of stdout (for `cargo xtask bench`). Everything is bounded in time.
@@ -28,6 +31,7 @@ mod http;
 mod progress;
 mod scale;
 mod sys;
+mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,8 +105,15 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
     /// Churn mode: this many connect/disconnect cycles.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "webhooks")]
     churn: Option<u64>,
+    /// Webhook mode: register a webhook to a receiver in this process,
+    /// publish this many events, time their delivery.
+    #[arg(long, conflicts_with = "idle")]
+    webhooks: Option<u64>,
+    /// Seconds the webhook mode waits for deliveries.
+    #[arg(long, default_value_t = 120.0)]
+    webhook_timeout: f64,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
@@ -156,6 +167,17 @@ async fn main() -> std::process::ExitCode {
             args.concurrency,
             pid.as_deref(),
             secs(args.hold),
+            args.quiet,
+        )
+        .await
+    } else if let Some(events) = args.webhooks {
+        webhook::webhooks(
+            target,
+            events,
+            args.rate,
+            args.admin_token.as_deref(),
+            pid.as_deref(),
+            secs(args.webhook_timeout),
             args.quiet,
         )
         .await
@@ -254,6 +276,16 @@ async fn publish(args: Args, target: Target, published: Arc<AtomicU64>) -> Publi
 
 fn micros(ns: u64) -> f64 {
     (ns as f64 / 100.0).round() / 10.0
+}
+
+fn percentiles(h: &Histogram) -> Value {
+    json!({
+        "p50": micros(h.quantile(0.50)),
+        "p95": micros(h.quantile(0.95)),
+        "p99": micros(h.quantile(0.99)),
+        "max": micros(h.max()),
+        "samples": h.count(),
+    })
 }
 
 async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&str>) -> Value {
@@ -355,6 +387,7 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
     let _ = stop_tx.send(true);
 
     let mut latency = Histogram::default();
+    let (mut ws_latency, mut sse_latency) = (Histogram::default(), Histogram::default());
     let mut stats = ClientStats::default();
     let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
     for handle in handles {
@@ -375,6 +408,11 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         stats.out_of_order += s.out_of_order;
         dropped += u64::from(s.dropped);
         latency.merge(&s.latency);
+        match s.kind {
+            Some(Kind::Ws) => ws_latency.merge(&s.latency),
+            Some(Kind::Sse) => sse_latency.merge(&s.latency),
+            None => {}
+        }
     }
     let established = clients - failed;
     json!({
@@ -403,13 +441,9 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         "lag_signals": stats.lag_signals,
         "out_of_order": stats.out_of_order,
         "clients_dropped": dropped,
-        "latency_us": {
-            "p50": micros(latency.quantile(0.50)),
-            "p95": micros(latency.quantile(0.95)),
-            "p99": micros(latency.quantile(0.99)),
-            "max": micros(latency.max()),
-            "samples": latency.count(),
-        },
+        "latency_us": percentiles(&latency),
+        "latency_us_ws": percentiles(&ws_latency),
+        "latency_us_sse": percentiles(&sse_latency),
         "server_cpu_pct": server_cpu_pct,
         "client_cpu_pct": client_cpu_pct,
     })

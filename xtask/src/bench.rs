@@ -1,0 +1,356 @@
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE]`: the benchmark
+//! harness. Builds release binaries, runs each measurement against real
+//! processes on loopback, and writes `BENCHMARKS.md`.
+//!
+//! Measurements (issue 9, "Benchmarks"):
+//! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
+//!    10,000 events/s against `event-server` and against `raw-floor` (the
+//!    same frames written to the same sockets and nothing else), each on a
+//!    fresh process, alternating, so the ratio compares like with like;
+//! 2. idle scale: 10,000 connections, server RSS per connection;
+//! 3. publish cost: `bench-core publish` (ns per `EventBus::publish`);
+//! 4. webhooks: `loadgen --webhooks` with SQLite and PostgreSQL;
+//! 5. telemetry overhead: `bench-core telemetry`;
+//! 6. churn: 20,000 connect/disconnect cycles, gauge back to 0, RSS.
+//!
+//! `--quick` shrinks every count for a smoke run (about a minute). Whatever
+//! follows the `<!-- analysis -->` marker in an existing BENCHMARKS.md is
+//! kept, so hand-written profiling notes survive a re-run.
+
+mod report;
+mod run;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use run::{Server, ServerKind, cargo_build, loadgen, postgres_db, run_json};
+
+/// The webhook target, deliveries/s; also the offered rate of the sustained run.
+pub const WEBHOOK_TARGET: u64 = 5_000;
+
+/// Sizes of one run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `--quick`.
+    pub quick: bool,
+    /// WebSocket and SSE clients each, in the fan-out runs.
+    pub fanout_clients: u64,
+    /// Publish rates, events/s.
+    pub rates: Vec<u64>,
+    /// Seconds of publishing per fan-out run.
+    pub duration: f64,
+    /// Idle connections.
+    pub idle: u64,
+    /// Churn cycles (after a warm-up of `churn_warmup`).
+    pub churn: u64,
+    /// Churn warm-up cycles.
+    pub churn_warmup: u64,
+    /// Events timed per publish-cost point.
+    pub publish_events: u64,
+    /// Events per telemetry run.
+    pub telemetry_events: u64,
+    /// Telemetry runs per variant.
+    pub telemetry_runs: u32,
+    /// Webhook events.
+    pub webhook_events: u64,
+    /// Profile the server during the heaviest fan-out run.
+    pub profile: bool,
+}
+
+impl Plan {
+    fn new(quick: bool, profile: bool) -> Plan {
+        if quick {
+            Plan {
+                quick,
+                fanout_clients: 100,
+                rates: vec![100, 1_000],
+                duration: 2.0,
+                idle: 1_000,
+                churn: 1_000,
+                churn_warmup: 200,
+                publish_events: 20_000,
+                telemetry_events: 20_000,
+                telemetry_runs: 1,
+                webhook_events: 1_000,
+                profile: false,
+            }
+        } else {
+            Plan {
+                quick,
+                fanout_clients: 1_000,
+                rates: vec![100, 1_000, 10_000],
+                duration: 10.0,
+                idle: 10_000,
+                churn: 20_000,
+                churn_warmup: 1_000,
+                publish_events: 200_000,
+                telemetry_events: 200_000,
+                telemetry_runs: 3,
+                webhook_events: 20_000,
+                profile,
+            }
+        }
+    }
+}
+
+/// Everything measured, as JSON for the report.
+#[derive(Debug, Default)]
+pub struct Results {
+    /// Machine, command, date.
+    pub meta: Value,
+    /// `(rate, floor, ours)` fan-out results.
+    pub fanout: Vec<(u64, Value, Value)>,
+    /// Idle: `(floor, ours)`.
+    pub idle: Option<(Value, Value)>,
+    /// Churn result (ours).
+    pub churn: Option<Value>,
+    /// Publish-cost lines.
+    pub publish: Vec<Value>,
+    /// Telemetry result or the reason it was not measured.
+    pub telemetry: Value,
+    /// Webhooks: `(engine, at the target rate, at 4× the target rate)`.
+    pub webhooks: Vec<(String, Value, Value)>,
+    /// Top of the server's profile during the heaviest fan-out run.
+    pub profile: Option<String>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine(command: &str) -> Value {
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    let mem = sh("grep MemTotal /proc/meminfo | awk '{printf \"%.1f GiB\", $2/1048576}'");
+    json!({
+        "nproc": sh("nproc"),
+        "cpu": cpu.trim(),
+        "memory": mem,
+        "kernel": sh("uname -sr"),
+        "rustc": sh("rustc -V"),
+        "date": sh("date -u '+%Y-%m-%d %H:%M UTC'"),
+        "load_before": sh("cut -d' ' -f1-3 /proc/loadavg"),
+        "command": command,
+        "git": sh("git rev-parse --short HEAD"),
+    })
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn bench(args: &[String]) -> Result<(), String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let profile = !args.iter().any(|a| a == "--no-profile");
+    let root = workspace_root();
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("BENCHMARKS.md"));
+    let plan = Plan::new(quick, profile);
+    let started = Instant::now();
+    let command = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
+
+    cargo_build(&["build", "--release", "-p", "examples", "--bins"])?;
+    // PostgreSQL needs the host's `postgres` feature; without it, only
+    // that measurement is lost.
+    let pg_build = cargo_build(&[
+        "build",
+        "--release",
+        "-p",
+        "event-server",
+        "--features",
+        "postgres",
+    ]);
+    if pg_build.is_err() {
+        cargo_build(&["build", "--release", "-p", "event-server"])?;
+    }
+    let bins = run::Bins::locate()?;
+    let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+
+    let mut results = Results {
+        meta: machine(&command),
+        ..Results::default()
+    };
+    let sqlite = |name: &str| format!("sqlite://{}", tmp.join(name).display());
+
+    // 1. Fan-out, floor and ours alternating at each rate.
+    for &rate in &plan.rates {
+        let clients = plan.fanout_clients.to_string();
+        let rate_s = rate.to_string();
+        let duration = plan.duration.to_string();
+        let fanout_args = |pid: u32| -> Vec<String> {
+            [
+                "--ws",
+                &clients,
+                "--sse",
+                &clients,
+                "--rate",
+                &rate_s,
+                "--duration",
+                &duration,
+                "--server-pid",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([pid.to_string()])
+            .collect()
+        };
+        let floor = {
+            let server = Server::start(&bins, ServerKind::Floor, &tmp, None)?;
+            let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
+            server.stop();
+            result
+        };
+        let ours = {
+            let db = sqlite(&format!("fanout-{rate}.db"));
+            let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&db))?;
+            let heaviest = rate == *plan.rates.iter().max().unwrap_or(&rate);
+            let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), &tmp));
+            let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
+            if let Some(Some(perf)) = perf {
+                results.profile = perf.finish();
+            }
+            server.stop();
+            result
+        };
+        results.fanout.push((rate, floor, ours));
+    }
+
+    // 2. Idle scale, floor and ours.
+    let idle_args = |pid: u32| -> Vec<String> {
+        vec![
+            "--idle".into(),
+            plan.idle.to_string(),
+            "--concurrency".into(),
+            "128".into(),
+            "--server-pid".into(),
+            pid.to_string(),
+        ]
+    };
+    let floor_idle = {
+        let server = Server::start(&bins, ServerKind::Floor, &tmp, None)?;
+        let r = loadgen(&bins, &server, &idle_args(server.pid()), 180)?;
+        server.stop();
+        r
+    };
+    let ours_idle = {
+        let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&sqlite("idle.db")))?;
+        let r = loadgen(&bins, &server, &idle_args(server.pid()), 180)?;
+        server.stop();
+        r
+    };
+    results.idle = Some((floor_idle, ours_idle));
+
+    // 6. Churn on a fresh server, after a warm-up.
+    {
+        let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&sqlite("churn.db")))?;
+        let churn_args = |cycles: u64| -> Vec<String> {
+            vec![
+                "--churn".into(),
+                cycles.to_string(),
+                "--concurrency".into(),
+                "32".into(),
+                "--server-pid".into(),
+                server.pid().to_string(),
+            ]
+        };
+        let warmup = loadgen(&bins, &server, &churn_args(plan.churn_warmup), 120)?;
+        let mut churn = loadgen(&bins, &server, &churn_args(plan.churn), 300)?;
+        churn["warmup"] = warmup;
+        server.stop();
+        results.churn = Some(churn);
+    }
+
+    // 3. Publish cost.
+    let events = plan.publish_events.to_string();
+    for via in ["hub", "bus"] {
+        let out = run_json(
+            &bins.bench_core,
+            &["publish", "--via", via, "--events", &events],
+            300,
+        )?;
+        results.publish.extend(out);
+    }
+
+    // 5. Telemetry overhead.
+    results.telemetry = run_json(
+        &bins.bench_core,
+        &[
+            "telemetry",
+            "--events",
+            &plan.telemetry_events.to_string(),
+            "--runs",
+            &plan.telemetry_runs.to_string(),
+        ],
+        300,
+    )
+    .map(|mut lines| lines.pop().unwrap_or(Value::Null))
+    .unwrap_or_else(|e| json!({"error": e}));
+
+    // 4. Webhooks, SQLite then PostgreSQL: sustained at the target rate,
+    // then offered at 4× to find the peak.
+    let webhook_args = |rate: u64| -> Vec<String> {
+        [
+            "--webhooks",
+            &plan.webhook_events.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--webhook-timeout",
+            "120",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let sqlite_db = sqlite("webhooks.db");
+    results.webhooks.push((
+        "SQLite".into(),
+        run::webhook_run(&bins, &tmp, &sqlite_db, &webhook_args(WEBHOOK_TARGET)),
+        run::webhook_run(&bins, &tmp, &sqlite_db, &webhook_args(4 * WEBHOOK_TARGET)),
+    ));
+    let (pg_sustained, pg_peak) = match pg_build.and_then(|()| postgres_db()) {
+        Ok(db) => {
+            let r = (
+                run::webhook_run(&bins, &tmp, &db.url, &webhook_args(WEBHOOK_TARGET)),
+                run::webhook_run(&bins, &tmp, &db.url, &webhook_args(4 * WEBHOOK_TARGET)),
+            );
+            db.drop_db();
+            r
+        }
+        Err(reason) => {
+            let e = json!({"error": format!("not measured: {reason}")});
+            (e.clone(), e)
+        }
+    };
+    results
+        .webhooks
+        .push(("PostgreSQL".into(), pg_sustained, pg_peak));
+
+    results.elapsed = started.elapsed();
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    let text = report::render(&plan, &results, &previous);
+    std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "\nbench: wrote {} in {:.0}s",
+        out.display(),
+        results.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
