@@ -8,7 +8,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "conformance/harness.rs"]
+#[path = "conformance/harness/mod.rs"]
 #[allow(dead_code)]
 mod harness;
 
