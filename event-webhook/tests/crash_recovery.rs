@@ -25,6 +25,7 @@ fn spawn_worker(database_url: &str, lease_ms: u64) -> Child {
         .env("WEBHOOK_RETRY_SCHEDULE_MS", "50")
         .env("WEBHOOK_POLL_MS", "20")
         .env("WEBHOOK_LEASE_MS", lease_ms.to_string())
+        .env("WEBHOOK_TIMEOUT_MS", "500")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -7,7 +7,8 @@
 //! Environment: `DATABASE_URL` (required), `WEBHOOK_ALLOW_CIDRS`
 //! (comma-separated CIDRs the SSRF guard lets through),
 //! `WEBHOOK_RETRY_SCHEDULE_MS` (comma-separated delays), `WEBHOOK_POLL_MS`,
-//! `WEBHOOK_LEASE_MS`, `WEBHOOK_PER_ENDPOINT` (per-endpoint concurrency).
+//! `WEBHOOK_LEASE_MS`, `WEBHOOK_TIMEOUT_MS` (per attempt),
+//! `WEBHOOK_PER_ENDPOINT` (per-endpoint concurrency).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,6 +54,9 @@ fn config_from_env() -> Result<WebhookConfig, String> {
     }
     if let Some(d) = millis("WEBHOOK_LEASE_MS")? {
         config.lease = d;
+    }
+    if let Some(d) = millis("WEBHOOK_TIMEOUT_MS")? {
+        config.request_timeout = d;
     }
     if let Ok(v) = std::env::var("WEBHOOK_PER_ENDPOINT") {
         config.per_endpoint_concurrency = v
