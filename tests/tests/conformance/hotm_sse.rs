@@ -523,3 +523,27 @@ async fn memory_scope_by_query_or_header_keeps_unscoped_events() {
         assert!(f.json().get("memory").is_none());
     }
 }
+
+#[tokio::test]
+async fn a_cursor_on_a_filtered_out_event_is_still_known() {
+    // A client filtering on notes may reconnect with the id of any event it
+    // saw before changing filters; a retained id is never "expired".
+    let server = Server::start(&[]).await;
+    let job = uuid::Uuid::now_v7();
+    let ids = server
+        .publish(&json!([
+            {"type":"JobQueued","job_id":job,"job_type":"E"},
+            note(uuid::Uuid::now_v7()),
+        ]))
+        .await;
+    for cursor in [ids[0].0.to_string(), ids[0].1.clone()] {
+        let mut sse = SseClient::connect(
+            &server.url("/api/v1/events?events=NoteUpdated"),
+            &[("Last-Event-ID", cursor.as_str())],
+        )
+        .await;
+        let f = sse.next_non_queue().await;
+        assert_ne!(f.event.as_deref(), Some("resync_required"), "{cursor}");
+        assert_eq!(f.id, Some(ids[1].0.to_string()));
+    }
+}

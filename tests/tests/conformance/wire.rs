@@ -209,3 +209,31 @@ async fn each_type_reaches_ws_sse_v1_sse_envelope_and_webhook_byte_exact() {
         "no retry was scripted"
     );
 }
+
+#[tokio::test]
+async fn progress_percent_mirrors_progress_whichever_a_producer_sends() {
+    let server = Server::start(&[]).await;
+    let mut ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
+    ws.next_text().await;
+    for body in [
+        json!({"type":"JobProgress","job_id":JOB,"progress_percent":30}),
+        json!({"type":"JobProgress","job_id":JOB,"progress":30,"progress_percent":30}),
+    ] {
+        server.publish(&body).await;
+        let (text, _) = ws.next_text_where(|v| v["type"] == "JobProgress").await;
+        assert_eq!(
+            text,
+            format!(
+                r#"{{"type":"JobProgress","job_id":"{JOB}","progress":30,"progress_percent":30}}"#
+            )
+        );
+    }
+    // Disagreeing values are refused rather than guessed.
+    let res = client()
+        .post(server.url("/api/v1/events"))
+        .json(&json!({"type":"JobProgress","job_id":JOB,"progress":30,"progress_percent":31}))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(res, 400).await;
+}
