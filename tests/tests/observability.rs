@@ -272,6 +272,9 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
         .unwrap();
     let health_text = health.to_string();
     assert!(health_text.contains("database"), "{health}");
+    assert_eq!(health["connections"]["ws"], 1, "{health}");
+    assert_eq!(health["connections"]["sse"], 1, "{health}");
+    assert_eq!(health["connections"]["total"], 2, "{health}");
 
     // Disconnect: the gauges return to 0.
     drop(ws);

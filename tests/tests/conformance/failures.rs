@@ -344,3 +344,34 @@ async fn webhook_deliveries_survive_bus_overflow() {
         BURST + 1
     );
 }
+
+#[tokio::test]
+async fn a_pending_delivery_survives_a_restart_of_the_host() {
+    let dir = TempDir::new();
+    let db = format!("sqlite://{}/events.db", dir.0.display());
+    let receiver = Receiver::start().await;
+    receiver.script(&[503]);
+    // First life: the attempt fails and the retry is 2 s away at shutdown.
+    let mut server =
+        Server::start_on(&db, &["--webhook-retry-schedule", "2s"], TempDir::new()).await;
+    register_webhook(
+        &server,
+        &json!({"url": receiver.url("/d"), "events": ["JobCompleted"], "secret": "restart-secret-value"}),
+    )
+    .await;
+    let (_, event_id) = server
+        .publish(&json!({"type":"JobCompleted","job_id":uuid::Uuid::now_v7(),"job_type":"E"}))
+        .await
+        .remove(0);
+    receiver.wait_for(1).await;
+    server.shutdown().await;
+    // Second life on the same database: the retry happens, same event id.
+    let _server = Server::start_on(&db, &["--webhook-retry-schedule", "100ms"], dir).await;
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got[0].status, 503);
+    assert_eq!(got[1].status, 200);
+    for r in &got {
+        assert_eq!(r.header("webhook-id"), event_id);
+        event_webhook::verify("restart-secret-value", &r.headers, &r.body).unwrap();
+    }
+}
