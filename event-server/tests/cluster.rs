@@ -1,4 +1,3 @@
-#![cfg(feature = "nats")]
 //! Two full server instances on one NATS JetStream stream (feature `nats`):
 //! cross-instance delivery to WebSocket and SSE clients, one order for
 //! everybody, SSE resume on the other instance and after a restart (from
@@ -9,6 +8,7 @@
 //! `nats-server` process. Every test uses a stream and subject prefix of its
 //! own, deleted at the end (also when the test fails).
 
+#![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
