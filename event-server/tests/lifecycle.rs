@@ -108,6 +108,8 @@ async fn mounted_transports_serve_their_protocols_and_are_managed() {
             _ => {}
         }
     }
+    // Reading on sends the client's half of the close handshake.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
     wait_connections(&server, 1).await;
     // A gone SSE client is noticed at the next write: publish until it is.
     drop(body);
