@@ -19,6 +19,7 @@
 
 mod report;
 mod run;
+mod targets;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,7 +88,7 @@ impl Plan {
                 churn_warmup: 1_000,
                 publish_events: 200_000,
                 telemetry_events: 200_000,
-                telemetry_runs: 3,
+                telemetry_runs: 5,
                 webhook_events: 20_000,
                 profile,
             }
@@ -343,6 +344,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .push(("PostgreSQL".into(), pg_sustained, pg_peak));
 
     results.elapsed = started.elapsed();
+    results.meta["load_after"] = json!(sh("cut -d' ' -f1-3 /proc/loadavg"));
     let previous = std::fs::read_to_string(&out).unwrap_or_default();
     let text = report::render(&plan, &results, &previous);
     std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;

@@ -4,16 +4,17 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
+use super::targets::{Target, error_of, targets};
 use super::{Plan, Results};
 
 /// Hand-written text after this marker survives a re-run.
 pub const ANALYSIS_MARKER: &str = "<!-- analysis -->";
 
-fn num(v: &Value, path: &[&str]) -> Option<f64> {
+pub(super) fn num(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(*k))?.as_f64()
 }
 
-fn fmt(v: Option<f64>, decimals: usize) -> String {
+pub(super) fn fmt(v: Option<f64>, decimals: usize) -> String {
     match v {
         Some(x) if x.is_finite() => {
             let s = format!("{x:.decimals$}");
@@ -24,7 +25,7 @@ fn fmt(v: Option<f64>, decimals: usize) -> String {
 }
 
 /// Thousands separators for the integer part.
-fn group(s: &str) -> String {
+pub(super) fn group(s: &str) -> String {
     let (sign, rest) = s.strip_prefix('-').map_or(("", s), |r| ("-", r));
     let (int, frac) = rest.split_once('.').map_or((rest, ""), |(i, f)| (i, f));
     let mut out = String::new();
@@ -41,237 +42,8 @@ fn group(s: &str) -> String {
     }
 }
 
-fn ms(v: &Value, key: &str) -> String {
+pub(super) fn ms(v: &Value, key: &str) -> String {
     fmt(num(v, &["latency_us", key]).map(|us| us / 1000.0), 2)
-}
-
-/// One target of the issue and what was measured.
-struct Target {
-    what: String,
-    target: &'static str,
-    measured: String,
-    /// None: not measured.
-    met: Option<bool>,
-    /// Evidence for a miss.
-    note: String,
-}
-
-fn fanout_at(results: &Results, rate: u64) -> Option<&(u64, Value, Value)> {
-    results.fanout.iter().find(|(r, _, _)| *r == rate)
-}
-
-fn error_of(v: &Value) -> Option<String> {
-    v.get("error").and_then(Value::as_str).map(str::to_owned)
-}
-
-fn targets(plan: &Plan, results: &Results) -> Vec<Target> {
-    let mut t = Vec::new();
-    let subs = plan.fanout_clients * 2;
-
-    // 1a. No loss, no lag at 1,000 events/s.
-    t.push(match fanout_at(results, 1_000) {
-        Some((_, _, ours)) => {
-            let lost = num(ours, &["lost"]).unwrap_or(f64::NAN);
-            let lag = num(ours, &["lag_signals"]).unwrap_or(f64::NAN);
-            let ok = lost == 0.0 && lag == 0.0 && ours["publish_error"].is_null();
-            Target {
-                what: format!(
-                    "fan-out 1,000 events/s × {} subscribers",
-                    group(&subs.to_string())
-                ),
-                target: "no loss, no lag signal",
-                measured: format!(
-                    "{} lost, {} lag signals",
-                    fmt(Some(lost), 0),
-                    fmt(Some(lag), 0)
-                ),
-                met: Some(ok),
-                note: format!(
-                    "server CPU {} %, client CPU {} %, {} clients dropped",
-                    fmt(num(ours, &["server_cpu_pct"]), 0),
-                    fmt(num(ours, &["client_cpu_pct"]), 0),
-                    fmt(num(ours, &["clients_dropped"]), 0)
-                ),
-            }
-        }
-        None => not_measured(
-            "fan-out 1,000 events/s",
-            "no loss, no lag signal",
-            "rate not run",
-        ),
-    });
-
-    // 1b. Deliveries/s ≥ 60 % of the floor, at every rate.
-    for (rate, floor, ours) in &results.fanout {
-        let ratio = num(ours, &["delivered_per_s"])
-            .zip(num(floor, &["delivered_per_s"]))
-            .map(|(o, f)| o / f * 100.0);
-        t.push(Target {
-            what: format!(
-                "deliveries/s vs raw floor at {} events/s",
-                group(&rate.to_string())
-            ),
-            target: "≥ 60 %",
-            measured: format!("{} %", fmt(ratio, 0)),
-            met: ratio.map(|r| r >= 60.0),
-            note: format!(
-                "ours {} /s at {} % server CPU, floor {} /s at {} % CPU",
-                fmt(num(ours, &["delivered_per_s"]), 0),
-                fmt(num(ours, &["server_cpu_pct"]), 0),
-                fmt(num(floor, &["delivered_per_s"]), 0),
-                fmt(num(floor, &["server_cpu_pct"]), 0)
-            ),
-        });
-    }
-
-    // 1c. p99 ≤ 1.5× the floor at 100 events/s.
-    t.push(match fanout_at(results, 100) {
-        Some((_, floor, ours)) => {
-            let ratio = num(ours, &["latency_us", "p99"])
-                .zip(num(floor, &["latency_us", "p99"]))
-                .map(|(o, f)| o / f);
-            Target {
-                what: "p99 latency vs raw floor at 100 events/s".into(),
-                target: "≤ 1.5×",
-                measured: format!(
-                    "{}× ({} ms vs {} ms)",
-                    fmt(ratio, 2),
-                    ms(ours, "p99"),
-                    ms(floor, "p99")
-                ),
-                met: ratio.map(|r| r <= 1.5),
-                note: String::new(),
-            }
-        }
-        None => not_measured("p99 vs raw floor at 100 events/s", "≤ 1.5×", "rate not run"),
-    });
-
-    // 2. Idle RSS per connection.
-    t.push(match &results.idle {
-        Some((_, ours)) => {
-            let per = num(ours, &["rss_per_conn_bytes"]);
-            Target {
-                what: format!("idle: {} connections", group(&plan.idle.to_string())),
-                target: "≤ 8 KiB server RSS per connection",
-                measured: format!(
-                    "{} KiB ({} established)",
-                    fmt(per.map(|b| b / 1024.0), 1),
-                    fmt(num(ours, &["established"]), 0)
-                ),
-                met: per.map(|b| b <= 8192.0 && num(ours, &["failed"]) == Some(0.0)),
-                note: String::new(),
-            }
-        }
-        None => not_measured("idle scale", "≤ 8 KiB per connection", "not run"),
-    });
-
-    // 3. Publish cost.
-    let hub: Vec<&Value> = results
-        .publish
-        .iter()
-        .filter(|v| v["via"] == "hub")
-        .collect();
-    let costs: Vec<f64> = hub
-        .iter()
-        .filter_map(|v| num(v, &["ns_per_publish"]))
-        .collect();
-    t.push(if costs.is_empty() {
-        not_measured("publish cost", "≤ 1 µs, flat", "bench-core failed")
-    } else {
-        let max = costs.iter().copied().fold(0.0, f64::max);
-        let min = costs.iter().copied().fold(f64::INFINITY, f64::min);
-        Target {
-            what: "publish cost (0 / 100 / 10,000 hub subscribers)".into(),
-            target: "≤ 1 µs, flat in subscribers",
-            measured: costs
-                .iter()
-                .map(|c| format!("{} ns", fmt(Some(*c), 0)))
-                .collect::<Vec<_>>()
-                .join(" / "),
-            met: Some(max <= 1000.0 && max / min <= 1.5),
-            note: format!("max/min = {:.2}", max / min),
-        }
-    });
-
-    // 4. Webhooks: the target rate sustained (all delivered, no backlog).
-    for (engine, r, peak) in &results.webhooks {
-        t.push(match error_of(r) {
-            Some(e) => not_measured(&format!("webhooks, {engine}"), "≥ 5,000 deliveries/s", &e),
-            None => {
-                let drain = num(r, &["drain_s"]);
-                let complete = r["complete"].as_bool() == Some(true);
-                Target {
-                    what: format!("webhooks, {engine}"),
-                    target: "≥ 5,000 deliveries/s",
-                    measured: format!(
-                        "offered 5,000/s: {} of {} delivered, backlog cleared {} s after the last publish; peak {} /s",
-                        fmt(num(r, &["delivered"]), 0),
-                        fmt(num(r, &["events"]), 0),
-                        fmt(drain, 2),
-                        fmt(num(peak, &["deliveries_per_s"]), 0),
-                    ),
-                    met: drain.map(|d| complete && d <= 1.0),
-                    note: format!(
-                        "server CPU {} %; at 20,000/s offered: {} lost",
-                        fmt(num(r, &["server_cpu_pct"]), 0),
-                        fmt(num(peak, &["lost"]), 0)
-                    ),
-                }
-            }
-        });
-    }
-
-    // 5. Telemetry.
-    t.push(match error_of(&results.telemetry) {
-        Some(e) => not_measured("telemetry overhead", "≤ 1 %", &e),
-        None => {
-            let loss = num(&results.telemetry, &["throughput_loss_pct"]);
-            let cpu = num(&results.telemetry, &["cpu_overhead_pct"]);
-            Target {
-                what: "telemetry overhead (bus throughput)".into(),
-                target: "≤ 1 %",
-                measured: format!(
-                    "{} % throughput, {} % CPU per event",
-                    fmt(loss, 1),
-                    fmt(cpu, 1)
-                ),
-                met: loss.map(|l| l <= 1.0),
-                note: String::new(),
-            }
-        }
-    });
-
-    // 6. Churn.
-    t.push(match &results.churn {
-        Some(c) => {
-            let gauge = num(c, &["gauge_after"]);
-            let change = num(c, &["rss_change_pct"]);
-            Target {
-                what: format!("churn: {} cycles", group(&plan.churn.to_string())),
-                target: "gauge back to 0, RSS within 10 %",
-                measured: format!(
-                    "gauge {}, RSS {} %, {} failed",
-                    fmt(gauge, 0),
-                    fmt(change, 1),
-                    fmt(num(c, &["failed"]), 0)
-                ),
-                met: Some(gauge == Some(0.0) && change.is_some_and(|x| x <= 10.0)),
-                note: String::new(),
-            }
-        }
-        None => not_measured("churn", "gauge 0, RSS within 10 %", "not run"),
-    });
-    t
-}
-
-fn not_measured(what: &str, target: &'static str, reason: &str) -> Target {
-    Target {
-        what: what.to_owned(),
-        target,
-        measured: format!("not measured: {reason}"),
-        met: None,
-        note: String::new(),
-    }
 }
 
 /// The whole file; `previous` is the old file (its analysis is kept).
@@ -297,6 +69,7 @@ pub fn render(plan: &Plan, results: &Results, previous: &str) -> String {
         ("kernel", "kernel"),
         ("compiler", "rustc"),
         ("load average before the run", "load_before"),
+        ("load average after the run", "load_after"),
     ] {
         let _ = writeln!(s, "| {label} | {} |", text(key));
     }
@@ -513,23 +286,25 @@ fn publish_section(s: &mut String, results: &Results) {
     let _ = writeln!(
         s,
         "## 3. Publish cost\n\n`bench-core publish` (examples/src/bin/bench-core.rs): the time spent \
-         inside `EventBus::publish` for 256-byte `JobProgress` events, published in chunks of 256 \
-         from a thread outside the runtime while subscribers drain on the runtime's workers. `hub`: \
-         the subscribers are connections of one `FanoutHub` registered on the bus (how the transports \
-         subscribe); `bus`: each subscriber is its own bus subscription.\n"
+         inside `EventBus::publish` for 256-byte `JobProgress` events, timed per chunk of 256 \
+         publishes from a thread outside the runtime while subscribers drain on the runtime's \
+         workers. `hub`: the subscribers are connections of one `FanoutHub` registered on the bus \
+         (how the transports subscribe); `bus`: each subscriber is its own bus subscription. The \
+         median chunk is the figure (the machine is shared: the mean includes preemptions).\n"
     );
     let _ = writeln!(
         s,
-        "| via | subscribers | ns per publish | worst chunk, ns per publish |\n|---|---|---|---|"
+        "| via | subscribers | ns per publish (median chunk) | mean | p99 chunk |\n|---|---|---|---|---|"
     );
     for v in &results.publish {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             v["via"].as_str().unwrap_or("?"),
             fmt(num(v, &["subscribers"]), 0),
             fmt(num(v, &["ns_per_publish"]), 0),
-            fmt(num(v, &["worst_chunk_ns_per_publish"]), 0),
+            fmt(num(v, &["mean_ns_per_publish"]), 0),
+            fmt(num(v, &["p99_chunk_ns_per_publish"]), 0),
         );
     }
     let _ = writeln!(s);
@@ -582,9 +357,11 @@ fn telemetry_section(s: &mut String, results: &Results) {
         s,
         "## 5. Telemetry overhead\n\n`bench-core telemetry`: a bus with a `FanoutHub` of 100 drained \
          connections; events published in chunks of 256, the publisher waiting for every sink to \
-         catch up (sustained throughput, nothing lost). Then the same with event-telemetry's JSON \
-         log subscriber installed (filter `info`, writing to a discarding writer) and its \
-         `TelemetrySink` with Prometheus instruments registered. Best of {} runs each.\n",
+         catch up (sustained throughput, nothing lost). Alternating with the same run where \
+         event-telemetry's JSON log subscriber (filter `info`, writing to a discarding writer) is \
+         the default on every thread and its `TelemetrySink` with Prometheus instruments is \
+         registered. Each run on a fresh runtime; medians of {} pairs; CPU from \
+         `/proc/self/task/*/schedstat`.\n",
         fmt(num(t, &["runs"]), 0)
     );
     if let Some(e) = error_of(t) {
@@ -593,13 +370,14 @@ fn telemetry_section(s: &mut String, results: &Results) {
     }
     let _ = writeln!(
         s,
-        "| | events/s | CPU ns per event |\n|---|---|---|\n| without telemetry | {} | {} |\n| with telemetry | {} | {} |\n| overhead | {} % | {} % |\n",
+        "| | events/s | CPU ns per event |\n|---|---|---|\n| without telemetry | {} | {} |\n| with telemetry | {} | {} |\n| overhead | {} % | {} % (+{} ns) |\n",
         fmt(num(t, &["without", "events_per_s"]), 0),
         fmt(num(t, &["without", "cpu_ns_per_event"]), 0),
         fmt(num(t, &["with", "events_per_s"]), 0),
         fmt(num(t, &["with", "cpu_ns_per_event"]), 0),
         fmt(num(t, &["throughput_loss_pct"]), 1),
         fmt(num(t, &["cpu_overhead_pct"]), 1),
+        fmt(num(t, &["added_cpu_ns_per_event"]), 0),
     );
 }
 

@@ -349,6 +349,7 @@ impl Perf {
         let top: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.trim_end().trim_end_matches([' ', '-']))
             .take(25)
             .collect();
         (!top.is_empty()).then(|| top.join("\n"))

@@ -61,6 +61,8 @@ pub struct Shared {
     pub progress: AtomicU64,
     /// Clients still connected.
     pub live: AtomicU64,
+    /// Unix nanoseconds of the latest probe event received by any client.
+    pub last_receive: AtomicU64,
 }
 
 /// What one client saw.
@@ -127,6 +129,7 @@ struct Tracker {
     shared: Arc<Shared>,
     flushed: (u64, u64, u64),
     flushed_next: u64,
+    last_probe_at: u64,
 }
 
 impl Tracker {
@@ -136,6 +139,7 @@ impl Tracker {
             shared,
             flushed: (0, 0, 0),
             flushed_next: 0,
+            last_probe_at: 0,
         }
     }
 
@@ -149,6 +153,7 @@ impl Tracker {
         s.next = n + 1;
         s.received += 1;
         s.latency.record(now.saturating_sub(t));
+        self.last_probe_at = now;
     }
 
     fn flush(&mut self) {
@@ -158,6 +163,9 @@ impl Tracker {
             self.shared
                 .received
                 .fetch_add(s.received - r, Ordering::Relaxed);
+            self.shared
+                .last_receive
+                .fetch_max(self.last_probe_at, Ordering::Relaxed);
         }
         if s.lost != l {
             self.shared.lost.fetch_add(s.lost - l, Ordering::Relaxed);

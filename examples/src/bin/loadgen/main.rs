@@ -335,6 +335,7 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
     let client_cpu = CpuMeter::start("self");
     let published = Arc::new(AtomicU64::new(0));
     let publish_started = Instant::now();
+    let publish_started_unix = unix_nanos();
     let publisher = {
         let (args, target, published) = (args.clone(), target, published.clone());
         // Its own thread and runtime, so a busy client runtime does not
@@ -371,16 +372,31 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         error: Some("publisher panicked".to_owned()),
         ..Published::default()
     });
-    // Wait until every live client has seen the last event, or the settle time.
+    // Wait until every live client has seen the last event, or nothing
+    // arrived for 2 s (the rest was lost), or the settle time is up.
     let total = publish_report.count;
     let settle_started = Instant::now();
     let complete =
         || shared.progress.load(Ordering::Relaxed) >= total * shared.live.load(Ordering::Relaxed);
-    while !complete() && settle_started.elapsed() < secs(args.settle) {
+    let (mut seen, mut last_progress) = (u64::MAX, Instant::now());
+    while !complete()
+        && settle_started.elapsed() < secs(args.settle)
+        && last_progress.elapsed() < Duration::from_secs(2)
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
+        let now = shared.received.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, last_progress) = (now, Instant::now());
+        }
     }
     let settled = complete();
-    let window = publish_started.elapsed().as_secs_f64();
+    // From the first publish to the last event received.
+    let last_receive = shared.last_receive.load(Ordering::Relaxed);
+    let window = if last_receive > publish_started_unix {
+        (last_receive - publish_started_unix) as f64 / 1e9
+    } else {
+        publish_started.elapsed().as_secs_f64()
+    };
     let server_cpu_pct = server_cpu.and_then(|m| m.percent());
     let client_cpu_pct = client_cpu.percent();
     running.finish();
