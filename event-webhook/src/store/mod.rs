@@ -6,9 +6,12 @@
 //! A delivery row is written once per (event, webhook) when the sink
 //! accepts a batch, in one transaction per batch. The worker *claims* due
 //! rows by stamping them with a claim token and a lease (`claimed_until`);
-//! the result of an attempt is recorded in one transaction (attempt row,
-//! delivery state, webhook counters) that only succeeds while the claim
-//! still holds. A process that dies leaves its claims behind; they expire
+//! the result of an attempt (attempt row, delivery state, webhook counters)
+//! is recorded only while the claim still holds. The worker records the
+//! results of many attempts together: [`WebhookStore::complete_attempts`]
+//! writes a whole batch in one transaction with a fixed number of set-based
+//! statements (one commit, a handful of round trips, however many results),
+//! with exactly the effect of recording them one by one in order. A process that dies leaves its claims behind; they expire
 //! at the end of the lease, and [`WebhookStore::recover_in_flight`] frees
 //! them at start-up, so nothing is lost (at-least-once).
 //!
@@ -178,6 +181,84 @@ pub(crate) fn outcome_columns(
         Retry(at) => (DeliveryStatus::Failed, Some(at), None),
         Dead | Gone => (DeliveryStatus::Dead, None, None),
         FailedOnce => (DeliveryStatus::Failed, None, None),
+    }
+}
+
+/// Splits a batch of attempt records into consecutive runs in which no
+/// delivery appears twice, so each run can be written with set-based
+/// statements (a delivery re-claimed after its lease expired could, in
+/// principle, show up twice in one batch; its records must apply in order).
+pub(crate) fn distinct_runs(records: &[AttemptRecord]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut start = 0;
+    for (i, r) in records.iter().enumerate() {
+        if !seen.insert(r.delivery_id) {
+            runs.push(start..i);
+            seen.clear();
+            seen.insert(r.delivery_id);
+            start = i;
+        }
+    }
+    if start < records.len() {
+        runs.push(start..records.len());
+    }
+    runs
+}
+
+/// How a run of recorded attempts (whose claims held) changes the webhooks.
+///
+/// A webhook whose attempts in the run only succeeded or will be retried
+/// gets one set-based update: `last_triggered_at` from its last attempt and
+/// `failure_count` reset when any succeeded. A webhook with a dead or gone
+/// outcome is replayed record by record instead, because its failure streak
+/// and disabling depend on the order (rare: only at the end of a retry
+/// schedule). Both lists are ordered by webhook id, so concurrent writers
+/// lock webhook rows in the same order.
+#[derive(Debug, Default)]
+pub(crate) struct WebhookPlan<'a> {
+    /// `(webhook, last_triggered_at, reset_failure_count)`.
+    pub simple: Vec<(Uuid, OffsetDateTime, bool)>,
+    /// Records to replay one by one, grouped by webhook, in batch order
+    /// within a webhook.
+    pub replay: Vec<&'a AttemptRecord>,
+}
+
+impl<'a> WebhookPlan<'a> {
+    /// Plans the webhook updates of `held`, the records whose claim held, in
+    /// batch order.
+    pub fn of(held: &[&'a AttemptRecord]) -> Self {
+        use crate::model::AttemptOutcome::{Dead, Gone};
+        let mut by_webhook: std::collections::BTreeMap<Uuid, Vec<&'a AttemptRecord>> =
+            std::collections::BTreeMap::new();
+        for r in held {
+            by_webhook.entry(r.webhook_id).or_default().push(r);
+        }
+        let mut plan = WebhookPlan::default();
+        for (webhook, records) in by_webhook {
+            if records.iter().any(|r| matches!(r.outcome, Dead | Gone)) {
+                plan.replay.extend(records);
+            } else if let Some(last) = records.last() {
+                let reset = records
+                    .iter()
+                    .any(|r| r.outcome == crate::model::AttemptOutcome::Succeeded);
+                plan.simple.push((webhook, last.started_at, reset));
+            }
+        }
+        plan
+    }
+
+    /// Every webhook the plan touches, in id order.
+    pub fn webhooks(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self
+            .simple
+            .iter()
+            .map(|s| s.0)
+            .chain(self.replay.iter().map(|r| r.webhook_id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 

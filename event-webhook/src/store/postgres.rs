@@ -6,6 +6,7 @@
 //! never take the same row, and an attempt's result is recorded only while
 //! the claim token still matches.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    GONE_REASON, WebhookStore, candidate_pool, code_of, dead_streak_reason, outcome_columns,
-    status_of, u32_of,
+    GONE_REASON, WebhookPlan, WebhookStore, candidate_pool, code_of, dead_streak_reason,
+    distinct_runs, outcome_columns, status_of, u32_of,
 };
 use crate::error::{Result, WebhookError};
 use crate::model::{
@@ -420,10 +421,13 @@ impl WebhookStore for PostgresStore {
     }
 
     async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         let mut effects = Vec::with_capacity(records.len());
-        for r in records {
-            effects.push(record_attempt(&mut tx, r).await?);
+        for run in distinct_runs(records) {
+            effects.extend(record_run(&mut tx, &records[run]).await?);
         }
         tx.commit().await?;
         Ok(effects)
@@ -461,45 +465,131 @@ impl WebhookStore for PostgresStore {
     }
 }
 
-/// Records one attempt inside a transaction; a lost claim writes nothing.
-async fn record_attempt(
+/// Records a run of attempts (no delivery twice) inside a transaction with a
+/// fixed number of statements whatever its length: one `UPDATE … FROM
+/// UNNEST` for the deliveries whose claim still holds, one `INSERT … SELECT
+/// FROM UNNEST` for their attempts, a lock of the touched webhooks in id
+/// order (concurrent workers never deadlock on them), one update for the
+/// webhooks, plus one statement per record of a webhook with a dead or gone
+/// outcome (see [`WebhookPlan`]). A lost claim writes nothing.
+async fn record_run(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    records: &[AttemptRecord],
+) -> Result<Vec<AttemptEffect>> {
+    let n = records.len();
+    let (mut ids, mut tokens, mut statuses, mut attempts) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut next_ats, mut codes, mut errors, mut delivered) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for r in records {
+        let (status, next_at, delivered_at) = outcome_columns(r);
+        ids.push(r.delivery_id);
+        tokens.push(r.claim_token);
+        statuses.push(status.as_str());
+        attempts.push(i32_of(r.attempt));
+        next_ats.push(next_at);
+        codes.push(r.status_code.map(i32::from));
+        errors.push(r.error.clone());
+        delivered.push(delivered_at);
+    }
+    let held_ids: HashSet<Uuid> = sqlx::query_scalar(
+        "UPDATE deliveries d SET status = v.status, attempts = v.attempts, \
+         next_attempt_at = v.next_at, last_status_code = v.code, last_error = v.error, \
+         delivered_at = v.delivered, claimed_until = NULL, claim_token = NULL \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], \
+           $6::int4[], $7::text[], $8::timestamptz[]) \
+           AS v(id, token, status, attempts, next_at, code, error, delivered) \
+         WHERE d.id = v.id AND d.claim_token = v.token RETURNING d.id",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&statuses)
+    .bind(&attempts)
+    .bind(&next_ats)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&delivered)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let held: Vec<&AttemptRecord> = records
+        .iter()
+        .filter(|r| held_ids.contains(&r.delivery_id))
+        .collect();
+    if !held.is_empty() {
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+             error) SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], \
+             $4::int8[], $5::int4[], $6::text[])",
+        )
+        .bind(held.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
+        .bind(held.iter().map(|r| i32_of(r.attempt)).collect::<Vec<_>>())
+        .bind(held.iter().map(|r| r.started_at).collect::<Vec<_>>())
+        .bind(
+            held.iter()
+                .map(|r| r.duration_ms as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            held.iter()
+                .map(|r| r.status_code.map(i32::from))
+                .collect::<Vec<_>>(),
+        )
+        .bind(held.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let plan = WebhookPlan::of(&held);
+    let webhooks = plan.webhooks();
+    if !webhooks.is_empty() {
+        sqlx::query("SELECT id FROM webhooks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&webhooks)
+            .fetch_all(&mut **tx)
+            .await?;
+    }
+    if !plan.simple.is_empty() {
+        sqlx::query(
+            "UPDATE webhooks w SET last_triggered_at = v.at, \
+             failure_count = CASE WHEN v.reset THEN 0 ELSE w.failure_count END \
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::bool[]) AS v(id, at, reset) \
+             WHERE w.id = v.id",
+        )
+        .bind(plan.simple.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(plan.simple.iter().map(|s| s.1).collect::<Vec<_>>())
+        .bind(plan.simple.iter().map(|s| s.2).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    let mut disabled = HashSet::new();
+    for r in &plan.replay {
+        if webhook_effect(tx, r).await? {
+            disabled.insert(r.delivery_id);
+        }
+    }
+    Ok(records
+        .iter()
+        .map(|r| AttemptEffect {
+            lost_claim: !held_ids.contains(&r.delivery_id),
+            webhook_disabled: disabled.contains(&r.delivery_id),
+        })
+        .collect())
+}
+
+/// Applies one attempt's effect on its webhook; returns whether it disabled
+/// the webhook.
+async fn webhook_effect(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     r: &AttemptRecord,
-) -> Result<AttemptEffect> {
-    let (status, next_at, delivered_at) = outcome_columns(r);
-    let updated = sqlx::query(
-        "UPDATE deliveries SET status = $1, attempts = $2, next_attempt_at = $3, \
-         last_status_code = $4, last_error = $5, delivered_at = $6, claimed_until = NULL, \
-         claim_token = NULL WHERE id = $7 AND claim_token = $8",
-    )
-    .bind(status.as_str())
-    .bind(i32_of(r.attempt))
-    .bind(next_at)
-    .bind(r.status_code.map(i32::from))
-    .bind(&r.error)
-    .bind(delivered_at)
-    .bind(r.delivery_id)
-    .bind(r.claim_token)
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(AttemptEffect {
-            lost_claim: true,
-            webhook_disabled: false,
-        });
-    }
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
-         error) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(r.delivery_id)
-    .bind(i32_of(r.attempt))
-    .bind(r.started_at)
-    .bind(r.duration_ms as i64)
-    .bind(r.status_code.map(i32::from))
-    .bind(&r.error)
-    .execute(&mut **tx)
-    .await?;
+) -> Result<bool> {
     let now = r.started_at;
     let webhook_disabled = match r.outcome {
         AttemptOutcome::Succeeded => {
@@ -557,8 +647,5 @@ async fn record_attempt(
             }
         }
     };
-    Ok(AttemptEffect {
-        lost_claim: false,
-        webhook_disabled,
-    })
+    Ok(webhook_disabled)
 }

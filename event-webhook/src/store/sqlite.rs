@@ -1,12 +1,19 @@
 //! The SQLite store: one file, WAL journal, times as unix milliseconds.
 //!
 //! SQLite serializes writers, so a claim (`UPDATE … RETURNING` over the due
-//! rows) is atomic without row locks. Only one process should run a worker
+//! rows) is atomic without row locks. The store also queues its own write
+//! transactions behind an in-process gate, so the sink, the claims and the
+//! result recorder take turns at once instead of meeting `SQLITE_BUSY` and
+//! sleeping in the busy handler. Commits use `synchronous = FULL`: a
+//! committed delivery or result survives a crash of the machine, not only
+//! of the process. Only one process should run a worker
 //! on a database: [`recover_in_flight`](WebhookStore::recover_in_flight)
 //! frees *every* claim at start-up, taking any claimed row to be the
 //! leftover of a dead process.
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,8 +26,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    GONE_REASON, WebhookStore, candidate_pool, code_of, dead_streak_reason, outcome_columns,
-    status_of, u32_of,
+    GONE_REASON, WebhookPlan, WebhookStore, candidate_pool, code_of, dead_streak_reason,
+    distinct_runs, outcome_columns, status_of, u32_of,
 };
 use crate::error::{Result, WebhookError};
 use crate::model::{
@@ -33,10 +40,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// Rows per INSERT statement (SQLite caps bound parameters per statement).
 const INSERT_CHUNK: usize = 500;
 
+/// Attempt records per set-based statement (eight parameters each).
+const RECORD_CHUNK: usize = 500;
+
 /// The SQLite implementation of [`WebhookStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Serializes this process's write transactions. SQLite admits one
+    /// writer at a time; without the gate a second writer meets
+    /// `SQLITE_BUSY` and sleeps in the busy handler (milliseconds at a time)
+    /// instead of starting the moment the first one commits.
+    write: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn ms(t: OffsetDateTime) -> i64 {
@@ -127,7 +142,10 @@ impl SqliteStore {
     /// Wraps an existing pool and migrates it.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            write: Arc::default(),
+        })
     }
 
     /// The underlying pool.
@@ -147,6 +165,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn create_webhook(&self, w: &Webhook) -> Result<()> {
+        let _write = self.write.lock().await;
         sqlx::query(
             "INSERT INTO webhooks (id, url, events, secret, active, max_retries, created_at, \
              updated_at, last_triggered_at, failure_count, disabled_reason) \
@@ -186,6 +205,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn update_webhook(&self, w: &Webhook) -> Result<bool> {
+        let _write = self.write.lock().await;
         let done = sqlx::query(
             "UPDATE webhooks SET url = ?, events = ?, secret = ?, active = ?, max_retries = ?, \
              updated_at = ?, last_triggered_at = ?, failure_count = ?, disabled_reason = ? \
@@ -207,6 +227,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<bool> {
+        let _write = self.write.lock().await;
         let done = sqlx::query("DELETE FROM webhooks WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
@@ -215,6 +236,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        let _write = self.write.lock().await;
         if deliveries.is_empty() {
             return Ok(());
         }
@@ -247,6 +269,7 @@ impl WebhookStore for SqliteStore {
         token: Uuid,
         lease_until: OffsetDateTime,
     ) -> Result<()> {
+        let _write = self.write.lock().await;
         sqlx::query(
             "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
              attempts, next_attempt_at, claimed_until, claim_token, created_at) \
@@ -325,6 +348,7 @@ impl WebhookStore for SqliteStore {
         id: Uuid,
         now: OffsetDateTime,
     ) -> Result<Option<Delivery>> {
+        let _write = self.write.lock().await;
         let sql = format!(
             "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, \
              claimed_until = NULL, claim_token = NULL, delivered_at = NULL \
@@ -340,6 +364,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+        let _write = self.write.lock().await;
         let now = ms(req.now);
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET claimed_until = ");
         // Candidates come from the oldest due rows only (an index range
@@ -393,6 +418,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()> {
+        let _write = self.write.lock().await;
         if ids.is_empty() {
             return Ok(());
         }
@@ -410,16 +436,21 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _write = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
         let mut effects = Vec::with_capacity(records.len());
-        for r in records {
-            effects.push(record_attempt(&mut tx, r).await?);
+        for run in distinct_runs(records) {
+            effects.extend(record_run(&mut tx, &records[run]).await?);
         }
         tx.commit().await?;
         Ok(effects)
     }
 
     async fn recover_in_flight(&self, _now: OffsetDateTime) -> Result<u64> {
+        let _write = self.write.lock().await;
         // One worker process per SQLite database: any claim found at start-up
         // belongs to a process that is gone.
         let done = sqlx::query(
@@ -432,6 +463,7 @@ impl WebhookStore for SqliteStore {
     }
 
     async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64> {
+        let _write = self.write.lock().await;
         let done =
             sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < ?")
                 .bind(ms(before))
@@ -451,45 +483,92 @@ impl WebhookStore for SqliteStore {
     }
 }
 
-/// Records one attempt inside a transaction; a lost claim writes nothing.
-async fn record_attempt(
+/// Records a run of attempts (no delivery twice) inside a transaction with a
+/// fixed number of statements: one `UPDATE … FROM` for the deliveries whose
+/// claim still holds, one multi-row `INSERT` for their attempts, one update
+/// for the webhooks, plus one statement per record of a webhook with a dead
+/// or gone outcome (see [`WebhookPlan`]). A lost claim writes nothing.
+async fn record_run(
     tx: &mut sqlx::Transaction<'_, Sqlite>,
-    r: &AttemptRecord,
-) -> Result<AttemptEffect> {
-    let (status, next_at, delivered_at) = outcome_columns(r);
-    let updated = sqlx::query(
-        "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, \
-         last_status_code = ?, last_error = ?, delivered_at = ?, claimed_until = NULL, \
-         claim_token = NULL WHERE id = ? AND claim_token = ?",
-    )
-    .bind(status.as_str())
-    .bind(i64::from(r.attempt))
-    .bind(next_at.map(ms))
-    .bind(r.status_code.map(i64::from))
-    .bind(&r.error)
-    .bind(delivered_at.map(ms))
-    .bind(r.delivery_id)
-    .bind(r.claim_token)
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(AttemptEffect {
-            lost_claim: true,
-            webhook_disabled: false,
+    records: &[AttemptRecord],
+) -> Result<Vec<AttemptEffect>> {
+    let mut held_ids = HashSet::new();
+    for chunk in records.chunks(RECORD_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "WITH v(vid, vtoken, vstatus, vattempts, vnext, vcode, verror, vdelivered) AS (",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            let (status, next_at, delivered_at) = outcome_columns(r);
+            b.push_bind(r.delivery_id)
+                .push_bind(r.claim_token)
+                .push_bind(status.as_str())
+                .push_bind(i64::from(r.attempt))
+                .push_bind(next_at.map(ms))
+                .push_bind(r.status_code.map(i64::from))
+                .push_bind(r.error.clone())
+                .push_bind(delivered_at.map(ms));
         });
+        qb.push(
+            ") UPDATE deliveries SET status = v.vstatus, attempts = v.vattempts, \
+             next_attempt_at = v.vnext, last_status_code = v.vcode, last_error = v.verror, \
+             delivered_at = v.vdelivered, claimed_until = NULL, claim_token = NULL \
+             FROM v WHERE deliveries.id = v.vid AND deliveries.claim_token = v.vtoken \
+             RETURNING id",
+        );
+        for row in qb.build().fetch_all(&mut **tx).await? {
+            held_ids.insert(row.try_get::<Uuid, _>("id")?);
+        }
     }
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
-         error) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.delivery_id)
-    .bind(i64::from(r.attempt))
-    .bind(ms(r.started_at))
-    .bind(r.duration_ms as i64)
-    .bind(r.status_code.map(i64::from))
-    .bind(&r.error)
-    .execute(&mut **tx)
-    .await?;
+    let held: Vec<&AttemptRecord> = records
+        .iter()
+        .filter(|r| held_ids.contains(&r.delivery_id))
+        .collect();
+    for chunk in held.chunks(RECORD_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
+             error) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            b.push_bind(r.delivery_id)
+                .push_bind(i64::from(r.attempt))
+                .push_bind(ms(r.started_at))
+                .push_bind(r.duration_ms as i64)
+                .push_bind(r.status_code.map(i64::from))
+                .push_bind(r.error.clone());
+        });
+        qb.build().execute(&mut **tx).await?;
+    }
+    let plan = WebhookPlan::of(&held);
+    for chunk in plan.simple.chunks(RECORD_CHUNK) {
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH v(vid, vat, vreset) AS (");
+        qb.push_values(chunk, |mut b, (id, at, reset)| {
+            b.push_bind(*id).push_bind(ms(*at)).push_bind(*reset);
+        });
+        qb.push(
+            ") UPDATE webhooks SET last_triggered_at = v.vat, \
+             failure_count = CASE WHEN v.vreset THEN 0 ELSE failure_count END \
+             FROM v WHERE webhooks.id = v.vid",
+        );
+        qb.build().execute(&mut **tx).await?;
+    }
+    let mut disabled = HashSet::new();
+    for r in &plan.replay {
+        if webhook_effect(tx, r).await? {
+            disabled.insert(r.delivery_id);
+        }
+    }
+    Ok(records
+        .iter()
+        .map(|r| AttemptEffect {
+            lost_claim: !held_ids.contains(&r.delivery_id),
+            webhook_disabled: disabled.contains(&r.delivery_id),
+        })
+        .collect())
+}
+
+/// Applies one attempt's effect on its webhook; returns whether it disabled
+/// the webhook.
+async fn webhook_effect(tx: &mut sqlx::Transaction<'_, Sqlite>, r: &AttemptRecord) -> Result<bool> {
     let now = ms(r.started_at);
     let webhook_disabled = match r.outcome {
         AttemptOutcome::Succeeded => {
@@ -548,8 +627,5 @@ async fn record_attempt(
             }
         }
     };
-    Ok(AttemptEffect {
-        lost_claim: false,
-        webhook_disabled,
-    })
+    Ok(webhook_disabled)
 }

@@ -1,0 +1,232 @@
+//! Recording many attempt results in one `complete_attempts` call (what the
+//! worker's recorder does) has exactly the effect of recording them one by
+//! one, in order: lost claims write nothing, failure streaks count across
+//! the batch, a success in the batch resets them, the attempt that reaches
+//! the dead limit (and only it) reports disabling. SQLite always,
+//! PostgreSQL when `TEST_POSTGRES_URL` is set.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use event_webhook::model::{
+    AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryStatus, NewDelivery,
+    Webhook,
+};
+use event_webhook::store::WebhookStore;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+type Store = Arc<dyn WebhookStore>;
+
+fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap()
+}
+
+fn webhook(failure_count: u32) -> Webhook {
+    let t = now();
+    Webhook {
+        id: Uuid::now_v7(),
+        url: "https://a.example/hook".to_owned(),
+        events: vec![],
+        secret: "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=".to_owned(),
+        active: true,
+        max_retries: 4,
+        created_at: t,
+        updated_at: t,
+        last_triggered_at: None,
+        failure_count,
+        disabled_reason: None,
+    }
+}
+
+fn delivery(webhook_id: Uuid, at: OffsetDateTime) -> NewDelivery {
+    let event_id = Uuid::now_v7();
+    NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id,
+        event_id,
+        event_type: "JobQueued",
+        body: format!(r#"{{"id":"{event_id}","event":"JobQueued","data":{{}}}}"#).into(),
+        created_at: at,
+        next_attempt_at: Some(at),
+    }
+}
+
+fn claim(now: OffsetDateTime) -> ClaimRequest {
+    ClaimRequest {
+        now,
+        limit: 100,
+        per_webhook: 100,
+        exclude: Vec::new(),
+        lease_until: now + Duration::seconds(60),
+        token: Uuid::new_v4(),
+    }
+}
+
+fn record(d: &ClaimedDelivery, outcome: AttemptOutcome, at: OffsetDateTime) -> AttemptRecord {
+    let ok = outcome == AttemptOutcome::Succeeded;
+    AttemptRecord {
+        delivery_id: d.id,
+        webhook_id: d.webhook_id,
+        claim_token: d.claim_token,
+        attempt: d.attempts + 1,
+        started_at: at,
+        duration_ms: 5,
+        status_code: Some(if ok { 200 } else { 500 }),
+        error: (!ok).then(|| "http_500".to_owned()),
+        outcome,
+        disable_after_dead: 3,
+    }
+}
+
+async fn status_of(store: &Store, d: &ClaimedDelivery) -> DeliveryStatus {
+    store
+        .get_delivery(d.webhook_id, d.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+}
+
+async fn batch_applies_in_order(store: Store) {
+    // `a` starts one dead delivery into a streak, `b` two.
+    let (a, b) = (webhook(1), webhook(2));
+    store.create_webhook(&a).await.unwrap();
+    store.create_webhook(&b).await.unwrap();
+    let t0 = now();
+    let rows: Vec<NewDelivery> = (0..5)
+        .map(|_| delivery(a.id, t0))
+        .chain((0..3).map(|_| delivery(b.id, t0)))
+        .collect();
+    store.enqueue(&rows).await.unwrap();
+    let claimed = store.claim_due(&claim(t0)).await.unwrap();
+    assert_eq!(claimed.len(), 8);
+    let find = |id: Uuid| claimed.iter().find(|c| c.id == id).unwrap().clone();
+    let a_rows: Vec<ClaimedDelivery> = rows[..5].iter().map(|r| find(r.id)).collect();
+    let b_rows: Vec<ClaimedDelivery> = rows[5..].iter().map(|r| find(r.id)).collect();
+    let at = |ms: i64| t0 + Duration::milliseconds(ms);
+    let retry_at = t0 + Duration::seconds(60);
+    let mut stale = record(&b_rows[2], AttemptOutcome::Succeeded, at(7));
+    stale.claim_token = Uuid::new_v4();
+    let batch = vec![
+        record(&a_rows[0], AttemptOutcome::Succeeded, at(1)), // a: streak 1 → 0
+        record(&b_rows[0], AttemptOutcome::Retry(retry_at), at(2)),
+        record(&a_rows[1], AttemptOutcome::Dead, at(3)), // a: 1
+        record(&a_rows[2], AttemptOutcome::Dead, at(4)), // a: 2
+        record(&b_rows[1], AttemptOutcome::Succeeded, at(5)), // b: 2 → 0
+        record(&a_rows[3], AttemptOutcome::Dead, at(6)), // a: 3 → disabled
+        stale,                                           // lost claim
+        record(&a_rows[4], AttemptOutcome::Retry(retry_at), at(8)),
+    ];
+    let effects = store.complete_attempts(&batch).await.unwrap();
+    let lost: Vec<bool> = effects.iter().map(|e| e.lost_claim).collect();
+    assert_eq!(
+        lost,
+        [false, false, false, false, false, false, true, false]
+    );
+    let disabled: Vec<bool> = effects.iter().map(|e| e.webhook_disabled).collect();
+    assert_eq!(
+        disabled,
+        [false, false, false, false, false, true, false, false]
+    );
+
+    let a_now = store.get_webhook(a.id).await.unwrap().unwrap();
+    assert!(!a_now.active);
+    assert_eq!(a_now.failure_count, 3);
+    assert!(a_now.disabled_reason.unwrap().contains('3'));
+    assert_eq!(a_now.last_triggered_at, Some(at(8)));
+    let b_now = store.get_webhook(b.id).await.unwrap().unwrap();
+    assert!(b_now.active);
+    assert_eq!(b_now.failure_count, 0);
+    assert_eq!(
+        b_now.last_triggered_at,
+        Some(at(5)),
+        "the stale record wrote nothing"
+    );
+
+    let expected = [
+        (&a_rows[0], DeliveryStatus::Succeeded),
+        (&a_rows[1], DeliveryStatus::Dead),
+        (&a_rows[2], DeliveryStatus::Dead),
+        (&a_rows[3], DeliveryStatus::Dead),
+        (&a_rows[4], DeliveryStatus::Failed),
+        (&b_rows[0], DeliveryStatus::Failed),
+        (&b_rows[1], DeliveryStatus::Succeeded),
+        (&b_rows[2], DeliveryStatus::Pending),
+    ];
+    for (row, status) in expected {
+        assert_eq!(status_of(&store, row).await, status, "{}", row.id);
+        let attempts = store.list_attempts(row.id).await.unwrap();
+        let want = usize::from(status != DeliveryStatus::Pending);
+        assert_eq!(attempts.len(), want, "{}", row.id);
+    }
+    let retried = store
+        .get_delivery(a.id, a_rows[4].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retried.next_attempt_at, Some(retry_at));
+    assert_eq!(retried.attempts, 1);
+    let done = store
+        .get_delivery(b.id, b_rows[1].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.last_status_code, Some(200));
+    assert!(done.delivered_at.is_some());
+}
+
+async fn same_delivery_twice_in_a_batch(store: Store) {
+    let w = webhook(0);
+    store.create_webhook(&w).await.unwrap();
+    let t0 = now();
+    let d = delivery(w.id, t0);
+    store.enqueue(std::slice::from_ref(&d)).await.unwrap();
+    let first = store.claim_due(&claim(t0)).await.unwrap().remove(0);
+    // The first claim's lease runs out and the row is claimed again; both
+    // results reach one batch, the stale one first.
+    let later = t0 + Duration::minutes(2);
+    let second = store.claim_due(&claim(later)).await.unwrap().remove(0);
+    assert_eq!(second.id, d.id);
+    let batch = [
+        record(&first, AttemptOutcome::Retry(later), t0),
+        record(&second, AttemptOutcome::Succeeded, later),
+    ];
+    let effects = store.complete_attempts(&batch).await.unwrap();
+    assert!(effects[0].lost_claim);
+    assert!(!effects[1].lost_claim);
+    assert_eq!(status_of(&store, &second).await, DeliveryStatus::Succeeded);
+    assert_eq!(store.list_attempts(d.id).await.unwrap().len(), 1);
+}
+
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::sqlite_store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some((store, schema)) = super::common::postgres_store().await else {
+                        return;
+                    };
+                    super::$name(store).await;
+                    super::common::drop_schema(&schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(batch_applies_in_order, same_delivery_twice_in_a_batch);
