@@ -199,16 +199,41 @@ fn process_cpu() -> f64 {
 
 /// One throughput run: events/s and CPU ns per event, with every sink
 /// keeping up (the publisher waits for the slowest between chunks).
-async fn throughput(events: u64, telemetry: Option<&event_telemetry::PrometheusMetrics>) -> Value {
+/// A sink that does nothing: the cost of having one more sink at all.
+struct NoopSink;
+
+#[event_core::async_trait]
+impl event_core::EventSink for NoopSink {
+    fn name(&self) -> &str {
+        "noop"
+    }
+
+    async fn deliver(&self, event: Arc<event_core::Event>) -> Result<(), event_core::SinkError> {
+        std::hint::black_box(event);
+        Ok(())
+    }
+}
+
+/// The extra sink of a throughput run.
+#[derive(Clone, Copy)]
+enum Extra<'a> {
+    None,
+    Noop,
+    Telemetry(&'a event_telemetry::PrometheusMetrics),
+}
+
+async fn throughput(events: u64, extra: Extra<'_>) -> Value {
     let bus = bus();
     let hub = FanoutHub::new("bench");
     let mut runner = SinkRunner::new(&bus);
     let mut sinks = vec![runner.register(Arc::new(hub.clone()))];
-    if let Some(metrics) = telemetry {
-        sinks
+    match extra {
+        Extra::None => {}
+        Extra::Noop => sinks.push(runner.register(Arc::new(NoopSink))),
+        Extra::Telemetry(metrics) => sinks
             .push(runner.register(
                 event_telemetry::TelemetrySink::with_meter(&metrics.meter()).into_sink(),
-            ));
+            )),
     }
     let tasks = hub_connections(&hub, 100);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,11 +270,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// it (and the publishing thread) logs through the telemetry subscriber.
 fn telemetry_run(
     events: u64,
-    telemetry: Option<(&tracing::Dispatch, &event_telemetry::PrometheusMetrics)>,
+    extra: Extra<'_>,
+    dispatch: Option<&tracing::Dispatch>,
 ) -> Result<Value, String> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let Some((dispatch, _)) = telemetry {
+    if let Some(dispatch) = dispatch {
         let dispatch = dispatch.clone();
         builder.on_thread_start(move || {
             // The worker threads live as long as the runtime: keep the
@@ -258,15 +284,24 @@ fn telemetry_run(
         });
     }
     let rt = builder.build().map_err(|e| e.to_string())?;
-    let run = || rt.block_on(throughput(events, telemetry.map(|(_, m)| m)));
-    Ok(match telemetry {
-        Some((dispatch, _)) => tracing::dispatcher::with_default(dispatch, run),
+    let run = || rt.block_on(throughput(events, extra));
+    Ok(match dispatch {
+        Some(dispatch) => tracing::dispatcher::with_default(dispatch, run),
         None => run(),
     })
 }
 
-/// Alternates runs without and with telemetry (so both see the same machine
-/// load) and reports the medians.
+/// Percent changes of `key` between paired runs: `(b / a - 1) × 100`.
+fn changes(a: &[Value], b: &[Value], key: &str) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter_map(|(a, b)| Some((b[key].as_f64()? / a[key].as_f64()? - 1.0) * 100.0))
+        .collect()
+}
+
+/// Rotates runs without an extra sink, with a no-op sink, and with
+/// telemetry (so all see the same machine load) and reports medians. The
+/// no-op variant separates the cost of one more sink from telemetry's own.
 fn telemetry_overhead(events: u64, runs: u32) -> Result<Value, String> {
     let config = event_telemetry::TelemetryConfig {
         format: event_telemetry::LogFormat::Json,
@@ -277,40 +312,39 @@ fn telemetry_overhead(events: u64, runs: u32) -> Result<Value, String> {
         event_telemetry::subscriber(&config, std::io::sink).map_err(|e| e.to_string())?;
     let dispatch = tracing::Dispatch::new(subscriber);
     let metrics = event_telemetry::PrometheusMetrics::new("bench").map_err(|e| e.to_string())?;
-    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let (mut without, mut noop, mut with) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        without.push(telemetry_run(events, None)?);
-        with.push(telemetry_run(events, Some((&dispatch, &metrics)))?);
+        without.push(telemetry_run(events, Extra::None, None)?);
+        noop.push(telemetry_run(events, Extra::Noop, None)?);
+        with.push(telemetry_run(
+            events,
+            Extra::Telemetry(&metrics),
+            Some(&dispatch),
+        )?);
     }
     let pick =
         |runs: &[Value], key: &str| median(runs.iter().filter_map(|r| r[key].as_f64()).collect());
-    let loss: Vec<f64> = without
-        .iter()
-        .zip(&with)
-        .filter_map(|(a, b)| {
-            Some((1.0 - b["events_per_s"].as_f64()? / a["events_per_s"].as_f64()?) * 100.0)
+    let summary = |runs: &[Value]| {
+        json!({
+            "events_per_s": pick(runs, "events_per_s"),
+            "cpu_ns_per_event": pick(runs, "cpu_ns_per_event"),
         })
-        .collect();
-    let cpu: Vec<f64> = without
-        .iter()
-        .zip(&with)
-        .filter_map(|(a, b)| {
-            Some((b["cpu_ns_per_event"].as_f64()? / a["cpu_ns_per_event"].as_f64()? - 1.0) * 100.0)
-        })
-        .collect();
-    let base_cpu = pick(&without, "cpu_ns_per_event");
-    let tel_cpu = pick(&with, "cpu_ns_per_event");
+    };
+    let loss = |a: &[Value], b: &[Value]| -median(changes(a, b, "events_per_s"));
+    let cpu = |a: &[Value], b: &[Value]| median(changes(a, b, "cpu_ns_per_event"));
     Ok(json!({
         "bench": "telemetry",
         "events": events,
         "hub_connections": 100,
-        "without": {"events_per_s": pick(&without, "events_per_s"), "cpu_ns_per_event": base_cpu},
-        "with": {"events_per_s": pick(&with, "events_per_s"), "cpu_ns_per_event": tel_cpu},
-        "added_cpu_ns_per_event": tel_cpu - base_cpu,
-        "throughput_loss_pct": median(loss.clone()),
-        "throughput_loss_pct_runs": loss,
-        "cpu_overhead_pct": median(cpu.clone()),
-        "cpu_overhead_pct_runs": cpu,
+        "without": summary(&without),
+        "noop": summary(&noop),
+        "with": summary(&with),
+        "added_cpu_ns_per_event": pick(&with, "cpu_ns_per_event") - pick(&without, "cpu_ns_per_event"),
+        "throughput_loss_pct": loss(&without, &with),
+        "cpu_overhead_pct": cpu(&without, &with),
+        "vs_noop_throughput_loss_pct": loss(&noop, &with),
+        "vs_noop_cpu_overhead_pct": cpu(&noop, &with),
+        "noop_throughput_loss_pct": loss(&without, &noop),
         "runs": runs,
     }))
 }

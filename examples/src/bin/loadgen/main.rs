@@ -101,6 +101,9 @@ struct Args {
     /// Idle mode: open this many connections (half WS, half SSE) and hold them.
     #[arg(long, conflicts_with = "churn")]
     idle: Option<u64>,
+    /// Transports of the idle connections.
+    #[arg(long, value_enum, default_value = "both")]
+    idle_mix: scale::Mix,
     /// Seconds to hold idle connections after reporting.
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
@@ -163,6 +166,7 @@ async fn main() -> std::process::ExitCode {
     let report = if let Some(count) = args.idle {
         scale::idle(
             cfg,
+            args.idle_mix,
             count,
             args.concurrency,
             pid.as_deref(),

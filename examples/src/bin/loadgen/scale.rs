@@ -36,8 +36,19 @@ impl Counts {
     }
 }
 
-fn kind_of(i: u64) -> Kind {
-    if i.is_multiple_of(2) {
+/// Which transports a scale run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// Alternating WebSocket and SSE.
+    Both,
+    /// WebSocket only.
+    Ws,
+    /// SSE only.
+    Sse,
+}
+
+fn kind_of(i: u64, mix: Mix) -> Kind {
+    if mix == Mix::Ws || (mix == Mix::Both && i.is_multiple_of(2)) {
         Kind::Ws
     } else {
         Kind::Sse
@@ -59,11 +70,12 @@ async fn gauge_value(cfg: &SubConfig) -> Value {
     }
 }
 
-/// Opens `count` connections (half WebSocket, half SSE), `concurrency` at a
+/// Opens `count` connections (`mix`: half WebSocket, half SSE by default), `concurrency` at a
 /// time, holds them all for `hold`, and reports the server's RSS growth per
 /// connection.
 pub async fn idle(
     cfg: Arc<SubConfig>,
+    mix: Mix,
     count: u64,
     concurrency: usize,
     server_pid: Option<&str>,
@@ -95,7 +107,7 @@ pub async fn idle(
                     if i >= count {
                         return;
                     }
-                    match open(&cfg, kind_of(i)).await {
+                    match open(&cfg, kind_of(i, mix)).await {
                         Ok(conn) => {
                             held.lock().await.push(conn);
                             counts.done.fetch_add(1, Ordering::Relaxed);
@@ -126,6 +138,7 @@ pub async fn idle(
     drop(held);
     json!({
         "mode": "idle",
+        "mix": format!("{mix:?}").to_lowercase(),
         "connections": count,
         "established": established,
         "failed": counts.failed.load(Ordering::Relaxed),
@@ -174,7 +187,7 @@ pub async fn churn(
                     if i >= cycles {
                         return;
                     }
-                    let result = match kind_of(i) {
+                    let result = match kind_of(i, Mix::Both) {
                         Kind::Ws => match ws_connect(&cfg).await {
                             Ok(mut ws) => {
                                 // Close handshake: send ours, read until the server's arrives.
