@@ -109,8 +109,10 @@ pub struct Results {
     pub churn: Option<Value>,
     /// Publish-cost lines.
     pub publish: Vec<Value>,
-    /// Telemetry result or the reason it was not measured.
+    /// Telemetry result (`JobProgress`, DEBUG) or the reason it was not measured.
     pub telemetry: Value,
+    /// The same with `JobCompleted` (INFO: every event logged).
+    pub telemetry_info: Value,
     /// Webhooks: `(engine, at the target rate, at 4× the target rate)`.
     pub webhooks: Vec<(String, Value, Value)>,
     /// Top of the server's profile during the heaviest fan-out run.
@@ -288,20 +290,21 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         results.publish.extend(out);
     }
 
-    // 5. Telemetry overhead.
-    results.telemetry = run_json(
-        &bins.bench_core,
-        &[
-            "telemetry",
-            "--events",
-            &plan.telemetry_events.to_string(),
-            "--runs",
-            &plan.telemetry_runs.to_string(),
-        ],
-        300,
-    )
-    .map(|mut lines| lines.pop().unwrap_or(Value::Null))
-    .unwrap_or_else(|e| json!({"error": e}));
+    // 5. Telemetry overhead: DEBUG-level events (filtered out by `info`),
+    // then INFO-level ones (every event becomes a JSON log line).
+    let telemetry = |info: bool| {
+        let events = plan.telemetry_events.to_string();
+        let runs = plan.telemetry_runs.to_string();
+        let mut args = vec!["telemetry", "--events", &events, "--runs", &runs];
+        if info {
+            args.push("--info");
+        }
+        run_json(&bins.bench_core, &args, 300)
+            .map(|mut lines| lines.pop().unwrap_or(Value::Null))
+            .unwrap_or_else(|e| json!({"error": e}))
+    };
+    results.telemetry = telemetry(false);
+    results.telemetry_info = telemetry(true);
 
     // 4. Webhooks, SQLite then PostgreSQL: sustained at the target rate,
     // then offered at 4× to find the peak.

@@ -55,6 +55,11 @@ enum Command {
         /// Runs of each variant, alternating (medians are reported).
         #[arg(long, default_value_t = 5)]
         runs: u32,
+        /// Publish `JobCompleted` (mirrored at INFO, so every event is
+        /// formatted as a JSON log line) instead of `JobProgress` (DEBUG,
+        /// filtered out by the default `info` filter).
+        #[arg(long)]
+        info: bool,
     },
 }
 
@@ -78,6 +83,15 @@ fn probe(n: u64) -> ServerEvent {
         note_id: None,
         progress: 50,
         message: Some(message),
+    })
+}
+
+fn completed(n: u64) -> ServerEvent {
+    ServerEvent::JobCompleted(event_core::JobCompleted {
+        job_id: Uuid::from_u128(u128::from(n)),
+        job_type: "Embedding".into(),
+        note_id: None,
+        duration_ms: Some(n % 5000),
     })
 }
 
@@ -222,7 +236,7 @@ enum Extra<'a> {
     Telemetry(&'a event_telemetry::PrometheusMetrics),
 }
 
-async fn throughput(events: u64, extra: Extra<'_>) -> Value {
+async fn throughput(events: u64, extra: Extra<'_>, make: fn(u64) -> ServerEvent) -> Value {
     let bus = bus();
     let hub = FanoutHub::new("bench");
     let mut runner = SinkRunner::new(&bus);
@@ -242,7 +256,7 @@ async fn throughput(events: u64, extra: Extra<'_>) -> Value {
     let mut published = 0u64;
     while published < events {
         for i in 0..CHUNK as u64 {
-            bus.publish(probe(published + i));
+            bus.publish(make(published + i));
         }
         published += CHUNK as u64;
         for s in &sinks {
@@ -270,6 +284,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// it (and the publishing thread) logs through the telemetry subscriber.
 fn telemetry_run(
     events: u64,
+    make: fn(u64) -> ServerEvent,
     extra: Extra<'_>,
     dispatch: Option<&tracing::Dispatch>,
 ) -> Result<Value, String> {
@@ -284,7 +299,7 @@ fn telemetry_run(
         });
     }
     let rt = builder.build().map_err(|e| e.to_string())?;
-    let run = || rt.block_on(throughput(events, extra));
+    let run = || rt.block_on(throughput(events, extra, make));
     Ok(match dispatch {
         Some(dispatch) => tracing::dispatcher::with_default(dispatch, run),
         None => run(),
@@ -302,7 +317,8 @@ fn changes(a: &[Value], b: &[Value], key: &str) -> Vec<f64> {
 /// Rotates runs without an extra sink, with a no-op sink, and with
 /// telemetry (so all see the same machine load) and reports medians. The
 /// no-op variant separates the cost of one more sink from telemetry's own.
-fn telemetry_overhead(events: u64, runs: u32) -> Result<Value, String> {
+fn telemetry_overhead(events: u64, runs: u32, info: bool) -> Result<Value, String> {
+    let make: fn(u64) -> ServerEvent = if info { completed } else { probe };
     let config = event_telemetry::TelemetryConfig {
         format: event_telemetry::LogFormat::Json,
         filter: Some("info".into()),
@@ -314,10 +330,11 @@ fn telemetry_overhead(events: u64, runs: u32) -> Result<Value, String> {
     let metrics = event_telemetry::PrometheusMetrics::new("bench").map_err(|e| e.to_string())?;
     let (mut without, mut noop, mut with) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs.max(1) {
-        without.push(telemetry_run(events, Extra::None, None)?);
-        noop.push(telemetry_run(events, Extra::Noop, None)?);
+        without.push(telemetry_run(events, make, Extra::None, None)?);
+        noop.push(telemetry_run(events, make, Extra::Noop, None)?);
         with.push(telemetry_run(
             events,
+            make,
             Extra::Telemetry(&metrics),
             Some(&dispatch),
         )?);
@@ -334,6 +351,7 @@ fn telemetry_overhead(events: u64, runs: u32) -> Result<Value, String> {
     let cpu = |a: &[Value], b: &[Value]| median(changes(a, b, "cpu_ns_per_event"));
     Ok(json!({
         "bench": "telemetry",
+        "event": if info { "JobCompleted" } else { "JobProgress" },
         "events": events,
         "hub_connections": 100,
         "without": summary(&without),
@@ -366,8 +384,8 @@ fn main() -> std::process::ExitCode {
                     println!("{}", rt.block_on(publish_cost(s, via, events)));
                 }
             }),
-        Command::Telemetry { events, runs } => {
-            telemetry_overhead(events, runs).map(|v| println!("{v}"))
+        Command::Telemetry { events, runs, info } => {
+            telemetry_overhead(events, runs, info).map(|v| println!("{v}"))
         }
     };
     match outcome {

@@ -352,44 +352,50 @@ fn webhook_section(s: &mut String, results: &Results) {
 }
 
 fn telemetry_section(s: &mut String, results: &Results) {
-    let t = &results.telemetry;
     let _ = writeln!(
         s,
         "## 5. Telemetry overhead\n\n`bench-core telemetry`: a bus with a `FanoutHub` of 100 drained \
          connections; events published in chunks of 256, the publisher waiting for every sink to \
          catch up (sustained throughput, nothing lost). Rotating with the same run plus a no-op \
-         sink, and plus telemetry: event-telemetry's JSON log subscriber (filter `info`, writing to a discarding writer) is \
-         the default on every thread and its `TelemetrySink` with Prometheus instruments is \
-         registered. Each run on a fresh runtime; medians of {} rounds; CPU from \
-         `/proc/self/task/*/schedstat`.\n",
-        fmt(num(t, &["runs"]), 0)
+         sink, and plus telemetry: event-telemetry's JSON log subscriber (filter `info`, writing \
+         to a discarding writer) as the default on every thread and its `TelemetrySink` with \
+         Prometheus instruments registered. Each run on a fresh runtime; medians of {} rounds; CPU \
+         from `/proc/self/task/*/schedstat`. Twice: with `JobProgress` events (mirrored at DEBUG, \
+         so the `info` filter drops the log line) and with `JobCompleted` (INFO: every event is \
+         formatted as a JSON line).\n",
+        fmt(num(&results.telemetry, &["runs"]), 0)
     );
-    if let Some(e) = error_of(t) {
-        let _ = writeln!(s, "Not measured: {e}\n");
-        return;
+    for (label, t) in [
+        ("`JobProgress` (DEBUG)", &results.telemetry),
+        ("`JobCompleted` (INFO)", &results.telemetry_info),
+    ] {
+        if let Some(e) = error_of(t) {
+            let _ = writeln!(s, "{label}: not measured: {e}\n");
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "{label}:\n\n| | events/s | CPU ns per event |\n|---|---|---|\n| without an extra sink | {} | {} |\n| with a no-op sink | {} | {} |\n| with telemetry | {} | {} |\n",
+            fmt(num(t, &["without", "events_per_s"]), 0),
+            fmt(num(t, &["without", "cpu_ns_per_event"]), 0),
+            fmt(num(t, &["noop", "events_per_s"]), 0),
+            fmt(num(t, &["noop", "cpu_ns_per_event"]), 0),
+            fmt(num(t, &["with", "events_per_s"]), 0),
+            fmt(num(t, &["with", "cpu_ns_per_event"]), 0),
+        );
+        let _ = writeln!(
+            s,
+            "Telemetry vs nothing: {} % throughput, {} % CPU per event (+{} ns). One more sink of \
+             any kind (the no-op one) costs {} % throughput; telemetry vs the no-op sink: {} % \
+             throughput, {} % CPU.\n",
+            fmt(num(t, &["throughput_loss_pct"]), 1),
+            fmt(num(t, &["cpu_overhead_pct"]), 1),
+            fmt(num(t, &["added_cpu_ns_per_event"]), 0),
+            fmt(num(t, &["noop_throughput_loss_pct"]), 1),
+            fmt(num(t, &["vs_noop_throughput_loss_pct"]), 1),
+            fmt(num(t, &["vs_noop_cpu_overhead_pct"]), 1),
+        );
     }
-    let _ = writeln!(
-        s,
-        "| | events/s | CPU ns per event |\n|---|---|---|\n| without an extra sink | {} | {} |\n| with a no-op sink | {} | {} |\n| with telemetry | {} | {} |\n",
-        fmt(num(t, &["without", "events_per_s"]), 0),
-        fmt(num(t, &["without", "cpu_ns_per_event"]), 0),
-        fmt(num(t, &["noop", "events_per_s"]), 0),
-        fmt(num(t, &["noop", "cpu_ns_per_event"]), 0),
-        fmt(num(t, &["with", "events_per_s"]), 0),
-        fmt(num(t, &["with", "cpu_ns_per_event"]), 0),
-    );
-    let _ = writeln!(
-        s,
-        "Telemetry vs nothing: {} % throughput, {} % CPU per event (+{} ns). Of that, one more \
-         sink of any kind (the no-op one) costs {} % throughput; telemetry vs the no-op sink: {} % \
-         throughput, {} % CPU.\n",
-        fmt(num(t, &["throughput_loss_pct"]), 1),
-        fmt(num(t, &["cpu_overhead_pct"]), 1),
-        fmt(num(t, &["added_cpu_ns_per_event"]), 0),
-        fmt(num(t, &["noop_throughput_loss_pct"]), 1),
-        fmt(num(t, &["vs_noop_throughput_loss_pct"]), 1),
-        fmt(num(t, &["vs_noop_cpu_overhead_pct"]), 1),
-    );
 }
 
 fn churn_section(s: &mut String, plan: &Plan, results: &Results) {
