@@ -42,6 +42,10 @@ fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases,
         failure_persistence: None,
+        // Each case talks to a live server and a failing one can wait out a
+        // timeout: bound shrinking so a failure is reported, not ground on.
+        max_shrink_iters: 64,
+        max_shrink_time: 30_000,
         ..Config::default()
     })
 }
