@@ -1,6 +1,8 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE]`: the benchmark
-//! harness. Builds release binaries, runs each measurement against real
-//! processes on loopback, and writes `BENCHMARKS.md`.
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks]`:
+//! the benchmark harness. Builds release binaries, runs each measurement
+//! against real processes on loopback, and writes `BENCHMARKS.md`.
+//! `--only webhooks` runs measurement 4 alone and prints its table instead
+//! (BENCHMARKS.md is not touched).
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -164,6 +166,20 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("BENCHMARKS.md"));
     let plan = Plan::new(quick, profile);
+    match args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).map(String::as_str))
+    {
+        None => {}
+        Some(Some("webhooks")) => return webhooks_only(&plan),
+        Some(other) => {
+            return Err(format!(
+                "--only {}: the only part that runs alone is `webhooks`",
+                other.unwrap_or("")
+            ));
+        }
+    }
     let started = Instant::now();
     let command = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
 
@@ -306,8 +322,32 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     results.telemetry = telemetry(false);
     results.telemetry_info = telemetry(true);
 
-    // 4. Webhooks, SQLite then PostgreSQL: sustained at the target rate,
-    // then offered at 4× to find the peak.
+    // 4. Webhooks, SQLite then PostgreSQL.
+    results.webhooks = webhooks(&plan, &bins, &tmp, pg_build);
+
+    results.elapsed = started.elapsed();
+    results.meta["load_after"] = json!(sh("cut -d' ' -f1-3 /proc/loadavg"));
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    let text = report::render(&plan, &results, &previous);
+    std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!(
+        "\nbench: wrote {} in {:.0}s",
+        out.display(),
+        results.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Measurement 4: webhooks, SQLite then PostgreSQL (when `pg_build`
+/// succeeded and the local server answers): sustained at the target rate,
+/// then offered at 4× the target rate to find the peak.
+fn webhooks(
+    plan: &Plan,
+    bins: &run::Bins,
+    tmp: &Path,
+    pg_build: Result<(), String>,
+) -> Vec<(String, Value, Value)> {
     let webhook_args = |rate: u64| -> Vec<String> {
         [
             "--webhooks",
@@ -322,17 +362,18 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         .map(|s| s.to_string())
         .collect()
     };
-    let sqlite_db = sqlite("webhooks.db");
-    results.webhooks.push((
+    let mut out = Vec::new();
+    let sqlite_db = format!("sqlite://{}", tmp.join("webhooks.db").display());
+    out.push((
         "SQLite".into(),
-        run::webhook_run(&bins, &tmp, &sqlite_db, &webhook_args(WEBHOOK_TARGET)),
-        run::webhook_run(&bins, &tmp, &sqlite_db, &webhook_args(4 * WEBHOOK_TARGET)),
+        run::webhook_run(bins, tmp, &sqlite_db, &webhook_args(WEBHOOK_TARGET)),
+        run::webhook_run(bins, tmp, &sqlite_db, &webhook_args(4 * WEBHOOK_TARGET)),
     ));
     let (pg_sustained, pg_peak) = match pg_build.and_then(|()| postgres_db()) {
         Ok(db) => {
             let r = (
-                run::webhook_run(&bins, &tmp, &db.url, &webhook_args(WEBHOOK_TARGET)),
-                run::webhook_run(&bins, &tmp, &db.url, &webhook_args(4 * WEBHOOK_TARGET)),
+                run::webhook_run(bins, tmp, &db.url, &webhook_args(WEBHOOK_TARGET)),
+                run::webhook_run(bins, tmp, &db.url, &webhook_args(4 * WEBHOOK_TARGET)),
             );
             db.drop_db();
             r
@@ -342,20 +383,42 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             (e.clone(), e)
         }
     };
-    results
-        .webhooks
-        .push(("PostgreSQL".into(), pg_sustained, pg_peak));
+    out.push(("PostgreSQL".into(), pg_sustained, pg_peak));
+    out
+}
 
-    results.elapsed = started.elapsed();
-    results.meta["load_after"] = json!(sh("cut -d' ' -f1-3 /proc/loadavg"));
-    let previous = std::fs::read_to_string(&out).unwrap_or_default();
-    let text = report::render(&plan, &results, &previous);
-    std::fs::write(&out, text).map_err(|e| format!("{}: {e}", out.display()))?;
+/// `--only webhooks`: builds only the server and `loadgen`, runs
+/// measurement 4 and prints its table with the machine load; BENCHMARKS.md
+/// is left alone.
+fn webhooks_only(plan: &Plan) -> Result<(), String> {
+    cargo_build(&["build", "--release", "-p", "examples", "--bin", "loadgen"])?;
+    let pg_build = cargo_build(&[
+        "build",
+        "--release",
+        "-p",
+        "event-server",
+        "--features",
+        "postgres",
+    ]);
+    if pg_build.is_err() {
+        cargo_build(&["build", "--release", "-p", "event-server"])?;
+    }
+    let bins = run::Bins::locate_server_and_loadgen()?;
+    let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let started = Instant::now();
+    let results = Results {
+        webhooks: webhooks(plan, &bins, &tmp, pg_build),
+        ..Results::default()
+    };
     let _ = std::fs::remove_dir_all(&tmp);
     println!(
-        "\nbench: wrote {} in {:.0}s",
-        out.display(),
-        results.elapsed.as_secs_f64()
+        "\n{}load average before {load_before}, after {}; {:.0} s; git {}",
+        report::webhook_table(&results),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        started.elapsed().as_secs_f64(),
+        sh("git rev-parse --short HEAD"),
     );
     Ok(())
 }

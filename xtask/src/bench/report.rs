@@ -311,9 +311,17 @@ fn publish_section(s: &mut String, results: &Results) {
 }
 
 fn webhook_section(s: &mut String, results: &Results) {
+    let _ = write!(s, "## 4. Webhooks\n\n{}", webhook_table(results));
+}
+
+/// The webhook measurement's description and table (also printed alone by
+/// `--only webhooks`).
+pub fn webhook_table(results: &Results) -> String {
+    let mut out = String::new();
+    let s = &mut out;
     let _ = writeln!(
         s,
-        "## 4. Webhooks\n\nA fresh event-server per run; `loadgen --webhooks` registers one \
+        "A fresh event-server per run; `loadgen --webhooks` registers one \
          webhook (`JobProgress`) pointing at a receiver in its own process that answers 204, \
          publishes the events paced at the offered rate (arrays every 5 ms), and waits until \
          each one arrived (or 5 s without progress). Offered 5,000/s (the target: met when \
@@ -349,6 +357,7 @@ fn webhook_section(s: &mut String, results: &Results) {
         }
     }
     let _ = writeln!(s);
+    out
 }
 
 fn telemetry_section(s: &mut String, results: &Results) {

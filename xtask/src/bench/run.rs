@@ -41,6 +41,28 @@ pub struct Bins {
 impl Bins {
     /// Finds them in the target directory `cargo metadata` names.
     pub fn locate() -> Result<Bins, String> {
+        let bins = Bins::paths()?;
+        for b in [&bins.server, &bins.floor, &bins.loadgen, &bins.bench_core] {
+            if !b.exists() {
+                return Err(format!("{} was not built", b.display()));
+            }
+        }
+        Ok(bins)
+    }
+
+    /// Like [`locate`](Self::locate), requiring only the server and
+    /// `loadgen` (the webhook measurement).
+    pub fn locate_server_and_loadgen() -> Result<Bins, String> {
+        let bins = Bins::paths()?;
+        for b in [&bins.server, &bins.loadgen] {
+            if !b.exists() {
+                return Err(format!("{} was not built", b.display()));
+            }
+        }
+        Ok(bins)
+    }
+
+    fn paths() -> Result<Bins, String> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
             .args(["metadata", "--no-deps", "--format-version", "1"])
             .output()
@@ -59,11 +81,6 @@ impl Bins {
             loadgen: dir.join("loadgen"),
             bench_core: dir.join("bench-core"),
         };
-        for b in [&bins.server, &bins.floor, &bins.loadgen, &bins.bench_core] {
-            if !b.exists() {
-                return Err(format!("{} was not built", b.display()));
-            }
-        }
         Ok(bins)
     }
 }
