@@ -5,6 +5,11 @@
 //! JSON (PROTOCOL §1) and its envelope JSON (PROTOCOL §3) at most once each,
 //! lazily, and hands out the result as shared [`Bytes`]: a thousand
 //! subscribers cost one serialization, not a thousand.
+//!
+//! Transports that frame the JSON in a wire format of their own (SSE's
+//! `id:`/`event:`/`data:` frames) cache their rendering in the event too,
+//! through [`Event::rendered`]: a few slots of opaque bytes, filled on first
+//! use, that this crate knows nothing about.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -115,8 +120,18 @@ pub struct Event {
     payload: ServerEvent,
     json: OnceLock<Bytes>,
     envelope_json: OnceLock<Bytes>,
+    rendered: [OnceLock<Bytes>; RENDER_SLOTS],
     renders: AtomicU32,
 }
+
+/// How many slots [`Event::rendered`] has.
+///
+/// A slot holds one transport-specific rendering of the event (one wire
+/// format). The slots are assigned by the transport crates, each documenting
+/// which index it uses for which format; two renderings must never share a
+/// slot. Today only the SSE transport uses them (0 and 1, its two frame
+/// formats).
+pub const RENDER_SLOTS: usize = 2;
 
 impl Event {
     /// Builds an event. The bus does this on publish; other code needs it only
@@ -138,6 +153,7 @@ impl Event {
             payload,
             json: OnceLock::new(),
             envelope_json: OnceLock::new(),
+            rendered: [const { OnceLock::new() }; RENDER_SLOTS],
             renders: AtomicU32::new(0),
         }
     }
@@ -205,14 +221,28 @@ impl Event {
         })
     }
 
+    /// A rendering of this event in a transport's own wire format, cached in
+    /// `slot` (see [`RENDER_SLOTS`]): `render` runs on the first call for that
+    /// slot, and every later call — from any connection, any thread — gets
+    /// the same shared bytes. Concurrent first calls wait for one render.
+    ///
+    /// `None` only when `slot` is out of range (the caller then renders
+    /// without a cache). `render` must always produce the same bytes for the
+    /// same slot: whichever call comes first decides what all callers see.
+    pub fn rendered(&self, slot: usize, render: impl FnOnce(&Event) -> Bytes) -> Option<&Bytes> {
+        let cell = self.rendered.get(slot)?;
+        Some(cell.get_or_init(|| render(self)))
+    }
+
     /// The envelope as a value.
     pub fn to_envelope(&self) -> Envelope {
         Envelope::from_event(self)
     }
 
-    /// How many times this event has been serialized (at most one per wire
-    /// form). Exposed so tests and benchmarks can prove fan-out does not
-    /// re-serialize.
+    /// How many times this event has been serialized to JSON (at most one
+    /// per form, [`json`](Self::json) and [`envelope_json`](Self::envelope_json);
+    /// [`rendered`](Self::rendered) slots are not counted). Exposed so tests
+    /// and benchmarks can prove fan-out does not re-serialize.
     pub fn render_count(&self) -> u32 {
         self.renders.load(Ordering::Relaxed)
     }
@@ -366,5 +396,34 @@ mod tests {
             let _ = ev.envelope_json();
         }
         assert_eq!(ev.render_count(), 2);
+    }
+
+    #[test]
+    fn rendered_slots_render_once_and_share() {
+        let ev = Event::new(
+            1,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::QueueStatus(QueueStatus::new(1, 1)),
+        );
+        let calls = AtomicU32::new(0);
+        let render = |tag: &'static [u8]| {
+            let calls = &calls;
+            move |_: &Event| {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Bytes::from(tag.to_vec())
+            }
+        };
+        let first = ev.rendered(0, render(b"zero")).unwrap().clone();
+        let again = ev.rendered(0, render(b"other")).unwrap();
+        assert_eq!(&first[..], b"zero");
+        // The same allocation, not an equal copy.
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        assert_eq!(&ev.rendered(1, render(b"one")).unwrap()[..], b"one");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert!(ev.rendered(RENDER_SLOTS, render(b"out")).is_none());
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
+        assert_eq!(ev.render_count(), 0);
     }
 }
