@@ -50,6 +50,11 @@ pub const WEBHOOK_QUEUE_DEPTH: &str = "matric_webhook_queue_depth";
 pub const BUS_LAGGED: &str = "matric_bus_lagged_events";
 /// Histogram `{transport}` in milliseconds: publish → written to a client
 /// socket (WS, SSE) or → the receiver's response (webhook).
+///
+/// For WS and SSE it has one sample per write to a client socket, for the
+/// oldest event in it (not one per event: a burst written in one go is one
+/// sample, and the oldest event is the one that waited longest). For
+/// webhooks, one sample per delivery.
 pub const EVENT_LATENCY_MS: &str = "matric_event_latency_ms";
 /// Counter `{replay}`: SSE replays served (`served`) or refused (`expired`).
 pub const SSE_REPLAYS: &str = "matric_sse_replays";
@@ -84,6 +89,58 @@ pub fn dropped_counter(meter: &Meter) -> Counter<u64> {
 /// Milliseconds since `published_at`, as the latency histogram records them.
 pub fn elapsed_ms(published_at: Instant) -> f64 {
     published_at.elapsed().as_secs_f64() * 1000.0
+}
+
+/// What one write to a client carried, for [`TransportMetrics::record_write`]:
+/// events per kind and the publish time of the oldest.
+///
+/// Filled per event while a batch is framed (plain arithmetic, no clock read,
+/// no attribute hashing); the instruments are then touched once per batch.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenBatch {
+    per_kind: [u64; EventKind::ALL.len()],
+    oldest: Option<Instant>,
+}
+
+impl WrittenBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        WrittenBatch::default()
+    }
+
+    /// A matric event of `kind`, published at `published_at`, is in the batch.
+    pub fn event(&mut self, kind: EventKind, published_at: Instant) {
+        self.count(kind);
+        self.published(published_at);
+    }
+
+    /// One more event of `kind` (for the events-sent counter only).
+    pub fn count(&mut self, kind: EventKind) {
+        self.per_kind[kind as usize] += 1;
+    }
+
+    /// An event published at `published_at` is in the batch (for the latency
+    /// histogram, which keeps the oldest).
+    pub fn published(&mut self, published_at: Instant) {
+        if self.oldest.is_none_or(|oldest| published_at < oldest) {
+            self.oldest = Some(published_at);
+        }
+    }
+
+    /// The events counted, of all kinds.
+    pub fn total(&self) -> u64 {
+        self.per_kind.iter().sum()
+    }
+
+    /// How many events of `kind` were counted.
+    pub fn of_kind(&self, kind: EventKind) -> u64 {
+        self.per_kind[kind as usize]
+    }
+
+    /// When the oldest event was published, if any publish time was given.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.oldest
+    }
 }
 
 /// The instruments of one client-facing transport (WebSocket or SSE).
@@ -162,15 +219,57 @@ impl TransportMetrics {
             .add(n, &[KeyValue::new("event_type", kind.type_name())]);
     }
 
-    /// One event, published at `published_at`, reached a client socket.
+    /// One write reached a client socket, and the oldest event in it was
+    /// published at `published_at`: one latency sample (see
+    /// [`EVENT_LATENCY_MS`]). Call it once per write, not per event.
     pub fn observe_latency(&self, published_at: Instant) {
         self.latency
             .record(elapsed_ms(published_at), &self.transport_attr);
+    }
+
+    /// One write to a client: the events-sent counter per kind, and one
+    /// latency sample for the batch's oldest event (none if no publish time
+    /// was given, e.g. for a replay).
+    pub fn record_write(&self, batch: &WrittenBatch) {
+        for (kind, n) in EventKind::ALL.into_iter().zip(batch.per_kind) {
+            if n > 0 {
+                self.events_sent(kind, n);
+            }
+        }
+        if let Some(oldest) = batch.oldest {
+            self.observe_latency(oldest);
+        }
     }
 
     /// A client of this transport lost `n` events.
     pub fn dropped(&self, n: u64) {
         self.dropped
             .add(n, &[KeyValue::new("consumer", self.transport.as_str())]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn written_batch_counts_per_kind_and_keeps_the_oldest() {
+        let mut batch = WrittenBatch::new();
+        assert_eq!(batch.total(), 0);
+        assert_eq!(batch.oldest(), None);
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(5);
+        batch.event(EventKind::JobQueued, t1);
+        batch.event(EventKind::JobQueued, t0);
+        batch.event(EventKind::NoteUpdated, t1);
+        batch.count(EventKind::QueueStatus);
+        assert_eq!(batch.of_kind(EventKind::JobQueued), 2);
+        assert_eq!(batch.of_kind(EventKind::NoteUpdated), 1);
+        assert_eq!(batch.of_kind(EventKind::QueueStatus), 1);
+        assert_eq!(batch.of_kind(EventKind::JobFailed), 0);
+        assert_eq!(batch.total(), 4);
+        assert_eq!(batch.oldest(), Some(t0));
     }
 }
