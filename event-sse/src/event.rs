@@ -5,7 +5,10 @@
 //! through [`SseChannel`](crate::SseChannel) by implementing this trait. The
 //! writer only ever asks for a name, an id and ready-made JSON bytes, so an
 //! implementation that caches its JSON (as `Event` does) is serialized once
-//! however many clients receive it.
+//! however many clients receive it. It may also hand over the whole frame
+//! ([`SseEvent::frame`]): `Event` renders each of its two frames once, in its
+//! [`rendered`](event_core::Event::rendered) slots, and every connection
+//! writes those shared bytes instead of framing the event again.
 
 use std::time::Instant;
 
@@ -40,6 +43,15 @@ impl Format {
         match self {
             Format::V1 => "v1",
             Format::Envelope => "envelope",
+        }
+    }
+
+    /// The [`Event::rendered`] slot this crate keeps the event's frame in
+    /// (below [`RENDER_SLOTS`](event_core::event::RENDER_SLOTS)).
+    fn render_slot(self) -> usize {
+        match self {
+            Format::V1 => 0,
+            Format::Envelope => 1,
         }
     }
 }
@@ -99,6 +111,20 @@ pub trait SseEvent: Send + Sync + 'static {
     fn published_at(&self) -> Option<Instant> {
         None
     }
+
+    /// The whole frame in `format`, if the event keeps it ready-made.
+    ///
+    /// The writer then writes these bytes as they are instead of framing
+    /// [`event_type`](Self::event_type), [`id`](Self::id) and
+    /// [`data`](Self::data) again for every connection. An override must
+    /// return exactly what [`frame::render_frame`](crate::frame::render_frame)
+    /// makes of the event: the simple way is to call it on first use and
+    /// keep the result, so a thousand clients cost one rendering. `None`
+    /// (the default) frames the event per connection.
+    fn frame(&self, format: Format) -> Option<Bytes> {
+        let _ = format;
+        None
+    }
 }
 
 impl SseEvent for Event {
@@ -133,5 +159,12 @@ impl SseEvent for Event {
 
     fn published_at(&self) -> Option<Instant> {
         Some(Event::published_at(self))
+    }
+
+    fn frame(&self, format: Format) -> Option<Bytes> {
+        self.rendered(format.render_slot(), |ev| {
+            crate::frame::render_frame(ev, format)
+        })
+        .cloned()
     }
 }

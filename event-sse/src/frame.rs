@@ -2,11 +2,13 @@
 //! order the format prescribes, one blank line after each frame.
 //!
 //! Frames are appended to a connection's pending buffer, so everything a
-//! connection has waiting goes out as one body chunk.
+//! connection has waiting goes out as one body chunk. An event that keeps its
+//! frame ready-made ([`SseEvent::frame`]) is framed once, by
+//! [`render_frame`], and only copied per connection.
 
 use std::fmt::Write as _;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::event::{Format, SseEvent, SseId};
 
@@ -18,8 +20,26 @@ pub fn write_retry(out: &mut BytesMut, retry_ms: u64) {
     let _ = write!(out, "retry: {retry_ms}\n\n");
 }
 
-/// Appends one event frame in `format`.
+/// Appends one event frame in `format`: the event's ready-made
+/// [`frame`](SseEvent::frame) if it has one, else framed here.
 pub fn write_event<E: SseEvent + ?Sized>(out: &mut BytesMut, event: &E, format: Format) {
+    match event.frame(format) {
+        Some(frame) => out.extend_from_slice(&frame),
+        None => write_fields(out, event, format),
+    }
+}
+
+/// The frame of `event` in `format`, framed from its
+/// [`event_type`](SseEvent::event_type), [`id`](SseEvent::id) and
+/// [`data`](SseEvent::data) (never from [`SseEvent::frame`]): what an
+/// implementation of [`SseEvent::frame`] caches.
+pub fn render_frame<E: SseEvent + ?Sized>(event: &E, format: Format) -> Bytes {
+    let mut out = BytesMut::new();
+    write_fields(&mut out, event, format);
+    out.freeze()
+}
+
+fn write_fields<E: SseEvent + ?Sized>(out: &mut BytesMut, event: &E, format: Format) {
     let data = event.data(format);
     out.reserve(data.len() + 96);
     match format {
@@ -149,6 +169,102 @@ mod tests {
         let mut out = BytesMut::new();
         write_event(&mut out, &Plain("{}"), Format::Envelope);
         assert_eq!(&out[..], b"event: plain\nid: 7\ndata: {}\n\n");
+    }
+
+    fn queue_status(seq: u64) -> event_core::Event {
+        event_core::Event::new(
+            seq,
+            uuid::Uuid::now_v7(),
+            time::OffsetDateTime::now_utc(),
+            event_core::EventMeta::default(),
+            event_core::ServerEvent::QueueStatus(event_core::QueueStatus::new(3, 1)),
+        )
+    }
+
+    #[test]
+    fn event_frames_are_rendered_once_and_shared() {
+        let ev = queue_status(42);
+        for format in [Format::V1, Format::Envelope] {
+            let first = ev.frame(format).unwrap();
+            // Every later call (every other connection) gets the same bytes.
+            let again = ev.frame(format).unwrap();
+            assert_eq!(first.as_ptr(), again.as_ptr(), "{format:?}");
+            // The cached frame is exactly what per-connection framing makes.
+            let mut fields = BytesMut::new();
+            write_fields(&mut fields, &ev, format);
+            assert_eq!(&first[..], &fields[..], "{format:?}");
+            // write_event appends it after what the buffer already holds.
+            let prefix = b"retry: 1\n\n";
+            let mut out = BytesMut::from(&prefix[..]);
+            write_event(&mut out, &ev, format);
+            assert_eq!(&out[..prefix.len()], prefix);
+            assert_eq!(&out[prefix.len()..], &first[..], "{format:?}");
+        }
+        let json = std::str::from_utf8(ev.json()).unwrap();
+        assert_eq!(
+            &ev.frame(Format::V1).unwrap()[..],
+            format!("id: 42\nevent: QueueStatus\ndata: {json}\n\n").as_bytes()
+        );
+        let envelope = std::str::from_utf8(ev.envelope_json()).unwrap();
+        assert_eq!(
+            &ev.frame(Format::Envelope).unwrap()[..],
+            format!(
+                "event: queue.status\nid: {}\ndata: {envelope}\n\n",
+                event_core::Event::id(&ev)
+            )
+            .as_bytes()
+        );
+    }
+
+    #[test]
+    fn events_without_a_cached_frame_are_framed_on_each_write() {
+        let plain = Plain("{\"a\":1}");
+        assert!(plain.frame(Format::V1).is_none());
+        let (mut one, mut two) = (BytesMut::new(), BytesMut::new());
+        write_event(&mut one, &plain, Format::V1);
+        write_event(&mut two, &plain, Format::V1);
+        assert_eq!(&one[..], b"id: 7\nevent: plain\ndata: {\"a\":1}\n\n");
+        assert_eq!(one, two);
+        assert_eq!(render_frame(&plain, Format::V1), one.freeze());
+    }
+
+    /// A third-party type that caches its frame the documented way.
+    struct Cached {
+        plain: Plain,
+        v1: std::sync::OnceLock<Bytes>,
+    }
+
+    impl SseEvent for Cached {
+        fn event_type(&self, format: Format) -> &str {
+            self.plain.event_type(format)
+        }
+        fn sequence(&self) -> u64 {
+            self.plain.sequence()
+        }
+        fn data(&self, format: Format) -> Bytes {
+            self.plain.data(format)
+        }
+        fn frame(&self, format: Format) -> Option<Bytes> {
+            (format == Format::V1)
+                .then(|| self.v1.get_or_init(|| render_frame(self, format)).clone())
+        }
+    }
+
+    #[test]
+    fn third_party_frame_cache_is_used() {
+        let cached = Cached {
+            plain: Plain("{\n}"),
+            v1: std::sync::OnceLock::new(),
+        };
+        let mut out = BytesMut::new();
+        write_event(&mut out, &cached, Format::V1);
+        write_event(&mut out, &cached, Format::Envelope);
+        assert_eq!(
+            &out[..],
+            b"id: 7\nevent: plain\ndata: {\ndata: }\n\nevent: plain\nid: 7\ndata: {\ndata: }\n\n"
+        );
+        let shared = cached.v1.get().unwrap();
+        assert_eq!(cached.frame(Format::V1).unwrap().as_ptr(), shared.as_ptr());
     }
 
     #[test]

@@ -25,8 +25,9 @@
 //!   asked, after the live subscription as well, and only its miss is a
 //!   resync.
 //! * The body is a plain stream of `Bytes`: each poll drains everything
-//!   pending and writes it as one chunk, framed byte-exactly from each
-//!   event's cached JSON (serialized once, however many clients).
+//!   pending and writes it as one chunk. Each event's frame is rendered
+//!   byte-exactly once per format, from its cached JSON, and shared by
+//!   every connection (a lone frame is passed on without a copy).
 //! * A connection that falls behind loses the excess and receives
 //!   `event: events.lagged` with the exact count; one whose queue stays full
 //!   for [`SseConfig::stall_timeout`] is dropped. A client that stops reading
