@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::BytesMut;
-use event_core::metrics::{self, SSE_REPLAYS};
+use event_core::metrics::{self, SSE_REPLAYS, WrittenBatch};
 use event_core::{
     Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, Event, EventBus, EventFilter,
     EventSink, FanoutHub, FilterParams, HubSubscription, Outgoing, OverflowPolicy, Principal,
@@ -266,13 +266,15 @@ impl SseEndpoint {
             }
         };
         write_queue_status(&mut first, format, ServerEvent::QueueStatus(status));
-        let mut sent = 0;
+        // Counted per kind for the whole replay; no latency samples, which
+        // would measure the client's absence, not the server.
+        let mut replay = WrittenBatch::new();
         for ev in replayed.iter().filter(|ev| sub.wants(ev)) {
             frame::write_event(&mut first, &**ev, format);
-            inner.metrics.events_sent(ev.kind(), 1);
-            sent += 1;
+            replay.count(ev.kind());
         }
-        guard.record_sent(sent);
+        inner.metrics.record_write(&replay);
+        guard.record_sent(replay.total());
 
         let closed = {
             let g = guard.clone();

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use event_core::metrics::WrittenBatch;
 use event_core::{ConnectionGuard, TransportMetrics};
 use futures_util::Stream;
 use tokio::time::Instant;
@@ -151,12 +152,19 @@ impl<F: Feed> Connection<F> {
     }
 
     /// Frames everything pending into one chunk; `None` when nothing is.
+    ///
+    /// The metrics are recorded once per chunk (events sent per kind, one
+    /// latency sample for the oldest event), not once per event: with a
+    /// thousand clients that is the difference between a thousand and a
+    /// million histogram updates per thousand events.
     fn drain_chunk(&mut self) -> Option<Bytes> {
         self.feed.drain(&mut self.items);
         if self.items.is_empty() {
             return None;
         }
-        let mut buf = BytesMut::new();
+        let format = self.settings.format;
+        let mut chunk = Chunk::default();
+        let mut written = WrittenBatch::new();
         let (mut sent, mut dropped) = (0u64, 0u64);
         for item in self.items.drain(..) {
             match item {
@@ -164,19 +172,20 @@ impl<F: Feed> Connection<F> {
                     if ev.sequence() <= self.settings.skip_through {
                         continue;
                     }
-                    frame::write_event(&mut buf, &*ev, self.settings.format);
+                    match ev.frame(format) {
+                        Some(shared) => chunk.push_shared(shared),
+                        None => frame::write_event(chunk.buf(), &*ev, format),
+                    }
                     sent += 1;
-                    if let Some(m) = &self.metrics {
-                        if let Some(kind) = ev.kind() {
-                            m.events_sent(kind, 1);
-                        }
-                        if let Some(at) = ev.published_at() {
-                            m.observe_latency(at);
-                        }
+                    if let Some(kind) = ev.kind() {
+                        written.count(kind);
+                    }
+                    if let Some(at) = ev.published_at() {
+                        written.published(at);
                     }
                 }
                 Item::Lagged(n) => {
-                    frame::write_lagged(&mut buf, n);
+                    frame::write_lagged(chunk.buf(), n);
                     dropped += n;
                     if let Some(m) = &self.metrics {
                         m.dropped(n);
@@ -184,11 +193,55 @@ impl<F: Feed> Connection<F> {
                 }
             }
         }
+        if let Some(m) = &self.metrics {
+            m.record_write(&written);
+        }
         if let Some(g) = &self.guard {
             g.record_sent(sent);
             g.record_dropped(dropped);
         }
-        (!buf.is_empty()).then(|| buf.freeze())
+        chunk.finish()
+    }
+}
+
+/// The body chunk of one drain.
+///
+/// A lone ready-made frame — the usual case in fan-out, where a connection
+/// wakes up for each event — goes out as the event's own shared bytes, with
+/// no copy; as soon as anything else joins it, everything is concatenated
+/// into one buffer, so a burst is still one chunk.
+#[derive(Default)]
+struct Chunk {
+    lone: Option<Bytes>,
+    buf: BytesMut,
+}
+
+impl Chunk {
+    /// Adds a frame shared with other connections.
+    fn push_shared(&mut self, frame: Bytes) {
+        if self.lone.is_none() && self.buf.is_empty() {
+            self.lone = Some(frame);
+        } else {
+            self.buf().extend_from_slice(&frame);
+        }
+    }
+
+    /// The buffer to append to, holding everything added so far.
+    fn buf(&mut self) -> &mut BytesMut {
+        if let Some(lone) = self.lone.take() {
+            // Room for a few more frames of the same size before it grows.
+            self.buf.reserve(lone.len() * 4);
+            self.buf.extend_from_slice(&lone);
+        }
+        &mut self.buf
+    }
+
+    /// The chunk, `None` if nothing was written.
+    fn finish(self) -> Option<Bytes> {
+        match self.lone {
+            Some(lone) => (!lone.is_empty()).then_some(lone),
+            None => (!self.buf.is_empty()).then(|| self.buf.freeze()),
+        }
     }
 }
 
@@ -197,5 +250,92 @@ impl<F: Feed> Drop for Connection<F> {
         if let Some(m) = &self.metrics {
             m.connection_closed(self.reason);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_core::{Event, EventMeta, QueueStatus, ServerEvent, Uuid};
+
+    struct VecFeed(Vec<Item<Event>>);
+
+    impl Feed for VecFeed {
+        type Event = Event;
+        async fn ready(&self) {
+            std::future::pending().await
+        }
+        fn drain(&mut self, out: &mut Vec<Item<Event>>) {
+            out.append(&mut self.0);
+        }
+        fn stalled_for(&self) -> Option<Duration> {
+            None
+        }
+    }
+
+    fn event(seq: u64) -> Arc<Event> {
+        Arc::new(Event::new(
+            seq,
+            Uuid::now_v7(),
+            time::OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::QueueStatus(QueueStatus::new(seq, 0)),
+        ))
+    }
+
+    fn connection(items: Vec<Item<Event>>, skip_through: u64) -> Connection<VecFeed> {
+        Connection::new(
+            VecFeed(items),
+            StreamSettings {
+                format: Format::V1,
+                heartbeat: Duration::from_secs(15),
+                stall_timeout: Duration::from_secs(30),
+                skip_through,
+            },
+            Bytes::new(),
+            Box::pin(std::future::pending()),
+            None,
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_lone_event_goes_out_as_its_shared_frame() {
+        let ev = event(1);
+        let mut conn = connection(vec![Item::Event(ev.clone())], 0);
+        let chunk = conn.drain_chunk().unwrap();
+        let frame = ev.frame(Format::V1).unwrap();
+        assert_eq!(chunk, frame);
+        // Not a copy: the very bytes every other connection writes.
+        assert_eq!(chunk.as_ptr(), frame.as_ptr());
+        assert!(conn.drain_chunk().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_one_chunk_in_order() {
+        // Sequence 2 was already replayed: skipped.
+        let (skipped, a, b) = (event(2), event(3), event(8));
+        let mut conn = connection(
+            vec![
+                Item::Event(skipped),
+                Item::Event(a.clone()),
+                Item::Lagged(4),
+                Item::Event(b.clone()),
+            ],
+            2,
+        );
+        let chunk = conn.drain_chunk().unwrap();
+        let mut want = BytesMut::new();
+        want.extend_from_slice(&a.frame(Format::V1).unwrap());
+        frame::write_lagged(&mut want, 4);
+        want.extend_from_slice(&b.frame(Format::V1).unwrap());
+        assert_eq!(chunk, want.freeze());
+    }
+
+    #[tokio::test]
+    async fn nothing_written_is_no_chunk() {
+        let mut conn = connection(vec![Item::Event(event(1)), Item::Event(event(2))], 2);
+        assert!(conn.drain_chunk().is_none());
+        assert!(connection(Vec::new(), 0).drain_chunk().is_none());
     }
 }
