@@ -74,7 +74,28 @@ struct BusState {
     next_seq: u64,
     ring: ReplayRing,
     latest: [Option<Arc<Event>>; 7],
+    taps: Vec<(TapId, Arc<dyn Tap>)>,
+    next_tap: u64,
 }
+
+/// A synchronous consumer of the bus, for consumers that must see every
+/// event however fast they are published (see [`EventBus::add_tap`]).
+///
+/// A [`Subscription`] is bounded: a subscriber that is not scheduled while a
+/// burst is published loses the oldest events. A tap is handed each event by
+/// the publisher itself, so it cannot fall behind; it must keep up by being
+/// cheap instead.
+pub trait Tap: Send + Sync + 'static {
+    /// Takes one event. Called in sequence order from inside
+    /// [`EventBus::publish`] (and the other publishing methods), under the
+    /// bus's ordering lock: it must be quick, must not block, and must not
+    /// call back into the bus. Hand the event to a queue.
+    fn take(&self, event: &Arc<Event>);
+}
+
+/// Identifies a tap added with [`EventBus::add_tap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TapId(u64);
 
 struct BusInner {
     state: Mutex<BusState>,
@@ -154,6 +175,8 @@ impl EventBus {
                     next_seq: first_seq,
                     ring: ReplayRing::starting_at(config.replay_size, first_seq),
                     latest: Default::default(),
+                    taps: Vec::new(),
+                    next_tap: 0,
                 }),
                 sender,
                 capacity,
@@ -283,9 +306,31 @@ impl EventBus {
     fn commit(state: &mut BusState, sender: &broadcast::Sender<Arc<Event>>, event: &Arc<Event>) {
         state.ring.push(event.clone());
         state.latest[event.kind().index()] = Some(event.clone());
+        for (_, tap) in &state.taps {
+            tap.take(event);
+        }
         // An error only means nobody is subscribed right now, which is fine:
         // the event is still in the ring and in `latest`.
         let _ = sender.send(event.clone());
+    }
+
+    /// Adds a [`Tap`]: from now on every event is handed to it as it is
+    /// published, until [`remove_tap`](Self::remove_tap). Returns its id and
+    /// the sequence number of the last event it did *not* see.
+    pub fn add_tap(&self, tap: Arc<dyn Tap>) -> (TapId, u64) {
+        let mut state = self.state();
+        let id = TapId(state.next_tap);
+        state.next_tap += 1;
+        state.taps.push((id, tap));
+        (id, state.next_seq - 1)
+    }
+
+    /// Removes a tap; `false` when it was not there.
+    pub fn remove_tap(&self, id: TapId) -> bool {
+        let mut state = self.state();
+        let before = state.taps.len();
+        state.taps.retain(|(t, _)| *t != id);
+        state.taps.len() != before
     }
 
     /// A new subscriber that receives every event published from now on.
@@ -490,6 +535,40 @@ mod tests {
         bus.set_upstream(None);
         assert!(!bus.has_upstream());
         assert_eq!(bus.publish(QueueStatus::new(3, 0)).seq(), 9);
+    }
+
+    struct Seqs(Mutex<Vec<u64>>);
+
+    impl Tap for Seqs {
+        fn take(&self, event: &Arc<Event>) {
+            self.0.lock().unwrap().push(event.seq());
+        }
+    }
+
+    #[test]
+    fn taps_see_every_event_in_order_however_small_the_channel() {
+        let bus = bus(1, 1);
+        bus.publish(QueueStatus::new(0, 0));
+        let tap = Arc::new(Seqs(Mutex::new(Vec::new())));
+        let (id, after) = bus.add_tap(tap.clone());
+        assert_eq!(after, 1);
+        for i in 0..100 {
+            bus.publish(QueueStatus::new(i, 0));
+        }
+        let remote = Event::new(
+            500,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            QueueStatus::new(0, 0).into(),
+        );
+        bus.publish_event(remote).unwrap();
+        let expected: Vec<u64> = (2..=101).chain([500]).collect();
+        assert_eq!(*tap.0.lock().unwrap(), expected);
+        assert!(bus.remove_tap(id));
+        assert!(!bus.remove_tap(id));
+        bus.publish(QueueStatus::new(0, 0));
+        assert_eq!(tap.0.lock().unwrap().len(), expected.len());
     }
 
     #[test]

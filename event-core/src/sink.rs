@@ -16,6 +16,12 @@
 //! sink: the runner cannot know which events it had handled); a sink whose
 //! delivery hangs is given up on after the delivery timeout. None of this reaches the bus or the other sinks.
 //!
+//! A sink that must not lose events to a burst (the durable webhook queue)
+//! asks for an *intake* instead ([`EventSink::intake_capacity`]): the
+//! publisher hands it each event it accepts, through a bus [`Tap`], into a
+//! queue of its own, so it cannot lag however fast events are published or
+//! however long its deliveries take, until that queue is full.
+//!
 //! [`SinkRunner::shutdown`] stops accepting new events, lets each sink
 //! deliver what its subscription already holds, calls
 //! [`EventSink::shutdown`], and aborts whatever is still running at the
@@ -33,9 +39,13 @@ use futures_util::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{EventBus, Received, Subscription};
+use crate::bus::{EventBus, Received, Subscription, TapId};
+
+mod intake;
+
 use crate::event::Event;
 use crate::ring::Cursor;
+use intake::Intake;
 
 /// A failure reported by a sink. Opaque to the runner, which only counts and
 /// logs it.
@@ -108,6 +118,21 @@ pub trait EventSink: Send + Sync + 'static {
     /// only for what the ring no longer holds.
     fn recover_lagged(&self) -> bool {
         false
+    }
+
+    /// `Some(n)`: instead of a bus subscription (bounded by the bus's
+    /// capacity), the sink gets an intake queue of up to `n` events that the
+    /// publisher fills directly (a bus [`Tap`]), so a burst cannot outrun
+    /// the sink until `n` accepted events are waiting. Beyond that the
+    /// overflow is treated like a lag (recovered from the replay ring when
+    /// [`recover_lagged`](Self::recover_lagged), else reported through
+    /// [`on_lag`](Self::on_lag)); the publisher is never blocked.
+    ///
+    /// With an intake, [`accepts`](Self::accepts) also runs on the
+    /// publisher's thread, inside the bus's ordering lock: it must be cheap
+    /// and must not touch the bus. Default: `None`.
+    fn intake_capacity(&self) -> Option<usize> {
+        None
     }
 
     /// Called when the sink's subscription lost `missed` events because the
@@ -240,15 +265,25 @@ impl SinkRunner {
     pub fn register(&mut self, sink: Arc<dyn EventSink>) -> Arc<SinkStats> {
         let stats = Arc::new(SinkStats::default());
         let name = sink.name().to_owned();
-        // Read before subscribing: every event after this one reaches the
-        // subscription (or, after a lag, is still in the ring).
-        let last_seq = self.bus.last_seq();
+        let (source, last_seq) = match sink.intake_capacity() {
+            Some(capacity) => {
+                let intake = Arc::new(Intake::new(sink.clone(), capacity));
+                let (tap, last_seq) = self.bus.add_tap(intake.clone());
+                (Source::Intake(intake, tap), last_seq)
+            }
+            None => {
+                // Read before subscribing: every event after this one reaches
+                // the subscription (or, after a lag, is still in the ring).
+                let last_seq = self.bus.last_seq();
+                (Source::Bus(self.bus.subscribe()), last_seq)
+            }
+        };
         let worker = SinkTask {
             sink,
             bus: self.bus.clone(),
             last_seq,
             skip_through: None,
-            subscription: self.bus.subscribe(),
+            source,
             stats: stats.clone(),
             stop: self.stop.clone(),
             config: self.config.clone(),
@@ -290,6 +325,30 @@ impl SinkRunner {
     }
 }
 
+/// Where a sink's events come from.
+enum Source {
+    /// A bus subscription.
+    Bus(Subscription),
+    /// An intake filled by the publisher through a tap.
+    Intake(Arc<Intake>, TapId),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Received {
+        match self {
+            Source::Bus(sub) => sub.recv().await,
+            Source::Intake(intake, _) => intake.recv().await,
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<Received> {
+        match self {
+            Source::Bus(sub) => sub.try_recv(),
+            Source::Intake(intake, _) => intake.pop(),
+        }
+    }
+}
+
 struct SinkTask {
     sink: Arc<dyn EventSink>,
     bus: EventBus,
@@ -298,7 +357,7 @@ struct SinkTask {
     /// After a recovery from the ring: events up to here were delivered
     /// already and are skipped when the subscription hands them over too.
     skip_through: Option<u64>,
-    subscription: Subscription,
+    source: Source,
     stats: Arc<SinkStats>,
     stop: CancellationToken,
     config: RunnerConfig,
@@ -319,13 +378,13 @@ impl SinkTask {
             let first = tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
-                r = self.subscription.recv() => r,
+                r = self.source.recv() => r,
             };
             if !self.absorb(first, &mut batch).await {
                 break;
             }
             while batch.len() < self.config.max_batch {
-                match self.subscription.try_recv() {
+                match self.source.try_recv() {
                     Some(r) => {
                         if !self.absorb(r, &mut batch).await {
                             break;
@@ -337,7 +396,10 @@ impl SinkTask {
             self.flush(&mut batch).await;
         }
         // Drain what the subscription already holds, then say goodbye.
-        while let Some(r) = self.subscription.try_recv() {
+        if let Source::Intake(_, tap) = &self.source {
+            self.bus.remove_tap(*tap);
+        }
+        while let Some(r) = self.source.try_recv() {
             if !self.absorb(r, &mut batch).await {
                 break;
             }

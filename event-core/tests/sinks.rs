@@ -219,6 +219,7 @@ async fn hung_delivery_times_out_and_the_sink_moves_on() {
 /// sequence number it is given.
 struct Gated {
     recover: bool,
+    intake: Option<usize>,
     gate: tokio::sync::Semaphore,
     seqs: std::sync::Mutex<Vec<u64>>,
     lagged: AtomicU64,
@@ -232,6 +233,9 @@ impl EventSink for Gated {
     }
     fn recover_lagged(&self) -> bool {
         self.recover
+    }
+    fn intake_capacity(&self) -> Option<usize> {
+        self.intake
     }
     async fn deliver(&self, event: Arc<Event>) -> Result<(), SinkError> {
         // The first delivery waits for the test; later ones pass freely.
@@ -250,6 +254,16 @@ impl EventSink for Gated {
 }
 
 async fn run_gated(recover: bool) -> (Vec<u64>, u64, event_core::SinkStatsSnapshot) {
+    run_gated_with(recover, None, 200).await
+}
+
+/// Publishes `burst` events while the sink's first delivery is held, then
+/// one more after releasing it.
+async fn run_gated_with(
+    recover: bool,
+    intake: Option<usize>,
+    burst: u64,
+) -> (Vec<u64>, u64, event_core::SinkStatsSnapshot) {
     let bus = EventBus::new(BusConfig {
         capacity: 4,
         replay_size: 1024,
@@ -258,6 +272,7 @@ async fn run_gated(recover: bool) -> (Vec<u64>, u64, event_core::SinkStatsSnapsh
     let (progress, mut watch) = tokio::sync::watch::channel(0);
     let sink = Arc::new(Gated {
         recover,
+        intake,
         gate: tokio::sync::Semaphore::new(0),
         seqs: std::sync::Mutex::new(Vec::new()),
         lagged: AtomicU64::new(0),
@@ -271,7 +286,7 @@ async fn run_gated(recover: bool) -> (Vec<u64>, u64, event_core::SinkStatsSnapsh
         },
     );
     let stats = runner.register(sink.clone());
-    for _ in 0..200 {
+    for _ in 0..burst {
         bus.publish(QueueStatus::new(1, 0));
     }
     sink.gate.add_permits(1_000_000);
@@ -310,4 +325,53 @@ async fn a_plain_sink_is_told_what_it_lost() {
         "every event is delivered or reported lost"
     );
     assert_eq!(stats.recovered, 0);
+}
+
+#[tokio::test]
+async fn a_sink_with_an_intake_cannot_be_outrun_by_a_burst() {
+    // Bus capacity 4, the sink stuck on its first event, 5,000 published.
+    let (seqs, lagged, stats) = run_gated_with(false, Some(10_000), 5_000).await;
+    assert_eq!(seqs, (1..=5_001).collect::<Vec<u64>>());
+    assert_eq!(lagged, 0);
+    assert_eq!((stats.lagged, stats.recovered), (0, 0));
+}
+
+#[tokio::test]
+async fn an_overflowing_intake_reports_what_did_not_fit_and_resumes() {
+    let bus = EventBus::new(BusConfig {
+        capacity: 4,
+        replay_size: 4,
+        seq_start: SeqStart::At(1),
+    });
+    let (progress, mut watch) = tokio::sync::watch::channel(0);
+    let sink = Arc::new(Gated {
+        recover: false,
+        intake: Some(100),
+        gate: tokio::sync::Semaphore::new(0),
+        seqs: std::sync::Mutex::new(Vec::new()),
+        lagged: AtomicU64::new(0),
+        progress,
+    });
+    let mut runner = SinkRunner::new(&bus);
+    let stats = runner.register(sink.clone());
+    // The sink task has not run yet (single-threaded runtime): the intake
+    // takes the first 100, the other 900 do not fit.
+    for _ in 0..1_000 {
+        bus.publish(QueueStatus::new(1, 0));
+    }
+    sink.gate.add_permits(1_000_000);
+    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|n| *n == 100))
+        .await
+        .expect("the queued events were not delivered")
+        .unwrap();
+    let last = bus.publish(QueueStatus::new(0, 0)).seq();
+    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|n| *n == 101))
+        .await
+        .expect("the intake did not resume after the overflow")
+        .unwrap();
+    runner.shutdown(Duration::from_secs(5)).await;
+    let expected: Vec<u64> = (1..=100).chain([last]).collect();
+    assert_eq!(*sink.seqs.lock().unwrap(), expected);
+    assert_eq!(sink.lagged.load(Ordering::SeqCst), 900);
+    assert_eq!(stats.snapshot().lagged, 900);
 }
