@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use event_core::{
-    ConnectionGuard, EventFilter, EventKind, HubSubscription, Outbox, Outgoing, OverflowPolicy,
-    Principal, SubscribeOptions, Transport, WireForm, current_queue_status,
+    ConnectionGuard, EventFilter, HubSubscription, Outbox, Outgoing, OverflowPolicy, Principal,
+    SubscribeOptions, Transport, WireForm, current_queue_status,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -368,22 +368,19 @@ async fn write_frames(
     sink.flush().await
 }
 
+/// Records a written batch: events sent per kind and one latency sample
+/// for its oldest event, once per batch rather than per event (a clock read
+/// and a histogram update per event per connection dominated fan-out).
 fn record_written(ep: &WsEndpoint, guard: &ConnectionGuard, batch: &[Outgoing]) {
-    let mut per_kind = [0u64; EventKind::ALL.len()];
-    let mut total = 0;
+    let mut written = event_core::metrics::WrittenBatch::new();
     for item in batch {
         if let Outgoing::Event(event) = item {
-            per_kind[event.kind() as usize] += 1;
-            total += 1;
-            ep.metrics.observe_latency(event.published_at());
+            written.event(event.kind(), event.published_at());
         }
     }
-    for (kind, n) in EventKind::ALL.into_iter().zip(per_kind) {
-        if n > 0 {
-            ep.metrics.events_sent(kind, n);
-        }
-    }
+    let total = written.total();
     if total > 0 {
+        ep.metrics.record_write(&written);
         guard.record_sent(total);
     }
 }

@@ -1,6 +1,10 @@
 //! Metrics through the opentelemetry API: connection gauge, events sent per
 //! type, latency, close reasons. Its own test binary, because it installs
 //! the process-global meter provider.
+//!
+//! The test runs on tokio's default current-thread runtime: events published
+//! back to back from the test are fanned out and written as one batch, so
+//! the number of writes — and so of latency samples — is exact.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -62,6 +66,8 @@ async fn gauge_sent_latency_and_close_reasons() {
         job_type: "Embedding".into(),
         note_id: None,
     };
+    // Published with no await in between: no other task runs until the test
+    // awaits, so each connection gets the three events as one batch.
     server.bus.publish(queued());
     server.bus.publish(queued());
     server.bus.publish(NoteUpdated {
@@ -88,16 +94,28 @@ async fn gauge_sent_latency_and_close_reasons() {
             &[("event_type", t)],
         )
     };
-    assert_eq!(sent("JobQueued"), Some(4.0));
-    assert_eq!(sent("NoteUpdated"), Some(2.0));
-    assert_eq!(
+    let latency_samples = || {
         value(
             &registry,
             "matric_event_latency_ms_count",
-            &[("transport", "ws")]
-        ),
-        Some(6.0)
-    );
+            &[("transport", "ws")],
+        )
+    };
+    assert_eq!(sent("JobQueued"), Some(4.0));
+    assert_eq!(sent("NoteUpdated"), Some(2.0));
+    // One sample per write to a socket (for its oldest event), not per
+    // event: two clients, one write of three events each.
+    assert_eq!(latency_samples(), Some(2.0));
+
+    // A lone event: one more write, so one more sample, per client.
+    server.bus.publish(queued());
+    for c in [&mut a, &mut b] {
+        next_text(c).await;
+        send_text(c, r#"{"type":"ping"}"#).await;
+        assert_eq!(next_text(c).await, r#"{"type":"pong"}"#);
+    }
+    assert_eq!(sent("JobQueued"), Some(6.0));
+    assert_eq!(latency_samples(), Some(4.0));
 
     drop(a); // abrupt: no close frame
     server.wait_registered(1).await;
