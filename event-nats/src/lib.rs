@@ -175,6 +175,12 @@
 //! event_nats::delete_stream(&config).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Feature `testing`
+//!
+//! Off by default. Enables `event_nats::testing`: test-stream set-up and tear-down,
+//! `TEST_NATS_URL` gating and a private `nats-server` process, for tests
+//! against a real NATS (this crate's and the host's cluster tests).
 
 mod cluster;
 mod codec;
@@ -185,6 +191,8 @@ mod publisher;
 mod replay;
 mod source;
 mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
