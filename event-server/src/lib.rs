@@ -2,6 +2,10 @@
 //!
 //! The reference host: it builds one [`event_core::EventBus`], registers the
 //! sinks its Cargo features select, mounts their routers and serves them.
+//!
+//! Feature `testing` (off by default, not for production builds) adds
+//! `event_server::testing`: the host started in-process on a loopback port
+//! with a temporary SQLite database, for tests here and in other crates.
 #![doc = "Docs filled in with the assembly."]
 
 pub mod app;
@@ -20,6 +24,8 @@ pub mod logging;
 pub mod publish;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

@@ -14,15 +14,13 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Server, TempDir};
+use event_server::testing::{Server, TempDir};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 /// The browser and its driver: Debian's paths unless overridden.
@@ -86,7 +84,7 @@ impl Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
-        let http = common::client();
+        let http = event_server::testing::client();
         let status = format!("{}/status", driver.url);
         until("chromedriver to be ready", || {
             let request = http.get(&status).send();
@@ -163,7 +161,7 @@ async fn open_browser(driver: &Driver, profile: &TempDir) -> Client {
                 "--disable-gpu",
                 "--disable-background-networking",
                 "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.0.display()),
+                format!("--user-data-dir={}", profile.path().display()),
             ],
         }),
     );

@@ -11,54 +11,28 @@
 #![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Server, client};
 use event_core::{Cursor, EventKind};
+use event_nats::testing::{PrivateNats, nats_url};
+use event_server::testing::{Server, client};
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// The longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn nats_url(test: &str) -> Option<String> {
-    match std::env::var("TEST_NATS_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("{test}: TEST_NATS_URL is required (EVENT_TEST_REQUIRE_SERVICES=1)");
-            }
-            eprintln!("skipping {test}: TEST_NATS_URL is not set");
-            None
-        }
-    }
-}
-
-/// One test's stream on one NATS; deleted when dropped.
-struct TestStream {
-    url: String,
-    stream: String,
-    prefix: String,
-}
+/// One test's stream on one NATS (deleted when dropped), and host
+/// instances on it.
+struct TestStream(event_nats::testing::TestStream);
 
 impl TestStream {
     fn new(url: &str) -> TestStream {
-        let tag = Uuid::new_v4().simple().to_string();
-        TestStream {
-            url: url.to_owned(),
-            stream: format!("TEST_SERVER_{tag}"),
-            prefix: format!("test.server.{tag}"),
-        }
+        TestStream(event_nats::testing::TestStream::new(url))
     }
 
     /// Starts an instance on this stream with a replay ring of `replay` events.
@@ -66,37 +40,15 @@ impl TestStream {
         let replay = replay.to_string();
         Server::start(&[
             "--nats-url",
-            &self.url,
+            self.0.url(),
             "--nats-stream",
-            &self.stream,
+            self.0.stream(),
             "--nats-subject-prefix",
-            &self.prefix,
+            self.0.subject_prefix(),
             "--event-replay-size",
             &replay,
         ])
         .await
-    }
-}
-
-impl Drop for TestStream {
-    fn drop(&mut self) {
-        let config = event_nats::NatsConfig {
-            stream: self.stream.clone(),
-            subject_prefix: self.prefix.clone(),
-            ..event_nats::NatsConfig::new(self.url.clone())
-        };
-        // Drop cannot await: delete on a thread with a runtime of its own.
-        let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(event_nats::delete_stream(&config))
-        })
-        .join();
-        if !matches!(deleted, Ok(Ok(_))) && !std::thread::panicking() {
-            panic!("could not delete test stream {}: {deleted:?}", self.stream);
-        }
     }
 }
 
@@ -123,20 +75,11 @@ impl Producer {
 
     /// POSTs these messages as one batch to `server`; their event ids.
     async fn publish(&self, server: &Server, messages: &[String]) -> Vec<Uuid> {
-        let body: Vec<Value> = messages.iter().map(|m| self.event(m)).collect();
-        let res = client()
-            .post(server.url("/api/v1/events"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-        let answer: Value = res.json().await.unwrap();
-        answer["events"]
-            .as_array()
-            .unwrap()
+        let body = Value::Array(messages.iter().map(|m| self.event(m)).collect());
+        let published = server.publish(&body).await;
+        published
             .iter()
-            .map(|e| e["event_id"].as_str().unwrap().parse().unwrap())
+            .map(|(_, id)| id.parse().unwrap())
             .collect()
     }
 
@@ -536,84 +479,6 @@ async fn b_restarted_while_100_events_are_published_resumes_from_jetstream() {
     b.shutdown().await;
 }
 
-/// A nats-server of this test's own on a free port, its JetStream store in
-/// a fresh directory (so the stream survives a restart).
-struct PrivateNats {
-    port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl PrivateNats {
-    async fn start() -> PrivateNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("event-server-nats-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = PrivateNats {
-            port,
-            dir,
-            child: None,
-        };
-        server.run().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    async fn run(&mut self) {
-        let mut child = Command::new("/usr/sbin/nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start /usr/sbin/nats-server");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Server is ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "nats-server did not become ready");
-        // Keep reading its log so the pipe never fills up.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.child = Some(child);
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The `nats` component of `/health`, once it reads `want`.
 async fn wait_nats_health(server: &Server, want: &str) {
     let http = client();
@@ -664,7 +529,7 @@ async fn instances_recover_from_a_nats_restart_without_restarting() {
     jobs.publish_one(&a, "local-only").await;
     assert_eq!(ws_a.next().await, "local-only");
 
-    nats.run().await; // same port, same store
+    nats.restart().await; // same port, same store
     wait_nats_health(&a, "up").await;
     wait_nats_health(&b, "up").await;
 

@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir, client};
+use event_server::testing::{Server, TempDir, client};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,15 +33,6 @@ async fn next_text(
         .unwrap()
 }
 
-/// Waits until the registry holds `n` connections.
-async fn wait_connections(server: &Server, n: usize) {
-    let mut watch = server.registry.watch_total();
-    tokio::time::timeout(Duration::from_secs(5), watch.wait_for(|&t| t == n))
-        .await
-        .expect("connection count never reached the expected value")
-        .unwrap();
-}
-
 #[tokio::test]
 async fn mounted_transports_serve_their_protocols_and_are_managed() {
     let server = Server::start(&[]).await;
@@ -64,7 +53,7 @@ async fn mounted_transports_serve_their_protocols_and_are_managed() {
         .unwrap()
         .unwrap();
     assert!(chunk.starts_with(b"retry: 3000\n"), "{chunk:?}");
-    wait_connections(&server, 2).await;
+    server.wait_connections(2).await;
 
     let health: Value = http
         .get(server.url("/health"))
@@ -110,7 +99,7 @@ async fn mounted_transports_serve_their_protocols_and_are_managed() {
     }
     // Reading on sends the client's half of the close handshake.
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
-    wait_connections(&server, 1).await;
+    server.wait_connections(1).await;
     // A gone SSE client is noticed at the next write: publish until it is.
     drop(body);
     let mut gone = server.registry.watch_total();
@@ -160,10 +149,7 @@ async fn sigterm_closes_clients_and_exits_within_5s() {
     let dir = TempDir::new();
     let mut child = Command::new(env!("CARGO_BIN_EXE_event-server"))
         .env("EVENT_SERVER_ADDR", "127.0.0.1:0")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/events.db", dir.0.display()),
-        )
+        .env("DATABASE_URL", dir.sqlite_url())
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

@@ -1,13 +1,11 @@
 //! The host's own routes: publishing, notes, connections, errors, dashboard.
 
-mod common;
-
-use common::{Server, client};
 use event_core::{EventKind, ServerEvent};
+use event_server::testing::{Server, client, next_where};
 use serde_json::{Value, json};
 
 async fn next_event(sub: &mut event_core::Subscription) -> std::sync::Arc<event_core::Event> {
-    common::next_where(sub, |ev| ev.kind() != EventKind::QueueStatus).await
+    next_where(sub, |ev| ev.kind() != EventKind::QueueStatus).await
 }
 
 #[tokio::test]
@@ -24,7 +22,7 @@ async fn publish_accepts_one_event_or_an_array_in_order() {
     assert_eq!(res.status(), 202);
     let body: Value = res.json().await.unwrap();
     let seq = body["events"][0]["seq"].as_u64().unwrap();
-    let ev = common::next_where(&mut sub, |ev| ev.seq() == seq).await;
+    let ev = next_where(&mut sub, |ev| ev.seq() == seq).await;
     assert_eq!(body["events"][0]["event_id"], ev.id().to_string());
     assert_eq!(
         ev.json().as_ref(),

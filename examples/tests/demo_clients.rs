@@ -4,112 +4,43 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
-use event_core::{
-    ConnectionRegistry, EventBus, JobQueued, NoteUpdated, ServerEvent, Transport, Uuid,
-};
-use event_server::app::App;
-use event_server::config::Config;
+use event_core::{JobQueued, NoteUpdated, ServerEvent, Transport, Uuid};
+use event_server::testing::Server;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::oneshot;
 
 /// How long any single wait may take (generous: the machine is shared).
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("demo-clients-test-{}", Uuid::now_v7()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
+/// The ids of the open connections of `transport`.
+fn connections(server: &Server, transport: Transport) -> Vec<u64> {
+    server
+        .registry
+        .list()
+        .into_iter()
+        .filter(|c| c.transport == transport)
+        .map(|c| c.id)
+        .collect()
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// An `event-server` App on 127.0.0.1:0, stopped on drop.
-struct Server {
-    addr: SocketAddr,
-    bus: EventBus,
-    registry: ConnectionRegistry,
-    dir: TempDir,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = TempDir::new();
-        let config = Config::try_parse_from([
-            "event-server",
-            "--event-server-addr",
-            "127.0.0.1:0",
-            "--database-url",
-            &format!("sqlite://{}/events.db", dir.0.display()),
-            "--webhook-allow-cidrs",
-            "127.0.0.0/8",
-        ])
-        .unwrap();
-        config.validate().unwrap();
-        let app = App::build(&config).await.unwrap();
-        let bus = app.bus().clone();
-        let registry = app.registry().clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            addr,
-            bus,
-            registry,
-            dir,
-            _stop: stop,
+/// Waits (bounded, polling) until exactly one `transport` connection is
+/// open and it is not `old`; returns its id.
+async fn one_connection_besides(server: &Server, transport: Transport, old: Option<u64>) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let [id] = connections(server, transport)[..]
+            && Some(id) != old
+        {
+            return id;
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// The ids of the open connections of `transport`.
-    fn connections(&self, transport: Transport) -> Vec<u64> {
-        self.registry
-            .list()
-            .into_iter()
-            .filter(|c| c.transport == transport)
-            .map(|c| c.id)
-            .collect()
-    }
-
-    /// Waits (bounded, polling) until exactly one `transport` connection is
-    /// open and it is not `old`; returns its id.
-    async fn one_connection_besides(&self, transport: Transport, old: Option<u64>) -> u64 {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let [id] = self.connections(transport)[..]
-                && Some(id) != old
-            {
-                return id;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no new {transport:?} connection within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new {transport:?} connection within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -197,7 +128,7 @@ fn json(line: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn ws_tail_prints_the_selected_events_and_exits_after_count() {
-    let server = Server::start().await;
+    let server = Server::start(&[]).await;
     let url = format!("ws://{}/api/v1/ws", server.addr);
     let mut tail = Client::spawn(
         env!("CARGO_BIN_EXE_ws-tail"),
@@ -258,7 +189,7 @@ async fn ws_tail_rejects_unknown_event_names() {
 
 #[tokio::test]
 async fn ws_tail_reconnects_when_the_server_drops_it() {
-    let server = Server::start().await;
+    let server = Server::start(&[]).await;
     let url = format!("ws://{}/api/v1/ws", server.addr);
     let mut tail = Client::spawn(
         env!("CARGO_BIN_EXE_ws-tail"),
@@ -266,14 +197,10 @@ async fn ws_tail_reconnects_when_the_server_drops_it() {
     );
     tail.line_where("the subscription", |l| l.contains("subscribed"))
         .await;
-    let first = server
-        .one_connection_besides(Transport::WebSocket, None)
-        .await;
+    let first = one_connection_besides(&server, Transport::WebSocket, None).await;
     // Kicked (1008): like the UI, the tail comes back by itself.
     assert!(server.registry.disconnect(first));
-    server
-        .one_connection_besides(Transport::WebSocket, Some(first))
-        .await;
+    one_connection_besides(&server, Transport::WebSocket, Some(first)).await;
     tail.line_where("the subscription again", |l| l.contains("subscribed"))
         .await;
     let published = server.bus.publish(note("after the kick"));
@@ -328,8 +255,8 @@ fn notes(lines: &[String]) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn sse_tail_resumes_with_last_event_id_across_runs() {
-    let server = Server::start().await;
-    let state = server.dir.0.join("sse-tail-last-id");
+    let server = Server::start(&[]).await;
+    let state = server.dir().join("sse-tail-last-id");
     let state_arg = state.to_str().unwrap();
 
     // Run 1: a fresh start, two live events.
@@ -387,8 +314,8 @@ async fn sse_tail_resumes_with_last_event_id_across_runs() {
 
 #[tokio::test]
 async fn sse_tail_stops_on_a_refused_filter() {
-    let server = Server::start().await;
-    let state = server.dir.0.join("unused-id");
+    let server = Server::start(&[]).await;
+    let state = server.dir().join("unused-id");
     let out = Command::new(env!("CARGO_BIN_EXE_sse-tail"))
         .args(["--server", &server.url(""), "--events", "NoSuchEvent"])
         .args(["--state-file", state.to_str().unwrap()])
@@ -489,7 +416,7 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
     assert!(line.starts_with("NoteUpdated (hmac) {"), "{line}");
 
     // A real delivery from the server, both schemes.
-    let server = Server::start().await;
+    let server = Server::start(&[]).await;
     let res = http
         .post(server.url("/api/v1/webhooks"))
         .json(&serde_json::json!({
@@ -520,8 +447,8 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
 
 #[tokio::test]
 async fn sse_tail_resumes_after_a_dropped_connection_without_gap_or_duplicate() {
-    let server = Server::start().await;
-    let state = server.dir.0.join("sse-tail-last-id");
+    let server = Server::start(&[]).await;
+    let state = server.dir().join("sse-tail-last-id");
     let mut tail = Client::spawn(
         env!("CARGO_BIN_EXE_sse-tail"),
         &[
@@ -539,13 +466,11 @@ async fn sse_tail_resumes_after_a_dropped_connection_without_gap_or_duplicate() 
         .await;
     server.bus.publish(note("a"));
     tail.line_where("a", |l| l.contains(r#""title":"a""#)).await;
-    let first = server.one_connection_besides(Transport::Sse, None).await;
+    let first = one_connection_besides(&server, Transport::Sse, None).await;
     assert!(server.registry.disconnect(first));
     // Published while the tail is (most likely) away: replayed on return.
     server.bus.publish(note("b"));
-    server
-        .one_connection_besides(Transport::Sse, Some(first))
-        .await;
+    one_connection_besides(&server, Transport::Sse, Some(first)).await;
     server.bus.publish(note("c"));
     assert!(tail.exit().await.success(), "{:#?}", tail.lines);
     let titles: Vec<String> = notes(&tail.lines).into_iter().map(|(_, t)| t).collect();
@@ -554,8 +479,8 @@ async fn sse_tail_resumes_after_a_dropped_connection_without_gap_or_duplicate() 
 
 #[tokio::test]
 async fn sse_tail_reports_resync_required_for_an_unknown_saved_id() {
-    let server = Server::start().await;
-    let state = server.dir.0.join("sse-tail-last-id");
+    let server = Server::start(&[]).await;
+    let state = server.dir().join("sse-tail-last-id");
     std::fs::write(&state, "12345").unwrap();
     let mut tail = Client::spawn(
         env!("CARGO_BIN_EXE_sse-tail"),

@@ -348,12 +348,15 @@ async fn webhook_deliveries_survive_bus_overflow() {
 #[tokio::test]
 async fn a_pending_delivery_survives_a_restart_of_the_host() {
     let dir = TempDir::new();
-    let db = format!("sqlite://{}/events.db", dir.0.display());
+    let db = dir.sqlite_url();
     let receiver = Receiver::start().await;
     receiver.script(&[503]);
     // First life: the attempt fails and the retry is 2 s away at shutdown.
-    let mut server =
-        Server::start_on(&db, &["--webhook-retry-schedule", "2s"], TempDir::new()).await;
+    let mut server = Server::builder()
+        .database_url(&db)
+        .args(&["--webhook-retry-schedule", "2s"])
+        .start()
+        .await;
     register_webhook(
         &server,
         &json!({"url": receiver.url("/d"), "events": ["JobCompleted"], "secret": "restart-secret-value"}),
@@ -366,7 +369,11 @@ async fn a_pending_delivery_survives_a_restart_of_the_host() {
     receiver.wait_for(1).await;
     server.shutdown().await;
     // Second life on the same database: the retry happens, same event id.
-    let _server = Server::start_on(&db, &["--webhook-retry-schedule", "100ms"], dir).await;
+    let _server = Server::builder()
+        .database_url(&db)
+        .args(&["--webhook-retry-schedule", "100ms"])
+        .start()
+        .await;
     let got = receiver.wait_for(2).await;
     assert_eq!(got[0].status, 503);
     assert_eq!(got[1].status, 200);

@@ -264,7 +264,7 @@ async fn slow_consumer_gets_events_lagged_and_the_stream_continues() {
             tokio::task::yield_now().await;
         }
     }
-    let _ = next_on_bus(&mut bus, |e| e.seq() == last).await;
+    let _ = next_where(&mut bus, |e| e.seq() == last).await;
     // Resume: events, then `events.lagged` with the exact number lost, then more.
     let mut received = 0u64;
     let mut dropped = 0u64;

@@ -64,7 +64,11 @@ impl Schema {
 async fn with_pg_server(extra: &[&str], run: impl AsyncFnOnce(&Server)) {
     let Some(url) = postgres_url() else { return };
     let schema = Schema::create(&url).await;
-    let mut server = Server::start_on(&schema.scoped_url(), extra, TempDir::new()).await;
+    let mut server = Server::builder()
+        .database_url(schema.scoped_url())
+        .args(extra)
+        .start()
+        .await;
     run(&server).await;
     server.shutdown().await;
     schema.drop_it().await;

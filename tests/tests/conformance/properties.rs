@@ -529,7 +529,7 @@ fn publish_bodies_never_fail_badly_and_refusals_publish_nothing() {
                     // What was accepted is a valid §1 event on the wire.
                     for e in answer["events"].as_array().into_iter().flatten() {
                         let seq = e["seq"].as_u64().unwrap_or(0);
-                        let ev = next_on_bus(&mut sub, |ev| ev.seq() == seq).await;
+                        let ev = next_where(&mut sub, |ev| ev.seq() == seq).await;
                         let v: Value = serde_json::from_slice(ev.json()).unwrap_or(Value::Null);
                         prop_assert!(v["type"].as_str().is_some_and(known_type), "{}", v);
                         prop_assert!(ev.payload().validate().is_ok());

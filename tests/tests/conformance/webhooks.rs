@@ -117,7 +117,7 @@ async fn webhook_api_round_trip() {
 #[tokio::test]
 async fn private_targets_are_refused_unless_allowed() {
     // No --webhook-allow-cidrs here: loopback and metadata addresses are refused.
-    let strict = StrictServer::start().await;
+    let strict = Server::builder().loopback_webhooks(false).start().await;
     for url in [
         "http://127.0.0.1:9/x",
         "http://169.254.169.254/latest/meta-data",
@@ -134,42 +134,6 @@ async fn private_targets_are_refused_unless_allowed() {
         let status = res.status().as_u16();
         assert!(status == 400 || status == 422, "{url}: {status}");
         assert_json_error(res, status).await;
-    }
-}
-
-/// A server without the loopback allowance the other tests use.
-struct StrictServer {
-    addr: std::net::SocketAddr,
-    _task: tokio::task::JoinHandle<()>,
-    _dir: TempDir,
-}
-
-impl StrictServer {
-    async fn start() -> StrictServer {
-        use clap::Parser;
-        let dir = TempDir::new();
-        let db = format!("sqlite://{}/events.db", dir.0.display());
-        let config = event_server::config::Config::try_parse_from([
-            "event-server",
-            "--database-url",
-            db.as_str(),
-        ])
-        .unwrap();
-        let app = event_server::app::App::build(&config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = app.serve(listener, std::future::pending()).await;
-        });
-        StrictServer {
-            addr,
-            _task: task,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
     }
 }
 
