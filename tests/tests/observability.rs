@@ -232,7 +232,11 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
             == 0.0,
         "{text}"
     );
-    // Latency: one observation per event written to a socket, per transport.
+    // Latency: one observation per write to a client socket, for the oldest
+    // event in it. How the events above were split into writes depends on
+    // timing, so: at least one write, at most one per event sent (the exact
+    // per-write count is tested in event-ws and event-sse, where batching is
+    // deterministic).
     for (transport, sent_name) in [
         ("ws", "matric_ws_events_sent_total"),
         ("sse", "matric_sse_events_sent_total"),
@@ -245,8 +249,8 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
         .unwrap_or_else(|| panic!("no latency histogram for {transport}\n{text}"));
         let sent = metric(&m, sent_name, &[]).unwrap();
         assert!(
-            count >= 7.0 && count <= sent,
-            "{transport}: {count} observations, {sent} sent\n{text}"
+            count >= 1.0 && count <= sent,
+            "{transport}: {count} observations, {sent} events sent\n{text}"
         );
     }
     let webhook_latency = metric(
