@@ -39,6 +39,14 @@ pub struct WebhookConfig {
     pub lease: Duration,
     /// Most rows claimed per query (default 256).
     pub claim_batch: u32,
+    /// Events the sink holds in memory, waiting for the store, before it
+    /// starts dropping them (default 100,000; counted in
+    /// `events_dropped_total{consumer="webhook"}` and logged). The publisher
+    /// hands events to this queue directly, so a burst cannot outrun the
+    /// sink while the database is busy (see
+    /// `event_core::EventSink::intake_capacity`); the events are shared, so
+    /// an entry costs a pointer.
+    pub intake_capacity: usize,
     /// How often the subscriber index is reloaded from the store, to pick up
     /// changes made through other instances (default 30 s).
     pub index_refresh_interval: Duration,
@@ -67,6 +75,7 @@ impl Default for WebhookConfig {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(300),
             claim_batch: 256,
+            intake_capacity: 100_000,
             index_refresh_interval: Duration::from_secs(30),
             allow_cidrs: Vec::new(),
             user_agent: concat!("matric-events/", env!("CARGO_PKG_VERSION")).to_owned(),

@@ -21,10 +21,12 @@
 //!   base64 when absent) and is never listed or logged; neither are full
 //!   URLs (logs carry the host only). Every route needs an admin principal
 //!   from the host's [`Authenticator`](event_core::Authenticator).
-//! * **Queueing**: the [sink](WebhookSink) finds subscribers in memory (no
-//!   query per event), renders each event's body once, and writes one row
-//!   per (event, webhook) in a single transaction per batch *before*
-//!   acknowledging it. A crash loses nothing.
+//! * **Queueing**: the [sink](WebhookSink) takes events from the publisher
+//!   into an intake queue of its own (so a burst or a slow database cannot
+//!   make it lag behind the bus), finds subscribers in memory (no query per
+//!   event), renders each event's body once, and writes one row per (event,
+//!   webhook) in a single transaction per batch *before* acknowledging it.
+//!   A crash after that loses nothing.
 //! * **Delivery**: the [worker](DeliveryWorker) claims due rows under a
 //!   lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several instances share
 //!   one queue; SQLite: one worker process per database), with a global and

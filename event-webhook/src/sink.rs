@@ -1,10 +1,20 @@
 //! [`WebhookSink`]: turns bus events into durable delivery rows.
 //!
-//! For each batch the runner hands over, the sink looks the subscribers of
-//! each event up in the in-memory index, renders the request body once per
-//! event (shared by every webhook), and writes one row per (event, webhook)
-//! in a single transaction before returning. Only then is the batch
-//! acknowledged, and the worker is woken.
+//! The sink takes its events through an *intake* (see
+//! [`EventSink::intake_capacity`]): the publisher itself hands every event
+//! that has a subscriber to a queue of up to
+//! [`intake_capacity`](crate::WebhookConfig::intake_capacity) events, so
+//! neither a burst nor a slow database makes the sink lag behind the bus's
+//! bounded channel and lose events. Only when that queue is full are events
+//! dropped (counted, logged; the publisher is never blocked).
+//!
+//! For each batch the runner takes from the intake, the sink looks the
+//! subscribers of each event up in the in-memory index, renders the request
+//! body once per event (shared by every webhook), and writes one row per
+//! (event, webhook) in a single transaction before returning. Only then is
+//! the batch acknowledged, and the worker is woken. While a transaction
+//! runs, the intake fills, so under load the next batch is larger (up to
+//! the runner's batch limit) and the database cost per row falls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,11 +63,15 @@ impl WebhookSink {
     }
 }
 
-/// Back-off between enqueue attempts when the database is briefly away.
-const ENQUEUE_BACKOFF: [Duration; 3] = [
+/// Back-off between enqueue attempts when the database is briefly away
+/// (about 18 s in all, within the runner's 30-second delivery timeout;
+/// meanwhile new events wait in the intake).
+const ENQUEUE_BACKOFF: [Duration; 5] = [
     Duration::from_millis(100),
     Duration::from_millis(500),
     Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
 ];
 
 #[async_trait]
@@ -70,19 +84,26 @@ impl EventSink for WebhookSink {
         self.shared.index.has_subscribers(event.kind())
     }
 
-    // Deliveries are durable: events missed while this sink was busy with
-    // the database are taken from the bus's replay ring instead of lost.
+    // The publisher fills the intake directly: the sink cannot lag behind
+    // the bus's bounded channel however long a transaction takes.
+    fn intake_capacity(&self) -> Option<usize> {
+        Some(self.shared.config.intake_capacity)
+    }
+
+    // If even the intake overflowed, what the replay ring still holds is
+    // recovered instead of lost.
     fn recover_lagged(&self) -> bool {
         true
     }
 
     async fn on_lag(&self, missed: u64) {
-        // Called only for events the replay ring no longer held either: those
-        // cannot be queued.
+        // Called only for events that neither the intake nor the replay ring
+        // held: those cannot be queued.
         self.shared.metrics.dropped(missed);
         tracing::error!(
             missed,
-            "webhook sink fell behind the bus; events were not queued"
+            intake_capacity = self.shared.config.intake_capacity,
+            "webhook intake overflowed; events were not queued"
         );
     }
 
