@@ -54,7 +54,7 @@ pub const BUS_LAGGED: &str = "matric_bus_lagged_events";
 /// For WS and SSE it has one sample per write to a client socket, for the
 /// oldest event in it (not one per event: a burst written in one go is one
 /// sample, and the oldest event is the one that waited longest). For
-/// webhooks, one sample per delivery.
+/// webhooks, one sample per successful delivery.
 pub const EVENT_LATENCY_MS: &str = "matric_event_latency_ms";
 /// Counter `{replay}`: SSE replays served (`served`) or refused (`expired`).
 pub const SSE_REPLAYS: &str = "matric_sse_replays";
@@ -73,7 +73,10 @@ pub fn meter() -> Meter {
 pub fn latency_histogram(meter: &Meter) -> Histogram<f64> {
     meter
         .f64_histogram(EVENT_LATENCY_MS)
-        .with_description("Publish to written-to-client latency in milliseconds")
+        .with_description(
+            "Publish to written-to-client latency in milliseconds \
+             (WebSocket and SSE: one sample per socket write, for its oldest event)",
+        )
         .with_boundaries(LATENCY_BUCKETS_MS.to_vec())
         .build()
 }

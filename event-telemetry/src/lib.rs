@@ -33,7 +33,8 @@
 //! `matric_events_published_total{event_type}`,
 //! `matric_events_dropped_total{consumer}`,
 //! `matric_webhook_deliveries_total{status}`, `matric_event_latency_ms`
-//! (histogram, label `transport`), plus `matric_webhook_queue_depth` (gauge),
+//! (histogram, label `transport`; for `ws` and `sse` one sample per write to
+//! a client socket, for the oldest event in it), plus `matric_webhook_queue_depth` (gauge),
 //! `matric_bus_lagged_events_total{consumer}`,
 //! `matric_connections_closed_total{transport,reason}` and
 //! `matric_sse_replays_total{replay}`.

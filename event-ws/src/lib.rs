@@ -45,7 +45,8 @@
 //!   **1001** within the close timeout. The server never closes with 1000.
 //! * Metrics go through [`TransportMetrics`](event_core::TransportMetrics):
 //!   the connection gauge, events sent per type, drops, close reasons and the
-//!   publish-to-socket latency. Each connection runs in a `ws_connection`
+//!   publish-to-socket latency (one sample per write to the socket, for the
+//!   oldest event in it). Each connection runs in a `ws_connection`
 //!   tracing span with its id, peer address and principal id (never a token).
 //!
 //! ## Configuration and close codes
