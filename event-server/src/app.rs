@@ -8,7 +8,6 @@
 //! [`SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +26,8 @@ use crate::connections::{self, ConnectionsState};
 use crate::db::Db;
 use crate::error::ServerError;
 use crate::publish::{self, PublishState};
+
+mod serve;
 
 /// How long a graceful shutdown may take before the rest is aborted.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
@@ -403,22 +404,18 @@ impl App {
                 cancel.cancel();
             }
         };
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
         // A client that stops reading leaves its response body unpolled, so
         // nothing inside the SSE stream can end it; the listener aborts a
         // write stalled this long instead (and so cannot block shutdown).
         #[cfg(feature = "sse")]
-        let result = axum::serve(
+        serve::serve(
             event_sse::write_timeout(listener, event_sse::SseConfig::default().stall_timeout),
-            service,
+            router,
+            on_signal,
         )
-        .with_graceful_shutdown(on_signal)
         .await;
         #[cfg(not(feature = "sse"))]
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(on_signal)
-            .await;
-        let result = result.map_err(|e| ServerError::Internal(format!("server error: {e}")));
+        serve::serve(listener, router, on_signal).await;
         stop.cancel();
         parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;
@@ -435,6 +432,6 @@ impl App {
                 abort.abort();
             }
         }
-        result
+        Ok(())
     }
 }
