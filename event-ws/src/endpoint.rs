@@ -24,10 +24,11 @@ use crate::config::WsConfig;
 use crate::connection::{self, ConnectionContext};
 use crate::error::WsError;
 
-/// Bytes tungstenite preallocates to read into. Client messages are tiny; a
-/// larger one grows the buffer only while it is being read, so an idle
-/// connection stays small.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite preallocates to read into, and reads (zero-filling
+/// them first) per call, so every idle connection keeps this much resident.
+/// Client messages are tiny; a larger one (up to `max_message_bytes`) grows
+/// the buffer to its size and is read in calls of this size.
+const READ_BUFFER_BYTES: usize = 512;
 /// Outgoing frames are gathered up to this size before a socket write, which
 /// coalesces a batch of events into few syscalls without keeping a large
 /// buffer per connection.
