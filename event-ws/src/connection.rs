@@ -4,7 +4,7 @@
 //! the client sends (and notices silence), the *writer* drains the
 //! connection's outbox and writes every pending frame with one flush. They
 //! talk through a small control queue (replies to `refresh`, `ping`,
-//! `subscribe`). Whichever half ends first — or a kick or shutdown — decides
+//! `subscribe`) kept in the task itself. Whichever half ends first — or a kick or shutdown — decides
 //! the close code; the close handshake is then bounded by the close timeout.
 
 use std::net::SocketAddr;
@@ -18,17 +18,14 @@ use event_core::{
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::Instrument;
 
 use crate::config::close_code;
+use crate::control::ControlQueue;
 use crate::endpoint::WsEndpoint;
 use crate::protocol::{ClientMessage, PONG, Selection, queue_status_json, subscribed_reply};
 
-/// Replies waiting for the writer. Small: a client that floods requests
-/// without reading the answers is slowed down by TCP, not buffered.
-const CONTROL_QUEUE: usize = 8;
 /// A batch buffer larger than this is released after use, so a burst does
 /// not pin memory on an idle connection.
 const KEEP_BATCH_CAPACITY: usize = 64;
@@ -62,8 +59,6 @@ enum End {
     Shutdown,
     /// An operator removed the connection.
     Kicked,
-    /// A server-side failure.
-    Internal,
 }
 
 impl End {
@@ -78,7 +73,6 @@ impl End {
             End::SlowConsumer(_) => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Kicked => "kicked",
-            End::Internal => "internal_error",
         }
     }
 
@@ -91,7 +85,6 @@ impl End {
             End::SlowConsumer(why) => Some((close_code::SLOW_CONSUMER, why)),
             End::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
             End::Kicked => Some((close_code::POLICY_VIOLATION, "disconnected by the server")),
-            End::Internal => Some((close_code::INTERNAL_ERROR, "internal error")),
         }
     }
 }
@@ -131,7 +124,6 @@ pub(crate) async fn serve(ctx: ConnectionContext, socket: WebSocket) {
             End::SlowConsumer(why) => {
                 tracing::warn!(reason = why, "slow consumer disconnected (4008)")
             }
-            End::Internal => tracing::error!("connection failed"),
             other => tracing::debug!(reason = other.label(), "disconnected"),
         }
         let close_timeout = ep.config.close_timeout;
@@ -163,15 +155,15 @@ async fn run(
         Ok(Err(_)) => return End::WriteFailed,
         Err(_) => return End::SlowConsumer("write stalled"),
     }
-    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let control = ControlQueue::default();
     tokio::select! {
         biased;
         () = guard.closed() => {
             if ep.registry.is_shutting_down() { End::Shutdown } else { End::Kicked }
         }
         () = ep.stop.cancelled() => End::Shutdown,
-        end = read_loop(ep, stream, sub, &control_tx) => end,
-        end = write_loop(ep, guard, sink, sub.outbox(), &mut control_rx) => end,
+        end = read_loop(ep, stream, sub, &control) => end,
+        end = write_loop(ep, guard, sink, sub.outbox(), &control) => end,
     }
 }
 
@@ -206,7 +198,7 @@ async fn read_loop(
     ep: &WsEndpoint,
     stream: &mut WsStream,
     sub: &HubSubscription,
-    control: &mpsc::Sender<Message>,
+    control: &ControlQueue,
 ) -> End {
     let idle = ep.config.idle_timeout;
     let deadline = sleep(idle);
@@ -249,9 +241,7 @@ async fn read_loop(
                 Utf8Bytes::from(subscribed_reply(selection.kinds(), &unknown))
             }
         };
-        if control.send(Message::Text(reply)).await.is_err() {
-            return End::Internal;
-        }
+        control.push(Message::Text(reply)).await;
     }
 }
 
@@ -270,7 +260,7 @@ async fn write_loop(
     guard: &ConnectionGuard,
     sink: &mut WsSink,
     outbox: &Outbox,
-    control_rx: &mut mpsc::Receiver<Message>,
+    control_queue: &ControlQueue,
 ) -> End {
     let cfg = &ep.config;
     let mut batch: Vec<Outgoing> = Vec::new();
@@ -299,9 +289,7 @@ async fn write_loop(
             guard.record_dropped(missed);
             return End::SlowConsumer("missed events");
         }
-        while let Ok(m) = control_rx.try_recv() {
-            control.push(m);
-        }
+        control_queue.drain_into(&mut control);
         let now = Instant::now();
         if now >= next_ping {
             control.push(Message::Ping(Bytes::new()));
@@ -310,10 +298,7 @@ async fn write_loop(
         if batch.is_empty() && control.is_empty() {
             tokio::select! {
                 () = outbox.ready() => {}
-                m = control_rx.recv() => match m {
-                    Some(m) => control.push(m),
-                    None => return End::Internal,
-                },
+                () = control_queue.ready() => {}
                 () = sleep_until(next_ping) => {}
             }
             continue;

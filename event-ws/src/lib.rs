@@ -101,6 +101,7 @@
 
 mod config;
 mod connection;
+mod control;
 mod endpoint;
 mod error;
 mod protocol;
