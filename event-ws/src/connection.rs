@@ -4,10 +4,18 @@
 //! the client sends (and notices silence), the *writer* drains the
 //! connection's outbox and writes every pending frame with one flush. They
 //! talk through a small control queue (replies to `refresh`, `ping`,
-//! `subscribe`) kept in the task itself. Whichever half ends first — or a kick or shutdown — decides
-//! the close code; the close handshake is then bounded by the close timeout.
+//! `subscribe`) kept in the task itself. Whichever half ends first — or a
+//! kick or shutdown — decides the close code; the close handshake is then
+//! bounded by the close timeout.
+//!
+//! That task's future is most of an idle connection's memory, so it keeps
+//! little: the set-up that consumes values (registering, subscribing,
+//! splitting the socket) runs before it is created, and the endpoint is
+//! shared through an `Arc`.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -23,7 +31,7 @@ use tracing::Instrument;
 
 use crate::config::close_code;
 use crate::control::ControlQueue;
-use crate::endpoint::WsEndpoint;
+use crate::endpoint::{Slot, WsEndpoint};
 use crate::protocol::{ClientMessage, PONG, Selection, queue_status_json, subscribed_reply};
 
 /// A batch buffer larger than this is released after use, so a burst does
@@ -35,9 +43,11 @@ type WsStream = SplitStream<WebSocket>;
 
 /// What the upgrade handler hands to the connection task.
 pub(crate) struct ConnectionContext {
-    pub(crate) endpoint: WsEndpoint,
+    pub(crate) endpoint: Arc<WsEndpoint>,
     pub(crate) principal: Principal,
     pub(crate) remote: Option<SocketAddr>,
+    /// The connection's place under `max_connections`, released last.
+    pub(crate) slot: Slot,
 }
 
 /// Why a connection ended.
@@ -89,12 +99,14 @@ impl End {
     }
 }
 
-/// Runs one upgraded connection to its end.
-pub(crate) async fn serve(ctx: ConnectionContext, socket: WebSocket) {
+/// Registers an upgraded connection and returns the future that runs it to
+/// its end.
+pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Output = ()> + Send {
     let ConnectionContext {
         endpoint: ep,
         principal,
         remote,
+        slot,
     } = ctx;
     let guard = ep
         .registry
@@ -106,17 +118,17 @@ pub(crate) async fn serve(ctx: ConnectionContext, socket: WebSocket) {
         remote = %remote_label,
         principal = %principal.id,
     );
+    let sub = ep.hub.subscribe(SubscribeOptions {
+        filter: EventFilter::all(),
+        principal,
+        limits: ep.config.outbox,
+        policy: OverflowPolicy::Close,
+        wire: WireForm::Flat,
+    });
+    let (mut sink, mut stream) = socket.split();
     async move {
         ep.metrics.connection_opened();
         tracing::debug!("connected");
-        let sub = ep.hub.subscribe(SubscribeOptions {
-            filter: EventFilter::all(),
-            principal,
-            limits: ep.config.outbox,
-            policy: OverflowPolicy::Close,
-            wire: WireForm::Flat,
-        });
-        let (mut sink, mut stream) = socket.split();
         let end = run(&ep, &guard, &sub, &mut sink, &mut stream).await;
         // Stop filling the outbox before the (possibly slow) close handshake.
         drop(sub);
@@ -135,9 +147,9 @@ pub(crate) async fn serve(ctx: ConnectionContext, socket: WebSocket) {
         }
         ep.metrics.connection_closed(end.label());
         drop(guard);
+        drop(slot);
     }
     .instrument(span)
-    .await;
 }
 
 async fn run(

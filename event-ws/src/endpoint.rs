@@ -179,7 +179,7 @@ impl WsEndpoint {
         }
     }
 
-    async fn handshake(&self, parts: &mut Parts) -> Result<Response, WsError> {
+    async fn handshake(self: &Arc<Self>, parts: &mut Parts) -> Result<Response, WsError> {
         if self.is_shutting_down() {
             return Err(WsError::ShuttingDown);
         }
@@ -220,13 +220,11 @@ impl WsEndpoint {
             endpoint: self.clone(),
             principal,
             remote,
+            slot,
         };
         Ok(ws
             .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-            .on_upgrade(move |socket| async move {
-                connection::serve(ctx, socket).await;
-                drop(slot);
-            }))
+            .on_upgrade(move |socket| connection::serve(ctx, socket)))
     }
 }
 
@@ -237,7 +235,7 @@ struct TokenQuery {
 
 /// One admitted connection's place under `max_connections`; released on
 /// drop, including when the upgrade never completes.
-struct Slot {
+pub(crate) struct Slot {
     active: Arc<watch::Sender<usize>>,
 }
 
