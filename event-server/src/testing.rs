@@ -325,3 +325,81 @@ pub async fn next_where(sub: &mut Subscription, want: impl Fn(&Event) -> bool) -
         }
     }
 }
+
+/// The PostgreSQL URL for tests (`TEST_POSTGRES_URL`), or `None` when it is
+/// unset: the caller returns early (the test is skipped, with the reason
+/// printed).
+///
+/// # Panics
+///
+/// When it is unset and `EVENT_TEST_REQUIRE_SERVICES=1` (as in CI).
+#[cfg(feature = "postgres")]
+pub fn postgres_url(test: &str) -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "{test}: TEST_POSTGRES_URL is required (EVENT_TEST_REQUIRE_SERVICES=1)"
+            );
+            eprintln!("skipping {test}: TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// A fresh PostgreSQL schema, so tests sharing one database never see each
+/// other's tables; a host given [`scoped_url`](PgSchema::scoped_url) works
+/// in it through `search_path`. Dropped (with everything in it) by
+/// [`drop_schema`](PgSchema::drop_schema).
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PgSchema {
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PgSchema {
+    /// Creates `test_<uuid>` on the database at `url`.
+    ///
+    /// # Panics
+    ///
+    /// When the database cannot be reached or refuses.
+    pub async fn create(url: &str) -> PgSchema {
+        let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+        PgSchema::execute(url, &format!("CREATE SCHEMA {name}")).await;
+        PgSchema {
+            url: url.to_owned(),
+            name,
+        }
+    }
+
+    /// The database URL with this schema as the connections' `search_path`.
+    pub fn scoped_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.url, self.name)
+    }
+
+    /// Drops the schema and everything in it.
+    ///
+    /// # Panics
+    ///
+    /// When the database cannot be reached or refuses.
+    pub async fn drop_schema(self) {
+        PgSchema::execute(&self.url, &format!("DROP SCHEMA {} CASCADE", self.name)).await;
+    }
+
+    async fn execute(url: &str, statement: &str) {
+        let pool = sqlx::PgPool::connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the test database: {e}"));
+        // The only names in `statement` are generated here (a UUID), never
+        // outside input.
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        pool.close().await;
+    }
+}
