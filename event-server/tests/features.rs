@@ -1,0 +1,304 @@
+//! Issue #8: every host feature builds and runs alone. This test compiles
+//! under any feature set (`cargo xtask ci` runs it once per single-feature
+//! build, `--no-default-features --features <f> --test features`) and runs
+//! the `event-server` binary built with that set, as an operator would: on
+//! 127.0.0.1:0 with a temporary SQLite database, found through its
+//! "listening" log line. It checks that
+//!
+//! * the routes always mounted answer (`/`, `/health`, publishing,
+//!   `/api/v1/connections`);
+//! * each enabled feature's routes speak their protocol (WebSocket upgrade,
+//!   an SSE stream opening with `retry:`, `GET /api/v1/webhooks` → `[]`,
+//!   `/metrics`, the demo's notes and job status), and each absent
+//!   feature's routes are 404;
+//! * with `postgres` it runs on PostgreSQL (a fresh schema of
+//!   `TEST_POSTGRES_URL`), with `nats` on NATS (a test stream of
+//!   `TEST_NATS_URL`); either is skipped with a printed reason when unset,
+//!   unless `EVENT_TEST_REQUIRE_SERVICES=1`;
+//! * SIGTERM stops it with exit status 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use event_server::testing::{TempDir, client};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// Start-up of a debug build on a busy machine may be slow.
+const START: Duration = Duration::from_secs(60);
+/// Any other single wait.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The binary, killed on drop if it has not exited.
+struct Host {
+    child: Child,
+    addr: SocketAddr,
+    /// Its stdout (JSON log lines) after the "listening" line.
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Host {
+    async fn start(env: &[(&str, String)]) -> Host {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_event-server"));
+        // Settings from the environment running the tests must not leak in.
+        for var in [
+            "NATS_URL",
+            "AUTH_ADMIN_TOKEN",
+            "AUTH_CLIENT_TOKENS",
+            "ALLOWED_ORIGINS",
+        ] {
+            command.env_remove(var);
+        }
+        command
+            .env("EVENT_SERVER_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start the event-server binary");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(START, async {
+            while let Some(line) = lines.recv().await {
+                if let Ok(json) = serde_json::from_str::<Value>(&line)
+                    && let Some(addr) = json["fields"]["addr"].as_str()
+                {
+                    return addr.parse().expect("the logged address");
+                }
+            }
+            panic!("the server exited before it was listening");
+        })
+        .await
+        .expect("the server never logged that it was listening");
+        Host { child, addr, lines }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn status(&self, path: &str) -> u16 {
+        client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .status()
+            .as_u16()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let res = client().get(self.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// SIGTERM; the exit status and the rest of the log (bounded waits).
+    async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().expect("the server is running");
+        let killed = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(killed.success(), "kill -TERM failed");
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not exit within {WAIT:?} of SIGTERM"))
+            .unwrap();
+        // Its stdout has ended: the forwarding task closes the channel.
+        let rest = tokio::time::timeout(WAIT, async {
+            let mut rest = Vec::new();
+            while let Some(line) = self.lines.recv().await {
+                rest.push(line);
+            }
+            rest
+        })
+        .await
+        .expect("the log did not end with the process");
+        (status, rest)
+    }
+}
+
+/// The features this build has, for the messages.
+fn features() -> Vec<&'static str> {
+    [
+        ("ws", cfg!(feature = "ws")),
+        ("sse", cfg!(feature = "sse")),
+        ("webhook", cfg!(feature = "webhook")),
+        ("telemetry", cfg!(feature = "telemetry")),
+        ("jobs", cfg!(feature = "jobs")),
+        ("demo", cfg!(feature = "demo")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("nats", cfg!(feature = "nats")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect()
+}
+
+#[tokio::test]
+async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigterm() {
+    let features = features();
+    eprintln!("event-server built with features {features:?}");
+    let dir = TempDir::new();
+    // The `postgres` and `nats` blocks below change it.
+    #[allow(unused_mut)]
+    let mut env = vec![("DATABASE_URL", dir.sqlite_url())];
+
+    #[cfg(feature = "postgres")]
+    let schema = match event_server::testing::postgres_url("features (postgres)") {
+        Some(url) => {
+            let schema = event_server::testing::PgSchema::create(&url).await;
+            env[0].1 = schema.scoped_url();
+            Some(schema)
+        }
+        None => None,
+    };
+    #[cfg(feature = "nats")]
+    let stream = event_nats::testing::nats_url("features (nats)").map(|url| {
+        let stream = event_nats::testing::TestStream::new(&url);
+        env.push(("NATS_URL", url));
+        env.push(("NATS_STREAM", stream.stream().to_owned()));
+        env.push(("NATS_SUBJECT_PREFIX", stream.subject_prefix().to_owned()));
+        stream
+    });
+
+    let host = Host::start(&env).await;
+    check_routes(&host, &features).await;
+    let (status, log) = host.terminate().await;
+    assert!(status.success(), "{features:?}: exit status {status}");
+    assert!(
+        log.iter().any(|line| line.contains("shutting down")),
+        "{features:?}: no graceful shutdown in the log: {log:#?}"
+    );
+
+    #[cfg(feature = "postgres")]
+    if let Some(schema) = schema {
+        schema.drop_schema().await;
+    }
+    #[cfg(feature = "nats")]
+    drop(stream);
+}
+
+async fn check_routes(host: &Host, features: &[&str]) {
+    // Always mounted.
+    assert_eq!(host.status("/").await, 200, "{features:?}: dashboard");
+    let health = host.json("/health").await;
+    assert!(
+        health["connections"].is_object(),
+        "{features:?}: /health {health}"
+    );
+    assert_eq!(host.status("/api/v1/connections").await, 200);
+    let job = uuid::Uuid::now_v7();
+    let res = client()
+        .post(host.url("/api/v1/events"))
+        .json(&json!({"type": "JobQueued", "job_id": job, "job_type": "Embedding"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "{features:?}: publish");
+
+    check_ws(host, features).await;
+    check_sse(host, features).await;
+
+    if cfg!(feature = "webhook") {
+        assert_eq!(host.json("/api/v1/webhooks").await, json!([]));
+    } else {
+        assert_eq!(host.status("/api/v1/webhooks").await, 404, "{features:?}");
+    }
+
+    if cfg!(feature = "telemetry") {
+        let res = client().get(host.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("matric_events_published_total"),
+            "{features:?}: /metrics without the published counter:\n{text}"
+        );
+    } else {
+        assert_eq!(host.status("/metrics").await, 404, "{features:?}");
+    }
+
+    if cfg!(feature = "demo") {
+        assert!(host.json("/api/v1/notes").await.is_array());
+        assert!(host.json("/api/v1/jobs/status").await.is_object());
+    } else {
+        assert_eq!(host.status("/api/v1/notes").await, 404, "{features:?}");
+        assert_eq!(
+            host.status("/api/v1/jobs/status").await,
+            404,
+            "{features:?}"
+        );
+    }
+}
+
+async fn check_ws(host: &Host, features: &[&str]) {
+    let url = format!("ws://{}/api/v1/ws", host.addr);
+    if !cfg!(feature = "ws") {
+        assert_eq!(host.status("/api/v1/ws").await, 404, "{features:?}");
+        let refused = tokio_tungstenite::connect_async(&url).await;
+        assert!(refused.is_err(), "{features:?}: WebSocket upgrade accepted");
+        return;
+    }
+    let (mut ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+        .await
+        .expect("WebSocket upgrade in time")
+        .expect("WebSocket upgrade");
+    assert_eq!(response.status(), 101);
+    if cfg!(feature = "jobs") {
+        // The job bridge's queue snapshot greets every client.
+        let first = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a first WebSocket message in time")
+            .expect("the WebSocket stayed open")
+            .unwrap();
+        let first: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+        assert_eq!(first["type"], "QueueStatus", "{first}");
+    }
+    ws.close(None).await.unwrap();
+}
+
+async fn check_sse(host: &Host, features: &[&str]) {
+    if !cfg!(feature = "sse") {
+        // The path stays mounted for publishing (POST) only.
+        assert_eq!(host.status("/api/v1/events").await, 405, "{features:?}");
+        for path in ["/api/v1/events/stream", "/api/v1/events/history"] {
+            assert_eq!(host.status(path).await, 404, "{features:?}: {path}");
+        }
+        return;
+    }
+    let res = client()
+        .get(host.url("/api/v1/events"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.bytes_stream();
+    let first = tokio::time::timeout(WAIT, body.next())
+        .await
+        .expect("a first SSE chunk in time")
+        .expect("the SSE stream stayed open")
+        .unwrap();
+    assert!(first.starts_with(b"retry:"), "{first:?}");
+    assert_eq!(host.status("/api/v1/events/history").await, 200);
+}

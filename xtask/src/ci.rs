@@ -1,0 +1,121 @@
+//! `cargo xtask ci`: everything CI checks, in order — formatting, clippy
+//! with warnings as errors, each workspace member's tests on their own (so a
+//! crate that only compiles inside the workspace is caught), the host's
+//! cluster tests, each host feature built and run alone, then the doc tests.
+//! `cargo xtask ci --only features` runs just the single-feature hosts.
+
+use std::process::Command;
+use std::time::Instant;
+
+use crate::cargo;
+
+/// The host's Cargo features, each of which must build and run on its own
+/// (issue #8).
+const HOST_FEATURES: [&str; 8] = [
+    "ws",
+    "sse",
+    "webhook",
+    "telemetry",
+    "jobs",
+    "postgres",
+    "nats",
+    "demo",
+];
+
+/// The workspace members, from `cargo metadata`.
+fn members() -> Result<Vec<String>, String> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .output()
+        .map_err(|e| format!("could not run cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad cargo metadata: {e}"))?;
+    let names = meta["packages"]
+        .as_array()
+        .ok_or("cargo metadata has no packages")?
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    Ok(names)
+}
+
+/// Runs every check; the first failure stops the run. `--only features`
+/// runs just the single-feature hosts.
+pub fn run(args: &[String]) -> Result<(), String> {
+    match args {
+        [] => {}
+        [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
+        _ => {
+            return Err(format!(
+                "ci: unknown arguments {args:?} (try `--only features`)"
+            ));
+        }
+    }
+    let started = Instant::now();
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    for member in members()? {
+        cargo(&["test", "--locked", "-p", &member, "--all-targets"])?;
+    }
+    // Two server instances on one NATS (needs TEST_NATS_URL).
+    cargo(&[
+        "test",
+        "--locked",
+        "-p",
+        "event-server",
+        "--features",
+        "nats,postgres",
+        "--test",
+        "cluster",
+    ])?;
+    single_feature_hosts()?;
+    cargo(&["test", "--locked", "--workspace", "--doc"])?;
+    println!(
+        "\nci: all checks passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Each transport builds and runs alone in the host: the binary built with
+/// one feature is started by `event-server/tests/features.rs`, which checks
+/// that the feature's routes speak their protocol, absent features' routes
+/// are 404, and SIGTERM stops it cleanly. The builds share the workspace's
+/// target directory, so only the host and what its features change are
+/// compiled again.
+fn single_feature_hosts() -> Result<(), String> {
+    let started = Instant::now();
+    for feature in HOST_FEATURES {
+        cargo(&[
+            "test",
+            "--locked",
+            "-p",
+            "event-server",
+            "--no-default-features",
+            "--features",
+            feature,
+            "--test",
+            "features",
+        ])?;
+    }
+    println!(
+        "ci: {} single-feature hosts built and run in {:.0}s",
+        HOST_FEATURES.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
