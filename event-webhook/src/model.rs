@@ -246,6 +246,18 @@ pub struct NewDelivery {
     pub next_attempt_at: Option<OffsetDateTime>,
 }
 
+/// Deliveries queued already claimed by the caller: the first `count` of a
+/// batch given to [`WebhookStore::enqueue_claiming`](crate::WebhookStore::enqueue_claiming).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchClaim {
+    /// How many rows, from the start of the batch, are claimed.
+    pub count: usize,
+    /// The claim token.
+    pub token: Uuid,
+    /// The end of the lease.
+    pub lease_until: OffsetDateTime,
+}
+
 /// A delivery the worker has claimed.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {

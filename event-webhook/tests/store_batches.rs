@@ -2,8 +2,10 @@
 //! worker's recorder does) has exactly the effect of recording them one by
 //! one, in order: lost claims write nothing, failure streaks count across
 //! the batch, a success in the batch resets them, the attempt that reaches
-//! the dead limit (and only it) reports disabling. SQLite always,
-//! PostgreSQL when `TEST_POSTGRES_URL` is set.
+//! the dead limit (and only it) reports disabling. Rows queued already
+//! claimed (`enqueue_claiming`) are left alone by the claim query and
+//! recorded under their batch's claim. SQLite always, PostgreSQL when
+//! `TEST_POSTGRES_URL` is set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,8 +14,8 @@ mod common;
 use std::sync::Arc;
 
 use event_webhook::model::{
-    AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery, DeliveryStatus, NewDelivery,
-    Webhook,
+    AttemptOutcome, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, DeliveryStatus,
+    NewDelivery, Webhook,
 };
 use event_webhook::store::WebhookStore;
 use time::{Duration, OffsetDateTime};
@@ -204,6 +206,57 @@ async fn same_delivery_twice_in_a_batch(store: Store) {
     assert_eq!(store.list_attempts(d.id).await.unwrap().len(), 1);
 }
 
+async fn enqueue_claiming_claims_the_first_rows(store: Store) {
+    let w = webhook(0);
+    store.create_webhook(&w).await.unwrap();
+    let t0 = now();
+    let rows: Vec<NewDelivery> = (0..5).map(|_| delivery(w.id, t0)).collect();
+    let pre = BatchClaim {
+        count: 2,
+        token: Uuid::new_v4(),
+        lease_until: t0 + Duration::seconds(60),
+    };
+    store.enqueue_claiming(&rows, Some(&pre)).await.unwrap();
+    // The claim query finds only the rows queued unclaimed…
+    let mut found: Vec<Uuid> = store
+        .claim_due(&claim(t0))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    found.sort_unstable();
+    assert_eq!(found, rows[2..].iter().map(|r| r.id).collect::<Vec<_>>());
+    // …and the pre-claimed ones are recorded under their batch's claim.
+    let pre_claimed: Vec<ClaimedDelivery> = rows[..2]
+        .iter()
+        .map(|r| ClaimedDelivery {
+            id: r.id,
+            webhook_id: r.webhook_id,
+            event_id: r.event_id,
+            event_type: r.event_type.to_owned(),
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+            attempts: 0,
+            created_at: r.created_at,
+            claim_token: pre.token,
+        })
+        .collect();
+    let batch: Vec<AttemptRecord> = pre_claimed
+        .iter()
+        .map(|c| record(c, AttemptOutcome::Succeeded, t0))
+        .collect();
+    let effects = store.complete_attempts(&batch).await.unwrap();
+    assert!(effects.iter().all(|e| !e.lost_claim));
+    for c in &pre_claimed {
+        assert_eq!(status_of(&store, c).await, DeliveryStatus::Succeeded);
+    }
+    // Without a claim, `enqueue_claiming` is `enqueue`.
+    let more = [delivery(w.id, t0)];
+    store.enqueue_claiming(&more, None).await.unwrap();
+    let again = store.claim_due(&claim(t0)).await.unwrap();
+    assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), [more[0].id]);
+}
+
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -229,4 +282,8 @@ macro_rules! on_both_engines {
     };
 }
 
-on_both_engines!(batch_applies_in_order, same_delivery_twice_in_a_batch);
+on_both_engines!(
+    batch_applies_in_order,
+    same_delivery_twice_in_a_batch,
+    enqueue_claiming_claims_the_first_rows,
+);

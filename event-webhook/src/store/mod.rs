@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use crate::error::{Result, WebhookError};
 use crate::model::{
-    Attempt, AttemptEffect, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryStatus,
-    NewDelivery, Webhook,
+    Attempt, AttemptEffect, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryStatus, NewDelivery, Webhook,
 };
 
 #[cfg(feature = "postgres")]
@@ -67,7 +67,19 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn delete_webhook(&self, id: Uuid) -> Result<bool>;
 
     /// Queues deliveries, all in one transaction.
-    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()>;
+    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        self.enqueue_claiming(deliveries, None).await
+    }
+
+    /// Queues deliveries, all in one transaction, the first `claim.count` of
+    /// them already claimed with `claim.token` until `claim.lease_until`: a
+    /// worker in the queuing process takes those straight from the sink,
+    /// without a claim query.
+    async fn enqueue_claiming(
+        &self,
+        deliveries: &[NewDelivery],
+        claim: Option<&BatchClaim>,
+    ) -> Result<()>;
 
     /// Queues one delivery already claimed by the caller (a test delivery
     /// sent right away).

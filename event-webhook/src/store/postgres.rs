@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::{WebhookStore, candidate_pool, code_of, distinct_runs, status_of, u32_of};
 use crate::error::{Result, WebhookError};
 use crate::model::{
-    Attempt, AttemptEffect, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryStatus,
-    NewDelivery, Webhook, kinds_from_names, kinds_to_names,
+    Attempt, AttemptEffect, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
 };
 
 mod record;
@@ -220,17 +220,25 @@ impl WebhookStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+    async fn enqueue_claiming(
+        &self,
+        deliveries: &[NewDelivery],
+        claim: Option<&BatchClaim>,
+    ) -> Result<()> {
         if deliveries.is_empty() {
             return Ok(());
         }
+        let claimed = claim.map_or(0, |c| c.count);
         let mut tx = self.pool.begin().await?;
-        for chunk in deliveries.chunks(INSERT_CHUNK) {
+        for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
             let mut qb = QueryBuilder::<Postgres>::new(
                 "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at) ",
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token) ",
             );
+            let mut i = n * INSERT_CHUNK;
             qb.push_values(chunk, |mut b, d| {
+                let claim = claim.filter(|_| i < claimed);
+                i += 1;
                 b.push_bind(d.id)
                     .push_bind(d.webhook_id)
                     .push_bind(d.event_id)
@@ -240,7 +248,9 @@ impl WebhookStore for PostgresStore {
                     .push("'pending'")
                     .push("0")
                     .push_bind(d.next_attempt_at)
-                    .push_bind(d.created_at);
+                    .push_bind(d.created_at)
+                    .push_bind(claim.map(|c| c.lease_until))
+                    .push_bind(claim.map(|c| c.token));
             });
             qb.build().execute(&mut *tx).await?;
         }

@@ -1,12 +1,28 @@
 //! The SQLite store: one file, WAL journal, times as unix milliseconds.
 //!
-//! SQLite serializes writers, so a claim (`UPDATE … RETURNING` over the due
-//! rows) is atomic without row locks. The store also queues its own write
-//! transactions behind an in-process gate, so the sink, the claims and the
-//! result recorder take turns at once instead of meeting `SQLITE_BUSY` and
-//! sleeping in the busy handler. Commits use `synchronous = FULL`: a
-//! committed delivery or result survives a crash of the machine, not only
-//! of the process. Only one process should run a worker
+//! SQLite admits one writer at a time, so a claim (`UPDATE … RETURNING` over
+//! the due rows) is atomic without row locks. The store writes through one
+//! dedicated connection, queued behind an in-process gate: the sink, the
+//! claims and the result recorder take turns the moment the previous write
+//! commits instead of meeting `SQLITE_BUSY` and sleeping in the busy
+//! handler, and the writer's page cache stays warm (another connection's
+//! commit would invalidate it). Reads (the API) use a small pool of their
+//! own and never wait for the writer (WAL).
+//!
+//! # Durability
+//!
+//! Commits use `synchronous = NORMAL`, which in WAL mode means a commit
+//! appends to the write-ahead log without waiting for `fsync`; the log is
+//! synced at checkpoints. A committed delivery or result survives the crash
+//! or `SIGKILL` of the process (the log is in the operating system's page
+//! cache and is replayed at the next open), which is the failure the queue
+//! is built for; a power loss or kernel crash can lose the last commits
+//! before a checkpoint (the database itself stays consistent). A host that
+//! needs commits to survive power loss too can open its own pool with
+//! `synchronous = FULL` and pass it to [`SqliteStore::from_pool`], at the
+//! cost of an `fsync` per transaction.
+//!
+//! Only one process should run a worker
 //! on a database: [`recover_in_flight`](WebhookStore::recover_in_flight)
 //! frees *every* claim at start-up, taking any claimed row to be the
 //! leftover of a dead process.
@@ -27,8 +43,8 @@ use uuid::Uuid;
 use super::{WebhookStore, candidate_pool, code_of, distinct_runs, status_of, u32_of};
 use crate::error::{Result, WebhookError};
 use crate::model::{
-    Attempt, AttemptEffect, AttemptRecord, ClaimRequest, ClaimedDelivery, Delivery, DeliveryStatus,
-    NewDelivery, Webhook, kinds_from_names, kinds_to_names,
+    Attempt, AttemptEffect, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, Delivery,
+    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
 };
 
 mod record;
@@ -41,7 +57,11 @@ const INSERT_CHUNK: usize = 500;
 /// The SQLite implementation of [`WebhookStore`].
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes: one connection for a file (the same pool as `pool` for an
+    /// in-memory database or a pool given to [`from_pool`](Self::from_pool)).
+    writer: SqlitePool,
     /// Serializes this process's write transactions. SQLite admits one
     /// writer at a time; without the gate a second writer meets
     /// `SQLITE_BUSY` and sleeps in the busy handler (milliseconds at a time)
@@ -117,33 +137,49 @@ impl SqliteStore {
             .create_if_missing(true)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let options = if memory {
-            options
-        } else {
-            // WAL + FULL: a committed delivery survives a crash of the
-            // process or the machine.
-            options
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-        };
-        // An in-memory database exists per connection: keep exactly one.
+        if memory {
+            // An in-memory database exists per connection: keep exactly one.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            return Self::from_pool(pool).await;
+        }
+        // WAL + NORMAL: durable against a crash of the process (see the
+        // module docs). Pages are read through a memory map rather than
+        // copied by `pread`.
+        let options = options
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("mmap_size", "268435456");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone().pragma("cache_size", "-32768"))
+            .await?;
+        MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(if memory { 1 } else { 4 })
+            .max_connections(4)
             .connect_with(options)
             .await?;
-        Self::from_pool(pool).await
+        Ok(SqliteStore {
+            pool,
+            writer,
+            write: Arc::default(),
+        })
     }
 
-    /// Wraps an existing pool and migrates it.
+    /// Wraps an existing pool (used for reads and writes) and migrates it.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore {
+            writer: pool.clone(),
             pool,
             write: Arc::default(),
         })
     }
 
-    /// The underlying pool.
+    /// The pool reads go through.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -177,7 +213,7 @@ impl WebhookStore for SqliteStore {
         .bind(w.last_triggered_at.map(ms))
         .bind(i64::from(w.failure_count))
         .bind(&w.disabled_reason)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -216,7 +252,7 @@ impl WebhookStore for SqliteStore {
         .bind(i64::from(w.failure_count))
         .bind(&w.disabled_reason)
         .bind(w.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -225,23 +261,31 @@ impl WebhookStore for SqliteStore {
         let _write = self.write.lock().await;
         let done = sqlx::query("DELETE FROM webhooks WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
+    async fn enqueue_claiming(
+        &self,
+        deliveries: &[NewDelivery],
+        claim: Option<&BatchClaim>,
+    ) -> Result<()> {
         let _write = self.write.lock().await;
         if deliveries.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        for chunk in deliveries.chunks(INSERT_CHUNK) {
+        let claimed = claim.map_or(0, |c| c.count);
+        let mut tx = self.writer.begin().await?;
+        for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at) ",
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token) ",
             );
+            let mut i = n * INSERT_CHUNK;
             qb.push_values(chunk, |mut b, d| {
+                let claim = claim.filter(|_| i < claimed);
+                i += 1;
                 b.push_bind(d.id)
                     .push_bind(d.webhook_id)
                     .push_bind(d.event_id)
@@ -250,7 +294,9 @@ impl WebhookStore for SqliteStore {
                     .push_bind("pending")
                     .push_bind(0_i64)
                     .push_bind(d.next_attempt_at.map(ms))
-                    .push_bind(ms(d.created_at));
+                    .push_bind(ms(d.created_at))
+                    .push_bind(claim.map(|c| ms(c.lease_until)))
+                    .push_bind(claim.map(|c| c.token));
             });
             qb.build().execute(&mut *tx).await?;
         }
@@ -279,7 +325,7 @@ impl WebhookStore for SqliteStore {
         .bind(ms(lease_until))
         .bind(token)
         .bind(ms(d.created_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -353,7 +399,7 @@ impl WebhookStore for SqliteStore {
             .bind(ms(now))
             .bind(id)
             .bind(webhook_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
         row.as_ref().map(delivery_of).transpose()
     }
@@ -395,7 +441,7 @@ impl WebhookStore for SqliteStore {
             .push(" ORDER BY next_attempt_at LIMIT ")
             .push_bind(i64::from(req.limit))
             .push(") RETURNING id, webhook_id, event_id, event_type, body, attempts, created_at");
-        let rows = qb.build().fetch_all(&self.pool).await?;
+        let rows = qb.build().fetch_all(&self.writer).await?;
         rows.iter()
             .map(|r| {
                 Ok(ClaimedDelivery {
@@ -426,7 +472,7 @@ impl WebhookStore for SqliteStore {
             list.push_bind(*id);
         }
         qb.push(")");
-        qb.build().execute(&self.pool).await?;
+        qb.build().execute(&self.writer).await?;
         Ok(())
     }
 
@@ -435,7 +481,7 @@ impl WebhookStore for SqliteStore {
             return Ok(Vec::new());
         }
         let _write = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let mut effects = Vec::with_capacity(records.len());
         for run in distinct_runs(records) {
             effects.extend(record::record_run(&mut tx, &records[run]).await?);
@@ -452,7 +498,7 @@ impl WebhookStore for SqliteStore {
             "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
              WHERE claimed_until IS NOT NULL AND status IN ('pending', 'failed')",
         )
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
     }
@@ -462,7 +508,7 @@ impl WebhookStore for SqliteStore {
         let done =
             sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < ?")
                 .bind(ms(before))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected())
     }
