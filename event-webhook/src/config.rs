@@ -31,8 +31,9 @@ pub struct WebhookConfig {
     pub retention: Duration,
     /// How often the pruning runs (default 1 hour).
     pub prune_interval: Duration,
-    /// How often the worker looks for due rows when nothing wakes it
-    /// (default 1 s; new deliveries from this process wake it at once).
+    /// How often the worker looks for due rows it was not told about, e.g.
+    /// rows queued by other instances (default 1 s; deliveries queued by
+    /// this process and retries it scheduled are picked up at once).
     pub poll_interval: Duration,
     /// How long a claim holds before another worker may take the row
     /// (default 5 minutes; must exceed `request_timeout`).

@@ -27,8 +27,11 @@ pub(crate) struct Shared {
     pub signature_header: HeaderName,
     pub guard: SsrfGuard,
     pub client: reqwest::Client,
-    /// Wakes this process's worker when rows were queued.
+    /// Wakes this process's worker when rows were queued unclaimed.
     pub wake: Notify,
+    /// This process's running worker, which takes rows the sink queues
+    /// without a claim query.
+    pub worker: crate::worker::WorkerLink,
     pub metrics: WebhookMetrics,
 }
 
@@ -101,6 +104,7 @@ impl Webhooks {
             signature_header,
             config,
             wake: Notify::new(),
+            worker: crate::worker::WorkerLink::default(),
             metrics: WebhookMetrics::new(),
         });
         shared.index.reload(shared.store.as_ref()).await?;

@@ -112,13 +112,23 @@ impl EventSink for WebhookSink {
     }
 
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
-        let rows = self.rows_for(&events);
+        let mut rows = self.rows_for(&events);
         if rows.is_empty() {
             return Ok(());
         }
+        // Rows this process's worker has room for are inserted claimed and
+        // handed to it directly (see `worker::handoff`).
+        let reservation = self.shared.worker.reserve(&mut rows);
+        let claim = reservation.as_ref().map(|r| *r.claim());
+        let claimed = claim.map_or(0, |c| c.count);
         let mut tries = ENQUEUE_BACKOFF.iter();
         loop {
-            match self.shared.store.enqueue(&rows).await {
+            match self
+                .shared
+                .store
+                .enqueue_claiming(&rows, claim.as_ref())
+                .await
+            {
                 Ok(()) => break,
                 Err(error) => match tries.next() {
                     Some(pause) => {
@@ -134,7 +144,12 @@ impl EventSink for WebhookSink {
                 },
             }
         }
-        self.shared.wake.notify_one();
+        if let Some(reservation) = reservation {
+            reservation.adopt(&rows).await;
+        }
+        if claimed < rows.len() {
+            self.shared.wake.notify_one();
+        }
         Ok(())
     }
 }

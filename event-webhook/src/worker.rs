@@ -2,24 +2,37 @@
 //!
 //! # Model
 //!
-//! A dispatcher loop claims due rows in batches (skipping webhooks that
-//! already hold enough) into per-webhook local queues, and starts attempt
-//! tasks within two limits: `max_concurrency` in total and
+//! Rows reach the per-webhook local queues two ways. Rows the sink of this
+//! process queues are inserted already claimed and handed over directly
+//! when there is room and nothing older is due in the store (module
+//! `handoff`): no claim query at all on the steady path. Everything else
+//! (retries coming due, a backlog, rows queued by other instances) is
+//! claimed in batches by a dispatcher loop, skipping webhooks that already
+//! hold enough. The loop claims only while the store may hold due rows it
+//! has not claimed (woken when rows are queued unclaimed, on a retry it
+//! scheduled coming due, and every `poll_interval`), since a claim is a
+//! write transaction: an empty one after every attempt would cost more than
+//! the deliveries.
+//!
+//! Attempt tasks run within two limits: `max_concurrency` in total and
 //! `per_endpoint_concurrency` per webhook. An attempt task that finishes
 //! takes the next row of its webhook's queue unless another webhook is
 //! waiting for a slot, so a busy endpoint needs no database round trip per
 //! delivery and cannot starve the others. Attempt results go to one
-//! recorder task that writes whatever has accumulated (up to 1,024) in a
-//! single transaction of a few set-based statements, so the database cost
-//! per delivery is a fraction of one round trip and one commit is shared by
-//! hundreds of outcomes. Until its result commits a row stays claimed; if
-//! the process dies first, the row is sent again (at-least-once).
+//! recorder task that waits up to 10 ms for company and writes up to 1,024
+//! results in a single transaction of a few set-based statements, so one
+//! commit is shared by hundreds of outcomes. Until its result commits a row
+//! stays claimed; if the process dies first, the row is sent again
+//! (at-least-once).
 //!
-//! Local queues are bounded so every claimed row is attempted well within
-//! its lease; rows still queued at shutdown are released at once. A slow
-//! endpoint occupies only its own slots. At start-up, claims left by a dead
-//! process are freed; succeeded rows older than `retention` are pruned
-//! periodically.
+//! A webhook holds at most 16 rounds of its slots locally, all webhooks 16
+//! rounds of the global slots, so each claim brings many rows. A row still
+//! waiting when an attempt started now might outlast its claim (a slow
+//! endpoint) is handed back unattempted and claimed again later, so no row
+//! is ever sent on an expired claim; rows still queued at shutdown are
+//! released at once. A slow endpoint occupies only its own slots. At
+//! start-up, claims left by a dead process are freed; succeeded rows older
+//! than `retention` are pruned periodically.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +51,28 @@ use crate::model::{AttemptOutcome, AttemptRecord, ClaimRequest, ClaimedDelivery,
 use crate::service::Shared;
 use crate::ssrf::host_of;
 
+mod handoff;
+mod state;
+
+pub(crate) use handoff::WorkerLink;
+use state::{Held, State};
+
 /// Most attempt results written in one transaction. The stores write a
 /// batch with a fixed number of set-based statements, so a large batch
 /// costs little more than a small one: under load the recorder keeps up by
 /// writing more per transaction, not by adding round trips.
 const RECORD_BATCH: usize = 1024;
+
+/// How long the recorder waits for more results before writing a small
+/// batch. A result only has to be durable before its claim runs out, so
+/// waiting costs nothing but a slightly longer window in which a crash
+/// would send the delivery again, and it turns hundreds of small
+/// transactions a second into a few large ones.
+const RECORD_LINGER: Duration = Duration::from_millis(10);
+
+/// Rounds of its slots' worth of rows a webhook may hold locally (see
+/// `Dispatcher::hold`).
+const ROUNDS: usize = 16;
 
 /// A running delivery worker.
 #[derive(Debug)]
@@ -60,30 +90,27 @@ impl DeliveryWorker {
         tracker.spawn(record_loop(shared.clone(), record_rx));
         let cfg = shared.config.clone();
         let per = cfg.per_endpoint_concurrency.max(1);
-        // How many rows one webhook may hold locally: enough to keep its
-        // slots busy between claims, few enough that the last one is
-        // attempted long before its lease ends (each round takes at most
-        // `request_timeout`).
-        let rounds = (cfg.lease.as_secs_f64()
-            / (2.0 * cfg.request_timeout.as_secs_f64().max(0.001)))
-        .floor()
-        .clamp(1.0, 4.0) as usize;
         let dispatcher = Arc::new(Dispatcher {
-            shared,
             stop: stop.clone(),
             tracker: tracker.clone(),
             slots: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
-            state: Mutex::default(),
+            state: Mutex::new(State::new()),
             slot_freed: Notify::new(),
             per,
-            hold: per * rounds,
-            // Claim ahead (a claim is a commit, so each should bring many
-            // rows), but no more than the slots get through in `rounds`
-            // rounds, so rows waiting for a global slot are attempted within
-            // their lease too.
-            capacity: cfg.max_concurrency.max(1) * rounds.max(2),
+            // How many rows one webhook may hold locally: `ROUNDS` rounds of
+            // its slots, so each claim (a commit) brings many rows. A row
+            // still waiting when its claim is about to run out (a slow
+            // endpoint) is handed back unattempted.
+            hold: per * ROUNDS,
+            // All webhooks together: as many rounds of the global slots.
+            capacity: cfg.max_concurrency.max(1) * ROUNDS,
+            // Time to start an attempt after claiming: the lease less the
+            // longest attempt, with a margin for recording the result.
+            window: cfg.lease.saturating_sub(cfg.request_timeout).mul_f64(0.9),
             records: record_tx,
+            shared,
         });
+        dispatcher.shared.worker.attach(&dispatcher);
         let task = tokio::spawn(dispatcher.run());
         DeliveryWorker {
             stop,
@@ -111,39 +138,6 @@ impl DeliveryWorker {
     }
 }
 
-#[derive(Default)]
-struct State {
-    queued: HashMap<Uuid, VecDeque<ClaimedDelivery>>,
-    running: HashMap<Uuid, usize>,
-    queued_total: usize,
-}
-
-impl State {
-    fn held(&self, webhook: &Uuid) -> usize {
-        self.queued.get(webhook).map_or(0, VecDeque::len)
-            + self.running.get(webhook).copied().unwrap_or(0)
-    }
-
-    fn pop(&mut self, webhook: &Uuid) -> Option<ClaimedDelivery> {
-        let q = self.queued.get_mut(webhook)?;
-        let row = q.pop_front();
-        if q.is_empty() {
-            self.queued.remove(webhook);
-        }
-        if row.is_some() {
-            self.queued_total -= 1;
-        }
-        row
-    }
-
-    /// Whether a webhook other than `me` has rows waiting for a free slot.
-    fn others_waiting(&self, me: &Uuid, per: usize) -> bool {
-        self.queued
-            .keys()
-            .any(|w| w != me && self.running.get(w).copied().unwrap_or(0) < per)
-    }
-}
-
 struct Dispatcher {
     shared: Arc<Shared>,
     stop: CancellationToken,
@@ -154,6 +148,7 @@ struct Dispatcher {
     per: usize,
     hold: usize,
     capacity: usize,
+    window: Duration,
     records: mpsc::Sender<AttemptRecord>,
 }
 
@@ -178,8 +173,22 @@ impl Dispatcher {
         let mut next_prune = Instant::now();
         let mut next_refresh = Instant::now() + cfg.index_refresh_interval;
         let mut next_gauge = Instant::now();
+        let mut next_poll = Instant::now();
         while !self.stop.is_cancelled() {
             let now = Instant::now();
+            // Rows this worker was not told about (retries coming due, rows
+            // queued by other instances) are looked for on a timer: a busy
+            // worker is woken constantly, so the timer is absolute.
+            if now >= next_poll {
+                next_poll = now + cfg.poll_interval;
+                self.state().note_backlog();
+            }
+            let retry_at = self.state().retry_due_in(OffsetDateTime::now_utc());
+            if retry_at.is_some_and(|d| d.is_zero()) {
+                let mut st = self.state();
+                st.note_backlog();
+                st.next_retry = None;
+            }
             if now >= next_prune {
                 next_prune = now + cfg.prune_interval;
                 self.prune().await;
@@ -194,18 +203,28 @@ impl Dispatcher {
                     self.shared.metrics.queue_depth(depth);
                 }
             }
-            let claimed = self.claim().await;
+            // Claim only while the store may hold due rows this worker has
+            // not claimed: a claim is a write transaction, and an empty one
+            // after every attempt would cost more than the deliveries.
+            let claimed = if self.state().backlog {
+                self.claim().await
+            } else {
+                0
+            };
             self.dispatch();
-            if claimed > 0 {
+            if claimed > 0 && self.state().backlog {
                 continue;
             }
+            let wake_at = retry_at.map_or(next_poll, |d| (Instant::now() + d).min(next_poll));
             tokio::select! {
                 () = self.stop.cancelled() => break,
-                () = self.shared.wake.notified() => {}
+                // New rows in the store (the sink, the API).
+                () = self.shared.wake.notified() => self.state().note_backlog(),
                 () = self.slot_freed.notified() => {}
-                () = tokio::time::sleep(cfg.poll_interval) => {}
+                () = tokio::time::sleep_until(wake_at) => {}
             }
         }
+        self.shared.worker.detach();
         self.release_queued().await;
     }
 
@@ -228,19 +247,25 @@ impl Dispatcher {
     async fn claim(&self) -> usize {
         let cfg = &self.shared.config;
         let capacity = self.capacity;
-        let (room, exclude) = {
+        let (room, exclude, per_webhook) = {
             let st = self.state();
-            let room = capacity.saturating_sub(st.queued_total);
-            let mut ids: Vec<Uuid> = st.queued.keys().chain(st.running.keys()).copied().collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let exclude: Vec<Uuid> = ids
+            let room = capacity.saturating_sub(st.local_total());
+            let (exclude, open): (Vec<Uuid>, Vec<Uuid>) = st
+                .busy_webhooks()
                 .into_iter()
-                .filter(|w| st.held(w) >= self.hold)
-                .collect();
-            (room, exclude)
+                .partition(|w| st.held(w) >= self.hold);
+            // Ask for no more of a webhook than the fullest open one can
+            // take, so no row comes back only to be given back.
+            let fullest = open.iter().map(|w| st.held(w)).max().unwrap_or(0);
+            (room, exclude, self.hold - fullest)
         };
         if room == 0 {
+            return 0;
+        }
+        let constrained = !exclude.is_empty();
+        if let Some(fruitless) = &self.state().fruitless
+            && fruitless.iter().all(|w| exclude.contains(w))
+        {
             return 0;
         }
         let now = OffsetDateTime::now_utc();
@@ -248,11 +273,12 @@ impl Dispatcher {
         let request = ClaimRequest {
             now,
             limit: u32::try_from(room).unwrap_or(u32::MAX).min(cfg.claim_batch),
-            per_webhook: u32::try_from(self.hold).unwrap_or(u32::MAX),
+            per_webhook: u32::try_from(per_webhook).unwrap_or(u32::MAX),
             exclude,
             lease_until: now + lease,
             token: Uuid::new_v4(),
         };
+        let attempt_by = Instant::now() + self.window;
         let rows = match self.shared.store.claim_due(&request).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -264,12 +290,20 @@ impl Dispatcher {
         let mut give_back = Vec::new();
         {
             let mut st = self.state();
+            // A short answer that no limit shaped means nothing else is due:
+            // no more claims until something new is queued or comes due.
+            let mut per_webhook: HashMap<Uuid, u32> = HashMap::new();
+            for row in &rows {
+                *per_webhook.entry(row.webhook_id).or_default() += 1;
+            }
+            let capped = per_webhook.values().any(|&n| n >= request.per_webhook);
+            st.backlog = rows.len() >= request.limit as usize || constrained || capped;
+            st.fruitless = (rows.is_empty() && constrained).then(|| request.exclude.clone());
             for row in rows {
                 if st.held(&row.webhook_id) >= self.hold {
                     give_back.push(row.id);
                 } else {
-                    st.queued_total += 1;
-                    st.queued.entry(row.webhook_id).or_default().push_back(row);
+                    st.push(Held { row, attempt_by });
                     kept += 1;
                 }
             }
@@ -291,21 +325,25 @@ impl Dispatcher {
                 let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                     return;
                 };
-                let Some(row) = st.pop(&w) else {
+                let Some(held) = st.pop(&w) else {
                     break;
                 };
                 *st.running.entry(w).or_insert(0) += 1;
-                self.tracker.spawn(self.clone().attempts(row, permit));
+                self.tracker.spawn(self.clone().attempts(held, permit));
             }
         }
     }
 
     /// Runs attempts for one webhook: `row`, then its queued successors
     /// while no other webhook waits for a slot.
-    async fn attempts(self: Arc<Self>, mut row: ClaimedDelivery, _permit: OwnedSemaphorePermit) {
-        let webhook_id = row.webhook_id;
+    async fn attempts(self: Arc<Self>, mut held: Held, _permit: OwnedSemaphorePermit) {
+        let webhook_id = held.row.webhook_id;
         loop {
-            self.attempt(&row).await;
+            if Instant::now() <= held.attempt_by {
+                self.attempt(&held.row).await;
+            } else {
+                self.hand_back(&held.row).await;
+            }
             let mut st = self.state();
             let next = if self.stop.is_cancelled()
                 || (self.slots.available_permits() == 0 && st.others_waiting(&webhook_id, self.per))
@@ -318,7 +356,7 @@ impl Dispatcher {
             let low = st.queued.get(&webhook_id).map_or(0, VecDeque::len) < self.per;
             match next {
                 Some(n) => {
-                    row = n;
+                    held = n;
                     drop(st);
                     if low {
                         self.slot_freed.notify_one();
@@ -343,7 +381,11 @@ impl Dispatcher {
         let rows: Vec<ClaimedDelivery> = {
             let mut st = self.state();
             st.queued_total = 0;
-            st.queued.drain().flat_map(|(_, q)| q).collect()
+            st.queued
+                .drain()
+                .flat_map(|(_, q)| q)
+                .map(|h| h.row)
+                .collect()
         };
         let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
         for r in rows {
@@ -354,6 +396,16 @@ impl Dispatcher {
                 tracing::warn!(%error, "releasing queued deliveries at shutdown failed");
             }
         }
+    }
+
+    /// Gives back a row whose claim would run out before an attempt started
+    /// now is recorded: it is claimed again later with a fresh lease.
+    async fn hand_back(&self, row: &ClaimedDelivery) {
+        tracing::debug!(delivery_id = %row.id, "webhook delivery waited too long locally; handed back");
+        if let Err(error) = self.shared.store.release(&[row.id], row.claim_token).await {
+            tracing::warn!(%error, "handing back a webhook delivery failed; it returns after its lease");
+        }
+        self.state().note_backlog();
     }
 
     async fn webhook(&self, id: Uuid) -> Option<Arc<Webhook>> {
@@ -396,6 +448,9 @@ impl Dispatcher {
         )
         .await;
         let outcome = decide(&shared.config, &exchange, attempt, webhook.max_retries);
+        if let AttemptOutcome::Retry(at) = outcome {
+            self.state().retry_at(at);
+        }
         observe(shared, &webhook, row, &exchange, outcome, attempt);
         let record = AttemptRecord {
             delivery_id: row.id,
@@ -421,6 +476,15 @@ impl Dispatcher {
 async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
     let mut batch: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let until = Instant::now() + RECORD_LINGER;
+        while batch.len() < RECORD_BATCH {
+            let room = RECORD_BATCH - batch.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                Ok(n) if n > 0 => {}
+                // Time is up, or every sender is gone (shutdown).
+                _ => break,
+            }
+        }
         let mut tries = 0u64;
         let effects = loop {
             match shared.store.complete_attempts(&batch).await {
@@ -441,7 +505,7 @@ async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>)
         let mut disabled = false;
         for (record, effect) in batch.iter().zip(&effects) {
             if effect.lost_claim {
-                tracing::warn!(delivery_id = %record.delivery_id, "webhook claim expired before the attempt was recorded");
+                tracing::warn!(delivery_id = %record.delivery_id, "webhook attempt not recorded: the claim expired or the delivery was deleted");
             }
             if effect.webhook_disabled {
                 tracing::warn!(webhook_id = %record.webhook_id, "webhook disabled");

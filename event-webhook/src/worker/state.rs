@@ -1,0 +1,134 @@
+//! The dispatcher's state: local queues, running attempts, and whether the
+//! store may hold due rows this worker has not claimed.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::model::ClaimedDelivery;
+
+/// A claimed row waiting for a slot.
+pub(super) struct Held {
+    pub row: ClaimedDelivery,
+    /// After this the claim may run out before an attempt started now has
+    /// been recorded: the row is handed back instead.
+    pub attempt_by: Instant,
+}
+
+/// The dispatcher's bookkeeping, under one lock.
+#[derive(Default)]
+pub(super) struct State {
+    /// Claimed rows waiting for a slot, per webhook.
+    pub queued: HashMap<Uuid, VecDeque<Held>>,
+    /// Attempts running, per webhook.
+    pub running: HashMap<Uuid, usize>,
+    /// Rows in `queued`.
+    pub queued_total: usize,
+    /// Rows the sink is queuing claimed for this worker, per webhook (see
+    /// `handoff`).
+    pub reserved: HashMap<Uuid, usize>,
+    /// Rows in `reserved`.
+    pub reserved_total: usize,
+    /// Whether the store may hold due rows this worker has not claimed.
+    pub backlog: bool,
+    /// The earliest retry this worker scheduled and has not looked for yet.
+    pub next_retry: Option<OffsetDateTime>,
+    /// The webhooks left out of the last claim, when it found nothing: due
+    /// rows, if any, belong to them, so claiming again is pointless while
+    /// they are all still full.
+    pub fruitless: Option<Vec<Uuid>>,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State {
+            // Rows may be waiting from before this worker started.
+            backlog: true,
+            ..State::default()
+        }
+    }
+
+    /// Notes that the store may hold due rows this worker has not claimed.
+    pub fn note_backlog(&mut self) {
+        self.backlog = true;
+        self.fruitless = None;
+    }
+
+    /// Notes a retry scheduled at `at`.
+    pub fn retry_at(&mut self, at: OffsetDateTime) {
+        self.next_retry = Some(self.next_retry.map_or(at, |n| n.min(at)));
+    }
+
+    /// How long until the earliest scheduled retry is due (zero when it is).
+    pub fn retry_due_in(&self, now: OffsetDateTime) -> Option<Duration> {
+        self.next_retry
+            .map(|at| Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+    }
+
+    /// Rows of `webhook` this worker holds: queued, running or reserved.
+    pub fn held(&self, webhook: &Uuid) -> usize {
+        self.queued.get(webhook).map_or(0, VecDeque::len)
+            + self.running.get(webhook).copied().unwrap_or(0)
+            + self.reserved.get(webhook).copied().unwrap_or(0)
+    }
+
+    /// Rows held locally and not running: queued or reserved.
+    pub fn local_total(&self) -> usize {
+        self.queued_total + self.reserved_total
+    }
+
+    /// Every webhook with rows held.
+    pub fn busy_webhooks(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self
+            .queued
+            .keys()
+            .chain(self.running.keys())
+            .chain(self.reserved.keys())
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub fn push(&mut self, held: Held) {
+        self.queued_total += 1;
+        self.queued
+            .entry(held.row.webhook_id)
+            .or_default()
+            .push_back(held);
+    }
+
+    /// Takes one reservation of `webhook` back.
+    pub fn unreserve(&mut self, webhook: &Uuid) {
+        if let Some(n) = self.reserved.get_mut(webhook) {
+            *n -= 1;
+            self.reserved_total -= 1;
+            if *n == 0 {
+                self.reserved.remove(webhook);
+            }
+        }
+    }
+
+    pub fn pop(&mut self, webhook: &Uuid) -> Option<Held> {
+        let q = self.queued.get_mut(webhook)?;
+        let row = q.pop_front();
+        if q.is_empty() {
+            self.queued.remove(webhook);
+        }
+        if row.is_some() {
+            self.queued_total -= 1;
+        }
+        row
+    }
+
+    /// Whether a webhook other than `me` has rows waiting for a free slot.
+    pub fn others_waiting(&self, me: &Uuid, per: usize) -> bool {
+        self.queued
+            .keys()
+            .any(|w| w != me && self.running.get(w).copied().unwrap_or(0) < per)
+    }
+}
