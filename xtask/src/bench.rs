@@ -1,8 +1,9 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
-//! (BENCHMARKS.md is not touched).
+//! (BENCHMARKS.md is not touched); `--only idle` does the same for
+//! measurement 2, adding a run per transport.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -173,9 +174,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     {
         None => {}
         Some(Some("webhooks")) => return webhooks_only(&plan),
+        Some(Some("idle")) => return idle_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the only part that runs alone is `webhooks`",
+                "--only {}: the parts that run alone are `webhooks` and `idle`",
                 other.unwrap_or("")
             ));
         }
@@ -251,29 +253,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     }
 
     // 2. Idle scale, floor and ours.
-    let idle_args = |pid: u32| -> Vec<String> {
-        vec![
-            "--idle".into(),
-            plan.idle.to_string(),
-            "--concurrency".into(),
-            "128".into(),
-            "--server-pid".into(),
-            pid.to_string(),
-        ]
-    };
-    let floor_idle = {
-        let server = Server::start(&bins, ServerKind::Floor, &tmp, None)?;
-        let r = loadgen(&bins, &server, &idle_args(server.pid()), 180)?;
-        server.stop();
-        r
-    };
-    let ours_idle = {
-        let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&sqlite("idle.db")))?;
-        let r = loadgen(&bins, &server, &idle_args(server.pid()), 180)?;
-        server.stop();
-        r
-    };
-    results.idle = Some((floor_idle, ours_idle));
+    results.idle = Some((
+        idle_run(&plan, &bins, &tmp, ServerKind::Floor, "both")?,
+        idle_run(&plan, &bins, &tmp, ServerKind::Ours, "both")?,
+    ));
 
     // 6. Churn on a fresh server, after a warm-up.
     {
@@ -385,6 +368,88 @@ fn webhooks(
     };
     out.push(("PostgreSQL".into(), pg_sustained, pg_peak));
     out
+}
+
+/// Measurement 2 on a fresh server: `plan.idle` connections of `mix`
+/// (`both`: half WebSocket, half SSE; `ws`; `sse`) opened 128 at a time.
+fn idle_run(
+    plan: &Plan,
+    bins: &run::Bins,
+    tmp: &Path,
+    kind: ServerKind,
+    mix: &str,
+) -> Result<Value, String> {
+    let db = format!("sqlite://{}", tmp.join(format!("idle-{mix}.db")).display());
+    let server = match kind {
+        ServerKind::Floor => Server::start(bins, kind, tmp, None)?,
+        ServerKind::Ours => Server::start(bins, kind, tmp, Some(&db))?,
+    };
+    let args: Vec<String> = [
+        "--idle",
+        &plan.idle.to_string(),
+        "--idle-mix",
+        mix,
+        "--concurrency",
+        "128",
+        "--server-pid",
+        &server.pid().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let result = loadgen(bins, &server, &args, 180);
+    server.stop();
+    result
+}
+
+/// `--only idle`: builds the server, `raw-floor` and `loadgen`, runs
+/// measurement 2 (floor and ours, both transports) and then ours with each
+/// transport alone, and prints the table; BENCHMARKS.md is left alone.
+fn idle_only(plan: &Plan) -> Result<(), String> {
+    cargo_build(&[
+        "build",
+        "--release",
+        "-p",
+        "examples",
+        "--bin",
+        "loadgen",
+        "--bin",
+        "raw-floor",
+    ])?;
+    cargo_build(&["build", "--release", "-p", "event-server"])?;
+    let bins = run::Bins::locate_without_bench_core()?;
+    let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let started = Instant::now();
+    let runs = (|| -> Result<_, String> {
+        let results = Results {
+            idle: Some((
+                idle_run(plan, &bins, &tmp, ServerKind::Floor, "both")?,
+                idle_run(plan, &bins, &tmp, ServerKind::Ours, "both")?,
+            )),
+            ..Results::default()
+        };
+        let ws = idle_run(plan, &bins, &tmp, ServerKind::Ours, "ws")?;
+        let sse = idle_run(plan, &bins, &tmp, ServerKind::Ours, "sse")?;
+        Ok((results, ws, sse))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (results, ws, sse) = runs?;
+    println!(
+        "\n{}load average before {load_before}, after {}; {:.0} s; git {}",
+        report::idle_table(
+            &results,
+            &[
+                ("event-server, WS only", &ws),
+                ("event-server, SSE only", &sse)
+            ]
+        ),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        started.elapsed().as_secs_f64(),
+        sh("git rev-parse --short HEAD"),
+    );
+    Ok(())
 }
 
 /// `--only webhooks`: builds only the server and `loadgen`, runs

@@ -250,19 +250,30 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
 }
 
 fn idle_section(s: &mut String, results: &Results) {
+    if results.idle.is_some() {
+        let _ = write!(s, "## 2. Idle scale\n\n{}", idle_table(results, &[]));
+    }
+}
+
+/// The idle measurement's description and table, with `extra` rows after
+/// the floor's and ours (`--only idle` adds one per transport).
+pub fn idle_table(results: &Results, extra: &[(&str, &Value)]) -> String {
+    let mut out = String::new();
     let Some((floor, ours)) = &results.idle else {
-        return;
+        return out;
     };
+    let s = &mut out;
     let _ = writeln!(
         s,
-        "## 2. Idle scale\n\nHalf WebSocket, half SSE, opened 128 at a time and held; server RSS \
+        "Half WebSocket, half SSE, opened 128 at a time and held; server RSS \
          (`VmRSS`) before and 1 s after the last one was confirmed.\n"
     );
     let _ = writeln!(
         s,
         "| server | connections | established | failed | open in s | RSS before MiB | RSS after MiB | per connection KiB | gauge while open |\n|---|---|---|---|---|---|---|---|---|"
     );
-    for (name, v) in [("raw floor", floor), ("event-server", ours)] {
+    let rows = [("raw floor", floor), ("event-server", ours)];
+    for (name, v) in rows.into_iter().chain(extra.iter().copied()) {
         let _ = writeln!(
             s,
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -280,6 +291,7 @@ fn idle_section(s: &mut String, results: &Results) {
         let _ = writeln!(s, "\nFirst connection error (event-server): {e}");
     }
     let _ = writeln!(s);
+    out
 }
 
 fn publish_section(s: &mut String, results: &Results) {

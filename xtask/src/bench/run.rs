@@ -50,6 +50,18 @@ impl Bins {
         Ok(bins)
     }
 
+    /// Like [`locate`](Self::locate), without `bench-core` (the idle
+    /// measurement).
+    pub fn locate_without_bench_core() -> Result<Bins, String> {
+        let bins = Bins::paths()?;
+        for b in [&bins.server, &bins.floor, &bins.loadgen] {
+            if !b.exists() {
+                return Err(format!("{} was not built", b.display()));
+            }
+        }
+        Ok(bins)
+    }
+
     /// Like [`locate`](Self::locate), requiring only the server and
     /// `loadgen` (the webhook measurement).
     pub fn locate_server_and_loadgen() -> Result<Bins, String> {
