@@ -231,9 +231,15 @@ impl WebhookStore for PostgresStore {
         let claimed = claim.map_or(0, |c| c.count);
         let mut tx = self.pool.begin().await?;
         for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
+            // Rows of a webhook deleted since the sink looked it up are
+            // skipped (failing the whole batch on the foreign key would drop
+            // every other webhook's rows with it). `KEY SHARE` waits for a
+            // delete in progress; once it commits, its webhook's rows drop out.
             let mut qb = QueryBuilder::<Postgres>::new(
                 "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at, claimed_until, claim_token) ",
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token) \
+                 SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
+                 v.next_at, v.created_at, v.claimed_until, v.claim_token FROM (",
             );
             let mut i = n * INSERT_CHUNK;
             qb.push_values(chunk, |mut b, d| {
@@ -244,14 +250,16 @@ impl WebhookStore for PostgresStore {
                     .push_bind(d.event_id)
                     .push_bind(d.event_type)
                     .push_bind(String::from_utf8_lossy(&d.body).into_owned())
-                    .push_unseparated("::json")
-                    .push("'pending'")
-                    .push("0")
                     .push_bind(d.next_attempt_at)
                     .push_bind(d.created_at)
                     .push_bind(claim.map(|c| c.lease_until))
                     .push_bind(claim.map(|c| c.token));
             });
+            qb.push(
+                ") AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, \
+                 claimed_until, claim_token) JOIN webhooks w ON w.id = v.webhook_id \
+                 FOR KEY SHARE OF w",
+            );
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
@@ -433,6 +441,20 @@ impl WebhookStore for PostgresStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
+        // Lock order: the webhooks first, in id order, then their
+        // deliveries, as a `DELETE FROM webhooks` (which cascades to the
+        // deliveries) does. Locking the webhooks only after updating the
+        // deliveries deadlocks with a concurrent delete: it holds the
+        // webhook and waits for a delivery row this transaction updated.
+        // `NO KEY UPDATE` still lets the sink insert deliveries (their
+        // foreign-key check takes `KEY SHARE`).
+        let mut webhooks: Vec<Uuid> = records.iter().map(|r| r.webhook_id).collect();
+        webhooks.sort_unstable();
+        webhooks.dedup();
+        sqlx::query("SELECT id FROM webhooks WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+            .bind(&webhooks)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut effects = Vec::with_capacity(records.len());
         for run in distinct_runs(records) {
             effects.extend(record::record_run(&mut tx, &records[run]).await?);

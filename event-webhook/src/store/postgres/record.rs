@@ -14,10 +14,10 @@ use crate::store::{GONE_REASON, WebhookPlan, dead_streak_reason, outcome_columns
 /// Records a run of attempts (no delivery twice) inside a transaction with a
 /// fixed number of statements whatever its length: one `UPDATE … FROM
 /// UNNEST` for the deliveries whose claim still holds, one `INSERT … SELECT
-/// FROM UNNEST` for their attempts, a lock of the touched webhooks in id
-/// order (concurrent workers never deadlock on them), one update for the
-/// webhooks, plus one statement per record of a webhook with a dead or gone
-/// outcome (see [`WebhookPlan`]). A lost claim writes nothing.
+/// FROM UNNEST` for their attempts, one update for the webhooks (locked
+/// beforehand, in id order, by the caller), plus one statement per record of
+/// a webhook with a dead or gone outcome (see [`WebhookPlan`]). A lost claim
+/// writes nothing.
 pub(super) async fn record_run(
     tx: &mut sqlx::Transaction<'_, Postgres>,
     records: &[AttemptRecord],
@@ -94,14 +94,9 @@ pub(super) async fn record_run(
         .execute(&mut **tx)
         .await?;
     }
+    // The webhooks were locked at the start of the transaction (see
+    // `complete_attempts`).
     let plan = WebhookPlan::of(&held);
-    let webhooks = plan.webhooks();
-    if !webhooks.is_empty() {
-        sqlx::query("SELECT id FROM webhooks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&webhooks)
-            .fetch_all(&mut **tx)
-            .await?;
-    }
     if !plan.simple.is_empty() {
         sqlx::query(
             "UPDATE webhooks w SET last_triggered_at = v.at, \
