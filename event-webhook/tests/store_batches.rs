@@ -257,6 +257,31 @@ async fn enqueue_claiming_claims_the_first_rows(store: Store) {
     assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), [more[0].id]);
 }
 
+async fn rows_of_a_deleted_webhook_are_skipped_not_fatal(store: Store) {
+    let (gone, kept) = (webhook(0), webhook(0));
+    store.create_webhook(&gone).await.unwrap();
+    store.create_webhook(&kept).await.unwrap();
+    let t0 = now();
+    let rows = [delivery(gone.id, t0), delivery(kept.id, t0)];
+    // Deleted after the sink looked its subscribers up.
+    assert!(store.delete_webhook(gone.id).await.unwrap());
+    store.enqueue(&rows).await.unwrap();
+    assert!(
+        store
+            .get_delivery(gone.id, rows[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .get_delivery(kept.id, rows[1].id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -286,4 +311,5 @@ on_both_engines!(
     batch_applies_in_order,
     same_delivery_twice_in_a_batch,
     enqueue_claiming_claims_the_first_rows,
+    rows_of_a_deleted_webhook_are_skipped_not_fatal,
 );

@@ -66,7 +66,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// did not exist.
     async fn delete_webhook(&self, id: Uuid) -> Result<bool>;
 
-    /// Queues deliveries, all in one transaction.
+    /// Queues deliveries, all in one transaction. Rows of a webhook that
+    /// no longer exists (deleted since the caller looked it up) are skipped.
     async fn enqueue(&self, deliveries: &[NewDelivery]) -> Result<()> {
         self.enqueue_claiming(deliveries, None).await
     }
@@ -74,7 +75,8 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Queues deliveries, all in one transaction, the first `claim.count` of
     /// them already claimed with `claim.token` until `claim.lease_until`: a
     /// worker in the queuing process takes those straight from the sink,
-    /// without a claim query.
+    /// without a claim query. Rows of a webhook that no longer exists are
+    /// skipped.
     async fn enqueue_claiming(
         &self,
         deliveries: &[NewDelivery],
@@ -258,19 +260,6 @@ impl<'a> WebhookPlan<'a> {
             }
         }
         plan
-    }
-
-    /// Every webhook the plan touches, in id order.
-    pub fn webhooks(&self) -> Vec<Uuid> {
-        let mut ids: Vec<Uuid> = self
-            .simple
-            .iter()
-            .map(|s| s.0)
-            .chain(self.replay.iter().map(|r| r.webhook_id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
     }
 }
 

@@ -278,9 +278,12 @@ impl WebhookStore for SqliteStore {
         let claimed = claim.map_or(0, |c| c.count);
         let mut tx = self.writer.begin().await?;
         for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
+            // Rows of a webhook deleted since the sink looked it up are
+            // skipped: failing the whole batch on the foreign key would drop
+            // every other webhook's rows with it.
             let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at, claimed_until, claim_token) ",
+                "WITH v(id, webhook_id, event_id, event_type, body, status, attempts, \
+                 next_attempt_at, created_at, claimed_until, claim_token) AS (",
             );
             let mut i = n * INSERT_CHUNK;
             qb.push_values(chunk, |mut b, d| {
@@ -298,6 +301,11 @@ impl WebhookStore for SqliteStore {
                     .push_bind(claim.map(|c| ms(c.lease_until)))
                     .push_bind(claim.map(|c| c.token));
             });
+            qb.push(
+                ") INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token) \
+                 SELECT * FROM v WHERE v.webhook_id IN (SELECT id FROM webhooks)",
+            );
             qb.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
