@@ -440,6 +440,10 @@ fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
 pub(crate) fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
+    // Sized for these three: hyper keeps a response's header map for the
+    // connection's life (to parse the next request into), and the default
+    // first allocation is twice as large.
+    *response.headers_mut() = HeaderMap::with_capacity(3);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
