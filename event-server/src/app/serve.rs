@@ -54,8 +54,12 @@ pub(crate) async fn serve<L>(
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
             // `Router` is always ready (its `poll_ready` returns `Ready`),
-            // so calling it without `poll_ready` is allowed.
-            router.clone().call(request)
+            // so calling it without `poll_ready` is allowed. Boxed because
+            // hyper allocates room for this future once per connection and
+            // keeps it for the connection's life (a streaming response's
+            // too): a box pointer there, the router's future only while a
+            // request is in flight.
+            Box::pin(router.clone().call(request))
         });
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
