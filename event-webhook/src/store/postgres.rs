@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, QueryBuilder, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -25,9 +25,6 @@ use crate::model::{
 mod record;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// Rows per INSERT statement (PostgreSQL allows 65,535 bound parameters).
-const INSERT_CHUNK: usize = 1000;
 
 /// The PostgreSQL implementation of [`WebhookStore`].
 #[derive(Debug, Clone)]
@@ -229,39 +226,61 @@ impl WebhookStore for PostgresStore {
             return Ok(());
         }
         let claimed = claim.map_or(0, |c| c.count);
-        let mut tx = self.pool.begin().await?;
-        for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
-            // Rows of a webhook deleted since the sink looked it up are
-            // skipped (failing the whole batch on the foreign key would drop
-            // every other webhook's rows with it). `KEY SHARE` waits for a
-            // delete in progress; once it commits, its webhook's rows drop out.
-            let mut qb = QueryBuilder::<Postgres>::new(
-                "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at, claimed_until, claim_token) \
-                 SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
-                 v.next_at, v.created_at, v.claimed_until, v.claim_token FROM (",
-            );
-            let mut i = n * INSERT_CHUNK;
-            qb.push_values(chunk, |mut b, d| {
-                let claim = claim.filter(|_| i < claimed);
-                i += 1;
-                b.push_bind(d.id)
-                    .push_bind(d.webhook_id)
-                    .push_bind(d.event_id)
-                    .push_bind(d.event_type)
-                    .push_bind(String::from_utf8_lossy(&d.body).into_owned())
-                    .push_bind(d.next_attempt_at)
-                    .push_bind(d.created_at)
-                    .push_bind(claim.map(|c| c.lease_until))
-                    .push_bind(claim.map(|c| c.token));
-            });
-            qb.push(
-                ") AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, \
-                 claimed_until, claim_token) JOIN webhooks w ON w.id = v.webhook_id \
-                 FOR KEY SHARE OF w",
-            );
-            qb.build().execute(&mut *tx).await?;
+        let n = deliveries.len();
+        let (mut ids, mut webhooks, mut events, mut types, mut bodies) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut next_ats, mut created, mut leases, mut tokens) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (i, d) in deliveries.iter().enumerate() {
+            let claim = claim.filter(|_| i < claimed);
+            ids.push(d.id);
+            webhooks.push(d.webhook_id);
+            events.push(d.event_id);
+            types.push(d.event_type);
+            bodies.push(String::from_utf8_lossy(&d.body).into_owned());
+            next_ats.push(d.next_attempt_at);
+            created.push(d.created_at);
+            leases.push(claim.map(|c| c.lease_until));
+            tokens.push(claim.map(|c| c.token));
         }
+        // One statement text whatever the batch size (arrays, not a VALUES
+        // list), so it is prepared once. Rows of a webhook deleted since the
+        // sink looked it up are skipped (failing the whole batch on the
+        // foreign key would drop every other webhook's rows with it);
+        // `KEY SHARE` waits for a delete in progress, after which that
+        // webhook's rows drop out.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+             attempts, next_attempt_at, created_at, claimed_until, claim_token) \
+             SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
+             v.next_at, v.created_at, v.claimed_until, v.claim_token \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+               $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::uuid[]) \
+               AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, \
+               claimed_until, claim_token) \
+             JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
+        )
+        .bind(&ids)
+        .bind(&webhooks)
+        .bind(&events)
+        .bind(&types)
+        .bind(&bodies)
+        .bind(&next_ats)
+        .bind(&created)
+        .bind(&leases)
+        .bind(&tokens)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
