@@ -10,9 +10,9 @@
 //! claimed in batches by a dispatcher loop, skipping webhooks that already
 //! hold enough. The loop claims only while the store may hold due rows it
 //! has not claimed (woken when rows are queued unclaimed, on a retry it
-//! scheduled coming due, and every `poll_interval`), since a claim is a
-//! write transaction: an empty one after every attempt would cost more than
-//! the deliveries.
+//! scheduled coming due, and every `poll_interval`, or every 50 ms while
+//! claims keep finding rows), since a claim is a write transaction: an
+//! empty one after every attempt would cost more than the deliveries.
 //!
 //! Attempt tasks run within two limits: `max_concurrency` in total and
 //! `per_endpoint_concurrency` per webhook. An attempt task that finishes
@@ -69,6 +69,9 @@ const RECORD_BATCH: usize = 1024;
 /// would send the delivery again, and it turns hundreds of small
 /// transactions a second into a few large ones.
 const RECORD_LINGER: Duration = Duration::from_millis(10);
+
+/// The poll interval, at most, while claims keep finding rows.
+const BUSY_POLL: Duration = Duration::from_millis(50);
 
 /// Rounds of its slots' worth of rows a webhook may hold locally (see
 /// `Dispatcher::hold`).
@@ -212,8 +215,14 @@ impl Dispatcher {
                 0
             };
             self.dispatch();
-            if claimed > 0 && self.state().backlog {
-                continue;
+            if claimed > 0 {
+                if self.state().backlog {
+                    continue;
+                }
+                // Rows are arriving that nobody told this worker about
+                // (another process queues them, or retries come due): look
+                // again soon rather than a whole poll interval later.
+                next_poll = next_poll.min(Instant::now() + BUSY_POLL);
             }
             let wake_at = retry_at.map_or(next_poll, |d| (Instant::now() + d).min(next_poll));
             tokio::select! {
