@@ -65,9 +65,12 @@ impl SubscriberIndex {
         self.snapshot().by_kind[kind.index()].clone()
     }
 
-    /// Whether any active webhook wants `kind`.
+    /// Whether any active webhook wants `kind`. Called by the publisher for
+    /// every event (the sink's intake filter), so it only reads under the
+    /// lock instead of cloning the snapshot.
     pub fn has_subscribers(&self, kind: EventKind) -> bool {
-        !self.snapshot().by_kind[kind.index()].is_empty()
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        !current.by_kind[kind.index()].is_empty()
     }
 
     /// A webhook by id, as of the last reload.
