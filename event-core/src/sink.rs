@@ -18,9 +18,10 @@
 //!
 //! A sink that must not lose events to a burst (the durable webhook queue)
 //! asks for an *intake* instead ([`EventSink::intake_capacity`]): the
-//! publisher hands it each event it accepts, through a bus [`Tap`], into a
-//! queue of its own, so it cannot lag however fast events are published or
-//! however long its deliveries take, until that queue is full.
+//! publisher hands it each event it accepts, through a bus
+//! [`Tap`](crate::bus::Tap), into a queue of its own, so it cannot lag
+//! however fast events are published or however long its deliveries take,
+//! until that queue is full.
 //!
 //! [`SinkRunner::shutdown`] stops accepting new events, lets each sink
 //! deliver what its subscription already holds, calls
@@ -122,8 +123,8 @@ pub trait EventSink: Send + Sync + 'static {
 
     /// `Some(n)`: instead of a bus subscription (bounded by the bus's
     /// capacity), the sink gets an intake queue of up to `n` events that the
-    /// publisher fills directly (a bus [`Tap`]), so a burst cannot outrun
-    /// the sink until `n` accepted events are waiting. Beyond that the
+    /// publisher fills directly (a bus [`Tap`](crate::bus::Tap)), so a burst
+    /// cannot outrun the sink until `n` accepted events are waiting. Beyond that the
     /// overflow is treated like a lag (recovered from the replay ring when
     /// [`recover_lagged`](Self::recover_lagged), else reported through
     /// [`on_lag`](Self::on_lag)); the publisher is never blocked.
