@@ -88,6 +88,16 @@ impl EventSink for LocalOriginOnly {
         self.inner.deliver_batch(events).await
     }
 
+    // Forwarded so the wrapped sink keeps its loss protection (ring refill,
+    // an intake queue filled by the publisher) in cluster mode.
+    fn recover_lagged(&self) -> bool {
+        self.inner.recover_lagged()
+    }
+
+    fn intake_capacity(&self) -> Option<usize> {
+        self.inner.intake_capacity()
+    }
+
     async fn on_lag(&self, missed: u64) {
         self.inner.on_lag(missed).await;
     }
@@ -100,6 +110,31 @@ impl EventSink for LocalOriginOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Protected;
+
+    #[async_trait]
+    impl EventSink for Protected {
+        fn name(&self) -> &str {
+            "protected"
+        }
+        async fn deliver(&self, _event: Arc<Event>) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn recover_lagged(&self) -> bool {
+            true
+        }
+        fn intake_capacity(&self) -> Option<usize> {
+            Some(7)
+        }
+    }
+
+    #[test]
+    fn wrapper_keeps_the_sinks_loss_protection() {
+        let wrapped = LocalOriginOnly::new(Arc::new(Protected), Arc::new(RecentIds::new(4)));
+        assert!(wrapped.recover_lagged());
+        assert_eq!(wrapped.intake_capacity(), Some(7));
+    }
 
     #[test]
     fn recent_ids_are_bounded() {
