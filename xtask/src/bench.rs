@@ -186,19 +186,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let command = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
 
     cargo_build(&["build", "--release", "-p", "examples", "--bins"])?;
-    // PostgreSQL needs the host's `postgres` feature; without it, only
-    // that measurement is lost.
-    let pg_build = cargo_build(&[
-        "build",
-        "--release",
-        "-p",
-        "event-server",
-        "--features",
-        "postgres",
-    ]);
-    if pg_build.is_err() {
-        cargo_build(&["build", "--release", "-p", "event-server"])?;
-    }
+    let pg_build = build_server()?;
     let bins = run::Bins::locate()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -452,11 +440,10 @@ fn idle_only(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// `--only webhooks`: builds only the server and `loadgen`, runs
-/// measurement 4 and prints its table with the machine load; BENCHMARKS.md
-/// is left alone.
-fn webhooks_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&["build", "--release", "-p", "examples", "--bin", "loadgen"])?;
+/// Builds the release server, with the `postgres` feature when it builds:
+/// without it, only the PostgreSQL measurement is lost. The inner result
+/// says whether the `postgres` build succeeded.
+fn build_server() -> Result<Result<(), String>, String> {
     let pg_build = cargo_build(&[
         "build",
         "--release",
@@ -468,6 +455,15 @@ fn webhooks_only(plan: &Plan) -> Result<(), String> {
     if pg_build.is_err() {
         cargo_build(&["build", "--release", "-p", "event-server"])?;
     }
+    Ok(pg_build)
+}
+
+/// `--only webhooks`: builds only the server and `loadgen`, runs
+/// measurement 4 and prints its table with the machine load; BENCHMARKS.md
+/// is left alone.
+fn webhooks_only(plan: &Plan) -> Result<(), String> {
+    cargo_build(&["build", "--release", "-p", "examples", "--bin", "loadgen"])?;
+    let pg_build = build_server()?;
     let bins = run::Bins::locate_server_and_loadgen()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
