@@ -51,7 +51,7 @@ pub struct Plan {
     pub churn: u64,
     /// Churn warm-up cycles.
     pub churn_warmup: u64,
-    /// Events timed per publish-cost point.
+    /// Events timed per publish-cost point and round (5 rounds).
     pub publish_events: u64,
     /// Events per telemetry run.
     pub telemetry_events: u64,
@@ -74,7 +74,7 @@ impl Plan {
                 idle: 1_000,
                 churn: 1_000,
                 churn_warmup: 200,
-                publish_events: 20_000,
+                publish_events: 4_000,
                 telemetry_events: 20_000,
                 telemetry_runs: 1,
                 webhook_events: 1_000,
@@ -89,7 +89,7 @@ impl Plan {
                 idle: 10_000,
                 churn: 20_000,
                 churn_warmup: 1_000,
-                publish_events: 200_000,
+                publish_events: 40_000,
                 telemetry_events: 200_000,
                 telemetry_runs: 5,
                 webhook_events: 20_000,

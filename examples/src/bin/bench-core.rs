@@ -43,9 +43,13 @@ enum Command {
         /// How subscribers are attached.
         #[arg(long, value_enum, default_value = "hub")]
         via: Via,
-        /// Events timed per subscriber count.
-        #[arg(long, default_value_t = 200_000)]
+        /// Events timed per subscriber count and round.
+        #[arg(long, default_value_t = 100_000)]
         events: u64,
+        /// Rounds over all subscriber counts, interleaved (the median round
+        /// of each count is reported: one run drifts with the machine).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
     },
     /// Bus throughput and CPU per event with and without the telemetry sink.
     Telemetry {
@@ -194,6 +198,17 @@ async fn publish_cost(subscribers: usize, via: Via, events: u64) -> Value {
         "p99_chunk_ns_per_publish": per_publish(chunks.get(chunks.len() * 99 / 100)),
         "hub_lagged": lagged,
     })
+}
+
+/// The round with the median `ns_per_publish`, with every round's figure
+/// added as `rounds_ns_per_publish`.
+fn median_round(mut runs: Vec<Value>) -> Value {
+    let ns = |v: &Value| v["ns_per_publish"].as_f64().unwrap_or(f64::MAX);
+    runs.sort_by(|a, b| ns(a).total_cmp(&ns(b)));
+    let all: Vec<f64> = runs.iter().map(ns).collect();
+    let mut median = runs.swap_remove(runs.len() / 2);
+    median["rounds_ns_per_publish"] = json!(all);
+    median
 }
 
 /// CPU seconds of every live thread of this process, with nanosecond
@@ -374,14 +389,21 @@ fn main() -> std::process::ExitCode {
             subscribers,
             via,
             events,
+            rounds,
         } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())
             .map(|rt| {
                 // The publisher runs on this thread; subscribers on the workers.
-                for s in subscribers {
-                    println!("{}", rt.block_on(publish_cost(s, via, events)));
+                let mut results: Vec<Vec<Value>> = vec![Vec::new(); subscribers.len()];
+                for _ in 0..rounds.max(1) {
+                    for (i, s) in subscribers.iter().enumerate() {
+                        results[i].push(rt.block_on(publish_cost(*s, via, events)));
+                    }
+                }
+                for runs in results {
+                    println!("{}", median_round(runs));
                 }
             }),
         Command::Telemetry { events, runs, info } => {

@@ -302,7 +302,9 @@ fn publish_section(s: &mut String, results: &Results) {
          publishes from a thread outside the runtime while subscribers drain on the runtime's \
          workers. `hub`: the subscribers are connections of one `FanoutHub` registered on the bus \
          (how the transports subscribe); `bus`: each subscriber is its own bus subscription. The \
-         median chunk is the figure (the machine is shared: the mean includes preemptions).\n"
+         median chunk is the figure (the machine is shared: the mean includes preemptions); 5 rounds \
+         over the subscriber counts, interleaved, and the median round is shown (single runs \
+         drift with the machine by ±40 %).\n"
     );
     let _ = writeln!(
         s,
