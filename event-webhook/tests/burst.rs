@@ -9,12 +9,12 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::metrics::{install_prometheus, render};
 use common::receiver::Receiver;
 use common::{client, eventually, fast_config, serve_sqlite};
 use event_core::{BusConfig, EventBus, JobProgress, SinkRunner};
 use event_webhook::WebhookConfig;
 use event_webhook::model::DeliveryStatus;
-use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -105,30 +105,10 @@ async fn a_burst_larger_than_the_bus_is_stored_and_delivered_completely() {
     assert!(worker.shutdown(Duration::from_secs(5)).await);
 }
 
-fn render(registry: &prometheus::Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .unwrap();
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test]
 async fn an_overflowing_intake_is_counted_and_the_sink_goes_on() {
     // Installed before the service builds its instruments.
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .scope_info_enabled(false)
-        .without_target_info()
-        .without_units()
-        .build()
-        .unwrap();
-    opentelemetry::global::set_meter_provider(
-        opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-            .with_reader(exporter)
-            .build(),
-    );
+    let registry = install_prometheus();
     let config = WebhookConfig {
         intake_capacity: 100,
         ..fast_config()

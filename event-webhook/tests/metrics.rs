@@ -6,20 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::metrics::{install_prometheus, render};
 use common::receiver::{Receiver, Reply};
 use common::{client, eventually, fast_config, serve_sqlite};
 use event_core::{EventBus, JobQueued, SinkRunner};
-use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-
-fn render(registry: &prometheus::Registry) -> String {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .unwrap();
-    String::from_utf8(out).unwrap()
-}
 
 fn value(text: &str, series: &str) -> f64 {
     text.lines()
@@ -32,18 +24,7 @@ fn value(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn deliveries_counted_by_status_with_latency() {
     // Installed before the service builds its instruments.
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .scope_info_enabled(false)
-        .without_target_info()
-        .without_units()
-        .build()
-        .unwrap();
-    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-        .with_reader(exporter)
-        .build();
-    opentelemetry::global::set_meter_provider(provider);
+    let registry = install_prometheus();
 
     let (webhooks, base) = serve_sqlite(fast_config()).await;
     let bus = EventBus::default();

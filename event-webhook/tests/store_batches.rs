@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -280,31 +281,6 @@ async fn rows_of_a_deleted_webhook_are_skipped_not_fatal(store: Store) {
             .unwrap()
             .is_some()
     );
-}
-
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::common::sqlite_store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some((store, schema)) = super::common::postgres_store().await else {
-                        return;
-                    };
-                    super::$name(store).await;
-                    super::common::drop_schema(&schema).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_engines!(

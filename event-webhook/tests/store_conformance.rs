@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -558,32 +559,7 @@ async fn unsupported_url_is_refused(_store: Store) {
     assert_eq!(err.code(), "unsupported_database");
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(super::common::sqlite_store().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some((store, schema)) = super::common::postgres_store().await else {
-                        return;
-                    };
-                    super::$name(store).await;
-                    super::common::drop_schema(&schema).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_engines!(
     webhook_crud,
     enqueue_and_list,
     claim_rules,

@@ -1,7 +1,14 @@
 //! Test helpers shared by the integration tests: store factories (SQLite
 //! temp files, PostgreSQL in a fresh schema) and a scriptable receiver.
-#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    unused_macros,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
+pub mod metrics;
 pub mod receiver;
 
 use std::sync::Arc;
@@ -137,4 +144,32 @@ where
 pub fn with_search_path(url: &str, schema: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Runs each named `async fn(Arc<dyn WebhookStore>)` of the calling test
+/// file as two tests: `sqlite::<name>` and `postgres::<name>` (skipped
+/// without `TEST_POSTGRES_URL`, in a fresh schema dropped afterwards).
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::sqlite_store().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some((store, schema)) = super::common::postgres_store().await else {
+                        return;
+                    };
+                    super::$name(store).await;
+                    super::common::drop_schema(&schema).await;
+                }
+            )*
+        }
+    };
 }
