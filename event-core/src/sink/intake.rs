@@ -72,6 +72,10 @@ impl Tap for Intake {
             return;
         }
         let mut q = self.queue();
+        // The consumer empties the queue before it waits, so only the first
+        // item after that needs a wake-up; the rest would be spurious wakes
+        // paid on the publisher's thread, inside the bus's lock.
+        let was_empty = q.items.is_empty();
         if q.events < self.capacity {
             q.items.push_back(Received::Event(event.clone()));
             q.events += 1;
@@ -81,6 +85,8 @@ impl Tap for Intake {
             q.items.push_back(Received::Lagged(1));
         }
         drop(q);
-        self.ready.notify_one();
+        if was_empty {
+            self.ready.notify_one();
+        }
     }
 }
