@@ -26,9 +26,11 @@ fn connections(server: &Server, transport: Transport) -> Vec<u64> {
         .collect()
 }
 
-/// Waits (bounded, polling) until exactly one `transport` connection is
-/// open and it is not `old`; returns its id.
+/// Waits (bounded) until exactly one `transport` connection is open and it
+/// is not `old`; returns its id. Every open and close changes the
+/// registry's total, so each change is a moment to look again.
 async fn one_connection_besides(server: &Server, transport: Transport, old: Option<u64>) -> u64 {
+    let mut total = server.registry.watch_total();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let [id] = connections(server, transport)[..]
@@ -36,11 +38,11 @@ async fn one_connection_besides(server: &Server, transport: Transport, old: Opti
         {
             return id;
         }
+        let changed = tokio::time::timeout_at(deadline, total.changed()).await;
         assert!(
-            tokio::time::Instant::now() < deadline,
+            matches!(changed, Ok(Ok(()))),
             "no new {transport:?} connection within {WAIT:?}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
