@@ -19,42 +19,7 @@ mod common;
 
 use common::{RawSse, Server};
 use event_core::{JobQueued, NoteUpdated, Uuid};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use prometheus::{Encoder, TextEncoder};
-
-fn install() -> prometheus::Registry {
-    let registry = prometheus::Registry::new();
-    let exporter = opentelemetry_prometheus::exporter()
-        .with_registry(registry.clone())
-        .scope_info_enabled(false)
-        .without_target_info()
-        .build()
-        .unwrap();
-    let provider = SdkMeterProvider::builder().with_reader(exporter).build();
-    opentelemetry::global::set_meter_provider(provider);
-    registry
-}
-
-/// The value of the series `name` whose labels include every `labels` pair.
-fn value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&registry.gather(), &mut out)
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            let series = l.split(' ').next().unwrap_or("");
-            let base = series.split('{').next().unwrap_or("");
-            base == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
+use event_test_support::{install, value};
 
 fn queued() -> JobQueued {
     JobQueued {
