@@ -9,10 +9,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::metrics::{install_prometheus, render};
 use common::receiver::Receiver;
 use common::{client, eventually, fast_config, serve_sqlite};
 use event_core::{BusConfig, EventBus, JobProgress, SinkRunner};
+use event_test_support::{install, value};
 use event_webhook::WebhookConfig;
 use event_webhook::model::DeliveryStatus;
 use serde_json::json;
@@ -108,7 +108,7 @@ async fn a_burst_larger_than_the_bus_is_stored_and_delivered_completely() {
 #[tokio::test]
 async fn an_overflowing_intake_is_counted_and_the_sink_goes_on() {
     // Installed before the service builds its instruments.
-    let registry = install_prometheus();
+    let registry = install();
     let config = WebhookConfig {
         intake_capacity: 100,
         ..fast_config()
@@ -144,11 +144,11 @@ async fn an_overflowing_intake_is_counted_and_the_sink_goes_on() {
         .await
         .unwrap();
     assert_eq!(stored.len(), 101);
-    let dropped = render(&registry)
-        .lines()
-        .find(|l| l.starts_with(r#"matric_events_dropped_total{consumer="webhook"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok());
+    let dropped = value(
+        &registry,
+        "matric_events_dropped_total",
+        &[("consumer", "webhook")],
+    );
     assert_eq!(dropped, Some(900.0));
 
     runner.shutdown(Duration::from_secs(5)).await;

@@ -6,25 +6,27 @@ mod common;
 
 use std::time::Duration;
 
-use common::metrics::{install_prometheus, render};
 use common::receiver::{Receiver, Reply};
 use common::{client, eventually, fast_config, serve_sqlite};
 use event_core::{EventBus, JobQueued, SinkRunner};
+use event_test_support::{install, render, series_value};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// Deliveries counted with `status` in `text`; 0 before the first.
+fn deliveries(text: &str, status: &str) -> f64 {
+    series_value(
+        text,
+        "matric_webhook_deliveries_total",
+        &[("status", status)],
+    )
+    .unwrap_or(0.0)
 }
 
 #[tokio::test]
 async fn deliveries_counted_by_status_with_latency() {
     // Installed before the service builds its instruments.
-    let registry = install_prometheus();
+    let registry = install();
 
     let (webhooks, base) = serve_sqlite(fast_config()).await;
     let bus = EventBus::default();
@@ -51,34 +53,21 @@ async fn deliveries_counted_by_status_with_latency() {
     // m: 500 then 200 (retry + success); x: 500 with no retries (failed).
     eventually(Duration::from_secs(10), || async {
         let text = render(&registry);
-        value(
-            &text,
-            r#"matric_webhook_deliveries_total{status="success"}"#,
-        ) >= 1.0
-            && value(&text, r#"matric_webhook_deliveries_total{status="failed"}"#) >= 1.0
+        deliveries(&text, "success") >= 1.0 && deliveries(&text, "failed") >= 1.0
     })
     .await;
     let text = render(&registry);
-    assert_eq!(
-        value(&text, r#"matric_webhook_deliveries_total{status="retry"}"#),
-        1.0
-    );
-    assert_eq!(
-        value(
-            &text,
-            r#"matric_webhook_deliveries_total{status="success"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        value(&text, r#"matric_webhook_deliveries_total{status="failed"}"#),
-        1.0
-    );
+    assert_eq!(deliveries(&text, "retry"), 1.0);
+    assert_eq!(deliveries(&text, "success"), 1.0);
+    assert_eq!(deliveries(&text, "failed"), 1.0);
     assert!(
-        value(
+        series_value(
             &text,
-            r#"matric_event_latency_ms_count{transport="webhook"}"#
-        ) >= 1.0,
+            "matric_event_latency_ms_count",
+            &[("transport", "webhook")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{text}"
     );
     runner.shutdown(Duration::from_secs(2)).await;

@@ -8,7 +8,6 @@
     clippy::expect_used
 )]
 
-pub mod metrics;
 pub mod receiver;
 
 use std::sync::Arc;
