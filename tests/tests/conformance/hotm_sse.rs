@@ -400,21 +400,7 @@ async fn g2_client_resumes_after_a_kick_with_its_last_envelope_id() {
     let f = sse.next_non_queue().await;
     assert_eq!(f.id.as_deref(), Some(seen_id.as_str()));
     // An operator kicks the stream; it ends (EventSource then reconnects).
-    let conns: Value = client()
-        .get(server.url("/api/v1/connections"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = conns[0]["id"].as_u64().unwrap();
-    let res = client()
-        .delete(server.url(&format!("/api/v1/connections/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    kick_first_connection(&server).await;
     assert!(sse.ends_within(WAIT).await, "a kicked stream ends");
     let missed = server
         .publish(&json!([

@@ -421,21 +421,7 @@ async fn operator_kick_closes_with_1008_and_the_ui_reconnects() {
     let server = Server::start(&[]).await;
     let mut ui = HotmUi::open(&server.ws_url("/api/v1/ws")).await;
     ui.until(is_queue_status).await;
-    let conns: Value = client()
-        .get(server.url("/api/v1/connections"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = conns[0]["id"].as_u64().unwrap();
-    let res = client()
-        .delete(server.url(&format!("/api/v1/connections/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    kick_first_connection(&server).await;
     // The UI sees the close, reconnects, refreshes, and gets live events again.
     let note = uuid::Uuid::now_v7();
     while ui.reconnects == 0 {

@@ -18,6 +18,27 @@ pub fn stream_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// Ends the first connection `GET /api/v1/connections` lists, as an operator
+/// does with `DELETE /api/v1/connections/{id}`, so the client sees its stream
+/// end and has to reconnect.
+pub async fn kick_first_connection(server: &Server) {
+    let conns: serde_json::Value = client()
+        .get(server.url("/api/v1/connections"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = conns[0]["id"].as_u64().unwrap();
+    let res = client()
+        .delete(server.url(&format!("/api/v1/connections/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+}
+
 mod metrics;
 mod receiver;
 mod sse;
