@@ -411,11 +411,12 @@ impl App {
         serve::serve(
             event_sse::write_timeout(listener, event_sse::SseConfig::default().stall_timeout),
             router,
+            &event_sse::SseEndpoint::STREAM_PATHS,
             on_signal,
         )
         .await;
         #[cfg(not(feature = "sse"))]
-        serve::serve(listener, router, on_signal).await;
+        serve::serve(listener, router, &[], on_signal).await;
         stop.cancel();
         parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;

@@ -63,6 +63,11 @@ impl std::fmt::Debug for SseEndpoint {
 }
 
 impl SseEndpoint {
+    /// The paths [`router`](Self::router) serves event streams on (the
+    /// history route answers JSON and is not among them). A host that
+    /// treats long-lived responses specially can match requests on these.
+    pub const STREAM_PATHS: [&'static str; 2] = ["/api/v1/events", "/api/v1/events/stream"];
+
     /// An endpoint over `bus` whose connections are listed in `registry` and
     /// admitted by `auth`. Build it after installing the meter provider.
     pub fn new(
@@ -149,9 +154,10 @@ impl SseEndpoint {
                 async move { ep.serve_history(req).await }
             }
         };
+        let [events, alias] = Self::STREAM_PATHS;
         Router::new()
-            .route("/api/v1/events", get(stream.clone()))
-            .route("/api/v1/events/stream", get(stream))
+            .route(events, get(stream.clone()))
+            .route(alias, get(stream))
             .route("/api/v1/events/history", get(history))
     }
 
