@@ -45,6 +45,10 @@ pub struct Plan {
     pub rates: Vec<u64>,
     /// Seconds of publishing per fan-out run.
     pub duration: f64,
+    /// Floor/ours pairs run at the lowest rate, where the p99 ratio is
+    /// judged (one pair's tail moves with the machine; the median of
+    /// interleaved pairs does much less).
+    pub latency_rounds: u32,
     /// Idle connections.
     pub idle: u64,
     /// Churn cycles (after a warm-up of `churn_warmup`).
@@ -71,6 +75,7 @@ impl Plan {
                 fanout_clients: 100,
                 rates: vec![100, 1_000],
                 duration: 2.0,
+                latency_rounds: 1,
                 idle: 1_000,
                 churn: 1_000,
                 churn_warmup: 200,
@@ -86,12 +91,13 @@ impl Plan {
                 fanout_clients: 1_000,
                 rates: vec![100, 1_000, 10_000],
                 duration: 10.0,
+                latency_rounds: 3,
                 idle: 10_000,
                 churn: 20_000,
                 churn_warmup: 1_000,
                 publish_events: 40_000,
                 telemetry_events: 200_000,
-                telemetry_runs: 5,
+                telemetry_runs: 9,
                 webhook_events: 20_000,
                 profile,
             }
@@ -104,7 +110,8 @@ impl Plan {
 pub struct Results {
     /// Machine, command, date.
     pub meta: Value,
-    /// `(rate, floor, ours)` fan-out results.
+    /// `(rate, floor, ours)` fan-out results, in the order run (the lowest
+    /// rate [`Plan::latency_rounds`] times).
     pub fanout: Vec<(u64, Value, Value)>,
     /// Idle: `(floor, ours)`.
     pub idle: Option<(Value, Value)>,
@@ -197,8 +204,18 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     };
     let sqlite = |name: &str| format!("sqlite://{}", tmp.join(name).display());
 
-    // 1. Fan-out, floor and ours alternating at each rate.
-    for &rate in &plan.rates {
+    // 1. Fan-out, floor and ours alternating at each rate; the lowest rate
+    // in several interleaved pairs.
+    let lowest = plan.rates.iter().copied().min().unwrap_or(0);
+    let runs = plan.rates.iter().flat_map(|&rate| {
+        let rounds = if rate == lowest {
+            plan.latency_rounds.max(1)
+        } else {
+            1
+        };
+        std::iter::repeat_n(rate, rounds as usize)
+    });
+    for (n, rate) in runs.enumerate() {
         let clients = plan.fanout_clients.to_string();
         let rate_s = rate.to_string();
         let duration = plan.duration.to_string();
@@ -226,7 +243,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             result
         };
         let ours = {
-            let db = sqlite(&format!("fanout-{rate}.db"));
+            let db = sqlite(&format!("fanout-{rate}-{n}.db"));
             let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&db))?;
             let heaviest = rate == *plan.rates.iter().max().unwrap_or(&rate);
             let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), &tmp));

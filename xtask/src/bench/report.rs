@@ -175,12 +175,11 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
         "| events/s | server | published/s | delivered/s | p50 ms | p95 ms | p99 ms | max ms | lost | lag signals | dropped clients | server CPU % | client CPU % |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (rate, floor, ours) in &results.fanout {
+    for ((_, floor, ours), label) in results.fanout.iter().zip(run_labels(results)) {
         for (name, v) in [("raw floor", floor), ("event-server", ours)] {
             let _ = writeln!(
                 s,
-                "| {} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                group(&rate.to_string()),
+                "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 fmt(num(v, &["publish_rate"]), 0),
                 fmt(num(v, &["delivered_per_s"]), 0),
                 ms(v, "p50"),
@@ -199,32 +198,25 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
         s,
         "\n| events/s | deliveries/s, ours ÷ floor | p99, ours ÷ floor |\n|---|---|---|"
     );
-    for (rate, floor, ours) in &results.fanout {
+    for ((_, floor, ours), label) in results.fanout.iter().zip(run_labels(results)) {
         let d = num(ours, &["delivered_per_s"])
             .zip(num(floor, &["delivered_per_s"]))
             .map(|(o, f)| o / f * 100.0);
         let p = num(ours, &["latency_us", "p99"])
             .zip(num(floor, &["latency_us", "p99"]))
             .map(|(o, f)| o / f);
-        let _ = writeln!(
-            s,
-            "| {} | {} % | {}× |",
-            group(&rate.to_string()),
-            fmt(d, 0),
-            fmt(p, 2)
-        );
+        let _ = writeln!(s, "| {label} | {} % | {}× |", fmt(d, 0), fmt(p, 2));
     }
     let _ = writeln!(
         s,
         "\nLatency by transport (ms):\n\n| events/s | server | WS p50 | WS p99 | WS max | SSE p50 | SSE p99 | SSE max |\n|---|---|---|---|---|---|---|---|"
     );
-    for (rate, floor, ours) in &results.fanout {
+    for ((_, floor, ours), label) in results.fanout.iter().zip(run_labels(results)) {
         for (name, v) in [("raw floor", floor), ("event-server", ours)] {
             let p = |kind: &str, q: &str| fmt(num(v, &[kind, q]).map(|us| us / 1000.0), 2);
             let _ = writeln!(
                 s,
-                "| {} | {name} | {} | {} | {} | {} | {} | {} |",
-                group(&rate.to_string()),
+                "| {label} | {name} | {} | {} | {} | {} | {} | {} |",
                 p("latency_us_ws", "p50"),
                 p("latency_us_ws", "p99"),
                 p("latency_us_ws", "max"),
@@ -247,6 +239,26 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
         let _ = writeln!(s, "\nErrors reported by loadgen:\n\n{}", errors.join("\n"));
     }
     let _ = writeln!(s);
+}
+
+/// The events/s column of each fan-out run: the rate, numbered when a rate
+/// ran in several pairs (`100 #2`).
+fn run_labels(results: &Results) -> Vec<String> {
+    results
+        .fanout
+        .iter()
+        .enumerate()
+        .map(|(i, (rate, _, _))| {
+            let same = |r: &&(u64, _, _)| r.0 == *rate;
+            let total = results.fanout.iter().filter(same).count();
+            let nth = results.fanout[..=i].iter().filter(same).count();
+            if total > 1 {
+                format!("{} #{nth}", group(&rate.to_string()))
+            } else {
+                group(&rate.to_string())
+            }
+        })
+        .collect()
 }
 
 fn idle_section(s: &mut String, results: &Results) {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::report::{fmt, group, ms, num};
+use super::report::{fmt, group, num};
 use super::{Plan, Results};
 
 /// One target of the issue and what was measured.
@@ -18,6 +18,41 @@ pub(super) struct Target {
 
 fn fanout_at(results: &Results, rate: u64) -> Option<&(u64, Value, Value)> {
     results.fanout.iter().find(|(r, _, _)| *r == rate)
+}
+
+/// `ours ÷ floor` of the figure at `path`, for each pair run at `rate`.
+fn ratios(results: &Results, rate: u64, path: &[&str]) -> Vec<f64> {
+    results
+        .fanout
+        .iter()
+        .filter(|(r, _, _)| *r == rate)
+        .filter_map(|(_, floor, ours)| Some(num(ours, path)? / num(floor, path)?))
+        .collect()
+}
+
+/// The median of `values` (the upper one of an even count), if any.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// The rates run, each once, in order.
+fn rates(results: &Results) -> Vec<u64> {
+    let mut rates: Vec<u64> = results.fanout.iter().map(|(r, _, _)| *r).collect();
+    rates.dedup();
+    rates
+}
+
+/// ` (median of n pairs: a, b, c)` when more than one pair ran.
+fn rounds_note(all: &[f64], scale: f64, digits: usize, unit: &str) -> String {
+    if all.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = all
+        .iter()
+        .map(|r| format!("{}{unit}", fmt(Some(r * scale), digits)))
+        .collect();
+    format!(" (median of {} pairs: {})", all.len(), each.join(", "))
 }
 
 pub(super) fn error_of(v: &Value) -> Option<String> {
@@ -61,18 +96,21 @@ pub(super) fn targets(plan: &Plan, results: &Results) -> Vec<Target> {
         ),
     });
 
-    // 1b. Deliveries/s ≥ 60 % of the floor, at every rate.
-    for (rate, floor, ours) in &results.fanout {
-        let ratio = num(ours, &["delivered_per_s"])
-            .zip(num(floor, &["delivered_per_s"]))
-            .map(|(o, f)| o / f * 100.0);
+    // 1b. Deliveries/s ≥ 60 % of the floor, at every rate (the median pair
+    // where a rate ran more than once).
+    for rate in rates(results) {
+        let all = ratios(results, rate, &["delivered_per_s"]);
+        let ratio = median(all.clone()).map(|r| r * 100.0);
+        let (floor, ours) = fanout_at(results, rate)
+            .map(|(_, f, o)| (f, o))
+            .unwrap_or((&Value::Null, &Value::Null));
         t.push(Target {
             what: format!(
                 "deliveries/s vs raw floor at {} events/s",
                 group(&rate.to_string())
             ),
             target: "≥ 60 %",
-            measured: format!("{} %", fmt(ratio, 0)),
+            measured: format!("{} %{}", fmt(ratio, 0), rounds_note(&all, 100.0, 0, " %")),
             met: ratio.map(|r| r >= 60.0),
             note: format!(
                 "ours {} /s at {} % server CPU, floor {} /s at {} % CPU",
@@ -84,25 +122,16 @@ pub(super) fn targets(plan: &Plan, results: &Results) -> Vec<Target> {
         });
     }
 
-    // 1c. p99 ≤ 1.5× the floor at 100 events/s.
-    t.push(match fanout_at(results, 100) {
-        Some((_, floor, ours)) => {
-            let ratio = num(ours, &["latency_us", "p99"])
-                .zip(num(floor, &["latency_us", "p99"]))
-                .map(|(o, f)| o / f);
-            Target {
-                what: "p99 latency vs raw floor at 100 events/s".into(),
-                target: "≤ 1.5×",
-                measured: format!(
-                    "{}× ({} ms vs {} ms)",
-                    fmt(ratio, 2),
-                    ms(ours, "p99"),
-                    ms(floor, "p99")
-                ),
-                met: ratio.map(|r| r <= 1.5),
-                note: String::new(),
-            }
-        }
+    // 1c. p99 ≤ 1.5× the floor at 100 events/s: the median of the pairs.
+    let all = ratios(results, 100, &["latency_us", "p99"]);
+    t.push(match median(all.clone()) {
+        Some(ratio) => Target {
+            what: "p99 latency vs raw floor at 100 events/s".into(),
+            target: "≤ 1.5×",
+            measured: format!("{}×{}", fmt(Some(ratio), 2), rounds_note(&all, 1.0, 2, "×")),
+            met: Some(ratio <= 1.5),
+            note: String::new(),
+        },
         None => not_measured("p99 vs raw floor at 100 events/s", "≤ 1.5×", "rate not run"),
     });
 
