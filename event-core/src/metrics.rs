@@ -17,10 +17,13 @@
 //! (`matric_ws_events_sent_total{event_type}` and so on). Label values are
 //! bounded sets (event type names, transports, statuses), never ids.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter, UpDownCounter};
+use opentelemetry::metrics::{
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, UpDownCounter,
+};
 
 use crate::payload::EventKind;
 use crate::registry::Transport;
@@ -154,11 +157,14 @@ impl WrittenBatch {
 pub struct TransportMetrics {
     transport: Transport,
     active: UpDownCounter<i64>,
-    sent: Counter<u64>,
+    /// Events sent, bound to each event type (index: [`EventKind::index`]):
+    /// recorded on every client write, where looking the attributes up on
+    /// each call cost more than the update itself.
+    sent: Arc<[BoundCounter<u64>; EventKind::ALL.len()]>,
     dropped: Counter<u64>,
     closed: Counter<u64>,
-    latency: Histogram<f64>,
-    transport_attr: [KeyValue; 1],
+    /// Bound to `transport`, for the same reason.
+    latency: BoundHistogram<f64>,
 }
 
 impl TransportMetrics {
@@ -169,23 +175,27 @@ impl TransportMetrics {
             Transport::WebSocket => (WS_CONNECTIONS_ACTIVE, WS_EVENTS_SENT),
             Transport::Sse => (SSE_CONNECTIONS_ACTIVE, SSE_EVENTS_SENT),
         };
+        let sent = meter
+            .u64_counter(sent)
+            .with_description("Events written to clients, by event type")
+            .build();
+        let transport_attr = [KeyValue::new("transport", transport.as_str())];
         let metrics = TransportMetrics {
             transport,
             active: meter
                 .i64_up_down_counter(active)
                 .with_description("Open client connections")
                 .build(),
-            sent: meter
-                .u64_counter(sent)
-                .with_description("Events written to clients, by event type")
-                .build(),
+            sent: Arc::new(
+                EventKind::ALL
+                    .map(|kind| sent.bind(&[KeyValue::new("event_type", kind.type_name())])),
+            ),
             dropped: dropped_counter(&meter),
             closed: meter
                 .u64_counter(CONNECTIONS_CLOSED)
                 .with_description("Connections closed, by transport and reason")
                 .build(),
-            latency: latency_histogram(&meter),
-            transport_attr: [KeyValue::new("transport", transport.as_str())],
+            latency: latency_histogram(&meter).bind(&transport_attr),
         };
         // Export the gauge from the start (at 0), not only after the first
         // connection: dashboards and alerts expect the series to exist.
@@ -218,16 +228,14 @@ impl TransportMetrics {
 
     /// `n` events of `kind` were written to a client.
     pub fn events_sent(&self, kind: EventKind, n: u64) {
-        self.sent
-            .add(n, &[KeyValue::new("event_type", kind.type_name())]);
+        self.sent[kind.index()].add(n);
     }
 
     /// One write reached a client socket, and the oldest event in it was
     /// published at `published_at`: one latency sample (see
     /// [`EVENT_LATENCY_MS`]). Call it once per write, not per event.
     pub fn observe_latency(&self, published_at: Instant) {
-        self.latency
-            .record(elapsed_ms(published_at), &self.transport_attr);
+        self.latency.record(elapsed_ms(published_at));
     }
 
     /// One write to a client: the events-sent counter per kind, and one
