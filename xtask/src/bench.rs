@@ -125,6 +125,9 @@ pub struct Results {
     pub telemetry_info: Value,
     /// Webhooks: `(engine, at the target rate, at 4× the target rate)`.
     pub webhooks: Vec<(String, Value, Value)>,
+    /// Telemetry's share of the server's profile during the 1,000 events/s
+    /// fan-out run: `{pct, symbols: [{pct, symbol}], rate}`.
+    pub telemetry_share: Option<Value>,
     /// Top of the server's profile during the heaviest fan-out run.
     pub profile: Option<String>,
     /// Wall time of the whole run.
@@ -247,9 +250,23 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&db))?;
             let heaviest = rate == *plan.rates.iter().max().unwrap_or(&rate);
             let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), &tmp));
+            // Telemetry's share of the server's CPU at the reference rate.
+            let share = (plan.profile && rate == 1_000 && results.telemetry_share.is_none())
+                .then(|| run::Perf::start(server.pid(), &tmp));
             let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
             if let Some(Some(perf)) = perf {
                 results.profile = perf.finish();
+            }
+            if let Some(Some(perf)) = share {
+                results.telemetry_share = perf.finish_report().map(|report| {
+                    let (pct, symbols) = run::telemetry_share(&report);
+                    let top: Vec<Value> = symbols
+                        .into_iter()
+                        .take(12)
+                        .map(|(p, name)| json!({"pct": p, "symbol": name}))
+                        .collect();
+                    json!({"pct": pct, "symbols": top, "rate": rate})
+                });
             }
             server.stop();
             result

@@ -11,19 +11,28 @@
 //!   and without event-telemetry's `TelemetrySink` (JSON log lines to a
 //!   discarding writer, Prometheus instruments): sustained events/s and
 //!   process CPU time per event, runs alternating, each on a fresh runtime.
+//!   Between chunks the publisher waits until every sink has every event
+//!   (woken by the sinks' progress, no polling). Then, on one thread and
+//!   without contention, the direct costs: CPU ns to mirror one event
+//!   (`TelemetrySink::deliver_batch` under the JSON subscriber) and to record
+//!   one client write into the transports' Prometheus instruments
+//!   (`TransportMetrics::record_write`).
 //!
 //! Each prints one JSON object per line.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use event_core::bus::{BusConfig, SeqStart};
 use event_core::{
-    EventBus, EventFilter, FanoutHub, HubSubscription, JobProgress, OutboxLimits, OverflowPolicy,
-    Principal, Received, ServerEvent, SinkRunner, SinkStats, SubscribeOptions, Uuid, WireForm,
+    EventBus, EventFilter, EventSink, FanoutHub, HubSubscription, JobProgress, OutboxLimits,
+    OverflowPolicy, Principal, Received, ServerEvent, SinkRunner, SinkStats, SubscribeOptions,
+    Uuid, WireForm,
 };
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 /// In-process benchmarks of the event bus.
 #[derive(Debug, Parser)]
@@ -226,8 +235,6 @@ fn process_cpu() -> f64 {
     ns as f64 / 1e9
 }
 
-/// One throughput run: events/s and CPU ns per event, with every sink
-/// keeping up (the publisher waits for the slowest between chunks).
 /// A sink that does nothing: the cost of having one more sink at all.
 struct NoopSink;
 
@@ -251,35 +258,131 @@ enum Extra<'a> {
     Telemetry(&'a event_telemetry::PrometheusMetrics),
 }
 
+/// A sink wrapped to tell the publisher how far it got: the count of events
+/// it has finished, and a wake-up after each batch. Every sink of a
+/// throughput run is wrapped alike, so the wrapper's cost is in every
+/// variant.
+struct Tracked {
+    inner: Arc<dyn EventSink>,
+    done: AtomicU64,
+    lagged: AtomicU64,
+    progress: Arc<Notify>,
+}
+
+impl Tracked {
+    fn new(inner: Arc<dyn EventSink>, progress: &Arc<Notify>) -> Arc<Tracked> {
+        Arc::new(Tracked {
+            inner,
+            done: AtomicU64::new(0),
+            lagged: AtomicU64::new(0),
+            progress: progress.clone(),
+        })
+    }
+
+    fn finished(&self, n: usize) {
+        self.done.fetch_add(n as u64, Ordering::Release);
+        self.progress.notify_waiters();
+    }
+}
+
+#[event_core::async_trait]
+impl EventSink for Tracked {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn deliver(&self, event: Arc<event_core::Event>) -> Result<(), event_core::SinkError> {
+        let result = self.inner.deliver(event).await;
+        self.finished(1);
+        result
+    }
+
+    async fn deliver_batch(
+        &self,
+        events: Vec<Arc<event_core::Event>>,
+    ) -> Result<(), event_core::SinkError> {
+        let n = events.len();
+        let result = self.inner.deliver_batch(events).await;
+        self.finished(n);
+        result
+    }
+
+    fn recover_lagged(&self) -> bool {
+        self.inner.recover_lagged()
+    }
+
+    fn intake_capacity(&self) -> Option<usize> {
+        self.inner.intake_capacity()
+    }
+
+    async fn on_lag(&self, missed: u64) {
+        self.lagged.fetch_add(missed, Ordering::Relaxed);
+        // Missed events will never be delivered; count them as done so the
+        // publisher does not wait for them (the run reports the lag).
+        self.finished(missed as usize);
+        self.inner.on_lag(missed).await;
+    }
+}
+
+/// Waits until every sink has finished `target` events (false after 10 s
+/// without reaching it).
+async fn reached(progress: &Notify, sinks: &[Arc<Tracked>], target: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let notified = progress.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check, so a batch finishing in between
+        // still wakes this wait.
+        notified.as_mut().enable();
+        if sinks
+            .iter()
+            .all(|s| s.done.load(Ordering::Acquire) >= target)
+        {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// One throughput run: events/s and CPU ns per event, with every sink
+/// keeping up: after each chunk the publisher waits (woken by the sinks'
+/// progress) until every sink has every event.
 async fn throughput(events: u64, extra: Extra<'_>, make: fn(u64) -> ServerEvent) -> Value {
     let bus = bus();
     let hub = FanoutHub::new("bench");
     let mut runner = SinkRunner::new(&bus);
-    let mut sinks = vec![runner.register(Arc::new(hub.clone()))];
+    let progress = Arc::new(Notify::new());
+    let mut sinks = vec![Tracked::new(Arc::new(hub.clone()), &progress)];
     match extra {
         Extra::None => {}
-        Extra::Noop => sinks.push(runner.register(Arc::new(NoopSink))),
-        Extra::Telemetry(metrics) => sinks
-            .push(runner.register(
-                event_telemetry::TelemetrySink::with_meter(&metrics.meter()).into_sink(),
-            )),
+        Extra::Noop => sinks.push(Tracked::new(Arc::new(NoopSink), &progress)),
+        Extra::Telemetry(metrics) => sinks.push(Tracked::new(
+            event_telemetry::TelemetrySink::with_meter(&metrics.meter()).into_sink(),
+            &progress,
+        )),
+    }
+    for sink in &sinks {
+        runner.register(sink.clone());
     }
     let tasks = hub_connections(&hub, 100);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The sinks' tasks subscribe when they first run.
+    tokio::task::yield_now().await;
     let cpu0 = process_cpu();
     let started = Instant::now();
     let mut published = 0u64;
+    let mut complete = true;
     while published < events {
         for i in 0..CHUNK as u64 {
             bus.publish(make(published + i));
         }
         published += CHUNK as u64;
-        for s in &sinks {
-            caught_up(s, published).await;
-        }
+        complete &= reached(&progress, &sinks, published).await;
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu = process_cpu() - cpu0;
+    let lagged: u64 = sinks.iter().map(|s| s.lagged.load(Ordering::Relaxed)).sum();
     for t in tasks {
         t.abort();
     }
@@ -287,6 +390,8 @@ async fn throughput(events: u64, extra: Extra<'_>, make: fn(u64) -> ServerEvent)
     json!({
         "events_per_s": published as f64 / wall,
         "cpu_ns_per_event": cpu * 1e9 / published as f64,
+        "lagged": lagged,
+        "complete": complete,
     })
 }
 
@@ -332,6 +437,83 @@ fn changes(a: &[Value], b: &[Value], key: &str) -> Vec<f64> {
 /// Rotates runs without an extra sink, with a no-op sink, and with
 /// telemetry (so all see the same machine load) and reports medians. The
 /// no-op variant separates the cost of one more sink from telemetry's own.
+/// Nanoseconds per iteration of `f` run `iterations` times on this thread:
+/// the best of 5 repetitions (a repetition that was preempted or shared
+/// its core is slower, never faster; the thread-CPU clock in `/proc`
+/// moves only at scheduler ticks, too coarse here).
+fn best_ns(iterations: u64, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..iterations {
+                f();
+            }
+            t0.elapsed().as_nanos() as f64 / iterations as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// ns per event of the telemetry sink alone: 4,096 distinct events in
+/// batches of 256 (as the runner hands them over), 10 passes, on this
+/// thread with `dispatch` as its subscriber.
+fn mirror_cost(
+    make: fn(u64) -> ServerEvent,
+    metrics: &event_telemetry::PrometheusMetrics,
+    dispatch: &tracing::Dispatch,
+) -> Result<f64, String> {
+    const DISTINCT: u64 = 4096;
+    const PASSES: u64 = 10;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let bus = bus();
+    let mut sub = bus.subscribe();
+    let events: Vec<Arc<event_core::Event>> = rt.block_on(async {
+        let mut out = Vec::new();
+        for n in 0..DISTINCT {
+            bus.publish(make(n));
+            if let Received::Event(ev) = sub.recv().await {
+                out.push(ev);
+            }
+        }
+        out
+    });
+    let sink = event_telemetry::TelemetrySink::with_meter(&metrics.meter());
+    let per_pass = tracing::dispatcher::with_default(dispatch, || {
+        best_ns(PASSES, || {
+            for chunk in events.chunks(CHUNK) {
+                // Infallible: the telemetry sink never refuses a batch.
+                let _ = rt.block_on(sink.deliver_batch(chunk.to_vec()));
+            }
+        })
+    });
+    Ok(per_pass / events.len() as f64)
+}
+
+/// ns per client write recorded into a transport's instruments, with the
+/// Prometheus provider installed globally as the host does: the whole
+/// `record_write` (events sent for the two types of a five-event write and
+/// one latency sample), and its two parts.
+fn write_metrics_cost(metrics: &event_telemetry::PrometheusMetrics) -> Value {
+    const WRITES: u64 = 200_000;
+    metrics.set_global();
+    let instruments = event_core::TransportMetrics::new(event_core::Transport::Sse);
+    let mut batch = event_core::metrics::WrittenBatch::new();
+    let now = Instant::now();
+    for _ in 0..4 {
+        batch.event(event_core::EventKind::JobProgress, now);
+    }
+    batch.event(event_core::EventKind::QueueStatus, now);
+    json!({
+        "record_write": best_ns(WRITES, || instruments.record_write(std::hint::black_box(&batch))),
+        "events_sent": best_ns(WRITES, || {
+            instruments.events_sent(event_core::EventKind::JobProgress, std::hint::black_box(4))
+        }),
+        "observe_latency": best_ns(WRITES, || instruments.observe_latency(std::hint::black_box(now))),
+    })
+}
+
 fn telemetry_overhead(events: u64, runs: u32, info: bool) -> Result<Value, String> {
     let make: fn(u64) -> ServerEvent = if info { completed } else { probe };
     let config = event_telemetry::TelemetryConfig {
@@ -364,8 +546,25 @@ fn telemetry_overhead(events: u64, runs: u32, info: bool) -> Result<Value, Strin
     };
     let loss = |a: &[Value], b: &[Value]| -median(changes(a, b, "events_per_s"));
     let cpu = |a: &[Value], b: &[Value]| median(changes(a, b, "cpu_ns_per_event"));
+    // A run in which a sink lagged or never caught up measured something
+    // else than sustained throughput: say so instead of reporting it.
+    let broken = [&without, &noop, &with]
+        .iter()
+        .flat_map(|runs| runs.iter())
+        .filter(|r| r["complete"] != json!(true) || r["lagged"] != json!(0))
+        .count();
+    if broken > 0 {
+        return Err(format!(
+            "{broken} telemetry runs lagged or did not finish; the figures would not be sustained throughput"
+        ));
+    }
+    let mirror_ns = mirror_cost(make, &metrics, &dispatch)?;
+    let write_metrics = write_metrics_cost(&metrics);
     Ok(json!({
         "bench": "telemetry",
+        "mirror_ns_per_event": mirror_ns,
+        "metrics_ns_per_write": write_metrics,
+        "mirror_share_of_run_cpu_pct": mirror_ns / pick(&with, "cpu_ns_per_event") * 100.0,
         "event": if info { "JobCompleted" } else { "JobProgress" },
         "events": events,
         "hub_connections": 100,

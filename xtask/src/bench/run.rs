@@ -355,7 +355,15 @@ impl Perf {
     }
 
     /// Stops sampling; the top symbols by self time.
-    pub fn finish(mut self) -> Option<String> {
+    pub fn finish(self) -> Option<String> {
+        let report = self.finish_report()?;
+        let top: Vec<&str> = report.lines().take(25).collect();
+        (!top.is_empty()).then(|| top.join("\n"))
+    }
+
+    /// Stops sampling; every symbol's line (`  12.34%  [.] name`), by self
+    /// time.
+    pub fn finish_report(mut self) -> Option<String> {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();
@@ -375,12 +383,42 @@ impl Perf {
             .output()
             .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let top: Vec<&str> = text
+        let lines: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
             .map(|l| l.trim_end().trim_end_matches([' ', '-']))
-            .take(25)
             .collect();
-        (!top.is_empty()).then(|| top.join("\n"))
+        (!lines.is_empty()).then(|| lines.join("\n"))
     }
+}
+
+/// What of a profile is telemetry's: the mirror and log formatting
+/// (`event_telemetry`, `tracing*`: spans included), metrics recording and
+/// export (`opentelemetry*`, `prometheus`, `event_core::metrics`).
+const TELEMETRY_SYMBOLS: [&str; 6] = [
+    "event_telemetry::",
+    "tracing",
+    "opentelemetry",
+    "prometheus::",
+    "event_core::metrics::",
+    "TransportMetrics",
+];
+
+/// The share of samples (self time) in telemetry's symbols, and those
+/// symbols with their shares, largest first.
+pub fn telemetry_share(report: &str) -> (f64, Vec<(f64, String)>) {
+    let mut symbols: Vec<(f64, String)> = report
+        .lines()
+        .filter_map(|line| {
+            let (pct, name) = line.trim().split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            let name = name.trim().trim_start_matches("[.]").trim().to_owned();
+            TELEMETRY_SYMBOLS
+                .iter()
+                .any(|t| name.contains(t))
+                .then_some((pct, name))
+        })
+        .collect();
+    symbols.sort_by(|a, b| b.0.total_cmp(&a.0));
+    (symbols.iter().map(|(p, _)| p).sum(), symbols)
 }
