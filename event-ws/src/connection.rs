@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +26,9 @@ use event_core::{
     SubscribeOptions, Transport, WireForm, current_queue_status,
 };
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::config::close_code;
 use crate::control::ControlQueue;
@@ -126,30 +127,35 @@ pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Ou
         wire: WireForm::Flat,
     });
     let (mut sink, mut stream) = socket.split();
+    // The span is entered where the connection logs, not around the whole
+    // future: entering and leaving it on every poll (every write) was most
+    // of telemetry's share of a fan-out server's CPU.
     async move {
         ep.metrics.connection_opened();
-        tracing::debug!("connected");
-        let end = run(&ep, &guard, &sub, &mut sink, &mut stream).await;
+        span.in_scope(|| tracing::debug!("connected"));
+        let end = run(&ep, &guard, &sub, &mut sink, &mut stream, &span).await;
         // Stop filling the outbox before the (possibly slow) close handshake.
         drop(sub);
-        match end {
-            End::SlowConsumer(why) => {
-                tracing::warn!(reason = why, "slow consumer disconnected (4008)")
+        let teardown = async move {
+            match end {
+                End::SlowConsumer(why) => {
+                    tracing::warn!(reason = why, "slow consumer disconnected (4008)")
+                }
+                other => tracing::debug!(reason = other.label(), "disconnected"),
             }
-            other => tracing::debug!(reason = other.label(), "disconnected"),
-        }
-        let close_timeout = ep.config.close_timeout;
-        if let Some((code, reason)) = end.close_frame() {
-            close(&mut sink, &mut stream, code, reason, close_timeout).await;
-        } else if end == End::ClientClosed {
-            // Sends the close reply tungstenite queued.
-            let _ = timeout(close_timeout, sink.close()).await;
-        }
-        ep.metrics.connection_closed(end.label());
-        drop(guard);
-        drop(slot);
+            let close_timeout = ep.config.close_timeout;
+            if let Some((code, reason)) = end.close_frame() {
+                close(&mut sink, &mut stream, code, reason, close_timeout).await;
+            } else if end == End::ClientClosed {
+                // Sends the close reply tungstenite queued.
+                let _ = timeout(close_timeout, sink.close()).await;
+            }
+            ep.metrics.connection_closed(end.label());
+            drop(guard);
+            drop(slot);
+        };
+        teardown.instrument(span).await;
     }
-    .instrument(span)
 }
 
 async fn run(
@@ -158,10 +164,11 @@ async fn run(
     sub: &HubSubscription,
     sink: &mut WsSink,
     stream: &mut WsStream,
+    span: &Span,
 ) -> End {
     // The confirmation comes first; events published meanwhile wait in the
     // outbox (the subscription already exists).
-    let initial = queue_status_text(ep).await;
+    let initial = queue_status_text(ep).instrument(span.clone()).await;
     match timeout(ep.config.write_timeout, sink.send(Message::Text(initial))).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return End::WriteFailed,
@@ -174,8 +181,8 @@ async fn run(
             if ep.registry.is_shutting_down() { End::Shutdown } else { End::Kicked }
         }
         () = ep.stop.cancelled() => End::Shutdown,
-        end = read_loop(ep, stream, sub, &control) => end,
-        end = write_loop(ep, guard, sink, sub.outbox(), &control) => end,
+        end = read_loop(ep, stream, sub, &control, span) => end,
+        end = write_loop(ep, guard, sink, sub.outbox(), &control, span) => end,
     }
 }
 
@@ -211,6 +218,7 @@ async fn read_loop(
     stream: &mut WsStream,
     sub: &HubSubscription,
     control: &ControlQueue,
+    span: &Span,
 ) -> End {
     let idle = ep.config.idle_timeout;
     let deadline = sleep(idle);
@@ -240,7 +248,7 @@ async fn read_loop(
         };
         let reply = match ClientMessage::parse(text.as_str()) {
             None => continue,
-            Some(ClientMessage::Refresh) => queue_status_text(ep).await,
+            Some(ClientMessage::Refresh) => queue_status_text(ep).instrument(span.clone()).await,
             Some(ClientMessage::Ping) => Utf8Bytes::from_static(PONG),
             Some(ClientMessage::Subscribe(names)) => {
                 let unknown = selection.subscribe(&names);
@@ -273,6 +281,7 @@ async fn write_loop(
     sink: &mut WsSink,
     outbox: &Outbox,
     control_queue: &ControlQueue,
+    span: &Span,
 ) -> End {
     let cfg = &ep.config;
     let mut batch: Vec<Outgoing> = Vec::new();
@@ -315,22 +324,31 @@ async fn write_loop(
             }
             continue;
         }
-        let write = write_frames(sink, &batch, &mut control);
-        tokio::select! {
-            biased;
-            written = timeout(cfg.write_timeout, write) => match written {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return End::WriteFailed,
-                Err(_) => return End::SlowConsumer("write stalled"),
-            },
-            // A blocked write must not hide an overflow: the client is
-            // dropped as soon as it exceeds its budget.
-            () = overflowed(outbox) => {
-                let lost = batch.len() as u64 + 1;
-                ep.metrics.dropped(lost);
-                guard.record_dropped(lost);
-                return End::SlowConsumer("outbox overflow");
+        let written = {
+            let mut write = pin!(write_frames(sink, &batch, &mut control, span));
+            // Most writes complete at once (the socket has room): only one
+            // that has to wait gets a timer (a timer per write was a visible
+            // share of fan-out CPU: registering and clearing it in the wheel).
+            match write.as_mut().now_or_never() {
+                Some(result) => Ok(result),
+                None => tokio::select! {
+                    biased;
+                    written = timeout(cfg.write_timeout, write) => written,
+                    // A blocked write must not hide an overflow: the client
+                    // is dropped as soon as it exceeds its budget.
+                    () = overflowed(outbox) => {
+                        let lost = batch.len() as u64 + 1;
+                        ep.metrics.dropped(lost);
+                        guard.record_dropped(lost);
+                        return End::SlowConsumer("outbox overflow");
+                    }
+                },
             }
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return End::WriteFailed,
+            Err(_) => return End::SlowConsumer("write stalled"),
         }
         record_written(ep, guard, &batch);
         batch.clear();
@@ -346,6 +364,7 @@ async fn write_frames(
     sink: &mut WsSink,
     batch: &[Outgoing],
     control: &mut Vec<Message>,
+    span: &Span,
 ) -> Result<(), axum::Error> {
     for item in batch {
         if let Outgoing::Event(event) = item {
@@ -354,7 +373,7 @@ async fn write_frames(
             match Utf8Bytes::try_from(event.json().clone()) {
                 Ok(text) => sink.feed(Message::Text(text)).await?,
                 Err(error) => {
-                    tracing::error!(seq = event.seq(), %error, "event JSON is not UTF-8; skipped")
+                    tracing::error!(parent: span, seq = event.seq(), %error, "event JSON is not UTF-8; skipped")
                 }
             }
         }
