@@ -38,7 +38,7 @@ use std::sync::Arc;
 use event_core::metrics::{self as names, dropped_counter};
 use event_core::{Event, EventKind, EventSink, ServerEvent, SinkError, async_trait};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Meter};
+use opentelemetry::metrics::{BoundCounter, Counter, Meter};
 use tracing::Level;
 
 /// The `tracing` target of the event mirror.
@@ -57,10 +57,11 @@ const MAX_ERROR_CODE_LEN: usize = 64;
 /// register it on the host's `SinkRunner`.
 #[derive(Debug, Clone)]
 pub struct TelemetrySink {
-    published: Counter<u64>,
+    /// Bound to each event type (index: `EventKind::index`), so a batch's
+    /// counts skip the attribute lookup.
+    published: Arc<[BoundCounter<u64>; 7]>,
     lagged: Counter<u64>,
     dropped: Counter<u64>,
-    kind_attrs: Arc<[[KeyValue; 1]; 7]>,
     consumer_attr: [KeyValue; 1],
 }
 
@@ -83,12 +84,14 @@ impl TelemetrySink {
             .u64_counter(names::EVENTS_PUBLISHED)
             .with_description("Events published on the bus, by event type")
             .build();
-        let kind_attrs =
-            Arc::new(EventKind::ALL.map(|kind| [KeyValue::new("event_type", kind.type_name())]));
+        let published = Arc::new(
+            EventKind::ALL
+                .map(|kind| published.bind(&[KeyValue::new("event_type", kind.type_name())])),
+        );
         // Zero-valued series for every type, so dashboards and alerts see
         // `0` rather than a missing series before the first event.
-        for attrs in kind_attrs.iter() {
-            published.add(0, attrs);
+        for counter in published.iter() {
+            counter.add(0);
         }
         let lagged = meter
             .u64_counter(names::BUS_LAGGED)
@@ -100,7 +103,6 @@ impl TelemetrySink {
             published,
             lagged,
             dropped: dropped_counter(meter),
-            kind_attrs,
             consumer_attr,
         }
     }
@@ -111,9 +113,9 @@ impl TelemetrySink {
     }
 
     fn count(&self, counts: &[u64; 7]) {
-        for (n, attrs) in counts.iter().zip(self.kind_attrs.iter()) {
+        for (n, counter) in counts.iter().zip(self.published.iter()) {
             if *n > 0 {
-                self.published.add(*n, attrs);
+                counter.add(*n);
             }
         }
     }

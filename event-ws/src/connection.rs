@@ -175,12 +175,16 @@ async fn run(
         Err(_) => return End::SlowConsumer("write stalled"),
     }
     let control = ControlQueue::default();
+    // The select polls every branch on every wake-up (every write): a token
+    // of this connection's own keeps that check off the endpoint token's
+    // lock, which every connection would otherwise take each time.
+    let stop = ep.stop.child_token();
     tokio::select! {
         biased;
         () = guard.closed() => {
             if ep.registry.is_shutting_down() { End::Shutdown } else { End::Kicked }
         }
-        () = ep.stop.cancelled() => End::Shutdown,
+        () = stop.cancelled() => End::Shutdown,
         end = read_loop(ep, stream, sub, &control, span) => end,
         end = write_loop(ep, guard, sink, sub.outbox(), &control, span) => end,
     }

@@ -252,7 +252,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
             let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), &tmp));
             // Telemetry's share of the server's CPU at the reference rate.
             let share = (plan.profile && rate == 1_000 && results.telemetry_share.is_none())
-                .then(|| run::Perf::start(server.pid(), &tmp));
+                .then(|| run::Perf::start_dense(server.pid(), &tmp));
             let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
             if let Some(Some(perf)) = perf {
                 results.profile = perf.finish();

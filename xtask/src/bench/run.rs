@@ -339,11 +339,24 @@ pub struct Perf {
 }
 
 impl Perf {
-    /// Starts sampling `pid` (None when perf is missing or refuses).
+    /// Starts sampling `pid` at 499 Hz with call graphs (None when perf is
+    /// missing or refuses).
     pub fn start(pid: u32, tmp: &Path) -> Option<Perf> {
+        Perf::start_with(pid, tmp, &["-F", "499", "-g"])
+    }
+
+    /// Starts sampling `pid` at 1,999 Hz without call graphs: for shares
+    /// of self time, where more samples mean less noise.
+    pub fn start_dense(pid: u32, tmp: &Path) -> Option<Perf> {
+        Perf::start_with(pid, tmp, &["-F", "1999"])
+    }
+
+    fn start_with(pid: u32, tmp: &Path, options: &[&str]) -> Option<Perf> {
         let data = tmp.join(format!("perf-{pid}.data"));
         let child = Command::new("perf")
-            .args(["record", "-F", "499", "-g", "-o"])
+            .arg("record")
+            .args(options)
+            .arg("-o")
             .arg(&data)
             .args(["-p", &pid.to_string()])
             .stdin(Stdio::null())
