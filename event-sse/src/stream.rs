@@ -23,7 +23,7 @@ use bytes::{Bytes, BytesMut};
 use event_core::metrics::WrittenBatch;
 use event_core::{ConnectionGuard, TransportMetrics};
 use futures_util::Stream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::event::{Format, SseEvent};
 use crate::frame;
@@ -64,7 +64,10 @@ pub(crate) struct Connection<F: Feed> {
     settings: StreamSettings,
     first: Option<Bytes>,
     closed: Closed,
-    next_keepalive: Instant,
+    /// The heartbeat timer, pushed back on every chunk. One timer for the
+    /// connection's life: a fresh `sleep_until` per wait registered and
+    /// cleared a timer-wheel entry for every event.
+    keepalive: Pin<Box<Sleep>>,
     items: Vec<Item<F::Event>>,
     metrics: Option<TransportMetrics>,
     guard: Option<Arc<ConnectionGuard>>,
@@ -87,7 +90,7 @@ impl<F: Feed> Connection<F> {
         }
         Connection {
             feed,
-            next_keepalive: Instant::now() + settings.heartbeat,
+            keepalive: Box::pin(tokio::time::sleep(settings.heartbeat)),
             settings,
             first: Some(first),
             closed,
@@ -107,7 +110,9 @@ impl<F: Feed> Connection<F> {
     }
 
     fn touch(&mut self) {
-        self.next_keepalive = Instant::now() + self.settings.heartbeat;
+        // A later deadline only moves the entry's expiry (no re-insertion).
+        let next = Instant::now() + self.settings.heartbeat;
+        self.keepalive.as_mut().reset(next);
     }
 
     async fn next_chunk(&mut self) -> Option<Result<Bytes, io::Error>> {
@@ -143,7 +148,7 @@ impl<F: Feed> Connection<F> {
                     return None;
                 }
                 () = self.feed.ready() => {}
-                () = tokio::time::sleep_until(self.next_keepalive) => {
+                () = self.keepalive.as_mut() => {
                     self.touch();
                     return Some(Ok(Bytes::from_static(frame::KEEPALIVE)));
                 }

@@ -291,6 +291,10 @@ async fn write_loop(
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut control: Vec<Message> = Vec::new();
     let mut next_ping = Instant::now() + cfg.ping_interval;
+    // One timer for the loop's life, reset when a ping goes out: a fresh
+    // `sleep_until` per wait registered and cleared a timer-wheel entry for
+    // every write.
+    let mut ping_due = pin!(sleep_until(next_ping));
     loop {
         if outbox.drain_into(&mut batch).overflowed {
             // At least the event that did not fit, plus what is discarded here.
@@ -319,12 +323,13 @@ async fn write_loop(
         if now >= next_ping {
             control.push(Message::Ping(Bytes::new()));
             next_ping = now + cfg.ping_interval;
+            ping_due.as_mut().reset(next_ping);
         }
         if batch.is_empty() && control.is_empty() {
             tokio::select! {
                 () = outbox.ready() => {}
                 () = control_queue.ready() => {}
-                () = sleep_until(next_ping) => {}
+                () = ping_due.as_mut() => {}
             }
             continue;
         }
