@@ -199,18 +199,23 @@ async fn connection_close_on_an_error_answer_closes() {
     assert!(head.contains("connection: close"), "{head}");
 }
 
-#[tokio::test]
-async fn an_http_1_0_stream_is_delimited_by_the_close() {
+/// Opens a stream with `request`, shuts the server down once the stream is
+/// registered, and returns everything the client received until the close.
+async fn stream_until_shutdown(request: &[u8]) -> Vec<u8> {
     let mut server = Server::start(&[]).await;
     let mut tcp = connect(&server).await;
-    tcp.write_all(b"GET /api/v1/events HTTP/1.0\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(request).await.unwrap();
     let mut buf = Vec::new();
     assert!(read_until(&mut tcp, &mut buf, b"retry: 3000\n\n").await);
     server.wait_connections(1).await;
     server.shutdown().await;
     read_to_close(&mut tcp, &mut buf).await;
+    buf
+}
+
+#[tokio::test]
+async fn an_http_1_0_stream_is_delimited_by_the_close() {
+    let buf = stream_until_shutdown(b"GET /api/v1/events HTTP/1.0\r\n\r\n").await;
     let (head, body) = split_head(&buf);
     assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
@@ -219,16 +224,7 @@ async fn an_http_1_0_stream_is_delimited_by_the_close() {
 
 #[tokio::test]
 async fn shutdown_ends_a_stream_with_the_last_chunk() {
-    let mut server = Server::start(&[]).await;
-    let mut tcp = connect(&server).await;
-    tcp.write_all(b"GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    assert!(read_until(&mut tcp, &mut buf, b"retry: 3000").await);
-    server.wait_connections(1).await;
-    server.shutdown().await;
-    read_to_close(&mut tcp, &mut buf).await;
+    let buf = stream_until_shutdown(b"GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (_, body) = split_head(&buf);
     let (data, ended) = dechunk(body);
     assert!(ended, "no terminating chunk: {body:?}");
