@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 
+mod close;
+
+use close::CloseSignal;
+pub use close::Closed;
+
 /// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,7 +64,7 @@ pub struct ConnectionEntry {
     connected_at: OffsetDateTime,
     events_sent: AtomicU64,
     dropped: AtomicU64,
-    cancel: CancellationToken,
+    close: CloseSignal,
 }
 
 impl fmt::Debug for ConnectionEntry {
@@ -93,14 +98,16 @@ impl ConnectionEntry {
         self.dropped.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Resolves when the connection has been asked to close (kick or shutdown).
-    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
+    /// Resolves when the connection has been asked to close (kick or
+    /// shutdown). Cheap to poll again and again: a connection task polls it
+    /// on every wake-up.
+    pub fn closed(&self) -> Closed<'_> {
+        self.close.closed()
     }
 
     /// Whether the connection has been asked to close.
     pub fn is_closing(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.close.is_closed()
     }
 
     /// A snapshot for listing.
@@ -206,15 +213,18 @@ impl ConnectionRegistry {
             connected_at: OffsetDateTime::now_utc(),
             events_sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
-            // A child of the registry's shutdown token: shutting the registry
-            // down asks every connection to close.
-            cancel: self.inner.shutdown.child_token(),
+            close: CloseSignal::default(),
         });
         let len = {
             let mut map = self.write();
             map.insert(id, entry.clone());
             map.len()
         };
+        // After the insert: a shutdown either saw this entry or had begun
+        // before it (see `shutdown`).
+        if self.is_shutting_down() {
+            entry.close.close();
+        }
         self.inner.count.send_replace(len);
         ConnectionGuard {
             registry: self.clone(),
@@ -248,7 +258,7 @@ impl ConnectionRegistry {
     pub fn disconnect(&self, id: u64) -> bool {
         match self.read().get(&id) {
             Some(entry) => {
-                entry.cancel.cancel();
+                entry.close.close();
                 true
             }
             None => false,
@@ -257,7 +267,12 @@ impl ConnectionRegistry {
 
     /// Asks every connection, present and future, to close (server shutdown).
     pub fn shutdown(&self) {
+        // Marked first, then every entry closed: a connection registering
+        // meanwhile is either in the map by now or sees the mark.
         self.inner.shutdown.cancel();
+        for entry in self.read().values() {
+            entry.close.close();
+        }
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
