@@ -152,7 +152,9 @@ impl WrittenBatch {
 /// The instruments of one client-facing transport (WebSocket or SSE).
 ///
 /// Cheap to clone; build one per endpoint, after the host has installed its
-/// meter provider.
+/// meter provider. The per-type `events_sent` series and the latency
+/// histogram are bound when this is built, so they are exported (at zero)
+/// from then on, not only after the first write.
 #[derive(Clone, Debug)]
 pub struct TransportMetrics {
     transport: Transport,

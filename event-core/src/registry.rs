@@ -99,8 +99,9 @@ impl ConnectionEntry {
     }
 
     /// Resolves when the connection has been asked to close (kick or
-    /// shutdown). Cheap to poll again and again: a connection task polls it
-    /// on every wake-up.
+    /// shutdown). Polling the same future again with the same waker is one
+    /// atomic load (a connection task polls it on every wake-up); create it
+    /// once per wait, not once per loop turn (each new one registers).
     pub fn closed(&self) -> Closed<'_> {
         self.close.closed()
     }
@@ -270,7 +271,9 @@ impl ConnectionRegistry {
         // Marked first, then every entry closed: a connection registering
         // meanwhile is either in the map by now or sees the mark.
         self.inner.shutdown.cancel();
-        for entry in self.read().values() {
+        // Woken outside the map's lock, so registrations are not held up.
+        let entries: Vec<Arc<ConnectionEntry>> = self.read().values().cloned().collect();
+        for entry in entries {
             entry.close.close();
         }
     }

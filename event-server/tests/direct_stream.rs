@@ -251,3 +251,36 @@ async fn other_requests_go_to_hyper_with_what_was_read() {
     let answer: serde_json::Value = serde_json::from_slice(answer).unwrap();
     assert!(answer["events"][0]["seq"].as_u64().is_some(), "{answer}");
 }
+
+#[tokio::test]
+async fn a_head_too_large_to_answer_here_goes_to_hyper() {
+    let server = Server::start(&[]).await;
+    let mut tcp = connect(&server).await;
+    let filler = "x".repeat(9 * 1024);
+    let request = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert!(read_until(&mut tcp, &mut buf, b"retry: 3000").await);
+    let (head, _) = split_head(&buf);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // hyper's answer: the direct path would have said `connection: close`.
+    assert!(!head.contains("connection: close"), "{head}");
+    server.wait_connections(1).await;
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_head_still_arriving() {
+    let mut server = Server::start(&[]).await;
+    let mut tcp = connect(&server).await;
+    tcp.write_all(b"GET /api/v1/events HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // `shutdown` returns once every connection task has ended: a head read
+    // that ignored the stop would hold it until the head timeout.
+    server.shutdown().await;
+    let mut buf = Vec::new();
+    let ended = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await;
+    assert!(ended.is_ok(), "the connection stayed open after shutdown");
+    assert!(buf.is_empty(), "an answer to a partial head: {buf:?}");
+}

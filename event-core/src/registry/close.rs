@@ -127,7 +127,14 @@ mod tests {
                 tokio::spawn(async move { s.closed().await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        // Every waiter is registered (and so really waits) before the close.
+        for _ in 0..100 {
+            if signal.waiters().len() == 3 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(signal.waiters().len(), 3);
         assert!(!signal.is_closed());
         signal.close();
         for w in waiters {

@@ -1,4 +1,5 @@
-//! The accept loop: every connection served by hyper's HTTP/1.1 server.
+//! The accept loop: event streams answered directly, everything else by
+//! hyper's HTTP/1.1 server.
 //!
 //! # Why not `axum::serve`
 //!
@@ -34,13 +35,13 @@ use axum::extract::ConnectInfo;
 use axum::serve::Listener;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use direct::First;
+use direct::{First, HEAD_TIMEOUT};
 
 /// Serves `router` on `listener` until `signal` completes, then waits for
 /// every connection to finish. A plain `GET` of one of `stream_paths` as a
@@ -56,7 +57,12 @@ pub(crate) async fn serve<L>(
     let mut signal = pin!(signal);
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // The same limit for a request head as the direct path's, for every
+    // request hyper reads (an idle keep-alive connection included).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -43,7 +43,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -58,8 +58,8 @@ const MAX_HEAD: usize = 8 * 1024;
 const FIRST_READ: usize = 1024;
 /// Headers a direct request may carry (more: hyper's answer applies).
 const MAX_HEADERS: usize = 64;
-/// How long a new connection may take to send its first request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send a request head (here and in hyper).
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What became of a connection's first request.
 pub(crate) enum First<I> {
@@ -94,6 +94,11 @@ where
             Ok(Ok(0) | Err(_)) | Err(_) => return First::Done,
             Ok(Ok(_)) => {}
         }
+        // Not a GET (or no stream paths at all): hyper's at once, without
+        // waiting for the whole head.
+        if stream_paths.is_empty() || !is_get_prefix(&buf) {
+            return First::Hyper(Replay::new(io, buf));
+        }
         match parse(&buf, stream_paths) {
             Parsed::Partial if buf.len() < MAX_HEAD => continue,
             Parsed::Direct(head) => break head,
@@ -123,6 +128,12 @@ async fn read_more<I: AsyncRead + Unpin>(io: &mut I, buf: &mut Vec<u8>) -> io::R
         buf.reserve(buf.len().max(FIRST_READ));
     }
     io.read_buf(buf).await
+}
+
+/// Whether what was read so far can still be a `GET` request line.
+fn is_get_prefix(buf: &[u8]) -> bool {
+    let n = buf.len().min(4);
+    buf[..n] == b"GET "[..n]
 }
 
 /// A request head that this module answers.
@@ -241,17 +252,26 @@ where
             .as_bytes(),
     );
     head.extend_from_slice(b"\r\n");
+    // A handler that asks for the connection to close gets it closed.
+    let keep_alive = keep_alive
+        && !parts.headers.get_all(CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
     for (name, value) in &parts.headers {
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
             continue;
         }
         push_header(&mut head, name.as_str(), value.as_bytes());
     }
-    push_header(
-        &mut head,
-        "date",
-        httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
-    );
+    if !parts.headers.contains_key(DATE) {
+        push_header(
+            &mut head,
+            "date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
     if let Some(len) = exact {
         push_header(&mut head, "content-length", len.to_string().as_bytes());
         match (keep_alive, http10) {
@@ -277,18 +297,18 @@ where
     push_header(&mut head, "connection", b"close");
     head.extend_from_slice(b"\r\n");
     // The stream's first frame (the SSE preamble or replay) usually exists
-    // already: then the head goes out with it in one write.
+    // already: then the head goes out with it in one write. Otherwise (or if
+    // that frame carries no data) the head goes out alone, at once.
     let first = body.frame().now_or_never();
     let mut head = Some(Bytes::from(head));
-    let mut pending = match first {
-        Some(frame) => Some(frame),
-        None => {
-            if let Some(h) = head.take() {
-                io.write_all(&h).await?;
-            }
-            None
-        }
-    };
+    let carries_data = matches!(
+        &first,
+        Some(Some(Ok(frame))) if frame.data_ref().is_some_and(|d| !d.is_empty())
+    );
+    if !carries_data && let Some(h) = head.take() {
+        io.write_all(&h).await?;
+    }
+    let mut pending = first;
     loop {
         let next = match pending.take() {
             Some(frame) => Next::Frame(frame),
@@ -298,7 +318,7 @@ where
             Next::Frame(Some(Ok(frame))) => frame,
             Next::Frame(None) => {
                 let end: &[u8] = if chunked { b"0\r\n\r\n" } else { b"" };
-                write_parts(io, head.take(), &[], end).await?;
+                write_after_head(io, head.take(), end).await?;
                 break;
             }
             // A failing body aborts the response: the client sees a
@@ -313,10 +333,11 @@ where
             continue;
         }
         if chunked {
-            let size = format!("{:x}\r\n", data.len());
-            write_chunk(io, head.take(), size.as_bytes(), data).await?;
+            let mut size = [0u8; 18];
+            let size = chunk_size_line(data.len(), &mut size);
+            write_chunk(io, head.take(), size, data).await?;
         } else {
-            write_parts(io, head.take(), &[], &data).await?;
+            write_after_head(io, head.take(), &data).await?;
         }
     }
     io.flush().await?;
@@ -343,15 +364,27 @@ async fn write_chunk<I: AsyncWrite + Unpin>(
     io.write_all_buf(&mut buf).await
 }
 
-async fn write_parts<I: AsyncWrite + Unpin>(
+/// `bytes`, after the response head if it has not gone out yet, in one
+/// vectored write.
+async fn write_after_head<I: AsyncWrite + Unpin>(
     io: &mut I,
     head: Option<Bytes>,
-    a: &[u8],
-    b: &[u8],
+    bytes: &[u8],
 ) -> io::Result<()> {
-    let head = head.unwrap_or_default();
-    let mut buf = head.chain(a).chain(b);
+    let mut buf = head.unwrap_or_default().chain(bytes);
     io.write_all_buf(&mut buf).await
+}
+
+/// `<len in hex>\r\n` in `out` (on the stack: no allocation per chunk).
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    &out[..digits + 2]
 }
 
 type FrameResult = Option<Result<http_body::Frame<Bytes>, axum::Error>>;
@@ -510,6 +543,27 @@ mod tests {
         ] {
             assert!(to_hyper(raw), "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for len in [1usize, 9, 10, 255, 256, 4096, 0x1_2345, usize::MAX] {
+            let mut out = [0u8; 18];
+            assert_eq!(
+                chunk_size_line(len, &mut out),
+                format!("{len:x}\r\n").as_bytes(),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_get_prefix_waits_for_the_whole_head() {
+        assert!(is_get_prefix(b"GE"));
+        assert!(is_get_prefix(b"GET /api"));
+        assert!(!is_get_prefix(b"POST /api"));
+        assert!(!is_get_prefix(b"GETX"));
+        assert!(!is_get_prefix(b"\x16\x03"));
     }
 
     #[test]
