@@ -129,9 +129,9 @@ pub struct Event {
 /// A slot holds one transport-specific rendering of the event (one wire
 /// format). The slots are assigned by the transport crates, each documenting
 /// which index it uses for which format; two renderings must never share a
-/// slot. Today only the SSE transport uses them (0 and 1, its two frame
-/// formats).
-pub const RENDER_SLOTS: usize = 2;
+/// slot. The SSE transport uses 0 and 1 (its two frame formats), the
+/// WebSocket transport 2 (its text frame).
+pub const RENDER_SLOTS: usize = 3;
 
 impl Event {
     /// Builds an event. The bus does this on publish; other code needs it only

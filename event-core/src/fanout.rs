@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 use crate::auth::Principal;
 use crate::event::Event;
@@ -147,8 +148,13 @@ impl Outbox {
 
     /// Waits until something was pushed since the last drain (cancel-safe;
     /// a push that happens before the wait is not lost).
-    pub async fn ready(&self) {
-        self.notify.notified().await;
+    ///
+    /// A named future, so a connection can keep it in its own state and
+    /// poll it by hand: after it resolves, replace it with a fresh one and
+    /// poll that before waiting (a push that lands in between is kept as a
+    /// permit and resolves it at once).
+    pub fn ready(&self) -> Notified<'_> {
+        self.notify.notified()
     }
 
     /// Moves everything queued into `out` (appending) and reports overflow.

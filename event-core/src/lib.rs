@@ -92,7 +92,9 @@ pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,
 };
-pub use registry::{Closed, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport};
+pub use registry::{
+    CloseSignal, Closed, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport,
+};
 pub use replay_source::{ReplaySource, Replayed};
 pub use ring::{Cursor, ReplayMiss, ReplayRing};
 pub use sink::{

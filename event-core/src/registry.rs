@@ -22,8 +22,7 @@ use crate::auth::Principal;
 
 mod close;
 
-use close::CloseSignal;
-pub use close::Closed;
+pub use close::{CloseSignal, Closed};
 
 /// Which transport a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -1,4 +1,5 @@
-//! A connection's "asked to close" signal.
+//! A connection's "asked to close" signal, also usable on its own (a
+//! transport's "stop every connection" signal).
 //!
 //! # Why not a `CancellationToken`
 //!
@@ -10,24 +11,33 @@
 //! with the same waker as last time is one atomic load; the lock is taken
 //! only to register a new waker and to close.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// Closed once, by a kick or the registry's shutdown; any number of
-/// [`Closed`] futures wait on it.
+/// A signal closed once (a kick, a shutdown) that any number of
+/// [`Closed`] futures wait on.
+///
+/// Waiters are kept by id, so one leaving (its connection ended for
+/// another reason) costs the same with ten or ten thousand others waiting.
 #[derive(Debug, Default)]
-pub(crate) struct CloseSignal {
+pub struct CloseSignal {
     closing: AtomicBool,
-    waiters: Mutex<Vec<(u64, Waker)>>,
+    waiters: Mutex<HashMap<u64, Waker>>,
     next_waiter: AtomicU64,
 }
 
 impl CloseSignal {
+    /// An open signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
     /// Closes the signal and wakes every waiting future (idempotent).
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         if self.closing.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -38,25 +48,26 @@ impl CloseSignal {
     }
 
     /// Whether [`close`](Self::close) was called.
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
 
-    /// A future that resolves once the signal is closed.
-    pub(crate) fn closed(&self) -> Closed<'_> {
+    /// A future that resolves once the signal is closed. Polling it again
+    /// with the same waker is one atomic load.
+    pub fn closed(&self) -> Closed<'_> {
         Closed {
             signal: self,
             registered: None,
         }
     }
 
-    fn waiters(&self) -> MutexGuard<'_, Vec<(u64, Waker)>> {
+    fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waker>> {
         // A panic while holding it cannot leave the list inconsistent.
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Resolves when the connection has been asked to close (see
+/// Resolves when a [`CloseSignal`] is closed (for a connection: see
 /// [`ConnectionEntry::closed`](super::ConnectionEntry::closed)).
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
@@ -82,13 +93,10 @@ impl Future for Closed<'_> {
         {
             let mut waiters = this.signal.waiters();
             let id = match this.registered.take() {
-                Some((id, _)) => {
-                    waiters.retain(|(i, _)| *i != id);
-                    id
-                }
+                Some((id, _)) => id,
                 None => this.signal.next_waiter.fetch_add(1, Ordering::Relaxed),
             };
-            waiters.push((id, cx.waker().clone()));
+            waiters.insert(id, cx.waker().clone());
             this.registered = Some((id, cx.waker().clone()));
         }
         // Checked again after registering: a close that ran in between took
@@ -106,7 +114,7 @@ impl Drop for Closed<'_> {
         if let Some((id, _)) = self.registered.take()
             && !self.signal.is_closed()
         {
-            self.signal.waiters().retain(|(i, _)| *i != id);
+            self.signal.waiters().remove(&id);
         }
     }
 }
