@@ -12,6 +12,11 @@ use event_core::OutboxLimits;
 pub mod close_code {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket framing (an unmasked frame, reserved
+    /// bits, an unknown opcode, a misplaced continuation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client sent a text message (or close reason) that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// The connection was refused or removed by policy (an operator kick).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// The client sent a frame or message larger than the configured limit.

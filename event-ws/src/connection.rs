@@ -1,46 +1,61 @@
 //! One client connection, from upgrade to close.
 //!
-//! A connection is two halves polled by one task: the *reader* handles what
-//! the client sends (and notices silence), the *writer* drains the
-//! connection's outbox and writes every pending frame with one flush. They
-//! talk through a small control queue (replies to `refresh`, `ping`,
-//! `subscribe`) kept in the task itself. Whichever half ends first — or a
-//! kick or shutdown — decides the close code; the close handshake is then
-//! bounded by the close timeout.
+//! # Model
 //!
-//! That task's future is most of an idle connection's memory, so it keeps
-//! little: the set-up that consumes values (registering, subscribing,
-//! splitting the socket) runs before it is created, and the endpoint is
-//! shared through an `Arc`.
+//! A connection is one task polling one state machine ([`Conn::poll`]).
+//! On every wake-up it looks, in order, at: the close signals (kick,
+//! shutdown), the reply to a `refresh` being prepared, the outbox, the
+//! socket's write side, the socket's read side and its two timers (ping,
+//! idle). Each is cheap to look at when nothing happened — an atomic load
+//! or a readiness check — so a wake-up for one event costs one outbox
+//! drain and one write of the event's shared frame, little else.
+//!
+//! The outbox is drained only once everything drained before has been
+//! written: while the socket is full, events wait in the outbox, whose
+//! bound then decides when the client counts as too slow (4008). Client
+//! messages are read only while little is waiting to be written, so a
+//! client that floods requests without reading the answers is held back by
+//! TCP rather than buffered.
+//!
+//! Whatever ends the connection decides the close code; the close
+//! handshake is then bounded by the close timeout.
+//!
+//! The task's future is most of an idle connection's memory, so it keeps
+//! little: no read or write buffer while nothing is pending, the set-up
+//! that consumes values (registering, subscribing) done before it is
+//! created, and the endpoint shared through an `Arc`.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use event_core::{
-    ConnectionGuard, EventFilter, HubSubscription, Outbox, Outgoing, OverflowPolicy, Principal,
+    Closed, ConnectionGuard, EventFilter, HubSubscription, Outgoing, OverflowPolicy, Principal,
     SubscribeOptions, Transport, WireForm, current_queue_status,
 };
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::futures::Notified;
+use tokio::time::{Instant, Sleep, sleep, timeout};
 use tracing::{Instrument, Span};
 
 use crate::config::close_code;
-use crate::control::ControlQueue;
 use crate::endpoint::{Slot, WsEndpoint};
+use crate::frame::{self, Incoming, ReadError};
 use crate::protocol::{ClientMessage, PONG, Selection, queue_status_json, subscribed_reply};
+use crate::socket::{Read, ReadFailure, WsSocket};
 
 /// A batch buffer larger than this is released after use, so a burst does
 /// not pin memory on an idle connection.
 const KEEP_BATCH_CAPACITY: usize = 64;
-
-type WsSink = SplitSink<WebSocket, Message>;
-type WsStream = SplitStream<WebSocket>;
+/// Client messages are not read while this many frames wait to be written.
+const READ_PAUSE_FRAMES: usize = 64;
+/// Rounds of the state machine per poll before the task yields, so that a
+/// busy connection cannot hold a worker thread.
+const ROUNDS_PER_POLL: usize = 32;
 
 /// What the upgrade handler hands to the connection task.
 pub(crate) struct ConnectionContext {
@@ -54,8 +69,8 @@ pub(crate) struct ConnectionContext {
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client sent a close frame.
-    ClientClosed,
+    /// The client sent a close frame (with this code, if any).
+    ClientClosed(Option<u16>),
     /// The socket ended without a close frame, or reading failed.
     ClientGone,
     /// Writing to the socket failed.
@@ -64,6 +79,10 @@ enum End {
     IdleTimeout,
     /// The client sent a frame over the size limit.
     TooBig,
+    /// The client's bytes were not valid WebSocket framing.
+    ProtocolError(&'static str),
+    /// The client sent text that is not UTF-8.
+    NotUtf8,
     /// The client did not keep up (the detail says how).
     SlowConsumer(&'static str),
     /// Server shutdown.
@@ -76,11 +95,13 @@ impl End {
     /// The `reason` label of the closed-connections counter.
     fn label(self) -> &'static str {
         match self {
-            End::ClientClosed => "client_close",
+            End::ClientClosed(_) => "client_close",
             End::ClientGone => "client_gone",
             End::WriteFailed => "write_error",
             End::IdleTimeout => "idle_timeout",
             End::TooBig => "message_too_big",
+            End::ProtocolError(_) => "protocol_error",
+            End::NotUtf8 => "invalid_payload",
             End::SlowConsumer(_) => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Kicked => "kicked",
@@ -88,21 +109,39 @@ impl End {
     }
 
     /// The close frame the server sends, if the socket can still take one.
-    fn close_frame(self) -> Option<(u16, &'static str)> {
-        match self {
-            End::ClientClosed | End::ClientGone | End::WriteFailed => None,
-            End::IdleTimeout => Some((close_code::IDLE_TIMEOUT, "idle timeout")),
-            End::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
-            End::SlowConsumer(why) => Some((close_code::SLOW_CONSUMER, why)),
-            End::Shutdown => Some((close_code::GOING_AWAY, "server shutting down")),
-            End::Kicked => Some((close_code::POLICY_VIOLATION, "disconnected by the server")),
+    fn close_frame(self) -> Option<Bytes> {
+        let (code, reason) = match self {
+            End::ClientGone | End::WriteFailed => return None,
+            // The client's code is echoed (RFC 6455 §5.5.1).
+            End::ClientClosed(code) => return Some(frame::close(code, "")),
+            End::IdleTimeout => (close_code::IDLE_TIMEOUT, "idle timeout"),
+            End::TooBig => (close_code::MESSAGE_TOO_BIG, "message too big"),
+            End::ProtocolError(why) => (close_code::PROTOCOL_ERROR, why),
+            End::NotUtf8 => (close_code::INVALID_PAYLOAD, "text is not UTF-8"),
+            End::SlowConsumer(why) => (close_code::SLOW_CONSUMER, why),
+            End::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
+            End::Kicked => (close_code::POLICY_VIOLATION, "disconnected by the server"),
+        };
+        Some(frame::close(Some(code), reason))
+    }
+}
+
+impl From<ReadError> for End {
+    fn from(error: ReadError) -> End {
+        match error {
+            ReadError::TooBig => End::TooBig,
+            ReadError::Protocol(why) => End::ProtocolError(why),
+            ReadError::NotUtf8 => End::NotUtf8,
         }
     }
 }
 
 /// Registers an upgraded connection and returns the future that runs it to
 /// its end.
-pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Output = ()> + Send {
+pub(crate) fn serve<IO>(ctx: ConnectionContext, io: IO) -> impl Future<Output = ()> + Send
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let ConnectionContext {
         endpoint: ep,
         principal,
@@ -126,14 +165,14 @@ pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Ou
         policy: OverflowPolicy::Close,
         wire: WireForm::Flat,
     });
-    let (mut sink, mut stream) = socket.split();
+    let mut socket = WsSocket::new(io, ep.config.max_message_bytes);
     // The span is entered where the connection logs, not around the whole
     // future: entering and leaving it on every poll (every write) was most
     // of telemetry's share of a fan-out server's CPU.
     async move {
         ep.metrics.connection_opened();
         span.in_scope(|| tracing::debug!("connected"));
-        let end = run(&ep, &guard, &sub, &mut sink, &mut stream, &span).await;
+        let end = run(&ep, &guard, &sub, &mut socket, &span).await;
         // Stop filling the outbox before the (possibly slow) close handshake.
         drop(sub);
         let teardown = async move {
@@ -141,15 +180,12 @@ pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Ou
                 End::SlowConsumer(why) => {
                     tracing::warn!(reason = why, "slow consumer disconnected (4008)")
                 }
+                End::ProtocolError(why) => {
+                    tracing::debug!(reason = why, "client broke the framing (1002)")
+                }
                 other => tracing::debug!(reason = other.label(), "disconnected"),
             }
-            let close_timeout = ep.config.close_timeout;
-            if let Some((code, reason)) = end.close_frame() {
-                close(&mut sink, &mut stream, code, reason, close_timeout).await;
-            } else if end == End::ClientClosed {
-                // Sends the close reply tungstenite queued.
-                let _ = timeout(close_timeout, sink.close()).await;
-            }
+            close(&mut socket, end, ep.config.close_timeout).await;
             ep.metrics.connection_closed(end.label());
             drop(guard);
             drop(slot);
@@ -158,41 +194,305 @@ pub(crate) fn serve(ctx: ConnectionContext, socket: WebSocket) -> impl Future<Ou
     }
 }
 
-async fn run(
+/// Sends the confirmation, then runs the connection until something ends
+/// it.
+async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     ep: &WsEndpoint,
     guard: &ConnectionGuard,
     sub: &HubSubscription,
-    sink: &mut WsSink,
-    stream: &mut WsStream,
+    socket: &mut WsSocket<IO>,
     span: &Span,
 ) -> End {
     // The confirmation comes first; events published meanwhile wait in the
     // outbox (the subscription already exists).
     let initial = queue_status_text(ep).instrument(span.clone()).await;
-    match timeout(ep.config.write_timeout, sink.send(Message::Text(initial))).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return End::WriteFailed,
-        Err(_) => return End::SlowConsumer("write stalled"),
-    }
-    let control = ControlQueue::default();
-    // The select polls every branch on every wake-up (every write): a token
-    // of this connection's own keeps that check off the endpoint token's
-    // lock, which every connection would otherwise take each time.
-    let stop = ep.stop.child_token();
-    tokio::select! {
-        biased;
-        () = guard.closed() => {
-            if ep.registry.is_shutting_down() { End::Shutdown } else { End::Kicked }
+    socket.queue(frame::text(&initial));
+    let cfg = &ep.config;
+    let mut closed = pin!(guard.closed());
+    let mut stopping = pin!(ep.stopping.closed());
+    let mut outbox = pin!(sub.outbox().ready());
+    let mut ping = pin!(sleep(cfg.ping_interval));
+    let mut idle = pin!(sleep(cfg.idle_timeout));
+    let mut conn = Conn {
+        ep,
+        guard,
+        sub,
+        socket,
+        span,
+        selection: Selection::default(),
+        batch: Vec::new(),
+        incoming: Vec::new(),
+        stall: None,
+        refresh: None,
+        drain_due: true,
+    };
+    poll_fn(|cx| {
+        let waits = Waits {
+            closed: closed.as_mut(),
+            stopping: stopping.as_mut(),
+            outbox: outbox.as_mut(),
+            ping: ping.as_mut(),
+            idle: idle.as_mut(),
+        };
+        conn.poll(cx, waits)
+    })
+    .await
+}
+
+/// The futures a connection waits on besides its socket (pinned in the
+/// connection's task).
+struct Waits<'p, 'a> {
+    /// Kick or registry shutdown.
+    closed: Pin<&'p mut Closed<'a>>,
+    /// The endpoint's shutdown.
+    stopping: Pin<&'p mut Closed<'a>>,
+    /// Something was pushed to the outbox.
+    outbox: Pin<&'p mut Notified<'a>>,
+    /// Time to ping the client.
+    ping: Pin<&'p mut Sleep>,
+    /// The client has been silent for too long.
+    idle: Pin<&'p mut Sleep>,
+}
+
+type Refresh<'a> = Pin<Box<dyn Future<Output = Bytes> + Send + 'a>>;
+
+/// A connection's state between wake-ups.
+struct Conn<'a, IO> {
+    ep: &'a WsEndpoint,
+    guard: &'a ConnectionGuard,
+    sub: &'a HubSubscription,
+    socket: &'a mut WsSocket<IO>,
+    span: &'a Span,
+    selection: Selection,
+    /// Events queued on the socket and not yet completely written (their
+    /// metrics are recorded once they are).
+    batch: Vec<Outgoing>,
+    /// Client messages read but not handled yet (waiting behind a
+    /// `refresh`, whose reply must come first).
+    incoming: Vec<Incoming>,
+    /// The write-stall deadline, only while a write waits for room.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// The reply to a `refresh`, while the host's snapshot is awaited.
+    refresh: Option<Refresh<'a>>,
+    /// The outbox signalled since it was last drained.
+    drain_due: bool,
+}
+
+impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
+    fn poll(&mut self, cx: &mut Context<'_>, mut w: Waits<'_, 'a>) -> Poll<End> {
+        let cfg = &self.ep.config;
+        for _ in 0..ROUNDS_PER_POLL {
+            if w.closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(if self.ep.registry.is_shutting_down() {
+                    End::Shutdown
+                } else {
+                    End::Kicked
+                });
+            }
+            if w.stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::Shutdown);
+            }
+            let mut again = false;
+            if let Some(refresh) = self.refresh.as_mut()
+                && let Poll::Ready(text) = refresh.as_mut().poll(cx)
+            {
+                self.refresh = None;
+                self.socket.queue(frame::text(&text));
+                again = true;
+            }
+            // A fresh `Notified` is polled at once, so it is registered
+            // (or takes the permit of a push made meanwhile).
+            while w.outbox.as_mut().poll(cx).is_ready() {
+                w.outbox.set(self.sub.outbox().ready());
+                self.drain_due = true;
+                if !self.batch.is_empty() && self.sub.outbox().is_overflowed() {
+                    // A blocked write must not hide an overflow: the client
+                    // is dropped as soon as it exceeds its budget.
+                    return Poll::Ready(self.overflowed());
+                }
+            }
+            if let Err(end) = self.poll_write(cx) {
+                return Poll::Ready(end);
+            }
+            if self.refresh.is_none()
+                && self.incoming.is_empty()
+                && self.socket.pending() < READ_PAUSE_FRAMES
+            {
+                match self.socket.poll_read_messages(cx, &mut self.incoming) {
+                    Poll::Ready(Ok(Read::Data)) => {
+                        // Any frame, pongs included, proves the client is alive.
+                        w.idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
+                        again = true;
+                    }
+                    Poll::Ready(Ok(Read::Eof) | Err(ReadFailure::Io)) => {
+                        return Poll::Ready(End::ClientGone);
+                    }
+                    Poll::Ready(Err(ReadFailure::Frames(error))) => {
+                        return Poll::Ready(End::from(error));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.refresh.is_none() && !self.incoming.is_empty() {
+                if let Some(end) = self.handle_incoming() {
+                    return Poll::Ready(end);
+                }
+                again = true;
+            }
+            if w.ping.as_mut().poll(cx).is_ready() {
+                self.socket.queue(frame::ping());
+                w.ping.as_mut().reset(Instant::now() + cfg.ping_interval);
+                again = true;
+            }
+            if w.idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(End::IdleTimeout);
+            }
+            if !again {
+                return Poll::Pending;
+            }
         }
-        () = stop.cancelled() => End::Shutdown,
-        end = read_loop(ep, stream, sub, &control, span) => end,
-        end = write_loop(ep, guard, sink, sub.outbox(), &control, span) => end,
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what is queued, then what the outbox holds, until the socket
+    /// is full or nothing is left.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        loop {
+            if self.socket.pending() > 0 {
+                match self.socket.poll_write_out(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.stall = None;
+                        self.record_written();
+                    }
+                    Poll::Ready(Err(_)) => return Err(End::WriteFailed),
+                    Poll::Pending => {
+                        let limit = self.ep.config.write_timeout;
+                        let stall = self.stall.get_or_insert_with(|| Box::pin(sleep(limit)));
+                        if stall.as_mut().poll(cx).is_ready() {
+                            return Err(End::SlowConsumer("write stalled"));
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            if !(self.drain_due && self.batch.is_empty()) {
+                return Ok(());
+            }
+            self.drain_due = false;
+            self.drain()?;
+            if self.socket.pending() == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Moves the outbox into the socket's queue (each event as its shared
+    /// frame).
+    fn drain(&mut self) -> Result<(), End> {
+        if self.sub.outbox().drain_into(&mut self.batch).overflowed {
+            return Err(self.overflowed());
+        }
+        let mut missed = 0;
+        for item in &self.batch {
+            match item {
+                Outgoing::Event(event) => self.socket.queue(frame::event_frame(event)),
+                Outgoing::Lagged(n) => missed += n,
+            }
+        }
+        if missed > 0 {
+            // The whole endpoint fell behind the bus: this client missed
+            // events and the protocol has no way to say so, so it must
+            // reconnect and resynchronise.
+            self.ep.metrics.dropped(missed);
+            self.guard.record_dropped(missed);
+            return Err(End::SlowConsumer("missed events"));
+        }
+        Ok(())
+    }
+
+    /// Counts what overflowed the outbox: at least the event that did not
+    /// fit, plus what is discarded with the connection.
+    fn overflowed(&mut self) -> End {
+        let lost = self.batch.len() as u64 + 1;
+        self.ep.metrics.dropped(lost);
+        self.guard.record_dropped(lost);
+        End::SlowConsumer("outbox overflow")
+    }
+
+    /// Records a written batch: events sent per kind and one latency sample
+    /// for its oldest event, once per batch rather than per event (a clock
+    /// read and a histogram update per event per connection dominated
+    /// fan-out).
+    fn record_written(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut written = event_core::metrics::WrittenBatch::new();
+        for item in &self.batch {
+            if let Outgoing::Event(event) = item {
+                written.event(event.kind(), event.published_at());
+            }
+        }
+        let total = written.total();
+        if total > 0 {
+            self.ep.metrics.record_write(&written);
+            self.guard.record_sent(total);
+        }
+        self.batch.clear();
+        if self.batch.capacity() > KEEP_BATCH_CAPACITY {
+            self.batch = Vec::new();
+        }
+    }
+
+    /// Handles the client's messages in order, stopping behind a `refresh`
+    /// (its reply is prepared asynchronously and must come first).
+    fn handle_incoming(&mut self) -> Option<End> {
+        let mut handled = 0;
+        for message in &self.incoming {
+            handled += 1;
+            let text = match message {
+                Incoming::Close(code) => return Some(End::ClientClosed(*code)),
+                Incoming::Ping(payload) => {
+                    self.socket.queue(frame::pong(payload));
+                    continue;
+                }
+                // Binary frames are not part of the protocol; pongs only
+                // refresh the idle deadline.
+                Incoming::Pong | Incoming::Binary => continue,
+                Incoming::Text(text) => text,
+            };
+            let reply = match ClientMessage::parse(text) {
+                None => continue,
+                Some(ClientMessage::Refresh) => {
+                    let ep = self.ep;
+                    self.refresh = Some(Box::pin(
+                        queue_status_text(ep).instrument(self.span.clone()),
+                    ));
+                    break;
+                }
+                Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
+                Some(ClientMessage::Subscribe(names)) => {
+                    let unknown = self.selection.subscribe(&names);
+                    self.sub.set_kinds(self.selection.kinds());
+                    Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+                }
+                Some(ClientMessage::Unsubscribe(names)) => {
+                    let unknown = self.selection.unsubscribe(&names);
+                    self.sub.set_kinds(self.selection.kinds());
+                    Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+                }
+            };
+            self.socket.queue(frame::text(&reply));
+        }
+        self.incoming.drain(..handled);
+        None
     }
 }
 
 /// A fresh queue status as flat JSON: the host's snapshot if it answers in
 /// time, else the last published one.
-async fn queue_status_text(ep: &WsEndpoint) -> Utf8Bytes {
+async fn queue_status_text(ep: &WsEndpoint) -> Bytes {
     let provider = ep.snapshot.as_deref();
     let status = match timeout(
         ep.config.snapshot_timeout,
@@ -206,234 +506,45 @@ async fn queue_status_text(ep: &WsEndpoint) -> Utf8Bytes {
             current_queue_status(&ep.bus, None).await
         }
     };
-    Utf8Bytes::from(queue_status_json(status))
+    Bytes::from(queue_status_json(status))
 }
 
-/// Whether a read error is tungstenite refusing an oversized frame/message.
-fn is_too_big(error: axum::Error) -> bool {
-    error
-        .into_inner()
-        .downcast::<tokio_tungstenite::tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tokio_tungstenite::tungstenite::Error::Capacity(_)))
-}
-
-async fn read_loop(
-    ep: &WsEndpoint,
-    stream: &mut WsStream,
-    sub: &HubSubscription,
-    control: &ControlQueue,
-    span: &Span,
-) -> End {
-    let idle = ep.config.idle_timeout;
-    let deadline = sleep(idle);
-    tokio::pin!(deadline);
-    let mut selection = Selection::default();
-    loop {
-        let received = tokio::select! {
-            m = stream.next() => m,
-            () = &mut deadline => return End::IdleTimeout,
-        };
-        // Any frame, pongs included, proves the client is alive.
-        deadline.as_mut().reset(Instant::now() + idle);
-        let text = match received {
-            None => return End::ClientGone,
-            Some(Err(error)) => {
-                return if is_too_big(error) {
-                    End::TooBig
-                } else {
-                    End::ClientGone
-                };
-            }
-            Some(Ok(Message::Close(_))) => return End::ClientClosed,
-            Some(Ok(Message::Text(text))) => text,
-            // Binary frames are not part of the protocol; pings are answered
-            // by tungstenite; pongs only refresh the deadline.
-            Some(Ok(_)) => continue,
-        };
-        let reply = match ClientMessage::parse(text.as_str()) {
-            None => continue,
-            Some(ClientMessage::Refresh) => queue_status_text(ep).instrument(span.clone()).await,
-            Some(ClientMessage::Ping) => Utf8Bytes::from_static(PONG),
-            Some(ClientMessage::Subscribe(names)) => {
-                let unknown = selection.subscribe(&names);
-                sub.set_kinds(selection.kinds());
-                Utf8Bytes::from(subscribed_reply(selection.kinds(), &unknown))
-            }
-            Some(ClientMessage::Unsubscribe(names)) => {
-                let unknown = selection.unsubscribe(&names);
-                sub.set_kinds(selection.kinds());
-                Utf8Bytes::from(subscribed_reply(selection.kinds(), &unknown))
-            }
-        };
-        control.push(Message::Text(reply)).await;
-    }
-}
-
-/// Resolves once the outbox has overflowed (it refuses everything after).
-async fn overflowed(outbox: &Outbox) {
-    loop {
-        if outbox.is_overflowed() {
-            return;
-        }
-        outbox.ready().await;
-    }
-}
-
-async fn write_loop(
-    ep: &WsEndpoint,
-    guard: &ConnectionGuard,
-    sink: &mut WsSink,
-    outbox: &Outbox,
-    control_queue: &ControlQueue,
-    span: &Span,
-) -> End {
-    let cfg = &ep.config;
-    let mut batch: Vec<Outgoing> = Vec::new();
-    let mut control: Vec<Message> = Vec::new();
-    let mut next_ping = Instant::now() + cfg.ping_interval;
-    // One timer for the loop's life, reset when a ping goes out: a fresh
-    // `sleep_until` per wait registered and cleared a timer-wheel entry for
-    // every write.
-    let mut ping_due = pin!(sleep_until(next_ping));
-    loop {
-        if outbox.drain_into(&mut batch).overflowed {
-            // At least the event that did not fit, plus what is discarded here.
-            let lost = batch.len() as u64 + 1;
-            ep.metrics.dropped(lost);
-            guard.record_dropped(lost);
-            return End::SlowConsumer("outbox overflow");
-        }
-        if batch.iter().any(|o| matches!(o, Outgoing::Lagged(_))) {
-            // The whole endpoint fell behind the bus: this client missed
-            // events and the protocol has no way to say so, so it must
-            // reconnect and resynchronise.
-            let missed = batch
-                .iter()
-                .map(|o| match o {
-                    Outgoing::Lagged(n) => *n,
-                    Outgoing::Event(_) => 0,
-                })
-                .sum();
-            ep.metrics.dropped(missed);
-            guard.record_dropped(missed);
-            return End::SlowConsumer("missed events");
-        }
-        control_queue.drain_into(&mut control);
-        let now = Instant::now();
-        if now >= next_ping {
-            control.push(Message::Ping(Bytes::new()));
-            next_ping = now + cfg.ping_interval;
-            ping_due.as_mut().reset(next_ping);
-        }
-        if batch.is_empty() && control.is_empty() {
-            tokio::select! {
-                () = outbox.ready() => {}
-                () = control_queue.ready() => {}
-                () = ping_due.as_mut() => {}
-            }
-            continue;
-        }
-        let written = {
-            let mut write = pin!(write_frames(sink, &batch, &mut control, span));
-            // Most writes complete at once (the socket has room): only one
-            // that has to wait gets a timer (a timer per write was a visible
-            // share of fan-out CPU: registering and clearing it in the wheel).
-            match write.as_mut().now_or_never() {
-                Some(result) => Ok(result),
-                None => tokio::select! {
-                    biased;
-                    written = timeout(cfg.write_timeout, write) => written,
-                    // A blocked write must not hide an overflow: the client
-                    // is dropped as soon as it exceeds its budget.
-                    () = overflowed(outbox) => {
-                        let lost = batch.len() as u64 + 1;
-                        ep.metrics.dropped(lost);
-                        guard.record_dropped(lost);
-                        return End::SlowConsumer("outbox overflow");
-                    }
-                },
-            }
-        };
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return End::WriteFailed,
-            Err(_) => return End::SlowConsumer("write stalled"),
-        }
-        record_written(ep, guard, &batch);
-        batch.clear();
-        control.clear();
-        if batch.capacity() > KEEP_BATCH_CAPACITY {
-            batch = Vec::new();
-        }
-    }
-}
-
-/// Feeds every frame, then flushes once: one batch, few syscalls.
-async fn write_frames(
-    sink: &mut WsSink,
-    batch: &[Outgoing],
-    control: &mut Vec<Message>,
-    span: &Span,
-) -> Result<(), axum::Error> {
-    for item in batch {
-        if let Outgoing::Event(event) = item {
-            // The bytes are shared with every other connection; the
-            // conversion only checks they are UTF-8 (serde_json output is).
-            match Utf8Bytes::try_from(event.json().clone()) {
-                Ok(text) => sink.feed(Message::Text(text)).await?,
-                Err(error) => {
-                    tracing::error!(parent: span, seq = event.seq(), %error, "event JSON is not UTF-8; skipped")
-                }
-            }
-        }
-    }
-    for message in control.drain(..) {
-        sink.feed(message).await?;
-    }
-    sink.flush().await
-}
-
-/// Records a written batch: events sent per kind and one latency sample
-/// for its oldest event, once per batch rather than per event (a clock read
-/// and a histogram update per event per connection dominated fan-out).
-fn record_written(ep: &WsEndpoint, guard: &ConnectionGuard, batch: &[Outgoing]) {
-    let mut written = event_core::metrics::WrittenBatch::new();
-    for item in batch {
-        if let Outgoing::Event(event) = item {
-            written.event(event.kind(), event.published_at());
-        }
-    }
-    let total = written.total();
-    if total > 0 {
-        ep.metrics.record_write(&written);
-        guard.record_sent(total);
-    }
-}
-
-/// Sends a close frame and waits (bounded) for the client's reply, so the
-/// client reads the code before the TCP connection goes away.
-async fn close(
-    sink: &mut WsSink,
-    stream: &mut WsStream,
-    code: u16,
-    reason: &'static str,
+/// Ends the connection as `end` requires: the close frame (after the frame
+/// being written, if one was cut), the client's close reply, then the TCP
+/// close — all within `limit`.
+async fn close<IO: AsyncRead + AsyncWrite + Unpin>(
+    socket: &mut WsSocket<IO>,
+    end: End,
     limit: Duration,
 ) {
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
+    let Some(close_frame) = end.close_frame() else {
+        return;
     };
     let handshake = async {
-        if sink.send(Message::Close(Some(frame))).await.is_err() {
+        socket.discard_unstarted();
+        socket.queue(close_frame);
+        if poll_fn(|cx| socket.poll_write_out(cx)).await.is_err() {
             return;
         }
-        while let Some(Ok(message)) = stream.next().await {
-            if let Message::Close(_) = message {
-                break;
+        if !matches!(end, End::ClientClosed(_)) {
+            let mut messages = Vec::new();
+            while let Ok(Read::Data) =
+                poll_fn(|cx| socket.poll_read_messages(cx, &mut messages)).await
+            {
+                if messages.iter().any(|m| matches!(m, Incoming::Close(_))) {
+                    break;
+                }
+                messages.clear();
             }
         }
+        // After the handshake the server closes the TCP connection first
+        // (RFC 6455 §7.1.1).
+        let _ = poll_fn(|cx| socket.poll_shutdown(cx)).await;
     };
     if timeout(limit, handshake).await.is_err() {
-        tracing::debug!(code, "close handshake timed out; dropping the socket");
+        tracing::debug!(
+            reason = end.label(),
+            "close handshake timed out; dropping the socket"
+        );
     }
 }

@@ -5,17 +5,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Query, Request, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use event_core::metrics::TransportMetrics;
 use event_core::{
-    Authenticator, ConnectionRegistry, Credentials, EventBus, EventSink, FanoutHub, QueueSnapshot,
-    Transport,
+    Authenticator, CloseSignal, ConnectionRegistry, Credentials, EventBus, EventSink, FanoutHub,
+    QueueSnapshot, Transport,
 };
+use http::HeaderValue;
 use http::request::Parts;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,16 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::WsConfig;
 use crate::connection::{self, ConnectionContext};
 use crate::error::WsError;
-
-/// Bytes tungstenite preallocates to read into, and reads (zero-filling
-/// them first) per call, so every idle connection keeps this much resident.
-/// Client messages are tiny; a larger one (up to `max_message_bytes`) grows
-/// the buffer to its size and is read in calls of this size.
-const READ_BUFFER_BYTES: usize = 512;
-/// Outgoing frames are gathered up to this size before a socket write, which
-/// coalesces a batch of events into few syscalls without keeping a large
-/// buffer per connection.
-const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+use crate::handshake::Upgrade;
 
 /// The WebSocket endpoint `/api/v1/ws`: an [`EventSink`] for the bus and a
 /// [`Router`] for the host. Cheap to clone; clones share connections.
@@ -46,6 +40,11 @@ pub struct WsEndpoint {
     pub(crate) snapshot: Option<Arc<dyn QueueSnapshot>>,
     /// Cancelled to close every connection with 1001 and refuse new ones.
     pub(crate) stop: CancellationToken,
+    /// Closed when `stop` is cancelled; what connections wait on (a poll
+    /// of it is an atomic load, where a token's takes its lock).
+    pub(crate) stopping: Arc<CloseSignal>,
+    /// Whether the task that closes `stopping` on `stop` runs already.
+    stop_watched: Arc<AtomicBool>,
     pub(crate) config: Arc<WsConfig>,
     pub(crate) hub: FanoutHub,
     pub(crate) metrics: TransportMetrics,
@@ -81,6 +80,8 @@ impl WsEndpoint {
             auth,
             snapshot: None,
             stop: CancellationToken::new(),
+            stopping: Arc::new(CloseSignal::new()),
+            stop_watched: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),
             hub: FanoutHub::new("ws"),
             metrics: TransportMetrics::new(Transport::WebSocket),
@@ -101,7 +102,24 @@ impl WsEndpoint {
     /// [`shutdown`](Self::shutdown) never cancels the host's token.
     pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.stop = token.child_token();
+        // A signal of this token's own: clones made before keep theirs.
+        self.stopping = Arc::new(CloseSignal::new());
+        self.stop_watched = Arc::new(AtomicBool::new(false));
         self
+    }
+
+    /// Starts (once) the task that closes every connection when the stop
+    /// token is cancelled. Called from the first upgrade, inside the
+    /// runtime.
+    fn watch_stop(&self) {
+        if self.stop_watched.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (stop, stopping) = (self.stop.clone(), self.stopping.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            stopping.close();
+        });
     }
 
     /// Closes every connection with 1001, refuses new ones, and waits up to
@@ -111,6 +129,7 @@ impl WsEndpoint {
     /// [`WsConfig::close_timeout`], so a deadline above it always suffices.
     pub async fn shutdown(&self, deadline: Duration) -> bool {
         self.stop.cancel();
+        self.stopping.close();
         let mut open = self.active.subscribe();
         tokio::time::timeout(deadline, open.wait_for(|n| *n == 0))
             .await
@@ -183,9 +202,7 @@ impl WsEndpoint {
         if self.is_shutting_down() {
             return Err(WsError::ShuttingDown);
         }
-        let ws = WebSocketUpgrade::from_request_parts(parts, &())
-            .await
-            .map_err(|r| WsError::BadUpgrade(r.body_text()))?;
+        let upgrade = Upgrade::from_request(parts)?;
         let origin = parts
             .headers
             .get(http::header::ORIGIN)
@@ -207,24 +224,23 @@ impl WsEndpoint {
         // A browser that offered `bearer.<token>` fails the handshake unless
         // the server picks one of its protocols, so echo it back.
         let bearer_protocol = event_core::auth::websocket_bearer_protocol(&parts.headers)
-            .map(|(protocol, _)| protocol.to_owned());
-        let mut ws = ws
-            .read_buffer_size(READ_BUFFER_BYTES)
-            .write_buffer_size(WRITE_BUFFER_BYTES)
-            .max_message_size(self.config.max_message_bytes)
-            .max_frame_size(self.config.max_message_bytes);
-        if let Some(protocol) = bearer_protocol {
-            ws = ws.protocols([protocol]);
-        }
+            .and_then(|(protocol, _)| HeaderValue::from_str(protocol).ok());
         let ctx = ConnectionContext {
             endpoint: self.clone(),
             principal,
             remote,
             slot,
         };
-        Ok(ws
-            .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-            .on_upgrade(move |socket| connection::serve(ctx, socket)))
+        self.watch_stop();
+        let (response, on_upgrade) = upgrade.accept(bearer_protocol);
+        // The connection is handed over once hyper has sent the 101.
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => connection::serve(ctx, TokioIo::new(upgraded)).await,
+                Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+            }
+        });
+        Ok(response)
     }
 }
 

@@ -9,9 +9,10 @@
 //!  EventBus ─► SinkRunner ─► FanoutHub (the endpoint's sink)
 //!                               │ filter + scope per connection, shared Arc<Event>
 //!                               ▼
-//!                  Outbox (bounded) ─► writer: drain all, feed each frame, one flush
-//!  client ◄──────────────────────────────────────────────────────────────┘
-//!  client ──► reader: refresh / subscribe / unsubscribe / ping, heartbeat deadline
+//!                  Outbox (bounded) ─► drain all, queue each event's shared frame,
+//!                                      one vectored write
+//!  client ◄─────────────────────────────────────────────────────────┘
+//!  client ──► refresh / subscribe / unsubscribe / ping, pongs, heartbeat deadline
 //! ```
 //!
 //! * The endpoint registers **one** sink on the bus, a [`FanoutHub`](event_core::FanoutHub).
@@ -19,8 +20,11 @@
 //!   principal's scope) and asked for (`subscribe`). Events travel as shared
 //!   `Arc<Event>`s whose flat §1 JSON is rendered once, whatever the number
 //!   of clients.
-//! * A connection's writer wakes once per batch, writes every pending frame
-//!   and flushes once. A client that does not keep up overflows its outbox
+//! * The WebSocket framing is this crate's own (RFC 6455, no extensions):
+//!   an event's text frame is rendered once, cached in the event, and the
+//!   same bytes are written to every socket, so fan-out copies no payload
+//!   per connection. A connection wakes once per batch and writes every
+//!   pending frame with one vectored write. A client that does not keep up overflows its outbox
 //!   (default 1,024 messages or 1 MiB) and is closed with **4008**; the bus
 //!   and the other clients never wait for it.
 //! * Right after the upgrade a client receives one `QueueStatus` (the host's
@@ -59,6 +63,8 @@
 //! | code | when |
 //! |---|---|
 //! | 1001 | server shutdown (`registry.shutdown()`, the host's token, [`WsEndpoint::shutdown`]) |
+//! | 1002 | the client broke the framing (unmasked frame, reserved bits, unknown opcode, misplaced continuation) |
+//! | 1007 | the client sent text (or a close reason) that is not UTF-8 |
 //! | 1008 | removed by an operator (`registry.disconnect(id)`) |
 //! | 1009 | the client sent more than `max_message_bytes` |
 //! | 1011 | internal error |
@@ -101,10 +107,12 @@
 
 mod config;
 mod connection;
-mod control;
 mod endpoint;
 mod error;
+mod frame;
+mod handshake;
 mod protocol;
+mod socket;
 
 pub use config::{DEFAULT_PATH, WsConfig, close_code};
 pub use endpoint::WsEndpoint;
