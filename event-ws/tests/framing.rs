@@ -176,29 +176,25 @@ async fn replies_keep_the_order_of_the_requests_around_a_refresh() {
 }
 
 #[tokio::test]
-async fn an_unmasked_client_frame_closes_with_1002() {
+async fn broken_input_closes_with_its_code() {
     let server = TestServer::start(WsConfig::default()).await;
-    let (mut client, _) = RawClient::connect(&server).await;
-    client.send(0x81, b"refresh", false).await;
-    assert_eq!(client.close_code().await, close_code::PROTOCOL_ERROR);
-    server.wait_registered(0).await;
-}
-
-#[tokio::test]
-async fn an_unknown_opcode_closes_with_1002() {
-    let server = TestServer::start(WsConfig::default()).await;
-    let (mut client, _) = RawClient::connect(&server).await;
-    client.send(0x83, b"", true).await;
-    assert_eq!(client.close_code().await, close_code::PROTOCOL_ERROR);
-}
-
-#[tokio::test]
-async fn text_that_is_not_utf8_closes_with_1007() {
-    let server = TestServer::start(WsConfig::default()).await;
-    let (mut client, _) = RawClient::connect(&server).await;
-    client.send(0x81, &[0x7b, 0xff, 0xfe, 0x7d], true).await;
-    assert_eq!(client.close_code().await, close_code::INVALID_PAYLOAD);
-    server.wait_registered(0).await;
+    // (first header byte, payload, masked, expected close code)
+    let cases: [(u8, &[u8], bool, u16); 3] = [
+        (0x81, b"refresh", false, close_code::PROTOCOL_ERROR),
+        (0x83, b"", true, close_code::PROTOCOL_ERROR),
+        (
+            0x81,
+            &[0x7b, 0xff, 0xfe, 0x7d],
+            true,
+            close_code::INVALID_PAYLOAD,
+        ),
+    ];
+    for (first, payload, masked, code) in cases {
+        let (mut client, _) = RawClient::connect(&server).await;
+        client.send(first, payload, masked).await;
+        assert_eq!(client.close_code().await, code, "{first:#x} {payload:?}");
+        server.wait_registered(0).await;
+    }
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
 //! (BENCHMARKS.md is not touched); `--only idle` does the same for
-//! measurement 2, adding a run per transport.
+//! measurement 2, adding a run per transport; `--only latency` runs the
+//! fan-out pairs at the lowest rate (where the p99 ratio is judged), with
+//! the server's profile unless `--no-profile`.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -185,9 +187,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         None => {}
         Some(Some("webhooks")) => return webhooks_only(&plan),
         Some(Some("idle")) => return idle_only(&plan),
+        Some(Some("latency")) => return latency_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks` and `idle`",
+                "--only {}: the parts that run alone are `webhooks`, `idle` and `latency`",
                 other.unwrap_or("")
             ));
         }
@@ -209,70 +212,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
     // 1. Fan-out, floor and ours alternating at each rate; the lowest rate
     // in several interleaved pairs.
-    let lowest = plan.rates.iter().copied().min().unwrap_or(0);
-    let runs = plan.rates.iter().flat_map(|&rate| {
-        let rounds = if rate == lowest {
-            plan.latency_rounds.max(1)
-        } else {
-            1
-        };
-        std::iter::repeat_n(rate, rounds as usize)
-    });
-    for (n, rate) in runs.enumerate() {
-        let clients = plan.fanout_clients.to_string();
-        let rate_s = rate.to_string();
-        let duration = plan.duration.to_string();
-        let fanout_args = |pid: u32| -> Vec<String> {
-            [
-                "--ws",
-                &clients,
-                "--sse",
-                &clients,
-                "--rate",
-                &rate_s,
-                "--duration",
-                &duration,
-                "--server-pid",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([pid.to_string()])
-            .collect()
-        };
-        let floor = {
-            let server = Server::start(&bins, ServerKind::Floor, &tmp, None)?;
-            let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
-            server.stop();
-            result
-        };
-        let ours = {
-            let db = sqlite(&format!("fanout-{rate}-{n}.db"));
-            let server = Server::start(&bins, ServerKind::Ours, &tmp, Some(&db))?;
-            let heaviest = rate == *plan.rates.iter().max().unwrap_or(&rate);
-            let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), &tmp));
-            // Telemetry's share of the server's CPU at the reference rate.
-            let share = (plan.profile && rate == 1_000 && results.telemetry_share.is_none())
-                .then(|| run::Perf::start_dense(server.pid(), &tmp));
-            let result = loadgen(&bins, &server, &fanout_args(server.pid()), 120)?;
-            if let Some(Some(perf)) = perf {
-                results.profile = perf.finish();
-            }
-            if let Some(Some(perf)) = share {
-                results.telemetry_share = perf.finish_report().map(|report| {
-                    let (pct, symbols) = run::telemetry_share(&report);
-                    let top: Vec<Value> = symbols
-                        .into_iter()
-                        .take(12)
-                        .map(|(p, name)| json!({"pct": p, "symbol": name}))
-                        .collect();
-                    json!({"pct": pct, "symbols": top, "rate": rate})
-                });
-            }
-            server.stop();
-            result
-        };
-        results.fanout.push((rate, floor, ours));
-    }
+    fanout_runs(&plan, &bins, &tmp, &plan.rates, &mut results)?;
 
     // 2. Idle scale, floor and ours.
     results.idle = Some((
@@ -428,20 +368,7 @@ fn idle_run(
 /// measurement 2 (floor and ours, both transports) and then ours with each
 /// transport alone, and prints the table; BENCHMARKS.md is left alone.
 fn idle_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--release",
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-        "--bin",
-        "raw-floor",
-    ])?;
-    cargo_build(&["build", "--release", "-p", "event-server"])?;
-    let bins = run::Bins::locate_without_bench_core()?;
-    let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let (bins, tmp) = connection_bins()?;
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let started = Instant::now();
     let runs = (|| -> Result<_, String> {
@@ -467,6 +394,134 @@ fn idle_only(plan: &Plan) -> Result<(), String> {
                 ("event-server, SSE only", &sse)
             ]
         ),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        started.elapsed().as_secs_f64(),
+        sh("git rev-parse --short HEAD"),
+    );
+    Ok(())
+}
+
+/// Measurement 1: at each of `rates`, a floor run then an event-server run,
+/// each on a fresh process; the lowest rate as [`Plan::latency_rounds`]
+/// interleaved pairs. Appends to `results.fanout` (and the profiles when
+/// `plan.profile`).
+fn fanout_runs(
+    plan: &Plan,
+    bins: &run::Bins,
+    tmp: &Path,
+    rates: &[u64],
+    results: &mut Results,
+) -> Result<(), String> {
+    let lowest = rates.iter().copied().min().unwrap_or(0);
+    let runs = rates.iter().flat_map(|&rate| {
+        let rounds = if rate == lowest {
+            plan.latency_rounds.max(1)
+        } else {
+            1
+        };
+        std::iter::repeat_n(rate, rounds as usize)
+    });
+    for (n, rate) in runs.enumerate() {
+        let clients = plan.fanout_clients.to_string();
+        let rate_s = rate.to_string();
+        let duration = plan.duration.to_string();
+        let fanout_args = |pid: u32| -> Vec<String> {
+            [
+                "--ws",
+                &clients,
+                "--sse",
+                &clients,
+                "--rate",
+                &rate_s,
+                "--duration",
+                &duration,
+                "--server-pid",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([pid.to_string()])
+            .collect()
+        };
+        let floor = {
+            let server = Server::start(bins, ServerKind::Floor, tmp, None)?;
+            let result = loadgen(bins, &server, &fanout_args(server.pid()), 120)?;
+            server.stop();
+            result
+        };
+        let ours = {
+            let db = format!(
+                "sqlite://{}",
+                tmp.join(format!("fanout-{rate}-{n}.db")).display()
+            );
+            let server = Server::start(bins, ServerKind::Ours, tmp, Some(&db))?;
+            let heaviest = rate == *rates.iter().max().unwrap_or(&rate);
+            let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), tmp));
+            // Telemetry's share of the server's CPU at the reference rate.
+            let share = (plan.profile && rate == 1_000 && results.telemetry_share.is_none())
+                .then(|| run::Perf::start_dense(server.pid(), tmp));
+            let result = loadgen(bins, &server, &fanout_args(server.pid()), 120)?;
+            if let Some(Some(perf)) = perf {
+                results.profile = perf.finish();
+            }
+            if let Some(Some(perf)) = share {
+                results.telemetry_share = perf.finish_report().map(|report| {
+                    let (pct, symbols) = run::telemetry_share(&report);
+                    let top: Vec<Value> = symbols
+                        .into_iter()
+                        .take(12)
+                        .map(|(p, name)| json!({"pct": p, "symbol": name}))
+                        .collect();
+                    json!({"pct": pct, "symbols": top, "rate": rate})
+                });
+            }
+            server.stop();
+            result
+        };
+        results.fanout.push((rate, floor, ours));
+    }
+
+    Ok(())
+}
+
+/// Builds what the connection measurements run (the server, `raw-floor`,
+/// `loadgen`) and makes the run's temporary directory.
+fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
+    cargo_build(&[
+        "build",
+        "--release",
+        "-p",
+        "examples",
+        "--bin",
+        "loadgen",
+        "--bin",
+        "raw-floor",
+    ])?;
+    // The full run's server build (these measurements do not use PostgreSQL).
+    let _postgres_built = build_server()?;
+    let bins = run::Bins::locate_without_bench_core()?;
+    let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    Ok((bins, tmp))
+}
+
+/// `--only latency`: the floor/event-server pairs at the lowest fan-out
+/// rate, printed as the fan-out tables (BENCHMARKS.md is left alone).
+fn latency_only(plan: &Plan) -> Result<(), String> {
+    let (bins, tmp) = connection_bins()?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let started = Instant::now();
+    let lowest = plan.rates.iter().copied().min().unwrap_or(100);
+    let mut results = Results::default();
+    let run = fanout_runs(plan, &bins, &tmp, &[lowest], &mut results);
+    let _ = std::fs::remove_dir_all(&tmp);
+    run?;
+    println!(
+        "\n{}{}load average before {load_before}, after {}; {:.0} s; git {}",
+        report::fanout_table(plan, &results),
+        results
+            .profile
+            .map(|p| format!("Profile of event-server:\n\n```text\n{p}\n```\n\n"))
+            .unwrap_or_default(),
         sh("cut -d' ' -f1-3 /proc/loadavg"),
         started.elapsed().as_secs_f64(),
         sh("git rev-parse --short HEAD"),

@@ -158,6 +158,13 @@ pub fn render(plan: &Plan, results: &Results, previous: &str) -> String {
     s
 }
 
+/// The fan-out section (measurement 1) on its own.
+pub fn fanout_table(plan: &Plan, results: &Results) -> String {
+    let mut s = String::new();
+    fanout_section(&mut s, plan, results);
+    s
+}
+
 fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
     let _ = writeln!(
         s,
