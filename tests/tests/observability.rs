@@ -136,13 +136,16 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
         "NoteUpdated",
     ];
     let mut got = Vec::new();
-    while got.len() < want.len() {
-        let (text, _) = ws.next_text().await;
-        let v: Value = serde_json::from_str(&text).unwrap();
-        if v["type"] != "QueueStatus" {
-            got.push(v["type"].as_str().unwrap().to_owned());
+    within("the scripted events on the WebSocket", async {
+        while got.len() < want.len() {
+            let (text, _) = ws.next_text().await;
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] != "QueueStatus" {
+                got.push(v["type"].as_str().unwrap().to_owned());
+            }
         }
-    }
+    })
+    .await;
     assert_eq!(got, want);
     ws.next_text_where(|v| {
         v == &json!({"type":"QueueStatus","total_jobs":3,"running":1,"pending":2})

@@ -41,9 +41,14 @@ impl HotmUi {
     /// Handles messages until one satisfies `want`, reconnecting (like the
     /// UI) after a close other than 1000. Panics after a 1000 close: the UI
     /// would stay disconnected for good.
+    ///
+    /// The wait is bounded by [`WAIT`] in all, reconnects included: the
+    /// periodic `QueueStatus` must not keep a missing message waited for.
     pub async fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.ws.read_within(WAIT).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.ws.read_within(left).await {
                 Some(WsRead::Text(text, _)) => {
                     let v: Value = match serde_json::from_str(&text) {
                         Ok(v) => v,

@@ -118,17 +118,20 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
     };
 
     let mut ws_seen: Vec<(String, Instant)> = Vec::new();
-    loop {
-        let (text, at) = ui.next_text().await;
-        let v: Value = serde_json::from_str(&text).unwrap();
-        if v["job_id"] == job_id.as_str() {
-            let end = v["type"] == "JobCompleted" || v["type"] == "JobFailed";
-            ws_seen.push((text, at));
-            if end {
-                break;
+    within("the job's events on the WebSocket", async {
+        loop {
+            let (text, at) = ui.next_text().await;
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["job_id"] == job_id.as_str() {
+                let end = v["type"] == "JobCompleted" || v["type"] == "JobFailed";
+                ws_seen.push((text, at));
+                if end {
+                    break;
+                }
             }
         }
-    }
+    })
+    .await;
     let sse_seen = sse_task.await.unwrap();
     let published = bus_events.await.unwrap();
     assert!(
@@ -230,25 +233,28 @@ pub async fn uc002(server: &Server) {
     // once; the job's completion follows.
     let mut note_events = 0;
     let mut fetched: Option<Value> = None;
-    loop {
-        let (text, _) = ui.next_text().await;
-        let v: Value = serde_json::from_str(&text).unwrap();
-        if v["type"] == "NoteUpdated" && v["note_id"] == note_id.as_str() {
-            note_events += 1;
-            assert_eq!(v["has_ai_content"], true);
-            let res = http
-                .get(server.url(&format!("/api/v1/notes/{note_id}")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), 200);
-            fetched = Some(res.json().await.unwrap());
+    within("NoteUpdated and JobCompleted on the WebSocket", async {
+        loop {
+            let (text, _) = ui.next_text().await;
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "NoteUpdated" && v["note_id"] == note_id.as_str() {
+                note_events += 1;
+                assert_eq!(v["has_ai_content"], true);
+                let res = http
+                    .get(server.url(&format!("/api/v1/notes/{note_id}")))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+                fetched = Some(res.json().await.unwrap());
+            }
+            if v["type"] == "JobCompleted" && v["job_id"] == job_id.as_str() {
+                assert!(fetched.is_some(), "JobCompleted before NoteUpdated");
+                break;
+            }
         }
-        if v["type"] == "JobCompleted" && v["job_id"] == job_id.as_str() {
-            assert!(fetched.is_some(), "JobCompleted before NoteUpdated");
-            break;
-        }
-    }
+    })
+    .await;
     assert_eq!(
         note_events, 1,
         "one change, one NoteUpdated (no duplicate fetch)"

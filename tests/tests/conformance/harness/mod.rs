@@ -9,6 +9,22 @@ use std::time::Duration;
 #[allow(unused_imports)]
 pub use event_server::testing::{Server, TempDir, WAIT, client, next_where};
 
+/// `work` to its end, within [`WAIT`] in all.
+///
+/// For a loop over messages that waits for one in particular: each read has
+/// its own timeout, but periodic messages (the job bridge's `QueueStatus`)
+/// would keep such a loop alive forever when the awaited one never comes.
+///
+/// # Panics
+///
+/// When `work` does not finish in time; `what` says what was awaited.
+pub async fn within<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, work).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what} did not arrive within {WAIT:?}"),
+    }
+}
+
 /// An HTTP client without an overall timeout, for streams.
 pub fn stream_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

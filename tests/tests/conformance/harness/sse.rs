@@ -128,10 +128,17 @@ impl SseClient {
             .expect("no SSE frame in time (or the stream ended)")
     }
 
-    /// The next frame `want` accepts, skipping others.
+    /// The next frame `want` accepts, skipping others, within [`WAIT`] in
+    /// all (SSE keep-alives and the periodic `QueueStatus` must not keep a
+    /// missing frame waited for forever).
     pub async fn next_where(&mut self, want: impl Fn(&Frame) -> bool) -> Frame {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let f = self.next_frame().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let f = self
+                .frame_within(left)
+                .await
+                .expect("no matching SSE frame in time (or the stream ended)");
             if want(&f) {
                 return f;
             }

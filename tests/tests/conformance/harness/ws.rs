@@ -33,10 +33,13 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn connect(url: &str) -> WsClient {
-        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("websocket connect");
+        let (stream, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(url, None, true),
+        )
+        .await
+        .expect("connect timed out")
+        .expect("websocket connect");
         WsClient { stream, pings: 0 }
     }
 
@@ -44,9 +47,12 @@ impl WsClient {
     pub async fn connect_request(
         req: tokio_tungstenite::tungstenite::handshake::client::Request,
     ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
-        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-            .await
-            .expect("connect timed out")?;
+        let (stream, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::connect_async_with_config(req, None, true),
+        )
+        .await
+        .expect("connect timed out")?;
         Ok(WsClient { stream, pings: 0 })
     }
 
@@ -79,43 +85,94 @@ impl WsClient {
         }
     }
 
-    /// The next text frame `want` accepts (others are skipped).
-    pub async fn next_text_where(&mut self, want: impl Fn(&Value) -> bool) -> (String, Instant) {
+    /// Reads text frames until one `stop` accepts; returns the frames
+    /// before it (parsed) and that one.
+    ///
+    /// # Panics
+    ///
+    /// When none arrives within [`WAIT`] *in all* (not per frame: the job
+    /// bridge's periodic `QueueStatus` must not keep a missing frame waited
+    /// for forever), or on a close, a binary frame or non-JSON text.
+    async fn read_until(
+        &mut self,
+        what: &str,
+        stop: impl Fn(&Value) -> bool,
+    ) -> (Vec<Value>, (String, Instant)) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut before = Vec::new();
         loop {
-            let (text, at) = self.next_text().await;
-            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if want(&value) {
-                return (text, at);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (text, at) = match self.read_within(left).await {
+                Some(WsRead::Text(t, at)) => (t, at),
+                other => panic!("waiting for {what}, got {other:?} after {before:?}"),
+            };
+            let value: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("server sent non-JSON text {text:?}: {e}"));
+            if stop(&value) {
+                return (before, (text, at));
             }
+            before.push(value);
         }
+    }
+
+    /// The next text frame `want` accepts (others are skipped), within
+    /// [`WAIT`] in all.
+    pub async fn next_text_where(&mut self, want: impl Fn(&Value) -> bool) -> (String, Instant) {
+        self.read_until("a matching frame", want).await.1
     }
 
     /// Frames up to the reply to a `{"type":"ping"}` sent now (exclusive):
     /// everything the server queued for this client before the pong.
+    ///
+    /// Only for a client that has no other ping unanswered (a pong does not
+    /// say which ping it answers); otherwise use [`WsClient::barrier`].
     pub async fn drain_until_pong(&mut self) -> Vec<Value> {
         self.send(r#"{"type":"ping"}"#).await;
-        let mut seen = Vec::new();
-        loop {
-            let (text, _) = self.next_text().await;
-            let v: Value = serde_json::from_str(&text).expect("server sent non-JSON text");
-            if v["type"] == "pong" {
-                return seen;
-            }
-            seen.push(v);
+        self.read_until("the pong", |v| v["type"] == "pong").await.0
+    }
+
+    /// Frames the server sent before it handled a barrier sent now
+    /// (exclusive): everything it queued for this client up to here, with
+    /// every earlier message of ours handled.
+    ///
+    /// Unlike a `ping`, the barrier's reply cannot be mistaken for an
+    /// earlier one: it is an `unsubscribe` of a unique unknown name (which
+    /// changes nothing), and its `subscribed` reply echoes that name.
+    pub async fn barrier(&mut self) -> Vec<Value> {
+        let marker = format!("barrier-{}", uuid::Uuid::new_v4());
+        let message = serde_json::json!({"type": "unsubscribe", "events": [marker]});
+        self.send(&message.to_string()).await;
+        let echoes = |v: &Value| {
+            v["type"] == "subscribed"
+                && v["unknown"]
+                    .as_array()
+                    .is_some_and(|names| names.iter().any(|n| n == marker.as_str()))
+        };
+        self.read_until("the barrier's reply", echoes).await.0
+    }
+
+    /// Sends a text frame.
+    ///
+    /// # Panics
+    ///
+    /// When the write fails or does not finish within [`WAIT`] (a server
+    /// that stopped reading).
+    pub async fn send(&mut self, text: &str) {
+        let sent = tokio::time::timeout(WAIT, self.stream.send(Message::Text(text.into())));
+        match sent.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("sending {text:?} failed: {e}"),
+            Err(_) => panic!("sending {text:?} did not finish within {WAIT:?}"),
         }
     }
 
-    pub async fn send(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.to_owned().into()))
-            .await
-            .unwrap();
-    }
-
-    /// Waits for the server's close and returns its code.
+    /// Waits for the server's close (within [`WAIT`] in all) and returns
+    /// its code.
     pub async fn expect_close(&mut self) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.read_within(WAIT).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_within(left).await {
                 Some(WsRead::Closed(frame)) => return frame.map(|f| u16::from(f.code)),
                 Some(WsRead::Text(..)) | Some(WsRead::Binary(_)) => {}
                 None => panic!("the server did not close the connection in time"),
