@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use event_core::{
     AllowAnonymous, Authenticator, BusConfig, ConnectionRegistry, EventBus, SinkRunner,
     StaticTokens,
@@ -404,6 +405,15 @@ impl App {
                 cancel.cancel();
             }
         };
+        // Events are small writes that must leave at once: without
+        // TCP_NODELAY, Nagle's algorithm holds a write back while the
+        // previous one is unacknowledged, and the client's delayed ACK
+        // makes that tens of milliseconds.
+        let listener = listener.tap_io(|tcp: &mut tokio::net::TcpStream| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
         // A client that stops reading leaves its response body unpolled, so
         // nothing inside the SSE stream can end it; the listener aborts a
         // write stalled this long instead (and so cannot block shutdown).
