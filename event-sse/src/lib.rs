@@ -67,6 +67,12 @@
 //!     .layer(event_sse::cors_layer(["http://localhost:5173"]));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
 //! let addr = listener.local_addr().unwrap();
+//! // Events are small writes: without TCP_NODELAY, Nagle's algorithm and
+//! // the client's delayed ACK hold one back for up to ~40 ms.
+//! use axum::serve::ListenerExt;
+//! let listener = listener.tap_io(|tcp| {
+//!     let _ = tcp.set_nodelay(true);
+//! });
 //! // Clients that stop reading are cut off after the stall timeout.
 //! let listener = event_sse::write_timeout(listener, sse.config().stall_timeout);
 //! let server = tokio::spawn(async move {

@@ -91,6 +91,12 @@
 //! let app: axum::Router = axum::Router::new().merge(ws.router());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
+//! // Events are small writes: without TCP_NODELAY, Nagle's algorithm and
+//! // the client's delayed ACK hold one back for up to ~40 ms.
+//! use axum::serve::ListenerExt;
+//! let listener = listener.tap_io(|tcp| {
+//!     let _ = tcp.set_nodelay(true);
+//! });
 //! tokio::spawn(async move {
 //!     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
 //! });

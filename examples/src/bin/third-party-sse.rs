@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use event_sse::bytes::Bytes;
 use event_sse::{Format, SseChannel, SseConfig, SseEvent};
@@ -167,6 +168,11 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
     let channel = sensors.channel.clone();
+    // Events are small writes that must leave at once: without TCP_NODELAY,
+    // Nagle's algorithm and the client's delayed ACK hold one back ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     // A client that stops reading is cut off after 30 s instead of holding
     // its connection (and the graceful shutdown) forever.
     let listener = event_sse::write_timeout(listener, Duration::from_secs(30));

@@ -47,8 +47,7 @@ impl HotmUi {
     pub async fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.ws.read_within(left).await {
+            match self.ws.read_by(deadline).await {
                 Some(WsRead::Text(text, _)) => {
                     let v: Value = match serde_json::from_str(&text) {
                         Ok(v) => v,

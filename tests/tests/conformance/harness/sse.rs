@@ -101,7 +101,12 @@ impl SseClient {
 
     /// The next frame within `timeout`; `None` on timeout or end of stream.
     pub async fn frame_within(&mut self, timeout: Duration) -> Option<Frame> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        self.frame_by(tokio::time::Instant::now() + timeout).await
+    }
+
+    /// The next frame before `deadline`; `None` after it or at the end of
+    /// the stream: for waits bounded in all, across several frames.
+    pub async fn frame_by(&mut self, deadline: tokio::time::Instant) -> Option<Frame> {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let raw: Vec<u8> = self.buf.drain(..pos + 2).collect();
@@ -134,9 +139,8 @@ impl SseClient {
     pub async fn next_where(&mut self, want: impl Fn(&Frame) -> bool) -> Frame {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let f = self
-                .frame_within(left)
+                .frame_by(deadline)
                 .await
                 .expect("no matching SSE frame in time (or the stream ended)");
             if want(&f) {
@@ -160,11 +164,10 @@ impl SseClient {
     pub async fn ends_within(&mut self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            if self.frame_within(left).await.is_none() {
+            if self.frame_by(deadline).await.is_none() {
                 return self.ended;
             }
         }

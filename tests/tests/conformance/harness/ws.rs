@@ -58,7 +58,12 @@ impl WsClient {
 
     /// The next data frame or the close, within `timeout` (`None` on timeout).
     pub async fn read_within(&mut self, timeout: Duration) -> Option<WsRead> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        self.read_by(tokio::time::Instant::now() + timeout).await
+    }
+
+    /// The next data frame or the close, before `deadline` (`None` after
+    /// it): for waits bounded in all, across several frames.
+    pub async fn read_by(&mut self, deadline: tokio::time::Instant) -> Option<WsRead> {
         loop {
             let next = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
@@ -101,8 +106,7 @@ impl WsClient {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut before = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let (text, at) = match self.read_within(left).await {
+            let (text, at) = match self.read_by(deadline).await {
                 Some(WsRead::Text(t, at)) => (t, at),
                 other => panic!("waiting for {what}, got {other:?} after {before:?}"),
             };
@@ -171,8 +175,7 @@ impl WsClient {
     pub async fn expect_close(&mut self) -> Option<u16> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read_within(left).await {
+            match self.read_by(deadline).await {
                 Some(WsRead::Closed(frame)) => return frame.map(|f| u16::from(f.code)),
                 Some(WsRead::Text(..)) | Some(WsRead::Binary(_)) => {}
                 None => panic!("the server did not close the connection in time"),
