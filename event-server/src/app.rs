@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use event_core::{
     AllowAnonymous, Authenticator, BusConfig, ConnectionRegistry, EventBus, SinkRunner,
     StaticTokens,
@@ -26,6 +25,7 @@ use crate::config::Config;
 use crate::connections::{self, ConnectionsState};
 use crate::db::Db;
 use crate::error::ServerError;
+use crate::guard::{self, BodyLimits, Need, RouteGuard};
 use crate::publish::{self, PublishState};
 
 mod serve;
@@ -43,6 +43,7 @@ pub struct App {
     cancel: CancellationToken,
     background: Vec<JoinHandle<()>>,
     parts: Parts,
+    caps: serve::ConnectionCaps,
 }
 
 /// The feature-selected pieces that need an orderly stop.
@@ -111,6 +112,28 @@ pub fn authenticator(config: &Config) -> Arc<dyn Authenticator> {
     Arc::new(tokens)
 }
 
+/// `routes` behind the host's guards: the principal `need`s decided from the
+/// request head, then (for routes that take a body) the whole body read
+/// within `body` — in that order, so a refused request's body is never read.
+fn guarded(
+    routes: Router,
+    auth: &Arc<dyn Authenticator>,
+    need: Need,
+    body: Option<BodyLimits>,
+) -> Router {
+    let routes = match body {
+        Some(limits) => routes.route_layer(axum::middleware::from_fn_with_state(
+            limits,
+            guard::read_body,
+        )),
+        None => routes,
+    };
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        RouteGuard::new(auth.clone(), need),
+        guard::authorize,
+    ))
+}
+
 impl App {
     /// Builds everything the configuration and features select.
     pub async fn build(config: &Config) -> Result<App, ServerError> {
@@ -164,19 +187,35 @@ impl App {
         #[cfg(feature = "telemetry")]
         let mut health = event_telemetry::Health::new(registry.clone());
 
-        let mut router = Router::new()
-            .route("/", get(crate::dashboard::page))
-            .route(
+        let body_timeout = Duration::from_secs(config.http_body_timeout_secs);
+        let publish_routes = guarded(
+            Router::new().route(
                 "/api/v1/events",
                 post(publish::publish).with_state(PublishState {
                     bus: bus.clone(),
                     auth: auth.clone(),
                 }),
-            )
-            .merge(connections::router(ConnectionsState {
+            ),
+            &auth,
+            Need::Admin,
+            Some(BodyLimits {
+                max_bytes: config.publish_max_body_bytes,
+                timeout: body_timeout,
+            }),
+        );
+        let connection_routes = guarded(
+            connections::router(ConnectionsState {
                 registry: registry.clone(),
                 auth: auth.clone(),
-            }));
+            }),
+            &auth,
+            Need::Admin,
+            None,
+        );
+        let mut router = Router::new()
+            .route("/", get(crate::dashboard::page))
+            .merge(publish_routes)
+            .merge(connection_routes);
 
         // Jobs: the bridge turns worker events into job events and keeps
         // the queue status the transports send on connect and `refresh`.
@@ -196,11 +235,28 @@ impl App {
                     event_bridge_jobs::simulator::SimulatorConfig::default(),
                 ));
                 crate::demo::jobs::install_hooks(&worker, notes.clone());
-                router = router.merge(crate::demo::notes::router(notes)).merge(
-                    crate::demo::jobs::router(crate::demo::jobs::JobsState {
-                        worker: worker.clone(),
+                let note_routes = guarded(
+                    crate::demo::notes::router(notes),
+                    &auth,
+                    Need::AdminToWrite,
+                    Some(BodyLimits {
+                        max_bytes: crate::demo::notes::MAX_BODY_BYTES,
+                        timeout: body_timeout,
                     }),
                 );
+                let job_routes = guarded(
+                    crate::demo::jobs::router(crate::demo::jobs::JobsState {
+                        worker: worker.clone(),
+                        max_queued: config.demo_max_queued_jobs,
+                    }),
+                    &auth,
+                    Need::AdminToWrite,
+                    Some(BodyLimits {
+                        max_bytes: crate::demo::jobs::MAX_BODY_BYTES,
+                        timeout: body_timeout,
+                    }),
+                );
+                router = router.merge(note_routes).merge(job_routes);
                 let handle = bridge
                     .with_queue_stats(worker.stats_source())
                     .spawn(worker.subscribe());
@@ -296,7 +352,9 @@ impl App {
             #[cfg(not(feature = "nats"))]
             let sink = webhooks.sink();
             runner.register(sink);
-            router = router.merge(webhooks.router());
+            // The crate checks the admin token itself; the host's guard
+            // decides it from the head as well, before a body is read.
+            router = router.merge(guarded(webhooks.router(), &auth, Need::Admin, None));
             let worker = webhooks.start_worker(cancel.child_token());
             parts.webhooks = Some((webhooks, worker));
         }
@@ -335,6 +393,13 @@ impl App {
         if !config.allowed_origins.is_empty() {
             router = router.layer(crate::cors::layer(&config.allowed_origins));
         }
+        // Outermost: refused sites and media types never reach a route.
+        router = router
+            .layer(axum::middleware::from_fn(guard::require_json))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(guard::SiteGuard::from_config(config)),
+                guard::check_site,
+            ));
         #[cfg(feature = "nats")]
         {
             parts.cluster = cluster;
@@ -349,6 +414,10 @@ impl App {
             cancel,
             background,
             parts,
+            caps: serve::ConnectionCaps::from_file_limit(
+                config.max_open_connections,
+                config.max_connections_per_ip,
+            ),
         })
     }
 
@@ -390,6 +459,7 @@ impl App {
             cancel,
             background,
             parts,
+            caps,
             ..
         } = self;
         let stop = cancel.clone();
@@ -405,15 +475,8 @@ impl App {
                 cancel.cancel();
             }
         };
-        // Events are small writes that must leave at once: without
-        // TCP_NODELAY, Nagle's algorithm holds a write back while the
-        // previous one is unacknowledged, and the client's delayed ACK
-        // makes that tens of milliseconds.
-        let listener = listener.tap_io(|tcp: &mut tokio::net::TcpStream| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
+        // TCP_NODELAY, the connection caps and accept back-off.
+        let listener = serve::CappedListener::new(listener, caps);
         // A client that stops reading leaves its response body unpolled, so
         // nothing inside the SSE stream can end it; the listener aborts a
         // write stalled this long instead (and so cannot block shutdown).

@@ -166,6 +166,55 @@ pub struct Config {
     #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value = "10000", value_parser = non_zero)]
     pub max_connections: usize,
 
+    /// Open TCP connections from one client IP address, all routes and
+    /// transports together (`0`: no limit, e.g. behind a reverse proxy whose
+    /// address every client shares). Beyond it a connection gets `503`.
+    #[arg(
+        long = "max-connections-per-ip",
+        env = "MAX_CONNECTIONS_PER_IP",
+        default_value = "256"
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Open TCP connections in all. Default: the process's file limit (raised
+    /// to its hard limit at start) less a reserve for the database, logs and
+    /// outgoing webhook requests. Beyond it a connection gets `503`.
+    #[arg(long = "max-open-connections", env = "MAX_OPEN_CONNECTIONS", value_parser = non_zero)]
+    pub max_open_connections: Option<usize>,
+
+    /// Seconds a client has to send a whole request body (else `408` and the
+    /// connection is closed).
+    #[arg(long = "http-body-timeout-secs", env = "HTTP_BODY_TIMEOUT_SECS", default_value = "10", value_parser = seconds)]
+    pub http_body_timeout_secs: u64,
+
+    /// Largest body of `POST /api/v1/events`, in bytes (`413` beyond).
+    #[arg(long = "publish-max-body-bytes", env = "PUBLISH_MAX_BODY_BYTES", default_value = "1048576", value_parser = non_zero)]
+    pub publish_max_body_bytes: usize,
+
+    /// Simulated jobs that may wait in the demo queue; beyond it
+    /// `POST /api/v1/jobs` answers `429` with `Retry-After` (feature `demo`).
+    #[arg(long = "demo-max-queued-jobs", env = "DEMO_MAX_QUEUED_JOBS", default_value = "1000", value_parser = non_zero)]
+    pub demo_max_queued_jobs: usize,
+
+    /// Allows anonymous local mode (no token set) on a non-loopback address.
+    /// Anyone who can reach the port can then read every event, publish and
+    /// register webhooks: only for a trusted network.
+    #[arg(
+        long = "auth-allow-anonymous",
+        env = "AUTH_ALLOW_ANONYMOUS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub auth_allow_anonymous: bool,
+
+    /// Comma-separated host names (without port) this server answers to
+    /// besides loopback ones (`localhost`, `127.0.0.1`, `[::1]`). Checked
+    /// against the `Host` header in anonymous mode (and in token mode when
+    /// set), against DNS rebinding.
+    #[arg(long = "public-hosts", env = "PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_hosts: Vec<String>,
+
     /// Admin bearer token (webhooks, publishing, connection management). With
     /// neither this nor client tokens set, the server runs in anonymous local mode.
     #[arg(
@@ -185,7 +234,8 @@ pub struct Config {
     pub auth_client_tokens: Vec<String>,
 
     /// Comma-separated allowed browser origins (WebSocket `Origin` check and
-    /// CORS). Empty: any origin.
+    /// CORS), each `scheme://host[:port]`, or `*` for any. Empty: any in token
+    /// mode; loopback and same-host origins in anonymous mode.
     #[arg(
         long = "allowed-origins",
         env = "ALLOWED_ORIGINS",
@@ -274,6 +324,18 @@ impl Config {
         }
         if self.auth_client_tokens.iter().any(|t| t.trim().is_empty()) {
             return Err("AUTH_CLIENT_TOKENS contains an empty token".to_owned());
+        }
+        if !self.auth_enabled() && !self.addr.ip().is_loopback() && !self.auth_allow_anonymous {
+            return Err(format!(
+                "no AUTH_ADMIN_TOKEN or AUTH_CLIENT_TOKENS is set (anonymous local mode) but \
+                 EVENT_SERVER_ADDR {} is not a loopback address; set tokens, or \
+                 AUTH_ALLOW_ANONYMOUS=true to serve anyone who can reach it",
+                self.addr
+            ));
+        }
+        crate::guard::check_origins(&self.allowed_origins)?;
+        for host in &self.public_hosts {
+            crate::guard::check_host_name(host).map_err(|e| format!("PUBLIC_HOSTS: {e}"))?;
         }
         if self.nats_url.is_some() && !cfg!(feature = "nats") {
             return Err(

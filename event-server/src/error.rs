@@ -27,6 +27,33 @@ pub enum ServerError {
     /// A dependency is not available now (worker stopped, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// The request body (or one event in it) is over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A mutating request without `Content-Type: application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A limit on the rate or on queued work was hit; try again later.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was hit, naming the setting.
+        message: String,
+        /// The `Retry-After` the client gets, in seconds.
+        retry_after_secs: u64,
+    },
+    /// The request body did not arrive within `HTTP_BODY_TIMEOUT_SECS`; the
+    /// connection is closed.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// The `Host` or `Origin` of the request is not one this server answers
+    /// (DNS rebinding, cross-site requests in anonymous mode).
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable code (`host_not_allowed`, `origin_not_allowed`).
+        code: &'static str,
+        /// What was refused and which setting allows it.
+        message: String,
+    },
     /// A dependency (database, worker) failed.
     #[error("{0}")]
     Internal(String),
@@ -51,6 +78,15 @@ impl ServerError {
             ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ServerError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ServerError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
+            ServerError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ServerError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -79,7 +115,26 @@ impl IntoResponse for ServerError {
             tracing::error!(error = %self, "request failed");
         }
         let body = serde_json::json!({ "error": code, "message": self.to_string() });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        match &self {
+            ServerError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            // The rest of the body may still be on its way (or never come):
+            // the connection cannot be reused.
+            ServerError::BodyTimeout(_) | ServerError::TooLarge(_) => {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            _ => {}
+        }
+        response
     }
 }
 

@@ -18,6 +18,7 @@ pub mod db;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;
+pub mod guard;
 #[cfg(not(feature = "telemetry"))]
 pub mod health;
 pub mod logging;

@@ -86,9 +86,11 @@ fn dechunk(mut body: &[u8]) -> (Vec<u8>, bool) {
 async fn an_event_stream_is_chunked_and_ends_when_the_client_leaves() {
     let server = Server::start(&[]).await;
     let mut tcp = connect(&server).await;
-    tcp.write_all(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .await
-        .unwrap();
+    tcp.write_all(
+        b"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     assert!(read_until(&mut tcp, &mut buf, b"retry: 3000").await);
     let (head, _) = split_head(&buf);
@@ -134,7 +136,7 @@ async fn a_head_sent_in_pieces_is_put_back_together() {
     for piece in [
         &b"GET /api/v1/ev"[..],
         b"ents?format=envelope HTTP/1.1\r\nHo",
-        b"st: x\r\n",
+        b"st: 127.0.0.1\r\n",
         b"\r\n",
     ] {
         tcp.write_all(piece).await.unwrap();
@@ -154,8 +156,8 @@ async fn an_error_answer_keeps_the_connection_for_the_next_request() {
     // Both requests in one write: the second one is already read when the
     // first is answered, and must reach hyper intact.
     tcp.write_all(
-        b"GET /api/v1/events?heartbeat=nope HTTP/1.1\r\nHost: x\r\n\r\n\
-          GET /api/v1/events/history HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/events?heartbeat=nope HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+          GET /api/v1/events/history HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
@@ -188,7 +190,7 @@ async fn connection_close_on_an_error_answer_closes() {
     let server = Server::start(&[]).await;
     let mut tcp = connect(&server).await;
     tcp.write_all(
-        b"GET /api/v1/events?heartbeat=nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/events?heartbeat=nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
@@ -224,7 +226,9 @@ async fn an_http_1_0_stream_is_delimited_by_the_close() {
 
 #[tokio::test]
 async fn shutdown_ends_a_stream_with_the_last_chunk() {
-    let buf = stream_until_shutdown(b"GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let buf =
+        stream_until_shutdown(b"GET /api/v1/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
     let (_, body) = split_head(&buf);
     let (data, ended) = dechunk(body);
     assert!(ended, "no terminating chunk: {body:?}");
@@ -237,7 +241,7 @@ async fn other_requests_go_to_hyper_with_what_was_read() {
     let mut tcp = connect(&server).await;
     let body = br#"{"type":"QueueStatus","total_jobs":1,"running":0,"pending":1}"#;
     let request = format!(
-        "POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        "POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -257,7 +261,8 @@ async fn a_head_too_large_to_answer_here_goes_to_hyper() {
     let server = Server::start(&[]).await;
     let mut tcp = connect(&server).await;
     let filler = "x".repeat(9 * 1024);
-    let request = format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nX-Filler: {filler}\r\n\r\n");
+    let request =
+        format!("GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filler: {filler}\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     assert!(read_until(&mut tcp, &mut buf, b"retry: 3000").await);

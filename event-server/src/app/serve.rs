@@ -25,6 +25,9 @@
 //! call returns when the last one has.
 
 mod direct;
+mod listener;
+
+pub use listener::{CappedListener, ConnectionCaps};
 
 use std::future::Future;
 use std::net::SocketAddr;

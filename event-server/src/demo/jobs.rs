@@ -27,12 +27,20 @@ pub const AI_REVISION: &str = "AiRevision";
 
 /// Longest accepted job type.
 const MAX_JOB_TYPE: usize = 64;
+/// Largest job request body (`413` beyond).
+pub const MAX_BODY_BYTES: usize = 4 * 1024;
+/// The `Retry-After` of a `429` when the queue is full: the simulated worker
+/// finishes a job every second or so.
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// State of the job routes.
 #[derive(Clone)]
 pub struct JobsState {
     /// The simulated worker.
     pub worker: Arc<SimulatedWorker>,
+    /// Jobs that may wait in the queue (`DEMO_MAX_QUEUED_JOBS`); beyond it a
+    /// submission gets `429`.
+    pub max_queued: usize,
 }
 
 /// Body of `POST /api/v1/jobs`.
@@ -99,6 +107,19 @@ async fn submit(
             "invalid_job_type",
             "`job_type` must be 1-64 ASCII letters, digits, `_` or `-`",
         ));
+    }
+    // Checked, then submitted: concurrent submissions may pass the check
+    // together, so the queue can overshoot by at most the number of
+    // requests in flight at that moment.
+    let pending = state.worker.queue_status().pending;
+    if pending >= state.max_queued as u64 {
+        return Err(ServerError::TooManyRequests {
+            message: format!(
+                "the demo job queue is full ({pending} jobs waiting, DEMO_MAX_QUEUED_JOBS={})",
+                state.max_queued
+            ),
+            retry_after_secs: RETRY_AFTER_SECS,
+        });
     }
     let job_id = state
         .worker

@@ -18,6 +18,17 @@ use super::store::{self, Note, NotePatch};
 use crate::db::Db;
 use crate::error::ServerError;
 
+/// Largest note request body (`413` beyond).
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
+/// Longest title, in bytes.
+pub const MAX_TITLE_BYTES: usize = 1000;
+/// Longest content, in bytes.
+pub const MAX_CONTENT_BYTES: usize = 64 * 1024;
+/// Most tags on one note.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 64;
+
 /// State of the note routes.
 #[derive(Clone, Debug)]
 pub struct NotesState {
@@ -65,10 +76,42 @@ fn check_title(title: &str) -> Result<(), ServerError> {
             "`title` must not be blank",
         ));
     }
-    if title.len() > 1000 {
+    if title.len() > MAX_TITLE_BYTES {
         return Err(ServerError::bad_request(
             "invalid_title",
-            "`title` is longer than 1,000 bytes",
+            format!("`title` is longer than {MAX_TITLE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_content(content: &str) -> Result<(), ServerError> {
+    if content.len() > MAX_CONTENT_BYTES {
+        return Err(ServerError::bad_request(
+            "invalid_content",
+            format!("`content` is longer than {MAX_CONTENT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<(), ServerError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ServerError::bad_request(
+            "invalid_tags",
+            format!(
+                "`tags` holds {} tags, at most {MAX_TAGS} are allowed",
+                tags.len()
+            ),
+        ));
+    }
+    if let Some(i) = tags
+        .iter()
+        .position(|t| t.trim().is_empty() || t.len() > MAX_TAG_BYTES)
+    {
+        return Err(ServerError::bad_request(
+            "invalid_tags",
+            format!("`tags[{i}]` must be 1 to {MAX_TAG_BYTES} bytes and not blank"),
         ));
     }
     Ok(())
@@ -100,6 +143,8 @@ async fn create(
 ) -> Result<(StatusCode, Json<Note>), ServerError> {
     let new: NewNote = json_body(&body)?;
     check_title(&new.title)?;
+    check_content(&new.content)?;
+    check_tags(&new.tags)?;
     let now = OffsetDateTime::now_utc();
     let note = Note {
         id: Uuid::now_v7(),
@@ -126,6 +171,12 @@ async fn update(
     let patch: NotePatch = json_body(&body)?;
     if let Some(title) = &patch.title {
         check_title(title)?;
+    }
+    if let Some(content) = &patch.content {
+        check_content(content)?;
+    }
+    if let Some(tags) = &patch.tags {
+        check_tags(tags)?;
     }
     let changed = store::write(&state.db, &state.bus, Some(id), None, |current| {
         let Some(mut note) = current else {
