@@ -150,6 +150,8 @@ impl Server {
                     .env("DATABASE_URL", database_url.unwrap_or("sqlite::memory:"))
                     .env("WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8")
                     .env("MAX_CONNECTIONS", "20000")
+                    // Every load client connects from 127.0.0.1.
+                    .env("MAX_CONNECTIONS_PER_IP", "0")
                     .env_remove("AUTH_ADMIN_TOKEN")
                     .env_remove("AUTH_CLIENT_TOKENS")
                     .env_remove("RUST_LOG");
