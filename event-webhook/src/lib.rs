@@ -38,8 +38,9 @@
 //!   are recovered at start-up; succeeded rows are pruned after 7 days.
 //! * **Signing** ([`signing`]): `X-Matric-Signature: sha256=<hex>` (header
 //!   name configurable) and the Standard Webhooks headers `webhook-id`,
-//!   `webhook-timestamp`, `webhook-signature`. Receivers check either with
-//!   [`verify`].
+//!   `webhook-timestamp`, `webhook-signature`. Receivers check the Standard
+//!   Webhooks signature, timestamp included, with [`verify`] (the body-only
+//!   HMAC alone can be replayed, so it is never enough there).
 //!
 //! ## Host wiring
 //!
@@ -102,9 +103,12 @@
 //! headers.insert("webhook-signature", standard_signature(secret, "e1", now, body).parse()?);
 //! headers.insert("x-matric-signature", matric_signature(secret, body).parse()?);
 //!
-//! // …and the check a receiver makes (either scheme, 5-minute tolerance).
+//! // …and the check a receiver makes (Standard Webhooks, 5-minute tolerance).
 //! event_webhook::verify(secret, &headers, body)?;
 //! assert!(event_webhook::verify(secret, &headers, b"tampered").is_err());
+//! // The body-only HMAC with a fresh timestamp is a replay, not a delivery.
+//! headers.remove("webhook-signature");
+//! assert!(event_webhook::verify(secret, &headers, body).is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
