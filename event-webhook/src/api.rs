@@ -138,6 +138,13 @@ fn parse_fields(obj: Map<String, Value>) -> Result<Fields> {
                 if !SECRET_LEN.contains(&s.len()) {
                     return Err(WebhookError::invalid("secret", "must be 16 to 128 bytes"));
                 }
+                if s.starts_with(crate::secret_key::RESERVED_PREFIX) {
+                    // Stored secrets sealed at rest start with it.
+                    return Err(WebhookError::invalid(
+                        "secret",
+                        "must not start with `enc:` (reserved for sealed secrets)",
+                    ));
+                }
                 f.secret = Some(s);
             }
             ("secret", Value::Null) => {}
