@@ -36,6 +36,12 @@
 //!   `Retry-After` honoured up to a cap), then the delivery is `dead`. Ten
 //!   dead deliveries in a row disable the webhook. Claims of a dead process
 //!   are recovered at start-up; succeeded rows are pruned after 7 days.
+//! * **Secrets at rest** ([`secret_key`]): the SQLite file is owner-only
+//!   (0600); with [`WebhookConfig::secret_keys`] (`WEBHOOK_SECRET_KEY`)
+//!   secrets are sealed with XChaCha20-Poly1305 in either engine, keys
+//!   rotate, and plaintext rows from before are sealed at start-up.
+//! * **Request guard**: the API authenticates from the request head before
+//!   reading any body, and caps bodies at [`api::MAX_BODY_BYTES`].
 //! * **Signing** ([`signing`]): `X-Matric-Signature: sha256=<hex>` (header
 //!   name configurable) and the Standard Webhooks headers `webhook-id`,
 //!   `webhook-timestamp`, `webhook-signature`. Receivers check the Standard
