@@ -3,8 +3,14 @@
 //! Bodies are parsed by hand from JSON values so every validation error
 //! names its field: malformed JSON is `400 bad_request`, a field of the
 //! wrong type or value is `422 validation_error`, an unknown id is
-//! `404 not_found`. Every route requires an admin principal from the host's
-//! [`Authenticator`](event_core::Authenticator).
+//! `404 not_found`, a body over [`MAX_BODY_BYTES`] is
+//! `413 payload_too_large`.
+//!
+//! Every route requires an admin principal from the host's
+//! [`Authenticator`](event_core::Authenticator), decided from the request
+//! head by a route layer *before any body byte is read*: an unauthenticated
+//! client gets `401` (`403` for a non-admin) at once, however large the
+//! `Content-Length` it announces, and never makes the server buffer a body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +18,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -38,6 +46,10 @@ pub const SECRET_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 pub const MAX_RETRIES: u32 = 20;
 /// Default and highest `limit` of the deliveries list.
 pub const DELIVERIES_LIMIT: (u32, u32) = (50, 1000);
+/// Largest request body of the webhook routes (64 KiB): a create or patch
+/// body is a URL of at most [`MAX_URL_LEN`] characters, a secret, and a list
+/// of event names. Larger bodies get `413 payload_too_large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub(crate) fn router<S: Clone + Send + Sync + 'static>(shared: Arc<Shared>) -> Router<S> {
     Router::new()
@@ -52,7 +64,41 @@ pub(crate) fn router<S: Clone + Send + Sync + 'static>(shared: Arc<Shared>) -> R
             "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
             post(redeliver),
         )
+        // Runs for matched routes only, before the handler and so before
+        // its body extractor reads anything.
+        .route_layer(from_fn_with_state(shared.clone(), guard_head))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// The route layer: authenticates from the head and answers `401`/`403`
+/// JSON before the body is touched; then refuses a `Content-Length` over
+/// [`MAX_BODY_BYTES`] (`413`) without reading it. A chunked body is cut at
+/// the limit while it is read.
+async fn guard_head(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if let Err(e) = authorize(&shared, request.headers()).await {
+        return e.into_response();
+    }
+    let announced = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return WebhookError::PayloadTooLarge(MAX_BODY_BYTES).into_response();
+    }
+    next.run(request).await
+}
+
+/// The body of a create or patch, within [`MAX_BODY_BYTES`].
+fn body_of(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WebhookError::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            WebhookError::BadRequest(format!("cannot read the body: {}", rejection.body_text()))
+        }
+    })
 }
 
 async fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<()> {
@@ -138,6 +184,13 @@ fn parse_fields(obj: Map<String, Value>) -> Result<Fields> {
                 if !SECRET_LEN.contains(&s.len()) {
                     return Err(WebhookError::invalid("secret", "must be 16 to 128 bytes"));
                 }
+                if s.starts_with(crate::secret_key::RESERVED_PREFIX) {
+                    // Stored secrets sealed at rest start with it.
+                    return Err(WebhookError::invalid(
+                        "secret",
+                        "must not start with `enc:` (reserved for sealed secrets)",
+                    ));
+                }
                 f.secret = Some(s);
             }
             ("secret", Value::Null) => {}
@@ -204,10 +257,9 @@ fn generate_secret() -> String {
 
 async fn create(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    authorize(&shared, &headers).await?;
+    let body = body_of(body)?;
     let fields = parse_fields(parse_object(&body)?)?;
     let url = fields
         .url
@@ -239,8 +291,7 @@ async fn create(
         .into_response())
 }
 
-async fn list(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Result<Response> {
-    authorize(&shared, &headers).await?;
+async fn list(State(shared): State<Arc<Shared>>) -> Result<Response> {
     let all = shared.store.list_webhooks().await?;
     let items: Vec<_> = all.iter().map(WebhookJson::public).collect();
     Ok(Json(items).into_response())
@@ -255,23 +306,17 @@ async fn load(shared: &Shared, raw_id: &str) -> Result<Webhook> {
         .ok_or(WebhookError::NotFound("webhook"))
 }
 
-async fn fetch(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response> {
-    authorize(&shared, &headers).await?;
+async fn fetch(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response> {
     let w = load(&shared, &id).await?;
     Ok(Json(WebhookJson::public(&w)).into_response())
 }
 
 async fn update(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    authorize(&shared, &headers).await?;
+    let body = body_of(body)?;
     let fields = parse_fields(parse_object(&body)?)?;
     let mut w = load(&shared, &id).await?;
     if let Some(url) = fields.url {
@@ -305,12 +350,7 @@ async fn update(
     Ok(Json(WebhookJson::public(&w)).into_response())
 }
 
-async fn remove(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response> {
-    authorize(&shared, &headers).await?;
+async fn remove(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "webhook")?;
     if !shared.store.delete_webhook(id).await? {
         return Err(WebhookError::NotFound("webhook"));
@@ -322,11 +362,9 @@ async fn remove(
 
 async fn deliveries(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    authorize(&shared, &headers).await?;
     let limit = match query.get("limit") {
         None => DELIVERIES_LIMIT.0,
         Some(s) => s
@@ -355,10 +393,8 @@ async fn deliveries(
 
 async fn redeliver(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> Result<Response> {
-    authorize(&shared, &headers).await?;
     let w = load(&shared, &id).await?;
     let delivery_id = parse_id(&delivery_id, "delivery")?;
     let d = shared
@@ -374,10 +410,8 @@ async fn redeliver(
 /// away (one attempt, not retried) and reports the outcome honestly.
 async fn test_delivery(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    authorize(&shared, &headers).await?;
     let w = load(&shared, &id).await?;
     let event = event_core::Event::new(
         0,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::secret_key::SecretKey;
+
 /// Settings of the webhook API, sink and worker.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
@@ -57,6 +59,12 @@ pub struct WebhookConfig {
     pub allow_cidrs: Vec<IpNet>,
     /// The `User-Agent` of delivery requests.
     pub user_agent: String,
+    /// Keys sealing webhook secrets at rest (`WEBHOOK_SECRET_KEY`, parsed
+    /// with [`SecretKey::parse_list`]): the first seals, all open. Default
+    /// none: secrets are stored as registered. See
+    /// [`secret_key`](crate::secret_key) for the format and the rotation
+    /// procedure.
+    pub secret_keys: Vec<SecretKey>,
 }
 
 impl Default for WebhookConfig {
@@ -80,6 +88,7 @@ impl Default for WebhookConfig {
             index_refresh_interval: Duration::from_secs(30),
             allow_cidrs: Vec::new(),
             user_agent: concat!("matric-events/", env!("CARGO_PKG_VERSION")).to_owned(),
+            secret_keys: Vec::new(),
         }
     }
 }

@@ -48,6 +48,44 @@ pub enum WebhookError {
     /// Data in the store is not what this crate wrote.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// A request body is larger than the route accepts (HTTP 413); the
+    /// limit in bytes.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// A webhook secret key (`WEBHOOK_SECRET_KEY`) is not base64 of 32
+    /// bytes. Never contains the key.
+    #[error("invalid webhook secret key (expected base64 of 32 bytes): {reason}")]
+    InvalidSecretKey {
+        /// What is wrong with it.
+        reason: String,
+        /// The base64 error, when that was the problem.
+        #[source]
+        source: Option<base64::DecodeError>,
+    },
+    /// A stored webhook secret cannot be opened with the configured keys
+    /// (see [`secret_key`](crate::secret_key)). Names the webhook and the
+    /// key id, never the secret.
+    #[error("the stored secret of webhook {webhook_id} cannot be decrypted: {reason}")]
+    SecretUndecryptable {
+        /// The webhook whose secret it is.
+        webhook_id: uuid::Uuid,
+        /// Which key was needed and what failed.
+        reason: String,
+        /// The AEAD error, when decryption itself failed.
+        #[source]
+        source: Option<chacha20poly1305::Error>,
+    },
+    /// The SQLite database file's permissions could not be restricted.
+    #[error("database file {path}: {what}")]
+    DatabaseFile {
+        /// The file.
+        path: String,
+        /// What was being done.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Shorthand result type.
@@ -73,10 +111,14 @@ impl WebhookError {
             WebhookError::Forbidden(_) => "forbidden",
             WebhookError::Refused(_) => "url_not_allowed",
             WebhookError::UnsupportedDatabase(_) => "unsupported_database",
+            WebhookError::PayloadTooLarge(_) => "payload_too_large",
+            WebhookError::InvalidSecretKey { .. } => "invalid_secret_key",
             WebhookError::Database(_)
             | WebhookError::Migrate(_)
             | WebhookError::Client(_)
-            | WebhookError::Corrupt(_) => "internal_error",
+            | WebhookError::Corrupt(_)
+            | WebhookError::SecretUndecryptable { .. }
+            | WebhookError::DatabaseFile { .. } => "internal_error",
         }
     }
 
@@ -91,6 +133,7 @@ impl WebhookError {
             WebhookError::Conflict(_) => StatusCode::CONFLICT,
             WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebhookError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebhookError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -36,10 +36,17 @@
 //!   `Retry-After` honoured up to a cap), then the delivery is `dead`. Ten
 //!   dead deliveries in a row disable the webhook. Claims of a dead process
 //!   are recovered at start-up; succeeded rows are pruned after 7 days.
+//! * **Secrets at rest** ([`secret_key`]): the SQLite file is owner-only
+//!   (0600); with [`WebhookConfig::secret_keys`] (`WEBHOOK_SECRET_KEY`)
+//!   secrets are sealed with XChaCha20-Poly1305 in either engine, keys
+//!   rotate, and plaintext rows from before are sealed at start-up.
+//! * **Request guard**: the API authenticates from the request head before
+//!   reading any body, and caps bodies at [`api::MAX_BODY_BYTES`].
 //! * **Signing** ([`signing`]): `X-Matric-Signature: sha256=<hex>` (header
 //!   name configurable) and the Standard Webhooks headers `webhook-id`,
-//!   `webhook-timestamp`, `webhook-signature`. Receivers check either with
-//!   [`verify`].
+//!   `webhook-timestamp`, `webhook-signature`. Receivers check the Standard
+//!   Webhooks signature, timestamp included, with [`verify`] (the body-only
+//!   HMAC alone can be replayed, so it is never enough there).
 //!
 //! ## Host wiring
 //!
@@ -102,9 +109,12 @@
 //! headers.insert("webhook-signature", standard_signature(secret, "e1", now, body).parse()?);
 //! headers.insert("x-matric-signature", matric_signature(secret, body).parse()?);
 //!
-//! // …and the check a receiver makes (either scheme, 5-minute tolerance).
+//! // …and the check a receiver makes (Standard Webhooks, 5-minute tolerance).
 //! event_webhook::verify(secret, &headers, body)?;
 //! assert!(event_webhook::verify(secret, &headers, b"tampered").is_err());
+//! // The body-only HMAC with a fresh timestamp is a replay, not a delivery.
+//! headers.remove("webhook-signature");
+//! assert!(event_webhook::verify(secret, &headers, body).is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -124,6 +134,7 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod model;
+pub mod secret_key;
 mod service;
 pub mod signing;
 pub mod sink;
@@ -134,6 +145,7 @@ pub mod worker;
 pub use client::http_client;
 pub use config::WebhookConfig;
 pub use error::{Result, WebhookError};
+pub use secret_key::SecretKey;
 pub use service::Webhooks;
 pub use signing::verify;
 pub use sink::WebhookSink;

@@ -13,8 +13,10 @@ use crate::config::WebhookConfig;
 use crate::error::{Result, WebhookError};
 use crate::index::SubscriberIndex;
 use crate::metrics::WebhookMetrics;
+use crate::secret_key::{SecretCipher, SecretKey};
 use crate::sink::WebhookSink;
 use crate::ssrf::SsrfGuard;
+use crate::store::sealed::SealedStore;
 use crate::store::{self, WebhookStore};
 use crate::worker::DeliveryWorker;
 
@@ -79,6 +81,15 @@ impl Webhooks {
     /// Builds the service on an open store and loads the subscriber index.
     /// Admin routes require [`Principal::is_admin`](event_core::Principal)
     /// from `auth` (`AllowAnonymous` admits everyone as admin).
+    ///
+    /// Webhook secrets are sealed at rest with
+    /// [`WebhookConfig::secret_keys`] (see [`secret_key`](crate::secret_key)):
+    /// with keys, every secret stored in plaintext or under a key other than
+    /// the first is re-sealed here, before anything else. A secret that
+    /// cannot be opened with the configured keys (sealed under a key not
+    /// configured, a wrong key, no key at all) fails this call with
+    /// [`WebhookError::SecretUndecryptable`] naming the webhook and the key
+    /// id.
     pub async fn new(
         store: Arc<dyn WebhookStore>,
         auth: Arc<dyn Authenticator>,
@@ -95,6 +106,17 @@ impl Webhooks {
         if config.retry_schedule.is_empty() {
             return Err(WebhookError::invalid("retry_schedule", "must not be empty"));
         }
+        let sealed = SealedStore::new(store, SecretCipher::new(config.secret_keys.clone()));
+        let resealed = sealed.reseal_all().await?;
+        if resealed > 0 {
+            let key = config.secret_keys.first().map(SecretKey::id).unwrap_or("-");
+            tracing::info!(
+                webhooks = resealed,
+                key_id = key,
+                "webhook secrets re-sealed under the first WEBHOOK_SECRET_KEY"
+            );
+        }
+        let store: Arc<dyn WebhookStore> = Arc::new(sealed);
         let shared = Arc::new(Shared {
             client: http_client(&config)?,
             guard: SsrfGuard::new(config.allow_cidrs.clone()),
@@ -127,7 +149,8 @@ impl Webhooks {
         DeliveryWorker::start(self.shared.clone(), shutdown)
     }
 
-    /// The store.
+    /// The store, as the service sees it: secrets sealed on write and
+    /// opened on read with [`WebhookConfig::secret_keys`].
     pub fn store(&self) -> &Arc<dyn WebhookStore> {
         &self.shared.store
     }

@@ -15,9 +15,13 @@
 //!   Webhooks libraries expect. A secret that is not `whsec_<base64>` is used
 //!   as raw bytes.
 //!
-//! [`verify`] checks either scheme (Standard Webhooks when its headers are
-//! present), requires `webhook-timestamp` within five minutes of now, and
-//! compares in constant time.
+//! [`verify`] (receiver side) requires the Standard Webhooks signature with
+//! `webhook-timestamp` within five minutes of now, and compares in constant
+//! time. The body-only HMAC is never enough on its own: it covers no
+//! timestamp, so a captured delivery would verify forever. Receivers that
+//! can only check it call
+//! [`verify_body_hmac_without_replay_protection`], whose name says what it
+//! lacks.
 
 use std::time::Duration;
 
@@ -84,18 +88,44 @@ fn invalid(reason: &str) -> WebhookError {
     WebhookError::Unauthorized(format!("webhook signature: {reason}"))
 }
 
-/// Verifies a received delivery with the default header name and a
-/// five-minute tolerance. See [`verify_with`].
+/// Verifies a received delivery against the Standard Webhooks signature
+/// with a five-minute tolerance around the local clock. See
+/// [`verify_with`].
 pub fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<()> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    verify_with(secret, headers, body, "X-Matric-Signature", TOLERANCE, now)
+    verify_with(
+        secret,
+        headers,
+        body,
+        DEFAULT_SIGNATURE_HEADER,
+        TOLERANCE,
+        now,
+    )
 }
 
-/// Verifies a received delivery: the Standard Webhooks signature when
-/// `webhook-signature` is present, else the HMAC header `signature_header`;
-/// either way `webhook-timestamp` must be within `tolerance` of `now` (unix
-/// seconds). Comparisons are constant-time. The error is
-/// [`WebhookError::Unauthorized`] with the reason.
+/// The default name of the body-only HMAC header.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Matric-Signature";
+
+/// Verifies a received delivery.
+///
+/// **Required:** the Standard Webhooks headers `webhook-id`,
+/// `webhook-timestamp` and `webhook-signature`, with `webhook-timestamp`
+/// within `tolerance` of `now` (unix seconds, either direction) and a `v1`
+/// signature over `"{id}.{timestamp}.{body}"` that matches. Because the
+/// timestamp is signed, a captured delivery cannot be replayed once the
+/// tolerance has passed (receivers should also drop `webhook-id`s they have
+/// already processed, which covers replays inside the window).
+///
+/// The body-only HMAC header (`signature_header`, `X-Matric-Signature` by
+/// default) is **never sufficient**: it covers neither the id nor the
+/// timestamp, so it cannot tell a replay from a fresh delivery. When the
+/// delivery carries it, it must match too (a mismatch is refused); when it is
+/// absent, nothing is missing. For a body-only check see
+/// [`verify_body_hmac_without_replay_protection`].
+///
+/// Comparisons are constant-time. The error is
+/// [`WebhookError::Unauthorized`] with the reason (never the secret or a
+/// signature).
 pub fn verify_with(
     secret: &str,
     headers: &HeaderMap,
@@ -104,33 +134,67 @@ pub fn verify_with(
     tolerance: Duration,
     now: i64,
 ) -> Result<()> {
-    let ts = header(headers, "webhook-timestamp").ok_or_else(|| invalid("missing timestamp"))?;
-    let ts: i64 = ts.trim().parse().map_err(|_| invalid("bad timestamp"))?;
+    let id = header(headers, "webhook-id")
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| invalid("missing webhook-id"))?;
+    let ts =
+        header(headers, "webhook-timestamp").ok_or_else(|| invalid("missing webhook-timestamp"))?;
+    let ts: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| invalid("bad webhook-timestamp"))?;
     if now.abs_diff(ts) > tolerance.as_secs() {
-        return Err(invalid("timestamp outside the tolerance"));
+        return Err(invalid("webhook-timestamp outside the tolerance"));
     }
-    if let Some(sigs) = header(headers, "webhook-signature") {
-        let id = header(headers, "webhook-id").ok_or_else(|| invalid("missing webhook-id"))?;
-        let key = standard_key(secret);
-        for sig in sigs.split_whitespace() {
-            let Some(b64) = sig.strip_prefix("v1,") else {
-                continue;
-            };
-            let Ok(expected) = B64.decode(b64) else {
-                continue;
-            };
-            let mut m = mac(&key);
-            m.update(id.as_bytes());
-            m.update(b".");
-            m.update(ts.to_string().as_bytes());
-            m.update(b".");
-            m.update(body);
-            if m.verify_slice(&expected).is_ok() {
-                return Ok(());
-            }
+    let sigs =
+        header(headers, "webhook-signature").ok_or_else(|| invalid("missing webhook-signature"))?;
+    let key = standard_key(secret);
+    let mut matched = false;
+    for sig in sigs.split_whitespace() {
+        let Some(b64) = sig.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(expected) = B64.decode(b64) else {
+            continue;
+        };
+        let mut m = mac(&key);
+        m.update(id.as_bytes());
+        m.update(b".");
+        m.update(ts.to_string().as_bytes());
+        m.update(b".");
+        m.update(body);
+        if m.verify_slice(&expected).is_ok() {
+            matched = true;
+            break;
         }
+    }
+    if !matched {
         return Err(invalid("no matching v1 signature"));
     }
+    if !signature_header.is_empty() && headers.contains_key(signature_header) {
+        verify_body_hmac_without_replay_protection(secret, headers, body, signature_header)?;
+    }
+    Ok(())
+}
+
+/// Checks only the body-only HMAC header `signature_header`
+/// (`sha256=<hex HMAC-SHA256(secret, body)>`, what GitHub-style receivers
+/// check), in constant time.
+///
+/// # No replay protection
+///
+/// This HMAC covers the body alone: no id, no timestamp. Anyone who has seen
+/// one delivery (a proxy log, a leaked request capture) can send it again,
+/// with any fresh `webhook-timestamp`, at any time, and it verifies forever.
+/// Use [`verify`] / [`verify_with`] unless the sender cannot produce the
+/// Standard Webhooks headers, and then deduplicate on the event id in the
+/// body at the very least.
+pub fn verify_body_hmac_without_replay_protection(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    signature_header: &str,
+) -> Result<()> {
     let value = header(headers, signature_header).ok_or_else(|| invalid("missing signature"))?;
     let hex_sig = value
         .trim()
@@ -140,7 +204,7 @@ pub fn verify_with(
     let mut m = mac(secret.as_bytes());
     m.update(body);
     m.verify_slice(&expected)
-        .map_err(|_| invalid("signature mismatch"))
+        .map_err(|_| invalid("body HMAC mismatch"))
 }
 
 #[cfg(test)]
@@ -183,46 +247,119 @@ mod tests {
         h
     }
 
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const H: &str = DEFAULT_SIGNATURE_HEADER;
+
+    fn check(h: &HeaderMap, body: &[u8], now: i64) -> Result<()> {
+        verify_with(SECRET, h, body, H, TOLERANCE, now)
+    }
+
     #[test]
-    fn verify_accepts_both_schemes_and_rejects_tampering() {
-        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    fn verify_requires_the_standard_signature_and_rejects_tampering() {
         let body = br#"{"a":1}"#;
         let now = 1_770_000_000;
-        let h = signed(secret, now, body);
-        verify_with(secret, &h, body, "X-Matric-Signature", TOLERANCE, now).unwrap();
-        assert!(verify_with(secret, &h, b"{}", "X-Matric-Signature", TOLERANCE, now).is_err());
-        assert!(
-            verify_with(
-                "whsec_b3RoZXI=",
-                &h,
-                body,
-                "X-Matric-Signature",
-                TOLERANCE,
-                now
-            )
-            .is_err()
-        );
-        // Only the HMAC header.
-        let mut m = h.clone();
-        m.remove("webhook-signature");
-        verify_with(secret, &m, body, "X-Matric-Signature", TOLERANCE, now).unwrap();
-        assert!(verify_with(secret, &m, b"x", "X-Matric-Signature", TOLERANCE, now).is_err());
-        // Stale or future timestamps.
-        assert!(verify_with(secret, &h, body, "X-Matric-Signature", TOLERANCE, now + 301).is_err());
-        assert!(verify_with(secret, &h, body, "X-Matric-Signature", TOLERANCE, now - 301).is_err());
-        verify_with(secret, &h, body, "X-Matric-Signature", TOLERANCE, now + 299).unwrap();
+        let h = signed(SECRET, now, body);
+        check(&h, body, now).unwrap();
+        assert!(check(&h, b"{}", now).is_err());
+        assert!(verify_with("whsec_b3RoZXI=", &h, body, H, TOLERANCE, now).is_err());
+        // Without the HMAC header: the Standard signature alone suffices.
+        let mut s = h.clone();
+        s.remove(H);
+        check(&s, body, now).unwrap();
+        // A wrong HMAC header next to a valid Standard signature: refused.
+        let mut w = h.clone();
+        w.insert(H, matric_signature(SECRET, b"other").parse().unwrap());
+        assert!(check(&w, body, now).is_err());
+        // Each Standard header is required.
+        for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+            let mut m = h.clone();
+            m.remove(name);
+            let e = check(&m, body, now).unwrap_err().to_string();
+            assert!(e.contains(name), "{e}");
+        }
         // Several signatures, one valid (key rotation).
         let mut r = h.clone();
-        let good = h
-            .get("webhook-signature")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let good = h["webhook-signature"].to_str().unwrap().to_owned();
         r.insert(
             "webhook-signature",
             format!("v1,AAAA {good}").parse().unwrap(),
         );
-        verify_with(secret, &r, body, "X-Matric-Signature", TOLERANCE, now).unwrap();
+        check(&r, body, now).unwrap();
+        // Other versions are not v1.
+        let mut v = h.clone();
+        v.insert(
+            "webhook-signature",
+            good.replacen("v1,", "v2,", 1).parse().unwrap(),
+        );
+        assert!(check(&v, body, now).is_err());
+    }
+
+    #[test]
+    fn a_signature_outside_the_tolerance_fails() {
+        let body = br#"{"a":1}"#;
+        let t = 1_770_000_000;
+        let h = signed(SECRET, t, body);
+        for now in [t - 300, t - 1, t + 1, t + 299, t + 300] {
+            check(&h, body, now).unwrap();
+        }
+        for now in [t + 301, t - 301, t + 86_400, 0] {
+            let e = check(&h, body, now).unwrap_err().to_string();
+            assert!(e.contains("tolerance"), "{e}");
+        }
+        let short = Duration::from_secs(10);
+        assert!(verify_with(SECRET, &h, body, H, short, t + 11).is_err());
+        verify_with(SECRET, &h, body, H, short, t + 10).unwrap();
+    }
+
+    #[test]
+    fn a_captured_delivery_replayed_later_fails() {
+        let body = br#"{"id":"e1","event":"JobQueued"}"#;
+        let captured_at = 1_770_000_000;
+        let captured = signed(SECRET, captured_at, body);
+        let later = captured_at + 3600;
+        // The attacker sends the captured body and legacy header with a
+        // fresh timestamp and no Standard signature: refused.
+        let mut legacy_only = HeaderMap::new();
+        legacy_only.insert("webhook-id", "msg_1".parse().unwrap());
+        legacy_only.insert("webhook-timestamp", later.to_string().parse().unwrap());
+        legacy_only.insert(H, captured[H].clone());
+        let e = check(&legacy_only, body, later).unwrap_err().to_string();
+        assert!(e.contains("webhook-signature"), "{e}");
+        // …nor with the captured Standard signature and a fresh timestamp
+        // (the timestamp is signed)…
+        let mut fresh_ts = captured.clone();
+        fresh_ts.insert("webhook-timestamp", later.to_string().parse().unwrap());
+        assert!(check(&fresh_ts, body, later).is_err());
+        // …nor as captured (stale).
+        assert!(check(&captured, body, later).is_err());
+        // The body-only check, which says it has no replay protection,
+        // does accept it: that is why it is not what `verify` does.
+        verify_body_hmac_without_replay_protection(SECRET, &legacy_only, body, H).unwrap();
+        assert!(verify_body_hmac_without_replay_protection(SECRET, &legacy_only, b"x", H).is_err());
+    }
+
+    #[test]
+    fn interoperates_with_the_reference_standardwebhooks_crate() {
+        let reference = standardwebhooks::Webhook::new(SECRET).unwrap();
+        let body = br#"{"id":"e1","event":"JobQueued","data":{}}"#;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        // The reference verifies what we sign…
+        let ours = signed(SECRET, now, body);
+        reference.verify(body, &ours).unwrap();
+        assert!(reference.verify(b"{}", &ours).is_err());
+        // …and we verify what it signs.
+        let mut theirs = HeaderMap::new();
+        theirs.insert("webhook-id", "msg_2".parse().unwrap());
+        theirs.insert("webhook-timestamp", now.to_string().parse().unwrap());
+        let sig = reference.sign("msg_2", now, body).unwrap();
+        assert_eq!(sig, standard_signature(SECRET, "msg_2", now, body));
+        theirs.insert("webhook-signature", sig.parse().unwrap());
+        verify(SECRET, &theirs, body).unwrap();
+        assert!(verify(SECRET, &theirs, b"{}").is_err());
+        // Outside the tolerance neither accepts it.
+        let old = now - 301;
+        let stale = signed(SECRET, old, body);
+        assert!(reference.verify(body, &stale).is_err());
+        assert!(verify(SECRET, &stale, body).is_err());
     }
 }

@@ -6,7 +6,9 @@
 //! loopback, private, link-local (169.254.169.254, the cloud metadata
 //! service, included), CGNAT, multicast, broadcast, unspecified or
 //! otherwise reserved — in IPv4, in IPv6, or IPv4 embedded in IPv6
-//! (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64, 6to4). Numeric
+//! (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, translated
+//! `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4); the local-use NAT64
+//! prefix `64:ff9b:1::/48` is refused whatever it embeds. Numeric
 //! host spellings (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`) are IPv4
 //! addresses too: the WHATWG URL parser normalises them, and
 //! [`parse_ipv4_loose`] catches any that reach a resolver as names.
@@ -38,28 +40,42 @@ pub fn host_of(url: &str) -> String {
 }
 
 /// Why an IPv4 address is internal, or `None` when it is public.
+///
+/// std's stable predicates where they exist; the ranges std only has
+/// unstable predicates for (shared/CGNAT, benchmarking, reserved, IETF
+/// protocol assignments) by hand.
 pub fn ipv4_refusal(ip: Ipv4Addr) -> Option<&'static str> {
     let o = ip.octets();
-    Some(match o {
-        [0, ..] => "unspecified/this-network",
-        [127, ..] => "loopback",
-        [10, ..] => "private",
-        [172, b, ..] if (16..=31).contains(&b) => "private",
-        [192, 168, ..] => "private",
-        [169, 254, ..] => "link-local",
-        [100, b, ..] if (64..=127).contains(&b) => "carrier-grade NAT",
-        [192, 0, 0, _] => "IETF protocol assignments",
-        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] => "documentation",
-        [198, 18 | 19, ..] => "benchmarking",
-        [255, 255, 255, 255] => "broadcast",
-        [a, ..] if (224..=239).contains(&a) => "multicast",
-        [a, ..] if a >= 240 => "reserved",
-        _ => return None,
+    Some(if ip.is_unspecified() || o[0] == 0 {
+        "unspecified/this-network"
+    } else if ip.is_loopback() {
+        "loopback"
+    } else if ip.is_private() {
+        "private"
+    } else if ip.is_link_local() {
+        "link-local"
+    } else if o[0] == 100 && (64..=127).contains(&o[1]) {
+        "carrier-grade NAT"
+    } else if matches!(o, [192, 0, 0, _]) {
+        "IETF protocol assignments"
+    } else if ip.is_documentation() {
+        "documentation"
+    } else if matches!(o, [198, 18 | 19, ..]) {
+        "benchmarking"
+    } else if ip.is_broadcast() {
+        "broadcast"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if o[0] >= 240 {
+        "reserved"
+    } else {
+        return None;
     })
 }
 
 /// Why an IPv6 address is internal, or `None` when it is public. IPv4
-/// embedded in IPv6 is judged as IPv4.
+/// embedded in IPv6 (see [`embedded_ipv4`]) is judged as IPv4; the
+/// local-use NAT64 prefix `64:ff9b:1::/48` is refused whatever it embeds.
 pub fn ipv6_refusal(ip: Ipv6Addr) -> Option<&'static str> {
     let s = ip.segments();
     if ip.is_unspecified() {
@@ -72,32 +88,58 @@ pub fn ipv6_refusal(ip: Ipv6Addr) -> Option<&'static str> {
         // An embedded IPv4 address is judged as itself.
         return ipv4_refusal(v4);
     }
-    Some(match s[0] {
-        x if x & 0xfe00 == 0xfc00 => "unique-local",
-        x if x & 0xffc0 == 0xfe80 => "link-local",
-        x if x & 0xffc0 == 0xfec0 => "site-local",
-        x if x & 0xff00 == 0xff00 => "multicast",
-        0x2001 if s[1] == 0x0db8 => "documentation",
-        0x0100 if s[1] == 0 && s[2] == 0 && s[3] == 0 => "discard-only",
-        _ => return None,
+    if is_local_use_nat64(ip) {
+        // RFC 8215: a network-specific translator may place the IPv4
+        // address at any of RFC 6052's offsets inside this prefix, so which
+        // IPv4 it reaches cannot be read off the address with certainty; the
+        // prefix is internal (not global) either way. The /96 reading names
+        // an internal IPv4 when there is one.
+        let tail = Ipv4Addr::from_bits((u32::from(s[6]) << 16) | u32::from(s[7]));
+        return Some(ipv4_refusal(tail).unwrap_or("local-use NAT64"));
+    }
+    Some(if ip.is_unique_local() {
+        "unique-local"
+    } else if ip.is_unicast_link_local() {
+        "link-local"
+    } else if s[0] & 0xffc0 == 0xfec0 {
+        "site-local"
+    } else if ip.is_multicast() {
+        "multicast"
+    } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+        "documentation"
+    } else if matches!(s, [0x0100, 0, 0, 0, ..]) {
+        "discard-only"
+    } else {
+        return None;
     })
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`),
-/// IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4
-/// (`2002:aabb:ccdd::`) address.
+/// Whether `ip` is in the local-use NAT64 prefix `64:ff9b:1::/48`
+/// (RFC 8215).
+pub fn is_local_use_nat64(ip: Ipv6Addr) -> bool {
+    matches!(ip.segments(), [0x64, 0xff9b, 1, ..])
+}
+
+/// The IPv4 address inside an IPv6 address that carries one at a fixed
+/// place:
+///
+/// * IPv4-mapped `::ffff:a.b.c.d` and IPv4-compatible `::a.b.c.d` (std's
+///   [`Ipv6Addr::to_ipv4`]; a dual-stack socket connects to the IPv4
+///   address itself),
+/// * IPv4-translated `::ffff:0:a.b.c.d` (`::ffff:0:0/96`, RFC 2765 SIIT),
+/// * the NAT64 well-known prefix `64:ff9b::a.b.c.d` (`64:ff9b::/96`,
+///   RFC 6052),
+/// * 6to4 `2002:aabb:ccdd::/48`.
 pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4() {
+        return Some(v4);
+    }
     let s = ip.segments();
-    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let tail = Ipv4Addr::from_bits((u32::from(s[6]) << 16) | u32::from(s[7]));
     match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(tail),
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
-            (a >> 8) as u8,
-            a as u8,
-            (b >> 8) as u8,
-            b as u8,
-        )),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::from_bits((u32::from(a) << 16) | u32::from(b))),
         _ => None,
     }
 }
@@ -349,6 +391,19 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::7f00:1",
             "2002:7f00:1::1",
+            // IPv4-translated ::ffff:0:0/96
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:169.254.169.254",
+            "::ffff:0:0.0.0.0",
+            // NAT64: well-known prefix with an internal IPv4, and the
+            // local-use prefix whatever it embeds
+            "64:ff9b::10.1.2.3",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b::192.168.0.1",
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1::8.8.8.8",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
             "2002:a9fe:a9fe::",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
@@ -361,10 +416,59 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:8.8.8.8",
+            "64:ff9b::8.8.8.8",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(refusal(ip), None, "{ip} is public");
         }
+    }
+
+    /// IPv4 carried inside IPv6: each form, with what the guard says.
+    #[test]
+    fn ipv4_inside_ipv6_is_judged_as_ipv4() {
+        let table: &[(&str, Option<&str>)] = &[
+            // IPv4-mapped (std's to_ipv4_mapped / to_canonical)
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("::ffff:192.168.1.1", Some("private")),
+            ("::ffff:8.8.8.8", None),
+            // IPv4-compatible
+            ("::10.0.0.1", Some("private")),
+            // IPv4-translated ::ffff:0:0/96
+            ("::ffff:0:127.0.0.1", Some("loopback")),
+            ("::ffff:0:7f00:1", Some("loopback")),
+            ("::ffff:0:172.16.0.1", Some("private")),
+            ("::ffff:0:169.254.169.254", Some("link-local")),
+            ("::ffff:0:100.64.0.1", Some("carrier-grade NAT")),
+            ("::ffff:0:1.1.1.1", None),
+            // NAT64 well-known prefix 64:ff9b::/96
+            ("64:ff9b::127.0.0.1", Some("loopback")),
+            ("64:ff9b::a9fe:a9fe", Some("link-local")),
+            ("64:ff9b::224.0.0.1", Some("multicast")),
+            ("64:ff9b::8.8.8.8", None),
+            // NAT64 local-use prefix 64:ff9b:1::/48: refused whatever it
+            // embeds (an internal IPv4 is named as such)
+            ("64:ff9b:1::127.0.0.1", Some("loopback")),
+            ("64:ff9b:1::8.8.8.8", Some("local-use NAT64")),
+            ("64:ff9b:1:abcd::808:808", Some("local-use NAT64")),
+            // 6to4
+            ("2002:c0a8:101::1", Some("private")),
+            ("2002:808:808::1", None),
+        ];
+        for (ip, want) in table {
+            let v6: Ipv6Addr = ip.parse().unwrap();
+            assert_eq!(ipv6_refusal(v6), *want, "{ip}");
+            let guard = SsrfGuard::default();
+            assert_eq!(
+                guard.check_ip(IpAddr::V6(v6)).is_ok(),
+                want.is_none(),
+                "{ip}"
+            );
+            let url = format!("http://[{ip}]:8080/hook");
+            assert_eq!(guard.check_literal(&url).is_ok(), want.is_none(), "{url}");
+        }
+        assert!(is_local_use_nat64("64:ff9b:1::1".parse().unwrap()));
+        assert!(!is_local_use_nat64("64:ff9b::1".parse().unwrap()));
     }
 
     #[test]

@@ -52,6 +52,16 @@ const SPELLINGS: &[&str] = &[
     "http://[::127.0.0.1]/",
     "http://[64:ff9b::a9fe:a9fe]/",
     "http://[2002:a9fe:a9fe::1]/",
+    // IPv4-translated (::ffff:0:0/96) and NAT64, well-known and local-use.
+    "http://[::ffff:0:127.0.0.1]/",
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::ffff:0:169.254.169.254]/",
+    "http://[::ffff:0:10.0.0.1]:8080/x",
+    "http://[64:ff9b::127.0.0.1]/",
+    "http://[64:ff9b::10.0.0.1]/",
+    "http://[64:ff9b:1::127.0.0.1]/",
+    "http://[64:ff9b:1::8.8.8.8]/",
+    "http://[64:ff9b:1:abcd::1]/",
 ];
 
 async fn register(base: &str, url: &str) -> (u16, Value) {

@@ -338,14 +338,10 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(WAIT).build().unwrap()
 }
 
-/// A delivery body and headers signed with `secret` (HMAC scheme only, or
-/// both schemes).
-fn signed(secret: &str, body: &str, standard: bool) -> reqwest::header::HeaderMap {
+/// A delivery body and headers signed with `secret` at `ts` (HMAC scheme
+/// only, or both schemes).
+fn signed_at(secret: &str, body: &str, standard: bool, ts: i64) -> reqwest::header::HeaderMap {
     use event_webhook::signing::{matric_signature, standard_signature};
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let mut h = reqwest::header::HeaderMap::new();
     h.insert("content-type", "application/json".parse().unwrap());
     h.insert("x-matric-event", "NoteUpdated".parse().unwrap());
@@ -366,6 +362,18 @@ fn signed(secret: &str, body: &str, standard: bool) -> reqwest::header::HeaderMa
     h
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// [`signed_at`] now.
+fn signed(secret: &str, body: &str, standard: bool) -> reqwest::header::HeaderMap {
+    signed_at(secret, body, standard, unix_now())
+}
+
 #[tokio::test]
 async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
     let mut receiver = Client::spawn(
@@ -380,7 +388,8 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
     let hook_url = format!("http://{addr}/hooks/matric");
     let http = http();
 
-    // Forged or missing signatures: 401, nothing printed or counted.
+    // Forged, missing, replayed or stale signatures: 401, nothing printed
+    // or counted.
     let body = r#"{"id":"evt-by-hand","event":"NoteUpdated","timestamp":"2026-01-01T00:00:00Z","data":{"type":"NoteUpdated"}}"#;
     for headers in [
         signed("whsec_b3RoZXI=", body, true),
@@ -391,6 +400,11 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
             h.insert("webhook-signature", "v1,AAAA".parse().unwrap());
             h
         },
+        // A captured delivery replayed with a fresh timestamp and only the
+        // body-only HMAC (which covers no timestamp): refused.
+        signed(SECRET, body, false),
+        // A genuine Standard signature, but ten minutes old.
+        signed_at(SECRET, body, true, unix_now() - 600),
         reqwest::header::HeaderMap::new(),
     ] {
         let res = http
@@ -403,10 +417,13 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
         assert_eq!(res.status(), 401);
     }
 
-    // The HMAC scheme alone (what GitHub-style senders do): accepted.
+    // The Standard signature alone (what Standard Webhooks senders send):
+    // accepted.
+    let mut standard_only = signed(SECRET, body, true);
+    standard_only.remove("x-matric-signature");
     let res = http
         .post(&hook_url)
-        .headers(signed(SECRET, body, false))
+        .headers(standard_only)
         .body(body)
         .send()
         .await
@@ -415,7 +432,7 @@ async fn webhook_receiver_verifies_deliveries_and_rejects_bad_signatures() {
     let line = receiver
         .line_where("the hand-signed event", |l| l.contains("evt-by-hand"))
         .await;
-    assert!(line.starts_with("NoteUpdated (hmac) {"), "{line}");
+    assert!(line.starts_with("NoteUpdated (standard) {"), "{line}");
 
     // A real delivery from the server, both schemes.
     let server = Server::start(&[]).await;

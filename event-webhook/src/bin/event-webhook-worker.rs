@@ -8,14 +8,17 @@
 //! (comma-separated CIDRs the SSRF guard lets through),
 //! `WEBHOOK_RETRY_SCHEDULE_MS` (comma-separated delays), `WEBHOOK_POLL_MS`,
 //! `WEBHOOK_LEASE_MS`, `WEBHOOK_TIMEOUT_MS` (per attempt),
-//! `WEBHOOK_PER_ENDPOINT` (per-endpoint concurrency).
+//! `WEBHOOK_PER_ENDPOINT` (per-endpoint concurrency), `WEBHOOK_SECRET_KEY`
+//! (the keys webhook secrets are sealed with, comma-separated base64, first
+//! one sealing; see `event_webhook::secret_key` — the same value as the
+//! server's).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use event_core::AllowAnonymous;
-use event_webhook::{WebhookConfig, Webhooks};
+use event_webhook::{SecretKey, WebhookConfig, Webhooks};
 use tokio_util::sync::CancellationToken;
 
 fn millis(name: &str) -> Result<Option<Duration>, String> {
@@ -63,6 +66,11 @@ fn config_from_env() -> Result<WebhookConfig, String> {
             .trim()
             .parse()
             .map_err(|_| "WEBHOOK_PER_ENDPOINT must be a number".to_owned())?;
+    }
+    if let Ok(v) = std::env::var("WEBHOOK_SECRET_KEY") {
+        // The error names the entry's position, never the key.
+        config.secret_keys =
+            SecretKey::parse_list(&v).map_err(|e| format!("WEBHOOK_SECRET_KEY: {e}"))?;
     }
     Ok(config)
 }

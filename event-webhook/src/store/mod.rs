@@ -34,6 +34,7 @@ use crate::model::{
 
 #[cfg(feature = "postgres")]
 mod postgres;
+pub(crate) mod sealed;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -143,6 +144,33 @@ pub trait WebhookStore: Send + Sync + 'static {
 
     /// Deliveries waiting to be sent (pending or scheduled for retry).
     async fn queue_depth(&self) -> Result<u64>;
+
+    /// Every webhook's id and secret exactly as stored (sealed or not), for
+    /// re-sealing (see [`secret_key`](crate::secret_key)). The default reads
+    /// them through [`list_webhooks`](Self::list_webhooks).
+    async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
+        Ok(self
+            .list_webhooks()
+            .await?
+            .into_iter()
+            .map(|w| (w.id, w.secret))
+            .collect())
+    }
+
+    /// Replaces a webhook's stored secret with `new` if it is still
+    /// `expected` (a compare-and-set, so a concurrent change made by the API
+    /// or another instance is never overwritten); whether it was replaced.
+    /// The default is a read followed by [`update_webhook`](Self::update_webhook),
+    /// not atomic; the built-in stores use one conditional `UPDATE`.
+    async fn replace_stored_secret(&self, id: Uuid, expected: &str, new: &str) -> Result<bool> {
+        match self.get_webhook(id).await? {
+            Some(mut w) if w.secret == expected => {
+                w.secret = new.to_owned();
+                self.update_webhook(&w).await
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 /// Opens the store named by a database URL and runs its migrations:

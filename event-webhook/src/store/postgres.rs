@@ -512,4 +512,22 @@ impl WebhookStore for PostgresStore {
         .await?;
         Ok(n.max(0) as u64)
     }
+    async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
+        let rows = sqlx::query("SELECT id, secret FROM webhooks ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("secret")?)))
+            .collect()
+    }
+
+    async fn replace_stored_secret(&self, id: Uuid, expected: &str, new: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE webhooks SET secret = $1 WHERE id = $2 AND secret = $3")
+            .bind(new)
+            .bind(id)
+            .bind(expected)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }

@@ -129,6 +129,47 @@ fn events_json(webhook: &Webhook) -> String {
     serde_json::Value::from(kinds_to_names(&webhook.events)).to_string()
 }
 
+/// Owner-only access (0600) to a database file: created so when `create`
+/// and missing, narrowed when it exists with more. A no-op off Unix.
+fn restrict_permissions(path: &std::path::Path, create: bool) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let failed = |what: &'static str| {
+            move |source: std::io::Error| WebhookError::DatabaseFile {
+                path: path.display().to_string(),
+                what,
+                source,
+            }
+        };
+        if create {
+            // `create_new`: an existing file is never created over.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(failed("cannot create it")(e)),
+            }
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(failed("cannot restrict its permissions to 0600"))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed("cannot read its permissions")(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, create);
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating when missing) the database at `url` and migrates it.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -145,6 +186,12 @@ impl SqliteStore {
                 .await?;
             return Self::from_pool(pool).await;
         }
+        // The file holds webhook secrets: owner-only before SQLite opens
+        // it (created 0600 when missing, tightened when it exists); SQLite
+        // gives its -wal and -shm files the database file's mode, and they
+        // are tightened again below in case they predate this.
+        let file = options.get_filename().to_path_buf();
+        restrict_permissions(&file, true)?;
         // WAL + NORMAL: durable against a crash of the process (see the
         // module docs). Pages are read through a memory map rather than
         // copied by `pread`.
@@ -162,6 +209,11 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = file.clone().into_os_string();
+            side.push(suffix);
+            restrict_permissions(std::path::Path::new(&side), false)?;
+        }
         Ok(SqliteStore {
             pool,
             writer,
@@ -170,6 +222,7 @@ impl SqliteStore {
     }
 
     /// Wraps an existing pool (used for reads and writes) and migrates it.
+    /// The caller owns the file and its permissions.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self> {
         MIGRATOR.run(&pool).await?;
         Ok(SqliteStore {
@@ -529,5 +582,24 @@ impl WebhookStore for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(n.max(0) as u64)
+    }
+    async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
+        let rows = sqlx::query("SELECT id, secret FROM webhooks ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("secret")?)))
+            .collect()
+    }
+
+    async fn replace_stored_secret(&self, id: Uuid, expected: &str, new: &str) -> Result<bool> {
+        let _write = self.write.lock().await;
+        let done = sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ? AND secret = ?")
+            .bind(new)
+            .bind(id)
+            .bind(expected)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -11,13 +11,18 @@
 //! `WEBHOOK_ALLOW_CIDRS=127.0.0.0/8`).
 //!
 //! Every delivery carries two signatures made with the same secret (see
-//! `event_webhook::signing`): `X-Matric-Signature: sha256=<hex>` (the header
-//! name is configurable on the server, hence `--signature-header`) and the
-//! Standard Webhooks `webhook-signature`. This receiver checks **each scheme
-//! that is present** with `event_webhook::verify`, and requires at least one;
-//! a delivery failing any check gets `401` (the server will retry it).
-//! Deliveries are at-least-once, so it remembers recent `webhook-id`s and
-//! acknowledges a repeat without printing it again.
+//! `event_webhook::signing`): the Standard Webhooks `webhook-signature` over
+//! `webhook-id`, `webhook-timestamp` and the body, and the body-only
+//! `X-Matric-Signature: sha256=<hex>` (the header name is configurable on
+//! the server, hence `--signature-header`). This receiver **requires the
+//! Standard Webhooks signature with a timestamp within five minutes**
+//! (`event_webhook::signing::verify_with`), and checks the body-only HMAC
+//! too when it is present. The body-only HMAC is never accepted on its own:
+//! it covers no timestamp, so a captured delivery would verify forever with
+//! a fresh `webhook-timestamp`. A delivery failing any check gets `401`
+//! (the server will retry it). Deliveries are at-least-once, so it
+//! remembers recent `webhook-id`s and acknowledges a repeat without
+//! printing it again (which also drops replays inside the five minutes).
 //!
 //! Output: first `listening on <addr>`, then one line per verified event:
 //! `<event type> (<schemes>) <body>`, the body being the delivery JSON
@@ -31,13 +36,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::routing::post;
 use clap::Parser;
 use tokio::sync::Notify;
 
-/// The header `event_webhook::verify` reads the hex HMAC from.
-const DEFAULT_SIGNATURE_HEADER: &str = "X-Matric-Signature";
+/// The server's default name of the body-only HMAC header.
+const DEFAULT_SIGNATURE_HEADER: &str = event_webhook::signing::DEFAULT_SIGNATURE_HEADER;
 /// How many delivery ids are remembered to drop repeats.
 const RECENT_IDS: usize = 4096;
 
@@ -54,7 +59,8 @@ struct Args {
     /// Exit after this many verified events.
     #[arg(long)]
     count: Option<u64>,
-    /// Name of the hex HMAC header (the server's `WEBHOOK_SIGNATURE_HEADER`).
+    /// Name of the body-only hex HMAC header (the server's
+    /// `WEBHOOK_SIGNATURE_HEADER`); checked when present, never sufficient.
     #[arg(long, default_value = DEFAULT_SIGNATURE_HEADER)]
     signature_header: HeaderName,
 }
@@ -204,36 +210,31 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks every signature scheme present; returns their names.
+/// Requires the Standard Webhooks signature within the tolerance (and a
+/// matching body-only HMAC when that header is present); returns the names
+/// of the schemes checked.
 fn verify(
     receiver: &Receiver,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Vec<&'static str>, String> {
-    let mut schemes = Vec::new();
-    // `verify` checks the Standard Webhooks signature whenever
-    // `webhook-signature` is present, and the hex HMAC only otherwise; so
-    // each scheme is checked on a copy of the headers holding only its own
-    // signature.
-    if headers.contains_key("webhook-signature") {
-        let mut only = headers.clone();
-        only.remove(DEFAULT_SIGNATURE_HEADER);
-        only.remove(&receiver.signature_header);
-        event_webhook::verify(&receiver.secret, &only, body)
-            .map_err(|e| format!("standard webhooks: {e}"))?;
-        schemes.push("standard");
-    }
-    if let Some(value) = headers.get(&receiver.signature_header) {
-        let mut only: HeaderMap = headers.clone();
-        only.remove("webhook-signature");
-        only.remove(&receiver.signature_header);
-        only.insert(DEFAULT_SIGNATURE_HEADER, HeaderValue::clone(value));
-        event_webhook::verify(&receiver.secret, &only, body)
-            .map_err(|e| format!("{}: {e}", receiver.signature_header))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("clock before 1970: {e}"))?
+        .as_secs();
+    let now = i64::try_from(now).map_err(|e| format!("clock: {e}"))?;
+    event_webhook::signing::verify_with(
+        &receiver.secret,
+        headers,
+        body,
+        receiver.signature_header.as_str(),
+        event_webhook::signing::TOLERANCE,
+        now,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut schemes = vec!["standard"];
+    if headers.contains_key(&receiver.signature_header) {
         schemes.push("hmac");
-    }
-    if schemes.is_empty() {
-        return Err("no signature header".to_owned());
     }
     Ok(schemes)
 }
