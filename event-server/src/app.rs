@@ -333,6 +333,11 @@ impl App {
                 retry_schedule: config.webhook_retry_schedule.0.clone(),
                 request_timeout: Duration::from_secs(config.webhook_timeout_secs),
                 allow_cidrs: config.webhook_allow_cidrs.clone(),
+                secret_keys: match &config.webhook_secret_key {
+                    Some(keys) => event_webhook::SecretKey::parse_list(keys)
+                        .map_err(|e| ServerError::Startup(format!("WEBHOOK_SECRET_KEY: {e}")))?,
+                    None => Vec::new(),
+                },
                 ..event_webhook::WebhookConfig::default()
             };
             let webhooks = event_webhook::Webhooks::connect(

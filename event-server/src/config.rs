@@ -268,6 +268,17 @@ pub struct Config {
     #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
     pub webhook_signature_header: String,
 
+    /// Keys that encrypt webhook secrets at rest: base64 of 32 bytes each
+    /// (`head -c32 /dev/urandom | base64`), comma-separated; the first
+    /// encrypts, all decrypt (rotation: `NEW,OLD`, restart, then `NEW`).
+    /// Unset: secrets are stored as they are.
+    #[arg(
+        long = "webhook-secret-key",
+        env = "WEBHOOK_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub webhook_secret_key: Option<String>,
+
     /// Log format.
     #[arg(
         long = "log-format",
@@ -332,6 +343,11 @@ impl Config {
                  AUTH_ALLOW_ANONYMOUS=true to serve anyone who can reach it",
                 self.addr
             ));
+        }
+        #[cfg(feature = "webhook")]
+        if let Some(keys) = &self.webhook_secret_key {
+            event_webhook::SecretKey::parse_list(keys)
+                .map_err(|e| format!("WEBHOOK_SECRET_KEY: {e}"))?;
         }
         crate::guard::check_origins(&self.allowed_origins)?;
         for host in &self.public_hosts {
@@ -446,6 +462,17 @@ mod tests {
     }
 
     #[test]
+    fn public_addresses_need_tokens_or_the_explicit_opt_in() {
+        let any = ["--event-server-addr", "0.0.0.0:3000"];
+        assert!(parse(&any).is_err());
+        assert!(parse(&[any[0], any[1], "--auth-admin-token", "t"]).is_ok());
+        assert!(parse(&[any[0], any[1], "--auth-allow-anonymous", "true"]).is_ok());
+        let c = parse(&["--allowed-origins", "*", "--public-hosts", "events.example"]).unwrap();
+        assert_eq!(c.allowed_origins, ["*"]);
+        assert_eq!(c.public_hosts, ["events.example"]);
+    }
+
+    #[test]
     fn invalid_values_are_refused() {
         for args in [
             &["--event-bus-capacity", "0"][..],
@@ -463,6 +490,12 @@ mod tests {
             &["--database-url", "mysql://x"],
             &["--rust-log", "info,=[bad"],
             &["--webhook-allow-cidrs", "10.0.0.0/33"],
+            // Anonymous mode on a public address, without the opt-in.
+            &["--event-server-addr", "0.0.0.0:3000"],
+            &["--allowed-origins", "*,https://a.example"],
+            &["--allowed-origins", "a.example"],
+            &["--public-hosts", "https://a.example"],
+            &["--webhook-secret-key", "not-base64-32-bytes"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be refused");
         }

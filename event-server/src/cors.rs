@@ -20,12 +20,20 @@ pub fn layer(origins: &[String]) -> CorsLayer {
 #[cfg(not(feature = "sse"))]
 pub fn layer(origins: &[String]) -> CorsLayer {
     use tower_http::cors::AllowOrigin;
-    let list: Vec<http::HeaderValue> = origins
-        .iter()
-        .filter_map(|o| http::HeaderValue::from_str(o.trim()).ok())
-        .collect();
+    // `*` means any origin here as for the WebSocket check (the
+    // configuration refuses `*` mixed with others).
+    let allow = if origins.iter().any(|o| o.trim() == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o.trim()).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(list))
+        .allow_origin(allow)
         .allow_methods([
             http::Method::GET,
             http::Method::POST,

@@ -1,0 +1,275 @@
+//! The abuse list of docs/security.md, run against one server in token mode
+//! and one in anonymous mode: every hostile input gets its documented answer,
+//! healthy clients keep receiving, and the server's memory stays bounded.
+//!
+//! Its own binary: the memory check reads this process's RSS from `/proc`,
+//! and no other test may share the process while it runs.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "conformance/harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::net::SocketAddr;
+
+use event_core::{JobProgress, ServerEvent};
+use harness::{Server, SseClient, WAIT, WsClient, client, within};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const ADMIN: &str = "abuse-admin-token";
+const CLIENT: &str = "abuse-client-token";
+const MIB: u64 = 1024 * 1024;
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// The status code of the answer to `head` + `body` on a fresh connection.
+async fn status_of_raw(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let _ = tcp.write_all(body).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    within("an answer", async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+fn progress(job: uuid::Uuid, message: String) -> ServerEvent {
+    ServerEvent::JobProgress(JobProgress {
+        job_id: job,
+        note_id: None,
+        progress: 50,
+        message: Some(message),
+    })
+}
+
+/// A healthy WebSocket and SSE client each receive the event published now
+/// (they were not dropped by anything the abusers did).
+async fn healthy_clients_still_receive(
+    server: &Server,
+    ws: &mut WsClient,
+    sse: &mut SseClient,
+    auth: &[(&str, &str)],
+) {
+    let job = uuid::Uuid::now_v7();
+    let mut request = client()
+        .post(server.url("/api/v1/events"))
+        .json(&json!({"type":"JobQueued","job_id":job,"job_type":"Sentinel"}));
+    for (k, v) in auth {
+        request = request.header(*k, *v);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 202);
+    let id = job.to_string();
+    ws.next_text_where(|v| v["job_id"] == id.as_str()).await;
+    sse.next_where(|f| f.json()["job_id"] == id.as_str()).await;
+}
+
+/// Runs the list against `server`; `auth` are the admin's headers (empty in
+/// anonymous mode), `ws_url`/`sse_url` a client's stream URLs.
+async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &str) {
+    let http = client();
+    let admin = |r: reqwest::RequestBuilder| auth.iter().fold(r, |r, (k, v)| r.header(*k, *v));
+    let mut ws = WsClient::connect(ws_url).await;
+    let mut sse = SseClient::connect(sse_url, &[]).await;
+
+    // Fill the replay ring with ~30 MB of 100 KiB events.
+    let job = uuid::Uuid::now_v7();
+    for i in 0..300 {
+        server
+            .bus
+            .try_publish(progress(job, format!("{i:06}{}", "x".repeat(100 * 1024))))
+            .unwrap();
+    }
+    healthy_clients_still_receive(server, &mut ws, &mut sse, auth).await;
+    let baseline = rss();
+
+    // 1. One event over EVENT_MAX_BYTES, through the API: 413, nothing
+    //    published, nobody dropped.
+    let huge =
+        json!({"type":"JobProgress","job_id":job,"progress":1,"message":"x".repeat(1_200_000)});
+    let res = admin(http.post(server.url("/api/v1/events")).json(&huge))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    // … and through a demo note with a huge tag list: 400 naming the field.
+    let tags: Vec<String> = (0..20_000).map(|i| format!("tag-{i}")).collect();
+    let res = admin(
+        http.post(server.url("/api/v1/notes"))
+            .json(&json!({"title":"t","tags":tags})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert!(
+        matches!(res.status().as_u16(), 400 | 413),
+        "{}",
+        res.status()
+    );
+
+    // 2. Five clients resume from the start of the ring and never read.
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let token = auth
+            .iter()
+            .find(|(k, _)| *k == "authorization")
+            .map(|(_, v)| format!("authorization: {v}\r\n"))
+            .unwrap_or_default();
+        tcp.write_all(
+            format!(
+                "GET /api/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\n{token}last-event-id: 1\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(tcp);
+    }
+
+    // 3. Ten WebSocket clients send large subscribe messages and never read.
+    let mut floods = Vec::new();
+    for _ in 0..10 {
+        let mut flood = WsClient::connect(ws_url).await;
+        let names: Vec<String> = (0..64).map(|i| format!("unknown-name-{i:0>100}")).collect();
+        let message = json!({"type":"subscribe","events":names}).to_string();
+        for _ in 0..20 {
+            if tokio::time::timeout(
+                WAIT / 10,
+                futures_util::SinkExt::send(
+                    &mut flood.stream,
+                    tokio_tungstenite::tungstenite::Message::Text(message.clone().into()),
+                ),
+            )
+            .await
+            .map_or(true, |r| r.is_err())
+            {
+                break;
+            }
+        }
+        floods.push(flood);
+    }
+
+    // 4. Slow and oversized bodies: refused from the head or timed out.
+    let unauthenticated = status_of_raw(
+        server.addr,
+        "POST /api/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(matches!(unauthenticated, 401 | 413), "{unauthenticated}");
+
+    // 5. Cross-site and wrong-media-type writes.
+    let res = http
+        .post(server.url("/api/v1/webhooks"))
+        .header("content-type", "text/plain")
+        .header("origin", "https://evil.example")
+        .body(r#"{"url":"http://127.0.0.1:9/hook"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(res.status().as_u16(), 403 | 415),
+        "{}",
+        res.status()
+    );
+
+    // 6. A job flood stops at the queue bound.
+    let mut refused = false;
+    for _ in 0..1_100 {
+        let res = admin(
+            http.post(server.url("/api/v1/jobs"))
+                .json(&json!({"job_type":"Flood"})),
+        )
+        .send()
+        .await
+        .unwrap();
+        if res.status() == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            refused = true;
+            break;
+        }
+        assert_eq!(res.status(), 202);
+    }
+    assert!(refused, "the job queue never filled");
+
+    // Everyone healthy still receives; the abusers cost a bounded amount.
+    healthy_clients_still_receive(server, &mut ws, &mut sse, auth).await;
+    let grown = rss().saturating_sub(baseline);
+    assert!(
+        grown < 96 * MIB,
+        "the server's process grew {} MiB under abuse (ring already full before)",
+        grown / MIB
+    );
+    drop((stalled, floods));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_in_token_mode_and_in_anonymous_mode() {
+    let server = Server::start(&[
+        "--auth-admin-token",
+        ADMIN,
+        "--auth-client-tokens",
+        CLIENT,
+        "--demo-max-queued-jobs",
+        "1000",
+    ])
+    .await;
+    let bearer = format!("Bearer {ADMIN}");
+    abuse(
+        &server,
+        &[("authorization", bearer.as_str())],
+        &server.url(&format!("/api/v1/events?token={CLIENT}")),
+        &server.ws_url(&format!("/api/v1/ws?token={CLIENT}")),
+    )
+    .await;
+    // Token mode only: demo writes without the admin token.
+    let res = client()
+        .post(server.url("/api/v1/jobs"))
+        .json(&json!({"job_type":"Embedding"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    drop(server);
+
+    let server = Server::start(&[]).await;
+    abuse(
+        &server,
+        &[],
+        &server.url("/api/v1/events"),
+        &server.ws_url("/api/v1/ws"),
+    )
+    .await;
+    // Anonymous mode only: DNS rebinding.
+    let rebind = status_of_raw(
+        server.addr,
+        "GET /health HTTP/1.1\r\nhost: rebind.attacker.example\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(rebind, 403);
+}
