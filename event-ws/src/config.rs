@@ -13,11 +13,14 @@ pub mod close_code {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket framing (an unmasked frame, reserved
-    /// bits, an unknown opcode, a misplaced continuation).
+    /// bits, an unknown opcode, a misplaced continuation, a close code a
+    /// client may not send).
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The client sent a text message (or close reason) that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The connection was refused or removed by policy (an operator kick).
+    /// The connection was removed by policy: an operator kick, or a
+    /// `subscribe`/`unsubscribe` over the limits (more than 64 names, or a
+    /// name over 128 bytes).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// The client sent a frame or message larger than the configured limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -61,6 +64,8 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Each connection's outgoing budget. A connection that exceeds it is
     /// closed with [`close_code::SLOW_CONSUMER`] (1,024 messages or 1 MiB).
+    /// Replies to the client's requests count against `max_bytes` too,
+    /// together with the events being written.
     pub outbox: OutboxLimits,
     /// How long one write to a client may stall before the client counts as
     /// a slow consumer (30 s).
