@@ -769,3 +769,353 @@ mod tests {
         assert_eq!(reader.buffered(), 0);
     }
 }
+
+/// Property tests of the parser: whatever the bytes and however the socket
+/// cuts them, the same result; masked frames round-trip; no panic; nothing
+/// held beyond the limits.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    use super::*;
+
+    /// A frame as a client could send it, valid or not.
+    #[derive(Debug, Clone)]
+    struct RawFrame {
+        fin: bool,
+        rsv: u8,
+        opcode: u8,
+        masked: bool,
+        mask: [u8; 4],
+        /// 0: shortest length form, 1: 16-bit form, 2: 64-bit form (if
+        /// the payload fits them).
+        length_form: u8,
+        payload: Vec<u8>,
+    }
+
+    fn encode(f: &RawFrame) -> Vec<u8> {
+        let mut out = vec![u8::from(f.fin) << 7 | (f.rsv & 7) << 4 | (f.opcode & 0x0F)];
+        let bit = if f.masked { 0x80 } else { 0 };
+        let n = f.payload.len();
+        match (f.length_form, n) {
+            (0, 0..=125) => out.push(bit | n as u8),
+            (0 | 1, 0..=0xFFFF) => {
+                out.push(bit | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(bit | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if f.masked {
+            out.extend_from_slice(&f.mask);
+            out.extend(f.payload.iter().enumerate().map(|(i, b)| b ^ f.mask[i & 3]));
+        } else {
+            out.extend_from_slice(&f.payload);
+        }
+        out
+    }
+
+    fn payload() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => prop::collection::vec(any::<u8>(), 0..40),
+            3 => ".{0,30}".prop_map(String::into_bytes),
+            2 => (prop::sample::select(vec![1000u16, 1001, 3000, 0, 1005, 5000]), ".{0,20}")
+                .prop_map(|(code, reason)| [&code.to_be_bytes()[..], reason.as_bytes()].concat()),
+            1 => prop::collection::vec(any::<u8>(), 100..400),
+        ]
+    }
+
+    /// Mostly plausible frames, sometimes broken in one way or another.
+    fn raw_frame() -> impl Strategy<Value = RawFrame> {
+        (
+            prop_oneof![4 => Just(true), 1 => Just(false)],
+            prop_oneof![19 => Just(0u8), 1 => 1u8..8],
+            prop_oneof![
+                3 => Just(opcode::TEXT),
+                2 => Just(opcode::CONTINUATION),
+                1 => Just(opcode::BINARY),
+                1 => Just(opcode::PING),
+                1 => Just(opcode::PONG),
+                1 => Just(opcode::CLOSE),
+                1 => 0u8..16,
+            ],
+            prop_oneof![19 => Just(true), 1 => Just(false)],
+            any::<[u8; 4]>(),
+            0u8..3,
+            payload(),
+        )
+            .prop_map(
+                |(fin, rsv, opcode, masked, mask, length_form, payload)| RawFrame {
+                    fin,
+                    rsv,
+                    opcode,
+                    masked,
+                    mask,
+                    length_form,
+                    payload,
+                },
+            )
+    }
+
+    /// Feeds `bytes` cut at `cuts`: the messages and the error, if any.
+    fn feed_cut(
+        max: usize,
+        bytes: &[u8],
+        cuts: &[Index],
+    ) -> (Vec<Incoming>, Option<ReadError>, MessageReader) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        points.push(0);
+        points.push(bytes.len());
+        points.sort_unstable();
+        let mut reader = MessageReader::new(max);
+        let mut out = Vec::new();
+        let mut error = None;
+        for pair in points.windows(2) {
+            if let Err(e) = reader.feed(&bytes[pair[0]..pair[1]], &mut out) {
+                error = Some(e);
+                break;
+            }
+        }
+        (out, error, reader)
+    }
+
+    /// A well-formed client conversation and what the parser must make of
+    /// it.
+    #[derive(Debug, Clone)]
+    enum Item {
+        /// A data message cut into fragments at `cuts`, with a ping after
+        /// some of the fragments.
+        Message {
+            text: bool,
+            payload: Vec<u8>,
+            cuts: Vec<Index>,
+            pings: Vec<(Index, Vec<u8>)>,
+        },
+        Pong(Vec<u8>),
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        let body = prop_oneof![
+            9 => prop::collection::vec(any::<u8>(), 0..300),
+            1 => prop::collection::vec(any::<u8>(), 65_530..66_000),
+        ];
+        let text = prop_oneof![
+            9 => ".{0,100}".prop_map(String::into_bytes),
+            1 => "[a-zé€😀]{0,20}".prop_map(|s| s.repeat(3000).into_bytes()),
+        ];
+        let control = prop::collection::vec(any::<u8>(), 0..=125);
+        prop_oneof![
+            4 => (
+                prop_oneof![body.prop_map(|b| (false, b)), text.prop_map(|t| (true, t))],
+                prop::collection::vec(any::<Index>(), 0..5),
+                prop::collection::vec((any::<Index>(), control.clone()), 0..3),
+            )
+                .prop_map(|((text, payload), cuts, pings)| Item::Message {
+                    text,
+                    payload,
+                    cuts,
+                    pings,
+                }),
+            1 => control.prop_map(Item::Pong),
+        ]
+    }
+
+    /// The frames of `items` (masked with `mask`), then a close, and the
+    /// messages the parser must return.
+    fn conversation(items: &[Item], mask: [u8; 4], close: u16) -> (Vec<u8>, Vec<Incoming>) {
+        let frame = |fin: bool, opcode: u8, payload: &[u8]| {
+            encode(&RawFrame {
+                fin,
+                rsv: 0,
+                opcode,
+                masked: true,
+                mask,
+                length_form: 0,
+                payload: payload.to_vec(),
+            })
+        };
+        let mut bytes = Vec::new();
+        let mut want = Vec::new();
+        for item in items {
+            match item {
+                Item::Pong(p) => {
+                    bytes.extend(frame(true, opcode::PONG, p));
+                    want.push(Incoming::Pong);
+                }
+                Item::Message {
+                    text,
+                    payload,
+                    cuts,
+                    pings,
+                } => {
+                    let mut points: Vec<usize> =
+                        cuts.iter().map(|c| c.index(payload.len() + 1)).collect();
+                    points.sort_unstable();
+                    points.dedup();
+                    points.retain(|p| *p != 0 && *p != payload.len());
+                    points.insert(0, 0);
+                    points.push(payload.len());
+                    let pieces = points.len() - 1;
+                    for (i, pair) in points.windows(2).enumerate() {
+                        let first = if i == 0 {
+                            if *text { opcode::TEXT } else { opcode::BINARY }
+                        } else {
+                            opcode::CONTINUATION
+                        };
+                        bytes.extend(frame(i + 1 == pieces, first, &payload[pair[0]..pair[1]]));
+                        for (at, ping) in pings {
+                            if at.index(pieces) == i && i + 1 < pieces {
+                                bytes.extend(frame(true, opcode::PING, ping));
+                                want.push(Incoming::Ping(ping.clone()));
+                            }
+                        }
+                    }
+                    want.push(match std::str::from_utf8(payload) {
+                        Ok(t) if *text => Incoming::Text(t.to_owned()),
+                        _ => Incoming::Binary(payload.clone()),
+                    });
+                }
+            }
+        }
+        bytes.extend(frame(true, opcode::CLOSE, &close.to_be_bytes()));
+        want.push(Incoming::Close(Some(close)));
+        (bytes, want)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any byte stream gives the same messages and the same error
+        /// however the socket cuts it.
+        #[test]
+        fn any_split_gives_the_same_result(
+            frames in prop::collection::vec(raw_frame(), 0..8),
+            garbage in prop::collection::vec(any::<u8>(), 0..8),
+            max in prop_oneof![Just(64 * 1024), 0usize..300],
+            cuts in prop::collection::vec(any::<Index>(), 0..12),
+        ) {
+            let mut bytes: Vec<u8> = frames.iter().flat_map(encode).collect();
+            bytes.extend(garbage);
+            let (whole, whole_error, _) = feed_cut(max, &bytes, &[]);
+            let (cut, cut_error, _) = feed_cut(max, &bytes, &cuts);
+            prop_assert_eq!(whole_error, cut_error);
+            prop_assert_eq!(whole, cut);
+        }
+
+        /// Well-formed messages — fragmented, with pings between the
+        /// fragments, masked with any key, cut anywhere — come out as they
+        /// went in.
+        #[test]
+        fn masked_messages_round_trip(
+            items in prop::collection::vec(item(), 0..6),
+            mask in any::<[u8; 4]>(),
+            close in prop::sample::select(vec![1000u16, 1001, 1011, 3000, 4999]),
+            cuts in prop::collection::vec(any::<Index>(), 0..12),
+        ) {
+            let (bytes, want) = conversation(&items, mask, close);
+            let (got, error, reader) = feed_cut(1 << 20, &bytes, &cuts);
+            prop_assert_eq!(error, None);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(reader.buffered(), 0, "nothing is held between messages");
+        }
+
+        /// A bad frame after well-formed messages: every message before it
+        /// is returned, with the error.
+        #[test]
+        fn messages_before_a_bad_frame_are_kept(
+            items in prop::collection::vec(item(), 0..4),
+            mask in any::<[u8; 4]>(),
+            bad in prop::sample::select(vec![
+                (b"\xc1\x80abcd".to_vec(), ReadError::Protocol("reserved bits set")),
+                (b"\x81\x00".to_vec(), ReadError::Protocol("client frame not masked")),
+                (b"\x83\x80abcd".to_vec(), ReadError::Protocol("unknown opcode")),
+                (b"\x80\x80abcd".to_vec(), ReadError::Protocol("continuation without a message")),
+                (b"\x88\x82\0\0\0\0\x03\xed".to_vec(), ReadError::Protocol("invalid close code")),
+                (b"\x81\x81\0\0\0\0\xff".to_vec(), ReadError::NotUtf8),
+            ]),
+            cuts in prop::collection::vec(any::<Index>(), 0..12),
+        ) {
+            let (mut bytes, mut want) = conversation(&items, mask, 1000);
+            let close = encode(&RawFrame {
+                fin: true, rsv: 0, opcode: opcode::CLOSE, masked: true, mask,
+                length_form: 0, payload: 1000u16.to_be_bytes().to_vec(),
+            });
+            bytes.truncate(bytes.len() - close.len());
+            want.pop();
+            bytes.extend(&bad.0);
+            let (got, error, _) = feed_cut(1 << 20, &bytes, &cuts);
+            prop_assert_eq!(error, Some(bad.1));
+            prop_assert_eq!(got, want);
+        }
+
+        /// Arbitrary bytes never panic, and the reader never holds much
+        /// more than the message limit.
+        #[test]
+        fn arbitrary_bytes_never_panic_nor_exceed_the_limit(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..16),
+            max in 0usize..2000,
+        ) {
+            let mut reader = MessageReader::new(max);
+            let mut out = Vec::new();
+            for chunk in &chunks {
+                let _ = reader.feed(chunk, &mut out);
+                prop_assert!(
+                    reader.buffered() <= 2 * max.max(MAX_RESERVE) + MAX_CONTROL_PAYLOAD,
+                    "{} bytes held with a limit of {}", reader.buffered(), max
+                );
+            }
+        }
+
+        /// A length beyond the limit is refused from the header, before
+        /// any payload arrives and without a buffer for it — in a first
+        /// frame or in a continuation that would take the message over.
+        #[test]
+        fn lengths_beyond_the_limit_are_refused_from_the_header(
+            max in 0usize..100_000,
+            over in 1u64..(1 << 62),
+            first in 0usize..100,
+            mask in any::<[u8; 4]>(),
+        ) {
+            // Within the limit, the buffer reserved before the payload
+            // arrives is bounded by MAX_RESERVE, not by the announcement.
+            let mut head = vec![0x82, 0x80 | 127];
+            head.extend_from_slice(&(max as u64).to_be_bytes());
+            head.extend_from_slice(&mask);
+            let mut reader = MessageReader::new(max);
+            prop_assert_eq!(read(&mut reader, &head), Ok(vec![]));
+            prop_assert!(reader.buffered() <= max.min(MAX_RESERVE));
+
+            let announced = max as u64 + over;
+            let mut head = vec![0x82, 0x80 | 127];
+            head.extend_from_slice(&announced.to_be_bytes());
+            head.extend_from_slice(&mask);
+            let mut reader = MessageReader::new(max);
+            prop_assert_eq!(read(&mut reader, &head), Err(ReadError::TooBig));
+            prop_assert_eq!(reader.buffered(), 0);
+
+            // A fragmented message whose continuation would exceed it.
+            let first = first.min(max);
+            let mut reader = MessageReader::new(max);
+            let start = encode(&RawFrame {
+                fin: false, rsv: 0, opcode: opcode::BINARY, masked: true, mask,
+                length_form: 0, payload: vec![7; first],
+            });
+            prop_assert_eq!(read(&mut reader, &start), Ok(vec![]));
+            let held = reader.buffered();
+            let mut more = vec![0x80, 0x80 | 127];
+            more.extend_from_slice(&((max - first) as u64 + over).to_be_bytes());
+            more.extend_from_slice(&mask);
+            prop_assert_eq!(read(&mut reader, &more), Err(ReadError::TooBig));
+            prop_assert!(reader.buffered() <= held);
+        }
+    }
+
+    fn read(reader: &mut MessageReader, bytes: &[u8]) -> Result<Vec<Incoming>, ReadError> {
+        let mut out = Vec::new();
+        reader.feed(bytes, &mut out)?;
+        Ok(out)
+    }
+}
