@@ -49,10 +49,11 @@ pub struct WsConfig {
     /// The route path (`/api/v1/ws`).
     pub path: String,
     /// Allowed `Origin` values (exact, case-insensitive, e.g.
-    /// `https://app.example.com`). Empty allows every origin. Requests without
-    /// an `Origin` header (non-browser clients) are always allowed, since the
-    /// check exists to stop other web pages from using a browser's
-    /// credentials.
+    /// `https://app.example.com`). Empty allows every origin, and so does an
+    /// entry `*` (the meaning it has for CORS, so one `ALLOWED_ORIGINS`
+    /// serves both). Requests without an `Origin` header (non-browser
+    /// clients) are always allowed, since the check exists to stop other web
+    /// pages from using a browser's credentials.
     pub allowed_origins: Vec<String>,
     /// How often the server sends a WebSocket ping (30 s).
     pub ping_interval: Duration,
@@ -100,11 +101,17 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
+    /// Whether every `Origin` may connect: the allow-list is empty or has a
+    /// `*` entry.
+    pub fn allows_any_origin(&self) -> bool {
+        self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|a| a.trim() == "*")
+    }
+
     /// Whether a request with this `Origin` header value may connect.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         match origin {
             None => true,
-            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(_) if self.allows_any_origin() => true,
             Some(o) => {
                 let o = o.trim().trim_end_matches('/');
                 self.allowed_origins
@@ -131,5 +138,20 @@ mod tests {
         assert!(cfg.origin_allowed(Some("https://APP.example/")));
         assert!(!cfg.origin_allowed(Some("https://evil.example")));
         assert!(!cfg.origin_allowed(Some("https://app.example.evil")));
+        assert!(!cfg.allows_any_origin());
+        for any in [vec!["*"], vec!["https://app.example", "*"], vec![" * "]] {
+            let cfg = WsConfig {
+                allowed_origins: any.iter().map(|a| a.to_string()).collect(),
+                ..WsConfig::default()
+            };
+            assert!(cfg.allows_any_origin(), "{any:?}");
+            assert!(cfg.origin_allowed(Some("https://evil.example")), "{any:?}");
+        }
+        // Only a whole entry `*` is a wildcard.
+        let pattern = WsConfig {
+            allowed_origins: vec!["https://*.example".into()],
+            ..WsConfig::default()
+        };
+        assert!(!pattern.origin_allowed(Some("https://app.example")));
     }
 }
