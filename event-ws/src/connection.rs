@@ -271,7 +271,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         refresh: None,
         failed: None,
         drain_due: true,
-        read_pause: READ_PAUSE_BYTES.min(cfg.outbox.max_bytes / 2),
+        read_pause: READ_PAUSE_BYTES.min(cfg.outbox.max_bytes / 2).max(1),
     };
     poll_fn(|cx| {
         let waits = Waits {

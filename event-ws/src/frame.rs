@@ -254,11 +254,20 @@ const MAX_RESERVE: usize = 4096;
 /// A frame's payload is unmasked and checked as it arrives, so text that
 /// is not UTF-8 fails the connection as soon as the bytes that make it
 /// invalid are read — in a later fragment or in the middle of a frame.
-/// Nothing is buffered while no frame is in progress, so an idle connection
-/// holds no allocation.
+/// While no frame is in progress the reader holds no allocation and is a
+/// few words (it lives in every idle connection).
 #[derive(Debug)]
 pub(crate) struct MessageReader {
     max_message: usize,
+    /// The frame and message in progress, if any.
+    state: Option<Box<InProgress>>,
+    /// After an error, the reader refuses everything with it.
+    failed: Option<ReadError>,
+}
+
+/// What a reader keeps between two reads of a frame or message.
+#[derive(Debug, Default)]
+struct InProgress {
     /// The start of a header that has not fully arrived.
     head: [u8; MAX_HEAD],
     head_len: u8,
@@ -268,8 +277,6 @@ pub(crate) struct MessageReader {
     control: Vec<u8>,
     /// The data message in progress.
     message: Option<Message>,
-    /// After an error, the reader refuses everything with it.
-    failed: Option<ReadError>,
 }
 
 impl MessageReader {
@@ -277,11 +284,7 @@ impl MessageReader {
     pub(crate) fn new(max_message: usize) -> Self {
         MessageReader {
             max_message,
-            head: [0; MAX_HEAD],
-            head_len: 0,
-            frame: None,
-            control: Vec::new(),
-            message: None,
+            state: None,
             failed: None,
         }
     }
@@ -295,23 +298,41 @@ impl MessageReader {
         if let Some(error) = self.failed {
             return Err(error);
         }
-        let result = self.parse(data, out);
+        if data.is_empty() {
+            return Ok(());
+        }
+        let state = self.state.get_or_insert_with(Box::default);
+        let result = state.parse(data, self.max_message, out);
+        if result.is_err() || state.is_idle() {
+            self.state = None;
+        }
         if let Err(error) = result {
             self.failed = Some(error);
-            self.frame = None;
-            self.control = Vec::new();
-            self.message = None;
         }
         result
     }
 
-    /// Bytes of buffer this reader holds (its allocations' capacity).
+    /// Bytes of payload buffer this reader holds (its buffers' capacity).
     #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
-        self.control.capacity() + self.message.as_ref().map_or(0, |m| m.data.capacity())
+        self.state.as_ref().map_or(0, |s| {
+            s.control.capacity() + s.message.as_ref().map_or(0, |m| m.data.capacity())
+        })
+    }
+}
+
+impl InProgress {
+    /// Whether nothing is in progress (the state can be dropped).
+    fn is_idle(&self) -> bool {
+        self.head_len == 0 && self.frame.is_none() && self.message.is_none()
     }
 
-    fn parse(&mut self, mut data: &[u8], out: &mut Vec<Incoming>) -> Result<(), ReadError> {
+    fn parse(
+        &mut self,
+        mut data: &[u8],
+        max_message: usize,
+        out: &mut Vec<Incoming>,
+    ) -> Result<(), ReadError> {
         loop {
             if self.frame.is_none() {
                 if data.is_empty() {
@@ -320,14 +341,14 @@ impl MessageReader {
                 let old = usize::from(self.head_len);
                 let n = (MAX_HEAD - old).min(data.len());
                 self.head[old..old + n].copy_from_slice(&data[..n]);
-                let Some(head) = parse_head(&self.head[..old + n], self.max_message)? else {
+                let Some(head) = parse_head(&self.head[..old + n], max_message)? else {
                     // Fewer than MAX_HEAD bytes: all of `data` was taken.
                     self.head_len = (old + n) as u8;
                     return Ok(());
                 };
                 data = &data[head.len - old..];
                 self.head_len = 0;
-                self.start(head)?;
+                self.start(head, max_message)?;
                 self.frame = Some(FrameState { head, received: 0 });
             }
             let Some(frame) = self.frame.as_mut() else {
@@ -364,7 +385,7 @@ impl MessageReader {
 
     /// Checks a new frame's header against the message in progress and
     /// prepares the buffer for its payload.
-    fn start(&mut self, head: Head) -> Result<(), ReadError> {
+    fn start(&mut self, head: Head, max_message: usize) -> Result<(), ReadError> {
         let reserve = head.payload.min(MAX_RESERVE);
         match (head.opcode, self.message.as_mut()) {
             (op, _) if op >= opcode::CLOSE => self.control = Vec::with_capacity(head.payload),
@@ -372,7 +393,7 @@ impl MessageReader {
                 return Err(ReadError::Protocol("continuation without a message"));
             }
             (opcode::CONTINUATION, Some(message)) => {
-                if message.data.len() + head.payload > self.max_message {
+                if message.data.len() + head.payload > max_message {
                     return Err(ReadError::TooBig);
                 }
                 message.data.reserve(reserve);
@@ -754,6 +775,17 @@ mod tests {
                 Incoming::Ping(b"p".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn an_idle_reader_is_small_and_holds_nothing() {
+        // It is part of every idle connection's memory.
+        assert!(std::mem::size_of::<MessageReader>() <= 48);
+        let mut reader = MessageReader::new(1024);
+        read_all(&mut reader, &client_frame(0x81, b"refresh")).unwrap();
+        assert!(reader.state.is_none());
+        read_all(&mut reader, &client_frame(0x81, b"refresh")[..3]).unwrap();
+        assert!(reader.state.is_some(), "a partial header is kept");
     }
 
     #[test]
