@@ -13,11 +13,14 @@ pub mod close_code {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket framing (an unmasked frame, reserved
-    /// bits, an unknown opcode, a misplaced continuation).
+    /// bits, an unknown opcode, a misplaced continuation, a close code a
+    /// client may not send).
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// The client sent a text message (or close reason) that is not UTF-8.
     pub const INVALID_PAYLOAD: u16 = 1007;
-    /// The connection was refused or removed by policy (an operator kick).
+    /// The connection was removed by policy: an operator kick, or a
+    /// `subscribe`/`unsubscribe` over the limits (more than 64 names, or a
+    /// name over 128 bytes).
     pub const POLICY_VIOLATION: u16 = 1008;
     /// The client sent a frame or message larger than the configured limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
@@ -46,10 +49,11 @@ pub struct WsConfig {
     /// The route path (`/api/v1/ws`).
     pub path: String,
     /// Allowed `Origin` values (exact, case-insensitive, e.g.
-    /// `https://app.example.com`). Empty allows every origin. Requests without
-    /// an `Origin` header (non-browser clients) are always allowed, since the
-    /// check exists to stop other web pages from using a browser's
-    /// credentials.
+    /// `https://app.example.com`). Empty allows every origin, and so does an
+    /// entry `*` (the meaning it has for CORS, so one `ALLOWED_ORIGINS`
+    /// serves both). Requests without an `Origin` header (non-browser
+    /// clients) are always allowed, since the check exists to stop other web
+    /// pages from using a browser's credentials.
     pub allowed_origins: Vec<String>,
     /// How often the server sends a WebSocket ping (30 s).
     pub ping_interval: Duration,
@@ -61,6 +65,8 @@ pub struct WsConfig {
     pub max_message_bytes: usize,
     /// Each connection's outgoing budget. A connection that exceeds it is
     /// closed with [`close_code::SLOW_CONSUMER`] (1,024 messages or 1 MiB).
+    /// Replies to the client's requests count against `max_bytes` too,
+    /// together with the events being written.
     pub outbox: OutboxLimits,
     /// How long one write to a client may stall before the client counts as
     /// a slow consumer (30 s).
@@ -95,11 +101,17 @@ impl Default for WsConfig {
 }
 
 impl WsConfig {
+    /// Whether every `Origin` may connect: the allow-list is empty or has a
+    /// `*` entry.
+    pub fn allows_any_origin(&self) -> bool {
+        self.allowed_origins.is_empty() || self.allowed_origins.iter().any(|a| a.trim() == "*")
+    }
+
     /// Whether a request with this `Origin` header value may connect.
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
         match origin {
             None => true,
-            Some(_) if self.allowed_origins.is_empty() => true,
+            Some(_) if self.allows_any_origin() => true,
             Some(o) => {
                 let o = o.trim().trim_end_matches('/');
                 self.allowed_origins
@@ -126,5 +138,20 @@ mod tests {
         assert!(cfg.origin_allowed(Some("https://APP.example/")));
         assert!(!cfg.origin_allowed(Some("https://evil.example")));
         assert!(!cfg.origin_allowed(Some("https://app.example.evil")));
+        assert!(!cfg.allows_any_origin());
+        for any in [vec!["*"], vec!["https://app.example", "*"], vec![" * "]] {
+            let cfg = WsConfig {
+                allowed_origins: any.iter().map(|a| a.to_string()).collect(),
+                ..WsConfig::default()
+            };
+            assert!(cfg.allows_any_origin(), "{any:?}");
+            assert!(cfg.origin_allowed(Some("https://evil.example")), "{any:?}");
+        }
+        // Only a whole entry `*` is a wildcard.
+        let pattern = WsConfig {
+            allowed_origins: vec!["https://*.example".into()],
+            ..WsConfig::default()
+        };
+        assert!(!pattern.origin_allowed(Some("https://app.example")));
     }
 }

@@ -30,7 +30,6 @@ use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use event_core::{
@@ -39,7 +38,7 @@ use event_core::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::futures::Notified;
-use tokio::time::{Instant, Sleep, sleep, timeout};
+use tokio::time::{Instant, Sleep, sleep, timeout, timeout_at};
 use tracing::{Instrument, Span};
 
 use crate::config::close_code;
@@ -51,8 +50,14 @@ use crate::socket::{Read, ReadFailure, WsSocket};
 /// A batch buffer larger than this is released after use, so a burst does
 /// not pin memory on an idle connection.
 const KEEP_BATCH_CAPACITY: usize = 64;
-/// Client messages are not read while this many frames wait to be written.
-const READ_PAUSE_FRAMES: usize = 64;
+/// Client messages are not read while this many bytes wait to be written
+/// (or half the outbox budget, if that is less). What a client's messages
+/// cause — pongs, `subscribed` replies, queue statuses — is therefore
+/// bounded by bytes whatever their number: a client that sends without
+/// reading is held back by TCP, not buffered.
+const READ_PAUSE_BYTES: usize = 64 * 1024;
+/// A batch of client messages whose buffer grew beyond this is not kept.
+const KEEP_INCOMING_CAPACITY: usize = 16;
 /// Rounds of the state machine per poll before the task yields, so that a
 /// busy connection cannot hold a worker thread.
 const ROUNDS_PER_POLL: usize = 32;
@@ -83,6 +88,9 @@ enum End {
     ProtocolError(&'static str),
     /// The client sent text that is not UTF-8.
     NotUtf8,
+    /// The client sent a request over the protocol's limits (too many
+    /// `subscribe` names, or a name too long).
+    OverLimit(&'static str),
     /// The client did not keep up (the detail says how).
     SlowConsumer(&'static str),
     /// Server shutdown.
@@ -102,6 +110,7 @@ impl End {
             End::TooBig => "message_too_big",
             End::ProtocolError(_) => "protocol_error",
             End::NotUtf8 => "invalid_payload",
+            End::OverLimit(_) => "over_limit",
             End::SlowConsumer(_) => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Kicked => "kicked",
@@ -118,12 +127,42 @@ impl End {
             End::TooBig => (close_code::MESSAGE_TOO_BIG, "message too big"),
             End::ProtocolError(why) => (close_code::PROTOCOL_ERROR, why),
             End::NotUtf8 => (close_code::INVALID_PAYLOAD, "text is not UTF-8"),
+            End::OverLimit(why) => (close_code::POLICY_VIOLATION, why),
             End::SlowConsumer(why) => (close_code::SLOW_CONSUMER, why),
             End::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
             End::Kicked => (close_code::POLICY_VIOLATION, "disconnected by the server"),
         };
         Some(frame::close(Some(code), reason))
     }
+
+    /// How the close handshake goes after this end.
+    fn closing(self) -> Closing {
+        match self {
+            End::ClientGone | End::WriteFailed => Closing::Drop,
+            End::ClientClosed(_) => Closing::Answer,
+            End::TooBig | End::ProtocolError(_) | End::NotUtf8 | End::OverLimit(_) => Closing::Fail,
+            End::IdleTimeout | End::SlowConsumer(_) | End::Shutdown | End::Kicked => {
+                Closing::Initiate
+            }
+        }
+    }
+}
+
+/// The close handshake of each kind of end (RFC 6455 §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The socket is gone: nothing to send.
+    Drop,
+    /// The client closed: what its earlier messages caused (a pong is owed
+    /// for a ping before the close), then the close echoed, then TCP.
+    Answer,
+    /// The client's input failed the connection: the replies to what came
+    /// before the bad input, the close frame, then TCP (§7.1.7; nothing it
+    /// sends after can be read).
+    Fail,
+    /// The server closes: frames not yet started are dropped, the close
+    /// frame goes out, the client's close is awaited, then TCP.
+    Initiate,
 }
 
 impl From<ReadError> for End {
@@ -185,9 +224,13 @@ where
                 }
                 other => tracing::debug!(reason = other.label(), "disconnected"),
             }
-            close(&mut socket, end, ep.config.close_timeout).await;
+            let deadline = Instant::now() + ep.config.close_timeout;
+            let closed = close(&mut socket, end, deadline).await;
             ep.metrics.connection_closed(end.label());
             drop(guard);
+            if closed {
+                linger(&mut socket, deadline).await;
+            }
             drop(slot);
         };
         teardown.instrument(span).await;
@@ -205,8 +248,10 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
 ) -> End {
     // The confirmation comes first; events published meanwhile wait in the
     // outbox (the subscription already exists).
-    let initial = queue_status_text(ep).instrument(span.clone()).await;
-    socket.queue(frame::text(&initial));
+    if !ep.echo {
+        let initial = queue_status_text(ep).instrument(span.clone()).await;
+        socket.queue(frame::text(&initial));
+    }
     let cfg = &ep.config;
     let mut closed = pin!(guard.closed());
     let mut stopping = pin!(ep.stopping.closed());
@@ -224,7 +269,9 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         incoming: Vec::new(),
         stall: None,
         refresh: None,
+        failed: None,
         drain_due: true,
+        read_pause: READ_PAUSE_BYTES.min(cfg.outbox.max_bytes / 2).max(1),
     };
     poll_fn(|cx| {
         let waits = Waits {
@@ -274,8 +321,13 @@ struct Conn<'a, IO> {
     stall: Option<Pin<Box<Sleep>>>,
     /// The reply to a `refresh`, while the host's snapshot is awaited.
     refresh: Option<Refresh<'a>>,
+    /// The client's input failed the connection; it ends with this once
+    /// the messages read before the bad bytes are handled.
+    failed: Option<End>,
     /// The outbox signalled since it was last drained.
     drain_due: bool,
+    /// Reading pauses while this many bytes wait to be written.
+    read_pause: usize,
 }
 
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
@@ -297,7 +349,9 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 && let Poll::Ready(text) = refresh.as_mut().poll(cx)
             {
                 self.refresh = None;
-                self.socket.queue(frame::text(&text));
+                if let Err(end) = self.queue_reply(frame::text(&text)) {
+                    return Poll::Ready(end);
+                }
                 again = true;
             }
             // A fresh `Notified` is polled at once, so it is registered
@@ -314,9 +368,10 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             if let Err(end) = self.poll_write(cx) {
                 return Poll::Ready(end);
             }
-            if self.refresh.is_none()
+            if self.failed.is_none()
+                && self.refresh.is_none()
                 && self.incoming.is_empty()
-                && self.socket.pending() < READ_PAUSE_FRAMES
+                && self.socket.queued_bytes() < self.read_pause
             {
                 match self.socket.poll_read_messages(cx, &mut self.incoming) {
                     Poll::Ready(Ok(Read::Data)) => {
@@ -328,7 +383,10 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                         return Poll::Ready(End::ClientGone);
                     }
                     Poll::Ready(Err(ReadFailure::Frames(error))) => {
-                        return Poll::Ready(End::from(error));
+                        // What was read before the bad bytes is handled
+                        // first (its replies are owed).
+                        self.failed = Some(End::from(error));
+                        again = true;
                     }
                     Poll::Pending => {}
                 }
@@ -338,6 +396,12 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                     return Poll::Ready(end);
                 }
                 again = true;
+            }
+            if let Some(end) = self.failed
+                && self.refresh.is_none()
+                && self.incoming.is_empty()
+            {
+                return Poll::Ready(end);
             }
             if w.ping.as_mut().poll(cx).is_ready() {
                 self.socket.queue(frame::ping());
@@ -400,6 +464,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 Outgoing::Lagged(n) => missed += n,
             }
         }
+        self.ep.note_queued(self.socket.queued_bytes());
         if missed > 0 {
             // The whole endpoint fell behind the bus: this client missed
             // events and the protocol has no way to say so, so it must
@@ -445,48 +510,95 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
         }
     }
 
+    /// Queues a reply to the client inside the connection's byte budget
+    /// (the outbox's `max_bytes`, shared with the events being written): a
+    /// client that makes the server owe it more is a slow consumer.
+    fn queue_reply(&mut self, frame: Bytes) -> Result<(), End> {
+        if self.socket.queued_bytes() + frame.len() > self.ep.config.outbox.max_bytes {
+            return Err(End::SlowConsumer("replies over the outbox budget"));
+        }
+        self.socket.queue(frame);
+        self.ep.note_queued(self.socket.queued_bytes());
+        Ok(())
+    }
+
     /// Handles the client's messages in order, stopping behind a `refresh`
     /// (its reply is prepared asynchronously and must come first).
     fn handle_incoming(&mut self) -> Option<End> {
+        let mut messages = std::mem::take(&mut self.incoming);
         let mut handled = 0;
-        for message in &self.incoming {
+        let mut end = None;
+        for message in &messages {
             handled += 1;
-            let text = match message {
-                Incoming::Close(code) => return Some(End::ClientClosed(*code)),
-                Incoming::Ping(payload) => {
-                    self.socket.queue(frame::pong(payload));
-                    continue;
-                }
-                // Binary frames are not part of the protocol; pongs only
-                // refresh the idle deadline.
-                Incoming::Pong | Incoming::Binary => continue,
-                Incoming::Text(text) => text,
-            };
-            let reply = match ClientMessage::parse(text) {
-                None => continue,
-                Some(ClientMessage::Refresh) => {
-                    let ep = self.ep;
-                    self.refresh = Some(Box::pin(
-                        queue_status_text(ep).instrument(self.span.clone()),
-                    ));
+            match self.handle(message) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    end = Some(e);
                     break;
                 }
-                Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
-                Some(ClientMessage::Subscribe(names)) => {
-                    let unknown = self.selection.subscribe(&names);
-                    self.sub.set_kinds(self.selection.kinds());
-                    Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
-                }
-                Some(ClientMessage::Unsubscribe(names)) => {
-                    let unknown = self.selection.unsubscribe(&names);
-                    self.sub.set_kinds(self.selection.kinds());
-                    Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
-                }
-            };
-            self.socket.queue(frame::text(&reply));
+            }
         }
-        self.incoming.drain(..handled);
-        None
+        messages.drain(..handled);
+        if messages.is_empty() && messages.capacity() > KEEP_INCOMING_CAPACITY {
+            messages = Vec::new();
+        }
+        self.incoming = messages;
+        end
+    }
+
+    /// Handles one client message: `Ok(false)` when the next ones must
+    /// wait (behind a `refresh`).
+    fn handle(&mut self, message: &Incoming) -> Result<bool, End> {
+        let text = match message {
+            Incoming::Close(code) => return Err(End::ClientClosed(*code)),
+            Incoming::Ping(payload) => {
+                self.queue_reply(frame::pong(payload))?;
+                return Ok(true);
+            }
+            // Pongs only refresh the idle deadline.
+            Incoming::Pong => return Ok(true),
+            Incoming::Binary(data) => {
+                // Binary frames are not part of the protocol.
+                if self.ep.echo {
+                    self.queue_reply(frame::binary(data))?;
+                }
+                return Ok(true);
+            }
+            Incoming::Text(text) if self.ep.echo => {
+                self.queue_reply(frame::text(text.as_bytes()))?;
+                return Ok(true);
+            }
+            Incoming::Text(text) => text,
+        };
+        let reply = match ClientMessage::parse(text) {
+            None => return Ok(true),
+            Some(ClientMessage::Refresh) => {
+                let ep = self.ep;
+                self.refresh = Some(Box::pin(
+                    queue_status_text(ep).instrument(self.span.clone()),
+                ));
+                return Ok(false);
+            }
+            Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
+            Some(ClientMessage::Subscribe(names)) => {
+                let unknown = self.selection.subscribe(&names);
+                self.sub.set_kinds(self.selection.kinds());
+                Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+            }
+            Some(ClientMessage::Unsubscribe(names)) => {
+                let unknown = self.selection.unsubscribe(&names);
+                self.sub.set_kinds(self.selection.kinds());
+                Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+            }
+            Some(ClientMessage::OverLimit) => {
+                return Err(End::OverLimit(
+                    "subscribe over 64 names or with a name over 128 bytes",
+                ));
+            }
+        };
+        self.queue_reply(frame::text(&reply))?;
+        Ok(true)
     }
 }
 
@@ -509,24 +621,29 @@ async fn queue_status_text(ep: &WsEndpoint) -> Bytes {
     Bytes::from(queue_status_json(status))
 }
 
-/// Ends the connection as `end` requires: the close frame (after the frame
-/// being written, if one was cut), the client's close reply, then the TCP
-/// close — all within `limit`.
+/// Ends the connection as `end` requires ([`Closing`]): the close frame
+/// (after what must precede it), the client's close reply if awaited, then
+/// the end of the server's side of the TCP connection (the server closes
+/// it first, RFC 6455 §7.1.1) — all by `deadline`. Returns whether the
+/// server's side was ended cleanly.
 async fn close<IO: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut WsSocket<IO>,
     end: End,
-    limit: Duration,
-) {
+    deadline: Instant,
+) -> bool {
     let Some(close_frame) = end.close_frame() else {
-        return;
+        return false;
     };
+    let closing = end.closing();
     let handshake = async {
-        socket.discard_unstarted();
+        if closing == Closing::Initiate {
+            socket.discard_unstarted();
+        }
         socket.queue(close_frame);
         if poll_fn(|cx| socket.poll_write_out(cx)).await.is_err() {
-            return;
+            return false;
         }
-        if !matches!(end, End::ClientClosed(_)) {
+        if closing == Closing::Initiate {
             let mut messages = Vec::new();
             while let Ok(Read::Data) =
                 poll_fn(|cx| socket.poll_read_messages(cx, &mut messages)).await
@@ -537,14 +654,27 @@ async fn close<IO: AsyncRead + AsyncWrite + Unpin>(
                 messages.clear();
             }
         }
-        // After the handshake the server closes the TCP connection first
-        // (RFC 6455 §7.1.1).
-        let _ = poll_fn(|cx| socket.poll_shutdown(cx)).await;
+        poll_fn(|cx| socket.poll_shutdown(cx)).await.is_ok()
     };
-    if timeout(limit, handshake).await.is_err() {
-        tracing::debug!(
-            reason = end.label(),
-            "close handshake timed out; dropping the socket"
-        );
+    match timeout_at(deadline, handshake).await {
+        Ok(closed) => closed,
+        Err(_) => {
+            tracing::debug!(
+                reason = end.label(),
+                "close handshake timed out; dropping the socket"
+            );
+            false
+        }
     }
+}
+
+/// After the server ended its side, reads (and drops) whatever the client
+/// still sends until it closes its side too, at most until `deadline`:
+/// closing a socket with unread input resets the connection, and a reset
+/// can destroy the close frame on its way to the client — who would then
+/// see 1006 instead of the code it was sent (a client sending a message
+/// over the limit is typically still sending when the server closes).
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(socket: &mut WsSocket<IO>, deadline: Instant) {
+    let drain = async { while let Ok(false) = poll_fn(|cx| socket.poll_discard(cx)).await {} };
+    let _ = timeout_at(deadline, drain).await;
 }

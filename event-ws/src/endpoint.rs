@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -50,6 +50,11 @@ pub struct WsEndpoint {
     pub(crate) metrics: TransportMetrics,
     /// Admitted connections (including ones still completing the upgrade).
     pub(crate) active: Arc<watch::Sender<usize>>,
+    /// The most bytes one connection has had waiting to be written.
+    peak_queued: Arc<AtomicUsize>,
+    /// Echo mode ([`crate::echo_router`]): no initial status, every text
+    /// and binary message is sent back instead of being interpreted.
+    pub(crate) echo: bool,
 }
 
 impl fmt::Debug for WsEndpoint {
@@ -86,7 +91,15 @@ impl WsEndpoint {
             hub: FanoutHub::new("ws"),
             metrics: TransportMetrics::new(Transport::WebSocket),
             active: Arc::new(watch::Sender::new(0)),
+            peak_queued: Arc::new(AtomicUsize::new(0)),
+            echo: false,
         }
+    }
+
+    /// The same endpoint in echo mode (for conformance tests only).
+    pub(crate) fn into_echo(mut self) -> Self {
+        self.echo = true;
+        self
     }
 
     /// Uses `provider` for the `QueueStatus` sent on connect and on
@@ -161,6 +174,23 @@ impl WsEndpoint {
     /// one to close during shutdown).
     pub fn watch_connections(&self) -> watch::Receiver<usize> {
         self.active.subscribe()
+    }
+
+    /// The most bytes any one connection of this endpoint has had waiting
+    /// to be written at once (events taken from its outbox and replies to
+    /// its requests), since the endpoint was created. A connection is
+    /// closed with 4008 before this exceeds the outbox budget
+    /// ([`WsConfig::outbox`]`.max_bytes`), whatever the client sends
+    /// without reading.
+    pub fn peak_queued_bytes(&self) -> usize {
+        self.peak_queued.load(Ordering::Relaxed)
+    }
+
+    /// Records that a connection has `bytes` waiting to be written.
+    pub(crate) fn note_queued(&self, bytes: usize) {
+        if bytes > self.peak_queued.load(Ordering::Relaxed) {
+            self.peak_queued.fetch_max(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Whether new connections are refused because of shutdown.

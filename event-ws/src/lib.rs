@@ -26,7 +26,10 @@
 //!   per connection. A connection wakes once per batch and writes every
 //!   pending frame with one vectored write. A client that does not keep up overflows its outbox
 //!   (default 1,024 messages or 1 MiB) and is closed with **4008**; the bus
-//!   and the other clients never wait for it.
+//!   and the other clients never wait for it. Replies to the client's own
+//!   requests (pongs, `subscribed`, queue statuses) count against the same
+//!   byte budget, and its messages are not read while 64 KiB wait to be
+//!   written, so a client that sends without reading is held back by TCP.
 //! * Right after the upgrade a client receives one `QueueStatus` (the host's
 //!   [`QueueSnapshot`](event_core::QueueSnapshot) if configured, else the
 //!   last published one). The text `refresh` asks for another, answered to
@@ -34,6 +37,8 @@
 //! * `{"type":"subscribe","events":[…]}` narrows the stream (names in either
 //!   scheme, or `types=`-style prefixes such as `job`), `unsubscribe` removes
 //!   kinds; both are answered with `{"type":"subscribed","events":[…]}`.
+//!   Either may carry at most 64 names of at most 128 bytes each; more
+//!   closes the connection with 1008.
 //!   `{"type":"ping"}` is answered with `{"type":"pong"}`. Anything else is
 //!   ignored.
 //! * The server pings every 30 s and closes a client silent for 90 s
@@ -63,13 +68,14 @@
 //! | code | when |
 //! |---|---|
 //! | 1001 | server shutdown (`registry.shutdown()`, the host's token, [`WsEndpoint::shutdown`]) |
-//! | 1002 | the client broke the framing (unmasked frame, reserved bits, unknown opcode, misplaced continuation) |
+//! | *echo* | the client closed: its code is echoed (never 1005, 1006 or 1015: those, and every code a client may not send, fail the connection with 1002) |
+//! | 1002 | the client broke the framing (unmasked frame, reserved bits, unknown opcode, misplaced continuation, a close code it may not send) |
 //! | 1007 | the client sent text (or a close reason) that is not UTF-8 |
-//! | 1008 | removed by an operator (`registry.disconnect(id)`) |
+//! | 1008 | removed by an operator (`registry.disconnect(id)`), or a `subscribe`/`unsubscribe` over 64 names or with a name over 128 bytes |
 //! | 1009 | the client sent more than `max_message_bytes` |
 //! | 1011 | internal error |
 //! | 4000 | no pong or frame from the client within `idle_timeout` |
-//! | 4008 | slow consumer: outbox overflow, a write stalled for `write_timeout`, or the endpoint itself missed events |
+//! | 4008 | slow consumer: outbox overflow (events and replies together), a write stalled for `write_timeout`, or the endpoint itself missed events |
 //!
 //! Refusals before the upgrade are HTTP errors with a JSON body
 //! `{"error":"<code>","message":"…"}` ([`WsError`]): `400` not an upgrade,
@@ -113,6 +119,7 @@
 
 mod config;
 mod connection;
+mod echo;
 mod endpoint;
 mod error;
 mod frame;
@@ -121,5 +128,6 @@ mod protocol;
 mod socket;
 
 pub use config::{DEFAULT_PATH, WsConfig, close_code};
+pub use echo::echo_router;
 pub use endpoint::WsEndpoint;
 pub use error::WsError;

@@ -3,8 +3,17 @@
 //! Anything that is not one of these messages is ignored, so a client
 //! speaking a newer dialect never loses its connection over it.
 
+use std::fmt;
+
 use event_core::{EventKind, KindSet, QueueStatus, ServerEvent};
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+
+/// Most names one `subscribe` or `unsubscribe` may carry.
+pub(crate) const MAX_SUBSCRIBE_NAMES: usize = 64;
+/// Longest name (bytes, after JSON unescaping) in a `subscribe` or
+/// `unsubscribe`.
+pub(crate) const MAX_SUBSCRIBE_NAME_BYTES: usize = 128;
 
 /// A recognised client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +27,12 @@ pub(crate) enum ClientMessage {
     Subscribe(Vec<String>),
     /// `{"type":"unsubscribe","events":[…]}`.
     Unsubscribe(Vec<String>),
+    /// A `subscribe` or `unsubscribe` with more than
+    /// [`MAX_SUBSCRIBE_NAMES`] names or a name over
+    /// [`MAX_SUBSCRIBE_NAME_BYTES`] bytes: the connection is closed with
+    /// 1008 (no client of the protocol needs that many, and the reply
+    /// echoes unknown names).
+    OverLimit,
 }
 
 #[derive(Deserialize)]
@@ -25,8 +40,37 @@ pub(crate) enum ClientMessage {
 enum JsonMessage {
     Refresh,
     Ping,
-    Subscribe { events: Vec<String> },
-    Unsubscribe { events: Vec<String> },
+    Subscribe { events: Names },
+    Unsubscribe { events: Names },
+}
+
+/// The `events` of a `subscribe`: the names, or `None` when they exceed
+/// the limits (the names beyond the limit are skipped without being
+/// stored).
+struct Names(Option<Vec<String>>);
+
+impl<'de> Deserialize<'de> for Names {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Names, D::Error> {
+        struct Bounded;
+        impl<'de> Visitor<'de> for Bounded {
+            type Value = Names;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of event names")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Names, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element::<String>()? {
+                    if names.len() == MAX_SUBSCRIBE_NAMES || name.len() > MAX_SUBSCRIBE_NAME_BYTES {
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        return Ok(Names(None));
+                    }
+                    names.push(name);
+                }
+                Ok(Names(Some(names)))
+            }
+        }
+        deserializer.deserialize_seq(Bounded)
+    }
 }
 
 impl ClientMessage {
@@ -42,8 +86,18 @@ impl ClientMessage {
         Some(match serde_json::from_str::<JsonMessage>(text).ok()? {
             JsonMessage::Refresh => ClientMessage::Refresh,
             JsonMessage::Ping => ClientMessage::Ping,
-            JsonMessage::Subscribe { events } => ClientMessage::Subscribe(events),
-            JsonMessage::Unsubscribe { events } => ClientMessage::Unsubscribe(events),
+            JsonMessage::Subscribe {
+                events: Names(Some(names)),
+            } => ClientMessage::Subscribe(names),
+            JsonMessage::Unsubscribe {
+                events: Names(Some(names)),
+            } => ClientMessage::Unsubscribe(names),
+            JsonMessage::Subscribe {
+                events: Names(None),
+            }
+            | JsonMessage::Unsubscribe {
+                events: Names(None),
+            } => ClientMessage::OverLimit,
         })
     }
 }
@@ -201,5 +255,51 @@ mod tests {
             subscribed_reply(fresh.kinds(), &[]),
             r#"{"type":"subscribed","events":["QueueStatus","NoteUpdated"]}"#
         );
+    }
+
+    #[test]
+    fn subscribe_names_are_capped_in_count_and_length() {
+        let list = |names: &[String]| {
+            format!(
+                r#"{{"type":"subscribe","events":{}}}"#,
+                serde_json::to_string(names).unwrap()
+            )
+        };
+        let at_limit: Vec<String> = (0..MAX_SUBSCRIBE_NAMES)
+            .map(|i| format!("{i:0>width$}", width = MAX_SUBSCRIBE_NAME_BYTES))
+            .collect();
+        assert_eq!(
+            ClientMessage::parse(&list(&at_limit)),
+            Some(ClientMessage::Subscribe(at_limit.clone()))
+        );
+        let mut too_many = at_limit.clone();
+        too_many.push("job".into());
+        assert_eq!(
+            ClientMessage::parse(&list(&too_many)),
+            Some(ClientMessage::OverLimit)
+        );
+        let too_long = vec!["x".repeat(MAX_SUBSCRIBE_NAME_BYTES + 1)];
+        assert_eq!(
+            ClientMessage::parse(&list(&too_long)),
+            Some(ClientMessage::OverLimit)
+        );
+        // The limit is on the name, not its JSON escaping.
+        let escaped = format!(
+            r#"{{"type":"unsubscribe","events":["{}"]}}"#,
+            "\\u0041".repeat(MAX_SUBSCRIBE_NAME_BYTES)
+        );
+        assert_eq!(
+            ClientMessage::parse(&escaped),
+            Some(ClientMessage::Unsubscribe(vec![
+                "A".repeat(MAX_SUBSCRIBE_NAME_BYTES)
+            ]))
+        );
+        // Past the limit, anything goes: the rest is skipped, not parsed
+        // into names.
+        let mixed = format!(
+            r#"{{"type":"unsubscribe","events":[{}1,{{}},[]]}}"#,
+            r#""a","#.repeat(MAX_SUBSCRIBE_NAMES + 1)
+        );
+        assert_eq!(ClientMessage::parse(&mixed), Some(ClientMessage::OverLimit));
     }
 }

@@ -49,6 +49,8 @@ pub(crate) struct WsSocket<IO> {
     reader: MessageReader,
     /// Frames not yet (completely) written, oldest first.
     out: VecDeque<Bytes>,
+    /// Bytes of `out` not yet written.
+    queued_bytes: usize,
     /// Whether part of the front frame has been written.
     front_started: bool,
 }
@@ -61,12 +63,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
             io,
             reader: MessageReader::new(max_message),
             out: VecDeque::new(),
+            queued_bytes: 0,
             front_started: false,
         }
     }
 
     /// Queues a frame behind the ones already waiting.
     pub(crate) fn queue(&mut self, frame: Bytes) {
+        self.queued_bytes += frame.len();
         self.out.push_back(frame);
     }
 
@@ -75,11 +79,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
         self.out.len()
     }
 
+    /// Bytes waiting to be written.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
     /// Drops every queued frame that has not started going out (a frame
     /// cut in the middle would corrupt the stream), so that a close frame
     /// can follow at once.
     pub(crate) fn discard_unstarted(&mut self) {
         self.out.truncate(usize::from(self.front_started));
+        self.queued_bytes = self.out.iter().map(Bytes::len).sum();
     }
 
     /// Writes queued frames until none is left (`Ready(Ok)`), the socket is
@@ -107,6 +117,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
 
     /// Drops `n` written bytes from the front of the queue.
     fn advance(&mut self, mut n: usize) {
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.out.front_mut() else {
                 return;
@@ -150,6 +161,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
         )
     }
 
+    /// Reads once and throws the bytes away: `Ready(Ok(true))` at the end
+    /// of the stream. For the end of a connection, whose remaining input no
+    /// longer matters but must be read: a socket closed with unread input
+    /// is reset, and a reset can destroy the close frame still in flight.
+    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut buf = ReadBuf::new(&mut chunk);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        Poll::Ready(Ok(buf.filled().is_empty()))
+    }
+
     /// Ends the write side (TCP FIN), so the client sees the stream end.
     pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
@@ -176,13 +198,16 @@ mod tests {
             socket.queue(f.clone());
         }
         let want: Vec<u8> = frames.concat();
+        let want_len = want.len();
         let reader = tokio::spawn(async move {
             let mut got = vec![0; want.len()];
             client.read_exact(&mut got).await.unwrap();
             assert_eq!(got, want);
         });
+        assert_eq!(socket.queued_bytes(), want_len);
         poll_fn(|cx| socket.poll_write_out(cx)).await.unwrap();
         assert_eq!(socket.pending(), 0);
+        assert_eq!(socket.queued_bytes(), 0);
         reader.await.unwrap();
     }
 
@@ -194,8 +219,10 @@ mod tests {
         socket.queue(Bytes::from_static(b"next"));
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(socket.poll_write_out(&mut cx).is_pending());
+        assert_eq!(socket.queued_bytes(), 10);
         socket.discard_unstarted();
         assert_eq!(socket.pending(), 1);
+        assert_eq!(socket.queued_bytes(), 6);
         assert_eq!(&socket.out[0][..], b"456789");
         // Nothing of a fresh queue has gone out: all of it is dropped.
         let (server, _client) = tokio::io::duplex(4);

@@ -130,6 +130,28 @@ async fn origin_allow_list_403() {
 }
 
 #[tokio::test]
+async fn a_star_in_the_allow_list_allows_any_origin() {
+    // `*` means any origin, as it does for CORS (ALLOWED_ORIGINS='*'), also
+    // next to exact entries.
+    for allowed in [vec!["*"], vec!["https://app.example", " * "]] {
+        let server = TestServer::start(WsConfig {
+            allowed_origins: allowed.iter().map(|a| a.to_string()).collect(),
+            ..WsConfig::default()
+        })
+        .await;
+        for origin in ["https://evil.example", "null", "http://localhost:3000"] {
+            let request = request_with(&server.url(), &[("origin", origin)]);
+            let (_client, response) =
+                tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+                    .await
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{allowed:?} refused {origin}: {e}"));
+            assert_eq!(response.status(), 101);
+        }
+    }
+}
+
+#[tokio::test]
 async fn plain_get_is_a_json_400() {
     let server = TestServer::start(WsConfig::default()).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();

@@ -7,137 +7,11 @@
 
 mod common;
 
-use common::{TestServer, WAIT};
+use common::TestServer;
+use common::raw::{RawClient, client_frame};
 use event_core::QueueStatus;
 use event_ws::{WsConfig, close_code};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A client speaking raw frames over TCP.
-struct RawClient {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawClient {
-    /// Upgrades and returns the client with the first frame (the queue
-    /// status) read.
-    async fn connect(server: &TestServer) -> (RawClient, Vec<u8>) {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(
-            b"GET /api/v1/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let mut client = RawClient {
-            tcp,
-            buf: Vec::new(),
-        };
-        let head = loop {
-            if let Some(end) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8(client.buf[..end].to_vec()).unwrap();
-                client.buf.drain(..end + 4);
-                break head;
-            }
-            client.read_more().await;
-        };
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-            "{head}"
-        );
-        let (opcode, first) = client.frame().await;
-        assert_eq!(opcode, 0x1);
-        (client, first)
-    }
-
-    async fn read_more(&mut self) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
-            .await
-            .expect("the server sent nothing")
-            .unwrap();
-        assert!(n > 0, "the server closed the connection");
-        self.buf.extend_from_slice(&chunk[..n]);
-    }
-
-    /// The next server frame: opcode and payload. Server frames are never
-    /// masked and never fragmented.
-    async fn frame(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            if self.buf.len() >= 2 {
-                let (b0, b1) = (self.buf[0], self.buf[1]);
-                assert_eq!(b0 & 0xF0, 0x80, "FIN set, no reserved bits: {b0:#x}");
-                assert_eq!(b1 & 0x80, 0, "a server frame must not be masked");
-                let (len, at) = match b1 & 0x7F {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return (b0 & 0x0F, payload);
-                }
-            }
-            self.read_more().await;
-        }
-    }
-
-    /// The next text frame, skipping pings.
-    async fn text(&mut self) -> String {
-        loop {
-            match self.frame().await {
-                (0x1, payload) => return String::from_utf8(payload).unwrap(),
-                (0x9, _) => continue,
-                (op, payload) => panic!("expected text, got opcode {op:#x}: {payload:?}"),
-            }
-        }
-    }
-
-    /// Sends one frame, masked as a client must, unless `masked` is false.
-    async fn send(&mut self, first: u8, payload: &[u8], masked: bool) {
-        let mask = [0x1f, 0x2e, 0x3d, 0x4c];
-        let mut out = vec![first];
-        let bit = if masked { 0x80 } else { 0 };
-        match payload.len() {
-            n @ 0..=125 => out.push(bit | n as u8),
-            n => {
-                out.push(bit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        if masked {
-            out.extend_from_slice(&mask);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        } else {
-            out.extend_from_slice(payload);
-        }
-        self.tcp.write_all(&out).await.unwrap();
-    }
-
-    /// Expects a close frame, answers it, and returns its code.
-    async fn close_code(&mut self) -> u16 {
-        loop {
-            match self.frame().await {
-                (0x8, payload) => {
-                    self.send(0x88, &payload[..2], true).await;
-                    return u16::from_be_bytes([payload[0], payload[1]]);
-                }
-                (0x1 | 0x9, _) => continue,
-                (op, _) => panic!("expected close, got opcode {op:#x}"),
-            }
-        }
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn a_fragmented_message_with_a_ping_between_its_parts_is_understood() {
@@ -210,4 +84,143 @@ async fn a_burst_of_events_arrives_whole_and_in_order() {
     for want in &published {
         assert_eq!(&client.text().await, want);
     }
+}
+
+/// A close frame's payload: the code and a reason.
+fn close_with(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    client_frame(0x88, &payload)
+}
+
+#[tokio::test]
+async fn a_close_code_a_client_may_not_send_fails_the_connection_with_1002() {
+    let server = TestServer::start(WsConfig::default()).await;
+    // RFC 6455 §7.4: 1004–1006 and 1015 are reserved, 1016–2999 are not
+    // assigned, and nothing from 5000 exists.
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+    ] {
+        let (mut client, _) = RawClient::connect(&server).await;
+        client.send_raw(&close_with(code, b"bye")).await;
+        let payload = client.close_payload().await;
+        assert_eq!(
+            u16::from_be_bytes([payload[0], payload[1]]),
+            close_code::PROTOCOL_ERROR,
+            "client code {code}"
+        );
+        client.expect_eof().await;
+    }
+    // Valid codes are echoed (§5.5.1), a reason is not.
+    for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
+        let (mut client, _) = RawClient::connect(&server).await;
+        client.send_raw(&close_with(code, b"bye")).await;
+        assert_eq!(client.close_payload().await, code.to_be_bytes(), "{code}");
+        client.expect_eof().await;
+    }
+    // A close of one byte is broken framing; a reason that is not UTF-8 is
+    // invalid data.
+    for (frame, want) in [
+        (client_frame(0x88, &[0x03]), close_code::PROTOCOL_ERROR),
+        (close_with(1000, b"\xff\xfe"), close_code::INVALID_PAYLOAD),
+    ] {
+        let (mut client, _) = RawClient::connect(&server).await;
+        client.send_raw(&frame).await;
+        let payload = client.close_payload().await;
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), want);
+        client.expect_eof().await;
+    }
+    server.wait_registered(0).await;
+}
+
+#[tokio::test]
+async fn a_ping_read_with_a_close_gets_its_pong_before_the_close() {
+    let server = TestServer::start(WsConfig::default()).await;
+    let (mut client, _) = RawClient::connect(&server).await;
+    let mut batch = client_frame(0x89, b"owed");
+    batch.extend(close_with(1000, b""));
+    client.send_raw(&batch).await;
+    assert_eq!(client.frame().await, (0xA, b"owed".to_vec()));
+    assert_eq!(client.frame().await, (0x8, 1000u16.to_be_bytes().to_vec()));
+    client.expect_eof().await;
+
+    // The replies to requests in the same batch are not lost either, a
+    // `refresh` (answered asynchronously) included.
+    server.bus.publish(QueueStatus::new(4, 2));
+    let (mut client, status) = RawClient::connect(&server).await;
+    let mut batch = client_frame(0x81, b"refresh");
+    batch.extend(client_frame(0x81, br#"{"type":"ping"}"#));
+    batch.extend(client_frame(0x89, b"p"));
+    batch.extend(close_with(1001, b""));
+    client.send_raw(&batch).await;
+    assert_eq!(client.frame().await, (0x1, status));
+    assert_eq!(client.frame().await, (0x1, br#"{"type":"pong"}"#.to_vec()));
+    assert_eq!(client.frame().await, (0xA, b"p".to_vec()));
+    assert_eq!(client.frame().await, (0x8, 1001u16.to_be_bytes().to_vec()));
+    client.expect_eof().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_fails_the_connection_before_the_message_ends() {
+    let server = TestServer::start(WsConfig::default()).await;
+    // In a fragment: the final fragment is never sent.
+    let (mut client, _) = RawClient::connect(&server).await;
+    client
+        .send_raw(&client_frame(0x01, "κόσμε".as_bytes()))
+        .await;
+    client
+        .send_raw(&client_frame(0x00, b"\xce\xbc\xed\xa0\x80edited"))
+        .await;
+    assert_eq!(client.close_code().await, close_code::INVALID_PAYLOAD);
+    // In the middle of one frame: the rest of it is never sent.
+    let (mut client, _) = RawClient::connect(&server).await;
+    let frame = client_frame(0x81, b"valid, then \xf4\x90\x80\x80 and more");
+    client.send_raw(&frame[..6 + 14]).await;
+    assert_eq!(client.close_code().await, close_code::INVALID_PAYLOAD);
+    // A character split between fragments is fine.
+    let (mut client, _) = RawClient::connect(&server).await;
+    let message = r#"{"type":"ping","note":"€"}"#.as_bytes();
+    let cut = message.len() - 4;
+    client.send_raw(&client_frame(0x01, &message[..cut])).await;
+    client.send_raw(&client_frame(0x80, &message[cut..])).await;
+    assert_eq!(client.text().await, r#"{"type":"pong"}"#);
+}
+
+#[tokio::test]
+async fn frames_read_with_a_bad_one_are_handled_before_the_connection_fails() {
+    let server = TestServer::start(WsConfig::default()).await;
+    let reserved_bit = {
+        let mut frame = client_frame(0x81, b"x");
+        frame[0] |= 0x20;
+        frame
+    };
+    let not_masked = b"\x81\x01x".to_vec();
+    let fragmented_ping = client_frame(0x09, b"");
+    for bad in [reserved_bit, not_masked, fragmented_ping] {
+        let (mut client, _) = RawClient::connect(&server).await;
+        let mut batch = client_frame(0x81, br#"{"type":"ping"}"#);
+        batch.extend(client_frame(0x89, b"alive?"));
+        batch.extend(&bad);
+        client.send_raw(&batch).await;
+        assert_eq!(client.frame().await, (0x1, br#"{"type":"pong"}"#.to_vec()));
+        assert_eq!(client.frame().await, (0xA, b"alive?".to_vec()));
+        assert_eq!(client.close_code().await, close_code::PROTOCOL_ERROR);
+    }
+}
+
+#[tokio::test]
+async fn a_64_bit_length_with_the_top_bit_set_closes_with_1002_not_1009() {
+    let server = TestServer::start(WsConfig::default()).await;
+    let (mut client, _) = RawClient::connect(&server).await;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    client.send_raw(&frame).await;
+    assert_eq!(client.close_code().await, close_code::PROTOCOL_ERROR);
+    // The largest length a client may announce is only too big.
+    let (mut client, _) = RawClient::connect(&server).await;
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+    client.send_raw(&frame).await;
+    assert_eq!(client.close_code().await, close_code::MESSAGE_TOO_BIG);
 }

@@ -1,8 +1,10 @@
 //! `cargo xtask ci`: everything CI checks, in order — formatting, clippy
 //! with warnings as errors, each workspace member's tests on their own (so a
 //! crate that only compiles inside the workspace is caught), the host's
-//! cluster tests, each host feature built and run alone, then the doc tests.
-//! `cargo xtask ci --only features` runs just the single-feature hosts.
+//! cluster tests, each host feature built and run alone, the WebSocket
+//! conformance suite (`conformance.rs`), then the doc tests.
+//! `cargo xtask ci --only features` runs just the single-feature hosts,
+//! `--only conformance` just the conformance suite.
 
 use std::process::Command;
 use std::time::Instant;
@@ -51,9 +53,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match args {
         [] => {}
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
+        [flag, what] if flag == "--only" && what == "conformance" => {
+            return crate::conformance::run(&[]);
+        }
         _ => {
             return Err(format!(
-                "ci: unknown arguments {args:?} (try `--only features`)"
+                "ci: unknown arguments {args:?} (try `--only features` or `--only conformance`)"
             ));
         }
     }
@@ -83,6 +88,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "cluster",
     ])?;
     single_feature_hosts()?;
+    // The Autobahn|Testsuite against the WebSocket framing (issue 16).
+    crate::conformance::run(&[])?;
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
     println!(
         "\nci: all checks passed in {:.0}s",

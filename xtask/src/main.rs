@@ -8,9 +8,13 @@
 //! * `bench` — the benchmark harness; writes `BENCHMARKS.md` (`--quick` for
 //!   a smoke run). See `bench.rs`.
 //! * `demo` — the server and the demo clients together (see `demo.rs`).
+//! * `conformance` — the Autobahn|Testsuite (cases 1–10) against the
+//!   WebSocket framing, through `event-ws`'s echo example (also a step of
+//!   `ci`). See `conformance.rs`.
 
 mod bench;
 mod ci;
+mod conformance;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -22,6 +26,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
+        Some("conformance") => conformance::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -48,6 +53,9 @@ fn print_help() {
         "  bench   benchmarks against release builds, writes BENCHMARKS.md (--quick: smoke run)"
     );
     println!("  demo    run the server with ws-tail, sse-tail, webhook-receiver and demo jobs");
+    println!(
+        "  conformance  Autobahn|Testsuite cases 1-10 (kosoku) against the WebSocket echo example (--release)"
+    );
 }
 
 /// Runs `cargo <args>`, echoing the command and its duration.
