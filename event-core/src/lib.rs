@@ -78,7 +78,9 @@ pub mod sink;
 pub mod snapshot;
 
 pub use async_trait::async_trait;
-pub use auth::{Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens};
+pub use auth::{
+    Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens, principal_id,
+};
 pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription, Upstream};
 pub use error::Error;
 pub use event::{Actor, Envelope, Event, EventMeta};
