@@ -81,12 +81,15 @@ pub use async_trait::async_trait;
 pub use auth::{
     Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens, principal_id,
 };
-pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription, Upstream};
+pub use bus::{
+    BusConfig, DEFAULT_MAX_EVENT_BYTES, EventBus, MIN_MAX_EVENT_BYTES, Received, SeqStart,
+    Subscription, Upstream,
+};
 pub use error::Error;
 pub use event::{Actor, Envelope, Event, EventMeta};
 pub use fanout::{
-    FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy, SubscribeOptions,
-    WireForm,
+    EVENT_SLACK_BYTES, FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy,
+    SubscribeOptions, WireForm,
 };
 pub use filter::{EventFilter, FilterParams, KindSet};
 pub use metrics::TransportMetrics;
