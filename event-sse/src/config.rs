@@ -30,6 +30,12 @@ pub struct SseConfig {
     pub stall_timeout: Duration,
     /// The `limit` of a history request that names none (100).
     pub history_default_limit: usize,
+    /// Most simultaneous event streams of an [`SseEndpoint`](crate::SseEndpoint)
+    /// (10,000; the host's `MAX_CONNECTIONS`, the same limit as the
+    /// WebSocket endpoint's). Beyond it a new stream is refused with `503`,
+    /// `Retry-After: 5` and `{"error":"over_capacity",…}`, as the WebSocket
+    /// upgrade is. Not applied by [`SseChannel`](crate::SseChannel).
+    pub max_connections: usize,
 }
 
 impl Default for SseConfig {
@@ -41,6 +47,7 @@ impl Default for SseConfig {
             outbox: OutboxLimits::default(),
             stall_timeout: Duration::from_secs(30),
             history_default_limit: 100,
+            max_connections: 10_000,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +43,18 @@ struct Inner {
     config: SseConfig,
     metrics: TransportMetrics,
     replays: Counter<u64>,
+    /// Open streams, under `config.max_connections`.
+    active: Arc<AtomicUsize>,
+}
+
+/// One open stream's place under [`SseConfig::max_connections`], released
+/// when the response body is dropped (however the stream ended).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The SSE transport for [`event_core::Event`]s. Cheap to clone.
@@ -91,6 +104,7 @@ impl SseEndpoint {
                 config,
                 metrics: TransportMetrics::new(Transport::Sse),
                 replays,
+                active: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -135,6 +149,23 @@ impl SseEndpoint {
     /// The configuration.
     pub fn config(&self) -> &SseConfig {
         &self.inner.config
+    }
+
+    /// Open event streams (counted under [`SseConfig::max_connections`]).
+    pub fn connections(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Takes a place under `max_connections`, or refuses.
+    fn admit(&self) -> Result<Slot, SseError> {
+        let max = self.inner.config.max_connections;
+        self.inner
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| Slot(self.inner.active.clone()))
+            .map_err(|_| SseError::OverCapacity(max))
     }
 
     /// `GET /api/v1/events`, `GET /api/v1/events/stream` and
@@ -209,6 +240,7 @@ impl SseEndpoint {
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
+        let slot = self.admit()?;
         let remote = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -290,6 +322,7 @@ impl SseEndpoint {
             HubFeed {
                 sub,
                 scratch: Vec::new(),
+                _slot: slot,
             },
             StreamSettings {
                 format,
@@ -464,6 +497,7 @@ pub(crate) fn sse_response(body: Body) -> Response {
 struct HubFeed {
     sub: HubSubscription,
     scratch: Vec<Outgoing>,
+    _slot: Slot,
 }
 
 impl Feed for HubFeed {
