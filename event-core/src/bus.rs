@@ -469,6 +469,14 @@ impl EventBus {
         self.state().ring.since(cursor)
     }
 
+    /// The sequence number of the event `cursor` names, if the ring can
+    /// serve everything after it (see [`ReplayRing::resolve`]): the start of
+    /// a replay read page by page with [`history`](Self::history) and
+    /// [`Cursor::Seq`], so that a long replay is never copied whole.
+    pub fn resolve_cursor(&self, cursor: &Cursor) -> Result<u64, ReplayMiss> {
+        self.state().ring.resolve(cursor)
+    }
+
     /// Subscribes and reads the replay in one step, so that the hand-over
     /// from replay to live delivery loses nothing: events published after the
     /// replay was read arrive on the subscription (some may arrive on both;

@@ -96,6 +96,7 @@ mod cors;
 mod endpoint;
 mod error;
 mod event;
+mod feed;
 pub mod frame;
 mod listener;
 mod params;
