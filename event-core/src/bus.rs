@@ -14,6 +14,12 @@
 //! subscriber that falls more than `capacity` events behind loses the oldest
 //! ones and learns exactly how many through [`Received::Lagged`].
 //!
+//! No event larger than [`EventBus::max_event_bytes`] (256 KiB of rendered
+//! JSON by default) gets in: the publisher renders the event's JSON before
+//! the critical section (the event keeps it, so nothing renders it again)
+//! and compares its length with the limit. [`EventBus::try_publish`] reports
+//! a refusal; [`EventBus::publish`] logs it.
+//!
 //! Subscribers are few by design: each transport registers one
 //! [`EventSink`](crate::EventSink) (which fans out to its own connections),
 //! so the cost of a publish does not grow with the number of clients.

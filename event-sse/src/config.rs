@@ -23,7 +23,9 @@ pub struct SseConfig {
     /// The keep-alive interval when the client sends no `?heartbeat=` (15 s).
     pub heartbeat: Duration,
     /// How much a connection may have queued before it starts losing events
-    /// (and receives `events.lagged`).
+    /// (and receives `events.lagged`); the byte budget also bounds a replay
+    /// in flight. Each connection raises it, if needed, to hold two of the
+    /// bus's largest events ([`OutboxLimits::fit_event`]).
     pub outbox: OutboxLimits,
     /// A connection whose queue stays full this long without being written
     /// is dropped (30 s).
