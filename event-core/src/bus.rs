@@ -265,6 +265,27 @@ impl EventBus {
         Ok(self.sequence(payload, json, meta))
     }
 
+    /// Publishes several events, in order, all with a copy of `meta` — or
+    /// none of them: if any is over [`max_event_bytes`](Self::max_event_bytes),
+    /// nothing is published and the first such event's
+    /// [`Error::EventTooLarge`] is returned. For a request that must be
+    /// refused whole (the publish API's `413`). Each event is rendered once,
+    /// as in [`try_publish_with`](Self::try_publish_with).
+    pub fn try_publish_all_with<P: Into<ServerEvent>>(
+        &self,
+        payloads: impl IntoIterator<Item = P>,
+        meta: &EventMeta,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let checked = payloads
+            .into_iter()
+            .map(|p| self.checked(p.into()).map_err(|(_, e)| e))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(checked
+            .into_iter()
+            .map(|(payload, json)| self.sequence(payload, json, meta.clone()))
+            .collect())
+    }
+
     /// The largest event this bus publishes, in bytes of rendered JSON
     /// (PROTOCOL §1, the WebSocket message and SSE `data`). Default
     /// [`DEFAULT_MAX_EVENT_BYTES`] (256 KiB).

@@ -169,6 +169,29 @@ async fn an_event_over_the_limit_is_refused_and_reaches_no_sink() {
 }
 
 #[test]
+fn a_batch_with_one_event_over_the_limit_publishes_nothing() {
+    let bus = EventBus::default();
+    let limit = bus.max_event_bytes();
+    let before = bus.last_seq();
+    let batch: Vec<ServerEvent> = vec![
+        QueueStatus::new(1, 0).into(),
+        note_of(limit + 1).into(),
+        QueueStatus::new(2, 0).into(),
+    ];
+    let err = bus
+        .try_publish_all_with(batch, &Default::default())
+        .unwrap_err();
+    assert!(matches!(err, Error::EventTooLarge { size, .. } if size == limit + 1));
+    assert_eq!(bus.last_seq(), before);
+    assert_eq!(bus.retained(), 0);
+
+    let ok: Vec<ServerEvent> = vec![QueueStatus::new(1, 0).into(), note_of(limit).into()];
+    let published = bus.try_publish_all_with(ok, &Default::default()).unwrap();
+    let seqs: Vec<u64> = published.iter().map(|e| e.seq()).collect();
+    assert_eq!(seqs, [before + 1, before + 2]);
+}
+
+#[test]
 fn the_limit_is_a_setting_and_budgets_fit_it() {
     let bus = EventBus::default();
     assert!(matches!(
