@@ -13,10 +13,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
+use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -194,13 +196,78 @@ impl Authenticator for AllowAnonymous {
 }
 
 /// A fixed set of tokens. Tokens are stored as SHA-256 digests and compared
-/// in constant time; principals are named by a digest prefix, never by the
-/// token.
+/// in constant time; principals are named by a keyed hash of the token
+/// ([`principal_id`]), never by the token or a plain digest of it.
 #[derive(Clone, Default)]
 pub struct StaticTokens {
-    admin: Option<[u8; 32]>,
-    clients: Vec<([u8; 32], Access)>,
+    admin: Option<Token>,
+    clients: Vec<(Token, Access)>,
     allow_anonymous: bool,
+}
+
+/// A configured token: the digest it is compared by and the tag it is named by.
+#[derive(Clone)]
+struct Token {
+    digest: [u8; 32],
+    tag: [u8; 4],
+}
+
+impl Token {
+    fn new(token: &str) -> Self {
+        Token {
+            digest: digest(token),
+            tag: id_tag(token),
+        }
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key principal ids are derived with: 32 random bytes drawn once per
+/// process, never stored or logged.
+fn id_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        key
+    })
+}
+
+/// The first 32 bits of HMAC-SHA256(process key, token).
+fn id_tag(token: &str) -> [u8; 4] {
+    // HMAC takes keys of any length: `new_from_slice` cannot fail here; the
+    // fallback only keeps this function free of a panic path.
+    let mut mac = match HmacSha256::new_from_slice(id_key()) {
+        Ok(mac) => mac,
+        Err(_) => <HmacSha256 as KeyInit>::new(&Default::default()),
+    };
+    mac.update(token.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    [tag[0], tag[1], tag[2], tag[3]]
+}
+
+/// The principal id of a token as [`StaticTokens`] names it in logs and the
+/// connection list: `<prefix>:<8 hex digits>`, the first 32 bits of
+/// HMAC-SHA256 of the token under a key drawn at random once per process.
+///
+/// The same token has the same id for the life of the process (so log lines
+/// and connections of one client can be correlated), a different id in every
+/// other process, and the id cannot be checked against a guessed token
+/// offline, as an unkeyed digest could.
+pub fn principal_id(prefix: &str, token: &str) -> String {
+    format_id(prefix, &id_tag(token))
+}
+
+fn format_id(prefix: &str, tag: &[u8; 4]) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(prefix.len() + 9);
+    id.push_str(prefix);
+    id.push(':');
+    for b in tag {
+        let _ = write!(id, "{b:02x}");
+    }
+    id
 }
 
 impl fmt::Debug for StaticTokens {
@@ -234,7 +301,7 @@ impl StaticTokens {
 
     /// Sets the admin token.
     pub fn admin(mut self, token: &str) -> Self {
-        self.admin = Some(digest(token));
+        self.admin = Some(Token::new(token));
         self
     }
 
@@ -245,7 +312,7 @@ impl StaticTokens {
 
     /// Adds a client token limited to some memories.
     pub fn client_with_memories(mut self, token: &str, memories: Access) -> Self {
-        self.clients.push((digest(token), memories));
+        self.clients.push((Token::new(token), memories));
         self
     }
 
@@ -254,16 +321,6 @@ impl StaticTokens {
     pub fn allow_anonymous(mut self, allow: bool) -> Self {
         self.allow_anonymous = allow;
         self
-    }
-
-    fn principal_id(prefix: &str, d: &[u8; 32]) -> String {
-        let mut id = String::with_capacity(prefix.len() + 9);
-        id.push_str(prefix);
-        id.push(':');
-        for b in &d[..4] {
-            id.push_str(&format!("{b:02x}"));
-        }
-        id
     }
 }
 
@@ -282,19 +339,19 @@ impl Authenticator for StaticTokens {
         };
         let d = digest(token);
         // Check every entry so timing does not reveal which one matched.
-        let is_admin = self.admin.as_ref().is_some_and(|a| ct_eq(a, &d));
+        let admin = self.admin.as_ref().filter(|a| ct_eq(&a.digest, &d));
         let mut client = None;
         for (candidate, access) in &self.clients {
-            if ct_eq(candidate, &d) && client.is_none() {
-                client = Some(access.clone());
+            if ct_eq(&candidate.digest, &d) && client.is_none() {
+                client = Some((candidate, access.clone()));
             }
         }
-        if is_admin {
-            return Ok(Principal::admin(Self::principal_id("admin", &d)));
+        if let Some(admin) = admin {
+            return Ok(Principal::admin(format_id("admin", &admin.tag)));
         }
         match client {
-            Some(memories) => Ok(Principal {
-                id: Self::principal_id("client", &d),
+            Some((token, memories)) => Ok(Principal {
+                id: format_id("client", &token.tag),
                 role: Role::Client,
                 memories,
                 tenants: Access::All,

@@ -14,19 +14,27 @@
 //! subscriber that falls more than `capacity` events behind loses the oldest
 //! ones and learns exactly how many through [`Received::Lagged`].
 //!
+//! No event larger than [`EventBus::max_event_bytes`] (256 KiB of rendered
+//! JSON by default) gets in: the publisher renders the event's JSON before
+//! the critical section (the event keeps it, so nothing renders it again)
+//! and compares its length with the limit. [`EventBus::try_publish`] reports
+//! a refusal; [`EventBus::publish`] logs it.
+//!
 //! Subscribers are few by design: each transport registers one
 //! [`EventSink`](crate::EventSink) (which fans out to its own connections),
 //! so the cost of a publish does not grow with the number of clients.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::event::{Event, EventMeta};
+use crate::event::{Event, EventMeta, render_json};
 use crate::payload::{EventKind, ServerEvent};
 use crate::ring::{Cursor, ReplayMiss, ReplayRing};
 
@@ -34,6 +42,12 @@ use crate::ring::{Cursor, ReplayMiss, ReplayRing};
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// Default number of events kept for replay.
 pub const DEFAULT_REPLAY_SIZE: usize = 1024;
+/// Default largest event the bus publishes: 256 KiB of rendered JSON
+/// (`EVENT_MAX_BYTES`). See [`EventBus::max_event_bytes`].
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
+/// The smallest per-event limit [`EventBus::set_max_event_bytes`] accepts
+/// (1 KiB): below it ordinary events would be refused.
+pub const MIN_MAX_EVENT_BYTES: usize = 1024;
 
 /// Where sequence numbers start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +115,7 @@ struct BusInner {
     state: Mutex<BusState>,
     sender: broadcast::Sender<Arc<Event>>,
     capacity: usize,
+    max_event_bytes: AtomicUsize,
     upstream: RwLock<Option<Arc<dyn Upstream>>>,
 }
 
@@ -180,6 +195,7 @@ impl EventBus {
                 }),
                 sender,
                 capacity,
+                max_event_bytes: AtomicUsize::new(DEFAULT_MAX_EVENT_BYTES),
                 upstream: RwLock::new(None),
             }),
         }
@@ -196,6 +212,10 @@ impl EventBus {
     }
 
     /// Publishes an unscoped event caused by the system.
+    ///
+    /// An event whose rendered JSON is over [`max_event_bytes`](Self::max_event_bytes)
+    /// is refused (logged, reaching no subscriber) and returned with sequence
+    /// number `0`; use [`try_publish`](Self::try_publish) to get the error.
     pub fn publish(&self, payload: impl Into<ServerEvent>) -> Arc<Event> {
         self.publish_with(payload, EventMeta::default())
     }
@@ -205,16 +225,129 @@ impl EventBus {
     ///
     /// With an [`Upstream`] set, the event goes to the upstream instead and is
     /// returned with sequence number `0`; see [`EventBus::set_upstream`].
+    ///
+    /// An event over [`max_event_bytes`](Self::max_event_bytes) is refused
+    /// like in [`publish`](Self::publish); [`try_publish_with`](Self::try_publish_with)
+    /// reports it.
     pub fn publish_with(&self, payload: impl Into<ServerEvent>, meta: EventMeta) -> Arc<Event> {
-        let payload = payload.into();
+        match self.checked(payload.into()) {
+            Ok((payload, json)) => self.sequence(payload, json, meta),
+            Err((payload, error)) => {
+                tracing::warn!(%error, "event refused");
+                Arc::new(Event::new(
+                    0,
+                    Uuid::now_v7(),
+                    OffsetDateTime::now_utc(),
+                    meta,
+                    payload,
+                ))
+            }
+        }
+    }
+
+    /// Like [`publish`](Self::publish), but an event over
+    /// [`max_event_bytes`](Self::max_event_bytes) is an
+    /// [`Error::EventTooLarge`] (and is not published).
+    pub fn try_publish(&self, payload: impl Into<ServerEvent>) -> Result<Arc<Event>, Error> {
+        self.try_publish_with(payload, EventMeta::default())
+    }
+
+    /// Like [`publish_with`](Self::publish_with), but an event over
+    /// [`max_event_bytes`](Self::max_event_bytes) is an
+    /// [`Error::EventTooLarge`] (and is not published): for publishers that
+    /// answer someone, e.g. the publish API with `413`.
+    pub fn try_publish_with(
+        &self,
+        payload: impl Into<ServerEvent>,
+        meta: EventMeta,
+    ) -> Result<Arc<Event>, Error> {
+        let (payload, json) = self.checked(payload.into()).map_err(|(_, e)| e)?;
+        Ok(self.sequence(payload, json, meta))
+    }
+
+    /// Publishes several events, in order, all with a copy of `meta` — or
+    /// none of them: if any is over [`max_event_bytes`](Self::max_event_bytes),
+    /// nothing is published and the first such event's
+    /// [`Error::EventTooLarge`] is returned. For a request that must be
+    /// refused whole (the publish API's `413`). Each event is rendered once,
+    /// as in [`try_publish_with`](Self::try_publish_with).
+    pub fn try_publish_all_with<P: Into<ServerEvent>>(
+        &self,
+        payloads: impl IntoIterator<Item = P>,
+        meta: &EventMeta,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let checked = payloads
+            .into_iter()
+            .map(|p| self.checked(p.into()).map_err(|(_, e)| e))
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(checked
+            .into_iter()
+            .map(|(payload, json)| self.sequence(payload, json, meta.clone()))
+            .collect())
+    }
+
+    /// The largest event this bus publishes, in bytes of rendered JSON
+    /// (PROTOCOL §1, the WebSocket message and SSE `data`). Default
+    /// [`DEFAULT_MAX_EVENT_BYTES`] (256 KiB).
+    ///
+    /// Every way into the bus enforces it, so no subscriber ever sees a
+    /// larger event: a transport's per-connection budget only has to hold a
+    /// couple of events this large (see
+    /// [`OutboxLimits::fit_event`](crate::OutboxLimits::fit_event)) for a
+    /// single event never to cost a reading client its connection.
+    pub fn max_event_bytes(&self) -> usize {
+        self.inner.max_event_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`max_event_bytes`](Self::max_event_bytes) (the host's
+    /// `EVENT_MAX_BYTES`). At least [`MIN_MAX_EVENT_BYTES`]; a smaller value
+    /// is an [`Error::InvalidSetting`] and changes nothing.
+    ///
+    /// Set it before building transports: connections take their byte
+    /// budget from it when they open.
+    pub fn set_max_event_bytes(&self, max: usize) -> Result<(), Error> {
+        if max < MIN_MAX_EVENT_BYTES {
+            return Err(Error::InvalidSetting {
+                setting: "max_event_bytes",
+                message: format!("{max} is below the minimum of {MIN_MAX_EVENT_BYTES} bytes"),
+            });
+        }
+        self.inner.max_event_bytes.store(max, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Renders the payload's JSON (outside the ordering lock; the event
+    /// keeps it, so this is the event's one rendering of that form) and
+    /// checks it against the limit.
+    #[allow(clippy::result_large_err)]
+    fn checked(&self, payload: ServerEvent) -> Result<(ServerEvent, Bytes), (ServerEvent, Error)> {
+        let json = render_json(&payload);
+        match self.check_size(payload.type_name(), json.len()) {
+            Ok(()) => Ok((payload, json)),
+            Err(e) => Err((payload, e)),
+        }
+    }
+
+    fn check_size(&self, event_type: &'static str, size: usize) -> Result<(), Error> {
+        let limit = self.max_event_bytes();
+        if size > limit {
+            return Err(Error::EventTooLarge {
+                event_type,
+                size,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives an accepted event its identity and publishes it (or hands it to
+    /// the upstream).
+    fn sequence(&self, payload: ServerEvent, json: Bytes, meta: EventMeta) -> Arc<Event> {
         if let Some(upstream) = self.upstream() {
-            let event = Arc::new(Event::new(
-                0,
-                Uuid::now_v7(),
-                OffsetDateTime::now_utc(),
-                meta,
-                payload,
-            ));
+            let event = Arc::new(
+                Event::new(0, Uuid::now_v7(), OffsetDateTime::now_utc(), meta, payload)
+                    .with_json(json),
+            );
             return match upstream.forward(event.clone()) {
                 Ok(()) => event,
                 Err(refused) => self.publish_local(&refused),
@@ -225,13 +358,16 @@ impl EventBus {
         state.next_seq += 1;
         // Generated inside the lock: the shared v7 context is monotonic, so
         // id order follows sequence order.
-        let event = Arc::new(Event::new(
-            seq,
-            Uuid::now_v7(),
-            OffsetDateTime::now_utc(),
-            meta,
-            payload,
-        ));
+        let event = Arc::new(
+            Event::new(
+                seq,
+                Uuid::now_v7(),
+                OffsetDateTime::now_utc(),
+                meta,
+                payload,
+            )
+            .with_json(json),
+        );
         Self::commit(&mut state, &self.inner.sender, &event);
         event
     }
@@ -239,8 +375,11 @@ impl EventBus {
     /// Publishes an event that already has its identity (sequence, id, time),
     /// e.g. one received from another instance. Its sequence number must be
     /// higher than every one published so far; otherwise it is refused
-    /// ([`Error::OutOfOrder`]), so that order stays total.
+    /// ([`Error::OutOfOrder`]), so that order stays total. An event over
+    /// [`max_event_bytes`](Self::max_event_bytes) is refused too
+    /// ([`Error::EventTooLarge`]).
     pub fn publish_event(&self, event: Event) -> Result<Arc<Event>, Error> {
+        self.check_size(event.payload().type_name(), event.json().len())?;
         let mut state = self.state();
         if event.seq() < state.next_seq {
             return Err(Error::OutOfOrder {
@@ -257,17 +396,29 @@ impl EventBus {
     /// Publishes a copy of `event` (same id, time, metadata and payload) on
     /// this bus only, with the next local sequence number, bypassing any
     /// [`Upstream`]. For an upstream that cannot reach its log.
+    ///
+    /// An event over [`max_event_bytes`](Self::max_event_bytes) is refused
+    /// (logged, reaching no subscriber) and returned with sequence number `0`.
     pub fn publish_local(&self, event: &Event) -> Arc<Event> {
+        let json = event.json().clone();
+        let copy = |seq| {
+            Event::new(
+                seq,
+                event.id(),
+                event.occurred_at(),
+                event.meta().clone(),
+                event.payload().clone(),
+            )
+            .with_json(json.clone())
+        };
+        if let Err(error) = self.check_size(event.payload().type_name(), json.len()) {
+            tracing::warn!(%error, "event refused");
+            return Arc::new(copy(0));
+        }
         let mut state = self.state();
         let seq = state.next_seq;
         state.next_seq += 1;
-        let event = Arc::new(Event::new(
-            seq,
-            event.id(),
-            event.occurred_at(),
-            event.meta().clone(),
-            event.payload().clone(),
-        ));
+        let event = Arc::new(copy(seq));
         Self::commit(&mut state, &self.inner.sender, &event);
         event
     }
@@ -343,6 +494,14 @@ impl EventBus {
     /// Every retained event after `cursor`, oldest first.
     pub fn replay_since(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, ReplayMiss> {
         self.state().ring.since(cursor)
+    }
+
+    /// The sequence number of the event `cursor` names, if the ring can
+    /// serve everything after it (see [`ReplayRing::resolve`]): the start of
+    /// a replay read page by page with [`history`](Self::history) and
+    /// [`Cursor::Seq`], so that a long replay is never copied whole.
+    pub fn resolve_cursor(&self, cursor: &Cursor) -> Result<u64, ReplayMiss> {
+        self.state().ring.resolve(cursor)
     }
 
     /// Subscribes and reads the replay in one step, so that the hand-over

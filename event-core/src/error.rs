@@ -44,6 +44,26 @@ pub enum Error {
     /// A host-supplied provider failed.
     #[error("{0}")]
     Provider(String),
+    /// An event's rendered JSON (PROTOCOL §1) is larger than the bus's
+    /// per-event limit ([`EventBus::max_event_bytes`](crate::EventBus::max_event_bytes),
+    /// `EVENT_MAX_BYTES`). It was not published.
+    #[error("a {event_type} event of {size} bytes is over the limit of {limit} bytes per event")]
+    EventTooLarge {
+        /// The event's `type`.
+        event_type: &'static str,
+        /// The size of its rendered JSON, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("invalid setting `{setting}`: {message}")]
+    InvalidSetting {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with the value.
+        message: String,
+    },
 }
 
 impl Error {
@@ -59,6 +79,8 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::OutOfOrder { .. } => "out_of_order",
             Error::Provider(_) => "provider_error",
+            Error::EventTooLarge { .. } => "event_too_large",
+            Error::InvalidSetting { .. } => "invalid_setting",
         }
     }
 }

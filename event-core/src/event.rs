@@ -208,8 +208,18 @@ impl Event {
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| {
             self.renders.fetch_add(1, Ordering::Relaxed);
-            Bytes::from(render(&self.payload))
+            render_json(&self.payload)
         })
+    }
+
+    /// Stores the flat JSON rendered before the event was built (the bus
+    /// renders it ahead of its critical section to check the size limit),
+    /// so [`json`](Self::json) does not render it again.
+    pub(crate) fn with_json(self, json: Bytes) -> Self {
+        if self.json.set(json).is_ok() {
+            self.renders.fetch_add(1, Ordering::Relaxed);
+        }
+        self
     }
 
     /// The envelope JSON of PROTOCOL §3 (the SSE `envelope` data, history).
@@ -246,6 +256,11 @@ impl Event {
     pub fn render_count(&self) -> u32 {
         self.renders.load(Ordering::Relaxed)
     }
+}
+
+/// The flat JSON of PROTOCOL §1 of a payload, as [`Event::json`] renders it.
+pub(crate) fn render_json(payload: &ServerEvent) -> Bytes {
+    Bytes::from(render(payload))
 }
 
 /// Serializes a value that cannot fail to serialize (no maps with non-string

@@ -44,11 +44,49 @@ pub struct OutboxLimits {
 }
 
 impl Default for OutboxLimits {
-    /// 1,024 messages or 1 MiB.
+    /// 1,024 messages or 1 MiB (room for two events of the bus's default
+    /// size limit, [`DEFAULT_MAX_EVENT_BYTES`](crate::bus::DEFAULT_MAX_EVENT_BYTES)).
     fn default() -> Self {
         OutboxLimits {
             max_messages: 1024,
             max_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Room per event, beyond its JSON, that [`OutboxLimits::fit_event`]
+/// reserves: the envelope's identity, time, actor and scope fields and the
+/// SSE framing (16 KiB).
+pub const EVENT_SLACK_BYTES: usize = 16 * 1024;
+
+impl OutboxLimits {
+    /// The smallest byte budget that holds two events of `max_event_bytes`
+    /// (the bus's [`max_event_bytes`](crate::EventBus::max_event_bytes)) in
+    /// either wire form: `2 × (max_event_bytes + EVENT_SLACK_BYTES)`.
+    pub const fn min_bytes_for(max_event_bytes: usize) -> usize {
+        max_event_bytes
+            .saturating_add(EVENT_SLACK_BYTES)
+            .saturating_mul(2)
+    }
+
+    /// These limits with the byte budget raised, if needed, to
+    /// [`min_bytes_for`](Self::min_bytes_for)`(max_event_bytes)` (and room
+    /// for at least two messages), so that one event, however large the bus
+    /// lets it be, can never overflow the budget of a client that reads.
+    #[must_use]
+    pub const fn fit_event(self, max_event_bytes: usize) -> Self {
+        let min = Self::min_bytes_for(max_event_bytes);
+        OutboxLimits {
+            max_messages: if self.max_messages < 2 {
+                2
+            } else {
+                self.max_messages
+            },
+            max_bytes: if self.max_bytes < min {
+                min
+            } else {
+                self.max_bytes
+            },
         }
     }
 }
@@ -174,6 +212,17 @@ impl Outbox {
         self.lock().full_since.map(|t| t.elapsed())
     }
 
+    /// The wire bytes queued right now (what this connection holds in
+    /// memory beyond the shared events themselves, by the budget's measure).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
+    }
+
     /// Whether the outbox overflowed under [`OverflowPolicy::Close`].
     pub fn is_overflowed(&self) -> bool {
         self.lock().overflowed
@@ -198,12 +247,17 @@ impl Outbox {
 
     /// Pushes one event of wire size `size`. Returns `false` if it was not
     /// queued (overflow).
+    ///
+    /// An event always fits an outbox that holds no event: a client that
+    /// reads everything it is sent is never dropped for one event, however
+    /// the budget compares to the event's size.
     fn push_locked(&self, st: &mut OutboxState, event: &Arc<Event>, size: usize) -> bool {
         if st.overflowed {
             return false;
         }
-        let fits = st.messages < self.limits.max_messages
-            && st.bytes.saturating_add(size) <= self.limits.max_bytes;
+        let fits = st.messages == 0
+            || (st.messages < self.limits.max_messages
+                && st.bytes.saturating_add(size) <= self.limits.max_bytes);
         if fits {
             st.queue.push_back(Outgoing::Event(event.clone()));
             st.messages += 1;
@@ -350,6 +404,22 @@ impl FanoutHub {
     /// Events not queued because an outbox was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The wire bytes queued in all outboxes right now. Visits every
+    /// connection: for diagnostics and tests, not for a hot path.
+    pub fn queued_bytes(&self) -> usize {
+        let slots = self
+            .inner
+            .subscribers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        slots
+            .slots
+            .iter()
+            .flatten()
+            .map(|sub| sub.outbox.queued_bytes())
+            .sum()
     }
 
     /// Pushes a batch of events (in order) to every interested connection,
@@ -536,6 +606,29 @@ mod tests {
         let mut out = Vec::new();
         assert!(sub.outbox().drain_into(&mut out).overflowed);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn an_event_larger_than_the_budget_still_fits_an_empty_outbox() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(SubscribeOptions {
+            limits: OutboxLimits {
+                max_messages: 8,
+                max_bytes: 16,
+            },
+            ..options(OverflowPolicy::Close, 8)
+        });
+        let evs = events(2);
+        // Alone it goes through, though it is larger than the budget …
+        hub.fan_out(&evs[..1]);
+        let mut out = Vec::new();
+        assert!(!sub.outbox().drain_into(&mut out).overflowed);
+        assert_eq!(out.len(), 1);
+        assert_eq!(sub.outbox().queued_bytes(), 0);
+        // … a second one behind it does not.
+        hub.fan_out(&evs);
+        assert!(sub.outbox().queued_bytes() > 16);
+        assert!(sub.outbox().drain_into(&mut out).overflowed);
     }
 
     #[test]

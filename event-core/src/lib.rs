@@ -27,6 +27,18 @@
 //! * Transports with many clients register a [`FanoutHub`] and give each
 //!   connection an [`Outbox`].
 //!
+//! ## Limits
+//!
+//! | limit | set with (host setting) | default | what happens at it |
+//! |---|---|---|---|
+//! | size of one event (its rendered §1 JSON) | [`EventBus::set_max_event_bytes`] (`EVENT_MAX_BYTES`) | 256 KiB ([`DEFAULT_MAX_EVENT_BYTES`]) | [`EventBus::try_publish`] / [`try_publish_with`](EventBus::try_publish_with) return [`Error::EventTooLarge`] naming the size and the limit (the publish API answers `413` with it); [`EventBus::publish`] / [`publish_with`](EventBus::publish_with) log a warning and return the event unsequenced (`seq() == 0`); [`EventBus::publish_event`] returns the error. The event reaches no sink. |
+//! | a connection's queue | [`OutboxLimits`] per transport | 1,024 messages or 1 MiB | the transport's [`OverflowPolicy`]: WebSocket close 4008, SSE `events.lagged`. The byte budget is at least [`OutboxLimits::min_bytes_for`] the event limit (two events plus [`EVENT_SLACK_BYTES`] each) once [`OutboxLimits::fit_event`] is applied, and an outbox holding no event takes any event: one event never drops a client that reads. |
+//!
+//! Checking the size costs the publisher one rendering of the flat JSON,
+//! done before the ordering lock and kept in the event (so it is the
+//! event's only rendering of that form, which the first sink would
+//! otherwise do), and one comparison.
+//!
 //! ## Example
 //!
 //! ```
@@ -78,13 +90,18 @@ pub mod sink;
 pub mod snapshot;
 
 pub use async_trait::async_trait;
-pub use auth::{Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens};
-pub use bus::{BusConfig, EventBus, Received, SeqStart, Subscription, Upstream};
+pub use auth::{
+    Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens, principal_id,
+};
+pub use bus::{
+    BusConfig, DEFAULT_MAX_EVENT_BYTES, EventBus, MIN_MAX_EVENT_BYTES, Received, SeqStart,
+    Subscription, Upstream,
+};
 pub use error::Error;
 pub use event::{Actor, Envelope, Event, EventMeta};
 pub use fanout::{
-    FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy, SubscribeOptions,
-    WireForm,
+    EVENT_SLACK_BYTES, FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy,
+    SubscribeOptions, WireForm,
 };
 pub use filter::{EventFilter, FilterParams, KindSet};
 pub use metrics::TransportMetrics;

@@ -172,6 +172,22 @@ impl ReplayRing {
         Ok(self.events.range(start..).cloned().collect())
     }
 
+    /// The sequence number of the event `cursor` names, if every event after
+    /// it is still retained (the same condition as [`since`](Self::since)):
+    /// a cursor to page through the replay with [`Cursor::Seq`], without
+    /// copying it whole.
+    pub fn resolve(&self, cursor: &Cursor) -> Result<u64, ReplayMiss> {
+        let start = self.position_after(cursor)?;
+        match *cursor {
+            Cursor::Seq(seq) => Ok(seq),
+            Cursor::Id(_) => start
+                .checked_sub(1)
+                .and_then(|i| self.events.get(i))
+                .map(|e| e.seq())
+                .ok_or(ReplayMiss::Unknown),
+        }
+    }
+
     /// At most `limit` retained events after `cursor` (or from the oldest when
     /// `cursor` is `None`), oldest first.
     pub fn page(
@@ -290,6 +306,25 @@ mod tests {
         assert_eq!(
             ring.since(&Cursor::Id(Uuid::now_v7())).unwrap_err(),
             ReplayMiss::Unknown
+        );
+    }
+
+    #[test]
+    fn resolve_names_the_sequence_of_a_servable_cursor() {
+        let mut ring = ReplayRing::new(4);
+        let all: Vec<_> = (10..=15).map(ev).collect();
+        for e in &all {
+            ring.push(e.clone());
+        }
+        assert_eq!(ring.resolve(&Cursor::Seq(11)), Ok(11));
+        assert_eq!(ring.resolve(&Cursor::Seq(15)), Ok(15));
+        assert_eq!(ring.resolve(&Cursor::Id(all[3].id())), Ok(13));
+        assert_eq!(ring.resolve(&Cursor::Id(all[5].id())), Ok(15));
+        assert_eq!(ring.resolve(&Cursor::Seq(10)), Err(ReplayMiss::Expired));
+        assert_eq!(ring.resolve(&Cursor::Seq(16)), Err(ReplayMiss::Unknown));
+        assert_eq!(
+            ring.resolve(&Cursor::Id(Uuid::now_v7())),
+            Err(ReplayMiss::Unknown)
         );
     }
 

@@ -296,7 +296,6 @@ impl<E: SseEvent> SseChannel<E> {
                 format,
                 heartbeat,
                 stall_timeout: config.stall_timeout,
-                skip_through: 0,
             },
             first.freeze(),
             Box::pin(self.inner.shutdown.clone().cancelled_owned()),

@@ -23,13 +23,21 @@ pub struct SseConfig {
     /// The keep-alive interval when the client sends no `?heartbeat=` (15 s).
     pub heartbeat: Duration,
     /// How much a connection may have queued before it starts losing events
-    /// (and receives `events.lagged`).
+    /// (and receives `events.lagged`); the byte budget also bounds a replay
+    /// in flight. Each connection raises it, if needed, to hold two of the
+    /// bus's largest events ([`OutboxLimits::fit_event`]).
     pub outbox: OutboxLimits,
     /// A connection whose queue stays full this long without being written
     /// is dropped (30 s).
     pub stall_timeout: Duration,
     /// The `limit` of a history request that names none (100).
     pub history_default_limit: usize,
+    /// Most simultaneous event streams of an [`SseEndpoint`](crate::SseEndpoint)
+    /// (10,000; the host's `MAX_CONNECTIONS`, the same limit as the
+    /// WebSocket endpoint's). Beyond it a new stream is refused with `503`,
+    /// `Retry-After: 5` and `{"error":"over_capacity",…}`, as the WebSocket
+    /// upgrade is. Not applied by [`SseChannel`](crate::SseChannel).
+    pub max_connections: usize,
 }
 
 impl Default for SseConfig {
@@ -41,6 +49,7 @@ impl Default for SseConfig {
             outbox: OutboxLimits::default(),
             stall_timeout: Duration::from_secs(30),
             history_default_limit: 100,
+            max_connections: 10_000,
         }
     }
 }

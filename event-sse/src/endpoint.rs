@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,12 +13,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::BytesMut;
-use event_core::metrics::{self, SSE_REPLAYS, WrittenBatch};
+use event_core::metrics::{self, SSE_REPLAYS};
 use event_core::{
-    Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, Event, EventBus, EventFilter,
-    EventSink, FanoutHub, FilterParams, HubSubscription, Outgoing, OverflowPolicy, Principal,
-    QueueSnapshot, ReplayMiss, ReplaySource, ServerEvent, SubscribeOptions, Transport,
-    TransportMetrics, Uuid, WireForm, current_queue_status,
+    Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, EventBus, EventFilter,
+    EventSink, FanoutHub, FilterParams, OverflowPolicy, Principal, QueueSnapshot, ReplayMiss,
+    ReplaySource, Replayed, ServerEvent, SubscribeOptions, Transport, TransportMetrics, Uuid,
+    WireForm, current_queue_status,
 };
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
@@ -25,9 +26,10 @@ use opentelemetry::metrics::Counter;
 use crate::config::{MAX_HISTORY_LIMIT, SseConfig};
 use crate::error::SseError;
 use crate::event::Format;
+use crate::feed::{Credit, HubFeed, Slot, Start};
 use crate::frame;
 use crate::params::Query;
-use crate::stream::{Connection, Feed, Item, StreamSettings};
+use crate::stream::{Connection, StreamSettings};
 
 /// How long the connection confirmation waits for the host's queue snapshot.
 const QUEUE_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,6 +44,11 @@ struct Inner {
     config: SseConfig,
     metrics: TransportMetrics,
     replays: Counter<u64>,
+    /// Open streams, under `config.max_connections`.
+    active: Arc<AtomicUsize>,
+    /// Replay bytes handed to the HTTP server and not yet written, over all
+    /// connections.
+    replay_held: Arc<AtomicUsize>,
 }
 
 /// The SSE transport for [`event_core::Event`]s. Cheap to clone.
@@ -91,6 +98,8 @@ impl SseEndpoint {
                 config,
                 metrics: TransportMetrics::new(Transport::Sse),
                 replays,
+                active: Arc::new(AtomicUsize::new(0)),
+                replay_held: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -135,6 +144,33 @@ impl SseEndpoint {
     /// The configuration.
     pub fn config(&self) -> &SseConfig {
         &self.inner.config
+    }
+
+    /// Open event streams (counted under [`SseConfig::max_connections`]).
+    pub fn connections(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// The bytes this endpoint holds for its clients right now: every
+    /// connection's queued live events (outbox bytes) plus replay chunks
+    /// handed to the HTTP server and not yet written to a socket. Each
+    /// connection holds at most its budget ([`SseConfig::outbox`]'s
+    /// `max_bytes`, raised to fit the bus's largest event) of either. Visits
+    /// every connection: for diagnostics and tests, not for a hot path.
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.hub.queued_bytes() + self.inner.replay_held.load(Ordering::Acquire)
+    }
+
+    /// Takes a place under `max_connections`, or refuses.
+    fn admit(&self) -> Result<Slot, SseError> {
+        let max = self.inner.config.max_connections;
+        self.inner
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| Slot(self.inner.active.clone()))
+            .map_err(|_| SseError::OverCapacity(max))
     }
 
     /// `GET /api/v1/events`, `GET /api/v1/events/stream` and
@@ -209,24 +245,38 @@ impl SseEndpoint {
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
+        let slot = self.admit()?;
         let remote = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
 
-        // Subscribe to live delivery before reading the ring: an event
-        // published meanwhile lands in the outbox and maybe in the replay
-        // too, and `skip_through` drops the second copy.
-        let sub = inner.hub.subscribe(SubscribeOptions {
+        let options = SubscribeOptions {
             filter,
             principal: principal.clone(),
-            limits: inner.config.outbox,
+            // However the host set the budget, it holds the largest event
+            // the bus lets through (twice), so one event never drops a reader.
+            limits: inner.config.outbox.fit_event(inner.bus.max_event_bytes()),
             policy: OverflowPolicy::DropAndCount,
             wire: match format {
                 Format::V1 => WireForm::Flat,
                 Format::Envelope => WireForm::Envelope,
             },
-        });
+        };
+        let cursor = query.last_event_id(headers);
+        // Subscribe to live delivery before reading the ring: an event
+        // published meanwhile lands in the outbox and maybe in the replay
+        // too, and the feed drops the second copy by sequence. A cursor the
+        // ring can serve is replayed first and subscribes when it has caught
+        // up (see `feed`).
+        let ring_start = cursor
+            .as_deref()
+            .and_then(|raw| Cursor::parse(raw).ok())
+            .and_then(|c| inner.bus.resolve_cursor(&c).ok());
+        let early_sub = match ring_start {
+            Some(_) => None,
+            None => Some(inner.hub.subscribe(options.clone())),
+        };
 
         // Registered after subscribing: a listed connection receives events.
         let guard = inner.registry.register(Transport::Sse, remote, &principal);
@@ -236,28 +286,33 @@ impl SseEndpoint {
         let guard = Arc::new(guard);
         let mut first = BytesMut::new();
         frame::write_retry(&mut first, inner.config.retry_ms);
-        let mut replayed = Vec::new();
-        let mut skip_through = 0;
-        if let Some(raw) = query.last_event_id(headers) {
-            match Cursor::parse(&raw) {
-                Ok(cursor) => match self.replay(&cursor).await {
-                    Ok((events, through)) => {
-                        inner.replays.add(1, &[KeyValue::new("replay", "served")]);
-                        skip_through = through;
-                        replayed = events;
-                    }
-                    Err(miss) => {
-                        inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
-                        tracing::debug!(reason = miss.as_str(), "SSE cursor cannot be replayed");
-                        frame::write_resync(&mut first, &crate::error::truncate(&raw));
-                    }
-                },
-                Err(_) => {
-                    inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
-                    frame::write_resync(&mut first, &crate::error::truncate(&raw));
+        let start = match (cursor, ring_start, early_sub) {
+            (Some(raw), Some(after), _) => {
+                inner.replays.add(1, &[KeyValue::new("replay", "served")]);
+                Start::Ring {
+                    after,
+                    raw: crate::error::truncate(&raw),
                 }
             }
-        }
+            (Some(raw), None, Some(sub)) => match self.replay_from_source(&raw).await {
+                Some(replayed) => {
+                    inner.replays.add(1, &[KeyValue::new("replay", "served")]);
+                    Start::Source {
+                        sub,
+                        events: replayed.events,
+                        through: replayed.through,
+                    }
+                }
+                None => {
+                    inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
+                    frame::write_resync(&mut first, &crate::error::truncate(&raw));
+                    Start::Live(sub)
+                }
+            },
+            (None, _, Some(sub)) => Start::Live(sub),
+            // A ring start never subscribes early; anything else did.
+            (_, _, None) => Start::Live(inner.hub.subscribe(options.clone())),
+        };
         // A slow host provider must not hold back the response headers.
         let status = match tokio::time::timeout(
             QUEUE_SNAPSHOT_TIMEOUT,
@@ -272,30 +327,26 @@ impl SseEndpoint {
             }
         };
         write_queue_status(&mut first, format, ServerEvent::QueueStatus(status));
-        // Counted per kind for the whole replay; no latency samples, which
-        // would measure the client's absence, not the server.
-        let mut replay = WrittenBatch::new();
-        for ev in replayed.iter().filter(|ev| sub.wants(ev)) {
-            frame::write_event(&mut first, &**ev, format);
-            replay.count(ev.kind());
-        }
-        inner.metrics.record_write(&replay);
-        guard.record_sent(replay.total());
 
         let closed = {
             let g = guard.clone();
             Box::pin(async move { g.closed().await })
         };
+        let feed = HubFeed::new(
+            inner.bus.clone(),
+            inner.hub.clone(),
+            options,
+            format,
+            start,
+            Credit::new(inner.replay_held.clone()),
+            slot,
+        );
         let conn = Connection::new(
-            HubFeed {
-                sub,
-                scratch: Vec::new(),
-            },
+            feed,
             StreamSettings {
                 format,
                 heartbeat,
                 stall_timeout: inner.config.stall_timeout,
-                skip_through,
             },
             first.freeze(),
             closed,
@@ -305,25 +356,25 @@ impl SseEndpoint {
         Ok(sse_response(Body::from_stream(conn.into_stream())))
     }
 
-    /// The replay after `cursor` from the ring, else from the replay source,
-    /// and the sequence through which the live outbox must be skipped.
-    async fn replay(&self, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), ReplayMiss> {
-        let miss = match replay(&self.inner.bus, cursor) {
-            Ok(served) => return Ok(served),
-            Err(miss) => miss,
-        };
-        let Some(source) = &self.inner.replay_source else {
-            return Err(miss);
-        };
-        // Live delivery is already subscribed: whatever the source returns
-        // that also arrives live is at or below `through` and skipped there.
-        let replayed = source.replay_since(cursor).await?;
-        tracing::debug!(
-            ring = miss.as_str(),
-            events = replayed.events.len(),
-            "SSE cursor served by the replay source"
-        );
-        Ok((replayed.events, replayed.through))
+    /// For a cursor the ring cannot serve: the replay source's events after
+    /// it, if there is a source and it can (the hub subscription is already
+    /// open, so live events up to `through` are skipped there).
+    async fn replay_from_source(&self, raw: &str) -> Option<Replayed> {
+        let cursor = Cursor::parse(raw).ok()?;
+        let source = self.inner.replay_source.as_ref()?;
+        match source.replay_since(&cursor).await {
+            Ok(replayed) => {
+                tracing::debug!(
+                    events = replayed.events.len(),
+                    "SSE cursor served by the replay source"
+                );
+                Some(replayed)
+            }
+            Err(miss) => {
+                tracing::debug!(reason = miss.as_str(), "SSE cursor cannot be replayed");
+                None
+            }
+        }
     }
 
     async fn serve_history(self, req: Request) -> Response {
@@ -390,30 +441,6 @@ impl SseEndpoint {
     }
 }
 
-/// Reads the replay after `cursor` and the sequence through which the live
-/// outbox must be skipped (everything published before the read).
-fn replay(bus: &EventBus, cursor: &Cursor) -> Result<(Vec<Arc<Event>>, u64), ReplayMiss> {
-    let mut attempts = 0;
-    loop {
-        let before = bus.last_seq();
-        let events = bus.replay_since(cursor)?;
-        if let Some(through) = events.last().map(|e| e.seq()) {
-            return Ok((events, through));
-        }
-        // Nothing after the cursor: the ring ended at the cursor, so the
-        // cursor itself is the hand-over point.
-        if let Cursor::Seq(seq) = cursor {
-            return Ok((events, *seq));
-        }
-        // An id cursor with nothing after it: the ring ended at `before`
-        // unless an event was published during the read; then read again.
-        attempts += 1;
-        if bus.last_seq() == before || attempts >= 16 {
-            return Ok((events, before));
-        }
-    }
-}
-
 /// The connection confirmation: a `QueueStatus` without `id:`.
 fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
     match format {
@@ -458,30 +485,4 @@ pub(crate) fn sse_response(body: Body) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
-}
-
-/// A hub subscription as a connection feed.
-struct HubFeed {
-    sub: HubSubscription,
-    scratch: Vec<Outgoing>,
-}
-
-impl Feed for HubFeed {
-    type Event = Event;
-
-    fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.sub.outbox().ready()
-    }
-
-    fn drain(&mut self, out: &mut Vec<Item<Event>>) {
-        self.sub.outbox().drain_into(&mut self.scratch);
-        out.extend(self.scratch.drain(..).map(|o| match o {
-            Outgoing::Event(e) => Item::Event(e),
-            Outgoing::Lagged(n) => Item::Lagged(n),
-        }));
-    }
-
-    fn stalled_for(&self) -> Option<Duration> {
-        self.sub.outbox().full_for()
-    }
 }

@@ -42,6 +42,10 @@ pub enum SseError {
     /// The server is shutting down and accepts no new streams.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The endpoint has [`SseConfig::max_connections`](crate::SseConfig::max_connections)
+    /// streams open (the limit). Answered `503` with `Retry-After`.
+    #[error("too many connections (limit {0})")]
+    OverCapacity(usize),
     /// The query string could not be decoded.
     #[error("malformed query string: {0}")]
     MalformedQuery(String),
@@ -57,6 +61,7 @@ impl SseError {
             SseError::Forbidden(_) => "forbidden",
             SseError::CursorExpired(_) => "cursor_expired",
             SseError::ShuttingDown => "shutting_down",
+            SseError::OverCapacity(_) => "over_capacity",
             SseError::MalformedQuery(_) => "malformed_query",
         }
     }
@@ -67,7 +72,7 @@ impl SseError {
             SseError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             SseError::Forbidden(_) => StatusCode::FORBIDDEN,
             SseError::CursorExpired(_) => StatusCode::GONE,
-            SseError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            SseError::ShuttingDown | SseError::OverCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -80,6 +85,9 @@ impl SseError {
         }
     }
 }
+
+/// The `Retry-After` of a `503` (seconds), the same as the WebSocket endpoint's.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// Client-supplied values are echoed in errors; keep them short.
 pub(crate) fn truncate(value: &str) -> String {
@@ -126,6 +134,13 @@ impl IntoResponse for SseError {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if matches!(self, SseError::OverCapacity(_) | SseError::ShuttingDown) {
+            // As the WebSocket endpoint answers: come back in a few seconds.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
         response

@@ -16,9 +16,16 @@
 //!  replay ring ─► (Last-Event-ID) ──────────────────────┘
 //! ```
 //!
-//! * Each connection subscribes to the hub *before* reading the replay ring,
-//!   then drops live events it already replayed (by sequence): a publish
-//!   during the hand-over is neither lost nor duplicated.
+//! * A resuming connection reads its replay from the ring a page at a time,
+//!   as much as fits its byte budget beside the replay bytes the server has
+//!   not written yet, so a client that reads nothing holds at most that
+//!   budget however much the ring holds. When it has caught up it
+//!   subscribes to the hub, reads what was published since its last page,
+//!   and drops live events it already replayed (by sequence): a publish
+//!   during the hand-over is neither lost nor duplicated. A client so slow
+//!   that the ring overwrites events it has not had yet gets
+//!   `resync_required` (naming the last event it got) and continues live.
+//!   A connection without a cursor subscribes at once.
 //! * A cursor older than the ring gets `resync_required` — unless the host
 //!   set a longer history with [`SseEndpoint::with_replay_source`] (e.g. the
 //!   NATS JetStream stream of a cluster, `event-nats`): then that history is
@@ -47,6 +54,19 @@
 //! `id:`/`event:`/`data:`, in `envelope` `event:`/`id:`/`data:` (choose with
 //! `?format=`). Filters: `events=`, `types=`, `entity_id=`, `memory=` (or
 //! `X-Fortemi-Memory`); bad values are a `400` JSON error naming them.
+//!
+//! ## Limits
+//!
+//! | limit | setting ([`SseConfig`] field; host setting) | default | what a client gets |
+//! |---|---|---|---|
+//! | open streams | `max_connections`; `MAX_CONNECTIONS` | 10,000 | beyond it `503`, `Retry-After: 5`, `{"error":"over_capacity","message":"too many connections (limit N)"}` (as the WebSocket upgrade) |
+//! | a connection's queue | `outbox`; — | 1,024 events or 1 MiB, raised to hold two of the bus's largest events ([`OutboxLimits::fit_event`](event_core::OutboxLimits::fit_event)) | the excess is dropped and counted: `events.lagged` with the number missed |
+//! | a replay in flight | the same byte budget | 1 MiB, in chunks of at most 256 KiB | the replay waits for the client to read; if the ring overwrites what it has not had yet, `resync_required`, then live |
+//! | a full queue | `stall_timeout`; — | 30 s | the connection is aborted (it must reconnect and resume) |
+//! | one event | the bus's [`max_event_bytes`](event_core::EventBus::max_event_bytes); `EVENT_MAX_BYTES` | 256 KiB | larger events are refused at publish and never reach a stream |
+//!
+//! [`SseEndpoint::buffered_bytes`] reports what the endpoint holds for its
+//! clients (queued live events and replay in flight).
 //!
 //! ## Example
 //!
@@ -96,6 +116,7 @@ mod cors;
 mod endpoint;
 mod error;
 mod event;
+mod feed;
 pub mod frame;
 mod listener;
 mod params;

@@ -32,8 +32,15 @@ use crate::frame;
 pub(crate) enum Item<E> {
     /// An event to write.
     Event(Arc<E>),
+    /// An event replayed for a resuming client: written and counted like
+    /// [`Item::Event`], but with no latency sample (which would measure the
+    /// client's absence, not the server).
+    Replayed(Arc<E>),
     /// This many events were lost here.
     Lagged(u64),
+    /// The replay cannot go on after this cursor (the client fell behind the
+    /// replay ring): `resync_required` naming it.
+    Resync(String),
 }
 
 /// Where a connection's events come from.
@@ -46,6 +53,12 @@ pub(crate) trait Feed: Send + 'static {
     fn drain(&mut self, out: &mut Vec<Item<Self::Event>>);
     /// How long the queue has been full without being drained, if it is.
     fn stalled_for(&self) -> Option<Duration>;
+    /// Takes the chunk framed from a drain that held replayed items, before
+    /// it goes to the server: a feed that bounds its replay by the bytes in
+    /// flight wraps it to learn when the server is done with it.
+    fn seal(&mut self, chunk: Bytes) -> Bytes {
+        chunk
+    }
 }
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -55,8 +68,6 @@ pub(crate) struct StreamSettings {
     pub format: Format,
     pub heartbeat: Duration,
     pub stall_timeout: Duration,
-    /// Events with a sequence at or below this were already written (replay).
-    pub skip_through: u64,
 }
 
 pub(crate) struct Connection<F: Feed> {
@@ -171,12 +182,21 @@ impl<F: Feed> Connection<F> {
         let mut chunk = Chunk::default();
         let mut written = WrittenBatch::new();
         let (mut sent, mut dropped) = (0u64, 0u64);
+        let mut replayed = false;
         for item in self.items.drain(..) {
             match item {
-                Item::Event(ev) => {
-                    if ev.sequence() <= self.settings.skip_through {
-                        continue;
+                Item::Replayed(ev) => {
+                    match ev.frame(format) {
+                        Some(shared) => chunk.push_shared(shared),
+                        None => frame::write_event(chunk.buf(), &*ev, format),
                     }
+                    sent += 1;
+                    replayed = true;
+                    if let Some(kind) = ev.kind() {
+                        written.count(kind);
+                    }
+                }
+                Item::Event(ev) => {
                     match ev.frame(format) {
                         Some(shared) => chunk.push_shared(shared),
                         None => frame::write_event(chunk.buf(), &*ev, format),
@@ -196,6 +216,7 @@ impl<F: Feed> Connection<F> {
                         m.dropped(n);
                     }
                 }
+                Item::Resync(cursor) => frame::write_resync(chunk.buf(), &cursor),
             }
         }
         if let Some(m) = &self.metrics {
@@ -205,7 +226,12 @@ impl<F: Feed> Connection<F> {
             g.record_sent(sent);
             g.record_dropped(dropped);
         }
-        chunk.finish()
+        let chunk = chunk.finish()?;
+        Some(if replayed {
+            self.feed.seal(chunk)
+        } else {
+            chunk
+        })
     }
 }
 
@@ -288,14 +314,13 @@ mod tests {
         ))
     }
 
-    fn connection(items: Vec<Item<Event>>, skip_through: u64) -> Connection<VecFeed> {
+    fn connection(items: Vec<Item<Event>>) -> Connection<VecFeed> {
         Connection::new(
             VecFeed(items),
             StreamSettings {
                 format: Format::V1,
                 heartbeat: Duration::from_secs(15),
                 stall_timeout: Duration::from_secs(30),
-                skip_through,
             },
             Bytes::new(),
             Box::pin(std::future::pending()),
@@ -307,7 +332,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_event_goes_out_as_its_shared_frame() {
         let ev = event(1);
-        let mut conn = connection(vec![Item::Event(ev.clone())], 0);
+        let mut conn = connection(vec![Item::Event(ev.clone())]);
         let chunk = conn.drain_chunk().unwrap();
         let frame = ev.frame(Format::V1).unwrap();
         assert_eq!(chunk, frame);
@@ -318,29 +343,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_is_one_chunk_in_order() {
-        // Sequence 2 was already replayed: skipped.
-        let (skipped, a, b) = (event(2), event(3), event(8));
-        let mut conn = connection(
-            vec![
-                Item::Event(skipped),
-                Item::Event(a.clone()),
-                Item::Lagged(4),
-                Item::Event(b.clone()),
-            ],
-            2,
-        );
+        let (r, a, b) = (event(2), event(3), event(8));
+        let mut conn = connection(vec![
+            Item::Replayed(r.clone()),
+            Item::Event(a.clone()),
+            Item::Lagged(4),
+            Item::Event(b.clone()),
+            Item::Resync("8".to_owned()),
+        ]);
         let chunk = conn.drain_chunk().unwrap();
         let mut want = BytesMut::new();
+        want.extend_from_slice(&r.frame(Format::V1).unwrap());
         want.extend_from_slice(&a.frame(Format::V1).unwrap());
         frame::write_lagged(&mut want, 4);
         want.extend_from_slice(&b.frame(Format::V1).unwrap());
+        frame::write_resync(&mut want, "8");
         assert_eq!(chunk, want.freeze());
     }
 
     #[tokio::test]
     async fn nothing_written_is_no_chunk() {
-        let mut conn = connection(vec![Item::Event(event(1)), Item::Event(event(2))], 2);
-        assert!(conn.drain_chunk().is_none());
-        assert!(connection(Vec::new(), 0).drain_chunk().is_none());
+        assert!(connection(Vec::new()).drain_chunk().is_none());
     }
 }

@@ -12,6 +12,7 @@ mod cors;
 mod filters;
 mod framing;
 mod history;
+mod limits;
 mod replay;
 mod replay_source;
 mod third_party;
