@@ -174,6 +174,8 @@ impl App {
         };
         #[cfg(not(feature = "nats"))]
         let bus = EventBus::new(bus_config);
+        bus.set_max_event_bytes(config.event_max_bytes)
+            .map_err(|e| ServerError::Startup(format!("EVENT_MAX_BYTES: {e}")))?;
         let registry = ConnectionRegistry::new();
         let auth = authenticator(config);
         let db = Db::connect(&config.database_url).await?;

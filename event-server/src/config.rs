@@ -191,6 +191,12 @@ pub struct Config {
     #[arg(long = "publish-max-body-bytes", env = "PUBLISH_MAX_BODY_BYTES", default_value = "1048576", value_parser = non_zero)]
     pub publish_max_body_bytes: usize,
 
+    /// Largest event, in bytes of rendered JSON (at least 1024). A larger one
+    /// is refused: `413` on the publish API, an error for in-process
+    /// publishers. Connection budgets always hold at least two such events.
+    #[arg(long = "event-max-bytes", env = "EVENT_MAX_BYTES", default_value = "262144", value_parser = non_zero)]
+    pub event_max_bytes: usize,
+
     /// Simulated jobs that may wait in the demo queue; beyond it
     /// `POST /api/v1/jobs` answers `429` with `Retry-After` (feature `demo`).
     #[arg(long = "demo-max-queued-jobs", env = "DEMO_MAX_QUEUED_JOBS", default_value = "1000", value_parser = non_zero)]
@@ -349,6 +355,19 @@ impl Config {
             event_webhook::SecretKey::parse_list(keys)
                 .map_err(|e| format!("WEBHOOK_SECRET_KEY: {e}"))?;
         }
+        if self.event_max_bytes < event_core::MIN_MAX_EVENT_BYTES {
+            return Err(format!(
+                "EVENT_MAX_BYTES ({}) must be at least {} bytes",
+                self.event_max_bytes,
+                event_core::MIN_MAX_EVENT_BYTES
+            ));
+        }
+        if self.publish_max_body_bytes < self.event_max_bytes {
+            return Err(format!(
+                "PUBLISH_MAX_BODY_BYTES ({}) must be at least EVENT_MAX_BYTES ({}), or the largest event could never be published",
+                self.publish_max_body_bytes, self.event_max_bytes
+            ));
+        }
         crate::guard::check_origins(&self.allowed_origins)?;
         for host in &self.public_hosts {
             crate::guard::check_host_name(host).map_err(|e| format!("PUBLIC_HOSTS: {e}"))?;
@@ -496,6 +515,8 @@ mod tests {
             &["--allowed-origins", "a.example"],
             &["--public-hosts", "https://a.example"],
             &["--webhook-secret-key", "not-base64-32-bytes"],
+            &["--event-max-bytes", "100"],
+            &["--event-max-bytes", "4000000"],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be refused");
         }

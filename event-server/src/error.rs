@@ -30,6 +30,10 @@ pub enum ServerError {
     /// The request body (or one event in it) is over its limit.
     #[error("{0}")]
     TooLarge(String),
+    /// An event is larger than `EVENT_MAX_BYTES`; nothing of the request was
+    /// published.
+    #[error("{0}")]
+    EventTooLarge(String),
     /// A mutating request without `Content-Type: application/json`.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -79,6 +83,7 @@ impl ServerError {
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ServerError::EventTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
             ServerError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -100,6 +105,9 @@ impl From<event_core::Error> for ServerError {
             event_core::Error::Unauthorized(m) => ServerError::Unauthorized(m),
             event_core::Error::Forbidden(m) => ServerError::Forbidden(m),
             event_core::Error::Provider(m) => ServerError::Internal(m),
+            e @ event_core::Error::EventTooLarge { .. } => ServerError::EventTooLarge(format!(
+                "{e} (EVENT_MAX_BYTES); nothing of this request was published"
+            )),
             other => ServerError::BadRequest {
                 code: other.code(),
                 message: other.to_string(),

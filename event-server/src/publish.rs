@@ -140,18 +140,18 @@ pub async fn publish(
             "`memory` must not be empty",
         ));
     }
-    let published = events
-        .into_iter()
-        .map(|event| {
-            let meta = EventMeta {
-                memory: query.memory.clone(),
-                ..EventMeta::default()
-            };
-            let ev = state.bus.publish_with(event, meta);
-            Published {
-                seq: (ev.seq() != 0).then_some(ev.seq()),
-                event_id: ev.id(),
-            }
+    let meta = EventMeta {
+        memory: query.memory.clone(),
+        ..EventMeta::default()
+    };
+    // All or nothing: one event over EVENT_MAX_BYTES refuses the request.
+    let published = state
+        .bus
+        .try_publish_all_with(events, &meta)?
+        .iter()
+        .map(|ev| Published {
+            seq: (ev.seq() != 0).then_some(ev.seq()),
+            event_id: ev.id(),
         })
         .collect();
     Ok((

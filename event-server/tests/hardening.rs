@@ -316,7 +316,13 @@ async fn a_body_must_arrive_within_the_body_timeout() {
 
 #[tokio::test]
 async fn publish_bodies_are_limited() {
-    let server = Server::start(&["--publish-max-body-bytes", "2000"]).await;
+    let server = Server::start(&[
+        "--event-max-bytes",
+        "1024",
+        "--publish-max-body-bytes",
+        "2000",
+    ])
+    .await;
     let answer = raw(
         server.addr,
         "POST /api/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2001\r\n\r\n",
@@ -523,4 +529,78 @@ fn anonymous_mode_refuses_a_public_address() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("AUTH_ALLOW_ANONYMOUS=true"), "{stderr}");
+}
+
+#[tokio::test]
+async fn one_big_event_is_refused_and_a_limit_sized_one_drops_no_reader() {
+    use futures_util::StreamExt;
+    let server = Server::start(&[]).await;
+    let mut sub = server.bus.subscribe();
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/api/v1/ws"))
+        .await
+        .unwrap();
+    let sse = client()
+        .get(server.url("/api/v1/events"))
+        .timeout(WAIT * 3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = sse.bytes_stream();
+    server.wait_connections(2).await;
+    let job = uuid::Uuid::now_v7();
+    let event = |size: usize| json!({"type":"JobProgress","job_id":job,"progress":1,"message":"x".repeat(size)});
+    // Over EVENT_MAX_BYTES (256 KiB rendered): 413 naming the limit, and
+    // nothing of the batch is published.
+    let res = client()
+        .post(server.url("/api/v1/events"))
+        .json(&json!([event(10), event(300 * 1024)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"], "event_too_large");
+    assert!(err["message"].as_str().unwrap().contains("262144"), "{err}");
+    assert_nothing_published(&server, &mut sub).await;
+    // Just under it, four times: every reader keeps its connection and gets
+    // all four, then a small one.
+    for _ in 0..4 {
+        server.publish(&event(250 * 1024)).await;
+    }
+    let done = uuid::Uuid::now_v7();
+    server
+        .publish(&json!({"type":"JobQueued","job_id":done,"job_type":"Done"}))
+        .await;
+    let done = done.to_string();
+    let ws_got = tokio::time::timeout(WAIT, async {
+        let mut big = 0;
+        while let Some(Ok(msg)) = ws.next().await {
+            let text = msg.into_text().unwrap_or_default();
+            if text.len() > 250 * 1024 {
+                big += 1;
+            }
+            if text.contains(&done) {
+                return big;
+            }
+        }
+        panic!("the WebSocket ended after {big} big events");
+    })
+    .await
+    .expect("the WebSocket client got everything in time");
+    assert_eq!(ws_got, 4);
+    let sse_text = tokio::time::timeout(WAIT, async {
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = sse.next().await {
+            text.extend_from_slice(&chunk);
+            if text.windows(done.len()).any(|w| w == done.as_bytes()) {
+                return String::from_utf8_lossy(&text).into_owned();
+            }
+        }
+        panic!("the SSE stream ended");
+    })
+    .await
+    .expect("the SSE client got everything in time");
+    assert_eq!(sse_text.matches("event: JobProgress").count(), 4);
+    assert!(!sse_text.contains("events.lagged"), "an SSE reader lagged");
 }

@@ -200,7 +200,9 @@ where
     let sub = ep.hub.subscribe(SubscribeOptions {
         filter: EventFilter::all(),
         principal,
-        limits: ep.config.outbox,
+        // Whatever the configured budget, it holds the largest event the
+        // bus lets through (twice), so one big event never drops a reader.
+        limits: ep.config.outbox.fit_event(ep.bus.max_event_bytes()),
         policy: OverflowPolicy::Close,
         wire: WireForm::Flat,
     });
