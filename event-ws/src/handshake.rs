@@ -55,7 +55,7 @@ impl Upgrade {
         let Some(key) = parts.headers.get(SEC_WEBSOCKET_KEY) else {
             return bad("the Sec-WebSocket-Key header is missing");
         };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let accept = accept_key(key.as_bytes());
         let Ok(accept) = HeaderValue::from_str(&accept) else {
             return bad("the Sec-WebSocket-Key header is not usable");
         };
@@ -79,6 +79,18 @@ impl Upgrade {
         }
         (response, self.on_upgrade)
     }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455
+/// §4.2.2): base64 of the SHA-1 of the key followed by the protocol's GUID.
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
 #[cfg(test)]

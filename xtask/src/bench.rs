@@ -198,7 +198,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     let command = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
 
-    cargo_build(&["build", "--release", "-p", "examples", "--bins"])?;
+    cargo_build(&["build", "--profile", run::PROFILE, "-p", "examples", "--bins"])?;
     let pg_build = build_server()?;
     let bins = run::Bins::locate()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
@@ -488,7 +488,8 @@ fn fanout_runs(
 fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
     cargo_build(&[
         "build",
-        "--release",
+        "--profile",
+        run::PROFILE,
         "-p",
         "examples",
         "--bin",
@@ -535,14 +536,15 @@ fn latency_only(plan: &Plan) -> Result<(), String> {
 fn build_server() -> Result<Result<(), String>, String> {
     let pg_build = cargo_build(&[
         "build",
-        "--release",
+        "--profile",
+        run::PROFILE,
         "-p",
         "event-server",
         "--features",
         "postgres",
     ]);
     if pg_build.is_err() {
-        cargo_build(&["build", "--release", "-p", "event-server"])?;
+        cargo_build(&["build", "--profile", run::PROFILE, "-p", "event-server"])?;
     }
     Ok(pg_build)
 }
@@ -551,7 +553,7 @@ fn build_server() -> Result<Result<(), String>, String> {
 /// measurement 4 and prints its table with the machine load; BENCHMARKS.md
 /// is left alone.
 fn webhooks_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&["build", "--release", "-p", "examples", "--bin", "loadgen"])?;
+    cargo_build(&["build", "--profile", run::PROFILE, "-p", "examples", "--bin", "loadgen"])?;
     let pg_build = build_server()?;
     let bins = run::Bins::locate_server_and_loadgen()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));

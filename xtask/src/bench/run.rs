@@ -11,6 +11,11 @@ use serde_json::{Value, json};
 /// Raises the open-file limit to the hard limit, then runs the program.
 const WITH_NOFILE: &str = "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"";
 
+/// The Cargo profile the benchmarks build: `release` plus line tables, so
+/// `perf` can name functions (the shipped `release` profile has no debug
+/// info).
+pub const PROFILE: &str = "profiling";
+
 /// Runs `cargo <args>`, echoing it.
 pub fn cargo_build(args: &[&str]) -> Result<(), String> {
     println!("==> cargo {}", args.join(" "));
@@ -86,7 +91,7 @@ impl Bins {
                 .as_str()
                 .ok_or("cargo metadata has no target_directory")?,
         )
-        .join("release");
+        .join(PROFILE);
         let bins = Bins {
             server: dir.join("event-server"),
             floor: dir.join("raw-floor"),
