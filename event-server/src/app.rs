@@ -28,7 +28,7 @@ use crate::error::ServerError;
 use crate::guard::{self, BodyLimits, Need, RouteGuard};
 use crate::publish::{self, PublishState};
 
-mod serve;
+pub mod serve;
 
 /// How long a graceful shutdown may take before the rest is aborted.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);

@@ -198,7 +198,14 @@ pub fn bench(args: &[String]) -> Result<(), String> {
     let started = Instant::now();
     let command = format!("cargo xtask bench{}", if quick { " --quick" } else { "" });
 
-    cargo_build(&["build", "--profile", run::PROFILE, "-p", "examples", "--bins"])?;
+    cargo_build(&[
+        "build",
+        "--profile",
+        run::PROFILE,
+        "-p",
+        "examples",
+        "--bins",
+    ])?;
     let pg_build = build_server()?;
     let bins = run::Bins::locate()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));
@@ -553,7 +560,15 @@ fn build_server() -> Result<Result<(), String>, String> {
 /// measurement 4 and prints its table with the machine load; BENCHMARKS.md
 /// is left alone.
 fn webhooks_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&["build", "--profile", run::PROFILE, "-p", "examples", "--bin", "loadgen"])?;
+    cargo_build(&[
+        "build",
+        "--profile",
+        run::PROFILE,
+        "-p",
+        "examples",
+        "--bin",
+        "loadgen",
+    ])?;
     let pg_build = build_server()?;
     let bins = run::Bins::locate_server_and_loadgen()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));

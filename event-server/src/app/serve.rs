@@ -25,7 +25,7 @@
 //! call returns when the last one has.
 
 mod direct;
-mod listener;
+pub mod listener;
 
 pub use listener::{CappedListener, ConnectionCaps};
 

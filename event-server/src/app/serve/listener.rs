@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 /// Refusal answers (`503`) written at the same time, at most.
 pub const MAX_REFUSING: usize = 64;
 /// Descriptors kept free below the file limit when `MAX_OPEN_CONNECTIONS` is
-/// derived from it.
+/// derived from it (a quarter of the limit when that is less).
 pub const RESERVED_FDS: u64 = 128;
 /// How long a refusal may take to write and close.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
@@ -60,8 +60,8 @@ impl ConnectionCaps {
     /// with a warning.
     pub fn from_file_limit(configured_total: Option<usize>, per_ip: usize) -> ConnectionCaps {
         let soft = raise_file_limit();
-        let allowed =
-            usize::try_from(soft.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+        let allowed = usize::try_from(soft.saturating_sub(RESERVED_FDS.min(soft / 4)).max(1))
+            .unwrap_or(usize::MAX);
         let total = match configured_total {
             Some(n) if n > allowed => {
                 tracing::warn!(
