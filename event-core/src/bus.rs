@@ -15,10 +15,11 @@
 //! ones and learns exactly how many through [`Received::Lagged`].
 //!
 //! No event larger than [`EventBus::max_event_bytes`] (256 KiB of rendered
-//! JSON by default) gets in: the publisher renders the event's JSON before
-//! the critical section (the event keeps it, so nothing renders it again)
-//! and compares its length with the limit. [`EventBus::try_publish`] reports
-//! a refusal; [`EventBus::publish`] logs it.
+//! JSON by default) gets in. The publisher compares an upper bound of the
+//! JSON's length (from the lengths of the event's strings) with the limit;
+//! only an event whose bound is over it is rendered, before the critical
+//! section, and measured exactly (the event keeps that rendering).
+//! [`EventBus::try_publish`] reports a refusal; [`EventBus::publish`] logs it.
 //!
 //! Subscribers are few by design: each transport registers one
 //! [`EventSink`](crate::EventSink) (which fans out to its own connections),
@@ -316,16 +317,34 @@ impl EventBus {
         Ok(())
     }
 
-    /// Renders the payload's JSON (outside the ordering lock; the event
-    /// keeps it, so this is the event's one rendering of that form) and
-    /// checks it against the limit.
+    /// Checks the payload against the limit, outside the ordering lock. An
+    /// ordinary event passes on an upper bound of its JSON's length, without
+    /// rendering; only one whose bound is over the limit is rendered (the
+    /// event keeps that rendering, so it is still rendered once) and checked
+    /// exactly.
     #[allow(clippy::result_large_err)]
-    fn checked(&self, payload: ServerEvent) -> Result<(ServerEvent, Bytes), (ServerEvent, Error)> {
+    fn checked(
+        &self,
+        payload: ServerEvent,
+    ) -> Result<(ServerEvent, Option<Bytes>), (ServerEvent, Error)> {
+        let limit = self.max_event_bytes();
+        if payload.json_len_bound() <= limit {
+            return Ok((payload, None));
+        }
         let json = render_json(&payload);
         match self.check_size(payload.type_name(), json.len()) {
-            Ok(()) => Ok((payload, json)),
+            Ok(()) => Ok((payload, Some(json))),
             Err(e) => Err((payload, e)),
         }
+    }
+
+    /// Checks an event that already exists, rendering it only when its
+    /// bound is over the limit.
+    fn check_event(&self, event: &Event) -> Result<(), Error> {
+        if event.payload().json_len_bound() <= self.max_event_bytes() {
+            return Ok(());
+        }
+        self.check_size(event.payload().type_name(), event.json().len())
     }
 
     fn check_size(&self, event_type: &'static str, size: usize) -> Result<(), Error> {
@@ -342,7 +361,7 @@ impl EventBus {
 
     /// Gives an accepted event its identity and publishes it (or hands it to
     /// the upstream).
-    fn sequence(&self, payload: ServerEvent, json: Bytes, meta: EventMeta) -> Arc<Event> {
+    fn sequence(&self, payload: ServerEvent, json: Option<Bytes>, meta: EventMeta) -> Arc<Event> {
         if let Some(upstream) = self.upstream() {
             let event = Arc::new(
                 Event::new(0, Uuid::now_v7(), OffsetDateTime::now_utc(), meta, payload)
@@ -379,7 +398,7 @@ impl EventBus {
     /// [`max_event_bytes`](Self::max_event_bytes) is refused too
     /// ([`Error::EventTooLarge`]).
     pub fn publish_event(&self, event: Event) -> Result<Arc<Event>, Error> {
-        self.check_size(event.payload().type_name(), event.json().len())?;
+        self.check_event(&event)?;
         let mut state = self.state();
         if event.seq() < state.next_seq {
             return Err(Error::OutOfOrder {
@@ -400,7 +419,6 @@ impl EventBus {
     /// An event over [`max_event_bytes`](Self::max_event_bytes) is refused
     /// (logged, reaching no subscriber) and returned with sequence number `0`.
     pub fn publish_local(&self, event: &Event) -> Arc<Event> {
-        let json = event.json().clone();
         let copy = |seq| {
             Event::new(
                 seq,
@@ -409,9 +427,9 @@ impl EventBus {
                 event.meta().clone(),
                 event.payload().clone(),
             )
-            .with_json(json.clone())
+            .with_json(event.rendered_json().cloned())
         };
-        if let Err(error) = self.check_size(event.payload().type_name(), json.len()) {
+        if let Err(error) = self.check_event(event) {
             tracing::warn!(%error, "event refused");
             return Arc::new(copy(0));
         }

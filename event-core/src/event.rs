@@ -212,14 +212,22 @@ impl Event {
         })
     }
 
-    /// Stores the flat JSON rendered before the event was built (the bus
-    /// renders it ahead of its critical section to check the size limit),
-    /// so [`json`](Self::json) does not render it again.
-    pub(crate) fn with_json(self, json: Bytes) -> Self {
-        if self.json.set(json).is_ok() {
+    /// Stores the flat JSON if it was rendered before the event was built
+    /// (the bus renders a large event ahead of its critical section to
+    /// check the size limit), so [`json`](Self::json) does not render it
+    /// again.
+    pub(crate) fn with_json(self, json: Option<Bytes>) -> Self {
+        if let Some(json) = json
+            && self.json.set(json).is_ok()
+        {
             self.renders.fetch_add(1, Ordering::Relaxed);
         }
         self
+    }
+
+    /// The flat JSON if it has been rendered already.
+    pub(crate) fn rendered_json(&self) -> Option<&Bytes> {
+        self.json.get()
     }
 
     /// The envelope JSON of PROTOCOL §3 (the SSE `envelope` data, history).

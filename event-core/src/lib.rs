@@ -34,10 +34,11 @@
 //! | size of one event (its rendered §1 JSON) | [`EventBus::set_max_event_bytes`] (`EVENT_MAX_BYTES`) | 256 KiB ([`DEFAULT_MAX_EVENT_BYTES`]) | [`EventBus::try_publish`] / [`try_publish_with`](EventBus::try_publish_with) return [`Error::EventTooLarge`] naming the size and the limit (the publish API answers `413` with it); [`EventBus::publish`] / [`publish_with`](EventBus::publish_with) log a warning and return the event unsequenced (`seq() == 0`); [`EventBus::publish_event`] returns the error. The event reaches no sink. |
 //! | a connection's queue | [`OutboxLimits`] per transport | 1,024 messages or 1 MiB | the transport's [`OverflowPolicy`]: WebSocket close 4008, SSE `events.lagged`. The byte budget is at least [`OutboxLimits::min_bytes_for`] the event limit (two events plus [`EVENT_SLACK_BYTES`] each) once [`OutboxLimits::fit_event`] is applied, and an outbox holding no event takes any event: one event never drops a client that reads. |
 //!
-//! Checking the size costs the publisher one rendering of the flat JSON,
-//! done before the ordering lock and kept in the event (so it is the
-//! event's only rendering of that form, which the first sink would
-//! otherwise do), and one comparison.
+//! Checking the size costs the publisher a few additions and one
+//! comparison: an upper bound of the JSON's length from the lengths of the
+//! event's strings. Only an event whose bound is over the limit is rendered
+//! to be measured exactly (before the ordering lock; the event keeps that
+//! rendering, so it is still rendered once).
 //!
 //! ## Example
 //!

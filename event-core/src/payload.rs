@@ -394,6 +394,38 @@ impl ServerEvent {
         }
     }
 
+    /// An upper bound of the length of this event's flat JSON (what
+    /// [`Event::json`](crate::Event::json) renders), computed from the lengths of its
+    /// strings without rendering: each string byte takes at most 6 bytes
+    /// escaped (`\u00XX`), and everything else (keys, type, UUIDs, numbers,
+    /// booleans) fits in [`JSON_FIXED_BOUND`] bytes.
+    ///
+    /// The bus compares this with its size limit and renders an event only
+    /// when the bound is over the limit: an ordinary event is checked with a
+    /// few additions and one comparison.
+    pub(crate) fn json_len_bound(&self) -> usize {
+        fn string(len: usize) -> usize {
+            // Quotes and a separator around the escaped bytes.
+            len.saturating_mul(6).saturating_add(3)
+        }
+        let optional = |s: &Option<String>| s.as_ref().map_or(0, |s| string(s.len()));
+        let strings = match self {
+            ServerEvent::QueueStatus(_) => 0,
+            ServerEvent::JobQueued(e) => string(e.job_type.len()),
+            ServerEvent::JobStarted(e) => string(e.job_type.len()),
+            ServerEvent::JobProgress(e) => optional(&e.message),
+            ServerEvent::JobCompleted(e) => string(e.job_type.len()),
+            ServerEvent::JobFailed(e) => {
+                string(e.job_type.len()).saturating_add(string(e.error.len()))
+            }
+            ServerEvent::NoteUpdated(e) => e.tags.iter().fold(
+                optional(&e.title).saturating_add(optional(&e.user_id)),
+                |sum, t| sum.saturating_add(string(t.len())),
+            ),
+        };
+        JSON_FIXED_BOUND.saturating_add(strings)
+    }
+
     /// Checks the rules a producer must follow that the JSON shape alone
     /// cannot express: progress within 0–100, `total_jobs == pending +
     /// running`, non-empty `job_type` and `error`.
@@ -436,6 +468,10 @@ impl ServerEvent {
     }
 }
 
+/// The most bytes the flat JSON of any event takes besides its strings'
+/// contents (the largest kind, `NoteUpdated`, takes under 200).
+const JSON_FIXED_BOUND: usize = 512;
+
 impl From<QueueStatus> for ServerEvent {
     fn from(v: QueueStatus) -> Self {
         ServerEvent::QueueStatus(v)
@@ -475,5 +511,84 @@ impl From<JobFailed> for ServerEvent {
 impl From<NoteUpdated> for ServerEvent {
     fn from(v: NoteUpdated) -> Self {
         ServerEvent::NoteUpdated(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_length_bound_is_never_below_the_rendering() {
+        let nasty = [
+            String::new(),
+            "plain".to_owned(),
+            "\u{0}\u{1}\u{1f}\n\r\t\"\\".repeat(50),
+            "é€😀".repeat(100),
+            "x".repeat(10_000),
+        ];
+        let id = Uuid::now_v7();
+        for text in &nasty {
+            let events: Vec<ServerEvent> = vec![
+                QueueStatus {
+                    total_jobs: u64::MAX,
+                    running: u64::MAX,
+                    pending: u64::MAX,
+                }
+                .into(),
+                JobQueued {
+                    job_id: id,
+                    job_type: text.clone(),
+                    note_id: Some(id),
+                }
+                .into(),
+                JobStarted {
+                    job_id: id,
+                    job_type: text.clone(),
+                    note_id: Some(id),
+                }
+                .into(),
+                JobProgress {
+                    job_id: id,
+                    note_id: Some(id),
+                    progress: 100,
+                    message: Some(text.clone()),
+                }
+                .into(),
+                JobCompleted {
+                    job_id: id,
+                    job_type: text.clone(),
+                    note_id: Some(id),
+                    duration_ms: Some(u64::MAX),
+                }
+                .into(),
+                JobFailed {
+                    job_id: id,
+                    job_type: text.clone(),
+                    note_id: Some(id),
+                    error: text.clone(),
+                }
+                .into(),
+                NoteUpdated {
+                    note_id: id,
+                    title: Some(text.clone()),
+                    tags: vec![text.clone(), String::new(), text.clone()],
+                    has_ai_content: true,
+                    has_links: false,
+                    operation: Some(NoteOperation::Deleted),
+                    user_id: Some(text.clone()),
+                }
+                .into(),
+            ];
+            for ev in events {
+                let rendered = serde_json::to_vec(&ev).unwrap().len();
+                assert!(
+                    ev.json_len_bound() >= rendered,
+                    "{}: bound {} < {rendered}",
+                    ev.type_name(),
+                    ev.json_len_bound()
+                );
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ use opentelemetry::metrics::Counter;
 use crate::config::{MAX_HISTORY_LIMIT, SseConfig};
 use crate::error::SseError;
 use crate::event::Format;
-use crate::feed::{Credit, HubFeed, Slot, Start};
+use crate::feed::{HubFeed, Slot, Start};
 use crate::frame;
 use crate::params::Query;
 use crate::stream::{Connection, StreamSettings};
@@ -338,7 +338,7 @@ impl SseEndpoint {
             options,
             format,
             start,
-            Credit::new(inner.replay_held.clone()),
+            &inner.replay_held,
             slot,
         );
         let conn = Connection::new(

@@ -140,8 +140,9 @@ pub(crate) enum Start {
 pub(crate) struct HubFeed {
     bus: EventBus,
     hub: FanoutHub,
-    /// The subscription to open once the ring replay has caught up.
-    options: SubscribeOptions,
+    /// The subscription to open once the ring replay has caught up (kept
+    /// only while replaying from the ring).
+    options: Option<SubscribeOptions>,
     sub: Option<HubSubscription>,
     phase: Phase,
     format: Format,
@@ -151,7 +152,9 @@ pub(crate) struct HubFeed {
     skip_through: u64,
     /// The connection's byte budget, shared by replay in flight.
     budget: usize,
-    credit: Arc<Credit>,
+    /// Replay bytes in flight (only while replaying: a live connection
+    /// keeps nothing for it).
+    credit: Option<Arc<Credit>>,
     /// Since when the replay has been waiting for its bytes to be written.
     blocked_since: Option<Instant>,
     scratch: Vec<Outgoing>,
@@ -177,7 +180,7 @@ impl HubFeed {
         options: SubscribeOptions,
         format: Format,
         start: Start,
-        credit: Arc<Credit>,
+        replay_held: &Arc<AtomicUsize>,
         slot: Slot,
     ) -> Self {
         let budget = options.limits.max_bytes;
@@ -201,14 +204,14 @@ impl HubFeed {
         HubFeed {
             bus,
             hub,
-            options,
+            options: matches!(phase, Phase::Ring { .. }).then_some(options),
+            credit: (!matches!(phase, Phase::Live)).then(|| Credit::new(replay_held.clone())),
             sub,
             phase,
             format,
             raw_cursor,
             skip_through,
             budget,
-            credit,
             blocked_since: None,
             scratch: Vec::new(),
             _slot: slot,
@@ -218,7 +221,10 @@ impl HubFeed {
     fn wants(&self, event: &Event) -> bool {
         match &self.sub {
             Some(sub) => sub.wants(event),
-            None => self.options.filter.matches(event) && self.options.principal.can_see(event),
+            None => self
+                .options
+                .as_ref()
+                .is_some_and(|o| o.filter.matches(event) && o.principal.can_see(event)),
         }
     }
 
@@ -226,8 +232,12 @@ impl HubFeed {
     /// drain. An event always goes when nothing is in flight, so a budget
     /// smaller than one event cannot stop the replay.
     fn fits(&self, pending: usize, size: usize) -> bool {
-        let held = self.credit.held() + pending;
+        let held = self.held() + pending;
         held == 0 || (held + size <= self.budget && pending + size <= MAX_PIECE_BYTES)
+    }
+
+    fn held(&self) -> usize {
+        self.credit.as_ref().map_or(0, |c| c.held())
     }
 
     fn frame_size(&self, event: &Event) -> usize {
@@ -254,7 +264,7 @@ impl HubFeed {
                 }
             };
             if page.is_empty() {
-                if pending == 0 && self.credit.held() == 0 {
+                if pending == 0 && self.held() == 0 {
                     self.catch_up(after, after_id, out);
                 } else if !framed {
                     self.blocked_since.get_or_insert_with(Instant::now);
@@ -287,8 +297,9 @@ impl HubFeed {
     /// The ring replay has caught up and nothing is in flight: subscribe,
     /// then replay what was published since the last page.
     fn catch_up(&mut self, after: u64, after_id: Option<Uuid>, out: &mut Vec<Item<Event>>) {
-        let sub = self.hub.subscribe(self.options.clone());
-        self.sub = Some(sub);
+        if let Some(options) = self.options.take() {
+            self.sub = Some(self.hub.subscribe(options));
+        }
         // Subscribed first: whatever is published from now on reaches the
         // outbox; what came before is in this read (or in both, and skipped).
         match self.bus.history(Some(&Cursor::Seq(after)), usize::MAX) {
@@ -315,8 +326,10 @@ impl HubFeed {
     /// Goes live after a resync: live events after `after` are new to the
     /// client.
     fn go_live(&mut self, after: u64, out: &mut Vec<Item<Event>>) {
-        if self.sub.is_none() {
-            self.sub = Some(self.hub.subscribe(self.options.clone()));
+        if self.sub.is_none()
+            && let Some(options) = self.options.take()
+        {
+            self.sub = Some(self.hub.subscribe(options));
         }
         self.skip_through = after;
         self.blocked_since = None;
@@ -386,7 +399,10 @@ impl Feed for HubFeed {
         match (&self.phase, &self.sub) {
             (Phase::Live, Some(sub)) => sub.outbox().ready().await,
             // Replaying: more can be framed once bytes in flight are written.
-            _ => self.credit.notify.notified().await,
+            _ => match &self.credit {
+                Some(credit) => credit.notify.notified().await,
+                None => std::future::pending().await,
+            },
         }
     }
 
@@ -406,6 +422,9 @@ impl Feed for HubFeed {
     }
 
     fn seal(&mut self, chunk: Bytes) -> Bytes {
-        self.credit.hold(chunk)
+        match &self.credit {
+            Some(credit) => credit.hold(chunk),
+            None => chunk,
+        }
     }
 }

@@ -112,16 +112,24 @@ async fn ring_of_large_events(n: usize, ring: usize) -> (Server, u64) {
     (server, first)
 }
 
+/// The next event frame, failing the test at `deadline`.
+async fn event_by(client: &mut RawSse, deadline: tokio::time::Instant) -> crate::common::Frame {
+    tokio::time::timeout_at(deadline, client.event_frame())
+        .await
+        .expect("no event frame before the deadline")
+}
+
 fn events_sent(server: &Server) -> u64 {
     server.registry.list().iter().map(|c| c.events_sent).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resuming_client_that_reads_nothing_holds_at_most_its_budget() {
-    const EVENTS: usize = 1000;
+    // 40 times the connection's budget in the ring.
+    const EVENTS: usize = 400;
     let (server, first) = ring_of_large_events(EVENTS, EVENTS).await;
     let budget = OutboxLimits::default().max_bytes;
-    // About 100 MB to replay; the client sends its request and reads nothing.
+    // About 40 MB to replay; the client sends its request and reads nothing.
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(server.addr).await.unwrap();
@@ -153,12 +161,12 @@ async fn a_resuming_client_that_reads_nothing_holds_at_most_its_budget() {
     })
     .await
     .expect("the server kept writing to a client that reads nothing");
-    assert!(most > 0, "nothing was ever in flight");
     // What went out fits the socket's buffers: far from the whole replay.
     assert!(
         last_sent < EVENTS as u64 / 2,
         "{last_sent} of {EVENTS} events framed for a client that reads nothing"
     );
+    assert!(most > 0, "nothing was ever in flight");
     drop(stream);
     tokio::time::timeout(WAIT, async {
         while server.endpoint.buffered_bytes() != 0 {
@@ -183,6 +191,9 @@ async fn a_resuming_client_that_reads_gets_the_whole_replay_in_order_then_live()
     let mut expected = first + 1;
     let mut last_live = 0;
     let mut replayed = 0;
+    // One deadline for the whole stream (keep-alive comments would reset a
+    // per-frame one).
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
     loop {
         if replayed == 100 {
             // Live events published in the middle of the replay come after it.
@@ -190,7 +201,7 @@ async fn a_resuming_client_that_reads_gets_the_whole_replay_in_order_then_live()
                 last_live = server.bus.publish(QueueStatus::new(i, 0)).seq();
             }
         }
-        let frame = client.event_frame().await;
+        let frame = event_by(&mut client, deadline).await;
         assert_eq!(
             frame.event.as_deref().map(|e| e.contains('.')),
             Some(false),
@@ -206,7 +217,7 @@ async fn a_resuming_client_that_reads_gets_the_whole_replay_in_order_then_live()
     }
     assert_eq!(replayed, EVENTS - 1 + 50);
     let live = server.bus.publish(QueueStatus::new(99, 0));
-    assert_eq!(client.event_frame().await.seq(), live.seq());
+    assert_eq!(event_by(&mut client, deadline).await.seq(), live.seq());
     // The replay came in pieces, not as one first chunk.
     assert!(client.chunks >= 20, "{} chunks", client.chunks);
     assert_eq!(server.endpoint.buffered_bytes(), 0);
@@ -237,8 +248,9 @@ async fn a_replay_overtaken_by_the_ring_gets_resync_required_then_live() {
         })
         .collect();
     let mut expected = first + 1;
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
     let resync = loop {
-        let frame = client.event_frame().await;
+        let frame = event_by(&mut client, deadline).await;
         if frame.event.as_deref() == Some("resync_required") {
             break frame;
         }
@@ -252,7 +264,7 @@ async fn a_replay_overtaken_by_the_ring_gets_resync_required_then_live() {
     let live = server.bus.publish(QueueStatus::new(7, 0));
     let mut last = expected - 1;
     loop {
-        let frame = client.event_frame().await;
+        let frame = event_by(&mut client, deadline).await;
         assert!(frame.seq() > last, "out of order after the resync");
         last = frame.seq();
         if last == live.seq() {
