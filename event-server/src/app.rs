@@ -307,6 +307,7 @@ impl App {
             };
             let sse_config = event_sse::SseConfig {
                 format,
+                max_connections: config.max_connections,
                 ..event_sse::SseConfig::default()
             };
             let mut sse = event_sse::SseEndpoint::new(

@@ -604,3 +604,30 @@ async fn one_big_event_is_refused_and_a_limit_sized_one_drops_no_reader() {
     assert_eq!(sse_text.matches("event: JobProgress").count(), 4);
     assert!(!sse_text.contains("events.lagged"), "an SSE reader lagged");
 }
+
+#[tokio::test]
+async fn sse_streams_over_max_connections_get_503() {
+    let server = Server::start(&["--max-connections", "2"]).await;
+    let open = |_| async {
+        client()
+            .get(server.url("/api/v1/events"))
+            .timeout(WAIT * 3)
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = open(0).await;
+    let second = open(1).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open(2).await;
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    let err: Value = third.json().await.unwrap();
+    assert!(err["message"].is_string(), "{err}");
+    drop(first);
+    server.wait_connections(1).await;
+    assert_eq!(open(3).await.status(), 200);
+}
