@@ -35,7 +35,7 @@ pub struct SseConfig {
     /// Most simultaneous event streams of an [`SseEndpoint`](crate::SseEndpoint)
     /// (10,000; the host's `MAX_CONNECTIONS`, the same limit as the
     /// WebSocket endpoint's). Beyond it a new stream is refused with `503`,
-    /// `Retry-After: 5` and `{"error":"over_capacity",…}`, as the WebSocket
+    /// `Retry-After: 5` and `{"error":"too_many_connections",…}`, as the WebSocket
     /// upgrade is. Not applied by [`SseChannel`](crate::SseChannel).
     pub max_connections: usize,
 }

@@ -61,7 +61,7 @@ impl SseError {
             SseError::Forbidden(_) => "forbidden",
             SseError::CursorExpired(_) => "cursor_expired",
             SseError::ShuttingDown => "shutting_down",
-            SseError::OverCapacity(_) => "over_capacity",
+            SseError::OverCapacity(_) => "too_many_connections",
             SseError::MalformedQuery(_) => "malformed_query",
         }
     }

@@ -59,7 +59,7 @@
 //!
 //! | limit | setting ([`SseConfig`] field; host setting) | default | what a client gets |
 //! |---|---|---|---|
-//! | open streams | `max_connections`; `MAX_CONNECTIONS` | 10,000 | beyond it `503`, `Retry-After: 5`, `{"error":"over_capacity","message":"too many connections (limit N)"}` (as the WebSocket upgrade) |
+//! | open streams | `max_connections`; `MAX_CONNECTIONS` | 10,000 | beyond it `503`, `Retry-After: 5`, `{"error":"too_many_connections","message":"too many connections (limit N)"}` (as the WebSocket upgrade) |
 //! | a connection's queue | `outbox`; — | 1,024 events or 1 MiB, raised to hold two of the bus's largest events ([`OutboxLimits::fit_event`](event_core::OutboxLimits::fit_event)) | the excess is dropped and counted: `events.lagged` with the number missed |
 //! | a replay in flight | the same byte budget | 1 MiB, in chunks of at most 256 KiB | the replay waits for the client to read; if the ring overwrites what it has not had yet, `resync_required`, then live |
 //! | a full queue | `stall_timeout`; — | 30 s | the connection is aborted (it must reconnect and resume) |

@@ -55,7 +55,7 @@ async fn streams_beyond_max_connections_get_503_with_retry_after() {
         refused.head
     );
     let body: serde_json::Value = serde_json::from_str(&refused.body_text().await).unwrap();
-    assert_eq!(body["error"], "over_capacity", "{body}");
+    assert_eq!(body["error"], "too_many_connections", "{body}");
     assert!(
         body["message"].as_str().is_some_and(|m| m.contains('3')),
         "{body}"
