@@ -182,6 +182,13 @@ pub struct Config {
     #[arg(long = "max-open-connections", env = "MAX_OPEN_CONNECTIONS", value_parser = non_zero)]
     pub max_open_connections: Option<usize>,
 
+    /// Seconds a client has to send a whole request head, counted once from
+    /// the connection's start for its first request (whichever of the direct
+    /// event-stream path and hyper reads it) and from the end of the previous
+    /// response for a later one; past it the connection is closed.
+    #[arg(long = "http-head-timeout-secs", env = "HTTP_HEAD_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    pub http_head_timeout_secs: u64,
+
     /// Seconds a client has to send a whole request body (else `408` and the
     /// connection is closed).
     #[arg(long = "http-body-timeout-secs", env = "HTTP_BODY_TIMEOUT_SECS", default_value = "10", value_parser = seconds)]
