@@ -309,6 +309,7 @@ impl App {
             let sse_config = event_sse::SseConfig {
                 format,
                 max_connections: config.max_connections,
+                retry_ms: config.sse_retry_ms,
                 ..event_sse::SseConfig::default()
             };
             let mut sse = event_sse::SseEndpoint::new(

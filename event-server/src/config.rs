@@ -154,6 +154,11 @@ pub struct Config {
     )]
     pub sse_default_format: SseFormat,
 
+    /// The `retry:` hint every SSE stream starts with: how long a client
+    /// waits before reconnecting, in milliseconds.
+    #[arg(long = "sse-retry-ms", env = "SSE_RETRY_MS", default_value = "3000", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub sse_retry_ms: u64,
+
     /// Seconds between WebSocket pings.
     #[arg(long = "ws-ping-interval-secs", env = "WS_PING_INTERVAL_SECS", default_value = "30", value_parser = seconds)]
     pub ws_ping_interval_secs: u64,
