@@ -113,12 +113,12 @@ fn node_modules() -> Result<&'static Path, String> {
                     .is_some_and(|p| p["version"] == *version)
             })
         };
-        if installed() {
-            return Ok(modules.clone());
-        }
         let node = std::process::Command::new("node").arg("--version").output();
         if !node.is_ok_and(|o| o.status.success()) {
             return Err("`node` is not on PATH (Debian: nodejs, npm)".to_owned());
+        }
+        if installed() {
+            return Ok(modules.clone());
         }
         std::fs::create_dir_all(&prefix).map_err(|e| e.to_string())?;
         let specs: Vec<String> = NODE_PACKAGES
