@@ -419,6 +419,38 @@ fn known_heads_agree_with_hyper() {
     }
 }
 
+/// A head that never ends: neither server answers, and both close the
+/// connection at the header timeout (the host's direct path waits for the
+/// rest of a `GET` itself, hyper reads a `POST` on its own).
+#[test]
+fn an_unfinished_head_is_closed_unanswered_by_both() {
+    let servers = servers();
+    let heads = [
+        format!("GET {STREAM} HTTP/1.1\r\nHost: 127.0.0.1\r\n"),
+        "POST /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_owned(),
+        format!("GET {STREAM} HTTP/1.1\r\nX-Long: {}", "a".repeat(9000)),
+    ];
+    // All at once: each waits for the header timeout.
+    let outcomes = servers
+        .runtime
+        .block_on(futures_util::future::join_all(heads.iter().map(
+            |bytes| async move {
+                tokio::join!(
+                    exchange(servers.host, bytes.as_bytes(), 1),
+                    exchange(servers.hyper, bytes.as_bytes(), 1)
+                )
+            },
+        )));
+    let want = Outcome {
+        classes: vec![],
+        closed: true,
+    };
+    for (bytes, (host, hyper)) in heads.iter().zip(outcomes) {
+        assert_eq!(hyper, want, "hyper alone for {bytes:.80?}");
+        assert_eq!(host, want, "the host for {bytes:.80?}");
+    }
+}
+
 proptest! {
     // Each case is two connections, most answered at once; a head a server
     // waits on costs the head timeout.
