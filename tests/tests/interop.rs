@@ -356,8 +356,10 @@ fn assert_note(who: &str, line: &Value, seq: &str, note_id: &str) {
     assert_eq!(data["note_id"], note_id, "{who}: {data}");
 }
 
-/// The SSE scenario, whatever the client.
-async fn sse_scenario(server: &Server, feed: &mut Feed, who: &str) {
+/// The SSE scenario, whatever the client; returns the lines it skipped
+/// over.
+async fn sse_scenario(server: &Server, feed: &mut Feed, who: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
     let (queue, before) = feed.until(who, |l| is_event(l, "QueueStatus")).await;
     assert!(
         before.iter().any(|l| is_kind(l, "open")),
@@ -386,8 +388,9 @@ async fn sse_scenario(server: &Server, feed: &mut Feed, who: &str) {
 
     // Reconnected with Last-Event-ID: the gap's event comes first (the
     // first one is not sent again), and not before the retry hint passed.
-    let (line, _) = feed.until(who, |l| is_event(l, "NoteUpdated")).await;
+    let (line, skipped) = feed.until(who, |l| is_event(l, "NoteUpdated")).await;
     let waited = kicked.elapsed();
+    seen.extend(skipped);
     assert_note(who, &line, &gap_seq, &gap_note);
     assert!(
         waited >= Duration::from_millis(RETRY_MS - 100),
@@ -397,8 +400,10 @@ async fn sse_scenario(server: &Server, feed: &mut Feed, who: &str) {
     // Live again on the new connection.
     server.wait_connections(1).await;
     let (seq, note_id) = publish_note(server).await;
-    let (line, _) = feed.until(who, |l| is_event(l, "NoteUpdated")).await;
+    let (line, skipped) = feed.until(who, |l| is_event(l, "NoteUpdated")).await;
+    seen.extend(skipped);
     assert_note(who, &line, &seq, &note_id);
+    seen
 }
 
 /// The WebSocket scenario, whatever the client: `server` is shut down.
@@ -456,7 +461,7 @@ async fn sse_npm_eventsource() {
         &server.url("/api/v1/events"),
         Some(modules),
     );
-    sse_scenario(&server, &mut feed, who).await;
+    let _ = sse_scenario(&server, &mut feed, who).await;
 }
 
 #[tokio::test]
@@ -645,7 +650,7 @@ async fn browser_native_eventsource_and_websocket() {
 
     let server = start_server().await;
     let mut feed = browser_feed(browser.clone(), &server, "sse").await;
-    sse_scenario(&server, &mut feed, "sse/chromium-EventSource").await;
+    let _ = sse_scenario(&server, &mut feed, "sse/chromium-EventSource").await;
     browser
         .execute("window.__es.close();", vec![])
         .await
