@@ -44,6 +44,7 @@ pub struct App {
     background: Vec<JoinHandle<()>>,
     parts: Parts,
     caps: serve::ConnectionCaps,
+    head_timeout: Duration,
 }
 
 /// The feature-selected pieces that need an orderly stop.
@@ -308,6 +309,7 @@ impl App {
             let sse_config = event_sse::SseConfig {
                 format,
                 max_connections: config.max_connections,
+                retry_ms: config.sse_retry_ms,
                 ..event_sse::SseConfig::default()
             };
             let mut sse = event_sse::SseEndpoint::new(
@@ -426,6 +428,7 @@ impl App {
                 config.max_open_connections,
                 config.max_connections_per_ip,
             ),
+            head_timeout: Duration::from_secs(config.http_head_timeout_secs),
         })
     }
 
@@ -468,6 +471,7 @@ impl App {
             background,
             parts,
             caps,
+            head_timeout,
             ..
         } = self;
         let stop = cancel.clone();
@@ -493,11 +497,12 @@ impl App {
             event_sse::write_timeout(listener, event_sse::SseConfig::default().stall_timeout),
             router,
             &event_sse::SseEndpoint::STREAM_PATHS,
+            head_timeout,
             on_signal,
         )
         .await;
         #[cfg(not(feature = "sse"))]
-        serve::serve(listener, router, &[], on_signal).await;
+        serve::serve(listener, router, &[], head_timeout, on_signal).await;
         stop.cancel();
         parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;

@@ -154,6 +154,11 @@ pub struct Config {
     )]
     pub sse_default_format: SseFormat,
 
+    /// The `retry:` hint every SSE stream starts with: how long a client
+    /// waits before reconnecting, in milliseconds.
+    #[arg(long = "sse-retry-ms", env = "SSE_RETRY_MS", default_value = "3000", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub sse_retry_ms: u64,
+
     /// Seconds between WebSocket pings.
     #[arg(long = "ws-ping-interval-secs", env = "WS_PING_INTERVAL_SECS", default_value = "30", value_parser = seconds)]
     pub ws_ping_interval_secs: u64,
@@ -181,6 +186,13 @@ pub struct Config {
     /// outgoing webhook requests. Beyond it a connection gets `503`.
     #[arg(long = "max-open-connections", env = "MAX_OPEN_CONNECTIONS", value_parser = non_zero)]
     pub max_open_connections: Option<usize>,
+
+    /// Seconds a client has to send a whole request head, counted once from
+    /// the connection's start for its first request (whichever of the direct
+    /// event-stream path and hyper reads it) and from the end of the previous
+    /// response for a later one; past it the connection is closed.
+    #[arg(long = "http-head-timeout-secs", env = "HTTP_HEAD_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    pub http_head_timeout_secs: u64,
 
     /// Seconds a client has to send a whole request body (else `408` and the
     /// connection is closed).

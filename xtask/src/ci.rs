@@ -2,7 +2,10 @@
 //! with warnings as errors, each workspace member's tests on their own (so a
 //! crate that only compiles inside the workspace is caught), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
-//! conformance suite (`conformance.rs`), then the doc tests.
+//! conformance suite (`conformance.rs`), then the doc tests. The HTTP
+//! differential test (`event-server/tests/differential.rs`) and the SSE and
+//! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
+//! members' tests (see `docs/conformance.md`).
 //! `cargo xtask ci --only features` runs just the single-feature hosts,
 //! `--only conformance` just the conformance suite.
 

@@ -44,15 +44,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use direct::{First, HEAD_TIMEOUT};
+use std::time::Duration;
+
+use direct::First;
 
 /// Serves `router` on `listener` until `signal` completes, then waits for
 /// every connection to finish. A plain `GET` of one of `stream_paths` as a
 /// connection's first request is answered without hyper (see [`direct`]).
+/// A request head must arrive within `head_timeout`: the first one counted
+/// from the connection's start (by [`direct`], also when hyper finishes
+/// reading it), a later one by hyper's header timeout.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
     stream_paths: &'static [&'static str],
+    head_timeout: Duration,
     signal: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener<Addr = SocketAddr>,
@@ -65,7 +71,7 @@ pub(crate) async fn serve<L>(
     // request hyper reads (an idle keep-alive connection included).
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT);
+        .header_read_timeout(head_timeout);
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -74,20 +80,42 @@ pub(crate) async fn serve<L>(
         let router = router.clone();
         let stop = stop.clone();
         let builder = builder.clone();
-        connections.spawn(async move {
-            let first = direct::first_request(io, remote, &router, stream_paths, &stop);
-            let First::Hyper(io) = first.await else {
-                return;
-            };
-            // Boxed: a connection answered directly never holds hyper's
-            // (much larger) connection state in its task.
-            Box::pin(serve_hyper(io, remote, router, builder, stop)).await;
-        });
+        connections.spawn(serve_connection(
+            io,
+            remote,
+            router,
+            stream_paths,
+            head_timeout,
+            builder,
+            stop,
+        ));
     }
     drop(listener);
     stop.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// One accepted connection: its first request through [`direct`], the rest
+/// (if any) through hyper.
+async fn serve_connection<I>(
+    io: I,
+    remote: SocketAddr,
+    router: Router,
+    stream_paths: &'static [&'static str],
+    head_timeout: Duration,
+    builder: http1::Builder,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let first = direct::first_request(io, remote, &router, stream_paths, head_timeout, &stop);
+    let First::Hyper(io) = first.await else {
+        return;
+    };
+    // Boxed: a connection answered directly never holds hyper's (much
+    // larger) connection state in its task.
+    Box::pin(serve_hyper(io, remote, router, builder, stop)).await;
 }
 
 /// One connection through hyper's HTTP/1.1 server, WebSocket upgrades
@@ -123,5 +151,120 @@ async fn serve_hyper<I>(
     };
     if let Err(error) = result {
         tracing::trace!(%error, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    const PATHS: &[&str] = &["/api/v1/events"];
+
+    /// One connection served as the accept loop serves it, over an
+    /// in-memory pipe; returns the client's end.
+    fn connect() -> tokio::io::DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let router = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(TIMEOUT);
+        tokio::spawn(serve_connection(
+            server,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            router,
+            PATHS,
+            TIMEOUT,
+            builder,
+            CancellationToken::new(),
+        ));
+        client
+    }
+
+    /// Reads to the end; what was read and when (on the paused clock) the
+    /// connection closed.
+    async fn read_to_close(client: &mut tokio::io::DuplexStream) -> (Vec<u8>, Instant) {
+        let mut out = Vec::new();
+        // A bound far beyond any timeout under test (virtual time).
+        tokio::time::timeout(10 * TIMEOUT, client.read_to_end(&mut out))
+            .await
+            .expect("the connection was not closed")
+            .unwrap();
+        (out, Instant::now())
+    }
+
+    /// A first head that reaches hyper unfinished after most of its time
+    /// has passed on the direct path gets only the rest from hyper.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_first_head_gets_one_timeout_across_both_paths() {
+        let cases: [&[u8]; 3] = [
+            // A GET whose head grows past the direct path's 8 KiB.
+            b"GET /api/v1/events HTTP/1.1\r\n",
+            // Not a GET: hyper's as soon as the first bytes arrive.
+            b"",
+            // A GET whose first line arrives late.
+            b"G",
+        ];
+        for first in cases {
+            let started = Instant::now();
+            let mut client = connect();
+            if !first.is_empty() {
+                client.write_all(first).await.unwrap();
+            }
+            tokio::time::sleep(TIMEOUT * 4 / 5).await;
+            let late: Vec<u8> = match first {
+                b"" => b"POST /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_vec(),
+                b"G" => b"ET /ok HTTP/1.1\r\nX: y\r\n".to_vec(),
+                _ => format!("X-Pad: {}\r\n", "a".repeat(9000)).into_bytes(),
+            };
+            client.write_all(&late).await.unwrap();
+            let (answer, closed) = read_to_close(&mut client).await;
+            let took = closed - started;
+            assert!(
+                took <= TIMEOUT + Duration::from_secs(1),
+                "{:?}: closed after {took:?} (timeout {TIMEOUT:?})",
+                String::from_utf8_lossy(first)
+            );
+            assert!(took >= TIMEOUT, "closed early, after {took:?}");
+            assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+        }
+    }
+
+    /// A head completed in time is served, and the next request on the
+    /// connection has hyper's full timeout again.
+    #[tokio::test(start_paused = true)]
+    async fn a_complete_head_is_served_and_the_next_gets_a_fresh_timeout() {
+        let mut client = connect();
+        client.write_all(b"POST /ok HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(TIMEOUT * 4 / 5).await;
+        client
+            .write_all(b"Host: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(TIMEOUT, client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 405"), "{:?}", &buf[..n]);
+        // Idle now for longer than what was left of the first deadline.
+        let idle = Instant::now();
+        tokio::time::sleep(TIMEOUT / 2).await;
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(TIMEOUT, client.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        let (_, closed) = read_to_close(&mut client).await;
+        assert!(closed - idle >= TIMEOUT, "{:?}", closed - idle);
     }
 }

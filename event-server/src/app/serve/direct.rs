@@ -31,7 +31,7 @@
 //! the next request; a streamed one is sent with `connection: close`, and
 //! the connection closes when the stream ends.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -58,8 +58,6 @@ const MAX_HEAD: usize = 8 * 1024;
 const FIRST_READ: usize = 1024;
 /// Headers a direct request may carry (more: hyper's answer applies).
 const MAX_HEADERS: usize = 64;
-/// How long a client may take to send a request head (here and in hyper).
-pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What became of a connection's first request.
 pub(crate) enum First<I> {
@@ -71,20 +69,26 @@ pub(crate) enum First<I> {
 
 /// Reads the first request head of `io` and answers it when it is a plain
 /// `GET` of one of `stream_paths`. Until the head is complete the
-/// connection is idle: `stop` or [`HEAD_TIMEOUT`] closes it; a response
+/// connection is idle: `stop` or `head_timeout` closes it; a response
 /// once started runs to its end (shutdown ends event streams).
+///
+/// `head_timeout` counts from the connection's start for the whole first
+/// head, here and in hyper alike: a head handed to hyper unfinished keeps
+/// the same deadline (see [`Replay`]), so a slow client does not get the
+/// direct path's time and then hyper's on top.
 pub(crate) async fn first_request<I>(
     mut io: I,
     remote: SocketAddr,
     router: &Router,
     stream_paths: &[&str],
+    head_timeout: Duration,
     stop: &CancellationToken,
 ) -> First<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = Vec::with_capacity(FIRST_READ);
-    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + head_timeout;
     let head = loop {
         let read = tokio::select! {
             read = tokio::time::timeout_at(deadline, read_more(&mut io, &mut buf)) => read,
@@ -97,12 +101,14 @@ where
         // Not a GET (or no stream paths at all): hyper's at once, without
         // waiting for the whole head.
         if stream_paths.is_empty() || !is_get_prefix(&buf) {
-            return First::Hyper(Replay::new(io, buf));
+            return First::Hyper(Replay::unfinished(io, buf, deadline));
         }
         match parse(&buf, stream_paths) {
             Parsed::Partial if buf.len() < MAX_HEAD => continue,
             Parsed::Direct(head) => break head,
-            Parsed::Partial | Parsed::Hyper => return First::Hyper(Replay::new(io, buf)),
+            Parsed::Partial | Parsed::Hyper => {
+                return First::Hyper(Replay::unfinished(io, buf, deadline));
+            }
         }
     };
     let rest = buf.split_off(head.len);
@@ -426,15 +432,77 @@ fn watch_client<I: AsyncRead + Unpin>(io: &mut I, cx: &mut Context<'_>) -> Poll<
 
 /// A connection that yields `prefix` before reading from `io` again: hyper
 /// gets the request bytes this module already read.
+///
+/// When the first request head is handed over unfinished, the connection
+/// also keeps that head's deadline until the head's end (its empty line)
+/// has been read: a read still waiting for it then fails with `TimedOut`,
+/// and hyper closes the connection as its own header timeout would.
 pub(crate) struct Replay<I> {
     io: I,
     prefix: Option<Bytes>,
+    /// Dropped once the head is complete: most connections never carry one.
+    head: Option<HeadDeadline>,
+}
+
+/// The first head's deadline, and how far its end has been seen.
+struct HeadDeadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    end: HeadEnd,
+}
+
+/// Finds the empty line that ends a request head (`\r\n\r\n`, or with bare
+/// LFs as `httparse` also accepts them), one byte at a time.
+#[derive(Debug, Clone, Copy, Default)]
+struct HeadEnd {
+    /// The last byte was the LF ending a line (possibly followed by a CR).
+    line_start: bool,
+    cr: bool,
+}
+
+impl HeadEnd {
+    /// Feeds `bytes`; whether the head's end is among them.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            match b {
+                b'\n' if self.line_start => return true,
+                b'\n' => {
+                    self.line_start = true;
+                    self.cr = false;
+                }
+                b'\r' if self.line_start && !self.cr => self.cr = true,
+                _ => {
+                    self.line_start = false;
+                    self.cr = false;
+                }
+            }
+        }
+        false
+    }
 }
 
 impl<I> Replay<I> {
     fn new(io: I, prefix: Vec<u8>) -> Replay<I> {
         let prefix = (!prefix.is_empty()).then(|| Bytes::from(prefix));
-        Replay { io, prefix }
+        Replay {
+            io,
+            prefix,
+            head: None,
+        }
+    }
+
+    /// `prefix` starts a request head that may not be complete: until it
+    /// is, reads fail with `TimedOut` after `deadline`.
+    fn unfinished(io: I, prefix: Vec<u8>, deadline: tokio::time::Instant) -> Replay<I> {
+        let mut end = HeadEnd::default();
+        let complete = end.feed(&prefix);
+        let mut replay = Replay::new(io, prefix);
+        if !complete {
+            replay.head = Some(HeadDeadline {
+                sleep: Box::pin(tokio::time::sleep_until(deadline)),
+                end,
+            });
+        }
+        replay
     }
 }
 
@@ -453,7 +521,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let Some(head) = this.head.as_mut() else {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        };
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if head.end.feed(&buf.filled()[before..]) {
+                    this.head = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match head.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request head took too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
