@@ -131,6 +131,27 @@ async fn long_silent_job_gets_its_progress_resent() {
     assert!(r.bridge.stats().progress_resent >= 3);
 }
 
+/// PROTOCOL §1 / UC-001: a running job's progress is repeated at least
+/// every 5 s, with the defaults the host runs (the conformance suite checks
+/// the order and count of a job's events, this the interval, in virtual
+/// time).
+#[tokio::test(start_paused = true)]
+async fn with_the_defaults_progress_is_repeated_every_5_s() {
+    let mut r = rig(JobBridgeConfig::default());
+    let job = Uuid::now_v7();
+    r.worker.send(started(job)).unwrap();
+    r.worker.send(progress(job, 40)).unwrap();
+    let first = next_matching(&mut r.sub, Duration::from_millis(10), is_progress).await;
+    assert!(first.is_some());
+    let t0 = Instant::now();
+    for i in 1..=2u32 {
+        next_matching(&mut r.sub, Duration::from_secs(6), is_progress)
+            .await
+            .expect("progress re-sent during a silent job");
+        assert_eq!(Instant::now() - t0, Duration::from_secs(5) * i);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn final_progress_value_is_always_delivered() {
     let mut r = rig(JobBridgeConfig::default());

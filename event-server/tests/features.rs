@@ -12,9 +12,12 @@
 //!   `/metrics`, the demo's notes and job status), and each absent
 //!   feature's routes are 404;
 //! * with `postgres` it runs on PostgreSQL (a fresh schema of
-//!   `TEST_POSTGRES_URL`), with `nats` on NATS (a test stream of
-//!   `TEST_NATS_URL`); either is skipped with a printed reason when unset,
-//!   unless `EVENT_TEST_REQUIRE_SERVICES=1`;
+//!   `TEST_POSTGRES_URL`): `/health` has the database up, the server lists
+//!   a connection under the host's `application_name`, no SQLite file is
+//!   made; with `nats` on NATS (a test stream of `TEST_NATS_URL`): another
+//!   instance on the stream receives the event published to the host.
+//!   Either is skipped with a printed reason when unset, unless
+//!   `EVENT_TEST_REQUIRE_SERVICES=1`;
 //! * SIGTERM stops it with exit status 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -163,12 +166,16 @@ async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigte
     #[allow(unused_mut)]
     let mut env = vec![("DATABASE_URL", dir.sqlite_url())];
 
+    // The host's connections carry a unique `application_name`, so the test
+    // can see in `pg_stat_activity` that the host really talks to PostgreSQL.
+    #[cfg(feature = "postgres")]
+    let application = format!("features_{}", uuid::Uuid::now_v7().simple());
     #[cfg(feature = "postgres")]
     let schema = match event_server::testing::postgres_url("features (postgres)") {
         Some(url) => {
             let schema = event_server::testing::PgSchema::create(&url).await;
-            env[0].1 = schema.scoped_url();
-            Some(schema)
+            env[0].1 = format!("{}&application_name={application}", schema.scoped_url());
+            Some((url, schema))
         }
         None => None,
     };
@@ -182,7 +189,18 @@ async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigte
     });
 
     let host = Host::start(&env).await;
-    check_routes(&host, &features).await;
+    let job = check_routes(&host, &features).await;
+
+    #[cfg(feature = "postgres")]
+    if let Some((url, _)) = &schema {
+        check_postgres(&host, url, &application, &dir).await;
+    }
+    #[cfg(feature = "nats")]
+    if let Some(stream) = &stream {
+        check_nats(stream, job).await;
+    }
+    let _ = job;
+
     let (status, log) = host.terminate().await;
     assert!(status.success(), "{features:?}: exit status {status}");
     assert!(
@@ -191,14 +209,67 @@ async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigte
     );
 
     #[cfg(feature = "postgres")]
-    if let Some(schema) = schema {
+    if let Some((_, schema)) = schema {
         schema.drop_schema().await;
     }
     #[cfg(feature = "nats")]
     drop(stream);
 }
 
-async fn check_routes(host: &Host, features: &[&str]) {
+/// The host runs on PostgreSQL: its database is up, a connection under its
+/// `application_name` is open on the server, and no SQLite file was made.
+#[cfg(feature = "postgres")]
+async fn check_postgres(host: &Host, url: &str, application: &str, dir: &TempDir) {
+    let health = host.json("/health").await;
+    assert_eq!(health["components"]["database"]["state"], "up", "{health}");
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(application)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    assert!(open >= 1, "the host holds no PostgreSQL connection");
+    assert!(
+        !dir.path().join("events.db").exists(),
+        "the host made a SQLite database"
+    );
+}
+
+/// The host publishes through NATS: another instance on the same stream
+/// gets the `JobQueued` the host was sent.
+#[cfg(feature = "nats")]
+async fn check_nats(stream: &event_nats::testing::TestStream, job: uuid::Uuid) {
+    let reader =
+        event_nats::NatsCluster::connect(stream.config("reader"), event_core::BusConfig::default())
+            .await
+            .unwrap();
+    let bus = reader.bus().clone();
+    // Subscribed before looking at the warm-up, so nothing falls between.
+    let mut sub = bus.subscribe();
+    let is_job = |ev: &event_core::Event| matches!(ev.payload(), event_core::ServerEvent::JobQueued(q) if q.job_id == job);
+    if !bus
+        .latest(event_core::EventKind::JobQueued)
+        .is_some_and(|ev| is_job(&ev))
+    {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let event_core::Received::Event(ev) = sub.recv().await
+                    && is_job(&ev)
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the host's JobQueued did not come through the NATS stream");
+    }
+    reader.shutdown(WAIT).await;
+}
+
+/// Checks the routes; returns the job id of the `JobQueued` it published.
+async fn check_routes(host: &Host, features: &[&str]) -> uuid::Uuid {
     // Always mounted.
     assert_eq!(host.status("/").await, 200, "{features:?}: dashboard");
     let health = host.json("/health").await;
@@ -248,6 +319,7 @@ async fn check_routes(host: &Host, features: &[&str]) {
             "{features:?}"
         );
     }
+    job
 }
 
 async fn check_ws(host: &Host, features: &[&str]) {

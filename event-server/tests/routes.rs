@@ -102,6 +102,22 @@ async fn invalid_publish_bodies_are_400_and_publish_nothing() {
     );
 }
 
+/// Publishes a sentinel in-process and requires it to be the next
+/// non-`QueueStatus` event of `sub`: nothing was published before it.
+async fn nothing_published_since(server: &Server, sub: &mut event_core::Subscription) {
+    let sentinel = server.bus.publish(event_core::NoteUpdated {
+        note_id: uuid::Uuid::now_v7(),
+        title: Some("sentinel".to_owned()),
+        tags: Vec::new(),
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    });
+    let next = next_event(sub).await;
+    assert_eq!(next.id(), sentinel.id(), "published meanwhile: {next:?}");
+}
+
 #[tokio::test]
 async fn publishing_needs_the_admin_token_when_auth_is_on() {
     let server = Server::start(&[
@@ -112,7 +128,9 @@ async fn publishing_needs_the_admin_token_when_auth_is_on() {
     ])
     .await;
     let http = client();
-    let event = json!({"type":"QueueStatus","total_jobs":0,"running":0,"pending":0});
+    let mut sub = server.bus.subscribe();
+    let job = uuid::Uuid::now_v7();
+    let event = json!({"type":"JobQueued","job_id":job,"job_type":"Embedding"});
     let res = http
         .post(server.url("/api/v1/events"))
         .json(&event)
@@ -128,6 +146,7 @@ async fn publishing_needs_the_admin_token_when_auth_is_on() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+    nothing_published_since(&server, &mut sub).await;
     let res = http
         .post(server.url("/api/v1/events"))
         .bearer_auth("admin-secret-token")
@@ -136,6 +155,8 @@ async fn publishing_needs_the_admin_token_when_auth_is_on() {
         .await
         .unwrap();
     assert_eq!(res.status(), 202);
+    let ev = next_event(&mut sub).await;
+    assert_eq!(ev.kind(), EventKind::JobQueued);
 }
 
 #[tokio::test]
@@ -188,12 +209,73 @@ async fn unknown_connection_is_404_and_bad_id_400() {
     assert_eq!(list, json!([]));
 }
 
+/// Reads a note's title from the store the moment its `NoteUpdated` is
+/// published: from inside `publish` (a bus tap), on its own thread with its
+/// own SQLite connection, while the publisher waits. An event published
+/// before the commit would find the old state (WAL readers see only
+/// committed data).
+///
+/// A tap must not block, but here holding the publisher is the point: the
+/// store is read before the publisher can go on to commit anything.
+#[cfg(feature = "demo")]
+struct ReadOnPublish {
+    url: String,
+    seen: std::sync::Mutex<Vec<(uuid::Uuid, Option<String>)>>,
+}
+
+#[cfg(feature = "demo")]
+impl event_core::bus::Tap for ReadOnPublish {
+    fn take(&self, event: &std::sync::Arc<event_core::Event>) {
+        let ServerEvent::NoteUpdated(n) = event.payload() else {
+            return;
+        };
+        let (url, id) = (self.url.clone(), n.note_id);
+        let read = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+                sqlx::query_scalar::<_, String>("SELECT title FROM demo_notes WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&mut conn)
+                    .await
+            })
+            .map_err(|e| e.to_string())
+        })
+        .join();
+        let title = match read {
+            Ok(Ok(title)) => title,
+            Ok(Err(e)) => panic!("reading the store at publish: {e}"),
+            Err(_) => panic!("the store reader panicked"),
+        };
+        match self.seen.lock() {
+            Ok(mut seen) => seen.push((id, title)),
+            Err(_) => panic!("a poisoned lock"),
+        }
+    }
+}
+
 #[cfg(feature = "demo")]
 #[tokio::test]
 async fn note_changes_are_announced_after_commit() {
     let server = Server::start(&[]).await;
     let http = client();
     let mut sub = server.bus.subscribe();
+    let store = std::sync::Arc::new(ReadOnPublish {
+        url: format!("sqlite://{}/events.db", server.dir().display()),
+        seen: std::sync::Mutex::new(Vec::new()),
+    });
+    server.bus.add_tap(store.clone());
+    // The title the store held when the last NoteUpdated was published.
+    let read_at_publish = |id: &str| {
+        let seen = store.seen.lock().unwrap();
+        let (seen_id, title) = seen.last().cloned().expect("a NoteUpdated was published");
+        assert_eq!(seen_id.to_string(), id);
+        title
+    };
 
     let res = http
         .post(server.url("/api/v1/notes"))
@@ -212,6 +294,7 @@ async fn note_changes_are_announced_after_commit() {
     assert_eq!(n.tags, ["a", "b"]);
     assert!(n.has_links);
     assert_eq!(serde_json::to_value(n.operation).unwrap(), json!("created"));
+    assert_eq!(read_at_publish(&id).as_deref(), Some("First"), "created");
 
     let res = http
         .patch(server.url(&format!("/api/v1/notes/{id}")))
@@ -225,16 +308,7 @@ async fn note_changes_are_announced_after_commit() {
         panic!()
     };
     assert_eq!(n.title.as_deref(), Some("Second"));
-    // The event follows the commit: a re-fetch already sees the change.
-    let fetched: Value = http
-        .get(server.url(&format!("/api/v1/notes/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(fetched["title"], "Second");
+    assert_eq!(read_at_publish(&id).as_deref(), Some("Second"), "updated");
 
     let res = http
         .delete(server.url(&format!("/api/v1/notes/{id}")))
@@ -247,12 +321,8 @@ async fn note_changes_are_announced_after_commit() {
         panic!()
     };
     assert_eq!(serde_json::to_value(n.operation).unwrap(), json!("deleted"));
-    let res = http
-        .get(server.url(&format!("/api/v1/notes/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(read_at_publish(&id), None, "deleted");
+    assert_eq!(store.seen.lock().unwrap().len(), 3);
 }
 
 #[cfg(feature = "demo")]

@@ -424,27 +424,36 @@ async fn retry_after_is_honoured() {
     h.stop().await;
 }
 
+/// The slow endpoint's answers take longer than the whole wait: every
+/// delivery to the healthy one must arrive while the slow one still holds
+/// both its slots, an order, not a race against the clock.
 #[tokio::test]
 async fn a_failing_endpoint_does_not_delay_another() {
+    const SLOW: Duration = Duration::from_secs(60);
     let config = WebhookConfig {
         per_endpoint_concurrency: 2,
         max_concurrency: 8,
-        request_timeout: Duration::from_secs(10),
+        request_timeout: SLOW * 2,
         ..fast_config()
     };
     let h = Harness::start(config).await;
     let slow = Receiver::start().await;
     let fast = Receiver::start().await;
-    slow.default_reply("s", Reply::status(500).delay(Duration::from_secs(4)));
+    slow.default_reply("s", Reply::status(500).delay(SLOW));
     h.create(json!({"url": slow.url("s")})).await;
     h.create(json!({"url": fast.url("f")})).await;
     for _ in 0..20 {
         h.job_completed();
     }
-    // All 20 reach the healthy endpoint while the slow one holds its two
-    // slots for seconds per attempt.
-    fast.wait_for("f", 20, Duration::from_secs(3)).await;
-    assert!(slow.requests_to("s").len() <= 2, "per-endpoint limit");
+    assert!(WAIT < SLOW);
+    // All 20 reach the healthy endpoint, while the slow one holds both its
+    // slots (no answer of it can come before SLOW).
+    let got = fast.wait_for("f", 20, WAIT).await;
+    assert_eq!(got.len(), 20);
+    let held = slow.wait_for("s", 2, WAIT).await;
+    let first_slow_answer = held[0].at + SLOW;
+    assert!(got.iter().all(|r| r.at < first_slow_answer));
+    assert_eq!(slow.requests_to("s").len(), 2, "per-endpoint limit");
     h.stop().await;
 }
 

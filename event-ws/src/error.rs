@@ -49,7 +49,7 @@ impl WsError {
             WsError::BadUpgrade(_) => "bad_upgrade",
             WsError::Unauthorized(_) => "unauthorized",
             WsError::Forbidden(_) => "forbidden",
-            WsError::OverCapacity(_) => "over_capacity",
+            WsError::OverCapacity(_) => "too_many_connections",
             WsError::ShuttingDown => "shutting_down",
             WsError::Internal(_) => "internal_error",
         }

@@ -226,7 +226,7 @@ async fn over_capacity_is_503_before_the_upgrade() {
     let b = server.connect().await;
     let (status, body) = refused(request_with(&server.url(), &[])).await;
     assert_eq!(status, 503);
-    assert!(body.contains("over_capacity"), "{body}");
+    assert!(body.contains(r#""error":"too_many_connections""#), "{body}");
 
     drop(b);
     server.wait_endpoint_connections(1).await;

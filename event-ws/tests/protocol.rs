@@ -357,3 +357,16 @@ async fn a_hanging_snapshot_provider_falls_back_to_the_last_published_status() {
     send_text(&mut client, "refresh").await;
     assert_eq!(next_text(&mut client).await, want);
 }
+
+/// PROTOCOL §2 answers `refresh` within 1 s: the default snapshot timeout,
+/// after which the last published status is sent, leaves room for the write
+/// (the host keeps the default; the conformance suite checks the order of
+/// the answer, not its wall-clock time).
+#[test]
+fn the_default_snapshot_timeout_is_inside_the_one_second_refresh_budget() {
+    let timeout = WsConfig::default().snapshot_timeout;
+    assert!(
+        timeout <= std::time::Duration::from_millis(800),
+        "{timeout:?}"
+    );
+}

@@ -14,9 +14,7 @@
 //!   * `wire` — one publish of each of the 7 types reaches a WebSocket
 //!     client, an SSE `v1` client, an SSE `envelope` client and a webhook
 //!     receiver with the same flat JSON, byte-exact against PROTOCOL §1.
-//!   * `use_cases` — UC-001 … UC-004 with their success criteria (UC-001's
-//!     500 ms publish → receive bound is the only wall-clock assertion
-//!     besides §2's own "refresh answered within 1 s").
+//!   * `use_cases` — UC-001 … UC-004 with their success criteria.
 //!   * `hotm_ws`, `hotm_sse` — one test per bullet of PROTOCOL §2 and §3,
 //!     written as a client that behaves like the HotM UI (sends `refresh` on
 //!     open, ignores unknown types, reconnects on any close but 1000).
@@ -35,6 +33,40 @@
 //!   of each type, and no secret or personal data in the captured logs. Its
 //!   own process, because the meter provider and the log subscriber are
 //!   process-global.
+//!
+//! ## Timing rules
+//!
+//! A test asserts order and counts, or runs in virtual time
+//! (`#[tokio::test(start_paused = true)]`); a wall-clock bound is kept only
+//! where the bound is the requirement itself and has a margin a loaded
+//! 2-core machine cannot eat. The five wall-clock assertions issue 24
+//! listed, and what became of them:
+//!
+//! * UC-001 "each event within 500 ms of its publication"
+//!   (`use_cases::uc001_…`) — **stays**: it is the use case's latency
+//!   criterion over real sockets, which virtual time cannot measure.
+//!   Delivery takes about a millisecond, a margin of two orders of
+//!   magnitude; the lower bound is order (nothing received before it is
+//!   published).
+//! * UC-001 "progress at least every 5 s" — the bridge's re-send interval,
+//!   now checked in virtual time with the host's defaults
+//!   (event-bridge-jobs `with_the_defaults_progress_is_repeated_every_5_s`);
+//!   UC-001 checks the count and order of the job's events.
+//! * §2 "refresh answered within 1 s" (`hotm_ws`) — now an order: the answer
+//!   is the only frame before the pong of a ping sent right behind the
+//!   refresh. The bound is event-ws's snapshot timeout (800 ms, the host
+//!   keeps the default; asserted in event-ws's `protocol` tests).
+//! * event-webhook "20 deliveries within 3 s while another endpoint is slow"
+//!   (`delivery::a_failing_endpoint_does_not_delay_another`) — now an
+//!   order: the slow endpoint answers after 60 s, longer than the whole
+//!   wait, so all 20 arrive while it still holds both its slots.
+//! * event-sse "keep-alive before 14 s" (`framing::heartbeat_parameter_…`)
+//!   — now in virtual time with both bounds: exactly 5 s after the last
+//!   chunk, and 5 s between keep-alives.
+//!
+//! Other time checks met while doing this are one-sided lower bounds (a
+//! retry not before its backoff), which a slow machine cannot break, or
+//! waits with a deadline; the suite was not audited beyond that.
 //!
 //! ## Running
 //!

@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: everything CI checks, in order — formatting, clippy
 //! with warnings as errors, each workspace member's tests on their own (so a
-//! crate that only compiles inside the workspace is caught), the host's
+//! crate that only compiles inside the workspace is caught), event-telemetry
+//! with its `otlp` feature (clippy and tests), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
 //! conformance suite (`conformance.rs`), then the doc tests. The HTTP
 //! differential test (`event-server/tests/differential.rs`) and the SSE and
@@ -78,6 +79,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ])?;
     for member in members()? {
         cargo(&["test", "--locked", "-p", &member, "--all-targets"])?;
+    }
+    // event-telemetry's OTLP export (src/otlp.rs, tests/otlp.rs) compiles only with its feature.
+    for line in [
+        "clippy --locked -p event-telemetry --features otlp --all-targets -- -D warnings",
+        "test --locked -p event-telemetry --features otlp --all-targets",
+    ] {
+        cargo(&line.split(' ').collect::<Vec<_>>())?;
     }
     // Two server instances on one NATS (needs TEST_NATS_URL).
     cargo(&[

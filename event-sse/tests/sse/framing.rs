@@ -248,16 +248,27 @@ async fn idle_stream_gets_keepalive_comments() {
     assert_eq!(client.event_frame().await.seq(), ev.seq());
 }
 
-#[tokio::test]
+/// In virtual time (the server runs on the test's runtime, its keep-alive is
+/// a tokio timer): the keep-alive comes exactly `heartbeat` after the last
+/// chunk, both bounds checked, without depending on this machine's load.
+#[tokio::test(start_paused = true)]
 async fn heartbeat_parameter_sets_the_keepalive_interval() {
     let server = Server::start().await;
     // The default is 15 s; the client asks for the minimum, 5 s.
     let mut client = RawSse::connect(server.addr, "/api/v1/events?heartbeat=5", &[]).await;
     client.skip_preamble().await;
+    // The timer started with the preamble's last chunk, at or before now.
     let started = tokio::time::Instant::now();
     assert_eq!(client.frame().await.raw, ": keepalive\n\n");
-    // Well before the 15 s default (a bound, not a speed measurement).
-    assert!(started.elapsed() < Duration::from_secs(14));
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(4) && waited <= Duration::from_secs(5),
+        "keep-alive after {waited:?}, not 5 s"
+    );
+    // And every 5 s after that.
+    let started = tokio::time::Instant::now();
+    assert_eq!(client.frame().await.raw, ": keepalive\n\n");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
 
 #[tokio::test]

@@ -54,28 +54,64 @@ async fn with_tokens_streams_need_a_client_token_and_management_the_admin_token(
         SseClient::connect(&server.url(&format!("/api/v1/events?token={CLIENT}")), &[]).await;
     sse_q.next_frame().await;
 
-    // Management: the client token is 403, no token 401, admin passes.
+    // Management: the client token is 403, no token 401 — and a refused
+    // request changes nothing: no event published, no webhook created.
+    let mut bus = server.bus.subscribe();
     let hook = json!({"url": "http://127.0.0.1:9/x", "events": []});
-    let event = json!({"type":"QueueStatus","total_jobs":0,"running":0,"pending":0});
-    for (method, path, body) in [
+    let event = json!({"type":"JobQueued","job_id":uuid::Uuid::now_v7(),"job_type":"E"});
+    let routes = [
         ("POST", "/api/v1/webhooks", Some(&hook)),
         ("GET", "/api/v1/webhooks", None),
         ("POST", "/api/v1/events", Some(&event)),
         ("GET", "/api/v1/connections", None),
-    ] {
-        let send = |token: Option<&str>| {
-            let mut req = http.request(method.parse().unwrap(), server.url(path));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            req.send()
-        };
-        assert_json_error(send(None).await.unwrap(), 401).await;
-        assert_json_error(send(Some(CLIENT)).await.unwrap(), 403).await;
-        let ok = send(Some(ADMIN)).await.unwrap();
+    ];
+    let send = |method: &str, path: &str, body: Option<&serde_json::Value>, token: Option<&str>| {
+        let mut req = http.request(method.parse().unwrap(), server.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send()
+    };
+    for (method, path, body) in routes {
+        assert_json_error(send(method, path, body, None).await.unwrap(), 401).await;
+        assert_json_error(send(method, path, body, Some(CLIENT)).await.unwrap(), 403).await;
+    }
+    let sentinel = server.bus.publish(event_core::NoteUpdated {
+        note_id: uuid::Uuid::now_v7(),
+        title: Some("sentinel".to_owned()),
+        tags: Vec::new(),
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    });
+    let next = next_where(&mut bus, |ev| {
+        ev.kind() != event_core::EventKind::QueueStatus
+    })
+    .await;
+    assert_eq!(
+        next.id(),
+        sentinel.id(),
+        "a refused request published {next:?}"
+    );
+    let hooks = send("GET", "/api/v1/webhooks", None, Some(ADMIN))
+        .await
+        .unwrap();
+    assert_eq!(hooks.status(), 200);
+    let hooks: serde_json::Value = hooks.json().await.unwrap();
+    assert_eq!(hooks, json!([]), "a refused request created a webhook");
+
+    // The admin token passes.
+    for (method, path, body) in routes {
+        let ok = send(method, path, body, Some(ADMIN)).await.unwrap();
         assert!(ok.status().is_success(), "{method} {path}: {}", ok.status());
     }
+    let published = next_where(&mut bus, |ev| {
+        ev.kind() != event_core::EventKind::QueueStatus
+    })
+    .await;
+    assert_eq!(published.kind(), event_core::EventKind::JobQueued);
 }

@@ -2,7 +2,9 @@
 //! (query strings), `Last-Event-ID`, WebSocket client messages, webhook
 //! registration bodies and publish bodies. For any input: no panic, no 5xx,
 //! no hang, and every refusal is the documented 4xx JSON
-//! `{"error","message"}`.
+//! `{"error","message"}`. And for the filters: an SSE query filter or a
+//! WebSocket `subscribe` selects exactly the events it names, compared
+//! with a reference predicate over a generated event set.
 //!
 //! Each property drives one shared server (started once) with a modest
 //! number of cases, so the suite stays quick on a 2-core machine.
@@ -604,4 +606,282 @@ fn websocket_client_messages_never_break_the_connection() {
             .await;
         ws.next_text_where(|v| v["type"] == "JobQueued").await;
     });
+}
+
+/// The seven kinds by their two names (PROTOCOL §1), for the references.
+const KINDS: [(&str, &str); 7] = [
+    ("QueueStatus", "queue.status"),
+    ("JobQueued", "job.queued"),
+    ("JobStarted", "job.started"),
+    ("JobProgress", "job.progress"),
+    ("JobCompleted", "job.completed"),
+    ("JobFailed", "job.failed"),
+    ("NoteUpdated", "note.updated"),
+];
+
+/// Entities and memories the generated events and filters share, so that
+/// filters often select some events and not others.
+const ENTITIES: [u128; 3] = [
+    0x0197c0de_5e1a_7a00_8000_00000000e001,
+    0x0197c0de_5e1a_7a00_8000_00000000e002,
+    0x0197c0de_5e1a_7a00_8000_00000000e003,
+];
+const MEMORIES: [&str; 2] = ["work", "home"];
+
+/// One generated event: kind, entity (index into [`ENTITIES`]), memory.
+type GenEvent = (usize, usize, Option<usize>);
+
+/// The reference for one `events=` item (PROTOCOL §3): an exact name in
+/// either scheme.
+fn exact_name(item: &str) -> Vec<usize> {
+    (0..7)
+        .filter(|&k| KINDS[k].0 == item || KINDS[k].1 == item)
+        .collect()
+}
+
+/// The reference for one `types=` item or `subscribe` name (PROTOCOL §2,
+/// §3): case-insensitively a type name, a dot name, or a dot-name prefix up
+/// to a dot (`job` matches `job.progress`, not `jobs.x`).
+fn pattern(item: &str) -> Vec<usize> {
+    let p = item.to_ascii_lowercase();
+    (0..7)
+        .filter(|&k| {
+            let dot = KINDS[k].1;
+            KINDS[k].0.eq_ignore_ascii_case(&p) || dot == p || dot.starts_with(&format!("{p}."))
+        })
+        .collect()
+}
+
+/// A name list item: names of either scheme, prefixes, any case.
+fn kind_item() -> impl Strategy<Value = String> {
+    let mut pool: Vec<String> = KINDS
+        .iter()
+        .flat_map(|(t, d)| [(*t).to_owned(), (*d).to_owned()])
+        .collect();
+    pool.extend(["job", "queue", "note", "JOB", "Note", "Job.Failed"].map(str::to_owned));
+    proptest::sample::select(pool)
+}
+
+/// The payload of generated event `i` (unique per case through `tag`: its
+/// job or note id, or its queue counts, so a client's frames can be told
+/// apart from the job bridge's periodic `QueueStatus`).
+fn gen_payload(i: usize, (kind, entity, _): GenEvent, unique: bool) -> event_core::ServerEvent {
+    let id = if unique {
+        uuid::Uuid::now_v7()
+    } else {
+        uuid::Uuid::from_u128(ENTITIES[entity])
+    };
+    let n = 1000 + i as u64;
+    match kind {
+        0 => event_core::QueueStatus::new(n, 0).into(),
+        1 => event_core::JobQueued {
+            job_id: id,
+            job_type: "P".into(),
+            note_id: None,
+        }
+        .into(),
+        2 => event_core::JobStarted {
+            job_id: id,
+            job_type: "P".into(),
+            note_id: None,
+        }
+        .into(),
+        3 => event_core::JobProgress {
+            job_id: id,
+            note_id: None,
+            progress: 40,
+            message: None,
+        }
+        .into(),
+        4 => event_core::JobCompleted {
+            job_id: id,
+            job_type: "P".into(),
+            note_id: None,
+            duration_ms: Some(n),
+        }
+        .into(),
+        5 => event_core::JobFailed {
+            job_id: id,
+            job_type: "P".into(),
+            note_id: None,
+            error: "timed_out".into(),
+        }
+        .into(),
+        _ => event_core::NoteUpdated {
+            note_id: id,
+            title: Some(format!("n{n}")),
+            tags: Vec::new(),
+            has_ai_content: false,
+            has_links: false,
+            operation: None,
+            user_id: None,
+        }
+        .into(),
+    }
+}
+
+/// Whether a frame is the job bridge's periodic status, not a generated one
+/// (generated statuses count 1000 and up).
+fn is_tick(v: &Value) -> bool {
+    v["type"] == "QueueStatus" && v["total_jobs"].as_u64().is_some_and(|n| n < 1000)
+}
+
+/// An SSE filter (`events=`, `types=`, `entity_id=`, `memory=`) against a
+/// generated event set: the stream carries exactly the events a reference
+/// predicate selects, in order — none missing, none extra.
+#[test]
+fn sse_filters_select_exactly_the_events_they_name() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    let lists = || proptest::collection::vec(kind_item(), 1..4);
+    let case = (
+        proptest::option::of(lists()),
+        proptest::option::of(lists()),
+        proptest::option::of(0..ENTITIES.len()),
+        proptest::option::of(0..MEMORIES.len()),
+        proptest::collection::vec(
+            (
+                0..7usize,
+                0..ENTITIES.len(),
+                proptest::option::of(0..MEMORIES.len()),
+            ),
+            0..10,
+        ),
+    );
+    let selected_some = std::cell::Cell::new(0usize);
+    runner(48)
+        .run(&case, |(events, types, entity, memory, set)| {
+            // The reference: kinds in every list given (AND), the entity's
+            // events only (a QueueStatus has none), the memory's events and
+            // unscoped ones.
+            let mut kinds: Vec<usize> = (0..7).collect();
+            if let Some(items) = &events {
+                let named: Vec<usize> = items.iter().flat_map(|i| exact_name(i)).collect();
+                kinds.retain(|k| named.contains(k));
+            }
+            if let Some(items) = &types {
+                let named: Vec<usize> = items.iter().flat_map(|i| pattern(i)).collect();
+                kinds.retain(|k| named.contains(k));
+            }
+            // An item that names nothing is refused (PROTOCOL §3: `400`).
+            let refused = events.iter().flatten().any(|i| exact_name(i).is_empty())
+                || types.iter().flatten().any(|i| pattern(i).is_empty());
+            let selects = |(kind, e, m): GenEvent| {
+                kinds.contains(&kind)
+                    && entity.is_none_or(|want| kind != 0 && e == want)
+                    && (m.is_none() || memory.is_none() || m == memory)
+            };
+            let mut query = Vec::new();
+            if let Some(items) = &events {
+                query.push(format!("events={}", items.join(",")));
+            }
+            if let Some(items) = &types {
+                query.push(format!("types={}", items.join(",")));
+            }
+            if let Some(e) = entity {
+                query.push(format!("entity_id={}", uuid::Uuid::from_u128(ENTITIES[e])));
+            }
+            if let Some(m) = memory {
+                query.push(format!("memory={}", MEMORIES[m]));
+            }
+            let url = server.url(&format!("/api/v1/events?{}", query.join("&")));
+            // The closing event must pass the filter: a selected kind with
+            // an entity when one is asked for.
+            let closing = kinds
+                .iter()
+                .find(|&&k| entity.is_none() || k != 0)
+                .map(|&k| (k, entity.unwrap_or(0), None));
+            rt.block_on(async {
+                let res = SseClient::request(&url, &[]).await;
+                if refused {
+                    prop_assert_eq!(res.status(), 400, "{}", url);
+                    return Ok(());
+                }
+                prop_assert_eq!(res.status(), 200, "{}", url);
+                let Some(closing) = closing else {
+                    // Accepted, but it selects nothing that can close the case.
+                    return Ok(());
+                };
+                prop_assert!(selects(closing));
+                let mut sse = SseClient::from_response(res);
+                // `retry:` then the confirmation (a QueueStatus without `id:`):
+                // the subscription is live after it.
+                sse.next_where(Frame::is_event).await;
+                let mut want = Vec::new();
+                for (i, ev) in set.iter().chain([&closing]).enumerate() {
+                    let meta = event_core::EventMeta {
+                        memory: ev.2.map(|m| MEMORIES[m].to_owned()),
+                        ..event_core::EventMeta::default()
+                    };
+                    let published = server.bus.publish_with(gen_payload(i, *ev, false), meta);
+                    if selects(*ev) {
+                        want.push(published.seq().to_string());
+                    }
+                }
+                if want.len() > 1 {
+                    selected_some.set(selected_some.get() + 1);
+                }
+                let closing_id = want.last().cloned();
+                let mut got = Vec::new();
+                while got.last() != closing_id.as_ref() {
+                    let frame = sse.next_where(Frame::is_event).await;
+                    if frame.id.is_some() && !is_tick(&frame.json()) {
+                        got.push(frame.id.unwrap_or_default());
+                    }
+                }
+                prop_assert_eq!(got, want, "{} over {:?}", url, set);
+                Ok(())
+            })
+        })
+        .unwrap();
+    assert!(
+        selected_some.get() > 0,
+        "no case selected any generated event besides the closing one"
+    );
+}
+
+/// A WebSocket `subscribe` against a generated event set: the client gets
+/// exactly the events of the kinds its names select (a reference predicate),
+/// in order.
+#[test]
+fn websocket_subscriptions_select_exactly_the_events_they_name() {
+    let rt = runtime();
+    let server = rt.block_on(Server::start(&[]));
+    let case = (
+        proptest::collection::vec(kind_item(), 1..4),
+        proptest::collection::vec(0..7usize, 0..10),
+    );
+    runner(48)
+        .run(&case, |(names, kinds)| {
+            let selected: Vec<usize> = names.iter().flat_map(|n| pattern(n)).collect();
+            let Some(&last_kind) = selected.first() else {
+                return Ok(());
+            };
+            rt.block_on(async {
+                let mut ws = WsClient::connect(&server.ws_url("/api/v1/ws")).await;
+                ws.next_text().await;
+                ws.send(&json!({"type": "subscribe", "events": names}).to_string())
+                    .await;
+                ws.barrier().await;
+                let mut want = Vec::new();
+                for (i, &kind) in kinds.iter().chain([&last_kind]).enumerate() {
+                    let ev = server.bus.publish(gen_payload(i, (kind, 0, None), true));
+                    if selected.contains(&kind) {
+                        want.push(String::from_utf8(ev.json().to_vec()).unwrap());
+                    }
+                }
+                let closing = want.last().cloned();
+                let mut got = Vec::new();
+                while got.last() != closing.as_ref() {
+                    let (text, _) = ws.next_text().await;
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if !is_tick(&v) {
+                        got.push(text);
+                    }
+                }
+                prop_assert_eq!(got, want, "subscribe {:?} over {:?}", names, kinds);
+                Ok(())
+            })
+        })
+        .unwrap();
 }

@@ -11,6 +11,12 @@ use serde_json::{Value, json};
 use crate::harness::*;
 
 /// UC-001's bound on event delivery, publish → received by the client.
+///
+/// The one wall-clock bound left in the suite (see the crate docs): it is
+/// the use case's criterion itself, a latency over real sockets that
+/// virtual time cannot measure. Delivery takes about a millisecond here, so
+/// the bound has a margin of two orders of magnitude; its lower bound is
+/// order: nothing is received before it is published.
 const DELIVERY_BOUND: Duration = Duration::from_millis(500);
 
 /// Collects every bus event of `job_id` until its terminal event.
@@ -159,7 +165,10 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
         );
         for ((text, at), ev) in seen.iter().zip(&published) {
             assert_eq!(text.as_bytes(), ev.json().as_ref(), "{label}: order");
-            let latency = at.saturating_duration_since(ev.published_at());
+            let latency = at.checked_duration_since(ev.published_at());
+            let Some(latency) = latency else {
+                panic!("{label}: {} received before it was published", ev.kind());
+            };
             assert!(
                 latency < DELIVERY_BOUND,
                 "{label}: {} delivered after {latency:?}",
@@ -167,10 +176,18 @@ async fn uc001_ui_sees_queue_start_progress_complete_in_order_within_500ms() {
             );
         }
     }
-    // Progress at least every 5 s while the job runs.
-    for w in published.windows(2) {
-        assert!(w[1].published_at() - w[0].published_at() < Duration::from_secs(5));
-    }
+    // "Progress at least every 5 s while the job runs" is the job bridge's
+    // rule (it re-sends the last progress of a silent job), checked in
+    // virtual time by event-bridge-jobs'
+    // `with_the_defaults_progress_is_repeated_every_5_s` instead of against
+    // this machine's clock; here the count: the job's events are queued,
+    // started, one or more progress, completed.
+    let progress = published
+        .iter()
+        .filter(|ev| ev.kind() == EventKind::JobProgress)
+        .count();
+    assert_eq!(progress, published.len() - 3, "{published:?}");
+    assert!(progress >= 1);
 }
 
 #[tokio::test]

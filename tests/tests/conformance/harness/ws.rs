@@ -125,6 +125,12 @@ impl WsClient {
         self.read_until("a matching frame", want).await.1
     }
 
+    /// Frames before the first one `stop` accepts (exclusive; that one is
+    /// consumed), within [`WAIT`] in all.
+    pub async fn frames_before(&mut self, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.read_until("a matching frame", stop).await.0
+    }
+
     /// Frames up to the reply to a `{"type":"ping"}` sent now (exclusive):
     /// everything the server queued for this client before the pong.
     ///
