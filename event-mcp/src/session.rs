@@ -137,8 +137,8 @@ struct State {
     waits: AtomicUsize,
 }
 
-/// The handler of one session (created by the SDK per session).
-#[derive(Clone)]
+/// The handler of one session (created by the SDK per session, dropped when
+/// the session ends; its state goes with it).
 pub(crate) struct McpSession {
     shared: Arc<Shared>,
     state: Arc<State>,
@@ -234,7 +234,8 @@ impl McpSession {
         let subscriber = shared.hub.subscriber(principal.clone());
         let reason = Arc::new(Mutex::new("client_close"));
         let task = tokio::spawn(notifier(
-            self.clone(),
+            shared.clone(),
+            Arc::downgrade(&self.state),
             subscriber.subscriber.clone(),
             guard.clone(),
             peer,
@@ -254,10 +255,10 @@ impl McpSession {
     }
 
     /// Ends the session: unregisters it now and asks the SDK to close it.
-    fn close(&self) {
-        let live = lock(&self.state.live).take();
-        if let Some(id) = self.state.session_id.get().cloned() {
-            let sessions = self.shared.sessions.clone();
+    fn close(shared: &Shared, state: &State) {
+        let live = lock(&state.live).take();
+        if let Some(id) = state.session_id.get().cloned() {
+            let sessions = shared.sessions.clone();
             tokio::spawn(async move {
                 use rmcp::transport::streamable_http_server::session::SessionManager;
                 let _ = sessions.close_session(&id.into()).await;
@@ -588,14 +589,16 @@ impl McpSession {
 /// interval; closes the session when it is kicked, the server shuts down,
 /// or its client has been idle too long.
 async fn notifier(
-    session: McpSession,
+    shared: Arc<Shared>,
+    state: std::sync::Weak<State>,
     subscriber: Arc<crate::hub::Subscriber>,
-    _guard: Arc<ConnectionGuard>,
+    guard: Arc<ConnectionGuard>,
     peer: Peer<RoleServer>,
     reason: Arc<Mutex<&'static str>>,
 ) {
-    let interval = session.shared.config.update_interval;
-    let idle = session.shared.config.session_idle;
+    let interval = shared.config.update_interval;
+    let idle = shared.config.session_idle;
+    let last_seen = |state: &std::sync::Weak<State>| state.upgrade().map(|s| *lock(&s.last_seen));
     let mut next_allowed: std::collections::HashMap<ResourceId, Instant> = Default::default();
     let closed = guard.closed();
     tokio::pin!(closed);
@@ -620,24 +623,34 @@ async fn notifier(
             .filter_map(|id| next_allowed.get(id))
             .min()
             .copied();
-        let idle_at = *lock(&session.state.last_seen) + idle;
+        let Some(seen) = last_seen(&state) else {
+            return;
+        };
+        let idle_at = seen + idle;
         tokio::select! {
             () = subscriber.wake.notified() => {}
             () = tokio::time::sleep_until(wake_at.unwrap_or(idle_at).min(idle_at)) => {
-                if Instant::now() >= *lock(&session.state.last_seen) + idle {
+                let Some(seen) = last_seen(&state) else {
+                    return;
+                };
+                if Instant::now() >= seen + idle {
                     *lock(&reason) = "idle_timeout";
                     tracing::debug!("closing an idle MCP session");
-                    session.close();
+                    if let Some(state) = state.upgrade() {
+                        McpSession::close(&shared, &state);
+                    }
                     return;
                 }
             }
             () = &mut closed => {
-                *lock(&reason) = if session.shared.registry.is_shutting_down() {
+                *lock(&reason) = if shared.registry.is_shutting_down() {
                     "shutdown"
                 } else {
                     "kicked"
                 };
-                session.close();
+                if let Some(state) = state.upgrade() {
+                    McpSession::close(&shared, &state);
+                }
                 return;
             }
         }

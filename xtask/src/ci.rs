@@ -13,7 +13,7 @@ use crate::cargo;
 
 /// The host's Cargo features, each of which must build and run on its own
 /// (issue #8).
-const HOST_FEATURES: [&str; 8] = [
+const HOST_FEATURES: [&str; 9] = [
     "ws",
     "sse",
     "webhook",
@@ -22,6 +22,7 @@ const HOST_FEATURES: [&str; 8] = [
     "postgres",
     "nats",
     "demo",
+    "mcp",
 ];
 
 /// The workspace members, from `cargo metadata`.
