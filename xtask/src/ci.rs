@@ -2,7 +2,8 @@
 //! with warnings as errors, each workspace member's tests on their own (so a
 //! crate that only compiles inside the workspace is caught), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
-//! conformance suite (`conformance.rs`), then the doc tests.
+//! conformance suite (`conformance.rs`), the MCP conformance suite
+//! (`mcp_conformance.rs`), then the doc tests.
 //! `cargo xtask ci --only features` runs just the single-feature hosts,
 //! `--only conformance` just the conformance suite.
 
@@ -57,6 +58,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
         }
+        [flag, what] if flag == "--only" && what == "mcp-conformance" => {
+            return crate::mcp_conformance::run(&[]);
+        }
         _ => {
             return Err(format!(
                 "ci: unknown arguments {args:?} (try `--only features` or `--only conformance`)"
@@ -91,6 +95,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     single_feature_hosts()?;
     // The Autobahn|Testsuite against the WebSocket framing (issue 16).
     crate::conformance::run(&[])?;
+    // The MCP conformance suite against /mcp (issue 21).
+    crate::mcp_conformance::run(&[])?;
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
     println!(
         "\nci: all checks passed in {:.0}s",
