@@ -132,6 +132,7 @@ impl JobStatus {
             ServerEvent::JobCompleted(e) => {
                 self.state = "completed";
                 self.progress = Some(100);
+                self.message = None;
                 self.job_type = Some(e.job_type.clone());
                 self.duration_ms = e.duration_ms;
                 self.note_id = e.note_id.or(self.note_id);
