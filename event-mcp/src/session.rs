@@ -268,7 +268,7 @@ impl McpSession {
         drop(live);
     }
 
-    fn read(&self, principal: &Principal, id: ResourceId) -> Result<Value, McpError> {
+    async fn read(&self, principal: &Principal, id: ResourceId) -> Result<Value, McpError> {
         let bus = &self.shared.bus;
         Ok(match id {
             ResourceId::Recent => {
@@ -279,7 +279,7 @@ impl McpSession {
                 ))
                 .map_err(|e| McpError::Internal(e.to_string()))?
             }
-            ResourceId::Queue => unreachable_queue(),
+            ResourceId::Queue => self.queue_json().await,
             ResourceId::Job(job) => serde_json::to_value(JobStatus::from_ring(bus, principal, job))
                 .map_err(|e| McpError::Internal(e.to_string()))?,
             ResourceId::Note(note) => views::note_view(bus, principal, note),
@@ -290,12 +290,6 @@ impl McpSession {
         let status = current_queue_status(&self.shared.bus, self.shared.queue.as_deref()).await;
         serde_json::to_value(status).unwrap_or(Value::Null)
     }
-}
-
-/// `events://queue` is read asynchronously (the host's snapshot); `read`
-/// never sees it.
-fn unreachable_queue() -> Value {
-    Value::Null
 }
 
 fn json_result(value: Value) -> CallToolResult {
@@ -787,10 +781,7 @@ impl ServerHandler for McpSession {
     ) -> Result<ReadResourceResponse, ErrorData> {
         let principal = self.principal(&context)?;
         let id = ResourceId::parse(&request.uri)?;
-        let value = match id {
-            ResourceId::Queue => self.queue_json().await,
-            other => self.read(&principal, other)?,
-        };
+        let value = self.read(&principal, id).await?;
         if let Some(events) = value["events"].as_array() {
             self.count_sent(events);
         }
