@@ -35,10 +35,15 @@ pub const METER_NAME: &str = "matric-events";
 pub const WS_CONNECTIONS_ACTIVE: &str = "matric_ws_connections_active";
 /// Gauge: open SSE connections.
 pub const SSE_CONNECTIONS_ACTIVE: &str = "matric_sse_connections_active";
+/// Gauge: open MCP sessions.
+pub const MCP_CONNECTIONS_ACTIVE: &str = "matric_mcp_connections_active";
 /// Counter `{event_type}`: events written to WebSocket clients.
 pub const WS_EVENTS_SENT: &str = "matric_ws_events_sent";
 /// Counter `{event_type}`: events written to SSE clients.
 pub const SSE_EVENTS_SENT: &str = "matric_sse_events_sent";
+/// Counter `{event_type}`: events an MCP session was sent or told about
+/// (tool results, resource updates, progress notifications).
+pub const MCP_EVENTS_SENT: &str = "matric_mcp_events_sent";
 /// Counter `{event_type}`: events published on the bus.
 pub const EVENTS_PUBLISHED: &str = "matric_events_published";
 /// Counter `{consumer}`: events a consumer (a transport's client, a sink) lost.
@@ -149,7 +154,7 @@ impl WrittenBatch {
     }
 }
 
-/// The instruments of one client-facing transport (WebSocket or SSE).
+/// The instruments of one client-facing transport (WebSocket, SSE or MCP).
 ///
 /// Cheap to clone; build one per endpoint, after the host has installed its
 /// meter provider. The per-type `events_sent` series and the latency
@@ -176,6 +181,7 @@ impl TransportMetrics {
         let (active, sent) = match transport {
             Transport::WebSocket => (WS_CONNECTIONS_ACTIVE, WS_EVENTS_SENT),
             Transport::Sse => (SSE_CONNECTIONS_ACTIVE, SSE_EVENTS_SENT),
+            Transport::Mcp => (MCP_CONNECTIONS_ACTIVE, MCP_EVENTS_SENT),
         };
         let sent = meter
             .u64_counter(sent)

@@ -25,22 +25,29 @@ mod close;
 pub use close::{CloseSignal, Closed};
 
 /// Which transport a connection uses.
+///
+/// Non-exhaustive: a transport may be added without breaking the matches of
+/// other crates (give them a wildcard arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Transport {
     /// `/api/v1/ws`
     #[serde(rename = "ws")]
     WebSocket,
     /// `/api/v1/events`
     Sse,
+    /// `/mcp` (Model Context Protocol sessions, `event-mcp`)
+    Mcp,
 }
 
 impl Transport {
-    /// `ws` or `sse`.
+    /// `ws`, `sse` or `mcp`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Transport::WebSocket => "ws",
             Transport::Sse => "sse",
+            Transport::Mcp => "mcp",
         }
     }
 }
@@ -129,7 +136,7 @@ impl ConnectionEntry {
 pub struct ConnectionInfo {
     /// The connection id.
     pub id: u64,
-    /// `ws` or `sse`.
+    /// `ws`, `sse` or `mcp`.
     pub transport: Transport,
     /// The peer address, if known.
     pub remote_addr: Option<String>,

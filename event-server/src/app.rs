@@ -329,6 +329,34 @@ impl App {
             runner.register(sse.sink());
             router = router.merge(sse.router());
         }
+        // MCP for AI agents: its own auth (bearer, from the head), limits
+        // and connection entries (transport `mcp`); the site guard above
+        // checks `Host`, so the SDK's own check is off.
+        #[cfg(feature = "mcp")]
+        {
+            let mcp_config = event_mcp::McpConfig {
+                update_interval: Duration::from_millis(config.mcp_update_interval_ms as u64),
+                max_sessions: config.mcp_max_sessions,
+                session_idle: Duration::from_secs(config.mcp_session_idle_secs),
+                session_queue: config.mcp_session_queue,
+                max_body_bytes: config.publish_max_body_bytes,
+                body_timeout,
+                allowed_hosts: None,
+                ..event_mcp::McpConfig::default()
+            };
+            let mut mcp = event_mcp::McpEndpoint::new(
+                bus.clone(),
+                registry.clone(),
+                auth.clone(),
+                mcp_config,
+            )
+            .with_shutdown(cancel.clone());
+            if let Some(q) = &queue {
+                mcp = mcp.with_queue_snapshot(q.clone());
+            }
+            runner.register(mcp.sink());
+            router = router.merge(mcp.router());
+        }
         let _ = &queue;
 
         #[cfg(feature = "webhook")]

@@ -214,6 +214,26 @@ pub struct Config {
     #[arg(long = "demo-max-queued-jobs", env = "DEMO_MAX_QUEUED_JOBS", default_value = "1000", value_parser = non_zero)]
     pub demo_max_queued_jobs: usize,
 
+    /// MCP (`/mcp`, feature `mcp`): at most one
+    /// `notifications/resources/updated` per subscribed resource per this
+    /// many milliseconds, per session.
+    #[arg(long = "mcp-update-interval-ms", env = "MCP_UPDATE_INTERVAL_MS", default_value = "500", value_parser = non_zero)]
+    pub mcp_update_interval_ms: usize,
+
+    /// MCP sessions open at once; an `initialize` beyond it gets `503`.
+    #[arg(long = "mcp-max-sessions", env = "MCP_MAX_SESSIONS", default_value = "1000", value_parser = non_zero)]
+    pub mcp_max_sessions: usize,
+
+    /// Seconds without a request from its client after which an MCP session
+    /// is closed (the client initializes again).
+    #[arg(long = "mcp-session-idle-secs", env = "MCP_SESSION_IDLE_SECS", default_value = "600", value_parser = seconds)]
+    pub mcp_session_idle_secs: u64,
+
+    /// Messages queued for one MCP session's stream before the session
+    /// waits for its client to read.
+    #[arg(long = "mcp-session-queue", env = "MCP_SESSION_QUEUE", default_value = "16", value_parser = non_zero)]
+    pub mcp_session_queue: usize,
+
     /// Allows anonymous local mode (no token set) on a non-loopback address.
     /// Anyone who can reach the port can then read every event, publish and
     /// register webhooks: only for a trusted network.

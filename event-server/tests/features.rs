@@ -9,7 +9,8 @@
 //!   `/api/v1/connections`);
 //! * each enabled feature's routes speak their protocol (WebSocket upgrade,
 //!   an SSE stream opening with `retry:`, `GET /api/v1/webhooks` → `[]`,
-//!   `/metrics`, the demo's notes and job status), and each absent
+//!   `/metrics`, the demo's notes and job status, an MCP `initialize`
+//!   answered with a session), and each absent
 //!   feature's routes are 404;
 //! * with `postgres` it runs on PostgreSQL (a fresh schema of
 //!   `TEST_POSTGRES_URL`): `/health` has the database up, the server lists
@@ -151,6 +152,7 @@ fn features() -> Vec<&'static str> {
         ("demo", cfg!(feature = "demo")),
         ("postgres", cfg!(feature = "postgres")),
         ("nats", cfg!(feature = "nats")),
+        ("mcp", cfg!(feature = "mcp")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -289,6 +291,7 @@ async fn check_routes(host: &Host, features: &[&str]) -> uuid::Uuid {
 
     check_ws(host, features).await;
     check_sse(host, features).await;
+    check_mcp(host, features).await;
 
     if cfg!(feature = "webhook") {
         assert_eq!(host.json("/api/v1/webhooks").await, json!([]));
@@ -373,4 +376,36 @@ async fn check_sse(host: &Host, features: &[&str]) {
         .unwrap();
     assert!(first.starts_with(b"retry:"), "{first:?}");
     assert_eq!(host.status("/api/v1/events/history").await, 200);
+}
+
+async fn check_mcp(host: &Host, features: &[&str]) {
+    let res = client()
+        .post(host.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "features", "version": "0"}
+            }
+        }))
+        .send()
+        .await
+        .unwrap();
+    if !cfg!(feature = "mcp") {
+        assert_eq!(res.status(), 404, "{features:?}: /mcp");
+        return;
+    }
+    assert_eq!(res.status(), 200, "{features:?}: MCP initialize");
+    assert!(
+        res.headers().contains_key("mcp-session-id"),
+        "{features:?}: no MCP session: {:?}",
+        res.headers()
+    );
+    let body = tokio::time::timeout(WAIT, res.text())
+        .await
+        .expect("the initialize answer in time")
+        .unwrap();
+    assert!(body.contains("\"protocolVersion\""), "{features:?}: {body}");
 }

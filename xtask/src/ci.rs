@@ -3,7 +3,8 @@
 //! crate that only compiles inside the workspace is caught), event-telemetry
 //! with its `otlp` feature (clippy and tests), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
-//! conformance suite (`conformance.rs`), then the doc tests. The HTTP
+//! conformance suite (`conformance.rs`), the MCP conformance suite
+//! (`mcp_conformance.rs`), then the doc tests. The HTTP
 //! differential test (`event-server/tests/differential.rs`) and the SSE and
 //! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
 //! members' tests (see `docs/conformance.md`).
@@ -17,7 +18,7 @@ use crate::cargo;
 
 /// The host's Cargo features, each of which must build and run on its own
 /// (issue #8).
-const HOST_FEATURES: [&str; 8] = [
+const HOST_FEATURES: [&str; 9] = [
     "ws",
     "sse",
     "webhook",
@@ -26,6 +27,7 @@ const HOST_FEATURES: [&str; 8] = [
     "postgres",
     "nats",
     "demo",
+    "mcp",
 ];
 
 /// The workspace members, from `cargo metadata`.
@@ -59,6 +61,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
+        }
+        [flag, what] if flag == "--only" && what == "mcp-conformance" => {
+            return crate::mcp_conformance::run(&[]);
         }
         _ => {
             return Err(format!(
@@ -101,6 +106,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     single_feature_hosts()?;
     // The Autobahn|Testsuite against the WebSocket framing (issue 16).
     crate::conformance::run(&[])?;
+    // The MCP conformance suite against /mcp (issue 21).
+    crate::mcp_conformance::run(&[])?;
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
     println!(
         "\nci: all checks passed in {:.0}s",

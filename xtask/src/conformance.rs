@@ -150,7 +150,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The workspace root (where `docs/` is), from `cargo locate-project`.
-fn workspace_root() -> Result<PathBuf, String> {
+pub(crate) fn workspace_root() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .args(["locate-project", "--workspace", "--message-format", "plain"])
@@ -164,7 +164,7 @@ fn workspace_root() -> Result<PathBuf, String> {
 }
 
 /// The target directory (honours `CARGO_TARGET_DIR`), from `cargo metadata`.
-fn target_dir() -> Result<PathBuf, String> {
+pub(crate) fn target_dir() -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
         .args(["metadata", "--no-deps", "--format-version", "1"])
@@ -248,7 +248,7 @@ fn run_limited(command: &mut Command, limit: Duration, what: &str) -> Result<(),
 
 /// Runs `command` within `limit` (killed when it runs over) and returns
 /// its exit status.
-fn run_limited_status(
+pub(crate) fn run_limited_status(
     command: &mut Command,
     limit: Duration,
     what: &str,

@@ -11,11 +11,15 @@
 //! * `conformance` — the Autobahn|Testsuite (cases 1–10) against the
 //!   WebSocket framing, through `event-ws`'s echo example (also a step of
 //!   `ci`). See `conformance.rs`.
+//! * `mcp-conformance` — the official MCP conformance suite (npm
+//!   `@modelcontextprotocol/conformance`) against the host's `/mcp` (also a
+//!   step of `ci`). See `mcp_conformance.rs`.
 
 mod bench;
 mod ci;
 mod conformance;
 mod demo;
+mod mcp_conformance;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("demo") => demo::run(&args[1..]),
         Some("conformance") => conformance::run(&args[1..]),
+        Some("mcp-conformance") => mcp_conformance::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -56,6 +61,7 @@ fn print_help() {
     println!(
         "  conformance  Autobahn|Testsuite cases 1-10 (kosoku) against the WebSocket echo example (--release)"
     );
+    println!("  mcp-conformance  the MCP conformance suite (npm) against the host's /mcp");
 }
 
 /// Runs `cargo <args>`, echoing the command and its duration.
