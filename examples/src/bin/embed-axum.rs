@@ -17,6 +17,10 @@
 //! glue in [`main`] is the part an embedding application writes. Every
 //! client is admin here ([`AllowAnonymous`]): use `StaticTokens` or an own
 //! `Authenticator` anywhere but on loopback.
+//!
+//! With `EMBED_AXUM_PUBLISH=1` the app also takes `POST /api/v1/events` (an
+//! event or an array of them, as `event-server` does), so that `cargo xtask
+//! bench` can drive it with `loadgen` exactly like the host.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -27,7 +31,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use event_core::{
     AllowAnonymous, Authenticator, ConnectionRegistry, EventBus, NoteOperation, NoteUpdated,
-    SinkRunner, Uuid,
+    ServerEvent, SinkRunner, Uuid,
 };
 use event_sse::{SseConfig, SseEndpoint};
 use event_webhook::{WebhookConfig, Webhooks};
@@ -95,6 +99,36 @@ fn todo_app(bus: EventBus) -> Router {
         .with_state(todos)
 }
 
+// ---- For the benchmark ----------------------------------------------------
+
+/// What `POST /api/v1/events` takes: one event or an array.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Batch {
+    Many(Vec<ServerEvent>),
+    One(ServerEvent),
+}
+
+/// `POST /api/v1/events` (with `EMBED_AXUM_PUBLISH=1`): publishes the
+/// events in order, as the host's publish route does for producers.
+fn publish_route(bus: EventBus) -> Router {
+    let publish = move |Json(batch): Json<Batch>| async move {
+        let events = match batch {
+            Batch::Many(events) => events,
+            Batch::One(event) => vec![event],
+        };
+        let published = events.len();
+        for event in events {
+            bus.publish(event);
+        }
+        (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "published": published })),
+        )
+    };
+    Router::new().route("/api/v1/events", axum::routing::post(publish))
+}
+
 // ---- The glue -------------------------------------------------------------
 
 #[tokio::main]
@@ -133,6 +167,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(ws.router())
         .merge(sse.router())
         .merge(webhooks.router());
+    let app = match std::env::var("EMBED_AXUM_PUBLISH").as_deref() {
+        Ok("1") => app.merge(publish_route(bus.clone())),
+        _ => app,
+    };
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
