@@ -2,10 +2,10 @@
 //!
 //! [`App::build`] does everything that can fail at start-up (database,
 //! migrations, configuration the crates check) before a socket is bound, so
-//! a bad setting stops the server with one clear line. [`App::serve`] runs
-//! until the shutdown signal, then closes WebSockets with 1001, ends SSE
-//! streams, drains the sinks and stops the background workers within
-//! [`SHUTDOWN_DEADLINE`].
+//! a bad setting stops the server with one clear line. [`App::serve`] serves
+//! the router with `event_http::serve` until the shutdown signal, which
+//! closes WebSockets with 1001 and ends SSE streams; then it drains the
+//! sinks and stops the background workers within [`SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
 use std::sync::Arc;
