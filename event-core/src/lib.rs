@@ -82,6 +82,7 @@ mod error;
 pub mod event;
 pub mod fanout;
 pub mod filter;
+pub mod io;
 pub mod metrics;
 pub mod payload;
 pub mod registry;
@@ -105,6 +106,7 @@ pub use fanout::{
     SubscribeOptions, WireForm,
 };
 pub use filter::{EventFilter, FilterParams, KindSet};
+pub use io::WriteTimeoutIo;
 pub use metrics::TransportMetrics;
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,

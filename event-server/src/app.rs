@@ -2,10 +2,10 @@
 //!
 //! [`App::build`] does everything that can fail at start-up (database,
 //! migrations, configuration the crates check) before a socket is bound, so
-//! a bad setting stops the server with one clear line. [`App::serve`] runs
-//! until the shutdown signal, then closes WebSockets with 1001, ends SSE
-//! streams, drains the sinks and stops the background workers within
-//! [`SHUTDOWN_DEADLINE`].
+//! a bad setting stops the server with one clear line. [`App::serve`] serves
+//! the router with `event_http::serve` until the shutdown signal, which
+//! closes WebSockets with 1001 and ends SSE streams; then it drains the
+//! sinks and stops the background workers within [`SHUTDOWN_DEADLINE`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +28,6 @@ use crate::error::ServerError;
 use crate::guard::{self, BodyLimits, Need, RouteGuard};
 use crate::publish::{self, PublishState};
 
-pub mod serve;
-
 /// How long a graceful shutdown may take before the rest is aborted.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(4);
 
@@ -43,7 +41,7 @@ pub struct App {
     cancel: CancellationToken,
     background: Vec<JoinHandle<()>>,
     parts: Parts,
-    caps: serve::ConnectionCaps,
+    caps: event_http::ConnectionCaps,
     head_timeout: Duration,
 }
 
@@ -452,7 +450,7 @@ impl App {
             cancel,
             background,
             parts,
-            caps: serve::ConnectionCaps::from_file_limit(
+            caps: event_http::ConnectionCaps::from_file_limit(
                 config.max_open_connections,
                 config.max_connections_per_ip,
             ),
@@ -503,34 +501,24 @@ impl App {
             ..
         } = self;
         let stop = cancel.clone();
-        let on_signal = {
-            let registry = registry.clone();
-            let cancel = cancel.clone();
-            async move {
-                signal.await;
-                tracing::info!("shutting down");
-                // Ends WebSockets (1001) and SSE streams; without this axum
-                // would wait for long-lived connections forever.
-                registry.shutdown();
-                cancel.cancel();
-            }
+        let on_signal = async move {
+            signal.await;
+            tracing::info!("shutting down");
+            cancel.cancel();
         };
-        // TCP_NODELAY, the connection caps and accept back-off.
-        let listener = serve::CappedListener::new(listener, caps);
-        // A client that stops reading leaves its response body unpolled, so
-        // nothing inside the SSE stream can end it; the listener aborts a
-        // write stalled this long instead (and so cannot block shutdown).
+        // TCP_NODELAY, the connection caps, accept back-off, the head and
+        // write-stall timeouts, event streams answered directly, and a
+        // shutdown that ends WebSockets (1001) and SSE streams.
+        let server = event_http::serve(listener, router)
+            .caps(caps)
+            .head_timeout(head_timeout)
+            .registry(registry)
+            .with_graceful_shutdown(on_signal);
         #[cfg(feature = "sse")]
-        serve::serve(
-            event_sse::write_timeout(listener, event_sse::SseConfig::default().stall_timeout),
-            router,
-            &event_sse::SseEndpoint::STREAM_PATHS,
-            head_timeout,
-            on_signal,
-        )
-        .await;
-        #[cfg(not(feature = "sse"))]
-        serve::serve(listener, router, &[], head_timeout, on_signal).await;
+        let server = server
+            .stream_paths(&event_sse::SseEndpoint::STREAM_PATHS)
+            .write_stall_timeout(event_sse::SseConfig::default().stall_timeout);
+        server.await;
         stop.cancel();
         parts.stop().await;
         let report = runner.shutdown(SHUTDOWN_DEADLINE).await;

@@ -3,6 +3,15 @@
 //! The reference host: it builds one [`event_core::EventBus`], registers the
 //! sinks its Cargo features select, mounts their routers and serves them.
 //!
+//! Serving is one call to `event_http::serve` (crate `event-http`, the
+//! serving edge: the listener with `TCP_NODELAY` and connection caps, the
+//! direct event-stream path, head and write-stall timeouts, graceful
+//! shutdown): what BENCHMARKS.md measures about connections is that crate,
+//! and an application embedding the transports gets the same by calling it
+//! (`examples/src/bin/embed-axum.rs`). This crate adds the assembly
+//! ([`app::App`]), configuration, auth, the request guards, the publish and
+//! connection routes, and the demo domain.
+//!
 //! Feature `testing` (off by default, not for production builds) adds
 //! `event_server::testing`: the host started in-process on a loopback port
 //! with a temporary SQLite database, for tests here and in other crates.

@@ -1,5 +1,5 @@
-//! Differential test of the host's HTTP/1.1 front (`app/serve.rs` and its
-//! direct event-stream path, `app/serve/direct.rs`) against hyper alone.
+//! Differential test of the host's HTTP/1.1 front (`event-http`: `src/serve.rs` and its
+//! direct event-stream path, `src/serve/direct.rs`) against hyper alone.
 //!
 //! Generated request heads — valid, borderline and broken: duplicate or
 //! conflicting `Content-Length`, `Transfer-Encoding`, obs-fold, bare CR and

@@ -1,4 +1,4 @@
-//! Event streams answered without hyper (`app/serve/direct.rs`), seen from
+//! Event streams answered without hyper (`event-http/src/serve/direct.rs`), seen from
 //! a raw TCP client: the exact HTTP/1.1 framing, keep-alive after an error
 //! answer, HTTP/1.0, a client leaving, shutdown.
 

@@ -38,11 +38,12 @@
 //! * A connection that falls behind loses the excess and receives
 //!   `event: events.lagged` with the exact count; one whose queue stays full
 //!   for [`SseConfig::stall_timeout`] is dropped. A client that stops reading
-//!   altogether is only visible at the socket: serve through
-//!   [`write_timeout`] so that its connection is aborted too.
+//!   altogether is only visible at the socket: serve with `event-http`
+//!   (which aborts a stalled write on every connection) or through
+//!   [`write_timeout`], so that its connection is aborted too.
 //! * A kick or `ConnectionRegistry::shutdown()` ends the stream at once, so
-//!   axum's graceful shutdown completes (a client that stopped reading holds
-//!   it up until [`write_timeout`] aborts its connection); the registry
+//!   a graceful shutdown completes (a client that stopped reading holds it
+//!   up until the write-stall timeout aborts its connection); the registry
 //!   entry goes away when the body is dropped, however the client left.
 //!
 //! ## Wire
@@ -68,7 +69,29 @@
 //! [`SseEndpoint::buffered_bytes`] reports what the endpoint holds for its
 //! clients (queued live events and replay in flight).
 //!
+//! ## Serving
+//!
+//! Serve the router with `event_http::serve` (crate `event-http`, the
+//! serving edge `event-server` is measured with) and pass it
+//! [`SseEndpoint::STREAM_PATHS`] and the registry: one call gives
+//! `TCP_NODELAY`, the write-stall timeout, connection caps, a shutdown that
+//! ends the streams, and the direct event-stream path that holds an idle
+//! SSE connection in about a third of what hyper keeps for it.
+//! `examples/src/bin/embed-axum.rs` mounts this endpoint, the WebSocket and
+//! webhooks into an existing axum app that way.
+//!
+//! ```text
+//! event_http::serve(listener, app)
+//!     .stream_paths(&event_sse::SseEndpoint::STREAM_PATHS)
+//!     .registry(registry)
+//!     .with_graceful_shutdown(signal)
+//!     .await;
+//! ```
+//!
 //! ## Example
+//!
+//! With plain `axum::serve` instead, three steps are yours: `TCP_NODELAY`,
+//! [`write_timeout`], and `registry.shutdown()` in the shutdown signal.
 //!
 //! ```
 //! use std::sync::Arc;

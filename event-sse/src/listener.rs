@@ -8,21 +8,21 @@
 //! notice the stall, end the stream, or let graceful shutdown finish. The
 //! one place that still sees it is the socket, where a write stays pending.
 //!
-//! [`write_timeout`] wraps the host's listener so that a write pending for
-//! longer than the timeout fails. hyper then aborts that connection, the
+//! [`write_timeout`] wraps a listener served by `axum::serve` so that a
+//! write pending for longer than the timeout fails (each connection in an
+//! [`event_core::WriteTimeoutIo`]; `event-http` serves every connection so
+//! without this wrapper). hyper then aborts that connection, the
 //! response body is dropped, and with it the connection's registry entry,
 //! hub subscription and gauge. Live clients never see it: their writes
 //! complete in microseconds.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt, TapIo};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+/// A connection of a [`WriteTimeoutListener`] (the I/O wrapper lives in
+/// `event-core`, shared with `event-http`).
+pub use event_core::WriteTimeoutIo;
 
 /// A listener whose connections fail a write that stays pending too long.
 #[derive(Debug)]
@@ -71,96 +71,10 @@ impl<L: Listener> Listener for WriteTimeoutListener<L> {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
-        (
-            WriteTimeoutIo {
-                io,
-                timeout: self.timeout,
-                pending_since: None,
-            },
-            addr,
-        )
+        (WriteTimeoutIo::new(io, self.timeout), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()
-    }
-}
-
-/// A connection of a [`WriteTimeoutListener`].
-#[derive(Debug)]
-pub struct WriteTimeoutIo<T> {
-    io: T,
-    timeout: Duration,
-    /// Armed while a write or flush is pending; disarmed by any progress.
-    pending_since: Option<Pin<Box<Sleep>>>,
-}
-
-impl<T> WriteTimeoutIo<T> {
-    /// The wrapped connection.
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-
-    fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if poll.is_ready() {
-            self.pending_since = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let timer = self
-            .pending_since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if timer.as_mut().poll(cx).is_ready() {
-            self.pending_since = None;
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the peer did not accept data within the write timeout",
-            )));
-        }
-        Poll::Pending
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeoutIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeoutIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.check(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.check(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_flush(cx);
-        self.check(cx, poll)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.check(cx, poll)
     }
 }

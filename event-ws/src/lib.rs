@@ -84,6 +84,11 @@
 //!
 //! ## Mounting it in a host
 //!
+//! The example serves with plain `axum::serve` and sets `TCP_NODELAY` by
+//! hand; `event_http::serve` (crate `event-http`) does that, the connection
+//! caps, the write-stall timeout and a shutdown that closes every WebSocket
+//! with 1001 in one call (see `examples/src/bin/embed-axum.rs`).
+//!
 //! ```
 //! use std::{net::SocketAddr, sync::Arc};
 //! use event_core::{AllowAnonymous, ConnectionRegistry, EventBus, SinkRunner};

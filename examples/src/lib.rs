@@ -1,1 +1,1 @@
-//! Demo clients (WS/SSE tail, webhook receiver, third-party SSE service, load generator).
+//! Demo clients (WS/SSE tail, webhook receiver, third-party SSE service, an axum app embedding the transports, load generator).

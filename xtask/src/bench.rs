@@ -1,11 +1,13 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
 //! (BENCHMARKS.md is not touched); `--only idle` does the same for
 //! measurement 2, adding a run per transport; `--only latency` runs the
 //! fan-out pairs at the lowest rate (where the p99 ratio is judged), with
-//! the server's profile unless `--no-profile`.
+//! the server's profile unless `--no-profile`; `--only embed` runs the
+//! fan-out (one pair per rate) and idle measurements with their embed-axum
+//! rows and prints those tables.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -17,6 +19,11 @@
 //! 4. webhooks: `loadgen --webhooks` with SQLite and PostgreSQL;
 //! 5. telemetry overhead: `bench-core telemetry`;
 //! 6. churn: 20,000 connect/disconnect cycles, gauge back to 0, RSS.
+//!
+//! Fan-out (at each rate) and idle also run once against `embed-axum`
+//! (`examples/src/bin/embed-axum.rs`: the transports mounted in an axum
+//! app served by `event_http::serve`), a row labelled embed-axum in their
+//! tables: what an embedding application gets must match the host.
 //!
 //! `--quick` shrinks every count for a smoke run (about a minute). Whatever
 //! follows the `<!-- analysis -->` marker in an existing BENCHMARKS.md is
@@ -117,6 +124,10 @@ pub struct Results {
     pub fanout: Vec<(u64, Value, Value)>,
     /// Idle: `(floor, ours)`.
     pub idle: Option<(Value, Value)>,
+    /// `(rate, result)` fan-out runs against embed-axum, one per rate.
+    pub embed_fanout: Vec<(u64, Value)>,
+    /// The idle run against embed-axum.
+    pub embed_idle: Option<Value>,
     /// Churn result (ours).
     pub churn: Option<Value>,
     /// Publish-cost lines.
@@ -188,9 +199,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("webhooks")) => return webhooks_only(&plan),
         Some(Some("idle")) => return idle_only(&plan),
         Some(Some("latency")) => return latency_only(&plan),
+        Some(Some("embed")) => return embed_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle` and `latency`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency` and `embed`",
                 other.unwrap_or("")
             ));
         }
@@ -226,6 +238,9 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         idle_run(&plan, &bins, &tmp, ServerKind::Floor, "both")?,
         idle_run(&plan, &bins, &tmp, ServerKind::Ours, "both")?,
     ));
+
+    // 1 and 2 once more, against embed-axum.
+    embed_runs(&plan, &bins, &tmp, &mut results)?;
 
     // 6. Churn on a fresh server, after a warm-up.
     {
@@ -350,7 +365,7 @@ fn idle_run(
 ) -> Result<Value, String> {
     let db = format!("sqlite://{}", tmp.join(format!("idle-{mix}.db")).display());
     let server = match kind {
-        ServerKind::Floor => Server::start(bins, kind, tmp, None)?,
+        ServerKind::Floor | ServerKind::Embed => Server::start(bins, kind, tmp, None)?,
         ServerKind::Ours => Server::start(bins, kind, tmp, Some(&db))?,
     };
     let args: Vec<String> = [
@@ -429,26 +444,7 @@ fn fanout_runs(
         std::iter::repeat_n(rate, rounds as usize)
     });
     for (n, rate) in runs.enumerate() {
-        let clients = plan.fanout_clients.to_string();
-        let rate_s = rate.to_string();
-        let duration = plan.duration.to_string();
-        let fanout_args = |pid: u32| -> Vec<String> {
-            [
-                "--ws",
-                &clients,
-                "--sse",
-                &clients,
-                "--rate",
-                &rate_s,
-                "--duration",
-                &duration,
-                "--server-pid",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([pid.to_string()])
-            .collect()
-        };
+        let fanout_args = |pid: u32| fanout_args(plan, rate, pid);
         let floor = {
             let server = Server::start(bins, ServerKind::Floor, tmp, None)?;
             let result = loadgen(bins, &server, &fanout_args(server.pid()), 120)?;
@@ -490,8 +486,78 @@ fn fanout_runs(
     Ok(())
 }
 
+/// `loadgen`'s arguments for one fan-out run at `rate` against `pid`.
+fn fanout_args(plan: &Plan, rate: u64, pid: u32) -> Vec<String> {
+    let clients = plan.fanout_clients.to_string();
+    [
+        "--ws".to_owned(),
+        clients.clone(),
+        "--sse".to_owned(),
+        clients,
+        "--rate".to_owned(),
+        rate.to_string(),
+        "--duration".to_owned(),
+        plan.duration.to_string(),
+        "--server-pid".to_owned(),
+        pid.to_string(),
+    ]
+    .into()
+}
+
+/// Measurements 1 (once per rate) and 2 against embed-axum, each on a
+/// fresh process.
+fn embed_runs(
+    plan: &Plan,
+    bins: &run::Bins,
+    tmp: &Path,
+    results: &mut Results,
+) -> Result<(), String> {
+    for &rate in &plan.rates {
+        let server = Server::start(bins, ServerKind::Embed, tmp, None)?;
+        let result = loadgen(bins, &server, &fanout_args(plan, rate, server.pid()), 120);
+        server.stop();
+        results.embed_fanout.push((rate, result?));
+    }
+    results.embed_idle = Some(idle_run(plan, bins, tmp, ServerKind::Embed, "both")?);
+    Ok(())
+}
+
+/// `--only embed`: one floor/event-server pair per rate, idle for both,
+/// then the same against embed-axum; prints the fan-out and idle tables
+/// (BENCHMARKS.md is left alone).
+fn embed_only(plan: &Plan) -> Result<(), String> {
+    let (bins, tmp) = connection_bins()?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let started = Instant::now();
+    let plan = Plan {
+        latency_rounds: 1,
+        profile: false,
+        ..plan.clone()
+    };
+    let mut results = Results::default();
+    let run = (|| -> Result<(), String> {
+        fanout_runs(&plan, &bins, &tmp, &plan.rates, &mut results)?;
+        results.idle = Some((
+            idle_run(&plan, &bins, &tmp, ServerKind::Floor, "both")?,
+            idle_run(&plan, &bins, &tmp, ServerKind::Ours, "both")?,
+        ));
+        embed_runs(&plan, &bins, &tmp, &mut results)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    run?;
+    println!(
+        "\n{}{}load average before {load_before}, after {}; {:.0} s; git {}",
+        report::fanout_table(&plan, &results),
+        report::idle_table(&results, &[]),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        started.elapsed().as_secs_f64(),
+        sh("git rev-parse --short HEAD"),
+    );
+    Ok(())
+}
+
 /// Builds what the connection measurements run (the server, `raw-floor`,
-/// `loadgen`) and makes the run's temporary directory.
+/// `loadgen`, `embed-axum`) and makes the run's temporary directory.
 fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
     cargo_build(&[
         "build",
@@ -503,6 +569,8 @@ fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
         "loadgen",
         "--bin",
         "raw-floor",
+        "--bin",
+        "embed-axum",
     ])?;
     // The full run's server build (these measurements do not use PostgreSQL).
     let _postgres_built = build_server()?;

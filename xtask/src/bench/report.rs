@@ -182,24 +182,23 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
         "| events/s | server | published/s | delivered/s | p50 ms | p95 ms | p99 ms | max ms | lost | lag signals | dropped clients | server CPU % | client CPU % |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((_, floor, ours), label) in results.fanout.iter().zip(run_labels(results)) {
-        for (name, v) in [("raw floor", floor), ("event-server", ours)] {
-            let _ = writeln!(
-                s,
-                "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                fmt(num(v, &["publish_rate"]), 0),
-                fmt(num(v, &["delivered_per_s"]), 0),
-                ms(v, "p50"),
-                ms(v, "p95"),
-                ms(v, "p99"),
-                ms(v, "max"),
-                fmt(num(v, &["lost"]), 0),
-                fmt(num(v, &["lag_signals"]), 0),
-                fmt(num(v, &["clients_dropped"]), 0),
-                fmt(num(v, &["server_cpu_pct"]), 0),
-                fmt(num(v, &["client_cpu_pct"]), 0),
-            );
-        }
+    let rows = fanout_rows(results);
+    for (label, name, v) in &rows {
+        let _ = writeln!(
+            s,
+            "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(num(v, &["publish_rate"]), 0),
+            fmt(num(v, &["delivered_per_s"]), 0),
+            ms(v, "p50"),
+            ms(v, "p95"),
+            ms(v, "p99"),
+            ms(v, "max"),
+            fmt(num(v, &["lost"]), 0),
+            fmt(num(v, &["lag_signals"]), 0),
+            fmt(num(v, &["clients_dropped"]), 0),
+            fmt(num(v, &["server_cpu_pct"]), 0),
+            fmt(num(v, &["client_cpu_pct"]), 0),
+        );
     }
     let _ = writeln!(
         s,
@@ -214,38 +213,80 @@ fn fanout_section(s: &mut String, plan: &Plan, results: &Results) {
             .map(|(o, f)| o / f);
         let _ = writeln!(s, "| {label} | {} % | {}× |", fmt(d, 0), fmt(p, 2));
     }
+    embed_ratios(s, results);
     let _ = writeln!(
         s,
         "\nLatency by transport (ms):\n\n| events/s | server | WS p50 | WS p99 | WS max | SSE p50 | SSE p99 | SSE max |\n|---|---|---|---|---|---|---|---|"
     );
-    for ((_, floor, ours), label) in results.fanout.iter().zip(run_labels(results)) {
-        for (name, v) in [("raw floor", floor), ("event-server", ours)] {
-            let p = |kind: &str, q: &str| fmt(num(v, &[kind, q]).map(|us| us / 1000.0), 2);
-            let _ = writeln!(
-                s,
-                "| {label} | {name} | {} | {} | {} | {} | {} | {} |",
-                p("latency_us_ws", "p50"),
-                p("latency_us_ws", "p99"),
-                p("latency_us_ws", "max"),
-                p("latency_us_sse", "p50"),
-                p("latency_us_sse", "p99"),
-                p("latency_us_sse", "max"),
-            );
-        }
+    for (label, name, v) in &rows {
+        let p = |kind: &str, q: &str| fmt(num(v, &[kind, q]).map(|us| us / 1000.0), 2);
+        let _ = writeln!(
+            s,
+            "| {label} | {name} | {} | {} | {} | {} | {} | {} |",
+            p("latency_us_ws", "p50"),
+            p("latency_us_ws", "p99"),
+            p("latency_us_ws", "max"),
+            p("latency_us_sse", "p50"),
+            p("latency_us_sse", "p99"),
+            p("latency_us_sse", "max"),
+        );
     }
-    let errors: Vec<String> = results
-        .fanout
+    let errors: Vec<String> = rows
         .iter()
-        .flat_map(|(rate, f, o)| [(rate, "raw floor", f), (rate, "event-server", o)])
-        .filter_map(|(rate, name, v)| {
+        .filter_map(|(label, name, v)| {
             let e = v["publish_error"].as_str().or(v["first_error"].as_str())?;
-            Some(format!("- {rate} events/s, {name}: {e}"))
+            Some(format!("- {label} events/s, {name}: {e}"))
         })
         .collect();
     if !errors.is_empty() {
         let _ = writeln!(s, "\nErrors reported by loadgen:\n\n{}", errors.join("\n"));
     }
     let _ = writeln!(s);
+}
+
+/// Every fan-out run as `(events/s label, server, result)`: the floor and
+/// event-server pairs in the order run, then the embed-axum runs.
+fn fanout_rows(results: &Results) -> Vec<(String, &'static str, &Value)> {
+    let pairs = results.fanout.iter().zip(run_labels(results));
+    let mut rows: Vec<(String, &'static str, &Value)> = pairs
+        .flat_map(|((_, floor, ours), label)| {
+            [
+                (label.clone(), "raw floor", floor),
+                (label, "event-server", ours),
+            ]
+        })
+        .collect();
+    for (rate, v) in &results.embed_fanout {
+        rows.push((group(&rate.to_string()), "embed-axum", v));
+    }
+    rows
+}
+
+/// embed-axum against event-server at each rate (the last event-server run
+/// at that rate): the two must match within noise.
+fn embed_ratios(s: &mut String, results: &Results) {
+    if results.embed_fanout.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\n| events/s | deliveries/s, embed-axum ÷ event-server | p99, embed-axum ÷ event-server |\n|---|---|---|"
+    );
+    for (rate, embed) in &results.embed_fanout {
+        let ours = results.fanout.iter().rev().find(|(r, _, _)| r == rate);
+        let ratio = |path: &[&str]| {
+            ours.and_then(|(_, _, o)| num(o, path))
+                .zip(num(embed, path))
+                .map(|(o, e)| e / o)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} % | {}× |",
+            group(&rate.to_string()),
+            fmt(ratio(&["delivered_per_s"]).map(|r| r * 100.0), 0),
+            fmt(ratio(&["latency_us", "p99"]), 2)
+        );
+    }
 }
 
 /// The events/s column of each fan-out run: the rate, numbered when a rate
@@ -292,7 +333,8 @@ pub fn idle_table(results: &Results, extra: &[(&str, &Value)]) -> String {
         "| server | connections | established | failed | open in s | RSS before MiB | RSS after MiB | per connection KiB | gauge while open |\n|---|---|---|---|---|---|---|---|---|"
     );
     let rows = [("raw floor", floor), ("event-server", ours)];
-    for (name, v) in rows.into_iter().chain(extra.iter().copied()) {
+    let embed = results.embed_idle.as_ref().map(|v| ("embed-axum", v));
+    for (name, v) in rows.into_iter().chain(embed).chain(extra.iter().copied()) {
         let _ = writeln!(
             s,
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",

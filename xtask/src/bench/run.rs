@@ -41,13 +41,21 @@ pub struct Bins {
     pub loadgen: PathBuf,
     /// bench-core.
     pub bench_core: PathBuf,
+    /// embed-axum (an axum app served by `event_http::serve`).
+    pub embed: PathBuf,
 }
 
 impl Bins {
     /// Finds them in the target directory `cargo metadata` names.
     pub fn locate() -> Result<Bins, String> {
         let bins = Bins::paths()?;
-        for b in [&bins.server, &bins.floor, &bins.loadgen, &bins.bench_core] {
+        for b in [
+            &bins.server,
+            &bins.floor,
+            &bins.loadgen,
+            &bins.bench_core,
+            &bins.embed,
+        ] {
             if !b.exists() {
                 return Err(format!("{} was not built", b.display()));
             }
@@ -59,7 +67,7 @@ impl Bins {
     /// measurement).
     pub fn locate_without_bench_core() -> Result<Bins, String> {
         let bins = Bins::paths()?;
-        for b in [&bins.server, &bins.floor, &bins.loadgen] {
+        for b in [&bins.server, &bins.floor, &bins.loadgen, &bins.embed] {
             if !b.exists() {
                 return Err(format!("{} was not built", b.display()));
             }
@@ -97,6 +105,7 @@ impl Bins {
             floor: dir.join("raw-floor"),
             loadgen: dir.join("loadgen"),
             bench_core: dir.join("bench-core"),
+            embed: dir.join("embed-axum"),
         };
         Ok(bins)
     }
@@ -109,6 +118,8 @@ pub enum ServerKind {
     Floor,
     /// event-server.
     Ours,
+    /// embed-axum: the transports in an axum app, served by `event-http`.
+    Embed,
 }
 
 /// A running server on a free loopback port; stopped on drop.
@@ -136,6 +147,7 @@ impl Server {
         let (bin, name) = match kind {
             ServerKind::Floor => (&bins.floor, "raw-floor"),
             ServerKind::Ours => (&bins.server, "event-server"),
+            ServerKind::Embed => (&bins.embed, "embed-axum"),
         };
         let log = std::fs::File::create(tmp.join(format!("{name}-{}.log", addr.port())))
             .map_err(|e| format!("log file: {e}"))?;
@@ -159,6 +171,14 @@ impl Server {
                     .env("MAX_CONNECTIONS_PER_IP", "0")
                     .env_remove("AUTH_ADMIN_TOKEN")
                     .env_remove("AUTH_CLIENT_TOKENS")
+                    .env_remove("RUST_LOG");
+            }
+            ServerKind::Embed => {
+                // Its data directory (the webhook SQLite store); loadgen
+                // publishes through the bench-only publish route.
+                cmd.arg(addr.to_string())
+                    .arg(tmp.join(format!("embed-axum-{}", addr.port())))
+                    .env("EMBED_AXUM_PUBLISH", "1")
                     .env_remove("RUST_LOG");
             }
         }

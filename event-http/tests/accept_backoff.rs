@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::serve::Listener;
-use event_server::app::serve::{CappedListener, ConnectionCaps};
+use event_http::{CappedListener, ConnectionCaps};
 
 /// Log lines, shared with the subscriber.
 #[derive(Clone, Default)]

@@ -1,17 +1,6 @@
 //! The accept loop: event streams answered directly, everything else by
 //! hyper's HTTP/1.1 server.
 //!
-//! # Why not `axum::serve`
-//!
-//! `axum::serve` hands each socket to hyper-util's `auto` builder, which
-//! first reads up to 24 bytes to tell HTTP/1.1 from an HTTP/2 preface and
-//! replays them to hyper. hyper's read buffer starts at 8 KiB, and because
-//! those bytes are already in it when it reserves the next 8 KiB, it grows to
-//! 16 KiB; an SSE response keeps its connection's buffer for its whole life.
-//! The host speaks HTTP/1.1 only (axum is built without `http2`), so the
-//! sniffing buys nothing: serving with `hyper::server::conn::http1` directly
-//! keeps the buffer at 8 KiB and drops a layer from every connection.
-//!
 //! The first request of each connection is read by [`direct`], which
 //! answers event-stream requests itself (hyper keeps 16 KiB of buffers per
 //! connection for as long as a response streams) and hands everything else
@@ -20,14 +9,13 @@
 //! Otherwise this is what `axum::serve(..).with_graceful_shutdown(..)` does:
 //! accept errors are handled by the [`Listener`], each request carries
 //! `ConnectInfo<SocketAddr>`, WebSocket upgrades work, and on the signal the
-//! listener closes, every connection is asked to finish (idle keep-alive
-//! connections close at once; a response in progress completes) and the
-//! call returns when the last one has.
+//! listener closes, the registry (if any) ends its long-lived connections,
+//! every connection is asked to finish (idle keep-alive connections close at
+//! once; a response in progress completes) and the call returns when the
+//! last one has.
 
 mod direct;
 pub mod listener;
-
-pub use listener::{CappedListener, ConnectionCaps};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +24,7 @@ use std::pin::pin;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::serve::Listener;
+use event_core::{ConnectionRegistry, WriteTimeoutIo};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -48,21 +37,39 @@ use std::time::Duration;
 
 use direct::First;
 
+/// How the accept loop serves its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Paths whose plain `GET` as a connection's first request is answered
+    /// without hyper (see [`direct`]).
+    pub(crate) stream_paths: &'static [&'static str],
+    /// A request head must arrive within this: the first one counted from
+    /// the connection's start (by [`direct`], also when hyper finishes
+    /// reading it), a later one by hyper's header timeout.
+    pub(crate) head_timeout: Duration,
+    /// A write pending this long aborts its connection.
+    pub(crate) write_stall_timeout: Duration,
+    /// Shut down (WebSockets closed with 1001, SSE streams ended) on the
+    /// signal.
+    pub(crate) registry: Option<ConnectionRegistry>,
+}
+
 /// Serves `router` on `listener` until `signal` completes, then waits for
-/// every connection to finish. A plain `GET` of one of `stream_paths` as a
-/// connection's first request is answered without hyper (see [`direct`]).
-/// A request head must arrive within `head_timeout`: the first one counted
-/// from the connection's start (by [`direct`], also when hyper finishes
-/// reading it), a later one by hyper's header timeout.
+/// every connection to finish.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
-    stream_paths: &'static [&'static str],
-    head_timeout: Duration,
+    settings: Settings,
     signal: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener<Addr = SocketAddr>,
 {
+    let Settings {
+        stream_paths,
+        head_timeout,
+        write_stall_timeout,
+        registry,
+    } = settings;
     let mut signal = pin!(signal);
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -77,6 +84,10 @@ pub(crate) async fn serve<L>(
             accepted = listener.accept() => accepted,
             () = &mut signal => break,
         };
+        // A client that stops reading leaves its response body unpolled, so
+        // nothing inside an event stream can end it; its connection aborts a
+        // write stalled this long instead (and so cannot block shutdown).
+        let io = WriteTimeoutIo::new(io, write_stall_timeout);
         let router = router.clone();
         let stop = stop.clone();
         let builder = builder.clone();
@@ -91,6 +102,12 @@ pub(crate) async fn serve<L>(
         ));
     }
     drop(listener);
+    tracing::debug!("stopped accepting; waiting for open connections");
+    // Ends WebSockets (1001) and SSE streams; without this the wait below
+    // would last as long as the longest-lived client.
+    if let Some(registry) = registry {
+        registry.shutdown();
+    }
     stop.cancel();
     connections.close();
     connections.wait().await;
