@@ -89,6 +89,7 @@ pub mod replay_source;
 pub mod ring;
 pub mod sink;
 pub mod snapshot;
+mod sync;
 
 pub use async_trait::async_trait;
 pub use auth::{
