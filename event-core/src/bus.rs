@@ -26,7 +26,7 @@
 //! so the cost of a publish does not grow with the number of clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,11 +38,13 @@ use crate::Error;
 use crate::event::{Event, EventMeta, render_json};
 use crate::payload::{EventKind, ServerEvent};
 use crate::ring::{Cursor, ReplayMiss, ReplayRing};
+use crate::sync::{Mutex, MutexGuard};
 
 /// Default capacity of the broadcast channel.
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// Default number of events kept for replay.
 pub const DEFAULT_REPLAY_SIZE: usize = 1024;
+pub use crate::ring::DEFAULT_REPLAY_MAX_BYTES;
 /// Default largest event the bus publishes: 256 KiB of rendered JSON
 /// (`EVENT_MAX_BYTES`). See [`EventBus::max_event_bytes`].
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
@@ -574,6 +576,30 @@ impl EventBus {
     pub fn retained(&self) -> usize {
         self.state().ring.len()
     }
+
+    /// The summed [weight](ReplayRing::weight) of the events the replay
+    /// ring holds right now (at most [`replay_max_bytes`](Self::replay_max_bytes)).
+    pub fn retained_bytes(&self) -> usize {
+        self.state().ring.bytes()
+    }
+
+    /// The replay ring's byte bound. Default [`DEFAULT_REPLAY_MAX_BYTES`]
+    /// (64 MiB).
+    pub fn replay_max_bytes(&self) -> usize {
+        self.state().ring.max_bytes()
+    }
+
+    /// Sets the replay ring's byte bound (the host's
+    /// `EVENT_REPLAY_MAX_BYTES`): besides keeping at most
+    /// [`BusConfig::replay_size`] events, the ring keeps only as many of the
+    /// newest as fit `max` bytes of [weight](ReplayRing::weight) (an upper
+    /// estimate of what an event holds with all its renderings cached),
+    /// evicting the oldest first — at once if it holds more. A cursor older
+    /// than what is kept is [`ReplayMiss::Expired`] (a client then resyncs).
+    /// 0 keeps nothing; any value is accepted.
+    pub fn set_replay_max_bytes(&self, max: usize) {
+        self.state().ring.set_max_bytes(max);
+    }
 }
 
 /// What a [`Subscription`] yields.
@@ -622,6 +648,8 @@ impl Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::payload::QueueStatus;
 
