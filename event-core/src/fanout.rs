@@ -46,7 +46,7 @@ use crate::auth::Principal;
 use crate::event::Event;
 use crate::filter::{EventFilter, KindSet};
 use crate::sink::{EventSink, SinkError};
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{Mutex, MutexGuard, Unmodelled};
 
 /// How much an outbox may hold before its connection counts as slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +162,8 @@ struct OutboxState {
 pub struct Outbox {
     state: Mutex<OutboxState>,
     notify: Notify,
+    /// `notify`'s calls, for the loom model (zero-sized otherwise).
+    notify_calls: Unmodelled,
     limits: OutboxLimits,
     policy: OverflowPolicy,
 }
@@ -188,6 +190,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(OutboxState::default()),
             notify: Notify::new(),
+            notify_calls: Unmodelled::new(),
             limits,
             policy,
         }
@@ -206,6 +209,7 @@ impl Outbox {
     /// poll that before waiting (a push that lands in between is kept as a
     /// permit and resolves it at once).
     pub fn ready(&self) -> Notified<'_> {
+        self.notify_calls.step();
         self.notify.notified()
     }
 
@@ -248,6 +252,7 @@ impl Outbox {
             let mut st = self.lock();
             Self::add_lag(&mut st, missed);
         }
+        self.notify_calls.step();
         self.notify.notify_one();
     }
 
@@ -461,6 +466,7 @@ impl FanoutHub {
                 }
             }
             if state.take().is_some() {
+                sub.outbox.notify_calls.step();
                 sub.outbox.notify.notify_one();
             }
         }

@@ -20,8 +20,47 @@
 //! protocol event-core builds on them (what is done under which lock, and
 //! in which order the state change and the wake-up happen), not Tokio.
 
-#[cfg(not(loom))]
+//!
+//! Loom switches threads only at its own operations, and orders only the
+//! operations it sees. So each structure that calls into Tokio holds an
+//! [`Unmodelled`] and marks every such call with
+//! [`step`](Unmodelled::step): in a model that is an operation on one
+//! shared loom atomic, so loom explores the calls' orders against each
+//! other and against the locks (without it a model would never see, say, a
+//! publisher's send land between a lock's release and a subscribe). In a
+//! normal build it is a zero-sized type and `step` does nothing.
+//!
+//! Only the unit-test build swaps (`cfg(all(test, loom))`): loom is a
+//! dev-dependency, and the library other targets link stays on `std`.
+
+#[cfg(not(all(test, loom)))]
 pub(crate) use std::sync::{Mutex, MutexGuard, atomic};
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 pub(crate) use loom::sync::{Mutex, MutexGuard, atomic};
+
+/// Stands for a primitive loom cannot see into (Tokio's `Notify`,
+/// `broadcast`) in a model; see the module doc. Zero-sized outside the
+/// model tests.
+#[derive(Debug)]
+pub(crate) struct Unmodelled {
+    #[cfg(all(test, loom))]
+    clock: loom::sync::atomic::AtomicUsize,
+}
+
+impl Unmodelled {
+    pub(crate) fn new() -> Self {
+        Unmodelled {
+            #[cfg(all(test, loom))]
+            clock: loom::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Marks a call into the primitive (a send, a subscribe, a notify, a
+    /// wait). Nothing at all outside the model tests.
+    #[inline(always)]
+    pub(crate) fn step(&self) {
+        #[cfg(all(test, loom))]
+        self.clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
