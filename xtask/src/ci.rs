@@ -53,6 +53,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match args {
         [] => {}
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
+        [flag, what] if flag == "--only" && what == "loom" => return crate::loom::run(),
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
         }
@@ -76,6 +77,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for member in members()? {
         cargo(&["test", "--locked", "-p", &member, "--all-targets"])?;
     }
+    // Loom models of event-core's concurrency, in <target>/loom (issue 24).
+    crate::loom::run()?;
     // Two server instances on one NATS (needs TEST_NATS_URL).
     cargo(&[
         "test",

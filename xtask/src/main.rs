@@ -16,6 +16,7 @@ mod bench;
 mod ci;
 mod conformance;
 mod demo;
+mod loom;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
