@@ -21,12 +21,21 @@
 //! section, and measured exactly (the event keeps that rendering).
 //! [`EventBus::try_publish`] reports a refusal; [`EventBus::publish`] logs it.
 //!
+//! The critical section's lock comes from [`crate::sync`], so
+//! `loom_model` below checks, under `--cfg loom`, that concurrent
+//! publishers and readers see one order: sequence, id, ring, tap and
+//! channel order agree, a concurrent replay is a gap-free run, and the
+//! replay/live hand-over of [`EventBus::subscribe_from`] neither loses nor
+//! repeats an event. The channel itself (`tokio::sync::broadcast`) is not
+//! loom-aware; the models take each send as one atomic step, made inside the
+//! lock.
+//!
 //! Subscribers are few by design: each transport registers one
 //! [`EventSink`](crate::EventSink) (which fans out to its own connections),
 //! so the cost of a publish does not grow with the number of clients.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -38,11 +47,13 @@ use crate::Error;
 use crate::event::{Event, EventMeta, render_json};
 use crate::payload::{EventKind, ServerEvent};
 use crate::ring::{Cursor, ReplayMiss, ReplayRing};
+use crate::sync::{Mutex, MutexGuard, Unmodelled};
 
 /// Default capacity of the broadcast channel.
 pub const DEFAULT_BUS_CAPACITY: usize = 1024;
 /// Default number of events kept for replay.
 pub const DEFAULT_REPLAY_SIZE: usize = 1024;
+pub use crate::ring::DEFAULT_REPLAY_MAX_BYTES;
 /// Default largest event the bus publishes: 256 KiB of rendered JSON
 /// (`EVENT_MAX_BYTES`). See [`EventBus::max_event_bytes`].
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
@@ -115,6 +126,8 @@ pub struct TapId(u64);
 struct BusInner {
     state: Mutex<BusState>,
     sender: broadcast::Sender<Arc<Event>>,
+    /// The channel's calls, for the loom model (zero-sized otherwise).
+    channel: Unmodelled,
     capacity: usize,
     max_event_bytes: AtomicUsize,
     upstream: RwLock<Option<Arc<dyn Upstream>>>,
@@ -195,6 +208,7 @@ impl EventBus {
                     next_tap: 0,
                 }),
                 sender,
+                channel: Unmodelled::new(),
                 capacity,
                 max_event_bytes: AtomicUsize::new(DEFAULT_MAX_EVENT_BYTES),
                 upstream: RwLock::new(None),
@@ -387,7 +401,7 @@ impl EventBus {
             )
             .with_json(json),
         );
-        Self::commit(&mut state, &self.inner.sender, &event);
+        Self::commit(&mut state, &self.inner, &event);
         event
     }
 
@@ -408,7 +422,7 @@ impl EventBus {
         }
         state.next_seq = event.seq() + 1;
         let event = Arc::new(event);
-        Self::commit(&mut state, &self.inner.sender, &event);
+        Self::commit(&mut state, &self.inner, &event);
         Ok(event)
     }
 
@@ -437,7 +451,7 @@ impl EventBus {
         let seq = state.next_seq;
         state.next_seq += 1;
         let event = Arc::new(copy(seq));
-        Self::commit(&mut state, &self.inner.sender, &event);
+        Self::commit(&mut state, &self.inner, &event);
         event
     }
 
@@ -472,7 +486,8 @@ impl EventBus {
             .clone()
     }
 
-    fn commit(state: &mut BusState, sender: &broadcast::Sender<Arc<Event>>, event: &Arc<Event>) {
+    fn commit(state: &mut BusState, inner: &BusInner, event: &Arc<Event>) {
+        let (sender, channel) = (&inner.sender, &inner.channel);
         state.ring.push(event.clone());
         state.latest[event.kind().index()] = Some(event.clone());
         for (_, tap) in &state.taps {
@@ -480,6 +495,7 @@ impl EventBus {
         }
         // An error only means nobody is subscribed right now, which is fine:
         // the event is still in the ring and in `latest`.
+        channel.step();
         let _ = sender.send(event.clone());
     }
 
@@ -504,6 +520,7 @@ impl EventBus {
 
     /// A new subscriber that receives every event published from now on.
     pub fn subscribe(&self) -> Subscription {
+        self.inner.channel.step();
         Subscription {
             receiver: self.inner.sender.subscribe(),
         }
@@ -574,6 +591,30 @@ impl EventBus {
     pub fn retained(&self) -> usize {
         self.state().ring.len()
     }
+
+    /// The summed [weight](ReplayRing::weight) of the events the replay
+    /// ring holds right now (at most [`replay_max_bytes`](Self::replay_max_bytes)).
+    pub fn retained_bytes(&self) -> usize {
+        self.state().ring.bytes()
+    }
+
+    /// The replay ring's byte bound. Default [`DEFAULT_REPLAY_MAX_BYTES`]
+    /// (64 MiB).
+    pub fn replay_max_bytes(&self) -> usize {
+        self.state().ring.max_bytes()
+    }
+
+    /// Sets the replay ring's byte bound (the host's
+    /// `EVENT_REPLAY_MAX_BYTES`): besides keeping at most
+    /// [`BusConfig::replay_size`] events, the ring keeps only as many of the
+    /// newest as fit `max` bytes of [weight](ReplayRing::weight) (an upper
+    /// estimate of what an event holds with all its renderings cached),
+    /// evicting the oldest first — at once if it holds more. A cursor older
+    /// than what is kept is [`ReplayMiss::Expired`] (a client then resyncs).
+    /// 0 keeps nothing; any value is accepted.
+    pub fn set_replay_max_bytes(&self, max: usize) {
+        self.state().ring.set_max_bytes(max);
+    }
 }
 
 /// What a [`Subscription`] yields.
@@ -622,6 +663,8 @@ impl Subscription {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::payload::QueueStatus;
 
@@ -769,5 +812,143 @@ mod tests {
         );
         assert_eq!(bus.publish_event(fresh).unwrap().seq(), 100);
         assert_eq!(bus.publish(QueueStatus::new(0, 0)).seq(), 101);
+    }
+}
+
+/// Loom models (`RUSTFLAGS="--cfg loom" cargo test -p event-core --release
+/// --lib loom_model`).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use std::sync::Mutex;
+
+    use loom::thread;
+
+    use super::*;
+    use crate::payload::QueueStatus;
+
+    struct Seqs(Mutex<Vec<u64>>);
+
+    impl Tap for Seqs {
+        fn take(&self, event: &Arc<Event>) {
+            self.0.lock().expect("tap").push(event.seq());
+        }
+    }
+
+    fn bus(replay: usize) -> EventBus {
+        EventBus::new(BusConfig {
+            capacity: 8,
+            replay_size: replay,
+            seq_start: SeqStart::At(1),
+        })
+    }
+
+    fn publisher(bus: &EventBus, n: u64) -> thread::JoinHandle<Vec<Arc<Event>>> {
+        let bus = bus.clone();
+        thread::spawn(move || {
+            (0..n)
+                .map(|i| bus.publish(QueueStatus::new(i, 0)))
+                .collect()
+        })
+    }
+
+    fn seqs(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().map(|e| e.seq()).collect()
+    }
+
+    /// Two publishers (two events and one) while the main thread reads the
+    /// ring (which holds two): sequence numbers 1, 2, 3 each given once,
+    /// ids in sequence order, the tap and the channel see 1, 2, 3, each of
+    /// a publisher's own events in its publishing order, and every replay
+    /// read is a gap-free run ending at the newest event then published.
+    #[test]
+    fn concurrent_publishers_see_one_order() {
+        loom::model(|| {
+            let bus = bus(2);
+            let tap = Arc::new(Seqs(Mutex::new(Vec::new())));
+            bus.add_tap(tap.clone());
+            let mut sub = bus.subscribe();
+            let a = publisher(&bus, 2);
+            let b = publisher(&bus, 1);
+            // A concurrent reader: whatever it sees is consecutive.
+            match bus.replay_since(&Cursor::Seq(0)) {
+                Ok(run) => assert_eq!(seqs(&run), (1..=run.len() as u64).collect::<Vec<_>>()),
+                Err(miss) => assert_eq!(miss, ReplayMiss::Expired),
+            }
+            if let Ok(run) = bus.history(None, 8) {
+                let s = seqs(&run);
+                assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "{s:?}");
+            }
+            let a = a.join().expect("a");
+            let b = b.join().expect("b");
+            assert!(a[0].seq() < a[1].seq(), "a publisher's own order kept");
+            let mut all: Vec<u64> = seqs(&a).into_iter().chain(seqs(&b)).collect();
+            all.sort_unstable();
+            assert_eq!(all, [1, 2, 3], "each number given once");
+
+            let mut delivered = Vec::new();
+            while let Some(Received::Event(e)) = sub.try_recv() {
+                delivered.push(e);
+            }
+            assert_eq!(seqs(&delivered), [1, 2, 3]);
+            assert!(
+                delivered.windows(2).all(|w| w[0].id() < w[1].id()),
+                "ids in sequence order"
+            );
+            assert_eq!(*tap.0.lock().expect("tap"), [1, 2, 3]);
+            let ring = bus.replay_since(&Cursor::Seq(1)).expect("ring");
+            assert_eq!(seqs(&ring), [2, 3]);
+            assert_eq!(
+                bus.replay_since(&Cursor::Seq(0)).unwrap_err(),
+                ReplayMiss::Expired
+            );
+        });
+    }
+
+    /// A client resuming with `subscribe_from` while two publishers run:
+    /// the replay followed by the live events newer than its last one is
+    /// exactly 1, 2, 3 — nothing lost at the hand-over, nothing twice.
+    #[test]
+    fn the_replay_live_hand_over_loses_and_repeats_nothing() {
+        loom::model(|| {
+            let bus = bus(4);
+            let a = publisher(&bus, 2);
+            let b = publisher(&bus, 1);
+            let (mut sub, replay) = bus.subscribe_from(&Cursor::Seq(0));
+            let mut got = seqs(&replay.expect("the ring holds everything"));
+            a.join().expect("a");
+            b.join().expect("b");
+            while let Some(Received::Event(e)) = sub.try_recv() {
+                if got.last().is_none_or(|&last| e.seq() > last) {
+                    got.push(e.seq());
+                }
+            }
+            assert_eq!(got, [1, 2, 3]);
+        });
+    }
+
+    /// The byte bound under concurrency: with room for two events'
+    /// weight, two publishers leave the ring holding the newest two and
+    /// never more than the bound.
+    #[test]
+    fn the_byte_bound_holds_under_concurrent_publishers() {
+        loom::model(|| {
+            let bus = bus(8);
+            let weight = ReplayRing::weight(&bus.publish(QueueStatus::new(0, 0)));
+            bus.set_replay_max_bytes(2 * weight);
+            let a = publisher(&bus, 1);
+            let b = publisher(&bus, 1);
+            assert!(bus.retained_bytes() <= 2 * weight);
+            a.join().expect("a");
+            b.join().expect("b");
+            assert_eq!(bus.retained(), 2);
+            assert_eq!(
+                seqs(&bus.replay_since(&Cursor::Seq(1)).expect("ring")),
+                [2, 3]
+            );
+            assert_eq!(
+                bus.replay_since(&Cursor::Seq(0)).unwrap_err(),
+                ReplayMiss::Expired
+            );
+        });
     }
 }

@@ -5,6 +5,21 @@
 //! cursor can no longer be served. Both id forms are ordered the same way
 //! (the bus assigns them in one critical section), so both lookups are binary
 //! searches over the ring.
+//!
+//! # Bounds
+//!
+//! The ring keeps at most `capacity` events *and* at most
+//! [`max_bytes`](ReplayRing::max_bytes) of their [weight](ReplayRing::weight)
+//! (default [`DEFAULT_REPLAY_MAX_BYTES`], 64 MiB), evicting the oldest
+//! first: a ring of large events holds fewer of them. A cursor older than
+//! what is kept is [`ReplayMiss::Expired`], as with the count bound.
+//!
+//! # Concurrency
+//!
+//! The ring has no synchronization of its own and so no model of its own:
+//! it lives inside the [`EventBus`](crate::EventBus)'s state and is only
+//! touched under the bus's ordering lock. `bus::loom_model` checks it there
+//! (concurrent publishers and a concurrent reader).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -86,10 +101,26 @@ impl ReplayMiss {
     }
 }
 
+/// Default byte bound of a replay ring (64 MiB of event
+/// [weight](ReplayRing::weight)); see [`ReplayRing::set_max_bytes`].
+pub const DEFAULT_REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What an event holds besides its renderings, counted once per event in
+/// its [weight](ReplayRing::weight): the `Event` itself, its metadata and
+/// the framing lines around each rendering.
+const EVENT_OVERHEAD_BYTES: usize = 1024;
+
 /// A bounded, ordered window of the most recent events.
 #[derive(Debug)]
 pub struct ReplayRing {
     events: VecDeque<Arc<Event>>,
+    /// The weight of each event in `events`, in the same order (an event's
+    /// weight is fixed when it is pushed, so eviction subtracts exactly
+    /// what was added).
+    weights: VecDeque<usize>,
+    /// The sum of `weights`.
+    bytes: usize,
+    max_bytes: usize,
     capacity: usize,
     /// The sequence number of the newest event ever pushed (`first_seq - 1`
     /// before any), which tells an expired cursor from one never valid.
@@ -115,26 +146,91 @@ impl ReplayRing {
         let floor = first_seq.saturating_sub(1);
         ReplayRing {
             events: VecDeque::with_capacity(capacity.min(4096)),
+            weights: VecDeque::with_capacity(capacity.min(4096)),
+            bytes: 0,
+            max_bytes: DEFAULT_REPLAY_MAX_BYTES,
             capacity,
             newest_seq: floor,
             evicted_seq: floor,
         }
     }
 
-    /// Appends an event, evicting the oldest when full. Events must arrive in
-    /// increasing sequence order (the bus guarantees it).
+    /// This ring with its byte bound set to `max_bytes` (see
+    /// [`set_max_bytes`](Self::set_max_bytes)).
+    #[must_use]
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.set_max_bytes(max_bytes);
+        self
+    }
+
+    /// Sets the byte bound: the retained events' [weights](Self::weight)
+    /// add up to at most `max_bytes` (0 keeps none). Lowering it evicts the
+    /// oldest events at once.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+        while self.bytes > self.max_bytes && self.evict_oldest() {}
+    }
+
+    /// The byte bound (default [`DEFAULT_REPLAY_MAX_BYTES`]).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// The summed [weight](Self::weight) of the retained events.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What an event counts against the byte bound: an upper estimate of
+    /// the memory it can come to hold while retained, once every rendering
+    /// is cached — its payload, its flat and envelope JSON and one frame in
+    /// each transport render slot ([`RENDER_SLOTS`](crate::event::RENDER_SLOTS)),
+    /// each taken as long as the flat JSON, plus a fixed 1 KiB.
+    ///
+    /// The JSON's length is the exact one when the event was rendered
+    /// already (the bus renders every event near the size limit before
+    /// publishing it) and otherwise the bound the bus checks the limit
+    /// with, so weighing costs no rendering.
+    pub fn weight(event: &Event) -> usize {
+        let json = event
+            .rendered_json()
+            .map_or_else(|| event.payload().json_len_bound(), |j| j.len());
+        json.saturating_mul(3 + crate::event::RENDER_SLOTS)
+            .saturating_add(EVENT_OVERHEAD_BYTES)
+    }
+
+    /// Appends an event, evicting the oldest while the ring is over either
+    /// bound. An event heavier than the whole byte bound is not kept (and
+    /// then neither is anything before it: the ring only ever holds the
+    /// newest events without a gap). Events must arrive in increasing
+    /// sequence order (the bus guarantees it).
     pub fn push(&mut self, event: Arc<Event>) {
         self.newest_seq = event.seq();
-        if self.capacity == 0 {
+        let weight = Self::weight(&event);
+        if self.capacity == 0 || weight > self.max_bytes {
+            self.events.clear();
+            self.weights.clear();
+            self.bytes = 0;
             self.evicted_seq = event.seq();
             return;
         }
-        if self.events.len() == self.capacity
-            && let Some(old) = self.events.pop_front()
-        {
-            self.evicted_seq = old.seq();
-        }
+        while (self.events.len() >= self.capacity
+            || self.bytes.saturating_add(weight) > self.max_bytes)
+            && self.evict_oldest()
+        {}
         self.events.push_back(event);
+        self.weights.push_back(weight);
+        self.bytes += weight;
+    }
+
+    /// Drops the oldest event; `false` when there was none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some(old) = self.events.pop_front() else {
+            return false;
+        };
+        self.bytes -= self.weights.pop_front().unwrap_or(0);
+        self.evicted_seq = old.seq();
+        true
     }
 
     /// Declares that the events up to sequence `seq` cannot all be
@@ -401,6 +497,89 @@ mod tests {
             seqs(&ring.since(&Cursor::Id(first.id())).unwrap()),
             vec![1001]
         );
+    }
+
+    fn large(seq: u64, title_bytes: usize) -> Arc<Event> {
+        use crate::payload::NoteUpdated;
+        Arc::new(Event::new(
+            seq,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::NoteUpdated(NoteUpdated {
+                note_id: Uuid::nil(),
+                title: Some("x".repeat(title_bytes)),
+                tags: vec![],
+                has_ai_content: false,
+                has_links: false,
+                operation: None,
+                user_id: None,
+            }),
+        ))
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_oldest_first() {
+        let one = ReplayRing::weight(&large(1, 10_000));
+        // Room for three such events, not four.
+        let mut ring = ReplayRing::new(100).with_max_bytes(3 * one + one / 2);
+        for s in 1..=10 {
+            ring.push(large(s, 10_000));
+            assert!(ring.bytes() <= ring.max_bytes());
+        }
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.bytes(), 3 * one);
+        // Resuming within what is kept works; the cursor whose next event
+        // was just evicted is expired.
+        assert_eq!(seqs(&ring.since(&Cursor::Seq(7)).unwrap()), vec![8, 9, 10]);
+        assert_eq!(
+            ring.since(&Cursor::Seq(6)).unwrap_err(),
+            ReplayMiss::Expired
+        );
+        // Lowering the bound evicts at once; small events still fit.
+        ring.set_max_bytes(one);
+        assert_eq!(seqs(&ring.since(&Cursor::Seq(9)).unwrap()), vec![10]);
+        assert_eq!(ring.bytes(), one);
+        ring.push(ev(11));
+        assert_eq!(seqs(&ring.since(&Cursor::Seq(10)).unwrap()), vec![11]);
+        assert_eq!(ring.bytes(), ReplayRing::weight(&ev(11)));
+    }
+
+    #[test]
+    fn the_weight_counts_every_rendering_an_event_can_hold() {
+        let e = large(1, 100_000);
+        // Unrendered: the JSON bound (six bytes a string byte, at most).
+        let bound = ReplayRing::weight(&e);
+        assert!(bound >= 6 * 6 * 100_000, "{bound}");
+        // Rendered: the exact JSON, six times over (payload, flat and
+        // envelope JSON, three render slots), plus the fixed part.
+        let json = e.json().len();
+        let rendered = Event::new(
+            2,
+            e.id(),
+            e.occurred_at(),
+            EventMeta::default(),
+            e.payload().clone(),
+        )
+        .with_json(Some(e.json().clone()));
+        assert_eq!(ReplayRing::weight(&rendered), 6 * json + 1024);
+    }
+
+    #[test]
+    fn an_event_heavier_than_the_bound_is_not_kept() {
+        let mut ring = ReplayRing::new(8);
+        ring.push(ev(1));
+        ring.set_max_bytes(ReplayRing::weight(&large(2, 10_000)) - 1);
+        ring.push(large(2, 10_000));
+        assert!(ring.is_empty());
+        assert_eq!(ring.bytes(), 0);
+        assert_eq!(
+            ring.since(&Cursor::Seq(1)).unwrap_err(),
+            ReplayMiss::Expired
+        );
+        assert!(ring.since(&Cursor::Seq(2)).unwrap().is_empty());
+        ring.push(ev(3));
+        assert_eq!(seqs(&ring.since(&Cursor::Seq(2)).unwrap()), vec![3]);
     }
 
     #[test]

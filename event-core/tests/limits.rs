@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use event_core::{
-    DEFAULT_MAX_EVENT_BYTES, Error, Event, EventBus, EventFilter, EventSink, FanoutHub,
-    HubSubscription, NoteUpdated, OutboxLimits, Outgoing, OverflowPolicy, Principal, QueueStatus,
-    Received, ServerEvent, SinkError, SinkRunner, SubscribeOptions, WireForm, async_trait,
+    BusConfig, Cursor, DEFAULT_MAX_EVENT_BYTES, DEFAULT_REPLAY_MAX_BYTES, Error, Event, EventBus,
+    EventFilter, EventSink, FanoutHub, HubSubscription, NoteUpdated, OutboxLimits, Outgoing,
+    OverflowPolicy, Principal, QueueStatus, Received, ReplayMiss, ReplayRing, SeqStart,
+    ServerEvent, SinkError, SinkRunner, SubscribeOptions, WireForm, async_trait,
 };
 use uuid::Uuid;
 
@@ -211,4 +212,59 @@ fn the_limit_is_a_setting_and_budgets_fit_it() {
     let fitted = default.fit_event(4 << 20);
     assert!(fitted.max_bytes >= 2 * (4 << 20));
     assert_eq!(fitted.max_messages, default.max_messages);
+}
+
+/// The replay ring's byte bound: a ring of events at the size limit stays
+/// under it, keeps the newest, and still serves cursors within them.
+#[test]
+fn a_ring_of_large_events_stays_under_its_byte_bound() {
+    let bus = EventBus::new(BusConfig {
+        seq_start: SeqStart::At(1),
+        ..BusConfig::default()
+    });
+    assert_eq!(bus.replay_max_bytes(), DEFAULT_REPLAY_MAX_BYTES);
+    let max = 8 * 1024 * 1024;
+    bus.set_replay_max_bytes(max);
+    let events: Vec<Arc<Event>> = (0..64)
+        .map(|_| bus.try_publish(note_of(DEFAULT_MAX_EVENT_BYTES)).unwrap())
+        .collect();
+    let weight = ReplayRing::weight(&events[0]);
+    // The weight covers every rendering an event can come to hold.
+    assert!(weight >= 6 * DEFAULT_MAX_EVENT_BYTES, "{weight}");
+    let kept = max / weight;
+    assert!(kept > 0 && kept < 64, "{kept}");
+    assert_eq!(bus.retained(), kept);
+    assert!(bus.retained_bytes() <= max);
+    assert_eq!(bus.retained_bytes(), kept * weight);
+
+    // The last event evicted is a cursor that can still be served whole
+    // (everything after it is kept); the one before it cannot.
+    let first_kept = 64 - kept;
+    let after = bus
+        .replay_since(&Cursor::Seq(events[first_kept - 1].seq()))
+        .unwrap();
+    let seqs = |v: &[Arc<Event>]| v.iter().map(|e| e.seq()).collect::<Vec<_>>();
+    assert_eq!(seqs(&after), seqs(&events[first_kept..]));
+    let by_id = bus
+        .replay_since(&Cursor::Id(events[first_kept].id()))
+        .unwrap();
+    assert_eq!(seqs(&by_id), seqs(&events[first_kept + 1..]));
+    assert_eq!(
+        bus.replay_since(&Cursor::Seq(events[first_kept - 2].seq()))
+            .unwrap_err(),
+        ReplayMiss::Expired
+    );
+    assert_eq!(
+        bus.replay_since(&Cursor::Id(events[first_kept - 1].id()))
+            .unwrap_err(),
+        ReplayMiss::Expired
+    );
+
+    // Lowering the bound evicts at once.
+    bus.set_replay_max_bytes(weight);
+    assert_eq!(bus.retained(), 1);
+    assert_eq!(
+        seqs(&bus.replay_since(&Cursor::Seq(events[62].seq())).unwrap()),
+        [events[63].seq()]
+    );
 }

@@ -175,6 +175,7 @@ impl App {
         let bus = EventBus::new(bus_config);
         bus.set_max_event_bytes(config.event_max_bytes)
             .map_err(|e| ServerError::Startup(format!("EVENT_MAX_BYTES: {e}")))?;
+        bus.set_replay_max_bytes(config.replay_max_bytes);
         let registry = ConnectionRegistry::new();
         let auth = authenticator(config);
         let db = Db::connect(&config.database_url).await?;

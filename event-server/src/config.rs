@@ -145,6 +145,11 @@ pub struct Config {
     )]
     pub replay_size: usize,
 
+    /// Most bytes the replay ring may hold (each event weighed with every
+    /// rendering it may cache); the oldest events go first beyond it.
+    #[arg(long = "event-replay-max-bytes", env = "EVENT_REPLAY_MAX_BYTES", default_value = "67108864", value_parser = non_zero)]
+    pub replay_max_bytes: usize,
+
     /// SSE frame format when the client does not ask (`?format=`).
     #[arg(
         long = "sse-default-format",

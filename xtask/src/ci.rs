@@ -59,6 +59,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     match args {
         [] => {}
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
+        [flag, what] if flag == "--only" && what == "loom" => return crate::loom::run(),
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
         }
@@ -92,6 +93,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ] {
         cargo(&line.split(' ').collect::<Vec<_>>())?;
     }
+    // Loom models of event-core's concurrency, in <target>/loom (issue 24).
+    crate::loom::run()?;
     // Two server instances on one NATS (needs TEST_NATS_URL).
     cargo(&[
         "test",

@@ -20,6 +20,7 @@ mod ci;
 mod conformance;
 mod demo;
 mod mcp_conformance;
+mod loom;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;

@@ -10,12 +10,20 @@
 //! which showed as a few percent of a fan-out server's CPU. Here a poll
 //! with the same waker as last time is one atomic load; the lock is taken
 //! only to register a new waker and to close.
+//!
+//! # Model
+//!
+//! Built on [`crate::sync`], so `loom_model` below checks it under
+//! `--cfg loom`: a waiter polling while another thread closes is always
+//! woken (or sees the flag), including when it re-registers a new waker or
+//! is dropped in the race.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 /// A signal closed once (a kick, a shutdown) that any number of
@@ -168,5 +176,79 @@ mod tests {
             assert_eq!(signal.waiters().len(), 1);
         }
         assert!(signal.waiters().is_empty());
+    }
+}
+
+/// Loom models (`RUSTFLAGS="--cfg loom" cargo test -p event-core --release
+/// --lib loom_model`).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::CloseSignal;
+
+    /// A waiter that blocks on `closed()` while another thread closes:
+    /// never a lost wake-up (loom reports a deadlock if the waiter parks
+    /// for good), and the flag is set once it returns.
+    #[test]
+    fn close_is_always_observed() {
+        loom::model(|| {
+            let signal = Arc::new(CloseSignal::new());
+            let closer = {
+                let s = signal.clone();
+                thread::spawn(move || s.close())
+            };
+            loom::future::block_on(signal.closed());
+            assert!(signal.is_closed());
+            closer.join().expect("closer");
+        });
+    }
+
+    /// Two waiters and two closers: every waiter wakes, and a second
+    /// `close` is harmless.
+    #[test]
+    fn every_waiter_wakes_with_racing_closers() {
+        loom::model(|| {
+            let signal = Arc::new(CloseSignal::new());
+            let waiter = {
+                let s = signal.clone();
+                thread::spawn(move || loom::future::block_on(s.closed()))
+            };
+            let closer = {
+                let s = signal.clone();
+                thread::spawn(move || s.close())
+            };
+            signal.close();
+            loom::future::block_on(signal.closed());
+            waiter.join().expect("waiter");
+            closer.join().expect("closer");
+        });
+    }
+
+    /// A waiter polled once with one waker, then again with another (a
+    /// `select!` moved to another task): the close wakes the second waker.
+    #[test]
+    fn a_new_waker_replaces_the_old_one() {
+        loom::model(|| {
+            let signal = Arc::new(CloseSignal::new());
+            let closer = {
+                let s = signal.clone();
+                thread::spawn(move || s.close())
+            };
+            {
+                let mut closed = pin!(signal.closed());
+                let noop = std::task::Waker::noop();
+                if closed.as_mut().poll(&mut Context::from_waker(noop)) == Poll::Pending {
+                    loom::future::block_on(closed);
+                }
+            }
+            assert!(signal.is_closed());
+            closer.join().expect("closer");
+        });
     }
 }

@@ -195,6 +195,60 @@ async fn expired_cursor_gets_resync_required_first_then_live() {
     }
 }
 
+/// The ring's byte bound: of events near the size limit it keeps only
+/// what fits, resumes within that, and sends `resync_required` for a
+/// cursor whose next event was just evicted.
+#[tokio::test]
+async fn the_replay_byte_bound_expires_cursors_it_cannot_serve() {
+    let server = Server::with(Options {
+        bus: BusConfig {
+            capacity: 1024,
+            replay_size: 1024,
+            seq_start: SeqStart::At(1),
+        },
+        ..Options::default()
+    })
+    .await;
+    let note = |i: u64| event_core::NoteUpdated {
+        note_id: event_core::Uuid::now_v7(),
+        title: Some(format!("{i} {}", "x".repeat(200 * 1024))),
+        tags: vec![],
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    };
+    let first = server.bus.try_publish(note(0)).unwrap();
+    let weight = event_core::ReplayRing::weight(&first);
+    // Room for three.
+    server.bus.set_replay_max_bytes(3 * weight + weight / 2);
+    let events: Vec<_> = std::iter::once(first)
+        .chain((1..10).map(|i| server.bus.try_publish(note(i)).unwrap()))
+        .collect();
+    assert_eq!(server.bus.retained(), 3);
+    assert!(server.bus.retained_bytes() <= server.bus.replay_max_bytes());
+
+    // Resuming from the last evicted event replays the three kept.
+    let cursor = events[6].seq().to_string();
+    let mut client =
+        RawSse::connect(server.addr, "/api/v1/events", &[("Last-Event-ID", &cursor)]).await;
+    client.frame().await; // retry
+    assert_eq!(client.frame().await.event.as_deref(), Some("QueueStatus"));
+    for ev in &events[7..] {
+        assert_eq!(client.event_frame().await.seq(), ev.seq());
+    }
+
+    // The cursor before it is expired.
+    let cursor = events[5].seq().to_string();
+    let mut client =
+        RawSse::connect(server.addr, "/api/v1/events", &[("Last-Event-ID", &cursor)]).await;
+    client.frame().await; // retry
+    let resync = client.frame().await;
+    assert_eq!(resync.event.as_deref(), Some("resync_required"));
+    assert_eq!(resync.json()["reason"], "cursor_expired");
+    assert_eq!(resync.json()["last_event_id"], cursor.as_str());
+}
+
 #[tokio::test]
 async fn unknown_and_malformed_cursors_get_resync_required() {
     let server = Server::start().await;
