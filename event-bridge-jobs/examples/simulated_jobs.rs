@@ -1,5 +1,5 @@
 //! A simulated worker feeding the job bridge; prints what clients would
-//! receive (flat PROTOCOL §1 JSON), including an AI revision that updates
+//! receive (flat docs/protocol.md §1 JSON), including an AI revision that updates
 //! its note before completing.
 //!
 //! `cargo run -p event-bridge-jobs --features simulator --example simulated_jobs`

@@ -1,7 +1,7 @@
 //! # event-bridge-jobs
 //!
 //! Where matric's background work meets the event bus: the job worker's
-//! events become the HotM job events and `QueueStatus` (PROTOCOL §1), and
+//! events become the HotM job events and `QueueStatus` (docs/protocol.md §1), and
 //! note changes become `NoteUpdated` — only once they are committed.
 //!
 //! ## The job bridge

@@ -5,7 +5,7 @@
 //! contract: progress is a plain integer that may be out of range, failures
 //! carry raw backend text, and there are lifecycle and retry events clients
 //! never see. The [`JobBridge`](crate::JobBridge) turns it into the seven
-//! PROTOCOL §1 events.
+//! docs/protocol.md §1 events.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

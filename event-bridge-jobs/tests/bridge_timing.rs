@@ -131,7 +131,7 @@ async fn long_silent_job_gets_its_progress_resent() {
     assert!(r.bridge.stats().progress_resent >= 3);
 }
 
-/// PROTOCOL §1 / UC-001: a running job's progress is repeated at least
+/// docs/protocol.md §1 / UC-001: a running job's progress is repeated at least
 /// every 5 s, with the defaults the host runs (the conformance suite checks
 /// the order and count of a job's events, this the interval, in virtual
 /// time).

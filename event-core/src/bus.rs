@@ -302,7 +302,7 @@ impl EventBus {
     }
 
     /// The largest event this bus publishes, in bytes of rendered JSON
-    /// (PROTOCOL §1, the WebSocket message and SSE `data`). Default
+    /// (docs/protocol.md §1, the WebSocket message and SSE `data`). Default
     /// [`DEFAULT_MAX_EVENT_BYTES`] (256 KiB).
     ///
     /// Every way into the bus enforces it, so no subscriber ever sees a

@@ -19,7 +19,7 @@ pub enum Error {
     /// A `Last-Event-ID` that is neither a sequence number nor a UUID.
     #[error("invalid event id {0:?}: expected a sequence number or a UUID")]
     InvalidCursor(String),
-    /// An event breaks a rule of PROTOCOL §1.
+    /// An event breaks a rule of docs/protocol.md §1.
     #[error("invalid event: `{field}` {message}")]
     InvalidEvent {
         /// The offending field.
@@ -44,7 +44,7 @@ pub enum Error {
     /// A host-supplied provider failed.
     #[error("{0}")]
     Provider(String),
-    /// An event's rendered JSON (PROTOCOL §1) is larger than the bus's
+    /// An event's rendered JSON (docs/protocol.md §1) is larger than the bus's
     /// per-event limit ([`EventBus::max_event_bytes`](crate::EventBus::max_event_bytes),
     /// `EVENT_MAX_BYTES`). It was not published.
     #[error("a {event_type} event of {size} bytes is over the limit of {limit} bytes per event")]

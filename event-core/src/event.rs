@@ -2,7 +2,7 @@
 //! scope and actor, plus the two wire renderings cached on first use.
 //!
 //! Rendering is the expensive part of fan-out. An [`Event`] renders its flat
-//! JSON (PROTOCOL §1) and its envelope JSON (PROTOCOL §3) at most once each,
+//! JSON (docs/protocol.md §1) and its envelope JSON (docs/protocol.md §3) at most once each,
 //! lazily, and hands out the result as shared [`Bytes`]: a thousand
 //! subscribers cost one serialization, not a thousand.
 //!
@@ -203,7 +203,7 @@ impl Event {
         self.meta.tenant_id.as_deref()
     }
 
-    /// The flat JSON of PROTOCOL §1 (the WebSocket message, the SSE `v1` data,
+    /// The flat JSON of docs/protocol.md §1 (the WebSocket message, the SSE `v1` data,
     /// the webhook `data`). Rendered on first call, then shared.
     pub fn json(&self) -> &Bytes {
         self.json.get_or_init(|| {
@@ -230,7 +230,7 @@ impl Event {
         self.json.get()
     }
 
-    /// The envelope JSON of PROTOCOL §3 (the SSE `envelope` data, history).
+    /// The envelope JSON of docs/protocol.md §3 (the SSE `envelope` data, history).
     /// Rendered on first call, then shared.
     pub fn envelope_json(&self) -> &Bytes {
         self.envelope_json.get_or_init(|| {
@@ -266,7 +266,7 @@ impl Event {
     }
 }
 
-/// The flat JSON of PROTOCOL §1 of a payload, as [`Event::json`] renders it.
+/// The flat JSON of docs/protocol.md §1 of a payload, as [`Event::json`] renders it.
 pub(crate) fn render_json(payload: &ServerEvent) -> Bytes {
     Bytes::from(render(payload))
 }
@@ -280,7 +280,7 @@ fn render<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
-/// The G2 envelope (PROTOCOL §3): the payload plus identity, time, actor,
+/// The G2 envelope (docs/protocol.md §3): the payload plus identity, time, actor,
 /// scope and entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -1,4 +1,4 @@
-//! Event filters shared by every transport (PROTOCOL §3).
+//! Event filters shared by every transport (docs/protocol.md §3).
 //!
 //! * `events=NoteUpdated,job.completed` — exact names, either naming scheme.
 //! * `types=job,note.updated` — case-insensitive; a dot name matches exactly

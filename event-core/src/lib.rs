@@ -14,7 +14,7 @@
 //!                                      └─► TelemetrySink ─► tracing / metrics
 //! ```
 //!
-//! * [`ServerEvent`] is the wire contract of PROTOCOL §1 (flat JSON, tagged by
+//! * [`ServerEvent`] is the wire contract of docs/protocol.md §1 (flat JSON, tagged by
 //!   `type`); [`Event`] wraps it with sequence number, id, time, scope and
 //!   actor, and caches its two renderings ([`Event::json`],
 //!   [`Event::envelope_json`]) so each is serialized once, however many

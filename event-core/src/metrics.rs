@@ -13,7 +13,7 @@
 //! *before* it builds its transports.
 //!
 //! The names below are the instrument names; the Prometheus exporter appends
-//! `_total` to counters, which yields exactly the names of PROTOCOL §5
+//! `_total` to counters, which yields exactly the names of docs/protocol.md §6
 //! (`matric_ws_events_sent_total{event_type}` and so on). Label values are
 //! bounded sets (event type names, transports, statuses), never ids.
 

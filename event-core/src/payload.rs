@@ -1,6 +1,6 @@
 //! The seven HotM event types (`ServerEvent`) and their names.
 //!
-//! The JSON form is the wire contract of PROTOCOL §1: one object, internally
+//! The JSON form is the wire contract of docs/protocol.md §1: one object, internally
 //! tagged by `"type"` (PascalCase, always the first key), snake_case fields,
 //! optional fields omitted rather than `null`. Deserialization is lenient in
 //! the ways the upstream fixtures need (a `JobProgress` may carry only
@@ -38,7 +38,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Every kind, in a stable order (the order of PROTOCOL §1).
+    /// Every kind, in a stable order (the order of docs/protocol.md §1).
     pub const ALL: [EventKind; 7] = [
         EventKind::QueueStatus,
         EventKind::JobQueued,
@@ -305,7 +305,7 @@ pub struct NoteUpdated {
     pub user_id: Option<String>,
 }
 
-/// One of the seven HotM events, exactly as PROTOCOL §1 puts it on the wire.
+/// One of the seven HotM events, exactly as docs/protocol.md §1 puts it on the wire.
 ///
 /// ```
 /// use event_core::{ServerEvent, QueueStatus};

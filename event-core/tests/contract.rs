@@ -1,4 +1,4 @@
-//! PROTOCOL §1 contract: the upstream fixtures and the exact JSON of each type.
+//! docs/protocol.md §1 contract: the upstream fixtures and the exact JSON of each type.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -1,7 +1,7 @@
 //! Property tests for the parsers of outside input: generators of
 //! near-valid input (mostly well-formed, with one or a few fields missing,
 //! null, of the wrong type or out of range), each checked against a
-//! reference predicate written here from PROTOCOL §1 and the parsers' docs,
+//! reference predicate written here from docs/protocol.md §1 and the parsers' docs,
 //! not from their code: a parse succeeds exactly when the rules hold, and
 //! then yields what the input says.
 
@@ -11,7 +11,7 @@ use event_core::{Cursor, EventFilter, EventKind, FilterParams, KindSet, ServerEv
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
-/// The seven kinds by their two names, as PROTOCOL §1 lists them.
+/// The seven kinds by their two names, as docs/protocol.md §1 lists them.
 const NAMES: [(&str, &str); 7] = [
     ("QueueStatus", "queue.status"),
     ("JobQueued", "job.queued"),

@@ -97,7 +97,7 @@ pub struct WaitArgs {
 /// `publish_event` arguments.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct PublishArgs {
-    /// One event in the flat form of PROTOCOL §1, e.g.
+    /// One event in the flat form of docs/protocol.md §1, e.g.
     /// `{"type":"JobQueued","job_id":"…","job_type":"Embedding"}`. `type` is
     /// one of QueueStatus, JobQueued, JobStarted, JobProgress, JobCompleted,
     /// JobFailed, NoteUpdated.
@@ -448,7 +448,7 @@ impl McpSession {
 
     /// Publishes one event (admin token only).
     #[tool(
-        description = "Admin only: publish one event (flat PROTOCOL §1 form) on the bus, optionally scoped to a memory or tenant. Returns its `seq` and `event_id`."
+        description = "Admin only: publish one event (flat docs/protocol.md §1 form) on the bus, optionally scoped to a memory or tenant. Returns its `seq` and `event_id`."
     )]
     async fn publish_event(
         &self,

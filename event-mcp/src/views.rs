@@ -6,7 +6,7 @@ use event_core::{Event, EventBus, Principal, ServerEvent, Uuid};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// One event as tools and resources show it: the envelope (PROTOCOL §2)
+/// One event as tools and resources show it: the envelope (docs/protocol.md §3)
 /// with the bus sequence number added as `seq` (a `since` cursor).
 pub(crate) fn event_json(event: &Event) -> Value {
     let mut object: Map<String, Value> =

@@ -1,7 +1,7 @@
 //! How events travel through JetStream, and how stream sequence numbers
 //! become bus sequence numbers.
 //!
-//! A message is the event's envelope JSON (PROTOCOL §3, the same bytes the
+//! A message is the event's envelope JSON (docs/protocol.md §3, the same bytes the
 //! SSE `envelope` format sends) on subject `<prefix>.<dot name>`, with
 //! headers `Nats-Msg-Id: <event id>` (the stream deduplicates retried
 //! publishes on it) and `Matric-Origin: <instance id>`.

@@ -1,6 +1,6 @@
 //! `POST /api/v1/events`: publishing from producers that are not written in Rust.
 //!
-//! The body is one flat `ServerEvent` object (PROTOCOL §1) or an array of
+//! The body is one flat `ServerEvent` object (docs/protocol.md §1) or an array of
 //! them. Every event is parsed and validated before any is published, so a
 //! bad batch publishes nothing; a good one is published in order and answered
 //! `202 {"events":[{"seq":…,"event_id":…}]}` (`seq` is absent in a NATS

@@ -13,7 +13,7 @@ pub const MAX_HEARTBEAT_SECS: u64 = 300;
 /// Largest `limit` of `GET /api/v1/events/history`.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
 
-/// Configuration of an SSE endpoint. `Default` is PROTOCOL §3.
+/// Configuration of an SSE endpoint. `Default` is docs/protocol.md §3.
 #[derive(Debug, Clone)]
 pub struct SseConfig {
     /// The frame format when the client sends no `?format=` (`v1`).

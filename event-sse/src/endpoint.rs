@@ -469,7 +469,7 @@ fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
     }
 }
 
-/// A `200 text/event-stream` response with the headers of PROTOCOL §3.
+/// A `200 text/event-stream` response with the headers of docs/protocol.md §3.
 pub(crate) fn sse_response(body: Body) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use event_core::{Event, EventKind};
 use uuid::Uuid;
 
-/// The two frame formats of PROTOCOL §3.
+/// The two frame formats of docs/protocol.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     /// `id: <seq>` / `event: <TypeName>` / `data: <flat json>`.

@@ -1,4 +1,4 @@
-//! Byte-exact SSE frames (PROTOCOL §3): LF line endings, fields in the
+//! Byte-exact SSE frames (docs/protocol.md §3): LF line endings, fields in the
 //! order the format prescribes, one blank line after each frame.
 //!
 //! Frames are appended to a connection's pending buffer, so everything a

@@ -1,6 +1,6 @@
 //! # event-sse
 //!
-//! Server-Sent Events for matric's real-time events (PROTOCOL §3):
+//! Server-Sent Events for matric's real-time events (docs/protocol.md §3):
 //! `GET /api/v1/events` (alias `/api/v1/events/stream`) with replay,
 //! filters and lag signalling, and `GET /api/v1/events/history`. The same
 //! machinery serves any other event type through [`SseChannel`], so a

@@ -7,7 +7,7 @@
 //! [`HealthCheck`]s and the [`ConnectionRegistry`]; each request runs every
 //! check concurrently, each bounded by a timeout (a check that does not
 //! answer in time reports `down` with detail `timeout`), and answers `200`
-//! with JSON (PROTOCOL §5 asks for `200`; the overall `status` field says
+//! with JSON (docs/protocol.md §6 asks for `200`; the overall `status` field says
 //! whether everything is `ok` or the service is `degraded`):
 //!
 //! ```json

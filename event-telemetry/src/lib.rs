@@ -26,7 +26,7 @@
 //!   [`Health::router`] serves `GET /health`.
 //! * [`spans`] has the connection, delivery and webhook-attempt spans.
 //!
-//! Metric names (PROTOCOL §5, exact): `matric_ws_connections_active` and
+//! Metric names (docs/protocol.md §6, exact): `matric_ws_connections_active` and
 //! `matric_sse_connections_active` (gauges),
 //! `matric_ws_events_sent_total{event_type}`,
 //! `matric_sse_events_sent_total{event_type}`,

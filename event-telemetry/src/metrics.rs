@@ -12,7 +12,7 @@
 //! the Prometheus text format (version 0.0.4).
 //!
 //! The exporter is configured so the names and labels are exactly those of
-//! PROTOCOL §5: counters get `_total` appended (`matric_events_published` →
+//! docs/protocol.md §6: counters get `_total` appended (`matric_events_published` →
 //! `matric_events_published_total`), no unit suffixes, no `otel_scope_*`
 //! labels and no `target_info` series. Up-down counters (the connection
 //! gauges, the webhook queue depth) are exported as gauges.

@@ -1,4 +1,4 @@
-//! The REST API of PROTOCOL §4 under `/api/v1/webhooks`.
+//! The REST API of docs/protocol.md §4 under `/api/v1/webhooks`.
 //!
 //! Bodies are parsed by hand from JSON values so every validation error
 //! names its field: malformed JSON is `400 bad_request`, a field of the

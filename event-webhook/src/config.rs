@@ -1,4 +1,4 @@
-//! Settings of the webhook service. `Default` is PROTOCOL §4.
+//! Settings of the webhook service. `Default` is docs/protocol.md §4.
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! # event-webhook
 //!
 //! Signed, retried, durable outbound webhooks for matric's event bus, with
-//! the REST API of PROTOCOL §4 and a SQL store (SQLite by default,
+//! the REST API of docs/protocol.md §4 and a SQL store (SQLite by default,
 //! PostgreSQL with the `postgres` feature). Modelled on Svix and the
 //! Standard Webhooks specification.
 //!
@@ -120,7 +120,7 @@
 //!
 //! ## Configuration
 //!
-//! [`WebhookConfig`]'s `Default` is PROTOCOL §4. Tests and local setups that
+//! [`WebhookConfig`]'s `Default` is docs/protocol.md §4. Tests and local setups that
 //! deliver to loopback must allow it explicitly
 //! (`allow_cidrs: vec!["127.0.0.0/8".parse()?]`). The process-wide rustls
 //! provider (ring) is installed by [`http_client`] if the host has not

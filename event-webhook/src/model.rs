@@ -1,5 +1,5 @@
 //! The stored objects: webhooks, deliveries and attempts, and their JSON
-//! forms (PROTOCOL §4).
+//! forms (docs/protocol.md §4).
 
 use std::fmt;
 
@@ -77,7 +77,7 @@ impl Serialize for WebhookJson<'_> {
     }
 }
 
-/// The JSON form of a webhook: the PROTOCOL §4 object (with `is_active`
+/// The JSON form of a webhook: the docs/protocol.md §4 object (with `is_active`
 /// mirroring `active`), and the secret only when explicitly included.
 pub struct WebhookJson<'a> {
     webhook: &'a Webhook,

@@ -1,4 +1,4 @@
-//! Delivery outcomes are counted under the PROTOCOL §5 names.
+//! Delivery outcomes are counted under the docs/protocol.md §6 names.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use event_core::OutboxLimits;
 
-/// The WebSocket close codes this endpoint sends (PROTOCOL §2).
+/// The WebSocket close codes this endpoint sends (docs/protocol.md §2).
 ///
 /// The server never closes with `1000`: HotM clients do not reconnect after a
 /// normal closure, so every server-initiated close uses a code that makes them

@@ -1,6 +1,6 @@
 //! # event-ws
 //!
-//! The HotM WebSocket endpoint `GET /api/v1/ws` (PROTOCOL §2): the channel the
+//! The HotM WebSocket endpoint `GET /api/v1/ws` (docs/protocol.md §2): the channel the
 //! original HotM UI uses for every real-time feature.
 //!
 //! ## Model

@@ -1,4 +1,4 @@
-//! What a client may send (PROTOCOL §2, client → server) and the replies.
+//! What a client may send (docs/protocol.md §2, client → server) and the replies.
 //!
 //! Anything that is not one of these messages is ignored, so a client
 //! speaking a newer dialect never loses its connection over it.

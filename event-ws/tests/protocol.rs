@@ -1,4 +1,4 @@
-//! PROTOCOL §2 messages: initial status, refresh, the 7 types on the wire,
+//! docs/protocol.md §2 messages: initial status, refresh, the 7 types on the wire,
 //! subscribe/unsubscribe, ping, unknown input, oversized frames.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -358,7 +358,7 @@ async fn a_hanging_snapshot_provider_falls_back_to_the_last_published_status() {
     assert_eq!(next_text(&mut client).await, want);
 }
 
-/// PROTOCOL §2 answers `refresh` within 1 s: the default snapshot timeout,
+/// docs/protocol.md §2 answers `refresh` within 1 s: the default snapshot timeout,
 /// after which the last published status is sent, leaves room for the write
 /// (the host keeps the default; the conformance suite checks the order of
 /// the answer, not its wall-clock time).

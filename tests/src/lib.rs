@@ -5,7 +5,7 @@
 //! 127.0.0.1:0, SQLite in a temporary directory or PostgreSQL in a fresh
 //! schema) with real clients — WebSocket (`tokio-tungstenite`), SSE (a raw
 //! HTTP stream whose frames are compared byte for byte), and a real axum
-//! webhook receiver — and checks them against `PROTOCOL.md` and the seed use
+//! webhook receiver — and checks them against `docs/protocol.md` and the seed use
 //! cases.
 //!
 //! ## Binaries
@@ -13,12 +13,12 @@
 //! * `conformance` (`tests/conformance/`, one binary so the suite links once):
 //!   * `wire` — one publish of each of the 7 types reaches a WebSocket
 //!     client, an SSE `v1` client, an SSE `envelope` client and a webhook
-//!     receiver with the same flat JSON, byte-exact against PROTOCOL §1.
+//!     receiver with the same flat JSON, byte-exact against docs/protocol.md §1.
 //!   * `use_cases` — UC-001 … UC-004 with their success criteria.
-//!   * `hotm_ws`, `hotm_sse` — one test per bullet of PROTOCOL §2 and §3,
+//!   * `hotm_ws`, `hotm_sse` — one test per bullet of docs/protocol.md §2 and §3,
 //!     written as a client that behaves like the HotM UI (sends `refresh` on
 //!     open, ignores unknown types, reconnects on any close but 1000).
-//!   * `webhooks` — PROTOCOL §4 through the host (API, test delivery,
+//!   * `webhooks` — docs/protocol.md §4 through the host (API, test delivery,
 //!     signature header, SSRF refusal).
 //!   * `failures` — abrupt disconnects, failing and `410` endpoints, bus
 //!     overflow with a tiny `--event-bus-capacity`.

@@ -19,8 +19,8 @@ mod bench;
 mod ci;
 mod conformance;
 mod demo;
-mod mcp_conformance;
 mod loom;
+mod mcp_conformance;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;

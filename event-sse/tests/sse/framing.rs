@@ -19,7 +19,7 @@ fn uuid(s: &str) -> Uuid {
     Uuid::parse_str(s).unwrap()
 }
 
-/// The seven events with the flat JSON PROTOCOL §1 prescribes for each,
+/// The seven events with the flat JSON docs/protocol.md §1 prescribes for each,
 /// written out by hand, and their entity for the envelope.
 fn seven() -> Vec<(
     ServerEvent,

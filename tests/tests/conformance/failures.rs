@@ -285,7 +285,7 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
 
 #[tokio::test]
 async fn webhook_deliveries_survive_bus_overflow() {
-    // Deliveries are durable and at-least-once (PROTOCOL §4). When the
+    // Deliveries are durable and at-least-once (docs/protocol.md §4). When the
     // webhook sink falls behind a small bus, the events it missed are still
     // in the bus's replay ring (1,024 by default), so none has to be lost.
     let server = Server::start(&["--event-bus-capacity", "4"]).await;

@@ -1,4 +1,4 @@
-//! HotM compatibility, PROTOCOL §3 (SSE `/api/v1/events`): one test per
+//! HotM compatibility, docs/protocol.md §3 (SSE `/api/v1/events`): one test per
 //! bullet, as a G2 client would see it.
 
 use serde_json::{Value, json};

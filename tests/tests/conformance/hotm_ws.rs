@@ -1,4 +1,4 @@
-//! HotM compatibility, PROTOCOL §2 (WebSocket `/api/v1/ws`): one test per
+//! HotM compatibility, docs/protocol.md §2 (WebSocket `/api/v1/ws`): one test per
 //! bullet, written as a black-box client that behaves like the UI — it
 //! sends `refresh` on open, ignores unknown types, and reconnects whenever
 //! the server closes with anything but 1000.
@@ -349,7 +349,7 @@ async fn refresh_is_answered_to_that_client_only() {
     panic!("every round had a QueueStatus on the bus: is the refresh answer broadcast?");
 }
 
-/// PROTOCOL §2: `refresh` is answered within 1 s. The bound is the
+/// docs/protocol.md §2: `refresh` is answered within 1 s. The bound is the
 /// endpoint's: the host keeps event-ws's `snapshot_timeout` (800 ms), after
 /// which the last published status is sent (event-ws's
 /// `a_hanging_snapshot_provider_falls_back_to_the_last_published_status`).
@@ -545,7 +545,7 @@ async fn over_capacity_is_refused_and_the_ui_gets_in_once_a_slot_frees() {
     let url = server.ws_url("/api/v1/ws");
     let mut first = WsClient::connect(&url).await;
     first.next_text().await;
-    // PROTOCOL §2: capacity is checked before the upgrade, `503` with the
+    // docs/protocol.md §2: capacity is checked before the upgrade, `503` with the
     // §8 JSON body (`too_many_connections`, `Retry-After`), so a refused
     // client never gets a WebSocket to close.
     match WsClient::connect_request(url.as_str().into_client_request().unwrap()).await {

@@ -1,6 +1,6 @@
 //! End-to-end conformance suite: a real `event-server` on 127.0.0.1:0 driven
 //! by real WebSocket, SSE and webhook clients, checked against
-//! `PROTOCOL.md` and the seed use cases UC-001 … UC-004 (UC-005, which needs
+//! `docs/protocol.md` and the seed use cases UC-001 … UC-004 (UC-005, which needs
 //! process-global metrics and logs, is in the `observability` test binary).
 //!
 //! One binary with modules, so the suite links once.

@@ -608,7 +608,7 @@ fn websocket_client_messages_never_break_the_connection() {
     });
 }
 
-/// The seven kinds by their two names (PROTOCOL §1), for the references.
+/// The seven kinds by their two names (docs/protocol.md §1), for the references.
 const KINDS: [(&str, &str); 7] = [
     ("QueueStatus", "queue.status"),
     ("JobQueued", "job.queued"),
@@ -631,7 +631,7 @@ const MEMORIES: [&str; 2] = ["work", "home"];
 /// One generated event: kind, entity (index into [`ENTITIES`]), memory.
 type GenEvent = (usize, usize, Option<usize>);
 
-/// The reference for one `events=` item (PROTOCOL §3): an exact name in
+/// The reference for one `events=` item (docs/protocol.md §3): an exact name in
 /// either scheme.
 fn exact_name(item: &str) -> Vec<usize> {
     (0..7)
@@ -639,7 +639,7 @@ fn exact_name(item: &str) -> Vec<usize> {
         .collect()
 }
 
-/// The reference for one `types=` item or `subscribe` name (PROTOCOL §2,
+/// The reference for one `types=` item or `subscribe` name (docs/protocol.md §2,
 /// §3): case-insensitively a type name, a dot name, or a dot-name prefix up
 /// to a dot (`job` matches `job.progress`, not `jobs.x`).
 fn pattern(item: &str) -> Vec<usize> {
@@ -763,7 +763,7 @@ fn sse_filters_select_exactly_the_events_they_name() {
                 let named: Vec<usize> = items.iter().flat_map(|i| pattern(i)).collect();
                 kinds.retain(|k| named.contains(k));
             }
-            // An item that names nothing is refused (PROTOCOL §3: `400`).
+            // An item that names nothing is refused (docs/protocol.md §3: `400`).
             let refused = events.iter().flatten().any(|i| exact_name(i).is_empty())
                 || types.iter().flatten().any(|i| pattern(i).is_empty());
             let selects = |(kind, e, m): GenEvent| {

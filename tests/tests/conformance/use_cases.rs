@@ -48,7 +48,7 @@ fn collect_job(
     })
 }
 
-/// Asserts PROTOCOL §1's per-job order on a sequence of flat objects.
+/// Asserts docs/protocol.md §1's per-job order on a sequence of flat objects.
 fn assert_job_order(types: &[Value]) {
     let names: Vec<&str> = types.iter().map(|v| v["type"].as_str().unwrap()).collect();
     assert_eq!(names.first(), Some(&"JobQueued"), "{names:?}");

@@ -1,4 +1,4 @@
-//! PROTOCOL §4 through the assembled host: the webhook REST API, the test
+//! docs/protocol.md §4 through the assembled host: the webhook REST API, the test
 //! delivery, the configurable signature header and SSRF refusal.
 
 use serde_json::{Value, json};

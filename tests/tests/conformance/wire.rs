@@ -1,4 +1,4 @@
-//! PROTOCOL §1: one publish of each of the 7 types reaches a WebSocket
+//! docs/protocol.md §1: one publish of each of the 7 types reaches a WebSocket
 //! client, an SSE `v1` client, an SSE `envelope` client and a webhook
 //! receiver with the same flat JSON, byte for byte.
 

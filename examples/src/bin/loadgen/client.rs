@@ -19,7 +19,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::hist::Histogram;
 use crate::http::Target;
 
-/// Close code of a WebSocket dropped as a slow consumer (PROTOCOL §2).
+/// Close code of a WebSocket dropped as a slow consumer (docs/protocol.md §2).
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Which transport a client uses.

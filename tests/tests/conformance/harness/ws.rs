@@ -190,7 +190,7 @@ impl WsClient {
     }
 }
 
-/// The event types PROTOCOL §1 allows on the wire (plus the control replies).
+/// The event types docs/protocol.md §1 allows on the wire (plus the control replies).
 pub fn known_type(t: &str) -> bool {
     EventKind::from_name(t).is_some_and(|k| k.type_name() == t)
 }
