@@ -442,13 +442,13 @@ async fn anonymous_mode_answers_only_loopback_hosts_and_origins() {
     assert_eq!(status_of(&answer), 403, "{answer}");
 }
 
-#[tokio::test]
-async fn connections_over_the_per_ip_cap_get_503() {
-    let server = Server::start(&["--max-connections-per-ip", "3"]).await;
+/// Opens `n` connections that each sent half a request head (open and
+/// counted, never answered), then asserts the next connection gets the caps'
+/// `503`, naming `setting`.
+async fn fill_and_expect_refusal(server: &Server, n: usize, setting: &str) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        // Half a head: the connection is open and counted.
         tcp.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
         held.push(tcp);
     }
@@ -463,13 +463,16 @@ async fn connections_over_the_per_ip_cap_get_503() {
         answer.to_ascii_lowercase().contains("retry-after: "),
         "{answer}"
     );
-    assert_eq!(error_of(&answer)["error"], "too_many_connections");
-    assert!(
-        error_of(&answer)["message"]
-            .as_str()
-            .unwrap()
-            .contains("MAX_CONNECTIONS_PER_IP")
-    );
+    let err = error_of(&answer);
+    assert_eq!(err["error"], "too_many_connections");
+    assert!(err["message"].as_str().unwrap().contains(setting), "{err}");
+    held
+}
+
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_get_503() {
+    let server = Server::start(&["--max-connections-per-ip", "3"]).await;
+    let mut held = fill_and_expect_refusal(&server, 3, "MAX_CONNECTIONS_PER_IP").await;
     // A place is free again once a connection closes.
     drop(held.pop());
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -497,25 +500,7 @@ async fn connections_over_the_open_cap_get_503() {
         "0",
     ])
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-        tcp.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
-        held.push(tcp);
-    }
-    let answer = raw(
-        server.addr,
-        "GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
-        b"",
-    )
-    .await;
-    assert_eq!(status_of(&answer), 503, "{answer}");
-    assert!(
-        error_of(&answer)["message"]
-            .as_str()
-            .unwrap()
-            .contains("MAX_OPEN_CONNECTIONS")
-    );
+    let _held = fill_and_expect_refusal(&server, 2, "MAX_OPEN_CONNECTIONS").await;
 }
 
 #[test]
