@@ -89,7 +89,6 @@ mod logging;
 pub mod metrics;
 #[cfg(feature = "otlp")]
 mod otlp;
-pub mod scrape;
 pub mod sink;
 pub mod spans;
 
@@ -103,5 +102,4 @@ pub use logging::{
     init_with_writer, subscriber,
 };
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, PrometheusMetrics, metrics_handler};
-pub use scrape::Scrape;
 pub use sink::{EVENTS_TARGET, TelemetrySink, log_event};

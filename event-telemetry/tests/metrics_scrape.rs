@@ -17,8 +17,8 @@ use event_core::{
     BusConfig, EventBus, EventKind, EventSink, SeqStart, SinkRunner, Transport, TransportMetrics,
     Uuid,
 };
-use event_telemetry::Scrape;
 use event_telemetry::{PROMETHEUS_CONTENT_TYPE, PrometheusMetrics, TelemetrySink};
+use event_test_support::Scrape;
 use opentelemetry::KeyValue;
 
 async fn scrape(addr: std::net::SocketAddr) -> Scrape {

@@ -1,8 +1,11 @@
 //! # event-test-support
 //!
-//! Shared helpers for the workspace's tests: a Prometheus registry behind the
-//! global meter provider and reading series from it. Dev-only (`publish =
-//! false`); it depends on no `event-*` crate, so every crate can take it as a
+//! Shared helpers for the workspace's tests and tools: a Prometheus registry
+//! behind the global meter provider and reading series from it, [`Scrape`]
+//! (the workspace's one reader of the Prometheus text format, also used by
+//! the load generator) and, with the feature `browser`, headless Chromium
+//! over WebDriver ([`browser`]). Not published (`publish = false`); it
+//! depends on no `event-*` crate, so every crate can take it as a
 //! dev-dependency without pulling in another transport.
 //!
 //! The exporter is configured like the one `event-telemetry` serves on
@@ -31,6 +34,11 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
 pub use prometheus::Registry;
+pub use scrape::{Sample, Scrape};
+
+#[cfg(feature = "browser")]
+pub mod browser;
+pub mod scrape;
 
 /// Installs a Prometheus exporter over a fresh registry as the process-global
 /// meter provider and returns the registry.
@@ -86,23 +94,9 @@ pub fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option
 /// `labels` pair in Prometheus `text`; `None` when there is none.
 ///
 /// For a histogram, `name` is the full series name (`…_count`, `…_sum`,
-/// `…_bucket`). Label values are matched exactly, not escaped: the
-/// workspace's label values are bounded sets without quotes.
+/// `…_bucket`). [`Scrape`] reads the text once for several questions.
 pub fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .find(|(series, _)| {
-            let (base, label_text) = series.split_once('{').unwrap_or((series, ""));
-            // Each pair is preceded by `{` or `,`, so `k` does not also
-            // match a longer key ending in `k`.
-            let label_text = format!(",{label_text}");
-            base == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.contains(&format!(",{k}=\"{v}\"")))
-        })
-        .and_then(|(_, value)| value.parse().ok())
+    Scrape::parse(text).find(name, labels)
 }
 
 #[cfg(test)]

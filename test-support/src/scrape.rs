@@ -1,6 +1,6 @@
-//! A small reader for the Prometheus text format, for tests and tools that
-//! check what `GET /metrics` serves (the workspace's end-to-end tests, the
-//! benchmark harness).
+//! The workspace's one reader for the Prometheus text format, for tests and
+//! tools that check what `GET /metrics` serves (the crates' tests, the
+//! end-to-end tests, the load generator).
 //!
 //! It understands what the exporter writes: `# TYPE` lines and samples
 //! `name{label="value",…} number`, with `\\`, `\"` and `\n` escapes in label
@@ -63,6 +63,33 @@ impl Scrape {
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.value)
+    }
+
+    /// The first series `name` whose labels include `labels`.
+    pub fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.matching(name, labels).map(|s| s.value).next()
+    }
+
+    /// The sum of the series `name` whose labels include `labels` (a
+    /// family total across the other labels); `None` when there is no such
+    /// series.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.matching(name, labels)
+            .map(|s| s.value)
+            .fold(None, |total, v| Some(total.unwrap_or(0.0) + v))
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Sample> {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
     }
 
     /// Every label name used by samples of `name`, sorted.
@@ -161,5 +188,8 @@ mod tests {
         assert_eq!(s.value("h_bucket", &[("le", "+Inf")]), Some(2.0));
         assert_eq!(s.samples.len(), 3, "the broken line is skipped");
         assert_eq!(s.label_names("x_total"), ["a", "b"]);
+        assert_eq!(s.sum("x_total", &[("a", "1")]), Some(3.0));
+        assert_eq!(s.sum("x_total", &[("a", "2")]), None);
+        assert_eq!(s.sum("g", &[]), Some(0.0), "a zero series is not missing");
     }
 }

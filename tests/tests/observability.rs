@@ -52,14 +52,18 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
     let http = client();
     let (_, before) = scrape(&server).await;
     // The gauges exist from the start, at 0.
-    assert_eq!(
-        metric(&before, "matric_ws_connections_active", &[]),
-        Some(0.0)
-    );
-    assert_eq!(
-        metric(&before, "matric_sse_connections_active", &[]),
-        Some(0.0)
-    );
+    assert_eq!(before.sum("matric_ws_connections_active", &[]), Some(0.0));
+    assert_eq!(before.sum("matric_sse_connections_active", &[]), Some(0.0));
+    // So do the labelled counters whose label sets are known.
+    for status in ["success", "retry", "failed"] {
+        let series = before.find("matric_webhook_deliveries_total", &[("status", status)]);
+        assert_eq!(series, Some(0.0), "webhook deliveries {{status={status}}}");
+    }
+    for consumer in ["ws", "sse", "webhook", "telemetry", "job_bridge"] {
+        let series = before.find("matric_events_dropped_total", &[("consumer", consumer)]);
+        assert_eq!(series, Some(0.0), "events dropped {{consumer={consumer}}}");
+    }
+    assert_eq!(before.find("matric_webhook_queue_depth", &[]), Some(0.0));
 
     // A webhook on JobCompleted whose endpoint fails once.
     let receiver = Receiver::start().await;
@@ -81,14 +85,8 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
         SseClient::connect(&server.url(&format!("/api/v1/events?token={CLIENT}")), &[]).await;
     sse.next_where(Frame::is_event).await;
     let (_, during) = scrape(&server).await;
-    assert_eq!(
-        metric(&during, "matric_ws_connections_active", &[]),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&during, "matric_sse_connections_active", &[]),
-        Some(1.0)
-    );
+    assert_eq!(during.sum("matric_ws_connections_active", &[]), Some(1.0));
+    assert_eq!(during.sum("matric_sse_connections_active", &[]), Some(1.0));
 
     // One note through the API, then one event of each job type and a second
     // note change through the publish API.
@@ -163,13 +161,9 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
     let (text, m) = tokio::time::timeout(WAIT, async {
         loop {
             let (text, m) = scrape(&server).await;
-            let ok = metric(
-                &m,
-                "matric_webhook_deliveries_total",
-                &[("status", "success")],
-            ) == Some(1.0)
-                && metric(
-                    &m,
+            let ok = m.sum("matric_webhook_deliveries_total", &[("status", "success")])
+                == Some(1.0)
+                && m.sum(
                     "matric_events_published_total",
                     &[("event_type", "NoteUpdated")],
                 ) == Some(2.0);
@@ -195,43 +189,31 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
             "matric_sse_events_sent_total",
         ] {
             assert_eq!(
-                metric(&m, name, &[("event_type", t)]),
+                m.sum(name, &[("event_type", t)]),
                 Some(n),
                 "{name}{{{t}}}\n{text}"
             );
         }
     }
-    let published_qs = metric(
-        &m,
-        "matric_events_published_total",
-        &[("event_type", "QueueStatus")],
-    )
-    .unwrap();
+    let published_qs = m
+        .sum(
+            "matric_events_published_total",
+            &[("event_type", "QueueStatus")],
+        )
+        .unwrap();
     assert!(published_qs >= 1.0);
     assert_eq!(
-        metric(
-            &m,
-            "matric_webhook_deliveries_total",
-            &[("status", "retry")]
-        ),
+        m.sum("matric_webhook_deliveries_total", &[("status", "retry")]),
         Some(1.0),
         "{text}"
     );
     assert_eq!(
-        metric(
-            &m,
-            "matric_webhook_deliveries_total",
-            &[("status", "success")]
-        ),
+        m.sum("matric_webhook_deliveries_total", &[("status", "success")]),
         Some(1.0)
     );
     assert!(
-        metric(
-            &m,
-            "matric_webhook_deliveries_total",
-            &[("status", "failed")]
-        )
-        .unwrap_or(0.0)
+        m.sum("matric_webhook_deliveries_total", &[("status", "failed")])
+            .unwrap_or(0.0)
             == 0.0,
         "{text}"
     );
@@ -244,27 +226,21 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
         ("ws", "matric_ws_events_sent_total"),
         ("sse", "matric_sse_events_sent_total"),
     ] {
-        let count = metric(
-            &m,
-            "matric_event_latency_ms_count",
-            &[("transport", transport)],
-        )
-        .unwrap_or_else(|| panic!("no latency histogram for {transport}\n{text}"));
-        let sent = metric(&m, sent_name, &[]).unwrap();
+        let count = m
+            .sum("matric_event_latency_ms_count", &[("transport", transport)])
+            .unwrap_or_else(|| panic!("no latency histogram for {transport}\n{text}"));
+        let sent = m.sum(sent_name, &[]).unwrap();
         assert!(
             count >= 1.0 && count <= sent,
             "{transport}: {count} observations, {sent} events sent\n{text}"
         );
     }
-    let webhook_latency = metric(
-        &m,
-        "matric_event_latency_ms_count",
-        &[("transport", "webhook")],
-    )
-    .unwrap_or_else(|| panic!("no webhook latency\n{text}"));
+    let webhook_latency = m
+        .sum("matric_event_latency_ms_count", &[("transport", "webhook")])
+        .unwrap_or_else(|| panic!("no webhook latency\n{text}"));
     assert!(webhook_latency >= 1.0, "{text}");
     assert!(
-        metric(&m, "matric_events_dropped_total", &[]).unwrap_or(0.0) == 0.0,
+        m.sum("matric_events_dropped_total", &[]).unwrap_or(0.0) == 0.0,
         "nothing was dropped\n{text}"
     );
 
@@ -289,8 +265,8 @@ async fn uc005_metrics_and_structured_logs_after_scripted_traffic() {
     tokio::time::timeout(WAIT, async {
         loop {
             let (_, m) = scrape(&server).await;
-            if metric(&m, "matric_ws_connections_active", &[]) == Some(0.0)
-                && metric(&m, "matric_sse_connections_active", &[]) == Some(0.0)
+            if m.sum("matric_ws_connections_active", &[]) == Some(0.0)
+                && m.sum("matric_sse_connections_active", &[]) == Some(0.0)
             {
                 return;
             }

@@ -202,9 +202,9 @@ async fn bus_overflow_is_signalled_and_nothing_else_breaks() {
     let (_, before) = scrape(&server).await;
     // Summed over consumers: sinks that recover from the replay ring (the
     // webhook sink) do not count a loss, the others do.
-    let lag_metric = |m: &[Sample]| {
-        metric(m, "matric_bus_lagged_events_total", &[]).unwrap_or(0.0)
-            + metric(m, "matric_events_dropped_total", &[]).unwrap_or(0.0)
+    let lag_metric = |m: &Scrape| {
+        m.sum("matric_bus_lagged_events_total", &[]).unwrap_or(0.0)
+            + m.sum("matric_events_dropped_total", &[]).unwrap_or(0.0)
     };
 
     // A burst far beyond the bus capacity, without yielding to the sinks

@@ -192,21 +192,11 @@ pub async fn connection_gauge(target: &Target) -> Result<Option<f64>, String> {
     if resp.status != 200 {
         return Ok(None);
     }
-    let text = String::from_utf8_lossy(&resp.body);
-    let mut found = false;
-    let mut sum = 0.0;
-    for line in text.lines() {
-        let gauge = line.starts_with("matric_ws_connections_active")
-            || line.starts_with("matric_sse_connections_active");
-        if let Some(v) = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|_| gauge)
-        {
-            found = true;
-            sum += v;
-        }
-    }
-    Ok(found.then_some(sum))
+    let scrape = event_test_support::Scrape::parse(&String::from_utf8_lossy(&resp.body));
+    let ws = scrape.sum("matric_ws_connections_active", &[]);
+    let sse = scrape.sum("matric_sse_connections_active", &[]);
+    Ok(match (ws, sse) {
+        (None, None) => None,
+        (ws, sse) => Some(ws.unwrap_or(0.0) + sse.unwrap_or(0.0)),
+    })
 }
