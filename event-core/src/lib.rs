@@ -83,6 +83,7 @@ mod error;
 pub mod event;
 pub mod fanout;
 pub mod filter;
+pub mod http_error;
 pub mod io;
 pub mod metrics;
 pub mod payload;

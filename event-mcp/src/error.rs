@@ -1,7 +1,6 @@
 //! The error type of event-mcp and its two forms: an HTTP refusal (before a
 //! request reaches the MCP session) and an MCP error (inside one).
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::ErrorData;
@@ -114,9 +113,8 @@ impl From<McpError> for ErrorData {
 /// routes.
 impl IntoResponse for McpError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut response = (status, Json(body)).into_response();
+        let mut response: Response =
+            event_core::http_error::json_error(self.status(), self.code(), &self);
         let headers = response.headers_mut();
         match self {
             McpError::Unauthorized(_) => {

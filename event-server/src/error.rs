@@ -1,6 +1,5 @@
 //! The host's HTTP error type: every failure is a JSON `{"error","message"}`.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -119,11 +118,8 @@ impl From<event_core::Error> for ServerError {
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
-        let body = serde_json::json!({ "error": code, "message": self.to_string() });
-        let mut response = (status, Json(body)).into_response();
+        // An internal error's detail is logged under a request id, not sent.
+        let mut response: Response = event_core::http_error::json_error(status, code, &self);
         match &self {
             ServerError::TooManyRequests {
                 retry_after_secs, ..
@@ -149,4 +145,49 @@ impl IntoResponse for ServerError {
 /// The fallback for unknown routes: a JSON 404 like every other error.
 pub async fn not_found(uri: axum::http::Uri) -> ServerError {
     ServerError::NotFound(format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    async fn answer(error: ServerError) -> (StatusCode, http::HeaderMap, serde_json::Value) {
+        let response = error.into_response();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).expect("JSON body");
+        (parts.status, parts.headers, json)
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_is_logged_under_a_request_id_not_sent() {
+        let (status, headers, body) =
+            answer(ServerError::Internal("disk /var/lib/secret is full".into())).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"], "internal_error");
+        let message = body["message"].as_str().expect("message");
+        assert!(!message.contains("secret"), "{message}");
+        let id = headers["x-request-id"].to_str().expect("ascii");
+        assert!(message.contains(id), "{message}");
+    }
+
+    #[tokio::test]
+    async fn client_errors_and_unavailable_name_what_is_wrong() {
+        let (status, headers, body) = answer(ServerError::BadRequest {
+            code: "invalid_event",
+            message: "`type` is missing".into(),
+        })
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "invalid_event", "message": "`type` is missing"})
+        );
+        let (status, _, body) = answer(ServerError::Unavailable("the worker stopped".into())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["message"], "the worker stopped");
+    }
 }

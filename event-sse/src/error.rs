@@ -1,6 +1,5 @@
 //! The error type of event-sse and its HTTP form.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -128,8 +127,8 @@ impl From<event_core::Error> for SseError {
 
 impl IntoResponse for SseError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response: Response =
+            event_core::http_error::json_error(self.status(), self.code(), &self);
         if matches!(self, SseError::Unauthorized(_)) {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,

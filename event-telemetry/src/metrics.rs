@@ -143,13 +143,9 @@ pub async fn metrics_handler(State(metrics): State<PrometheusMetrics>) -> Respon
 }
 
 fn internal_error(message: &str) -> Response {
-    tracing::error!(error = %message, "rendering /metrics failed");
-    (
+    event_core::http_error::json_error(
         StatusCode::INTERNAL_SERVER_ERROR,
-        axum::Json(serde_json::json!({
-            "error": "metrics_unavailable",
-            "message": "the metrics could not be rendered",
-        })),
+        "metrics_unavailable",
+        format_args!("rendering /metrics failed: {message}"),
     )
-        .into_response()
 }

@@ -1,6 +1,5 @@
 //! The one error type of this crate.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -141,15 +140,7 @@ impl WebhookError {
 
 impl IntoResponse for WebhookError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let message = if status.is_server_error() {
-            // Database and client details stay in the log, not on the wire.
-            tracing::error!(error = %self, "webhook API request failed");
-            "internal error".to_owned()
-        } else {
-            self.to_string()
-        };
-        let body = serde_json::json!({ "error": self.code(), "message": message });
-        (status, Json(body)).into_response()
+        // Database and client details of a 500 stay in the log.
+        event_core::http_error::json_error(self.status(), self.code(), &self)
     }
 }

@@ -4,7 +4,6 @@
 //! ([`close_code`](crate::close_code)) instead; before that, as an HTTP
 //! response with a JSON body `{"error":"<code>","message":"…"}`.
 
-use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
@@ -68,8 +67,8 @@ impl From<event_core::Error> for WsError {
 
 impl IntoResponse for WsError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response: Response =
+            event_core::http_error::json_error(self.status(), self.code(), &self);
         if let WsError::Unauthorized(_) = self {
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
