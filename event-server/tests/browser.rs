@@ -15,22 +15,13 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use event_server::testing::{Server, TempDir};
-use fantoccini::{Client, ClientBuilder, Locator};
+use event_test_support::browser::{self, Driver};
+use fantoccini::{Client, Locator};
 
-/// The browser and its driver: Debian's paths unless overridden.
-fn chromium() -> String {
-    std::env::var("EVENT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
-fn chromedriver() -> String {
-    std::env::var("EVENT_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned())
-}
 /// Bound on every wait (the simulated job itself takes about 2 s).
 const WAIT: Duration = Duration::from_secs(30);
 /// How often a condition is re-checked inside a deadline.
@@ -38,10 +29,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Whether the browser is there; if not, says why (and fails in CI).
 fn browser_available() -> bool {
-    let missing: Vec<String> = [chromium(), chromedriver()]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
+    let missing = browser::missing();
     if missing.is_empty() {
         return true;
     }
@@ -54,62 +42,6 @@ fn browser_available() -> bool {
     }
     eprintln!("{why}");
     false
-}
-
-/// A chromedriver on a free loopback port, in its own process group so that
-/// the Chromium it starts is killed with it on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new(chromedriver())
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver()))
-        };
-        let mut driver = Driver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let http = event_server::testing::client();
-        let status = format!("{}/status", driver.url);
-        until("chromedriver to be ready", || {
-            let request = http.get(&status).send();
-            async { request.await.ok().filter(|r| r.status().is_success()) }
-        })
-        .await;
-        assert!(driver.child.try_wait().unwrap().is_none());
-        driver
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The whole group: chromedriver and the browser processes it started.
-        let group = format!("-{}", self.child.id());
-        let killed = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !killed {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 /// Polls `check` every [`POLL`] until it yields a value; panics after [`WAIT`].
@@ -149,34 +81,6 @@ fn screenshot_dir() -> PathBuf {
     target.join("screenshots")
 }
 
-async fn open_browser(driver: &Driver, profile: &TempDir) -> Client {
-    let mut caps = fantoccini::wd::Capabilities::new();
-    caps.insert(
-        "goog:chromeOptions".to_owned(),
-        serde_json::json!({
-            "binary": chromium(),
-            "args": [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-            ],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    tokio::time::timeout(
-        WAIT,
-        ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&driver.url),
-    )
-    .await
-    .expect("no WebDriver session within the deadline")
-    .expect("cannot start a Chromium session")
-}
-
 #[tokio::test]
 async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
     if !browser_available() {
@@ -185,7 +89,7 @@ async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
     let mut server = Server::start(&[]).await;
     let driver = Driver::start().await;
     let profile = TempDir::new();
-    let browser = open_browser(&driver, &profile).await;
+    let browser = driver.open(profile.path()).await;
 
     browser.goto(&server.url("/")).await.unwrap();
     assert_eq!(browser.title().await.unwrap(), "matric events — live");

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use event_server::testing::{Server, TempDir, client};
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::Client;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
@@ -512,100 +512,6 @@ async fn ws_python_websockets() {
 
 // --- the browser ---------------------------------------------------------
 
-fn chromium() -> String {
-    std::env::var("EVENT_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
-fn chromedriver() -> String {
-    std::env::var("EVENT_TEST_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".to_owned())
-}
-
-/// A chromedriver on a free loopback port, in its own process group so
-/// that the Chromium it starts is killed with it on drop.
-struct Driver {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Driver {
-    async fn start() -> Driver {
-        use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(chromedriver())
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver()));
-        let driver = Driver {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        let status = format!("{}/status", driver.url);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let ready = client().get(&status).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "chromedriver not ready within {WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        driver
-    }
-
-    async fn open(&self, profile: &TempDir) -> Client {
-        let mut caps = fantoccini::wd::Capabilities::new();
-        caps.insert(
-            "goog:chromeOptions".to_owned(),
-            json!({
-                "binary": chromium(),
-                "args": [
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    format!("--user-data-dir={}", profile.path().display()),
-                ],
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        tokio::time::timeout(
-            WAIT,
-            ClientBuilder::new(connector)
-                .capabilities(caps)
-                .connect(&self.url),
-        )
-        .await
-        .expect("no WebDriver session within the deadline")
-        .expect("cannot start a Chromium session")
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The whole group: chromedriver and the browser it started.
-        let group = format!("-{}", self.child.id());
-        let killed = std::process::Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !killed {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts the page's client (`tests/interop/browser.js`) for `transport`.
 async fn browser_feed(browser: Client, server: &Server, transport: &str) -> Feed {
     // A page of the server's own origin: same-origin EventSource, and an
@@ -631,10 +537,7 @@ async fn browser_feed(browser: Client, server: &Server, transport: &str) -> Feed
 #[tokio::test]
 async fn browser_native_eventsource_and_websocket() {
     let who = "browser";
-    let missing: Vec<String> = [chromium(), chromedriver()]
-        .into_iter()
-        .filter(|p| !Path::new(p).exists())
-        .collect();
+    let missing = event_test_support::browser::missing();
     if !missing.is_empty() {
         return skip(
             who,
@@ -644,9 +547,9 @@ async fn browser_native_eventsource_and_websocket() {
             ),
         );
     }
-    let driver = Driver::start().await;
+    let driver = event_test_support::browser::Driver::start().await;
     let profile = TempDir::new();
-    let browser = driver.open(&profile).await;
+    let browser = driver.open(profile.path()).await;
 
     let server = start_server().await;
     let mut feed = browser_feed(browser.clone(), &server, "sse").await;
