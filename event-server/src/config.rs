@@ -208,6 +208,26 @@ pub struct Config {
     #[arg(long = "publish-max-body-bytes", env = "PUBLISH_MAX_BODY_BYTES", default_value = "1048576", value_parser = non_zero)]
     pub publish_max_body_bytes: usize,
 
+    /// `POST /api/v1/events` requests per second per producer (its token,
+    /// or its IP address without one); over it `429` with `Retry-After`.
+    /// `0`: unlimited.
+    #[arg(
+        long = "publish-max-rate",
+        env = "PUBLISH_MAX_RATE",
+        default_value = "0"
+    )]
+    pub publish_max_rate: u32,
+
+    /// `POST /api/v1/webhooks` (registrations) per second per producer (its
+    /// token, or its IP address without one); over it `429` with
+    /// `Retry-After`. `0`: unlimited.
+    #[arg(
+        long = "webhook-create-max-rate",
+        env = "WEBHOOK_CREATE_MAX_RATE",
+        default_value = "10"
+    )]
+    pub webhook_create_max_rate: u32,
+
     /// Largest event, in bytes of rendered JSON (at least 1024). A larger one
     /// is refused: `413` on the publish API, an error for in-process
     /// publishers. Connection budgets always hold at least two such events.

@@ -19,6 +19,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod cors;
@@ -32,6 +33,7 @@ pub mod guard;
 pub mod health;
 pub mod logging;
 pub mod publish;
+pub mod rate;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 #[cfg(feature = "testing")]

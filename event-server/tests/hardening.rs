@@ -616,3 +616,95 @@ async fn sse_streams_over_max_connections_get_503() {
     server.wait_connections(1).await;
     assert_eq!(open(3).await.status(), 200);
 }
+
+/// `POST path` with the JSON `body` on a connection from `source` (a
+/// loopback address: each is its own producer in anonymous mode).
+async fn post_from(source: std::net::IpAddr, addr: SocketAddr, path: &str, body: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    read_answer(&mut tcp).await
+}
+
+#[tokio::test]
+async fn writes_over_a_producers_rate_get_429_before_the_body() {
+    let server = Server::start(&[
+        "--publish-max-rate",
+        "1",
+        "--webhook-create-max-rate",
+        "1",
+        "--http-body-timeout-secs",
+        "2",
+    ])
+    .await;
+    let here: std::net::IpAddr = [127, 0, 0, 1].into();
+    let elsewhere: std::net::IpAddr = [127, 0, 0, 2].into();
+    let event =
+        r#"{"type":"JobQueued","job_id":"0197c0de-5e1a-7a00-8000-000000000001","job_type":"E"}"#;
+    let hook = r#"{"url":"http://127.0.0.1:9/hook"}"#;
+    for (path, body, setting, accepted) in [
+        ("/api/v1/events", event, "PUBLISH_MAX_RATE", 202),
+        ("/api/v1/webhooks", hook, "WEBHOOK_CREATE_MAX_RATE", 201),
+    ] {
+        // The bucket holds one request a second: empty it, then send a head
+        // announcing a body that never comes. The refusal must come from
+        // the head alone; if the bucket refilled in between, the body
+        // timeout answers 408 and we try again.
+        let mut refused = None;
+        for _ in 0..5 {
+            post_from(here, server.addr, path, body).await;
+            let answer = raw(
+                server.addr,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+                ),
+                b"",
+            )
+            .await;
+            match status_of(&answer) {
+                429 => {
+                    refused = Some(answer);
+                    break;
+                }
+                408 => continue,
+                other => panic!("POST {path}: {other}: {answer}"),
+            }
+        }
+        let answer = refused.unwrap_or_else(|| panic!("POST {path} was never limited"));
+        let retry_after = answer
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no Retry-After: {answer}"));
+        assert!(retry_after >= 1, "{answer}");
+        let error = error_of(&answer);
+        assert_eq!(error["error"], "too_many_requests", "{answer}");
+        assert!(
+            error["message"].as_str().unwrap().contains(setting),
+            "{answer}"
+        );
+        // Another producer has a bucket of its own.
+        let other = post_from(elsewhere, server.addr, path, body).await;
+        assert_eq!(
+            status_of(&other),
+            accepted,
+            "POST {path} from {elsewhere}: {other}"
+        );
+    }
+    // Reads are not limited.
+    let res = client()
+        .get(server.url("/api/v1/webhooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}

@@ -1,0 +1,136 @@
+//! Cluster mode as the assembly sees it.
+//!
+//! With the `nats` feature and `NATS_URL` set, several instances are one
+//! over JetStream: the cluster builds the bus (every instance then has the
+//! same order, sequence numbers and ids), replays cursors older than the
+//! ring, keeps webhook deliveries to the instance an event originated on,
+//! and reports its link on `/health`. Without the feature (or the URL)
+//! [`Cluster`] gives the single-instance answer to each of those questions,
+//! so the mounts in `app` need no `cfg` of their own for cluster mode.
+
+use std::sync::Arc;
+
+use event_core::{BusConfig, EventBus, EventSink, ReplaySource};
+
+use crate::config::Config;
+use crate::error::ServerError;
+
+pub use imp::Cluster;
+
+#[cfg(feature = "nats")]
+mod imp {
+    use super::*;
+
+    /// The instance's cluster: JetStream when `NATS_URL` is set.
+    #[derive(Default)]
+    pub struct Cluster {
+        nats: Option<event_nats::NatsCluster>,
+    }
+
+    impl Cluster {
+        /// Joins the cluster `config` names (none without `NATS_URL`).
+        pub async fn connect(config: &Config, bus: &BusConfig) -> Result<Cluster, ServerError> {
+            let Some(url) = &config.nats_url else {
+                return Ok(Cluster::default());
+            };
+            let mut nats = event_nats::NatsConfig::from_env()
+                .unwrap_or_else(|| event_nats::NatsConfig::new(url.clone()));
+            nats.url.clone_from(url);
+            if let Some(stream) = &config.nats_stream {
+                nats.stream.clone_from(stream);
+            }
+            if let Some(prefix) = &config.nats_subject_prefix {
+                nats.subject_prefix.clone_from(prefix);
+            }
+            let nats = event_nats::NatsCluster::connect(nats, bus.clone())
+                .await
+                .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?;
+            Ok(Cluster { nats: Some(nats) })
+        }
+
+        /// The bus: the cluster's, or a new local one.
+        pub fn bus(&self, config: BusConfig) -> EventBus {
+            match &self.nats {
+                Some(c) => c.bus().clone(),
+                None => EventBus::new(config),
+            }
+        }
+
+        /// Where cursors older than the ring are replayed from.
+        pub fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
+            self.nats
+                .as_ref()
+                .map(|c| Arc::new(c.clone()) as Arc<dyn ReplaySource>)
+        }
+
+        /// `sink` restricted to events that originated on this instance
+        /// (for sinks whose effects are shared, such as the webhook queue).
+        pub fn local_origin_only(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+            match &self.nats {
+                Some(c) => c.local_origin_only(sink),
+                None => sink,
+            }
+        }
+
+        /// Closes the link to NATS (the last part the app stops).
+        pub fn leave(self) {
+            drop(self.nats);
+        }
+
+        /// `health` with the NATS link as a component.
+        #[cfg(feature = "telemetry")]
+        pub fn health(&self, health: event_telemetry::Health) -> event_telemetry::Health {
+            use event_telemetry::ComponentStatus;
+            let Some(c) = self.nats.clone() else {
+                return health;
+            };
+            health.component("nats", move || match c.state() {
+                event_nats::ConnectionState::Connected => ComponentStatus::up(),
+                event_nats::ConnectionState::Disconnected => ComponentStatus::degraded(
+                    "disconnected from NATS: serving local events only, reconnecting",
+                ),
+            })
+        }
+    }
+}
+
+#[cfg(not(feature = "nats"))]
+mod imp {
+    use super::*;
+
+    /// A single instance: this build has no cluster mode (feature `nats`).
+    #[derive(Default)]
+    pub struct Cluster;
+
+    impl Cluster {
+        /// Always the single instance; `NATS_URL` is refused by the
+        /// configuration of a build without `nats`.
+        pub async fn connect(_config: &Config, _bus: &BusConfig) -> Result<Cluster, ServerError> {
+            Ok(Cluster)
+        }
+
+        /// A new local bus.
+        pub fn bus(&self, config: BusConfig) -> EventBus {
+            EventBus::new(config)
+        }
+
+        /// No replay beyond the ring.
+        pub fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
+            None
+        }
+
+        /// Every event is local: `sink` unchanged.
+        pub fn local_origin_only(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+            sink
+        }
+
+        /// Nothing to close.
+        pub fn leave(self) {}
+
+        /// `health` unchanged.
+        #[cfg(feature = "telemetry")]
+        pub fn health(&self, health: event_telemetry::Health) -> event_telemetry::Health {
+            health
+        }
+    }
+}
