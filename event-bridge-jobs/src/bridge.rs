@@ -243,6 +243,10 @@ impl JobBridge {
             stats_timeout: self.config.queue_stats_timeout,
         });
         let core = BridgeCore::new(self.config.timing(), self.classifier.clone(), stats);
+        // The drop series exists (at 0) before the first loss, so `rate()`
+        // and alerts see it.
+        event_core::metrics::dropped_counter(&event_core::metrics::meter())
+            .add(0, &[KeyValue::new("consumer", "job_bridge")]);
         let cancel = self.cancel.clone();
         let task = Runner {
             bus: self.bus,

@@ -205,9 +205,11 @@ impl TransportMetrics {
                 .build(),
             latency: latency_histogram(&meter).bind(&transport_attr),
         };
-        // Export the gauge from the start (at 0), not only after the first
-        // connection: dashboards and alerts expect the series to exist.
+        // Export the gauge and the drop series from the start (at 0), not
+        // only after the first connection or loss: dashboards and alerts
+        // expect the series to exist.
         metrics.active.add(0, &[]);
+        metrics.dropped(0);
         metrics
     }
 

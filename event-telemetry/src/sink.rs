@@ -99,10 +99,12 @@ impl TelemetrySink {
             .build();
         let consumer_attr = [KeyValue::new("consumer", CONSUMER)];
         lagged.add(0, &consumer_attr);
+        let dropped = dropped_counter(meter);
+        dropped.add(0, &consumer_attr);
         TelemetrySink {
             published,
             lagged,
-            dropped: dropped_counter(meter),
+            dropped,
             consumer_attr,
         }
     }

@@ -5,6 +5,9 @@ use opentelemetry::metrics::{Counter, Gauge, Histogram};
 
 use event_core::metrics as names;
 
+/// The `status` values of [`names::WEBHOOK_DELIVERIES`].
+pub const OUTCOMES: [&str; 3] = ["success", "retry", "failed"];
+
 /// The webhook worker's instruments.
 #[derive(Debug, Clone)]
 pub struct WebhookMetrics {
@@ -23,10 +26,12 @@ impl Default for WebhookMetrics {
 
 impl WebhookMetrics {
     /// Creates the instruments from the global meter (install the meter
-    /// provider first).
+    /// provider first). Every outcome's series and the drop series are
+    /// exported from then on, at 0 until the first count, so `rate()` and
+    /// alerts see them on a fresh server.
     pub fn new() -> Self {
         let meter = names::meter();
-        WebhookMetrics {
+        let metrics = WebhookMetrics {
             deliveries: meter
                 .u64_counter(names::WEBHOOK_DELIVERIES)
                 .with_description("Webhook delivery attempts by outcome (success, retry, failed)")
@@ -38,7 +43,15 @@ impl WebhookMetrics {
             latency: names::latency_histogram(&meter),
             dropped: names::dropped_counter(&meter),
             transport: [KeyValue::new("transport", "webhook")],
+        };
+        for status in OUTCOMES {
+            metrics
+                .deliveries
+                .add(0, &[KeyValue::new("status", status)]);
         }
+        metrics.dropped(0);
+        metrics.queue_depth(0);
+        metrics
     }
 
     /// An attempt ended with `status` (`success`, `retry` or `failed`).

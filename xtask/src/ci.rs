@@ -95,7 +95,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     }
     // Loom models of event-core's concurrency, in <target>/loom (issue 24).
     crate::loom::run()?;
-    // Two server instances on one NATS (needs TEST_NATS_URL).
+    // Two server instances on one NATS (needs TEST_NATS_URL); the deploy/
+    // check again with a cluster, for the `matric_nats_*` names.
     cargo(&[
         "test",
         "--locked",
@@ -105,6 +106,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "nats,postgres",
         "--test",
         "cluster",
+        "--test",
+        "deploy",
     ])?;
     single_feature_hosts()?;
     // The Autobahn|Testsuite against the WebSocket framing (issue 16).
