@@ -223,7 +223,7 @@ async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigte
 #[cfg(feature = "postgres")]
 async fn check_postgres(host: &Host, url: &str, application: &str, dir: &TempDir) {
     let health = host.json("/health").await;
-    assert_eq!(health["components"]["database"]["state"], "up", "{health}");
+    assert_eq!(health["components"]["database"]["status"], "up", "{health}");
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let open: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
