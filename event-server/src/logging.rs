@@ -1,5 +1,12 @@
 //! Log set-up: `event-telemetry` (UC-005's JSON shape, the event mirror's
 //! target) when the feature is on, plain `tracing-subscriber` otherwise.
+//!
+//! Traces are exported over OTLP/HTTP when the build has the `otlp`
+//! feature and `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is
+//! set, configured by the standard `OTEL_*` variables
+//! (`event_telemetry::TelemetryConfig::with_otel_env`). An unusable `OTEL_*`
+//! value, or an endpoint in a build that cannot export, stops the server
+//! at start with one line naming the variable.
 
 use crate::config::{Config, LogFormat};
 
@@ -24,8 +31,12 @@ impl LogGuard {
 }
 
 /// Installs the global log subscriber (once; later calls keep the first).
+///
+/// # Errors
+///
+/// An `OTEL_*` variable that cannot be used (see the module docs).
 #[cfg(feature = "telemetry")]
-pub fn init(config: &Config) -> LogGuard {
+pub fn init(config: &Config) -> Result<LogGuard, String> {
     let telemetry = event_telemetry::TelemetryConfig {
         format: match config.log_format {
             LogFormat::Text => event_telemetry::LogFormat::Text,
@@ -35,8 +46,13 @@ pub fn init(config: &Config) -> LogGuard {
         // The app installs the meter provider itself (once per process).
         metrics: false,
         ..event_telemetry::TelemetryConfig::default()
-    };
-    match event_telemetry::init(telemetry) {
+    }
+    .with_otel_env(|name| std::env::var(name).ok())
+    .map_err(|e| e.to_string())?;
+    if telemetry.otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
+        return Err(NO_OTLP.to_owned());
+    }
+    Ok(match event_telemetry::init(telemetry) {
         Ok(handle) => LogGuard {
             telemetry: Some(handle),
         },
@@ -45,12 +61,23 @@ pub fn init(config: &Config) -> LogGuard {
             eprintln!("event-server: logging not set up: {e}");
             LogGuard::default()
         }
-    }
+    })
 }
 
+const NO_OTLP: &str =
+    "OTEL_EXPORTER_OTLP_ENDPOINT is set but the server was built without the `otlp` feature";
+
 /// Installs the global log subscriber (once; later calls keep the first).
+///
+/// # Errors
+///
+/// An OTLP endpoint is set: this build cannot export traces.
 #[cfg(not(feature = "telemetry"))]
-pub fn init(config: &Config) -> LogGuard {
+pub fn init(config: &Config) -> Result<LogGuard, String> {
+    let endpoint = |name| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if endpoint("OTEL_EXPORTER_OTLP_ENDPOINT") || endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Err(NO_OTLP.to_owned());
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&config.rust_log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -61,5 +88,5 @@ pub fn init(config: &Config) -> LogGuard {
         LogFormat::Json => builder.json().try_init(),
     };
     drop(result);
-    LogGuard::default()
+    Ok(LogGuard::default())
 }

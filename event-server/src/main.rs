@@ -6,7 +6,13 @@ use event_server::config::Config;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::load();
-    let logs = event_server::logging::init(&config);
+    let logs = match event_server::logging::init(&config) {
+        Ok(logs) => logs,
+        Err(e) => {
+            eprintln!("event-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let app = match App::build(&config).await {
         Ok(app) => app,
         Err(e) => {

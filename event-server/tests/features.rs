@@ -23,123 +23,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::Duration;
+#[path = "common/host.rs"]
+#[allow(dead_code)]
+mod host;
 
 use event_server::testing::{TempDir, client};
 use futures_util::StreamExt;
+use host::{Host, WAIT};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
-
-/// Start-up of a debug build on a busy machine may be slow.
-const START: Duration = Duration::from_secs(60);
-/// Any other single wait.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// The binary, killed on drop if it has not exited.
-struct Host {
-    child: Child,
-    addr: SocketAddr,
-    /// Its stdout (JSON log lines) after the "listening" line.
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Host {
-    async fn start(env: &[(&str, String)]) -> Host {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_event-server"));
-        // Settings from the environment running the tests must not leak in.
-        for var in [
-            "NATS_URL",
-            "AUTH_ADMIN_TOKEN",
-            "AUTH_CLIENT_TOKENS",
-            "ALLOWED_ORIGINS",
-        ] {
-            command.env_remove(var);
-        }
-        command
-            .env("EVENT_SERVER_ADDR", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("start the event-server binary");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = tokio::time::timeout(START, async {
-            while let Some(line) = lines.recv().await {
-                if let Ok(json) = serde_json::from_str::<Value>(&line)
-                    && let Some(addr) = json["fields"]["addr"].as_str()
-                {
-                    return addr.parse().expect("the logged address");
-                }
-            }
-            panic!("the server exited before it was listening");
-        })
-        .await
-        .expect("the server never logged that it was listening");
-        Host { child, addr, lines }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn status(&self, path: &str) -> u16 {
-        client()
-            .get(self.url(path))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-            .status()
-            .as_u16()
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        let res = client().get(self.url(path)).send().await.unwrap();
-        assert_eq!(res.status(), 200, "GET {path}");
-        res.json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    /// SIGTERM; the exit status and the rest of the log (bounded waits).
-    async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = self.child.id().expect("the server is running");
-        let killed = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap();
-        assert!(killed.success(), "kill -TERM failed");
-        let status = tokio::time::timeout(WAIT, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("the server did not exit within {WAIT:?} of SIGTERM"))
-            .unwrap();
-        // Its stdout has ended: the forwarding task closes the channel.
-        let rest = tokio::time::timeout(WAIT, async {
-            let mut rest = Vec::new();
-            while let Some(line) = self.lines.recv().await {
-                rest.push(line);
-            }
-            rest
-        })
-        .await
-        .expect("the log did not end with the process");
-        (status, rest)
-    }
-}
 
 /// The features this build has, for the messages.
 fn features() -> Vec<&'static str> {

@@ -87,6 +87,7 @@ pub mod health;
 mod json;
 mod logging;
 pub mod metrics;
+mod otel_env;
 #[cfg(feature = "otlp")]
 mod otlp;
 pub mod sink;
@@ -102,4 +103,5 @@ pub use logging::{
     init_with_writer, subscriber,
 };
 pub use metrics::{PROMETHEUS_CONTENT_TYPE, PrometheusMetrics, metrics_handler};
+pub use otel_env::TraceSampler;
 pub use sink::{EVENTS_TARGET, TelemetrySink, log_event};

@@ -58,6 +58,8 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP endpoint for traces (`http://collector:4318/v1/traces`).
     /// Needs the `otlp` feature; without it, setting this is an error.
     pub otlp_endpoint: Option<String>,
+    /// Which traces are exported (`OTEL_TRACES_SAMPLER`).
+    pub sampler: crate::TraceSampler,
 }
 
 impl Default for TelemetryConfig {
@@ -69,6 +71,7 @@ impl Default for TelemetryConfig {
             service_name: "matric-events".to_owned(),
             metrics: true,
             otlp_endpoint: None,
+            sampler: crate::TraceSampler::default(),
         }
     }
 }

@@ -10,10 +10,22 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::{TelemetryConfig, TelemetryError};
+use crate::{TelemetryConfig, TelemetryError, TraceSampler};
+
+fn sampler(sampler: TraceSampler) -> Sampler {
+    let parent_based = |root: Sampler| Sampler::ParentBased(Box::new(root));
+    match sampler {
+        TraceSampler::AlwaysOn => Sampler::AlwaysOn,
+        TraceSampler::AlwaysOff => Sampler::AlwaysOff,
+        TraceSampler::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
+        TraceSampler::ParentBasedAlwaysOn => parent_based(Sampler::AlwaysOn),
+        TraceSampler::ParentBasedAlwaysOff => parent_based(Sampler::AlwaysOff),
+        TraceSampler::ParentBasedTraceIdRatio(r) => parent_based(Sampler::TraceIdRatioBased(r)),
+    }
+}
 
 /// The `tracing` layer exporting spans to `endpoint`, and its provider
 /// (kept to flush on shutdown).
@@ -33,6 +45,7 @@ pub(crate) fn layer(
         .build()
         .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
     let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler(config.sampler))
         .with_resource(
             Resource::builder()
                 .with_service_name(config.service_name.clone())

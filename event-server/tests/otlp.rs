@@ -1,0 +1,120 @@
+//! Traces over OTLP from the real binary (feature `otlp`), configured only
+//! by the standard `OTEL_*` variables: a receiver on 127.0.0.1 decodes what
+//! arrives (`opentelemetry-proto`) and finds the server's spans under the
+//! `service.name` it was given. A bad `OTEL_*` value stops the server at
+//! start with one line naming the variable.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/host.rs"]
+#[allow(dead_code)]
+mod host;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use futures_util::StreamExt;
+use host::{Host, WAIT};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+/// An OTLP/HTTP receiver: every `POST /v1/traces` body, decoded.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                let _ = tx.send(request);
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}"), rx)
+}
+
+/// `(service.name, span name)` of every span in `request`.
+fn spans(request: &ExportTraceServiceRequest) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for resource_spans in &request.resource_spans {
+        let service = resource_spans
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                AnyValue::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        for scope in &resource_spans.scope_spans {
+            for span in &scope.spans {
+                out.push((service.clone(), span.name.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_collector_named_by_otel_variables() {
+    let (collector, mut received) = receiver().await;
+    let host = Host::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_SERVICE_NAME", "events-otlp-test".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+    ])
+    .await;
+    // One WebSocket connection, opened and closed: its span ends.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // A graceful stop flushes the batch exporter before the process exits.
+    let (status, _) = host.terminate().await;
+    assert!(status.success(), "{status}");
+    let mut found = Vec::new();
+    while let Ok(request) = received.try_recv() {
+        found.extend(spans(&request));
+    }
+    assert!(
+        found
+            .iter()
+            .any(|(service, name)| service == "events-otlp-test" && name == "ws_connection"),
+        "no ws_connection span of events-otlp-test among {found:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_otel_variable_stops_the_server_at_start() {
+    for (variable, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+    ] {
+        let out = tokio::time::timeout(
+            host::START,
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_event-server"))
+                .env("EVENT_SERVER_ADDR", "127.0.0.1:0")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+                .env(variable, value)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the server did not stop")
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+    }
+}
