@@ -15,7 +15,7 @@ use event_core::EventKind;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::record::{RecordSteps, record_batch};
+use super::record::{RecordSteps, WebhookState, record_batch};
 use super::{WebhookStore, status_of};
 use crate::error::Result;
 use crate::model::{
@@ -123,6 +123,10 @@ macro_rules! delivery_columns {
     };
 }
 
+/// The webhook columns [`state_of`] reads.
+pub const STATE_COLUMNS: &str =
+    "id, active, failure_count, disabled_reason, last_triggered_at, updated_at";
+
 /// The columns an engine's [`Engine::claim`] returns (`body` as text).
 pub const CLAIMED_COLUMNS: &str =
     "id, webhook_id, event_id, event_type, body, attempts, created_at";
@@ -171,6 +175,19 @@ fn claimed_of<E: Engine>(row: &E::Row, token: Uuid) -> Result<ClaimedDelivery> {
         attempts: E::small(row, "attempts")?,
         created_at: E::time(row, "created_at")?,
         claim_token: token,
+    })
+}
+
+/// A webhook's state as [`RecordSteps::webhook_states`] reads it (the
+/// columns of [`STATE_COLUMNS`]).
+pub fn state_of<E: Engine>(row: &E::Row) -> Result<WebhookState> {
+    Ok(WebhookState {
+        id: E::id(row, "id")?,
+        active: E::flag(row, "active")?,
+        failure_count: E::small(row, "failure_count")?,
+        disabled_reason: E::opt_text(row, "disabled_reason")?,
+        last_triggered_at: E::opt_time(row, "last_triggered_at")?,
+        updated_at: E::time(row, "updated_at")?,
     })
 }
 

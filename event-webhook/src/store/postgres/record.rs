@@ -3,16 +3,15 @@
 //! a `VALUES` list), so each is prepared once.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{col, i32_of};
+use super::{PostgresStore, col, i32_of};
 use crate::error::Result;
 use crate::model::AttemptRecord;
 use crate::store::outcome_columns;
 use crate::store::record::{RecordSteps, WebhookState};
-use crate::store::u32_of;
+use crate::store::sql::state_of;
 
 /// A recording transaction.
 pub struct PgRecord {
@@ -23,20 +22,6 @@ impl PgRecord {
     pub(super) fn new(tx: Transaction<'static, Postgres>) -> Self {
         PgRecord { tx }
     }
-}
-
-fn state_of(row: &PgRow) -> Result<WebhookState> {
-    Ok(WebhookState {
-        id: row.try_get("id")?,
-        active: row.try_get("active")?,
-        failure_count: u32_of(
-            row.try_get::<i32, _>("failure_count")?.into(),
-            "failure_count",
-        )?,
-        disabled_reason: row.try_get("disabled_reason")?,
-        last_triggered_at: row.try_get("last_triggered_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
 }
 
 #[async_trait]
@@ -52,7 +37,7 @@ impl RecordSteps for PgRecord {
         .bind(ids)
         .fetch_all(&mut *self.tx)
         .await?;
-        rows.iter().map(state_of).collect()
+        rows.iter().map(state_of::<PostgresStore>).collect()
     }
 
     async fn finish_deliveries(&mut self, run: &[AttemptRecord]) -> Result<Vec<Uuid>> {

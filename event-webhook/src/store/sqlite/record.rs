@@ -6,12 +6,12 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
-use super::{ms, opt_from_ms};
+use super::{SqliteStore, ms};
 use crate::error::Result;
 use crate::model::AttemptRecord;
 use crate::store::outcome_columns;
 use crate::store::record::{RecordSteps, WebhookState};
-use crate::store::u32_of;
+use crate::store::sql::{STATE_COLUMNS, state_of};
 
 /// Rows per set-based statement (at most eight parameters each; SQLite
 /// caps bound parameters per statement).
@@ -38,24 +38,15 @@ impl RecordSteps for SqliteRecord {
         // other connection writes until it ends.
         let mut states = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(RECORD_CHUNK) {
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "SELECT id, active, failure_count, disabled_reason, last_triggered_at, \
-                 updated_at FROM webhooks WHERE id IN (",
-            );
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+            qb.push(STATE_COLUMNS).push(" FROM webhooks WHERE id IN (");
             let mut list = qb.separated(", ");
             for id in chunk {
                 list.push_bind(*id);
             }
             qb.push(") ORDER BY id");
             for row in qb.build().fetch_all(&mut *self.tx).await? {
-                states.push(WebhookState {
-                    id: row.try_get("id")?,
-                    active: row.try_get("active")?,
-                    failure_count: u32_of(row.try_get("failure_count")?, "failure_count")?,
-                    disabled_reason: row.try_get("disabled_reason")?,
-                    last_triggered_at: opt_from_ms(row.try_get("last_triggered_at")?)?,
-                    updated_at: super::from_ms(row.try_get("updated_at")?)?,
-                });
+                states.push(state_of::<SqliteStore>(&row)?);
             }
         }
         Ok(states)
