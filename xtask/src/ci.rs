@@ -11,7 +11,8 @@
 //! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
 //! members' tests (see `docs/conformance.md`).
 //! `cargo xtask ci --only features` runs just the single-feature hosts,
-//! `--only conformance` just the conformance suite.
+//! `--only conformance` just the conformance suite, `--only no-postgres`
+//! just the check that a host without `postgres` has no PostgreSQL driver.
 
 use std::process::Command;
 use std::time::Instant;
@@ -62,6 +63,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         [] => {}
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
         [flag, what] if flag == "--only" && what == "loom" => return crate::loom::run(),
+        [flag, what] if flag == "--only" && what == "no-postgres" => return no_postgres_driver(),
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
         }
