@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::eventually;
 use common::receiver::{Receiver, Recorded, Reply};
-use common::{eventually, postgres_url};
 use event_webhook::model::{DeliveryStatus, NewDelivery, Webhook};
 use event_webhook::store::WebhookStore;
 use uuid::Uuid;
@@ -135,9 +135,12 @@ async fn sqlite_worker_killed_mid_queue_loses_nothing() {
     let _ = std::fs::remove_file(&path);
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_worker_killed_mid_queue_loses_nothing() {
-    let Some(base) = postgres_url() else { return };
+    let Some(base) = common::postgres_url() else {
+        return;
+    };
     let schema = common::fresh_schema();
     let store: Arc<dyn WebhookStore> = Arc::new(
         event_webhook::store::PostgresStore::connect_in_schema(&base, &schema)

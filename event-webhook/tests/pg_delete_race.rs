@@ -5,6 +5,7 @@
 //! cascade wants the delivery rows the recorder updated; the recorder wants
 //! the webhook row the delete took).
 
+#![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

@@ -1,6 +1,7 @@
 //! Two workers on one PostgreSQL queue: every event delivered exactly once
 //! (claims use `FOR UPDATE SKIP LOCKED`).
 
+#![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

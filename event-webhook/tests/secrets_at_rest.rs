@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::receiver::Receiver;
-use common::{fast_config, postgres_url, sqlite_url};
+use common::{fast_config, sqlite_url};
 use event_core::{AllowAnonymous, EventBus, JobCompleted, SinkRunner};
 use event_webhook::model::Webhook;
-use event_webhook::store::{PostgresStore, SqliteStore, WebhookStore};
+#[cfg(feature = "postgres")]
+use event_webhook::store::PostgresStore;
+use event_webhook::store::{SqliteStore, WebhookStore};
 use event_webhook::{SecretKey, WebhookConfig, WebhookError, Webhooks};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,7 @@ fn config(list: &str) -> WebhookConfig {
 #[derive(Clone)]
 enum Raw {
     Sqlite(SqliteStore),
+    #[cfg(feature = "postgres")]
     Postgres(PostgresStore),
 }
 
@@ -48,6 +51,7 @@ impl Raw {
     fn store(&self) -> Arc<dyn WebhookStore> {
         match self {
             Raw::Sqlite(s) => Arc::new(s.clone()),
+            #[cfg(feature = "postgres")]
             Raw::Postgres(s) => Arc::new(s.clone()),
         }
     }
@@ -59,6 +63,7 @@ impl Raw {
                 .fetch_one(s.pool())
                 .await
                 .unwrap(),
+            #[cfg(feature = "postgres")]
             Raw::Postgres(s) => sqlx::query_scalar("SELECT secret FROM webhooks WHERE id = $1")
                 .bind(id)
                 .fetch_one(s.pool())
@@ -77,6 +82,7 @@ impl Raw {
             .fetch_one(s.pool())
             .await
             .unwrap(),
+            #[cfg(feature = "postgres")]
             Raw::Postgres(s) => {
                 sqlx::query_scalar("SELECT row_to_json(w)::text FROM webhooks w WHERE id = $1")
                     .bind(id)
@@ -228,9 +234,10 @@ async fn sqlite_secrets_are_sealed_at_rest() {
     sealed_secrets(Raw::Sqlite(SqliteStore::connect(&url).await.unwrap())).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test]
 async fn postgres_secrets_are_sealed_at_rest() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = common::postgres_url() else {
         return;
     };
     let schema = common::fresh_schema();

@@ -283,9 +283,131 @@ async fn rows_of_a_deleted_webhook_are_skipped_not_fatal(store: Store) {
     );
 }
 
+/// One batch over several webhooks, every kind of outcome: each webhook's
+/// stored state is that of its results applied in order (the store writes
+/// it once per webhook), a stale claim and a webhook deleted meanwhile
+/// change nothing and fail nothing.
+async fn batch_over_several_webhooks(store: Store) {
+    // a: success then retry; b: a retry and the dead delivery that reaches
+    // the limit; c: dead, success, dead; d: 410 Gone; e: only a stale claim;
+    // f: paused by the API meanwhile, then reaches the limit; g: deleted
+    // meanwhile.
+    let ws = [0, 2, 1, 0, 2, 2, 0].map(webhook);
+    for w in &ws {
+        store.create_webhook(w).await.unwrap();
+    }
+    let [a, b, c, d, e, f, g] = &ws;
+    let t0 = now();
+    let per = [2, 2, 3, 1, 1, 1, 1];
+    let rows: Vec<NewDelivery> = ws
+        .iter()
+        .zip(per)
+        .flat_map(|(w, n)| (0..n).map(|_| delivery(w.id, t0)).collect::<Vec<_>>())
+        .collect();
+    store.enqueue(&rows).await.unwrap();
+    let claimed = store.claim_due(&claim(t0)).await.unwrap();
+    assert_eq!(claimed.len(), rows.len());
+    let of = |w: &Webhook| -> Vec<ClaimedDelivery> {
+        rows.iter()
+            .filter(|r| r.webhook_id == w.id)
+            .map(|r| claimed.iter().find(|c| c.id == r.id).unwrap().clone())
+            .collect()
+    };
+    let (ra, rb, rc, rd, re, rf, rg) = (of(a), of(b), of(c), of(d), of(e), of(f), of(g));
+    let mut paused = f.clone();
+    paused.active = false;
+    paused.disabled_reason = Some("paused".to_owned());
+    assert!(store.update_webhook(&paused).await.unwrap());
+    assert!(store.delete_webhook(g.id).await.unwrap());
+
+    let at = |ms: i64| t0 + Duration::milliseconds(ms);
+    let retry_at = t0 + Duration::seconds(60);
+    let mut stale = record(&re[0], AttemptOutcome::Succeeded, at(9));
+    stale.claim_token = Uuid::new_v4();
+    let batch = vec![
+        record(&rc[0], AttemptOutcome::Dead, at(1)), // c: 1 → 2
+        record(&ra[0], AttemptOutcome::Succeeded, at(2)),
+        record(&rb[0], AttemptOutcome::Retry(retry_at), at(3)),
+        record(&rg[0], AttemptOutcome::Succeeded, at(4)), // g: deleted
+        record(&rd[0], AttemptOutcome::Gone, at(5)),
+        record(&rc[1], AttemptOutcome::Succeeded, at(6)), // c: → 0
+        record(&rb[1], AttemptOutcome::Dead, at(7)),      // b: 2 → 3, disabled
+        stale,                                            // e: lost claim
+        record(&rf[0], AttemptOutcome::Dead, at(10)),     // f: 2 → 3, paused
+        record(&ra[1], AttemptOutcome::Retry(retry_at), at(11)),
+        record(&rc[2], AttemptOutcome::Dead, at(12)), // c: 0 → 1
+    ];
+    let effects = store.complete_attempts(&batch).await.unwrap();
+    let lost: Vec<usize> = (0..batch.len())
+        .filter(|&i| effects[i].lost_claim)
+        .collect();
+    assert_eq!(lost, [3, 7], "g's row is gone, e's claim is stale");
+    assert!(effects[4].webhook_disabled, "410 Gone disables");
+    assert!(effects[6].webhook_disabled, "b reached the limit");
+    for i in [0, 1, 2, 3, 5, 7, 9, 10] {
+        assert!(!effects[i].webhook_disabled, "record {i}");
+    }
+
+    let get = |w: &Webhook| {
+        let (store, id) = (store.clone(), w.id);
+        async move { store.get_webhook(id).await.unwrap().unwrap() }
+    };
+    let a_now = get(a).await;
+    assert_eq!(
+        (a_now.active, a_now.failure_count, a_now.last_triggered_at),
+        (true, 0, Some(at(11)))
+    );
+    assert_eq!(a_now.updated_at, a.updated_at, "no state change");
+    let b_now = get(b).await;
+    assert_eq!((b_now.active, b_now.failure_count), (false, 3));
+    assert!(b_now.disabled_reason.unwrap().contains('3'));
+    assert_eq!(
+        (b_now.last_triggered_at, b_now.updated_at),
+        (Some(at(7)), at(7))
+    );
+    let c_now = get(c).await;
+    assert_eq!(
+        (c_now.active, c_now.failure_count, c_now.last_triggered_at),
+        (true, 1, Some(at(12)))
+    );
+    assert_eq!(c_now.disabled_reason, None);
+    let d_now = get(d).await;
+    assert!(!d_now.active);
+    assert!(d_now.disabled_reason.unwrap().contains("410"));
+    assert_eq!(d_now.updated_at, at(5));
+    let e_now = get(e).await;
+    assert_eq!(
+        (e_now.failure_count, e_now.last_triggered_at),
+        (2, None),
+        "the stale record wrote nothing"
+    );
+    let f_now = get(f).await;
+    assert_eq!((f_now.active, f_now.failure_count), (false, 3));
+    assert_eq!(
+        f_now.disabled_reason.as_deref(),
+        Some("paused"),
+        "a webhook disabled already keeps its reason"
+    );
+    assert!(store.get_webhook(g.id).await.unwrap().is_none());
+
+    for (row, status) in [
+        (&ra[1], DeliveryStatus::Failed),
+        (&rb[1], DeliveryStatus::Dead),
+        (&rc[1], DeliveryStatus::Succeeded),
+        (&rd[0], DeliveryStatus::Dead),
+        (&re[0], DeliveryStatus::Pending),
+    ] {
+        assert_eq!(status_of(&store, row).await, status, "{}", row.id);
+    }
+    let attempts = store.list_attempts(rc[2].id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].started_at, at(12));
+}
+
 on_both_engines!(
     batch_applies_in_order,
     same_delivery_twice_in_a_batch,
     enqueue_claiming_claims_the_first_rows,
     rows_of_a_deleted_webhook_are_skipped_not_fatal,
+    batch_over_several_webhooks,
 );

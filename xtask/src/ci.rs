@@ -1,7 +1,9 @@
 //! `cargo xtask ci`: everything CI checks, in order — formatting, clippy
 //! with warnings as errors, each workspace member's tests on their own (so a
 //! crate that only compiles inside the workspace is caught), event-telemetry
-//! with its `otlp` feature (clippy and tests), the host's
+//! with its `otlp` feature (clippy and tests), event-webhook without its
+//! `postgres` feature (clippy) and a host without it (no PostgreSQL driver
+//! in its dependency tree), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
 //! conformance suite (`conformance.rs`), the MCP conformance suite
 //! (`mcp_conformance.rs`), then the doc tests. The HTTP
@@ -9,7 +11,8 @@
 //! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
 //! members' tests (see `docs/conformance.md`).
 //! `cargo xtask ci --only features` runs just the single-feature hosts,
-//! `--only conformance` just the conformance suite.
+//! `--only conformance` just the conformance suite, `--only no-postgres`
+//! just the check that a host without `postgres` has no PostgreSQL driver.
 
 use std::process::Command;
 use std::time::Instant;
@@ -60,6 +63,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         [] => {}
         [flag, what] if flag == "--only" && what == "features" => return single_feature_hosts(),
         [flag, what] if flag == "--only" && what == "loom" => return crate::loom::run(),
+        [flag, what] if flag == "--only" && what == "no-postgres" => return no_postgres_driver(),
         [flag, what] if flag == "--only" && what == "conformance" => {
             return crate::conformance::run(&[]);
         }
@@ -93,6 +97,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
     ] {
         cargo(&line.split(' ').collect::<Vec<_>>())?;
     }
+    // PostgreSQL is optional (issue 17): event-webhook builds and lints
+    // without it, and a host without `postgres` compiles no driver for it.
+    cargo(&[
+        "clippy",
+        "--locked",
+        "-p",
+        "event-webhook",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    no_postgres_driver()?;
     // Loom models of event-core's concurrency, in <target>/loom (issue 24).
     crate::loom::run()?;
     // Two server instances on one NATS (needs TEST_NATS_URL); the deploy/
@@ -119,6 +137,55 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "\nci: all checks passed in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Fails when the host built with every feature but `postgres` (and
+/// `testing`, which the tests add) still has `sqlx-postgres` in its
+/// dependency tree: a dependency, or the workspace's `sqlx` entry, turned
+/// PostgreSQL on for everyone again.
+fn no_postgres_driver() -> Result<(), String> {
+    let features: Vec<&str> = HOST_FEATURES
+        .into_iter()
+        .filter(|f| *f != "postgres")
+        .chain(["testing"])
+        .collect();
+    let features = features.join(",");
+    let args = [
+        "tree",
+        "--locked",
+        "-p",
+        "event-server",
+        "--no-default-features",
+        "--features",
+        &features,
+        "-e",
+        "features",
+    ];
+    println!("\n==> cargo {}", args.join(" "));
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+        .args(args)
+        .output()
+        .map_err(|e| format!("could not run cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`cargo {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let hits: Vec<&str> = tree
+        .lines()
+        .filter(|l| l.contains("sqlx-postgres"))
+        .collect();
+    if !hits.is_empty() {
+        return Err(format!(
+            "event-server without `postgres` still depends on sqlx-postgres:\n{}",
+            hits.join("\n")
+        ));
+    }
+    println!("<== no sqlx-postgres without the `postgres` feature");
     Ok(())
 }
 

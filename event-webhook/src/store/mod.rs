@@ -10,15 +10,19 @@
 //! is recorded only while the claim still holds. The worker records the
 //! results of many attempts together: [`WebhookStore::complete_attempts`]
 //! writes a whole batch in one transaction with a fixed number of set-based
-//! statements (one commit, a handful of round trips, however many results),
-//! with exactly the effect of recording them one by one in order. A process that dies leaves its claims behind; they expire
+//! statements (one commit, a handful of round trips, however many results;
+//! one row per webhook, not per attempt), with exactly the effect of
+//! recording them one by one in order. A process that dies leaves its
+//! claims behind; they expire
 //! at the end of the lease, and [`WebhookStore::recover_in_flight`] frees
 //! them at start-up, so nothing is lost (at-least-once).
 //!
 //! Two engines implement [`WebhookStore`]: [`SqliteStore`] (default, a
 //! file, one worker process per database) and, with the `postgres` feature,
 //! [`PostgresStore`] (any number of workers: claims use
-//! `FOR UPDATE SKIP LOCKED`). [`connect`] picks one by URL scheme.
+//! `FOR UPDATE SKIP LOCKED`). [`connect`] picks one by URL scheme. Both
+//! are the same steps (`sql.rs`, `record.rs`) over a small engine layer
+//! that runs statements and reads columns in each engine's encoding.
 
 use std::sync::Arc;
 
@@ -34,7 +38,9 @@ use crate::model::{
 
 #[cfg(feature = "postgres")]
 mod postgres;
+mod record;
 pub(crate) mod sealed;
+mod sql;
 mod sqlite;
 
 #[cfg(feature = "postgres")]
@@ -246,49 +252,6 @@ pub(crate) fn distinct_runs(records: &[AttemptRecord]) -> Vec<std::ops::Range<us
         runs.push(start..records.len());
     }
     runs
-}
-
-/// How a run of recorded attempts (whose claims held) changes the webhooks.
-///
-/// A webhook whose attempts in the run only succeeded or will be retried
-/// gets one set-based update: `last_triggered_at` from its last attempt and
-/// `failure_count` reset when any succeeded. A webhook with a dead or gone
-/// outcome is replayed record by record instead, because its failure streak
-/// and disabling depend on the order (rare: only at the end of a retry
-/// schedule). Both lists are ordered by webhook id, so concurrent writers
-/// lock webhook rows in the same order.
-#[derive(Debug, Default)]
-pub(crate) struct WebhookPlan<'a> {
-    /// `(webhook, last_triggered_at, reset_failure_count)`.
-    pub simple: Vec<(Uuid, OffsetDateTime, bool)>,
-    /// Records to replay one by one, grouped by webhook, in batch order
-    /// within a webhook.
-    pub replay: Vec<&'a AttemptRecord>,
-}
-
-impl<'a> WebhookPlan<'a> {
-    /// Plans the webhook updates of `held`, the records whose claim held, in
-    /// batch order.
-    pub fn of(held: &[&'a AttemptRecord]) -> Self {
-        use crate::model::AttemptOutcome::{Dead, Gone};
-        let mut by_webhook: std::collections::BTreeMap<Uuid, Vec<&'a AttemptRecord>> =
-            std::collections::BTreeMap::new();
-        for r in held {
-            by_webhook.entry(r.webhook_id).or_default().push(r);
-        }
-        let mut plan = WebhookPlan::default();
-        for (webhook, records) in by_webhook {
-            if records.iter().any(|r| matches!(r.outcome, Dead | Gone)) {
-                plan.replay.extend(records);
-            } else if let Some(last) = records.last() {
-                let reset = records
-                    .iter()
-                    .any(|r| r.outcome == crate::model::AttemptOutcome::Succeeded);
-                plan.simple.push((webhook, last.started_at, reset));
-            }
-        }
-        plan
-    }
 }
 
 /// How many of the oldest due rows a claim considers.

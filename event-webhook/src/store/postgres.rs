@@ -10,77 +10,37 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use event_core::EventKind;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{WebhookStore, candidate_pool, code_of, distinct_runs, status_of, u32_of};
+use super::sql::{Arg, Engine};
+use super::{candidate_pool, code_of, u32_of};
 use crate::error::{Result, WebhookError};
-use crate::model::{
-    Attempt, AttemptEffect, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, Delivery,
-    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
-};
+use crate::model::{BatchClaim, ClaimRequest, NewDelivery, kinds_from_names, kinds_to_names};
 
 mod record;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The PostgreSQL implementation of [`WebhookStore`].
+/// The PostgreSQL implementation of [`WebhookStore`](super::WebhookStore).
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, events, secret, active, max_retries, created_at, \
-     updated_at, last_triggered_at, failure_count, disabled_reason";
-
-const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, \
-     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
-
+/// A count or number as PostgreSQL `INTEGER` (saturating: the values come
+/// from `u32` settings and counters far below the limit).
 fn i32_of(v: u32) -> i32 {
     i32::try_from(v).unwrap_or(i32::MAX)
 }
 
-fn webhook_of(row: &PgRow) -> Result<Webhook> {
-    let names: Vec<String> = row.try_get("events")?;
-    Ok(Webhook {
-        id: row.try_get("id")?,
-        url: row.try_get("url")?,
-        events: kinds_from_names(&names)?,
-        secret: row.try_get("secret")?,
-        active: row.try_get("active")?,
-        max_retries: u32_of(row.try_get::<i32, _>("max_retries")?.into(), "max_retries")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        last_triggered_at: row.try_get("last_triggered_at")?,
-        failure_count: u32_of(
-            row.try_get::<i32, _>("failure_count")?.into(),
-            "failure_count",
-        )?,
-        disabled_reason: row.try_get("disabled_reason")?,
-    })
-}
-
-fn delivery_of(row: &PgRow) -> Result<Delivery> {
-    let status = status_of(row.try_get::<&str, _>("status")?)?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        status,
-        attempts: u32_of(row.try_get::<i32, _>("attempts")?.into(), "attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        last_status_code: code_of(
-            row.try_get::<Option<i32>, _>("last_status_code")?
-                .map(i64::from),
-        ),
-        last_error: row.try_get("last_error")?,
-        created_at: row.try_get("created_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        success: status == DeliveryStatus::Succeeded,
-    })
+/// One column of a batch, for an array parameter (`UNNEST`).
+fn col<'a, T, U>(items: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    items.iter().map(f).collect()
 }
 
 impl PostgresStore {
@@ -139,82 +99,45 @@ impl PostgresStore {
     }
 }
 
+/// `sql` with `args` bound in PostgreSQL's encoding.
+fn bound(sql: &'static str, args: &[Arg<'_>]) -> Query<'static, Postgres, PgArguments> {
+    args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
+        Arg::Id(v) => q.bind(v),
+        Arg::Text(v) => q.bind(v),
+        Arg::OptText(v) => q.bind(v),
+        Arg::Small(v) => q.bind(i32_of(v)),
+        Arg::Big(v) => q.bind(v),
+        Arg::Flag(v) => q.bind(v),
+        Arg::Time(v) => q.bind(v),
+        Arg::OptTime(v) => q.bind(v),
+        Arg::Events(v) => q.bind(kinds_to_names(v)),
+    })
+}
+
 #[async_trait]
-impl WebhookStore for PostgresStore {
-    fn engine(&self) -> &'static str {
-        "postgres"
+impl Engine for PostgresStore {
+    type Row = PgRow;
+    type Record = record::PgRecord;
+    const NAME: &'static str = "postgres";
+    const SHARED_QUEUE: bool = true;
+    const ENQUEUE_CLAIMED: &'static str = "INSERT INTO deliveries (id, webhook_id, \
+         event_id, event_type, body, status, attempts, next_attempt_at, claimed_until, \
+         claim_token, created_at) VALUES ($1, $2, $3, $4, $5::json, 'pending', 0, $6, $7, $8, $9)";
+    // Other live workers may hold claims: free only expired leases.
+    const RECOVER: &'static str = "UPDATE deliveries SET claimed_until = NULL, \
+         claim_token = NULL WHERE claimed_until < $1 \
+         AND status IN ('pending', 'failed')";
+
+    async fn read(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<PgRow>> {
+        Ok(bound(sql, args).fetch_all(&self.pool).await?)
     }
 
-    fn shared_queue(&self) -> bool {
-        true
+    async fn write(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<PgRow>> {
+        Ok(bound(sql, args).fetch_all(&self.pool).await?)
     }
 
-    async fn create_webhook(&self, w: &Webhook) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO webhooks (id, url, events, secret, active, max_retries, created_at, \
-             updated_at, last_triggered_at, failure_count, disabled_reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(w.id)
-        .bind(&w.url)
-        .bind(kinds_to_names(&w.events))
-        .bind(&w.secret)
-        .bind(w.active)
-        .bind(i32_of(w.max_retries))
-        .bind(w.created_at)
-        .bind(w.updated_at)
-        .bind(w.last_triggered_at)
-        .bind(i32_of(w.failure_count))
-        .bind(&w.disabled_reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_webhook(&self, id: Uuid) -> Result<Option<Webhook>> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(webhook_of).transpose()
-    }
-
-    async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(webhook_of).collect()
-    }
-
-    async fn update_webhook(&self, w: &Webhook) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE webhooks SET url = $1, events = $2, secret = $3, active = $4, \
-             max_retries = $5, updated_at = $6, last_triggered_at = $7, failure_count = $8, \
-             disabled_reason = $9 WHERE id = $10",
-        )
-        .bind(&w.url)
-        .bind(kinds_to_names(&w.events))
-        .bind(&w.secret)
-        .bind(w.active)
-        .bind(i32_of(w.max_retries))
-        .bind(w.updated_at)
-        .bind(w.last_triggered_at)
-        .bind(i32_of(w.failure_count))
-        .bind(&w.disabled_reason)
-        .bind(w.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delete_webhook(&self, id: Uuid) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM webhooks WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    async fn execute(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64> {
+        Ok(bound(sql, args).execute(&self.pool).await?.rows_affected())
     }
 
     async fn enqueue_claiming(
@@ -222,43 +145,16 @@ impl WebhookStore for PostgresStore {
         deliveries: &[NewDelivery],
         claim: Option<&BatchClaim>,
     ) -> Result<()> {
-        if deliveries.is_empty() {
-            return Ok(());
-        }
         let claimed = claim.map_or(0, |c| c.count);
-        let n = deliveries.len();
-        let (mut ids, mut webhooks, mut events, mut types, mut bodies) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut next_ats, mut created, mut leases, mut tokens) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (i, d) in deliveries.iter().enumerate() {
-            let claim = claim.filter(|_| i < claimed);
-            ids.push(d.id);
-            webhooks.push(d.webhook_id);
-            events.push(d.event_id);
-            types.push(d.event_type);
-            bodies.push(String::from_utf8_lossy(&d.body).into_owned());
-            next_ats.push(d.next_attempt_at);
-            created.push(d.created_at);
-            leases.push(claim.map(|c| c.lease_until));
-            tokens.push(claim.map(|c| c.token));
-        }
-        // One statement text whatever the batch size (arrays, not a VALUES
-        // list), so it is prepared once. Rows of a webhook deleted since the
-        // sink looked it up are skipped (failing the whole batch on the
-        // foreign key would drop every other webhook's rows with it);
-        // `KEY SHARE` waits for a delete in progress, after which that
-        // webhook's rows drop out.
-        let mut tx = self.pool.begin().await?;
+        let claims: Vec<Option<&BatchClaim>> = (0..deliveries.len())
+            .map(|i| claim.filter(|_| i < claimed))
+            .collect();
+        // One statement (atomic on its own) with one text whatever the
+        // batch size (arrays, not a VALUES list), so it is prepared once.
+        // Rows of a webhook deleted since the sink looked it up are skipped
+        // (failing the whole batch on the foreign key would drop every other
+        // webhook's rows with it); `KEY SHARE` waits for a delete in
+        // progress, after which that webhook's rows drop out.
         sqlx::query(
             "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
              attempts, next_attempt_at, created_at, claimed_until, claim_token) \
@@ -270,125 +166,29 @@ impl WebhookStore for PostgresStore {
                claimed_until, claim_token) \
              JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
         )
-        .bind(&ids)
-        .bind(&webhooks)
-        .bind(&events)
-        .bind(&types)
-        .bind(&bodies)
-        .bind(&next_ats)
-        .bind(&created)
-        .bind(&leases)
-        .bind(&tokens)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn enqueue_claimed(
-        &self,
-        d: &NewDelivery,
-        token: Uuid,
-        lease_until: OffsetDateTime,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-             attempts, next_attempt_at, claimed_until, claim_token, created_at) \
-             VALUES ($1, $2, $3, $4, $5::json, 'pending', 0, $6, $7, $8, $9)",
-        )
-        .bind(d.id)
-        .bind(d.webhook_id)
-        .bind(d.event_id)
-        .bind(d.event_type)
-        .bind(String::from_utf8_lossy(&d.body).into_owned())
-        .bind(d.next_attempt_at)
-        .bind(lease_until)
-        .bind(token)
-        .bind(d.created_at)
+        .bind(col(deliveries, |d| d.id))
+        .bind(col(deliveries, |d| d.webhook_id))
+        .bind(col(deliveries, |d| d.event_id))
+        .bind(col(deliveries, |d| d.event_type))
+        .bind(col(deliveries, |d| {
+            String::from_utf8_lossy(&d.body).into_owned()
+        }))
+        .bind(col(deliveries, |d| d.next_attempt_at))
+        .bind(col(deliveries, |d| d.created_at))
+        .bind(col(&claims, |c| c.map(|c| c.lease_until)))
+        .bind(col(&claims, |c| c.map(|c| c.token)))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>> {
-        let sql =
-            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1 AND webhook_id = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(webhook_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(delivery_of).transpose()
-    }
-
-    async fn list_deliveries(
-        &self,
-        webhook_id: Uuid,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-    ) -> Result<Vec<Delivery>> {
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = $1 \
-             AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(webhook_id)
-            .bind(status.map(DeliveryStatus::as_str))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(delivery_of).collect()
-    }
-
-    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts \
-             WHERE delivery_id = $1 ORDER BY attempt, id",
-        )
-        .bind(delivery_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    attempt: u32_of(r.try_get::<i32, _>("attempt")?.into(), "attempt")?,
-                    started_at: r.try_get("started_at")?,
-                    duration_ms: r.try_get::<i64, _>("duration_ms")?.max(0) as u64,
-                    status_code: code_of(
-                        r.try_get::<Option<i32>, _>("status_code")?.map(i64::from),
-                    ),
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn redeliver(
-        &self,
-        webhook_id: Uuid,
-        id: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Delivery>> {
-        let sql = format!(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
-             claimed_until = NULL, claim_token = NULL, delivered_at = NULL \
-             WHERE id = $2 AND webhook_id = $3 RETURNING {DELIVERY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(id)
-            .bind(webhook_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(delivery_of).transpose()
-    }
-
-    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<PgRow>> {
         // Candidates come from the oldest due rows only (an index range
         // scan, whatever the queue length); the ranked subquery keeps at most
-        // `per_webhook` per endpoint; the locking SELECT re-checks the due condition on the
-        // latest row version and skips rows another worker is claiming.
-        let rows = sqlx::query(
+        // `per_webhook` per endpoint; the locking SELECT re-checks the due
+        // condition on the latest row version and skips rows another worker
+        // is claiming.
+        Ok(sqlx::query(
             "WITH candidates AS ( \
                SELECT id FROM ( \
                  SELECT id, next_attempt_at, row_number() OVER \
@@ -423,27 +223,10 @@ impl WebhookStore for PostgresStore {
         .bind(req.token)
         .bind(i64::from(candidate_pool(req)))
         .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedDelivery {
-                    id: r.try_get("id")?,
-                    webhook_id: r.try_get("webhook_id")?,
-                    event_id: r.try_get("event_id")?,
-                    event_type: r.try_get("event_type")?,
-                    body: r.try_get("body")?,
-                    attempts: u32_of(r.try_get::<i32, _>("attempts")?.into(), "attempts")?,
-                    created_at: r.try_get("created_at")?,
-                    claim_token: req.token,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
         sqlx::query(
             "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
              WHERE claim_token = $1 AND id = ANY($2)",
@@ -455,79 +238,49 @@ impl WebhookStore for PostgresStore {
         Ok(())
     }
 
-    async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        // Lock order: the webhooks first, in id order, then their
-        // deliveries, as a `DELETE FROM webhooks` (which cascades to the
-        // deliveries) does. Locking the webhooks only after updating the
-        // deliveries deadlocks with a concurrent delete: it holds the
-        // webhook and waits for a delivery row this transaction updated.
-        // `NO KEY UPDATE` still lets the sink insert deliveries (their
-        // foreign-key check takes `KEY SHARE`).
-        let mut webhooks: Vec<Uuid> = records.iter().map(|r| r.webhook_id).collect();
-        webhooks.sort_unstable();
-        webhooks.dedup();
-        sqlx::query("SELECT id FROM webhooks WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
-            .bind(&webhooks)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut effects = Vec::with_capacity(records.len());
-        for run in distinct_runs(records) {
-            effects.extend(record::record_run(&mut tx, &records[run]).await?);
-        }
-        tx.commit().await?;
-        Ok(effects)
+    async fn begin_record(&self) -> Result<record::PgRecord> {
+        Ok(record::PgRecord::new(self.pool.begin().await?))
     }
 
-    async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64> {
-        // Other live workers may hold claims: free only expired leases.
-        let done = sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
-             WHERE claimed_until < $1 AND status IN ('pending', 'failed')",
-        )
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+    fn id(row: &PgRow, column: &str) -> Result<Uuid> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64> {
-        let done =
-            sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < $1")
-                .bind(before)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected())
+    fn text(row: &PgRow, column: &str) -> Result<String> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn queue_depth(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed') \
-             AND next_attempt_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.max(0) as u64)
-    }
-    async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
-        let rows = sqlx::query("SELECT id, secret FROM webhooks ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("secret")?)))
-            .collect()
+    fn opt_text(row: &PgRow, column: &str) -> Result<Option<String>> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn replace_stored_secret(&self, id: Uuid, expected: &str, new: &str) -> Result<bool> {
-        let done = sqlx::query("UPDATE webhooks SET secret = $1 WHERE id = $2 AND secret = $3")
-            .bind(new)
-            .bind(id)
-            .bind(expected)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    fn flag(row: &PgRow, column: &str) -> Result<bool> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn small(row: &PgRow, column: &str) -> Result<u32> {
+        u32_of(row.try_get::<i32, _>(column)?.into(), column)
+    }
+
+    fn code(row: &PgRow, column: &str) -> Result<Option<u16>> {
+        Ok(code_of(
+            row.try_get::<Option<i32>, _>(column)?.map(i64::from),
+        ))
+    }
+
+    fn big(row: &PgRow, column: &str) -> Result<i64> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn time(row: &PgRow, column: &str) -> Result<OffsetDateTime> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn opt_time(row: &PgRow, column: &str) -> Result<Option<OffsetDateTime>> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn events(row: &PgRow, column: &str) -> Result<Vec<EventKind>> {
+        kinds_from_names(&row.try_get::<Vec<String>, _>(column)?)
     }
 }

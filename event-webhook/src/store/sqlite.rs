@@ -23,7 +23,7 @@
 //! cost of an `fsync` per transaction.
 //!
 //! Only one process should run a worker
-//! on a database: [`recover_in_flight`](WebhookStore::recover_in_flight)
+//! on a database: [`recover_in_flight`](super::WebhookStore::recover_in_flight)
 //! frees *every* claim at start-up, taking any claimed row to be the
 //! leftover of a dead process.
 
@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use event_core::EventKind;
+use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -40,12 +43,10 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{WebhookStore, candidate_pool, code_of, distinct_runs, status_of, u32_of};
+use super::sql::{Arg, CLAIMED_COLUMNS, Engine};
+use super::{candidate_pool, code_of, u32_of};
 use crate::error::{Result, WebhookError};
-use crate::model::{
-    Attempt, AttemptEffect, AttemptRecord, BatchClaim, ClaimRequest, ClaimedDelivery, Delivery,
-    DeliveryStatus, NewDelivery, Webhook, kinds_from_names, kinds_to_names,
-};
+use crate::model::{BatchClaim, ClaimRequest, NewDelivery, kinds_from_names, kinds_to_names};
 
 mod record;
 
@@ -54,7 +55,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// Rows per INSERT statement (SQLite caps bound parameters per statement).
 const INSERT_CHUNK: usize = 500;
 
-/// The SQLite implementation of [`WebhookStore`].
+/// The SQLite implementation of [`WebhookStore`](super::WebhookStore).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// Reads.
@@ -80,53 +81,6 @@ fn from_ms(v: i64) -> Result<OffsetDateTime> {
 
 fn opt_from_ms(v: Option<i64>) -> Result<Option<OffsetDateTime>> {
     v.map(from_ms).transpose()
-}
-
-const WEBHOOK_COLUMNS: &str = "id, url, events, secret, active, max_retries, created_at, \
-     updated_at, last_triggered_at, failure_count, disabled_reason";
-
-const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, status, attempts, \
-     next_attempt_at, last_status_code, last_error, created_at, delivered_at";
-
-fn webhook_of(row: &SqliteRow) -> Result<Webhook> {
-    let events: String = row.try_get("events")?;
-    let names: Vec<String> =
-        serde_json::from_str(&events).map_err(|e| WebhookError::Corrupt(format!("events: {e}")))?;
-    Ok(Webhook {
-        id: row.try_get("id")?,
-        url: row.try_get("url")?,
-        events: kinds_from_names(&names)?,
-        secret: row.try_get("secret")?,
-        active: row.try_get("active")?,
-        max_retries: u32_of(row.try_get("max_retries")?, "max_retries")?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-        updated_at: from_ms(row.try_get("updated_at")?)?,
-        last_triggered_at: opt_from_ms(row.try_get("last_triggered_at")?)?,
-        failure_count: u32_of(row.try_get("failure_count")?, "failure_count")?,
-        disabled_reason: row.try_get("disabled_reason")?,
-    })
-}
-
-fn delivery_of(row: &SqliteRow) -> Result<Delivery> {
-    let status = status_of(row.try_get::<&str, _>("status")?)?;
-    Ok(Delivery {
-        id: row.try_get("id")?,
-        webhook_id: row.try_get("webhook_id")?,
-        event_id: row.try_get("event_id")?,
-        event_type: row.try_get("event_type")?,
-        status,
-        attempts: u32_of(row.try_get("attempts")?, "attempts")?,
-        next_attempt_at: opt_from_ms(row.try_get("next_attempt_at")?)?,
-        last_status_code: code_of(row.try_get("last_status_code")?),
-        last_error: row.try_get("last_error")?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-        delivered_at: opt_from_ms(row.try_get("delivered_at")?)?,
-        success: status == DeliveryStatus::Succeeded,
-    })
-}
-
-fn events_json(webhook: &Webhook) -> String {
-    serde_json::Value::from(kinds_to_names(&webhook.events)).to_string()
 }
 
 /// Owner-only access (0600) to a database file: created so when `create`
@@ -238,85 +192,52 @@ impl SqliteStore {
     }
 }
 
+/// `sql` with `args` bound in SQLite's encoding.
+fn bound(sql: &'static str, args: &[Arg<'_>]) -> Query<'static, Sqlite, SqliteArguments> {
+    args.iter().fold(sqlx::query(sql), |q, arg| match *arg {
+        Arg::Id(v) => q.bind(v),
+        Arg::Text(v) => q.bind(v),
+        Arg::OptText(v) => q.bind(v),
+        Arg::Small(v) => q.bind(i64::from(v)),
+        Arg::Big(v) => q.bind(v),
+        Arg::Flag(v) => q.bind(v),
+        Arg::Time(v) => q.bind(ms(v)),
+        Arg::OptTime(v) => q.bind(v.map(ms)),
+        Arg::Events(v) => q.bind(serde_json::Value::from(kinds_to_names(v)).to_string()),
+    })
+}
+
 #[async_trait]
-impl WebhookStore for SqliteStore {
-    fn engine(&self) -> &'static str {
-        "sqlite"
+impl Engine for SqliteStore {
+    type Row = SqliteRow;
+    type Record = record::SqliteRecord;
+    const NAME: &'static str = "sqlite";
+    const SHARED_QUEUE: bool = false;
+    const ENQUEUE_CLAIMED: &'static str = "INSERT INTO deliveries (id, webhook_id, \
+         event_id, event_type, body, status, attempts, next_attempt_at, claimed_until, \
+         claim_token, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $8, $9)";
+    // One worker process per SQLite database: any claim found at
+    // start-up belongs to a process that is gone, whatever its lease
+    // (so `$1`, the time, is not used).
+    const RECOVER: &'static str = "UPDATE deliveries SET claimed_until = NULL, \
+         claim_token = NULL WHERE claimed_until IS NOT NULL \
+         AND status IN ('pending', 'failed')";
+
+    async fn read(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<SqliteRow>> {
+        Ok(bound(sql, args).fetch_all(&self.pool).await?)
     }
 
-    fn shared_queue(&self) -> bool {
-        false
-    }
-
-    async fn create_webhook(&self, w: &Webhook) -> Result<()> {
+    async fn write(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<SqliteRow>> {
         let _write = self.write.lock().await;
-        sqlx::query(
-            "INSERT INTO webhooks (id, url, events, secret, active, max_retries, created_at, \
-             updated_at, last_triggered_at, failure_count, disabled_reason) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(w.id)
-        .bind(&w.url)
-        .bind(events_json(w))
-        .bind(&w.secret)
-        .bind(w.active)
-        .bind(i64::from(w.max_retries))
-        .bind(ms(w.created_at))
-        .bind(ms(w.updated_at))
-        .bind(w.last_triggered_at.map(ms))
-        .bind(i64::from(w.failure_count))
-        .bind(&w.disabled_reason)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        Ok(bound(sql, args).fetch_all(&self.writer).await?)
     }
 
-    async fn get_webhook(&self, id: Uuid) -> Result<Option<Webhook>> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(webhook_of).transpose()
-    }
-
-    async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(webhook_of).collect()
-    }
-
-    async fn update_webhook(&self, w: &Webhook) -> Result<bool> {
+    async fn execute(&self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64> {
         let _write = self.write.lock().await;
-        let done = sqlx::query(
-            "UPDATE webhooks SET url = ?, events = ?, secret = ?, active = ?, max_retries = ?, \
-             updated_at = ?, last_triggered_at = ?, failure_count = ?, disabled_reason = ? \
-             WHERE id = ?",
-        )
-        .bind(&w.url)
-        .bind(events_json(w))
-        .bind(&w.secret)
-        .bind(w.active)
-        .bind(i64::from(w.max_retries))
-        .bind(ms(w.updated_at))
-        .bind(w.last_triggered_at.map(ms))
-        .bind(i64::from(w.failure_count))
-        .bind(&w.disabled_reason)
-        .bind(w.id)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn delete_webhook(&self, id: Uuid) -> Result<bool> {
-        let _write = self.write.lock().await;
-        let done = sqlx::query("DELETE FROM webhooks WHERE id = ?")
-            .bind(id)
+        Ok(bound(sql, args)
             .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+            .await?
+            .rows_affected())
     }
 
     async fn enqueue_claiming(
@@ -325,9 +246,6 @@ impl WebhookStore for SqliteStore {
         claim: Option<&BatchClaim>,
     ) -> Result<()> {
         let _write = self.write.lock().await;
-        if deliveries.is_empty() {
-            return Ok(());
-        }
         let claimed = claim.map_or(0, |c| c.count);
         let mut tx = self.writer.begin().await?;
         for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
@@ -365,113 +283,14 @@ impl WebhookStore for SqliteStore {
         Ok(())
     }
 
-    async fn enqueue_claimed(
-        &self,
-        d: &NewDelivery,
-        token: Uuid,
-        lease_until: OffsetDateTime,
-    ) -> Result<()> {
-        let _write = self.write.lock().await;
-        sqlx::query(
-            "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-             attempts, next_attempt_at, claimed_until, claim_token, created_at) \
-             VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
-        )
-        .bind(d.id)
-        .bind(d.webhook_id)
-        .bind(d.event_id)
-        .bind(d.event_type)
-        .bind(String::from_utf8_lossy(&d.body).into_owned())
-        .bind(d.next_attempt_at.map(ms))
-        .bind(ms(lease_until))
-        .bind(token)
-        .bind(ms(d.created_at))
-        .execute(&self.writer)
-        .await?;
-        Ok(())
-    }
-
-    async fn get_delivery(&self, webhook_id: Uuid, id: Uuid) -> Result<Option<Delivery>> {
-        let sql =
-            format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ? AND webhook_id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(webhook_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(delivery_of).transpose()
-    }
-
-    async fn list_deliveries(
-        &self,
-        webhook_id: Uuid,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-    ) -> Result<Vec<Delivery>> {
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = ? \
-             AND (? IS NULL OR status = ?) ORDER BY created_at DESC, id DESC LIMIT ?"
-        );
-        let status = status.map(DeliveryStatus::as_str);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(webhook_id)
-            .bind(status)
-            .bind(status)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(delivery_of).collect()
-    }
-
-    async fn list_attempts(&self, delivery_id: Uuid) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, duration_ms, status_code, error FROM attempts \
-             WHERE delivery_id = ? ORDER BY attempt, id",
-        )
-        .bind(delivery_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    attempt: u32_of(r.try_get("attempt")?, "attempt")?,
-                    started_at: from_ms(r.try_get("started_at")?)?,
-                    duration_ms: r.try_get::<i64, _>("duration_ms")?.max(0) as u64,
-                    status_code: code_of(r.try_get("status_code")?),
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn redeliver(
-        &self,
-        webhook_id: Uuid,
-        id: Uuid,
-        now: OffsetDateTime,
-    ) -> Result<Option<Delivery>> {
-        let _write = self.write.lock().await;
-        let sql = format!(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, \
-             claimed_until = NULL, claim_token = NULL, delivered_at = NULL \
-             WHERE id = ? AND webhook_id = ? RETURNING {DELIVERY_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(ms(now))
-            .bind(id)
-            .bind(webhook_id)
-            .fetch_optional(&self.writer)
-            .await?;
-        row.as_ref().map(delivery_of).transpose()
-    }
-
-    async fn claim_due(&self, req: &ClaimRequest) -> Result<Vec<ClaimedDelivery>> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<SqliteRow>> {
         let _write = self.write.lock().await;
         let now = ms(req.now);
         let mut qb = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET claimed_until = ");
-        // Candidates come from the oldest due rows only (an index range
-        // scan), so a claim costs the same however long the queue is; the
-        // per-webhook cap is applied among them.
+        // SQLite admits one writer at a time, so the `UPDATE … RETURNING`
+        // is atomic without row locks. Candidates come from the oldest due
+        // rows only (an index range scan), so a claim costs the same however
+        // long the queue is; the per-webhook cap is applied among them.
         qb.push_bind(ms(req.lease_until))
             .push(", claim_token = ")
             .push_bind(req.token)
@@ -501,29 +320,13 @@ impl WebhookStore for SqliteStore {
             .push_bind(i64::from(req.per_webhook))
             .push(" ORDER BY next_attempt_at LIMIT ")
             .push_bind(i64::from(req.limit))
-            .push(") RETURNING id, webhook_id, event_id, event_type, body, attempts, created_at");
-        let rows = qb.build().fetch_all(&self.writer).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ClaimedDelivery {
-                    id: r.try_get("id")?,
-                    webhook_id: r.try_get("webhook_id")?,
-                    event_id: r.try_get("event_id")?,
-                    event_type: r.try_get("event_type")?,
-                    body: r.try_get("body")?,
-                    attempts: u32_of(r.try_get("attempts")?, "attempts")?,
-                    created_at: from_ms(r.try_get("created_at")?)?,
-                    claim_token: req.token,
-                })
-            })
-            .collect()
+            .push(") RETURNING ")
+            .push(CLAIMED_COLUMNS);
+        Ok(qb.build().fetch_all(&self.writer).await?)
     }
 
     async fn release(&self, ids: &[Uuid], token: Uuid) -> Result<()> {
         let _write = self.write.lock().await;
-        if ids.is_empty() {
-            return Ok(());
-        }
         let mut qb = QueryBuilder::<Sqlite>::new(
             "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL WHERE claim_token = ",
         );
@@ -537,69 +340,55 @@ impl WebhookStore for SqliteStore {
         Ok(())
     }
 
-    async fn complete_attempts(&self, records: &[AttemptRecord]) -> Result<Vec<AttemptEffect>> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _write = self.write.lock().await;
-        let mut tx = self.writer.begin().await?;
-        let mut effects = Vec::with_capacity(records.len());
-        for run in distinct_runs(records) {
-            effects.extend(record::record_run(&mut tx, &records[run]).await?);
-        }
-        tx.commit().await?;
-        Ok(effects)
+    async fn begin_record(&self) -> Result<record::SqliteRecord> {
+        let gate = Arc::clone(&self.write).lock_owned().await;
+        // IMMEDIATE: the transaction reads the webhooks' state and writes it
+        // back, so it takes the database's write lock before the read (no
+        // other connection can commit in between).
+        let tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(record::SqliteRecord::new(tx, gate))
     }
 
-    async fn recover_in_flight(&self, _now: OffsetDateTime) -> Result<u64> {
-        let _write = self.write.lock().await;
-        // One worker process per SQLite database: any claim found at start-up
-        // belongs to a process that is gone.
-        let done = sqlx::query(
-            "UPDATE deliveries SET claimed_until = NULL, claim_token = NULL \
-             WHERE claimed_until IS NOT NULL AND status IN ('pending', 'failed')",
-        )
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected())
+    fn id(row: &SqliteRow, column: &str) -> Result<Uuid> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn prune_succeeded(&self, before: OffsetDateTime) -> Result<u64> {
-        let _write = self.write.lock().await;
-        let done =
-            sqlx::query("DELETE FROM deliveries WHERE status = 'succeeded' AND delivered_at < ?")
-                .bind(ms(before))
-                .execute(&self.writer)
-                .await?;
-        Ok(done.rows_affected())
+    fn text(row: &SqliteRow, column: &str) -> Result<String> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn queue_depth(&self) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed') \
-             AND next_attempt_at IS NOT NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.max(0) as u64)
-    }
-    async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
-        let rows = sqlx::query("SELECT id, secret FROM webhooks ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("secret")?)))
-            .collect()
+    fn opt_text(row: &SqliteRow, column: &str) -> Result<Option<String>> {
+        Ok(row.try_get(column)?)
     }
 
-    async fn replace_stored_secret(&self, id: Uuid, expected: &str, new: &str) -> Result<bool> {
-        let _write = self.write.lock().await;
-        let done = sqlx::query("UPDATE webhooks SET secret = ? WHERE id = ? AND secret = ?")
-            .bind(new)
-            .bind(id)
-            .bind(expected)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+    fn flag(row: &SqliteRow, column: &str) -> Result<bool> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn small(row: &SqliteRow, column: &str) -> Result<u32> {
+        u32_of(row.try_get(column)?, column)
+    }
+
+    fn code(row: &SqliteRow, column: &str) -> Result<Option<u16>> {
+        Ok(code_of(row.try_get(column)?))
+    }
+
+    fn big(row: &SqliteRow, column: &str) -> Result<i64> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn time(row: &SqliteRow, column: &str) -> Result<OffsetDateTime> {
+        from_ms(row.try_get(column)?)
+    }
+
+    fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>> {
+        opt_from_ms(row.try_get(column)?)
+    }
+
+    fn events(row: &SqliteRow, column: &str) -> Result<Vec<EventKind>> {
+        let events: String = row.try_get(column)?;
+        let names: Vec<String> = serde_json::from_str(&events)
+            .map_err(|e| WebhookError::Corrupt(format!("events: {e}")))?;
+        kinds_from_names(&names)
     }
 }

@@ -48,6 +48,7 @@ pub fn fresh_schema() -> String {
 
 /// A fresh PostgreSQL store in its own schema (and the schema's name, for
 /// [`drop_schema`]), or `None` when PostgreSQL is not configured.
+#[cfg(feature = "postgres")]
 pub async fn postgres_store() -> Option<(Arc<dyn WebhookStore>, String)> {
     let url = postgres_url()?;
     let schema = fresh_schema();
@@ -59,6 +60,7 @@ pub async fn postgres_store() -> Option<(Arc<dyn WebhookStore>, String)> {
 
 /// Removes a test schema (best effort: a failed test leaves its schema for
 /// inspection).
+#[cfg(feature = "postgres")]
 pub async fn drop_schema(schema: &str) {
     let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
         return;
@@ -147,7 +149,8 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
 
 /// Runs each named `async fn(Arc<dyn WebhookStore>)` of the calling test
 /// file as two tests: `sqlite::<name>` and `postgres::<name>` (skipped
-/// without `TEST_POSTGRES_URL`, in a fresh schema dropped afterwards).
+/// without `TEST_POSTGRES_URL`, in a fresh schema dropped afterwards; not
+/// built without the `postgres` feature).
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -158,6 +161,9 @@ macro_rules! on_both_engines {
                 }
             )*
         }
+        // Built without the `postgres` feature there is no PostgreSQL store
+        // to test.
+        #[cfg(feature = "postgres")]
         mod postgres {
             $(
                 #[tokio::test]

@@ -1,192 +1,106 @@
-//! Recording attempt results: a whole batch in a fixed number of set-based
-//! statements (see [`WebhookPlan`]).
+//! The PostgreSQL statements of recording a batch (see `store/record.rs`):
+//! one statement text whatever the batch size (arrays through `UNNEST`, not
+//! a `VALUES` list), so each is prepared once.
 
-use std::collections::HashSet;
-
-use sqlx::{Postgres, Row};
+use async_trait::async_trait;
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use super::i32_of;
+use super::{PostgresStore, col, i32_of};
 use crate::error::Result;
-use crate::model::{AttemptEffect, AttemptOutcome, AttemptRecord};
-use crate::store::{GONE_REASON, WebhookPlan, dead_streak_reason, outcome_columns};
+use crate::model::AttemptRecord;
+use crate::store::outcome_columns;
+use crate::store::record::{RecordSteps, WebhookState};
+use crate::store::sql::state_of;
 
-/// Records a run of attempts (no delivery twice) inside a transaction with a
-/// fixed number of statements whatever its length: one `UPDATE … FROM
-/// UNNEST` for the deliveries whose claim still holds, one `INSERT … SELECT
-/// FROM UNNEST` for their attempts, one update for the webhooks (locked
-/// beforehand, in id order, by the caller), plus one statement per record of
-/// a webhook with a dead or gone outcome (see [`WebhookPlan`]). A lost claim
-/// writes nothing.
-pub(super) async fn record_run(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    records: &[AttemptRecord],
-) -> Result<Vec<AttemptEffect>> {
-    let n = records.len();
-    let (mut ids, mut tokens, mut statuses, mut attempts) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut next_ats, mut codes, mut errors, mut delivered) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for r in records {
-        let (status, next_at, delivered_at) = outcome_columns(r);
-        ids.push(r.delivery_id);
-        tokens.push(r.claim_token);
-        statuses.push(status.as_str());
-        attempts.push(i32_of(r.attempt));
-        next_ats.push(next_at);
-        codes.push(r.status_code.map(i32::from));
-        errors.push(r.error.clone());
-        delivered.push(delivered_at);
+/// A recording transaction.
+pub struct PgRecord {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl PgRecord {
+    pub(super) fn new(tx: Transaction<'static, Postgres>) -> Self {
+        PgRecord { tx }
     }
-    let held_ids: HashSet<Uuid> = sqlx::query_scalar(
-        "UPDATE deliveries d SET status = v.status, attempts = v.attempts, \
-         next_attempt_at = v.next_at, last_status_code = v.code, last_error = v.error, \
-         delivered_at = v.delivered, claimed_until = NULL, claim_token = NULL \
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], \
-           $6::int4[], $7::text[], $8::timestamptz[]) \
-           AS v(id, token, status, attempts, next_at, code, error, delivered) \
-         WHERE d.id = v.id AND d.claim_token = v.token RETURNING d.id",
-    )
-    .bind(&ids)
-    .bind(&tokens)
-    .bind(&statuses)
-    .bind(&attempts)
-    .bind(&next_ats)
-    .bind(&codes)
-    .bind(&errors)
-    .bind(&delivered)
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
-    let held: Vec<&AttemptRecord> = records
-        .iter()
-        .filter(|r| held_ids.contains(&r.delivery_id))
-        .collect();
-    if !held.is_empty() {
+}
+
+#[async_trait]
+impl RecordSteps for PgRecord {
+    async fn webhook_states(&mut self, ids: &[Uuid]) -> Result<Vec<WebhookState>> {
+        // `NO KEY UPDATE` still lets the sink insert deliveries (their
+        // foreign-key check takes `KEY SHARE`), and keeps the API's and
+        // other workers' changes out until the new state is written.
+        let rows = sqlx::query(
+            "SELECT id, active, failure_count, disabled_reason, last_triggered_at, updated_at \
+             FROM webhooks WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.iter().map(state_of::<PostgresStore>).collect()
+    }
+
+    async fn finish_deliveries(&mut self, run: &[AttemptRecord]) -> Result<Vec<Uuid>> {
+        let outcomes = col(run, outcome_columns);
+        Ok(sqlx::query_scalar::<Postgres, Uuid>(
+            "UPDATE deliveries d SET status = v.status, attempts = v.attempts, \
+             next_attempt_at = v.next_at, last_status_code = v.code, last_error = v.error, \
+             delivered_at = v.delivered, claimed_until = NULL, claim_token = NULL \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int4[], $5::timestamptz[], \
+               $6::int4[], $7::text[], $8::timestamptz[]) \
+               AS v(id, token, status, attempts, next_at, code, error, delivered) \
+             WHERE d.id = v.id AND d.claim_token = v.token RETURNING d.id",
+        )
+        .bind(col(run, |r| r.delivery_id))
+        .bind(col(run, |r| r.claim_token))
+        .bind(col(&outcomes, |o| o.0.as_str()))
+        .bind(col(run, |r| i32_of(r.attempt)))
+        .bind(col(&outcomes, |o| o.1))
+        .bind(col(run, |r| r.status_code.map(i32::from)))
+        .bind(col(run, |r| r.error.as_deref()))
+        .bind(col(&outcomes, |o| o.2))
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn insert_attempts(&mut self, held: &[&AttemptRecord]) -> Result<()> {
         sqlx::query(
             "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
              error) SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], \
              $4::int8[], $5::int4[], $6::text[])",
         )
-        .bind(held.iter().map(|r| r.delivery_id).collect::<Vec<_>>())
-        .bind(held.iter().map(|r| i32_of(r.attempt)).collect::<Vec<_>>())
-        .bind(held.iter().map(|r| r.started_at).collect::<Vec<_>>())
-        .bind(
-            held.iter()
-                .map(|r| r.duration_ms as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            held.iter()
-                .map(|r| r.status_code.map(i32::from))
-                .collect::<Vec<_>>(),
-        )
-        .bind(held.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .bind(col(held, |r| r.delivery_id))
+        .bind(col(held, |r| i32_of(r.attempt)))
+        .bind(col(held, |r| r.started_at))
+        .bind(col(held, |r| r.duration_ms as i64))
+        .bind(col(held, |r| r.status_code.map(i32::from)))
+        .bind(col(held, |r| r.error.as_deref()))
+        .execute(&mut *self.tx)
         .await?;
+        Ok(())
     }
-    // The webhooks were locked at the start of the transaction (see
-    // `complete_attempts`).
-    let plan = WebhookPlan::of(&held);
-    if !plan.simple.is_empty() {
+
+    async fn write_webhooks(&mut self, states: &[WebhookState]) -> Result<()> {
         sqlx::query(
-            "UPDATE webhooks w SET last_triggered_at = v.at, \
-             failure_count = CASE WHEN v.reset THEN 0 ELSE w.failure_count END \
-             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::bool[]) AS v(id, at, reset) \
+            "UPDATE webhooks w SET active = v.active, failure_count = v.count, \
+             disabled_reason = v.reason, last_triggered_at = v.last, updated_at = v.updated \
+             FROM UNNEST($1::uuid[], $2::bool[], $3::int4[], $4::text[], $5::timestamptz[], \
+               $6::timestamptz[]) AS v(id, active, count, reason, last, updated) \
              WHERE w.id = v.id",
         )
-        .bind(plan.simple.iter().map(|s| s.0).collect::<Vec<_>>())
-        .bind(plan.simple.iter().map(|s| s.1).collect::<Vec<_>>())
-        .bind(plan.simple.iter().map(|s| s.2).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .bind(col(states, |s| s.id))
+        .bind(col(states, |s| s.active))
+        .bind(col(states, |s| i32_of(s.failure_count)))
+        .bind(col(states, |s| s.disabled_reason.as_deref()))
+        .bind(col(states, |s| s.last_triggered_at))
+        .bind(col(states, |s| s.updated_at))
+        .execute(&mut *self.tx)
         .await?;
+        Ok(())
     }
-    let mut disabled = HashSet::new();
-    for r in &plan.replay {
-        if webhook_effect(tx, r).await? {
-            disabled.insert(r.delivery_id);
-        }
-    }
-    Ok(records
-        .iter()
-        .map(|r| AttemptEffect {
-            lost_claim: !held_ids.contains(&r.delivery_id),
-            webhook_disabled: disabled.contains(&r.delivery_id),
-        })
-        .collect())
-}
 
-/// Applies one attempt's effect on its webhook; returns whether it disabled
-/// the webhook.
-async fn webhook_effect(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
-    r: &AttemptRecord,
-) -> Result<bool> {
-    let now = r.started_at;
-    let webhook_disabled = match r.outcome {
-        AttemptOutcome::Succeeded => {
-            sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = $1, failure_count = 0 WHERE id = $2",
-            )
-            .bind(now)
-            .bind(r.webhook_id)
-            .execute(&mut **tx)
-            .await?;
-            false
-        }
-        AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
-            sqlx::query("UPDATE webhooks SET last_triggered_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(r.webhook_id)
-                .execute(&mut **tx)
-                .await?;
-            false
-        }
-        AttemptOutcome::Gone => {
-            sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = $1, active = FALSE, \
-                 disabled_reason = $2, updated_at = $1 WHERE id = $3",
-            )
-            .bind(now)
-            .bind(GONE_REASON)
-            .bind(r.webhook_id)
-            .execute(&mut **tx)
-            .await?;
-            true
-        }
-        AttemptOutcome::Dead => {
-            let limit = i32_of(r.disable_after_dead);
-            let row = sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = $1, failure_count = failure_count + 1, \
-                 active = CASE WHEN failure_count + 1 >= $2 THEN FALSE ELSE active END, \
-                 disabled_reason = CASE WHEN active AND failure_count + 1 >= $2 \
-                 THEN $3 ELSE disabled_reason END, updated_at = $1 \
-                 WHERE id = $4 RETURNING active, failure_count",
-            )
-            .bind(now)
-            .bind(limit)
-            .bind(dead_streak_reason(r.disable_after_dead))
-            .bind(r.webhook_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            match row {
-                Some(row) => {
-                    let active: bool = row.try_get("active")?;
-                    let count: i32 = row.try_get("failure_count")?;
-                    !active && count == limit
-                }
-                None => false,
-            }
-        }
-    };
-    Ok(webhook_disabled)
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }

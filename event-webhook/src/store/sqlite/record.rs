@@ -1,162 +1,132 @@
-//! Recording attempt results: a whole batch in a fixed number of set-based
-//! statements (see [`WebhookPlan`]).
+//! The SQLite statements of recording a batch (see `store/record.rs`):
+//! `VALUES` lists of at most [`RECORD_CHUNK`] rows.
 
-use std::collections::HashSet;
-
-use sqlx::{QueryBuilder, Row, Sqlite};
+use async_trait::async_trait;
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
-use super::ms;
+use super::{SqliteStore, ms};
 use crate::error::Result;
-use crate::model::{AttemptEffect, AttemptOutcome, AttemptRecord};
-use crate::store::{GONE_REASON, WebhookPlan, dead_streak_reason, outcome_columns};
+use crate::model::AttemptRecord;
+use crate::store::outcome_columns;
+use crate::store::record::{RecordSteps, WebhookState};
+use crate::store::sql::{STATE_COLUMNS, state_of};
 
-/// Attempt records per set-based statement (eight parameters each).
+/// Rows per set-based statement (at most eight parameters each; SQLite
+/// caps bound parameters per statement).
 const RECORD_CHUNK: usize = 500;
 
-/// Records a run of attempts (no delivery twice) inside a transaction with a
-/// fixed number of statements: one `UPDATE … FROM` for the deliveries whose
-/// claim still holds, one multi-row `INSERT` for their attempts, one update
-/// for the webhooks, plus one statement per record of a webhook with a dead
-/// or gone outcome (see [`WebhookPlan`]). A lost claim writes nothing.
-pub(super) async fn record_run(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    records: &[AttemptRecord],
-) -> Result<Vec<AttemptEffect>> {
-    let mut held_ids = HashSet::new();
-    for chunk in records.chunks(RECORD_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "WITH v(vid, vtoken, vstatus, vattempts, vnext, vcode, verror, vdelivered) AS (",
-        );
-        qb.push_values(chunk, |mut b, r| {
-            let (status, next_at, delivered_at) = outcome_columns(r);
-            b.push_bind(r.delivery_id)
-                .push_bind(r.claim_token)
-                .push_bind(status.as_str())
-                .push_bind(i64::from(r.attempt))
-                .push_bind(next_at.map(ms))
-                .push_bind(r.status_code.map(i64::from))
-                .push_bind(r.error.clone())
-                .push_bind(delivered_at.map(ms));
-        });
-        qb.push(
-            ") UPDATE deliveries SET status = v.vstatus, attempts = v.vattempts, \
-             next_attempt_at = v.vnext, last_status_code = v.vcode, last_error = v.verror, \
-             delivered_at = v.vdelivered, claimed_until = NULL, claim_token = NULL \
-             FROM v WHERE deliveries.id = v.vid AND deliveries.claim_token = v.vtoken \
-             RETURNING id",
-        );
-        for row in qb.build().fetch_all(&mut **tx).await? {
-            held_ids.insert(row.try_get::<Uuid, _>("id")?);
-        }
-    }
-    let held: Vec<&AttemptRecord> = records
-        .iter()
-        .filter(|r| held_ids.contains(&r.delivery_id))
-        .collect();
-    for chunk in held.chunks(RECORD_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, status_code, \
-             error) ",
-        );
-        qb.push_values(chunk, |mut b, r| {
-            b.push_bind(r.delivery_id)
-                .push_bind(i64::from(r.attempt))
-                .push_bind(ms(r.started_at))
-                .push_bind(r.duration_ms as i64)
-                .push_bind(r.status_code.map(i64::from))
-                .push_bind(r.error.clone());
-        });
-        qb.build().execute(&mut **tx).await?;
-    }
-    let plan = WebhookPlan::of(&held);
-    for chunk in plan.simple.chunks(RECORD_CHUNK) {
-        let mut qb = QueryBuilder::<Sqlite>::new("WITH v(vid, vat, vreset) AS (");
-        qb.push_values(chunk, |mut b, (id, at, reset)| {
-            b.push_bind(*id).push_bind(ms(*at)).push_bind(*reset);
-        });
-        qb.push(
-            ") UPDATE webhooks SET last_triggered_at = v.vat, \
-             failure_count = CASE WHEN v.vreset THEN 0 ELSE failure_count END \
-             FROM v WHERE webhooks.id = v.vid",
-        );
-        qb.build().execute(&mut **tx).await?;
-    }
-    let mut disabled = HashSet::new();
-    for r in &plan.replay {
-        if webhook_effect(tx, r).await? {
-            disabled.insert(r.delivery_id);
-        }
-    }
-    Ok(records
-        .iter()
-        .map(|r| AttemptEffect {
-            lost_claim: !held_ids.contains(&r.delivery_id),
-            webhook_disabled: disabled.contains(&r.delivery_id),
-        })
-        .collect())
+/// A recording transaction on the writer connection.
+pub struct SqliteRecord {
+    tx: Transaction<'static, Sqlite>,
+    /// The store's write gate, held until the transaction ends (declared
+    /// after `tx`, so dropped after it).
+    _gate: OwnedMutexGuard<()>,
 }
 
-/// Applies one attempt's effect on its webhook; returns whether it disabled
-/// the webhook.
-async fn webhook_effect(tx: &mut sqlx::Transaction<'_, Sqlite>, r: &AttemptRecord) -> Result<bool> {
-    let now = ms(r.started_at);
-    let webhook_disabled = match r.outcome {
-        AttemptOutcome::Succeeded => {
-            sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = ?, failure_count = 0 WHERE id = ?",
-            )
-            .bind(now)
-            .bind(r.webhook_id)
-            .execute(&mut **tx)
-            .await?;
-            false
-        }
-        AttemptOutcome::Retry(_) | AttemptOutcome::FailedOnce => {
-            sqlx::query("UPDATE webhooks SET last_triggered_at = ? WHERE id = ?")
-                .bind(now)
-                .bind(r.webhook_id)
-                .execute(&mut **tx)
-                .await?;
-            false
-        }
-        AttemptOutcome::Gone => {
-            sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = ?, active = 0, disabled_reason = ?, \
-                 updated_at = ? WHERE id = ?",
-            )
-            .bind(now)
-            .bind(GONE_REASON)
-            .bind(now)
-            .bind(r.webhook_id)
-            .execute(&mut **tx)
-            .await?;
-            true
-        }
-        AttemptOutcome::Dead => {
-            let limit = i64::from(r.disable_after_dead);
-            let row = sqlx::query(
-                "UPDATE webhooks SET last_triggered_at = ?1, failure_count = failure_count + 1, \
-                 active = CASE WHEN failure_count + 1 >= ?2 THEN 0 ELSE active END, \
-                 disabled_reason = CASE WHEN active = 1 AND failure_count + 1 >= ?2 \
-                 THEN ?3 ELSE disabled_reason END, updated_at = ?1 \
-                 WHERE id = ?4 RETURNING active, failure_count",
-            )
-            .bind(now)
-            .bind(limit)
-            .bind(dead_streak_reason(r.disable_after_dead))
-            .bind(r.webhook_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-            match row {
-                Some(row) => {
-                    let active: bool = row.try_get("active")?;
-                    let count: i64 = row.try_get("failure_count")?;
-                    !active && count == limit
-                }
-                None => false,
+impl SqliteRecord {
+    pub(super) fn new(tx: Transaction<'static, Sqlite>, gate: OwnedMutexGuard<()>) -> Self {
+        SqliteRecord { tx, _gate: gate }
+    }
+}
+
+#[async_trait]
+impl RecordSteps for SqliteRecord {
+    async fn webhook_states(&mut self, ids: &[Uuid]) -> Result<Vec<WebhookState>> {
+        // No row locks in SQLite: the transaction began `IMMEDIATE`, so no
+        // other connection writes until it ends.
+        let mut states = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(RECORD_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new("SELECT ");
+            qb.push(STATE_COLUMNS).push(" FROM webhooks WHERE id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            qb.push(") ORDER BY id");
+            for row in qb.build().fetch_all(&mut *self.tx).await? {
+                states.push(state_of::<SqliteStore>(&row)?);
             }
         }
-    };
-    Ok(webhook_disabled)
+        Ok(states)
+    }
+
+    async fn finish_deliveries(&mut self, run: &[AttemptRecord]) -> Result<Vec<Uuid>> {
+        let mut held = Vec::with_capacity(run.len());
+        for chunk in run.chunks(RECORD_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "WITH v(vid, vtoken, vstatus, vattempts, vnext, vcode, verror, vdelivered) AS (",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                let (status, next_at, delivered_at) = outcome_columns(r);
+                b.push_bind(r.delivery_id)
+                    .push_bind(r.claim_token)
+                    .push_bind(status.as_str())
+                    .push_bind(i64::from(r.attempt))
+                    .push_bind(next_at.map(ms))
+                    .push_bind(r.status_code.map(i64::from))
+                    .push_bind(r.error.clone())
+                    .push_bind(delivered_at.map(ms));
+            });
+            qb.push(
+                ") UPDATE deliveries SET status = v.vstatus, attempts = v.vattempts, \
+                 next_attempt_at = v.vnext, last_status_code = v.vcode, last_error = v.verror, \
+                 delivered_at = v.vdelivered, claimed_until = NULL, claim_token = NULL \
+                 FROM v WHERE deliveries.id = v.vid AND deliveries.claim_token = v.vtoken \
+                 RETURNING id",
+            );
+            for row in qb.build().fetch_all(&mut *self.tx).await? {
+                held.push(row.try_get("id")?);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn insert_attempts(&mut self, held: &[&AttemptRecord]) -> Result<()> {
+        for chunk in held.chunks(RECORD_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, \
+                 status_code, error) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.delivery_id)
+                    .push_bind(i64::from(r.attempt))
+                    .push_bind(ms(r.started_at))
+                    .push_bind(r.duration_ms as i64)
+                    .push_bind(r.status_code.map(i64::from))
+                    .push_bind(r.error.clone());
+            });
+            qb.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_webhooks(&mut self, states: &[WebhookState]) -> Result<()> {
+        for chunk in states.chunks(RECORD_CHUNK) {
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "WITH v(vid, vactive, vcount, vreason, vlast, vupdated) AS (",
+            );
+            qb.push_values(chunk, |mut b, s| {
+                b.push_bind(s.id)
+                    .push_bind(s.active)
+                    .push_bind(i64::from(s.failure_count))
+                    .push_bind(s.disabled_reason.clone())
+                    .push_bind(s.last_triggered_at.map(ms))
+                    .push_bind(ms(s.updated_at));
+            });
+            qb.push(
+                ") UPDATE webhooks SET active = v.vactive, failure_count = v.vcount, \
+                 disabled_reason = v.vreason, last_triggered_at = v.vlast, \
+                 updated_at = v.vupdated FROM v WHERE webhooks.id = v.vid",
+            );
+            qb.build().execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
