@@ -139,18 +139,28 @@ impl WireForm {
 /// Frame overhead per message beyond the JSON (SSE `id:`/`event:` lines).
 const FRAME_OVERHEAD: usize = 64;
 
-/// One item in an outbox.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
+/// One item in an outbox: by default of a bus [`Event`] (see [`Outbox`]).
+#[derive(Debug)]
+pub enum Outgoing<T = Event> {
     /// An event to write.
-    Event(Arc<Event>),
+    Event(Arc<T>),
     /// This many events were dropped at this point of the stream.
     Lagged(u64),
 }
 
-#[derive(Debug, Default)]
-struct OutboxState {
-    queue: VecDeque<Outgoing>,
+// By hand: a derive would ask `T: Clone`, where only the `Arc` is cloned.
+impl<T> Clone for Outgoing<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Outgoing::Event(e) => Outgoing::Event(e.clone()),
+            Outgoing::Lagged(n) => Outgoing::Lagged(*n),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OutboxState<T> {
+    queue: VecDeque<Outgoing<T>>,
     bytes: usize,
     messages: usize,
     overflowed: bool,
@@ -158,9 +168,26 @@ struct OutboxState {
     full_since: Option<Instant>,
 }
 
+// By hand: a derive would ask `T: Default`.
+impl<T> Default for OutboxState<T> {
+    fn default() -> Self {
+        OutboxState {
+            queue: VecDeque::new(),
+            bytes: 0,
+            messages: 0,
+            overflowed: false,
+            full_since: None,
+        }
+    }
+}
+
 /// A connection's bounded queue of outgoing events.
-pub struct Outbox {
-    state: Mutex<OutboxState>,
+///
+/// `Outbox` alone queues the bus's [`Event`]s (what a [`FanoutHub`] fills);
+/// a transport streaming items of its own uses `Outbox<T>` with the same
+/// bounds, overflow policy and wake-ups, filling it with [`push`](Self::push).
+pub struct Outbox<T = Event> {
+    state: Mutex<OutboxState<T>>,
     notify: Notify,
     /// `notify`'s calls, for the loom model (zero-sized otherwise).
     notify_calls: Unmodelled,
@@ -168,7 +195,7 @@ pub struct Outbox {
     policy: OverflowPolicy,
 }
 
-impl fmt::Debug for Outbox {
+impl<T> fmt::Debug for Outbox<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbox")
             .field("limits", &self.limits)
@@ -184,7 +211,7 @@ pub struct DrainStatus {
     pub overflowed: bool,
 }
 
-impl Outbox {
+impl<T> Outbox<T> {
     /// An empty outbox.
     pub fn new(limits: OutboxLimits, policy: OverflowPolicy) -> Self {
         Outbox {
@@ -196,7 +223,7 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+    fn lock(&self) -> MutexGuard<'_, OutboxState<T>> {
         // Queue operations cannot leave the state inconsistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -214,7 +241,7 @@ impl Outbox {
     }
 
     /// Moves everything queued into `out` (appending) and reports overflow.
-    pub fn drain_into(&self, out: &mut Vec<Outgoing>) -> DrainStatus {
+    pub fn drain_into(&self, out: &mut Vec<Outgoing<T>>) -> DrainStatus {
         let mut st = self.lock();
         out.extend(st.queue.drain(..));
         st.bytes = 0;
@@ -256,12 +283,33 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    fn add_lag(st: &mut OutboxState, missed: u64) {
+    fn add_lag(st: &mut OutboxState<T>, missed: u64) {
         if let Some(Outgoing::Lagged(n)) = st.queue.back_mut() {
             *n += missed;
         } else {
             st.queue.push_back(Outgoing::Lagged(missed));
         }
+    }
+
+    /// Pushes one event of wire size `size` (what it counts against the
+    /// byte budget) and wakes the connection. Returns `false` if it was not
+    /// queued: the outbox is full, and the [`OverflowPolicy`] applied
+    /// (under [`DropAndCount`](OverflowPolicy::DropAndCount) the drop is
+    /// counted in a [`Outgoing::Lagged`] marker).
+    ///
+    /// An event always fits an outbox that holds no event: a client that
+    /// reads everything it is sent is never dropped for one event. A
+    /// [`FanoutHub`] pushes a whole batch under one lock instead; this is
+    /// for a single producer's own items.
+    pub fn push(&self, event: &Arc<T>, size: usize) -> bool {
+        let queued = {
+            let mut st = self.lock();
+            self.push_locked(&mut st, event, size)
+        };
+        // Woken also when dropped: the lag marker is news to the client.
+        self.notify_calls.step();
+        self.notify.notify_one();
+        queued
     }
 
     /// Pushes one event of wire size `size`. Returns `false` if it was not
@@ -270,7 +318,8 @@ impl Outbox {
     /// An event always fits an outbox that holds no event: a client that
     /// reads everything it is sent is never dropped for one event, however
     /// the budget compares to the event's size.
-    fn push_locked(&self, st: &mut OutboxState, event: &Arc<Event>, size: usize) -> bool {
+    #[inline]
+    fn push_locked(&self, st: &mut OutboxState<T>, event: &Arc<T>, size: usize) -> bool {
         if st.overflowed {
             return false;
         }
@@ -452,7 +501,7 @@ impl FanoutHub {
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for sub in slots.slots.iter().flatten() {
             let kinds = KindSet::from_bits(sub.kinds.load(Ordering::Relaxed));
-            let mut state: Option<MutexGuard<'_, OutboxState>> = None;
+            let mut state: Option<MutexGuard<'_, OutboxState<Event>>> = None;
             for ev in events {
                 if !sub.wants(kinds, ev) {
                     continue;

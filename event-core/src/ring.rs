@@ -14,6 +14,15 @@
 //! first: a ring of large events holds fewer of them. A cursor older than
 //! what is kept is [`ReplayMiss::Expired`], as with the count bound.
 //!
+//! # Other item types
+//!
+//! The ring is generic over what it keeps: any [`Sequenced`] item (a
+//! sequence number and a weight). `ReplayRing` alone means
+//! `ReplayRing<Event>`, the bus's ring, which also answers [`Cursor`]s by
+//! event id; any other item type (e.g. `event_sse::SseChannel`'s) is
+//! replayed by sequence number ([`ReplayRing::after_seq`]) or by a match
+//! of its own ([`ReplayRing::after_first`]).
+//!
 //! # Concurrency
 //!
 //! The ring has no synchronization of its own and so no model of its own:
@@ -110,10 +119,39 @@ pub const DEFAULT_REPLAY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// the framing lines around each rendering.
 const EVENT_OVERHEAD_BYTES: usize = 1024;
 
-/// A bounded, ordered window of the most recent events.
+/// An item a [`ReplayRing`] (and so a replayable stream) can keep: it has a
+/// position in its stream and a size to bound the ring by.
+///
+/// Implemented by [`Event`]; a transport streaming items of its own
+/// implements it for them.
+pub trait Sequenced: Send + Sync + 'static {
+    /// The item's position in its stream: strictly increasing from one item
+    /// to the next, as pushed.
+    fn seq(&self) -> u64;
+
+    /// What the item counts against a ring's byte bound: an upper estimate
+    /// of the memory it holds (or can come to hold, with cached renderings)
+    /// while retained. Read once, when the item is pushed.
+    fn weight_bytes(&self) -> usize;
+}
+
+impl Sequenced for Event {
+    #[inline]
+    fn seq(&self) -> u64 {
+        Event::seq(self)
+    }
+
+    #[inline]
+    fn weight_bytes(&self) -> usize {
+        ReplayRing::weight(self)
+    }
+}
+
+/// A bounded, ordered window of the most recent items: by default the
+/// bus's [`Event`]s (see [Other item types](self#other-item-types)).
 #[derive(Debug)]
-pub struct ReplayRing {
-    events: VecDeque<Arc<Event>>,
+pub struct ReplayRing<T = Event> {
+    events: VecDeque<Arc<T>>,
     /// The weight of each event in `events`, in the same order (an event's
     /// weight is fixed when it is pushed, so eviction subtracts exactly
     /// what was added).
@@ -130,7 +168,7 @@ pub struct ReplayRing {
     evicted_seq: u64,
 }
 
-impl ReplayRing {
+impl<T: Sequenced> ReplayRing<T> {
     /// A ring keeping at most `capacity` events (0 keeps none), for a bus
     /// whose first sequence number is 1.
     pub fn new(capacity: usize) -> Self {
@@ -181,32 +219,15 @@ impl ReplayRing {
         self.bytes
     }
 
-    /// What an event counts against the byte bound: an upper estimate of
-    /// the memory it can come to hold while retained, once every rendering
-    /// is cached — its payload, its flat and envelope JSON and one frame in
-    /// each transport render slot ([`RENDER_SLOTS`](crate::event::RENDER_SLOTS)),
-    /// each taken as long as the flat JSON, plus a fixed 1 KiB.
-    ///
-    /// The JSON's length is the exact one when the event was rendered
-    /// already (the bus renders every event near the size limit before
-    /// publishing it) and otherwise the bound the bus checks the limit
-    /// with, so weighing costs no rendering.
-    pub fn weight(event: &Event) -> usize {
-        let json = event
-            .rendered_json()
-            .map_or_else(|| event.payload().json_len_bound(), |j| j.len());
-        json.saturating_mul(3 + crate::event::RENDER_SLOTS)
-            .saturating_add(EVENT_OVERHEAD_BYTES)
-    }
-
     /// Appends an event, evicting the oldest while the ring is over either
     /// bound. An event heavier than the whole byte bound is not kept (and
     /// then neither is anything before it: the ring only ever holds the
     /// newest events without a gap). Events must arrive in increasing
     /// sequence order (the bus guarantees it).
-    pub fn push(&mut self, event: Arc<Event>) {
+    #[inline]
+    pub fn push(&mut self, event: Arc<T>) {
         self.newest_seq = event.seq();
-        let weight = Self::weight(&event);
+        let weight = event.weight_bytes();
         if self.capacity == 0 || weight > self.max_bytes {
             self.events.clear();
             self.weights.clear();
@@ -257,9 +278,66 @@ impl ReplayRing {
     }
 
     /// The retained events, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Event>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<T>> {
         self.events.iter()
     }
+
+    /// Every retained item after the one with sequence number `seq`,
+    /// oldest first (none when `seq` is the newest), or why they cannot
+    /// all be served: [`ReplayMiss::Expired`] when some were evicted,
+    /// [`ReplayMiss::Unknown`] when `seq` is newer than any item pushed.
+    pub fn after_seq(&self, seq: u64) -> Result<impl Iterator<Item = &Arc<T>>, ReplayMiss> {
+        let start = self.position_after_seq(seq)?;
+        Ok(self.events.range(start..))
+    }
+
+    /// Every retained item after the oldest one `names` matches, oldest
+    /// first; `None` when no retained item matches. For streams whose items
+    /// are also named by something other than their sequence (a text id):
+    /// the scan is linear.
+    pub fn after_first(
+        &self,
+        mut names: impl FnMut(&T) -> bool,
+    ) -> Option<impl Iterator<Item = &Arc<T>>> {
+        let pos = self.events.iter().position(|e| names(e))?;
+        Some(self.events.range(pos + 1..))
+    }
+
+    /// The index of the first retained item after sequence number `seq`.
+    fn position_after_seq(&self, seq: u64) -> Result<usize, ReplayMiss> {
+        if seq > self.newest_seq {
+            return Err(ReplayMiss::Unknown);
+        }
+        // Everything after `seq` must still be here: the first item after
+        // it is `seq + 1` or later, so nothing newer than `seq` may have
+        // been evicted.
+        if self.evicted_seq > seq {
+            return Err(ReplayMiss::Expired);
+        }
+        Ok(self.events.partition_point(|e| e.seq() <= seq))
+    }
+}
+
+/// The bus's ring: cursors by sequence number or event id.
+impl ReplayRing<Event> {
+    /// What an event counts against the byte bound: an upper estimate of
+    /// the memory it can come to hold while retained, once every rendering
+    /// is cached — its payload, its flat and envelope JSON and one frame in
+    /// each transport render slot ([`RENDER_SLOTS`](crate::event::RENDER_SLOTS)),
+    /// each taken as long as the flat JSON, plus a fixed 1 KiB.
+    ///
+    /// The JSON's length is the exact one when the event was rendered
+    /// already (the bus renders every event near the size limit before
+    /// publishing it) and otherwise the bound the bus checks the limit
+    /// with, so weighing costs no rendering.
+    pub fn weight(event: &Event) -> usize {
+        let json = event
+            .rendered_json()
+            .map_or_else(|| event.payload().json_len_bound(), |j| j.len());
+        json.saturating_mul(3 + crate::event::RENDER_SLOTS)
+            .saturating_add(EVENT_OVERHEAD_BYTES)
+    }
+
 
     /// Every retained event after `cursor`, oldest first; empty when the
     /// cursor is the newest event.
@@ -301,18 +379,7 @@ impl ReplayRing {
     /// The index of the first retained event after `cursor`.
     fn position_after(&self, cursor: &Cursor) -> Result<usize, ReplayMiss> {
         match *cursor {
-            Cursor::Seq(seq) => {
-                if seq > self.newest_seq {
-                    return Err(ReplayMiss::Unknown);
-                }
-                // Everything after `seq` must still be here: the first event
-                // after it is `seq + 1` or later, so nothing newer than `seq`
-                // may have been evicted.
-                if self.evicted_seq > seq {
-                    return Err(ReplayMiss::Expired);
-                }
-                Ok(self.events.partition_point(|e| e.seq() <= seq))
-            }
+            Cursor::Seq(seq) => self.position_after_seq(seq),
             Cursor::Id(id) => {
                 let idx = self.events.partition_point(|e| e.id() < id);
                 match self.events.get(idx) {

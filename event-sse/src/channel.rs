@@ -4,26 +4,27 @@
 //!
 //! A third-party service implements [`SseEvent`] for its own type, creates
 //! one channel, publishes into it and mounts [`SseChannel::router`] where it
-//! likes. The channel keeps the last `replay_size` events for `Last-Event-ID`
-//! replay and gives each connection a bounded queue with the same
-//! drop-and-signal policy as the matric endpoint (`events.lagged`). The same
-//! writer frames both, so framing, keep-alive, coalescing and shutdown behave
-//! identically.
+//! likes. The channel numbers what it publishes (1, 2, 3, …: the `id:` of
+//! the `v1` frames), keeps the newest events in event-core's
+//! [`ReplayRing`] for `Last-Event-ID` replay, and gives each connection an
+//! event-core [`Outbox`] with the same budgets and drop-and-signal policy as
+//! the matric endpoint (`events.lagged`). The same writer frames both, so
+//! framing, keep-alive, coalescing and shutdown behave identically.
 //!
-//! Publishing and subscribing take the same short lock, so a connection's
-//! replay and its live queue meet exactly: nothing lost, nothing twice.
+//! Publishing and subscribing take the same short lock, so sequence order is
+//! publish order, and a connection's replay and its live queue meet exactly:
+//! nothing lost, nothing twice.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::BytesMut;
-use tokio::sync::Notify;
+use bytes::{Bytes, BytesMut};
+use event_core::{EventKind, Outbox, Outgoing, OverflowPolicy, ReplayRing, Sequenced};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SseConfig;
@@ -34,25 +35,99 @@ use crate::frame;
 use crate::params::Query;
 use crate::stream::{Connection, Feed, Item, StreamSettings};
 
-struct QueueState<E> {
-    items: VecDeque<Item<E>>,
-    events: usize,
-    full_since: Option<Instant>,
+/// What a frame adds to an event's data (`id:`, `event:` and `data:`
+/// lines), for the outbox's byte budget; the same allowance as the matric
+/// endpoint's.
+const FRAME_OVERHEAD: usize = 64;
+
+/// An event as the channel keeps it: numbered by the channel, with its
+/// wire size in each format measured once, at publish.
+struct Entry<E> {
+    seq: u64,
+    /// The framed size in [`Format::V1`] and [`Format::Envelope`].
+    sizes: [usize; 2],
+    event: E,
 }
 
-/// One connection's bounded queue.
-struct ConnQueue<E> {
-    state: Mutex<QueueState<E>>,
-    notify: Notify,
-    max: usize,
+impl<E: SseEvent> Entry<E> {
+    fn new(seq: u64, event: E) -> Self {
+        let size = |format| event.data(format).len() + FRAME_OVERHEAD;
+        Entry {
+            seq,
+            sizes: [size(Format::V1), size(Format::Envelope)],
+            event,
+        }
+    }
+
+    fn size(&self, format: Format) -> usize {
+        match format {
+            Format::V1 => self.sizes[0],
+            Format::Envelope => self.sizes[1],
+        }
+    }
+}
+
+impl<E: SseEvent> Sequenced for Entry<E> {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Both formats' frames (a ready-made frame the event caches is at most
+    /// that) plus the entry itself; what the event owns besides is not seen.
+    fn weight_bytes(&self) -> usize {
+        self.sizes[0] + self.sizes[1] + std::mem::size_of::<Self>()
+    }
+}
+
+/// The event as the writer frames it, with the channel's number as its
+/// sequence.
+impl<E: SseEvent> SseEvent for Entry<E> {
+    fn event_type(&self, format: Format) -> &str {
+        self.event.event_type(format)
+    }
+
+    fn sequence(&self) -> u64 {
+        self.seq
+    }
+
+    /// A numeric id is always the channel's number: it is what a resuming
+    /// client's `Last-Event-ID` is looked up by.
+    fn id(&self, format: Format) -> SseId<'_> {
+        match self.event.id(format) {
+            SseId::Seq(_) => SseId::Seq(self.seq),
+            other => other,
+        }
+    }
+
+    fn data(&self, format: Format) -> Bytes {
+        self.event.data(format)
+    }
+
+    fn kind(&self) -> Option<EventKind> {
+        self.event.kind()
+    }
+
+    fn published_at(&self) -> Option<std::time::Instant> {
+        self.event.published_at()
+    }
+
+    /// The event's own ready-made frame only if it carries the channel's
+    /// number (a frame with another `id:` would not resume).
+    fn frame(&self, format: Format) -> Option<Bytes> {
+        (self.event.sequence() == self.seq)
+            .then(|| self.event.frame(format))
+            .flatten()
+    }
+}
+
+/// One connection: its outbox and what it asked for.
+struct Subscriber<E> {
+    outbox: Outbox<Entry<E>>,
+    format: Format,
     names: Option<Vec<String>>,
 }
 
-impl<E: SseEvent> ConnQueue<E> {
-    fn lock(&self) -> MutexGuard<'_, QueueState<E>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+impl<E: SseEvent> Subscriber<E> {
     fn wants(&self, event: &E) -> bool {
         self.names.as_ref().is_none_or(|names| {
             names.iter().any(|n| {
@@ -60,35 +135,17 @@ impl<E: SseEvent> ConnQueue<E> {
             })
         })
     }
-
-    fn push(&self, event: &Arc<E>) {
-        {
-            let mut st = self.lock();
-            if st.events < self.max {
-                st.items.push_back(Item::Event(event.clone()));
-                st.events += 1;
-            } else {
-                st.full_since.get_or_insert_with(Instant::now);
-                match st.items.back_mut() {
-                    Some(Item::Lagged(n)) => *n += 1,
-                    _ => st.items.push_back(Item::Lagged(1)),
-                }
-            }
-        }
-        self.notify.notify_one();
-    }
 }
 
 struct ChannelState<E> {
-    ring: VecDeque<Arc<E>>,
-    /// The newest sequence evicted from the ring (cursors below it expired).
-    evicted: Option<u64>,
-    subscribers: Vec<Arc<ConnQueue<E>>>,
+    /// The number the next published event gets.
+    next_seq: u64,
+    ring: ReplayRing<Entry<E>>,
+    subscribers: Vec<Arc<Subscriber<E>>>,
 }
 
 struct ChannelInner<E> {
     state: Mutex<ChannelState<E>>,
-    replay_size: usize,
     config: SseConfig,
     shutdown: CancellationToken,
 }
@@ -118,8 +175,10 @@ struct ChannelInner<E> {
 ///
 /// let channel = SseChannel::<Shop>::new(256, SseConfig::default());
 /// let app: Router = Router::new().merge(channel.router("/shop/events"));
-/// channel.publish(Shop::Ordered { seq: 1, order: 7 });
-/// assert_eq!(channel.retained(), 1);
+/// // The channel numbers the events; the shop's type keeps the number.
+/// assert_eq!(channel.publish(|seq| Shop::Ordered { seq, order: 7 }), 1);
+/// assert_eq!(channel.publish(|seq| Shop::Shipped { seq, order: 7 }), 2);
+/// assert_eq!(channel.retained(), 2);
 /// # let _ = app;
 /// ```
 pub struct SseChannel<E: SseEvent> {
@@ -144,18 +203,19 @@ impl<E: SseEvent> std::fmt::Debug for SseChannel<E> {
 }
 
 impl<E: SseEvent> SseChannel<E> {
-    /// A channel keeping the last `replay_size` events for replay. Of
-    /// `config`, the outbox message limit, format, retry, heartbeat and
-    /// stall timeout apply.
+    /// A channel keeping the last `replay_size` events for replay (and at
+    /// most [`DEFAULT_REPLAY_MAX_BYTES`](event_core::DEFAULT_REPLAY_MAX_BYTES)
+    /// of them; see [`set_replay_max_bytes`](Self::set_replay_max_bytes)).
+    /// Of `config`, the outbox limits (messages and bytes), format, retry,
+    /// heartbeat and stall timeout apply.
     pub fn new(replay_size: usize, config: SseConfig) -> Self {
         SseChannel {
             inner: Arc::new(ChannelInner {
                 state: Mutex::new(ChannelState {
-                    ring: VecDeque::with_capacity(replay_size.min(4096)),
-                    evicted: None,
+                    next_seq: 1,
+                    ring: ReplayRing::new(replay_size),
                     subscribers: Vec::new(),
                 }),
-                replay_size,
                 config,
                 shutdown: CancellationToken::new(),
             }),
@@ -166,31 +226,41 @@ impl<E: SseEvent> SseChannel<E> {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `event` to every connection that wants it and keeps it for
-    /// replay. Never waits for a client. Its sequence must be higher than
-    /// the previous event's.
-    pub fn publish(&self, event: E) -> Arc<E> {
-        let event = Arc::new(event);
+    /// Publishes the event `make` builds from its sequence number: sends it
+    /// to every connection that wants it and keeps it for replay. Never
+    /// waits for a client. Returns the number.
+    ///
+    /// The channel numbers events 1, 2, 3, … in publish order; the number
+    /// is the frame's `id:` wherever the event's [`id`](SseEvent::id) is
+    /// numeric, and what `Last-Event-ID` is resumed by. The event should
+    /// return it from [`sequence`](SseEvent::sequence) (its ready-made
+    /// [`frame`](SseEvent::frame) is used only then).
+    ///
+    /// `make` runs under the channel's lock, which is what keeps numbers in
+    /// publish order: keep it short, and do not touch the channel from it.
+    pub fn publish(&self, make: impl FnOnce(u64) -> E) -> u64 {
         let mut st = self.lock();
-        if self.inner.replay_size > 0 {
-            if st.ring.len() == self.inner.replay_size
-                && let Some(old) = st.ring.pop_front()
-            {
-                st.evicted = Some(old.sequence());
-            }
-            st.ring.push_back(event.clone());
-        } else {
-            st.evicted = Some(event.sequence());
-        }
+        let seq = st.next_seq;
+        let entry = Arc::new(Entry::new(seq, make(seq)));
+        st.next_seq += 1;
+        st.ring.push(entry.clone());
         // Connections that went away are pruned here rather than on drop, so
         // a subscriber never needs the channel lock to leave.
-        st.subscribers.retain(|q| Arc::strong_count(q) > 1);
-        for q in &st.subscribers {
-            if q.wants(&event) {
-                q.push(&event);
+        st.subscribers.retain(|s| Arc::strong_count(s) > 1);
+        for sub in &st.subscribers {
+            if sub.wants(&entry.event) {
+                sub.outbox.push(&entry, entry.size(sub.format));
             }
         }
-        event
+        seq
+    }
+
+    /// Sets the replay ring's byte bound: the kept events' frames in both
+    /// formats add up to at most `max` bytes (0 keeps none), the oldest
+    /// evicted first — at once if it holds more. A cursor older than what is
+    /// kept gets `resync_required`.
+    pub fn set_replay_max_bytes(&self, max: usize) {
+        self.lock().ring.set_max_bytes(max);
     }
 
     /// Open connections.
@@ -205,6 +275,11 @@ impl<E: SseEvent> SseChannel<E> {
     /// Events kept for replay.
     pub fn retained(&self) -> usize {
         self.lock().ring.len()
+    }
+
+    /// The sequence number of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
     }
 
     /// Ends every open stream and refuses new ones (graceful shutdown).
@@ -258,39 +333,29 @@ impl<E: SseEvent> SseChannel<E> {
                 Some(names)
             }
         };
-        let queue = Arc::new(ConnQueue {
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                events: 0,
-                full_since: None,
-            }),
-            notify: Notify::new(),
-            max: config.outbox.max_messages.max(1),
+        let sub = Arc::new(Subscriber {
+            outbox: Outbox::new(config.outbox, OverflowPolicy::DropAndCount),
+            format,
             names,
         });
 
         let mut first = BytesMut::new();
         frame::write_retry(&mut first, config.retry_ms);
         {
-            // Replay and subscription under one lock: the queue starts right
-            // after the last replayed event.
+            // Replay and subscription under one lock: the outbox starts
+            // right after the last replayed event.
             let mut st = self.lock();
-            if let Some(raw) = query.last_event_id(req.headers()) {
-                match replay(&st, raw.trim(), format) {
-                    Some(events) => {
-                        for ev in events.iter().filter(|e| queue.wants(&***e)) {
-                            frame::write_event(&mut first, &**ev, format);
-                        }
-                    }
-                    None => frame::write_resync(&mut first, &crate::error::truncate(&raw)),
-                }
+            if let Some(raw) = query.last_event_id(req.headers())
+                && !write_replay(&mut first, &st.ring, raw.trim(), &sub)
+            {
+                frame::write_resync(&mut first, &crate::error::truncate(&raw));
             }
-            st.subscribers.push(queue.clone());
+            st.subscribers.push(sub.clone());
         }
         let conn = Connection::new(
             QueueFeed {
-                queue,
-                scratch: VecDeque::new(),
+                sub,
+                scratch: Vec::new(),
             },
             StreamSettings {
                 format,
@@ -306,48 +371,73 @@ impl<E: SseEvent> SseChannel<E> {
     }
 }
 
-/// The retained events after the cursor `raw`, or `None` when it cannot be
-/// served (unknown or expired).
-fn replay<E: SseEvent>(st: &ChannelState<E>, raw: &str, format: Format) -> Option<Vec<Arc<E>>> {
-    let after = |idx: usize| Some(st.ring.iter().skip(idx).cloned().collect());
+/// Frames the retained events after the cursor `raw` that `sub` wants;
+/// `false` when the cursor cannot be served (unknown or expired).
+///
+/// A number is a sequence; anything else is looked up among the events' ids
+/// in the connection's format (the oldest match).
+fn write_replay<E: SseEvent>(
+    out: &mut BytesMut,
+    ring: &ReplayRing<Entry<E>>,
+    raw: &str,
+    sub: &Subscriber<E>,
+) -> bool {
+    let format = sub.format;
     if let Ok(seq) = raw.parse::<u64>() {
-        let newest = st.ring.back().map(|e| e.sequence()).or(st.evicted)?;
-        if seq > newest || st.evicted.is_some_and(|ev| ev > seq) {
-            return None;
-        }
-        return after(st.ring.partition_point(|e| e.sequence() <= seq));
+        return match ring.after_seq(seq) {
+            Ok(events) => {
+                write_events(out, events, sub);
+                true
+            }
+            Err(_) => false,
+        };
     }
-    let pos = st.ring.iter().position(|e| match e.id(format) {
+    let named = |e: &Entry<E>| match e.id(format) {
         SseId::Seq(_) => false,
         SseId::Uuid(u) => uuid::Uuid::try_parse(raw).is_ok_and(|r| r == u),
         SseId::Text(t) => t == raw,
-    })?;
-    after(pos + 1)
+    };
+    match ring.after_first(named) {
+        Some(events) => {
+            write_events(out, events, sub);
+            true
+        }
+        None => false,
+    }
+}
+
+fn write_events<'a, E: SseEvent>(
+    out: &mut BytesMut,
+    events: impl Iterator<Item = &'a Arc<Entry<E>>>,
+    sub: &Subscriber<E>,
+) {
+    for entry in events.filter(|e| sub.wants(&e.event)) {
+        frame::write_event(out, &**entry, sub.format);
+    }
 }
 
 struct QueueFeed<E> {
-    queue: Arc<ConnQueue<E>>,
-    scratch: VecDeque<Item<E>>,
+    sub: Arc<Subscriber<E>>,
+    scratch: Vec<Outgoing<Entry<E>>>,
 }
 
 impl<E: SseEvent> Feed for QueueFeed<E> {
-    type Event = E;
+    type Event = Entry<E>;
 
     fn ready(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.queue.notify.notified()
+        self.sub.outbox.ready()
     }
 
-    fn drain(&mut self, out: &mut Vec<Item<E>>) {
-        {
-            let mut st = self.queue.lock();
-            std::mem::swap(&mut st.items, &mut self.scratch);
-            st.events = 0;
-            st.full_since = None;
-        }
-        out.extend(self.scratch.drain(..));
+    fn drain(&mut self, out: &mut Vec<Item<Entry<E>>>) {
+        // Under DropAndCount the outbox never reports an overflow.
+        self.sub.outbox.drain_into(&mut self.scratch);
+        out.extend(self.scratch.drain(..).map(|o| match o {
+            Outgoing::Event(e) => Item::Event(e),
+            Outgoing::Lagged(n) => Item::Lagged(n),
+        }));
     }
 
     fn stalled_for(&self) -> Option<Duration> {
-        self.queue.lock().full_since.map(|t| t.elapsed())
+        self.sub.outbox.full_for()
     }
 }

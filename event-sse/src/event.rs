@@ -71,7 +71,10 @@ pub enum SseId<'a> {
 ///
 /// Only [`event_type`](Self::event_type), [`sequence`](Self::sequence) and
 /// [`data`](Self::data) are required. `sequence` must increase from one event
-/// to the next: replay and the replay/live hand-over rely on it.
+/// to the next: replay and the replay/live hand-over rely on it. An
+/// [`SseChannel`](crate::SseChannel) assigns it: its
+/// [`publish`](crate::SseChannel::publish) hands each event its number to
+/// keep.
 ///
 /// ```
 /// use event_sse::{Format, SseEvent};

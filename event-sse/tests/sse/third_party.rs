@@ -78,9 +78,9 @@ async fn serve(
 async fn a_third_party_enum_streams_with_exact_frames_replay_and_filters() {
     let channel = SseChannel::<Shop>::new(100, SseConfig::default());
     let (addr, _stop) = serve(&channel).await;
-    channel.publish(Shop::Ordered { seq: 1, order: 10 });
-    channel.publish(Shop::Shipped {
-        seq: 2,
+    channel.publish(|seq| Shop::Ordered { seq, order: 10 });
+    channel.publish(|seq| Shop::Shipped {
+        seq,
         order: 10,
         carrier: "ups".into(),
     });
@@ -117,9 +117,9 @@ async fn a_third_party_enum_streams_with_exact_frames_replay_and_filters() {
     );
     assert_eq!(replayed.data, "{\"order\":10,\n\"carrier\":\"ups\"}");
 
-    channel.publish(Shop::Ordered { seq: 3, order: 11 });
-    channel.publish(Shop::Shipped {
-        seq: 4,
+    channel.publish(|seq| Shop::Ordered { seq, order: 11 });
+    channel.publish(|seq| Shop::Shipped {
+        seq,
         order: 11,
         carrier: "dhl".into(),
     });
@@ -163,8 +163,8 @@ async fn third_party_lag_and_shutdown() {
     let mut client = RawSse::connect(addr, "/shop/events", &[]).await;
     client.frame().await;
     // Ten events at once into a queue of four: four written, six counted.
-    for seq in 1..=10 {
-        channel.publish(Shop::Ordered { seq, order: 1 });
+    for _ in 1..=10 {
+        channel.publish(|seq| Shop::Ordered { seq, order: 1 });
     }
     for seq in 1..=4 {
         assert_eq!(client.frame().await.seq(), seq);
@@ -174,7 +174,7 @@ async fn third_party_lag_and_shutdown() {
         lag.raw,
         "event: events.lagged\ndata: {\"type\":\"events.lagged\",\"dropped_count\":6}\n\n"
     );
-    channel.publish(Shop::Ordered { seq: 11, order: 1 });
+    channel.publish(|seq| Shop::Ordered { seq, order: 1 });
     assert_eq!(client.frame().await.seq(), 11);
 
     stop.cancel();
@@ -183,4 +183,61 @@ async fn third_party_lag_and_shutdown() {
         .await
         .expect("stream still open");
     let _ = WAIT;
+}
+
+#[tokio::test]
+async fn publish_numbers_events_and_last_event_id_resumes_from_the_ring() {
+    // A ring of three: what a resuming client gets comes from it.
+    let channel = SseChannel::<Shop>::new(3, SseConfig::default());
+    let (addr, _stop) = serve(&channel).await;
+    assert_eq!(channel.last_seq(), 0);
+    // The channel numbers events in publish order and hands the number to
+    // the event it builds.
+    let seqs: Vec<u64> = (0..5)
+        .map(|i| channel.publish(|seq| Shop::Ordered { seq, order: i }))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!((channel.last_seq(), channel.retained()), (5, 3));
+
+    // Resuming after 3: the retained 4 and 5, then live from 6 on.
+    let mut resumed = RawSse::connect(addr, "/shop/events", &[("Last-Event-ID", "3")]).await;
+    assert_eq!(resumed.frame().await.raw, "retry: 3000\n\n");
+    assert_eq!(
+        resumed.frame().await.raw,
+        "id: 4\nevent: Ordered\ndata: {\"order\":3}\n\n"
+    );
+    assert_eq!(resumed.frame().await.seq(), 5);
+    assert_eq!(channel.publish(|seq| Shop::Ordered { seq, order: 9 }), 6);
+    assert_eq!(resumed.frame().await.seq(), 6);
+
+    // After 1, event 2 is no longer in the ring: resync, then live.
+    let mut stale = RawSse::connect(addr, "/shop/events", &[("Last-Event-ID", "1")]).await;
+    stale.frame().await;
+    assert_eq!(
+        stale.frame().await.event.as_deref(),
+        Some("resync_required")
+    );
+    channel.publish(|seq| Shop::Ordered { seq, order: 10 });
+    assert_eq!(stale.frame().await.seq(), 7);
+    // The newest event as cursor: nothing to replay, live at once.
+    let mut current = RawSse::connect(addr, "/shop/events", &[("Last-Event-ID", "7")]).await;
+    current.frame().await;
+    channel.publish(|seq| Shop::Ordered { seq, order: 11 });
+    assert_eq!(current.frame().await.seq(), 8);
+}
+
+/// An event that ignores the number it is handed still goes out with the
+/// channel's: `Last-Event-ID` keeps working.
+#[tokio::test]
+async fn the_channel_number_is_the_id_whatever_the_event_says() {
+    let channel = SseChannel::<Shop>::new(8, SseConfig::default());
+    let (addr, _stop) = serve(&channel).await;
+    channel.publish(|_| Shop::Ordered { seq: 40, order: 1 });
+    channel.publish(|_| Shop::Ordered { seq: 41, order: 2 });
+    let mut client = RawSse::connect(addr, "/shop/events", &[("Last-Event-ID", "1")]).await;
+    client.frame().await;
+    assert_eq!(
+        client.frame().await.raw,
+        "id: 2\nevent: Ordered\ndata: {\"order\":2}\n\n"
+    );
 }

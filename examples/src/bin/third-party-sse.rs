@@ -14,7 +14,6 @@
 //! fans out, replays, filters and signals lag.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -84,9 +83,6 @@ impl SseEvent for Stamped {
 #[derive(Clone)]
 struct Sensors {
     channel: SseChannel<Stamped>,
-    /// The next sequence number; held while publishing so that sequence
-    /// order is publish order.
-    next_seq: Arc<Mutex<u64>>,
     alarm_above: f64,
 }
 
@@ -94,17 +90,15 @@ impl Sensors {
     fn new() -> Self {
         Sensors {
             channel: SseChannel::new(256, SseConfig::default()),
-            next_seq: Arc::new(Mutex::new(1)),
             alarm_above: 35.0,
         }
     }
 
+    /// Publishes `event`; returns its sequence number. The channel numbers
+    /// events in publish order and hands the number over to be kept in
+    /// the event (its envelope JSON carries it).
     fn publish(&self, event: Greenhouse) -> u64 {
-        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = *next;
-        *next += 1;
-        self.channel.publish(Stamped::new(seq, event));
-        seq
+        self.channel.publish(|seq| Stamped::new(seq, event))
     }
 }
 
