@@ -9,10 +9,12 @@
 //! Transports that frame the JSON in a wire format of their own (SSE's
 //! `id:`/`event:`/`data:` frames) cache their rendering in the event too,
 //! through [`Event::rendered`]: a few slots of opaque bytes, filled on first
-//! use, that this crate knows nothing about.
+//! use, that this crate knows nothing about. Each transport registers a
+//! [`RenderKey`] per wire format it caches, so adding one needs no change
+//! here.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -120,18 +122,86 @@ pub struct Event {
     payload: ServerEvent,
     json: OnceLock<Bytes>,
     envelope_json: OnceLock<Bytes>,
-    rendered: [OnceLock<Bytes>; RENDER_SLOTS],
+    rendered: [OnceLock<Bytes>; MAX_RENDER_KEYS],
     renders: AtomicU32,
 }
 
-/// How many slots [`Event::rendered`] has.
+/// How many [`RenderKey`]s a process can register: the slots of every
+/// event's render cache ([`Event::rendered`]).
 ///
-/// A slot holds one transport-specific rendering of the event (one wire
-/// format). The slots are assigned by the transport crates, each documenting
-/// which index it uses for which format; two renderings must never share a
-/// slot. The SSE transport uses 0 and 1 (its two frame formats), the
-/// WebSocket transport 2 (its text frame).
-pub const RENDER_SLOTS: usize = 3;
+/// Every event carries this many (empty) slots, about 40 bytes each, so the
+/// number stays small: matric's transports take three (SSE two, WebSocket
+/// one).
+pub const MAX_RENDER_KEYS: usize = 8;
+
+/// Render keys handed out so far (may pass [`MAX_RENDER_KEYS`]: the ones
+/// beyond it cache nothing).
+static REGISTERED_KEYS: AtomicUsize = AtomicUsize::new(0);
+
+/// A transport's slot in every [`Event`]'s render cache: one per wire
+/// format the transport renders an event into (see [`Event::rendered`]).
+///
+/// A transport registers its keys once per process, typically in a static,
+/// and before events flow (when its endpoint is built), so that the replay
+/// ring's [weight](crate::ReplayRing::weight) of every event counts them:
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use event_core::event::RenderKey;
+///
+/// /// This transport's frame of an event.
+/// static FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+/// # let _ = *FRAME;
+/// ```
+///
+/// Keys are never shared: two renderings cannot meet in one slot. At most
+/// [`MAX_RENDER_KEYS`] keys cache; a key registered beyond that is valid
+/// but caches nothing ([`is_cached`](Self::is_cached) is `false`):
+/// [`Event::rendered`] returns `None` for it and the transport renders per
+/// use, as without a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RenderKey {
+    /// The slot; `MAX_RENDER_KEYS` or more for a key that caches nothing.
+    index: usize,
+}
+
+impl RenderKey {
+    /// A new key, distinct from every other. Beyond [`MAX_RENDER_KEYS`]
+    /// keys it caches nothing (and a warning is logged).
+    pub fn register() -> RenderKey {
+        let key = RenderKey::claim(&REGISTERED_KEYS);
+        if !key.is_cached() {
+            tracing::warn!(
+                max = MAX_RENDER_KEYS,
+                "render keys exhausted: this transport's frames are rendered per use, not cached"
+            );
+        }
+        key
+    }
+
+    /// The next key of `counter`, saturating past the maximum (so the
+    /// count never wraps however often registration is attempted).
+    fn claim(counter: &AtomicUsize) -> RenderKey {
+        let index = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n <= MAX_RENDER_KEYS).then_some(n + 1)
+            })
+            .unwrap_or(MAX_RENDER_KEYS);
+        RenderKey { index }
+    }
+
+    /// Whether events cache the rendering under this key.
+    pub fn is_cached(self) -> bool {
+        self.index < MAX_RENDER_KEYS
+    }
+
+    /// How many keys that cache were registered so far in this process
+    /// (at most [`MAX_RENDER_KEYS`]).
+    #[inline]
+    pub fn registered() -> usize {
+        REGISTERED_KEYS.load(Ordering::Relaxed).min(MAX_RENDER_KEYS)
+    }
+}
 
 impl Event {
     /// Builds an event. The bus does this on publish; other code needs it only
@@ -153,7 +223,7 @@ impl Event {
             payload,
             json: OnceLock::new(),
             envelope_json: OnceLock::new(),
-            rendered: [const { OnceLock::new() }; RENDER_SLOTS],
+            rendered: [const { OnceLock::new() }; MAX_RENDER_KEYS],
             renders: AtomicU32::new(0),
         }
     }
@@ -239,16 +309,19 @@ impl Event {
         })
     }
 
-    /// A rendering of this event in a transport's own wire format, cached in
-    /// `slot` (see [`RENDER_SLOTS`]): `render` runs on the first call for that
-    /// slot, and every later call — from any connection, any thread — gets
-    /// the same shared bytes. Concurrent first calls wait for one render.
+    /// A rendering of this event in a transport's own wire format, cached
+    /// under `key` (see [`RenderKey`]): `render` runs on the first call for
+    /// that key, and every later call — from any connection, any thread —
+    /// gets the same shared bytes. Concurrent first calls wait for one
+    /// render.
     ///
-    /// `None` only when `slot` is out of range (the caller then renders
-    /// without a cache). `render` must always produce the same bytes for the
-    /// same slot: whichever call comes first decides what all callers see.
-    pub fn rendered(&self, slot: usize, render: impl FnOnce(&Event) -> Bytes) -> Option<&Bytes> {
-        let cell = self.rendered.get(slot)?;
+    /// `None` only when `key` caches nothing (registered beyond
+    /// [`MAX_RENDER_KEYS`]): the caller then renders without a cache.
+    /// `render` must always produce the same bytes for the same key:
+    /// whichever call comes first decides what all callers see.
+    #[inline]
+    pub fn rendered(&self, key: RenderKey, render: impl FnOnce(&Event) -> Bytes) -> Option<&Bytes> {
+        let cell = self.rendered.get(key.index)?;
         Some(cell.get_or_init(|| render(self)))
     }
 
@@ -394,7 +467,7 @@ mod rfc3339_millis {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::payload::QueueStatus;
 
@@ -421,6 +494,35 @@ mod tests {
         assert_eq!(ev.render_count(), 2);
     }
 
+    /// The keys of this crate's tests, registered once per test process
+    /// (so that the number of registered keys is the same in every test
+    /// that forced them: see the ring's weight test).
+    pub(crate) fn test_keys() -> [RenderKey; 2] {
+        use std::sync::LazyLock;
+        static KEYS: LazyLock<[RenderKey; 2]> =
+            LazyLock::new(|| [RenderKey::register(), RenderKey::register()]);
+        *KEYS
+    }
+
+    #[test]
+    fn registration_hands_out_distinct_keys_up_to_the_max() {
+        let counter = AtomicUsize::new(0);
+        let keys: Vec<RenderKey> = (0..MAX_RENDER_KEYS + 3)
+            .map(|_| RenderKey::claim(&counter))
+            .collect();
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(key.is_cached(), i < MAX_RENDER_KEYS, "{i}");
+        }
+        let cached: std::collections::HashSet<_> =
+            keys[..MAX_RENDER_KEYS].iter().map(|k| k.index).collect();
+        assert_eq!(cached.len(), MAX_RENDER_KEYS);
+        // Saturated, not counting on.
+        assert_eq!(counter.load(Ordering::Relaxed), MAX_RENDER_KEYS + 1);
+        let [a, b] = test_keys();
+        assert_ne!(a, b);
+        assert!(RenderKey::registered() >= 2);
+    }
+
     #[test]
     fn rendered_slots_render_once_and_share() {
         let ev = Event::new(
@@ -438,14 +540,19 @@ mod tests {
                 Bytes::from(tag.to_vec())
             }
         };
-        let first = ev.rendered(0, render(b"zero")).unwrap().clone();
-        let again = ev.rendered(0, render(b"other")).unwrap();
+        let [zero, one] = test_keys();
+        let first = ev.rendered(zero, render(b"zero")).unwrap().clone();
+        let again = ev.rendered(zero, render(b"other")).unwrap();
         assert_eq!(&first[..], b"zero");
         // The same allocation, not an equal copy.
         assert_eq!(first.as_ptr(), again.as_ptr());
-        assert_eq!(&ev.rendered(1, render(b"one")).unwrap()[..], b"one");
+        assert_eq!(&ev.rendered(one, render(b"one")).unwrap()[..], b"one");
         assert_eq!(calls.load(Ordering::Relaxed), 2);
-        assert!(ev.rendered(RENDER_SLOTS, render(b"out")).is_none());
+        // A key beyond the maximum caches nothing.
+        let uncached = RenderKey {
+            index: MAX_RENDER_KEYS,
+        };
+        assert!(ev.rendered(uncached, render(b"out")).is_none());
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert_eq!(ev.render_count(), 0);
     }

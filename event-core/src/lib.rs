@@ -32,7 +32,7 @@
 //! | limit | set with (host setting) | default | what happens at it |
 //! |---|---|---|---|
 //! | size of one event (its rendered §1 JSON) | [`EventBus::set_max_event_bytes`] (`EVENT_MAX_BYTES`) | 256 KiB ([`DEFAULT_MAX_EVENT_BYTES`]) | [`EventBus::try_publish`] / [`try_publish_with`](EventBus::try_publish_with) return [`Error::EventTooLarge`] naming the size and the limit (the publish API answers `413` with it); [`EventBus::publish`] / [`publish_with`](EventBus::publish_with) log a warning and return the event unsequenced (`seq() == 0`); [`EventBus::publish_event`] returns the error. The event reaches no sink. |
-//! | the replay ring | [`BusConfig::replay_size`] (`EVENT_REPLAY_SIZE`) and [`EventBus::set_replay_max_bytes`] (`EVENT_REPLAY_MAX_BYTES`) | 1,024 events and 64 MiB ([`DEFAULT_REPLAY_MAX_BYTES`]) | the oldest events are evicted while the ring is over either bound; an event counts its [weight](ReplayRing::weight), an upper estimate of what it holds with every rendering cached (about six times its JSON). A client resuming from an evicted cursor gets [`ReplayMiss::Expired`] (SSE: `resync_required`). |
+//! | the replay ring | [`BusConfig::replay_size`] (`EVENT_REPLAY_SIZE`) and [`EventBus::set_replay_max_bytes`] (`EVENT_REPLAY_MAX_BYTES`) | 1,024 events and 64 MiB ([`DEFAULT_REPLAY_MAX_BYTES`]) | the oldest events are evicted while the ring is over either bound; an event counts its [weight](ReplayRing::weight), an upper estimate of what it holds with every rendering cached (three times its JSON plus once per registered [`RenderKey`]: six times with the SSE and WebSocket transports). A client resuming from an evicted cursor gets [`ReplayMiss::Expired`] (SSE: `resync_required`). |
 //! | a connection's queue | [`OutboxLimits`] per transport | 1,024 messages or 1 MiB | the transport's [`OverflowPolicy`]: WebSocket close 4008, SSE `events.lagged`. The byte budget is at least [`OutboxLimits::min_bytes_for`] the event limit (two events plus [`EVENT_SLACK_BYTES`] each) once [`OutboxLimits::fit_event`] is applied, and an outbox holding no event takes any event: one event never drops a client that reads. |
 //!
 //! Checking the size costs the publisher a few additions and one
@@ -103,7 +103,7 @@ pub use bus::{
     Received, SeqStart, Subscription, Upstream,
 };
 pub use error::Error;
-pub use event::{Actor, Envelope, Event, EventMeta};
+pub use event::{Actor, Envelope, Event, EventMeta, MAX_RENDER_KEYS, RenderKey};
 pub use fanout::{
     EVENT_SLACK_BYTES, FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy,
     SubscribeOptions, WireForm,

@@ -322,9 +322,15 @@ impl<T: Sequenced> ReplayRing<T> {
 impl ReplayRing<Event> {
     /// What an event counts against the byte bound: an upper estimate of
     /// the memory it can come to hold while retained, once every rendering
-    /// is cached — its payload, its flat and envelope JSON and one frame in
-    /// each transport render slot ([`RENDER_SLOTS`](crate::event::RENDER_SLOTS)),
-    /// each taken as long as the flat JSON, plus a fixed 1 KiB.
+    /// is cached — its payload, its flat and envelope JSON and one frame
+    /// per [`RenderKey`](crate::event::RenderKey) registered in the process
+    /// (three with the SSE and WebSocket transports, which register theirs
+    /// when their endpoint is built), each taken as long as the flat JSON,
+    /// plus a fixed 1 KiB. Counting the registered keys rather than
+    /// [`MAX_RENDER_KEYS`](crate::event::MAX_RENDER_KEYS) keeps the bound
+    /// from reserving room for renderings no transport makes; a key
+    /// registered after an event was pushed is not counted in that event's
+    /// weight.
     ///
     /// The JSON's length is the exact one when the event was rendered
     /// already (the bus renders every event near the size limit before
@@ -334,10 +340,9 @@ impl ReplayRing<Event> {
         let json = event
             .rendered_json()
             .map_or_else(|| event.payload().json_len_bound(), |j| j.len());
-        json.saturating_mul(3 + crate::event::RENDER_SLOTS)
+        json.saturating_mul(3 + crate::event::RenderKey::registered())
             .saturating_add(EVENT_OVERHEAD_BYTES)
     }
-
 
     /// Every retained event after `cursor`, oldest first; empty when the
     /// cursor is the newest event.
@@ -614,12 +619,17 @@ mod tests {
 
     #[test]
     fn the_weight_counts_every_rendering_an_event_can_hold() {
+        // This process's keys, registered before anything is weighed.
+        let _ = crate::event::tests::test_keys();
+        let keys = crate::event::RenderKey::registered();
+        assert_eq!(keys, 2);
         let e = large(1, 100_000);
         // Unrendered: the JSON bound (six bytes a string byte, at most).
         let bound = ReplayRing::weight(&e);
-        assert!(bound >= 6 * 6 * 100_000, "{bound}");
-        // Rendered: the exact JSON, six times over (payload, flat and
-        // envelope JSON, three render slots), plus the fixed part.
+        assert!(bound >= (3 + keys) * 6 * 100_000, "{bound}");
+        // Rendered: the exact JSON, five times over (payload, flat and
+        // envelope JSON, one per registered render key), plus the fixed
+        // part.
         let json = e.json().len();
         let rendered = Event::new(
             2,
@@ -629,7 +639,7 @@ mod tests {
             e.payload().clone(),
         )
         .with_json(Some(e.json().clone()));
-        assert_eq!(ReplayRing::weight(&rendered), 6 * json + 1024);
+        assert_eq!(ReplayRing::weight(&rendered), (3 + keys) * json + 1024);
     }
 
     #[test]

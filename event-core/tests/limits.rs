@@ -218,6 +218,13 @@ fn the_limit_is_a_setting_and_budgets_fit_it() {
 /// under it, keeps the newest, and still serves cursors within them.
 #[test]
 fn a_ring_of_large_events_stays_under_its_byte_bound() {
+    // The render keys of the SSE and WebSocket transports, as a host
+    // registers them before events flow (no other test here registers any).
+    static TRANSPORT_KEYS: std::sync::LazyLock<[event_core::event::RenderKey; 3]> =
+        std::sync::LazyLock::new(|| {
+            std::array::from_fn(|_| event_core::event::RenderKey::register())
+        });
+    let _ = *TRANSPORT_KEYS;
     let bus = EventBus::new(BusConfig {
         seq_start: SeqStart::At(1),
         ..BusConfig::default()

@@ -83,6 +83,7 @@ impl SseEndpoint {
         auth: Arc<dyn Authenticator>,
         config: SseConfig,
     ) -> Self {
+        crate::event::register_render_keys();
         let replays = metrics::meter()
             .u64_counter(SSE_REPLAYS)
             .with_description("SSE replays served or refused (expired cursor)")

@@ -10,11 +10,26 @@
 //! [`rendered`](event_core::Event::rendered) slots, and every connection
 //! writes those shared bytes instead of framing the event again.
 
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::Bytes;
+use event_core::event::RenderKey;
 use event_core::{Event, EventKind};
 use uuid::Uuid;
+
+/// Where an [`Event`] caches its `v1` frame.
+static V1_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+/// Where an [`Event`] caches its `envelope` frame.
+static ENVELOPE_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+
+/// Registers this crate's render keys now rather than at the first frame,
+/// so that every event the bus weighs for its replay ring counts them
+/// (called when an endpoint is built).
+pub(crate) fn register_render_keys() {
+    LazyLock::force(&V1_FRAME);
+    LazyLock::force(&ENVELOPE_FRAME);
+}
 
 /// The two frame formats of docs/protocol.md §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,12 +61,12 @@ impl Format {
         }
     }
 
-    /// The [`Event::rendered`] slot this crate keeps the event's frame in
-    /// (below [`RENDER_SLOTS`](event_core::event::RENDER_SLOTS)).
-    fn render_slot(self) -> usize {
+    /// The [`Event::rendered`] key this crate keeps the event's frame
+    /// under.
+    fn render_key(self) -> RenderKey {
         match self {
-            Format::V1 => 0,
-            Format::Envelope => 1,
+            Format::V1 => *V1_FRAME,
+            Format::Envelope => *ENVELOPE_FRAME,
         }
     }
 }
@@ -165,7 +180,9 @@ impl SseEvent for Event {
     }
 
     fn frame(&self, format: Format) -> Option<Bytes> {
-        self.rendered(format.render_slot(), |ev| {
+        // `None` (no cached frame: framed per connection) only when the
+        // process registered more render keys than events hold.
+        self.rendered(format.render_key(), |ev| {
             crate::frame::render_frame(ev, format)
         })
         .cloned()

@@ -79,6 +79,7 @@ impl WsEndpoint {
         auth: Arc<dyn Authenticator>,
         config: WsConfig,
     ) -> Self {
+        crate::frame::register_render_key();
         WsEndpoint {
             bus,
             registry,

@@ -15,12 +15,22 @@
 //! enforces the size limit before buffering a payload. It keeps no buffer
 //! while no partial frame is pending, so an idle connection holds none.
 
+use std::sync::LazyLock;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use event_core::Event;
+use event_core::event::RenderKey;
 
-/// The [`Event::rendered`] slot holding an event's WebSocket text frame.
-/// (The SSE crate uses slots 0 and 1.)
-pub(crate) const EVENT_FRAME_SLOT: usize = 2;
+/// Where an [`Event`] caches its WebSocket text frame
+/// ([`Event::rendered`]).
+static EVENT_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+
+/// Registers this crate's render key now rather than at the first frame,
+/// so that every event the bus weighs for its replay ring counts it
+/// (called when the endpoint is built).
+pub(crate) fn register_render_key() {
+    LazyLock::force(&EVENT_FRAME);
+}
 
 /// Frame opcodes.
 mod opcode {
@@ -68,7 +78,9 @@ pub(crate) fn binary(payload: &[u8]) -> Bytes {
 /// The text frame of an event's flat JSON, rendered once per event and
 /// shared by every connection that writes it.
 pub(crate) fn event_frame(event: &Event) -> Bytes {
-    match event.rendered(EVENT_FRAME_SLOT, |ev| text(ev.json())) {
+    // Not cached only when the process registered more render keys than
+    // events hold.
+    match event.rendered(*EVENT_FRAME, |ev| text(ev.json())) {
         Some(frame) => frame.clone(),
         None => text(event.json()),
     }
