@@ -1,8 +1,10 @@
 //! Authentication hooks for transports.
 //!
-//! A transport extracts [`Credentials`] from the request (bearer header,
-//! `?token=`, or the WebSocket subprotocol `bearer.<token>`) and asks the
-//! host's [`Authenticator`] for a [`Principal`]. The principal decides which
+//! A transport extracts [`Credentials`] from the request (the bearer header
+//! or `?token=`, [`Credentials::from_headers`]; a transport with a token
+//! source of its own adds it, as the WebSocket does with its
+//! `bearer.<token>` subprotocol) and asks the host's [`Authenticator`] for a
+//! [`Principal`]. The principal decides which
 //! scoped events the connection may see: unscoped events reach everyone,
 //! events with a `memory` or `tenant_id` reach only principals allowed it.
 //!
@@ -48,39 +50,43 @@ impl Credentials {
     }
 
     /// Extracts the token from a request: `Authorization: Bearer <t>` first,
-    /// then `Sec-WebSocket-Protocol: bearer.<t>` (when `websocket`), then the
-    /// `token` query parameter.
+    /// then the `token` query parameter (`query_token`). Other headers are
+    /// not read: the WebSocket's `Sec-WebSocket-Protocol: bearer.<t>` is
+    /// the WebSocket transport's own (`event_ws::credentials`), so no other
+    /// transport accepts it.
+    pub fn from_headers(headers: &HeaderMap, query_token: Option<&str>) -> Self {
+        Credentials::first_of([Credentials::authorization_bearer(headers), query_token])
+    }
+
+    /// The same as [`from_headers`](Self::from_headers); `websocket` is
+    /// not read. Kept for callers written when this function also read the
+    /// WebSocket subprotocol, which is now `event_ws::credentials`.
     pub fn from_request(headers: &HeaderMap, query_token: Option<&str>, websocket: bool) -> Self {
-        let from_header = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| rest.trim().to_owned())
-            });
-        let from_protocol =
-            || websocket_bearer_protocol(headers).map(|(_, token)| token.to_owned());
-        let token = from_header
-            .or_else(|| if websocket { from_protocol() } else { None })
-            .or_else(|| query_token.map(str::to_owned))
-            .filter(|t| !t.is_empty());
+        let _ = websocket;
+        Credentials::from_headers(headers, query_token)
+    }
+
+    /// The token of the `Authorization: Bearer <t>` header, if there is
+    /// one (trimmed; possibly empty).
+    pub fn authorization_bearer(headers: &HeaderMap) -> Option<&str> {
+        let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, rest) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    }
+
+    /// The token of the first source present, in the transport's order of
+    /// precedence. A source present but empty (`Authorization: Bearer `)
+    /// still decides: it means no token, and later sources are not
+    /// consulted.
+    pub fn first_of<'a>(sources: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let token = sources
+            .into_iter()
+            .flatten()
+            .next()
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
         Credentials { token }
     }
-}
-
-/// Finds a `bearer.<token>` entry in `Sec-WebSocket-Protocol`, returning the
-/// whole protocol name (which the server must echo back to accept it) and the
-/// token.
-pub fn websocket_bearer_protocol(headers: &HeaderMap) -> Option<(&str, &str)> {
-    headers
-        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("bearer.").map(|t| (p, t)))
 }
 
 /// The role a principal plays.
@@ -369,42 +375,31 @@ mod tests {
     #[test]
     fn token_sources_in_order() {
         let mut h = HeaderMap::new();
-        assert_eq!(
-            Credentials::from_request(&h, Some("q"), true)
-                .token
-                .as_deref(),
-            Some("q")
-        );
+        let token = |h: &HeaderMap, q| Credentials::from_headers(h, q).token;
+        assert_eq!(token(&h, Some("q")).as_deref(), Some("q"));
+        assert_eq!(token(&h, None), None);
+        // The WebSocket subprotocol is not a source here.
         h.insert(
             http::header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static("json, bearer.proto"),
         );
+        assert_eq!(token(&h, Some("q")).as_deref(), Some("q"));
+        assert_eq!(token(&h, None), None);
         assert_eq!(
-            Credentials::from_request(&h, Some("q"), true)
-                .token
-                .as_deref(),
-            Some("proto")
-        );
-        assert_eq!(
-            Credentials::from_request(&h, Some("q"), false)
-                .token
-                .as_deref(),
-            Some("q")
+            Credentials::from_request(&h, None, true).token.as_deref(),
+            None
         );
         h.insert(
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer hdr"),
         );
-        assert_eq!(
-            Credentials::from_request(&h, Some("q"), true)
-                .token
-                .as_deref(),
-            Some("hdr")
+        assert_eq!(token(&h, Some("q")).as_deref(), Some("hdr"));
+        // Another scheme is no bearer token.
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Basic abc"),
         );
-        assert_eq!(
-            websocket_bearer_protocol(&h),
-            Some(("bearer.proto", "proto"))
-        );
+        assert_eq!(token(&h, Some("q")).as_deref(), Some("q"));
     }
 
     #[test]

@@ -204,7 +204,7 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
 }
 
 async fn admit(shared: &Arc<Shared>, mut request: Request) -> Result<Request, McpError> {
-    let credentials = Credentials::from_request(request.headers(), None, false);
+    let credentials = Credentials::from_headers(request.headers(), None);
     let principal = shared.auth.authenticate(&credentials).await?;
     if shared.registry.is_shutting_down() || shared.shutdown.is_cancelled() {
         return Err(McpError::ShuttingDown);

@@ -14,7 +14,7 @@ pub async fn require_admin(
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<Principal, ServerError> {
-    let credentials = Credentials::from_request(headers, query_token, false);
+    let credentials = Credentials::from_headers(headers, query_token);
     let principal = auth.authenticate(&credentials).await?;
     if principal.is_admin() {
         Ok(principal)

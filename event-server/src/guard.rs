@@ -113,7 +113,7 @@ pub async fn authorize(
     next: Next,
 ) -> Response {
     let token = query_token(request.uri().query());
-    let credentials = Credentials::from_request(request.headers(), token.as_deref(), false);
+    let credentials = Credentials::from_headers(request.headers(), token.as_deref());
     let principal = match guard.auth.authenticate(&credentials).await {
         Ok(p) => p,
         Err(e) => return ServerError::from(e).into_response(),

@@ -203,7 +203,7 @@ impl SseEndpoint {
         headers: &HeaderMap,
         query: &Query,
     ) -> Result<Principal, SseError> {
-        let creds = Credentials::from_request(headers, query.get("token"), false);
+        let creds = Credentials::from_headers(headers, query.get("token"));
         Ok(self.inner.auth.authenticate(&creds).await?)
     }
 

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use event_core::metrics::TransportMetrics;
 use event_core::{
-    Authenticator, CloseSignal, ConnectionRegistry, Credentials, EventBus, EventSink, FanoutHub,
-    QueueSnapshot, Transport,
+    Authenticator, CloseSignal, ConnectionRegistry, EventBus, EventSink, FanoutHub, QueueSnapshot,
+    Transport,
 };
 use http::HeaderValue;
 use http::request::Parts;
@@ -244,7 +244,7 @@ impl WsEndpoint {
         let query_token = Query::<TokenQuery>::try_from_uri(&parts.uri)
             .ok()
             .and_then(|q| q.0.token);
-        let credentials = Credentials::from_request(&parts.headers, query_token.as_deref(), true);
+        let credentials = crate::auth::credentials(&parts.headers, query_token.as_deref());
         let principal = self.auth.authenticate(&credentials).await?;
         let slot = self.admit_slot()?;
 
@@ -254,7 +254,7 @@ impl WsEndpoint {
             .map(|c| c.0);
         // A browser that offered `bearer.<token>` fails the handshake unless
         // the server picks one of its protocols, so echo it back.
-        let bearer_protocol = event_core::auth::websocket_bearer_protocol(&parts.headers)
+        let bearer_protocol = crate::auth::bearer_protocol(&parts.headers)
             .and_then(|(protocol, _)| HeaderValue::from_str(protocol).ok());
         let ctx = ConnectionContext {
             endpoint: self.clone(),

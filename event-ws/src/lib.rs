@@ -122,6 +122,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 mod config;
 mod connection;
 mod echo;
@@ -132,6 +133,7 @@ mod handshake;
 mod protocol;
 mod socket;
 
+pub use auth::{bearer_protocol, credentials};
 pub use config::{DEFAULT_PATH, WsConfig, close_code};
 pub use echo::echo_router;
 pub use endpoint::WsEndpoint;
