@@ -58,14 +58,6 @@ impl Credentials {
         Credentials::first_of([Credentials::authorization_bearer(headers), query_token])
     }
 
-    /// The same as [`from_headers`](Self::from_headers); `websocket` is
-    /// not read. Kept for callers written when this function also read the
-    /// WebSocket subprotocol, which is now `event_ws::credentials`.
-    pub fn from_request(headers: &HeaderMap, query_token: Option<&str>, websocket: bool) -> Self {
-        let _ = websocket;
-        Credentials::from_headers(headers, query_token)
-    }
-
     /// The token of the `Authorization: Bearer <t>` header, if there is
     /// one (trimmed; possibly empty).
     pub fn authorization_bearer(headers: &HeaderMap) -> Option<&str> {
@@ -385,10 +377,6 @@ mod tests {
         );
         assert_eq!(token(&h, Some("q")).as_deref(), Some("q"));
         assert_eq!(token(&h, None), None);
-        assert_eq!(
-            Credentials::from_request(&h, None, true).token.as_deref(),
-            None
-        );
         h.insert(
             http::header::AUTHORIZATION,
             HeaderValue::from_static("Bearer hdr"),

@@ -102,7 +102,7 @@ fn body_of(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
 }
 
 async fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<()> {
-    let credentials = Credentials::from_request(headers, None, false);
+    let credentials = Credentials::from_headers(headers, None);
     match shared.auth.authenticate(&credentials).await {
         Ok(p) if p.is_admin() => Ok(()),
         Ok(_) => Err(WebhookError::Forbidden(
