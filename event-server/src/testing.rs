@@ -226,6 +226,23 @@ impl Server {
         self.dir.path()
     }
 
+    /// `GET path`'s body as text (`/metrics`, say).
+    ///
+    /// # Panics
+    ///
+    /// When the request fails or is not answered 200.
+    pub async fn get_text(&self, path: &str) -> String {
+        let res = client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
     /// Publishes `body` (one event or an array) through
     /// `POST /api/v1/events`, the path outside producers take, and returns
     /// `(seq, event_id)` of each event; `seq` is 0 in a NATS cluster, where

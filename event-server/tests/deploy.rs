@@ -170,14 +170,7 @@ async fn every_metric_the_rules_and_dashboard_use_is_served() {
         .unwrap();
     drop(resume);
 
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     let served: BTreeSet<String> = Scrape::parse(&text)
         .samples
         .into_iter()

@@ -39,6 +39,7 @@ fn features() -> Vec<&'static str> {
         ("sse", cfg!(feature = "sse")),
         ("webhook", cfg!(feature = "webhook")),
         ("telemetry", cfg!(feature = "telemetry")),
+        ("otlp", cfg!(feature = "otlp")),
         ("jobs", cfg!(feature = "jobs")),
         ("demo", cfg!(feature = "demo")),
         ("postgres", cfg!(feature = "postgres")),

@@ -121,14 +121,7 @@ async fn mounted_transports_serve_their_protocols_and_are_managed() {
 #[tokio::test]
 async fn metrics_expose_the_protocol_series() {
     let server = Server::start(&[]).await;
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.get_text("/metrics").await;
     for series in [
         "matric_ws_connections_active",
         "matric_sse_connections_active",

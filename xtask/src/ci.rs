@@ -21,11 +21,12 @@ use crate::cargo;
 
 /// The host's Cargo features, each of which must build and run on its own
 /// (issue #8).
-const HOST_FEATURES: [&str; 9] = [
+const HOST_FEATURES: [&str; 10] = [
     "ws",
     "sse",
     "webhook",
     "telemetry",
+    "otlp",
     "jobs",
     "postgres",
     "nats",
