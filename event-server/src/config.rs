@@ -218,6 +218,16 @@ pub struct Config {
     )]
     pub publish_max_rate: u32,
 
+    /// Webhooks that may be registered at once; beyond it
+    /// `POST /api/v1/webhooks` answers `409 too_many_webhooks`. `0`:
+    /// unlimited.
+    #[arg(
+        long = "webhook-max-count",
+        env = "WEBHOOK_MAX_COUNT",
+        default_value = "1000"
+    )]
+    pub webhook_max_count: usize,
+
     /// `POST /api/v1/webhooks` (registrations) per second per producer (its
     /// token, or its IP address without one); over it `429` with
     /// `Retry-After`. `0`: unlimited.

@@ -265,6 +265,11 @@ async fn create(
         .url
         .ok_or_else(|| WebhookError::invalid("url", "is required"))?;
     check_url(&shared, &url).await?;
+    let _creating = shared.create_lock.lock().await;
+    let max = shared.config.max_webhooks;
+    if max > 0 && shared.store.list_webhooks().await?.len() >= max {
+        return Err(WebhookError::TooManyWebhooks(max));
+    }
     let now = OffsetDateTime::now_utc();
     let webhook = Webhook {
         id: Uuid::now_v7(),

@@ -65,6 +65,11 @@ pub struct WebhookConfig {
     /// [`secret_key`](crate::secret_key) for the format and the rotation
     /// procedure.
     pub secret_keys: Vec<SecretKey>,
+    /// Webhooks that may be registered at once (default 1,000; 0:
+    /// unlimited). Beyond it `POST /api/v1/webhooks` answers `409
+    /// too_many_webhooks` until one is deleted: every registered webhook
+    /// costs a lookup on each event and a queue row per matching event.
+    pub max_webhooks: usize,
 }
 
 impl Default for WebhookConfig {
@@ -89,6 +94,7 @@ impl Default for WebhookConfig {
             allow_cidrs: Vec::new(),
             user_agent: concat!("matric-events/", env!("CARGO_PKG_VERSION")).to_owned(),
             secret_keys: Vec::new(),
+            max_webhooks: 1_000,
         }
     }
 }

@@ -47,6 +47,9 @@ pub enum WebhookError {
     /// Data in the store is not what this crate wrote.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// As many webhooks as `max_webhooks` allows are registered (HTTP 409).
+    #[error("at most {0} webhooks may be registered; delete one first")]
+    TooManyWebhooks(usize),
     /// A request body is larger than the route accepts (HTTP 413); the
     /// limit in bytes.
     #[error("the request body is larger than {0} bytes")]
@@ -106,6 +109,7 @@ impl WebhookError {
             WebhookError::Invalid { .. } => "validation_error",
             WebhookError::NotFound(_) => "not_found",
             WebhookError::Conflict(_) => "conflict",
+            WebhookError::TooManyWebhooks(_) => "too_many_webhooks",
             WebhookError::Unauthorized(_) => "unauthorized",
             WebhookError::Forbidden(_) => "forbidden",
             WebhookError::Refused(_) => "url_not_allowed",
@@ -129,7 +133,7 @@ impl WebhookError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             WebhookError::NotFound(_) => StatusCode::NOT_FOUND,
-            WebhookError::Conflict(_) => StatusCode::CONFLICT,
+            WebhookError::Conflict(_) | WebhookError::TooManyWebhooks(_) => StatusCode::CONFLICT,
             WebhookError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WebhookError::Forbidden(_) => StatusCode::FORBIDDEN,
             WebhookError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

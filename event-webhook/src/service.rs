@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     /// without a claim query.
     pub worker: crate::worker::WorkerLink,
     pub metrics: WebhookMetrics,
+    /// Held from counting the webhooks to storing a new one, so this
+    /// process's concurrent registrations cannot pass `max_webhooks`
+    /// together.
+    pub create_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -128,6 +132,7 @@ impl Webhooks {
             wake: Notify::new(),
             worker: crate::worker::WorkerLink::default(),
             metrics: WebhookMetrics::new(),
+            create_lock: tokio::sync::Mutex::new(()),
         });
         shared.index.reload(shared.store.as_ref()).await?;
         Ok(Webhooks { shared })

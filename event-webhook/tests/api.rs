@@ -402,3 +402,40 @@ async fn inconsistent_configuration_is_refused() {
         assert!(err.to_string().contains(field), "{err}");
     }
 }
+
+#[tokio::test]
+async fn registrations_stop_at_max_webhooks_until_one_is_deleted() {
+    let config = event_webhook::WebhookConfig {
+        max_webhooks: 2,
+        ..fast_config()
+    };
+    let (_w, base) = serve_sqlite(config).await;
+    let mut ids = Vec::new();
+    for path in ["a", "b"] {
+        let (status, created) =
+            create(&base, json!({"url": format!("http://127.0.0.1:9/{path}")})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let (status, body) = create(&base, json!({"url": "http://127.0.0.1:9/c"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error(&body, "too_many_webhooks", "at most 2 webhooks");
+    let listed: Value = client()
+        .get(format!("{base}/api/v1/webhooks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    let r = client()
+        .delete(format!("{base}/api/v1/webhooks/{}", ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, created) = create(&base, json!({"url": "http://127.0.0.1:9/c"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+}

@@ -277,6 +277,7 @@ impl Assembly<'_> {
             retry_schedule: c.webhook_retry_schedule.0.clone(),
             request_timeout: Duration::from_secs(c.webhook_timeout_secs),
             allow_cidrs: c.webhook_allow_cidrs.clone(),
+            max_webhooks: c.webhook_max_count,
             secret_keys: match &c.webhook_secret_key {
                 Some(keys) => event_webhook::SecretKey::parse_list(keys).map_err(|e| {
                     crate::error::ServerError::Startup(format!("WEBHOOK_SECRET_KEY: {e}"))
