@@ -48,6 +48,11 @@ pub const MCP_EVENTS_SENT: &str = "matric_mcp_events_sent";
 pub const EVENTS_PUBLISHED: &str = "matric_events_published";
 /// Counter `{consumer}`: events a consumer (a transport's client, a sink) lost.
 pub const EVENTS_DROPPED: &str = "matric_events_dropped";
+/// Gauge `{transport}`: the most connections (MCP: sessions) the transport
+/// admits (`MAX_CONNECTIONS`, `MCP_MAX_SESSIONS`); not exported when
+/// unlimited. `…_connections_active / matric_connections_limit` is how
+/// full it is.
+pub const CONNECTIONS_LIMIT: &str = "matric_connections_limit";
 /// Counter `{transport, reason}`: connections closed, by reason.
 pub const CONNECTIONS_CLOSED: &str = "matric_connections_closed";
 /// Counter `{status}`: webhook delivery attempts (`success`, `retry`, `failed`).
@@ -216,6 +221,23 @@ impl TransportMetrics {
     /// Which transport these instruments describe.
     pub fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Exports the transport's connection cap as
+    /// [`CONNECTIONS_LIMIT`]`{transport}` (nothing for `0`, unlimited), so
+    /// dashboards and alerts can say how full it is.
+    pub fn with_connection_limit(self, limit: usize) -> Self {
+        if limit > 0 {
+            meter()
+                .u64_gauge(CONNECTIONS_LIMIT)
+                .with_description("The most connections the transport admits")
+                .build()
+                .record(
+                    u64::try_from(limit).unwrap_or(u64::MAX),
+                    &[KeyValue::new("transport", self.transport.as_str())],
+                );
+        }
+        self
     }
 
     /// A connection opened.

@@ -107,6 +107,8 @@ impl McpEndpoint {
         };
         let mut sessions = LocalSessionManager::default();
         sessions.session_config = session_config;
+        let metrics =
+            TransportMetrics::new(Transport::Mcp).with_connection_limit(config.max_sessions);
         McpEndpoint {
             shared: Arc::new(Shared {
                 bus,
@@ -115,7 +117,7 @@ impl McpEndpoint {
                 queue: None,
                 config,
                 hub: Hub::default(),
-                metrics: TransportMetrics::new(Transport::Mcp),
+                metrics,
                 tools: McpSession::tool_router(),
                 sessions: Arc::new(sessions),
                 active: Arc::new(AtomicUsize::new(0)),

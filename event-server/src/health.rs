@@ -18,7 +18,8 @@ pub struct PlainHealth {
 }
 
 /// `200` with component status and connection counts, `503` when the
-/// database does not answer.
+/// database does not answer: the shape of `event-telemetry`'s `/health`
+/// (`components.<name>.status`), so a client reads every build alike.
 pub async fn plain(State(state): State<PlainHealth>) -> (StatusCode, Json<Value>) {
     let db = state.db.ping().await;
     let status = if db.is_ok() { "ok" } else { "down" };
@@ -31,8 +32,8 @@ pub async fn plain(State(state): State<PlainHealth>) -> (StatusCode, Json<Value>
         "status": status,
         "components": {
             "database": match &db {
-                Ok(()) => json!({"state": "up"}),
-                Err(e) => json!({"state": "down", "detail": e.to_string()}),
+                Ok(()) => json!({"status": "up"}),
+                Err(e) => json!({"status": "down", "detail": e.to_string()}),
             }
         },
         "connections": {

@@ -84,6 +84,8 @@ impl SseEndpoint {
         config: SseConfig,
     ) -> Self {
         crate::event::register_render_keys();
+        let metrics =
+            TransportMetrics::new(Transport::Sse).with_connection_limit(config.max_connections);
         let replays = metrics::meter()
             .u64_counter(SSE_REPLAYS)
             .with_description("SSE replays served or refused (expired cursor)")
@@ -97,7 +99,7 @@ impl SseEndpoint {
                 replay_source: None,
                 hub: FanoutHub::new("sse"),
                 config,
-                metrics: TransportMetrics::new(Transport::Sse),
+                metrics,
                 replays,
                 active: Arc::new(AtomicUsize::new(0)),
                 replay_held: Arc::new(AtomicUsize::new(0)),

@@ -80,6 +80,8 @@ impl WsEndpoint {
         config: WsConfig,
     ) -> Self {
         crate::frame::register_render_key();
+        let metrics = TransportMetrics::new(Transport::WebSocket)
+            .with_connection_limit(config.max_connections);
         WsEndpoint {
             bus,
             registry,
@@ -90,7 +92,7 @@ impl WsEndpoint {
             stop_watched: Arc::new(AtomicBool::new(false)),
             config: Arc::new(config),
             hub: FanoutHub::new("ws"),
-            metrics: TransportMetrics::new(Transport::WebSocket),
+            metrics,
             active: Arc::new(watch::Sender::new(0)),
             peak_queued: Arc::new(AtomicUsize::new(0)),
             echo: false,
