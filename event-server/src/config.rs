@@ -218,6 +218,21 @@ pub struct Config {
     )]
     pub publish_max_rate: u32,
 
+    /// Seconds a publish answer is remembered for its `Idempotency-Key`: a
+    /// repeat within it gets the first answer (`"duplicate": true`) and
+    /// publishes nothing. `0`: keys are ignored.
+    #[arg(
+        long = "dedup-window-secs",
+        env = "DEDUP_WINDOW_SECS",
+        default_value = "120"
+    )]
+    pub dedup_window_secs: u64,
+
+    /// Most `Idempotency-Key` answers remembered at once (the oldest are
+    /// forgotten first).
+    #[arg(long = "dedup-max-keys", env = "DEDUP_MAX_KEYS", default_value = "100000", value_parser = non_zero)]
+    pub dedup_max_keys: usize,
+
     /// Webhooks that may be registered at once; beyond it
     /// `POST /api/v1/webhooks` answers `409 too_many_webhooks`. `0`:
     /// unlimited.

@@ -57,6 +57,14 @@ pub enum ServerError {
         /// What was refused and which setting allows it.
         message: String,
     },
+    /// Well-formed but not acceptable (a reused idempotency key).
+    #[error("{message}")]
+    Unprocessable {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A dependency (database, worker) failed.
     #[error("{0}")]
     Internal(String),
@@ -91,6 +99,7 @@ impl ServerError {
             }
             ServerError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ServerError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
+            ServerError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }

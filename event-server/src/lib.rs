@@ -25,6 +25,7 @@ pub mod connections;
 pub mod cors;
 pub mod dashboard;
 pub mod db;
+pub mod dedup;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod error;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::require_admin;
+use crate::dedup::{Decision, Dedup};
 use crate::error::ServerError;
 
 /// Most events accepted in one request.
@@ -28,6 +29,8 @@ pub struct PublishState {
     pub bus: EventBus,
     /// Who may publish (admin only when auth is on).
     pub auth: Arc<dyn Authenticator>,
+    /// Answers remembered for `Idempotency-Key` (`None`: keys ignored).
+    pub dedup: Option<Arc<Dedup>>,
 }
 
 /// Query parameters.
@@ -40,7 +43,7 @@ pub struct PublishQuery {
 }
 
 /// One published event's identity.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Published {
     /// The bus sequence number. Absent in a NATS cluster, where JetStream
     /// assigns it when the event comes back from the stream (the id is final
@@ -56,6 +59,10 @@ pub struct Published {
 pub struct PublishResponse {
     /// In request order.
     pub events: Vec<Published>,
+    /// A repeat of an `Idempotency-Key` request: these are the events the
+    /// first one published, and nothing was published now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// Parses and validates a request body into events, naming the first problem.
@@ -127,7 +134,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<PublishResponse>), ServerError> {
-    require_admin(&state.auth, &headers, query.token.as_deref()).await?;
+    let principal = require_admin(&state.auth, &headers, query.token.as_deref()).await?;
     let value: Value = serde_json::from_slice(&body).map_err(|e| {
         ServerError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
     })?;
@@ -140,12 +147,37 @@ pub async fn publish(
             "`memory` must not be empty",
         ));
     }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ServerError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be visible ASCII",
+            )
+        })?),
+    };
+    let claim = match (&state.dedup, key) {
+        (Some(dedup), Some(key)) => {
+            match dedup.check(&principal.id, key, (&body, query.memory.as_deref()))? {
+                Decision::Repeat(events) => {
+                    let answer = PublishResponse {
+                        events,
+                        duplicate: true,
+                    };
+                    return Ok((StatusCode::ACCEPTED, Json(answer)));
+                }
+                Decision::Publish(claim) => Some(claim),
+            }
+        }
+        _ => None,
+    };
     let meta = EventMeta {
         memory: query.memory.clone(),
         ..EventMeta::default()
     };
-    // All or nothing: one event over EVENT_MAX_BYTES refuses the request.
-    let published = state
+    // All or nothing: one event over EVENT_MAX_BYTES refuses the request
+    // (and its key is not remembered: the claim is dropped unused).
+    let published: Vec<Published> = state
         .bus
         .try_publish_all_with(events, &meta)?
         .iter()
@@ -154,8 +186,12 @@ pub async fn publish(
             event_id: ev.id(),
         })
         .collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(PublishResponse { events: published }),
-    ))
+    if let Some(claim) = claim {
+        claim.remember(&published);
+    }
+    let answer = PublishResponse {
+        events: published,
+        duplicate: false,
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }

@@ -15,6 +15,7 @@ use super::Parts;
 use crate::config::Config;
 use crate::connections::{self, ConnectionsState};
 use crate::db::Db;
+use crate::dedup::Dedup;
 use crate::guard::{self, BodyLimits, Need, RouteGuard};
 use crate::publish::{self, PublishState};
 use crate::rate::{self, RateGuard};
@@ -90,6 +91,12 @@ impl Assembly<'_> {
             post(publish::publish).with_state(PublishState {
                 bus: self.bus.clone(),
                 auth: self.auth.clone(),
+                dedup: (self.config.dedup_window_secs > 0).then(|| {
+                    Arc::new(Dedup::new(
+                        Duration::from_secs(self.config.dedup_window_secs),
+                        self.config.dedup_max_keys,
+                    ))
+                }),
             }),
         );
         let rate = RateGuard::per_second(
