@@ -24,6 +24,18 @@ async fn create(base: &str, body: Value) -> (StatusCode, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET url`, its JSON body.
+async fn get_json(url: String) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn assert_error(body: &Value, code: &str, mentions: &str) {
     assert_eq!(body["error"], code, "{body}");
     let msg = body["message"].as_str().unwrap();
@@ -63,24 +75,10 @@ async fn create_shows_secret_once_and_never_lists_it() {
     }
 
     let id = created["id"].as_str().unwrap();
-    let one: Value = client()
-        .get(format!("{base}/api/v1/webhooks/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = get_json(format!("{base}/api/v1/webhooks/{id}")).await;
     assert!(one.get("secret").is_none());
     assert_eq!(one["url"], rx.url("a"));
-    let all: Value = client()
-        .get(format!("{base}/api/v1/webhooks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(format!("{base}/api/v1/webhooks")).await;
     assert_eq!(all.as_array().unwrap().len(), 1);
     assert!(all[0].get("secret").is_none());
     assert!(!all.to_string().contains(secret));
@@ -420,14 +418,7 @@ async fn registrations_stop_at_max_webhooks_until_one_is_deleted() {
     let (status, body) = create(&base, json!({"url": "http://127.0.0.1:9/c"})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_error(&body, "too_many_webhooks", "at most 2 webhooks");
-    let listed: Value = client()
-        .get(format!("{base}/api/v1/webhooks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(format!("{base}/api/v1/webhooks")).await;
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 
     let r = client()
