@@ -16,7 +16,9 @@
 //! Each frame is printed on one line: `<id> <event> <data>`, with `-` as the
 //! id of synthetic frames (the `QueueStatus` connection confirmation,
 //! `resync_required`, `events.lagged`), which have none. `--count` counts
-//! only frames with an id, i.e. real events that passed the filters.
+//! only frames with an id, i.e. real events that passed the filters. On a
+//! terminal the event name is coloured by family and the data indented
+//! (`examples::pretty`); piped or redirected, the one-line form is kept.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -166,11 +168,15 @@ async fn tail(
     }
     eprintln!("sse-tail: connected");
     *connected = true;
+    let pretty = examples::pretty::stdout_is_terminal();
     let mut stream = response.bytes_stream().eventsource();
     while let Some(event) = stream.next().await {
         let event = event.map_err(|e| Failure::Transient(e.to_string()))?;
         let id = if event.id.is_empty() { "-" } else { &event.id };
-        println!("{id} {} {}", event.event, event.data);
+        println!(
+            "{}",
+            examples::pretty::format_event(id, &event.event, &event.data, pretty)
+        );
         if event.event == "resync_required" {
             eprintln!("sse-tail: the server no longer has the saved id; some events were missed");
         }

@@ -1,5 +1,7 @@
 //! `ws-tail`: prints the events of a matric event server's WebSocket, one
-//! JSON object per line, exactly as the HotM UI receives them.
+//! JSON object per line, exactly as the HotM UI receives them (on a
+//! terminal: each object indented under its coloured type name,
+//! `examples::pretty`).
 //!
 //! ```text
 //! cargo run -p examples --bin ws-tail -- --refresh
@@ -149,10 +151,20 @@ async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, Str
             .await
             .map_err(|e| e.to_string())?;
     }
+    let pretty = examples::pretty::stdout_is_terminal();
     while let Some(msg) = socket.next().await {
         match msg.map_err(|e| e.to_string())? {
             Message::Text(text) => {
-                println!("{text}");
+                if pretty {
+                    let value: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+                    let name = value
+                        .as_ref()
+                        .and_then(|v| v.get("type")?.as_str())
+                        .unwrap_or("message");
+                    println!("{}", examples::pretty::format_event("", name, &text, true));
+                } else {
+                    println!("{text}");
+                }
                 if kind_of(&text).is_some_and(|k| selected.contains(k)) {
                     *seen += 1;
                     if args.count.is_some_and(|n| *seen >= n) {

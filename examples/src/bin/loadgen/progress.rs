@@ -1,6 +1,8 @@
-//! A one-line progress display on stderr, redrawn four times a second.
+//! Progress on stderr: on a terminal one line redrawn in place four times a
+//! second; otherwise (a log file, a pipe, the bench's captured output) a
+//! plain line every five seconds, without escape codes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,12 +23,18 @@ impl Progress {
     ) -> Progress {
         let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(render);
         let started = Instant::now();
+        let terminal = std::io::stderr().is_terminal();
+        let every = if terminal {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        };
         let task = (!quiet).then(|| {
             let render = render.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    draw(label, started, &render());
+                    tokio::time::sleep(every).await;
+                    draw(terminal, label, started, &render());
                 }
             })
         });
@@ -42,18 +50,22 @@ impl Progress {
     pub fn finish(self) {
         if let Some(task) = self.task {
             task.abort();
-            draw(self.label, self.started, &(self.render)());
-            eprintln!();
+            let terminal = std::io::stderr().is_terminal();
+            draw(terminal, self.label, self.started, &(self.render)());
+            if terminal {
+                eprintln!();
+            }
         }
     }
 }
 
-fn draw(label: &str, started: Instant, text: &str) {
+fn draw(terminal: bool, label: &str, started: Instant, text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = write!(
-        err,
-        "\r\x1b[2K[{label} {:>5.1}s] {text}",
-        started.elapsed().as_secs_f64()
-    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = if terminal {
+        write!(err, "\r\x1b[2K[{label} {elapsed:>5.1}s] {text}")
+    } else {
+        writeln!(err, "[{label} {elapsed:>5.1}s] {text}")
+    };
     let _ = err.flush();
 }
