@@ -309,6 +309,115 @@ impl EventFilter {
     }
 }
 
+/// Most bytes of a JSON-encoded filter (`?filter=`).
+pub const MAX_FILTER_JSON_BYTES: usize = 4096;
+
+impl EventFilter {
+    /// [`parse`](Self::parse) plus `json`, a JSON-encoded filter (the
+    /// `?filter=` parameter): an object with the same fields as the separate
+    /// parameters — `events` and `types` (a comma list or an array of
+    /// names), `entity_id`, `memory` — combined with them by AND. An unknown
+    /// field, a value of the wrong kind, or an `entity_id`/`memory` that
+    /// differs from the separate parameter's is an error naming `filter`.
+    ///
+    /// ```
+    /// use event_core::{EventFilter, EventKind, FilterParams};
+    /// let f = EventFilter::parse_with_json(
+    ///     FilterParams { types: Some("job"), ..Default::default() },
+    ///     Some(r#"{"events":["JobCompleted","NoteUpdated"]}"#),
+    /// )
+    /// .unwrap();
+    /// assert!(f.kinds().contains(EventKind::JobCompleted));
+    /// assert!(!f.kinds().contains(EventKind::NoteUpdated), "AND with types=job");
+    /// assert!(EventFilter::parse_with_json(FilterParams::default(), Some(r#"{"colour":"red"}"#)).is_err());
+    /// ```
+    pub fn parse_with_json(params: FilterParams<'_>, json: Option<&str>) -> Result<Self, Error> {
+        let separate = EventFilter::parse(params)?;
+        let Some(json) = json else {
+            return Ok(separate);
+        };
+        let invalid = |reason: String| Error::InvalidFilter {
+            param: "filter",
+            value: json.chars().take(200).collect(),
+            reason,
+        };
+        if json.len() > MAX_FILTER_JSON_BYTES {
+            return Err(invalid(format!(
+                "longer than {MAX_FILTER_JSON_BYTES} bytes"
+            )));
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(invalid("expected a JSON object".to_owned()));
+        };
+        let mut lists: [Option<String>; 2] = [None, None];
+        let mut texts: [Option<String>; 2] = [None, None];
+        for (key, value) in &fields {
+            let (slot, is_list) = match key.as_str() {
+                "events" => (0, true),
+                "types" => (1, true),
+                "entity_id" => (0, false),
+                "memory" => (1, false),
+                other => {
+                    return Err(invalid(format!(
+                        "unknown field `{other}` (expected events, types, entity_id, memory)"
+                    )));
+                }
+            };
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Array(items) if is_list => items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid(format!("`{key}` must hold strings")))?
+                    .join(","),
+                _ => {
+                    let kind = if is_list {
+                        "a string or an array of strings"
+                    } else {
+                        "a string"
+                    };
+                    return Err(invalid(format!("`{key}` must be {kind}")));
+                }
+            };
+            if is_list {
+                lists[slot] = Some(text);
+            } else {
+                texts[slot] = Some(text);
+            }
+        }
+        let embedded = EventFilter::parse(FilterParams {
+            events: lists[0].as_deref(),
+            types: lists[1].as_deref(),
+            entity_id: texts[0].as_deref(),
+            memory: texts[1].as_deref(),
+        })?;
+        let entity_id = match (separate.entity_id, embedded.entity_id) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(
+                    "`entity_id` differs from the entity_id parameter".to_owned(),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        let memory = match (separate.memory, embedded.memory) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(invalid(
+                    "`memory` differs from the memory parameter".to_owned(),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        Ok(EventFilter {
+            kinds: separate.kinds.intersection(embedded.kinds),
+            entity_id,
+            memory,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,5 +526,49 @@ mod tests {
             Some(KindSet::only(EventKind::NoteUpdated))
         );
         assert_eq!(KindSet::from_name_or_pattern("bogus"), None);
+    }
+
+    #[test]
+    fn a_json_filter_ands_with_the_parameters_and_names_its_faults() {
+        let x = "0197c0de-5e1a-7a00-8000-000000000001";
+        let f = EventFilter::parse_with_json(
+            FilterParams {
+                entity_id: Some(x),
+                ..Default::default()
+            },
+            Some(&format!(
+                r#"{{"entity_id":"{x}","events":"JobProgress,NoteUpdated","types":["note"]}}"#
+            )),
+        )
+        .unwrap();
+        assert_eq!(f.entity_id().map(|u| u.to_string()).as_deref(), Some(x));
+        assert!(f.kinds().contains(EventKind::NoteUpdated));
+        assert!(!f.kinds().contains(EventKind::JobProgress));
+        for bad in [
+            r#"{"types":[1]}"#.to_owned(),
+            r#"{"memory":["a"]}"#.to_owned(),
+            r#"{"entity_id":"0197c0de-5e1a-7a00-8000-000000000002"}"#.to_owned(),
+            "not json".to_owned(),
+            format!(r#"{{"memory":"{}"}}"#, "m".repeat(MAX_FILTER_JSON_BYTES)),
+        ] {
+            let err = EventFilter::parse_with_json(
+                FilterParams {
+                    entity_id: Some(x),
+                    ..Default::default()
+                },
+                Some(&bad),
+            )
+            .expect_err(&bad);
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidFilter {
+                        param: "filter",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -216,12 +216,15 @@ impl SseEndpoint {
         principal: &Principal,
     ) -> Result<EventFilter, SseError> {
         let memory = query.memory(headers)?;
-        let filter = EventFilter::parse(FilterParams {
-            events: query.get("events"),
-            types: query.get("types"),
-            entity_id: query.get("entity_id"),
-            memory,
-        })?;
+        let filter = EventFilter::parse_with_json(
+            FilterParams {
+                events: query.get("events"),
+                types: query.get("types"),
+                entity_id: query.get("entity_id"),
+                memory,
+            },
+            query.get("filter"),
+        )?;
         if let Some(m) = filter.memory()
             && !principal.memories.allows(m)
         {

@@ -101,6 +101,19 @@ fn x() -> Uuid {
     Uuid::parse_str(X).unwrap()
 }
 
+/// `filter=<json>`, percent-encoded for a query string.
+fn filter_param(json: &str) -> String {
+    let mut out = String::from("filter=");
+    for b in json.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn every_filter_and_combination_selects_exactly_its_events() {
     let server = Server::start().await;
@@ -182,6 +195,25 @@ async fn every_filter_and_combination_selects_exactly_its_events() {
             EventMeta::default().memory("m"),
             vec!["progress_x_m"],
         ),
+        // The JSON filter selects like the separate parameters, and ANDs
+        // with them.
+        (
+            filter_param(&format!(r#"{{"types":["job"],"entity_id":"{X}"}}"#)),
+            vec![],
+            queued(x()),
+            none(),
+            vec!["queued_x", "progress_x_m", "completed_x"],
+        ),
+        (
+            format!(
+                "events=JobProgress,NoteUpdated&{}",
+                filter_param(r#"{"types":"job","memory":"m"}"#)
+            ),
+            vec![],
+            progress(x()),
+            EventMeta::default().memory("m"),
+            vec!["progress_x_m"],
+        ),
     ];
     for (query, headers, marker, meta, expected) in cases {
         let got = received(&server, &query, &headers, marker, meta).await;
@@ -192,7 +224,16 @@ async fn every_filter_and_combination_selects_exactly_its_events() {
 #[tokio::test]
 async fn invalid_parameters_are_400_naming_the_value() {
     let server = Server::start().await;
+    let unknown_field = filter_param(r#"{"colour":"red"}"#);
+    let not_an_object = filter_param("[1]");
+    let two_entities = format!(
+        "entity_id={X}&{}",
+        filter_param(r#"{"entity_id":"0197c0de-5e1a-7a00-8000-000000000009"}"#)
+    );
     let cases = [
+        (unknown_field.as_str(), "colour"),
+        (not_an_object.as_str(), "filter"),
+        (two_entities.as_str(), "entity_id"),
         ("events=", "events"),
         ("types=", "types"),
         ("events=NoteUpdated,Bogus", "Bogus"),
