@@ -423,11 +423,42 @@ impl SseEndpoint {
                         "no such event",
                     ),
                 })?;
-        let mut body = BytesMut::with_capacity(2 + limit.min(events.len()) * 256);
+        let offset = match query.get("offset") {
+            None => 0,
+            Some(raw) => raw.trim().parse::<usize>().map_err(|_| {
+                SseError::param("offset", raw, "expected a whole number of events to skip")
+            })?,
+        };
+        // `until`: the last event wanted (inclusive), by either id form.
+        let end = match query.get("until").filter(|s| !s.trim().is_empty()) {
+            None => events.len(),
+            Some(raw) => match Cursor::parse(raw) {
+                Ok(Cursor::Seq(seq)) => events.partition_point(|ev| ev.seq() <= seq),
+                Ok(Cursor::Id(id)) => match events.iter().position(|ev| ev.id() == id) {
+                    Some(at) => at + 1,
+                    None => {
+                        return Err(SseError::param(
+                            "until",
+                            raw,
+                            "no such event after `since` among the retained ones",
+                        ));
+                    }
+                },
+                Err(_) => {
+                    return Err(SseError::param(
+                        "until",
+                        raw,
+                        "expected a sequence number or an event UUID",
+                    ));
+                }
+            },
+        };
+        let mut body = BytesMut::with_capacity(2 + limit.min(end) * 256);
         body.extend_from_slice(b"[");
-        let visible = events
+        let visible = events[..end]
             .iter()
             .filter(|ev| filter.matches(ev) && principal.can_see(ev))
+            .skip(offset)
             .take(limit);
         for (i, ev) in visible.enumerate() {
             if i > 0 {

@@ -144,3 +144,56 @@ async fn history_with_an_expired_cursor_is_410() {
     assert_eq!(status, 410);
     assert_eq!(body["error"], "cursor_expired");
 }
+
+#[tokio::test]
+async fn history_pages_with_until_and_offset() {
+    let server = Server::start().await;
+    let events: Vec<_> = (0..8)
+        .map(|i| server.bus.publish(QueueStatus::new(i, 0)))
+        .collect();
+    let ids = |body: serde_json::Value| -> Vec<String> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let want = |range: std::ops::Range<usize>| -> Vec<String> {
+        events[range].iter().map(|e| e.id().to_string()).collect()
+    };
+    let get = |query: String| {
+        let url = server.url(&format!("/api/v1/events/history?{query}"));
+        async move { get_json(&url, &[]).await }
+    };
+    // since (exclusive) .. until (inclusive), by sequence number and by id.
+    let (status, body) = get(format!(
+        "since={}&until={}",
+        events[1].seq(),
+        events[4].seq()
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(body), want(2..5));
+    let (_, body) = get(format!("until={}", events[2].id())).await;
+    assert_eq!(ids(body), want(0..3));
+    // Pages: offset then limit, after the filters.
+    let (_, body) = get("offset=2&limit=3".to_owned()).await;
+    assert_eq!(ids(body), want(2..5));
+    let (_, body) = get("offset=7&limit=3".to_owned()).await;
+    assert_eq!(ids(body), want(7..8));
+    let (_, body) = get("offset=100".to_owned()).await;
+    assert_eq!(ids(body), Vec::<String>::new());
+    // Faults name the parameter.
+    for (query, named) in [
+        ("offset=-1".to_owned(), "offset"),
+        ("until=soon".to_owned(), "until"),
+        (format!("until={}", Uuid::now_v7()), "until"),
+    ] {
+        let (status, body) = get(query.clone()).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
+}
