@@ -33,8 +33,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use event_core::{
-    Closed, ConnectionGuard, EventFilter, HubSubscription, Outgoing, OverflowPolicy, Principal,
-    SubscribeOptions, Transport, WireForm, current_queue_status,
+    Closed, ConnectionGuard, EventFilter, HubSubscription, KindSet, Outgoing, OverflowPolicy,
+    Principal, SubscribeOptions, Transport, WireForm, current_queue_status,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::futures::Notified;
@@ -66,6 +66,9 @@ const ROUNDS_PER_POLL: usize = 32;
 pub(crate) struct ConnectionContext {
     pub(crate) endpoint: Arc<WsEndpoint>,
     pub(crate) principal: Principal,
+    /// The upgrade request's filters, kept for the connection's life;
+    /// `subscribe`/`unsubscribe` choose kinds within them.
+    pub(crate) filter: EventFilter,
     pub(crate) remote: Option<SocketAddr>,
     /// The connection's place under `max_connections`, released last.
     pub(crate) slot: Slot,
@@ -184,9 +187,11 @@ where
     let ConnectionContext {
         endpoint: ep,
         principal,
+        filter,
         remote,
         slot,
     } = ctx;
+    let base_kinds = filter.kinds();
     let guard = ep
         .registry
         .register(Transport::WebSocket, remote, &principal);
@@ -198,7 +203,7 @@ where
         principal = %principal.id,
     );
     let sub = ep.hub.subscribe(SubscribeOptions {
-        filter: EventFilter::all(),
+        filter,
         principal,
         // Whatever the configured budget, it holds the largest event the
         // bus lets through (twice), so one big event never drops a reader.
@@ -213,7 +218,7 @@ where
     async move {
         ep.metrics.connection_opened();
         span.in_scope(|| tracing::debug!("connected"));
-        let end = run(&ep, &guard, &sub, &mut socket, &span).await;
+        let end = run(&ep, &guard, &sub, base_kinds, &mut socket, &span).await;
         // Stop filling the outbox before the (possibly slow) close handshake.
         drop(sub);
         let teardown = async move {
@@ -245,6 +250,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     ep: &WsEndpoint,
     guard: &ConnectionGuard,
     sub: &HubSubscription,
+    base_kinds: KindSet,
     socket: &mut WsSocket<IO>,
     span: &Span,
 ) -> End {
@@ -267,6 +273,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         socket,
         span,
         selection: Selection::default(),
+        base_kinds,
         batch: Vec::new(),
         incoming: Vec::new(),
         stall: None,
@@ -313,6 +320,8 @@ struct Conn<'a, IO> {
     socket: &'a mut WsSocket<IO>,
     span: &'a Span,
     selection: Selection,
+    /// The kinds the upgrade request's filters allow.
+    base_kinds: KindSet,
     /// Events queued on the socket and not yet completely written (their
     /// metrics are recorded once they are).
     batch: Vec<Outgoing>,
@@ -333,6 +342,14 @@ struct Conn<'a, IO> {
 }
 
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
+    /// Delivers the selected kinds the upgrade request's filters allow;
+    /// returns them (what the `subscribed` reply lists).
+    fn apply_selection(&self) -> KindSet {
+        let kinds = self.selection.kinds().intersection(self.base_kinds);
+        self.sub.set_kinds(kinds);
+        kinds
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>, mut w: Waits<'_, 'a>) -> Poll<End> {
         let cfg = &self.ep.config;
         for _ in 0..ROUNDS_PER_POLL {
@@ -585,13 +602,11 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
             Some(ClientMessage::Subscribe(names)) => {
                 let unknown = self.selection.subscribe(&names);
-                self.sub.set_kinds(self.selection.kinds());
-                Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+                Bytes::from(subscribed_reply(self.apply_selection(), &unknown))
             }
             Some(ClientMessage::Unsubscribe(names)) => {
                 let unknown = self.selection.unsubscribe(&names);
-                self.sub.set_kinds(self.selection.kinds());
-                Bytes::from(subscribed_reply(self.selection.kinds(), &unknown))
+                Bytes::from(subscribed_reply(self.apply_selection(), &unknown))
             }
             Some(ClientMessage::OverLimit) => {
                 return Err(End::OverLimit(

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use event_core::metrics::TransportMetrics;
 use event_core::{
-    Authenticator, CloseSignal, ConnectionRegistry, EventBus, EventSink, FanoutHub, QueueSnapshot,
-    Transport,
+    Authenticator, CloseSignal, ConnectionRegistry, EventBus, EventFilter, EventSink, FanoutHub,
+    FilterParams, Principal, QueueSnapshot, Transport,
 };
 use http::HeaderValue;
 use http::request::Parts;
@@ -243,11 +243,12 @@ impl WsEndpoint {
         if !self.config.origin_allowed(origin) {
             return Err(WsError::Forbidden("origin not allowed".to_owned()));
         }
-        let query_token = Query::<TokenQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|q| q.0.token);
-        let credentials = crate::auth::credentials(&parts.headers, query_token.as_deref());
+        let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
+            .map(|q| q.0)
+            .map_err(|e| WsError::InvalidFilter(e.body_text()))?;
+        let credentials = crate::auth::credentials(&parts.headers, query.token.as_deref());
         let principal = self.auth.authenticate(&credentials).await?;
+        let filter = query.filter(&principal)?;
         let slot = self.admit_slot()?;
 
         let remote = parts
@@ -261,6 +262,7 @@ impl WsEndpoint {
         let ctx = ConnectionContext {
             endpoint: self.clone(),
             principal,
+            filter,
             remote,
             slot,
         };
@@ -277,9 +279,40 @@ impl WsEndpoint {
     }
 }
 
+/// The upgrade request's query: the token, and the filters the connection
+/// keeps for its life (those of the SSE endpoint, `filter=` included).
 #[derive(Deserialize)]
-struct TokenQuery {
+struct ConnectQuery {
     token: Option<String>,
+    events: Option<String>,
+    types: Option<String>,
+    entity_id: Option<String>,
+    memory: Option<String>,
+    filter: Option<String>,
+}
+
+impl ConnectQuery {
+    /// The connection's filter; `403` for a memory `principal` may not see.
+    fn filter(&self, principal: &Principal) -> Result<EventFilter, WsError> {
+        let filter = EventFilter::parse_with_json(
+            FilterParams {
+                events: self.events.as_deref(),
+                types: self.types.as_deref(),
+                entity_id: self.entity_id.as_deref(),
+                memory: self.memory.as_deref(),
+            },
+            self.filter.as_deref(),
+        )
+        .map_err(|e| WsError::InvalidFilter(e.to_string()))?;
+        if let Some(memory) = filter.memory()
+            && !principal.memories.allows(memory)
+        {
+            return Err(WsError::Forbidden(format!(
+                "no access to memory {memory:?}"
+            )));
+        }
+        Ok(filter)
+    }
 }
 
 /// One admitted connection's place under `max_connections`; released on

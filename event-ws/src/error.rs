@@ -16,6 +16,9 @@ pub enum WsError {
     /// Credentials were missing or wrong.
     #[error("{0}")]
     Unauthorized(String),
+    /// A filter parameter of the upgrade request is invalid (HTTP 400).
+    #[error("{0}")]
+    InvalidFilter(String),
     /// The principal may not connect, or the `Origin` is not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -34,7 +37,7 @@ impl WsError {
     /// The HTTP status of the refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            WsError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            WsError::BadUpgrade(_) | WsError::InvalidFilter(_) => StatusCode::BAD_REQUEST,
             WsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WsError::Forbidden(_) => StatusCode::FORBIDDEN,
             WsError::OverCapacity(_) | WsError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -46,6 +49,7 @@ impl WsError {
     pub fn code(&self) -> &'static str {
         match self {
             WsError::BadUpgrade(_) => "bad_upgrade",
+            WsError::InvalidFilter(_) => "invalid_filter",
             WsError::Unauthorized(_) => "unauthorized",
             WsError::Forbidden(_) => "forbidden",
             WsError::OverCapacity(_) => "too_many_connections",

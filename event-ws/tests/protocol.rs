@@ -370,3 +370,62 @@ fn the_default_snapshot_timeout_is_inside_the_one_second_refresh_budget() {
         "{timeout:?}"
     );
 }
+
+#[tokio::test]
+async fn upgrade_query_filters_hold_for_the_connection_and_bound_subscribe() {
+    let server = TestServer::start(WsConfig::default()).await;
+    let job = Uuid::now_v7();
+    let other = Uuid::now_v7();
+    // `types=job` AND `entity_id=<job>`, the second as the JSON filter.
+    let filter = format!(r#"{{"entity_id":"{job}"}}"#);
+    let mut encoded = String::new();
+    for b in filter.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let url = format!("{}?types=job&filter={encoded}", server.url());
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = next_text(&mut client).await;
+    assert!(first.starts_with(r#"{"type":"QueueStatus""#), "{first}");
+    let progress = |job_id: Uuid| JobProgress {
+        job_id,
+        note_id: None,
+        progress: 5,
+        message: None,
+    };
+    server.bus.publish(progress(other));
+    server.bus.publish(NoteUpdated {
+        note_id: job,
+        title: None,
+        tags: vec![],
+        has_ai_content: false,
+        has_links: false,
+        operation: None,
+        user_id: None,
+    });
+    let mine = server.bus.publish(progress(job));
+    assert_eq!(next_text(&mut client).await.as_bytes(), &mine.json()[..]);
+
+    // `subscribe` chooses within the connection's filters: notes stay out.
+    send_text(
+        &mut client,
+        r#"{"type":"subscribe","events":["JobCompleted","NoteUpdated"]}"#,
+    )
+    .await;
+    assert_eq!(
+        next_text(&mut client).await,
+        r#"{"type":"subscribed","events":["JobCompleted"]}"#
+    );
+
+    // A bad filter refuses the upgrade with 400, naming it.
+    let bad = format!("{}?filter=%5B1%5D", server.url());
+    match tokio_tungstenite::connect_async(bad).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+}
