@@ -273,15 +273,13 @@ impl McpSession {
         Ok(match id {
             ResourceId::Recent => {
                 let events = views::latest_visible(bus, principal, RECENT_DEFAULT, |_| true);
-                serde_json::to_value(EventsPage::build(
+                to_json(&EventsPage::build(
                     &events,
                     self.shared.config.max_result_bytes,
-                ))
-                .map_err(|e| McpError::Internal(e.to_string()))?
+                ))?
             }
             ResourceId::Queue => self.queue_json().await,
-            ResourceId::Job(job) => serde_json::to_value(JobStatus::from_ring(bus, principal, job))
-                .map_err(|e| McpError::Internal(e.to_string()))?,
+            ResourceId::Job(job) => to_json(&JobStatus::from_ring(bus, principal, job))?,
             ResourceId::Note(note) => views::note_view(bus, principal, note),
         })
     }
@@ -294,6 +292,11 @@ impl McpSession {
 
 fn json_result(value: Value) -> CallToolResult {
     CallToolResult::structured(value)
+}
+
+/// `value` as JSON, for a tool result (a failure is the server's fault).
+fn to_json(value: &impl serde::Serialize) -> Result<Value, McpError> {
+    serde_json::to_value(value).map_err(|e| McpError::Internal(e.to_string()))
 }
 
 fn tool_error(message: impl Into<String>) -> CallToolResult {
@@ -371,7 +374,7 @@ impl McpSession {
                 .or_else(|| Some(bus.last_seq().to_string()));
         }
         self.count_sent(&page.events);
-        let value = serde_json::to_value(page).map_err(|e| McpError::Internal(e.to_string()))?;
+        let value = to_json(&page)?;
         Ok(json_result(value))
     }
 
@@ -396,7 +399,7 @@ impl McpSession {
                 "no events seen for job {job} (the server keeps only its most recent events)"
             )));
         }
-        let value = serde_json::to_value(status).map_err(|e| McpError::Internal(e.to_string()))?;
+        let value = to_json(&status)?;
         Ok(json_result(value))
     }
 
@@ -500,8 +503,7 @@ impl McpSession {
                 "forbidden: list_connections needs the admin token",
             ));
         }
-        let list = serde_json::to_value(self.shared.registry.list())
-            .map_err(|e| McpError::Internal(e.to_string()))?;
+        let list = to_json(&self.shared.registry.list())?;
         Ok(json_result(json!({ "connections": list })))
     }
 }
@@ -555,8 +557,7 @@ impl McpSession {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    let mut value = serde_json::to_value(&status)
-                        .map_err(|e| McpError::Internal(e.to_string()))?;
+                    let mut value = to_json(&status)?;
                     value["outcome"] = json!("timeout");
                     return Ok(json_result(value));
                 }
@@ -565,8 +566,7 @@ impl McpSession {
                 }
             }
         }
-        let mut value =
-            serde_json::to_value(&status).map_err(|e| McpError::Internal(e.to_string()))?;
+        let mut value = to_json(&status)?;
         value["outcome"] = json!(status.state);
         if let Some(kind) = match status.state {
             "completed" => Some(event_core::EventKind::JobCompleted),

@@ -68,7 +68,7 @@ impl RouteGuard {
 
 /// The `token` query parameter, if any (the same alternative to the bearer
 /// header the transports accept).
-fn query_token(query: Option<&str>) -> Option<String> {
+pub(crate) fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .filter_map(|pair| pair.split_once('='))

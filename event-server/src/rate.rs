@@ -26,7 +26,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use event_core::{Principal, Role};
+use event_core::{Credentials, Principal};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -107,15 +107,16 @@ impl RateGuard {
     }
 }
 
-/// The producer a request counts for: its principal, or its IP address
-/// when it has no token.
+/// The producer a request counts for: the principal its token names, or
+/// its IP address when it presented no token (anonymous local mode, where
+/// one principal stands for every client).
 fn producer(request: &Request) -> String {
-    // Local mode's principal is `anonymous` whatever role it is given (it
-    // may publish), and stands for every client: those are told apart by
-    // address.
-    let anonymous = |p: &Principal| p.role == Role::Anonymous || p.id == "anonymous";
+    let token = crate::guard::query_token(request.uri().query());
+    let presented = Credentials::from_headers(request.headers(), token.as_deref())
+        .token
+        .is_some();
     match request.extensions().get::<Principal>() {
-        Some(p) if !anonymous(p) => format!("principal:{}", p.id),
+        Some(p) if presented => format!("principal:{}", p.id),
         _ => match request.extensions().get::<ConnectInfo<SocketAddr>>() {
             Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
             None => "unknown".to_owned(),

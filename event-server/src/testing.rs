@@ -226,6 +226,23 @@ impl Server {
         self.dir.path()
     }
 
+    /// Publishes a sentinel event in-process and asserts it is the next
+    /// event other than `QueueStatus` on `sub`: nothing (a refused request,
+    /// a repeated one) was published since `sub` last read.
+    ///
+    /// # Panics
+    ///
+    /// When another event comes first, or none within [`WAIT`].
+    pub async fn assert_nothing_published(&self, sub: &mut Subscription) {
+        let sentinel = self.bus.publish(event_core::JobQueued {
+            job_id: uuid::Uuid::now_v7(),
+            job_type: "Sentinel".to_owned(),
+            note_id: None,
+        });
+        let next = next_where(sub, |ev| ev.kind() != event_core::EventKind::QueueStatus).await;
+        assert_eq!(next.id(), sentinel.id(), "published meanwhile: {next:?}");
+    }
+
     /// `GET path`'s body as text (`/metrics`, say).
     ///
     /// # Panics

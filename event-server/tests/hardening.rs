@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 
-use event_core::{EventKind, ServerEvent};
+use event_core::EventKind;
 use event_server::testing::{Server, WAIT, client, next_where};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,24 +74,6 @@ fn error_of(answer: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not a JSON error body ({e}): {answer:?}"))
 }
 
-/// Publishes a sentinel in-process and asserts it is the next event (other
-/// than `QueueStatus`) on `sub`: nothing a refused request did came first.
-async fn assert_nothing_published(server: &Server, sub: &mut event_core::Subscription) {
-    let sentinel = server
-        .bus
-        .publish(ServerEvent::JobQueued(event_core::JobQueued {
-            job_id: uuid::Uuid::now_v7(),
-            job_type: "Sentinel".to_owned(),
-            note_id: None,
-        }));
-    let next = next_where(sub, |ev| ev.kind() != EventKind::QueueStatus).await;
-    assert_eq!(
-        next.seq(),
-        sentinel.seq(),
-        "a refused request published {next:?}"
-    );
-}
-
 #[tokio::test]
 async fn demo_writes_need_the_admin_token_and_reads_a_client_token() {
     let server = token_server(&[]).await;
@@ -138,7 +120,7 @@ async fn demo_writes_need_the_admin_token_and_reads_a_client_token() {
         let err: Value = as_client.json().await.unwrap();
         assert_eq!(err["error"], "forbidden");
     }
-    assert_nothing_published(&server, &mut sub).await;
+    server.assert_nothing_published(&mut sub).await;
 
     for path in ["/api/v1/notes", "/api/v1/jobs/status"] {
         let anonymous = http.get(server.url(path)).send().await.unwrap();
@@ -311,7 +293,7 @@ async fn a_body_must_arrive_within_the_body_timeout() {
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
     assert!(matches!(closed, Ok(Ok(_))), "the connection stayed open");
-    assert_nothing_published(&server, &mut sub).await;
+    server.assert_nothing_published(&mut sub).await;
 }
 
 #[tokio::test]
@@ -378,7 +360,7 @@ async fn mutating_requests_need_a_json_content_type() {
             assert_eq!(err["error"], "unsupported_media_type");
         }
     }
-    assert_nothing_published(&server, &mut sub).await;
+    server.assert_nothing_published(&mut sub).await;
     let hooks: Value = http
         .get(server.url("/api/v1/webhooks"))
         .send()
@@ -547,7 +529,7 @@ async fn one_big_event_is_refused_and_a_limit_sized_one_drops_no_reader() {
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"], "event_too_large");
     assert!(err["message"].as_str().unwrap().contains("262144"), "{err}");
-    assert_nothing_published(&server, &mut sub).await;
+    server.assert_nothing_published(&mut sub).await;
     // Just under it, four times: every reader keeps its connection and gets
     // all four, then a small one.
     for _ in 0..4 {

@@ -102,22 +102,6 @@ async fn invalid_publish_bodies_are_400_and_publish_nothing() {
     );
 }
 
-/// Publishes a sentinel in-process and requires it to be the next
-/// non-`QueueStatus` event of `sub`: nothing was published before it.
-async fn nothing_published_since(server: &Server, sub: &mut event_core::Subscription) {
-    let sentinel = server.bus.publish(event_core::NoteUpdated {
-        note_id: uuid::Uuid::now_v7(),
-        title: Some("sentinel".to_owned()),
-        tags: Vec::new(),
-        has_ai_content: false,
-        has_links: false,
-        operation: None,
-        user_id: None,
-    });
-    let next = next_event(sub).await;
-    assert_eq!(next.id(), sentinel.id(), "published meanwhile: {next:?}");
-}
-
 #[tokio::test]
 async fn publishing_needs_the_admin_token_when_auth_is_on() {
     let server = Server::start(&[
@@ -146,7 +130,7 @@ async fn publishing_needs_the_admin_token_when_auth_is_on() {
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
-    nothing_published_since(&server, &mut sub).await;
+    server.assert_nothing_published(&mut sub).await;
     let res = http
         .post(server.url("/api/v1/events"))
         .bearer_auth("admin-secret-token")

@@ -267,7 +267,7 @@ async fn create(
     check_url(&shared, &url).await?;
     let _creating = shared.create_lock.lock().await;
     let max = shared.config.max_webhooks;
-    if max > 0 && shared.store.list_webhooks().await?.len() >= max {
+    if max > 0 && shared.store.count_webhooks().await? >= max as u64 {
         return Err(WebhookError::TooManyWebhooks(max));
     }
     let now = OffsetDateTime::now_utc();

@@ -66,6 +66,12 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Every webhook, oldest first.
     async fn list_webhooks(&self) -> Result<Vec<Webhook>>;
 
+    /// How many webhooks are registered (for `max_webhooks`). The default
+    /// lists them; the SQL stores count in the database.
+    async fn count_webhooks(&self) -> Result<u64> {
+        Ok(self.list_webhooks().await?.len() as u64)
+    }
+
     /// Replaces a webhook's fields; `false` when it does not exist.
     async fn update_webhook(&self, webhook: &Webhook) -> Result<bool>;
 

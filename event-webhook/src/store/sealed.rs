@@ -183,6 +183,11 @@ impl WebhookStore for SealedStore {
         self.inner.queue_depth().await
     }
 
+    async fn count_webhooks(&self) -> Result<u64> {
+        // Nothing to open: the count needs no secret.
+        self.inner.count_webhooks().await
+    }
+
     async fn stored_secrets(&self) -> Result<Vec<(Uuid, String)>> {
         self.inner.stored_secrets().await
     }

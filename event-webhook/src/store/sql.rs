@@ -417,6 +417,14 @@ impl<E: Engine> WebhookStore for E {
         self.execute(sql, &[Arg::Time(before)]).await
     }
 
+    async fn count_webhooks(&self) -> Result<u64> {
+        let rows = self.read("SELECT COUNT(*) AS n FROM webhooks", &[]).await?;
+        match rows.first() {
+            Some(row) => Ok(E::big(row, "n")?.max(0) as u64),
+            None => Ok(0),
+        }
+    }
+
     async fn queue_depth(&self) -> Result<u64> {
         let sql = "SELECT COUNT(*) AS n FROM deliveries WHERE status IN ('pending', 'failed') \
                    AND next_attempt_at IS NOT NULL";

@@ -79,24 +79,7 @@ async fn with_tokens_streams_need_a_client_token_and_management_the_admin_token(
         assert_json_error(send(method, path, body, None).await.unwrap(), 401).await;
         assert_json_error(send(method, path, body, Some(CLIENT)).await.unwrap(), 403).await;
     }
-    let sentinel = server.bus.publish(event_core::NoteUpdated {
-        note_id: uuid::Uuid::now_v7(),
-        title: Some("sentinel".to_owned()),
-        tags: Vec::new(),
-        has_ai_content: false,
-        has_links: false,
-        operation: None,
-        user_id: None,
-    });
-    let next = next_where(&mut bus, |ev| {
-        ev.kind() != event_core::EventKind::QueueStatus
-    })
-    .await;
-    assert_eq!(
-        next.id(),
-        sentinel.id(),
-        "a refused request published {next:?}"
-    );
+    server.assert_nothing_published(&mut bus).await;
     let hooks = send("GET", "/api/v1/webhooks", None, Some(ADMIN))
         .await
         .unwrap();
