@@ -113,6 +113,7 @@ async fn webhook_crud(store: Store) {
         all.iter().map(|x| x.id).collect::<Vec<_>>(),
         vec![w.id, w2.id]
     );
+    assert_eq!(store.count_webhooks().await.unwrap(), 2);
 
     w.url = "https://c.example/x".to_owned();
     w.events = vec![EventKind::JobFailed];
@@ -127,6 +128,7 @@ async fn webhook_crud(store: Store) {
     assert!(store.delete_webhook(w.id).await.unwrap());
     assert!(!store.delete_webhook(w.id).await.unwrap());
     assert!(store.get_webhook(w.id).await.unwrap().is_none());
+    assert_eq!(store.count_webhooks().await.unwrap(), 1);
     let mut ghost = w.clone();
     ghost.id = Uuid::now_v7();
     assert!(!store.update_webhook(&ghost).await.unwrap());
