@@ -45,6 +45,8 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::event::{Event, EventMeta, render_json};
+use crate::log::LogError;
+use crate::log::writer::Durability;
 use crate::payload::{EventKind, ServerEvent};
 use crate::ring::{Cursor, ReplayMiss, ReplayRing};
 use crate::sync::{Mutex, MutexGuard, Unmodelled};
@@ -131,6 +133,10 @@ struct BusInner {
     capacity: usize,
     max_event_bytes: AtomicUsize,
     upstream: RwLock<Option<Arc<dyn Upstream>>>,
+    /// The log [`EventBus::publish_durable`] waits for, while a
+    /// [`LogWriter`](crate::log::LogWriter) runs.
+    durability: RwLock<Option<Durability>>,
+    first_seq: u64,
 }
 
 /// An external sequencer for a bus: a shared log (e.g. a NATS JetStream
@@ -212,6 +218,8 @@ impl EventBus {
                 capacity,
                 max_event_bytes: AtomicUsize::new(DEFAULT_MAX_EVENT_BYTES),
                 upstream: RwLock::new(None),
+                durability: RwLock::new(None),
+                first_seq,
             }),
         }
     }
@@ -299,6 +307,64 @@ impl EventBus {
             .into_iter()
             .map(|(payload, json)| self.sequence(payload, json, meta.clone()))
             .collect())
+    }
+
+    /// Publishes like [`try_publish_all_with`](Self::try_publish_all_with)
+    /// and resolves once the events are committed to the event log
+    /// (see [`log`](crate::log)): for publishers that acknowledge to someone
+    /// (the publish API's `202`). Many concurrent calls share one commit
+    /// (group commit).
+    ///
+    /// Before publishing it waits, up to the log's commit timeout, while
+    /// the log's queue is full, so a slow log slows the publishers that can
+    /// wait instead of dropping events. Without a log writer (or with an
+    /// [`Upstream`], whose own stream is the log) it returns at once.
+    ///
+    /// On [`LogError::Timeout`] the events *are* published (and still
+    /// queued for the log); only their commit was not confirmed in time.
+    pub async fn publish_durable<P: Into<ServerEvent>>(
+        &self,
+        payloads: impl IntoIterator<Item = P>,
+        meta: &EventMeta,
+    ) -> Result<Vec<Arc<Event>>, LogError> {
+        let durability = self
+            .inner
+            .durability
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(durability) = durability else {
+            return self
+                .try_publish_all_with(payloads, meta)
+                .map_err(LogError::Refused);
+        };
+        let timeout = durability.commit_timeout();
+        durability.room(timeout).await?;
+        let events = self
+            .try_publish_all_with(payloads, meta)
+            .map_err(LogError::Refused)?;
+        if let Some(last) = events.iter().map(|e| e.seq()).max().filter(|s| *s > 0) {
+            durability.committed(last, timeout).await?;
+            if let Some(lost) = events.iter().find(|e| durability.was_dropped(e.seq())) {
+                return Err(LogError::Dropped(lost.seq()));
+            }
+        }
+        Ok(events)
+    }
+
+    pub(crate) fn set_durability(&self, durability: Option<Durability>) {
+        *self
+            .inner
+            .durability
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = durability;
+    }
+
+    /// The first sequence number this bus gave or accepts
+    /// ([`BusConfig::seq_start`]): events below it are from before this
+    /// process.
+    pub fn first_seq(&self) -> u64 {
+        self.inner.first_seq
     }
 
     /// The largest event this bus publishes, in bytes of rendered JSON

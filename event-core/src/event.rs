@@ -325,6 +325,26 @@ impl Event {
         Some(cell.get_or_init(|| render(self)))
     }
 
+    /// Rebuilds an event from its envelope JSON (docs/protocol.md §3, what
+    /// [`envelope_json`](Self::envelope_json) renders) with sequence number
+    /// `seq`: for events read back from a log or another instance. The
+    /// bytes become the event's cached envelope rendering, so an event read
+    /// back is not rendered again in that form. `occurred_at` has the
+    /// envelope's millisecond precision.
+    pub fn from_envelope_json(seq: u64, bytes: &[u8]) -> Result<Event, serde_json::Error> {
+        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        let meta = envelope.meta();
+        let event = Event::new(
+            seq,
+            envelope.event_id,
+            envelope.occurred_at,
+            meta,
+            envelope.payload,
+        );
+        let _ = event.envelope_json.set(Bytes::copy_from_slice(bytes));
+        Ok(event)
+    }
+
     /// The envelope as a value.
     pub fn to_envelope(&self) -> Envelope {
         Envelope::from_event(self)

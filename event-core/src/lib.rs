@@ -85,6 +85,7 @@ pub mod fanout;
 pub mod filter;
 pub mod http_error;
 pub mod io;
+pub mod log;
 pub mod metrics;
 pub mod payload;
 pub mod registry;
@@ -110,6 +111,7 @@ pub use fanout::{
 };
 pub use filter::{EventFilter, FilterParams, KindSet};
 pub use io::WriteTimeoutIo;
+pub use log::{EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention};
 pub use metrics::TransportMetrics;
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,

@@ -55,6 +55,24 @@ pub const EVENTS_DROPPED: &str = "matric_events_dropped";
 pub const CONNECTIONS_LIMIT: &str = "matric_connections_limit";
 /// Counter `{transport, reason}`: connections closed, by reason.
 pub const CONNECTIONS_CLOSED: &str = "matric_connections_closed";
+/// Counter: events appended to the event log.
+pub const LOG_APPENDED: &str = "matric_log_appended";
+/// Counter: events not logged because the log's queue was full.
+pub const LOG_DROPPED: &str = "matric_log_dropped";
+/// Counter: failed appends to the event log (each is retried).
+pub const LOG_APPEND_ERRORS: &str = "matric_log_append_errors";
+/// Histogram: seconds per append (one batch, one transaction).
+pub const LOG_APPEND_SECONDS: &str = "matric_log_append_seconds";
+/// Gauge: events queued for the log and not yet committed.
+pub const LOG_PENDING: &str = "matric_log_pending";
+/// Gauge: sequence number of the oldest event in the log.
+pub const LOG_FIRST_SEQ: &str = "matric_log_first_seq";
+/// Gauge: sequence number of the newest committed event.
+pub const LOG_LAST_SEQ: &str = "matric_log_last_seq";
+/// Gauge: events stored in the log.
+pub const LOG_EVENTS: &str = "matric_log_events";
+/// Gauge: bytes of envelope JSON stored in the log.
+pub const LOG_BYTES: &str = "matric_log_bytes";
 /// Counter `{status}`: webhook delivery attempts (`success`, `retry`, `failed`).
 pub const WEBHOOK_DELIVERIES: &str = "matric_webhook_deliveries";
 /// Gauge: webhook deliveries waiting to be sent.

@@ -75,6 +75,16 @@ impl EventKind {
         }
     }
 
+    /// The family, the part of the dot name before the dot (`job`, `note`,
+    /// `queue`): an event's default topic.
+    pub const fn family(self) -> &'static str {
+        match self {
+            EventKind::QueueStatus => "queue",
+            EventKind::NoteUpdated => "note",
+            _ => "job",
+        }
+    }
+
     /// The entity an event of this kind is about, if any (`QueueStatus` has none).
     pub const fn entity_type(self) -> Option<EntityType> {
         match self {

@@ -53,6 +53,25 @@ pub trait ReplaySource: Send + Sync + 'static {
     /// Every event after `cursor`, oldest first. Called only after the local
     /// ring missed, so it may skip the ring.
     async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss>;
+
+    /// At most `limit` events after `cursor` — or from the oldest the source
+    /// holds when `None` — oldest first: a page of history. The default
+    /// answers a cursor with the start of [`replay_since`](Self::replay_since)
+    /// and cannot start from the oldest ([`ReplayMiss::Expired`]).
+    async fn history(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        match cursor {
+            Some(cursor) => {
+                let mut events = self.replay_since(cursor).await?.events;
+                events.truncate(limit);
+                Ok(events)
+            }
+            None => Err(ReplayMiss::Expired),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,108 @@
+//! An [`EventLog`] in memory: for tests, examples and embedders that want
+//! the log's API without storage (it survives nothing).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{EventLog, LogBounds, LogError, Retention};
+use crate::event::Event;
+
+/// An in-memory [`EventLog`]. Cheap to clone; clones share the events.
+///
+/// ```
+/// use std::sync::Arc;
+/// use event_core::log::{EventLog, MemoryLog};
+/// use event_core::{EventBus, QueueStatus};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let bus = EventBus::default();
+/// let log = MemoryLog::default();
+/// log.append(&[bus.publish(QueueStatus::new(1, 0))]).await.unwrap();
+/// assert_eq!(log.bounds().await.unwrap().events, 1);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLog {
+    events: Arc<Mutex<VecDeque<Arc<Event>>>>,
+}
+
+impl MemoryLog {
+    fn events(&self) -> MutexGuard<'_, VecDeque<Arc<Event>>> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryLog {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    async fn append(&self, batch: &[Arc<Event>]) -> Result<(), LogError> {
+        let mut events = self.events();
+        let last = events.back().map_or(0, |e| e.seq());
+        events.extend(batch.iter().filter(|e| e.seq() > last).cloned());
+        Ok(())
+    }
+
+    async fn read_after(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, LogError> {
+        let events = self.events();
+        let start = events.partition_point(|e| e.seq() <= after_seq);
+        Ok(events.range(start..).take(limit).cloned().collect())
+    }
+
+    async fn seq_at_time(&self, time: OffsetDateTime) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .events()
+            .iter()
+            .find(|e| e.occurred_at() >= time)
+            .map(|e| e.seq()))
+    }
+
+    async fn seq_of(&self, id: Uuid) -> Result<Option<u64>, LogError> {
+        Ok(self.events().iter().find(|e| e.id() == id).map(|e| e.seq()))
+    }
+
+    async fn first_seq(&self) -> Result<u64, LogError> {
+        Ok(self.events().front().map_or(0, |e| e.seq()))
+    }
+
+    async fn bounds(&self) -> Result<LogBounds, LogError> {
+        let events = self.events();
+        Ok(LogBounds {
+            first_seq: events.front().map_or(0, |e| e.seq()),
+            last_seq: events.back().map_or(0, |e| e.seq()),
+            events: events.len() as u64,
+            bytes: events.iter().map(|e| e.envelope_json().len() as u64).sum(),
+        })
+    }
+
+    async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
+        let mut events = self.events();
+        let before = events.len();
+        if let Some(age) = retention.max_age {
+            let cutoff = now - age;
+            while events.front().is_some_and(|e| e.occurred_at() < cutoff) {
+                events.pop_front();
+            }
+        }
+        if let Some(max) = retention.max_events {
+            while events.len() as u64 > max {
+                events.pop_front();
+            }
+        }
+        if let Some(max) = retention.max_bytes {
+            let mut bytes: u64 = events.iter().map(|e| e.envelope_json().len() as u64).sum();
+            while bytes > max {
+                match events.pop_front() {
+                    Some(e) => bytes -= e.envelope_json().len() as u64,
+                    None => break,
+                }
+            }
+        }
+        Ok((before - events.len()) as u64)
+    }
+}

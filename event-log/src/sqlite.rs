@@ -1,0 +1,248 @@
+//! The SQLite log: one file, WAL journal, one writer connection.
+//!
+//! Commits use `synchronous = NORMAL`: in WAL mode a commit is in the
+//! write-ahead log when it returns, so it survives the crash or `SIGKILL`
+//! of the process (the failure a `202` promises to survive); a power loss
+//! can lose the last commits before a checkpoint.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use event_core::{Event, EventLog, LogBounds, LogError, Retention};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{INSERT_CHUNK, decode, micros, seq_to_row, storage, topic};
+
+/// Rows removed per `DELETE` when pruning, so that appends never wait long
+/// behind a prune.
+const PRUNE_CHUNK: i64 = 10_000;
+
+/// The SQLite [`EventLog`].
+#[derive(Debug, Clone)]
+pub struct SqliteLog {
+    /// Reads.
+    pool: SqlitePool,
+    /// The one writer (appends and prunes).
+    writer: SqlitePool,
+    write: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl SqliteLog {
+    /// Opens (creating when missing) the log at `url` (`sqlite://path`).
+    pub async fn connect(url: &str) -> Result<Self, LogError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(storage("invalid SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(storage("cannot open the SQLite event log"))?;
+        let pool = if memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(storage("cannot open the SQLite event log for reading"))?
+        };
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS matric_event_log (
+                seq INTEGER PRIMARY KEY,
+                event_id BLOB NOT NULL,
+                occurred_at_us INTEGER NOT NULL,
+                topic TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                body BLOB NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS matric_event_log_id ON matric_event_log (event_id);
+            CREATE INDEX IF NOT EXISTS matric_event_log_time ON matric_event_log (occurred_at_us);",
+        )
+        .execute(&writer)
+        .await
+        .map_err(storage("cannot create the event log table"))?;
+        Ok(SqliteLog {
+            pool,
+            writer,
+            write: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The newest sequence to remove so that `retention` holds, if any.
+    async fn prune_through(
+        &self,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<i64>, LogError> {
+        let mut through: Option<i64> = None;
+        let mut raise = |v: Option<i64>| through = through.max(v);
+        if let Some(age) = retention.max_age {
+            let cutoff = micros(now - age);
+            raise(
+                sqlx::query_scalar(
+                    "SELECT MAX(seq) FROM matric_event_log WHERE occurred_at_us < ?",
+                )
+                .bind(cutoff)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(storage("reading the log's age"))?,
+            );
+        }
+        if let Some(max) = retention.max_events {
+            raise(
+                sqlx::query_scalar(
+                    "SELECT seq FROM matric_event_log ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                )
+                .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage("reading the log's length"))?,
+            );
+        }
+        if let Some(max) = retention.max_bytes {
+            raise(
+                sqlx::query_scalar(
+                    "SELECT seq FROM (SELECT seq, SUM(size) OVER (ORDER BY seq DESC) AS kept
+                       FROM matric_event_log) WHERE kept > ? ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(i64::try_from(max).unwrap_or(i64::MAX))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage("reading the log's size"))?,
+            );
+        }
+        Ok(through)
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteLog {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    async fn append(&self, events: &[Arc<Event>]) -> Result<(), LogError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let _gate = self.write.lock().await;
+        let mut tx = self
+            .writer
+            .begin()
+            .await
+            .map_err(storage("beginning an append"))?;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut insert: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT OR IGNORE INTO matric_event_log (seq, event_id, occurred_at_us, topic, size, body) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                let body = e.envelope_json();
+                row.push_bind(seq_to_row(e.seq()))
+                    .push_bind(e.id().as_bytes().to_vec())
+                    .push_bind(micros(e.occurred_at()))
+                    .push_bind(topic(e))
+                    .push_bind(body.len() as i64)
+                    .push_bind(body.to_vec());
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(storage("appending events"))?;
+        }
+        tx.commit().await.map_err(storage("committing an append"))
+    }
+
+    async fn read_after(&self, after_seq: u64, limit: usize) -> Result<Vec<Arc<Event>>, LogError> {
+        let rows = sqlx::query(
+            "SELECT seq, body FROM matric_event_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(seq_to_row(after_seq))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage("reading events"))?;
+        rows.iter()
+            .map(|row| decode(row.get(0), row.get::<&[u8], _>(1)))
+            .collect()
+    }
+
+    async fn seq_at_time(&self, time: OffsetDateTime) -> Result<Option<u64>, LogError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(seq) FROM matric_event_log WHERE occurred_at_us >= ?")
+                .bind(micros(time))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(storage("finding an event by time"))?;
+        Ok(seq.map(crate::seq_of_row))
+    }
+
+    async fn seq_of(&self, id: Uuid) -> Result<Option<u64>, LogError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM matric_event_log WHERE event_id = ?")
+                .bind(id.as_bytes().to_vec())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(storage("finding an event by id"))?;
+        Ok(seq.map(crate::seq_of_row))
+    }
+
+    async fn first_seq(&self) -> Result<u64, LogError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM matric_event_log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(storage("reading the log's start"))?;
+        Ok(seq.map_or(0, crate::seq_of_row))
+    }
+
+    async fn bounds(&self) -> Result<LogBounds, LogError> {
+        let row = sqlx::query(
+            "SELECT MIN(seq), MAX(seq), COUNT(*), COALESCE(SUM(size), 0) FROM matric_event_log",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(storage("reading the log's extent"))?;
+        Ok(LogBounds {
+            first_seq: row.get::<Option<i64>, _>(0).map_or(0, crate::seq_of_row),
+            last_seq: row.get::<Option<i64>, _>(1).map_or(0, crate::seq_of_row),
+            events: crate::seq_of_row(row.get(2)),
+            bytes: crate::seq_of_row(row.get(3)),
+        })
+    }
+
+    async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
+        let Some(through) = self.prune_through(retention, now).await? else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        loop {
+            let _gate = self.write.lock().await;
+            let done = sqlx::query(
+                "DELETE FROM matric_event_log WHERE seq IN
+                   (SELECT seq FROM matric_event_log WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            )
+            .bind(through)
+            .bind(PRUNE_CHUNK)
+            .execute(&self.writer)
+            .await
+            .map_err(storage("pruning the log"))?
+            .rows_affected();
+            removed += done;
+            if done < PRUNE_CHUNK as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+}

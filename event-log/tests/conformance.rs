@@ -1,0 +1,223 @@
+//! One behaviour, both engines: every test runs on a fresh SQLite file and,
+//! when `TEST_POSTGRES_URL` is set (required under
+//! `EVENT_TEST_REQUIRE_SERVICES=1`), on PostgreSQL in a schema of its own.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_core::{
+    BusConfig, Event, EventBus, EventLog, EventMeta, JobProgress, QueueStatus, Retention, SeqStart,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn sqlite_url() -> (String, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("event-log-{}.db", Uuid::new_v4()));
+    (format!("sqlite://{}", path.display()), path)
+}
+
+fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("TEST_POSTGRES_URL is not set but EVENT_TEST_REQUIRE_SERVICES=1");
+            }
+            eprintln!("skipping PostgreSQL: TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// The logs to test: SQLite always, PostgreSQL when configured.
+async fn logs() -> Vec<Arc<dyn EventLog>> {
+    let mut logs: Vec<Arc<dyn EventLog>> = vec![event_log::open(&sqlite_url().0).await.unwrap()];
+    #[cfg(feature = "postgres")]
+    if let Some(url) = postgres_url() {
+        let schema = format!("log_test_{}", Uuid::new_v4().simple());
+        logs.push(Arc::new(
+            event_log::PostgresLog::connect_in_schema(&url, &schema)
+                .await
+                .unwrap(),
+        ));
+    }
+    #[cfg(not(feature = "postgres"))]
+    let _ = postgres_url;
+    logs
+}
+
+fn bus() -> EventBus {
+    EventBus::new(BusConfig {
+        seq_start: SeqStart::At(1),
+        ..BusConfig::default()
+    })
+}
+
+fn progress(n: u8) -> JobProgress {
+    JobProgress {
+        job_id: Uuid::now_v7(),
+        note_id: Some(Uuid::now_v7()),
+        progress: n,
+        message: Some(format!("step {n} \u{e9}\u{1f680}")),
+    }
+}
+
+fn seqs(events: &[Arc<Event>]) -> Vec<u64> {
+    events.iter().map(|e| e.seq()).collect()
+}
+
+#[tokio::test]
+async fn events_read_back_identical_in_order_and_a_retried_batch_is_skipped() {
+    for log in logs().await {
+        let bus = bus();
+        let meta = EventMeta::default()
+            .memory("m1")
+            .tenant("t1")
+            .correlation(Uuid::now_v7());
+        let events: Vec<_> = (0..2500)
+            .map(|i| bus.publish_with(progress((i % 100) as u8), meta.clone()))
+            .collect();
+        log.append(&events[..1200]).await.unwrap();
+        // Overlapping retry: the first 1200 are already there.
+        log.append(&events).await.unwrap();
+        let back = log.read_after(0, usize::MAX).await.unwrap();
+        assert_eq!(
+            seqs(&back),
+            (1..=2500).collect::<Vec<_>>(),
+            "{}",
+            log.name()
+        );
+        for (a, b) in events.iter().zip(&back) {
+            assert_eq!(a.id(), b.id());
+            assert_eq!(a.meta(), b.meta());
+            assert_eq!(a.json(), b.json());
+            assert_eq!(a.envelope_json(), b.envelope_json());
+        }
+        let page = log.read_after(100, 5).await.unwrap();
+        assert_eq!(seqs(&page), [101, 102, 103, 104, 105]);
+        assert!(log.read_after(2500, 10).await.unwrap().is_empty());
+        assert_eq!(log.seq_of(events[41].id()).await.unwrap(), Some(42));
+        assert_eq!(log.seq_of(Uuid::now_v7()).await.unwrap(), None);
+        assert_eq!(log.first_seq().await.unwrap(), 1);
+        let bounds = log.bounds().await.unwrap();
+        assert_eq!(
+            (bounds.first_seq, bounds.last_seq, bounds.events),
+            (1, 2500, 2500)
+        );
+        let bytes: usize = events.iter().map(|e| e.envelope_json().len()).sum();
+        assert_eq!(bounds.bytes, bytes as u64);
+    }
+}
+
+#[tokio::test]
+async fn an_empty_log_has_empty_bounds() {
+    for log in logs().await {
+        assert_eq!(log.first_seq().await.unwrap(), 0);
+        assert_eq!(
+            log.bounds().await.unwrap(),
+            event_core::LogBounds::default()
+        );
+        assert!(log.read_after(0, 10).await.unwrap().is_empty());
+        assert_eq!(
+            log.seq_at_time(OffsetDateTime::UNIX_EPOCH).await.unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_are_found_by_time() {
+    for log in logs().await {
+        let bus = bus();
+        let t0 = OffsetDateTime::now_utc();
+        let old: Vec<_> = (0..3)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect();
+        log.append(&old).await.unwrap();
+        // The envelope keeps milliseconds: step past the next one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while OffsetDateTime::now_utc() - t0 < time::Duration::milliseconds(3) {
+            assert!(std::time::Instant::now() < deadline);
+            std::hint::spin_loop();
+        }
+        let t1 = OffsetDateTime::now_utc();
+        let new = bus.publish(QueueStatus::new(9, 9));
+        log.append(std::slice::from_ref(&new)).await.unwrap();
+        assert_eq!(log.seq_at_time(t1).await.unwrap(), Some(new.seq()));
+        assert_eq!(
+            log.seq_at_time(t0 - time::Duration::seconds(1))
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            log.seq_at_time(t1 + time::Duration::seconds(60))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
+#[tokio::test]
+async fn retention_removes_the_oldest_by_count_bytes_and_age() {
+    for log in logs().await {
+        let bus = bus();
+        let events: Vec<_> = (0..30)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect();
+        log.append(&events).await.unwrap();
+        let keep = |max_events, max_bytes| Retention {
+            max_age: None,
+            max_events,
+            max_bytes,
+        };
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(log.prune(&keep(None, None), now).await.unwrap(), 0);
+        assert_eq!(log.prune(&keep(Some(20), None), now).await.unwrap(), 10);
+        assert_eq!(log.first_seq().await.unwrap(), 11);
+        // Room for exactly the newest five.
+        let five: u64 = events[25..]
+            .iter()
+            .map(|e| e.envelope_json().len() as u64)
+            .sum();
+        assert_eq!(log.prune(&keep(None, Some(five)), now).await.unwrap(), 15);
+        assert_eq!(log.first_seq().await.unwrap(), 26);
+        let by_age = Retention {
+            max_age: Some(Duration::from_secs(60)),
+            max_events: None,
+            max_bytes: None,
+        };
+        assert_eq!(log.prune(&by_age, now).await.unwrap(), 0);
+        let later = now + time::Duration::seconds(120);
+        assert_eq!(log.prune(&by_age, later).await.unwrap(), 5);
+        assert_eq!(log.bounds().await.unwrap().events, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_reopened_sqlite_log_keeps_its_events() {
+    let (url, path) = sqlite_url();
+    let bus = bus();
+    let events: Vec<_> = (0..10)
+        .map(|i| bus.publish(QueueStatus::new(i, 1)))
+        .collect();
+    {
+        let log = event_log::open(&url).await.unwrap();
+        log.append(&events).await.unwrap();
+    }
+    let log = event_log::open(&url).await.unwrap();
+    assert_eq!(log.bounds().await.unwrap().last_seq, 10);
+    assert_eq!(log.read_after(9, 1).await.unwrap()[0].id(), events[9].id());
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn an_unknown_url_scheme_is_a_clear_error() {
+    let err = match event_log::open("mysql://x").await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened a mysql log"),
+    };
+    assert!(err.contains("unsupported event log URL scheme"), "{err}");
+}
