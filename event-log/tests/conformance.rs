@@ -32,6 +32,7 @@ fn postgres_url() -> Option<String> {
 
 /// The logs to test: SQLite always, PostgreSQL when configured.
 async fn logs() -> Vec<Arc<dyn EventLog>> {
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut logs: Vec<Arc<dyn EventLog>> = vec![event_log::open(&sqlite_url().0).await.unwrap()];
     #[cfg(feature = "postgres")]
     if let Some(url) = postgres_url() {

@@ -54,6 +54,8 @@ struct Parts {
     simulator: Option<Arc<event_bridge_jobs::simulator::SimulatedWorker>>,
     #[cfg(feature = "webhook")]
     webhooks: Option<(event_webhook::Webhooks, event_webhook::DeliveryWorker)>,
+    #[cfg(feature = "log")]
+    log: Option<crate::durable::HostLog>,
     cluster: Cluster,
 }
 
@@ -90,6 +92,11 @@ impl Parts {
                 "webhook deliveries in flight at shutdown are retried at the next start"
             );
         }
+        // After every producer: what they published last is logged.
+        #[cfg(feature = "log")]
+        if let Some(log) = self.log {
+            log.stop(Duration::from_secs(2)).await;
+        }
         // Last: the cluster link, which the bus publishes through.
         self.cluster.leave();
     }
@@ -118,17 +125,33 @@ impl App {
         // meter provider goes first.
         #[cfg(feature = "telemetry")]
         let metrics = crate::telemetry::metrics()?;
-        let bus_config = BusConfig {
+        #[allow(unused_mut, reason = "the log sets where sequences start")]
+        let mut bus_config = BusConfig {
             capacity: config.bus_capacity,
             replay_size: config.replay_size,
             ..BusConfig::default()
         };
         let cluster = Cluster::connect(config, &bus_config).await?;
+        // In cluster mode the JetStream stream is the log.
+        #[cfg(feature = "log")]
+        let log = match cluster.is_active() {
+            true => None,
+            false => crate::durable::open(config).await?,
+        };
+        #[cfg(feature = "log")]
+        if let Some(log) = &log {
+            bus_config.seq_start = log.seq_start;
+        }
         let bus = cluster.bus(bus_config);
         bus.set_max_event_bytes(config.event_max_bytes)
             .map_err(|e| ServerError::Startup(format!("EVENT_MAX_BYTES: {e}")))?;
         bus.set_replay_max_bytes(config.replay_max_bytes);
         let db = Db::connect(&config.database_url).await?;
+        #[cfg(feature = "log")]
+        let log = match log {
+            Some(log) => Some(log.start(&bus, config).await?),
+            None => None,
+        };
         let mut app = Assembly {
             config,
             runner: SinkRunner::new(&bus),
@@ -143,6 +166,8 @@ impl App {
             )]
             parts: Parts {
                 cluster,
+                #[cfg(feature = "log")]
+                log,
                 ..Parts::default()
             },
             router: Router::new(),

@@ -48,6 +48,11 @@ mod imp {
             Ok(Cluster { nats: Some(nats) })
         }
 
+        /// Whether this instance is in a cluster (`NATS_URL` set).
+        pub fn is_active(&self) -> bool {
+            self.nats.is_some()
+        }
+
         /// The bus: the cluster's, or a new local one.
         pub fn bus(&self, config: BusConfig) -> EventBus {
             match &self.nats {
@@ -107,6 +112,11 @@ mod imp {
         /// configuration of a build without `nats`.
         pub async fn connect(_config: &Config, _bus: &BusConfig) -> Result<Cluster, ServerError> {
             Ok(Cluster)
+        }
+
+        /// Never: this build has no cluster mode.
+        pub fn is_active(&self) -> bool {
+            false
         }
 
         /// A new local bus.

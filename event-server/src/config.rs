@@ -85,6 +85,35 @@ impl FromStr for Schedule {
     }
 }
 
+/// The log's place beside the database: the same PostgreSQL database; for
+/// a SQLite file, a file of its own next to it (`events.db` →
+/// `events-log.db`), so the log's writer and the webhook store's never
+/// wait for each other's lock; an in-memory database, an in-memory log.
+fn beside(database_url: &str) -> String {
+    let Some(rest) = database_url.strip_prefix("sqlite:") else {
+        return database_url.to_owned();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let bare = path.trim_start_matches('/');
+    if bare.is_empty()
+        || path.contains(":memory:")
+        || query.is_some_and(|q| q.contains("mode=memory"))
+    {
+        return "sqlite::memory:".to_owned();
+    }
+    let path = match path.strip_suffix(".db") {
+        Some(stem) => format!("{stem}-log.db"),
+        None => format!("{path}-log"),
+    };
+    match query {
+        Some(q) => format!("sqlite:{path}?{q}"),
+        None => format!("sqlite:{path}"),
+    }
+}
+
 fn non_zero(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -144,6 +173,42 @@ pub struct Config {
         default_value = "1024"
     )]
     pub replay_size: usize,
+
+    /// The durable event log (feature `log`): `on` (the default) keeps it
+    /// beside `DATABASE_URL` (the same PostgreSQL database, or for SQLite a
+    /// file of its own next to the database, `…-log.db`), `off` keeps no
+    /// log, or a `sqlite://` / `postgres://` URL of its own. Ignored in
+    /// cluster mode, where the JetStream stream is the log.
+    #[arg(long = "event-log", env = "EVENT_LOG", default_value = "on")]
+    pub event_log: String,
+
+    /// Log retention by age, in seconds (default 7 days).
+    #[arg(long = "event-log-max-age-secs", env = "EVENT_LOG_MAX_AGE_SECS", default_value = "604800", value_parser = seconds)]
+    pub event_log_max_age_secs: u64,
+
+    /// Log retention by count: most events kept.
+    #[arg(long = "event-log-max-events", env = "EVENT_LOG_MAX_EVENTS", default_value = "10000000", value_parser = non_zero)]
+    pub event_log_max_events: usize,
+
+    /// Log retention by size: most bytes of event JSON kept (default 1 GiB).
+    #[arg(long = "event-log-max-bytes", env = "EVENT_LOG_MAX_BYTES", default_value = "1073741824", value_parser = non_zero)]
+    pub event_log_max_bytes: usize,
+
+    /// Events queued for the log and not yet committed before publish
+    /// requests wait for room (they answer `503 log_unavailable` after
+    /// `EVENT_LOG_COMMIT_TIMEOUT_MS`).
+    #[arg(long = "event-log-max-pending", env = "EVENT_LOG_MAX_PENDING", default_value = "100000", value_parser = non_zero)]
+    pub event_log_max_pending: usize,
+
+    /// How long a publish request waits for the log to commit its events
+    /// before answering `503 log_unavailable`, in milliseconds.
+    #[arg(long = "event-log-commit-timeout-ms", env = "EVENT_LOG_COMMIT_TIMEOUT_MS", default_value = "5000", value_parser = non_zero)]
+    pub event_log_commit_timeout_ms: usize,
+
+    /// Most events one replay or history request reads from the log; a
+    /// cursor further behind gets `resync_required`.
+    #[arg(long = "event-log-max-replay", env = "EVENT_LOG_MAX_REPLAY", default_value = "100000", value_parser = non_zero)]
+    pub event_log_max_replay: usize,
 
     /// Most bytes the replay ring may hold (each event weighed with every
     /// rendering it may cache); the oldest events go first beyond it.
@@ -454,6 +519,7 @@ impl Config {
         for host in &self.public_hosts {
             crate::guard::check_host_name(host).map_err(|e| format!("PUBLIC_HOSTS: {e}"))?;
         }
+        self.event_log_url()?;
         if self.nats_url.is_some() && !cfg!(feature = "nats") {
             return Err(
                 "NATS_URL is set but the server was built without the `nats` feature".to_owned(),
@@ -465,6 +531,26 @@ impl Config {
     /// Whether any token is configured (otherwise: anonymous local mode).
     pub fn auth_enabled(&self) -> bool {
         self.auth_admin_token.is_some() || !self.auth_client_tokens.is_empty()
+    }
+
+    /// Where the event log lives, or `None` for no log (`EVENT_LOG=off`).
+    pub fn event_log_url(&self) -> Result<Option<String>, String> {
+        match self.event_log.trim() {
+            "off" | "false" | "0" => Ok(None),
+            "on" | "true" | "1" => Ok(Some(beside(&self.database_url))),
+            url if url.starts_with("sqlite:") => Ok(Some(url.to_owned())),
+            url if url.starts_with("postgres:") || url.starts_with("postgresql:") => {
+                if cfg!(feature = "postgres") {
+                    Ok(Some(url.to_owned()))
+                } else {
+                    Err("EVENT_LOG is PostgreSQL but the server was built without the `postgres` feature".to_owned())
+                }
+            }
+            other => Err(format!(
+                "EVENT_LOG must be on, off, or a sqlite:// or postgres:// URL (got {:?})",
+                other.split(':').next().unwrap_or_default()
+            )),
+        }
     }
 
     /// The directory a SQLite database file lives in, if the URL names a file.
@@ -536,6 +622,30 @@ mod tests {
         );
         assert_eq!(c.sqlite_dir(), Some(PathBuf::from("data")));
         assert!(!c.auth_enabled());
+    }
+
+    #[test]
+    fn the_event_log_lives_beside_the_database_unless_told_otherwise() {
+        let log = |args: &[&str]| parse(args).unwrap().event_log_url().unwrap();
+        assert_eq!(
+            log(&[]).as_deref(),
+            Some("sqlite://data/matric-events-log.db")
+        );
+        let db = |url| log(&["--database-url", url]);
+        assert_eq!(
+            db("sqlite:///var/x.db?mode=rwc").as_deref(),
+            Some("sqlite:///var/x-log.db?mode=rwc")
+        );
+        assert_eq!(db("sqlite:events").as_deref(), Some("sqlite:events-log"));
+        assert_eq!(db("sqlite::memory:").as_deref(), Some("sqlite::memory:"));
+        assert_eq!(log(&["--event-log", "off"]), None);
+        assert_eq!(
+            log(&["--event-log", "sqlite://elsewhere.db"]).as_deref(),
+            Some("sqlite://elsewhere.db")
+        );
+        let err = parse(&["--event-log", "mysql://x"]).unwrap_err();
+        assert!(err.contains("EVENT_LOG must be on, off"), "{err}");
+        assert!(parse(&["--event-log-max-pending", "0"]).is_err());
     }
 
     #[test]

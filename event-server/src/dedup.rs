@@ -11,10 +11,13 @@
 //!
 //! Memory is bounded: at most `DEDUP_MAX_KEYS` answers are kept, the
 //! oldest forgotten first (a key forgotten early publishes again when
-//! repeated, as after the window). The check and the publish happen under
-//! one lock, so two concurrent requests with one key publish once; requests
-//! without a key never take it. The window is this instance's: in a
-//! cluster, a retry that reaches another instance is not recognised.
+//! repeated, as after the window). A key is claimed before its request
+//! publishes, so two concurrent requests with one key publish once: the
+//! second, arriving while the first is still publishing (waiting for the
+//! event log's commit), is answered `409 idempotency_key_in_flight` and
+//! may retry. A request that fails releases its key. Requests without a key
+//! never take the lock. The window is this instance's: in a cluster, a
+//! retry that reaches another instance is not recognised.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -38,32 +41,35 @@ pub struct Dedup {
 
 #[derive(Debug, Default)]
 struct Seen {
-    answers: HashMap<(String, String), Answer>,
+    /// `None`: claimed, still publishing.
+    answers: HashMap<(String, String), Entry>,
     /// Keys in the order they were first seen, for expiry and the cap.
     order: VecDeque<((String, String), Instant)>,
 }
 
 #[derive(Debug)]
-struct Answer {
+struct Entry {
     request_hash: u64,
-    events: Vec<Published>,
+    /// When the key was claimed (its place in `Seen::order`).
+    at: Instant,
+    /// `None` while the claiming request is still publishing.
+    events: Option<Vec<Published>>,
 }
 
 /// What the publish handler does for a request with a key.
 pub enum Decision<'a> {
-    /// Publish, then [`Claim::remember`] the answer (the lock is held until
-    /// then).
+    /// Publish, then [`Claim::remember`] the answer (dropping the claim
+    /// unremembered releases the key).
     Publish(Claim<'a>),
     /// Answer with these events, marked duplicate.
     Repeat(Vec<Published>),
 }
 
-/// A key being published under the lock.
+/// A key claimed by a request that is publishing.
 pub struct Claim<'a> {
     dedup: &'a Dedup,
-    seen: MutexGuard<'a, Seen>,
     key: (String, String),
-    request_hash: u64,
+    remembered: bool,
 }
 
 impl Dedup {
@@ -100,50 +106,91 @@ impl Dedup {
             ));
         }
         let request_hash = self.hasher.hash_one(request);
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = self.seen();
         seen.expire(Instant::now(), self.window);
         let key = (producer.to_owned(), key.to_owned());
         match seen.answers.get(&key) {
-            Some(answer) if answer.request_hash != request_hash => {
-                Err(ServerError::Unprocessable {
-                    code: "idempotency_key_reused",
-                    message: "this Idempotency-Key was used with a different request within \
+            Some(entry) if entry.request_hash != request_hash => Err(ServerError::Unprocessable {
+                code: "idempotency_key_reused",
+                message: "this Idempotency-Key was used with a different request within \
                           DEDUP_WINDOW_SECS; use a new key for a new request"
-                        .to_owned(),
-                })
+                    .to_owned(),
+            }),
+            Some(Entry { events: None, .. }) => Err(ServerError::Conflict {
+                code: "idempotency_key_in_flight",
+                message: "a request with this Idempotency-Key is still being published; \
+                          retry shortly to get its answer"
+                    .to_owned(),
+            }),
+            Some(Entry {
+                events: Some(events),
+                ..
+            }) => Ok(Decision::Repeat(events.clone())),
+            None => {
+                // Released claims leave their place in the order behind:
+                // the order is bounded too.
+                while seen.answers.len() >= self.max_keys
+                    || seen.order.len() >= self.max_keys.saturating_mul(2)
+                {
+                    match seen.order.pop_front() {
+                        Some((oldest, at)) => {
+                            if seen.answers.get(&oldest).is_some_and(|e| e.at == at) {
+                                seen.answers.remove(&oldest);
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                let at = Instant::now();
+                seen.order.push_back((key.clone(), at));
+                seen.answers.insert(
+                    key.clone(),
+                    Entry {
+                        request_hash,
+                        at,
+                        events: None,
+                    },
+                );
+                Ok(Decision::Publish(Claim {
+                    dedup: self,
+                    key,
+                    remembered: false,
+                }))
             }
-            Some(answer) => Ok(Decision::Repeat(answer.events.clone())),
-            None => Ok(Decision::Publish(Claim {
-                dedup: self,
-                seen,
-                key,
-                request_hash,
-            })),
         }
+    }
+
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Claim<'_> {
-    /// Remembers what was published under the key and releases the lock.
+    /// Remembers what was published under the key.
     pub fn remember(mut self, events: &[Published]) {
-        let now = Instant::now();
-        let seen = &mut *self.seen;
-        while seen.answers.len() >= self.dedup.max_keys {
-            match seen.order.pop_front() {
-                Some((oldest, _)) => {
-                    seen.answers.remove(&oldest);
-                }
-                None => break,
-            }
+        self.remembered = true;
+        let mut seen = self.dedup.seen();
+        // Gone only if forgotten meanwhile (the cap, the window): then the
+        // key publishes again when repeated, as after the window.
+        if let Some(entry) = seen.answers.get_mut(&self.key) {
+            entry.events = Some(events.to_vec());
         }
-        seen.order.push_back((self.key.clone(), now));
-        seen.answers.insert(
-            self.key,
-            Answer {
-                request_hash: self.request_hash,
-                events: events.to_vec(),
-            },
-        );
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.remembered {
+            return;
+        }
+        let mut seen = self.dedup.seen();
+        if seen
+            .answers
+            .get(&self.key)
+            .is_some_and(|entry| entry.events.is_none())
+        {
+            seen.answers.remove(&self.key);
+        }
     }
 }
 
@@ -153,7 +200,11 @@ impl Seen {
             if now.duration_since(*at) < window {
                 break;
             }
-            if let Some((key, _)) = self.order.pop_front() {
+            // A key released and claimed again has a newer place in the
+            // order: only the entry this place belongs to expires.
+            if let Some((key, at)) = self.order.pop_front()
+                && self.answers.get(&key).is_some_and(|e| e.at == at)
+            {
                 self.answers.remove(&key);
             }
         }
@@ -216,6 +267,24 @@ mod tests {
         // The oldest was forgotten to keep two.
         assert_eq!(publish(&dedup, "a", "1", b"{}", 4), None);
         assert_eq!(publish(&dedup, "a", "3", b"{}", 5), Some(3));
+    }
+
+    #[test]
+    fn a_key_in_flight_is_a_conflict_and_a_failed_request_releases_it() {
+        let dedup = Dedup::new(Duration::from_secs(60), 10);
+        let Ok(Decision::Publish(claim)) = dedup.check("a", "k", (b"{}", None)) else {
+            panic!("first use must publish");
+        };
+        assert!(matches!(
+            dedup.check("a", "k", (b"{}", None)),
+            Err(ServerError::Conflict {
+                code: "idempotency_key_in_flight",
+                ..
+            })
+        ));
+        drop(claim); // the request failed
+        assert_eq!(publish(&dedup, "a", "k", b"{}", 7), None);
+        assert_eq!(publish(&dedup, "a", "k", b"{}", 8), Some(7));
     }
 
     #[test]

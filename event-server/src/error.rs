@@ -57,6 +57,14 @@ pub enum ServerError {
         /// What was refused and which setting allows it.
         message: String,
     },
+    /// Conflicts with a request in progress (an idempotency key in flight).
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable code.
+        code: &'static str,
+        /// What conflicts.
+        message: String,
+    },
     /// Well-formed but not acceptable (a reused idempotency key).
     #[error("{message}")]
     Unprocessable {
@@ -65,6 +73,12 @@ pub enum ServerError {
         /// What is wrong.
         message: String,
     },
+    /// The event log did not confirm the commit within
+    /// `EVENT_LOG_COMMIT_TIMEOUT_MS` (the events were published and stay
+    /// queued for the log) or could not take the events: `503
+    /// log_unavailable`.
+    #[error("{0}")]
+    LogUnavailable(#[source] event_core::LogError),
     /// A dependency (database, worker) failed.
     #[error("{0}")]
     Internal(String),
@@ -89,6 +103,7 @@ impl ServerError {
             ServerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServerError::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::EventTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
             ServerError::UnsupportedMediaType(_) => {
@@ -100,6 +115,7 @@ impl ServerError {
             ServerError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ServerError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
             ServerError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ServerError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
@@ -120,6 +136,15 @@ impl From<event_core::Error> for ServerError {
                 code: other.code(),
                 message: other.to_string(),
             },
+        }
+    }
+}
+
+impl From<event_core::LogError> for ServerError {
+    fn from(e: event_core::LogError) -> Self {
+        match e {
+            event_core::LogError::Refused(e) => e.into(),
+            other => ServerError::LogUnavailable(other),
         }
     }
 }

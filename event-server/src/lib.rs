@@ -28,6 +28,8 @@ pub mod db;
 pub mod dedup;
 #[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "log")]
+pub mod durable;
 pub mod error;
 pub mod guard;
 #[cfg(not(feature = "telemetry"))]

@@ -4,7 +4,9 @@
 //! them. Every event is parsed and validated before any is published, so a
 //! bad batch publishes nothing; a good one is published in order and answered
 //! `202 {"events":[{"seq":…,"event_id":…}]}` (`seq` is absent in a NATS
-//! cluster, where JetStream assigns it after the answer).
+//! cluster, where JetStream assigns it after the answer). With the event log
+//! (feature `log`, `EVENT_LOG`), `202` comes only once the events are
+//! committed to it: an acknowledged event survives a crash.
 
 use std::sync::Arc;
 
@@ -176,10 +178,14 @@ pub async fn publish(
         ..EventMeta::default()
     };
     // All or nothing: one event over EVENT_MAX_BYTES refuses the request
-    // (and its key is not remembered: the claim is dropped unused).
+    // (and its key is not remembered: the claim is dropped unused). With
+    // the event log, the answer waits for the commit (group commit); if
+    // the log does not confirm in time the key is not remembered either, so
+    // a retry publishes again (at least once, never lost).
     let published: Vec<Published> = state
         .bus
-        .try_publish_all_with(events, &meta)?
+        .publish_durable(events, &meta)
+        .await?
         .iter()
         .map(|ev| Published {
             seq: (ev.seq() != 0).then_some(ev.seq()),

@@ -178,6 +178,11 @@ async fn every_metric_the_rules_and_dashboard_use_is_served() {
         .collect();
     let mut missing = Vec::new();
     for name in used_names() {
+        // In cluster mode the JetStream stream is the log: no event log.
+        if name.starts_with("matric_log_") && cluster {
+            eprintln!("{name}: the event log is off in cluster mode, not checked here");
+            continue;
+        }
         if name.starts_with("matric_nats_") && !cluster {
             eprintln!(
                 "{name}: needs a cluster (feature `nats` and TEST_NATS_URL), not checked here"

@@ -45,6 +45,7 @@ fn features() -> Vec<&'static str> {
         ("postgres", cfg!(feature = "postgres")),
         ("nats", cfg!(feature = "nats")),
         ("mcp", cfg!(feature = "mcp")),
+        ("log", cfg!(feature = "log")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -84,6 +85,17 @@ async fn the_binary_serves_exactly_the_routes_of_its_features_and_stops_on_sigte
 
     let host = Host::start(&env).await;
     let job = check_routes(&host, &features).await;
+    // The event log beside a SQLite database: there exactly with `log`
+    // (on by default).
+    let log_file = dir.path().join("events-log.db");
+    if env[0].1.starts_with("sqlite:") && !env.iter().any(|(k, _)| *k == "NATS_URL") {
+        assert_eq!(
+            log_file.exists(),
+            cfg!(feature = "log"),
+            "{features:?}: event log file {}",
+            log_file.display()
+        );
+    }
 
     #[cfg(feature = "postgres")]
     if let Some((url, _)) = &schema {

@@ -12,6 +12,11 @@ pub const MIN_HEARTBEAT_SECS: u64 = 5;
 pub const MAX_HEARTBEAT_SECS: u64 = 300;
 /// Largest `limit` of `GET /api/v1/events/history`.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
+/// Most events one `GET /api/v1/events/history` examines from a replay
+/// source (the event log, JetStream) after `since`: its filter, `offset`
+/// and `until` apply within them. Page on with `since` = the last event
+/// returned.
+pub const MAX_HISTORY_SCAN: usize = 10_000;
 
 /// Configuration of an SSE endpoint. `Default` is docs/protocol.md §3.
 #[derive(Debug, Clone)]

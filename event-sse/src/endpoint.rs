@@ -23,7 +23,7 @@ use event_core::{
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 
-use crate::config::{MAX_HISTORY_LIMIT, SseConfig};
+use crate::config::{MAX_HISTORY_LIMIT, MAX_HISTORY_SCAN, SseConfig};
 use crate::error::SseError;
 use crate::event::Format;
 use crate::feed::{HubFeed, Slot, Start};
@@ -409,20 +409,29 @@ impl SseEndpoint {
                 SseError::param("since", raw, "expected a sequence number or an event UUID")
             })?),
         };
-        let events =
-            self.inner
-                .bus
-                .history(since.as_ref(), usize::MAX)
-                .map_err(|miss| match miss {
-                    ReplayMiss::Expired => {
-                        SseError::CursorExpired(since.map(|c| c.to_string()).unwrap_or_default())
-                    }
-                    ReplayMiss::Unknown => SseError::param(
-                        "since",
-                        &since.map(|c| c.to_string()).unwrap_or_default(),
-                        "no such event",
-                    ),
-                })?;
+        let missed = |miss| match miss {
+            ReplayMiss::Expired => {
+                SseError::CursorExpired(since.map(|c| c.to_string()).unwrap_or_default())
+            }
+            ReplayMiss::Unknown => SseError::param(
+                "since",
+                &since.map(|c| c.to_string()).unwrap_or_default(),
+                "no such event",
+            ),
+        };
+        let from_ring = self.inner.bus.history(since.as_ref(), usize::MAX);
+        // The ring answers what it holds; a longer history (the event log,
+        // JetStream) answers the rest, and a page from the start begins at
+        // its oldest event rather than the ring's.
+        let events = match (&self.inner.replay_source, from_ring) {
+            (None, ring) => ring.map_err(missed)?,
+            (Some(_), Ok(events)) if since.is_some() => events,
+            (Some(source), ring) => match source.history(since.as_ref(), MAX_HISTORY_SCAN).await {
+                Ok(events) => events,
+                Err(_) if since.is_none() => ring.map_err(missed)?,
+                Err(miss) => return Err(missed(miss)),
+            },
+        };
         let offset = match query.get("offset") {
             None => 0,
             Some(raw) => raw.trim().parse::<usize>().map_err(|_| {

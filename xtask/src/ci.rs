@@ -21,7 +21,7 @@ use crate::cargo;
 
 /// The host's Cargo features, each of which must build and run on its own
 /// (issue #8).
-const HOST_FEATURES: [&str; 10] = [
+const HOST_FEATURES: [&str; 11] = [
     "ws",
     "sse",
     "webhook",
@@ -32,6 +32,7 @@ const HOST_FEATURES: [&str; 10] = [
     "nats",
     "demo",
     "mcp",
+    "log",
 ];
 
 /// The workspace members, from `cargo metadata`.
@@ -91,8 +92,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for member in members()? {
         cargo(&["test", "--locked", "-p", &member, "--all-targets"])?;
     }
-    // event-telemetry's OTLP export (src/otlp.rs, tests/otlp.rs) compiles only with its feature.
+    // event-telemetry's OTLP export (src/otlp.rs, tests/otlp.rs) compiles only with its feature;
+    // event-log's PostgreSQL log only with `postgres` (its tests need TEST_POSTGRES_URL).
     for line in [
+        "clippy --locked -p event-log --features postgres --all-targets -- -D warnings",
+        "test --locked -p event-log --features postgres --all-targets",
         "clippy --locked -p event-telemetry --features otlp --all-targets -- -D warnings",
         "test --locked -p event-telemetry --features otlp --all-targets",
     ] {
@@ -127,6 +131,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "cluster",
         "--test",
         "deploy",
+        "--test",
+        "durable",
     ])?;
     single_feature_hosts()?;
     // The Autobahn|Testsuite against the WebSocket framing (issue 16).

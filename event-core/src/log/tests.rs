@@ -373,3 +373,11 @@ async fn the_writer_applies_retention_in_the_background() {
     assert_eq!(seqs(&log).await, (16..=20).collect::<Vec<_>>());
     writer.shutdown(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn durable_publishing_can_run_on_any_worker_thread() {
+    fn send<T: Send>(_: T) {}
+    let bus = bus_at(1, 4);
+    let meta = EventMeta::default();
+    send(bus.publish_durable([status(1)], &meta));
+}

@@ -127,7 +127,7 @@ impl Instruments {
                 })
                 .build()
         };
-        Instruments {
+        let instruments = Instruments {
             appended: meter
                 .u64_counter(metrics::LOG_APPENDED)
                 .with_description("Events appended to the event log")
@@ -172,7 +172,16 @@ impl Instruments {
                     |s| s.stats.stored_bytes.load(Ordering::Relaxed),
                 ),
             ],
+        };
+        // Served at 0 from the start, so `increase()` and alerts see them.
+        for counter in [
+            &instruments.appended,
+            &instruments.dropped,
+            &instruments.errors,
+        ] {
+            counter.add(0, &[]);
         }
+        instruments
     }
 }
 

@@ -41,6 +41,20 @@ pub(super) struct Assembly<'c> {
 }
 
 impl Assembly<'_> {
+    /// Where cursors older than the ring are served from: the cluster's
+    /// stream, else the event log.
+    #[cfg_attr(not(feature = "sse"), allow(dead_code, reason = "SSE replays"))]
+    fn replay_source(&self) -> Option<Arc<dyn event_core::ReplaySource>> {
+        if let Some(source) = self.parts.cluster.replay_source() {
+            return Some(source);
+        }
+        #[cfg(feature = "log")]
+        if let Some(log) = &self.parts.log {
+            return Some(log.replay_source());
+        }
+        None
+    }
+
     fn merge(&mut self, routes: Router) {
         self.router = std::mem::take(&mut self.router).merge(routes);
     }
@@ -215,8 +229,8 @@ impl Assembly<'_> {
         self.merge(ws.router());
     }
 
-    /// SSE at `/api/v1/events`; in a cluster, cursors older than the ring
-    /// are replayed from JetStream.
+    /// SSE at `/api/v1/events`; cursors older than the ring are replayed
+    /// from JetStream in a cluster, else from the event log.
     #[cfg(feature = "sse")]
     pub(super) fn mount_sse(&mut self) {
         let format = match self.config.sse_default_format {
@@ -238,7 +252,7 @@ impl Assembly<'_> {
         if let Some(q) = &self.queue {
             sse = sse.with_queue_snapshot(q.clone());
         }
-        if let Some(source) = self.parts.cluster.replay_source() {
+        if let Some(source) = self.replay_source() {
             sse = sse.with_replay_source(source);
         }
         self.runner.register(sse.sink());

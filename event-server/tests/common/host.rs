@@ -96,6 +96,15 @@ impl Host {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// SIGKILL, as a crash: no shutdown runs. Waits for the exit.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("SIGKILL the server");
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the server did not exit within {WAIT:?} of SIGKILL"))
+            .unwrap();
+    }
+
     /// SIGTERM; the exit status and the rest of the log (bounded waits).
     pub async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let pid = self.child.id().expect("the server is running");

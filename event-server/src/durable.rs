@@ -1,0 +1,99 @@
+//! The durable event log as the host runs it (feature `log`).
+//!
+//! Outside cluster mode, with `EVENT_LOG` not `off`, the host opens the log
+//! before it builds the bus (so the bus continues the log's sequence),
+//! taps the bus with a [`LogWriter`] (group commit; the publish API's `202`
+//! waits for it through [`EventBus::publish_durable`]) and serves cursors
+//! older than the ring from a [`LogReplay`]. In cluster mode the JetStream
+//! stream already is the log.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use event_core::{
+    EventBus, EventLog, LogConfig, LogReplay, LogWriter, ReplaySource, Retention, SeqStart,
+};
+
+use crate::config::Config;
+use crate::error::ServerError;
+
+/// An opened log, before the bus exists.
+pub struct OpenedLog {
+    log: Arc<dyn EventLog>,
+    /// Where the bus's sequence continues.
+    pub seq_start: SeqStart,
+}
+
+/// The running log.
+pub struct HostLog {
+    writer: LogWriter,
+    replay: Arc<LogReplay>,
+}
+
+/// Opens the log `config` names, or `None` (`EVENT_LOG=off`).
+pub async fn open(config: &Config) -> Result<Option<OpenedLog>, ServerError> {
+    let Some(url) = config.event_log_url().map_err(ServerError::Startup)? else {
+        return Ok(None);
+    };
+    let log = event_log::open(&url)
+        .await
+        .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
+    let bounds = log
+        .bounds()
+        .await
+        .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
+    // After the log's last event, and never below the clock start a bus
+    // without a log would take: a cursor an earlier process handed out for
+    // an event it published but never committed must not name a new event.
+    let clock = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2))
+        .unwrap_or(1);
+    tracing::info!(
+        log = log.name(),
+        events = bounds.events,
+        first_seq = bounds.first_seq,
+        last_seq = bounds.last_seq,
+        "event log opened"
+    );
+    Ok(Some(OpenedLog {
+        log,
+        seq_start: SeqStart::At(clock.max(bounds.last_seq + 1)),
+    }))
+}
+
+impl OpenedLog {
+    /// Taps `bus` and starts the writer.
+    pub async fn start(self, bus: &EventBus, config: &Config) -> Result<HostLog, ServerError> {
+        let log_config = LogConfig {
+            max_pending: config.event_log_max_pending,
+            commit_timeout: Duration::from_millis(config.event_log_commit_timeout_ms as u64),
+            retention: Retention {
+                max_age: Some(Duration::from_secs(config.event_log_max_age_secs)),
+                max_events: Some(config.event_log_max_events as u64),
+                max_bytes: Some(config.event_log_max_bytes as u64),
+            },
+            ..LogConfig::default()
+        };
+        let replay = LogReplay::new(bus, self.log.clone()).max_replay(config.event_log_max_replay);
+        let writer = LogWriter::start(bus, self.log, log_config)
+            .await
+            .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
+        Ok(HostLog {
+            writer,
+            replay: Arc::new(replay),
+        })
+    }
+}
+
+impl HostLog {
+    /// Where transports replay cursors older than the ring from.
+    pub fn replay_source(&self) -> Arc<dyn ReplaySource> {
+        self.replay.clone()
+    }
+
+    /// Appends what is queued and stops (after the producers stopped).
+    pub async fn stop(self, deadline: Duration) {
+        self.writer.shutdown(deadline).await;
+    }
+}

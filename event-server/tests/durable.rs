@@ -1,0 +1,323 @@
+//! The event log through the real binary (feature `log`): what a `202`
+//! promises survives `SIGKILL`, sequence numbers keep increasing across
+//! restarts, and SSE cursors and history pages from before a restart (or
+//! older than the ring) are served from the log. On SQLite always; on
+//! PostgreSQL when `TEST_POSTGRES_URL` is set (required under
+//! `EVENT_TEST_REQUIRE_SERVICES=1`) and the build has `postgres`.
+
+#![cfg(feature = "log")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "common/host.rs"]
+#[allow(dead_code)]
+mod host;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use event_server::testing::{TempDir, client};
+use futures_util::StreamExt;
+use host::{Host, WAIT};
+use serde_json::{Value, json};
+
+fn progress(n: u64) -> Value {
+    json!({
+        "type": "JobProgress",
+        "job_id": uuid::Uuid::now_v7(),
+        "progress": n % 100,
+        "message": format!("step {n}"),
+    })
+}
+
+/// Publishes `events`; `(seq, event_id)` of each, or `None` when not
+/// answered 202.
+async fn publish(host_url: &str, events: &[Value]) -> Option<Vec<(u64, String)>> {
+    let res = client()
+        .post(format!("{host_url}/api/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .ok()?;
+    if res.status() != 202 {
+        return None;
+    }
+    let answer: Value = res.json().await.ok()?;
+    Some(
+        answer["events"]
+            .as_array()?
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap_or(0),
+                    e["event_id"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Every event the host's history holds, from the oldest, page by page:
+/// `(seq, event_id)` (the v1 `seq` is not in the envelope; the ids are).
+async fn all_history(host: &Host) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut since = String::new();
+    loop {
+        let page = host
+            .json(&format!("/api/v1/events/history?limit=1000&since={since}"))
+            .await;
+        let page = page.as_array().expect("a history page").clone();
+        let Some(last) = page.last() else {
+            return ids;
+        };
+        since = last["event_id"].as_str().unwrap().to_owned();
+        ids.extend(
+            page.iter()
+                .map(|e| e["event_id"].as_str().unwrap().to_owned()),
+        );
+    }
+}
+
+async fn kill(mut host: Host) {
+    host.kill().await;
+}
+
+/// Publishes at about 1,000 events/s (batches of 10 every 10 ms) until
+/// `stop`, recording what was acknowledged.
+fn publisher(url: String, acked: Arc<Mutex<Vec<(u64, String)>>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut n = 0;
+        loop {
+            tick.tick().await;
+            let batch: Vec<Value> = (0..10).map(|i| progress(n + i)).collect();
+            n += 10;
+            match publish(&url, &batch).await {
+                Some(events) => acked.lock().unwrap().extend(events),
+                // The server is gone.
+                None => return,
+            }
+        }
+    })
+}
+
+async fn sigkill_loses_no_acknowledged_event(env: Vec<(&str, String)>) {
+    let host = Host::start(&env).await;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let publishing = publisher(host.url(""), acked.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 1500 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} events acknowledged",
+            acked.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Mid-stream: requests are in flight.
+    kill(host).await;
+    tokio::time::timeout(WAIT, publishing)
+        .await
+        .expect("the publisher notices the server is gone")
+        .unwrap();
+    let acked = acked.lock().unwrap().clone();
+
+    let host = Host::start(&env).await;
+    let stored = all_history(&host).await;
+    let position: std::collections::HashMap<&str, usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    assert_eq!(position.len(), stored.len(), "an event is stored twice");
+    let mut last = None;
+    for (seq, id) in &acked {
+        let at = *position
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("acknowledged event {seq} ({id}) was lost"));
+        assert!(last.is_none_or(|l| l < at), "event {seq} is out of order");
+        last = Some(at);
+    }
+    // The sequence continues above everything acknowledged before.
+    let top = acked.iter().map(|(s, _)| *s).max().unwrap();
+    let after = publish(&host.url(""), &[progress(0)]).await.unwrap();
+    assert!(
+        after[0].0 > top,
+        "{} after a restart, {top} before",
+        after[0].0
+    );
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sqlite_sigkill_while_publishing_loses_no_acknowledged_event() {
+    let dir = TempDir::new();
+    sigkill_loses_no_acknowledged_event(vec![("DATABASE_URL", dir.sqlite_url())]).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_sigkill_while_publishing_loses_no_acknowledged_event() {
+    let Some(url) = event_server::testing::postgres_url("postgres sigkill") else {
+        return;
+    };
+    let schema = event_server::testing::PgSchema::create(&url).await;
+    let dir = TempDir::new();
+    sigkill_loses_no_acknowledged_event(vec![
+        ("DATABASE_URL", dir.sqlite_url()),
+        ("EVENT_LOG", schema.scoped_url()),
+    ])
+    .await;
+    schema.drop_schema().await;
+}
+
+/// The `id:` of each `JobProgress` frame of an SSE stream, until `n`
+/// arrived.
+async fn sse_ids(url: &str, last_event_id: &str, n: usize) -> Vec<String> {
+    let res = client()
+        .get(url)
+        .header("Last-Event-ID", last_event_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while ids.len() < n {
+            let chunk = body.next().await.expect("the stream ended").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let frame: String = text.drain(..end + 2).collect();
+                assert!(
+                    !frame.contains("resync_required"),
+                    "told to resync: {frame}"
+                );
+                // The host's own events (a QueueStatus at start) are not
+                // the ones counted.
+                let progress = frame
+                    .lines()
+                    .any(|l| l == "event: JobProgress" || l == "event: job.progress");
+                if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id: "))
+                    && progress
+                {
+                    ids.push(id.to_owned());
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} events arrived", ids.len()));
+    ids
+}
+
+async fn cursors_from_before_a_restart_resume_from_the_log(env: Vec<(&str, String)>) {
+    // A ring of 4: most of the replay must come from the log.
+    let mut env = env;
+    env.push(("EVENT_REPLAY_SIZE", "4".to_owned()));
+    let host = Host::start(&env).await;
+    let before = publish(&host.url(""), &(0..8).map(progress).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    kill(host).await;
+    let host = Host::start(&env).await;
+    let after = publish(&host.url(""), &(0..3).map(progress).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // v1: by sequence number.
+    let ids = sse_ids(
+        &host.url("/api/v1/events?format=v1"),
+        &before[1].0.to_string(),
+        9,
+    )
+    .await;
+    let want: Vec<String> = before[2..]
+        .iter()
+        .chain(&after)
+        .map(|(seq, _)| seq.to_string())
+        .collect();
+    assert_eq!(ids, want);
+    // Envelope: by event id.
+    let ids = sse_ids(&host.url("/api/v1/events?format=envelope"), &before[5].1, 5).await;
+    let want: Vec<String> = before[6..]
+        .iter()
+        .chain(&after)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(ids, want);
+    // History: a cursor older than the ring, and the first page.
+    let page = host
+        .json(&format!(
+            "/api/v1/events/history?since={}&limit=3&events=JobProgress",
+            before[0].0
+        ))
+        .await;
+    let page: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(page, [&before[1].1, &before[2].1, &before[3].1]);
+    let first = host
+        .json("/api/v1/events/history?limit=1&events=JobProgress")
+        .await;
+    assert_eq!(first[0]["event_id"], before[0].1.as_str());
+    // Every acknowledged event, once.
+    let all = all_history(&host).await;
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an event twice in the history");
+    for (_, id) in before.iter().chain(&after) {
+        assert!(unique.contains(id), "{id} missing from the history");
+    }
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sqlite_cursors_from_before_a_restart_resume_from_the_log() {
+    let dir = TempDir::new();
+    cursors_from_before_a_restart_resume_from_the_log(vec![("DATABASE_URL", dir.sqlite_url())])
+        .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_cursors_from_before_a_restart_resume_from_the_log() {
+    let Some(url) = event_server::testing::postgres_url("postgres resume") else {
+        return;
+    };
+    let schema = event_server::testing::PgSchema::create(&url).await;
+    let dir = TempDir::new();
+    cursors_from_before_a_restart_resume_from_the_log(vec![
+        ("DATABASE_URL", dir.sqlite_url()),
+        ("EVENT_LOG", schema.scoped_url()),
+    ])
+    .await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn without_the_log_a_restart_forgets_and_old_cursors_resync() {
+    let dir = TempDir::new();
+    let env = vec![
+        ("DATABASE_URL", dir.sqlite_url()),
+        ("EVENT_LOG", "off".to_owned()),
+    ];
+    let host = Host::start(&env).await;
+    let before = publish(&host.url(""), &[progress(1), progress(2)])
+        .await
+        .unwrap();
+    kill(host).await;
+    let host = Host::start(&env).await;
+    let res = client()
+        .get(host.url(&format!("/api/v1/events/history?since={}", before[0].0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 410, "an old cursor without a log");
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}
