@@ -24,6 +24,33 @@ use crate::{INSERT_CHUNK, decode, micros, seq_to_row, storage, topic};
 /// behind a prune.
 const PRUNE_CHUNK: i64 = 10_000;
 
+/// Creates the file's directory when missing, and the file itself readable
+/// by its owner only (0600; the log holds every event's payload). An
+/// existing file is left as it is.
+fn prepare_file(url: &str) -> Result<(), LogError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = std::path::Path::new(rest.split('?').next().unwrap_or(rest));
+    if path.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let failed = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |e: std::io::Error| LogError::storage(what, e)
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed("cannot create the directory of"))?;
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(failed("cannot create")(e)),
+    }
+}
+
 /// The SQLite [`EventLog`].
 #[derive(Debug, Clone)]
 pub struct SqliteLog {
@@ -37,13 +64,16 @@ pub struct SqliteLog {
 impl SqliteLog {
     /// Opens (creating when missing) the log at `url` (`sqlite://path`).
     pub async fn connect(url: &str) -> Result<Self, LogError> {
+        let memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !memory {
+            prepare_file(url)?;
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(storage("invalid SQLite URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
-        let memory = url.contains(":memory:") || url.contains("mode=memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())

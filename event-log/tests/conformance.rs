@@ -215,6 +215,22 @@ async fn a_reopened_sqlite_log_keeps_its_events() {
 }
 
 #[tokio::test]
+async fn a_new_sqlite_log_makes_its_directory_and_an_owner_only_file() {
+    let dir = std::env::temp_dir().join(format!("event-log-dir-{}", Uuid::new_v4()));
+    let path = dir.join("nested").join("events-log.db");
+    event_log::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
 async fn an_unknown_url_scheme_is_a_clear_error() {
     let err = match event_log::open("mysql://x").await {
         Err(e) => e.to_string(),

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
@@ -7,7 +7,8 @@
 //! fan-out pairs at the lowest rate (where the p99 ratio is judged), with
 //! the server's profile unless `--no-profile`; `--only embed` runs the
 //! fan-out (one pair per rate) and idle measurements with their embed-axum
-//! rows and prints those tables.
+//! rows and prints those tables; `--only log` measures the event log
+//! (`bench/log.rs`) and prints its table.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -29,6 +30,7 @@
 //! follows the `<!-- analysis -->` marker in an existing BENCHMARKS.md is
 //! kept, so hand-written profiling notes survive a re-run.
 
+mod log;
 mod report;
 mod run;
 mod targets;
@@ -200,9 +202,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("idle")) => return idle_only(&plan),
         Some(Some("latency")) => return latency_only(&plan),
         Some(Some("embed")) => return embed_only(&plan),
+        Some(Some("log")) => return log::log_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency` and `embed`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed` and `log`",
                 other.unwrap_or("")
             ));
         }

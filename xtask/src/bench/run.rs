@@ -87,6 +87,15 @@ impl Bins {
         Ok(bins)
     }
 
+    /// The profile's binary directory.
+    pub fn dir() -> Result<PathBuf, String> {
+        Ok(Bins::paths()?
+            .server
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default())
+    }
+
     fn paths() -> Result<Bins, String> {
         let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
             .args(["metadata", "--no-deps", "--format-version", "1"])

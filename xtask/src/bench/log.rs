@@ -1,0 +1,93 @@
+//! `cargo xtask bench --only log`: the event log's sustained append rate and
+//! what waiting for its commit adds to a publish, on SQLite and PostgreSQL
+//! (`bench-log`, examples/src/bin/bench-log.rs). Prints a table for
+//! BENCHMARKS.md's event log section.
+
+use serde_json::Value;
+
+use super::run::{self, Bins, cargo_build, postgres_db, run_json};
+use super::{Plan, sh};
+
+/// Target: sustained appends per second on each engine (issue 18).
+pub const APPEND_TARGET: f64 = 50_000.0;
+
+/// Runs both measurements on both engines and prints the table.
+pub fn log_only(plan: &Plan) -> Result<(), String> {
+    cargo_build(&[
+        "build",
+        "--profile",
+        run::PROFILE,
+        "-p",
+        "examples",
+        "--bin",
+        "bench-log",
+    ])?;
+    let bin = Bins::dir()?.join("bench-log");
+    let tmp = std::env::temp_dir().join(format!("matric-bench-log-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let events = if plan.quick { "50000" } else { "500000" };
+    let per = if plan.quick { "100" } else { "500" };
+    let mut rows: Vec<(Value, Value)> = Vec::new();
+    let sqlite = |name: &str| format!("sqlite://{}", tmp.join(name).display());
+    let one = |url: &str, what: &str| -> Result<Value, String> {
+        let args: Vec<&str> = match what {
+            "append" => vec!["append", "--url", url, "--events", events],
+            _ => vec!["durable", "--url", url, "--per-producer", per],
+        };
+        run_json(&bin, &args, 600)?
+            .pop()
+            .ok_or_else(|| format!("bench-log {what} printed nothing"))
+    };
+    rows.push((
+        one(&sqlite("append.db"), "append")?,
+        one(&sqlite("durable.db"), "durable")?,
+    ));
+    match postgres_db() {
+        Ok(db) => {
+            let append = one(&db.url, "append");
+            db.drop_db();
+            let db = postgres_db()?;
+            let durable = one(&db.url, "durable");
+            db.drop_db();
+            rows.push((append?, durable?));
+        }
+        Err(reason) => println!("bench: PostgreSQL skipped: {reason}"),
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("\n{}", table(&rows));
+    println!(
+        "load average before {load_before}, after {}; git {}",
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        sh("git rev-parse --short HEAD"),
+    );
+    Ok(())
+}
+
+fn table(rows: &[(Value, Value)]) -> String {
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let mut out = String::from(
+        "| engine | sustained append, events/s | target | mean commit, events | publish p50 / p99, plain | publish p50 / p99, durable (16 producers) | added p99 |\n|---|---|---|---|---|---|---|\n",
+    );
+    for (append, durable) in rows {
+        let rate = f(append, "events_per_s");
+        out.push_str(&format!(
+            "| {} | {:.0} | {} {:.0} | {:.0} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {:.2} ms |\n",
+            append["engine"].as_str().unwrap_or("?"),
+            rate,
+            if rate >= APPEND_TARGET {
+                "met ≥"
+            } else {
+                "MISSED ≥"
+            },
+            APPEND_TARGET,
+            f(append, "mean_batch"),
+            f(&durable["plain"], "p50_us"),
+            f(&durable["plain"], "p99_us"),
+            f(&durable["durable"], "p50_us"),
+            f(&durable["durable"], "p99_us"),
+            f(durable, "added_p99_ms"),
+        ));
+    }
+    out
+}
