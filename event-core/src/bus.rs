@@ -36,7 +36,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
@@ -350,6 +350,23 @@ impl EventBus {
             }
         }
         Ok(events)
+    }
+
+    /// Waits, up to `timeout`, until the event log has committed every
+    /// event through `seq`; at once when no log writer runs. `false` when
+    /// the wait ended otherwise (timeout, writer stopped). For consumers that
+    /// read the log for events the bus delivered while they lagged.
+    pub async fn logged(&self, seq: u64, timeout: Duration) -> bool {
+        let durability = self
+            .inner
+            .durability
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        match durability {
+            Some(d) => d.committed(seq, timeout).await.is_ok(),
+            None => true,
+        }
     }
 
     pub(crate) fn set_durability(&self, durability: Option<Durability>) {

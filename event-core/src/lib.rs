@@ -120,7 +120,7 @@ pub use payload::{
 pub use registry::{
     CloseSignal, Closed, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport,
 };
-pub use replay_source::{ReplaySource, Replayed};
+pub use replay_source::{ReplayPermit, ReplaySource, Replayed};
 pub use ring::{Cursor, ReplayMiss, ReplayRing, Sequenced};
 pub use sink::{
     EventSink, RunnerConfig, ShutdownReport, SinkError, SinkRunner, SinkStats, SinkStatsSnapshot,

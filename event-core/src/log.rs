@@ -58,7 +58,7 @@ mod tests;
 pub(crate) mod writer;
 
 pub use memory::MemoryLog;
-pub use replay::LogReplay;
+pub use replay::{LogReplay, MAX_PAGE_BYTES};
 pub use writer::{LogConfig, LogStats, LogStatsSnapshot, LogWriter};
 
 /// What went wrong in a log.

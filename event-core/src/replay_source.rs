@@ -31,6 +31,9 @@ pub struct Replayed {
     /// at or below it are covered by it (sent or deliberately not). The last
     /// event's sequence, or — when there are none — the cursor's own.
     pub through: u64,
+    /// The source's share of its replay memory that these events hold:
+    /// keep it until they are written (dropping it lets other replays in).
+    pub hold: Option<ReplayPermit>,
 }
 
 impl Replayed {
@@ -39,7 +42,25 @@ impl Replayed {
     /// `events` is empty.
     pub fn new(events: Vec<Arc<Event>>, cursor_seq: u64) -> Self {
         let through = events.last().map_or(cursor_seq, |e| e.seq());
-        Replayed { events, through }
+        Replayed {
+            events,
+            through,
+            hold: None,
+        }
+    }
+}
+
+/// A share of a replay source's memory budget, held by the events of one
+/// replay until they are written; released when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct ReplayPermit(
+    #[allow(dead_code, reason = "held for its drop")] Arc<tokio::sync::OwnedSemaphorePermit>,
+);
+
+impl ReplayPermit {
+    /// Wraps a permit of the source's semaphore.
+    pub fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        ReplayPermit(Arc::new(permit))
     }
 }
 

@@ -45,6 +45,7 @@ use crate::bus::{EventBus, Received, Subscription, TapId};
 mod intake;
 
 use crate::event::Event;
+use crate::replay_source::ReplaySource;
 use crate::ring::Cursor;
 use intake::Intake;
 
@@ -223,6 +224,7 @@ pub struct SinkRunner {
     config: RunnerConfig,
     stop: CancellationToken,
     sinks: Vec<Registered>,
+    catch_up: Option<Arc<dyn ReplaySource>>,
 }
 
 impl fmt::Debug for SinkRunner {
@@ -258,7 +260,18 @@ impl SinkRunner {
             config,
             stop: CancellationToken::new(),
             sinks: Vec::new(),
+            catch_up: None,
         }
+    }
+
+    /// Sinks registered from now on that fall behind the bus catch up from
+    /// `source` (the event log: a [`LogReplay`](crate::LogReplay)) instead
+    /// of losing events: the runner first waits for the log to hold what
+    /// the sink missed, then delivers it in pages, in order and exactly
+    /// once, and `on_lag` is called only when the source cannot serve the
+    /// gap (pruned, or more than it replays at once).
+    pub fn set_catch_up(&mut self, source: Arc<dyn ReplaySource>) {
+        self.catch_up = Some(source);
     }
 
     /// Registers a sink. Its subscription starts now, so it receives every
@@ -288,6 +301,7 @@ impl SinkRunner {
             stats: stats.clone(),
             stop: self.stop.clone(),
             config: self.config.clone(),
+            catch_up: self.catch_up.clone(),
         };
         let task = tokio::spawn(worker.run());
         self.sinks.push(Registered {
@@ -362,7 +376,13 @@ struct SinkTask {
     stats: Arc<SinkStats>,
     stop: CancellationToken,
     config: RunnerConfig,
+    catch_up: Option<Arc<dyn ReplaySource>>,
 }
+
+/// Events read from a catch-up source at a time.
+const CATCH_UP_PAGE: usize = 1024;
+/// How long a lagging sink waits for the log to commit what it missed.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
     payload
@@ -436,7 +456,9 @@ impl SinkTask {
                 // Deliver what came before the gap first, so the sink sees
                 // the lag at the right place in the stream.
                 self.flush(batch).await;
-                if self.sink.recover_lagged() && self.recover(missed, batch).await {
+                if (self.sink.recover_lagged() || self.catch_up.is_some())
+                    && self.recover(missed, batch).await
+                {
                     return true;
                 }
                 self.stats.lagged.fetch_add(missed, Ordering::Relaxed);
@@ -455,11 +477,12 @@ impl SinkTask {
         }
     }
 
-    /// Delivers, from the replay ring, every event after the last one
-    /// received; `false` when the ring no longer holds them all.
+    /// Delivers, from the replay ring or else the catch-up source, every
+    /// event after the last one received; `false` when neither holds them
+    /// all.
     async fn recover(&mut self, missed: u64, batch: &mut Vec<Arc<Event>>) -> bool {
         let Ok(events) = self.bus.replay_since(&Cursor::Seq(self.last_seq)) else {
-            return false;
+            return self.catch_up(missed, batch).await;
         };
         let Some(newest) = events.last().map(|e| e.seq()) else {
             return true;
@@ -477,6 +500,64 @@ impl SinkTask {
         self.flush(batch).await;
         self.last_seq = newest;
         self.skip_through = Some(newest);
+        true
+    }
+
+    /// Pages through the catch-up source from the last event received up
+    /// to the newest it holds, once the log holds everything published so
+    /// far.
+    async fn catch_up(&mut self, missed: u64, batch: &mut Vec<Arc<Event>>) -> bool {
+        let Some(source) = self.catch_up.clone() else {
+            return false;
+        };
+        // The subscription goes on after the events retained at the lag, so
+        // catching up to the newest event now leaves no gap; the log may be
+        // behind the bus, so what was missed must be in it first.
+        let target = self.bus.last_seq();
+        if !self.bus.logged(target, CATCH_UP_WAIT).await {
+            return false;
+        }
+        tracing::debug!(sink = %self.sink.name(), missed, "sink fell behind the bus; catching up from the log");
+        let mut caught_up = 0;
+        loop {
+            let page = match source
+                .history(Some(&Cursor::Seq(self.last_seq)), CATCH_UP_PAGE)
+                .await
+            {
+                Ok(page) => page,
+                // Nothing read yet: report the whole gap as a lag.
+                Err(_) if caught_up == 0 => return false,
+                // Part of the gap is lost after all: report the lag.
+                Err(miss) => {
+                    tracing::warn!(sink = %self.sink.name(), reason = miss.as_str(), caught_up, "catching up from the log stopped");
+                    self.stats.recovered.fetch_add(caught_up, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            let Some(newest) = page.last().map(|e| e.seq()) else {
+                break;
+            };
+            for ev in page {
+                self.last_seq = ev.seq();
+                caught_up += 1;
+                if self.sink.accepts(&ev) {
+                    batch.push(ev);
+                    if batch.len() >= self.config.max_batch {
+                        self.flush(batch).await;
+                    }
+                }
+            }
+            self.flush(batch).await;
+            if newest >= target {
+                break;
+            }
+        }
+        if self.last_seq < target {
+            tracing::warn!(sink = %self.sink.name(), "the log ended before the sink caught up");
+            return false;
+        }
+        self.stats.recovered.fetch_add(caught_up, Ordering::Relaxed);
+        self.skip_through = Some(self.last_seq);
         true
     }
 

@@ -152,9 +152,16 @@ impl App {
             Some(log) => Some(log.start(&bus, config).await?),
             None => None,
         };
+        #[allow(unused_mut, reason = "the log gives sinks a catch-up source")]
+        let mut runner = SinkRunner::new(&bus);
+        // A sink that falls behind a burst catches up from the log.
+        #[cfg(feature = "log")]
+        if let Some(log) = &log {
+            runner.set_catch_up(log.replay_source());
+        }
         let mut app = Assembly {
             config,
-            runner: SinkRunner::new(&bus),
+            runner,
             bus,
             registry: ConnectionRegistry::new(),
             auth: authenticator(config),

@@ -205,6 +205,18 @@ pub struct Config {
     #[arg(long = "event-log-commit-timeout-ms", env = "EVENT_LOG_COMMIT_TIMEOUT_MS", default_value = "5000", value_parser = non_zero)]
     pub event_log_commit_timeout_ms: usize,
 
+    /// Most bytes one replay from the log holds (each event counted twice:
+    /// payload and envelope); a cursor further behind gets
+    /// `resync_required`.
+    #[arg(long = "event-log-max-replay-bytes", env = "EVENT_LOG_MAX_REPLAY_BYTES", default_value = "8388608", value_parser = non_zero)]
+    pub event_log_max_replay_bytes: usize,
+
+    /// The memory all replays from the log share until their events are
+    /// written; a replay that finds no room within 2 s gets
+    /// `resync_required`.
+    #[arg(long = "event-log-replay-memory-bytes", env = "EVENT_LOG_REPLAY_MEMORY_BYTES", default_value = "67108864", value_parser = non_zero)]
+    pub event_log_replay_memory_bytes: usize,
+
     /// Most events one replay or history request reads from the log; a
     /// cursor further behind gets `resync_required`.
     #[arg(long = "event-log-max-replay", env = "EVENT_LOG_MAX_REPLAY", default_value = "100000", value_parser = non_zero)]

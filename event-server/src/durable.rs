@@ -75,7 +75,10 @@ impl OpenedLog {
             },
             ..LogConfig::default()
         };
-        let replay = LogReplay::new(bus, self.log.clone()).max_replay(config.event_log_max_replay);
+        let replay = LogReplay::new(bus, self.log.clone())
+            .max_replay(config.event_log_max_replay)
+            .max_replay_bytes(config.event_log_max_replay_bytes)
+            .replay_memory(config.event_log_replay_memory_bytes);
         let writer = LogWriter::start(bus, self.log, log_config)
             .await
             .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;

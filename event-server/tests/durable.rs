@@ -321,3 +321,50 @@ async fn without_the_log_a_restart_forgets_and_old_cursors_resync() {
     let (status, _) = host.terminate().await;
     assert!(status.success());
 }
+
+/// 20,000 events posted as fast as they are accepted, with a WebSocket and
+/// an SSE client connected; every sink still sees every event.
+async fn burst(env: &[(&str, String)]) -> Vec<String> {
+    let host = Host::start(env).await;
+    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
+        .await
+        .unwrap();
+    let _sse = client()
+        .get(host.url("/api/v1/events"))
+        .send()
+        .await
+        .unwrap();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let url = host.url("");
+            tokio::spawn(async move {
+                for r in 0..5 {
+                    let batch: Vec<Value> = (0..1000)
+                        .map(|i| progress(p * 5000 + r * 1000 + i))
+                        .collect();
+                    publish(&url, &batch).await.expect("a 202");
+                }
+            })
+        })
+        .collect();
+    for p in producers {
+        tokio::time::timeout(Duration::from_secs(120), p)
+            .await
+            .expect("the burst is accepted")
+            .unwrap();
+    }
+    let (status, log) = host.terminate().await;
+    assert!(status.success());
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_every_sink_whole_with_the_log() {
+    let dir = TempDir::new();
+    let log = burst(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    let behind: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("sink fell behind the bus"))
+        .collect();
+    assert!(behind.is_empty(), "sinks lost events: {behind:#?}");
+}

@@ -307,6 +307,7 @@ impl SseEndpoint {
                         sub,
                         events: replayed.events,
                         through: replayed.through,
+                        hold: replayed.hold,
                     }
                 }
                 None => {

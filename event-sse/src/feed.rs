@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_core::{
-    Cursor, Event, EventBus, FanoutHub, HubSubscription, Outgoing, SubscribeOptions, Uuid,
+    Cursor, Event, EventBus, FanoutHub, HubSubscription, Outgoing, ReplayPermit, SubscribeOptions,
+    Uuid,
 };
 use tokio::sync::Notify;
 
@@ -112,7 +113,12 @@ enum Phase {
     },
     /// Writing a replay source's events; the hub subscription collects
     /// live ones meanwhile.
-    Source(VecDeque<Arc<Event>>),
+    /// (With the source's share of its replay memory, released when the
+    /// feed goes live.)
+    Source(
+        VecDeque<Arc<Event>>,
+        #[allow(dead_code, reason = "held for its drop")] Option<ReplayPermit>,
+    ),
     /// Live, from the hub subscription.
     Live,
 }
@@ -133,6 +139,7 @@ pub(crate) enum Start {
         sub: HubSubscription,
         events: Vec<Arc<Event>>,
         through: u64,
+        hold: Option<ReplayPermit>,
     },
 }
 
@@ -199,7 +206,8 @@ impl HubFeed {
                 sub,
                 events,
                 through,
-            } => (Some(sub), Phase::Source(events.into()), through, None),
+                hold,
+            } => (Some(sub), Phase::Source(events.into(), hold), through, None),
         };
         HubFeed {
             bus,
@@ -350,7 +358,7 @@ impl HubFeed {
         let mut pending = 0;
         let mut framed = false;
         loop {
-            let Phase::Source(events) = &self.phase else {
+            let Phase::Source(events, _) = &self.phase else {
                 return;
             };
             let Some(ev) = events.front().cloned() else {
@@ -372,7 +380,7 @@ impl HubFeed {
                 self.blocked_since = None;
                 out.push(Item::Replayed(ev));
             }
-            if let Phase::Source(events) = &mut self.phase {
+            if let Phase::Source(events, _) = &mut self.phase {
                 events.pop_front();
             }
         }
@@ -410,7 +418,7 @@ impl Feed for HubFeed {
         match self.phase {
             Phase::Live => self.drain_live(out),
             Phase::Ring { .. } => self.drain_ring(out),
-            Phase::Source(_) => self.drain_source(out),
+            Phase::Source(..) => self.drain_source(out),
         }
     }
 

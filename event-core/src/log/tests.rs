@@ -381,3 +381,168 @@ fn durable_publishing_can_run_on_any_worker_thread() {
     let meta = EventMeta::default();
     send(bus.publish_durable([status(1)], &meta));
 }
+
+/// A sink that records what it gets and can be held.
+struct Held {
+    gate: Arc<Semaphore>,
+    got: std::sync::Mutex<Vec<u64>>,
+    lags: AtomicUsize,
+}
+
+#[async_trait]
+impl crate::sink::EventSink for Held {
+    fn name(&self) -> &str {
+        "held"
+    }
+    async fn deliver(&self, event: Arc<Event>) -> Result<(), crate::sink::SinkError> {
+        self.gate.acquire().await.expect("gate").forget();
+        self.got.lock().unwrap().push(event.seq());
+        Ok(())
+    }
+    async fn on_lag(&self, _missed: u64) {
+        self.lags.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_sink_that_falls_behind_catches_up_from_the_log_without_loss() {
+    // A channel and a ring of 4: a burst of 300 overruns both.
+    let bus = EventBus::new(BusConfig {
+        capacity: 4,
+        replay_size: 4,
+        seq_start: SeqStart::At(1),
+    });
+    let log = MemoryLog::default();
+    let writer = LogWriter::start(&bus, Arc::new(log.clone()), LogConfig::default())
+        .await
+        .unwrap();
+    let mut runner = crate::sink::SinkRunner::new(&bus);
+    runner.set_catch_up(Arc::new(LogReplay::new(&bus, Arc::new(log.clone()))));
+    let sink = Arc::new(Held {
+        gate: Arc::new(Semaphore::new(0)),
+        got: std::sync::Mutex::new(Vec::new()),
+        lags: AtomicUsize::new(0),
+    });
+    runner.register(sink.clone());
+    for i in 0..300 {
+        bus.publish(status(i));
+    }
+    sink.gate.add_permits(10_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.got.lock().unwrap().len() < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of 300 delivered",
+            sink.got.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*sink.got.lock().unwrap(), (1..=300).collect::<Vec<_>>());
+    assert_eq!(sink.lags.load(Ordering::SeqCst), 0, "reported a lag");
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn without_a_log_the_same_sink_reports_the_lag() {
+    let bus = EventBus::new(BusConfig {
+        capacity: 4,
+        replay_size: 4,
+        seq_start: SeqStart::At(1),
+    });
+    let mut runner = crate::sink::SinkRunner::new(&bus);
+    let sink = Arc::new(Held {
+        gate: Arc::new(Semaphore::new(0)),
+        got: std::sync::Mutex::new(Vec::new()),
+        lags: AtomicUsize::new(0),
+    });
+    runner.register(sink.clone());
+    for i in 0..300 {
+        bus.publish(status(i));
+    }
+    sink.gate.add_permits(10_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.lags.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no lag reported");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert!(sink.got.lock().unwrap().len() < 300);
+}
+
+fn big(n: u64) -> crate::payload::JobProgress {
+    crate::payload::JobProgress {
+        job_id: Uuid::now_v7(),
+        note_id: None,
+        progress: (n % 100) as u8,
+        message: Some("x".repeat(10 * 1024)),
+    }
+}
+
+#[tokio::test]
+async fn a_replay_over_its_byte_bound_is_expired() {
+    let bus = bus_at(1, 2);
+    let log = MemoryLog::default();
+    let events: Vec<_> = (0..40).map(|i| bus.publish(big(i))).collect();
+    log.append(&events).await.unwrap();
+    // ~20 KiB per event counted (payload and envelope): 40 need ~800 KiB.
+    let replay = LogReplay::new(&bus, Arc::new(log.clone())).max_replay_bytes(400 << 10);
+    assert_eq!(
+        replay.replay_since(&Cursor::Seq(1)).await.unwrap_err(),
+        ReplayMiss::Expired
+    );
+    let near = replay.replay_since(&Cursor::Seq(30)).await.unwrap();
+    assert_eq!(near.events.len(), 10);
+    assert!(near.hold.is_some(), "the replay holds its memory");
+}
+
+#[tokio::test]
+async fn replays_share_a_memory_budget_released_when_written() {
+    let bus = bus_at(1, 2);
+    let log = MemoryLog::default();
+    let events: Vec<_> = (0..40).map(|i| bus.publish(big(i))).collect();
+    log.append(&events).await.unwrap();
+    // Room for about one replay of 20 events (~400 KiB).
+    let replay = LogReplay::new(&bus, Arc::new(log.clone())).replay_memory(500 << 10);
+    let first = replay.replay_since(&Cursor::Seq(20)).await.unwrap();
+    assert_eq!(first.events.len(), 20);
+    assert_eq!(
+        replay.replay_since(&Cursor::Seq(20)).await.unwrap_err(),
+        ReplayMiss::Expired,
+        "a second replay found room the first holds"
+    );
+    drop(first);
+    assert_eq!(
+        replay
+            .replay_since(&Cursor::Seq(20))
+            .await
+            .unwrap()
+            .events
+            .len(),
+        20
+    );
+}
+
+#[tokio::test]
+async fn history_pages_are_bounded_in_bytes() {
+    let bus = bus_at(1, 2);
+    let log = MemoryLog::default();
+    // ~400 KiB counted each (under EVENT_MAX_BYTES): about ten fit a
+    // page's 4 MiB, not all fifteen.
+    let huge = |n| crate::payload::JobProgress {
+        message: Some("y".repeat(200 << 10)),
+        ..big(n)
+    };
+    let events: Vec<_> = (0..15).map(|i| bus.publish(huge(i))).collect();
+    assert!(events.iter().all(|e| e.seq() > 0));
+    log.append(&events).await.unwrap();
+    let replay = LogReplay::new(&bus, Arc::new(log));
+    // Seq 0 is before this bus's first event: the page starts at 1.
+    let page = replay.history(Some(&Cursor::Seq(0)), 100).await.unwrap();
+    assert!(
+        (8..=11).contains(&page.len()),
+        "{} events in one page",
+        page.len()
+    );
+    assert_eq!(page[0].seq(), 1);
+}
