@@ -26,6 +26,7 @@ use crate::payload::{EntityType, EventKind, ServerEvent};
 
 /// Who caused an event: the envelope's `actor`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Actor {
     /// `system`, `user`, `service`, `agent`, …
     pub kind: String,
@@ -376,13 +377,25 @@ fn render<T: Serialize>(value: &T) -> Vec<u8> {
 /// The G2 envelope (docs/protocol.md §3): the payload plus identity, time, actor,
 /// scope and entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Envelope {
     /// The event's UUIDv7.
     pub event_id: Uuid,
     /// The dot name (`job.progress`).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(extend("enum" = [
+            "queue.status", "job.queued", "job.started", "job.progress",
+            "job.completed", "job.failed", "note.updated"
+        ]))
+    )]
     pub event_type: String,
     /// RFC 3339 UTC, rendered with milliseconds.
     #[serde(with = "rfc3339_millis")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", extend("format" = "date-time"))
+    )]
     pub occurred_at: OffsetDateTime,
     /// Who caused it.
     pub actor: Actor,
@@ -405,6 +418,7 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
     /// Always 1 for this contract.
+    #[cfg_attr(feature = "schema", schemars(extend("const" = 1)))]
     pub payload_version: u32,
     /// The flat §1 object.
     pub payload: ServerEvent,

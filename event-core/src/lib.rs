@@ -41,6 +41,17 @@
 //! to be measured exactly (before the ordering lock; the event keeps that
 //! rendering, so it is still rendered once).
 //!
+//! ## Feature `schema`
+//!
+//! Off by default. Derives `schemars::JsonSchema` for the payload types
+//! ([`ServerEvent`] and its seven structs), [`Envelope`], [`Actor`] and
+//! [`ConnectionInfo`]: the JSON Schema of the wire contract comes from the
+//! types that render it. Generate with the serialize contract
+//! (`SchemaSettings::for_serialize`), which describes what the server sends
+//! (a `JobProgress` always carries both `progress` and `progress_percent`).
+//! The host serves the schemas in `/api/v1/asyncapi.json` and
+//! `/api/v1/openapi.json`.
+//!
 //! ## Example
 //!
 //! ```

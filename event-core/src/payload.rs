@@ -124,6 +124,7 @@ impl FromStr for EventKind {
 
 /// What an event is about: the envelope's `entity_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EntityType {
     /// A background job.
@@ -144,6 +145,7 @@ impl EntityType {
 
 /// The change a `NoteUpdated` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NoteOperation {
     /// The note was created.
@@ -156,6 +158,7 @@ pub enum NoteOperation {
 
 /// `QueueStatus`: the depth of the job queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QueueStatus {
     /// `pending + running` for a well-formed status.
     pub total_jobs: u64,
@@ -178,6 +181,7 @@ impl QueueStatus {
 
 /// `JobQueued`: a job entered the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobQueued {
     /// The job.
     pub job_id: Uuid,
@@ -190,6 +194,7 @@ pub struct JobQueued {
 
 /// `JobStarted`: a worker picked the job up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobStarted {
     /// The job.
     pub job_id: Uuid,
@@ -205,6 +210,11 @@ pub struct JobStarted {
 /// On the wire the value appears twice, as `progress` and `progress_percent`,
 /// because some clients read only the latter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(into = "schema::JobProgressOut", try_from = "JobProgressWire")
+)]
 #[serde(try_from = "JobProgressWire", into = "JobProgressWire")]
 pub struct JobProgress {
     /// The job.
@@ -218,6 +228,7 @@ pub struct JobProgress {
 }
 
 #[derive(Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 struct JobProgressWire {
     job_id: Uuid,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,8 +275,49 @@ impl From<JobProgress> for JobProgressWire {
     }
 }
 
+/// The schema of a `JobProgress` as the server renders it: unlike
+/// [`JobProgressWire`] (what it accepts), `progress` and `progress_percent`
+/// are both always present.
+#[cfg(feature = "schema")]
+mod schema {
+    use uuid::Uuid;
+
+    /// `JobProgress` as rendered (docs/protocol.md §1).
+    #[derive(schemars::JsonSchema)]
+    #[allow(dead_code, reason = "only its schema is used")]
+    pub(super) struct JobProgressOut {
+        /// The job.
+        job_id: Uuid,
+        /// The note the job works on, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note_id: Option<Uuid>,
+        /// Percent done, 0–100.
+        #[schemars(range(max = 100))]
+        progress: u8,
+        /// The same value as `progress` (some clients read only this).
+        #[schemars(range(max = 100))]
+        progress_percent: u8,
+        /// A short human-readable step description.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    }
+
+    impl From<super::JobProgress> for JobProgressOut {
+        fn from(p: super::JobProgress) -> Self {
+            JobProgressOut {
+                job_id: p.job_id,
+                note_id: p.note_id,
+                progress: p.progress,
+                progress_percent: p.progress,
+                message: p.message,
+            }
+        }
+    }
+}
+
 /// `JobCompleted`: the job finished successfully (terminal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobCompleted {
     /// The job.
     pub job_id: Uuid,
@@ -281,6 +333,7 @@ pub struct JobCompleted {
 
 /// `JobFailed`: the job gave up (terminal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobFailed {
     /// The job.
     pub job_id: Uuid,
@@ -295,6 +348,7 @@ pub struct JobFailed {
 
 /// `NoteUpdated`: a note changed, and the change is committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NoteUpdated {
     /// The note.
     pub note_id: Uuid,
@@ -326,6 +380,7 @@ pub struct NoteUpdated {
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type")]
 pub enum ServerEvent {
     /// Queue depth.
@@ -600,5 +655,46 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "schema"))]
+mod schema_tests {
+    use schemars::generate::SchemaSettings;
+    use serde_json::Value;
+
+    use super::EventKind;
+    use crate::Envelope;
+
+    fn serialized<T: schemars::JsonSchema>() -> Value {
+        SchemaSettings::draft2020_12()
+            .for_serialize()
+            .into_generator()
+            .into_root_schema_for::<T>()
+            .to_value()
+    }
+
+    #[test]
+    fn the_envelope_schema_lists_every_dot_name() {
+        let schema = serialized::<Envelope>();
+        let names: Vec<&str> = schema["properties"]["event_type"]["enum"]
+            .as_array()
+            .expect("an enum of dot names")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let want: Vec<&str> = EventKind::ALL.iter().map(|k| k.dot_name()).collect();
+        assert_eq!(names, want);
+        assert_eq!(schema["properties"]["payload_version"]["const"], 1);
+    }
+
+    #[test]
+    fn a_rendered_job_progress_requires_both_progress_fields() {
+        let schema = serialized::<super::JobProgress>();
+        let required = schema["required"].as_array().expect("required fields");
+        for field in ["job_id", "progress", "progress_percent"] {
+            assert!(required.iter().any(|r| r == field), "{field}: {schema}");
+        }
+        assert_eq!(schema["properties"]["progress"]["maximum"], 100);
     }
 }

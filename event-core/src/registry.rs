@@ -29,6 +29,7 @@ pub use close::{CloseSignal, Closed};
 /// Non-exhaustive: a transport may be added without breaking the matches of
 /// other crates (give them a wildcard arm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Transport {
@@ -133,6 +134,7 @@ impl ConnectionEntry {
 
 /// A connection as listed by `GET /api/v1/connections`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ConnectionInfo {
     /// The connection id.
     pub id: u64,
@@ -143,6 +145,7 @@ pub struct ConnectionInfo {
     /// The principal id (never a token).
     pub principal: String,
     /// When it connected (RFC 3339).
+    #[cfg_attr(feature = "schema", schemars(extend("format" = "date-time")))]
     pub connected_at: String,
     /// Events written to it.
     pub events_sent: u64,

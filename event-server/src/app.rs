@@ -196,6 +196,8 @@ impl App {
         app.mount_telemetry(metrics);
         #[cfg(not(feature = "telemetry"))]
         app.mount_plain_health();
+        #[cfg(feature = "contracts")]
+        app.mount_contracts();
         app.finish_router();
         Ok(App {
             caps: event_http::ConnectionCaps::from_file_limit(

@@ -22,6 +22,8 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "contracts")]
+pub mod contracts;
 pub mod cors;
 pub mod dashboard;
 pub mod db;

@@ -46,6 +46,7 @@ pub struct PublishQuery {
 
 /// One published event's identity.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 pub struct Published {
     /// The bus sequence number. Absent in a NATS cluster, where JetStream
     /// assigns it when the event comes back from the stream (the id is final
@@ -58,6 +59,7 @@ pub struct Published {
 
 /// The 202 answer.
 #[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 pub struct PublishResponse {
     /// In request order.
     pub events: Vec<Published>,

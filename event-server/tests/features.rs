@@ -10,7 +10,7 @@
 //! * each enabled feature's routes speak their protocol (WebSocket upgrade,
 //!   an SSE stream opening with `retry:`, `GET /api/v1/webhooks` → `[]`,
 //!   `/metrics`, the demo's notes and job status, an MCP `initialize`
-//!   answered with a session), and each absent
+//!   answered with a session, the contracts describing this build), and each absent
 //!   feature's routes are 404;
 //! * with `postgres` it runs on PostgreSQL (a fresh schema of
 //!   `TEST_POSTGRES_URL`): `/health` has the database up, the server lists
@@ -46,6 +46,7 @@ fn features() -> Vec<&'static str> {
         ("nats", cfg!(feature = "nats")),
         ("mcp", cfg!(feature = "mcp")),
         ("log", cfg!(feature = "log")),
+        ("contracts", cfg!(feature = "contracts")),
     ]
     .into_iter()
     .filter_map(|(name, on)| on.then_some(name))
@@ -213,6 +214,27 @@ async fn check_routes(host: &Host, features: &[&str]) -> uuid::Uuid {
         );
     } else {
         assert_eq!(host.status("/metrics").await, 404, "{features:?}");
+    }
+
+    if cfg!(feature = "contracts") {
+        // The documents describe what this build mounts.
+        let asyncapi = host.json("/api/v1/asyncapi.json").await;
+        assert_eq!(asyncapi["asyncapi"], "3.0.0", "{features:?}");
+        let channels = &asyncapi["channels"];
+        assert_eq!(channels.get("websocket").is_some(), cfg!(feature = "ws"));
+        assert_eq!(channels.get("sse").is_some(), cfg!(feature = "sse"));
+        assert_eq!(channels.get("webhook").is_some(), cfg!(feature = "webhook"));
+        let openapi = host.json("/api/v1/openapi.json").await;
+        let paths = &openapi["paths"];
+        assert!(paths.get("/api/v1/events").is_some(), "{features:?}");
+        assert_eq!(
+            paths.get("/api/v1/webhooks").is_some(),
+            cfg!(feature = "webhook")
+        );
+        assert_eq!(paths.get("/metrics").is_some(), cfg!(feature = "telemetry"));
+    } else {
+        assert_eq!(host.status("/api/v1/asyncapi.json").await, 404);
+        assert_eq!(host.status("/api/v1/openapi.json").await, 404);
     }
 
     if cfg!(feature = "demo") {

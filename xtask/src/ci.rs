@@ -6,7 +6,8 @@
 //! in its dependency tree), the host's
 //! cluster tests, each host feature built and run alone, the WebSocket
 //! conformance suite (`conformance.rs`), the MCP conformance suite
-//! (`mcp_conformance.rs`), then the doc tests. The HTTP
+//! (`mcp_conformance.rs`), the API documents through external validators
+//! (`contracts.rs`), then the doc tests. The HTTP
 //! differential test (`event-server/tests/differential.rs`) and the SSE and
 //! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
 //! members' tests (see `docs/conformance.md`).
@@ -21,7 +22,7 @@ use crate::cargo;
 
 /// The host's Cargo features, each of which must build and run on its own
 /// (issue #8).
-const HOST_FEATURES: [&str; 11] = [
+const HOST_FEATURES: [&str; 12] = [
     "ws",
     "sse",
     "webhook",
@@ -33,6 +34,7 @@ const HOST_FEATURES: [&str; 11] = [
     "demo",
     "mcp",
     "log",
+    "contracts",
 ];
 
 /// The workspace members, from `cargo metadata`.
@@ -71,6 +73,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         [flag, what] if flag == "--only" && what == "mcp-conformance" => {
             return crate::mcp_conformance::run(&[]);
+        }
+        [flag, what] if flag == "--only" && what == "contracts" => {
+            return crate::contracts::run(&[]);
         }
         _ => {
             return Err(format!(
@@ -139,6 +144,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     crate::conformance::run(&[])?;
     // The MCP conformance suite against /mcp (issue 21).
     crate::mcp_conformance::run(&[])?;
+    // AsyncAPI and OpenAPI documents through external validators (issue 20).
+    crate::contracts::run(&[])?;
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
     println!(
         "\nci: all checks passed in {:.0}s",

@@ -14,10 +14,14 @@
 //! * `mcp-conformance` — the official MCP conformance suite (npm
 //!   `@modelcontextprotocol/conformance`) against the host's `/mcp` (also a
 //!   step of `ci`). See `mcp_conformance.rs`.
+//! * `contracts` — the host's AsyncAPI and OpenAPI documents through
+//!   `@asyncapi/parser` and `redocly lint` (npm; also a step of `ci`). See
+//!   `contracts.rs`.
 
 mod bench;
 mod ci;
 mod conformance;
+mod contracts;
 mod demo;
 mod loom;
 mod mcp_conformance;
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&args[1..]),
         Some("conformance") => conformance::run(&args[1..]),
         Some("mcp-conformance") => mcp_conformance::run(&args[1..]),
+        Some("contracts") => contracts::run(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print_help();
             Ok(())
@@ -63,6 +68,9 @@ fn print_help() {
         "  conformance  Autobahn|Testsuite cases 1-10 (kosoku) against the WebSocket echo example (--release)"
     );
     println!("  mcp-conformance  the MCP conformance suite (npm) against the host's /mcp");
+    println!(
+        "  contracts  the host's /api/v1/asyncapi.json and /api/v1/openapi.json through external validators (npm)"
+    );
 }
 
 /// Runs `cargo <args>`, echoing the command and its duration.

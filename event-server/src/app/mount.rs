@@ -329,6 +329,16 @@ impl Assembly<'_> {
         Ok(())
     }
 
+    /// The API's contracts, `/api/v1/asyncapi.json` and
+    /// `/api/v1/openapi.json`: no credentials (they describe the API and
+    /// carry no data; the site guard still applies).
+    #[cfg(feature = "contracts")]
+    pub(super) fn mount_contracts(&mut self) {
+        self.merge(crate::contracts::router(
+            crate::contracts::Mounted::this_build(),
+        ));
+    }
+
     /// The tracing mirror sink, `/metrics` and `/health` with its
     /// components.
     #[cfg(feature = "telemetry")]

@@ -45,6 +45,7 @@ pub struct JobsState {
 
 /// Body of `POST /api/v1/jobs`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// What kind of job (`Embedding`, `AiRevision`, `Linking`, …).
@@ -56,6 +57,7 @@ pub struct NewJob {
 
 /// The `202` answer.
 #[derive(Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 pub struct Submitted {
     /// The new job's id.
     pub job_id: Uuid,

@@ -40,6 +40,7 @@ pub struct NotesState {
 
 /// Body of `POST /api/v1/notes`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewNote {
     /// Title (required, not blank).

@@ -16,6 +16,7 @@ use crate::error::ServerError;
 
 /// A note of the demo domain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "contracts", derive(schemars::JsonSchema))]
 pub struct Note {
     /// Its id.
     pub id: Uuid,
@@ -31,9 +32,17 @@ pub struct Note {
     pub has_links: bool,
     /// When it was created.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(
+        feature = "contracts",
+        schemars(with = "String", extend("format" = "date-time"))
+    )]
     pub created_at: OffsetDateTime,
     /// When it last changed.
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(
+        feature = "contracts",
+        schemars(with = "String", extend("format" = "date-time"))
+    )]
     pub updated_at: OffsetDateTime,
 }
 
