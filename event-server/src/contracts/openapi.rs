@@ -204,11 +204,21 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
                 ),
                 (415, "Not `Content-Type: application/json`.", error_ref()),
                 (
+                    409,
+                    "`idempotency_key_in_flight`: a request with this key is still publishing.",
+                    error_ref(),
+                ),
+                (
                     422,
                     "`idempotency_key_reused`: the key came with another body.",
                     error_ref(),
                 ),
                 (429, "Over `PUBLISH_MAX_RATE`.", error_ref()),
+                (
+                    503,
+                    "`log_unavailable`: the event log did not confirm the commit within `EVENT_LOG_COMMIT_TIMEOUT_MS`.",
+                    error_ref(),
+                ),
             ],
         },
         Op {
