@@ -368,3 +368,111 @@ async fn a_burst_reaches_every_sink_whole_with_the_log() {
         .collect();
     assert!(behind.is_empty(), "sinks lost events: {behind:#?}");
 }
+
+/// A webhook receiver on loopback: the `webhook-id`s it was sent.
+async fn receiver() -> (String, Arc<Mutex<HashSet<String>>>) {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                        seen.lock().unwrap().insert(id.to_owned());
+                    }
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn killed_after_a_burst_every_webhook_delivery_still_arrives(env: Vec<(&str, String)>) {
+    let mut env = env;
+    env.push(("WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_owned()));
+    let (url, seen) = receiver().await;
+    let host = Host::start(&env).await;
+    let res = client()
+        .post(host.url("/api/v1/webhooks"))
+        .json(&json!({"url": url, "events": ["JobProgress"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    // A burst, then SIGKILL right after the last 202.
+    let producers: Vec<_> = (0..5)
+        .map(|p| {
+            let url = host.url("");
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for r in 0..4 {
+                    let batch: Vec<Value> =
+                        (0..100).map(|i| progress(p * 400 + r * 100 + i)).collect();
+                    ids.extend(publish(&url, &batch).await.expect("a 202"));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for p in producers {
+        acked.extend(p.await.unwrap());
+    }
+    kill(host).await;
+    let host = Host::start(&env).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let missing = {
+            let seen = seen.lock().unwrap();
+            acked.iter().filter(|(_, id)| !seen.contains(id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} acknowledged events never reached the webhook",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, log) = host.terminate().await;
+    assert!(status.success());
+    for line in log
+        .iter()
+        .filter(|l| l.contains("recovered from the event log"))
+    {
+        eprintln!("{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_killed_after_a_burst_every_webhook_delivery_still_arrives() {
+    let dir = TempDir::new();
+    killed_after_a_burst_every_webhook_delivery_still_arrives(vec![(
+        "DATABASE_URL",
+        dir.sqlite_url(),
+    )])
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_after_a_burst_every_webhook_delivery_still_arrives() {
+    let Some(url) = event_server::testing::postgres_url("postgres webhooks after a kill") else {
+        return;
+    };
+    let schema = event_server::testing::PgSchema::create(&url).await;
+    killed_after_a_burst_every_webhook_delivery_still_arrives(vec![(
+        "DATABASE_URL",
+        schema.scoped_url(),
+    )])
+    .await;
+    schema.drop_schema().await;
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use event_core::{Authenticator, EventSink};
+use event_core::{Authenticator, EventSink, ReplaySource};
 use http::HeaderName;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// process's concurrent registrations cannot pass `max_webhooks`
     /// together.
     pub create_lock: tokio::sync::Mutex<()>,
+    /// The event log cursor: what is queued, and when it was last stored.
+    pub log_cursor: crate::sink::LogCursor,
 }
 
 impl Shared {
@@ -133,9 +135,28 @@ impl Webhooks {
             worker: crate::worker::WorkerLink::default(),
             metrics: WebhookMetrics::new(),
             create_lock: tokio::sync::Mutex::new(()),
+            log_cursor: crate::sink::LogCursor::default(),
         });
         shared.index.reload(shared.store.as_ref()).await?;
         Ok(Webhooks { shared })
+    }
+
+    /// Queues the deliveries of the events an earlier process published but
+    /// may not have queued: those after the stored log cursor up to `until`
+    /// (the last sequence of the earlier process, `EventBus::first_seq() -
+    /// 1`), read from `source` (the event log) in pages. Returns how many
+    /// deliveries it queued.
+    ///
+    /// Call it once at start, with the sink registered (it may run beside
+    /// live deliveries): while it runs the sink does not move the cursor,
+    /// so a crash meanwhile makes the next start catch up again. Events are
+    /// matched against the webhooks that existed when they occurred.
+    /// Deliveries already queued before the crash may be queued twice; they
+    /// carry the same `webhook-id` (the event id), which receivers use to
+    /// drop repeats (at least once). The first start with a log (no cursor
+    /// stored) only stores `until`.
+    pub async fn catch_up(&self, source: Arc<dyn ReplaySource>, until: u64) -> Result<u64> {
+        crate::sink::catch_up(&self.shared, source.as_ref(), until).await
     }
 
     /// The event sink to register on the host's `SinkRunner`.

@@ -17,9 +17,10 @@
 //! the runner's batch limit) and the database cost per row falls.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use event_core::{Event, EventSink, SinkError, async_trait};
+use event_core::{Cursor, Event, EventSink, ReplaySource, SinkError, async_trait};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -39,29 +40,158 @@ impl WebhookSink {
     }
 
     fn rows_for(&self, events: &[Arc<Event>]) -> Vec<NewDelivery> {
-        let now = OffsetDateTime::now_utc();
-        let mut rows = Vec::new();
-        for event in events {
-            let subscribers = self.shared.index.subscribers(event.kind());
-            if subscribers.is_empty() {
-                continue;
-            }
-            let body = body_for(event);
-            for w in subscribers {
-                rows.push(NewDelivery {
-                    id: Uuid::now_v7(),
-                    webhook_id: w.id,
-                    event_id: event.id(),
-                    event_type: event.kind().type_name(),
-                    body: body.clone(),
-                    created_at: now,
-                    next_attempt_at: Some(now),
-                });
-            }
-        }
-        rows
+        rows_for(&self.shared, events, false)
     }
 }
+
+/// One row per (event, subscribed webhook); with `existed_then`, only for
+/// webhooks created before the event occurred (a catch-up of old events).
+fn rows_for(shared: &Shared, events: &[Arc<Event>], existed_then: bool) -> Vec<NewDelivery> {
+    let now = OffsetDateTime::now_utc();
+    let mut rows = Vec::new();
+    for event in events {
+        let mut subscribers = shared.index.subscribers(event.kind());
+        if existed_then {
+            subscribers.retain(|w| w.created_at <= event.occurred_at());
+        }
+        if subscribers.is_empty() {
+            continue;
+        }
+        let body = body_for(event);
+        for w in subscribers {
+            rows.push(NewDelivery {
+                id: Uuid::now_v7(),
+                webhook_id: w.id,
+                event_id: event.id(),
+                event_type: event.kind().type_name(),
+                body: body.clone(),
+                created_at: now,
+                next_attempt_at: Some(now),
+            });
+        }
+    }
+    rows
+}
+
+/// Where the event log catch-up resumes: the sequence of the newest event
+/// whose deliveries are queued, stored at most every 200 ms (a crash
+/// repeats at most that long of deliveries, with the same `webhook-id`).
+#[derive(Debug)]
+pub(crate) struct LogCursor {
+    /// The newest event of a queued batch.
+    queued: AtomicU64,
+    /// Unix milliseconds of the last store.
+    stored_at: AtomicU64,
+    /// Set until a catch-up has run (a host without an event log never
+    /// stores a cursor), and again for good after a batch could not be
+    /// queued: the stored cursor then stays where a restart must resume.
+    frozen: AtomicBool,
+}
+
+impl Default for LogCursor {
+    fn default() -> Self {
+        LogCursor {
+            queued: AtomicU64::new(0),
+            stored_at: AtomicU64::new(0),
+            frozen: AtomicBool::new(true),
+        }
+    }
+}
+
+impl LogCursor {
+    /// Notes a queued batch; stores the cursor when 200 ms have passed.
+    async fn queued(&self, store: &dyn crate::store::WebhookStore, seq: u64) {
+        self.queued.fetch_max(seq, Ordering::Relaxed);
+        if self.frozen.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        if now.saturating_sub(self.stored_at.load(Ordering::Relaxed)) < CURSOR_STORE_EVERY_MS {
+            return;
+        }
+        self.stored_at.store(now, Ordering::Relaxed);
+        let seq = self.queued.load(Ordering::Relaxed);
+        if let Err(error) = store.set_log_cursor(seq).await {
+            tracing::warn!(%error, "webhook log cursor not stored");
+        }
+    }
+}
+
+/// See [`Webhooks::catch_up`](crate::Webhooks::catch_up).
+pub(crate) async fn catch_up(
+    shared: &Shared,
+    source: &dyn ReplaySource,
+    until: u64,
+) -> crate::error::Result<u64> {
+    let cursor = &shared.log_cursor;
+    let Some(mut after) = shared.store.log_cursor().await? else {
+        shared.store.set_log_cursor(until).await?;
+        cursor.frozen.store(false, Ordering::Relaxed);
+        return Ok(0);
+    };
+    if after >= until {
+        cursor.frozen.store(false, Ordering::Relaxed);
+        return Ok(0);
+    }
+    let mut queued = 0;
+    let outcome = loop {
+        let page = match source
+            .history(Some(&Cursor::Seq(after)), CATCH_UP_PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(miss) => {
+                tracing::error!(
+                    after,
+                    until,
+                    reason = miss.as_str(),
+                    "webhook catch-up: the event log no longer holds these events; their deliveries are lost"
+                );
+                break Ok(());
+            }
+        };
+        let page: Vec<Arc<Event>> = page.into_iter().filter(|e| e.seq() <= until).collect();
+        let Some(last) = page.last().map(|e| e.seq()) else {
+            break Ok(());
+        };
+        let rows = rows_for(shared, &page, true);
+        if !rows.is_empty() {
+            if let Err(e) = shared.store.enqueue(&rows).await {
+                break Err(e);
+            }
+            queued += rows.len() as u64;
+            shared.wake.notify_one();
+        }
+        shared.store.set_log_cursor(last).await?;
+        after = last;
+        if last >= until {
+            break Ok(());
+        }
+    };
+    outcome?;
+    shared.store.set_log_cursor(until).await?;
+    cursor.frozen.store(false, Ordering::Relaxed);
+    if queued > 0 {
+        tracing::info!(
+            deliveries = queued,
+            "webhook deliveries recovered from the event log"
+        );
+    }
+    Ok(queued)
+}
+
+/// How often the log cursor is stored at most (a crash repeats at most
+/// this long of deliveries).
+const CURSOR_STORE_EVERY_MS: u64 = 200;
+
+/// Events read from the log per catch-up page.
+const CATCH_UP_PAGE: usize = 1024;
 
 /// Back-off between enqueue attempts when the database is briefly away
 /// (about 18 s in all, within the runner's 30-second delivery timeout;
@@ -112,8 +242,11 @@ impl EventSink for WebhookSink {
     }
 
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
+        let newest = events.iter().map(|e| e.seq()).max().unwrap_or(0);
         let mut rows = self.rows_for(&events);
         if rows.is_empty() {
+            let store = self.shared.store.as_ref();
+            self.shared.log_cursor.queued(store, newest).await;
             return Ok(());
         }
         // Rows this process's worker has room for are inserted claimed and
@@ -136,6 +269,8 @@ impl EventSink for WebhookSink {
                         tokio::time::sleep(*pause).await;
                     }
                     None => {
+                        // A restart must catch these up from the log.
+                        self.shared.log_cursor.frozen.store(true, Ordering::Relaxed);
                         return Err(SinkError::with_source(
                             format!("could not queue {} webhook deliveries", rows.len()),
                             error,
@@ -144,6 +279,10 @@ impl EventSink for WebhookSink {
                 },
             }
         }
+        self.shared
+            .log_cursor
+            .queued(self.shared.store.as_ref(), newest)
+            .await;
         if let Some(reservation) = reservation {
             reservation.adopt(&rows).await;
         }

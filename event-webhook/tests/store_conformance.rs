@@ -561,7 +561,27 @@ async fn unsupported_url_is_refused(_store: Store) {
     assert_eq!(err.code(), "unsupported_database");
 }
 
+async fn log_cursor_only_moves_forward(store: Store) {
+    assert_eq!(store.log_cursor().await.unwrap(), None);
+    store.set_log_cursor(1_700_000_000_000_005).await.unwrap();
+    assert_eq!(
+        store.log_cursor().await.unwrap(),
+        Some(1_700_000_000_000_005)
+    );
+    store.set_log_cursor(3).await.unwrap();
+    assert_eq!(
+        store.log_cursor().await.unwrap(),
+        Some(1_700_000_000_000_005)
+    );
+    store.set_log_cursor(1_700_000_000_000_009).await.unwrap();
+    assert_eq!(
+        store.log_cursor().await.unwrap(),
+        Some(1_700_000_000_000_009)
+    );
+}
+
 on_both_engines!(
+    log_cursor_only_moves_forward,
     webhook_crud,
     enqueue_and_list,
     claim_rules,

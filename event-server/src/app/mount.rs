@@ -325,6 +325,18 @@ impl Assembly<'_> {
         let routes = self.guarded(webhooks.router(), Need::Admin, rate, None);
         self.merge(routes);
         let worker = webhooks.start_worker(self.cancel.child_token());
+        // Deliveries of events an earlier process acknowledged but did not
+        // queue (killed in between) are derived from the event log.
+        #[cfg(feature = "log")]
+        if let Some(log) = &self.parts.log {
+            let (webhooks, source) = (webhooks.clone(), log.replay_source());
+            let until = self.bus.first_seq().saturating_sub(1);
+            tokio::spawn(async move {
+                if let Err(error) = webhooks.catch_up(source, until).await {
+                    tracing::error!(%error, "webhook catch-up from the event log failed; the next start retries");
+                }
+            });
+        }
         self.parts.webhooks = Some((webhooks, worker));
         Ok(())
     }

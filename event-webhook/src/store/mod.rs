@@ -72,6 +72,21 @@ pub trait WebhookStore: Send + Sync + 'static {
         Ok(self.list_webhooks().await?.len() as u64)
     }
 
+    /// The sequence of the last event whose deliveries are queued, as last
+    /// recorded with [`set_log_cursor`](Self::set_log_cursor): where a
+    /// catch-up from the event log resumes after a restart. `None` when
+    /// never recorded. The default records nothing.
+    async fn log_cursor(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
+
+    /// Records the log cursor; it only moves forward (a lower `seq` than
+    /// the stored one changes nothing).
+    async fn set_log_cursor(&self, seq: u64) -> Result<()> {
+        let _ = seq;
+        Ok(())
+    }
+
     /// Replaces a webhook's fields; `false` when it does not exist.
     async fn update_webhook(&self, webhook: &Webhook) -> Result<bool>;
 

@@ -183,6 +183,14 @@ impl WebhookStore for SealedStore {
         self.inner.queue_depth().await
     }
 
+    async fn log_cursor(&self) -> Result<Option<u64>> {
+        self.inner.log_cursor().await
+    }
+
+    async fn set_log_cursor(&self, seq: u64) -> Result<()> {
+        self.inner.set_log_cursor(seq).await
+    }
+
     async fn count_webhooks(&self) -> Result<u64> {
         // Nothing to open: the count needs no secret.
         self.inner.count_webhooks().await

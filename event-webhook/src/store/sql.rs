@@ -417,6 +417,24 @@ impl<E: Engine> WebhookStore for E {
         self.execute(sql, &[Arg::Time(before)]).await
     }
 
+    async fn log_cursor(&self) -> Result<Option<u64>> {
+        let rows = self
+            .read("SELECT seq FROM webhook_log_cursor WHERE id = 1", &[])
+            .await?;
+        rows.first()
+            .map(|row| E::big(row, "seq").map(|v| v.max(0) as u64))
+            .transpose()
+    }
+
+    async fn set_log_cursor(&self, seq: u64) -> Result<()> {
+        let sql = "INSERT INTO webhook_log_cursor (id, seq) VALUES (1, $1) \
+                   ON CONFLICT (id) DO UPDATE SET seq = excluded.seq \
+                   WHERE webhook_log_cursor.seq < excluded.seq";
+        self.execute(sql, &[Arg::Big(i64::try_from(seq).unwrap_or(i64::MAX))])
+            .await
+            .map(|_| ())
+    }
+
     async fn count_webhooks(&self) -> Result<u64> {
         let rows = self.read("SELECT COUNT(*) AS n FROM webhooks", &[]).await?;
         match rows.first() {
