@@ -458,7 +458,17 @@ impl EventBus {
 
     /// Gives an accepted event its identity and publishes it (or hands it to
     /// the upstream).
-    fn sequence(&self, payload: ServerEvent, json: Option<Bytes>, meta: EventMeta) -> Arc<Event> {
+    fn sequence(
+        &self,
+        payload: ServerEvent,
+        json: Option<Bytes>,
+        mut meta: EventMeta,
+    ) -> Arc<Event> {
+        // In-process publishers join the trace they run in (only with an
+        // installed propagation; one atomic load otherwise).
+        if meta.trace.is_none() {
+            meta.trace = crate::trace::current();
+        }
         if let Some(upstream) = self.upstream() {
             let event = Arc::new(
                 Event::new(0, Uuid::now_v7(), OffsetDateTime::now_utc(), meta, payload)

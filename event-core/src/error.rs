@@ -56,6 +56,14 @@ pub enum Error {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// A topic name breaks the rules of [`validate_topic`](crate::event::validate_topic).
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The name (truncated).
+        topic: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A setting has a value that cannot be used.
     #[error("invalid setting `{setting}`: {message}")]
     InvalidSetting {
@@ -81,6 +89,7 @@ impl Error {
             Error::Provider(_) => "provider_error",
             Error::EventTooLarge { .. } => "event_too_large",
             Error::InvalidSetting { .. } => "invalid_setting",
+            Error::InvalidTopic { .. } => "invalid_topic",
         }
     }
 }

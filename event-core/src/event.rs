@@ -23,6 +23,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::payload::{EntityType, EventKind, ServerEvent};
+use crate::trace::TraceContext;
 
 /// Who caused an event: the envelope's `actor`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,11 @@ pub struct EventMeta {
     pub correlation_id: Option<Uuid>,
     /// The event (or request) that caused this one.
     pub causation_id: Option<Uuid>,
+    /// The W3C trace context of what published it (see [`crate::trace`]).
+    pub trace: Option<TraceContext>,
+    /// The topic the producer filed the event under; `None`: its type
+    /// family (`job`, `note`, `queue`). See [`Event::topic`].
+    pub topic: Option<String>,
 }
 
 impl EventMeta {
@@ -102,6 +108,18 @@ impl EventMeta {
     /// Sets the correlation id.
     pub fn correlation(mut self, id: Uuid) -> Self {
         self.correlation_id = Some(id);
+        self
+    }
+
+    /// Files the event under `topic` (see [`validate_topic`]).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Sets the trace context (see [`crate::trace`]).
+    pub fn trace(mut self, context: TraceContext) -> Self {
+        self.trace = Some(context);
         self
     }
 
@@ -346,6 +364,15 @@ impl Event {
         Ok(event)
     }
 
+    /// The topic the event belongs to: the one its producer named, else its
+    /// type family (`job`, `note`, `queue`).
+    pub fn topic(&self) -> &str {
+        self.meta
+            .topic
+            .as_deref()
+            .unwrap_or_else(|| self.payload.kind().family())
+    }
+
     /// The envelope as a value.
     pub fn to_envelope(&self) -> Envelope {
         Envelope::from_event(self)
@@ -417,6 +444,21 @@ pub struct Envelope {
     /// Causation id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<Uuid>,
+    /// The topic, when the producer named one (absent: the type family,
+    /// the part of `event_type` before the dot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// The W3C trace id (32 hex digits) of the request that published the
+    /// event, when it carried a `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(extend("pattern" = "^[0-9a-f]{32}$")))]
+    pub trace_id: Option<String>,
+    /// The W3C `traceparent` the event carries (its trace and parent span).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate` the event carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// Always 1 for this contract.
     #[cfg_attr(feature = "schema", schemars(extend("const" = 1)))]
     pub payload_version: u32,
@@ -438,6 +480,18 @@ impl Envelope {
             entity_id: entity.map(|(_, id)| id),
             correlation_id: event.meta.correlation_id,
             causation_id: event.meta.causation_id,
+            topic: event.meta.topic.clone(),
+            trace_id: event.meta.trace.as_ref().map(|t| t.trace_id().to_owned()),
+            traceparent: event
+                .meta
+                .trace
+                .as_ref()
+                .map(|t| t.traceparent().to_owned()),
+            tracestate: event
+                .meta
+                .trace
+                .as_ref()
+                .and_then(|t| t.tracestate().map(str::to_owned)),
             payload_version: 1,
             payload: event.payload.clone(),
         }
@@ -451,6 +505,11 @@ impl Envelope {
             tenant_id: self.tenant_id.clone(),
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
+            trace: self
+                .traceparent
+                .as_deref()
+                .and_then(|tp| TraceContext::parse(tp, self.tracestate.as_deref())),
+            topic: self.topic.clone(),
         }
     }
 }
@@ -498,6 +557,31 @@ mod rfc3339_millis {
         let text = String::deserialize(d)?;
         OffsetDateTime::parse(&text, &Rfc3339).map_err(serde::de::Error::custom)
     }
+}
+
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 128;
+
+/// Checks a topic name: 1 to [`MAX_TOPIC_BYTES`] bytes of lowercase ASCII
+/// letters, digits, `.`, `_` and `-`, starting with a letter or digit.
+pub fn validate_topic(topic: &str) -> Result<(), crate::Error> {
+    let bad = |reason: &str| crate::Error::InvalidTopic {
+        topic: topic.chars().take(MAX_TOPIC_BYTES + 8).collect(),
+        reason: reason.to_owned(),
+    };
+    if topic.is_empty() || topic.len() > MAX_TOPIC_BYTES {
+        return Err(bad("must be 1 to 128 bytes"));
+    }
+    if !topic.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err(bad("must start with a letter or digit"));
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return Err(bad("may hold only a-z, 0-9, `.`, `_` and `-`"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

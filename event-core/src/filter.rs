@@ -7,6 +7,8 @@
 //! * `entity_id=<uuid>` — the envelope's `entity_id` (the job of a job event,
 //!   the note of a `NoteUpdated`).
 //! * `memory=<name>` — only events of that memory, plus unscoped ones.
+//! * `topics=jobs.gpu,billing.*` — the event's topic ([`Event::topic`]),
+//!   exactly or, with a trailing `*`, by prefix.
 //!
 //! All parts combine with AND. Because there are only seven kinds, the name
 //! filters compile to a 7-bit [`KindSet`] at parse time, and matching an event
@@ -171,12 +173,79 @@ fn parse_list(
     Ok(set)
 }
 
+/// One entry of a `topics=` list: a topic, or a prefix (`billing.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPattern {
+    /// Exactly this topic.
+    Exact(String),
+    /// Topics starting with this (the pattern without its `*`).
+    Prefix(String),
+}
+
+impl TopicPattern {
+    /// Parses one entry: a valid topic, or a prefix of one followed by `*`
+    /// (`*` alone matches every topic).
+    pub fn parse(text: &str) -> Result<TopicPattern, Error> {
+        let text = text.trim();
+        match text.strip_suffix('*') {
+            Some(prefix) => {
+                if !prefix.is_empty() {
+                    // A prefix is checked as the topic it begins.
+                    crate::event::validate_topic(&format!("{prefix}x"))?;
+                }
+                Ok(TopicPattern::Prefix(prefix.to_owned()))
+            }
+            None => {
+                crate::event::validate_topic(text)?;
+                Ok(TopicPattern::Exact(text.to_owned()))
+            }
+        }
+    }
+
+    /// Whether `topic` matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            TopicPattern::Exact(t) => t == topic,
+            TopicPattern::Prefix(p) => topic.starts_with(p.as_str()),
+        }
+    }
+}
+
+/// Most entries of one `topics=` list.
+pub const MAX_TOPIC_PATTERNS: usize = 64;
+
+fn parse_topics(list: &str) -> Result<Vec<TopicPattern>, Error> {
+    let invalid = |reason: String| Error::InvalidFilter {
+        param: "topics",
+        value: list.chars().take(200).collect(),
+        reason,
+    };
+    let items: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err(invalid("the list is empty".to_owned()));
+    }
+    if items.len() > MAX_TOPIC_PATTERNS {
+        return Err(invalid(format!("more than {MAX_TOPIC_PATTERNS} topics")));
+    }
+    items
+        .into_iter()
+        .map(|item| TopicPattern::parse(item).map_err(|e| invalid(e.to_string())))
+        .collect()
+}
+
 /// Which events a subscriber wants. The default matches everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFilter {
     kinds: KindSet,
     entity_id: Option<Uuid>,
     memory: Option<String>,
+    /// Each list must match (AND); within a list any pattern (OR). Empty:
+    /// every topic.
+    topics: Vec<Vec<TopicPattern>>,
 }
 
 impl Default for EventFilter {
@@ -196,6 +265,8 @@ pub struct FilterParams<'a> {
     pub entity_id: Option<&'a str>,
     /// `memory=` (or the `X-Fortemi-Memory` header)
     pub memory: Option<&'a str>,
+    /// `topics=`
+    pub topics: Option<&'a str>,
 }
 
 impl EventFilter {
@@ -205,6 +276,7 @@ impl EventFilter {
             kinds: KindSet::ALL,
             entity_id: None,
             memory: None,
+            topics: Vec::new(),
         }
     }
 
@@ -248,11 +320,27 @@ impl EventFilter {
             }
             Some(raw) => Some(raw.trim().to_owned()),
         };
+        let topics = match params.topics {
+            None => Vec::new(),
+            Some(list) => vec![parse_topics(list)?],
+        };
         Ok(EventFilter {
             kinds,
             entity_id,
             memory,
+            topics,
         })
+    }
+
+    /// Only these topics (in addition to any topic filter already set).
+    pub fn with_topics(mut self, topics: Vec<TopicPattern>) -> Self {
+        self.topics.push(topics);
+        self
+    }
+
+    /// The topic filter: every list must have a matching pattern.
+    pub fn topics(&self) -> &[Vec<TopicPattern>] {
+        &self.topics
     }
 
     /// Only these kinds.
@@ -296,6 +384,16 @@ impl EventFilter {
             && event.payload().entity().map(|(_, id)| id) != Some(want)
         {
             return false;
+        }
+        if !self.topics.is_empty() {
+            let topic = event.topic();
+            if !self
+                .topics
+                .iter()
+                .all(|any| any.iter().any(|p| p.matches(topic)))
+            {
+                return false;
+            }
         }
         match (&self.memory, event.memory()) {
             (Some(want), Some(have)) => want == have,
@@ -351,17 +449,18 @@ impl EventFilter {
         let serde_json::Value::Object(fields) = value else {
             return Err(invalid("expected a JSON object".to_owned()));
         };
-        let mut lists: [Option<String>; 2] = [None, None];
+        let mut lists: [Option<String>; 3] = [None, None, None];
         let mut texts: [Option<String>; 2] = [None, None];
         for (key, value) in &fields {
             let (slot, is_list) = match key.as_str() {
                 "events" => (0, true),
                 "types" => (1, true),
+                "topics" => (2, true),
                 "entity_id" => (0, false),
                 "memory" => (1, false),
                 other => {
                     return Err(invalid(format!(
-                        "unknown field `{other}` (expected events, types, entity_id, memory)"
+                        "unknown field `{other}` (expected events, types, topics, entity_id, memory)"
                     )));
                 }
             };
@@ -393,6 +492,7 @@ impl EventFilter {
             types: lists[1].as_deref(),
             entity_id: texts[0].as_deref(),
             memory: texts[1].as_deref(),
+            topics: lists[2].as_deref(),
         })?;
         let entity_id = match (separate.entity_id, embedded.entity_id) {
             (Some(a), Some(b)) if a != b => {
@@ -410,10 +510,13 @@ impl EventFilter {
             }
             (a, b) => a.or(b),
         };
+        let mut topics = separate.topics;
+        topics.extend(embedded.topics);
         Ok(EventFilter {
             kinds: separate.kinds.intersection(embedded.kinds),
             entity_id,
             memory,
+            topics,
         })
     }
 }
@@ -570,5 +673,69 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    fn topical(topic: Option<&str>) -> Event {
+        let meta = crate::event::EventMeta {
+            topic: topic.map(str::to_owned),
+            ..Default::default()
+        };
+        Event::new(
+            1,
+            Uuid::now_v7(),
+            time::OffsetDateTime::now_utc(),
+            meta,
+            crate::payload::ServerEvent::QueueStatus(crate::payload::QueueStatus::new(1, 0)),
+        )
+    }
+
+    #[test]
+    fn topics_match_exactly_or_by_prefix_and_default_to_the_family() {
+        let f = EventFilter::parse(FilterParams {
+            topics: Some("billing.*, gpu"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(f.matches(&topical(Some("billing.invoices"))));
+        assert!(f.matches(&topical(Some("gpu"))));
+        assert!(!f.matches(&topical(Some("gpu.large"))));
+        assert!(
+            !f.matches(&topical(None)),
+            "a QueueStatus is in topic `queue`"
+        );
+        let queue = EventFilter::parse(FilterParams {
+            topics: Some("queue"),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(queue.matches(&topical(None)));
+        // The JSON form, ANDed with the parameter.
+        let both = EventFilter::parse_with_json(
+            FilterParams {
+                topics: Some("billing.*"),
+                ..Default::default()
+            },
+            Some(r#"{"topics":["billing.eu.*","gpu"]}"#),
+        )
+        .unwrap();
+        assert!(both.matches(&topical(Some("billing.eu.x"))));
+        assert!(!both.matches(&topical(Some("billing.us.x"))));
+        assert!(!both.matches(&topical(Some("gpu"))));
+    }
+
+    #[test]
+    fn bad_topic_lists_name_the_parameter() {
+        let too_many = vec!["t"; MAX_TOPIC_PATTERNS + 1].join(",");
+        for bad in ["", "UPPER", "-lead", "spa ce", "a*b", too_many.as_str()] {
+            let err = EventFilter::parse(FilterParams {
+                topics: Some(bad),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert_eq!(err.code(), "invalid_filter", "{bad}: {err}");
+            assert!(err.to_string().contains("`topics`"), "{bad}: {err}");
+        }
+        assert!(crate::event::validate_topic(&"a".repeat(129)).is_err());
+        assert!(crate::event::validate_topic("jobs.gpu-large_2").is_ok());
     }
 }

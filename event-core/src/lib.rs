@@ -105,6 +105,7 @@ pub mod ring;
 pub mod sink;
 pub mod snapshot;
 mod sync;
+pub mod trace;
 
 pub use async_trait::async_trait;
 pub use auth::{
@@ -115,14 +116,18 @@ pub use bus::{
     Received, SeqStart, Subscription, Upstream,
 };
 pub use error::Error;
-pub use event::{Actor, Envelope, Event, EventMeta, MAX_RENDER_KEYS, RenderKey};
+pub use event::{
+    Actor, Envelope, Event, EventMeta, MAX_RENDER_KEYS, MAX_TOPIC_BYTES, RenderKey, validate_topic,
+};
 pub use fanout::{
     EVENT_SLACK_BYTES, FanoutHub, HubSubscription, Outbox, OutboxLimits, Outgoing, OverflowPolicy,
     SubscribeOptions, WireForm,
 };
-pub use filter::{EventFilter, FilterParams, KindSet};
+pub use filter::{EventFilter, FilterParams, KindSet, TopicPattern};
 pub use io::WriteTimeoutIo;
-pub use log::{EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention};
+pub use log::{
+    EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention, TopicStats,
+};
 pub use metrics::TransportMetrics;
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
@@ -137,6 +142,7 @@ pub use sink::{
     EventSink, RunnerConfig, ShutdownReport, SinkError, SinkRunner, SinkStats, SinkStatsSnapshot,
 };
 pub use snapshot::{QueueSnapshot, current_queue_status};
+pub use trace::TraceContext;
 
 /// Re-exported so sinks and hosts use the same versions.
 pub use bytes::Bytes;

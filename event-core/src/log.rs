@@ -61,6 +61,30 @@ pub use memory::MemoryLog;
 pub use replay::{LogReplay, MAX_PAGE_BYTES};
 pub use writer::{LogConfig, LogStats, LogStatsSnapshot, LogWriter};
 
+/// Groups `events` by topic (for in-memory logs and tests).
+fn topic_stats<'a>(events: impl Iterator<Item = &'a Arc<Event>>) -> Vec<TopicStats> {
+    let mut by_topic: std::collections::BTreeMap<String, TopicStats> = Default::default();
+    for e in events {
+        let bytes = e.envelope_json().len() as u64;
+        by_topic
+            .entry(e.topic().to_owned())
+            .and_modify(|t| {
+                t.events += 1;
+                t.bytes += bytes;
+                t.first_seq = t.first_seq.min(e.seq());
+                t.last_seq = t.last_seq.max(e.seq());
+            })
+            .or_insert_with(|| TopicStats {
+                name: e.topic().to_owned(),
+                events: 1,
+                bytes,
+                first_seq: e.seq(),
+                last_seq: e.seq(),
+            });
+    }
+    by_topic.into_values().collect()
+}
+
 /// What went wrong in a log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -125,6 +149,21 @@ pub struct LogBounds {
     pub bytes: u64,
 }
 
+/// One topic's share of a log ([`EventLog::topics`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicStats {
+    /// The topic ([`Event::topic`]).
+    pub name: String,
+    /// Its stored events.
+    pub events: u64,
+    /// Their envelope JSON, in bytes.
+    pub bytes: u64,
+    /// Its oldest stored event's sequence number.
+    pub first_seq: u64,
+    /// Its newest stored event's sequence number.
+    pub last_seq: u64,
+}
+
 /// How much a log keeps. Each bound is checked on its own; the oldest events
 /// go first. `None` keeps without bound on that axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +220,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// The log's extent. May count every stored event: asked at start and
     /// after each prune, not per request.
     async fn bounds(&self) -> Result<LogBounds, LogError>;
+
+    /// Every topic with stored events, by name. Reads the whole log (an
+    /// operator's question, not a hot path). The default knows none.
+    async fn topics(&self) -> Result<Vec<TopicStats>, LogError> {
+        Ok(Vec::new())
+    }
 
     /// Removes the oldest events until `retention` holds at `now`; returns
     /// how many were removed.

@@ -458,6 +458,7 @@ proptest! {
             types: types.as_deref(),
             entity_id: entity.as_ref().map(|(t, _)| t.as_str()),
             memory: memory.as_deref(),
+            topics: None,
         });
         // The reference: each given parameter valid; kinds are the
         // intersection of the lists given (all kinds when none is).

@@ -8,7 +8,7 @@
 //! [`event_core::log`].
 //!
 //! Each event is one row: its sequence number (the primary key), id, time,
-//! topic (the event's type family: `job`, `note`, `queue`), size and its
+//! topic ([`Event::topic`](event_core::Event::topic)), size and its
 //! envelope JSON exactly as the SSE `envelope` format sends it. Appends are
 //! one multi-row `INSERT` per batch in one transaction; a row that already
 //! exists is skipped, so a retried batch is harmless. The table is
@@ -76,9 +76,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
     })
 }
 
-/// The topic an event is filed under: its type family.
-fn topic(event: &Event) -> &'static str {
-    event.kind().family()
+/// The topic an event is filed under ([`Event::topic`]).
+fn topic(event: &Event) -> &str {
+    event.topic()
 }
 
 fn storage(what: &'static str) -> impl FnOnce(sqlx::Error) -> LogError {

@@ -188,6 +188,26 @@ impl EventLog for PostgresLog {
         })
     }
 
+    async fn topics(&self) -> Result<Vec<event_core::TopicStats>, LogError> {
+        let rows = sqlx::query(
+            "SELECT topic, COUNT(*), COALESCE(SUM(size), 0)::int8, MIN(seq), MAX(seq) \
+             FROM matric_event_log GROUP BY topic ORDER BY topic",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage("reading the log's topics"))?;
+        Ok(rows
+            .iter()
+            .map(|row| event_core::TopicStats {
+                name: row.get(0),
+                events: seq_of_row(row.get(1)),
+                bytes: seq_of_row(row.get(2)),
+                first_seq: seq_of_row(row.get(3)),
+                last_seq: seq_of_row(row.get(4)),
+            })
+            .collect())
+    }
+
     async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
         let mut through: Option<i64> = None;
         if let Some(age) = retention.max_age {

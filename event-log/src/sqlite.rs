@@ -252,6 +252,26 @@ impl EventLog for SqliteLog {
         })
     }
 
+    async fn topics(&self) -> Result<Vec<event_core::TopicStats>, LogError> {
+        let rows = sqlx::query(
+            "SELECT topic, COUNT(*), COALESCE(SUM(size), 0), MIN(seq), MAX(seq) \
+             FROM matric_event_log GROUP BY topic ORDER BY topic",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(storage("reading the log's topics"))?;
+        Ok(rows
+            .iter()
+            .map(|row| event_core::TopicStats {
+                name: row.get(0),
+                events: crate::seq_of_row(row.get(1)),
+                bytes: crate::seq_of_row(row.get(2)),
+                first_seq: crate::seq_of_row(row.get(3)),
+                last_seq: crate::seq_of_row(row.get(4)),
+            })
+            .collect())
+    }
+
     async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
         let Some(through) = self.prune_through(retention, now).await? else {
             return Ok(0);

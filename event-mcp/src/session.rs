@@ -328,6 +328,7 @@ impl McpSession {
             types: types.as_deref(),
             entity_id: args.entity_id.as_deref(),
             memory: args.memory.as_deref(),
+            topics: None,
         }) {
             Ok(f) => f,
             Err(e) => return Ok(tool_error(e.to_string())),

@@ -94,7 +94,7 @@ impl Dedup {
         &'a self,
         producer: &str,
         key: &str,
-        request: (&[u8], Option<&str>),
+        request: (&[u8], Option<&str>, Option<&str>),
     ) -> Result<Decision<'a>, ServerError> {
         if key.is_empty()
             || key.len() > MAX_KEY_BYTES
@@ -224,7 +224,7 @@ mod tests {
 
     fn publish(dedup: &Dedup, producer: &str, key: &str, body: &[u8], n: u64) -> Option<u64> {
         match dedup
-            .check(producer, key, (body, None))
+            .check(producer, key, (body, None, None))
             .expect("a usable key")
         {
             Decision::Publish(claim) => {
@@ -246,11 +246,11 @@ mod tests {
             "keys are per producer"
         );
         assert!(matches!(
-            dedup.check("a", "k", (b"{\"other\":1}", None)),
+            dedup.check("a", "k", (b"{\"other\":1}", None, None)),
             Err(ServerError::Unprocessable { .. })
         ));
         assert!(matches!(
-            dedup.check("a", "k", (b"{}", Some("m"))),
+            dedup.check("a", "k", (b"{}", Some("m"), None)),
             Err(ServerError::Unprocessable { .. })
         ));
     }
@@ -259,7 +259,10 @@ mod tests {
     fn keys_are_bounded_in_size_and_number() {
         let dedup = Dedup::new(Duration::from_secs(60), 2);
         for bad in ["", "caf\u{e9}", &"k".repeat(MAX_KEY_BYTES + 1)] {
-            assert!(dedup.check("a", bad, (b"{}", None)).is_err(), "{bad:?}");
+            assert!(
+                dedup.check("a", bad, (b"{}", None, None)).is_err(),
+                "{bad:?}"
+            );
         }
         publish(&dedup, "a", "1", b"{}", 1);
         publish(&dedup, "a", "2", b"{}", 2);
@@ -272,11 +275,11 @@ mod tests {
     #[test]
     fn a_key_in_flight_is_a_conflict_and_a_failed_request_releases_it() {
         let dedup = Dedup::new(Duration::from_secs(60), 10);
-        let Ok(Decision::Publish(claim)) = dedup.check("a", "k", (b"{}", None)) else {
+        let Ok(Decision::Publish(claim)) = dedup.check("a", "k", (b"{}", None, None)) else {
             panic!("first use must publish");
         };
         assert!(matches!(
-            dedup.check("a", "k", (b"{}", None)),
+            dedup.check("a", "k", (b"{}", None, None)),
             Err(ServerError::Conflict {
                 code: "idempotency_key_in_flight",
                 ..

@@ -100,3 +100,22 @@ impl HostLog {
         self.writer.shutdown(deadline).await;
     }
 }
+
+/// `GET /api/v1/topics` (admin): every topic in the log with its size.
+pub fn topics_router(log: &HostLog) -> axum::Router {
+    let log = log.writer.log().clone();
+    axum::Router::new().route(
+        "/api/v1/topics",
+        axum::routing::get(move || {
+            let log = log.clone();
+            async move {
+                match log.topics().await {
+                    Ok(topics) => Ok(axum::Json(serde_json::json!({ "topics": topics }))),
+                    Err(e) => Err(ServerError::Unavailable(format!(
+                        "the event log cannot be read: {e}"
+                    ))),
+                }
+            }
+        }),
+    )
+}

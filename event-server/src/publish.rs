@@ -13,9 +13,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use event_core::{Authenticator, EventBus, EventMeta, ServerEvent};
+use event_core::{Authenticator, EventBus, EventMeta, ServerEvent, TraceContext};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::auth::require_admin;
 use crate::dedup::{Decision, Dedup};
@@ -40,6 +41,9 @@ pub struct PublishState {
 pub struct PublishQuery {
     /// Scope every event to this memory.
     pub memory: Option<String>,
+    /// File every event under this topic (default: each event's type
+    /// family).
+    pub topic: Option<String>,
     /// Alternative to the bearer header.
     pub token: Option<String>,
 }
@@ -151,6 +155,10 @@ pub async fn publish(
             "`memory` must not be empty",
         ));
     }
+    if let Some(topic) = &query.topic {
+        event_core::validate_topic(topic)
+            .map_err(|e| ServerError::bad_request("invalid_topic", e.to_string()))?;
+    }
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
@@ -162,7 +170,8 @@ pub async fn publish(
     };
     let claim = match (&state.dedup, key) {
         (Some(dedup), Some(key)) => {
-            match dedup.check(&principal.id, key, (&body, query.memory.as_deref()))? {
+            let request = (&body[..], query.memory.as_deref(), query.topic.as_deref());
+            match dedup.check(&principal.id, key, request)? {
                 Decision::Repeat(events) => {
                     let answer = PublishResponse {
                         events,
@@ -175,8 +184,23 @@ pub async fn publish(
         }
         _ => None,
     };
+    // W3C trace context: the events join the producer's trace, as
+    // children of this request's `publish` span.
+    let incoming = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|parent| {
+            let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
+            TraceContext::parse(parent, state)
+        });
+    let span = tracing::info_span!(target: "matric::publish", "publish", "events" = events.len());
+    if let Some(context) = &incoming {
+        event_core::trace::link(&span, context);
+    }
     let meta = EventMeta {
         memory: query.memory.clone(),
+        topic: query.topic.clone(),
+        trace: event_core::trace::outgoing(&span, incoming.as_ref()),
         ..EventMeta::default()
     };
     // All or nothing: one event over EVENT_MAX_BYTES refuses the request
@@ -187,6 +211,7 @@ pub async fn publish(
     let published: Vec<Published> = state
         .bus
         .publish_durable(events, &meta)
+        .instrument(span)
         .await?
         .iter()
         .map(|ev| Published {

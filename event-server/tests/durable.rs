@@ -476,3 +476,76 @@ async fn postgres_killed_after_a_burst_every_webhook_delivery_still_arrives() {
     .await;
     schema.drop_schema().await;
 }
+
+#[tokio::test]
+async fn topics_file_filter_and_list_events() {
+    let dir = TempDir::new();
+    let host = Host::start(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    let http = client();
+    // A stream of topic `gpu.*` only.
+    let res = http
+        .get(host.url("/api/v1/events?format=envelope&topics=gpu.*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let named = http
+        .post(host.url("/api/v1/events?topic=gpu.large"))
+        .json(&progress(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(named.status(), 202);
+    let named: Value = named.json().await.unwrap();
+    let named_id = named["events"][0]["event_id"].as_str().unwrap().to_owned();
+    publish(&host.url(""), &[progress(2)]).await.unwrap(); // topic `job`
+    let last = http
+        .post(host.url("/api/v1/events?topic=gpu.small"))
+        .json(&progress(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last.status(), 202);
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !text.contains("gpu.small") {
+            let chunk = body.next().await.expect("the stream ended").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("the gpu.* events arrive");
+    assert!(text.contains(&named_id), "{text}");
+    assert!(text.contains(r#""topic":"gpu.large""#), "{text}");
+    assert_eq!(
+        text.matches("\"type\":\"JobProgress\"").count(),
+        2,
+        "{text}"
+    );
+    // History by topic, and the topics with their sizes.
+    let page = host.json("/api/v1/events/history?topics=gpu.large").await;
+    assert_eq!(page.as_array().unwrap().len(), 1, "{page}");
+    let topics = host.json("/api/v1/topics").await;
+    let names: Vec<&str> = topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for want in ["gpu.large", "gpu.small", "job"] {
+        assert!(names.contains(&want), "{want} missing from {topics}");
+    }
+    // A bad topic name is refused, naming it.
+    let bad = http
+        .post(host.url("/api/v1/events?topic=Not%20A%20Topic"))
+        .json(&progress(4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert_eq!(bad["error"], "invalid_topic", "{bad}");
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}

@@ -118,3 +118,113 @@ async fn an_unusable_otel_variable_stops_the_server_at_start() {
         assert!(stderr.contains(variable), "{variable}: {stderr}");
     }
 }
+
+/// `(trace id, span id, parent span id, name)` of every span, in hex.
+fn span_ids(request: &ExportTraceServiceRequest) -> Vec<(String, String, String, String)> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .map(|s| {
+            (
+                hex::encode(&s.trace_id),
+                hex::encode(&s.span_id),
+                hex::encode(&s.parent_span_id),
+                s.name.clone(),
+            )
+        })
+        .collect()
+}
+
+/// A webhook receiver: the `traceparent` of each delivery.
+async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Option<String>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = Router::new().route(
+        "/",
+        post(move |headers: axum::http::HeaderMap| {
+            let tx = tx.clone();
+            async move {
+                let parent = headers
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = tx.send(parent);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (format!("http://{addr}/"), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_runs_from_the_publish_request_to_the_webhook_delivery() {
+    let (collector, mut received) = receiver().await;
+    let (hook, mut deliveries) = webhook_receiver().await;
+    let dir = event_server::testing::TempDir::new();
+    let host = Host::start(&[
+        ("DATABASE_URL", dir.sqlite_url()),
+        ("WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
+        ("OTEL_SERVICE_NAME", "events-trace-test".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
+    ])
+    .await;
+    let http = event_server::testing::client();
+    let res = http
+        .post(host.url("/api/v1/webhooks"))
+        .json(&serde_json::json!({"url": hook, "events": ["JobQueued"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (trace_id, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let res = http
+        .post(host.url("/api/v1/events"))
+        .header("traceparent", format!("00-{trace_id}-{caller}-01"))
+        .header("tracestate", "vendor=abc")
+        .json(&serde_json::json!({"type":"JobQueued","job_id":uuid::Uuid::now_v7(),"job_type":"Embedding"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    // The delivery carries the trace on, from a span of its own.
+    let sent = tokio::time::timeout(WAIT, deliveries.recv())
+        .await
+        .expect("the webhook was delivered")
+        .unwrap()
+        .expect("the delivery carries a traceparent");
+    assert_eq!(&sent[3..35], trace_id, "{sent}");
+    let attempt_span = sent[36..52].to_owned();
+    assert_ne!(attempt_span, caller);
+    // The envelope shows the trace id.
+    let history = host.json("/api/v1/events/history?events=JobQueued").await;
+    assert_eq!(history[0]["trace_id"], trace_id, "{history}");
+    assert_eq!(history[0]["tracestate"], "vendor=abc", "{history}");
+
+    let (status, _) = host.terminate().await;
+    assert!(status.success(), "{status}");
+    let mut spans = Vec::new();
+    while let Ok(request) = received.try_recv() {
+        spans.extend(span_ids(&request));
+    }
+    let in_trace: Vec<_> = spans.iter().filter(|s| s.0 == trace_id).collect();
+    let publish = in_trace
+        .iter()
+        .find(|s| s.3 == "publish")
+        .unwrap_or_else(|| panic!("no publish span in the trace: {in_trace:?}"));
+    assert_eq!(publish.2, caller, "publish is a child of the caller's span");
+    let attempt = in_trace
+        .iter()
+        .find(|s| s.3 == "webhook.attempt")
+        .unwrap_or_else(|| panic!("no webhook.attempt span in the trace: {in_trace:?}"));
+    assert_eq!(attempt.2, publish.1, "the attempt is a child of publish");
+    assert_eq!(
+        attempt.1, attempt_span,
+        "the delivery names the attempt span"
+    );
+}

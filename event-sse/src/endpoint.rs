@@ -222,6 +222,7 @@ impl SseEndpoint {
                 types: query.get("types"),
                 entity_id: query.get("entity_id"),
                 memory,
+                topics: query.get("topics"),
             },
             query.get("filter"),
         )?;
@@ -507,6 +508,10 @@ fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
                 entity_id: None,
                 correlation_id: None,
                 causation_id: None,
+                topic: None,
+                trace_id: None,
+                traceparent: None,
+                tracestate: None,
                 payload_version: 1,
                 payload: status,
             };

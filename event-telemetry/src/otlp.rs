@@ -7,10 +7,15 @@
 //! async workers. Plain `http://` endpoints are what is tested; point it at
 //! a local collector or sidecar and let that handle TLS.
 
-use opentelemetry::trace::TracerProvider as _;
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::{TelemetryConfig, TelemetryError, TraceSampler};
@@ -59,5 +64,38 @@ pub(crate) fn layer(
         .with_tracer(tracer)
         .with_filter(filter)
         .boxed();
+    // Events' W3C contexts become span parents, and spans' contexts the
+    // `traceparent`s sent on (event_core::trace).
+    event_core::trace::install(Box::new(W3cPropagation));
     Ok((layer, provider))
+}
+
+/// `event_core::trace::Propagation` through `tracing-opentelemetry` and the
+/// W3C trace-context propagator.
+struct W3cPropagation;
+
+impl event_core::trace::Propagation for W3cPropagation {
+    fn link(&self, span: &tracing::Span, context: &event_core::TraceContext) {
+        let mut carrier = HashMap::new();
+        carrier.insert("traceparent".to_owned(), context.traceparent().to_owned());
+        if let Some(state) = context.tracestate() {
+            carrier.insert("tracestate".to_owned(), state.to_owned());
+        }
+        let parent = TraceContextPropagator::new().extract(&carrier);
+        // Fails only for a span that is not recorded (filtered out).
+        let _ = span.set_parent(parent);
+    }
+
+    fn context_of(&self, span: &tracing::Span) -> Option<event_core::TraceContext> {
+        let cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            return None;
+        }
+        let mut carrier: HashMap<String, String> = HashMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+        event_core::TraceContext::parse(
+            carrier.get("traceparent")?,
+            carrier.get("tracestate").map(String::as_str),
+        )
+    }
 }

@@ -85,6 +85,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
                 created_at: now,
                 next_attempt_at: Some(now),
+                trace: None,
             }
         })
         .collect();

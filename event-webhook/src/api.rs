@@ -435,6 +435,7 @@ async fn test_delivery(
         body: body.clone(),
         created_at: now,
         next_attempt_at: None,
+        trace: None,
     };
     let token = Uuid::new_v4();
     let lease = time::Duration::try_from(shared.config.lease).unwrap_or(time::Duration::minutes(5));
@@ -449,6 +450,7 @@ async fn test_delivery(
         row.event_id,
         row.event_type,
         String::from_utf8_lossy(&body).into_owned(),
+        None,
     )
     .await;
     let record = AttemptRecord {

@@ -57,6 +57,7 @@ pub(crate) async fn send(
     event_id: uuid::Uuid,
     event_type: &str,
     body: String,
+    trace: Option<&event_core::TraceContext>,
 ) -> Exchange {
     let started_at = OffsetDateTime::now_utc();
     let clock = Instant::now();
@@ -86,8 +87,19 @@ pub(crate) async fn send(
         .header(shared.signature_header.clone(), header(&matric))
         .header("webhook-id", header(&msg_id))
         .header("webhook-timestamp", header(&ts.to_string()))
-        .header("webhook-signature", header(&standard))
-        .body(body);
+        .header("webhook-signature", header(&standard));
+    // W3C trace context: the receiver's work joins the event's trace.
+    let request = match trace {
+        Some(t) => {
+            let request = request.header("traceparent", header(t.traceparent()));
+            match t.tracestate() {
+                Some(state) => request.header("tracestate", header(state)),
+                None => request,
+            }
+        }
+        None => request,
+    };
+    let request = request.body(body);
     match request.send().await {
         Ok(mut response) => {
             let status = response.status().as_u16();

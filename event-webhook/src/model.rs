@@ -244,6 +244,8 @@ pub struct NewDelivery {
     pub created_at: OffsetDateTime,
     /// When it is due (`None`: never picked up by the worker).
     pub next_attempt_at: Option<OffsetDateTime>,
+    /// The event's W3C trace context, stored as [`encode_trace`] writes it.
+    pub trace: Option<String>,
 }
 
 /// Deliveries queued already claimed by the caller: the first `count` of a
@@ -277,6 +279,26 @@ pub struct ClaimedDelivery {
     pub created_at: OffsetDateTime,
     /// The claim this worker holds (needed to record the result).
     pub claim_token: Uuid,
+    /// The event's W3C trace context, as stored ([`decode_trace`]).
+    pub trace: Option<String>,
+}
+
+/// A trace context as a delivery stores it: `traceparent`, then
+/// `tracestate` after a newline when there is one.
+pub fn encode_trace(context: &event_core::TraceContext) -> String {
+    match context.tracestate() {
+        Some(state) => format!("{}\n{state}", context.traceparent()),
+        None => context.traceparent().to_owned(),
+    }
+}
+
+/// The trace context a delivery stored, if it is still valid.
+pub fn decode_trace(stored: &str) -> Option<event_core::TraceContext> {
+    let (parent, state) = match stored.split_once('\n') {
+        Some((parent, state)) => (parent, Some(state)),
+        None => (stored, None),
+    };
+    event_core::TraceContext::parse(parent, state)
 }
 
 /// What to claim.

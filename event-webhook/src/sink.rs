@@ -58,6 +58,7 @@ fn rows_for(shared: &Shared, events: &[Arc<Event>], existed_then: bool) -> Vec<N
             continue;
         }
         let body = body_for(event);
+        let trace = event.meta().trace.as_ref().map(crate::model::encode_trace);
         for w in subscribers {
             rows.push(NewDelivery {
                 id: Uuid::now_v7(),
@@ -67,6 +68,7 @@ fn rows_for(shared: &Shared, events: &[Arc<Event>], existed_then: bool) -> Vec<N
                 body: body.clone(),
                 created_at: now,
                 next_attempt_at: Some(now),
+                trace: trace.clone(),
             });
         }
     }

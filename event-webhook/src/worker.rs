@@ -44,6 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::deliver::{Exchange, decide, send};
@@ -447,6 +448,23 @@ impl Dispatcher {
             return;
         }
         let attempt = row.attempts + 1;
+        // One span per attempt, a child of the event's trace when it has
+        // one; the request carries the span's context on (or the event's
+        // own, without trace export).
+        let span = tracing::info_span!(
+            target: "matric::webhooks",
+            "webhook.attempt",
+            "event.id" = %row.event_id,
+            "event.type" = %row.event_type,
+            "webhook.endpoint_id" = %row.webhook_id,
+            "webhook.attempt" = attempt,
+            "webhook.status" = tracing::field::Empty,
+        );
+        let trace = row.trace.as_deref().and_then(crate::model::decode_trace);
+        if let Some(context) = &trace {
+            event_core::trace::link(&span, context);
+        }
+        let outgoing = event_core::trace::outgoing(&span, trace.as_ref());
         let exchange = send(
             shared,
             &webhook,
@@ -454,8 +472,13 @@ impl Dispatcher {
             row.event_id,
             &row.event_type,
             row.body.clone(),
+            outgoing.as_ref(),
         )
+        .instrument(span.clone())
         .await;
+        if let Some(status) = exchange.status {
+            span.record("webhook.status", status);
+        }
         let outcome = decide(&shared.config, &exchange, attempt, webhook.max_retries);
         if let AttemptOutcome::Retry(at) = outcome {
             self.state().retry_at(at);

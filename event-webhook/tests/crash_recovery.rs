@@ -59,6 +59,7 @@ async fn queue(store: &Arc<dyn WebhookStore>, url: String) -> (Uuid, HashSet<Str
                 body: format!(r#"{{"id":"{event_id}","event":"JobQueued","timestamp":"2026-01-01T00:00:00.000Z","data":{{"type":"JobQueued","n":{i}}}}}"#).into(),
                 created_at: now,
                 next_attempt_at: Some(now),
+                trace: None,
             }
         })
         .collect();

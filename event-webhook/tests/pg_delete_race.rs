@@ -64,6 +64,7 @@ async fn deleting_webhooks_while_recording_their_results_never_deadlocks() {
                     body: r#"{"data":{}}"#.into(),
                     created_at: now,
                     next_attempt_at: Some(now),
+                    trace: None,
                 });
             }
             ids.push(w.id);

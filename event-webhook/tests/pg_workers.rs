@@ -72,6 +72,7 @@ async fn two_workers_share_one_queue_without_double_sending() {
                 body: format!(r#"{{"id":"{event_id}","event":"JobQueued","timestamp":"2026-01-01T00:00:00.000Z","data":{{"type":"JobQueued"}}}}"#).into(),
                 created_at: now,
                 next_attempt_at: Some(now),
+                trace: None,
             }
         })
         .collect();

@@ -57,6 +57,7 @@ fn delivery(webhook_id: Uuid, at: OffsetDateTime) -> NewDelivery {
         body: format!(r#"{{"id":"{event_id}","event":"JobQueued","data":{{}}}}"#).into(),
         created_at: at,
         next_attempt_at: Some(at),
+        trace: None,
     }
 }
 
@@ -240,6 +241,7 @@ async fn enqueue_claiming_claims_the_first_rows(store: Store) {
             attempts: 0,
             created_at: r.created_at,
             claim_token: pre.token,
+            trace: None,
         })
         .collect();
     let batch: Vec<AttemptRecord> = pre_claimed

@@ -60,6 +60,7 @@ fn delivery(
         .into(),
         created_at,
         next_attempt_at: due,
+        trace: None,
     }
 }
 
@@ -580,7 +581,28 @@ async fn log_cursor_only_moves_forward(store: Store) {
     );
 }
 
+async fn trace_context_round_trips_through_the_queue(store: Store) {
+    let w = webhook("https://a.example/hook", vec![]);
+    store.create_webhook(&w).await.unwrap();
+    let t0 = now();
+    let mut traced = delivery(w.id, Some(t0), t0);
+    traced.trace =
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nvendor=abc".to_owned());
+    let plain = delivery(w.id, Some(t0), t0);
+    store
+        .enqueue(&[traced.clone(), plain.clone()])
+        .await
+        .unwrap();
+    let got = store.claim_due(&claim(t0, 10, 10)).await.unwrap();
+    let by_id = |id| got.iter().find(|c| c.id == id).unwrap().trace.clone();
+    assert_eq!(by_id(traced.id), traced.trace);
+    assert_eq!(by_id(plain.id), None);
+    let context = event_webhook::model::decode_trace(traced.trace.as_deref().unwrap()).unwrap();
+    assert_eq!(context.tracestate(), Some("vendor=abc"));
+}
+
 on_both_engines!(
+    trace_context_round_trips_through_the_queue,
     log_cursor_only_moves_forward,
     webhook_crud,
     enqueue_and_list,

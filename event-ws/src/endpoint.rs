@@ -288,6 +288,7 @@ struct ConnectQuery {
     types: Option<String>,
     entity_id: Option<String>,
     memory: Option<String>,
+    topics: Option<String>,
     filter: Option<String>,
 }
 
@@ -300,6 +301,7 @@ impl ConnectQuery {
                 types: self.types.as_deref(),
                 entity_id: self.entity_id.as_deref(),
                 memory: self.memory.as_deref(),
+                topics: self.topics.as_deref(),
             },
             self.filter.as_deref(),
         )

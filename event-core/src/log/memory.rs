@@ -80,6 +80,10 @@ impl EventLog for MemoryLog {
         })
     }
 
+    async fn topics(&self) -> Result<Vec<super::TopicStats>, LogError> {
+        Ok(super::topic_stats(self.events().iter()))
+    }
+
     async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
         let mut events = self.events();
         let before = events.len();

@@ -139,6 +139,11 @@ impl Assembly<'_> {
                 .merge(publish)
                 .merge(connections),
         );
+        #[cfg(feature = "log")]
+        if let Some(log) = &self.parts.log {
+            let topics = self.guarded(crate::durable::topics_router(log), Need::Admin, None, None);
+            self.merge(topics);
+        }
     }
 
     /// Jobs: the bridge turns worker events into job events and keeps the

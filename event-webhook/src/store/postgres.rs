@@ -157,13 +157,13 @@ impl Engine for PostgresStore {
         // progress, after which that webhook's rows drop out.
         sqlx::query(
             "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-             attempts, next_attempt_at, created_at, claimed_until, claim_token) \
+             attempts, next_attempt_at, created_at, claimed_until, claim_token, trace) \
              SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
-             v.next_at, v.created_at, v.claimed_until, v.claim_token \
+             v.next_at, v.created_at, v.claimed_until, v.claim_token, v.trace \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
-               $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::uuid[]) \
+               $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[]) \
                AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, \
-               claimed_until, claim_token) \
+               claimed_until, claim_token, trace) \
              JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
         )
         .bind(col(deliveries, |d| d.id))
@@ -177,6 +177,7 @@ impl Engine for PostgresStore {
         .bind(col(deliveries, |d| d.created_at))
         .bind(col(&claims, |c| c.map(|c| c.lease_until)))
         .bind(col(&claims, |c| c.map(|c| c.token)))
+        .bind(col(deliveries, |d| d.trace.clone()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -213,7 +214,7 @@ impl Engine for PostgresStore {
              FROM locked WHERE deliveries.id = locked.id \
              RETURNING deliveries.id, deliveries.webhook_id, deliveries.event_id, \
                deliveries.event_type, deliveries.body::text AS body, deliveries.attempts, \
-               deliveries.created_at",
+               deliveries.created_at, deliveries.trace",
         )
         .bind(req.now)
         .bind(&req.exclude)

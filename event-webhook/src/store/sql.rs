@@ -129,7 +129,7 @@ pub const STATE_COLUMNS: &str =
 
 /// The columns an engine's [`Engine::claim`] returns (`body` as text).
 pub const CLAIMED_COLUMNS: &str =
-    "id, webhook_id, event_id, event_type, body, attempts, created_at";
+    "id, webhook_id, event_id, event_type, body, attempts, created_at, trace";
 
 fn webhook_of<E: Engine>(row: &E::Row) -> Result<Webhook> {
     Ok(Webhook {
@@ -175,6 +175,7 @@ fn claimed_of<E: Engine>(row: &E::Row, token: Uuid) -> Result<ClaimedDelivery> {
         attempts: E::small(row, "attempts")?,
         created_at: E::time(row, "created_at")?,
         claim_token: token,
+        trace: E::opt_text(row, "trace")?,
     })
 }
 

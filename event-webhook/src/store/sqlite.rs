@@ -254,7 +254,7 @@ impl Engine for SqliteStore {
             // every other webhook's rows with it.
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "WITH v(id, webhook_id, event_id, event_type, body, status, attempts, \
-                 next_attempt_at, created_at, claimed_until, claim_token) AS (",
+                 next_attempt_at, created_at, claimed_until, claim_token, trace) AS (",
             );
             let mut i = n * INSERT_CHUNK;
             qb.push_values(chunk, |mut b, d| {
@@ -270,11 +270,12 @@ impl Engine for SqliteStore {
                     .push_bind(d.next_attempt_at.map(ms))
                     .push_bind(ms(d.created_at))
                     .push_bind(claim.map(|c| ms(c.lease_until)))
-                    .push_bind(claim.map(|c| c.token));
+                    .push_bind(claim.map(|c| c.token))
+                    .push_bind(d.trace.as_deref());
             });
             qb.push(
                 ") INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at, claimed_until, claim_token) \
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token, trace) \
                  SELECT * FROM v WHERE v.webhook_id IN (SELECT id FROM webhooks)",
             );
             qb.build().execute(&mut *tx).await?;

@@ -152,6 +152,7 @@ impl Reservation {
                         attempts: 0,
                         created_at: d.created_at,
                         claim_token: self.claim.token,
+                        trace: d.trace.clone(),
                     },
                     attempt_by: self.attempt_by,
                 });
