@@ -85,7 +85,11 @@ async fn a_connection_is_listed_and_disconnected() {
     })
     .await
     .expect("no close frame after the disconnect");
-    assert_eq!(close, Some(1008), "an operator's disconnect closes with 1008");
+    assert_eq!(
+        close,
+        Some(1008),
+        "an operator's disconnect closes with 1008"
+    );
     until("the status line", || async {
         text(&browser, "#conn-status")
             .await
@@ -125,7 +129,10 @@ async fn a_webhook_is_created_tested_and_redelivered() {
     let id = text(&browser, "#wh-secret-id").await.unwrap();
     let row = format!("#wh-table tr[data-webhook-id=\"{id}\"]");
     let cells = until("the webhook in the list", || text(&browser, &row)).await;
-    assert!(cells.contains(&url) && cells.contains("JobCompleted"), "{cells}");
+    assert!(
+        cells.contains(&url) && cells.contains("JobCompleted"),
+        "{cells}"
+    );
     // The list never shows the secret.
     let listed = text(&browser, "#wh-table").await.unwrap();
     assert!(!listed.contains(&secret));

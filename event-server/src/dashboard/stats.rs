@@ -21,9 +21,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use event_core::{ConnectionRegistry, Transport};
+use serde_json::json;
 #[cfg(feature = "telemetry")]
-use serde_json::Map;
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 
 /// State of the stats route.
 #[derive(Clone, Debug)]

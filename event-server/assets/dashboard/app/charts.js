@@ -25,12 +25,12 @@ class Chart {
       height: 150,
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, rate ? 1 : 1) * 1.1] } },
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
       axes: [
         { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" } },
         { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" }, size: 44 },
       ],
-      series: [{}, ...labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false }))],
+      series: [{}, ...labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: false } }))],
     };
     this.plot = new window.uPlot(opts, this.data, plot);
     new ResizeObserver(() => {
