@@ -47,6 +47,7 @@ async fn a_connection_is_listed_and_disconnected() {
     if !browser_available() {
         return;
     }
+    let _one = page::one_browser_at_a_time().await;
     let mut server = Server::start(&[]).await;
     let driver = Driver::start().await;
     let profile = TempDir::new();
@@ -110,6 +111,7 @@ async fn a_webhook_is_created_tested_and_redelivered() {
     if !browser_available() {
         return;
     }
+    let _one = page::one_browser_at_a_time().await;
     let (url, mut received) = receiver().await;
     let mut server = Server::start(&[]).await;
     let driver = Driver::start().await;
@@ -181,6 +183,7 @@ async fn token_mode_asks_for_the_token_once_and_keeps_it_out_of_urls() {
     if !browser_available() {
         return;
     }
+    let _one = page::one_browser_at_a_time().await;
     let token = "dashboard-admin-token-0123456789";
     let mut server = Server::start(&["--auth-admin-token", token]).await;
     // The page and its assets need no token; the API does.

@@ -14,6 +14,13 @@ pub const WAIT: Duration = Duration::from_secs(30);
 /// How often a condition is re-checked inside a deadline.
 pub const POLL: Duration = Duration::from_millis(50);
 
+/// Held by each browser test of a binary while it runs: one Chromium at a
+/// time (the tests of one binary run in parallel, on a small machine).
+pub async fn one_browser_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// Whether the browser is there; if not, says why (and fails in CI).
 pub fn browser_available() -> bool {
     let missing = event_test_support::browser::missing();
