@@ -193,9 +193,15 @@ impl App {
         #[cfg(feature = "webhook")]
         app.mount_webhooks().await?;
         #[cfg(feature = "telemetry")]
-        app.mount_telemetry(metrics);
+        {
+            app.mount_stats(metrics.clone());
+            app.mount_telemetry(metrics);
+        }
         #[cfg(not(feature = "telemetry"))]
-        app.mount_plain_health();
+        {
+            app.mount_stats();
+            app.mount_plain_health();
+        }
         #[cfg(feature = "contracts")]
         app.mount_contracts();
         app.finish_router();

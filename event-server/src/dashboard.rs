@@ -1,21 +1,61 @@
-//! `GET /`: the live dashboard, one static page embedded in the binary.
+//! `GET /`: the operator's dashboard, a static page embedded in the binary,
+//! and the static assets it loads (`/assets/<hash>/…`).
 //!
-//! No build step and no CDN: the page speaks the same protocol as the HotM UI
-//! (SSE with `Last-Event-ID` resume, WebSocket fallback) against this server.
+//! No build step and no CDN. The page holds no data, so it and its assets
+//! are served without credentials; everything it shows comes from the API
+//! it calls with the operator's token (asked once, kept in
+//! `sessionStorage`, sent as `Authorization: Bearer` or the WebSocket
+//! `bearer.<token>` subprotocol, never in a URL):
+//!
+//! - the live stream: SSE read with `fetch` (`?format=envelope`, resumed with
+//!   `Last-Event-ID`), the WebSocket as the fallback;
+//! - the charts: [`stats`] (`GET /api/v1/stats`), the host's counters as
+//!   JSON, polled once a second;
+//! - connections (`/api/v1/connections`), webhooks (`/api/v1/webhooks…`) and
+//!   the demo routes.
+//!
+//! The page is sent with a strict `Content-Security-Policy`: scripts and
+//! styles only from this origin (no inline code), connections only to this
+//! origin, no frames, no forms posting anywhere.
+
+pub mod assets;
+pub mod stats;
 
 use axum::http::header;
 use axum::response::IntoResponse;
 
-/// The page's HTML.
-pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+/// The page's Content-Security-Policy: nothing inline, nothing from another
+/// origin, not framable.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
 
-/// Serves the dashboard.
+/// The page's HTML as written, with `{{ASSETS}}` where the assets' base path
+/// goes (see [`page_html`]).
+pub const DASHBOARD_TEMPLATE: &str = include_str!("../assets/dashboard/index.html");
+
+/// The page's HTML with the assets' base path filled in (computed once).
+pub fn page_html() -> &'static str {
+    static HTML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HTML.get_or_init(|| DASHBOARD_TEMPLATE.replace("{{ASSETS}}", assets::base()))
+}
+
+/// Serves the dashboard page (`no-cache`: it names the current assets).
 pub async fn page() -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
-        DASHBOARD_HTML,
+        page_html(),
     )
+}
+
+/// `GET /` and the assets, without credentials (they hold no data).
+pub fn router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
+    assets::router().route("/", axum::routing::get(page))
 }

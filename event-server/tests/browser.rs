@@ -1,11 +1,15 @@
-//! The live dashboard in a real browser: headless Chromium driven through
-//! ChromeDriver (WebDriver) with `fantoccini`, against a real server on a
-//! loopback port.
+//! The dashboard's overview and event inspector in a real browser: headless
+//! Chromium driven through ChromeDriver (WebDriver) with `fantoccini`,
+//! against a real server on a loopback port. (Connections, webhooks and
+//! token mode: `tests/dashboard.rs`.)
 //!
 //! The test loads `/`, waits for the page to go live over SSE, submits a job
-//! with the page's own button, follows the job's progress bar to 100 % and
-//! waits for the completion to be listed, then saves a screenshot to
-//! `target/screenshots/dashboard.png`.
+//! with the page's own button, follows the job's progress bar to 100 %,
+//! waits for the completion to be listed and counted in the events chart,
+//! opens the event in the inspector (JSON and envelope), pauses the
+//! inspector, and saves a screenshot of the overview to
+//! `target/screenshots/dashboard.png` (and to `docs/dashboard.png`, which
+//! the README shows, when `EVENT_TEST_UPDATE_SCREENSHOT=1`).
 //!
 //! It needs Debian's `chromium` and `chromium-driver` packages
 //! (`/usr/bin/chromium`, `/usr/bin/chromedriver`; other locations through
@@ -14,75 +18,48 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
-use std::path::PathBuf;
-use std::time::Duration;
+#[path = "common/page.rs"]
+mod page;
+
+use std::path::Path;
 
 use event_server::testing::{Server, TempDir};
-use event_test_support::browser::{self, Driver};
+use event_test_support::browser::Driver;
 use fantoccini::{Client, Locator};
+use page::{POLL, WAIT, attr, browser_available, click, live, tab, text, until};
 
-/// Bound on every wait (the simulated job itself takes about 2 s).
-const WAIT: Duration = Duration::from_secs(30);
-/// How often a condition is re-checked inside a deadline.
-const POLL: Duration = Duration::from_millis(50);
-
-/// Whether the browser is there; if not, says why (and fails in CI).
-fn browser_available() -> bool {
-    let missing = browser::missing();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "browser test skipped: {} not found (install Debian's `chromium` and `chromium-driver`)",
-        missing.join(" and ")
-    );
-    if std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{why}, but EVENT_TEST_REQUIRE_SERVICES=1");
-    }
-    eprintln!("{why}");
-    false
+/// Submits a job with the page's button and returns its id.
+async fn submit_job(browser: &Client) -> String {
+    let before = text(browser, "#action-status").await.unwrap_or_default();
+    click(browser, "#submit-job").await;
+    let status = until("the submission to be confirmed", || async {
+        text(browser, "#action-status")
+            .await
+            .filter(|t| t.ends_with(" submitted") && *t != before)
+    })
+    .await;
+    status
+        .strip_prefix("job ")
+        .and_then(|s| s.strip_suffix(" submitted"))
+        .unwrap_or_else(|| panic!("unexpected status {status:?}"))
+        .to_owned()
 }
 
-/// Polls `check` every [`POLL`] until it yields a value; panics after [`WAIT`].
-async fn until<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(value)) = tokio::time::timeout_at(deadline, check()).await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-async fn attr(browser: &Client, css: &str, name: &str) -> Option<String> {
-    let element = browser.find(Locator::Css(css)).await.ok()?;
-    element.attr(name).await.ok().flatten()
-}
-
-async fn text(browser: &Client, css: &str) -> Option<String> {
-    let element = browser.find(Locator::Css(css)).await.ok()?;
-    element.text().await.ok()
-}
-
-/// `target/screenshots/`, next to the test binary's own target directory.
-fn screenshot_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/browser-<hash>
-    let target = exe.ancestors().nth(3).unwrap();
-    target.join("screenshots")
+/// A chart series' number (`data-total`: its sum over the window for a
+/// rate, else its current value).
+async fn series_total(browser: &Client, chart: &str, series: &str) -> f64 {
+    attr(
+        browser,
+        &format!("#{chart} .now [data-series={series}]"),
+        "data-total",
+    )
+    .await
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0.0)
 }
 
 #[tokio::test]
-async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
+async fn dashboard_charts_a_job_and_inspects_its_events() {
     if !browser_available() {
         return;
     }
@@ -93,35 +70,31 @@ async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
 
     browser.goto(&server.url("/")).await.unwrap();
     assert_eq!(browser.title().await.unwrap(), "matric events — live");
-    // Live over SSE, the primary transport, with the queue snapshot shown.
-    until("the page to go live over SSE", || async {
-        (attr(&browser, "#conn", "data-state").await.as_deref() == Some("sse")).then_some(())
-    })
-    .await;
-    until("the queue snapshot in the event log", || {
-        text(&browser, "#log li[data-type=QueueStatus]")
-    })
-    .await;
-
-    browser
-        .find(Locator::Css("#submit-job"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let status = until("the submission to be confirmed", || async {
-        text(&browser, "#action-status")
+    // Live over SSE (read with fetch), with the queue snapshot received.
+    live(&browser).await;
+    until("the queue snapshot in the event log", || async {
+        browser
+            .find(Locator::Css("#log li[data-type=QueueStatus]"))
             .await
-            .filter(|t| t.ends_with(" submitted"))
+            .ok()
     })
     .await;
-    let job_id = status
-        .strip_prefix("job ")
-        .and_then(|s| s.strip_suffix(" submitted"))
-        .unwrap_or_else(|| panic!("unexpected status {status:?}"))
-        .to_owned();
+    // The charts are drawn (uPlot's canvas) and count this page's stream.
+    until("five charts", || async {
+        let n = browser
+            .find_all(Locator::Css(".chart canvas"))
+            .await
+            .ok()?
+            .len();
+        (n >= 5).then_some(())
+    })
+    .await;
+    until("this page's SSE connection in the chart", || async {
+        (series_total(&browser, "chart-connections", "sse").await >= 1.0).then_some(())
+    })
+    .await;
 
+    let job_id = submit_job(&browser).await;
     // Follow the bar: its value only grows, and reaches 100.
     let bar = format!(".job[data-job-id=\"{job_id}\"] .bar[role=progressbar]");
     let mut seen: Vec<u32> = Vec::new();
@@ -144,27 +117,112 @@ async fn dashboard_shows_a_submitted_job_progressing_to_completion() {
         seen.windows(2).all(|w| w[0] <= w[1]),
         "progress went backwards: {seen:?}"
     );
-    let pct = text(&browser, &format!(".job[data-job-id=\"{job_id}\"] .pct")).await;
-    assert_eq!(pct.as_deref(), Some("100%"));
-
     let done = format!("#done li[data-job-id=\"{job_id}\"]");
     let line = until("the completion in #done", || text(&browser, &done)).await;
     assert_eq!(attr(&browser, &done, "class").await.as_deref(), Some("ok"));
     assert!(line.starts_with("✓ Embedding "), "{line}");
-    assert!(line.contains(&job_id[job_id.len() - 6..]), "{line}");
-    for kind in ["JobQueued", "JobStarted", "JobCompleted"] {
-        let css = format!("#log li[data-type={kind}]");
-        assert!(text(&browser, &css).await.is_some(), "no {kind} in the log");
+    // The job's events are counted in the events/s chart (from the host's
+    // counters) and its deliveries in the deliveries/s chart.
+    until("JobCompleted in the events/s chart", || async {
+        (series_total(&browser, "chart-events", "JobCompleted").await > 0.0).then_some(())
+    })
+    .await;
+    until("SSE deliveries in the deliveries/s chart", || async {
+        (series_total(&browser, "chart-deliveries", "sse").await > 0.0).then_some(())
+    })
+    .await;
+    // More jobs, so the screenshot shows some traffic.
+    for _ in 0..3 {
+        submit_job(&browser).await;
     }
-
-    // Taken while the finished bar is still shown (the page keeps it 4 s).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let png = browser.screenshot().await.unwrap();
-    let dir = screenshot_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("dashboard.png");
-    std::fs::write(&path, &png).unwrap();
-    eprintln!("screenshot: {}", path.display());
+    save_screenshot(&png);
+
+    // The inspector: the completion's JSON and envelope.
+    tab(&browser, "inspector").await;
+    browser
+        .find(Locator::Css("#log-filter"))
+        .await
+        .unwrap()
+        .select_by_value("JobCompleted")
+        .await
+        .unwrap();
+    let entry = format!("#log li[data-type=JobCompleted][data-search*=\"{job_id}\"]");
+    until("the completion in the inspector", || async {
+        browser.find(Locator::Css(&entry)).await.ok()
+    })
+    .await;
+    let others = browser
+        .find_all(Locator::Css("#log li[data-type=JobQueued]"))
+        .await
+        .unwrap();
+    for li in others {
+        assert_eq!(li.attr("hidden").await.unwrap().as_deref(), Some("true"));
+    }
+    click(&browser, &entry).await;
+    let json = until("the event's JSON", || async {
+        text(&browser, "#inspect-json")
+            .await
+            .filter(|t| !t.is_empty())
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(event["type"], "JobCompleted");
+    assert_eq!(event["job_id"], job_id.as_str());
+    let envelope: serde_json::Value =
+        serde_json::from_str(&text(&browser, "#inspect-envelope").await.unwrap()).unwrap();
+    assert_eq!(envelope["event_type"], "job.completed");
+    assert_eq!(envelope["entity_id"], job_id.as_str());
+
+    // Paused, new events are held back (and counted), then shown.
+    click(&browser, "#pause").await;
+    let held = until("the pause", || async {
+        text(&browser, "#paused-count")
+            .await
+            .filter(|t| t.starts_with("paused"))
+    })
+    .await;
+    assert_eq!(held, "paused · 0 new");
+    let late: serde_json::Value = event_server::testing::client()
+        .post(server.url("/api/v1/jobs"))
+        .json(&serde_json::json!({"job_type": "Linking"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let late = late["job_id"].as_str().unwrap().to_owned();
+    let late_entry = format!("#log li[data-search*=\"{late}\"]");
+    until("events held while paused", || async {
+        text(&browser, "#paused-count")
+            .await
+            .filter(|t| t != "paused · 0 new")
+    })
+    .await;
+    assert!(browser.find(Locator::Css(&late_entry)).await.is_err());
+    click(&browser, "#pause").await;
+    until("the held events after resuming", || async {
+        browser.find(Locator::Css(&late_entry)).await.ok()
+    })
+    .await;
 
     browser.close().await.unwrap();
     server.shutdown().await;
+}
+
+/// Saves the overview to `target/screenshots/dashboard.png`, and to
+/// `docs/dashboard.png` with `EVENT_TEST_UPDATE_SCREENSHOT=1`.
+fn save_screenshot(png: &[u8]) {
+    let dir = page::screenshot_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dashboard.png");
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+    if std::env::var("EVENT_TEST_UPDATE_SCREENSHOT").as_deref() == Ok("1") {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png");
+        std::fs::write(&docs, png).unwrap();
+        eprintln!("screenshot: {}", docs.display());
+    }
 }

@@ -155,16 +155,127 @@ async fn unknown_routes_are_json_404() {
 #[tokio::test]
 async fn dashboard_is_served_at_root() {
     let server = Server::start(&[]).await;
-    let res = client().get(server.url("/")).send().await.unwrap();
+    let http = client();
+    let res = http.get(server.url("/")).send().await.unwrap();
     assert_eq!(res.status(), 200);
+    let headers = res.headers().clone();
     assert!(
-        res.headers()["content-type"]
+        headers["content-type"]
             .to_str()
             .unwrap()
             .starts_with("text/html")
     );
+    assert_eq!(headers["cache-control"], "no-cache");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert_eq!(csp, event_server::dashboard::CONTENT_SECURITY_POLICY);
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{csp}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
     let html = res.text().await.unwrap();
-    assert!(html.contains("EventSource") && html.contains("/api/v1/ws"));
+    // No inline script or style: every script has a src.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=").count() + html.matches("<script type=\"module\" src=").count()
+    );
+    assert!(!html.contains("<style") && !html.contains(" style="));
+    assert!(!html.contains("{{ASSETS}}"));
+
+    // Every asset the page names is served from memory, cached for a year.
+    let base = event_server::dashboard::assets::base();
+    assert!(html.contains(&format!("{base}/app/main.js")));
+    for asset in event_server::dashboard::assets::ASSETS {
+        let res = http
+            .get(server.url(&format!("{base}/{}", asset.name)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", asset.name);
+        assert_eq!(res.headers()["content-type"], asset.content_type);
+        assert_eq!(
+            res.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(res.bytes().await.unwrap(), asset.bytes);
+    }
+    let licence = http
+        .get(server.url(&format!("{base}/uplot/LICENSE")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(licence.contains("MIT") && licence.contains("Leon Sorokin"));
+    // Another hash is not served.
+    let res = http
+        .get(server.url("/assets/000000000000/app/main.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+#[tokio::test]
+async fn stats_are_the_host_counters_as_json() {
+    let server = Server::start(&[]).await;
+    let http = client();
+    server
+        .publish(&json!({"type": "JobQueued", "job_id": "0197c0de-5e1a-7a00-8000-000000000001", "job_type": "Embedding"}))
+        .await;
+    let stats: Value = http
+        .get(server.url("/api/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["counters"], true);
+    for transport in ["ws", "sse", "mcp"] {
+        assert!(stats["connections"][transport].is_u64(), "{stats}");
+        assert!(stats["delivered"][transport].is_u64(), "{stats}");
+    }
+    assert!(
+        stats["published"]["JobQueued"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    for outcome in ["success", "retry", "failed"] {
+        assert!(stats["webhooks"][outcome].is_u64(), "{stats}");
+    }
+    let bounds = stats["latency_ms"]["bounds"].as_array().unwrap();
+    assert_eq!(bounds.len(), event_core::metrics::LATENCY_BUCKETS_MS.len());
+    assert!(stats["dropped"].is_u64() && stats["webhook_queue_depth"].is_u64());
+
+    // In token mode it needs a token, any token.
+    let server = Server::start(&[
+        "--auth-admin-token",
+        "stats-admin-token-0123456789",
+        "--auth-client-tokens",
+        "stats-client-token-0123456789",
+    ])
+    .await;
+    let res = http.get(server.url("/api/v1/stats")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = http
+        .get(server.url("/api/v1/stats"))
+        .bearer_auth("stats-client-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The page itself and its assets need none.
+    let res = http.get(server.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
 }
 
 #[tokio::test]

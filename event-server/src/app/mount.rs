@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::Method;
-use axum::routing::{get, post};
+#[cfg(not(feature = "telemetry"))]
+use axum::routing::get;
+use axum::routing::post;
 use event_core::{Authenticator, ConnectionRegistry, EventBus, QueueSnapshot, SinkRunner};
 use tokio_util::sync::CancellationToken;
 
@@ -97,8 +99,8 @@ impl Assembly<'_> {
         ))
     }
 
-    /// In every build: the dashboard page, the publish API and the
-    /// connections API.
+    /// In every build: the dashboard page and its assets, the publish API
+    /// and the connections API.
     pub(super) fn mount_core(&mut self) {
         let publish = Router::new().route(
             "/api/v1/events",
@@ -135,7 +137,7 @@ impl Assembly<'_> {
         );
         self.merge(
             Router::new()
-                .route("/", get(crate::dashboard::page))
+                .merge(crate::dashboard::router())
                 .merge(publish)
                 .merge(connections),
         );
@@ -366,6 +368,21 @@ impl Assembly<'_> {
             .component("database", crate::telemetry::DbCheck(self.db.clone()));
         let health = self.parts.cluster.health(health);
         self.merge(metrics.router().merge(health.router()));
+    }
+
+    /// `GET /api/v1/stats` (any token): the counters the dashboard's charts
+    /// show, read from `metrics` when the build has telemetry.
+    pub(super) fn mount_stats(
+        &mut self,
+        #[cfg(feature = "telemetry")] metrics: event_telemetry::PrometheusMetrics,
+    ) {
+        let routes = crate::dashboard::stats::router(crate::dashboard::stats::StatsState {
+            registry: self.registry.clone(),
+            #[cfg(feature = "telemetry")]
+            metrics,
+        });
+        let routes = self.guarded(routes, Need::Client, None, None);
+        self.merge(routes);
     }
 
     /// A plain `/health` (connections and the database) without telemetry.

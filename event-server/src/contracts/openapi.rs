@@ -263,6 +263,20 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
         },
         Op {
             method: "get",
+            path: "/api/v1/stats",
+            id: "stats",
+            tag: "operations",
+            summary: "The host's counters as JSON (the dashboard's charts): cumulative since start, connections current.",
+            auth: Auth::Client,
+            params: vec![],
+            body: None,
+            responses: vec![
+                (200, "The counters.", json_body(stats_schema())),
+                (401, "No or a bad token.", error_ref()),
+            ],
+        },
+        Op {
+            method: "get",
             path: "/health",
             id: "health",
             tag: "operations",
@@ -898,5 +912,29 @@ fn health_schema() -> Value {
             "uptime_secs": {"type": "integer", "minimum": 0},
         },
         "required": ["status", "connections"],
+    })
+}
+
+/// The body of `GET /api/v1/stats` (event-server/src/dashboard/stats.rs).
+fn stats_schema() -> Value {
+    let counts =
+        json!({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}});
+    json!({
+        "type": "object",
+        "properties": {
+            "connections": counts,
+            "counters": {"type": "boolean", "description": "Whether the counters below are present (a build with telemetry)."},
+            "published": counts,
+            "delivered": counts,
+            "dropped": {"type": "integer", "minimum": 0},
+            "webhooks": counts,
+            "webhook_queue_depth": {"type": "integer", "minimum": 0},
+            "latency_ms": {
+                "type": "object",
+                "description": "`bounds`: the histogram's bucket bounds (ms); per transport the cumulative count of each bucket, then of all samples.",
+                "additionalProperties": {"type": "array", "items": {"type": "number", "minimum": 0}},
+            },
+        },
+        "required": ["connections", "counters"],
     })
 }
