@@ -549,7 +549,24 @@ impl EventSink for FanoutHub {
     }
 
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
+        // Traced events get a span of their own around the fan-out, in
+        // their trace (one check per event for the others).
+        let spans: Vec<tracing::Span> = events
+            .iter()
+            .filter_map(|e| {
+                let context = e.meta().trace.as_ref()?;
+                let span = tracing::info_span!(
+                    target: "matric::fanout",
+                    "fanout",
+                    "event.id" = %e.id(),
+                    "fanout.hub" = %self.inner.name,
+                );
+                crate::trace::link(&span, context);
+                Some(span)
+            })
+            .collect();
         self.fan_out(&events);
+        drop(spans);
         Ok(())
     }
 

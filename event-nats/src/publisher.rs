@@ -106,6 +106,22 @@ async fn publish_batch(shared: &Shared, batch: &mut Vec<Arc<Event>>, cancel: &Ca
         }
         let mut sent: Vec<(Arc<Event>, Option<PublishAckFuture>)> =
             Vec::with_capacity(pending.len());
+        // The hop into the stream is a span of each traced event's trace,
+        // open until JetStream acknowledges it.
+        let spans: Vec<tracing::Span> = pending
+            .iter()
+            .filter_map(|e| {
+                let context = e.meta().trace.as_ref()?;
+                let span = tracing::info_span!(
+                    target: "matric::nats",
+                    "nats.publish",
+                    "event.id" = %e.id(),
+                    "event.type" = e.kind().type_name(),
+                );
+                event_core::trace::link(&span, context);
+                Some(span)
+            })
+            .collect();
         for event in pending.drain(..) {
             let subject = shared.config.subject_for(event.kind().dot_name());
             let message = PublishMessage::build()
@@ -133,6 +149,7 @@ async fn publish_batch(shared: &Shared, batch: &mut Vec<Arc<Event>>, cancel: &Ca
                 None => failed.push(event),
             }
         }
+        drop(spans);
         pending = failed;
         if pending.is_empty() || attempt >= shared.config.publish_retries || cancel.is_cancelled() {
             break;

@@ -139,6 +139,17 @@ fn inject(shared: &Shared, message: &async_nats::jetstream::Message, next: &mut 
 
 fn publish(shared: &Shared, event: event_core::Event) {
     let seq = event.seq();
+    // Taken from the stream: a span of the event's trace on this instance.
+    let _span = event.meta().trace.as_ref().map(|context| {
+        let span = tracing::info_span!(
+            target: "matric::nats",
+            "nats.receive",
+            "event.id" = %event.id(),
+            "event.seq" = seq,
+        );
+        event_core::trace::link(&span, context);
+        span.entered()
+    });
     match shared.bus.publish_event(event) {
         Ok(_) => shared.stats.received(),
         Err(CoreError::OutOfOrder { next, .. }) => {

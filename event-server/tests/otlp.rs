@@ -161,7 +161,7 @@ async fn webhook_receiver() -> (String, mpsc::UnboundedReceiver<Option<String>>)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_runs_from_the_publish_request_to_the_webhook_delivery() {
+async fn one_trace_runs_from_the_publish_request_through_the_fan_out_to_the_webhook_delivery() {
     let (collector, mut received) = receiver().await;
     let (hook, mut deliveries) = webhook_receiver().await;
     let dir = event_server::testing::TempDir::new();
@@ -223,6 +223,11 @@ async fn one_trace_runs_from_the_publish_request_to_the_webhook_delivery() {
         .find(|s| s.3 == "webhook.attempt")
         .unwrap_or_else(|| panic!("no webhook.attempt span in the trace: {in_trace:?}"));
     assert_eq!(attempt.2, publish.1, "the attempt is a child of publish");
+    // The fan-out to the SSE and WebSocket hubs too.
+    assert!(
+        in_trace.iter().any(|s| s.3 == "fanout" && s.2 == publish.1),
+        "no fanout span under publish: {in_trace:?}"
+    );
     assert_eq!(
         attempt.1, attempt_span,
         "the delivery names the attempt span"

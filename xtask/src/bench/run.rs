@@ -271,9 +271,17 @@ pub fn run_json(bin: &Path, args: &[&str], limit_secs: u64) -> Result<Vec<Value>
         text
     });
     let deadline = Instant::now() + Duration::from_secs(limit_secs);
+    // loadgen draws its own progress; the in-process benches get a ticker.
+    let mut ticker = (name != "loadgen").then(|| Ticker::new(&name, limit_secs));
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
+            if let Some(t) = ticker.take() {
+                t.finish();
+            }
             break Some(status);
+        }
+        if let Some(t) = ticker.as_mut() {
+            t.tick();
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -470,4 +478,58 @@ pub fn telemetry_share(report: &str) -> (f64, Vec<(f64, String)>) {
         .collect();
     symbols.sort_by(|a, b| b.0.total_cmp(&a.0));
     (symbols.iter().map(|(p, _)| p).sum(), symbols)
+}
+
+/// How long a measurement has run: on a terminal one line on stderr
+/// redrawn in place twice a second; otherwise a plain line every 30 s.
+struct Ticker {
+    name: String,
+    limit_secs: u64,
+    started: Instant,
+    last: Instant,
+    terminal: bool,
+}
+
+impl Ticker {
+    fn new(name: &str, limit_secs: u64) -> Ticker {
+        use std::io::IsTerminal;
+        Ticker {
+            name: name.to_owned(),
+            limit_secs,
+            started: Instant::now(),
+            last: Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self) {
+        let every = if self.terminal {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(30)
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let elapsed = self.started.elapsed().as_secs();
+        if self.terminal {
+            eprint!(
+                "\r\x1b[2K    {} running {elapsed} s (stops by {} s)",
+                self.name, self.limit_secs
+            );
+        } else {
+            eprintln!("    {} still running after {elapsed} s", self.name);
+        }
+    }
+
+    fn finish(self) {
+        if self.terminal {
+            eprintln!(
+                "\r\x1b[2K    {} done in {:.1} s",
+                self.name,
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
