@@ -25,6 +25,7 @@ mod contracts;
 mod demo;
 mod loom;
 mod mcp_conformance;
+mod node_step;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;

@@ -19,13 +19,12 @@
 //! Every command runs under a time limit and the server is killed however
 //! the step ends.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::conformance::{run_limited_status, target_dir, workspace_root};
+use crate::conformance::{run_limited_status, target_dir};
+use crate::node_step::{Server, Step, build_server};
 
 /// The suite and its pinned version.
 const PACKAGE: &str = "@modelcontextprotocol/conformance";
@@ -43,20 +42,7 @@ pub const SCENARIOS: [&str; 7] = [
     "dns-rebinding-protection",
 ];
 
-const NPM_LIMIT: Duration = Duration::from_secs(600);
-const BUILD_LIMIT: Duration = Duration::from_secs(3600);
-const START_LIMIT: Duration = Duration::from_secs(60);
 const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
-
-/// Kills the server however the step ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs the suite.
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -64,53 +50,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("mcp-conformance: unknown arguments {args:?}"));
     }
     let started = Instant::now();
-    let require = std::env::var("EVENT_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-    let skip = |reason: String| {
-        if require {
-            Err(format!(
-                "mcp-conformance: {reason} (required: EVENT_TEST_REQUIRE_SERVICES=1)"
-            ))
-        } else {
-            println!("mcp-conformance: skipped: {reason}");
-            Ok(())
-        }
-    };
-    for tool in ["node", "npm"] {
-        let found = Command::new(tool)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return skip(format!("`{tool}` is not installed"));
-        }
+    let step = Step("mcp-conformance");
+    if let Some(reason) = step.missing_node() {
+        return step.skip(reason);
     }
     let dir = target_dir()?.join("mcp-conformance");
     let bin = dir.join("node_modules/.bin/conformance");
-    if let Err(e) = install(&dir, &bin) {
-        return skip(e);
+    if let Err(e) = step.npm_install(&dir, &[(PACKAGE, VERSION)], true, || bin.exists()) {
+        return step.skip(e);
     }
-    let root = workspace_root()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let built = run_limited_status(
-        Command::new(&cargo).current_dir(&root).args([
-            "build",
-            "--locked",
-            "-p",
-            "event-server",
-            "--bin",
-            "event-server",
-        ]),
-        BUILD_LIMIT,
-        "cargo build -p event-server",
-    )?;
-    if !built.success() {
-        return Err(format!("building event-server failed ({built})"));
-    }
+    let server_bin = build_server()?;
     let data = dir.join(format!("run-{}", std::process::id()));
     std::fs::create_dir_all(&data).map_err(|e| format!("create {}: {e}", data.display()))?;
-    let result = run_scenarios(&target_dir()?.join("debug/event-server"), &data, &bin);
+    let result = run_scenarios(&server_bin, &data, &bin);
     let _ = std::fs::remove_dir_all(&data);
     result?;
     println!(
@@ -121,65 +73,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn install(dir: &Path, bin: &Path) -> Result<(), String> {
-    let marker = dir.join(format!("node_modules/{PACKAGE}/package.json"));
-    let installed = std::fs::read_to_string(&marker)
-        .is_ok_and(|text| text.contains(&format!("\"version\": \"{VERSION}\"")));
-    if installed && bin.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let status = run_limited_status(
-        Command::new("npm")
-            .arg("install")
-            .arg("--prefix")
-            .arg(dir)
-            .arg("--no-audit")
-            .arg("--no-fund")
-            .arg(format!("{PACKAGE}@{VERSION}")),
-        NPM_LIMIT,
-        "npm install",
-    )?;
-    if !status.success() || !bin.exists() {
-        return Err(format!(
-            "npm could not install {PACKAGE}@{VERSION} ({status})"
-        ));
-    }
-    Ok(())
-}
-
 fn run_scenarios(server_bin: &Path, data: &Path, bin: &Path) -> Result<(), String> {
-    let mut child = Command::new(server_bin)
-        .env_remove("AUTH_ADMIN_TOKEN")
-        .env_remove("AUTH_CLIENT_TOKENS")
-        .env_remove("NATS_URL")
-        .env("EVENT_SERVER_ADDR", "127.0.0.1:0")
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/events.db", data.display()),
-        )
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("could not start event-server: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout from event-server")?;
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let addr = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v["fields"]["addr"].as_str().map(str::to_owned));
-            if let Some(addr) = addr {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(START_LIMIT)
-        .map_err(|_| "event-server did not log its address in time".to_owned())?;
+    let (server, addr) = Server::start(server_bin, data)?;
     let url = format!("http://{addr}/mcp");
     println!("mcp-conformance: {PACKAGE}@{VERSION} against {url}");
     let mut failed = Vec::new();

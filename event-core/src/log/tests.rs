@@ -404,20 +404,27 @@ impl crate::sink::EventSink for Held {
     }
 }
 
-#[tokio::test]
-async fn a_sink_that_falls_behind_catches_up_from_the_log_without_loss() {
-    // A channel and a ring of 4: a burst of 300 overruns both.
+/// A channel and a ring of 4, a sink held while a burst of 300 overruns
+/// both, then released; with `with_log`, the runner catches up from a log.
+async fn burst_past_a_held_sink(
+    with_log: bool,
+) -> (Arc<Held>, crate::sink::SinkRunner, Option<LogWriter>) {
     let bus = EventBus::new(BusConfig {
         capacity: 4,
         replay_size: 4,
         seq_start: SeqStart::At(1),
     });
-    let log = MemoryLog::default();
-    let writer = LogWriter::start(&bus, Arc::new(log.clone()), LogConfig::default())
-        .await
-        .unwrap();
     let mut runner = crate::sink::SinkRunner::new(&bus);
-    runner.set_catch_up(Arc::new(LogReplay::new(&bus, Arc::new(log.clone()))));
+    let writer = if with_log {
+        let log = MemoryLog::default();
+        let writer = LogWriter::start(&bus, Arc::new(log.clone()), LogConfig::default())
+            .await
+            .unwrap();
+        runner.set_catch_up(Arc::new(LogReplay::new(&bus, Arc::new(log))));
+        Some(writer)
+    } else {
+        None
+    };
     let sink = Arc::new(Held {
         gate: Arc::new(Semaphore::new(0)),
         got: std::sync::Mutex::new(Vec::new()),
@@ -428,44 +435,45 @@ async fn a_sink_that_falls_behind_catches_up_from_the_log_without_loss() {
         bus.publish(status(i));
     }
     sink.gate.add_permits(10_000);
+    (sink, runner, writer)
+}
+
+/// Waits (up to 10 s) until `done` holds for `sink`.
+async fn until(sink: &Held, what: &str, done: impl Fn(&Held) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.got.lock().unwrap().len() < 300 {
+    while !done(sink) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{} of 300 delivered",
-            sink.got.lock().unwrap().len()
+            "{what}: {} delivered, {} lags",
+            sink.got.lock().unwrap().len(),
+            sink.lags.load(Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn a_sink_that_falls_behind_catches_up_from_the_log_without_loss() {
+    let (sink, runner, writer) = burst_past_a_held_sink(true).await;
+    until(&sink, "all 300 delivered", |s| {
+        s.got.lock().unwrap().len() >= 300
+    })
+    .await;
     runner.shutdown(Duration::from_secs(5)).await;
     assert_eq!(*sink.got.lock().unwrap(), (1..=300).collect::<Vec<_>>());
     assert_eq!(sink.lags.load(Ordering::SeqCst), 0, "reported a lag");
-    writer.shutdown(Duration::from_secs(5)).await;
+    if let Some(writer) = writer {
+        writer.shutdown(Duration::from_secs(5)).await;
+    }
 }
 
 #[tokio::test]
 async fn without_a_log_the_same_sink_reports_the_lag() {
-    let bus = EventBus::new(BusConfig {
-        capacity: 4,
-        replay_size: 4,
-        seq_start: SeqStart::At(1),
-    });
-    let mut runner = crate::sink::SinkRunner::new(&bus);
-    let sink = Arc::new(Held {
-        gate: Arc::new(Semaphore::new(0)),
-        got: std::sync::Mutex::new(Vec::new()),
-        lags: AtomicUsize::new(0),
-    });
-    runner.register(sink.clone());
-    for i in 0..300 {
-        bus.publish(status(i));
-    }
-    sink.gate.add_permits(10_000);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.lags.load(Ordering::SeqCst) == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no lag reported");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (sink, runner, _) = burst_past_a_held_sink(false).await;
+    until(&sink, "a lag reported", |s| {
+        s.lags.load(Ordering::SeqCst) > 0
+    })
+    .await;
     runner.shutdown(Duration::from_secs(5)).await;
     assert!(sink.got.lock().unwrap().len() < 300);
 }
