@@ -327,13 +327,7 @@ impl EventBus {
         payloads: impl IntoIterator<Item = P>,
         meta: &EventMeta,
     ) -> Result<Vec<Arc<Event>>, LogError> {
-        let durability = self
-            .inner
-            .durability
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let Some(durability) = durability else {
+        let Some(durability) = self.durability() else {
             return self
                 .try_publish_all_with(payloads, meta)
                 .map_err(LogError::Refused);
@@ -357,16 +351,18 @@ impl EventBus {
     /// the wait ended otherwise (timeout, writer stopped). For consumers that
     /// read the log for events the bus delivered while they lagged.
     pub async fn logged(&self, seq: u64, timeout: Duration) -> bool {
-        let durability = self
-            .inner
-            .durability
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        match durability {
+        match self.durability() {
             Some(d) => d.committed(seq, timeout).await.is_ok(),
             None => true,
         }
+    }
+
+    fn durability(&self) -> Option<Durability> {
+        self.inner
+            .durability
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_durability(&self, durability: Option<Durability>) {
