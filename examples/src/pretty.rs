@@ -2,9 +2,11 @@
 //! colour per family (jobs green, notes cyan, queue status blue, the
 //! server's own signals such as `resync_required` red) and its JSON
 //! indented; anywhere else (a pipe, a file) one plain line, unchanged, for
-//! tools to read.
+//! tools to read. A [`Tally`] keeps a count of what was printed on stderr
+//! (a status line on a terminal, a plain line now and then otherwise).
 
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 /// Whether stdout is a terminal (then [`format_event`] pretty-prints).
 pub fn stdout_is_terminal() -> bool {
@@ -52,6 +54,75 @@ pub fn format_event(prefix: &str, name: &str, data: &str, pretty: bool) -> Strin
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_else(|| data.to_owned());
     format!("{head}\x1b[{}m{name}\x1b[0m\n{body}", colour(name))
+}
+
+/// How many events a tail has printed, on stderr: on a terminal one
+/// status line redrawn at most four times a second (cleared before each
+/// event is printed, so the two never mix on one screen); anywhere else a
+/// plain line every ten seconds.
+pub struct Tally {
+    name: &'static str,
+    count: u64,
+    started: Instant,
+    last: Instant,
+    terminal: bool,
+    shown: bool,
+}
+
+impl Tally {
+    /// A tally for the tool `name`.
+    pub fn new(name: &'static str) -> Tally {
+        let now = Instant::now();
+        Tally {
+            name,
+            count: 0,
+            started: now,
+            last: now,
+            terminal: std::io::stderr().is_terminal(),
+            shown: false,
+        }
+    }
+
+    /// Call before printing an event: clears the status line.
+    pub fn before_print(&mut self) {
+        if self.terminal && self.shown {
+            eprint!("\r\x1b[2K");
+            self.shown = false;
+        }
+    }
+
+    /// Call after printing an event: counts it and redraws when due.
+    pub fn printed(&mut self) {
+        self.count += 1;
+        let every = if self.terminal {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(10)
+        };
+        if self.last.elapsed() < every {
+            return;
+        }
+        self.last = Instant::now();
+        let line = status_text(self.name, self.count, self.started.elapsed());
+        if self.terminal {
+            eprint!("{line}");
+            self.shown = true;
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// `[name 12.3s] 1234 events (100/s)`.
+///
+/// ```
+/// let line = examples::pretty::status_text("ws-tail", 250, std::time::Duration::from_secs(5));
+/// assert_eq!(line, "[ws-tail 5.0s] 250 events (50/s)");
+/// ```
+pub fn status_text(name: &str, count: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { count as f64 / secs } else { 0.0 };
+    format!("[{name} {secs:.1}s] {count} events ({rate:.0}/s)")
 }
 
 #[cfg(test)]

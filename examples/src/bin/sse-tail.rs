@@ -170,13 +170,16 @@ async fn tail(
     *connected = true;
     let pretty = examples::pretty::stdout_is_terminal();
     let mut stream = response.bytes_stream().eventsource();
+    let mut tally = examples::pretty::Tally::new("sse-tail");
     while let Some(event) = stream.next().await {
         let event = event.map_err(|e| Failure::Transient(e.to_string()))?;
         let id = if event.id.is_empty() { "-" } else { &event.id };
+        tally.before_print();
         println!(
             "{}",
             examples::pretty::format_event(id, &event.event, &event.data, pretty)
         );
+        tally.printed();
         if event.event == "resync_required" {
             eprintln!("sse-tail: the server no longer has the saved id; some events were missed");
         }

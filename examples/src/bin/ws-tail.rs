@@ -152,9 +152,11 @@ async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, Str
             .map_err(|e| e.to_string())?;
     }
     let pretty = examples::pretty::stdout_is_terminal();
+    let mut tally = examples::pretty::Tally::new("ws-tail");
     while let Some(msg) = socket.next().await {
         match msg.map_err(|e| e.to_string())? {
             Message::Text(text) => {
+                tally.before_print();
                 if pretty {
                     let value: Option<serde_json::Value> = serde_json::from_str(&text).ok();
                     let name = value
@@ -165,6 +167,7 @@ async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, Str
                 } else {
                     println!("{text}");
                 }
+                tally.printed();
                 if kind_of(&text).is_some_and(|k| selected.contains(k)) {
                     *seen += 1;
                     if args.count.is_some_and(|n| *seen >= n) {
