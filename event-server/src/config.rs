@@ -429,6 +429,12 @@ pub struct Config {
     #[arg(long = "webhook-timeout-secs", env = "WEBHOOK_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
     pub webhook_timeout_secs: u64,
 
+    /// Seconds a worker's claim on a delivery holds: after a crash, the
+    /// deliveries it had in flight are taken again after this (PostgreSQL;
+    /// SQLite frees them at start). More than `WEBHOOK_TIMEOUT_SECS`.
+    #[arg(long = "webhook-lease-secs", env = "WEBHOOK_LEASE_SECS", default_value = "300", value_parser = seconds)]
+    pub webhook_lease_secs: u64,
+
     /// Name of the hex HMAC signature header on webhook requests.
     #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
     pub webhook_signature_header: String,
@@ -532,6 +538,12 @@ impl Config {
             crate::guard::check_host_name(host).map_err(|e| format!("PUBLIC_HOSTS: {e}"))?;
         }
         self.event_log_url()?;
+        if self.webhook_lease_secs <= self.webhook_timeout_secs {
+            return Err(format!(
+                "WEBHOOK_LEASE_SECS ({}) must be greater than WEBHOOK_TIMEOUT_SECS ({}): a claim must outlive its attempt",
+                self.webhook_lease_secs, self.webhook_timeout_secs
+            ));
+        }
         if self.nats_url.is_some() && !cfg!(feature = "nats") {
             return Err(
                 "NATS_URL is set but the server was built without the `nats` feature".to_owned(),
@@ -658,6 +670,9 @@ mod tests {
         let err = parse(&["--event-log", "mysql://x"]).unwrap_err();
         assert!(err.contains("EVENT_LOG must be on, off"), "{err}");
         assert!(parse(&["--event-log-max-pending", "0"]).is_err());
+        let err =
+            parse(&["--webhook-timeout-secs", "30", "--webhook-lease-secs", "30"]).unwrap_err();
+        assert!(err.contains("WEBHOOK_LEASE_SECS"), "{err}");
     }
 
     #[test]

@@ -304,6 +304,7 @@ impl Assembly<'_> {
             signature_header: c.webhook_signature_header.clone(),
             retry_schedule: c.webhook_retry_schedule.0.clone(),
             request_timeout: Duration::from_secs(c.webhook_timeout_secs),
+            lease: Duration::from_secs(c.webhook_lease_secs),
             allow_cidrs: c.webhook_allow_cidrs.clone(),
             max_webhooks: c.webhook_max_count,
             secret_keys: match &c.webhook_secret_key {
