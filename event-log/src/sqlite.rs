@@ -51,6 +51,26 @@ fn prepare_file(url: &str) -> Result<(), LogError> {
     }
 }
 
+/// Checkpoints the WAL every [`CHECKPOINT_EVERY`] (`PASSIVE`: it never
+/// waits for the writer or readers) until the log is dropped.
+async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            break;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(%error, "event log checkpoint failed");
+        }
+    }
+    pool.close().await;
+}
+
 /// The SQLite [`EventLog`].
 #[derive(Debug, Clone)]
 pub struct SqliteLog {
@@ -59,7 +79,12 @@ pub struct SqliteLog {
     /// The one writer (appends and prunes).
     writer: SqlitePool,
     write: Arc<tokio::sync::Mutex<()>>,
+    /// Alive while any clone is: the checkpoint task stops with the last.
+    _alive: Arc<()>,
 }
+
+/// How often the WAL is checkpointed in the background.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 impl SqliteLog {
     /// Opens (creating when missing) the log at `url` (`sqlite://path`).
@@ -74,9 +99,16 @@ impl SqliteLog {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10));
+        // The writer never checkpoints inside a commit (SQLite's default
+        // every 1,000 pages put a checkpoint's cost on one append's
+        // latency); a background task does it on a connection of its own.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", if memory { "1000" } else { "0" }),
+            )
             .await
             .map_err(storage("cannot open the SQLite event log"))?;
         let pool = if memory {
@@ -84,7 +116,7 @@ impl SqliteLog {
         } else {
             SqlitePoolOptions::new()
                 .max_connections(4)
-                .connect_with(options.read_only(true))
+                .connect_with(options.clone().read_only(true))
                 .await
                 .map_err(storage("cannot open the SQLite event log for reading"))?
         };
@@ -103,10 +135,20 @@ impl SqliteLog {
         .execute(&writer)
         .await
         .map_err(storage("cannot create the event log table"))?;
+        let alive = Arc::new(());
+        if !memory {
+            let checkpointer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .map_err(storage("cannot open the SQLite event log for checkpoints"))?;
+            tokio::spawn(checkpoint_loop(checkpointer, Arc::downgrade(&alive)));
+        }
         Ok(SqliteLog {
             pool,
             writer,
             write: Arc::new(tokio::sync::Mutex::new(())),
+            _alive: alive,
         })
     }
 
