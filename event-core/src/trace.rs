@@ -119,6 +119,12 @@ pub fn install(propagation: Box<dyn Propagation>) -> bool {
     PROPAGATION.set(propagation).is_ok()
 }
 
+/// Whether a propagation is installed (trace export is on): spans made
+/// only for traces can be skipped otherwise.
+pub fn enabled() -> bool {
+    PROPAGATION.get().is_some()
+}
+
 /// Makes `span` a child of `context`, when a propagation is installed.
 pub fn link(span: &tracing::Span, context: &TraceContext) {
     if let Some(p) = PROPAGATION.get() {

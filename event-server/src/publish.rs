@@ -193,7 +193,13 @@ pub async fn publish(
             let state = headers.get("tracestate").and_then(|v| v.to_str().ok());
             TraceContext::parse(parent, state)
         });
-    let span = tracing::info_span!(target: "matric::publish", "publish", "events" = events.len());
+    // A span only when traces are exported: without export it would cost
+    // every request a span and carry nothing anywhere.
+    let span = if event_core::trace::enabled() {
+        tracing::info_span!(target: "matric::publish", "publish", "events" = events.len())
+    } else {
+        tracing::Span::none()
+    };
     if let Some(context) = &incoming {
         event_core::trace::link(&span, context);
     }
