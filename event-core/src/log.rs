@@ -37,7 +37,7 @@
 //!
 //! | limit | set with | default | at the limit |
 //! |---|---|---|---|
-//! | events queued for the log, not yet committed | [`LogConfig::max_pending`] | 100,000 | durable publishers wait (their requests answer `503 log_unavailable` after [`LogConfig::commit_timeout`]); past twice the bound, events from publishers that do not wait are not logged (counted in [`LogStats::dropped`], logged as an error), and a durable publish whose event was among them fails |
+//! | events queued for the log, not yet committed | [`LogConfig::max_pending`] | 100,000 | durable publishers wait (their requests answer `503 log_unavailable` after [`LogConfig::commit_timeout`]); past twice the bound, events from publishers that do not wait are not logged (counted in [`LogStatsSnapshot::dropped`], logged as an error), and a durable publish whose event was among them fails |
 //! | events per append | [`LogConfig::max_batch`] | 4,096 | the rest go in the next batch |
 //! | wait for a commit | [`LogConfig::commit_timeout`] | 5 s | [`LogError::Timeout`] (the event is published and stays queued for the log) |
 //! | one replay from the log | [`LogReplay::max_replay`] | 100,000 events | [`ReplayMiss::Expired`](crate::ReplayMiss::Expired): the client resyncs |
@@ -59,7 +59,7 @@ pub(crate) mod writer;
 
 pub use memory::MemoryLog;
 pub use replay::{LogReplay, MAX_PAGE_BYTES};
-pub use writer::{LogConfig, LogStats, LogStatsSnapshot, LogWriter};
+pub use writer::{LogConfig, LogStatsSnapshot, LogWriter};
 
 /// Groups `events` by topic (for in-memory logs and tests).
 fn topic_stats<'a>(events: impl Iterator<Item = &'a Arc<Event>>) -> Vec<TopicStats> {

@@ -76,11 +76,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
     })
 }
 
-/// The topic an event is filed under ([`Event::topic`]).
-fn topic(event: &Event) -> &str {
-    event.topic()
-}
-
 fn storage(what: &'static str) -> impl FnOnce(sqlx::Error) -> LogError {
     move |e| LogError::storage(what, e)
 }

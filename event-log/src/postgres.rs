@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{decode, micros, seq_of_row, seq_to_row, storage, topic};
+use crate::{decode, micros, seq_of_row, seq_to_row, storage};
 
 const PRUNE_CHUNK: i64 = 10_000;
 
@@ -110,7 +110,7 @@ impl EventLog for PostgresLog {
             seqs.push(seq_to_row(e.seq()));
             ids.push(e.id());
             times.push(micros(e.occurred_at()));
-            topics.push(topic(e));
+            topics.push(e.topic());
             sizes.push(i32::try_from(body.len()).unwrap_or(i32::MAX));
             bodies.push(body.to_vec());
         }

@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{INSERT_CHUNK, decode, micros, seq_to_row, storage, topic};
+use crate::{INSERT_CHUNK, decode, micros, seq_to_row, storage};
 
 /// Rows removed per `DELETE` when pruning, so that appends never wait long
 /// behind a prune.
@@ -224,7 +224,7 @@ impl EventLog for SqliteLog {
                 row.push_bind(seq_to_row(e.seq()))
                     .push_bind(e.id().as_bytes().to_vec())
                     .push_bind(micros(e.occurred_at()))
-                    .push_bind(topic(e))
+                    .push_bind(e.topic())
                     .push_bind(body.len() as i64)
                     .push_bind(body.to_vec());
             });

@@ -48,9 +48,9 @@ impl Default for LogConfig {
     }
 }
 
-/// Counters of a [`LogWriter`], readable while it runs.
+/// Counters of a [`LogWriter`] (read through [`LogWriter::stats`]).
 #[derive(Debug, Default)]
-pub struct LogStats {
+pub(crate) struct LogStats {
     appended: AtomicU64,
     batches: AtomicU64,
     errors: AtomicU64,
@@ -62,7 +62,7 @@ pub struct LogStats {
     stored_bytes: AtomicU64,
 }
 
-/// A copy of [`LogStats`] at one moment.
+/// A copy of a [`LogWriter`]'s counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogStatsSnapshot {
     /// Events appended.
