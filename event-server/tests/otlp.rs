@@ -71,6 +71,9 @@ async fn spans_reach_the_collector_named_by_otel_variables() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
         ("OTEL_SERVICE_NAME", "events-otlp-test".to_owned()),
         ("OTEL_TRACES_SAMPLER", "always_on".to_owned()),
+        // Export often, so the span arrives while the server runs: waiting
+        // for it does not race the connection task against the shutdown.
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ])
     .await;
     // One WebSocket connection, opened and closed: its span ends.
@@ -80,19 +83,26 @@ async fn spans_reach_the_collector_named_by_otel_variables() {
     tokio::time::timeout(WAIT, ws.next()).await.unwrap();
     ws.close(None).await.unwrap();
     drop(ws);
-    // A graceful stop flushes the batch exporter before the process exits.
-    let (status, _) = host.terminate().await;
-    assert!(status.success(), "{status}");
     let mut found = Vec::new();
-    while let Ok(request) = received.try_recv() {
-        found.extend(spans(&request));
-    }
+    let arrived = tokio::time::timeout(WAIT, async {
+        while let Some(request) = received.recv().await {
+            found.extend(spans(&request));
+            if found
+                .iter()
+                .any(|(service, name)| service == "events-otlp-test" && name == "ws_connection")
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
     assert!(
-        found
-            .iter()
-            .any(|(service, name)| service == "events-otlp-test" && name == "ws_connection"),
+        matches!(arrived, Ok(true)),
         "no ws_connection span of events-otlp-test among {found:?}"
     );
+    let (status, _) = host.terminate().await;
+    assert!(status.success(), "{status}");
 }
 
 #[tokio::test]
@@ -171,6 +181,7 @@ async fn one_trace_runs_from_the_publish_request_through_the_fan_out_to_the_webh
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector),
         ("OTEL_SERVICE_NAME", "events-trace-test".to_owned()),
         ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
     ])
     .await;
     let http = event_server::testing::client();
@@ -206,12 +217,21 @@ async fn one_trace_runs_from_the_publish_request_through_the_fan_out_to_the_webh
     assert_eq!(history[0]["trace_id"], trace_id, "{history}");
     assert_eq!(history[0]["tracestate"], "vendor=abc", "{history}");
 
+    // Each span is exported once it ends; wait for all three while the
+    // server runs, so no span races the shutdown.
+    let mut spans = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        while let Some(request) = received.recv().await {
+            spans.extend(span_ids(&request));
+            let ended = |name: &str| spans.iter().any(|s| s.0 == trace_id && s.3 == name);
+            if ended("publish") && ended("fanout") && ended("webhook.attempt") {
+                break;
+            }
+        }
+    })
+    .await;
     let (status, _) = host.terminate().await;
     assert!(status.success(), "{status}");
-    let mut spans = Vec::new();
-    while let Ok(request) = received.try_recv() {
-        spans.extend(span_ids(&request));
-    }
     let in_trace: Vec<_> = spans.iter().filter(|s| s.0 == trace_id).collect();
     let publish = in_trace
         .iter()
