@@ -357,6 +357,22 @@ impl EventBus {
         }
     }
 
+    /// The sequence number through which the event log holds every event:
+    /// what this process committed, and at least everything before its
+    /// first sequence number (earlier runs' events are stored or were
+    /// never acknowledged). `None` when no log writer runs.
+    pub fn logged_through(&self) -> Option<u64> {
+        self.durability()
+            .map(|d| d.committed_now().max(self.first_seq().saturating_sub(1)))
+    }
+
+    /// A receiver of this process's commits (the sequence number through
+    /// which it has committed) that wakes on every commit; `None` when no
+    /// log writer runs. See [`logged_through`](Self::logged_through).
+    pub fn watch_logged(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.durability().map(|d| d.watch_committed())
+    }
+
     fn durability(&self) -> Option<Durability> {
         self.inner
             .durability

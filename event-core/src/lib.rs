@@ -90,6 +90,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod consumer;
 mod error;
 pub mod event;
 pub mod fanout;
@@ -114,6 +115,10 @@ pub use auth::{
 pub use bus::{
     BusConfig, DEFAULT_MAX_EVENT_BYTES, DEFAULT_REPLAY_MAX_BYTES, EventBus, MIN_MAX_EVENT_BYTES,
     Received, SeqStart, Subscription, Upstream,
+};
+pub use consumer::{
+    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo, ConsumerRecord, Consumers,
+    Delivery, Member, MemoryOffsets, OffsetStore, StartAt,
 };
 pub use error::Error;
 pub use event::{

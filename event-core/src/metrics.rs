@@ -73,6 +73,12 @@ pub const LOG_LAST_SEQ: &str = "matric_log_last_seq";
 pub const LOG_EVENTS: &str = "matric_log_events";
 /// Gauge: bytes of envelope JSON stored in the log.
 pub const LOG_BYTES: &str = "matric_log_bytes";
+/// Gauge `{consumer}`: logged events after a running named consumer's
+/// committed offset.
+pub const CONSUMER_LAG: &str = "matric_consumer_lag";
+/// Counter `{consumer}`: events delivered again (ack wait expired, or the
+/// member they went to left).
+pub const CONSUMER_REDELIVERED: &str = "matric_consumer_redelivered";
 /// Counter `{status}`: webhook delivery attempts (`success`, `retry`, `failed`).
 pub const WEBHOOK_DELIVERIES: &str = "matric_webhook_deliveries";
 /// Gauge: webhook deliveries waiting to be sent.

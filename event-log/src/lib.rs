@@ -35,8 +35,9 @@
 
 use std::sync::Arc;
 
-use event_core::{Event, EventLog, LogError};
+use event_core::{Event, EventLog, LogError, OffsetStore};
 
+mod offsets;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
@@ -52,17 +53,25 @@ pub const TABLE: &str = "matric_event_log";
 /// and PostgreSQL's limits).
 const INSERT_CHUNK: usize = 1000;
 
-/// Opens the log at `url`: `sqlite://path` (created when missing) or, with
-/// the `postgres` feature, `postgres://…`.
-pub async fn open(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
+/// Opens the log at `url` together with the consumer offsets kept in the
+/// same database ([`open`] gives the log alone).
+pub async fn open_with_offsets(
+    url: &str,
+) -> Result<(Arc<dyn EventLog>, Arc<dyn OffsetStore>), LogError> {
     if url.starts_with("sqlite:") {
-        return Ok(Arc::new(SqliteLog::connect(url).await?));
+        let log = Arc::new(SqliteLog::connect(url).await?);
+        return Ok((log.clone(), log));
     }
     #[cfg(feature = "postgres")]
     if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Ok(Arc::new(PostgresLog::connect(url).await?));
+        let log = Arc::new(PostgresLog::connect(url).await?);
+        return Ok((log.clone(), log));
     }
-    Err(LogError::Storage {
+    Err(unsupported(url))
+}
+
+fn unsupported(url: &str) -> LogError {
+    LogError::Storage {
         message: format!(
             "unsupported event log URL scheme in {:?} (sqlite://{})",
             url.split(':').next().unwrap_or_default(),
@@ -73,7 +82,20 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
             }
         ),
         source: None,
-    })
+    }
+}
+
+/// Opens the log at `url`: `sqlite://path` (created when missing) or, with
+/// the `postgres` feature, `postgres://…`.
+pub async fn open(url: &str) -> Result<Arc<dyn EventLog>, LogError> {
+    if url.starts_with("sqlite:") {
+        return Ok(Arc::new(SqliteLog::connect(url).await?));
+    }
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(Arc::new(PostgresLog::connect(url).await?));
+    }
+    Err(unsupported(url))
 }
 
 fn storage(what: &'static str) -> impl FnOnce(sqlx::Error) -> LogError {

@@ -18,7 +18,9 @@ use crate::{decode, micros, seq_of_row, seq_to_row, storage};
 
 const PRUNE_CHUNK: i64 = 10_000;
 
-/// The PostgreSQL [`EventLog`].
+crate::offsets::offset_store!(PostgresLog, pool, pool);
+
+/// The PostgreSQL [`EventLog`] (and [`OffsetStore`](event_core::OffsetStore)).
 #[derive(Debug, Clone)]
 pub struct PostgresLog {
     pool: PgPool,
@@ -82,6 +84,10 @@ impl PostgresLog {
         .execute(&pool)
         .await
         .map_err(storage("cannot create the event log table"))?;
+        sqlx::raw_sql(crate::offsets::CREATE)
+            .execute(&pool)
+            .await
+            .map_err(storage("cannot create the event log table"))?;
         Ok(PostgresLog { pool })
     }
 }

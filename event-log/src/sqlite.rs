@@ -71,7 +71,9 @@ async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
     pool.close().await;
 }
 
-/// The SQLite [`EventLog`].
+crate::offsets::offset_store!(SqliteLog, pool, writer);
+
+/// The SQLite [`EventLog`] (and [`OffsetStore`](event_core::OffsetStore)).
 #[derive(Debug, Clone)]
 pub struct SqliteLog {
     /// Reads.
@@ -135,6 +137,10 @@ impl SqliteLog {
         .execute(&writer)
         .await
         .map_err(storage("cannot create the event log table"))?;
+        sqlx::raw_sql(crate::offsets::CREATE)
+            .execute(&writer)
+            .await
+            .map_err(storage("cannot create the event log table"))?;
         let alive = Arc::new(());
         if !memory {
             let checkpointer = SqlitePoolOptions::new()

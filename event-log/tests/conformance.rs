@@ -238,3 +238,54 @@ async fn an_unknown_url_scheme_is_a_clear_error() {
     };
     assert!(err.contains("unsupported event log URL scheme"), "{err}");
 }
+
+/// The offset stores to test, like [`logs`].
+async fn stores() -> Vec<Arc<dyn event_core::OffsetStore>> {
+    let (_, store) = event_log::open_with_offsets(&sqlite_url().0).await.unwrap();
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
+    let mut stores = vec![store];
+    #[cfg(feature = "postgres")]
+    if let Some(url) = postgres_url() {
+        let schema = format!("log_test_{}", Uuid::new_v4().simple());
+        stores.push(Arc::new(
+            event_log::PostgresLog::connect_in_schema(&url, &schema)
+                .await
+                .unwrap(),
+        ));
+    }
+    stores
+}
+
+#[tokio::test]
+async fn consumer_offsets_are_stored_replaced_listed_and_deleted() {
+    use event_core::{AckMode, ConsumerRecord};
+    for store in stores().await {
+        assert_eq!(store.load("a").await.unwrap(), None);
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut a = ConsumerRecord {
+            name: "a".into(),
+            shared: false,
+            mode: AckMode::Auto,
+            ack_wait: Duration::from_secs(30),
+            committed: 1_733_000_000_000_123,
+            updated_at: now,
+        };
+        store.save(&a).await.unwrap();
+        assert_eq!(store.load("a").await.unwrap().as_ref(), Some(&a));
+        // Saving again replaces the row.
+        a.committed += 10;
+        a.mode = AckMode::Explicit;
+        a.shared = true;
+        store.save(&a).await.unwrap();
+        let b = ConsumerRecord {
+            name: "b.group-1".into(),
+            committed: 0,
+            ..a.clone()
+        };
+        store.save(&b).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![a.clone(), b.clone()]);
+        assert!(store.delete("a").await.unwrap());
+        assert!(!store.delete("a").await.unwrap());
+        assert_eq!(store.list().await.unwrap(), vec![b]);
+    }
+}

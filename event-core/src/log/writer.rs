@@ -411,6 +411,14 @@ impl Durability {
         }
     }
 
+    pub(crate) fn committed_now(&self) -> u64 {
+        *self.0.committed.borrow()
+    }
+
+    pub(crate) fn watch_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.committed.subscribe()
+    }
+
     pub(crate) fn was_dropped(&self, seq: u64) -> bool {
         self.0.was_dropped(seq)
     }

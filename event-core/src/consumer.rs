@@ -1,0 +1,612 @@
+//! Named durable consumers and consumer groups over the event log.
+//!
+//! # Model
+//!
+//! A plain subscription sees what is published while it is connected (and,
+//! with a cursor, what it missed). A *named consumer* is a position in the
+//! [event log](crate::log) that the server keeps for the client: it
+//! survives disconnects and restarts, and a client that reconnects without
+//! a cursor resumes right after the last event it was done with.
+//!
+//! Each consumer has one *dispatcher* task. It reads the log after the
+//! consumer's position, skips events its filter does not match, and hands
+//! each remaining event to one *member* (an attached connection). Every
+//! handed-out event is *pending* until it is acknowledged:
+//!
+//! * [`AckMode::Auto`]: the transport taking the event from its member's
+//!   queue to write it is the ack (at most once: an event in the socket when
+//!   the connection dies is not sent again).
+//! * [`AckMode::Explicit`]: the client acks each event (by sequence number
+//!   or id). An event not acked within `ack_wait` is delivered again, and a
+//!   member that leaves gives its pending events back at once (at least
+//!   once).
+//!
+//! The *committed offset* is the last sequence number below every pending
+//! event: everything at or below it is done. The dispatcher stores it
+//! ([`OffsetStore`]) at most every [`ConsumerConfig::save_interval`] and when
+//! the consumer goes idle or the host stops, so after a crash a consumer
+//! resumes from a position at most that old: events after it may be
+//! delivered again, none is skipped.
+//!
+//! A *group* (`shared`) has several members. Each event goes to exactly one
+//! live member, chosen by a hash of its entity id (the job or note), so one
+//! entity's events reach one member in order while the membership is
+//! stable. When a member joins or leaves, the assignment changes for the
+//! events dispatched from then on; a leaving member's pending events go to
+//! the others. A consumer that is not a group has at most one member: a new
+//! connection under its name takes over (the old one is closed), which is
+//! what a client reconnecting before the server noticed its old connection
+//! die needs.
+//!
+//! The dispatcher reads ahead at most [`ConsumerConfig::max_ack_pending`]
+//! events (and [`ConsumerConfig::max_pending_bytes`]): past that it waits
+//! for acks, so a slow group is a growing lag (`matric_consumer_lag`), never
+//! growing memory. The log holds the rest.
+//!
+//! # Limits
+//!
+//! | limit | set with | default | at the limit |
+//! |---|---|---|---|
+//! | consumers (stored, of both kinds) | [`ConsumerConfig::max_consumers`] | 1,000 | [`ConsumerError::TooMany`] |
+//! | members of one group | [`ConsumerConfig::max_members`] | 64 | [`ConsumerError::TooManyMembers`] |
+//! | pending events of one consumer | [`ConsumerConfig::max_ack_pending`] | 1,000 | dispatching pauses until acks arrive |
+//! | pending bytes of one consumer | [`ConsumerConfig::max_pending_bytes`] | 8 MiB | dispatching pauses until acks arrive |
+//! | `ack_wait` | [`ConsumerConfig::max_ack_wait`] | 1 s – 1 h | [`ConsumerError::Invalid`] |
+//! | name | [`MAX_NAME_BYTES`] | 64 bytes of `A-Z a-z 0-9 . _ -` | [`ConsumerError::Invalid`] |
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth::Principal;
+use crate::bus::EventBus;
+use crate::filter::EventFilter;
+use crate::log::{EventLog, LogError};
+use crate::ring::Cursor;
+
+mod dispatch;
+mod member;
+mod store;
+#[cfg(test)]
+mod tests;
+
+pub use member::{Delivery, Member};
+pub use store::{ConsumerRecord, MemoryOffsets, OffsetStore};
+
+use dispatch::Dispatcher;
+use member::MemberQueue;
+
+/// Longest consumer or group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// How a consumer's deliveries are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Taking an event to write it acknowledges it (at most once).
+    #[default]
+    Auto,
+    /// The client acknowledges each event; unacknowledged ones are delivered
+    /// again after `ack_wait` (at least once).
+    Explicit,
+}
+
+impl AckMode {
+    /// `auto` or `explicit`.
+    pub fn parse(text: &str) -> Option<AckMode> {
+        match text.trim() {
+            "auto" => Some(AckMode::Auto),
+            "explicit" => Some(AckMode::Explicit),
+            _ => None,
+        }
+    }
+
+    /// The name [`parse`](Self::parse) reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Auto => "auto",
+            AckMode::Explicit => "explicit",
+        }
+    }
+}
+
+/// The bounds and timings of a host's consumers.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Most consumers (and groups) stored at once.
+    pub max_consumers: usize,
+    /// Most members of one group.
+    pub max_members: usize,
+    /// Most events of one consumer delivered and not yet acknowledged.
+    pub max_ack_pending: usize,
+    /// Most bytes (envelope JSON) of those events.
+    pub max_pending_bytes: usize,
+    /// `ack_wait` when the client names none.
+    pub default_ack_wait: Duration,
+    /// Largest `ack_wait` a client may ask for (the smallest is 1 s).
+    pub max_ack_wait: Duration,
+    /// How often a consumer whose offset moved stores it.
+    pub save_interval: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            max_consumers: 1_000,
+            max_members: 64,
+            max_ack_pending: 1_000,
+            max_pending_bytes: 8 << 20,
+            default_ack_wait: Duration::from_secs(30),
+            max_ack_wait: Duration::from_secs(3600),
+            save_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The smallest `ack_wait`.
+pub const MIN_ACK_WAIT: Duration = Duration::from_secs(1);
+
+/// Where a consumer that does not exist yet starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// After the newest logged event: only what is published from now on.
+    #[default]
+    Latest,
+    /// At the oldest event the log still holds.
+    Earliest,
+}
+
+/// What a connection asks for when it attaches ([`Consumers::attach`]).
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    /// The consumer's or group's name.
+    pub name: String,
+    /// A group member (`true`) or the consumer's single connection.
+    pub shared: bool,
+    /// The acknowledgement mode.
+    pub mode: AckMode,
+    /// `ack_wait` (explicit mode); `None`: the configured default.
+    pub ack_wait: Option<Duration>,
+    /// Which events the consumer takes. Every member of a group must ask for
+    /// the same filter.
+    pub filter: EventFilter,
+    /// Who is attaching: events it may not see are skipped for it.
+    pub principal: Principal,
+    /// A single consumer's client position (the SSE `Last-Event-ID`): the
+    /// consumer continues after it instead of after its committed offset.
+    /// Ignored for groups.
+    pub cursor: Option<Cursor>,
+    /// Where a new consumer starts (without a cursor).
+    pub start: StartAt,
+}
+
+impl AttachRequest {
+    /// A request for `name` with the defaults: a single consumer, auto
+    /// acks, every event, starting at the newest.
+    pub fn new(name: impl Into<String>, principal: Principal) -> Self {
+        AttachRequest {
+            name: name.into(),
+            shared: false,
+            mode: AckMode::Auto,
+            ack_wait: None,
+            filter: EventFilter::all(),
+            principal,
+            cursor: None,
+            start: StartAt::Latest,
+        }
+    }
+}
+
+/// A consumer as `GET /api/v1/consumers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// `consumer` or `group`.
+    pub kind: &'static str,
+    /// Its ack mode.
+    pub ack: AckMode,
+    /// Its `ack_wait`, in milliseconds.
+    pub ack_wait_ms: u64,
+    /// Its committed offset.
+    pub committed_seq: u64,
+    /// Logged events after the committed offset.
+    pub lag: u64,
+    /// Events delivered and not yet acknowledged.
+    pub pending: usize,
+    /// Attached connections.
+    pub members: usize,
+    /// When a member was last attached, or the offset last stored (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+}
+
+/// What went wrong with a consumer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// A parameter is unusable (name, `ack_wait`).
+    #[error("{0}")]
+    Invalid(String),
+    /// The consumer exists with other settings and has members attached.
+    #[error("consumer {name:?} is in use with {reason}")]
+    Mismatch {
+        /// The consumer.
+        name: String,
+        /// What differs.
+        reason: String,
+    },
+    /// [`ConsumerConfig::max_consumers`] are stored.
+    #[error("at most {0} consumers may exist; delete one first")]
+    TooMany(usize),
+    /// The group has [`ConsumerConfig::max_members`] members.
+    #[error("group {name:?} has its maximum of {max} members")]
+    TooManyMembers {
+        /// The group.
+        name: String,
+        /// The limit.
+        max: usize,
+    },
+    /// No consumer has this name.
+    #[error("no consumer named {0:?}")]
+    NotFound(String),
+    /// The offset store failed.
+    #[error(transparent)]
+    Store(#[from] LogError),
+    /// The host is stopping.
+    #[error("the server is shutting down")]
+    Closed,
+}
+
+/// Messages to a consumer's dispatcher.
+pub(crate) enum Control {
+    Join {
+        request: Box<AttachRequest>,
+        queue: Arc<MemberQueue>,
+        id: u64,
+        reply: oneshot::Sender<Result<(), ConsumerError>>,
+    },
+    Leave(u64),
+    Ack {
+        acks: Vec<Cursor>,
+        reply: Option<oneshot::Sender<usize>>,
+    },
+    Info(oneshot::Sender<ConsumerInfo>),
+    Delete(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A running consumer: its dispatcher's mailbox.
+struct Running {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+struct Inner {
+    bus: EventBus,
+    log: Arc<dyn EventLog>,
+    store: Arc<dyn OffsetStore>,
+    config: ConsumerConfig,
+    running: Mutex<HashMap<String, Running>>,
+    /// Serialises loading and creating consumers.
+    creating: tokio::sync::Mutex<()>,
+    next_member: AtomicU64,
+    lags: Arc<LagTable>,
+    _lag_gauge: opentelemetry::metrics::ObservableGauge<u64>,
+}
+
+/// Each running consumer's committed offset, for `matric_consumer_lag`.
+pub(crate) struct LagTable {
+    bus: EventBus,
+    offsets: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl LagTable {
+    fn offsets(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AtomicU64>>> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gauge(table: &Arc<LagTable>) -> opentelemetry::metrics::ObservableGauge<u64> {
+        let weak = Arc::downgrade(table);
+        crate::metrics::meter()
+            .u64_observable_gauge(crate::metrics::CONSUMER_LAG)
+            .with_description("Logged events after each running named consumer's committed offset")
+            .with_callback(move |observer| {
+                let Some(table) = weak.upgrade() else { return };
+                let through = table.bus.logged_through().unwrap_or(0);
+                for (name, committed) in table.offsets().iter() {
+                    observer.observe(
+                        through.saturating_sub(committed.load(Ordering::Relaxed)),
+                        &[opentelemetry::KeyValue::new("consumer", name.clone())],
+                    );
+                }
+            })
+            .build()
+    }
+}
+
+/// The host's named consumers and groups. Cheap to clone.
+///
+/// Needs a bus whose events go to `log` (a [`LogWriter`](crate::LogWriter)
+/// attached): consumers read the log, never the live fan-out.
+#[derive(Clone)]
+pub struct Consumers {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumers")
+            .field("running", &self.running().len())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// Checks a consumer or group name.
+pub fn validate_name(name: &str) -> Result<(), ConsumerError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConsumerError::Invalid(format!(
+            "a consumer name is 1 to {MAX_NAME_BYTES} characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+impl Consumers {
+    /// Consumers of `bus`'s events as `log` stores them, with offsets in
+    /// `store`. Build it after attaching the log writer to the bus, inside
+    /// a Tokio runtime (each consumer runs a task).
+    pub fn new(
+        bus: EventBus,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn OffsetStore>,
+        config: ConsumerConfig,
+    ) -> Self {
+        let lags = Arc::new(LagTable {
+            bus: bus.clone(),
+            offsets: Mutex::new(HashMap::new()),
+        });
+        let lag_gauge = LagTable::gauge(&lags);
+        Consumers {
+            inner: Arc::new(Inner {
+                bus,
+                log,
+                store,
+                config,
+                running: Mutex::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
+                next_member: AtomicU64::new(1),
+                lags,
+                _lag_gauge: lag_gauge,
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.inner.config
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mailbox(&self, name: &str) -> Option<mpsc::UnboundedSender<Control>> {
+        self.running()
+            .get(name)
+            .map(|r| r.control.clone())
+            .filter(|c| !c.is_closed())
+    }
+
+    /// Attaches a connection to the consumer `request.name`, creating it if
+    /// it does not exist.
+    pub async fn attach(&self, request: AttachRequest) -> Result<Member, ConsumerError> {
+        validate_name(&request.name)?;
+        let config = &self.inner.config;
+        if let Some(wait) = request.ack_wait
+            && !(MIN_ACK_WAIT..=config.max_ack_wait).contains(&wait)
+        {
+            return Err(ConsumerError::Invalid(format!(
+                "ack_wait is whole seconds from {} to {}",
+                MIN_ACK_WAIT.as_secs(),
+                config.max_ack_wait.as_secs()
+            )));
+        }
+        let control = self.start(&request).await?;
+        let queue = Arc::new(MemberQueue::default());
+        let id = self.inner.next_member.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let member = Member {
+            id,
+            name: Arc::from(request.name.as_str()),
+            mode: request.mode,
+            shared: request.shared,
+            queue: queue.clone(),
+            control: control.clone(),
+        };
+        control
+            .send(Control::Join {
+                request: Box::new(request),
+                queue,
+                id,
+                reply,
+            })
+            .map_err(|_| ConsumerError::Closed)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(member),
+            Ok(Err(e)) => {
+                // Refused: this member never joined, so its drop must not
+                // count as a leave (the dispatcher ignores unknown ids).
+                Err(e)
+            }
+            Err(_) => Err(ConsumerError::Closed),
+        }
+    }
+
+    /// The running dispatcher for `request.name`, started from its stored
+    /// record or created.
+    async fn start(
+        &self,
+        request: &AttachRequest,
+    ) -> Result<mpsc::UnboundedSender<Control>, ConsumerError> {
+        if let Some(control) = self.mailbox(&request.name) {
+            return Ok(control);
+        }
+        let _creating = self.inner.creating.lock().await;
+        if let Some(control) = self.mailbox(&request.name) {
+            return Ok(control);
+        }
+        let inner = &self.inner;
+        let record = match inner.store.load(&request.name).await? {
+            Some(record) => record,
+            None => {
+                let stored = inner.store.list().await?.len();
+                if stored >= inner.config.max_consumers {
+                    return Err(ConsumerError::TooMany(inner.config.max_consumers));
+                }
+                let committed = match request.start {
+                    StartAt::Latest => inner.bus.last_seq(),
+                    StartAt::Earliest => 0,
+                };
+                let record = ConsumerRecord {
+                    name: request.name.clone(),
+                    shared: request.shared,
+                    mode: request.mode,
+                    ack_wait: request.ack_wait.unwrap_or(inner.config.default_ack_wait),
+                    committed,
+                    updated_at: OffsetDateTime::now_utc(),
+                };
+                inner.store.save(&record).await?;
+                tracing::info!(consumer = %record.name, group = record.shared, "consumer created");
+                record
+            }
+        };
+        let (control, mailbox) = mpsc::unbounded_channel();
+        let committed = Arc::new(AtomicU64::new(record.committed));
+        inner
+            .lags
+            .offsets()
+            .insert(request.name.clone(), committed.clone());
+        let dispatcher = Dispatcher::new(
+            record,
+            inner.bus.clone(),
+            inner.log.clone(),
+            inner.store.clone(),
+            inner.config.clone(),
+            mailbox,
+            committed,
+        );
+        tokio::spawn(dispatcher.run());
+        self.running().insert(
+            request.name.clone(),
+            Running {
+                control: control.clone(),
+            },
+        );
+        Ok(control)
+    }
+
+    /// Acknowledges events of consumer `name` (for transports where the
+    /// client acks out of band, like SSE); returns how many were pending.
+    pub async fn ack(&self, name: &str, acks: Vec<Cursor>) -> Result<usize, ConsumerError> {
+        validate_name(name)?;
+        let Some(control) = self.mailbox(name) else {
+            // Not running: nothing is pending. Known or not?
+            return match self.inner.store.load(name).await? {
+                Some(_) => Ok(0),
+                None => Err(ConsumerError::NotFound(name.to_owned())),
+            };
+        };
+        let (reply, answer) = oneshot::channel();
+        control
+            .send(Control::Ack {
+                acks,
+                reply: Some(reply),
+            })
+            .map_err(|_| ConsumerError::Closed)?;
+        answer.await.map_err(|_| ConsumerError::Closed)
+    }
+
+    /// Every consumer, running or only stored, by name.
+    pub async fn list(&self) -> Result<Vec<ConsumerInfo>, ConsumerError> {
+        let mailboxes: Vec<_> = self.running().values().map(|r| r.control.clone()).collect();
+        let mut out = HashMap::new();
+        for control in mailboxes {
+            let (reply, answer) = oneshot::channel();
+            if control.send(Control::Info(reply)).is_ok()
+                && let Ok(info) = answer.await
+            {
+                out.insert(info.name.clone(), info);
+            }
+        }
+        let through = self.inner.bus.logged_through().unwrap_or(0);
+        for record in self.inner.store.list().await? {
+            out.entry(record.name.clone())
+                .or_insert_with(|| info_of(&record, through, 0, 0));
+        }
+        let mut list: Vec<_> = out.into_values().collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// Deletes consumer `name`: its members are closed and its offset
+    /// forgotten.
+    pub async fn delete(&self, name: &str) -> Result<(), ConsumerError> {
+        validate_name(name)?;
+        let _creating = self.inner.creating.lock().await;
+        let running = self.running().remove(name);
+        self.inner.lags.offsets().remove(name);
+        if let Some(running) = running {
+            let (reply, answer) = oneshot::channel();
+            if running.control.send(Control::Delete(reply)).is_ok() {
+                let _ = answer.await;
+            }
+        }
+        if self.inner.store.delete(name).await? {
+            tracing::info!(consumer = %name, "consumer deleted");
+            Ok(())
+        } else {
+            Err(ConsumerError::NotFound(name.to_owned()))
+        }
+    }
+
+    /// Stores every running consumer's offset and closes its members (the
+    /// host's shutdown).
+    pub async fn shutdown(&self) {
+        let running: Vec<_> = self.running().drain().map(|(_, r)| r.control).collect();
+        for control in running {
+            let (reply, answer) = oneshot::channel();
+            if control.send(Control::Shutdown(reply)).is_ok() {
+                let _ = answer.await;
+            }
+        }
+    }
+}
+
+pub(crate) fn info_of(
+    record: &ConsumerRecord,
+    through: u64,
+    pending: usize,
+    members: usize,
+) -> ConsumerInfo {
+    ConsumerInfo {
+        name: record.name.clone(),
+        kind: if record.shared { "group" } else { "consumer" },
+        ack: record.mode,
+        ack_wait_ms: u64::try_from(record.ack_wait.as_millis()).unwrap_or(u64::MAX),
+        committed_seq: record.committed,
+        lag: through.saturating_sub(record.committed),
+        pending,
+        members,
+        last_seen: record.updated_at,
+    }
+}
