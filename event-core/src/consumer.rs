@@ -261,6 +261,35 @@ pub enum ConsumerError {
     Closed,
 }
 
+impl ConsumerError {
+    /// The machine-readable code of an HTTP error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConsumerError::Invalid(_) => "invalid_parameter",
+            ConsumerError::Mismatch { .. } => "consumer_conflict",
+            ConsumerError::TooMany(_) => "consumer_limit",
+            ConsumerError::TooManyMembers { .. } => "group_full",
+            ConsumerError::NotFound(_) => "consumer_not_found",
+            ConsumerError::Store(_) => "log_unavailable",
+            ConsumerError::Closed => "shutting_down",
+        }
+    }
+
+    /// The HTTP status that answers it.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            ConsumerError::Invalid(_) => http::StatusCode::BAD_REQUEST,
+            ConsumerError::Mismatch { .. }
+            | ConsumerError::TooMany(_)
+            | ConsumerError::TooManyMembers { .. } => http::StatusCode::CONFLICT,
+            ConsumerError::NotFound(_) => http::StatusCode::NOT_FOUND,
+            ConsumerError::Store(_) | ConsumerError::Closed => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
 /// Messages to a consumer's dispatcher.
 pub(crate) enum Control {
     Join {

@@ -222,6 +222,27 @@ pub struct Config {
     #[arg(long = "event-log-max-replay", env = "EVENT_LOG_MAX_REPLAY", default_value = "100000", value_parser = non_zero)]
     pub event_log_max_replay: usize,
 
+    /// Most named consumers and groups that may exist (stored in the event
+    /// log's database); creating one more answers `409 consumer_limit`.
+    #[arg(long = "consumer-max", env = "CONSUMER_MAX", default_value = "1000", value_parser = non_zero)]
+    pub consumer_max: usize,
+
+    /// Most members of one consumer group; one more answers `409
+    /// group_full`.
+    #[arg(long = "consumer-max-members", env = "CONSUMER_MAX_MEMBERS", default_value = "64", value_parser = non_zero)]
+    pub consumer_max_members: usize,
+
+    /// Most events a named consumer has delivered and not had acknowledged;
+    /// at the limit it waits for acks (its lag grows, nothing is lost).
+    #[arg(long = "consumer-max-ack-pending", env = "CONSUMER_MAX_ACK_PENDING", default_value = "1000", value_parser = non_zero)]
+    pub consumer_max_ack_pending: usize,
+
+    /// How long an `ack=explicit` delivery waits for its ack before it is
+    /// delivered again, when the client does not say (`ack_wait`), in
+    /// seconds.
+    #[arg(long = "consumer-ack-wait-secs", env = "CONSUMER_ACK_WAIT_SECS", default_value = "30", value_parser = non_zero)]
+    pub consumer_ack_wait_secs: usize,
+
     /// Most bytes the replay ring may hold (each event weighed with every
     /// rendering it may cache); the oldest events go first beyond it.
     #[arg(long = "event-replay-max-bytes", env = "EVENT_REPLAY_MAX_BYTES", default_value = "67108864", value_parser = non_zero)]

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use event_core::{
-    EventBus, EventLog, LogConfig, LogReplay, LogWriter, ReplaySource, Retention, SeqStart,
+    ConsumerConfig, Consumers, EventBus, EventLog, LogConfig, LogReplay, LogWriter, OffsetStore,
+    ReplaySource, Retention, SeqStart,
 };
 
 use crate::config::Config;
@@ -20,6 +21,7 @@ use crate::error::ServerError;
 /// An opened log, before the bus exists.
 pub struct OpenedLog {
     log: Arc<dyn EventLog>,
+    offsets: Arc<dyn OffsetStore>,
     /// Where the bus's sequence continues.
     pub seq_start: SeqStart,
 }
@@ -28,6 +30,7 @@ pub struct OpenedLog {
 pub struct HostLog {
     writer: LogWriter,
     replay: Arc<LogReplay>,
+    consumers: Consumers,
 }
 
 /// Opens the log `config` names, or `None` (`EVENT_LOG=off`).
@@ -35,7 +38,7 @@ pub async fn open(config: &Config) -> Result<Option<OpenedLog>, ServerError> {
     let Some(url) = config.event_log_url().map_err(ServerError::Startup)? else {
         return Ok(None);
     };
-    let log = event_log::open(&url)
+    let (log, offsets) = event_log::open_with_offsets(&url)
         .await
         .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
     let bounds = log
@@ -58,6 +61,7 @@ pub async fn open(config: &Config) -> Result<Option<OpenedLog>, ServerError> {
     );
     Ok(Some(OpenedLog {
         log,
+        offsets,
         seq_start: SeqStart::At(clock.max(bounds.last_seq + 1)),
     }))
 }
@@ -79,12 +83,25 @@ impl OpenedLog {
             .max_replay(config.event_log_max_replay)
             .max_replay_bytes(config.event_log_max_replay_bytes)
             .replay_memory(config.event_log_replay_memory_bytes);
-        let writer = LogWriter::start(bus, self.log, log_config)
+        let writer = LogWriter::start(bus, self.log.clone(), log_config)
             .await
             .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
+        let consumers = Consumers::new(
+            bus.clone(),
+            self.log,
+            self.offsets,
+            ConsumerConfig {
+                max_consumers: config.consumer_max,
+                max_members: config.consumer_max_members,
+                max_ack_pending: config.consumer_max_ack_pending,
+                default_ack_wait: Duration::from_secs(config.consumer_ack_wait_secs as u64),
+                ..ConsumerConfig::default()
+            },
+        );
         Ok(HostLog {
             writer,
             replay: Arc::new(replay),
+            consumers,
         })
     }
 }
@@ -95,8 +112,15 @@ impl HostLog {
         self.replay.clone()
     }
 
-    /// Appends what is queued and stops (after the producers stopped).
+    /// The named consumers and groups, read from this log.
+    pub fn consumers(&self) -> Consumers {
+        self.consumers.clone()
+    }
+
+    /// Stores the consumers' offsets, appends what is queued and stops
+    /// (after the producers stopped).
     pub async fn stop(self, deadline: Duration) {
+        let _ = tokio::time::timeout(deadline, self.consumers.shutdown()).await;
         self.writer.shutdown(deadline).await;
     }
 }

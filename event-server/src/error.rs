@@ -79,6 +79,9 @@ pub enum ServerError {
     /// log_unavailable`.
     #[error("{0}")]
     LogUnavailable(#[source] event_core::LogError),
+    /// A named consumer refused or failed (its code and status).
+    #[error("{0}")]
+    Consumer(#[from] event_core::ConsumerError),
     /// A dependency (database, worker) failed.
     #[error("{0}")]
     Internal(String),
@@ -116,6 +119,7 @@ impl ServerError {
             ServerError::Refused { code, .. } => (StatusCode::FORBIDDEN, code),
             ServerError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ServerError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ServerError::Consumer(e) => (e.http_status(), e.code()),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }

@@ -22,6 +22,8 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod connections;
+#[cfg(feature = "log")]
+pub mod consumers;
 #[cfg(feature = "contracts")]
 pub mod contracts;
 pub mod cors;

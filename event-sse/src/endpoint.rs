@@ -15,10 +15,10 @@ use axum::routing::get;
 use bytes::BytesMut;
 use event_core::metrics::{self, SSE_REPLAYS};
 use event_core::{
-    Authenticator, ConnectionRegistry, Credentials, Cursor, Envelope, EventBus, EventFilter,
-    EventSink, FanoutHub, FilterParams, OverflowPolicy, Principal, QueueSnapshot, ReplayMiss,
-    ReplaySource, Replayed, ServerEvent, SubscribeOptions, Transport, TransportMetrics, Uuid,
-    WireForm, current_queue_status,
+    Authenticator, ConnectionRegistry, Consumers, Credentials, Cursor, Envelope, EventBus,
+    EventFilter, EventSink, FanoutHub, FilterParams, OverflowPolicy, Principal, QueueSnapshot,
+    ReplayMiss, ReplaySource, Replayed, ServerEvent, SubscribeOptions, Transport, TransportMetrics,
+    Uuid, WireForm, current_queue_status,
 };
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
@@ -40,6 +40,7 @@ struct Inner {
     auth: Arc<dyn Authenticator>,
     queue: Option<Arc<dyn QueueSnapshot>>,
     replay_source: Option<Arc<dyn ReplaySource>>,
+    consumers: Option<Consumers>,
     hub: FanoutHub,
     config: SseConfig,
     metrics: TransportMetrics,
@@ -97,6 +98,7 @@ impl SseEndpoint {
                 auth,
                 queue: None,
                 replay_source: None,
+                consumers: None,
                 hub: FanoutHub::new("sse"),
                 config,
                 metrics,
@@ -129,6 +131,18 @@ impl SseEndpoint {
             inner.replay_source = Some(source);
         } else {
             tracing::warn!("with_replay_source called on a shared SseEndpoint; ignored");
+        }
+        self
+    }
+
+    /// Serves named consumers and groups (`?consumer=`, `?group=`) from
+    /// `consumers`; without it such requests are answered `410
+    /// consumers_unavailable`. Call before cloning the endpoint.
+    pub fn with_consumers(mut self, consumers: Consumers) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.consumers = Some(consumers);
+        } else {
+            tracing::warn!("with_consumers called on a shared SseEndpoint; ignored");
         }
         self
     }
@@ -252,11 +266,48 @@ impl SseEndpoint {
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
+        let cursor = query.last_event_id(headers);
+        let named = crate::consumer::request(&query, &filter, &principal, cursor.as_deref())?;
         let slot = self.admit()?;
         let remote = req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
+        if let Some(named) = named {
+            let member = crate::consumer::attach(inner.consumers.as_ref(), named).await?;
+            let guard = inner.registry.register(Transport::Sse, remote, &principal);
+            if guard.is_closing() {
+                return Err(SseError::ShuttingDown);
+            }
+            let guard = Arc::new(guard);
+            let mut first = BytesMut::new();
+            frame::write_retry(&mut first, inner.config.retry_ms);
+            self.write_status(&mut first, format).await;
+            // Ends when the connection is kicked or the member closed (taken
+            // over by a newer connection, the consumer deleted).
+            let closed = {
+                let (g, member_closed) = (guard.clone(), member.closed());
+                Box::pin(async move {
+                    tokio::select! {
+                        () = g.closed() => {}
+                        () = member_closed => {}
+                    }
+                })
+            };
+            let conn = Connection::new(
+                crate::consumer::ConsumerFeed::new(member, slot),
+                StreamSettings {
+                    format,
+                    heartbeat,
+                    stall_timeout: inner.config.stall_timeout,
+                },
+                first.freeze(),
+                closed,
+                Some(inner.metrics.clone()),
+                Some(guard),
+            );
+            return Ok(sse_response(Body::from_stream(conn.into_stream())));
+        }
 
         let options = SubscribeOptions {
             filter,
@@ -270,7 +321,6 @@ impl SseEndpoint {
                 Format::Envelope => WireForm::Envelope,
             },
         };
-        let cursor = query.last_event_id(headers);
         // Subscribe to live delivery before reading the ring: an event
         // published meanwhile lands in the outbox and maybe in the replay
         // too, and the feed drops the second copy by sequence. A cursor the
@@ -321,20 +371,7 @@ impl SseEndpoint {
             // A ring start never subscribes early; anything else did.
             (_, _, None) => Start::Live(inner.hub.subscribe(options.clone())),
         };
-        // A slow host provider must not hold back the response headers.
-        let status = match tokio::time::timeout(
-            QUEUE_SNAPSHOT_TIMEOUT,
-            current_queue_status(&inner.bus, inner.queue.as_deref()),
-        )
-        .await
-        {
-            Ok(status) => status,
-            Err(_) => {
-                tracing::warn!("queue snapshot timed out; using the last published status");
-                current_queue_status(&inner.bus, None).await
-            }
-        };
-        write_queue_status(&mut first, format, ServerEvent::QueueStatus(status));
+        self.write_status(&mut first, format).await;
 
         let closed = {
             let g = guard.clone();
@@ -362,6 +399,25 @@ impl SseEndpoint {
             Some(guard),
         );
         Ok(sse_response(Body::from_stream(conn.into_stream())))
+    }
+
+    /// The connection confirmation: the current `QueueStatus`.
+    async fn write_status(&self, out: &mut BytesMut, format: Format) {
+        let inner = &self.inner;
+        // A slow host provider must not hold back the response headers.
+        let status = match tokio::time::timeout(
+            QUEUE_SNAPSHOT_TIMEOUT,
+            current_queue_status(&inner.bus, inner.queue.as_deref()),
+        )
+        .await
+        {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!("queue snapshot timed out; using the last published status");
+                current_queue_status(&inner.bus, None).await
+            }
+        };
+        write_queue_status(out, format, ServerEvent::QueueStatus(status));
     }
 
     /// For a cursor the ring cannot serve: the replay source's events after

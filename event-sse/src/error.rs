@@ -48,6 +48,16 @@ pub enum SseError {
     /// The query string could not be decoded.
     #[error("malformed query string: {0}")]
     MalformedQuery(String),
+    /// A named consumer or group refused the connection (its
+    /// [`ConsumerError`](event_core::ConsumerError) code and message), or
+    /// the endpoint has no consumers (`consumers_unavailable`).
+    #[error("{message}")]
+    Consumer {
+        /// The code of the JSON body.
+        code: &'static str,
+        /// The consumer's message.
+        message: String,
+    },
 }
 
 impl SseError {
@@ -62,6 +72,7 @@ impl SseError {
             SseError::ShuttingDown => "shutting_down",
             SseError::OverCapacity(_) => "too_many_connections",
             SseError::MalformedQuery(_) => "malformed_query",
+            SseError::Consumer { code, .. } => code,
         }
     }
 
@@ -72,6 +83,13 @@ impl SseError {
             SseError::Forbidden(_) => StatusCode::FORBIDDEN,
             SseError::CursorExpired(_) => StatusCode::GONE,
             SseError::ShuttingDown | SseError::OverCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SseError::Consumer { code, .. } => match *code {
+                "consumers_unavailable" => StatusCode::GONE,
+                "consumer_conflict" | "consumer_limit" | "group_full" => StatusCode::CONFLICT,
+                "consumer_not_found" => StatusCode::NOT_FOUND,
+                "log_unavailable" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            },
             _ => StatusCode::BAD_REQUEST,
         }
     }

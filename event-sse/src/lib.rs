@@ -135,6 +135,7 @@
 
 mod channel;
 mod config;
+mod consumer;
 mod cors;
 mod endpoint;
 mod error;

@@ -144,7 +144,19 @@ impl Assembly<'_> {
         #[cfg(feature = "log")]
         if let Some(log) = &self.parts.log {
             let topics = self.guarded(crate::durable::topics_router(log), Need::Admin, None, None);
-            self.merge(topics);
+            let admin = self.guarded(
+                crate::consumers::admin_router(log.consumers()),
+                Need::Admin,
+                None,
+                None,
+            );
+            let ack = self.guarded(
+                crate::consumers::ack_router(log.consumers()),
+                Need::Client,
+                None,
+                self.body(crate::consumers::MAX_ACK_BODY_BYTES),
+            );
+            self.merge(topics.merge(admin).merge(ack));
         }
     }
 
@@ -261,6 +273,10 @@ impl Assembly<'_> {
         }
         if let Some(source) = self.replay_source() {
             sse = sse.with_replay_source(source);
+        }
+        #[cfg(feature = "log")]
+        if let Some(log) = &self.parts.log {
+            sse = sse.with_consumers(log.consumers());
         }
         self.runner.register(sse.sink());
         self.merge(sse.router());
