@@ -47,23 +47,33 @@ impl AckBody {
     }
 }
 
-async fn list(State(consumers): State<Consumers>) -> Result<Json<Value>, ServerError> {
-    Ok(Json(json!({ "consumers": consumers.list().await? })))
+/// The routes' state: the consumers, or `None` when the log is off.
+type Shared = Option<Consumers>;
+
+fn running(consumers: Shared) -> Result<Consumers, ServerError> {
+    consumers.ok_or(ServerError::LogOff("named consumers"))
+}
+
+async fn list(State(consumers): State<Shared>) -> Result<Json<Value>, ServerError> {
+    Ok(Json(
+        json!({ "consumers": running(consumers)?.list().await? }),
+    ))
 }
 
 async fn remove(
-    State(consumers): State<Consumers>,
+    State(consumers): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ServerError> {
-    consumers.delete(&name).await?;
+    running(consumers)?.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn ack(
-    State(consumers): State<Consumers>,
+    State(consumers): State<Shared>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ServerError> {
+    let consumers = running(consumers)?;
     let body: AckBody = serde_json::from_slice(&body).map_err(|e| {
         ServerError::bad_request(
             "invalid_json",
@@ -87,8 +97,9 @@ async fn ack(
     Ok(Json(json!({ "acked": acked })))
 }
 
-/// The admin routes (list, delete).
-pub fn admin_router(consumers: Consumers) -> Router {
+/// The admin routes (list, delete); without consumers (the log is off)
+/// they answer `410 log_off`.
+pub fn admin_router(consumers: Option<Consumers>) -> Router {
     Router::new()
         .route("/api/v1/consumers", get(list))
         .route("/api/v1/consumers/{name}", delete(remove))
@@ -96,7 +107,7 @@ pub fn admin_router(consumers: Consumers) -> Router {
 }
 
 /// The client route (ack); mount it behind a body limit.
-pub fn ack_router(consumers: Consumers) -> Router {
+pub fn ack_router(consumers: Option<Consumers>) -> Router {
     Router::new()
         .route("/api/v1/consumers/{name}/ack", post(ack))
         .with_state(consumers)

@@ -125,14 +125,16 @@ impl HostLog {
     }
 }
 
-/// `GET /api/v1/topics` (admin): every topic in the log with its size.
-pub fn topics_router(log: &HostLog) -> axum::Router {
-    let log = log.writer.log().clone();
+/// `GET /api/v1/topics` (admin): every topic in the log with its size;
+/// `410 log_off` without a log.
+pub fn topics_router(log: Option<&HostLog>) -> axum::Router {
+    let log = log.map(|l| l.writer.log().clone());
     axum::Router::new().route(
         "/api/v1/topics",
         axum::routing::get(move || {
             let log = log.clone();
             async move {
+                let log = log.ok_or(ServerError::LogOff("the topics list"))?;
                 match log.topics().await {
                     Ok(topics) => Ok(axum::Json(serde_json::json!({ "topics": topics }))),
                     Err(e) => Err(ServerError::Unavailable(format!(

@@ -79,6 +79,10 @@ pub enum ServerError {
     /// log_unavailable`.
     #[error("{0}")]
     LogUnavailable(#[source] event_core::LogError),
+    /// The route needs the event log, which is off (`EVENT_LOG=off`, or
+    /// cluster mode): `410 log_off`.
+    #[error("the event log is off on this server (EVENT_LOG=off, or cluster mode): {0} needs it")]
+    LogOff(&'static str),
     /// A named consumer refused or failed (its code and status).
     #[error("{0}")]
     Consumer(#[from] event_core::ConsumerError),
@@ -120,6 +124,7 @@ impl ServerError {
             ServerError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ServerError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ServerError::Consumer(e) => (e.http_status(), e.code()),
+            ServerError::LogOff(_) => (StatusCode::GONE, "log_off"),
             ServerError::Internal(_) | ServerError::Startup(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }

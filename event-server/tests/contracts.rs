@@ -316,7 +316,8 @@ async fn every_documented_operation_is_routed() {
             let concrete = path
                 .replace("/connections/{id}", "/connections/0")
                 .replace("{id}", "0197c0de-5e1a-7a00-8000-00000000dead")
-                .replace("{delivery_id}", "0197c0de-5e1a-7a00-8000-00000000beef");
+                .replace("{delivery_id}", "0197c0de-5e1a-7a00-8000-00000000beef")
+                .replace("{name}", "no-such-consumer");
             if concrete == "/api/v1/events" && method == "get"
                 || concrete == "/api/v1/events/stream"
                 || concrete == "/api/v1/ws"

@@ -90,6 +90,8 @@ impl Dispatcher {
             .u64_counter(crate::metrics::CONSUMER_REDELIVERED)
             .with_description("Consumer events delivered again (ack wait expired or member left)")
             .build();
+        // From 0, so rate() sees the series before the first redelivery.
+        redelivered.add(0, &[KeyValue::new("consumer", record.name.clone())]);
         let logged = bus.watch_logged();
         Dispatcher {
             cursor: record.committed,

@@ -141,17 +141,21 @@ impl Assembly<'_> {
                 .merge(publish)
                 .merge(connections),
         );
+        // Mounted whenever the build has the log: without one at run time
+        // (EVENT_LOG=off, cluster mode) they answer `410 log_off`.
         #[cfg(feature = "log")]
-        if let Some(log) = &self.parts.log {
+        {
+            let log = self.parts.log.as_ref();
+            let consumers = log.map(|l| l.consumers());
             let topics = self.guarded(crate::durable::topics_router(log), Need::Admin, None, None);
             let admin = self.guarded(
-                crate::consumers::admin_router(log.consumers()),
+                crate::consumers::admin_router(consumers.clone()),
                 Need::Admin,
                 None,
                 None,
             );
             let ack = self.guarded(
-                crate::consumers::ack_router(log.consumers()),
+                crate::consumers::ack_router(consumers),
                 Need::Client,
                 None,
                 self.body(crate::consumers::MAX_ACK_BODY_BYTES),

@@ -52,6 +52,8 @@ pub struct Mounted {
     pub telemetry: bool,
     /// Demo notes and jobs.
     pub demo: bool,
+    /// The event log's topics and consumers routes.
+    pub log: bool,
 }
 
 impl Mounted {
@@ -63,6 +65,7 @@ impl Mounted {
             webhook: cfg!(feature = "webhook"),
             telemetry: cfg!(feature = "telemetry"),
             demo: cfg!(feature = "demo"),
+            log: cfg!(feature = "log"),
         }
     }
 }

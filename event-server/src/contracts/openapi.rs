@@ -7,6 +7,8 @@ use event_core::{ConnectionInfo, Envelope, ServerEvent};
 use serde_json::{Map, Value, json};
 
 use super::{Mounted, Schemas, error_schema};
+
+mod log_ops;
 use crate::publish::PublishResponse;
 
 /// Who may call an operation.
@@ -71,6 +73,11 @@ fn filter_params() -> Vec<Value> {
         query(
             "memory",
             "Only events of this memory (or the `X-Fortemi-Memory` header).",
+            json!({"type": "string"}),
+        ),
+        query(
+            "topics",
+            "Topics, comma separated; a trailing `*` matches a prefix (`gpu.*`).",
             json!({"type": "string"}),
         ),
         query(
@@ -381,6 +388,9 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
             ],
         });
     }
+    if mounted.log {
+        ops.extend(log_ops::log_ops());
+    }
     if mounted.webhook {
         ops.extend(webhook_ops());
     }
@@ -410,6 +420,31 @@ fn sse_ops(schemas: &mut Schemas) -> Vec<Op> {
                 json!({"type": "integer", "minimum": 5, "maximum": 300}),
             ),
             query(
+                "consumer",
+                "Read as the named durable consumer (resumes after its committed offset; a new connection takes over). Needs the event log.",
+                json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
+            ),
+            query(
+                "group",
+                "Read as a member of the named consumer group (each event reaches one member, by entity). Needs the event log.",
+                json!({"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
+            ),
+            query(
+                "ack",
+                "With `consumer` or `group`: `auto` (default; at most once) or `explicit` (acknowledge with `POST /api/v1/consumers/{name}/ack`; at least once).",
+                json!({"type": "string", "enum": ["auto", "explicit"]}),
+            ),
+            query(
+                "ack_wait",
+                "With `ack=explicit`: seconds before an unacknowledged event is delivered again (1–3600; default `CONSUMER_ACK_WAIT_SECS`).",
+                json!({"type": "integer", "minimum": 1, "maximum": 3600}),
+            ),
+            query(
+                "start",
+                "Where a new consumer starts: `latest` (default) or `earliest`.",
+                json!({"type": "string", "enum": ["latest", "earliest"]}),
+            ),
+            query(
                 "token",
                 "The bearer token, for clients that cannot set headers.",
                 json!({"type": "string"}),
@@ -433,6 +468,16 @@ fn sse_ops(schemas: &mut Schemas) -> Vec<Op> {
                 (400, "A bad filter or parameter, named.", error_ref()),
                 (401, "No or a bad token.", error_ref()),
                 (403, "A memory the token may not see.", error_ref()),
+                (
+                    409,
+                    "`consumer_conflict` (in use with other settings), `consumer_limit` (`CONSUMER_MAX`), `group_full` (`CONSUMER_MAX_MEMBERS`).",
+                    error_ref(),
+                ),
+                (
+                    410,
+                    "`consumers_unavailable`: a consumer or group without the event log.",
+                    error_ref(),
+                ),
                 (503, "`too_many_connections`.", error_ref()),
             ],
         }
