@@ -361,6 +361,14 @@ impl EventFilter {
         self
     }
 
+    /// Whether an event of `topic` can pass this filter's topic patterns
+    /// (ignoring its other conditions).
+    pub fn may_match_topic(&self, topic: &str) -> bool {
+        self.topics()
+            .iter()
+            .all(|any| any.iter().any(|p| p.matches(topic)))
+    }
+
     /// The kinds that pass.
     pub fn kinds(&self) -> KindSet {
         self.kinds

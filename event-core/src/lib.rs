@@ -131,7 +131,8 @@ pub use fanout::{
 pub use filter::{EventFilter, FilterParams, KindSet, TopicPattern};
 pub use io::WriteTimeoutIo;
 pub use log::{
-    EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention, TopicStats,
+    EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, MAX_TOPIC_RETENTIONS,
+    Retention, TopicRetention, TopicStats,
 };
 pub use metrics::TransportMetrics;
 pub use payload::{

@@ -187,6 +187,35 @@ impl Default for Retention {
     }
 }
 
+/// A topic's own retention: its events are pruned by these bounds (counted
+/// over the topic alone) besides the log's [`Retention`], which still
+/// applies to every event (the stricter wins).
+///
+/// `pruned_through` is the newest sequence number among the topic's events
+/// removed so far: a reader whose filter can match the topic and whose
+/// cursor is older cannot be served without a gap, so replays refuse it
+/// ([`ReplayMiss::Expired`](crate::ReplayMiss::Expired)). It is kept when
+/// the bounds are removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRetention {
+    /// The topic.
+    pub topic: String,
+    /// Its bounds; `None` once removed (only the watermark remains).
+    pub retention: Option<Retention>,
+    /// The newest of its events pruned so far (0: none).
+    pub pruned_through: u64,
+}
+
+/// Most topics with a retention of their own.
+pub const MAX_TOPIC_RETENTIONS: usize = 1_000;
+
+fn unsupported(log: &str, what: &str) -> LogError {
+    LogError::Storage {
+        message: format!("the {log} log does not support {what}"),
+        source: None,
+    }
+}
+
 /// An ordered, durable store of a bus's events.
 ///
 /// Events are appended in sequence order, each batch atomically (all or
@@ -230,4 +259,41 @@ pub trait EventLog: Send + Sync + 'static {
     /// Removes the oldest events until `retention` holds at `now`; returns
     /// how many were removed.
     async fn prune(&self, retention: &Retention, now: OffsetDateTime) -> Result<u64, LogError>;
+
+    /// Every topic with a retention of its own (or a pruning watermark).
+    /// The default has none.
+    async fn topic_retentions(&self) -> Result<Vec<TopicRetention>, LogError> {
+        Ok(Vec::new())
+    }
+
+    /// Creates or replaces a topic's retention record.
+    async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
+        let _ = record;
+        Err(unsupported(self.name(), "per-topic retention"))
+    }
+
+    /// Removes the oldest events of `topic` until `retention` holds for the
+    /// topic's events at `now`; returns the newest removed sequence number,
+    /// if any was removed.
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        let _ = (topic, retention, now);
+        Err(unsupported(self.name(), "per-topic retention"))
+    }
+}
+
+/// Whether a reader with `filter` may have missed events pruned under
+/// `retentions` after the sequence `after`.
+pub(crate) fn pruned_for(
+    retentions: &[TopicRetention],
+    filter: Option<&crate::filter::EventFilter>,
+    after: u64,
+) -> bool {
+    retentions
+        .iter()
+        .any(|r| r.pruned_through > after && filter.is_none_or(|f| f.may_match_topic(&r.topic)))
 }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::filter::EventFilter;
+
 use crate::event::Event;
 use crate::ring::{Cursor, ReplayMiss};
 
@@ -92,6 +94,30 @@ pub trait ReplaySource: Send + Sync + 'static {
             }
             None => Err(ReplayMiss::Expired),
         }
+    }
+
+    /// [`replay_since`](Self::replay_since) for a reader with `filter`: a
+    /// source that pruned some topics earlier than others refuses only
+    /// readers whose filter can match those. The default ignores the filter.
+    async fn replay_matching(
+        &self,
+        cursor: &Cursor,
+        filter: &EventFilter,
+    ) -> Result<Replayed, ReplayMiss> {
+        let _ = filter;
+        self.replay_since(cursor).await
+    }
+
+    /// [`history`](Self::history) for a reader with `filter` (see
+    /// [`replay_matching`](Self::replay_matching)).
+    async fn history_matching(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        let _ = filter;
+        self.history(cursor, limit).await
     }
 }
 

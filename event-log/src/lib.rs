@@ -41,6 +41,7 @@ mod offsets;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
+mod topics;
 
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresLog;

@@ -18,6 +18,7 @@ use crate::{decode, micros, seq_of_row, seq_to_row, storage};
 
 const PRUNE_CHUNK: i64 = 10_000;
 
+crate::topics::topic_methods!(PostgresLog, pool, pool);
 crate::offsets::offset_store!(PostgresLog, pool, pool);
 
 /// The PostgreSQL [`EventLog`] (and [`OffsetStore`](event_core::OffsetStore)).
@@ -84,6 +85,10 @@ impl PostgresLog {
         .execute(&pool)
         .await
         .map_err(storage("cannot create the event log table"))?;
+        sqlx::raw_sql(crate::topics::CREATE)
+            .execute(&pool)
+            .await
+            .map_err(storage("cannot create the topic retention table"))?;
         sqlx::raw_sql(crate::offsets::CREATE)
             .execute(&pool)
             .await
@@ -94,6 +99,26 @@ impl PostgresLog {
 
 #[async_trait]
 impl EventLog for PostgresLog {
+    async fn topic_retentions(&self) -> Result<Vec<event_core::TopicRetention>, LogError> {
+        self.sql_topic_retentions().await
+    }
+
+    async fn set_topic_retention(
+        &self,
+        record: &event_core::TopicRetention,
+    ) -> Result<(), LogError> {
+        self.sql_set_topic_retention(record).await
+    }
+
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        self.sql_prune_topic(topic, retention, now).await
+    }
+
     fn name(&self) -> &str {
         "postgres"
     }

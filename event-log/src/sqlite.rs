@@ -71,6 +71,7 @@ async fn checkpoint_loop(pool: SqlitePool, alive: std::sync::Weak<()>) {
     pool.close().await;
 }
 
+crate::topics::topic_methods!(SqliteLog, pool, writer);
 crate::offsets::offset_store!(SqliteLog, pool, writer);
 
 /// The SQLite [`EventLog`] (and [`OffsetStore`](event_core::OffsetStore)).
@@ -137,6 +138,10 @@ impl SqliteLog {
         .execute(&writer)
         .await
         .map_err(storage("cannot create the event log table"))?;
+        sqlx::raw_sql(crate::topics::CREATE)
+            .execute(&writer)
+            .await
+            .map_err(storage("cannot create the topic retention table"))?;
         sqlx::raw_sql(crate::offsets::CREATE)
             .execute(&writer)
             .await
@@ -207,6 +212,26 @@ impl SqliteLog {
 
 #[async_trait]
 impl EventLog for SqliteLog {
+    async fn topic_retentions(&self) -> Result<Vec<event_core::TopicRetention>, LogError> {
+        self.sql_topic_retentions().await
+    }
+
+    async fn set_topic_retention(
+        &self,
+        record: &event_core::TopicRetention,
+    ) -> Result<(), LogError> {
+        self.sql_set_topic_retention(record).await
+    }
+
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        self.sql_prune_topic(topic, retention, now).await
+    }
+
     fn name(&self) -> &str {
         "sqlite"
     }

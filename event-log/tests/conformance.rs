@@ -289,3 +289,77 @@ async fn consumer_offsets_are_stored_replaced_listed_and_deleted() {
         assert_eq!(store.list().await.unwrap(), vec![b]);
     }
 }
+
+#[tokio::test]
+async fn a_topic_retention_prunes_only_that_topics_oldest_events_and_is_stored() {
+    use event_core::TopicRetention;
+    for log in logs().await {
+        assert_eq!(log.topic_retentions().await.unwrap(), vec![]);
+        let bus = bus();
+        let gpu = EventMeta::default().topic("gpu");
+        let mut events = Vec::new();
+        for i in 0..10 {
+            events.push(bus.publish_with(progress(i), gpu.clone()));
+            events.push(bus.publish(QueueStatus::new(i as u64, 0)));
+        }
+        log.append(&events).await.unwrap();
+        let gpu_seqs: Vec<u64> = events
+            .iter()
+            .filter(|e| e.topic() == "gpu")
+            .map(|e| e.seq())
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        // Keep the topic's newest 4: the six before go, nothing else.
+        let keep_four = Retention {
+            max_age: None,
+            max_events: Some(4),
+            max_bytes: None,
+        };
+        let through = log.prune_topic("gpu", &keep_four, now).await.unwrap();
+        assert_eq!(through, Some(gpu_seqs[5]), "{}", log.name());
+        let left = log.read_after(0, 100).await.unwrap();
+        assert_eq!(left.len(), 14, "{}", log.name());
+        assert_eq!(
+            left.iter()
+                .filter(|e| e.topic() == "gpu")
+                .map(|e| e.seq())
+                .collect::<Vec<_>>(),
+            gpu_seqs[6..]
+        );
+        assert_eq!(log.prune_topic("gpu", &keep_four, now).await.unwrap(), None);
+        // By bytes: at most one event's worth.
+        let one = left.iter().find(|e| e.topic() == "gpu").unwrap();
+        let by_bytes = Retention {
+            max_age: None,
+            max_events: None,
+            max_bytes: Some(one.envelope_json().len() as u64),
+        };
+        assert_eq!(
+            log.prune_topic("gpu", &by_bytes, now).await.unwrap(),
+            Some(gpu_seqs[8])
+        );
+        // By age: everything older than a minute from now.
+        let by_age = Retention {
+            max_age: Some(Duration::from_secs(60)),
+            max_events: None,
+            max_bytes: None,
+        };
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(
+            log.prune_topic("gpu", &by_age, later).await.unwrap(),
+            Some(gpu_seqs[9])
+        );
+        assert_eq!(log.read_after(0, 100).await.unwrap().len(), 10);
+        // The record round-trips, and a removed retention keeps its mark.
+        let mut record = TopicRetention {
+            topic: "gpu".into(),
+            retention: Some(by_bytes),
+            pruned_through: gpu_seqs[9],
+        };
+        log.set_topic_retention(&record).await.unwrap();
+        assert_eq!(log.topic_retentions().await.unwrap(), vec![record.clone()]);
+        record.retention = None;
+        log.set_topic_retention(&record).await.unwrap();
+        assert_eq!(log.topic_retentions().await.unwrap(), vec![record]);
+    }
+}

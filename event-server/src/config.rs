@@ -222,6 +222,11 @@ pub struct Config {
     #[arg(long = "event-log-max-replay", env = "EVENT_LOG_MAX_REPLAY", default_value = "100000", value_parser = non_zero)]
     pub event_log_max_replay: usize,
 
+    /// How often the event log's retention (the log's and each topic's) is
+    /// applied, in seconds.
+    #[arg(long = "event-log-prune-interval-secs", env = "EVENT_LOG_PRUNE_INTERVAL_SECS", default_value = "60", value_parser = non_zero)]
+    pub event_log_prune_interval_secs: usize,
+
     /// Most named consumers and groups that may exist (stored in the event
     /// log's database); creating one more answers `409 consumer_limit`.
     #[arg(long = "consumer-max", env = "CONSUMER_MAX", default_value = "1000", value_parser = non_zero)]

@@ -72,6 +72,7 @@ impl OpenedLog {
         let log_config = LogConfig {
             max_pending: config.event_log_max_pending,
             commit_timeout: Duration::from_millis(config.event_log_commit_timeout_ms as u64),
+            prune_interval: Duration::from_secs(config.event_log_prune_interval_secs as u64),
             retention: Retention {
                 max_age: Some(Duration::from_secs(config.event_log_max_age_secs)),
                 max_events: Some(config.event_log_max_events as u64),
@@ -112,6 +113,11 @@ impl HostLog {
         self.replay.clone()
     }
 
+    /// The log itself (for the topics API).
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        self.writer.log().clone()
+    }
+
     /// The named consumers and groups, read from this log.
     pub fn consumers(&self) -> Consumers {
         self.consumers.clone()
@@ -123,25 +129,4 @@ impl HostLog {
         let _ = tokio::time::timeout(deadline, self.consumers.shutdown()).await;
         self.writer.shutdown(deadline).await;
     }
-}
-
-/// `GET /api/v1/topics` (admin): every topic in the log with its size;
-/// `410 log_off` without a log.
-pub fn topics_router(log: Option<&HostLog>) -> axum::Router {
-    let log = log.map(|l| l.writer.log().clone());
-    axum::Router::new().route(
-        "/api/v1/topics",
-        axum::routing::get(move || {
-            let log = log.clone();
-            async move {
-                let log = log.ok_or(ServerError::LogOff("the topics list"))?;
-                match log.topics().await {
-                    Ok(topics) => Ok(axum::Json(serde_json::json!({ "topics": topics }))),
-                    Err(e) => Err(ServerError::Unavailable(format!(
-                        "the event log cannot be read: {e}"
-                    ))),
-                }
-            }
-        }),
-    )
 }

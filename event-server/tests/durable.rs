@@ -552,3 +552,146 @@ async fn topics_file_filter_and_list_events() {
     let (status, _) = host.terminate().await;
     assert!(status.success());
 }
+
+/// The `id:` of the first frame after the start, or `resync` when the
+/// stream says so first.
+async fn first_id_or_resync(url: &str, last_event_id: &str) -> String {
+    let res = client()
+        .get(url)
+        .header("Last-Event-ID", last_event_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let chunk = body.next().await.expect("the stream ended").unwrap();
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let frame: String = text.drain(..end + 2).collect();
+                if frame.contains("resync_required") {
+                    return "resync".to_owned();
+                }
+                if frame.contains("event: JobProgress")
+                    && let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id: "))
+                {
+                    return id.to_owned();
+                }
+            }
+        }
+    })
+    .await
+    .expect("a frame arrived")
+}
+
+#[tokio::test]
+async fn a_topic_retention_is_set_applied_and_removed_and_resumes_stay_exact() {
+    let dir = TempDir::new();
+    let host = Host::start(&[
+        ("DATABASE_URL", dir.sqlite_url()),
+        ("EVENT_REPLAY_SIZE", "2".to_owned()),
+        ("EVENT_LOG_PRUNE_INTERVAL_SECS", "1".to_owned()),
+    ])
+    .await;
+    let http = client();
+    let put = |body: Value| http.put(host.url("/api/v1/topics/gpu")).json(&body).send();
+    for bad in [
+        json!({}),
+        json!({"max_events": 0}),
+        json!({"max_events": "x"}),
+        json!({"keep": 1}),
+    ] {
+        let res = put(bad.clone()).await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    let res = http
+        .put(host.url("/api/v1/topics/Not%20A%20Topic"))
+        .json(&json!({"max_events": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = put(json!({"max_events": 2})).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // Five of topic `gpu`, two of `job`, interleaved.
+    let mut gpu = Vec::new();
+    let mut job = Vec::new();
+    for i in 0..5 {
+        let res = http
+            .post(host.url("/api/v1/events?topic=gpu"))
+            .json(&progress(i))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+        let answer: Value = res.json().await.unwrap();
+        gpu.push(answer["events"][0]["seq"].as_u64().unwrap());
+        if i < 2 {
+            job.push(publish(&host.url(""), &[progress(10 + i)]).await.unwrap()[0].0);
+        }
+    }
+    // Pruned in the background to the newest two.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let shown = loop {
+        let shown = host.json("/api/v1/topics/gpu").await;
+        if shown["events"] == 2 {
+            break shown;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pruned: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["pruned_through"], gpu[2], "{shown}");
+    assert_eq!(shown["retention"]["max_events"], 2, "{shown}");
+    let listed = host.json("/api/v1/topics").await;
+    let job_row = listed["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "job")
+        .unwrap();
+    assert_eq!(
+        (job_row["events"].as_u64(), &job_row["retention"]),
+        (Some(2), &Value::Null)
+    );
+    // A reader of `job` resumes from before the pruning without a gap; a
+    // reader that may see `gpu` is told to resync instead of missing them.
+    let before = (gpu[0] - 1).to_string();
+    assert_eq!(
+        first_id_or_resync(&host.url("/api/v1/events?format=v1&topics=job"), &before).await,
+        job[0].to_string()
+    );
+    assert_eq!(
+        first_id_or_resync(&host.url("/api/v1/events?format=v1"), &before).await,
+        "resync"
+    );
+    assert_eq!(
+        first_id_or_resync(&host.url("/api/v1/events?format=v1"), &gpu[2].to_string()).await,
+        gpu[3].to_string()
+    );
+    // Removed: the topic keeps its events and mark, without bounds.
+    let res = http
+        .delete(host.url("/api/v1/topics/gpu"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let shown = host.json("/api/v1/topics/gpu").await;
+    assert_eq!(
+        (&shown["retention"], shown["pruned_through"].as_u64()),
+        (&Value::Null, Some(gpu[2]))
+    );
+    let res = http
+        .delete(host.url("/api/v1/topics/gpu"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(host.status("/api/v1/topics/none").await, 404);
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}

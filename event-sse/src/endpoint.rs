@@ -351,22 +351,24 @@ impl SseEndpoint {
                     raw: crate::error::truncate(&raw),
                 }
             }
-            (Some(raw), None, Some(sub)) => match self.replay_from_source(&raw).await {
-                Some(replayed) => {
-                    inner.replays.add(1, &[KeyValue::new("replay", "served")]);
-                    Start::Source {
-                        sub,
-                        events: replayed.events,
-                        through: replayed.through,
-                        hold: replayed.hold,
+            (Some(raw), None, Some(sub)) => {
+                match self.replay_from_source(&raw, &options.filter).await {
+                    Some(replayed) => {
+                        inner.replays.add(1, &[KeyValue::new("replay", "served")]);
+                        Start::Source {
+                            sub,
+                            events: replayed.events,
+                            through: replayed.through,
+                            hold: replayed.hold,
+                        }
+                    }
+                    None => {
+                        inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
+                        frame::write_resync(&mut first, &crate::error::truncate(&raw));
+                        Start::Live(sub)
                     }
                 }
-                None => {
-                    inner.replays.add(1, &[KeyValue::new("replay", "expired")]);
-                    frame::write_resync(&mut first, &crate::error::truncate(&raw));
-                    Start::Live(sub)
-                }
-            },
+            }
             (None, _, Some(sub)) => Start::Live(sub),
             // A ring start never subscribes early; anything else did.
             (_, _, None) => Start::Live(inner.hub.subscribe(options.clone())),
@@ -423,10 +425,10 @@ impl SseEndpoint {
     /// For a cursor the ring cannot serve: the replay source's events after
     /// it, if there is a source and it can (the hub subscription is already
     /// open, so live events up to `through` are skipped there).
-    async fn replay_from_source(&self, raw: &str) -> Option<Replayed> {
+    async fn replay_from_source(&self, raw: &str, filter: &EventFilter) -> Option<Replayed> {
         let cursor = Cursor::parse(raw).ok()?;
         let source = self.inner.replay_source.as_ref()?;
-        match source.replay_since(&cursor).await {
+        match source.replay_matching(&cursor, filter).await {
             Ok(replayed) => {
                 tracing::debug!(
                     events = replayed.events.len(),
@@ -484,7 +486,10 @@ impl SseEndpoint {
         let events = match (&self.inner.replay_source, from_ring) {
             (None, ring) => ring.map_err(missed)?,
             (Some(_), Ok(events)) if since.is_some() => events,
-            (Some(source), ring) => match source.history(since.as_ref(), MAX_HISTORY_SCAN).await {
+            (Some(source), ring) => match source
+                .history_matching(since.as_ref(), MAX_HISTORY_SCAN, &filter)
+                .await
+            {
                 Ok(events) => events,
                 Err(_) if since.is_none() => ring.map_err(missed)?,
                 Err(miss) => return Err(missed(miss)),

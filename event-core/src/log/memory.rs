@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventLog, LogBounds, LogError, Retention};
+use super::{EventLog, LogBounds, LogError, Retention, TopicRetention};
 use crate::event::Event;
 
 /// An in-memory [`EventLog`]. Cheap to clone; clones share the events.
@@ -27,6 +27,7 @@ use crate::event::Event;
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLog {
     events: Arc<Mutex<VecDeque<Arc<Event>>>>,
+    topics: Arc<Mutex<std::collections::BTreeMap<String, TopicRetention>>>,
 }
 
 impl MemoryLog {
@@ -108,5 +109,61 @@ impl EventLog for MemoryLog {
             }
         }
         Ok((before - events.len()) as u64)
+    }
+
+    async fn topic_retentions(&self) -> Result<Vec<TopicRetention>, LogError> {
+        Ok(self.topic_map().values().cloned().collect())
+    }
+
+    async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
+        self.topic_map()
+            .insert(record.topic.clone(), record.clone());
+        Ok(())
+    }
+
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        let mut events = self.events();
+        let mine: Vec<(u64, OffsetDateTime, u64)> = events
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| (e.seq(), e.occurred_at(), e.envelope_json().len() as u64))
+            .collect();
+        // The newest of the topic's events that must go, by each bound.
+        let mut through: Option<u64> = None;
+        if let Some(age) = retention.max_age {
+            let cutoff = now - age;
+            through = through.max(mine.iter().filter(|e| e.1 < cutoff).map(|e| e.0).max());
+        }
+        if let Some(max) = retention.max_events {
+            let excess = mine
+                .len()
+                .saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
+            through = through.max(excess.checked_sub(1).map(|i| mine[i].0));
+        }
+        if let Some(max) = retention.max_bytes {
+            let mut kept = 0;
+            for e in mine.iter().rev() {
+                kept += e.2;
+                if kept > max {
+                    through = through.max(Some(e.0));
+                    break;
+                }
+            }
+        }
+        if let Some(through) = through {
+            events.retain(|e| e.topic() != topic || e.seq() > through);
+        }
+        Ok(through)
+    }
+}
+
+impl MemoryLog {
+    fn topic_map(&self) -> MutexGuard<'_, std::collections::BTreeMap<String, TopicRetention>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use super::{EventLog, LogError};
 use crate::bus::EventBus;
 use crate::event::Event;
+use crate::filter::EventFilter;
 use crate::replay_source::{ReplayPermit, ReplaySource, Replayed};
 use crate::ring::{Cursor, ReplayMiss};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -261,9 +262,26 @@ fn unavailable(error: LogError) -> ReplayMiss {
     ReplayMiss::Expired
 }
 
-#[async_trait]
-impl ReplaySource for LogReplay {
-    async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss> {
+impl LogReplay {
+    /// Refuses a reader (with `filter`; `None`: any) that would miss events
+    /// a topic's own retention removed after `after`.
+    async fn check_topics(
+        &self,
+        after: u64,
+        filter: Option<&EventFilter>,
+    ) -> Result<(), ReplayMiss> {
+        let retentions = self.log.topic_retentions().await.map_err(unavailable)?;
+        if super::pruned_for(&retentions, filter, after) {
+            return Err(ReplayMiss::Expired);
+        }
+        Ok(())
+    }
+
+    async fn replay_for(
+        &self,
+        cursor: &Cursor,
+        filter: Option<&EventFilter>,
+    ) -> Result<Replayed, ReplayMiss> {
         // The caller subscribed before asking: once the log holds every
         // event published until now, the replay reaches the live stream.
         let target = self.bus.last_seq();
@@ -271,6 +289,7 @@ impl ReplaySource for LogReplay {
             return Err(ReplayMiss::Expired);
         }
         let after = self.resolve(cursor).await?;
+        self.check_topics(after, filter).await?;
         let replayed = self.bounded_replay(after).await?;
         // Joined to the ring where the log ran out: anything after the last
         // event here is live.
@@ -280,15 +299,52 @@ impl ReplaySource for LogReplay {
         Ok(replayed)
     }
 
+    async fn history_for(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        let after = match cursor {
+            Some(cursor) => {
+                let after = self.resolve(cursor).await?;
+                self.check_topics(after, filter).await?;
+                after
+            }
+            None => self.first_seq().await?.saturating_sub(1),
+        };
+        self.page(after, limit).await
+    }
+}
+
+#[async_trait]
+impl ReplaySource for LogReplay {
+    async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss> {
+        self.replay_for(cursor, None).await
+    }
+
+    async fn replay_matching(
+        &self,
+        cursor: &Cursor,
+        filter: &EventFilter,
+    ) -> Result<Replayed, ReplayMiss> {
+        self.replay_for(cursor, Some(filter)).await
+    }
+
     async fn history(
         &self,
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
-        let after = match cursor {
-            Some(cursor) => self.resolve(cursor).await?,
-            None => self.first_seq().await?.saturating_sub(1),
-        };
-        self.page(after, limit).await
+        self.history_for(cursor, limit, None).await
+    }
+
+    async fn history_matching(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        self.history_for(cursor, limit, Some(filter)).await
     }
 }

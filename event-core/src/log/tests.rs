@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::*;
 use crate::bus::{BusConfig, EventBus, SeqStart};
 use crate::event::EventMeta;
+use crate::filter::{EventFilter, TopicPattern};
 use crate::payload::QueueStatus;
 use crate::replay_source::ReplaySource;
 use crate::ring::{Cursor, ReplayMiss};
@@ -371,6 +372,92 @@ async fn the_writer_applies_retention_in_the_background() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(seqs(&log).await, (16..=20).collect::<Vec<_>>());
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_topic_retention_prunes_in_the_background_and_refuses_only_readers_of_that_topic() {
+    // A ring of 2: replays come from the log.
+    let bus = bus_at(1, 2);
+    let log = MemoryLog::default();
+    log.set_topic_retention(&TopicRetention {
+        topic: "noisy".into(),
+        retention: Some(Retention {
+            max_age: None,
+            max_events: Some(2),
+            max_bytes: None,
+        }),
+        pruned_through: 0,
+    })
+    .await
+    .unwrap();
+    let config = LogConfig {
+        prune_interval: Duration::from_millis(10),
+        ..LogConfig::default()
+    };
+    let writer = LogWriter::start(&bus, Arc::new(log.clone()), config)
+        .await
+        .unwrap();
+    let noisy = EventMeta::default().topic("noisy");
+    for i in 0..6 {
+        bus.publish_with(status(i), noisy.clone()); // 1, 3, 5, 7, 9, 11
+        bus.publish(status(i)); // 2, 4, …, 12: topic `queue`
+    }
+    writer.flush(Duration::from_secs(5)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let marks = log.topic_retentions().await.unwrap();
+        if marks[0].pruned_through == 7 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not pruned: {marks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seqs(&log).await, [2, 4, 6, 8, 9, 10, 11, 12]);
+    let replay = LogReplay::new(&bus, Arc::new(log.clone()));
+    let queue_only = EventFilter::all().with_topics(vec![TopicPattern::parse("queue").unwrap()]);
+    // A reader of `queue` resumes from before the topic's pruning ...
+    let got = replay
+        .replay_matching(&Cursor::Seq(2), &queue_only)
+        .await
+        .unwrap();
+    assert_eq!(got.events.first().map(|e| e.seq()), Some(4));
+    // ... a reader that may see `noisy` (or anything) resyncs,
+    for filter in [
+        EventFilter::all(),
+        EventFilter::all().with_topics(vec![TopicPattern::parse("no*").unwrap()]),
+    ] {
+        assert_eq!(
+            replay
+                .replay_matching(&Cursor::Seq(2), &filter)
+                .await
+                .unwrap_err(),
+            ReplayMiss::Expired
+        );
+    }
+    assert_eq!(
+        replay.replay_since(&Cursor::Seq(2)).await.unwrap_err(),
+        ReplayMiss::Expired
+    );
+    // ... unless its cursor is past the topic's watermark.
+    assert_eq!(
+        replay
+            .replay_matching(&Cursor::Seq(7), &EventFilter::all())
+            .await
+            .unwrap()
+            .events
+            .first()
+            .map(|e| e.seq()),
+        Some(8)
+    );
+    let page = replay
+        .history_matching(Some(&Cursor::Seq(2)), 2, &queue_only)
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| e.seq()).collect::<Vec<_>>(), [4, 6]);
     writer.shutdown(Duration::from_secs(5)).await;
 }
 

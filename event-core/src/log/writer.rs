@@ -506,6 +506,36 @@ async fn append_until_stored(shared: &Shared, log: &dyn EventLog, batch: &[Arc<E
     }
 }
 
+/// Applies each topic's own retention and advances its watermark.
+async fn prune_topics(log: &dyn EventLog) {
+    let topics = match log.topic_retentions().await {
+        Ok(topics) => topics,
+        Err(error) => {
+            tracing::warn!(%error, "topic retentions unreadable");
+            return;
+        }
+    };
+    for mut record in topics {
+        let Some(retention) = record.retention else {
+            continue;
+        };
+        match log
+            .prune_topic(&record.topic, &retention, OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(Some(through)) if through > record.pruned_through => {
+                record.pruned_through = through;
+                if let Err(error) = log.set_topic_retention(&record).await {
+                    tracing::warn!(%error, topic = %record.topic, "topic watermark not stored");
+                }
+                tracing::debug!(topic = %record.topic, through, "topic pruned");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, topic = %record.topic, "topic prune failed"),
+        }
+    }
+}
+
 async fn prune_loop(shared: Arc<Shared>, log: Arc<dyn EventLog>) {
     let mut tick =
         tokio::time::interval(shared.config.prune_interval.max(Duration::from_millis(10)));
@@ -527,6 +557,7 @@ async fn prune_loop(shared: Arc<Shared>, log: Arc<dyn EventLog>) {
             }
             Err(error) => tracing::warn!(%error, "event log prune failed"),
         }
+        prune_topics(log.as_ref()).await;
         match log.bounds().await {
             Ok(bounds) => shared.set_bounds(bounds),
             Err(error) => tracing::warn!(%error, "event log bounds unreadable"),

@@ -147,7 +147,12 @@ impl Assembly<'_> {
         {
             let log = self.parts.log.as_ref();
             let consumers = log.map(|l| l.consumers());
-            let topics = self.guarded(crate::durable::topics_router(log), Need::Admin, None, None);
+            let topics = self.guarded(
+                crate::topics::router(log.map(|l| l.log())),
+                Need::Admin,
+                None,
+                self.body(crate::topics::MAX_BODY_BYTES),
+            );
             let admin = self.guarded(
                 crate::consumers::admin_router(consumers.clone()),
                 Need::Admin,

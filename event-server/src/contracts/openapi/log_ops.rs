@@ -39,6 +39,42 @@ fn log_off() -> (u16, &'static str, Option<Value>) {
     )
 }
 
+fn topic_param() -> Value {
+    path_param(
+        "name",
+        "The topic (1–128 of `a-z 0-9 . _ -`, starting with a letter or digit).",
+        json!({"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,127}$"}),
+    )
+}
+
+fn topic_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["name", "events", "bytes", "first_seq", "last_seq", "retention", "pruned_through"],
+        "properties": {
+            "name": {"type": "string"},
+            "events": {"type": "integer", "minimum": 0},
+            "bytes": {"type": "integer", "minimum": 0},
+            "first_seq": {"type": "integer", "minimum": 0},
+            "last_seq": {"type": "integer", "minimum": 0},
+            "retention": {"oneOf": [{"type": "null"}, retention_schema()]},
+            "pruned_through": {"type": "integer", "minimum": 0, "description": "The newest of the topic's events its own retention removed; older cursors of readers that may see the topic get `resync_required`."},
+        },
+    })
+}
+
+fn retention_schema() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "max_age_secs": {"type": ["integer", "null"], "minimum": 1},
+            "max_events": {"type": ["integer", "null"], "minimum": 1},
+            "max_bytes": {"type": ["integer", "null"], "minimum": 1},
+        },
+    })
+}
+
 pub(super) fn log_ops() -> Vec<Op> {
     vec![
         Op {
@@ -57,23 +93,72 @@ pub(super) fn log_ops() -> Vec<Op> {
                     json_body(json!({
                         "type": "object",
                         "required": ["topics"],
-                        "properties": {"topics": {"type": "array", "items": {
-                            "type": "object",
-                            "required": ["name", "events", "bytes", "first_seq", "last_seq"],
-                            "properties": {
-                                "name": {"type": "string"},
-                                "events": {"type": "integer", "minimum": 0},
-                                "bytes": {"type": "integer", "minimum": 0},
-                                "first_seq": {"type": "integer", "minimum": 0},
-                                "last_seq": {"type": "integer", "minimum": 0},
-                            },
-                        }}},
+                        "properties": {"topics": {"type": "array", "items": topic_schema()}},
                     })),
                 ),
                 (401, "No or a bad token.", error_ref()),
                 (403, "Not an admin token.", error_ref()),
                 log_off(),
                 (503, "The event log cannot be read.", error_ref()),
+            ],
+        },
+        Op {
+            method: "get",
+            path: "/api/v1/topics/{name}",
+            id: "getTopic",
+            tag: "events",
+            summary: "One topic: its size, its own retention and pruning mark.",
+            auth: Auth::Admin,
+            params: vec![topic_param()],
+            body: None,
+            responses: vec![
+                (200, "The topic.", json_body(topic_schema())),
+                (400, "`invalid_topic`.", error_ref()),
+                (401, "No or a bad token.", error_ref()),
+                (403, "Not an admin token.", error_ref()),
+                (404, "No events and no retention of its own.", error_ref()),
+                log_off(),
+            ],
+        },
+        Op {
+            method: "put",
+            path: "/api/v1/topics/{name}",
+            id: "setTopicRetention",
+            tag: "events",
+            summary: "Give a topic its own retention (applied besides the log's; the stricter wins), pruned in the background every `EVENT_LOG_PRUNE_INTERVAL_SECS`.",
+            auth: Auth::Admin,
+            params: vec![topic_param()],
+            body: json_body(retention_schema()),
+            responses: vec![
+                (200, "Set.", json_body(topic_schema())),
+                (400, "`invalid_topic`, `invalid_retention`.", error_ref()),
+                (401, "No or a bad token.", error_ref()),
+                (403, "Not an admin token.", error_ref()),
+                (
+                    409,
+                    "`topic_limit`: 1,000 topics have a retention of their own.",
+                    error_ref(),
+                ),
+                log_off(),
+                (413, "The body is over 4 KiB.", error_ref()),
+            ],
+        },
+        Op {
+            method: "delete",
+            path: "/api/v1/topics/{name}",
+            id: "removeTopicRetention",
+            tag: "events",
+            summary: "Remove a topic's own retention (its pruning mark stays).",
+            auth: Auth::Admin,
+            params: vec![topic_param()],
+            body: None,
+            responses: vec![
+                (204, "Removed.", None),
+                (400, "`invalid_topic`.", error_ref()),
+                (401, "No or a bad token.", error_ref()),
+                (403, "Not an admin token.", error_ref()),
+                (404, "The topic has no retention of its own.", error_ref()),
+                log_off(),
             ],
         },
         Op {
