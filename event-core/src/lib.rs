@@ -98,6 +98,7 @@ pub mod http_error;
 pub mod io;
 pub mod log;
 pub mod metrics;
+pub mod pace;
 pub mod payload;
 pub mod registry;
 pub mod replay_source;
@@ -129,6 +130,7 @@ pub use log::{
     EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention, TopicStats,
 };
 pub use metrics::TransportMetrics;
+pub use pace::{MAX_STREAM_RATE, Pacer};
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,
