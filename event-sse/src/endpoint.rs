@@ -250,6 +250,7 @@ impl SseEndpoint {
         let query = Query::parse(req.uri())?;
         let format = query.format(inner.config.format)?;
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
+        let max_rate = query.max_rate(inner.config.max_rate)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
         let slot = self.admit()?;
@@ -348,7 +349,8 @@ impl SseEndpoint {
             start,
             &inner.replay_held,
             slot,
-        );
+        )
+        .paced(max_rate);
         let conn = Connection::new(
             feed,
             StreamSettings {
