@@ -88,9 +88,7 @@ pub fn max_rate(n: u64) -> Result<Option<NonZeroU32>, String> {
 }
 
 fn max_rate_range() -> String {
-    format!(
-        "expected events per second from 1 to {MAX_STREAM_RATE}, or 0 for no limit"
-    )
+    format!("expected events per second from 1 to {MAX_STREAM_RATE}, or 0 for no limit")
 }
 
 /// What a held event may be replaced by: a later event with the same key.

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use std::num::NonZeroU32;
 
 use event_core::{
-    Cursor, Event, EventBus, FanoutHub, HubSubscription, Outgoing, OutboxLimits, Pacer,
+    Cursor, Event, EventBus, FanoutHub, HubSubscription, OutboxLimits, Outgoing, Pacer,
     ReplayPermit, SubscribeOptions, Uuid, WireForm,
 };
 use tokio::sync::Notify;

@@ -34,8 +34,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use event_core::{
     Closed, ConnectionGuard, EventFilter, FilterParams, HubSubscription, KindSet, Outgoing,
-    OverflowPolicy, Pacer, Principal, SubscribeOptions, Transport, WireForm,
-    current_queue_status,
+    OverflowPolicy, Pacer, Principal, SubscribeOptions, Transport, WireForm, current_queue_status,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::futures::Notified;

@@ -485,9 +485,18 @@ mod tests {
             (too_many.as_str(), "invalid_filter"),
             (r#"{"type":"subscribe","filter":[1]}"#, "invalid_filter"),
             (r#"{"type":"subscribe","max_rate":-1}"#, "invalid_parameter"),
-            (r#"{"type":"subscribe","max_rate":"5"}"#, "invalid_parameter"),
-            (r#"{"type":"subscribe","max_rate":10001}"#, "invalid_parameter"),
-            (r#"{"type":"subscribe","max_rate":1.5}"#, "invalid_parameter"),
+            (
+                r#"{"type":"subscribe","max_rate":"5"}"#,
+                "invalid_parameter",
+            ),
+            (
+                r#"{"type":"subscribe","max_rate":10001}"#,
+                "invalid_parameter",
+            ),
+            (
+                r#"{"type":"subscribe","max_rate":1.5}"#,
+                "invalid_parameter",
+            ),
         ] {
             match ClientMessage::parse(bad) {
                 Some(ClientMessage::Refused(r)) => {
