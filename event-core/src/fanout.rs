@@ -783,7 +783,7 @@ mod tests {
         sub.set_kinds(KindSet::ALL);
         assert!(!sub.wants(&other), "set_kinds keeps the filter");
         sub.set_filter(None);
-        hub.fan_out(&[other.clone()]);
+        hub.fan_out(std::slice::from_ref(&other));
         let mut out = Vec::new();
         sub.outbox().drain_into(&mut out);
         let seqs: Vec<u64> = out
