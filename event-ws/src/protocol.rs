@@ -26,7 +26,7 @@ pub(crate) enum ClientMessage {
     /// `{"type":"ping"}` → `{"type":"pong"}`.
     Ping,
     /// `{"type":"subscribe","events":[…],"topics":[…],"filter":{…},"max_rate":N}`
-    /// (every field optional).
+    /// (every field optional, at least one present).
     Subscribe(Subscribe),
     /// A `subscribe` whose `topics`, `filter` or `max_rate` is not of the
     /// right kind: answered with an error reply, nothing applied.
@@ -209,6 +209,14 @@ impl ClientMessage {
             | JsonMessage::Unsubscribe {
                 events: Names(None),
             } => ClientMessage::OverLimit,
+            // A `subscribe` that asks for nothing is not one (ignored, as
+            // before these fields existed).
+            JsonMessage::Subscribe {
+                events: None,
+                topics: None,
+                filter: None,
+                max_rate: None,
+            } => return None,
             JsonMessage::Subscribe {
                 events,
                 topics,
@@ -366,6 +374,8 @@ mod tests {
             }))
         );
         for junk in [
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","events":null,"filter":null}"#,
             "hello",
             "{not json",
             r#"{"type":"nope"}"#,

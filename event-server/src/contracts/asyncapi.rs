@@ -130,7 +130,7 @@ fn ws(
     let commands = [
         (
             "subscribe",
-            "The first `subscribe` with `events` narrows the stream to these kinds, later ones add to it. `topics` and `filter` (each replacing the previous one) and the kinds are combined by AND with the upgrade's filters; `max_rate` sets the connection's rate limit. Every field is optional. Answered with `subscribed`, or with `error` (nothing applied) for a bad `topics`, `filter` or `max_rate`.",
+            "The first `subscribe` with `events` narrows the stream to these kinds, later ones add to it. `topics` and `filter` (each replacing the previous one) and the kinds are combined by AND with the upgrade's filters; `max_rate` sets the connection's rate limit. Every field is optional, but one without `events`, `topics`, `filter` and `max_rate` is ignored. Answered with `subscribed`, or with `error` (nothing applied) for a bad `topics`, `filter` or `max_rate`.",
             json!({
                 "type": "object",
                 "properties": {
