@@ -130,7 +130,7 @@ pub use log::{
     EventLog, LogBounds, LogConfig, LogError, LogReplay, LogWriter, Retention, TopicStats,
 };
 pub use metrics::TransportMetrics;
-pub use pace::{MAX_STREAM_RATE, Pacer};
+pub use pace::{MAX_STREAM_RATE, Paced, Pacer};
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,

@@ -22,10 +22,14 @@
 //! so the consumer always ends up with the latest progress of every job and
 //! the latest queue status, however far over its rate the stream runs.
 //! Every event it does not get — replaced while held, or not held because
-//! the pacer was full — is counted in a lag marker ([`Outgoing::Lagged`])
-//! at its place in the stream, which the transport writes as its lag signal
-//! (`events.lagged` with `dropped_count`). The consumer is never
-//! disconnected for its own limit.
+//! the pacer was full — is counted in a marker ([`Paced::Dropped`]) at its
+//! place in the stream, which the transport writes as its lag signal
+//! (`events.lagged` with `dropped_count`) and counts in
+//! [`EVENTS_PACED`](crate::metrics::EVENTS_PACED), not in the drops of
+//! clients that fell behind: the consumer chose it. Lag markers from before
+//! the pacer (the outbox's) are passed on as [`Paced::Lagged`], in order,
+//! never merged with its own. The consumer is never disconnected for its
+//! own limit.
 //!
 //! What is held is bounded by the connection's [`OutboxLimits`] (messages
 //! and bytes, the same budget as its outbox): an event that would exceed it
@@ -106,11 +110,26 @@ fn key_of(event: &Event) -> Option<Key> {
     }
 }
 
-/// A held entry: an event, or the number of events dropped at this place.
+/// What a [`Pacer`] lets through, in stream order.
+#[derive(Debug, Clone)]
+pub enum Paced {
+    /// An event to write.
+    Event(Arc<Event>),
+    /// This many events were lost before the pacer (an outbox lag marker,
+    /// passed on).
+    Lagged(u64),
+    /// This many events were not delivered here because of the rate limit
+    /// (replaced by a later one while held, or over what the pacer may
+    /// hold).
+    Dropped(u64),
+}
+
+/// A held entry: an event, or a marker.
 #[derive(Debug)]
 enum Held {
     Event { event: Arc<Event>, size: usize },
-    Lag(u64),
+    Lagged(u64),
+    Dropped(u64),
 }
 
 /// A consumer's rate limit, between its outbox and its socket (see the
@@ -135,7 +154,8 @@ pub struct Pacer {
     bytes: usize,
     limits: OutboxLimits,
     wire: WireForm,
-    scratch: Vec<Outgoing>,
+    /// What the last [`pace`](Pacer::pace) lets through.
+    out: Vec<Paced>,
 }
 
 /// What a held event counts against the budget beyond its JSON (the same
@@ -158,7 +178,7 @@ impl Pacer {
             bytes: 0,
             limits,
             wire,
-            scratch: Vec::new(),
+            out: Vec::new(),
         };
         pacer.set_rate(Some(rate));
         pacer
@@ -208,27 +228,28 @@ impl Pacer {
         })
     }
 
-    /// Takes `items` (what the outbox gave since the last call, in stream
-    /// order) and leaves in it what may be written at `now`: released held events first, then
-    /// new ones while tokens last, lag markers where events were dropped.
-    /// The rest is held.
-    pub fn pace(&mut self, items: &mut Vec<Outgoing>, now: Instant) {
-        let mut input = std::mem::replace(items, std::mem::take(&mut self.scratch));
-        self.release(items, now);
+    /// Takes (drains) `input`, what the outbox gave since the last call in
+    /// stream order, and returns what may be written at `now`: released
+    /// held events first, then new ones while tokens last, with markers
+    /// where events were dropped or lost. The rest is held.
+    pub fn pace(&mut self, input: &mut Vec<Outgoing>, now: Instant) -> std::vec::Drain<'_, Paced> {
+        let mut out = std::mem::take(&mut self.out);
+        self.release(&mut out, now);
         for item in input.drain(..) {
             match item {
-                Outgoing::Lagged(n) if self.held.is_empty() => push_lag(items, n),
-                Outgoing::Lagged(n) => self.hold_lag(n),
+                Outgoing::Lagged(n) if self.held.is_empty() => push(&mut out, Paced::Lagged(n)),
+                Outgoing::Lagged(n) => self.hold_marker(Held::Lagged(n)),
                 Outgoing::Event(event) => {
                     if self.held.is_empty() && self.take(now) {
-                        items.push(Outgoing::Event(event));
+                        out.push(Paced::Event(event));
                     } else {
                         self.hold(event);
                     }
                 }
             }
         }
-        self.scratch = input;
+        self.out = out;
+        self.out.drain(..)
     }
 
     /// Takes a token at `now`, if there is one.
@@ -245,10 +266,11 @@ impl Pacer {
     }
 
     /// Moves what may go at `now` from the front of the held queue to `out`.
-    fn release(&mut self, out: &mut Vec<Outgoing>, now: Instant) {
+    fn release(&mut self, out: &mut Vec<Paced>, now: Instant) {
         while let Some(front) = self.held.front() {
             match front {
-                Held::Lag(n) => push_lag(out, *n),
+                Held::Lagged(n) => push(out, Paced::Lagged(*n)),
+                Held::Dropped(n) => push(out, Paced::Dropped(*n)),
                 Held::Event { .. } => {
                     if !self.take(now) {
                         return;
@@ -265,15 +287,18 @@ impl Pacer {
                 {
                     self.index.remove(&key);
                 }
-                out.push(Outgoing::Event(event));
+                out.push(Paced::Event(event));
             }
         }
     }
 
-    fn hold_lag(&mut self, n: u64) {
-        match self.held.back_mut() {
-            Some(Held::Lag(m)) => *m += n,
-            _ => self.held.push_back(Held::Lag(n)),
+    /// Queues a marker, merged into the last entry if that is one of its
+    /// kind.
+    fn hold_marker(&mut self, marker: Held) {
+        match (self.held.back_mut(), marker) {
+            (Some(Held::Lagged(m)), Held::Lagged(n))
+            | (Some(Held::Dropped(m)), Held::Dropped(n)) => *m += n,
+            (_, marker) => self.held.push_back(marker),
         }
     }
 
@@ -291,14 +316,14 @@ impl Pacer {
         {
             self.events -= 1;
             self.bytes -= *size;
-            *slot = Held::Lag(1);
+            *slot = Held::Dropped(1);
         }
         let size = self.wire.bytes(&event).len() + FRAME_OVERHEAD;
         let fits = self.events == 0
             || (self.events < self.limits.max_messages
                 && self.bytes.saturating_add(size) <= self.limits.max_bytes);
         if !fits {
-            self.hold_lag(1);
+            self.hold_marker(Held::Dropped(1));
             return;
         }
         if let Some(key) = key {
@@ -307,22 +332,37 @@ impl Pacer {
         self.held.push_back(Held::Event { event, size });
         self.events += 1;
         self.bytes += size;
-        // Replaced events leave a marker each; merging neighbours keeps the
-        // queue within about twice its events.
-        if self.held.len() > 2 * self.events + 64 {
+        // Replaced events leave a marker each; compacting keeps the queue
+        // within about three entries per event.
+        if self.held.len() > 3 * self.events + 64 {
             self.compact();
         }
     }
 
-    /// Merges adjacent lag markers and renumbers the index.
+    /// Folds each run of markers between two events into at most two (one
+    /// per kind, the first kind first: nothing lies between them to order)
+    /// and renumbers the index.
     fn compact(&mut self) {
-        let mut merged: VecDeque<Held> = VecDeque::with_capacity(2 * self.events + 1);
+        let mut merged: VecDeque<Held> = VecDeque::with_capacity(3 * self.events + 2);
+        let mut run: Vec<Held> = Vec::with_capacity(2);
+        let flush = |run: &mut Vec<Held>, merged: &mut VecDeque<Held>| merged.extend(run.drain(..));
         for entry in self.held.drain(..) {
-            match (merged.back_mut(), entry) {
-                (Some(Held::Lag(m)), Held::Lag(n)) => *m += n,
-                (_, entry) => merged.push_back(entry),
+            match entry {
+                Held::Event { .. } => {
+                    flush(&mut run, &mut merged);
+                    merged.push_back(entry);
+                }
+                Held::Lagged(n) => match run.iter_mut().find(|h| matches!(h, Held::Lagged(_))) {
+                    Some(Held::Lagged(m)) => *m += n,
+                    _ => run.push(Held::Lagged(n)),
+                },
+                Held::Dropped(n) => match run.iter_mut().find(|h| matches!(h, Held::Dropped(_))) {
+                    Some(Held::Dropped(m)) => *m += n,
+                    _ => run.push(Held::Dropped(n)),
+                },
             }
         }
+        flush(&mut run, &mut merged);
         self.held = merged;
         self.index.clear();
         for (i, entry) in self.held.iter().enumerate() {
@@ -335,10 +375,13 @@ impl Pacer {
     }
 }
 
-fn push_lag(out: &mut Vec<Outgoing>, n: u64) {
-    match out.last_mut() {
-        Some(Outgoing::Lagged(m)) => *m += n,
-        _ => out.push(Outgoing::Lagged(n)),
+/// Appends `item`, a marker merged into the last one if that is of its
+/// kind.
+fn push(out: &mut Vec<Paced>, item: Paced) {
+    match (out.last_mut(), item) {
+        (Some(Paced::Lagged(m)), Paced::Lagged(n))
+        | (Some(Paced::Dropped(m)), Paced::Dropped(n)) => *m += n,
+        (_, item) => out.push(item),
     }
 }
 
@@ -373,18 +416,26 @@ mod tests {
         })
     }
 
-    fn shape(items: &[Outgoing]) -> Vec<String> {
+    fn shape(items: &[Paced]) -> Vec<String> {
         items
             .iter()
             .map(|o| match o {
-                Outgoing::Event(e) => match e.payload() {
+                Paced::Event(e) => match e.payload() {
                     ServerEvent::JobProgress(p) => format!("p{}", p.progress),
                     ServerEvent::QueueStatus(q) => format!("q{}", q.total_jobs),
                     other => other.type_name().to_owned(),
                 },
-                Outgoing::Lagged(n) => format!("lag{n}"),
+                Paced::Dropped(n) => format!("drop{n}"),
+                Paced::Lagged(n) => format!("lag{n}"),
             })
             .collect()
+    }
+
+    /// Paces `input` at `now` and returns what goes.
+    fn go(pacer: &mut Pacer, mut input: Vec<Outgoing>, now: Instant) -> Vec<Paced> {
+        let out = pacer.pace(&mut input, now).collect();
+        assert!(input.is_empty(), "the input is taken");
+        out
     }
 
     fn rate(n: u32) -> NonZeroU32 {
@@ -403,67 +454,66 @@ mod tests {
         items.push(Outgoing::Event(bus.publish(QueueStatus::new(1, 0))));
         items.push(Outgoing::Event(bus.publish(QueueStatus::new(2, 0))));
         let now = Instant::now();
-        pacer.pace(&mut items, now);
         // Two tokens: the first two go; 30..50 are replaced by 60.
-        assert_eq!(shape(&items), ["p10", "p20"]);
+        assert_eq!(shape(&go(&mut pacer, items, now)), ["p10", "p20"]);
         assert_eq!(pacer.held_events(), 3, "p60, JobCompleted, q2");
         let next = pacer.next_release().unwrap();
         assert_eq!(next - now, Duration::from_millis(500));
-        items.clear();
-        pacer.pace(&mut items, next);
-        assert_eq!(shape(&items), ["lag3", "p60"]);
-        items.clear();
+        assert_eq!(shape(&go(&mut pacer, Vec::new(), next)), ["drop3", "p60"]);
         let next = pacer.next_release().unwrap();
-        pacer.pace(&mut items, next);
         // The marker of q1 (replaced) goes with the event before it.
-        assert_eq!(shape(&items), ["JobCompleted", "lag1"]);
-        items.clear();
+        assert_eq!(
+            shape(&go(&mut pacer, Vec::new(), next)),
+            ["JobCompleted", "drop1"]
+        );
         let next = pacer.next_release().unwrap();
-        pacer.pace(&mut items, next);
-        assert_eq!(shape(&items), ["q2"]);
+        assert_eq!(shape(&go(&mut pacer, Vec::new(), next)), ["q2"]);
         assert!(pacer.is_empty());
         assert_eq!(pacer.next_release(), None);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_full_pacer_drops_and_counts_in_place() {
+    async fn a_full_pacer_drops_and_counts_in_place_apart_from_upstream_losses() {
         let bus = EventBus::default();
         let mut pacer = Pacer::new(rate(1), limits(2), WireForm::Flat);
-        let jobs: Vec<Uuid> = (0..5).map(|_| Uuid::now_v7()).collect();
-        let mut items: Vec<Outgoing> = jobs
-            .iter()
-            .map(|j| Outgoing::Event(completed(&bus, *j)))
+        let mut items: Vec<Outgoing> = (0..5)
+            .map(|_| Outgoing::Event(completed(&bus, Uuid::now_v7())))
             .collect();
         items.push(Outgoing::Lagged(2));
+        items.push(Outgoing::Event(completed(&bus, Uuid::now_v7())));
         let now = Instant::now();
-        pacer.pace(&mut items, now);
-        assert_eq!(items.len(), 1, "one token");
+        assert_eq!(go(&mut pacer, items, now).len(), 1, "one token");
         assert_eq!(pacer.held_events(), 2);
         let mut out = Vec::new();
         for secs in [1, 2] {
-            items.clear();
-            pacer.pace(&mut items, now + Duration::from_secs(secs));
-            out.append(&mut items);
+            out.extend(go(&mut pacer, Vec::new(), now + Duration::from_secs(secs)));
         }
-        // Two held, two dropped for room plus two lost upstream: one marker.
-        assert_eq!(shape(&out), ["JobCompleted", "JobCompleted", "lag4"]);
+        // Two held; two, then one more, dropped for room; the two lost
+        // upstream kept apart, in place.
+        assert_eq!(
+            shape(&out),
+            ["JobCompleted", "JobCompleted", "drop2", "lag2", "drop1"]
+        );
         assert!(pacer.is_empty());
+        // With nothing held, an upstream loss goes at once.
+        assert_eq!(
+            shape(&go(&mut pacer, vec![Outgoing::Lagged(3)], now)),
+            ["lag3"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn lifting_the_limit_releases_everything_held() {
         let bus = EventBus::default();
         let mut pacer = Pacer::new(rate(1), limits(100), WireForm::Flat);
-        let mut items: Vec<Outgoing> = (0..4)
+        let items: Vec<Outgoing> = (0..4)
             .map(|_| Outgoing::Event(completed(&bus, Uuid::now_v7())))
             .collect();
         let now = Instant::now();
-        pacer.pace(&mut items, now);
-        assert_eq!(items.len(), 1);
+        assert_eq!(go(&mut pacer, items, now).len(), 1);
         pacer.set_rate(None);
-        items.clear();
-        pacer.pace(&mut items, now);
-        assert_eq!(items.len(), 3);
+        assert_eq!(pacer.rate(), None);
+        assert_eq!(go(&mut pacer, Vec::new(), now).len(), 3);
         assert!(pacer.is_empty());
     }
 
@@ -476,45 +526,38 @@ mod tests {
         let mut got = Vec::new();
         let mut published = 0u64;
         for round in 0..100u8 {
-            let mut items: Vec<Outgoing> = jobs
+            let items: Vec<Outgoing> = jobs
                 .iter()
                 .map(|j| Outgoing::Event(progress(&bus, *j, round)))
                 .collect();
             published += items.len() as u64;
-            pacer.pace(&mut items, start + Duration::from_millis(u64::from(round)));
-            got.append(&mut items);
-            assert!(pacer.held.len() <= 2 * pacer.events + 65);
+            let at = start + Duration::from_millis(u64::from(round));
+            got.extend(go(&mut pacer, items, at));
+            assert!(pacer.held.len() <= 3 * pacer.events + 65);
         }
-        let mut items: Vec<Outgoing> = jobs
+        let items: Vec<Outgoing> = jobs
             .iter()
             .map(|j| Outgoing::Event(completed(&bus, *j)))
             .collect();
         published += items.len() as u64;
-        let mut at = start + Duration::from_secs(1);
-        pacer.pace(&mut items, at);
-        got.append(&mut items);
+        got.extend(go(&mut pacer, items, start + Duration::from_secs(1)));
         while let Some(next) = pacer.next_release() {
-            at = next;
-            pacer.pace(&mut items, at);
-            got.append(&mut items);
+            got.extend(go(&mut pacer, Vec::new(), next));
         }
-        let events = got
-            .iter()
-            .filter(|o| matches!(o, Outgoing::Event(_)))
-            .count() as u64;
-        let lagged: u64 = got
+        let events = got.iter().filter(|o| matches!(o, Paced::Event(_))).count() as u64;
+        let dropped: u64 = got
             .iter()
             .map(|o| match o {
-                Outgoing::Lagged(n) => *n,
-                Outgoing::Event(_) => 0,
+                Paced::Dropped(n) => *n,
+                Paced::Lagged(_) | Paced::Event(_) => 0,
             })
             .sum();
-        assert_eq!(events + lagged, published, "every event sent or counted");
+        assert_eq!(events + dropped, published, "every event sent or counted");
         for job in &jobs {
             let last: Vec<String> = got
                 .iter()
                 .filter_map(|o| match o {
-                    Outgoing::Event(e) if e.payload().entity().map(|(_, id)| id) == Some(*job) => {
+                    Paced::Event(e) if e.payload().entity().map(|(_, id)| id) == Some(*job) => {
                         Some(shape(std::slice::from_ref(o))[0].clone())
                     }
                     _ => None,
@@ -522,5 +565,39 @@ mod tests {
                 .collect();
             assert_eq!(last[last.len() - 2..], ["p99", "JobCompleted"]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn compaction_keeps_markers_of_each_kind_and_the_index_right() {
+        let bus = EventBus::default();
+        let job = Uuid::now_v7();
+        let mut pacer = Pacer::new(rate(1), limits(1000), WireForm::Flat);
+        let now = Instant::now();
+        let first = go(&mut pacer, vec![Outgoing::Event(completed(&bus, job))], now);
+        assert_eq!(first.len(), 1);
+        let mut items = Vec::new();
+        for p in 0..100u8 {
+            items.push(Outgoing::Event(progress(&bus, job, p)));
+            if p % 10 == 0 {
+                items.push(Outgoing::Lagged(1));
+            }
+        }
+        assert!(go(&mut pacer, items, now).is_empty());
+        assert_eq!(pacer.held_events(), 1, "one progress, the latest");
+        assert!(pacer.held.len() <= 3 * pacer.events + 65);
+        let mut out = Vec::new();
+        while let Some(next) = pacer.next_release() {
+            out.extend(go(&mut pacer, Vec::new(), next));
+        }
+        let (mut dropped, mut lagged) = (0, 0);
+        for item in &out {
+            match item {
+                Paced::Dropped(n) => dropped += n,
+                Paced::Lagged(n) => lagged += n,
+                Paced::Event(_) => {}
+            }
+        }
+        assert_eq!((dropped, lagged), (99, 10));
+        assert_eq!(shape(&out[out.len() - 1..]), ["p99"]);
     }
 }

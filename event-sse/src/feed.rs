@@ -35,7 +35,7 @@ use bytes::Bytes;
 use std::num::NonZeroU32;
 
 use event_core::{
-    Cursor, Event, EventBus, FanoutHub, HubSubscription, OutboxLimits, Outgoing, Pacer,
+    Cursor, Event, EventBus, FanoutHub, HubSubscription, OutboxLimits, Outgoing, Paced, Pacer,
     ReplayPermit, SubscribeOptions, Uuid, WireForm,
 };
 use tokio::sync::Notify;
@@ -417,7 +417,16 @@ impl HubFeed {
             // Events the replay already sent take no token.
             self.scratch
                 .retain(|o| !matches!(o, Outgoing::Event(e) if e.seq() <= skip));
-            pacer.pace(&mut self.scratch, tokio::time::Instant::now());
+            out.extend(
+                pacer
+                    .pace(&mut self.scratch, tokio::time::Instant::now())
+                    .map(|p| match p {
+                        Paced::Event(e) => Item::Event(e),
+                        Paced::Lagged(n) => Item::Lagged(n),
+                        Paced::Dropped(n) => Item::Paced(n),
+                    }),
+            );
+            return;
         }
         out.extend(self.scratch.drain(..).filter_map(|o| match o {
             Outgoing::Event(e) if e.seq() <= skip => None,

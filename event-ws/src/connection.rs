@@ -34,7 +34,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use event_core::{
     Closed, ConnectionGuard, EventFilter, FilterParams, HubSubscription, KindSet, Outgoing,
-    OverflowPolicy, Pacer, Principal, SubscribeOptions, Transport, WireForm, current_queue_status,
+    OverflowPolicy, Paced, Pacer, Principal, SubscribeOptions, Transport, WireForm,
+    current_queue_status,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::futures::Notified;
@@ -600,19 +601,31 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             self.guard.record_dropped(missed);
             return Err(End::SlowConsumer("missed events"));
         }
-        let mut lagged = 0;
+        let (mut paced, mut lost) = (0, 0);
         if let Some(pacer) = self.pacer.as_mut() {
-            pacer.pace(&mut self.batch, Instant::now());
-            // What the pacer dropped, at its place in the stream.
-            for item in &self.batch {
+            // The batch goes through the pacer and holds, after, what it
+            // lets through (the events written, for `record_written`).
+            let mut batch = std::mem::take(&mut self.batch);
+            for item in pacer.pace(&mut batch, Instant::now()) {
                 match item {
-                    Outgoing::Event(event) => self.socket.queue(frame::event_frame(event)),
-                    Outgoing::Lagged(n) => {
-                        lagged += n;
-                        self.socket.queue(frame::text(lagged_json(*n).as_bytes()));
+                    Paced::Event(event) => {
+                        self.socket.queue(frame::event_frame(&event));
+                        batch.push(Outgoing::Event(event));
+                    }
+                    // What the pacer dropped, at its place in the stream.
+                    Paced::Dropped(n) => {
+                        paced += n;
+                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
+                    }
+                    // Losses upstream ended the connection above; none
+                    // reach the pacer, but one would be said the same way.
+                    Paced::Lagged(n) => {
+                        lost += n;
+                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
                     }
                 }
             }
+            self.batch = batch;
             match pacer.next_release() {
                 Some(at) => match self.pace_timer.as_mut() {
                     Some(timer) => timer.as_mut().reset(at),
@@ -633,9 +646,11 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 }
             }
         }
-        if lagged > 0 {
-            self.ep.metrics.dropped(lagged);
-            self.guard.record_dropped(lagged);
+        if paced + lost > 0 {
+            // The consumer's own limit is not a loss to alert on.
+            self.ep.metrics.paced(paced);
+            self.ep.metrics.dropped(lost);
+            self.guard.record_dropped(paced + lost);
         }
         self.ep.note_queued(self.socket.queued_bytes());
         Ok(())
