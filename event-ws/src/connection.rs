@@ -278,7 +278,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         span,
         selection: Selection::default(),
         base_kinds,
-        own: OwnFilter::default(),
+        own: None,
         pacer: cfg
             .max_rate
             .map(|rate| Box::new(Pacer::new(rate, sub.outbox().limits(), WireForm::Flat))),
@@ -332,7 +332,9 @@ struct Conn<'a, IO> {
     /// The kinds the upgrade request's filters allow.
     base_kinds: KindSet,
     /// The `topics` and `filter` of the client's `subscribe` messages.
-    own: OwnFilter,
+    /// (Boxed, and absent until the client sets one: an idle connection's
+    /// task keeps little.)
+    own: Option<Box<OwnFilter>>,
     /// The rate limit (`max_rate`), if the connection has one: what the
     /// outbox gives passes through it on the way to the socket.
     pacer: Option<Box<Pacer>>,
@@ -366,16 +368,6 @@ struct OwnFilter {
     kinds: KindSet,
 }
 
-impl Default for OwnFilter {
-    fn default() -> Self {
-        OwnFilter {
-            topics: None,
-            filter: None,
-            kinds: KindSet::ALL,
-        }
-    }
-}
-
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// Delivers the selected kinds the upgrade request's filters and the
     /// client's own `filter` allow; returns them (what the `subscribed`
@@ -385,7 +377,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             .selection
             .kinds()
             .intersection(self.base_kinds)
-            .intersection(self.own.kinds);
+            .intersection(self.own.as_ref().map_or(KindSet::ALL, |own| own.kinds));
         self.sub.set_kinds(kinds);
         kinds
     }
@@ -394,8 +386,13 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// `filter` is refused — none of it.
     fn subscribe(&mut self, request: Subscribe) -> Result<String, Refusal> {
         if request.topics.is_some() || request.filter.is_some() {
-            let topics = request.topics.or_else(|| self.own.topics.clone());
-            let filter = request.filter.or_else(|| self.own.filter.clone());
+            let own = self.own.as_deref();
+            let topics = request
+                .topics
+                .or_else(|| own.and_then(|o| o.topics.clone()));
+            let filter = request
+                .filter
+                .or_else(|| own.and_then(|o| o.filter.clone()));
             // The SSE parameters' parser: the same rules, limits and errors.
             let parsed = EventFilter::parse_with_json(
                 FilterParams {
@@ -416,11 +413,11 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             let narrows = parsed.entity_id().is_some()
                 || parsed.memory().is_some()
                 || !parsed.topics().is_empty();
-            self.own = OwnFilter {
+            self.own = Some(Box::new(OwnFilter {
                 topics,
                 filter,
                 kinds: parsed.kinds(),
-            };
+            }));
             self.sub.set_filter(narrows.then_some(parsed));
         }
         let unknown = match &request.events {
