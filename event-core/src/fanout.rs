@@ -343,19 +343,37 @@ impl<T> Outbox<T> {
     }
 }
 
+/// The bit of [`HubSubscriber::kinds`] beyond the seven kinds that says the
+/// connection set a filter of its own ([`HubSubscription::set_filter`]): a
+/// connection without one pays no lock for it, only this bit, read with the
+/// kinds it is stored beside.
+const EXTRA_FILTER: u8 = 0x80;
+
 struct HubSubscriber {
     filter: EventFilter,
+    /// The kinds delivered (the low seven bits) and [`EXTRA_FILTER`].
     kinds: AtomicU8,
+    /// A filter the connection set after subscribing (WebSocket `subscribe`
+    /// with `topics` or `filter`), ANDed with `filter`; read only when
+    /// [`EXTRA_FILTER`] is set.
+    extra: RwLock<Option<EventFilter>>,
     principal: Principal,
     wire: WireForm,
     outbox: Arc<Outbox>,
 }
 
 impl HubSubscriber {
-    fn wants(&self, kinds: KindSet, event: &Event) -> bool {
+    fn wants(&self, kinds: KindSet, extra: Option<&EventFilter>, event: &Event) -> bool {
         kinds.contains(event.kind())
             && self.filter.matches_except_kind(event)
+            && extra.is_none_or(|f| f.matches_except_kind(event))
             && self.principal.can_see(event)
+    }
+
+    /// The connection's own filter, if it set one (`bits` as loaded from
+    /// `kinds`).
+    fn extra(&self, bits: u8) -> Option<std::sync::RwLockReadGuard<'_, Option<EventFilter>>> {
+        (bits & EXTRA_FILTER != 0).then(|| self.extra.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -423,6 +441,7 @@ impl FanoutHub {
         let sub = Arc::new(HubSubscriber {
             kinds: AtomicU8::new(options.filter.kinds().bits()),
             filter: options.filter,
+            extra: RwLock::new(None),
             principal: options.principal,
             wire: options.wire,
             outbox: Arc::new(Outbox::new(options.limits, options.policy)),
@@ -500,10 +519,13 @@ impl FanoutHub {
             .unwrap_or_else(|p| p.into_inner());
         let (mut delivered, mut dropped) = (0u64, 0u64);
         for sub in slots.slots.iter().flatten() {
-            let kinds = KindSet::from_bits(sub.kinds.load(Ordering::Relaxed));
+            let bits = sub.kinds.load(Ordering::Relaxed);
+            let kinds = KindSet::from_bits(bits);
+            let extra = sub.extra(bits);
+            let extra = extra.as_deref().and_then(Option::as_ref);
             let mut state: Option<MutexGuard<'_, OutboxState<Event>>> = None;
             for ev in events {
-                if !sub.wants(kinds, ev) {
+                if !sub.wants(kinds, extra, ev) {
                     continue;
                 }
                 let size = sub.wire.bytes(ev).len() + FRAME_OVERHEAD;
@@ -605,7 +627,28 @@ impl HubSubscription {
     /// Changes the kinds delivered from now on (WebSocket `subscribe` /
     /// `unsubscribe`).
     pub fn set_kinds(&self, kinds: KindSet) {
-        self.sub.kinds.store(kinds.bits(), Ordering::Relaxed);
+        // Only this connection's task writes `kinds`: the filter bit is
+        // kept as it is.
+        let filtered = self.sub.kinds.load(Ordering::Relaxed) & EXTRA_FILTER;
+        self.sub
+            .kinds
+            .store(kinds.bits() | filtered, Ordering::Relaxed);
+    }
+
+    /// Sets a filter of the connection's own, ANDed with the one it
+    /// subscribed with, for the events delivered from now on (WebSocket
+    /// `subscribe` with `topics` or `filter`); `None` removes it. Only its
+    /// entity, memory and topic parts apply here: kinds are chosen with
+    /// [`set_kinds`](Self::set_kinds). The caller checks that the principal
+    /// may see a memory it names, as at subscribe time.
+    pub fn set_filter(&self, filter: Option<EventFilter>) {
+        let mut extra = self.sub.extra.write().unwrap_or_else(|p| p.into_inner());
+        let kinds = self.sub.kinds.load(Ordering::Relaxed) & !EXTRA_FILTER;
+        let flag = if filter.is_some() { EXTRA_FILTER } else { 0 };
+        *extra = filter;
+        // Stored under the write lock: a fan-out that sees the bit reads
+        // the filter set with it, or a newer one.
+        self.sub.kinds.store(kinds | flag, Ordering::Relaxed);
     }
 
     /// The principal of the connection.
@@ -616,7 +659,13 @@ impl HubSubscription {
     /// Whether this connection would receive `event` (filter and scope),
     /// for events it gets outside the hub (replay, snapshots).
     pub fn wants(&self, event: &Event) -> bool {
-        self.sub.wants(self.kinds(), event)
+        let bits = self.sub.kinds.load(Ordering::Relaxed);
+        let extra = self.sub.extra(bits);
+        self.sub.wants(
+            KindSet::from_bits(bits),
+            extra.as_deref().and_then(Option::as_ref),
+            event,
+        )
     }
 }
 
@@ -715,6 +764,37 @@ mod tests {
         hub.fan_out(&evs);
         assert!(sub.outbox().queued_bytes() > 16);
         assert!(sub.outbox().drain_into(&mut out).overflowed);
+    }
+
+    #[test]
+    fn a_filter_set_later_narrows_until_removed_and_keeps_the_kinds() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Close, 100));
+        let bus = EventBus::default();
+        let gpu = bus.publish_with(QueueStatus::new(1, 0), EventMeta::default().topic("gpu"));
+        let other = bus.publish(QueueStatus::new(2, 0));
+        sub.set_kinds(KindSet::only(EventKind::QueueStatus));
+        sub.set_filter(Some(EventFilter::all().with_topics(vec![
+            crate::filter::TopicPattern::parse("gpu*").unwrap(),
+        ])));
+        assert_eq!(sub.kinds(), KindSet::only(EventKind::QueueStatus));
+        assert!(sub.wants(&gpu) && !sub.wants(&other));
+        hub.fan_out(&[gpu.clone(), other.clone()]);
+        sub.set_kinds(KindSet::ALL);
+        assert!(!sub.wants(&other), "set_kinds keeps the filter");
+        sub.set_filter(None);
+        hub.fan_out(std::slice::from_ref(&other));
+        let mut out = Vec::new();
+        sub.outbox().drain_into(&mut out);
+        let seqs: Vec<u64> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.seq(),
+                Outgoing::Lagged(_) => 0,
+            })
+            .collect();
+        assert_eq!(seqs, [gpu.seq(), other.seq()]);
+        assert_eq!(sub.kinds(), KindSet::ALL);
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub mod http_error;
 pub mod io;
 pub mod log;
 pub mod metrics;
+pub mod pace;
 pub mod payload;
 pub mod registry;
 pub mod replay_source;
@@ -135,6 +136,7 @@ pub use log::{
     Retention, TopicRetention, TopicStats,
 };
 pub use metrics::TransportMetrics;
+pub use pace::{MAX_STREAM_RATE, Paced, Pacer};
 pub use payload::{
     EntityType, EventKind, JobCompleted, JobFailed, JobProgress, JobQueued, JobStarted,
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,

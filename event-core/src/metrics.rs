@@ -48,6 +48,12 @@ pub const MCP_EVENTS_SENT: &str = "matric_mcp_events_sent";
 pub const EVENTS_PUBLISHED: &str = "matric_events_published";
 /// Counter `{consumer}`: events a consumer (a transport's client, a sink) lost.
 pub const EVENTS_DROPPED: &str = "matric_events_dropped";
+/// Counter `{consumer}`: events a rate-limited client (`max_rate`,
+/// `STREAM_MAX_RATE`) did not receive because of its own limit: replaced
+/// by a later state while held, or over what its pacer may hold
+/// ([`crate::pace`]). Its choice, not a fault, so apart from
+/// [`EVENTS_DROPPED`] (and its alerts).
+pub const EVENTS_PACED: &str = "matric_events_paced";
 /// Gauge `{transport}`: the most connections (MCP: sessions) the transport
 /// admits (`MAX_CONNECTIONS`, `MCP_MAX_SESSIONS`); not exported when
 /// unlimited. `…_connections_active / matric_connections_limit` is how
@@ -198,6 +204,7 @@ pub struct TransportMetrics {
     /// each call cost more than the update itself.
     sent: Arc<[BoundCounter<u64>; EventKind::ALL.len()]>,
     dropped: Counter<u64>,
+    paced: Counter<u64>,
     closed: Counter<u64>,
     /// Bound to `transport`, for the same reason.
     latency: BoundHistogram<f64>,
@@ -228,6 +235,12 @@ impl TransportMetrics {
                     .map(|kind| sent.bind(&[KeyValue::new("event_type", kind.type_name())])),
             ),
             dropped: dropped_counter(&meter),
+            paced: meter
+                .u64_counter(EVENTS_PACED)
+                .with_description(
+                    "Events a rate-limited client did not receive because of its own limit",
+                )
+                .build(),
             closed: meter
                 .u64_counter(CONNECTIONS_CLOSED)
                 .with_description("Connections closed, by transport and reason")
@@ -239,6 +252,7 @@ impl TransportMetrics {
         // expect the series to exist.
         metrics.active.add(0, &[]);
         metrics.dropped(0);
+        metrics.paced(0);
         metrics
     }
 
@@ -311,6 +325,13 @@ impl TransportMetrics {
     /// A client of this transport lost `n` events.
     pub fn dropped(&self, n: u64) {
         self.dropped
+            .add(n, &[KeyValue::new("consumer", self.transport.as_str())]);
+    }
+
+    /// A rate-limited client of this transport did not receive `n` events
+    /// because of its own limit ([`EVENTS_PACED`]).
+    pub fn paced(&self, n: u64) {
+        self.paced
             .add(n, &[KeyValue::new("consumer", self.transport.as_str())]);
     }
 }

@@ -122,6 +122,12 @@ fn non_zero(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A stream rate limit (`STREAM_MAX_RATE`): `0` (none) or 1 to
+/// [`event_core::MAX_STREAM_RATE`] events per second.
+fn stream_rate(text: &str) -> Result<u32, String> {
+    event_core::pace::parse_max_rate(text).map(|rate| rate.map_or(0, |n| n.get()))
+}
+
 fn seconds(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1 second".to_owned()),
@@ -355,6 +361,14 @@ pub struct Config {
         default_value = "10"
     )]
     pub webhook_create_max_rate: u32,
+
+    /// Events per second each WebSocket and SSE consumer receives when it
+    /// names no `max_rate` of its own (at most 10,000). Over it a consumer's
+    /// `JobProgress` per job and `QueueStatus` are coalesced to the latest
+    /// and the rest is counted in its lag signal; it is never disconnected
+    /// for it. `0`: unlimited.
+    #[arg(long = "stream-max-rate", env = "STREAM_MAX_RATE", default_value = "0", value_parser = stream_rate)]
+    pub stream_max_rate: u32,
 
     /// Largest event, in bytes of rendered JSON (at least 1024). A larger one
     /// is refused: `413` on the publish API, an error for in-process
@@ -617,6 +631,12 @@ impl Config {
     /// The WebSocket ping interval.
     pub fn ws_ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_interval_secs)
+    }
+
+    /// The stream rate limit of consumers that name none (`STREAM_MAX_RATE`;
+    /// `None`: unlimited).
+    pub fn stream_max_rate(&self) -> Option<std::num::NonZeroU32> {
+        std::num::NonZeroU32::new(self.stream_max_rate)
     }
 
     /// The WebSocket idle timeout.

@@ -420,6 +420,28 @@ async fn every_message_sent_matches_the_served_asyncapi_document() {
     assert_eq!(ws_answers[0]["type"], "pong");
     assert_eq!(ws_answers[1]["unknown"], json!(["bogus"]));
 
+    // `subscribe`'s topics, filter and max_rate, and the error answer
+    // (the selection stays every kind, the limit is lifted again).
+    for (command, want) in [
+        (
+            json!({"type":"subscribe","topics":["*"],"filter":{"types":["job","note","queue"]},"max_rate":10000}),
+            "subscribed",
+        ),
+        (json!({"type":"subscribe","topics":["UPPER"]}), "error"),
+        (json!({"type":"subscribe","max_rate":0}), "subscribed"),
+    ] {
+        check_message(&docs, "subscribe", &command);
+        ws.send(Message::text(command.to_string())).await.unwrap();
+        let answer = loop {
+            let v = next_text(&mut ws).await;
+            if v["type"] == want {
+                break v;
+            }
+            check_message(&docs, v["type"].as_str().unwrap(), &v);
+        };
+        check_message(&docs, want, &answer);
+    }
+
     // SSE in both formats, opened before the events are published.
     let sse_v1 = open_sse(&server, "format=v1", None).await;
     let sse_envelope = open_sse(&server, "format=envelope", None).await;

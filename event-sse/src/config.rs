@@ -1,5 +1,6 @@
 //! Endpoint configuration.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use event_core::OutboxLimits;
@@ -43,6 +44,13 @@ pub struct SseConfig {
     /// `Retry-After: 5` and `{"error":"too_many_connections",…}`, as the WebSocket
     /// upgrade is. Not applied by [`SseChannel`](crate::SseChannel).
     pub max_connections: usize,
+    /// The rate limit of a stream whose client sends no `?max_rate=`, in
+    /// events per second (`None`: unlimited; the host's `STREAM_MAX_RATE`).
+    /// Over the rate, `JobProgress` per job and `QueueStatus` are coalesced
+    /// to the latest and the rest is counted in `events.lagged`; the stream
+    /// is never ended for it ([`event_core::pace`]). Replays are not paced.
+    /// Not applied by [`SseChannel`](crate::SseChannel).
+    pub max_rate: Option<NonZeroU32>,
 }
 
 impl Default for SseConfig {
@@ -55,6 +63,7 @@ impl Default for SseConfig {
             stall_timeout: Duration::from_secs(30),
             history_default_limit: 100,
             max_connections: 10_000,
+            max_rate: None,
         }
     }
 }

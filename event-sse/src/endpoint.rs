@@ -264,6 +264,7 @@ impl SseEndpoint {
         let query = Query::parse(req.uri())?;
         let format = query.format(inner.config.format)?;
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
+        let max_rate = query.max_rate(inner.config.max_rate)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
         let cursor = query.last_event_id(headers);
@@ -274,6 +275,15 @@ impl SseEndpoint {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
         if let Some(named) = named {
+            // A consumer reads at the pace of its acks and its read-ahead
+            // bound; a rate limit would only hold its deliveries back.
+            if let Some(raw) = query.get("max_rate") {
+                return Err(SseError::param(
+                    "max_rate",
+                    raw,
+                    "does not apply to `consumer` or `group` streams (their read-ahead is bounded by CONSUMER_MAX_ACK_PENDING)",
+                ));
+            }
             let member = crate::consumer::attach(inner.consumers.as_ref(), named).await?;
             let guard = inner.registry.register(Transport::Sse, remote, &principal);
             if guard.is_closing() {
@@ -387,7 +397,8 @@ impl SseEndpoint {
             start,
             &inner.replay_held,
             slot,
-        );
+        )
+        .paced(max_rate);
         let conn = Connection::new(
             feed,
             StreamSettings {

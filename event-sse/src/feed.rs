@@ -32,9 +32,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use std::num::NonZeroU32;
+
 use event_core::{
-    Cursor, Event, EventBus, FanoutHub, HubSubscription, Outgoing, ReplayPermit, SubscribeOptions,
-    Uuid,
+    Cursor, Event, EventBus, FanoutHub, HubSubscription, OutboxLimits, Outgoing, Paced, Pacer,
+    ReplayPermit, SubscribeOptions, Uuid, WireForm,
 };
 use tokio::sync::Notify;
 
@@ -165,6 +167,11 @@ pub(crate) struct HubFeed {
     /// Since when the replay has been waiting for its bytes to be written.
     blocked_since: Option<Instant>,
     scratch: Vec<Outgoing>,
+    /// The connection's outbox limits (what a pacer may hold, too).
+    limits: OutboxLimits,
+    /// The consumer's rate limit (`?max_rate=`), if it has one: live
+    /// events pass through it; replays do not.
+    pacer: Option<Box<Pacer>>,
     /// The connection's place under `max_connections`.
     _slot: Slot,
 }
@@ -191,6 +198,7 @@ impl HubFeed {
         slot: Slot,
     ) -> Self {
         let budget = options.limits.max_bytes;
+        let limits = options.limits;
         let (sub, phase, skip_through, raw_cursor) = match start {
             Start::Live(sub) => (Some(sub), Phase::Live, 0, None),
             Start::Ring { after, raw } => (
@@ -222,8 +230,21 @@ impl HubFeed {
             budget,
             blocked_since: None,
             scratch: Vec::new(),
+            limits,
+            pacer: None,
             _slot: slot,
         }
+    }
+
+    /// Limits the live events to `rate` per second, coalescing over it
+    /// (see [`event_core::pace`]); `None` leaves the feed unlimited.
+    pub(crate) fn paced(mut self, rate: Option<NonZeroU32>) -> Self {
+        let wire = match self.format {
+            Format::V1 => WireForm::Flat,
+            Format::Envelope => WireForm::Envelope,
+        };
+        self.pacer = rate.map(|rate| Box::new(Pacer::new(rate, self.limits, wire)));
+        self
     }
 
     fn wants(&self, event: &Event) -> bool {
@@ -392,6 +413,21 @@ impl HubFeed {
         };
         sub.outbox().drain_into(&mut self.scratch);
         let skip = self.skip_through;
+        if let Some(pacer) = self.pacer.as_mut() {
+            // Events the replay already sent take no token.
+            self.scratch
+                .retain(|o| !matches!(o, Outgoing::Event(e) if e.seq() <= skip));
+            out.extend(
+                pacer
+                    .pace(&mut self.scratch, tokio::time::Instant::now())
+                    .map(|p| match p {
+                        Paced::Event(e) => Item::Event(e),
+                        Paced::Lagged(n) => Item::Lagged(n),
+                        Paced::Dropped(n) => Item::Paced(n),
+                    }),
+            );
+            return;
+        }
         out.extend(self.scratch.drain(..).filter_map(|o| match o {
             Outgoing::Event(e) if e.seq() <= skip => None,
             Outgoing::Event(e) => Some(Item::Event(e)),
@@ -405,7 +441,14 @@ impl Feed for HubFeed {
 
     async fn ready(&self) {
         match (&self.phase, &self.sub) {
-            (Phase::Live, Some(sub)) => sub.outbox().ready().await,
+            (Phase::Live, Some(sub)) => match self.pacer.as_ref().and_then(|p| p.next_release()) {
+                None => sub.outbox().ready().await,
+                // Or when the pacer may release what it holds.
+                Some(at) => tokio::select! {
+                    () = sub.outbox().ready() => {}
+                    () = tokio::time::sleep_until(at) => {}
+                },
+            },
             // Replaying: more can be framed once bytes in flight are written.
             _ => match &self.credit {
                 Some(credit) => credit.notify.notified().await,

@@ -64,6 +64,7 @@
 //! | a connection's queue | `outbox`; — | 1,024 events or 1 MiB, raised to hold two of the bus's largest events ([`OutboxLimits::fit_event`](event_core::OutboxLimits::fit_event)) | the excess is dropped and counted: `events.lagged` with the number missed |
 //! | a replay in flight | the same byte budget | 1 MiB, in chunks of at most 256 KiB | the replay waits for the client to read; if the ring overwrites what it has not had yet, `resync_required`, then live |
 //! | a full queue | `stall_timeout`; — | 30 s | the connection is aborted (it must reconnect and resume) |
+//! | a consumer's rate | `max_rate`; `STREAM_MAX_RATE` (the client's `?max_rate=`, 0–10,000, overrides it) | unlimited | over it, live events are held and coalesced (latest `JobProgress` per job, latest `QueueStatus`), the rest counted in `events.lagged`; never disconnected ([`event_core::pace`]) |
 //! | one event | the bus's [`max_event_bytes`](event_core::EventBus::max_event_bytes); `EVENT_MAX_BYTES` | 256 KiB | larger events are refused at publish and never reach a stream |
 //!
 //! [`SseEndpoint::buffered_bytes`] reports what the endpoint holds for its

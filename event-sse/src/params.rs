@@ -1,6 +1,7 @@
 //! Request parsing shared by the endpoints.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, Uri};
@@ -47,6 +48,18 @@ impl Query {
                 raw,
                 format!("expected whole seconds from {MIN_HEARTBEAT_SECS} to {MAX_HEARTBEAT_SECS}"),
             )),
+        }
+    }
+
+    /// `max_rate=` (events per second, `0`: none), else `default`.
+    pub(crate) fn max_rate(
+        &self,
+        default: Option<NonZeroU32>,
+    ) -> Result<Option<NonZeroU32>, SseError> {
+        match self.get("max_rate") {
+            None => Ok(default),
+            Some(raw) => event_core::pace::parse_max_rate(raw)
+                .map_err(|why| SseError::param("max_rate", raw, why)),
         }
     }
 

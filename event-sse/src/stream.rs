@@ -38,6 +38,10 @@ pub(crate) enum Item<E> {
     Replayed(Arc<E>),
     /// This many events were lost here.
     Lagged(u64),
+    /// This many events were not sent here because of the client's own
+    /// rate limit (`max_rate`): written as `events.lagged` too, counted
+    /// apart from losses.
+    Paced(u64),
     /// The replay cannot go on after this cursor (the client fell behind the
     /// replay ring): `resync_required` naming it.
     Resync(String),
@@ -216,6 +220,13 @@ impl<F: Feed> Connection<F> {
                         m.dropped(n);
                     }
                 }
+                Item::Paced(n) => {
+                    frame::write_lagged(chunk.buf(), n);
+                    dropped += n;
+                    if let Some(m) = &self.metrics {
+                        m.paced(n);
+                    }
+                }
                 Item::Resync(cursor) => frame::write_resync(chunk.buf(), &cursor),
             }
         }
@@ -349,6 +360,7 @@ mod tests {
             Item::Event(a.clone()),
             Item::Lagged(4),
             Item::Event(b.clone()),
+            Item::Paced(2),
             Item::Resync("8".to_owned()),
         ]);
         let chunk = conn.drain_chunk().unwrap();
@@ -357,6 +369,8 @@ mod tests {
         want.extend_from_slice(&a.frame(Format::V1).unwrap());
         frame::write_lagged(&mut want, 4);
         want.extend_from_slice(&b.frame(Format::V1).unwrap());
+        // A rate limit's drops are said as any lag.
+        frame::write_lagged(&mut want, 2);
         frame::write_resync(&mut want, "8");
         assert_eq!(chunk, want.freeze());
     }

@@ -1,5 +1,6 @@
 //! Endpoint settings and the close codes the server uses.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use event_core::OutboxLimits;
@@ -81,6 +82,14 @@ pub struct WsConfig {
     /// the last published `QueueStatus` (800 ms; `refresh` must be answered
     /// within 1 s).
     pub snapshot_timeout: Duration,
+    /// The rate limit of a connection whose client names none, in events
+    /// per second (`None`: unlimited; the host's `STREAM_MAX_RATE`). A
+    /// client changes its own with `subscribe`'s `max_rate` (`0` lifts
+    /// it). Over the rate, `JobProgress` per job and `QueueStatus` are
+    /// coalesced to the latest and the rest is counted in
+    /// `{"type":"events.lagged","dropped_count":N}`; the connection is
+    /// never closed for it ([`event_core::pace`]).
+    pub max_rate: Option<NonZeroU32>,
 }
 
 impl Default for WsConfig {
@@ -96,6 +105,7 @@ impl Default for WsConfig {
             max_connections: 10_000,
             close_timeout: Duration::from_secs(5),
             snapshot_timeout: Duration::from_millis(800),
+            max_rate: None,
         }
     }
 }

@@ -33,8 +33,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use event_core::{
-    Closed, ConnectionGuard, EventFilter, HubSubscription, KindSet, Outgoing, OverflowPolicy,
-    Principal, SubscribeOptions, Transport, WireForm, current_queue_status,
+    Closed, ConnectionGuard, EventFilter, FilterParams, HubSubscription, KindSet, Outgoing,
+    OverflowPolicy, Paced, Pacer, Principal, SubscribeOptions, Transport, WireForm,
+    current_queue_status,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::futures::Notified;
@@ -44,7 +45,10 @@ use tracing::{Instrument, Span};
 use crate::config::close_code;
 use crate::endpoint::{Slot, WsEndpoint};
 use crate::frame::{self, Incoming, ReadError};
-use crate::protocol::{ClientMessage, PONG, Selection, queue_status_json, subscribed_reply};
+use crate::protocol::{
+    ClientMessage, PONG, Refusal, Selection, Subscribe, lagged_json, queue_status_json,
+    subscribed_reply,
+};
 use crate::socket::{Read, ReadFailure, WsSocket};
 
 /// A batch buffer larger than this is released after use, so a burst does
@@ -274,6 +278,11 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         span,
         selection: Selection::default(),
         base_kinds,
+        own: None,
+        pacer: cfg
+            .max_rate
+            .map(|rate| Box::new(Pacer::new(rate, sub.outbox().limits(), WireForm::Flat))),
+        pace_timer: None,
         batch: Vec::new(),
         incoming: Vec::new(),
         stall: None,
@@ -322,6 +331,15 @@ struct Conn<'a, IO> {
     selection: Selection,
     /// The kinds the upgrade request's filters allow.
     base_kinds: KindSet,
+    /// The `topics` and `filter` of the client's `subscribe` messages.
+    /// (Boxed, and absent until the client sets one: an idle connection's
+    /// task keeps little.)
+    own: Option<Box<OwnFilter>>,
+    /// The rate limit (`max_rate`), if the connection has one: what the
+    /// outbox gives passes through it on the way to the socket.
+    pacer: Option<Box<Pacer>>,
+    /// When the pacer's held events may go next.
+    pace_timer: Option<Pin<Box<Sleep>>>,
     /// Events queued on the socket and not yet completely written (their
     /// metrics are recorded once they are).
     batch: Vec<Outgoing>,
@@ -341,13 +359,91 @@ struct Conn<'a, IO> {
     read_pause: usize,
 }
 
+/// The `topics` and `filter` a client chose with `subscribe` (each
+/// replaced by the next `subscribe` that carries it), as the texts of the
+/// SSE parameters, and the kinds the `filter` allows.
+struct OwnFilter {
+    topics: Option<String>,
+    filter: Option<String>,
+    kinds: KindSet,
+}
+
 impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
-    /// Delivers the selected kinds the upgrade request's filters allow;
-    /// returns them (what the `subscribed` reply lists).
+    /// Delivers the selected kinds the upgrade request's filters and the
+    /// client's own `filter` allow; returns them (what the `subscribed`
+    /// reply lists).
     fn apply_selection(&self) -> KindSet {
-        let kinds = self.selection.kinds().intersection(self.base_kinds);
+        let kinds = self
+            .selection
+            .kinds()
+            .intersection(self.base_kinds)
+            .intersection(self.own.as_ref().map_or(KindSet::ALL, |own| own.kinds));
         self.sub.set_kinds(kinds);
         kinds
+    }
+
+    /// Applies a `subscribe`: all of it, or — when its `topics` or
+    /// `filter` is refused — none of it.
+    fn subscribe(&mut self, request: Subscribe) -> Result<String, Refusal> {
+        if request.topics.is_some() || request.filter.is_some() {
+            let own = self.own.as_deref();
+            let topics = request
+                .topics
+                .or_else(|| own.and_then(|o| o.topics.clone()));
+            let filter = request
+                .filter
+                .or_else(|| own.and_then(|o| o.filter.clone()));
+            // The SSE parameters' parser: the same rules, limits and errors.
+            let parsed = EventFilter::parse_with_json(
+                FilterParams {
+                    topics: topics.as_deref(),
+                    ..FilterParams::default()
+                },
+                filter.as_deref(),
+            )
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+            if let Some(memory) = parsed.memory()
+                && !self.sub.principal().memories.allows(memory)
+            {
+                return Err(Refusal::new(
+                    "forbidden",
+                    format!("no access to memory {memory:?}"),
+                ));
+            }
+            let narrows = parsed.entity_id().is_some()
+                || parsed.memory().is_some()
+                || !parsed.topics().is_empty();
+            self.own = Some(Box::new(OwnFilter {
+                topics,
+                filter,
+                kinds: parsed.kinds(),
+            }));
+            self.sub.set_filter(narrows.then_some(parsed));
+        }
+        let unknown = match &request.events {
+            Some(names) => self.selection.subscribe(names),
+            None => Vec::new(),
+        };
+        if let Some(rate) = request.max_rate {
+            match (&mut self.pacer, rate) {
+                (Some(pacer), rate) => pacer.set_rate(rate),
+                (None, Some(rate)) => {
+                    self.pacer = Some(Box::new(Pacer::new(
+                        rate,
+                        self.sub.outbox().limits(),
+                        WireForm::Flat,
+                    )));
+                }
+                (None, None) => {}
+            }
+            // Held events go (or wait) by the new rate.
+            self.drain_due = true;
+        }
+        Ok(subscribed_reply(
+            self.apply_selection(),
+            &unknown,
+            self.pacer.as_ref().and_then(|p| p.rate()),
+        ))
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, mut w: Waits<'_, 'a>) -> Poll<End> {
@@ -386,6 +482,16 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             }
             if let Err(end) = self.poll_write(cx) {
                 return Poll::Ready(end);
+            }
+            // Polled after the write (whose drain may have set it), so a
+            // new deadline is registered before the task sleeps.
+            if let Some(timer) = self.pace_timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                // The pacer may release what it holds.
+                self.pace_timer = None;
+                self.drain_due = true;
+                again = true;
             }
             if self.failed.is_none()
                 && self.refresh.is_none()
@@ -471,27 +577,79 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     }
 
     /// Moves the outbox into the socket's queue (each event as its shared
-    /// frame).
+    /// frame), through the pacer if the connection has a rate limit.
     fn drain(&mut self) -> Result<(), End> {
         if self.sub.outbox().drain_into(&mut self.batch).overflowed {
             return Err(self.overflowed());
         }
-        let mut missed = 0;
-        for item in &self.batch {
-            match item {
-                Outgoing::Event(event) => self.socket.queue(frame::event_frame(event)),
-                Outgoing::Lagged(n) => missed += n,
-            }
-        }
-        self.ep.note_queued(self.socket.queued_bytes());
+        let missed: u64 = self
+            .batch
+            .iter()
+            .map(|item| match item {
+                Outgoing::Lagged(n) => *n,
+                Outgoing::Event(_) => 0,
+            })
+            .sum();
         if missed > 0 {
             // The whole endpoint fell behind the bus: this client missed
-            // events and the protocol has no way to say so, so it must
-            // reconnect and resynchronise.
+            // events it did not choose to miss, so it must reconnect and
+            // resynchronise.
             self.ep.metrics.dropped(missed);
             self.guard.record_dropped(missed);
             return Err(End::SlowConsumer("missed events"));
         }
+        let (mut paced, mut lost) = (0, 0);
+        if let Some(pacer) = self.pacer.as_mut() {
+            // The batch goes through the pacer and holds, after, what it
+            // lets through (the events written, for `record_written`).
+            let mut batch = std::mem::take(&mut self.batch);
+            for item in pacer.pace(&mut batch, Instant::now()) {
+                match item {
+                    Paced::Event(event) => {
+                        self.socket.queue(frame::event_frame(&event));
+                        batch.push(Outgoing::Event(event));
+                    }
+                    // What the pacer dropped, at its place in the stream.
+                    Paced::Dropped(n) => {
+                        paced += n;
+                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
+                    }
+                    // Losses upstream ended the connection above; none
+                    // reach the pacer, but one would be said the same way.
+                    Paced::Lagged(n) => {
+                        lost += n;
+                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
+                    }
+                }
+            }
+            self.batch = batch;
+            match pacer.next_release() {
+                Some(at) => match self.pace_timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => self.pace_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                },
+                None => {
+                    self.pace_timer = None;
+                    if pacer.rate().is_none() {
+                        // The limit was lifted and nothing is held.
+                        self.pacer = None;
+                    }
+                }
+            }
+        } else {
+            for item in &self.batch {
+                if let Outgoing::Event(event) = item {
+                    self.socket.queue(frame::event_frame(event));
+                }
+            }
+        }
+        if paced + lost > 0 {
+            // The consumer's own limit is not a loss to alert on.
+            self.ep.metrics.paced(paced);
+            self.ep.metrics.dropped(lost);
+            self.guard.record_dropped(paced + lost);
+        }
+        self.ep.note_queued(self.socket.queued_bytes());
         Ok(())
     }
 
@@ -600,13 +758,18 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 return Ok(false);
             }
             Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
-            Some(ClientMessage::Subscribe(names)) => {
-                let unknown = self.selection.subscribe(&names);
-                Bytes::from(subscribed_reply(self.apply_selection(), &unknown))
-            }
+            Some(ClientMessage::Subscribe(request)) => match self.subscribe(request) {
+                Ok(reply) => Bytes::from(reply),
+                Err(refusal) => Bytes::from(refusal.reply()),
+            },
+            Some(ClientMessage::Refused(refusal)) => Bytes::from(refusal.reply()),
             Some(ClientMessage::Unsubscribe(names)) => {
                 let unknown = self.selection.unsubscribe(&names);
-                Bytes::from(subscribed_reply(self.apply_selection(), &unknown))
+                Bytes::from(subscribed_reply(
+                    self.apply_selection(),
+                    &unknown,
+                    self.pacer.as_ref().and_then(|p| p.rate()),
+                ))
             }
             Some(ClientMessage::OverLimit) => {
                 return Err(End::OverLimit(

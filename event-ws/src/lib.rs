@@ -39,6 +39,14 @@
 //!   kinds; both are answered with `{"type":"subscribed","events":[…]}`.
 //!   Either may carry at most 64 names of at most 128 bytes each; more
 //!   closes the connection with 1008.
+//!   `subscribe` may also carry `topics` and `filter` (the SSE `topics=` and
+//!   `filter=`, same rules and limits; each replaces the previous one, ANDed
+//!   with the kinds and the upgrade's filters) and `max_rate` (events per
+//!   second, `0` lifts it; [`WsConfig::max_rate`] is the default): over the
+//!   rate the connection coalesces and sends
+//!   `{"type":"events.lagged","dropped_count":N}` ([`event_core::pace`]),
+//!   never closes. A bad `topics`, `filter` or `max_rate` is answered with
+//!   `{"type":"error","error":…,"message":…}` and nothing is applied.
 //!   `{"type":"ping"}` is answered with `{"type":"pong"}`. Anything else is
 //!   ignored.
 //! * The server pings every 30 s and closes a client silent for 90 s

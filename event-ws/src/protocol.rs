@@ -4,10 +4,12 @@
 //! speaking a newer dialect never loses its connection over it.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use event_core::{EventKind, KindSet, QueueStatus, ServerEvent};
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// Most names one `subscribe` or `unsubscribe` may carry.
 pub(crate) const MAX_SUBSCRIBE_NAMES: usize = 64;
@@ -23,8 +25,12 @@ pub(crate) enum ClientMessage {
     Refresh,
     /// `{"type":"ping"}` → `{"type":"pong"}`.
     Ping,
-    /// `{"type":"subscribe","events":[…]}`.
-    Subscribe(Vec<String>),
+    /// `{"type":"subscribe","events":[…],"topics":[…],"filter":{…},"max_rate":N}`
+    /// (every field optional, at least one present).
+    Subscribe(Subscribe),
+    /// A `subscribe` whose `topics`, `filter` or `max_rate` is not of the
+    /// right kind: answered with an error reply, nothing applied.
+    Refused(Refusal),
     /// `{"type":"unsubscribe","events":[…]}`.
     Unsubscribe(Vec<String>),
     /// A `subscribe` or `unsubscribe` with more than
@@ -35,13 +41,123 @@ pub(crate) enum ClientMessage {
     OverLimit,
 }
 
+/// What a `subscribe` asks for; a field left out changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Subscribe {
+    /// Kind names or type prefixes to add (the first `subscribe` narrows).
+    pub(crate) events: Option<Vec<String>>,
+    /// The topic patterns, as a comma list (the SSE `topics=` text);
+    /// replaces the connection's previous ones.
+    pub(crate) topics: Option<String>,
+    /// The filter object, as JSON text (the SSE `filter=` text); replaces
+    /// the connection's previous one.
+    pub(crate) filter: Option<String>,
+    /// The rate limit: `Some(None)` lifts it.
+    pub(crate) max_rate: Option<Option<NonZeroU32>>,
+}
+
+/// Why a client's request was not applied: the `{"type":"error",…}` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The machine-readable code (`invalid_filter`, `invalid_parameter`,
+    /// `forbidden`), as in the HTTP error bodies.
+    pub(crate) error: &'static str,
+    /// What is wrong, naming the field.
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(error: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            error,
+            message: message.into(),
+        }
+    }
+
+    /// `{"type":"error","error":"…","message":"…"}`.
+    pub(crate) fn reply(&self) -> String {
+        serde_json::json!({"type": "error", "error": self.error, "message": self.message})
+            .to_string()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum JsonMessage {
     Refresh,
     Ping,
-    Subscribe { events: Names },
-    Unsubscribe { events: Names },
+    Subscribe {
+        #[serde(default)]
+        events: Option<Names>,
+        #[serde(default)]
+        topics: Option<Value>,
+        #[serde(default)]
+        filter: Option<Value>,
+        #[serde(default)]
+        max_rate: Option<Value>,
+    },
+    Unsubscribe {
+        events: Names,
+    },
+}
+
+/// The `topics` of a `subscribe`: a comma list or an array of patterns,
+/// as the comma list the SSE `topics=` parameter takes (its rules and
+/// limits then apply).
+fn topics_text(value: Value) -> Result<String, Refusal> {
+    let wrong = || {
+        Refusal::new(
+            "invalid_filter",
+            "`topics` must be a string or an array of strings",
+        )
+    };
+    match value {
+        Value::String(list) => Ok(list),
+        Value::Array(items) => {
+            if items.len() > event_core::filter::MAX_TOPIC_PATTERNS {
+                return Err(Refusal::new(
+                    "invalid_filter",
+                    format!(
+                        "`topics`: more than {} topics",
+                        event_core::filter::MAX_TOPIC_PATTERNS
+                    ),
+                ));
+            }
+            let names = items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s),
+                    _ => Err(wrong()),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(names.join(","))
+        }
+        _ => Err(wrong()),
+    }
+}
+
+/// The `filter` of a `subscribe`: an object (or the JSON text of one, as
+/// SSE `filter=` takes it), as JSON text for `EventFilter::parse_with_json`.
+fn filter_text(value: Value) -> Result<String, Refusal> {
+    match value {
+        Value::Object(_) => Ok(value.to_string()),
+        Value::String(text) => Ok(text),
+        _ => Err(Refusal::new(
+            "invalid_filter",
+            "`filter` must be a JSON object",
+        )),
+    }
+}
+
+fn max_rate_of(value: Value) -> Result<Option<NonZeroU32>, Refusal> {
+    let refuse = |why: String| Refusal::new("invalid_parameter", format!("`max_rate`: {why}"));
+    match value.as_u64() {
+        Some(n) => event_core::pace::max_rate(n).map_err(refuse),
+        None => Err(refuse(format!(
+            "expected events per second from 1 to {}, or 0 for no limit",
+            event_core::MAX_STREAM_RATE
+        ))),
+    }
 }
 
 /// The `events` of a `subscribe`: the names, or `None` when they exceed
@@ -87,17 +203,42 @@ impl ClientMessage {
             JsonMessage::Refresh => ClientMessage::Refresh,
             JsonMessage::Ping => ClientMessage::Ping,
             JsonMessage::Subscribe {
-                events: Names(Some(names)),
-            } => ClientMessage::Subscribe(names),
-            JsonMessage::Unsubscribe {
-                events: Names(Some(names)),
-            } => ClientMessage::Unsubscribe(names),
-            JsonMessage::Subscribe {
-                events: Names(None),
+                events: Some(Names(None)),
+                ..
             }
             | JsonMessage::Unsubscribe {
                 events: Names(None),
             } => ClientMessage::OverLimit,
+            // A `subscribe` that asks for nothing is not one (ignored, as
+            // before these fields existed).
+            JsonMessage::Subscribe {
+                events: None,
+                topics: None,
+                filter: None,
+                max_rate: None,
+            } => return None,
+            JsonMessage::Subscribe {
+                events,
+                topics,
+                filter,
+                max_rate,
+            } => {
+                let request = (|| -> Result<Subscribe, Refusal> {
+                    Ok(Subscribe {
+                        events: events.and_then(|n| n.0),
+                        topics: topics.map(topics_text).transpose()?,
+                        filter: filter.map(filter_text).transpose()?,
+                        max_rate: max_rate.map(max_rate_of).transpose()?,
+                    })
+                })();
+                match request {
+                    Ok(request) => ClientMessage::Subscribe(request),
+                    Err(refusal) => ClientMessage::Refused(refusal),
+                }
+            }
+            JsonMessage::Unsubscribe {
+                events: Names(Some(names)),
+            } => ClientMessage::Unsubscribe(names),
         })
     }
 }
@@ -177,18 +318,33 @@ struct Subscribed<'a> {
     events: Vec<&'static str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     unknown: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_rate: Option<u32>,
 }
 
 /// `{"type":"subscribed","events":[…]}` (plus `"unknown":[…]` when some
-/// names matched nothing).
-pub(crate) fn subscribed_reply(kinds: KindSet, unknown: &[String]) -> String {
+/// names matched nothing, and `"max_rate":N` while the connection is rate
+/// limited).
+pub(crate) fn subscribed_reply(
+    kinds: KindSet,
+    unknown: &[String],
+    max_rate: Option<NonZeroU32>,
+) -> String {
     let reply = Subscribed {
         kind: "subscribed",
         events: kinds.iter().map(EventKind::type_name).collect(),
         unknown,
+        max_rate: max_rate.map(NonZeroU32::get),
     };
     // Serializing strings into a String cannot fail.
     serde_json::to_string(&reply).unwrap_or_default()
+}
+
+/// The lag signal of a rate-limited connection:
+/// `{"type":"events.lagged","dropped_count":N}` (the JSON of SSE's
+/// `events.lagged`).
+pub(crate) fn lagged_json(dropped: u64) -> String {
+    format!(r#"{{"type":"events.lagged","dropped_count":{dropped}}}"#)
 }
 
 /// The flat §1 JSON of a queue status.
@@ -212,12 +368,14 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"subscribe","events":["JobProgress","note"]}"#),
-            Some(ClientMessage::Subscribe(vec![
-                "JobProgress".into(),
-                "note".into()
-            ]))
+            Some(ClientMessage::Subscribe(Subscribe {
+                events: Some(vec!["JobProgress".into(), "note".into()]),
+                ..Subscribe::default()
+            }))
         );
         for junk in [
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","events":null,"filter":null}"#,
             "hello",
             "{not json",
             r#"{"type":"nope"}"#,
@@ -252,7 +410,7 @@ mod tests {
             ["QueueStatus", "NoteUpdated"].to_vec()
         );
         assert_eq!(
-            subscribed_reply(fresh.kinds(), &[]),
+            subscribed_reply(fresh.kinds(), &[], None),
             r#"{"type":"subscribed","events":["QueueStatus","NoteUpdated"]}"#
         );
     }
@@ -270,7 +428,10 @@ mod tests {
             .collect();
         assert_eq!(
             ClientMessage::parse(&list(&at_limit)),
-            Some(ClientMessage::Subscribe(at_limit.clone()))
+            Some(ClientMessage::Subscribe(Subscribe {
+                events: Some(at_limit.clone()),
+                ..Subscribe::default()
+            }))
         );
         let mut too_many = at_limit.clone();
         too_many.push("job".into());
@@ -301,5 +462,61 @@ mod tests {
             r#""a","#.repeat(MAX_SUBSCRIBE_NAMES + 1)
         );
         assert_eq!(ClientMessage::parse(&mixed), Some(ClientMessage::OverLimit));
+    }
+
+    #[test]
+    fn subscribe_takes_topics_filter_and_max_rate_and_refuses_wrong_kinds() {
+        assert_eq!(
+            ClientMessage::parse(
+                r#"{"type":"subscribe","topics":["gpu.*","billing"],"filter":{"types":["job"]},"max_rate":5}"#
+            ),
+            Some(ClientMessage::Subscribe(Subscribe {
+                events: None,
+                topics: Some("gpu.*,billing".into()),
+                filter: Some(r#"{"types":["job"]}"#.into()),
+                max_rate: Some(NonZeroU32::new(5)),
+            }))
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"subscribe","topics":"gpu","max_rate":0}"#),
+            Some(ClientMessage::Subscribe(Subscribe {
+                topics: Some("gpu".into()),
+                max_rate: Some(None),
+                ..Subscribe::default()
+            }))
+        );
+        let too_many = format!(
+            r#"{{"type":"subscribe","topics":{}}}"#,
+            serde_json::to_string(&vec!["t"; event_core::filter::MAX_TOPIC_PATTERNS + 1]).unwrap()
+        );
+        for (bad, code) in [
+            (r#"{"type":"subscribe","topics":[1]}"#, "invalid_filter"),
+            (r#"{"type":"subscribe","topics":{"a":1}}"#, "invalid_filter"),
+            (too_many.as_str(), "invalid_filter"),
+            (r#"{"type":"subscribe","filter":[1]}"#, "invalid_filter"),
+            (r#"{"type":"subscribe","max_rate":-1}"#, "invalid_parameter"),
+            (
+                r#"{"type":"subscribe","max_rate":"5"}"#,
+                "invalid_parameter",
+            ),
+            (
+                r#"{"type":"subscribe","max_rate":10001}"#,
+                "invalid_parameter",
+            ),
+            (
+                r#"{"type":"subscribe","max_rate":1.5}"#,
+                "invalid_parameter",
+            ),
+        ] {
+            match ClientMessage::parse(bad) {
+                Some(ClientMessage::Refused(r)) => {
+                    assert_eq!(r.error, code, "{bad}");
+                    let reply: Value = serde_json::from_str(&r.reply()).unwrap();
+                    assert_eq!(reply["type"], "error");
+                    assert_eq!(reply["error"], code);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

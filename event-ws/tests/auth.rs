@@ -233,3 +233,56 @@ async fn over_capacity_is_503_before_the_upgrade() {
     let _c = server.connect().await;
     assert_eq!(server.endpoint.connections(), 2);
 }
+
+#[tokio::test]
+async fn a_subscribe_filter_naming_a_memory_the_token_may_not_see_is_refused() {
+    use futures_util::SinkExt;
+    let only = |m: &str| Access::Only(BTreeSet::from([m.to_owned()]));
+    let server = TestServer::start_with(Setup {
+        auth: Arc::new(StaticTokens::new().client_with_memories("alpha-token", only("alpha"))),
+        ..Setup::default()
+    })
+    .await;
+    let (mut alpha, _) =
+        tokio_tungstenite::connect_async(format!("{}?token=alpha-token", server.url()))
+            .await
+            .unwrap();
+    next_text(&mut alpha).await;
+    async fn ask(client: &mut common::Client, message: &str) -> serde_json::Value {
+        client
+            .send(tungstenite::Message::text(message))
+            .await
+            .unwrap();
+        serde_json::from_str(&next_text(client).await).unwrap()
+    }
+    let refused = ask(
+        &mut alpha,
+        r#"{"type":"subscribe","events":["queue"],"filter":{"memory":"beta"}}"#,
+    )
+    .await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["error"], "forbidden", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("beta"),
+        "{refused}"
+    );
+    let accepted = ask(
+        &mut alpha,
+        r#"{"type":"subscribe","filter":{"memory":"alpha"}}"#,
+    )
+    .await;
+    assert_eq!(accepted["type"], "subscribed", "{accepted}");
+    // The refused message changed nothing: every kind still goes.
+    assert_eq!(
+        accepted["events"].as_array().unwrap().len(),
+        7,
+        "{accepted}"
+    );
+    let a = server
+        .bus
+        .publish_with(QueueStatus::new(1, 0), EventMeta::default().memory("alpha"));
+    assert_eq!(
+        next_text(&mut alpha).await,
+        String::from_utf8(a.json().to_vec()).unwrap()
+    );
+}

@@ -180,7 +180,47 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
         floods.push(flood);
     }
 
-    // 4. Slow and oversized bodies: refused from the head or timed out.
+    // 3b. Rate-limited consumers (`max_rate` 1/s) that never read, under a
+    //     burst with nothing to coalesce (below the bus's and the healthy
+    //     clients' budgets; what a pacer holds is bounded by its own, see
+    //     event_core::pace's tests): none is disconnected for its limit.
+    let mut paced = Vec::new();
+    for _ in 0..5 {
+        let mut ws = WsClient::connect(ws_url).await;
+        ws.next_text().await;
+        ws.send(r#"{"type":"subscribe","events":["job.completed"],"max_rate":1}"#)
+            .await;
+        let (reply, _) = ws.next_text().await;
+        assert!(reply.contains(r#""max_rate":1"#), "{reply}");
+        paced.push(ws);
+    }
+    let mut paced_sse = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+        let token = auth
+            .iter()
+            .find(|(k, _)| *k == "authorization")
+            .map(|(_, v)| format!("authorization: {v}\r\n"))
+            .unwrap_or_default();
+        tcp.write_all(
+            format!(
+                "GET /api/v1/events?types=job.completed&max_rate=1 HTTP/1.1\r\nhost: 127.0.0.1\r\n{token}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        paced_sse.push(tcp);
+    }
+    for _ in 0..500 {
+        server.bus.publish(event_core::JobCompleted {
+            job_id: uuid::Uuid::now_v7(),
+            job_type: "Paced".to_owned(),
+            note_id: None,
+            duration_ms: None,
+        });
+    }
+
     let unauthenticated = status_of_raw(
         server.addr,
         "POST /api/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n",
@@ -223,6 +263,15 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
     }
     assert!(refused, "the job queue never filled");
 
+    // The paced clients are still served, at their rate: the burst's
+    // first event, then held ones.
+    for client in &mut paced {
+        for _ in 0..2 {
+            let (text, _) = client.next_text().await;
+            assert!(text.contains(r#""job_type":"Paced""#), "{text}");
+        }
+    }
+
     // Everyone healthy still receives; the abusers cost a bounded amount.
     healthy_clients_still_receive(server, &mut ws, &mut sse, auth).await;
     let grown = rss().saturating_sub(baseline);
@@ -235,7 +284,7 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
         "the server's process grew {} MiB under abuse (ring already full before)",
         grown / MIB
     );
-    drop((stalled, floods));
+    drop((stalled, floods, paced, paced_sse));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

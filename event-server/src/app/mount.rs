@@ -241,6 +241,7 @@ impl Assembly<'_> {
             idle_timeout: self.config.ws_idle_timeout(),
             max_connections: self.config.max_connections,
             allowed_origins: self.config.allowed_origins.clone(),
+            max_rate: self.config.stream_max_rate(),
             ..event_ws::WsConfig::default()
         };
         let mut ws = event_ws::WsEndpoint::new(
@@ -269,6 +270,7 @@ impl Assembly<'_> {
             format,
             max_connections: self.config.max_connections,
             retry_ms: self.config.sse_retry_ms,
+            max_rate: self.config.stream_max_rate(),
             ..event_sse::SseConfig::default()
         };
         let mut sse = event_sse::SseEndpoint::new(

@@ -130,11 +130,23 @@ fn ws(
     let commands = [
         (
             "subscribe",
-            "The first `subscribe` narrows the stream to these kinds, later ones add to it. Answered with `subscribed`.",
+            "The first `subscribe` with `events` narrows the stream to these kinds, later ones add to it. `topics` and `filter` (each replacing the previous one) and the kinds are combined by AND with the upgrade's filters; `max_rate` sets the connection's rate limit. Every field is optional, but one without `events`, `topics`, `filter` and `max_rate` is ignored. Answered with `subscribed`, or with `error` (nothing applied) for a bad `topics`, `filter` or `max_rate`.",
             json!({
                 "type": "object",
-                "properties": {"type": {"type": "string", "const": "subscribe"}, "events": names_schema()},
-                "required": ["type", "events"],
+                "properties": {
+                    "type": {"type": "string", "const": "subscribe"},
+                    "events": names_schema(),
+                    "topics": {
+                        "oneOf": [
+                            {"type": "array", "maxItems": 64, "items": {"type": "string", "maxLength": 129}},
+                            {"type": "string"},
+                        ],
+                        "description": "Topic patterns as SSE `topics=`: exact names, or prefixes with a trailing `*` (at most 64 of at most 128 bytes).",
+                    },
+                    "filter": {"type": "object", "description": "The SSE `filter=` object: `events`, `types`, `topics`, `entity_id`, `memory` (at most 4 KiB)."},
+                    "max_rate": {"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE, "description": "Events per second this connection receives at most; `0` lifts the limit. Over it `JobProgress` per job and `QueueStatus` are coalesced to the latest, and the rest is counted in `events.lagged`."},
+                },
+                "required": ["type"],
             }),
         ),
         (
@@ -185,8 +197,27 @@ fn ws(
                     "type": {"type": "string", "const": "subscribed"},
                     "events": {"type": "array", "items": {"type": "string", "enum": type_names}},
                     "unknown": {"type": "array", "items": {"type": "string"}},
+                    "max_rate": {"type": "integer", "minimum": 1, "description": "The connection's rate limit, while it has one."},
                 },
                 "required": ["type", "events"],
+            },
+        }),
+    );
+    messages.insert(
+        "error".to_owned(),
+        json!({
+            "name": "error",
+            "title": "error",
+            "summary": "The answer to a `subscribe` whose `topics`, `filter` or `max_rate` cannot be used: nothing of it was applied. `error` is the code an HTTP request would get (`invalid_filter`, `invalid_parameter`, `forbidden`).",
+            "contentType": "application/json",
+            "payload": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "const": "error"},
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+                "required": ["type", "error", "message"],
             },
         }),
     );
@@ -209,6 +240,8 @@ fn ws(
     for name in EventKind::ALL.iter().map(|k| k.type_name()).chain([
         "subscribed",
         "pong",
+        "error",
+        "events.lagged",
         "subscribe",
         "unsubscribe",
         "ping",
@@ -237,7 +270,7 @@ fn ws(
     );
     let mut sent = event_refs("websocket");
     sent.extend(
-        ["subscribed", "pong"]
+        ["subscribed", "pong", "error", "events.lagged"]
             .map(|m| json!({"$ref": format!("#/channels/websocket/messages/{m}")})),
     );
     operations.insert(
@@ -311,7 +344,7 @@ fn sse(
         json!({
             "name": "events.lagged",
             "title": "events.lagged",
-            "summary": "The client fell behind and missed events; the stream goes on. No `id:` line; never filtered.",
+            "summary": "The client fell behind, or over its `max_rate`, and missed events; the stream goes on. No `id:` line; never filtered. On the WebSocket only a rate-limited connection gets it (as a text frame).",
             "contentType": "application/json",
             "payload": {
                 "type": "object",
@@ -341,7 +374,7 @@ fn sse(
         json!({
             "address": "/api/v1/events",
             "title": "Server-Sent Events",
-            "description": "`GET /api/v1/events` (alias `/api/v1/events/stream`), `text/event-stream` (docs/protocol.md §3). Each message is one frame's `data:`; its `event:` name is the message's `x-sse-event`. `?format=v1` (the usual default): `id:` is the sequence number and `data:` the flat §1 object. `?format=envelope`: `id:` is the event UUID and `data:` the envelope. The stream opens with `retry:`, then `resync_required` when a cursor cannot be served, then a `QueueStatus` (no `id:`), then replayed and live events. Resume with `Last-Event-ID` or `?last_event_id=`. Filters: `events`, `types`, `entity_id`, `memory`, `filter`.",
+            "description": "`GET /api/v1/events` (alias `/api/v1/events/stream`), `text/event-stream` (docs/protocol.md §3). Each message is one frame's `data:`; its `event:` name is the message's `x-sse-event`. `?format=v1` (the usual default): `id:` is the sequence number and `data:` the flat §1 object. `?format=envelope`: `id:` is the event UUID and `data:` the envelope. The stream opens with `retry:`, then `resync_required` when a cursor cannot be served, then a `QueueStatus` (no `id:`), then replayed and live events. Resume with `Last-Event-ID` or `?last_event_id=`. Filters: `events`, `types`, `entity_id`, `memory`, `topics`, `filter`. `?max_rate=N` (0 to 10,000; default the server's `STREAM_MAX_RATE`) limits live events to N per second: over it `JobProgress` per job and `QueueStatus` are coalesced to the latest and the rest is counted in `events.lagged`.",
             "messages": channel_messages,
         }),
     );

@@ -445,6 +445,11 @@ fn sse_ops(schemas: &mut Schemas) -> Vec<Op> {
                 json!({"type": "string", "enum": ["latest", "earliest"]}),
             ),
             query(
+                "max_rate",
+                "Live events per second at most (0 for no limit; default `STREAM_MAX_RATE`). Over it `JobProgress` per job and `QueueStatus` are coalesced to the latest and the rest is counted in `events.lagged`; the stream is never ended for it.",
+                json!({"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE}),
+            ),
+            query(
                 "token",
                 "The bearer token, for clients that cannot set headers.",
                 json!({"type": "string"}),

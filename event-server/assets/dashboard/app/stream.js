@@ -40,7 +40,10 @@ function dispatch(frame, transport) {
   if (!frame.data) return;
   let obj;
   try { obj = JSON.parse(frame.data); } catch (e) { return; }
-  if (frame.event === "events.lagged" || frame.event === "resync_required") {
+  // SSE names its synthetic frames; a rate-limited WebSocket sends the lag
+  // signal as a plain message.
+  const lagged = frame.event === "events.lagged" || (obj && obj.type === "events.lagged");
+  if (lagged || frame.event === "resync_required") {
     if (frame.event === "resync_required") lastEventId = null;
     emit({ event: obj, envelope: null, id: null, transport, meta: true });
     return;
