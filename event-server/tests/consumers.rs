@@ -448,3 +448,194 @@ async fn without_the_log_consumers_are_unavailable() {
     let (status, _) = host.terminate().await;
     assert!(status.success());
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket subscribed with `subscribe` (the confirmation and the
+/// initial QueueStatus read).
+async fn ws_subscribe(host: &Host, subscribe: Value) -> (Ws, Value) {
+    use futures_util::SinkExt;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        subscribe.to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = ws.next().await.unwrap().unwrap();
+            if let Ok(text) = msg.to_text() {
+                let v: Value = serde_json::from_str(text).unwrap();
+                if v["type"] == "subscribed" || v["type"] == "error" {
+                    return v;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a reply to subscribe");
+    (ws, reply)
+}
+
+/// The next `n` deliveries of a consumer WebSocket: `(seq, job, redelivered)`.
+async fn ws_deliveries(ws: &mut Ws, n: usize) -> Vec<(u64, String, u64)> {
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while out.len() < n {
+            let msg = ws.next().await.expect("open").unwrap();
+            let Ok(text) = msg.to_text() else { continue };
+            let v: Value = serde_json::from_str(text).unwrap();
+            if v["type"] == "delivery" {
+                out.push((
+                    v["seq"].as_u64().unwrap(),
+                    v["event"]["payload"]["job_id"].as_str().unwrap().to_owned(),
+                    v["redelivered"].as_u64().unwrap(),
+                ));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} deliveries", out.len()));
+    out
+}
+
+async fn ws_send(ws: &mut Ws, msg: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        msg.to_string(),
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_consumers_resume_share_ack_and_take_over() {
+    let dir = TempDir::new();
+    let host = Host::start(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    // Refusals: an ack without a consumer, a consumer with max_rate, a bad name.
+    let (mut plain, _) =
+        ws_subscribe(&host, json!({"type":"subscribe","events":["JobProgress"]})).await;
+    ws_send(&mut plain, json!({"type":"ack","seq":1})).await;
+    let (_, refused) = ws_subscribe(
+        &host,
+        json!({"type":"subscribe","consumer":"c","max_rate":5}),
+    )
+    .await;
+    assert_eq!(refused["error"], "invalid_parameter", "{refused}");
+    let (_, refused) = ws_subscribe(&host, json!({"type":"subscribe","consumer":"a b"})).await;
+    assert_eq!(refused["error"], "invalid_parameter", "{refused}");
+    drop(plain);
+
+    // A single consumer: read 3, go away, 3 more are kept for it.
+    let (mut ws, reply) = ws_subscribe(
+        &host,
+        json!({"type":"subscribe","consumer":"ui","events":["JobProgress"]}),
+    )
+    .await;
+    assert_eq!(
+        reply,
+        json!({"type":"subscribed","consumer":"ui","ack":"auto"})
+    );
+    let job = uuid::Uuid::new_v4().to_string();
+    let first = publish(
+        &host,
+        &(0..3).map(|n| progress(&job, n)).collect::<Vec<_>>(),
+    )
+    .await;
+    let got: Vec<String> = ws_deliveries(&mut ws, 3)
+        .await
+        .iter()
+        .map(|d| d.0.to_string())
+        .collect();
+    assert_eq!(got, first);
+    drop(ws);
+    consumer_when(&host, "ui", |c| c["members"] == 0).await;
+    let away = publish(
+        &host,
+        &(3..6).map(|n| progress(&job, n)).collect::<Vec<_>>(),
+    )
+    .await;
+    let (mut ws, _) = ws_subscribe(&host, json!({"type":"subscribe","consumer":"ui"})).await;
+    let got: Vec<String> = ws_deliveries(&mut ws, 3)
+        .await
+        .iter()
+        .map(|d| d.0.to_string())
+        .collect();
+    assert_eq!(got, away);
+    // A second connection under the name takes over: the first is closed 4009.
+    let (_newer, _) = ws_subscribe(&host, json!({"type":"subscribe","consumer":"ui"})).await;
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
+                    return u16::from(frame.code);
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the older connection is closed");
+    assert_eq!(closed, 4009);
+
+    // An explicit group of two: acks by WebSocket message; one member dies
+    // without acking and the other gets its events again.
+    let sub = json!({"type":"subscribe","group":"ws-workers","ack":"explicit","ack_wait":300});
+    let (mut a, reply) = ws_subscribe(&host, sub.clone()).await;
+    assert_eq!(
+        reply,
+        json!({"type":"subscribed","group":"ws-workers","ack":"explicit"})
+    );
+    let (mut b, _) = ws_subscribe(&host, sub).await;
+    let jobs = jobs(20);
+    let published = publish(
+        &host,
+        &jobs.iter().map(|j| progress(j, 1)).collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(published.len(), 20);
+    // Both read until all 20 arrived once; b acks what it gets.
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    tokio::time::timeout(WAIT, async {
+        while got_a.len() + got_b.len() < 20 {
+            tokio::select! {
+                Some(Ok(msg)) = a.next() => {
+                    if let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("{}"))
+                        && v["type"] == "delivery"
+                    {
+                        got_a.push(v["seq"].as_u64().unwrap());
+                    }
+                }
+                Some(Ok(msg)) = b.next() => {
+                    if let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("{}"))
+                        && v["type"] == "delivery"
+                    {
+                        let seq = v["seq"].as_u64().unwrap();
+                        got_b.push(seq);
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("all delivered once");
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "{got_a:?} {got_b:?}"
+    );
+    ws_send(&mut b, json!({"type":"ack","seqs": got_b})).await;
+    consumer_when(&host, "ws-workers", |c| c["pending"] == got_a.len()).await;
+    drop(a);
+    let again = ws_deliveries(&mut b, got_a.len()).await;
+    assert_eq!(again.iter().map(|d| d.0).collect::<Vec<_>>(), got_a);
+    assert!(again.iter().all(|d| d.2 == 1), "{again:?}");
+    ws_send(&mut b, json!({"type":"ack","seqs": got_a})).await;
+    consumer_when(&host, "ws-workers", |c| c["pending"] == 0 && c["lag"] == 0).await;
+    drop(b);
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}

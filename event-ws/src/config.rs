@@ -38,6 +38,9 @@ pub mod close_code {
     /// The client did not read fast enough: its outgoing budget overflowed or
     /// a write stalled.
     pub const SLOW_CONSUMER: u16 = 4008;
+    /// The named consumer the connection read was taken over by a newer
+    /// connection under its name, or deleted.
+    pub const CONSUMER_CLOSED: u16 = 4009;
 }
 
 /// The path the router serves.

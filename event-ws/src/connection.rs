@@ -43,6 +43,7 @@ use tokio::time::{Instant, Sleep, sleep, timeout, timeout_at};
 use tracing::{Instrument, Span};
 
 use crate::config::close_code;
+use crate::consumer;
 use crate::endpoint::{Slot, WsEndpoint};
 use crate::frame::{self, Incoming, ReadError};
 use crate::protocol::{
@@ -104,6 +105,9 @@ enum End {
     Shutdown,
     /// An operator removed the connection.
     Kicked,
+    /// The named consumer this connection read was taken over by a newer
+    /// connection or deleted.
+    ConsumerClosed,
 }
 
 impl End {
@@ -121,6 +125,7 @@ impl End {
             End::SlowConsumer(_) => "slow_consumer",
             End::Shutdown => "shutdown",
             End::Kicked => "kicked",
+            End::ConsumerClosed => "consumer_closed",
         }
     }
 
@@ -138,6 +143,10 @@ impl End {
             End::SlowConsumer(why) => (close_code::SLOW_CONSUMER, why),
             End::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
             End::Kicked => (close_code::POLICY_VIOLATION, "disconnected by the server"),
+            End::ConsumerClosed => (
+                close_code::CONSUMER_CLOSED,
+                "consumer taken over by another connection, or deleted",
+            ),
         };
         Some(frame::close(Some(code), reason))
     }
@@ -148,9 +157,11 @@ impl End {
             End::ClientGone | End::WriteFailed => Closing::Drop,
             End::ClientClosed(_) => Closing::Answer,
             End::TooBig | End::ProtocolError(_) | End::NotUtf8 | End::OverLimit(_) => Closing::Fail,
-            End::IdleTimeout | End::SlowConsumer(_) | End::Shutdown | End::Kicked => {
-                Closing::Initiate
-            }
+            End::IdleTimeout
+            | End::SlowConsumer(_)
+            | End::Shutdown
+            | End::Kicked
+            | End::ConsumerClosed => Closing::Initiate,
         }
     }
 }
@@ -196,6 +207,8 @@ where
         slot,
     } = ctx;
     let base_kinds = filter.kinds();
+    // Kept (boxed, and only when it narrows) for a consumer `subscribe`.
+    let base_filter = (filter != EventFilter::all()).then(|| Box::new(filter.clone()));
     let guard = ep
         .registry
         .register(Transport::WebSocket, remote, &principal);
@@ -222,7 +235,16 @@ where
     async move {
         ep.metrics.connection_opened();
         span.in_scope(|| tracing::debug!("connected"));
-        let end = run(&ep, &guard, &sub, base_kinds, &mut socket, &span).await;
+        let end = run(
+            &ep,
+            &guard,
+            &sub,
+            base_kinds,
+            base_filter,
+            &mut socket,
+            &span,
+        )
+        .await;
         // Stop filling the outbox before the (possibly slow) close handshake.
         drop(sub);
         let teardown = async move {
@@ -255,6 +277,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     guard: &ConnectionGuard,
     sub: &HubSubscription,
     base_kinds: KindSet,
+    base_filter: Option<Box<EventFilter>>,
     socket: &mut WsSocket<IO>,
     span: &Span,
 ) -> End {
@@ -278,6 +301,9 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         span,
         selection: Selection::default(),
         base_kinds,
+        base_filter,
+        consumer: None,
+        attaching: None,
         own: None,
         pacer: cfg
             .max_rate
@@ -331,6 +357,14 @@ struct Conn<'a, IO> {
     selection: Selection,
     /// The kinds the upgrade request's filters allow.
     base_kinds: KindSet,
+    /// The upgrade request's filter, when it narrows (for a consumer).
+    base_filter: Option<Box<EventFilter>>,
+    /// The named consumer this connection reads instead of the live
+    /// stream, once attached.
+    consumer: Option<Box<consumer::Attached>>,
+    /// A consumer `subscribe` waiting for the dispatcher's answer (the
+    /// client's next messages wait behind it, as behind a `refresh`).
+    attaching: Option<consumer::Attaching>,
     /// The `topics` and `filter` of the client's `subscribe` messages.
     /// (Boxed, and absent until the client sets one: an idle connection's
     /// task keeps little.)
@@ -380,6 +414,39 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             .intersection(self.own.as_ref().map_or(KindSet::ALL, |own| own.kinds));
         self.sub.set_kinds(kinds);
         kinds
+    }
+
+    /// Whether a reply is being prepared that the client's next messages
+    /// must wait behind.
+    fn waiting(&self) -> bool {
+        self.refresh.is_some() || self.attaching.is_some()
+    }
+
+    /// Starts attaching the consumer a `subscribe` names.
+    fn start_consumer(&mut self, request: &mut Subscribe) -> Result<(), Refusal> {
+        let Some(ask) = request.consumer.take() else {
+            return Ok(());
+        };
+        if self.consumer.is_some() {
+            return Err(Refusal::new(
+                "invalid_parameter",
+                "this connection already reads a consumer; open another one",
+            ));
+        }
+        let Some(consumers) = self.ep.consumers.as_ref() else {
+            return Err(Refusal::new(
+                "consumers_unavailable",
+                "named consumers need the event log, which this server runs without",
+            ));
+        };
+        let base = self
+            .base_filter
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(EventFilter::all);
+        let attach = consumer::request(ask, request, &base, self.sub.principal())?;
+        self.attaching = Some(consumer::attach(consumers, attach));
+        Ok(())
     }
 
     /// Applies a `subscribe`: all of it, or — when its `topics` or
@@ -469,6 +536,46 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 }
                 again = true;
             }
+            if let Some(attaching) = self.attaching.as_mut()
+                && let Poll::Ready(result) = consumer::poll_attach(attaching, cx)
+            {
+                self.attaching = None;
+                let reply = match result {
+                    Ok(member) => {
+                        // From now on the consumer feeds this connection,
+                        // not the live fan-out.
+                        self.sub.set_kinds(KindSet::EMPTY);
+                        self.pacer = None;
+                        self.pace_timer = None;
+                        let reply = consumer::subscribed_reply(&member);
+                        self.consumer = Some(Box::new(consumer::Attached::new(member)));
+                        reply
+                    }
+                    Err(e) => Refusal::new(e.code(), e.to_string()).reply(),
+                };
+                if let Err(end) = self.queue_reply(frame::text(reply.as_bytes())) {
+                    return Poll::Ready(end);
+                }
+                again = true;
+            }
+            if let Some(c) = self.consumer.as_mut() {
+                if c.poll_closed(cx) {
+                    return Poll::Ready(End::ConsumerClosed);
+                }
+                if c.stalled_for().is_some_and(|d| d >= cfg.write_timeout) {
+                    return Poll::Ready(End::SlowConsumer("consumer deliveries not read"));
+                }
+                // Drained only once the socket wrote what came before: a
+                // client that stops reading holds back its own deliveries.
+                if c.poll_ready(cx) && self.socket.pending() == 0 {
+                    let socket = &mut *self.socket;
+                    let events = c.drain(|frame| socket.queue(frame));
+                    if events > 0 {
+                        self.guard.record_sent(events);
+                    }
+                    again = true;
+                }
+            }
             // A fresh `Notified` is polled at once, so it is registered
             // (or takes the permit of a push made meanwhile).
             while w.outbox.as_mut().poll(cx).is_ready() {
@@ -494,7 +601,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 again = true;
             }
             if self.failed.is_none()
-                && self.refresh.is_none()
+                && !self.waiting()
                 && self.incoming.is_empty()
                 && self.socket.queued_bytes() < self.read_pause
             {
@@ -516,14 +623,14 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                     Poll::Pending => {}
                 }
             }
-            if self.refresh.is_none() && !self.incoming.is_empty() {
+            if !self.waiting() && !self.incoming.is_empty() {
                 if let Some(end) = self.handle_incoming() {
                     return Poll::Ready(end);
                 }
                 again = true;
             }
             if let Some(end) = self.failed
-                && self.refresh.is_none()
+                && !self.waiting()
                 && self.incoming.is_empty()
             {
                 return Poll::Ready(end);
@@ -758,6 +865,25 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 return Ok(false);
             }
             Some(ClientMessage::Ping) => Bytes::from_static(PONG.as_bytes()),
+            Some(ClientMessage::Subscribe(mut request)) if request.consumer.is_some() => {
+                match self.start_consumer(&mut request) {
+                    Ok(()) => return Ok(false),
+                    Err(refusal) => Bytes::from(refusal.reply()),
+                }
+            }
+            Some(ClientMessage::Ack(acks)) => match &self.consumer {
+                Some(c) => {
+                    c.ack(acks);
+                    return Ok(true);
+                }
+                None => Bytes::from(
+                    Refusal::new(
+                        "invalid_ack",
+                        "`ack` needs a `subscribe` with `consumer` or `group` first",
+                    )
+                    .reply(),
+                ),
+            },
             Some(ClientMessage::Subscribe(request)) => match self.subscribe(request) {
                 Ok(reply) => Bytes::from(reply),
                 Err(refusal) => Bytes::from(refusal.reply()),

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use event_core::metrics::TransportMetrics;
 use event_core::{
-    Authenticator, CloseSignal, ConnectionRegistry, EventBus, EventFilter, EventSink, FanoutHub,
-    FilterParams, Principal, QueueSnapshot, Transport,
+    Authenticator, CloseSignal, ConnectionRegistry, Consumers, EventBus, EventFilter, EventSink,
+    FanoutHub, FilterParams, Principal, QueueSnapshot, Transport,
 };
 use http::HeaderValue;
 use http::request::Parts;
@@ -38,6 +38,8 @@ pub struct WsEndpoint {
     pub(crate) registry: ConnectionRegistry,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) snapshot: Option<Arc<dyn QueueSnapshot>>,
+    /// Named consumers and groups (`subscribe` with `consumer`/`group`).
+    pub(crate) consumers: Option<Consumers>,
     /// Cancelled to close every connection with 1001 and refuse new ones.
     pub(crate) stop: CancellationToken,
     /// Closed when `stop` is cancelled; what connections wait on (a poll
@@ -87,6 +89,7 @@ impl WsEndpoint {
             registry,
             auth,
             snapshot: None,
+            consumers: None,
             stop: CancellationToken::new(),
             stopping: Arc::new(CloseSignal::new()),
             stop_watched: Arc::new(AtomicBool::new(false)),
@@ -102,6 +105,14 @@ impl WsEndpoint {
     /// The same endpoint in echo mode (for conformance tests only).
     pub(crate) fn into_echo(mut self) -> Self {
         self.echo = true;
+        self
+    }
+
+    /// Serves `subscribe` messages with `consumer` or `group` from
+    /// `consumers`; without it they are answered with an error
+    /// (`consumers_unavailable`).
+    pub fn with_consumers(mut self, consumers: Consumers) -> Self {
+        self.consumers = Some(consumers);
         self
     }
 

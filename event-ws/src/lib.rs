@@ -133,6 +133,7 @@
 mod auth;
 mod config;
 mod connection;
+mod consumer;
 mod echo;
 mod endpoint;
 mod error;

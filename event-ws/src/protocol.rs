@@ -5,8 +5,9 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
-use event_core::{EventKind, KindSet, QueueStatus, ServerEvent};
+use event_core::{AckMode, Cursor, EventKind, KindSet, QueueStatus, ServerEvent, StartAt, Uuid};
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -33,6 +34,9 @@ pub(crate) enum ClientMessage {
     Refused(Refusal),
     /// `{"type":"unsubscribe","events":[…]}`.
     Unsubscribe(Vec<String>),
+    /// `{"type":"ack","seq":N}` (or `seqs`, `event_id`, `event_ids`): a
+    /// consumer's acknowledgements.
+    Ack(Vec<Cursor>),
     /// A `subscribe` or `unsubscribe` with more than
     /// [`MAX_SUBSCRIBE_NAMES`] names or a name over
     /// [`MAX_SUBSCRIBE_NAME_BYTES`] bytes: the connection is closed with
@@ -54,6 +58,18 @@ pub(crate) struct Subscribe {
     pub(crate) filter: Option<String>,
     /// The rate limit: `Some(None)` lifts it.
     pub(crate) max_rate: Option<Option<NonZeroU32>>,
+    /// Read as a named consumer or group member instead of the live stream.
+    pub(crate) consumer: Option<ConsumerAsk>,
+}
+
+/// The `consumer` or `group` of a `subscribe` and its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConsumerAsk {
+    pub(crate) name: String,
+    pub(crate) shared: bool,
+    pub(crate) mode: AckMode,
+    pub(crate) ack_wait: Option<Duration>,
+    pub(crate) start: StartAt,
 }
 
 /// Why a client's request was not applied: the `{"type":"error",…}` reply.
@@ -95,10 +111,133 @@ enum JsonMessage {
         filter: Option<Value>,
         #[serde(default)]
         max_rate: Option<Value>,
+        #[serde(default)]
+        consumer: Option<Value>,
+        #[serde(default)]
+        group: Option<Value>,
+        #[serde(default)]
+        ack: Option<Value>,
+        #[serde(default)]
+        ack_wait: Option<Value>,
+        #[serde(default)]
+        start: Option<Value>,
     },
     Unsubscribe {
         events: Names,
     },
+    Ack {
+        #[serde(default)]
+        seq: Option<Value>,
+        #[serde(default)]
+        seqs: Option<Value>,
+        #[serde(default)]
+        event_id: Option<Value>,
+        #[serde(default)]
+        event_ids: Option<Value>,
+    },
+}
+
+/// Most acknowledgements one `ack` message may carry.
+pub(crate) const MAX_ACKS: usize = 1_000;
+
+/// The events an `ack` names.
+fn acks_of(
+    seq: Option<Value>,
+    seqs: Option<Value>,
+    event_id: Option<Value>,
+    event_ids: Option<Value>,
+) -> Result<Vec<Cursor>, Refusal> {
+    let refuse = |why: &str| Refusal::new("invalid_ack", why.to_owned());
+    let list = |v: Option<Value>| -> Result<Vec<Value>, Refusal> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) if items.len() <= MAX_ACKS => Ok(items),
+            Some(Value::Array(_)) => Err(refuse("at most 1,000 acknowledgements per message")),
+            Some(_) => Err(refuse("`seqs` and `event_ids` are arrays")),
+        }
+    };
+    let mut acks = Vec::new();
+    for v in seq.into_iter().chain(list(seqs)?) {
+        acks.push(Cursor::Seq(
+            v.as_u64()
+                .ok_or_else(|| refuse("a sequence number is a whole number"))?,
+        ));
+    }
+    for v in event_id.into_iter().chain(list(event_ids)?) {
+        let id = v
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| refuse("an event id is a UUID string"))?;
+        acks.push(Cursor::Id(id));
+    }
+    if acks.is_empty() {
+        return Err(refuse(
+            "name at least one event (`seq`, `seqs`, `event_id` or `event_ids`)",
+        ));
+    }
+    if acks.len() > MAX_ACKS {
+        return Err(refuse("at most 1,000 acknowledgements per message"));
+    }
+    Ok(acks)
+}
+
+/// The `consumer`/`group` of a `subscribe` with its `ack`, `ack_wait` and
+/// `start`, checked as the SSE parameters are.
+fn consumer_of(
+    consumer: Option<Value>,
+    group: Option<Value>,
+    ack: Option<Value>,
+    ack_wait: Option<Value>,
+    start: Option<Value>,
+) -> Result<Option<ConsumerAsk>, Refusal> {
+    let refuse = |why: String| Refusal::new("invalid_parameter", why);
+    let (name, shared) = match (consumer, group) {
+        (None, None) => {
+            if ack.is_some() || ack_wait.is_some() || start.is_some() {
+                return Err(refuse(
+                    "`ack`, `ack_wait` and `start` apply only with `consumer` or `group`".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(_), Some(_)) => {
+            return Err(refuse("give either `consumer` or `group`, not both".into()));
+        }
+        (Some(name), None) => (name, false),
+        (None, Some(name)) => (name, true),
+    };
+    let name = match name {
+        Value::String(name) => name,
+        _ => return Err(refuse("`consumer` and `group` are names (strings)".into())),
+    };
+    event_core::consumer::validate_name(&name).map_err(|e| refuse(e.to_string()))?;
+    let mode = match ack {
+        None => AckMode::Auto,
+        Some(v) => v
+            .as_str()
+            .and_then(AckMode::parse)
+            .ok_or_else(|| refuse("`ack` is `auto` or `explicit`".into()))?,
+    };
+    let ack_wait = match ack_wait {
+        None => None,
+        Some(v) => {
+            Some(Duration::from_secs(v.as_u64().ok_or_else(|| {
+                refuse("`ack_wait` is whole seconds".into())
+            })?))
+        }
+    };
+    let start = match start.as_ref().map(|v| v.as_str()) {
+        None | Some(Some("latest")) => StartAt::Latest,
+        Some(Some("earliest")) => StartAt::Earliest,
+        Some(_) => return Err(refuse("`start` is `latest` or `earliest`".into())),
+    };
+    Ok(Some(ConsumerAsk {
+        name,
+        shared,
+        mode,
+        ack_wait,
+        start,
+    }))
 }
 
 /// The `topics` of a `subscribe`: a comma list or an array of patterns,
@@ -216,12 +355,22 @@ impl ClientMessage {
                 topics: None,
                 filter: None,
                 max_rate: None,
+                consumer: None,
+                group: None,
+                ack: None,
+                ack_wait: None,
+                start: None,
             } => return None,
             JsonMessage::Subscribe {
                 events,
                 topics,
                 filter,
                 max_rate,
+                consumer,
+                group,
+                ack,
+                ack_wait,
+                start,
             } => {
                 let request = (|| -> Result<Subscribe, Refusal> {
                     Ok(Subscribe {
@@ -229,6 +378,7 @@ impl ClientMessage {
                         topics: topics.map(topics_text).transpose()?,
                         filter: filter.map(filter_text).transpose()?,
                         max_rate: max_rate.map(max_rate_of).transpose()?,
+                        consumer: consumer_of(consumer, group, ack, ack_wait, start)?,
                     })
                 })();
                 match request {
@@ -239,6 +389,15 @@ impl ClientMessage {
             JsonMessage::Unsubscribe {
                 events: Names(Some(names)),
             } => ClientMessage::Unsubscribe(names),
+            JsonMessage::Ack {
+                seq,
+                seqs,
+                event_id,
+                event_ids,
+            } => match acks_of(seq, seqs, event_id, event_ids) {
+                Ok(acks) => ClientMessage::Ack(acks),
+                Err(refusal) => ClientMessage::Refused(refusal),
+            },
         })
     }
 }
@@ -355,6 +514,65 @@ pub(crate) fn queue_status_json(status: QueueStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_subscribes_and_acks_are_parsed_and_bad_ones_refused() {
+        let parsed = ClientMessage::parse(
+            r#"{"type":"subscribe","group":"g-1","ack":"explicit","ack_wait":60,"start":"earliest"}"#,
+        );
+        let Some(ClientMessage::Subscribe(request)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(
+            request.consumer,
+            Some(ConsumerAsk {
+                name: "g-1".into(),
+                shared: true,
+                mode: AckMode::Explicit,
+                ack_wait: Some(Duration::from_secs(60)),
+                start: StartAt::Earliest,
+            })
+        );
+        let id = Uuid::now_v7();
+        assert_eq!(
+            ClientMessage::parse(&format!(
+                r#"{{"type":"ack","seq":7,"seqs":[8,9],"event_id":"{id}"}}"#
+            )),
+            Some(ClientMessage::Ack(vec![
+                Cursor::Seq(7),
+                Cursor::Seq(8),
+                Cursor::Seq(9),
+                Cursor::Id(id)
+            ]))
+        );
+        for bad in [
+            r#"{"type":"subscribe","consumer":"a","group":"b"}"#,
+            r#"{"type":"subscribe","consumer":"a b"}"#,
+            r#"{"type":"subscribe","consumer":7}"#,
+            r#"{"type":"subscribe","consumer":"a","ack":"sometimes"}"#,
+            r#"{"type":"subscribe","events":["JobProgress"],"ack":"explicit"}"#,
+            r#"{"type":"subscribe","consumer":"a","start":"middle"}"#,
+            r#"{"type":"ack"}"#,
+            r#"{"type":"ack","seq":"x"}"#,
+            r#"{"type":"ack","event_id":"not-a-uuid"}"#,
+        ] {
+            assert!(
+                matches!(ClientMessage::parse(bad), Some(ClientMessage::Refused(_))),
+                "{bad}"
+            );
+        }
+        let many = format!(
+            r#"{{"type":"ack","seqs":[{}]}}"#,
+            (0..=MAX_ACKS)
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(matches!(
+            ClientMessage::parse(&many),
+            Some(ClientMessage::Refused(_))
+        ));
+    }
 
     #[test]
     fn parses_the_protocol_messages_and_ignores_the_rest() {
@@ -475,6 +693,7 @@ mod tests {
                 topics: Some("gpu.*,billing".into()),
                 filter: Some(r#"{"types":["job"]}"#.into()),
                 max_rate: Some(NonZeroU32::new(5)),
+                consumer: None,
             }))
         );
         assert_eq!(

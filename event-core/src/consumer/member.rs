@@ -120,14 +120,23 @@ impl Member {
     /// Resolves when deliveries are queued or the member was closed
     /// (cancel-safe; no wake-up is lost).
     pub async fn ready(&self) {
-        loop {
-            let notified = self.queue.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.queue.is_closed() || !self.queue.lock().items.is_empty() {
-                return;
+        self.readiness().await;
+    }
+
+    /// [`ready`](Self::ready) as a future that owns what it needs, for a
+    /// transport that keeps it beside the member (a hand-written poll loop).
+    pub fn readiness(&self) -> impl Future<Output = ()> + Send + 'static {
+        let queue = self.queue.clone();
+        async move {
+            loop {
+                let notified = queue.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if queue.is_closed() || !queue.lock().items.is_empty() {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
         }
     }
 

@@ -254,6 +254,10 @@ impl Assembly<'_> {
         if let Some(q) = &self.queue {
             ws = ws.with_queue_snapshot(q.clone());
         }
+        #[cfg(feature = "log")]
+        if let Some(log) = &self.parts.log {
+            ws = ws.with_consumers(log.consumers());
+        }
         self.runner.register(ws.sink());
         self.merge(ws.router());
     }

@@ -130,7 +130,7 @@ fn ws(
     let commands = [
         (
             "subscribe",
-            "The first `subscribe` with `events` narrows the stream to these kinds, later ones add to it. `topics` and `filter` (each replacing the previous one) and the kinds are combined by AND with the upgrade's filters; `max_rate` sets the connection's rate limit. Every field is optional, but one without `events`, `topics`, `filter` and `max_rate` is ignored. Answered with `subscribed`, or with `error` (nothing applied) for a bad `topics`, `filter` or `max_rate`.",
+            "The first `subscribe` with `events` narrows the stream to these kinds, later ones add to it. `topics` and `filter` (each replacing the previous one) and the kinds are combined by AND with the upgrade's filters; `max_rate` sets the connection's rate limit. Every field is optional, but one without `events`, `topics`, `filter` and `max_rate` is ignored. Answered with `subscribed`, or with `error` (nothing applied) for a bad `topics`, `filter` or `max_rate`. With `consumer` or `group` (docs/protocol.md §11.1) the connection reads that named consumer instead of the live stream: `delivery` messages, acknowledged with `ack` in `ack=explicit` mode.",
             json!({
                 "type": "object",
                 "properties": {
@@ -145,6 +145,11 @@ fn ws(
                     },
                     "filter": {"type": "object", "description": "The SSE `filter=` object: `events`, `types`, `topics`, `entity_id`, `memory` (at most 4 KiB)."},
                     "max_rate": {"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE, "description": "Events per second this connection receives at most; `0` lifts the limit. Over it `JobProgress` per job and `QueueStatus` are coalesced to the latest, and the rest is counted in `events.lagged`."},
+                    "consumer": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$", "description": "Read as this named durable consumer (a newer connection under the name takes over: close 4009)."},
+                    "group": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$", "description": "Read as a member of this consumer group."},
+                    "ack": {"type": "string", "enum": ["auto", "explicit"]},
+                    "ack_wait": {"type": "integer", "minimum": 1, "maximum": 3600},
+                    "start": {"type": "string", "enum": ["latest", "earliest"]},
                 },
                 "required": ["type"],
             }),
@@ -156,6 +161,21 @@ fn ws(
                 "type": "object",
                 "properties": {"type": {"type": "string", "const": "unsubscribe"}, "events": names_schema()},
                 "required": ["type", "events"],
+            }),
+        ),
+        (
+            "ack",
+            "A consumer's acknowledgements (`ack=explicit`): by `seq`/`seqs` or `event_id`/`event_ids`, at most 1,000. Not answered; a bad one is answered with `error` (`invalid_ack`).",
+            json!({
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "const": "ack"},
+                    "seq": {"type": "integer", "minimum": 0},
+                    "seqs": {"type": "array", "maxItems": 1000, "items": {"type": "integer", "minimum": 0}},
+                    "event_id": {"type": "string", "format": "uuid"},
+                    "event_ids": {"type": "array", "maxItems": 1000, "items": {"type": "string", "format": "uuid"}},
+                },
+                "required": ["type"],
             }),
         ),
         (
@@ -189,7 +209,7 @@ fn ws(
         json!({
             "name": "subscribed",
             "title": "subscribed",
-            "summary": "The answer to `subscribe` and `unsubscribe`: the kinds now selected, and the names that matched nothing.",
+            "summary": "The answer to `subscribe` and `unsubscribe`: the kinds now selected, and the names that matched nothing; for a consumer `subscribe`, the consumer or group and its ack mode.",
             "contentType": "application/json",
             "payload": {
                 "type": "object",
@@ -198,8 +218,11 @@ fn ws(
                     "events": {"type": "array", "items": {"type": "string", "enum": type_names}},
                     "unknown": {"type": "array", "items": {"type": "string"}},
                     "max_rate": {"type": "integer", "minimum": 1, "description": "The connection's rate limit, while it has one."},
+                    "consumer": {"type": "string"},
+                    "group": {"type": "string"},
+                    "ack": {"type": "string", "enum": ["auto", "explicit"]},
                 },
-                "required": ["type", "events"],
+                "required": ["type"],
             },
         }),
     );
@@ -218,6 +241,25 @@ fn ws(
                     "message": {"type": "string"},
                 },
                 "required": ["type", "error", "message"],
+            },
+        }),
+    );
+    messages.insert(
+        "delivery".to_owned(),
+        json!({
+            "name": "delivery",
+            "title": "delivery",
+            "summary": "An event of the named consumer this connection reads: its sequence number (what `ack` names), how many times it was delivered before without an ack, and the event in the envelope form.",
+            "contentType": "application/json",
+            "payload": {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "const": "delivery"},
+                    "seq": {"type": "integer", "minimum": 0},
+                    "redelivered": {"type": "integer", "minimum": 0},
+                    "event": {"type": "object", "description": "The §1 envelope (as SSE `format=envelope` sends it)."},
+                },
+                "required": ["type", "seq", "redelivered", "event"],
             },
         }),
     );
@@ -242,8 +284,10 @@ fn ws(
         "pong",
         "error",
         "events.lagged",
+        "delivery",
         "subscribe",
         "unsubscribe",
+        "ack",
         "ping",
         "refresh",
     ]) {
@@ -270,7 +314,7 @@ fn ws(
     );
     let mut sent = event_refs("websocket");
     sent.extend(
-        ["subscribed", "pong", "error", "events.lagged"]
+        ["subscribed", "pong", "error", "events.lagged", "delivery"]
             .map(|m| json!({"$ref": format!("#/channels/websocket/messages/{m}")})),
     );
     operations.insert(
@@ -283,7 +327,7 @@ fn ws(
             "messages": sent,
         }),
     );
-    let commands: Vec<Value> = ["subscribe", "unsubscribe", "ping", "refresh"]
+    let commands: Vec<Value> = ["subscribe", "unsubscribe", "ack", "ping", "refresh"]
         .iter()
         .map(|m| json!({"$ref": format!("#/channels/websocket/messages/{m}")}))
         .collect();
