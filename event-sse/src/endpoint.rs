@@ -304,19 +304,8 @@ impl SseEndpoint {
                     }
                 })
             };
-            let conn = Connection::new(
-                crate::consumer::ConsumerFeed::new(member, slot),
-                StreamSettings {
-                    format,
-                    heartbeat,
-                    stall_timeout: inner.config.stall_timeout,
-                },
-                first.freeze(),
-                closed,
-                Some(inner.metrics.clone()),
-                Some(guard),
-            );
-            return Ok(sse_response(Body::from_stream(conn.into_stream())));
+            let feed = crate::consumer::ConsumerFeed::new(member, slot);
+            return Ok(self.respond(feed, format, heartbeat, first, closed, guard));
         }
 
         let options = SubscribeOptions {
@@ -399,19 +388,32 @@ impl SseEndpoint {
             slot,
         )
         .paced(max_rate);
+        Ok(self.respond(feed, format, heartbeat, first, closed, guard))
+    }
+
+    /// The `200` whose body streams `feed` after `first`.
+    fn respond<F: crate::stream::Feed>(
+        &self,
+        feed: F,
+        format: Format,
+        heartbeat: Duration,
+        first: BytesMut,
+        closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+        guard: Arc<event_core::ConnectionGuard>,
+    ) -> Response {
         let conn = Connection::new(
             feed,
             StreamSettings {
                 format,
                 heartbeat,
-                stall_timeout: inner.config.stall_timeout,
+                stall_timeout: self.inner.config.stall_timeout,
             },
             first.freeze(),
             closed,
-            Some(inner.metrics.clone()),
+            Some(self.inner.metrics.clone()),
             Some(guard),
         );
-        Ok(sse_response(Body::from_stream(conn.into_stream())))
+        sse_response(Body::from_stream(conn.into_stream()))
     }
 
     /// The connection confirmation: the current `QueueStatus`.
