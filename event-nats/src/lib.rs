@@ -100,9 +100,11 @@
 //!                    └──────────► PostgreSQL (webhook registrations + delivery queue) ◄┘
 //! ```
 //!
-//! * Every instance gets the same `NATS_URL` (and `NATS_STREAM`,
-//!   `NATS_SUBJECT_PREFIX` if changed) and a distinct `NATS_INSTANCE_ID`
-//!   (a random one by default); see [`NatsConfig::from_env`].
+//! * Every instance gets the same `NATS_URL` (every NATS node,
+//!   comma-separated; and `NATS_STREAM`, `NATS_SUBJECT_PREFIX`,
+//!   `NATS_REPLICAS` if changed) and a distinct `NATS_INSTANCE_ID`
+//!   (a random one by default); see [`NatsConfig::from_env`]. The
+//!   repository's `docs/cluster.md` has the failure drills and sizing.
 //! * The load balancer needs no sticky sessions: any instance can resume
 //!   any client. Size the stream's retention (`NatsConfig::retention`,
 //!   default 24 h / 1 M events / 1 GiB) for the longest disconnection after
