@@ -134,10 +134,7 @@ pub fn parse_probe_origin(frame: &[u8]) -> Option<(u64, u64, Option<u64>)> {
     let (t, rest) = digits(&frame[eq + 1..])?;
     let rest = rest.strip_prefix(b";n=")?;
     let (n, rest) = digits(rest)?;
-    let origin = rest
-        .strip_prefix(b";o=")
-        .and_then(digits)
-        .map(|(o, _)| o);
+    let origin = rest.strip_prefix(b";o=").and_then(digits).map(|(o, _)| o);
     Some((t, n, origin))
 }
 
