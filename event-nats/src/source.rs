@@ -22,15 +22,6 @@ use crate::cluster::Shared;
 use crate::codec::{self, bus_seq};
 use crate::state::ConnectionState;
 
-/// Longest pull request of the stream consumer. The client's ordered
-/// consumer takes its idle heartbeat from it (half of it) and re-creates a
-/// consumer that missed two heartbeat windows (2 × 2 × heartbeat): with this
-/// bound a consumer lost with its NATS node (it lives on the stream leader)
-/// is replaced after about 4 s; with the client's default (30 s pulls, 15 s
-/// heartbeats) it took a minute, during which this instance received
-/// nothing from the stream.
-const CONSUMER_MAX_EXPIRES: Duration = Duration::from_secs(2);
-
 /// The source task: injects stream events from `start` on.
 pub(crate) async fn run(shared: Arc<Shared>, start: u64, cancel: CancellationToken) {
     let mut next = start;
@@ -90,7 +81,6 @@ async fn open(shared: &Shared, start: u64) -> Result<pull::Ordered, async_nats::
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
-            max_expires: CONSUMER_MAX_EXPIRES,
             ..Default::default()
         })
         .await?;
