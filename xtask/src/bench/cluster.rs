@@ -193,16 +193,18 @@ fn topology(
     replicated: bool,
 ) -> Result<Vec<(u64, Value)>, String> {
     let nats = Nats::start(tmp, replicated)?;
-    let stream = format!(
-        "BENCH_{}_{}",
-        std::process::id(),
-        if replicated { "R3" } else { "R1" }
-    );
-    let servers = instances(bins, tmp, &nats, &stream, if replicated { 3 } else { 1 })?;
-    let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
-    let urls = urls.join(",");
     let mut rows = Vec::new();
     for rate in [100u64, 1_000] {
+        // Fresh instances and stream per rate: what a run leaves in flight
+        // (its counters start at 0 again) must not reach the next run.
+        let stream = format!(
+            "BENCH_{}_{}_{rate}",
+            std::process::id(),
+            if replicated { "R3" } else { "R1" }
+        );
+        let servers = instances(bins, tmp, &nats, &stream, if replicated { 3 } else { 1 })?;
+        let urls: Vec<&str> = servers.iter().map(|s| s.url.as_str()).collect();
+        let urls = urls.join(",");
         let args = [
             "--url".to_owned(),
             urls.clone(),
@@ -220,9 +222,9 @@ fn topology(
             .map(|mut v| v.pop().unwrap_or(Value::Null))
             .unwrap_or_else(|e| json!({"error": e}));
         rows.push((rate, result));
-    }
-    for server in servers {
-        server.stop();
+        for server in servers {
+            server.stop();
+        }
     }
     drop(nats);
     Ok(rows)
