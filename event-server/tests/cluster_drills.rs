@@ -879,9 +879,10 @@ async fn nats_node_killed_and_restarted_loses_no_acknowledged_event() {
 /// The same with the node leading the stream's replicas. On nats-server
 /// 2.9.10 (Debian's) it fails most runs: JetStream answers "no stream found"
 /// for 6 to 12 s while the two others elect a leader (publishing rides that
-/// out since the retries last 12.6 s), and then the instances' stream
-/// consumers, re-created by the client on the old leader once it is back,
-/// receive nothing although the stream holds every event (docs/cluster.md).
+/// out since the retries last 12.6 s, none local-only), and then the
+/// instances' stream consumers, once the client has re-created them,
+/// receive nothing (their pulls expire empty) although the stream holds
+/// every event: all clients stop at the same count (docs/cluster.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the consumers stall after a stream-leader failover on nats-server 2.9.10; see docs/cluster.md"]
 async fn nats_leader_node_killed_and_restarted_loses_no_acknowledged_event() {
