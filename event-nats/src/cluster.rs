@@ -143,7 +143,7 @@ impl NatsCluster {
                     }
                 }
             })
-            .connect(config.url.as_str())
+            .connect(config.server_urls())
             .await
             .map_err(|e| Error::Connect(format!("{} ({e})", redact_url(&config.url))))?;
         state.set_connected(client.connection_state() == async_nats::connection::State::Connected);
@@ -348,7 +348,7 @@ pub(crate) fn stream_config(config: &NatsConfig) -> stream::Config {
 pub async fn delete_stream(config: &NatsConfig) -> Result<bool, Error> {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(config.connect_timeout)
-        .connect(config.url.as_str())
+        .connect(config.server_urls())
         .await
         .map_err(|e| Error::Connect(format!("{} ({e})", redact_url(&config.url))))?;
     let js = jetstream::new(client);

@@ -62,10 +62,23 @@ pub struct NatsConfig {
     pub publish_ack_timeout: Duration,
     /// How many times a failed publish is retried (same `Nats-Msg-Id`, so
     /// retries are deduplicated by the stream) before the event is delivered
-    /// locally only.
+    /// locally only. The waits between attempts double from 200 ms up to
+    /// 6.4 s; the default, 6, keeps retrying for 12.6 s (plus the
+    /// acknowledgement timeouts), longer than a replicated stream takes to
+    /// elect a new leader after losing one (4 to 9 s on NATS's Raft), during
+    /// which JetStream answers "no stream found" at once.
     pub publish_retries: u32,
     /// Upper bound of the reconnect backoff (exponential from 50 ms).
     pub max_reconnect_delay: Duration,
+    /// For this long after the connection drops, events are still queued
+    /// for the stream rather than delivered locally only: with several NATS
+    /// servers in [`url`](Self::url), the client is usually connected to
+    /// another one within about 100 ms, and an event delivered locally only
+    /// never reaches the other instances. Past it (a real outage), events
+    /// are delivered locally at once; the ones queued meanwhile are
+    /// delivered locally when it ends, delayed by at most this. `ZERO`:
+    /// local-only from the first moment.
+    pub reconnect_grace: Duration,
     /// Events waiting to be published; when full, new events are delivered
     /// locally only (publishing never blocks).
     pub publish_queue: usize,
@@ -98,8 +111,9 @@ impl Default for NatsConfig {
             replicas: 1,
             connect_timeout: Duration::from_secs(5),
             publish_ack_timeout: Duration::from_secs(2),
-            publish_retries: 3,
+            publish_retries: 6,
             max_reconnect_delay: Duration::from_secs(5),
+            reconnect_grace: Duration::from_secs(2),
             publish_queue: 65_536,
             warm_up: None,
             max_replay: 100_000,
@@ -121,8 +135,11 @@ impl NatsConfig {
 
     /// From the environment: `None` when `NATS_URL` is unset or empty (run
     /// as a single instance); otherwise the defaults overridden by
-    /// `NATS_URL`, `NATS_STREAM`, `NATS_SUBJECT_PREFIX`, `NATS_INSTANCE_ID`
-    /// and `NATS_MAX_AGE_SECS`.
+    /// `NATS_URL`, `NATS_STREAM`, `NATS_SUBJECT_PREFIX`, `NATS_INSTANCE_ID`,
+    /// `NATS_MAX_AGE_SECS`, `NATS_REPLICAS` (stream replicas on a
+    /// clustered NATS, e.g. 3; unset or unparsable: 1) and
+    /// `NATS_PUBLISH_RETRIES` ([`publish_retries`](Self::publish_retries))
+    /// and `NATS_RECONNECT_GRACE_MS` ([`reconnect_grace`](Self::reconnect_grace)).
     pub fn from_env() -> Option<Self> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let mut config = NatsConfig::new(var("NATS_URL")?);
@@ -138,7 +155,27 @@ impl NatsConfig {
         if let Some(secs) = var("NATS_MAX_AGE_SECS").and_then(|s| s.trim().parse::<u64>().ok()) {
             config.retention.max_age = Duration::from_secs(secs);
         }
+        if let Some(replicas) = var("NATS_REPLICAS").and_then(|s| s.trim().parse::<usize>().ok()) {
+            config.replicas = replicas.max(1);
+        }
+        if let Some(retries) = var("NATS_PUBLISH_RETRIES").and_then(|s| s.trim().parse().ok()) {
+            config.publish_retries = retries;
+        }
+        if let Some(ms) = var("NATS_RECONNECT_GRACE_MS").and_then(|s| s.trim().parse().ok()) {
+            config.reconnect_grace = Duration::from_millis(ms);
+        }
         Some(config)
+    }
+
+    /// The server URLs of [`url`](Self::url), split at commas and trimmed
+    /// (the NATS client takes a list; one string with commas is not parsed
+    /// as one).
+    pub fn server_urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     /// The subject an event of this dot name goes to.
@@ -172,7 +209,7 @@ impl NatsConfig {
         if self.instance_id.trim().is_empty() {
             return Err(Error::Config("instance id must not be empty".to_owned()));
         }
-        if self.url.trim().is_empty() {
+        if self.server_urls().is_empty() {
             return Err(Error::Config("NATS URL must not be empty".to_owned()));
         }
         if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
@@ -242,5 +279,15 @@ mod tests {
             "nats://***@h1:4222,tls://***@h2:4222,nats://h3"
         );
         assert_eq!(redact_url("tok@h:1"), "***@h:1");
+    }
+
+    #[test]
+    fn a_comma_list_is_several_servers() {
+        let c = NatsConfig::new(" nats://h1:4222, nats://h2:4223,,nats://h3 ");
+        assert_eq!(
+            c.server_urls(),
+            ["nats://h1:4222", "nats://h2:4223", "nats://h3"]
+        );
+        assert_eq!(NatsConfig::default().server_urls(), [DEFAULT_URL]);
     }
 }

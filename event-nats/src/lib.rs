@@ -58,8 +58,17 @@
 //! `NatsConfig::max_reconnect_delay`), forever. Meanwhile:
 //!
 //! * the instance keeps serving: events produced locally are delivered to
-//!   its own clients and sinks at once ("local-only", bus sequences between
-//!   two stream sequences) and counted in `matric_nats_published{result="local_only"}`;
+//!   its own clients and sinks ("local-only", bus sequences between
+//!   two stream sequences) and counted in `matric_nats_published{result="local_only"}`:
+//!   at once when the connection has been down for longer than
+//!   `NatsConfig::reconnect_grace` (2 s), and those of the first 2 s when
+//!   the grace runs out. The grace covers a failover: with several NATS
+//!   servers in the URL, the client is on another one within about 100 ms
+//!   and those events go through the stream after all;
+//! * JetStream answering "no stream found" while connected (a replicated
+//!   stream electing a new leader, 4 to 9 s) is retried for about 13 s
+//!   (`NatsConfig::publish_retries`) before the events are delivered
+//!   locally only;
 //! * [`NatsCluster::state`] / [`NatsCluster::health`] report
 //!   `disconnected`, and the gauge `matric_nats_connected` is 0;
 //! * after reconnecting, the consumer resumes from the next stream sequence
@@ -91,9 +100,11 @@
 //!                    └──────────► PostgreSQL (webhook registrations + delivery queue) ◄┘
 //! ```
 //!
-//! * Every instance gets the same `NATS_URL` (and `NATS_STREAM`,
-//!   `NATS_SUBJECT_PREFIX` if changed) and a distinct `NATS_INSTANCE_ID`
-//!   (a random one by default); see [`NatsConfig::from_env`].
+//! * Every instance gets the same `NATS_URL` (every NATS node,
+//!   comma-separated; and `NATS_STREAM`, `NATS_SUBJECT_PREFIX`,
+//!   `NATS_REPLICAS` if changed) and a distinct `NATS_INSTANCE_ID`
+//!   (a random one by default); see [`NatsConfig::from_env`]. The
+//!   repository's `docs/cluster.md` has the failure drills and sizing.
 //! * The load balancer needs no sticky sessions: any instance can resume
 //!   any client. Size the stream's retention (`NatsConfig::retention`,
 //!   default 24 h / 1 M events / 1 GiB) for the longest disconnection after

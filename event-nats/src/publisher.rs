@@ -3,7 +3,11 @@
 //! [`Forwarder`] is the bus's [`Upstream`]: `EventBus::publish` hands it the
 //! event (synchronously, never blocking) and it queues the event for the
 //! publisher task, or refuses it, so the bus delivers it locally at once,
-//! when NATS is unreachable or the queue is full. The task publishes queued
+//! when NATS has been unreachable for longer than
+//! `NatsConfig::reconnect_grace` or the queue is full. Within the grace
+//! (a failover to another NATS server) the task waits for the connection
+//! before sending, and delivers locally what is still queued when the grace
+//! runs out. The task publishes queued
 //! events in batches (pipelined: all sent, then all acknowledgements
 //! awaited), in queue order. A failed publish is retried with the same
 //! `Nats-Msg-Id`, so the stream stores it once even if an earlier attempt
@@ -46,7 +50,14 @@ impl Forwarder {
 
 impl Upstream for Forwarder {
     fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
-        if !self.shared.state.is_connected() {
+        // Disconnected for longer than the grace: an outage, not a failover.
+        let grace = self.shared.config.reconnect_grace;
+        if self
+            .shared
+            .state
+            .grace_left(grace)
+            .is_some_and(|left| left.is_zero())
+        {
             return self.refuse(event);
         }
         match self.tx.try_send(event) {
@@ -97,11 +108,29 @@ pub(crate) async fn run(
     publish_batch(&shared, &mut batch, &cancel).await;
 }
 
+/// Whether the connection is up, waiting for it while the reconnect grace
+/// lasts (a failover to another NATS server); `false` when it is still down
+/// after that (an outage: deliver locally) or on shutdown.
+async fn reconnected(shared: &Shared, cancel: &CancellationToken) -> bool {
+    let Some(left) = shared.state.grace_left(shared.config.reconnect_grace) else {
+        return true;
+    };
+    if left.is_zero() {
+        return false;
+    }
+    let mut state = shared.state.subscribe();
+    let connected = state.wait_for(|s| *s == crate::ConnectionState::Connected);
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        up = tokio::time::timeout(left, connected) => matches!(up, Ok(Ok(_))),
+    }
+}
+
 async fn publish_batch(shared: &Shared, batch: &mut Vec<Arc<Event>>, cancel: &CancellationToken) {
     let mut pending = std::mem::take(batch);
     let mut attempt = 0u32;
     while !pending.is_empty() {
-        if !shared.state.is_connected() {
+        if !reconnected(shared, cancel).await {
             break;
         }
         let mut sent: Vec<(Arc<Event>, Option<PublishAckFuture>)> =

@@ -22,6 +22,18 @@ use crate::cluster::Shared;
 use crate::codec::{self, bus_seq};
 use crate::state::ConnectionState;
 
+/// Longest pull request of the stream consumer. The client's ordered
+/// consumer takes its idle heartbeat from it (half of it) and re-creates a
+/// consumer that missed two heartbeat windows (2 × 2 × heartbeat). The
+/// consumer lives on one NATS node: with the client's default (30 s pulls,
+/// 15 s heartbeats) a consumer lost with its node was replaced after about
+/// a minute, during which this instance received nothing from the stream
+/// (the three-node drill failed two runs in three). 2 s pulls (about 4 s)
+/// made a heavily loaded instance re-create healthy consumers (p99 5 s in
+/// the cluster bench instead of 0.4 s); 5 s replaces a lost one in about
+/// 10 s and needs 5 s without a single heartbeat for a false alarm.
+const CONSUMER_MAX_EXPIRES: Duration = Duration::from_secs(5);
+
 /// The source task: injects stream events from `start` on.
 pub(crate) async fn run(shared: Arc<Shared>, start: u64, cancel: CancellationToken) {
     let mut next = start;
@@ -81,6 +93,7 @@ async fn open(shared: &Shared, start: u64) -> Result<pull::Ordered, async_nats::
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
+            max_expires: CONSUMER_MAX_EXPIRES,
             ..Default::default()
         })
         .await?;

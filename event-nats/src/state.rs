@@ -1,7 +1,8 @@
 //! Connection state, counters and metrics.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, ObservableGauge};
@@ -48,6 +49,9 @@ pub(crate) struct StateCell {
     ever_connected: AtomicBool,
     reconnects: AtomicU64,
     source_running: AtomicBool,
+    /// When the connection last dropped (`None` while connected, and before
+    /// the first connection).
+    disconnected_at: Mutex<Option<Instant>>,
     tx: watch::Sender<ConnectionState>,
 }
 
@@ -58,12 +62,24 @@ impl StateCell {
             ever_connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             source_running: AtomicBool::new(false),
+            disconnected_at: Mutex::new(None),
             tx: watch::channel(ConnectionState::Disconnected).0,
         }
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
         let was = self.connected.swap(connected, Ordering::SeqCst);
+        {
+            let mut at = self
+                .disconnected_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if connected {
+                *at = None;
+            } else if was {
+                *at = Some(Instant::now());
+            }
+        }
         if connected && !was && self.ever_connected.swap(true, Ordering::SeqCst) {
             self.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -81,6 +97,20 @@ impl StateCell {
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// What is left of `grace` since the connection dropped: `None` when
+    /// connected, `Some(ZERO)` once the grace is over (or when it never
+    /// connected).
+    pub(crate) fn grace_left(&self, grace: Duration) -> Option<Duration> {
+        if self.is_connected() {
+            return None;
+        }
+        let at = *self
+            .disconnected_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Some(at.map_or(Duration::ZERO, |t| grace.saturating_sub(t.elapsed())))
     }
 
     pub(crate) fn state(&self) -> ConnectionState {

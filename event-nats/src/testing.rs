@@ -249,3 +249,269 @@ impl Drop for PrivateNats {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether [`NATS_SERVER`] can be run, for tests that start their own NATS
+/// processes; `false` means the caller returns early (skipped, with the
+/// reason printed).
+///
+/// # Panics
+///
+/// When it is missing and `EVENT_TEST_REQUIRE_SERVICES=1` (as in CI).
+pub fn nats_server_available(test: &str) -> bool {
+    if std::path::Path::new(NATS_SERVER).is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var("EVENT_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "{test}: {NATS_SERVER} is required (EVENT_TEST_REQUIRE_SERVICES=1)"
+    );
+    eprintln!("skipping {test}: {NATS_SERVER} is not installed");
+    false
+}
+
+/// A free loopback port (bound and released: another process may take it
+/// before it is used, which a test then reports as a failed start).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One node of a [`PrivateNatsCluster`].
+#[derive(Debug)]
+struct Node {
+    name: String,
+    port: u16,
+    /// The monitoring port (`/connz`).
+    monitor: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three `nats-server -js` processes of the test's own forming one
+/// JetStream cluster on loopback (client ports, route ports and stores of
+/// their own under a fresh directory), for replicated streams
+/// (`replicas: 3`) and for killing and restarting one node. Nodes are named
+/// `n0`, `n1`, `n2` (the names JetStream reports as stream leaders). All
+/// killed, and the directory removed, when dropped.
+#[derive(Debug)]
+pub struct PrivateNatsCluster {
+    dir: PathBuf,
+    nodes: Vec<Node>,
+}
+
+impl PrivateNatsCluster {
+    /// Starts three nodes and waits until JetStream can place a stream with
+    /// three replicas.
+    ///
+    /// # Panics
+    ///
+    /// When [`NATS_SERVER`] cannot be started or the cluster is not ready
+    /// within [`WAIT`] (twice that for JetStream's meta leader).
+    pub async fn start() -> PrivateNatsCluster {
+        let dir =
+            std::env::temp_dir().join(format!("event-nats-cluster-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("the cluster's directory");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut nodes = Vec::new();
+        for (i, (port, route)) in ports.iter().enumerate() {
+            let monitor = free_port();
+            let name = format!("n{i}");
+            let store = dir.join(&name);
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, r))| format!("nats-route://127.0.0.1:{r}"))
+                .collect();
+            let text = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{\n  store_dir: {store:?}\n}}\n\
+                 cluster {{\n  name: matric_test\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            );
+            let config = dir.join(format!("{name}.conf"));
+            std::fs::write(&config, text).expect("write a node's configuration");
+            nodes.push(Node {
+                name,
+                port: *port,
+                monitor,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = PrivateNatsCluster { dir, nodes };
+        for i in 0..3 {
+            cluster.run(i).await;
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    async fn run(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let mut child = Command::new(NATS_SERVER)
+            .arg("-c")
+            .arg(&node.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server");
+        let stderr = child.stderr.take().expect("nats-server's stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let ready = tokio::time::timeout(WAIT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Server is ready") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "nats-server {} did not start", node.name);
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        node.child = Some(child);
+    }
+
+    /// Waits until a stream with three replicas can be created (the meta
+    /// leader is elected and every node has joined), then deletes the probe.
+    async fn wait_ready(&self) {
+        let url = self.url();
+        let probe = format!("PROBE_{}", Uuid::new_v4().simple());
+        let mut last_error = String::new();
+        let ready = tokio::time::timeout(WAIT * 2, async {
+            loop {
+                match async_nats::connect(url.split(',').collect::<Vec<_>>()).await {
+                    Err(e) => last_error = e.to_string(),
+                    Ok(client) => {
+                        let js = async_nats::jetstream::new(client);
+                        let created = js
+                            .create_stream(async_nats::jetstream::stream::Config {
+                                name: probe.clone(),
+                                subjects: vec![format!("probe.{probe}")],
+                                num_replicas: 3,
+                                storage: async_nats::jetstream::stream::StorageType::File,
+                                ..Default::default()
+                            })
+                            .await;
+                        match created {
+                            Ok(_) => {
+                                let _ = js.delete_stream(&probe).await;
+                                return;
+                            }
+                            Err(e) => last_error = e.to_string(),
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        assert!(
+            ready.is_ok(),
+            "the NATS cluster did not form within {:?}: {last_error}",
+            WAIT * 2
+        );
+    }
+
+    /// Every node's client URL, comma-separated (what `NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s name (`n<i>`).
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// The index of the node leading `stream`'s replicas, if it has one now.
+    pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let client = async_nats::connect(self.url().split(',').collect::<Vec<_>>())
+            .await
+            .ok()?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(stream).await.ok()?;
+        let leader = stream.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+        self.nodes.iter().position(|n| n.name == leader)
+    }
+
+    /// The index of the node the NATS client named `client` (an instance's
+    /// `NATS_INSTANCE_ID`) is connected to, from the nodes' `/connz`.
+    pub async fn node_of_client(&self, client: &str) -> Option<usize> {
+        use tokio::io::AsyncWriteExt;
+        let want = format!("\"name\": \"{client}\"");
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", node.monitor)).await
+            else {
+                continue;
+            };
+            let request = "GET /connz?limit=1024 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+            if conn.write_all(request.as_bytes()).await.is_err() {
+                continue;
+            }
+            let mut body = String::new();
+            let read = tokio::time::timeout(
+                WAIT,
+                tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut body),
+            )
+            .await;
+            if matches!(read, Ok(Ok(_))) && body.replace("\":\"", "\": \"").contains(&want) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// `stream`'s state as JetStream reports it (messages, sequences,
+    /// leader, replicas), or why it cannot be read: for failure messages.
+    pub async fn stream_report(&self, stream: &str) -> String {
+        let client = match async_nats::connect(self.url().split(',').collect::<Vec<_>>()).await {
+            Ok(c) => c,
+            Err(e) => return format!("cannot connect: {e}"),
+        };
+        let js = async_nats::jetstream::new(client);
+        let mut stream = match js.get_stream(stream).await {
+            Ok(s) => s,
+            Err(e) => return format!("cannot get the stream: {e}"),
+        };
+        match stream.info().await {
+            Ok(info) => format!("{:?} {:?}", info.state, info.cluster),
+            Err(e) => format!("cannot read the stream's info: {e}"),
+        }
+    }
+
+    /// Kills node `i` (SIGKILL; its store stays).
+    ///
+    /// # Panics
+    ///
+    /// When the process cannot be killed.
+    pub async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().await.expect("kill a nats-server node");
+        }
+    }
+
+    /// Starts node `i` again (same port, routes and store) after
+    /// [`kill`](Self::kill).
+    pub async fn restart(&mut self, i: usize) {
+        self.kill(i).await;
+        self.run(i).await;
+    }
+}
+
+impl Drop for PrivateNatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use event_core::{Cursor, ReplayMiss};
-use event_nats::{ConnectionState, Error, SEQ_STRIDE, bus_seq, stream_seq};
+use event_nats::{ConnectionState, Error, NatsConfig, SEQ_STRIDE, bus_seq, stream_seq};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -285,7 +285,13 @@ async fn instances_recover_when_nats_restarts() {
         return;
     }
     let mut server = PrivateNats::start().await;
-    let config = unique_config(&server.url(), "a");
+    // No reconnect grace: local-only from the first moment of the outage
+    // (with the default grace the first events wait up to 2 s for a
+    // failover first).
+    let config = NatsConfig {
+        reconnect_grace: Duration::ZERO,
+        ..unique_config(&server.url(), "a")
+    };
     let a = connect(&config, 256).await;
     let b = connect(&instance(&config, "b"), 256).await;
     let (mut sub_a, mut sub_b) = (a.bus().subscribe(), b.bus().subscribe());

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
@@ -8,7 +8,10 @@
 //! the server's profile unless `--no-profile`; `--only embed` runs the
 //! fan-out (one pair per rate) and idle measurements with their embed-axum
 //! rows and prints those tables; `--only log` measures the event log
-//! (`bench/log.rs`) and prints its table.
+//! (`bench/log.rs`) and prints its table; `--only cluster` measures three
+//! instances on one JetStream stream, on one NATS and on a three-node NATS
+//! cluster (`bench/cluster.rs`), and writes its own section of BENCHMARKS.md
+//! (after the analysis marker, so full runs keep it).
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -30,6 +33,7 @@
 //! follows the `<!-- analysis -->` marker in an existing BENCHMARKS.md is
 //! kept, so hand-written profiling notes survive a re-run.
 
+mod cluster;
 mod log;
 mod report;
 mod run;
@@ -203,9 +207,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("latency")) => return latency_only(&plan),
         Some(Some("embed")) => return embed_only(&plan),
         Some(Some("log")) => return log::log_only(&plan),
+        Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed` and `log`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log` and `cluster`",
                 other.unwrap_or("")
             ));
         }

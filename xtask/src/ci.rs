@@ -4,7 +4,8 @@
 //! with its `otlp` feature (clippy and tests), event-webhook without its
 //! `postgres` feature (clippy) and a host without it (no PostgreSQL driver
 //! in its dependency tree), the host's
-//! cluster tests, each host feature built and run alone, the WebSocket
+//! cluster tests and cluster failure drills (`tests/cluster_drills.rs`), each
+//! host feature built and run alone, the WebSocket
 //! conformance suite (`conformance.rs`), the MCP conformance suite
 //! (`mcp_conformance.rs`), the API documents through external validators
 //! (`contracts.rs`), then the doc tests. The HTTP
@@ -124,7 +125,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // Loom models of event-core's concurrency, in <target>/loom (issue 24).
     crate::loom::run()?;
     // Two server instances on one NATS (needs TEST_NATS_URL); the deploy/
-    // check again with a cluster, for the `matric_nats_*` names.
+    // check again with a cluster, for the `matric_nats_*` names; the
+    // cluster failure drills (issue 22: instance killed, webhooks across a
+    // kill, a NATS node killed, NATS down 10 s; they also need the
+    // nats-server binary and TEST_POSTGRES_URL). The drills run one at a
+    // time: each starts several servers and NATS processes of its own.
     cargo(&[
         "test",
         "--locked",
@@ -138,6 +143,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "deploy",
         "--test",
         "durable",
+    ])?;
+    cargo(&[
+        "test",
+        "--locked",
+        "-p",
+        "event-server",
+        "--features",
+        "nats,postgres",
+        "--test",
+        "cluster_drills",
+        "--",
+        "--test-threads",
+        "1",
     ])?;
     single_feature_hosts()?;
     // The Autobahn|Testsuite against the WebSocket framing (issue 16).

@@ -96,6 +96,16 @@ impl Host {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// The log lines written since the last call (or since it was
+    /// listening), without waiting.
+    pub fn drain_log(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            out.push(line);
+        }
+        out
+    }
+
     /// SIGKILL, as a crash: no shutdown runs. Waits for the exit.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL the server");

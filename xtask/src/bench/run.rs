@@ -152,6 +152,18 @@ impl Server {
         tmp: &Path,
         database_url: Option<&str>,
     ) -> Result<Server, String> {
+        Server::start_with(bins, kind, tmp, database_url, &[])
+    }
+
+    /// [`start`](Server::start) with more environment variables (cluster
+    /// settings).
+    pub fn start_with(
+        bins: &Bins,
+        kind: ServerKind,
+        tmp: &Path,
+        database_url: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Result<Server, String> {
         let addr = free_port()?;
         let (bin, name) = match kind {
             ServerKind::Floor => (&bins.floor, "raw-floor"),
@@ -191,6 +203,7 @@ impl Server {
                     .env_remove("RUST_LOG");
             }
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().map_err(|e| format!("start {name}: {e}"))?;
         let mut server = Server {
             child,

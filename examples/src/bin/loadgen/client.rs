@@ -68,6 +68,14 @@ pub struct Shared {
 /// What one client saw.
 #[derive(Debug, Default)]
 pub struct ClientStats {
+    /// Cluster mode: the instance this client is connected to.
+    pub home: Option<u64>,
+    /// Cluster mode: probe events received more than once.
+    pub duplicates: u64,
+    /// Cluster mode: latency of events published on this client's instance.
+    pub same_latency: Histogram,
+    /// Cluster mode: latency of events published on another instance.
+    pub cross_latency: Histogram,
     /// The client's transport (`None` when it never connected).
     pub kind: Option<Kind>,
     /// Probe events received.
@@ -113,14 +121,21 @@ fn digits(bytes: &[u8]) -> Option<(u64, &[u8])> {
 
 /// The probe `(t, n)` of a frame: `t=<digits>;n=<digits>;` at its first `=`.
 pub fn parse_probe(frame: &[u8]) -> Option<(u64, u64)> {
+    parse_probe_origin(frame).map(|(t, n, _)| (t, n))
+}
+
+/// The probe `(t, n, origin)` of a frame: `t=<digits>;n=<digits>;` and,
+/// in cluster mode, `o=<digits>;` (the instance it was published on).
+pub fn parse_probe_origin(frame: &[u8]) -> Option<(u64, u64, Option<u64>)> {
     let eq = memchr::memchr(b'=', frame)?;
     if eq == 0 || frame[eq - 1] != b't' {
         return None;
     }
     let (t, rest) = digits(&frame[eq + 1..])?;
     let rest = rest.strip_prefix(b";n=")?;
-    let (n, _) = digits(rest)?;
-    Some((t, n))
+    let (n, rest) = digits(rest)?;
+    let origin = rest.strip_prefix(b";o=").and_then(digits).map(|(o, _)| o);
+    Some((t, n, origin))
 }
 
 /// Applies probes to one client's stats and mirrors them into `Shared`.
@@ -130,21 +145,52 @@ struct Tracker {
     flushed: (u64, u64, u64),
     flushed_next: u64,
     last_probe_at: u64,
+    /// Cluster mode: the counters seen, one bit each (events from several
+    /// instances arrive in the stream's order, not the counter's, so gaps
+    /// say nothing; what was never seen is lost).
+    seen: Vec<u64>,
 }
 
 impl Tracker {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, home: Option<u64>) -> Self {
         Tracker {
-            stats: ClientStats::default(),
+            stats: ClientStats {
+                home,
+                ..ClientStats::default()
+            },
             shared,
             flushed: (0, 0, 0),
             flushed_next: 0,
             last_probe_at: 0,
+            seen: Vec::new(),
         }
     }
 
-    fn probe(&mut self, t: u64, n: u64, now: u64) {
+    fn probe(&mut self, t: u64, n: u64, origin: Option<u64>, now: u64) {
         let s = &mut self.stats;
+        if let Some(home) = s.home {
+            let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
+            if word >= self.seen.len() {
+                self.seen.resize(word + 1, 0);
+            }
+            if self.seen[word] & bit != 0 {
+                s.duplicates += 1;
+                return;
+            }
+            self.seen[word] |= bit;
+            s.received += 1;
+            // Distinct events so far: what the end check compares.
+            s.next = s.received;
+            let latency = now.saturating_sub(t);
+            s.latency.record(latency);
+            if origin == Some(home) {
+                s.same_latency.record(latency);
+            } else {
+                s.cross_latency.record(latency);
+            }
+            self.last_probe_at = now;
+            return;
+        }
         if n < s.next {
             s.out_of_order += 1;
             return;
@@ -408,6 +454,7 @@ pub async fn subscriber(
     shared: Arc<Shared>,
     permits: Arc<tokio::sync::Semaphore>,
     mut stop: watch::Receiver<bool>,
+    home: Option<u64>,
 ) -> ClientStats {
     let permit = permits.acquire_owned().await;
     let connection = match kind {
@@ -427,7 +474,7 @@ pub async fn subscriber(
     };
     shared.live.fetch_add(1, Ordering::Relaxed);
     shared.established.fetch_add(1, Ordering::Relaxed);
-    let mut tracker = Tracker::new(shared);
+    let mut tracker = Tracker::new(shared, home);
     tracker.stats.kind = Some(kind);
     let dropped = match connection {
         Either::Ws(ws) => track_ws(ws, &mut tracker, &mut stop).await,
@@ -452,8 +499,8 @@ async fn track_ws(mut ws: Ws, tracker: &mut Tracker, stop: &mut watch::Receiver<
             _ = stop.changed() => {}
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some((t, n)) = parse_probe(text.as_bytes()) {
-                        tracker.probe(t, n, unix_nanos());
+                    if let Some((t, n, o)) = parse_probe_origin(text.as_bytes()) {
+                        tracker.probe(t, n, o, unix_nanos());
                         tracker.flush();
                     }
                 }
@@ -475,8 +522,8 @@ async fn track_sse(mut sse: Sse, tracker: &mut Tracker, stop: &mut watch::Receiv
         // Frames that arrived with the connection confirmation, then each read.
         let now = unix_nanos();
         sse.frames(|frame| {
-            if let Some((t, n)) = parse_probe(frame) {
-                tracker.probe(t, n, now);
+            if let Some((t, n, o)) = parse_probe_origin(frame) {
+                tracker.probe(t, n, o, now);
             } else if memchr::memmem::find(frame, b"events.lagged").is_some() {
                 tracker.stats.lag_signals += 1;
             }

@@ -17,6 +17,14 @@
 //!   registered through `/api/v1/webhooks`, N events published at `--rate`; reports
 //!   deliveries/s until all N arrived.
 //!
+//! **Cluster mode**: `--url` with several comma-separated servers (instances
+//! of one cluster): the fan-out clients are spread over them in turn, the
+//! publisher sends its requests to them in turn and tags each event with
+//! the instance it went to (`o=<index>;`), and each client reports
+//! duplicates and its latency split into same-instance and cross-instance
+//! delivery; loss is what a client never received (events from several
+//! instances arrive in the stream's order, not the counter's).
+//!
 //! A progress line goes to stderr; the result is one JSON object on the last
 //! line of stdout (for `cargo xtask bench`). Everything is bounded in time.
 //!
@@ -56,7 +64,8 @@ const PROBE_JOB: &str = "0197c0de-5e1a-7a00-8000-00000000b0b0";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "loadgen", about)]
 struct Args {
-    /// Server root URL.
+    /// Server root URL; several, comma-separated, for cluster mode
+    /// (fan-out only).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
     /// WebSocket clients (fan-out mode).
@@ -154,13 +163,25 @@ fn sub_config(args: &Args, target: Target) -> SubConfig {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let target = match Target::parse(&args.url).await {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("loadgen: {e}");
-            return std::process::ExitCode::from(2);
+    let mut targets = Vec::new();
+    for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        match Target::parse(url).await {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                return std::process::ExitCode::from(2);
+            }
         }
+    }
+    let Some(target) = targets.first().cloned() else {
+        eprintln!("loadgen: --url names no server");
+        return std::process::ExitCode::from(2);
     };
+    if targets.len() > 1 && (args.idle.is_some() || args.churn.is_some() || args.webhooks.is_some())
+    {
+        eprintln!("loadgen: several servers (cluster mode) only for the fan-out");
+        return std::process::ExitCode::from(2);
+    }
     let cfg = Arc::new(sub_config(&args, target.clone()));
     let pid = args.server_pid.map(|p| p.to_string());
     let report = if let Some(count) = args.idle {
@@ -188,18 +209,20 @@ async fn main() -> std::process::ExitCode {
     } else if let Some(cycles) = args.churn {
         scale::churn(cfg, cycles, args.concurrency, pid.as_deref(), args.quiet).await
     } else {
-        fanout(&args, cfg, target, pid.as_deref()).await
+        fanout(&args, targets, pid.as_deref()).await
     };
     println!("{report}");
     std::process::ExitCode::SUCCESS
 }
 
-/// Appends one probe event of `size` bytes (or the minimum size).
-fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, size: usize) {
+/// Appends one probe event of `size` bytes (or the minimum size); in
+/// cluster mode tagged with the instance it is published on.
+fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, origin: Option<usize>, size: usize) {
     let start = out.len();
+    let origin = origin.map(|o| format!("o={o};")).unwrap_or_default();
     out.extend_from_slice(
         format!(
-            r#"{{"type":"JobProgress","job_id":"{PROBE_JOB}","progress":50,"progress_percent":50,"message":"t={t};n={n};"#
+            r#"{{"type":"JobProgress","job_id":"{PROBE_JOB}","progress":50,"progress_percent":50,"message":"t={t};n={n};{origin}"#
         )
         .as_bytes(),
     );
@@ -221,8 +244,10 @@ struct Published {
 /// takes longer than the batch interval. Stops at the first failed request
 /// (its events would show up as losses otherwise) or at twice the planned
 /// time.
-async fn publish(args: Args, target: Target, published: Arc<AtomicU64>) -> Published {
-    let mut client = HttpClient::new(target);
+async fn publish(args: Args, targets: Vec<Target>, published: Arc<AtomicU64>) -> Published {
+    let cluster = targets.len() > 1;
+    let mut clients: Vec<HttpClient> = targets.into_iter().map(HttpClient::new).collect();
+    let mut turn = 0usize;
     let total = (args.rate * args.duration).round().max(0.0) as u64;
     let auth = args.admin_token.as_ref().map(|t| format!("Bearer {t}"));
     let mut headers = vec![("content-type", "application/json")];
@@ -240,6 +265,8 @@ async fn publish(args: Args, target: Target, published: Arc<AtomicU64>) -> Publi
         let due = ((args.rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
         while out.count < due {
             let n = (due - out.count).min(MAX_BATCH);
+            let at = turn % clients.len();
+            turn += 1;
             body.clear();
             body.push(b'[');
             let t = unix_nanos();
@@ -247,11 +274,17 @@ async fn publish(args: Args, target: Target, published: Arc<AtomicU64>) -> Publi
                 if i > 0 {
                     body.push(b',');
                 }
-                probe_event(&mut body, t, out.count + i, args.payload);
+                probe_event(
+                    &mut body,
+                    t,
+                    out.count + i,
+                    cluster.then_some(at),
+                    args.payload,
+                );
             }
             body.push(b']');
             out.requests += 1;
-            match client
+            match clients[at]
                 .request("POST", "/api/v1/events", &headers, &body)
                 .await
             {
@@ -292,8 +325,13 @@ fn percentiles(h: &Histogram) -> Value {
     })
 }
 
-async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&str>) -> Value {
+async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     let clients = args.ws + args.sse;
+    let cluster = targets.len() > 1;
+    let cfgs: Vec<Arc<SubConfig>> = targets
+        .iter()
+        .map(|t| Arc::new(sub_config(args, t.clone())))
+        .collect();
     let shared = Arc::new(Shared::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -304,14 +342,23 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         let sse = (i < args.sse).then_some(Kind::Sse);
         ws.into_iter().chain(sse)
     });
+    // In cluster mode each kind is spread over the instances in turn.
+    let (mut next_ws, mut next_sse) = (0usize, 0usize);
     let handles: Vec<_> = kinds
         .map(|kind| {
+            let turn = match kind {
+                Kind::Ws => &mut next_ws,
+                Kind::Sse => &mut next_sse,
+            };
+            let at = *turn % cfgs.len();
+            *turn += 1;
             tokio::spawn(subscriber(
                 kind,
-                cfg.clone(),
+                cfgs[at].clone(),
                 shared.clone(),
                 permits.clone(),
                 stop_rx.clone(),
+                cluster.then_some(at as u64),
             ))
         })
         .collect();
@@ -341,14 +388,14 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
     let publish_started = Instant::now();
     let publish_started_unix = unix_nanos();
     let publisher = {
-        let (args, target, published) = (args.clone(), target, published.clone());
+        let (args, targets, published) = (args.clone(), targets.clone(), published.clone());
         // Its own thread and runtime, so a busy client runtime does not
         // delay publish ticks.
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(publish(args, target, published)))
+                .map(|rt| rt.block_on(publish(args, targets, published)))
                 .unwrap_or_else(|e| Published {
                     error: Some(format!("publisher runtime: {e}")),
                     ..Published::default()
@@ -409,6 +456,7 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
     let mut latency = Histogram::default();
     let (mut ws_latency, mut sse_latency) = (Histogram::default(), Histogram::default());
     let mut stats = ClientStats::default();
+    let (mut same_latency, mut cross_latency) = (Histogram::default(), Histogram::default());
     let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
     for handle in handles {
         let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), handle).await else {
@@ -426,6 +474,9 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         stats.lost += s.lost + tail;
         stats.lag_signals += s.lag_signals;
         stats.out_of_order += s.out_of_order;
+        stats.duplicates += s.duplicates;
+        same_latency.merge(&s.same_latency);
+        cross_latency.merge(&s.cross_latency);
         dropped += u64::from(s.dropped);
         latency.merge(&s.latency);
         match s.kind {
@@ -464,6 +515,10 @@ async fn fanout(args: &Args, cfg: Arc<SubConfig>, target: Target, pid: Option<&s
         "latency_us": percentiles(&latency),
         "latency_us_ws": percentiles(&ws_latency),
         "latency_us_sse": percentiles(&sse_latency),
+        "instances": targets.len(),
+        "duplicates": stats.duplicates,
+        "latency_us_same": cluster.then(|| percentiles(&same_latency)),
+        "latency_us_cross": cluster.then(|| percentiles(&cross_latency)),
         "server_cpu_pct": server_cpu_pct,
         "client_cpu_pct": client_cpu_pct,
     })
@@ -476,7 +531,7 @@ mod tests {
     #[test]
     fn probe_events_have_the_requested_size_and_parse_back() {
         let mut out = Vec::new();
-        probe_event(&mut out, 1_764_000_000_123_456_789, 42, 256);
+        probe_event(&mut out, 1_764_000_000_123_456_789, 42, None, 256);
         assert_eq!(out.len(), 256);
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["type"], "JobProgress");
@@ -497,5 +552,11 @@ mod tests {
             client::parse_probe(br#"{"type":"QueueStatus","total_jobs":0}"#),
             None
         );
+        // Cluster mode: tagged with the instance it was published on.
+        let mut out = Vec::new();
+        probe_event(&mut out, 7, 8, Some(2), 256);
+        assert_eq!(out.len(), 256);
+        assert_eq!(client::parse_probe_origin(&out), Some((7, 8, Some(2))));
+        assert_eq!(client::parse_probe(&out), Some((7, 8)));
     }
 }

@@ -192,7 +192,7 @@ pub async fn webhooks(
                 if i > 0 {
                     body.push(b',');
                 }
-                crate::probe_event(&mut body, t, published + i, 256);
+                crate::probe_event(&mut body, t, published + i, None, 256);
             }
             body.push(b']');
             match client
