@@ -160,6 +160,17 @@ pub enum StartAt {
     Earliest,
 }
 
+impl StartAt {
+    /// `latest` or `earliest`.
+    pub fn parse(text: &str) -> Option<StartAt> {
+        match text.trim() {
+            "latest" => Some(StartAt::Latest),
+            "earliest" => Some(StartAt::Earliest),
+            _ => None,
+        }
+    }
+}
+
 /// What a connection asks for when it attaches ([`Consumers::attach`]).
 #[derive(Debug, Clone)]
 pub struct AttachRequest {

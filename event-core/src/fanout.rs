@@ -136,8 +136,9 @@ impl WireForm {
     }
 }
 
-/// Frame overhead per message beyond the JSON (SSE `id:`/`event:` lines).
-const FRAME_OVERHEAD: usize = 64;
+/// Frame overhead per message beyond the JSON (SSE `id:`/`event:` lines);
+/// the pacer counts its held events the same way.
+pub(crate) const FRAME_OVERHEAD: usize = 64;
 
 /// One item in an outbox: by default of a bus [`Event`] (see [`Outbox`]).
 #[derive(Debug)]

@@ -57,7 +57,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::event::Event;
-use crate::fanout::{OutboxLimits, Outgoing, WireForm};
+use crate::fanout::{FRAME_OVERHEAD, OutboxLimits, Outgoing, WireForm};
 use crate::payload::ServerEvent;
 
 /// The largest `max_rate` a consumer may ask for, in events per second
@@ -157,10 +157,6 @@ pub struct Pacer {
     /// What the last [`pace`](Pacer::pace) lets through.
     out: Vec<Paced>,
 }
-
-/// What a held event counts against the budget beyond its JSON (the same
-/// allowance the outbox makes for framing).
-const FRAME_OVERHEAD: usize = 64;
 
 impl Pacer {
     /// A pacer letting through at most `rate` events per second (bursts of

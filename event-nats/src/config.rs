@@ -124,6 +124,14 @@ impl Default for NatsConfig {
     }
 }
 
+/// Most stream replicas (JetStream's own limit).
+pub const MAX_REPLICAS: usize = 5;
+/// Most publish retries (about a minute of backoff).
+pub const MAX_PUBLISH_RETRIES: u32 = 20;
+/// Longest reconnect grace: events wait at most this long for NATS before
+/// they are delivered locally only.
+pub const MAX_RECONNECT_GRACE: Duration = Duration::from_secs(30);
+
 impl NatsConfig {
     /// The defaults with another URL.
     pub fn new(url: impl Into<String>) -> Self {
@@ -140,9 +148,27 @@ impl NatsConfig {
     /// clustered NATS, e.g. 3; unset or unparsable: 1) and
     /// `NATS_PUBLISH_RETRIES` ([`publish_retries`](Self::publish_retries))
     /// and `NATS_RECONNECT_GRACE_MS` ([`reconnect_grace`](Self::reconnect_grace)).
-    pub fn from_env() -> Option<Self> {
+    ///
+    /// A numeric variable that is set but not a number, or out of its
+    /// bounds ([`validate`](Self::validate)), is an [`Error::Config`] naming
+    /// it.
+    pub fn from_env() -> Result<Option<Self>, Error> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let mut config = NatsConfig::new(var("NATS_URL")?);
+        fn number<T: std::str::FromStr>(
+            name: &str,
+            raw: Option<String>,
+        ) -> Result<Option<T>, Error> {
+            raw.map(|v| {
+                v.trim()
+                    .parse::<T>()
+                    .map_err(|_| Error::Config(format!("{name}={v:?} is not a whole number")))
+            })
+            .transpose()
+        }
+        let Some(url) = var("NATS_URL") else {
+            return Ok(None);
+        };
+        let mut config = NatsConfig::new(url);
         if let Some(stream) = var("NATS_STREAM") {
             config.stream = stream;
         }
@@ -152,19 +178,20 @@ impl NatsConfig {
         if let Some(id) = var("NATS_INSTANCE_ID") {
             config.instance_id = id;
         }
-        if let Some(secs) = var("NATS_MAX_AGE_SECS").and_then(|s| s.trim().parse::<u64>().ok()) {
+        if let Some(secs) = number::<u64>("NATS_MAX_AGE_SECS", var("NATS_MAX_AGE_SECS"))? {
             config.retention.max_age = Duration::from_secs(secs);
         }
-        if let Some(replicas) = var("NATS_REPLICAS").and_then(|s| s.trim().parse::<usize>().ok()) {
-            config.replicas = replicas.max(1);
+        if let Some(replicas) = number("NATS_REPLICAS", var("NATS_REPLICAS"))? {
+            config.replicas = replicas;
         }
-        if let Some(retries) = var("NATS_PUBLISH_RETRIES").and_then(|s| s.trim().parse().ok()) {
+        if let Some(retries) = number("NATS_PUBLISH_RETRIES", var("NATS_PUBLISH_RETRIES"))? {
             config.publish_retries = retries;
         }
-        if let Some(ms) = var("NATS_RECONNECT_GRACE_MS").and_then(|s| s.trim().parse().ok()) {
+        if let Some(ms) = number("NATS_RECONNECT_GRACE_MS", var("NATS_RECONNECT_GRACE_MS"))? {
             config.reconnect_grace = Duration::from_millis(ms);
         }
-        Some(config)
+        config.validate()?;
+        Ok(Some(config))
     }
 
     /// The server URLs of [`url`](Self::url), split at commas and trimmed
@@ -211,6 +238,25 @@ impl NatsConfig {
         }
         if self.server_urls().is_empty() {
             return Err(Error::Config("NATS URL must not be empty".to_owned()));
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(Error::Config(format!(
+                "NATS_REPLICAS={} is outside 1 to {MAX_REPLICAS} (JetStream's limit)",
+                self.replicas
+            )));
+        }
+        if self.publish_retries > MAX_PUBLISH_RETRIES {
+            return Err(Error::Config(format!(
+                "NATS_PUBLISH_RETRIES={} is over {MAX_PUBLISH_RETRIES}",
+                self.publish_retries
+            )));
+        }
+        if self.reconnect_grace > MAX_RECONNECT_GRACE {
+            return Err(Error::Config(format!(
+                "NATS_RECONNECT_GRACE_MS={} is over {}",
+                self.reconnect_grace.as_millis(),
+                MAX_RECONNECT_GRACE.as_millis()
+            )));
         }
         if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
             return Err(Error::Config(
@@ -270,6 +316,37 @@ mod tests {
                 "{stream} {prefix}"
             );
         }
+    }
+
+    #[test]
+    fn replicas_retries_and_grace_are_bounded() {
+        for bad in [
+            NatsConfig {
+                replicas: 0,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                replicas: MAX_REPLICAS + 1,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                publish_retries: MAX_PUBLISH_RETRIES + 1,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                reconnect_grace: MAX_RECONNECT_GRACE + Duration::from_millis(1),
+                ..NatsConfig::default()
+            },
+        ] {
+            assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
+        }
+        let at_the_limits = NatsConfig {
+            replicas: MAX_REPLICAS,
+            publish_retries: MAX_PUBLISH_RETRIES,
+            reconnect_grace: MAX_RECONNECT_GRACE,
+            ..NatsConfig::default()
+        };
+        assert!(at_the_limits.validate().is_ok());
     }
 
     #[test]

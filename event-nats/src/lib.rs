@@ -132,7 +132,7 @@
 //!
 //! Behind a cargo feature (`nats`) and `NATS_URL`:
 //!
-//! 1. `NatsConfig::from_env()`; when `Some`, build the bus with
+//! 1. `NatsConfig::from_env()?`; when `Some`, build the bus with
 //!    [`NatsCluster::connect`]`(config, bus_config)` and use
 //!    `cluster.bus()` everywhere a bus is needed; when `None`,
 //!    `EventBus::new(bus_config)` as before.
@@ -162,7 +162,7 @@
 //! use event_nats::{NatsCluster, NatsConfig};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), event_nats::Error> {
-//! // In the host: `let Some(config) = NatsConfig::from_env() else { /* single instance */ };`
+//! // In the host: `let Some(config) = NatsConfig::from_env()? else { /* single instance */ };`
 //! let Ok(url) = std::env::var("TEST_NATS_URL") else { return Ok(()) }; // doc test needs NATS
 //! let config = NatsConfig {
 //!     stream: format!("DOC_{}", uuid::Uuid::new_v4().simple()),
@@ -207,7 +207,10 @@ pub mod testing;
 
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
-pub use config::{DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_URL, NatsConfig, Retention};
+pub use config::{
+    DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE,
+    MAX_REPLICAS, NatsConfig, Retention,
+};
 pub use error::Error;
 pub use origin::LocalOriginOnly;
 pub use state::{

@@ -68,18 +68,22 @@ impl StateCell {
     }
 
     pub(crate) fn set_connected(&self, connected: bool) {
-        let was = self.connected.swap(connected, Ordering::SeqCst);
-        {
+        // The flag flips under the lock that guards the time: a reader that
+        // saw "disconnected" then finds the time of it (never "no time"),
+        // so its grace is not skipped.
+        let was = {
             let mut at = self
                 .disconnected_at
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            let was = self.connected.swap(connected, Ordering::SeqCst);
             if connected {
                 *at = None;
             } else if was {
                 *at = Some(Instant::now());
             }
-        }
+            was
+        };
         if connected && !was && self.ever_connected.swap(true, Ordering::SeqCst) {
             self.reconnects.fetch_add(1, Ordering::Relaxed);
         }

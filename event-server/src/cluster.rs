@@ -34,6 +34,7 @@ mod imp {
                 return Ok(Cluster::default());
             };
             let mut nats = event_nats::NatsConfig::from_env()
+                .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?
                 .unwrap_or_else(|| event_nats::NatsConfig::new(url.clone()));
             nats.url.clone_from(url);
             if let Some(stream) = &config.nats_stream {

@@ -455,8 +455,13 @@ type Ws =
 /// A WebSocket subscribed with `subscribe` (the confirmation and the
 /// initial QueueStatus read).
 async fn ws_subscribe(host: &Host, subscribe: Value) -> (Ws, Value) {
+    ws_subscribe_at(host, "/api/v1/ws", subscribe).await
+}
+
+/// [`ws_subscribe`] on an upgrade path with its own query.
+async fn ws_subscribe_at(host: &Host, path: &str, subscribe: Value) -> (Ws, Value) {
     use futures_util::SinkExt;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}{path}", host.addr))
         .await
         .unwrap();
     ws.send(tokio_tungstenite::tungstenite::Message::text(
@@ -502,6 +507,22 @@ async fn ws_deliveries(ws: &mut Ws, n: usize) -> Vec<(u64, String, u64)> {
     out
 }
 
+/// The next `{"type":"error",…}` a WebSocket receives.
+async fn ws_error(ws: &mut Ws) -> Value {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = ws.next().await.expect("open").unwrap();
+            if let Ok(v) = serde_json::from_str::<Value>(msg.to_text().unwrap_or("{}"))
+                && v["type"] == "error"
+            {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("an error reply")
+}
+
 async fn ws_send(ws: &mut Ws, msg: Value) {
     use futures_util::SinkExt;
     ws.send(tokio_tungstenite::tungstenite::Message::text(
@@ -519,6 +540,7 @@ async fn websocket_consumers_resume_share_ack_and_take_over() {
     let (mut plain, _) =
         ws_subscribe(&host, json!({"type":"subscribe","events":["JobProgress"]})).await;
     ws_send(&mut plain, json!({"type":"ack","seq":1})).await;
+    assert_eq!(ws_error(&mut plain).await["error"], "invalid_ack");
     let (_, refused) = ws_subscribe(
         &host,
         json!({"type":"subscribe","consumer":"c","max_rate":5}),
@@ -565,8 +587,29 @@ async fn websocket_consumers_resume_share_ack_and_take_over() {
         .map(|d| d.0.to_string())
         .collect();
     assert_eq!(got, away);
+    // Its selection is fixed: no live events can be mixed in.
+    ws_send(
+        &mut ws,
+        json!({"type":"subscribe","events":["QueueStatus"]}),
+    )
+    .await;
+    assert_eq!(ws_error(&mut ws).await["error"], "invalid_parameter");
+    ws_send(
+        &mut ws,
+        json!({"type":"unsubscribe","events":["JobProgress"]}),
+    )
+    .await;
+    assert_eq!(ws_error(&mut ws).await["error"], "invalid_parameter");
+    // A filter that contradicts the upgrade's is refused, not replaced.
+    let (_, refused) = ws_subscribe_at(
+        &host,
+        &format!("/api/v1/ws?entity_id={}", uuid::Uuid::new_v4()),
+        json!({"type":"subscribe","consumer":"narrow","filter":{"entity_id": uuid::Uuid::new_v4()}}),
+    )
+    .await;
+    assert_eq!(refused["error"], "invalid_filter", "{refused}");
     // A second connection under the name takes over: the first is closed 4009.
-    let (_newer, _) = ws_subscribe(&host, json!({"type":"subscribe","consumer":"ui"})).await;
+    let (mut newer, _) = ws_subscribe(&host, json!({"type":"subscribe","consumer":"ui"})).await;
     let closed = tokio::time::timeout(WAIT, async {
         loop {
             match ws.next().await {
@@ -581,6 +624,11 @@ async fn websocket_consumers_resume_share_ack_and_take_over() {
     .await
     .expect("the older connection is closed");
     assert_eq!(closed, 4009);
+    // One consumer per connection.
+    ws_send(&mut newer, json!({"type":"subscribe","consumer":"other"})).await;
+    let refused = ws_error(&mut newer).await;
+    assert_eq!(refused["error"], "invalid_parameter", "{refused}");
+    drop(newer);
 
     // An explicit group of two: acks by WebSocket message; one member dies
     // without acking and the other gets its events again.
@@ -627,8 +675,30 @@ async fn websocket_consumers_resume_share_ack_and_take_over() {
         !got_a.is_empty() && !got_b.is_empty(),
         "{got_a:?} {got_b:?}"
     );
-    ws_send(&mut b, json!({"type":"ack","seqs": got_b})).await;
-    consumer_when(&host, "ws-workers", |c| c["pending"] == got_a.len()).await;
+    // One message per ack, then a ping: each ack is applied before the
+    // next message is read, so by the pong all of them are.
+    for seq in &got_b {
+        ws_send(&mut b, json!({"type":"ack","seq": seq})).await;
+    }
+    ws_send(&mut b, json!({"type":"ping"})).await;
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = b.next().await.unwrap().unwrap();
+            if msg.to_text().unwrap_or("") == r#"{"type":"pong"}"# {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("pong");
+    let listed = host.json("/api/v1/consumers").await;
+    let workers = listed["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ws-workers")
+        .unwrap();
+    assert_eq!(workers["pending"], got_a.len(), "{workers}");
     drop(a);
     let again = ws_deliveries(&mut b, got_a.len()).await;
     assert_eq!(again.iter().map(|d| d.0).collect::<Vec<_>>(), got_a);

@@ -695,3 +695,42 @@ async fn a_topic_retention_is_set_applied_and_removed_and_resumes_stay_exact() {
     let (status, _) = host.terminate().await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_retentions_are_bounded_in_count_and_body_size() {
+    let dir = TempDir::new();
+    let host = Host::start(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    let http = client();
+    let put = |topic: String, body: String| {
+        http.put(host.url(&format!("/api/v1/topics/{topic}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let res = put(
+        "big".into(),
+        format!(r#"{{"max_events":1,"pad":"{}"}}"#, "x".repeat(5000)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 413);
+    for i in 0..event_core::MAX_TOPIC_RETENTIONS {
+        let res = put(format!("t{i}"), r#"{"max_events":10}"#.into())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "topic {i}");
+    }
+    let res = put("one-more".into(), r#"{"max_events":10}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "topic_limit");
+    // Replacing an existing one is not a new one.
+    let res = put("t0".into(), r#"{"max_events":20}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}

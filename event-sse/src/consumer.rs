@@ -64,15 +64,9 @@ pub(crate) fn request(
         )?)),
     };
     let start = match query.get("start") {
-        None | Some("latest") => StartAt::Latest,
-        Some("earliest") => StartAt::Earliest,
-        Some(v) => {
-            return Err(SseError::param(
-                "start",
-                v,
-                "expected `latest` or `earliest`",
-            ));
-        }
+        None => StartAt::Latest,
+        Some(v) => StartAt::parse(v)
+            .ok_or_else(|| SseError::param("start", v, "expected `latest` or `earliest`"))?,
     };
     let cursor = match cursor {
         Some(raw) if !shared => Some(Cursor::parse(raw).map_err(|_| {
@@ -103,6 +97,7 @@ pub(crate) async fn attach(
 ) -> Result<Member, SseError> {
     let Some(consumers) = consumers else {
         return Err(SseError::Consumer {
+            status: axum::http::StatusCode::GONE,
             code: "consumers_unavailable",
             message: "named consumers need the event log, which this server runs without"
                 .to_owned(),
@@ -112,6 +107,7 @@ pub(crate) async fn attach(
         .attach(request)
         .await
         .map_err(|e| SseError::Consumer {
+            status: e.http_status(),
             code: e.code(),
             message: e.to_string(),
         })

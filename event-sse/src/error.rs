@@ -53,6 +53,8 @@ pub enum SseError {
     /// the endpoint has no consumers (`consumers_unavailable`).
     #[error("{message}")]
     Consumer {
+        /// The HTTP status (the consumer error's own).
+        status: StatusCode,
         /// The code of the JSON body.
         code: &'static str,
         /// The consumer's message.
@@ -83,13 +85,7 @@ impl SseError {
             SseError::Forbidden(_) => StatusCode::FORBIDDEN,
             SseError::CursorExpired(_) => StatusCode::GONE,
             SseError::ShuttingDown | SseError::OverCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-            SseError::Consumer { code, .. } => match *code {
-                "consumers_unavailable" => StatusCode::GONE,
-                "consumer_conflict" | "consumer_limit" | "group_full" => StatusCode::CONFLICT,
-                "consumer_not_found" => StatusCode::NOT_FOUND,
-                "log_unavailable" | "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            },
+            SseError::Consumer { status, .. } => *status,
             _ => StatusCode::BAD_REQUEST,
         }
     }

@@ -304,6 +304,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         base_filter,
         consumer: None,
         attaching: None,
+        acking: None,
         own: None,
         pacer: cfg
             .max_rate
@@ -365,6 +366,8 @@ struct Conn<'a, IO> {
     /// A consumer `subscribe` waiting for the dispatcher's answer (the
     /// client's next messages wait behind it, as behind a `refresh`).
     attaching: Option<consumer::Attaching>,
+    /// An `ack` message the dispatcher has not applied yet.
+    acking: Option<consumer::Acking>,
     /// The `topics` and `filter` of the client's `subscribe` messages.
     /// (Boxed, and absent until the client sets one: an idle connection's
     /// task keeps little.)
@@ -419,7 +422,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// Whether a reply is being prepared that the client's next messages
     /// must wait behind.
     fn waiting(&self) -> bool {
-        self.refresh.is_some() || self.attaching.is_some()
+        self.refresh.is_some() || self.attaching.is_some() || self.acking.is_some()
     }
 
     /// Starts attaching the consumer a `subscribe` names.
@@ -556,6 +559,12 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 if let Err(end) = self.queue_reply(frame::text(reply.as_bytes())) {
                     return Poll::Ready(end);
                 }
+                again = true;
+            }
+            if let Some(acking) = self.acking.as_mut()
+                && acking.as_mut().poll(cx).is_ready()
+            {
+                self.acking = None;
                 again = true;
             }
             if let Some(c) = self.consumer.as_mut() {
@@ -873,8 +882,11 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             }
             Some(ClientMessage::Ack(acks)) => match &self.consumer {
                 Some(c) => {
-                    c.ack(acks);
-                    return Ok(true);
+                    // The next messages wait until the dispatcher took these
+                    // acks: a client cannot queue acks faster than they are
+                    // applied.
+                    self.acking = Some(c.ack_applied(acks));
+                    return Ok(false);
                 }
                 None => Bytes::from(
                     Refusal::new(
@@ -884,6 +896,17 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                     .reply(),
                 ),
             },
+            Some(ClientMessage::Subscribe(_) | ClientMessage::Unsubscribe(_))
+                if self.consumer.is_some() =>
+            {
+                Bytes::from(
+                    Refusal::new(
+                        "invalid_parameter",
+                        "this connection reads a consumer; its selection is fixed (open another connection)",
+                    )
+                    .reply(),
+                )
+            }
             Some(ClientMessage::Subscribe(request)) => match self.subscribe(request) {
                 Ok(reply) => Bytes::from(reply),
                 Err(refusal) => Bytes::from(refusal.reply()),

@@ -87,8 +87,9 @@ impl Attached {
                     queue(crate::frame::text(&text));
                 }
                 Delivery::Gap { after } => {
+                    // The same message as SSE's (docs/protocol.md §3).
                     let text = format!(
-                        r#"{{"type":"resync_required","reason":"retention","last_seq":{after}}}"#
+                        r#"{{"type":"resync_required","reason":"cursor_expired","last_event_id":"{after}"}}"#
                     );
                     queue(crate::frame::text(text.as_bytes()));
                 }
@@ -102,8 +103,9 @@ impl Attached {
         self.member.stalled_for()
     }
 
-    pub(crate) fn ack(&self, acks: Vec<Cursor>) {
-        self.member.ack(acks);
+    /// Sends acks; resolves once the dispatcher applied them.
+    pub(crate) fn ack_applied(&self, acks: Vec<Cursor>) -> Acking {
+        Box::pin(self.member.ack_applied(acks))
     }
 }
 
@@ -150,9 +152,15 @@ pub(crate) fn request(
                     format!("no access to memory {memory:?}"),
                 ));
             }
+            if base.memory().is_some_and(|m| m != memory) {
+                return Err(contradicts("memory"));
+            }
             filter = filter.with_memory(memory);
         }
         if let Some(id) = own.entity_id() {
+            if base.entity_id().is_some_and(|e| e != id) {
+                return Err(contradicts("entity_id"));
+            }
             filter = filter.with_entity(id);
         }
         for any in own.topics() {
@@ -181,6 +189,17 @@ pub(crate) fn request(
         cursor: None,
         start: ask.start,
     })
+}
+
+/// Acks on their way to the dispatcher.
+pub(crate) type Acking = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A `filter` field that, ANDed with the upgrade's, could match nothing.
+fn contradicts(field: &str) -> Refusal {
+    Refusal::new(
+        "invalid_filter",
+        format!("`filter.{field}` differs from the upgrade request's, so nothing could match"),
+    )
 }
 
 /// The attach in flight (the dispatcher answers asynchronously).

@@ -226,10 +226,12 @@ fn consumer_of(
             })?))
         }
     };
-    let start = match start.as_ref().map(|v| v.as_str()) {
-        None | Some(Some("latest")) => StartAt::Latest,
-        Some(Some("earliest")) => StartAt::Earliest,
-        Some(_) => return Err(refuse("`start` is `latest` or `earliest`".into())),
+    let start = match start {
+        None => StartAt::Latest,
+        Some(v) => v
+            .as_str()
+            .and_then(StartAt::parse)
+            .ok_or_else(|| refuse("`start` is `latest` or `earliest`".into()))?,
     };
     Ok(Some(ConsumerAsk {
         name,

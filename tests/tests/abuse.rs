@@ -221,6 +221,7 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
         });
     }
 
+    // 4. Slow and oversized bodies.
     let unauthenticated = status_of_raw(
         server.addr,
         "POST /api/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 2000000\r\n\r\n",
@@ -270,6 +271,26 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
             let (text, _) = client.next_text().await;
             assert!(text.contains(r#""job_type":"Paced""#), "{text}");
         }
+    }
+
+    // The paced SSE clients that never read were not dropped either: the
+    // answer and the burst's first paced event are waiting for them.
+    for tcp in &mut paced_sse {
+        let mut seen = Vec::new();
+        within("a paced SSE stream", async {
+            while !String::from_utf8_lossy(&seen).contains(r#""job_type":"Paced""#) {
+                let mut buf = [0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the paced SSE stream was closed");
+                seen.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(
+            seen.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&seen)
+        );
     }
 
     // Everyone healthy still receives; the abusers cost a bounded amount.

@@ -149,16 +149,22 @@ impl Member {
             out.extend(q.items.drain(..));
             q.since = None;
         }
-        if self.mode == AckMode::Auto && out.len() > start {
-            let acks = out[start..]
-                .iter()
-                .filter_map(|d| match d {
-                    Delivery::Event { event, .. } => Some(Cursor::Seq(event.seq())),
-                    Delivery::Gap { .. } => None,
-                })
-                .collect();
-            let _ = self.control.send(Control::Ack { acks, reply: None });
+        self.taken(&out[start..]);
+    }
+
+    /// In [`AckMode::Auto`], acknowledges what the transport took.
+    fn taken(&self, deliveries: &[Delivery]) {
+        if self.mode != AckMode::Auto {
+            return;
         }
+        let acks: Vec<Cursor> = deliveries
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Event { event, .. } => Some(Cursor::Seq(event.seq())),
+                Delivery::Gap { .. } => None,
+            })
+            .collect();
+        self.ack(acks);
     }
 
     /// Waits for the next delivery; `None` once the member is closed (taken
@@ -174,12 +180,7 @@ impl Member {
                         Some(Instant::now())
                     };
                     drop(q);
-                    if let (AckMode::Auto, Delivery::Event { event, .. }) = (self.mode, &d) {
-                        let _ = self.control.send(Control::Ack {
-                            acks: vec![Cursor::Seq(event.seq())],
-                            reply: None,
-                        });
-                    }
+                    self.taken(std::slice::from_ref(&d));
                     return Some(d);
                 }
             }
@@ -224,6 +225,28 @@ impl Member {
     pub fn ack(&self, acks: Vec<Cursor>) {
         if !acks.is_empty() {
             let _ = self.control.send(Control::Ack { acks, reply: None });
+        }
+    }
+}
+
+impl Member {
+    /// [`ack`](Self::ack), resolving once the consumer has applied the acks
+    /// (or is gone): a transport that waits for it before reading the next
+    /// client message bounds the acks in flight to one message.
+    pub fn ack_applied(&self, acks: Vec<Cursor>) -> impl Future<Output = ()> + Send + 'static {
+        let (reply, applied) = tokio::sync::oneshot::channel();
+        let sent = !acks.is_empty()
+            && self
+                .control
+                .send(Control::Ack {
+                    acks,
+                    reply: Some(reply),
+                })
+                .is_ok();
+        async move {
+            if sent {
+                let _ = applied.await;
+            }
         }
     }
 }

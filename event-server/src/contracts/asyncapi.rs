@@ -285,6 +285,7 @@ fn ws(
         "error",
         "events.lagged",
         "delivery",
+        "resync_required",
         "subscribe",
         "unsubscribe",
         "ack",
@@ -314,8 +315,15 @@ fn ws(
     );
     let mut sent = event_refs("websocket");
     sent.extend(
-        ["subscribed", "pong", "error", "events.lagged", "delivery"]
-            .map(|m| json!({"$ref": format!("#/channels/websocket/messages/{m}")})),
+        [
+            "subscribed",
+            "pong",
+            "error",
+            "events.lagged",
+            "delivery",
+            "resync_required",
+        ]
+        .map(|m| json!({"$ref": format!("#/channels/websocket/messages/{m}")})),
     );
     operations.insert(
         "sendWebSocketMessages".to_owned(),
