@@ -26,6 +26,10 @@ use sha2::{Digest, Sha256};
 use crate::Error;
 use crate::event::Event;
 
+mod one_time;
+
+pub use one_time::{ONE_TIME_PREFIX, OneTimeTokens, WithOneTimeTokens};
+
 /// What a client presented. The token is never printed by `Debug`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
@@ -128,6 +132,11 @@ pub struct Principal {
     pub memories: Access,
     /// The tenants this principal may see.
     pub tenants: Access,
+    /// The connection slot this client was admitted for, when a host's
+    /// connection API (`POST /api/v1/connections`) opened the stream for
+    /// it: the registry records it, so the slot's status follows the
+    /// connection. `None` for every other client.
+    pub slot: Option<String>,
 }
 
 impl Principal {
@@ -138,6 +147,7 @@ impl Principal {
             role: Role::Anonymous,
             memories: Access::All,
             tenants: Access::All,
+            slot: None,
         }
     }
 
@@ -148,6 +158,7 @@ impl Principal {
             role: Role::Admin,
             memories: Access::All,
             tenants: Access::All,
+            slot: None,
         }
     }
 
@@ -353,6 +364,7 @@ impl Authenticator for StaticTokens {
                 role: Role::Client,
                 memories,
                 tenants: Access::All,
+                slot: None,
             }),
             None => Err(Error::Unauthorized("invalid token".to_owned())),
         }

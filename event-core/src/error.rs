@@ -72,6 +72,9 @@ pub enum Error {
         /// What is wrong with the value.
         message: String,
     },
+    /// A bounded store is full (outstanding one-time tokens, say).
+    #[error("{0}")]
+    Full(String),
 }
 
 impl Error {
@@ -90,6 +93,7 @@ impl Error {
             Error::EventTooLarge { .. } => "event_too_large",
             Error::InvalidSetting { .. } => "invalid_setting",
             Error::InvalidTopic { .. } => "invalid_topic",
+            Error::Full(_) => "limit_reached",
         }
     }
 }

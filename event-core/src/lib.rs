@@ -111,7 +111,8 @@ pub mod trace;
 
 pub use async_trait::async_trait;
 pub use auth::{
-    Access, AllowAnonymous, Authenticator, Credentials, Principal, Role, StaticTokens, principal_id,
+    Access, AllowAnonymous, Authenticator, Credentials, ONE_TIME_PREFIX, OneTimeTokens, Principal,
+    Role, StaticTokens, WithOneTimeTokens, principal_id,
 };
 pub use bus::{
     BusConfig, DEFAULT_MAX_EVENT_BYTES, DEFAULT_REPLAY_MAX_BYTES, EventBus, MIN_MAX_EVENT_BYTES,
@@ -142,7 +143,8 @@ pub use payload::{
     NoteOperation, NoteUpdated, QueueStatus, ServerEvent,
 };
 pub use registry::{
-    CloseSignal, Closed, ConnectionGuard, ConnectionInfo, ConnectionRegistry, Transport,
+    CloseSignal, Closed, ConnectionGuard, ConnectionInfo, ConnectionObserver, ConnectionRegistry,
+    Transport,
 };
 pub use replay_source::{ReplayPermit, ReplaySource, Replayed};
 pub use ring::{Cursor, ReplayMiss, ReplayRing, Sequenced};

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -71,6 +71,10 @@ pub struct ConnectionEntry {
     connected_at: OffsetDateTime,
     events_sent: AtomicU64,
     dropped: AtomicU64,
+    /// When an event was last written, in Unix milliseconds (0: never).
+    last_sent_ms: AtomicU64,
+    queued: AtomicU64,
+    slot: Option<String>,
     close: CloseSignal,
 }
 
@@ -95,9 +99,27 @@ impl ConnectionEntry {
         self.transport
     }
 
-    /// Counts events written to the client.
+    /// Counts events written to the client (and notes the time, for the
+    /// connection's `last_event_at`).
     pub fn record_sent(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.events_sent.fetch_add(n, Ordering::Relaxed);
+        // Once per written batch, not per event.
+        self.last_sent_ms
+            .store(unix_millis_now(), Ordering::Relaxed);
+    }
+
+    /// Records how many events wait in the connection's queue now (its
+    /// status's `queued`); transports call it when they write a batch.
+    pub fn record_queued(&self, n: u64) {
+        self.queued.store(n, Ordering::Relaxed);
+    }
+
+    /// The connection slot it was opened for ([`Principal::slot`]).
+    pub fn slot(&self) -> Option<&str> {
+        self.slot.as_deref()
     }
 
     /// Counts events the client missed.
@@ -128,8 +150,32 @@ impl ConnectionEntry {
             connected_at: crate::event::format_rfc3339_millis(self.connected_at),
             events_sent: self.events_sent.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            last_event_at: match self.last_sent_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                    .ok()
+                    .map(crate::event::format_rfc3339_millis),
+            },
+            slot: self.slot.clone(),
         }
     }
+}
+
+fn unix_millis_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Told when connections open and close, for a host that follows some of
+/// them (the connection API's slots). Called outside the registry's lock,
+/// on the connection's task: keep it short and never block.
+pub trait ConnectionObserver: Send + Sync + 'static {
+    /// A connection was registered.
+    fn opened(&self, info: &ConnectionInfo);
+    /// A connection left the registry; `info` has its final counters.
+    fn closed(&self, info: &ConnectionInfo);
 }
 
 /// A connection as listed by `GET /api/v1/connections`.
@@ -151,6 +197,15 @@ pub struct ConnectionInfo {
     pub events_sent: u64,
     /// Events it missed.
     pub dropped: u64,
+    /// Events waiting in its queue when it last wrote.
+    pub queued: u64,
+    /// When an event was last written to it (RFC 3339), if ever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(extend("format" = "date-time")))]
+    pub last_event_at: Option<String>,
+    /// The connection slot (`POST /api/v1/connections`) it was opened for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
 }
 
 struct RegistryInner {
@@ -160,6 +215,7 @@ struct RegistryInner {
     /// client (or the last to leave).
     count: watch::Sender<usize>,
     shutdown: CancellationToken,
+    observer: OnceLock<Arc<dyn ConnectionObserver>>,
 }
 
 /// The registry of open client connections. Cheap to clone.
@@ -191,6 +247,7 @@ impl ConnectionRegistry {
                 entries: RwLock::new(HashMap::new()),
                 count: watch::Sender::new(0),
                 shutdown: CancellationToken::new(),
+                observer: OnceLock::new(),
             }),
         }
     }
@@ -223,6 +280,9 @@ impl ConnectionRegistry {
             connected_at: OffsetDateTime::now_utc(),
             events_sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            last_sent_ms: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            slot: principal.slot.clone(),
             close: CloseSignal::default(),
         });
         let len = {
@@ -236,19 +296,39 @@ impl ConnectionRegistry {
             entry.close.close();
         }
         self.inner.count.send_replace(len);
+        if let Some(observer) = self.inner.observer.get() {
+            observer.opened(&entry.info());
+        }
         ConnectionGuard {
             registry: self.clone(),
             entry,
         }
     }
 
-    fn remove(&self, id: u64) {
+    fn remove(&self, entry: &ConnectionEntry) {
         let len = {
             let mut map = self.write();
-            map.remove(&id);
+            map.remove(&entry.id);
             map.len()
         };
         self.inner.count.send_replace(len);
+        if let Some(observer) = self.inner.observer.get() {
+            observer.closed(&entry.info());
+        }
+    }
+
+    /// Installs the one [`ConnectionObserver`]; `false` if one was
+    /// installed already (it stays).
+    pub fn set_observer(&self, observer: Arc<dyn ConnectionObserver>) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    /// The open connection opened for `slot`, if any.
+    pub fn find_slot(&self, slot: &str) -> Option<ConnectionInfo> {
+        self.read()
+            .values()
+            .find(|e| e.slot.as_deref() == Some(slot))
+            .map(|e| e.info())
     }
 
     /// Every open connection, ordered by id.
@@ -328,7 +408,7 @@ impl std::ops::Deref for ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.registry.remove(self.entry.id);
+        self.registry.remove(&self.entry);
     }
 }
 
@@ -361,5 +441,51 @@ mod tests {
         reg.shutdown();
         c.closed().await;
         assert!(reg.register(Transport::Sse, None, &p).is_closing());
+    }
+
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(bool, ConnectionInfo)>>);
+
+    impl ConnectionObserver for Seen {
+        fn opened(&self, info: &ConnectionInfo) {
+            self.0.lock().unwrap().push((true, info.clone()));
+        }
+        fn closed(&self, info: &ConnectionInfo) {
+            self.0.lock().unwrap().push((false, info.clone()));
+        }
+    }
+
+    #[test]
+    fn slots_are_recorded_and_observed_with_final_counters() {
+        let reg = ConnectionRegistry::new();
+        let seen = Arc::new(Seen::default());
+        assert!(reg.set_observer(seen.clone()));
+        assert!(!reg.set_observer(Arc::new(Seen::default())));
+        let p = Principal {
+            slot: Some("conn_a".to_owned()),
+            ..Principal::anonymous()
+        };
+        let a = reg.register(Transport::Sse, None, &p);
+        let plain = reg.register(Transport::WebSocket, None, &Principal::anonymous());
+        assert_eq!(reg.find_slot("conn_a").map(|i| i.id), Some(a.id()));
+        assert!(reg.find_slot("conn_b").is_none());
+        assert_eq!(reg.get(a.id()).unwrap().last_event_at, None);
+        a.record_sent(0);
+        assert_eq!(reg.get(a.id()).unwrap().last_event_at, None);
+        a.record_sent(2);
+        a.record_queued(5);
+        let info = reg.get(a.id()).unwrap();
+        assert!(info.last_event_at.is_some());
+        assert_eq!((info.events_sent, info.queued), (2, 5));
+        assert_eq!(info.slot.as_deref(), Some("conn_a"));
+        assert_eq!(reg.get(plain.id()).unwrap().slot, None);
+        drop(a);
+        let seen = seen.0.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen[0].0 && seen[0].1.slot.as_deref() == Some("conn_a"));
+        let (opened, last) = &seen[2];
+        assert!(!opened);
+        assert_eq!(last.events_sent, 2);
+        assert_eq!(last.slot.as_deref(), Some("conn_a"));
     }
 }

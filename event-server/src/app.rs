@@ -23,6 +23,8 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::ServerError;
+use crate::slots::stream::StreamRoutes;
+use crate::slots::{SlotLimits, Slots, StreamKind};
 
 mod mount;
 use mount::Assembly;
@@ -159,11 +161,28 @@ impl App {
         if let Some(log) = &log {
             runner.set_catch_up(log.replay_source());
         }
+        let registry = ConnectionRegistry::new();
+        let slots = Slots::new(
+            registry.clone(),
+            SlotLimits {
+                max: config.connection_slots_max,
+                per_principal: config.connection_slots_per_principal,
+                ticket_ttl: Duration::from_secs(config.connection_ticket_ttl_secs),
+                retain: Duration::from_secs(config.connection_slot_retain_secs),
+            },
+            [
+                cfg!(feature = "sse").then_some(StreamKind::Sse),
+                cfg!(feature = "ws").then_some(StreamKind::Ws),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        );
         let mut app = Assembly {
             config,
             runner,
             bus,
-            registry: ConnectionRegistry::new(),
+            registry,
             auth: authenticator(config),
             db,
             cancel: CancellationToken::new(),
@@ -179,6 +198,12 @@ impl App {
             },
             router: Router::new(),
             queue: None,
+            streams: StreamRoutes {
+                slots: slots.clone(),
+                sse: None,
+                ws: None,
+            },
+            slots,
         };
         app.mount_core();
         // Before the transports: they send the queue status it keeps.
@@ -190,6 +215,7 @@ impl App {
         app.mount_sse();
         #[cfg(feature = "mcp")]
         app.mount_mcp();
+        app.mount_connections();
         #[cfg(feature = "webhook")]
         app.mount_webhooks().await?;
         #[cfg(feature = "telemetry")]

@@ -254,6 +254,27 @@ pub struct Config {
     #[arg(long = "consumer-ack-wait-secs", env = "CONSUMER_ACK_WAIT_SECS", default_value = "30", value_parser = non_zero)]
     pub consumer_ack_wait_secs: usize,
 
+    /// Most connection slots (`POST /api/v1/connections`) that may exist at
+    /// once, waiting, connected or ended and still readable; one more
+    /// answers `409 slot_limit`.
+    #[arg(long = "connection-slots-max", env = "CONNECTION_SLOTS_MAX", default_value = "10000", value_parser = non_zero)]
+    pub connection_slots_max: usize,
+
+    /// Most connection slots one principal may hold at once; one more
+    /// answers `409 slot_limit`.
+    #[arg(long = "connection-slots-per-principal", env = "CONNECTION_SLOTS_PER_PRINCIPAL", default_value = "100", value_parser = non_zero)]
+    pub connection_slots_per_principal: usize,
+
+    /// How long a connection slot's single-use stream URL stays valid, in
+    /// seconds (1–3,600).
+    #[arg(long = "connection-ticket-ttl-secs", env = "CONNECTION_TICKET_TTL_SECS", default_value = "60", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub connection_ticket_ttl_secs: u64,
+
+    /// How long an ended connection slot's status stays readable, in
+    /// seconds (0–86,400).
+    #[arg(long = "connection-slot-retain-secs", env = "CONNECTION_SLOT_RETAIN_SECS", default_value = "300", value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub connection_slot_retain_secs: u64,
+
     /// Most bytes the replay ring may hold (each event weighed with every
     /// rendering it may cache); the oldest events go first beyond it.
     #[arg(long = "event-replay-max-bytes", env = "EVENT_REPLAY_MAX_BYTES", default_value = "67108864", value_parser = non_zero)]

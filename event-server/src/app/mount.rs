@@ -21,6 +21,8 @@ use crate::dedup::Dedup;
 use crate::guard::{self, BodyLimits, Need, RouteGuard};
 use crate::publish::{self, PublishState};
 use crate::rate::{self, RateGuard};
+use crate::slots::Slots;
+use crate::slots::stream::StreamRoutes;
 
 /// What the mounts share while the app is put together.
 pub(super) struct Assembly<'c> {
@@ -40,6 +42,10 @@ pub(super) struct Assembly<'c> {
         allow(dead_code, reason = "only the transports send it")
     )]
     pub queue: Option<Arc<dyn QueueSnapshot>>,
+    /// The connection slots; the transports admit their internal tokens.
+    pub slots: Slots,
+    /// The transports' routers, which slot streams are opened through.
+    pub streams: StreamRoutes,
 }
 
 impl Assembly<'_> {
@@ -55,6 +61,19 @@ impl Assembly<'_> {
             return Some(log.replay_source());
         }
         None
+    }
+
+    /// What the transports authenticate with: the host's authenticator,
+    /// also admitting the internal tokens of opened slots.
+    #[cfg_attr(
+        not(any(feature = "ws", feature = "sse")),
+        allow(dead_code, reason = "the transports use it")
+    )]
+    fn stream_auth(&self) -> Arc<dyn Authenticator> {
+        Arc::new(event_core::WithOneTimeTokens::new(
+            self.auth.clone(),
+            self.slots.grants(),
+        ))
     }
 
     fn merge(&mut self, routes: Router) {
@@ -99,8 +118,8 @@ impl Assembly<'_> {
         ))
     }
 
-    /// In every build: the dashboard page and its assets, the publish API
-    /// and the connections API.
+    /// In every build: the dashboard page and its assets and the publish
+    /// API.
     pub(super) fn mount_core(&mut self) {
         let publish = Router::new().route(
             "/api/v1/events",
@@ -126,20 +145,10 @@ impl Assembly<'_> {
             rate,
             self.body(self.config.publish_max_body_bytes),
         );
-        let connections = self.guarded(
-            connections::router(ConnectionsState {
-                registry: self.registry.clone(),
-                auth: self.auth.clone(),
-            }),
-            Need::Admin,
-            None,
-            None,
-        );
         self.merge(
             Router::new()
                 .merge(crate::dashboard::router())
-                .merge(publish)
-                .merge(connections),
+                .merge(publish),
         );
         // Mounted whenever the build has the log: without one at run time
         // (EVENT_LOG=off, cluster mode) they answer `410 log_off`.
@@ -167,6 +176,22 @@ impl Assembly<'_> {
             );
             self.merge(topics.merge(admin).merge(ack));
         }
+    }
+
+    /// The connections API and the slot streams, after the transports
+    /// (a slot's stream is opened through their routers).
+    pub(super) fn mount_connections(&mut self) {
+        let routes = self.guarded(
+            connections::router(ConnectionsState {
+                registry: self.registry.clone(),
+                slots: self.slots.clone(),
+            }),
+            Need::Client,
+            None,
+            self.body(connections::MAX_BODY_BYTES),
+        );
+        let streams = crate::slots::stream::router(self.streams.clone());
+        self.merge(routes.merge(streams));
     }
 
     /// Jobs: the bridge turns worker events into job events and keeps the
@@ -247,7 +272,7 @@ impl Assembly<'_> {
         let mut ws = event_ws::WsEndpoint::new(
             self.bus.clone(),
             self.registry.clone(),
-            self.auth.clone(),
+            self.stream_auth(),
             config,
         )
         .with_shutdown(self.cancel.clone());
@@ -259,7 +284,9 @@ impl Assembly<'_> {
             ws = ws.with_consumers(log.consumers());
         }
         self.runner.register(ws.sink());
-        self.merge(ws.router());
+        let router = ws.router();
+        self.streams.ws = Some(router.clone());
+        self.merge(router);
     }
 
     /// SSE at `/api/v1/events`; cursors older than the ring are replayed
@@ -280,7 +307,7 @@ impl Assembly<'_> {
         let mut sse = event_sse::SseEndpoint::new(
             self.bus.clone(),
             self.registry.clone(),
-            self.auth.clone(),
+            self.stream_auth(),
             config,
         );
         if let Some(q) = &self.queue {
@@ -294,7 +321,9 @@ impl Assembly<'_> {
             sse = sse.with_consumers(log.consumers());
         }
         self.runner.register(sse.sink());
-        self.merge(sse.router());
+        let router = sse.router();
+        self.streams.sse = Some(router.clone());
+        self.merge(router);
     }
 
     /// MCP for AI agents at `/mcp`: its own auth (bearer, from the head),

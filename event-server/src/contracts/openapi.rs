@@ -3,11 +3,12 @@
 //! serde, and by hand where a crate writes its JSON itself (webhooks,
 //! deliveries, health).
 
-use event_core::{ConnectionInfo, Envelope, ServerEvent};
+use event_core::{Envelope, ServerEvent};
 use serde_json::{Map, Value, json};
 
 use super::{Mounted, Schemas, error_schema};
 
+mod connection_ops;
 mod log_ops;
 use crate::publish::PublishResponse;
 
@@ -230,46 +231,6 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
         },
         Op {
             method: "get",
-            path: "/api/v1/connections",
-            id: "listConnections",
-            tag: "operations",
-            summary: "Open WebSocket, SSE and MCP clients.",
-            auth: Auth::Admin,
-            params: vec![],
-            body: None,
-            responses: vec![
-                (
-                    200,
-                    "The open connections.",
-                    json_body(json!({"type": "array", "items": schemas.of::<ConnectionInfo>()})),
-                ),
-                (401, "No or a bad token.", error_ref()),
-                (403, "Not an admin token.", error_ref()),
-            ],
-        },
-        Op {
-            method: "delete",
-            path: "/api/v1/connections/{id}",
-            id: "disconnect",
-            tag: "operations",
-            summary: "Disconnect one client (WebSocket close 1008).",
-            auth: Auth::Admin,
-            params: vec![path_param(
-                "id",
-                "The connection id.",
-                json!({"type": "integer", "minimum": 0}),
-            )],
-            body: None,
-            responses: vec![
-                (204, "Asked to close.", None),
-                (400, "Not a connection id.", error_ref()),
-                (401, "No or a bad token.", error_ref()),
-                (403, "Not an admin token.", error_ref()),
-                (404, "No such open connection.", error_ref()),
-            ],
-        },
-        Op {
-            method: "get",
             path: "/api/v1/stats",
             id: "stats",
             tag: "operations",
@@ -388,6 +349,7 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
             ],
         });
     }
+    ops.extend(connection_ops::connection_ops(schemas));
     if mounted.log {
         ops.extend(log_ops::log_ops());
     }
