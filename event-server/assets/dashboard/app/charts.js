@@ -27,7 +27,8 @@ class Chart {
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
       axes: [
-        { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" } },
+        // One line of wall-clock time (uPlot's default adds a date line under it).
+        { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" }, space: 64, size: 30, values: (u, splits) => splits.map(clock) },
         { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" }, size: 44 },
       ],
       series: [{}, ...labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: false } }))],
@@ -65,6 +66,14 @@ class Chart {
       span.querySelector("b").textContent = v == null ? "–" : fmt(v) + this.unit;
     });
   }
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+/** `hh:mm:ss` of a time in seconds. */
+function clock(t) {
+  const d = new Date(t * 1000);
+  return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
 }
 
 function fmt(v) {
@@ -125,6 +134,13 @@ export function initCharts() {
         } else {
           charts.events.push(t, EVENT_TYPES.map((k) => (seen.get(k) || 0) / dt));
           $("stats-note").textContent = "events/s counted from this page's stream (the server has no telemetry)";
+        }
+      }
+      if (!previous) {
+        // The first read has nothing to diff against: an empty point, so
+        // every chart's window starts at the same time.
+        for (const chart of [charts.events, charts.deliveries, charts.webhooks, charts.latency]) {
+          chart.push(t, chart.labels.map(() => null));
         }
       }
       seen.clear();
