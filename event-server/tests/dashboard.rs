@@ -215,6 +215,18 @@ async fn token_mode_asks_for_the_token_once_and_keeps_it_out_of_urls() {
         attr(&browser, "#token-dialog", "open").await
     })
     .await;
+    // Escape does not dismiss it (everything on the page waits for it).
+    browser
+        .find(Locator::Css("#token-input"))
+        .await
+        .unwrap()
+        .send_keys(&fantoccini::key::Key::Escape.to_string())
+        .await
+        .unwrap();
+    until("the token dialog after Escape", || async {
+        attr(&browser, "#token-dialog", "open").await
+    })
+    .await;
     // A wrong token is refused and asked for again.
     type_into(&browser, "#token-input", "not-the-token").await;
     click(&browser, "#token-submit").await;
