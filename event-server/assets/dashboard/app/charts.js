@@ -82,14 +82,25 @@ function fmt(v) {
   return (Math.round(v * 100) / 100).toString();
 }
 
-/** The p99 of the samples between two cumulative bucket reads (null: none). */
+/**
+ * The p99 of the samples between two cumulative bucket reads (null: none),
+ * interpolated within its bucket as Prometheus' histogram_quantile does, so
+ * the chart agrees with the Grafana board (deploy/grafana).
+ */
 export function p99(bounds, before, after) {
   if (!after) return null;
   const delta = after.map((n, i) => n - ((before && before[i]) || 0));
   const total = delta[delta.length - 1];
   if (!(total > 0)) return null;
   const want = total * 0.99;
-  for (let i = 0; i < bounds.length; i++) if (delta[i] >= want) return bounds[i];
+  for (let i = 0; i < bounds.length; i++) {
+    if (delta[i] >= want) {
+      const low = i > 0 ? bounds[i - 1] : 0;
+      const below = i > 0 ? delta[i - 1] : 0;
+      return low + ((bounds[i] - low) * (want - below)) / (delta[i] - below);
+    }
+  }
+  // In the last (+Inf) bucket: its lower bound, as histogram_quantile answers.
   return bounds[bounds.length - 1];
 }
 
