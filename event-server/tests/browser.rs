@@ -6,8 +6,9 @@
 //! The test loads `/`, waits for the page to go live over SSE, submits a job
 //! with the page's own button, follows the job's progress bar to 100 %,
 //! waits for the completion to be listed and counted in the events chart,
-//! opens the event in the inspector (JSON and envelope), pauses the
-//! inspector, and saves a screenshot of the overview to
+//! sees a WebSocket client's and a webhook's deliveries, webhook outcomes
+//! and p99 latencies charted, opens the event in the inspector (JSON and
+//! envelope), pauses the inspector, and saves a screenshot of the overview to
 //! `target/screenshots/dashboard.png` (and to `docs/dashboard.png`, which
 //! the README shows, when `EVENT_TEST_UPDATE_SCREENSHOT=1`).
 //!
@@ -23,10 +24,31 @@ mod page;
 
 use std::path::Path;
 
-use event_server::testing::{Server, TempDir};
+use event_server::testing::{Server, TempDir, client};
 use event_test_support::browser::Driver;
 use fantoccini::{Client, Locator};
+use futures_util::StreamExt;
 use page::{POLL, WAIT, attr, browser_available, click, live, tab, text, until};
+use tokio::sync::mpsc;
+
+/// A webhook receiver on loopback answering 200; counts the requests.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), rx)
+}
 
 /// Submits a job with the page's button and returns its id.
 async fn submit_job(browser: &Client) -> String {
@@ -64,6 +86,21 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
         return;
     }
     let mut server = Server::start(&[]).await;
+    // Traffic besides the page's own stream: a webhook for every event and
+    // a WebSocket client (read, so it keeps up).
+    let (hook, mut hooked) = receiver().await;
+    let res = client()
+        .post(server.url("/api/v1/webhooks"))
+        .json(&serde_json::json!({"url": hook, "events": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let (ws, _) = tokio_tungstenite::connect_async(server.ws_url("/api/v1/ws"))
+        .await
+        .unwrap();
+    let reading = tokio::spawn(ws.for_each(|_| async {}));
+
     let driver = Driver::start().await;
     let profile = TempDir::new();
     let browser = driver.open(profile.path()).await;
@@ -91,6 +128,10 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
     .await;
     until("this page's SSE connection in the chart", || async {
         (series_total(&browser, "chart-connections", "sse").await >= 1.0).then_some(())
+    })
+    .await;
+    until("the WebSocket client in the chart", || async {
+        (series_total(&browser, "chart-connections", "ws").await >= 1.0).then_some(())
     })
     .await;
 
@@ -131,11 +172,43 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
         (series_total(&browser, "chart-deliveries", "sse").await > 0.0).then_some(())
     })
     .await;
-    // More jobs, so the screenshot shows some traffic.
+    tokio::time::timeout(WAIT, hooked.recv())
+        .await
+        .expect("no webhook delivery")
+        .unwrap();
+    // More jobs: traffic for the charts below and the screenshot.
     for _ in 0..3 {
         submit_job(&browser).await;
     }
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    until("WebSocket deliveries in the deliveries/s chart", || async {
+        (series_total(&browser, "chart-deliveries", "ws").await > 0.0).then_some(())
+    })
+    .await;
+    until(
+        "successful deliveries in the webhook outcomes chart",
+        || async {
+            (series_total(&browser, "chart-webhooks", "success").await > 0.0).then_some(())
+        },
+    )
+    .await;
+    // A p99 is shown (the latest second had samples) for each kind of
+    // delivery while the jobs run.
+    for series in ["sse", "ws", "webhook"] {
+        until(&format!("a p99 latency for {series}"), || async {
+            (series_total(&browser, "chart-latency", series).await > 0.0).then_some(())
+        })
+        .await;
+    }
+    // The screenshot once every job is done: the charts have their traffic.
+    until("the four completions", || async {
+        let n = browser
+            .find_all(Locator::Css("#done li.ok"))
+            .await
+            .ok()?
+            .len();
+        (n >= 4).then_some(())
+    })
+    .await;
     let png = browser.screenshot().await.unwrap();
     save_screenshot(&png);
 
@@ -216,6 +289,7 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
     .await;
 
     browser.close().await.unwrap();
+    reading.abort();
     server.shutdown().await;
 }
 

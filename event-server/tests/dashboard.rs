@@ -174,6 +174,17 @@ async fn a_webhook_is_created_tested_and_redelivered() {
     })
     .await;
 
+    // The secret is shown once: hidden, it is gone from the page, and a
+    // reload lists the webhook without it.
+    click(&browser, "#wh-secret-hide").await;
+    assert!(attr(&browser, "#wh-secret-box", "hidden").await.is_some());
+    assert!(!browser.source().await.unwrap().contains(&secret));
+    browser.refresh().await.unwrap();
+    live(&browser).await;
+    until("the webhook listed again", || text(&browser, &row)).await;
+    assert!(attr(&browser, "#wh-secret-box", "hidden").await.is_some());
+    assert!(!browser.source().await.unwrap().contains(&secret));
+
     browser.close().await.unwrap();
     server.shutdown().await;
 }
@@ -201,6 +212,18 @@ async fn token_mode_asks_for_the_token_once_and_keeps_it_out_of_urls() {
     let browser = driver.open(profile.path()).await;
     browser.goto(&server.url("/")).await.unwrap();
     until("the token dialog", || async {
+        attr(&browser, "#token-dialog", "open").await
+    })
+    .await;
+    // Escape does not dismiss it (everything on the page waits for it).
+    browser
+        .find(Locator::Css("#token-input"))
+        .await
+        .unwrap()
+        .send_keys(&fantoccini::key::Key::Escape.to_string())
+        .await
+        .unwrap();
+    until("the token dialog after Escape", || async {
         attr(&browser, "#token-dialog", "open").await
     })
     .await;
@@ -260,6 +283,84 @@ async fn token_mode_asks_for_the_token_once_and_keeps_it_out_of_urls() {
         let url = url.as_str().unwrap();
         assert!(!url.contains(token) && !url.contains("token="), "{url}");
     }
+
+    browser.close().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_token_sees_the_stream_and_charts_but_not_the_admin_pages() {
+    if !browser_available() {
+        return;
+    }
+    let _one = page::one_browser_at_a_time().await;
+    let client_token = "dashboard-client-token-0123456789";
+    let mut server = Server::start(&[
+        "--auth-admin-token",
+        "dashboard-admin-token-0123456789",
+        "--auth-client-tokens",
+        client_token,
+    ])
+    .await;
+    let driver = Driver::start().await;
+    let profile = TempDir::new();
+    let browser = driver.open(profile.path()).await;
+    browser.goto(&server.url("/")).await.unwrap();
+    until("the token dialog", || async {
+        attr(&browser, "#token-dialog", "open").await
+    })
+    .await;
+    type_into(&browser, "#token-input", client_token).await;
+    click(&browser, "#token-submit").await;
+    live(&browser).await;
+    // The counters need only a client token: the page's stream is charted.
+    until("this page's SSE connection in the chart", || async {
+        attr(
+            &browser,
+            "#chart-connections .now [data-series=sse]",
+            "data-total",
+        )
+        .await
+        .filter(|n| n == "1")
+    })
+    .await;
+
+    // The admin pages say what is missing (the API answered 403).
+    tab(&browser, "connections").await;
+    until("the connections page's refusal", || async {
+        text(&browser, "#conn-status")
+            .await
+            .filter(|t| t == "listing connections needs the admin token")
+    })
+    .await;
+    assert!(
+        browser
+            .find(Locator::Css("#conn-table tbody tr"))
+            .await
+            .is_err()
+    );
+    tab(&browser, "webhooks").await;
+    until("the webhooks page's refusal", || async {
+        text(&browser, "#wh-status")
+            .await
+            .filter(|t| t == "webhooks need the admin token")
+    })
+    .await;
+
+    // "Forget token" drops it from the session and asks again.
+    click(&browser, "#forget-token").await;
+    until("the token dialog again", || async {
+        attr(&browser, "#token-dialog", "open").await
+    })
+    .await;
+    let kept = browser
+        .execute(
+            "return sessionStorage.getItem('matric-events.token')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, serde_json::Value::Null);
 
     browser.close().await.unwrap();
     server.shutdown().await;

@@ -46,6 +46,7 @@ pub const ASSETS: &[Asset] = &[
     asset!("app/connections.js", "dashboard/app/connections.js", JS),
     asset!("app/webhooks.js", "dashboard/app/webhooks.js", JS),
     asset!("app/inspector.js", "dashboard/app/inspector.js", JS),
+    asset!("app/table.js", "dashboard/app/table.js", JS),
     asset!(
         "uplot/uPlot.iife.min.js",
         "vendor/uplot/uPlot.iife.min.js",

@@ -50,8 +50,8 @@ export function askToken(message) {
         e.preventDefault();
         const value = $("token-input").value.trim();
         if (!value) return;
+        waiting = null; // first: the dialog's close handler reopens it while one is waited for
         dialog.close();
-        waiting = null;
         setToken(value);
         resolve(value);
       };
@@ -95,8 +95,13 @@ export async function api(method, path, body) {
   }
 }
 
-/** Wires the header's "Forget token" button. */
+/** Wires the header's "Forget token" button and the token dialog. */
 export function initAuth() {
+  // Nothing works without the token, and a dialog closed with Escape would
+  // leave every waiting call waiting: while one is asked for, it stays.
+  const dialog = $("token-dialog");
+  dialog.addEventListener("cancel", (e) => { if (waiting) e.preventDefault(); });
+  dialog.addEventListener("close", () => { if (waiting) dialog.showModal(); });
   $("forget-token").addEventListener("click", () => forgetToken());
   $("forget-token").hidden = !token();
   $("auth-mode").textContent = token() ? "token mode" : "";

@@ -27,7 +27,8 @@ class Chart {
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] } },
       axes: [
-        { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" } },
+        // One line of wall-clock time (uPlot's default adds a date line under it).
+        { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" }, space: 64, size: 30, values: (u, splits) => splits.map(clock) },
         { stroke: "#8a99a8", grid: { stroke: "#222b35" }, ticks: { stroke: "#222b35" }, size: 44 },
       ],
       series: [{}, ...labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.5, points: { show: false } }))],
@@ -67,20 +68,39 @@ class Chart {
   }
 }
 
+const pad = (n) => String(n).padStart(2, "0");
+
+/** `hh:mm:ss` of a time in seconds. */
+function clock(t) {
+  const d = new Date(t * 1000);
+  return pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+}
+
 function fmt(v) {
   if (v >= 100) return v.toFixed(0);
   if (v >= 10) return v.toFixed(1);
   return (Math.round(v * 100) / 100).toString();
 }
 
-/** The p99 of the samples between two cumulative bucket reads (null: none). */
+/**
+ * The p99 of the samples between two cumulative bucket reads (null: none),
+ * interpolated within its bucket as Prometheus' histogram_quantile does, so
+ * the chart agrees with the Grafana board (deploy/grafana).
+ */
 export function p99(bounds, before, after) {
   if (!after) return null;
   const delta = after.map((n, i) => n - ((before && before[i]) || 0));
   const total = delta[delta.length - 1];
   if (!(total > 0)) return null;
   const want = total * 0.99;
-  for (let i = 0; i < bounds.length; i++) if (delta[i] >= want) return bounds[i];
+  for (let i = 0; i < bounds.length; i++) {
+    if (delta[i] >= want) {
+      const low = i > 0 ? bounds[i - 1] : 0;
+      const below = i > 0 ? delta[i - 1] : 0;
+      return low + ((bounds[i] - low) * (want - below)) / (delta[i] - below);
+    }
+  }
+  // In the last (+Inf) bucket: its lower bound, as histogram_quantile answers.
   return bounds[bounds.length - 1];
 }
 
@@ -125,6 +145,13 @@ export function initCharts() {
         } else {
           charts.events.push(t, EVENT_TYPES.map((k) => (seen.get(k) || 0) / dt));
           $("stats-note").textContent = "events/s counted from this page's stream (the server has no telemetry)";
+        }
+      }
+      if (!previous) {
+        // The first read has nothing to diff against: an empty point, so
+        // every chart's window starts at the same time.
+        for (const chart of [charts.events, charts.deliveries, charts.webhooks, charts.latency]) {
+          chart.push(t, chart.labels.map(() => null));
         }
       }
       seen.clear();

@@ -1,10 +1,12 @@
 // The connections table (GET /api/v1/connections, admin) with a disconnect
 // button per row (DELETE /api/v1/connections/{id}). Refreshed every 2 s
-// while the tab is shown.
+// while the tab is shown, rows updated in place (table.js).
 
 import { api } from "./api.js";
+import { button, row, setCells, syncRows } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
+let latest = 0; // the newest refresh: an older answer arriving late is dropped
 
 function age(since) {
   const s = Math.max(0, Math.round((Date.now() - Date.parse(since)) / 1000));
@@ -13,15 +15,8 @@ function age(since) {
   return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
 }
 
-function cell(text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  td.title = text;
-  return td;
-}
-
-async function disconnect(id, button) {
-  button.disabled = true;
+async function disconnect(id, b) {
+  b.disabled = true;
   try {
     await api("DELETE", "/api/v1/connections/" + id);
     $("conn-status").textContent = "connection " + id + " disconnected";
@@ -31,36 +26,35 @@ async function disconnect(id, button) {
   refresh();
 }
 
+function create(c) {
+  const tr = row(7);
+  tr.dataset.connId = String(c.id);
+  tr.dataset.transport = c.transport;
+  const action = document.createElement("td");
+  action.append(button("Disconnect", "danger small disconnect", (b) => disconnect(c.id, b)));
+  tr.append(action);
+  return tr;
+}
+
 /** Reloads the table. */
 export async function refresh() {
+  const mine = ++latest;
   let list;
   try {
     list = await api("GET", "/api/v1/connections");
+    if (mine !== latest) return;
   } catch (e) {
+    if (mine !== latest) return;
     $("conn-status").textContent = e.status === 403
       ? "listing connections needs the admin token"
       : "could not list connections: " + e.message;
     return;
   }
   list.sort((a, b) => a.id - b.id);
-  const rows = list.map((c) => {
-    const tr = document.createElement("tr");
-    tr.dataset.connId = String(c.id);
-    tr.dataset.transport = c.transport;
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "danger small disconnect";
-    button.textContent = "Disconnect";
-    button.addEventListener("click", () => disconnect(c.id, button));
-    const action = document.createElement("td");
-    action.append(button);
-    tr.append(
-      cell(String(c.id)), cell(c.transport), cell(c.principal), cell(c.remote_addr || "–"),
-      cell(age(c.connected_at)), cell(String(c.events_sent)), cell(String(c.dropped)), action,
-    );
-    return tr;
-  });
-  $("conn-table").querySelector("tbody").replaceChildren(...rows);
+  syncRows($("conn-table").querySelector("tbody"), list, (c) => c.id, create, (tr, c) => setCells(tr, [
+    String(c.id), c.transport, c.principal, c.remote_addr || "–",
+    age(c.connected_at), String(c.events_sent), String(c.dropped),
+  ]));
   if (!$("conn-status").textContent.includes("disconnect")) {
     $("conn-status").textContent = list.length + " open";
   }

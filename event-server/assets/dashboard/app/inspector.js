@@ -2,13 +2,19 @@
 // (the last 500), with pause, a type filter and a text filter; a click
 // shows the event's JSON and its envelope (SSE only: the WebSocket carries
 // the plain event).
+//
+// Events are drawn once per animation frame, not one by one: a busy
+// stream (thousands a second) costs one DOM update per frame, and of a
+// burst only the newest 500 are ever rendered.
 
 import { onEvent } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const KEEP = 500;
 let paused = false;
-let held = [];
+let held = []; // received while paused
+let waiting = []; // received, not drawn yet (oldest first)
+let drawing = false; // a frame is requested
 let nextKey = 0;
 const items = new Map(); // key -> {event, envelope, id, transport}
 
@@ -18,7 +24,7 @@ function visible(li) {
   return (type === "" || li.dataset.type === type) && (text === "" || li.dataset.search.includes(text));
 }
 
-function add(item) {
+function render(item) {
   const key = String(nextKey++);
   items.set(key, item);
   const type = (item.event && item.event.type) || "unknown";
@@ -36,11 +42,29 @@ function add(item) {
   b.textContent = json;
   li.append(t, b);
   li.hidden = !visible(li);
-  $("log").prepend(li);
-  while ($("log").children.length > KEEP) {
-    const last = $("log").lastChild;
-    items.delete(last.dataset.key);
-    last.remove();
+  return li;
+}
+
+/** Queues events (oldest first) to be drawn with the next frame. */
+function add(list) {
+  waiting.push(...list);
+  if (waiting.length > KEEP) waiting.splice(0, waiting.length - KEEP);
+  if (!drawing) {
+    drawing = true;
+    requestAnimationFrame(draw);
+  }
+}
+
+function draw() {
+  drawing = false;
+  const fresh = document.createDocumentFragment();
+  for (let i = waiting.length - 1; i >= 0; i--) fresh.append(render(waiting[i]));
+  waiting = [];
+  const log = $("log");
+  log.prepend(fresh);
+  while (log.children.length > KEEP) {
+    items.delete(log.lastChild.dataset.key);
+    log.lastChild.remove();
   }
 }
 
@@ -69,7 +93,7 @@ function setPaused(value) {
   $("pause").textContent = paused ? "Resume" : "Pause";
   $("pause").classList.toggle("secondary", paused);
   if (!paused) {
-    for (const item of held) add(item);
+    add(held);
     held = [];
   }
   $("paused-count").textContent = paused ? "paused · 0 new" : "";
@@ -86,7 +110,7 @@ export function initInspector() {
       if (held.length > KEEP) held.shift();
       $("paused-count").textContent = "paused · " + held.length + " new";
     } else {
-      add(item);
+      add([item]);
     }
   });
   $("pause").addEventListener("click", () => setPaused(!paused));
@@ -96,6 +120,7 @@ export function initInspector() {
   $("log-clear").addEventListener("click", () => {
     $("log").replaceChildren();
     items.clear();
+    waiting = [];
   });
   $("log").addEventListener("click", (e) => {
     const li = e.target.closest("li");

@@ -78,11 +78,11 @@ async function readSse(mine) {
   for (;;) {
     const { value, done } = await reader.read();
     if (done || mine !== generation) break;
-    buffer += value;
-    let nl;
-    while ((nl = buffer.indexOf("\n")) >= 0) {
-      let line = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
+    // Split once per chunk (a chunk can hold hundreds of frames); the
+    // unfinished last line waits for the next one.
+    const lines = (buffer + value).split("\n");
+    buffer = lines.pop();
+    for (let line of lines) {
       if (line.endsWith("\r")) line = line.slice(0, -1);
       if (line === "") {
         dispatch(frame, "sse");
@@ -123,7 +123,18 @@ function connectWs() {
   setConn("connecting", "connecting (WebSocket)…");
   const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/api/v1/ws";
   const t = token();
-  const socket = t ? new WebSocket(url, ["bearer." + t]) : new WebSocket(url);
+  let socket;
+  try {
+    socket = t ? new WebSocket(url, ["bearer." + t]) : new WebSocket(url);
+  } catch (e) {
+    // A token with characters a subprotocol may not hold cannot go this
+    // way (and must not go into the URL): stay with SSE.
+    setConn("disconnected", "WebSocket unavailable: " + e.message);
+    failures = 0;
+    setTimeout(() => { if (mine === generation) connectSse(); }, delay);
+    delay = Math.min(delay * 2, 10000);
+    return;
+  }
   current = { abort: () => socket.close(1000) };
   socket.onopen = () => { setConn("ws", "live (WebSocket)"); delay = 500; };
   socket.onmessage = (m) => dispatch({ data: m.data }, "ws");

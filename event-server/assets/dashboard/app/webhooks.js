@@ -3,25 +3,12 @@
 // and response code, and redelivery — the REST API of docs/protocol.md §4.
 
 import { api } from "./api.js";
+import { button, row, setCells, syncRows } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
 let selected = null; // the webhook whose deliveries are shown
-
-function cell(text) {
-  const td = document.createElement("td");
-  td.textContent = text;
-  td.title = text;
-  return td;
-}
-
-function button(label, cls, onClick) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.className = cls;
-  b.textContent = label;
-  b.addEventListener("click", onClick);
-  return b;
-}
+let latestList = 0; // the newest reload of each table: older answers arriving late are dropped
+let latestDeliveries = 0;
 
 function status(text) {
   $("wh-status").textContent = text;
@@ -31,35 +18,42 @@ function failed(what, e) {
   status(e.status === 403 ? "webhooks need the admin token" : "could not " + what + ": " + e.message);
 }
 
-/** Reloads the list. */
+function createWebhook(w) {
+  const tr = row(5);
+  tr.dataset.webhookId = w.id;
+  const actions = document.createElement("td");
+  actions.append(
+    button("Send test", "small wh-test", () => sendTest(w.id)),
+    " ",
+    button("Deliveries", "secondary small wh-show", () => showDeliveries(w.id)),
+    " ",
+    button("Delete", "danger small wh-delete", () => remove(w.id)),
+  );
+  tr.append(actions);
+  return tr;
+}
+
+function updateWebhook(tr, w) {
+  tr.classList.toggle("selected", w.id === selected);
+  const state = w.active ? "active" : "disabled" + (w.disabled_reason ? " (" + w.disabled_reason + ")" : "");
+  setCells(tr, [
+    w.url, w.events.length ? w.events.join(", ") : "all", state,
+    String(w.failure_count), w.last_triggered_at || "–",
+  ]);
+}
+
+/** Reloads the list (and the shown deliveries). */
 export async function refresh() {
+  const mine = ++latestList;
   let list;
   try {
     list = await api("GET", "/api/v1/webhooks");
   } catch (e) {
-    failed("list webhooks", e);
+    if (mine === latestList) failed("list webhooks", e);
     return;
   }
-  const rows = list.map((w) => {
-    const tr = document.createElement("tr");
-    tr.dataset.webhookId = w.id;
-    if (w.id === selected) tr.className = "selected";
-    const state = w.active ? "active" : "disabled" + (w.disabled_reason ? " (" + w.disabled_reason + ")" : "");
-    const actions = document.createElement("td");
-    actions.append(
-      button("Send test", "small wh-test", () => sendTest(w.id)),
-      " ",
-      button("Deliveries", "secondary small wh-show", () => showDeliveries(w.id)),
-      " ",
-      button("Delete", "danger small wh-delete", () => remove(w.id)),
-    );
-    tr.append(
-      cell(w.url), cell(w.events.length ? w.events.join(", ") : "all"), cell(state),
-      cell(String(w.failure_count)), cell(w.last_triggered_at || "–"), actions,
-    );
-    return tr;
-  });
-  $("wh-table").querySelector("tbody").replaceChildren(...rows);
+  if (mine !== latestList) return;
+  syncRows($("wh-table").querySelector("tbody"), list, (w) => w.id, createWebhook, updateWebhook);
   if (selected) loadDeliveries();
 }
 
@@ -123,31 +117,42 @@ async function redeliver(webhookId, deliveryId) {
   }
 }
 
+function createDelivery(webhookId, d) {
+  const tr = row(6);
+  tr.dataset.deliveryId = d.id;
+  tr.children[4].className = "code";
+  const action = document.createElement("td");
+  action.append(button("Redeliver", "secondary small wh-redeliver", () => redeliver(webhookId, d.id)));
+  tr.append(action);
+  return tr;
+}
+
+function updateDelivery(tr, d) {
+  tr.dataset.status = d.status;
+  tr.children[2].className = d.status === "succeeded" ? "ok" : d.status === "pending" ? "warn" : "fail";
+  // A pending delivery is still the worker's: nothing to redeliver yet.
+  tr.querySelector(".wh-redeliver").hidden = d.status === "pending";
+  setCells(tr, [
+    d.created_at, d.event_type, d.status, String(d.attempts),
+    d.last_status_code != null ? String(d.last_status_code) : "–", d.last_error || "",
+  ]);
+}
+
 async function loadDeliveries() {
   const id = selected;
+  const mine = ++latestDeliveries;
   let list;
   try {
     list = await api("GET", "/api/v1/webhooks/" + id + "/deliveries?limit=20");
   } catch (e) {
-    failed("list deliveries", e);
+    if (mine === latestDeliveries) failed("list deliveries", e);
     return;
   }
-  if (id !== selected) return;
+  if (id !== selected || mine !== latestDeliveries) return;
   $("wh-deliveries-of").textContent = "of " + id;
-  const rows = list.map((d) => {
-    const tr = document.createElement("tr");
-    tr.dataset.deliveryId = d.id;
-    tr.dataset.status = d.status;
-    const action = document.createElement("td");
-    if (d.status !== "pending") action.append(button("Redeliver", "secondary small wh-redeliver", () => redeliver(id, d.id)));
-    const code = cell(d.last_status_code != null ? String(d.last_status_code) : "–");
-    code.className = "code";
-    const st = cell(d.status);
-    st.className = d.status === "succeeded" ? "ok" : d.status === "pending" ? "warn" : "fail";
-    tr.append(cell(d.created_at), cell(d.event_type), st, cell(String(d.attempts)), code, cell(d.last_error || ""), action);
-    return tr;
-  });
-  $("wh-deliveries").querySelector("tbody").replaceChildren(...rows);
+  // Keyed by webhook too: another webhook's deliveries get rows (and buttons) of their own.
+  syncRows($("wh-deliveries").querySelector("tbody"), list, (d) => id + "/" + d.id,
+    (d) => createDelivery(id, d), updateDelivery);
 }
 
 export function initWebhooks(isShown) {
