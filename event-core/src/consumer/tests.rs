@@ -419,3 +419,38 @@ async fn the_read_ahead_is_bounded_by_max_ack_pending() {
     member.ack(first.iter().map(|d| Cursor::Seq(d.0)).collect());
     assert_eq!(seqs(&take(&mut member, 5).await), &published[5..10]);
 }
+
+#[tokio::test]
+async fn a_consumer_behind_the_retention_gets_a_gap_then_the_oldest_retained_event() {
+    use crate::log::{EventLog, Retention};
+    let f = Fixture::new().await;
+    let consumers = f.consumers(ConsumerConfig::default());
+    let job = Uuid::now_v7();
+    let mut member = consumers.attach(request("slow")).await.unwrap();
+    let read = f.publish((0..4).map(|i| (job, i))).await;
+    assert_eq!(seqs(&take(&mut member, 4).await), read);
+    drop(member);
+    until_info(&consumers, "slow", |i| {
+        i.members == 0 && i.committed_seq == read[3]
+    })
+    .await;
+    let later = f.publish((4..10).map(|i| (job, i))).await;
+    // Retention keeps the newest three: the consumer's next three are gone.
+    let kept = Retention {
+        max_age: None,
+        max_events: Some(3),
+        max_bytes: None,
+    };
+    f.log
+        .prune(&kept, time::OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(f.log.first_seq().await.unwrap(), later[3]);
+
+    let mut member = consumers.attach(request("slow")).await.unwrap();
+    match tokio::time::timeout(WAIT, member.recv()).await {
+        Ok(Some(Delivery::Gap { after })) => assert_eq!(after, read[3]),
+        other => panic!("expected the retention gap first, got {other:?}"),
+    }
+    assert_eq!(seqs(&take(&mut member, 3).await), later[3..]);
+}
