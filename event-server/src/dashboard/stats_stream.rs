@@ -375,6 +375,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_reader_gets_the_latest_frame_not_a_backlog() {
+        let shutdown = CancellationToken::new();
+        let hub = hub(4, &shutdown);
+        let mut slow = hub.subscribe().unwrap();
+        let mut paced = hub.subscribe().unwrap();
+        let first = id(&next(&mut slow).await);
+        // Three more collections while `slow` reads nothing…
+        let mut last = 0;
+        while last < first + 3 {
+            last = id(&next(&mut paced).await);
+        }
+        // …and it gets the latest (or a later one), not the three it missed.
+        let got = id(&next(&mut slow).await);
+        assert!(got >= last, "{got} after {first}; the latest was {last}");
+    }
+
+    #[tokio::test]
     async fn the_limit_refuses_and_a_closed_stream_frees_its_slot() {
         let shutdown = CancellationToken::new();
         let hub = hub(2, &shutdown);
