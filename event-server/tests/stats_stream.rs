@@ -3,7 +3,8 @@
 //! `stats` frames with the counters of `GET /api/v1/stats`, pushed every
 //! `STATS_STREAM_INTERVAL_MS`; they follow publishes and connections; over
 //! `STATS_STREAM_MAX` a stream is refused with `503`; a token is needed in
-//! token mode; shutdown ends the stream.
+//! token mode; shutdown ends the stream; settings out of range stop the
+//! server at start.
 
 // Helpers outside #[test] functions: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -269,4 +270,26 @@ async fn shutdown_ends_the_stream() {
         .await
         .expect("the server did not stop")
         .unwrap();
+}
+
+#[test]
+fn settings_out_of_range_stop_the_server_at_start() {
+    for (variable, value) in [
+        ("STATS_STREAM_INTERVAL_MS", "249"),
+        ("STATS_STREAM_INTERVAL_MS", "60001"),
+        ("STATS_STREAM_MAX", "0"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-server"))
+            .env(variable, value)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{variable}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let flag = variable.to_ascii_lowercase().replace('_', "-");
+        assert!(
+            stderr.contains(variable) || stderr.contains(&flag),
+            "{variable}={value}: {stderr}"
+        );
+    }
 }
