@@ -402,6 +402,17 @@ pub struct Config {
     #[arg(long = "demo-max-queued-jobs", env = "DEMO_MAX_QUEUED_JOBS", default_value = "1000", value_parser = non_zero)]
     pub demo_max_queued_jobs: usize,
 
+    /// Milliseconds between two `stats` frames of `GET /api/v1/stats/stream`
+    /// (the dashboard's charts), 250–60,000. The counters are collected once
+    /// per interval for all open streams, and only while one is open.
+    #[arg(long = "stats-stream-interval-ms", env = "STATS_STREAM_INTERVAL_MS", default_value = "1000", value_parser = clap::value_parser!(u64).range(crate::dashboard::stats_stream::MIN_INTERVAL_MS..=crate::dashboard::stats_stream::MAX_INTERVAL_MS))]
+    pub stats_stream_interval_ms: u64,
+
+    /// `GET /api/v1/stats/stream` streams open at once; one more answers
+    /// `503 too_many_connections` with `Retry-After`.
+    #[arg(long = "stats-stream-max", env = "STATS_STREAM_MAX", default_value = "64", value_parser = non_zero)]
+    pub stats_stream_max: usize,
+
     /// MCP (`/mcp`, feature `mcp`): at most one
     /// `notifications/resources/updated` per subscribed resource per this
     /// many milliseconds, per session.

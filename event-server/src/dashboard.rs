@@ -9,8 +9,11 @@
 //!
 //! - the live stream: SSE read with `fetch` (`?format=envelope`, resumed with
 //!   `Last-Event-ID`), the WebSocket as the fallback;
-//! - the charts: [`stats`] (`GET /api/v1/stats`), the host's counters as
-//!   JSON, polled once a second;
+//! - the charts: [`stats_stream`] (`GET /api/v1/stats/stream`), the host's
+//!   counters as JSON pushed every `STATS_STREAM_INTERVAL_MS` (one
+//!   collection per interval however many pages read it), read with `fetch`
+//!   like the event stream; [`stats`] (`GET /api/v1/stats`, the same object)
+//!   polled once a second only when that stream cannot be opened;
 //! - connections (`/api/v1/connections`), webhooks (`/api/v1/webhooks…`) and
 //!   the demo routes.
 //!
@@ -20,6 +23,7 @@
 
 pub mod assets;
 pub mod stats;
+pub mod stats_stream;
 
 use axum::http::header;
 use axum::response::IntoResponse;

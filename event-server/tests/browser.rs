@@ -7,7 +7,8 @@
 //! with the page's own button, follows the job's progress bar to 100 %,
 //! waits for the completion to be listed and counted in the events chart,
 //! sees a WebSocket client's and a webhook's deliveries, webhook outcomes
-//! and p99 latencies charted, opens the event in the inspector (JSON and
+//! and p99 latencies charted (all pushed by the stats stream, with no
+//! request to `/api/v1/stats`), opens the event in the inspector (JSON and
 //! envelope), pauses the inspector, and saves a screenshot of the overview to
 //! `target/screenshots/dashboard.png` (and to `docs/dashboard.png`, which
 //! the README shows, when `EVENT_TEST_UPDATE_SCREENSHOT=1`).
@@ -107,6 +108,11 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
 
     browser.goto(&server.url("/")).await.unwrap();
     assert_eq!(browser.title().await.unwrap(), "matric events — live");
+    // Room for every request the page makes (the default is 250 entries).
+    browser
+        .execute("performance.setResourceTimingBufferSize(100000)", vec![])
+        .await
+        .unwrap();
     // Live over SSE (read with fetch), with the queue snapshot received.
     live(&browser).await;
     until("the queue snapshot in the event log", || async {
@@ -199,6 +205,22 @@ async fn dashboard_charts_a_job_and_inspects_its_events() {
         })
         .await;
     }
+    // All of it pushed by the server's stats stream: the page never polled.
+    assert_eq!(
+        attr(&browser, "#stats-source", "data-source")
+            .await
+            .as_deref(),
+        Some("stream")
+    );
+    let polls = browser
+        .execute(
+            "return performance.getEntriesByType('resource')\
+               .filter(e => new URL(e.name).pathname === '/api/v1/stats').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(polls, serde_json::json!(0), "the page polled /api/v1/stats");
     // The screenshot once every job is done: the charts have their traffic.
     until("the four completions", || async {
         let n = browser

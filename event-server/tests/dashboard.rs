@@ -1,6 +1,7 @@
-//! The dashboard's connections and webhooks tabs and its token mode, in
-//! headless Chromium (see `tests/browser.rs` for the overview, the
-//! inspector and what the browser test needs).
+//! The dashboard's connections and webhooks tabs, its token mode and the
+//! charts' stats stream (and its polling fallback), in headless Chromium
+//! (see `tests/browser.rs` for the overview, the inspector and what the
+//! browser test needs).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -324,6 +325,15 @@ async fn a_client_token_sees_the_stream_and_charts_but_not_the_admin_pages() {
         .filter(|n| n == "1")
     })
     .await;
+    // Through the stats stream, opened with the token in its header.
+    until("the charts on the stats stream", || async {
+        (attr(&browser, "#stats-source", "data-source")
+            .await
+            .as_deref()
+            == Some("stream"))
+        .then_some(())
+    })
+    .await;
 
     // The admin pages say what is missing (the API answered 403).
     tab(&browser, "connections").await;
@@ -361,6 +371,153 @@ async fn a_client_token_sees_the_stream_and_charts_but_not_the_admin_pages() {
         .await
         .unwrap();
     assert_eq!(kept, serde_json::Value::Null);
+
+    browser.close().await.unwrap();
+    server.shutdown().await;
+}
+
+/// Requests the page made to `GET /api/v1/stats` (completed ones: the
+/// browser records a fetch when its body has been read).
+async fn stats_polls(browser: &fantoccini::Client) -> u64 {
+    browser
+        .execute(
+            "return performance.getEntriesByType('resource')\
+               .filter(e => new URL(e.name).pathname === '/api/v1/stats').length",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap()
+}
+
+/// Readings of the counters the charts were given (stream frames or polls).
+async fn stats_readings(browser: &fantoccini::Client) -> u64 {
+    attr(browser, "#stats-source", "data-readings")
+        .await
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A chart series' number (`data-total`).
+async fn series_total(browser: &fantoccini::Client, chart: &str, series: &str) -> f64 {
+    attr(
+        browser,
+        &format!("#{chart} .now [data-series={series}]"),
+        "data-total",
+    )
+    .await
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_charts_are_fed_by_the_stats_stream_and_poll_only_without_it() {
+    if !browser_available() {
+        return;
+    }
+    let _one = page::one_browser_at_a_time().await;
+    let mut server = Server::start(&[
+        "--stats-stream-max",
+        "1",
+        "--stats-stream-interval-ms",
+        "250",
+    ])
+    .await;
+    let stream = || async {
+        client()
+            .get(server.url("/api/v1/stats/stream"))
+            .send()
+            .await
+            .unwrap()
+    };
+    // The one stats stream allowed is taken before the page opens.
+    let held = stream().await;
+    assert_eq!(held.status(), 200);
+
+    let driver = Driver::start().await;
+    let profile = TempDir::new();
+    let browser = driver.open(profile.path()).await;
+    browser.goto(&server.url("/")).await.unwrap();
+    // Room for every request the page makes (the default is 250 entries).
+    browser
+        .execute("performance.setResourceTimingBufferSize(100000)", vec![])
+        .await
+        .unwrap();
+    live(&browser).await;
+
+    // Refused, the page polls and says so; the charts still move.
+    let note = until("the page to say it polls", || async {
+        let source = attr(&browser, "#stats-source", "data-source").await?;
+        let note = text(&browser, "#stats-source").await?;
+        (source == "poll").then_some(note)
+    })
+    .await;
+    assert!(
+        note.contains("/api/v1/stats") && note.contains("503 too_many_connections"),
+        "{note}"
+    );
+    until(
+        "this page's SSE connection in the chart (polled)",
+        || async {
+            (series_total(&browser, "chart-connections", "sse").await == 1.0).then_some(())
+        },
+    )
+    .await;
+    assert!(stats_polls(&browser).await > 0);
+
+    // The place freed, the page takes the stream by itself…
+    drop(held);
+    until("the page on the stats stream", || async {
+        (attr(&browser, "#stats-source", "data-source")
+            .await
+            .as_deref()
+            == Some("stream"))
+        .then_some(())
+    })
+    .await;
+    // …and holds it: the only place is the page's.
+    let refused = stream().await;
+    assert_eq!(refused.status(), 503);
+    drop(refused);
+
+    // From now on no request to /api/v1/stats, while the charts follow
+    // what is published and take readings for a while (eight at 250 ms:
+    // longer than the 1 s a poll would take to show).
+    let polls = stats_polls(&browser).await;
+    let readings = stats_readings(&browser).await;
+    let before = series_total(&browser, "chart-events", "NoteUpdated").await;
+    assert_eq!(before, 0.0);
+    for _ in 0..3 {
+        server
+            .publish(&serde_json::json!({"type": "NoteUpdated",
+                "note_id": uuid::Uuid::now_v7(), "tags": [],
+                "has_ai_content": false, "has_links": false}))
+            .await;
+    }
+    until("the publishes in the events/s chart", || async {
+        (series_total(&browser, "chart-events", "NoteUpdated").await > 0.0).then_some(())
+    })
+    .await;
+    until("this page's SSE connection in the chart", || async {
+        (series_total(&browser, "chart-connections", "sse").await == 1.0).then_some(())
+    })
+    .await;
+    until("eight more readings", || async {
+        (stats_readings(&browser).await >= readings + 8).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stats_polls(&browser).await,
+        polls,
+        "the page polled /api/v1/stats while its stats stream was open"
+    );
+    assert_eq!(
+        attr(&browser, "#stats-source", "data-source")
+            .await
+            .as_deref(),
+        Some("stream")
+    );
 
     browser.close().await.unwrap();
     server.shutdown().await;

@@ -431,18 +431,29 @@ impl Assembly<'_> {
         self.merge(metrics.router().merge(health.router()));
     }
 
-    /// `GET /api/v1/stats` (any token): the counters the dashboard's charts
-    /// show, read from `metrics` when the build has telemetry.
+    /// `GET /api/v1/stats` and `GET /api/v1/stats/stream` (any token): the
+    /// counters the dashboard's charts show, read from `metrics` when the
+    /// build has telemetry; the stream ends at shutdown.
     pub(super) fn mount_stats(
         &mut self,
         #[cfg(feature = "telemetry")] metrics: event_telemetry::PrometheusMetrics,
     ) {
-        let routes = crate::dashboard::stats::router(crate::dashboard::stats::StatsState {
+        use crate::dashboard::stats::{self, StatsState};
+        use crate::dashboard::stats_stream::{StatsHub, StatsStreamLimits};
+        let state = StatsState {
             registry: self.registry.clone(),
             #[cfg(feature = "telemetry")]
             metrics,
-        });
-        let routes = self.guarded(routes, Need::Client, None, None);
+        };
+        let hub = StatsHub::new(
+            state.clone(),
+            StatsStreamLimits {
+                interval: Duration::from_millis(self.config.stats_stream_interval_ms),
+                max_streams: self.config.stats_stream_max,
+            },
+            self.cancel.clone(),
+        );
+        let routes = self.guarded(stats::router(state, hub), Need::Client, None, None);
         self.merge(routes);
     }
 

@@ -10,6 +10,7 @@ use super::{Mounted, Schemas, error_schema};
 
 mod connection_ops;
 mod log_ops;
+mod stats_ops;
 use crate::publish::PublishResponse;
 
 /// Who may call an operation.
@@ -143,6 +144,7 @@ pub fn openapi(mounted: Mounted) -> Value {
     extra.insert("Webhook".to_owned(), webhook_schema());
     extra.insert("Delivery".to_owned(), delivery_schema());
     extra.insert("Health".to_owned(), health_schema());
+    extra.insert("Stats".to_owned(), stats_ops::stats_schema());
     json!({
         "openapi": "3.1.1",
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
@@ -227,20 +229,6 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
                     "`log_unavailable`: the event log did not confirm the commit within `EVENT_LOG_COMMIT_TIMEOUT_MS`.",
                     error_ref(),
                 ),
-            ],
-        },
-        Op {
-            method: "get",
-            path: "/api/v1/stats",
-            id: "stats",
-            tag: "operations",
-            summary: "The host's counters as JSON (the dashboard's charts): cumulative since start, connections current.",
-            auth: Auth::Client,
-            params: vec![],
-            body: None,
-            responses: vec![
-                (200, "The counters.", json_body(stats_schema())),
-                (401, "No or a bad token.", error_ref()),
             ],
         },
         Op {
@@ -349,6 +337,7 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
             ],
         });
     }
+    ops.extend(stats_ops::stats_ops());
     ops.extend(connection_ops::connection_ops(schemas));
     if mounted.log {
         ops.extend(log_ops::log_ops());
@@ -924,29 +913,5 @@ fn health_schema() -> Value {
             "uptime_secs": {"type": "integer", "minimum": 0},
         },
         "required": ["status", "connections"],
-    })
-}
-
-/// The body of `GET /api/v1/stats` (event-server/src/dashboard/stats.rs).
-fn stats_schema() -> Value {
-    let counts =
-        json!({"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}});
-    json!({
-        "type": "object",
-        "properties": {
-            "connections": counts,
-            "counters": {"type": "boolean", "description": "Whether the counters below are present (a build with telemetry)."},
-            "published": counts,
-            "delivered": counts,
-            "dropped": {"type": "integer", "minimum": 0},
-            "webhooks": counts,
-            "webhook_queue_depth": {"type": "integer", "minimum": 0},
-            "latency_ms": {
-                "type": "object",
-                "description": "`bounds`: the histogram's bucket bounds (ms); per transport the cumulative count of each bucket, then of all samples.",
-                "additionalProperties": {"type": "array", "items": {"type": "number", "minimum": 0}},
-            },
-        },
-        "required": ["connections", "counters"],
     })
 }

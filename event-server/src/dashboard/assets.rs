@@ -41,6 +41,8 @@ pub const ASSETS: &[Asset] = &[
     asset!("app/main.js", "dashboard/app/main.js", JS),
     asset!("app/api.js", "dashboard/app/api.js", JS),
     asset!("app/stream.js", "dashboard/app/stream.js", JS),
+    asset!("app/sse.js", "dashboard/app/sse.js", JS),
+    asset!("app/stats.js", "dashboard/app/stats.js", JS),
     asset!("app/charts.js", "dashboard/app/charts.js", JS),
     asset!("app/jobs.js", "dashboard/app/jobs.js", JS),
     asset!("app/connections.js", "dashboard/app/connections.js", JS),

@@ -16,14 +16,18 @@
 //!
 //! `latency_ms.<transport>` holds cumulative counts per bucket of
 //! `bounds`, then one more for all samples (`+Inf`).
+//!
+//! The dashboard does not poll this: it reads the same object pushed by
+//! [`stats_stream`](super::stats_stream) and falls back to this route only
+//! when that stream cannot be opened.
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use event_core::{ConnectionRegistry, Transport};
-use serde_json::json;
 #[cfg(feature = "telemetry")]
-use serde_json::{Map, Value};
+use serde_json::Map;
+use serde_json::{Value, json};
 
 /// State of the stats route.
 #[derive(Clone, Debug)]
@@ -35,15 +39,42 @@ pub struct StatsState {
     pub metrics: event_telemetry::PrometheusMetrics,
 }
 
-/// The route (to be put behind the host's guard for a client token).
-pub fn router<S: Clone + Send + Sync + 'static>(state: StatsState) -> axum::Router<S> {
+/// The routes, `/api/v1/stats` and (pushed) `/api/v1/stats/stream` (to be
+/// put behind the host's guard for a client token).
+pub fn router<S: Clone + Send + Sync + 'static>(
+    state: StatsState,
+    hub: super::stats_stream::StatsHub,
+) -> axum::Router<S> {
     axum::Router::new()
-        .route("/api/v1/stats", axum::routing::get(stats))
-        .with_state(state)
+        .route("/api/v1/stats", axum::routing::get(stats).with_state(state))
+        .route(
+            super::stats_stream::PATH,
+            axum::routing::get(super::stats_stream::stream).with_state(hub),
+        )
 }
 
 /// Answers the counters (see the module docs for the shape).
 pub async fn stats(State(state): State<StatsState>) -> Response {
+    match collect(&state).await {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "collecting the stats failed");
+            event_core::http_error::json_error::<axum::body::Body>(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "stats_unavailable",
+                "collecting the counters failed",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The counters as one JSON object (see the module docs for the shape).
+///
+/// # Errors
+///
+/// When the blocking task that walks the metrics fails (it panicked).
+pub async fn collect(state: &StatsState) -> Result<Value, tokio::task::JoinError> {
     let connections = json!({
         "ws": state.registry.count(Transport::WebSocket),
         "sse": state.registry.count(Transport::Sse),
@@ -53,25 +84,14 @@ pub async fn stats(State(state): State<StatsState>) -> Response {
     {
         // Collection walks every series; keep it off the async workers.
         let metrics = state.metrics.clone();
-        match tokio::task::spawn_blocking(move || counters(&metrics.registry().gather())).await {
-            Ok(mut body) => {
-                body.insert("connections".to_owned(), connections);
-                Json(Value::Object(body)).into_response()
-            }
-            Err(error) => {
-                tracing::error!(%error, "collecting the stats failed");
-                event_core::http_error::json_error::<axum::body::Body>(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "stats_unavailable",
-                    "collecting the counters failed",
-                )
-                .into_response()
-            }
-        }
+        let mut body =
+            tokio::task::spawn_blocking(move || counters(&metrics.registry().gather())).await?;
+        body.insert("connections".to_owned(), connections);
+        Ok(Value::Object(body))
     }
     #[cfg(not(feature = "telemetry"))]
     {
-        Json(json!({"connections": connections, "counters": false})).into_response()
+        Ok(json!({"connections": connections, "counters": false}))
     }
 }
 

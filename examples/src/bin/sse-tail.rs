@@ -19,6 +19,8 @@
 //! only frames with an id, i.e. real events that passed the filters. On a
 //! terminal the event name is coloured by family and the data indented
 //! (`examples::pretty`); piped or redirected, the one-line form is kept.
+//! On stderr, a status line (events, rate, reconnections, kept across
+//! reconnections) when it is a terminal, a plain line every 10 s otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -84,11 +86,14 @@ async fn main() -> ExitCode {
     };
     let mut seen = 0u64;
     let mut backoff = Duration::from_millis(250);
+    // Kept across reconnections: the count and the reconnections so far.
+    let mut tally = examples::pretty::Tally::new("sse-tail");
     loop {
         let mut connected = false;
-        match tail(&client, &args, &mut seen, &mut connected).await {
+        match tail(&client, &args, &mut seen, &mut connected, &mut tally).await {
             Ok(()) => return ExitCode::SUCCESS,
             Err(Failure::Fatal(e)) => {
+                tally.before_print();
                 eprintln!("sse-tail: {e}");
                 return ExitCode::FAILURE;
             }
@@ -97,7 +102,9 @@ async fn main() -> ExitCode {
                     // A stream that worked: come back quickly.
                     backoff = Duration::from_millis(250);
                 }
+                tally.before_print();
                 eprintln!("sse-tail: {e}; reconnecting in {backoff:?}");
+                tally.reconnecting();
             }
         }
         tokio::time::sleep(backoff).await;
@@ -128,6 +135,7 @@ async fn tail(
     args: &Args,
     seen: &mut u64,
     connected: &mut bool,
+    tally: &mut examples::pretty::Tally,
 ) -> Result<(), Failure> {
     let base = format!("{}/api/v1/events", args.server.trim_end_matches('/'));
     let mut url = reqwest::Url::parse(&base)
@@ -147,6 +155,7 @@ async fn tail(
         request = request.bearer_auth(token);
     }
     if let Some(id) = read_state(&args.state_file) {
+        tally.before_print();
         eprintln!("sse-tail: resuming after {id}");
         request = request.header("Last-Event-ID", id);
     }
@@ -166,11 +175,11 @@ async fn tail(
             Failure::Transient(message)
         });
     }
+    tally.before_print();
     eprintln!("sse-tail: connected");
     *connected = true;
     let pretty = examples::pretty::stdout_is_terminal();
     let mut stream = response.bytes_stream().eventsource();
-    let mut tally = examples::pretty::Tally::new("sse-tail");
     while let Some(event) = stream.next().await {
         let event = event.map_err(|e| Failure::Transient(e.to_string()))?;
         let id = if event.id.is_empty() { "-" } else { &event.id };
@@ -181,6 +190,7 @@ async fn tail(
         );
         tally.printed();
         if event.event == "resync_required" {
+            tally.before_print();
             eprintln!("sse-tail: the server no longer has the saved id; some events were missed");
         }
         if !event.id.is_empty() {

@@ -19,7 +19,9 @@
 //!
 //! Like the UI it reconnects with backoff whenever the server closes with a
 //! code other than 1000 (e.g. 1001 on a server restart, 4008 when dropped as
-//! a slow consumer). Diagnostics go to stderr, events to stdout.
+//! a slow consumer). Diagnostics go to stderr, events to stdout; on stderr
+//! also a status line (events, rate, reconnections, kept across
+//! reconnections) when it is a terminal, a plain line every 10 s otherwise.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,18 +78,25 @@ async fn main() -> ExitCode {
     };
     let mut seen = 0u64;
     let mut backoff = Duration::from_millis(250);
+    // Kept across reconnections: the count and the reconnections so far.
+    let mut tally = examples::pretty::Tally::new("ws-tail");
     loop {
-        match tail(&args, selected, &mut seen).await {
+        match tail(&args, selected, &mut seen, &mut tally).await {
             Ok(End::Done) => return ExitCode::SUCCESS,
             // 1000 means "do not come back", as the UI understands it.
             Ok(End::Closed(1000)) => return ExitCode::SUCCESS,
             Ok(End::Closed(code)) => {
-                eprintln!("ws-tail: closed with {code}; reconnecting in {backoff:?}");
                 // A connection that worked resets the backoff.
                 backoff = Duration::from_millis(250);
+                tally.before_print();
+                eprintln!("ws-tail: closed with {code}; reconnecting in {backoff:?}");
             }
-            Err(e) => eprintln!("ws-tail: {e}; reconnecting in {backoff:?}"),
+            Err(e) => {
+                tally.before_print();
+                eprintln!("ws-tail: {e}; reconnecting in {backoff:?}");
+            }
         }
+        tally.reconnecting();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
@@ -122,7 +131,12 @@ fn kind_of(text: &str) -> Option<EventKind> {
 }
 
 /// Runs one connection.
-async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, String> {
+async fn tail(
+    args: &Args,
+    selected: KindSet,
+    seen: &mut u64,
+    tally: &mut examples::pretty::Tally,
+) -> Result<End, String> {
     let mut request = args
         .url
         .as_str()
@@ -137,6 +151,7 @@ async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, Str
     let (mut socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| format!("cannot connect to {}: {e}", args.url))?;
+    tally.before_print();
     eprintln!("ws-tail: connected to {}", args.url);
     if !args.events.is_empty() {
         let msg = serde_json::json!({"type": "subscribe", "events": args.events});
@@ -152,7 +167,6 @@ async fn tail(args: &Args, selected: KindSet, seen: &mut u64) -> Result<End, Str
             .map_err(|e| e.to_string())?;
     }
     let pretty = examples::pretty::stdout_is_terminal();
-    let mut tally = examples::pretty::Tally::new("ws-tail");
     while let Some(msg) = socket.next().await {
         match msg.map_err(|e| e.to_string())? {
             Message::Text(text) => {

@@ -1,9 +1,10 @@
-// Live charts (uPlot, vendored): the host's counters from GET /api/v1/stats,
-// read once a second; rates and the p99 come from the difference between two
-// reads. Without the host's counters (a build without telemetry), events/s
-// is counted from the page's own stream.
+// Live charts (uPlot, vendored): the host's counters as stats.js delivers
+// them (pushed by the server's stats stream; polled only when that cannot be
+// opened); rates and the p99 come from the difference between two readings.
+// Without the host's counters (a build without telemetry), events/s is
+// counted from the page's own stream.
 
-import { api } from "./api.js";
+import { startStats } from "./stats.js";
 import { onEvent } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
@@ -124,46 +125,35 @@ export function initCharts() {
     if (!meta && event && event.type) seen.set(event.type, (seen.get(event.type) || 0) + 1);
   });
   let previous = null;
-  let busy = false;
-  async function tick() {
-    if (busy) return;
-    busy = true;
-    try {
-      const stats = await api("GET", "/api/v1/stats");
-      const at = performance.now() / 1000;
-      const t = Date.now() / 1000;
-      if (previous) {
-        const dt = Math.max(at - previous.at, 0.001);
-        const was = previous.stats;
-        if (stats.counters) {
-          charts.events.push(t, EVENT_TYPES.map((k) => rate(stats.published[k], was.published[k], dt)));
-          charts.deliveries.push(t, ["ws", "sse", "mcp"].map((k) => rate(stats.delivered[k], was.delivered[k], dt)));
-          charts.webhooks.push(t, ["success", "retry", "failed"].map((k) => rate(stats.webhooks[k], was.webhooks[k], dt)));
-          const lat = stats.latency_ms;
-          charts.latency.push(t, ["ws", "sse", "webhook"].map((k) => p99(lat.bounds, was.latency_ms[k], lat[k])));
-          $("stats-note").textContent = "dropped " + stats.dropped + " · webhook queue " + stats.webhook_queue_depth;
-        } else {
-          charts.events.push(t, EVENT_TYPES.map((k) => (seen.get(k) || 0) / dt));
-          $("stats-note").textContent = "events/s counted from this page's stream (the server has no telemetry)";
-        }
+  // One reading: a point on every chart (rates against the previous one).
+  function onStats(stats) {
+    const at = performance.now() / 1000;
+    const t = Date.now() / 1000;
+    if (previous) {
+      const dt = Math.max(at - previous.at, 0.001);
+      const was = previous.stats;
+      if (stats.counters) {
+        charts.events.push(t, EVENT_TYPES.map((k) => rate(stats.published[k], was.published[k], dt)));
+        charts.deliveries.push(t, ["ws", "sse", "mcp"].map((k) => rate(stats.delivered[k], was.delivered[k], dt)));
+        charts.webhooks.push(t, ["success", "retry", "failed"].map((k) => rate(stats.webhooks[k], was.webhooks[k], dt)));
+        const lat = stats.latency_ms;
+        charts.latency.push(t, ["ws", "sse", "webhook"].map((k) => p99(lat.bounds, was.latency_ms[k], lat[k])));
+        $("stats-note").textContent = "dropped " + stats.dropped + " · webhook queue " + stats.webhook_queue_depth;
+      } else {
+        charts.events.push(t, EVENT_TYPES.map((k) => (seen.get(k) || 0) / dt));
+        $("stats-note").textContent = "events/s counted from this page's stream (the server has no telemetry)";
       }
-      if (!previous) {
-        // The first read has nothing to diff against: an empty point, so
-        // every chart's window starts at the same time.
-        for (const chart of [charts.events, charts.deliveries, charts.webhooks, charts.latency]) {
-          chart.push(t, chart.labels.map(() => null));
-        }
+    } else {
+      // The first reading has nothing to diff against: an empty point, so
+      // every chart's window starts at the same time.
+      for (const chart of [charts.events, charts.deliveries, charts.webhooks, charts.latency]) {
+        chart.push(t, chart.labels.map(() => null));
       }
-      seen.clear();
-      const c = stats.connections;
-      charts.connections.push(t, [c.ws, c.sse, c.mcp]);
-      previous = { at, stats };
-    } catch (e) {
-      $("stats-note").textContent = "stats unavailable: " + e.message;
-    } finally {
-      busy = false;
     }
+    seen.clear();
+    const c = stats.connections;
+    charts.connections.push(t, [c.ws, c.sse, c.mcp]);
+    previous = { at, stats };
   }
-  tick();
-  setInterval(tick, 1000);
+  startStats(onStats);
 }

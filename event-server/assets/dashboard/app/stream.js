@@ -5,6 +5,7 @@
 // subprotocol), which carries the plain events only.
 
 import { askToken, authHeaders, onAuthChange, token } from "./api.js";
+import { readFrames } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
 const listeners = [];
@@ -72,33 +73,7 @@ async function readSse(mine) {
   failures = 0;
   delay = 500;
   setConn("sse", "live (SSE)");
-  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  let frame = { data: "" };
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done || mine !== generation) break;
-    // Split once per chunk (a chunk can hold hundreds of frames); the
-    // unfinished last line waits for the next one.
-    const lines = (buffer + value).split("\n");
-    buffer = lines.pop();
-    for (let line of lines) {
-      if (line.endsWith("\r")) line = line.slice(0, -1);
-      if (line === "") {
-        dispatch(frame, "sse");
-        frame = { data: "" };
-        continue;
-      }
-      if (line.startsWith(":")) continue;
-      const colon = line.indexOf(":");
-      const field = colon < 0 ? line : line.slice(0, colon);
-      let val = colon < 0 ? "" : line.slice(colon + 1);
-      if (val.startsWith(" ")) val = val.slice(1);
-      if (field === "data") frame.data = frame.data ? frame.data + "\n" + val : val;
-      else if (field === "event") frame.event = val;
-      else if (field === "id") frame.id = val;
-    }
-  }
+  await readFrames(res.body, (frame) => dispatch(frame, "sse"), () => mine === generation);
   return "ended";
 }
 
