@@ -302,6 +302,27 @@ pub struct Config {
     #[arg(long = "ws-idle-timeout-secs", env = "WS_IDLE_TIMEOUT_SECS", default_value = "90", value_parser = seconds)]
     pub ws_idle_timeout_secs: u64,
 
+    /// Whether a WebSocket client that offers permessage-deflate (RFC 7692;
+    /// browsers do) gets it (`on`/`off`).
+    #[arg(
+        long = "ws-compression",
+        env = "WS_COMPRESSION",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub ws_compression: bool,
+
+    /// The smallest WebSocket message sent compressed, in bytes of payload
+    /// (to a client that negotiated compression); `0` compresses every
+    /// message that shrinks.
+    #[arg(
+        long = "ws-compress-min-bytes",
+        env = "WS_COMPRESS_MIN_BYTES",
+        default_value = "256"
+    )]
+    pub ws_compress_min_bytes: usize,
+
     /// Maximum open client connections per transport (WebSocket, SSE).
     #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value = "10000", value_parser = non_zero)]
     pub max_connections: usize,
@@ -724,6 +745,20 @@ mod tests {
         );
         assert_eq!(c.sqlite_dir(), Some(PathBuf::from("data")));
         assert!(!c.auth_enabled());
+        assert!(c.ws_compression);
+        assert_eq!(c.ws_compress_min_bytes, 256);
+    }
+
+    #[test]
+    fn websocket_compression_is_switched_with_on_and_off() {
+        for (value, on) in [("on", true), ("off", false), ("true", true), ("0", false)] {
+            let c = parse(&["--ws-compression", value]).unwrap();
+            assert_eq!(c.ws_compression, on, "{value}");
+        }
+        assert!(parse(&["--ws-compression", "maybe"]).is_err());
+        let c = parse(&["--ws-compress-min-bytes", "0"]).unwrap();
+        assert_eq!(c.ws_compress_min_bytes, 0);
+        assert!(parse(&["--ws-compress-min-bytes", "-1"]).is_err());
     }
 
     #[test]

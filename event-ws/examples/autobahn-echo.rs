@@ -13,6 +13,11 @@
 //! limits are the endpoint's defaults; `--max-message-bytes N` raises the
 //! message limit (cases 9.* send up to 16 MiB) and the outbox budget with
 //! it, so that an echo of the largest message fits.
+//!
+//! permessage-deflate is negotiated as on `/api/v1/ws` (cases 12.* and
+//! 13.*): echoes of 256 bytes or more go back compressed;
+//! `--compress-min-bytes N` changes that threshold (`0`: every echo that
+//! shrinks) and `--no-compression` declines every offer.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,7 +26,8 @@ use std::process::ExitCode;
 use axum::serve::ListenerExt;
 use event_ws::{WsConfig, echo_router};
 
-const USAGE: &str = "usage: autobahn-echo [ADDR (127.0.0.1:9001)] [--max-message-bytes N]";
+const USAGE: &str = "usage: autobahn-echo [ADDR (127.0.0.1:9001)] [--max-message-bytes N] \
+                     [--compress-min-bytes N] [--no-compression]";
 
 /// The address and config the command line asks for.
 fn parse(args: &[String]) -> Result<(SocketAddr, WsConfig), String> {
@@ -44,6 +50,13 @@ fn parse(args: &[String]) -> Result<(SocketAddr, WsConfig), String> {
                 // budget: it must hold the largest one (and a little more).
                 config.outbox.max_bytes = config.outbox.max_bytes.max(n.saturating_mul(2));
             }
+            "--compress-min-bytes" => {
+                config.compress_min_bytes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--compress-min-bytes needs a number")?;
+            }
+            "--no-compression" => config.compression = false,
             "-h" | "--help" => return Err(USAGE.to_owned()),
             other if !other.starts_with('-') => addr = other.to_owned(),
             other => return Err(format!("unknown option {other}\n{USAGE}")),

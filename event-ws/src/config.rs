@@ -14,16 +14,19 @@ pub mod close_code {
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket framing (an unmasked frame, reserved
-    /// bits, an unknown opcode, a misplaced continuation, a close code a
-    /// client may not send).
+    /// bits — RSV1 included, unless permessage-deflate was negotiated and
+    /// it starts a data message —, an unknown opcode, a misplaced
+    /// continuation, a close code a client may not send).
     pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The client sent a text message (or close reason) that is not UTF-8.
+    /// The client sent a text message (or close reason) that is not UTF-8,
+    /// or a compressed message that is not valid DEFLATE data.
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// The connection was removed by policy: an operator kick, or a
     /// `subscribe`/`unsubscribe` over the limits (more than 64 names, or a
     /// name over 128 bytes).
     pub const POLICY_VIOLATION: u16 = 1008;
-    /// The client sent a frame or message larger than the configured limit.
+    /// The client sent a frame or message larger than the configured limit,
+    /// or a compressed message that inflates beyond it.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Something went wrong on the server.
     pub const INTERNAL_ERROR: u16 = 1011;
@@ -65,7 +68,9 @@ pub struct WsConfig {
     /// closed with [`close_code::IDLE_TIMEOUT`] (90 s).
     pub idle_timeout: Duration,
     /// The largest frame or message a client may send; larger ones close the
-    /// connection with [`close_code::MESSAGE_TOO_BIG`] (64 KiB).
+    /// connection with [`close_code::MESSAGE_TOO_BIG`] (64 KiB). A
+    /// compressed message is held to it twice: as it arrives, and once
+    /// inflated.
     pub max_message_bytes: usize,
     /// Each connection's outgoing budget. A connection that exceeds it is
     /// closed with [`close_code::SLOW_CONSUMER`] (1,024 messages or 1 MiB).
@@ -93,6 +98,16 @@ pub struct WsConfig {
     /// `{"type":"events.lagged","dropped_count":N}`; the connection is
     /// never closed for it ([`event_core::pace`]).
     pub max_rate: Option<NonZeroU32>,
+    /// Whether permessage-deflate (RFC 7692) is accepted from clients that
+    /// offer it, as browsers do (on; the host's `WS_COMPRESSION`). The
+    /// server always answers with `server_no_context_takeover` and
+    /// `client_no_context_takeover`, so every message is compressed on its
+    /// own and an event's compressed frame is shared by every connection.
+    pub compression: bool,
+    /// The smallest data message sent compressed, in payload bytes (256;
+    /// `WS_COMPRESS_MIN_BYTES`); smaller ones go plain. `0` compresses
+    /// every message that shrinks.
+    pub compress_min_bytes: usize,
 }
 
 impl Default for WsConfig {
@@ -109,6 +124,8 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(5),
             snapshot_timeout: Duration::from_millis(800),
             max_rate: None,
+            compression: true,
+            compress_min_bytes: 256,
         }
     }
 }

@@ -44,7 +44,9 @@ use tracing::{Instrument, Span};
 
 use crate::config::close_code;
 use crate::consumer;
+use crate::deflate::Framing;
 use crate::endpoint::{Slot, WsEndpoint};
+use crate::extensions::Agreed;
 use crate::frame::{self, Incoming, ReadError};
 use crate::protocol::{
     ClientMessage, PONG, Refusal, Selection, Subscribe, lagged_json, queue_status_json,
@@ -77,6 +79,8 @@ pub(crate) struct ConnectionContext {
     pub(crate) remote: Option<SocketAddr>,
     /// The connection's place under `max_connections`, released last.
     pub(crate) slot: Slot,
+    /// permessage-deflate, if the client offered it and the server took it.
+    pub(crate) deflate: Option<Agreed>,
 }
 
 /// Why a connection ended.
@@ -96,6 +100,8 @@ enum End {
     ProtocolError(&'static str),
     /// The client sent text that is not UTF-8.
     NotUtf8,
+    /// The client sent a compressed message that is not valid DEFLATE.
+    BadCompression,
     /// The client sent a request over the protocol's limits (too many
     /// `subscribe` names, or a name too long).
     OverLimit(&'static str),
@@ -120,7 +126,7 @@ impl End {
             End::IdleTimeout => "idle_timeout",
             End::TooBig => "message_too_big",
             End::ProtocolError(_) => "protocol_error",
-            End::NotUtf8 => "invalid_payload",
+            End::NotUtf8 | End::BadCompression => "invalid_payload",
             End::OverLimit(_) => "over_limit",
             End::SlowConsumer(_) => "slow_consumer",
             End::Shutdown => "shutdown",
@@ -139,6 +145,10 @@ impl End {
             End::TooBig => (close_code::MESSAGE_TOO_BIG, "message too big"),
             End::ProtocolError(why) => (close_code::PROTOCOL_ERROR, why),
             End::NotUtf8 => (close_code::INVALID_PAYLOAD, "text is not UTF-8"),
+            End::BadCompression => (
+                close_code::INVALID_PAYLOAD,
+                "compressed message is not valid DEFLATE data",
+            ),
             End::OverLimit(why) => (close_code::POLICY_VIOLATION, why),
             End::SlowConsumer(why) => (close_code::SLOW_CONSUMER, why),
             End::Shutdown => (close_code::GOING_AWAY, "server shutting down"),
@@ -156,7 +166,11 @@ impl End {
         match self {
             End::ClientGone | End::WriteFailed => Closing::Drop,
             End::ClientClosed(_) => Closing::Answer,
-            End::TooBig | End::ProtocolError(_) | End::NotUtf8 | End::OverLimit(_) => Closing::Fail,
+            End::TooBig
+            | End::ProtocolError(_)
+            | End::NotUtf8
+            | End::BadCompression
+            | End::OverLimit(_) => Closing::Fail,
             End::IdleTimeout
             | End::SlowConsumer(_)
             | End::Shutdown
@@ -189,6 +203,7 @@ impl From<ReadError> for End {
             ReadError::TooBig => End::TooBig,
             ReadError::Protocol(why) => End::ProtocolError(why),
             ReadError::NotUtf8 => End::NotUtf8,
+            ReadError::BadCompression => End::BadCompression,
         }
     }
 }
@@ -205,6 +220,7 @@ where
         filter,
         remote,
         slot,
+        deflate,
     } = ctx;
     let base_kinds = filter.kinds();
     // Kept (boxed, and only when it narrows) for a consumer `subscribe`.
@@ -229,12 +245,18 @@ where
         wire: WireForm::Flat,
     });
     let mut socket = WsSocket::new(io, ep.config.max_message_bytes);
+    if let Some(agreed) = deflate {
+        socket.compress(Framing::compressed(
+            ep.config.compress_min_bytes,
+            agreed.server_max_window_bits,
+        ));
+    }
     // The span is entered where the connection logs, not around the whole
     // future: entering and leaving it on every poll (every write) was most
     // of telemetry's share of a fan-out server's CPU.
     async move {
         ep.metrics.connection_opened();
-        span.in_scope(|| tracing::debug!("connected"));
+        span.in_scope(|| tracing::debug!(compression = deflate.is_some(), "connected"));
         let end = run(
             &ep,
             &guard,
@@ -281,11 +303,12 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     socket: &mut WsSocket<IO>,
     span: &Span,
 ) -> End {
+    let framing = socket.framing();
     // The confirmation comes first; events published meanwhile wait in the
     // outbox (the subscription already exists).
     if !ep.echo {
         let initial = queue_status_text(ep).instrument(span.clone()).await;
-        socket.queue(frame::text(&initial));
+        socket.queue(framing.text(&initial));
     }
     let cfg = &ep.config;
     let mut closed = pin!(guard.closed());
@@ -298,6 +321,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         guard,
         sub,
         socket,
+        framing,
         span,
         selection: Selection::default(),
         base_kinds,
@@ -354,6 +378,8 @@ struct Conn<'a, IO> {
     guard: &'a ConnectionGuard,
     sub: &'a HubSubscription,
     socket: &'a mut WsSocket<IO>,
+    /// Plain or compressed data frames (permessage-deflate).
+    framing: Framing,
     span: &'a Span,
     selection: Selection,
     /// The kinds the upgrade request's filters allow.
@@ -534,7 +560,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 && let Poll::Ready(text) = refresh.as_mut().poll(cx)
             {
                 self.refresh = None;
-                if let Err(end) = self.queue_reply(frame::text(&text)) {
+                if let Err(end) = self.queue_reply(self.framing.text(&text)) {
                     return Poll::Ready(end);
                 }
                 again = true;
@@ -556,7 +582,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                     }
                     Err(e) => Refusal::new(e.code(), e.to_string()).reply(),
                 };
-                if let Err(end) = self.queue_reply(frame::text(reply.as_bytes())) {
+                if let Err(end) = self.queue_reply(self.framing.text(reply.as_bytes())) {
                     return Poll::Ready(end);
                 }
                 again = true;
@@ -578,7 +604,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 // client that stops reading holds back its own deliveries.
                 if c.poll_ready(cx) && self.socket.pending() == 0 {
                     let socket = &mut *self.socket;
-                    let events = c.drain(|frame| socket.queue(frame));
+                    let events = c.drain(self.framing, |frame| socket.queue(frame));
                     if events > 0 {
                         self.guard.record_sent(events);
                     }
@@ -715,6 +741,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             return Err(End::SlowConsumer("missed events"));
         }
         let (mut paced, mut lost) = (0, 0);
+        let framing = self.framing;
         if let Some(pacer) = self.pacer.as_mut() {
             // The batch goes through the pacer and holds, after, what it
             // lets through (the events written, for `record_written`).
@@ -722,19 +749,19 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             for item in pacer.pace(&mut batch, Instant::now()) {
                 match item {
                     Paced::Event(event) => {
-                        self.socket.queue(frame::event_frame(&event));
+                        self.socket.queue(framing.event(&event));
                         batch.push(Outgoing::Event(event));
                     }
                     // What the pacer dropped, at its place in the stream.
                     Paced::Dropped(n) => {
                         paced += n;
-                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
+                        self.socket.queue(framing.text(lagged_json(n).as_bytes()));
                     }
                     // Losses upstream ended the connection above; none
                     // reach the pacer, but one would be said the same way.
                     Paced::Lagged(n) => {
                         lost += n;
-                        self.socket.queue(frame::text(lagged_json(n).as_bytes()));
+                        self.socket.queue(framing.text(lagged_json(n).as_bytes()));
                     }
                 }
             }
@@ -755,7 +782,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
         } else {
             for item in &self.batch {
                 if let Outgoing::Event(event) = item {
-                    self.socket.queue(frame::event_frame(event));
+                    self.socket.queue(framing.event(event));
                 }
             }
         }
@@ -854,12 +881,12 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             Incoming::Binary(data) => {
                 // Binary frames are not part of the protocol.
                 if self.ep.echo {
-                    self.queue_reply(frame::binary(data))?;
+                    self.queue_reply(self.framing.binary(data))?;
                 }
                 return Ok(true);
             }
             Incoming::Text(text) if self.ep.echo => {
-                self.queue_reply(frame::text(text.as_bytes()))?;
+                self.queue_reply(self.framing.text(text.as_bytes()))?;
                 return Ok(true);
             }
             Incoming::Text(text) => text,
@@ -926,7 +953,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 ));
             }
         };
-        self.queue_reply(frame::text(&reply))?;
+        self.queue_reply(self.framing.text(&reply))?;
         Ok(true)
     }
 }

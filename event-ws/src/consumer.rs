@@ -20,6 +20,7 @@ use event_core::{
     Principal,
 };
 
+use crate::deflate::Framing;
 use crate::protocol::{ConsumerAsk, Refusal, Subscribe};
 
 type Wait = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -65,7 +66,7 @@ impl Attached {
     }
 
     /// Frames every queued delivery into `queue`; how many events.
-    pub(crate) fn drain(&mut self, mut queue: impl FnMut(Bytes)) -> u64 {
+    pub(crate) fn drain(&mut self, framing: Framing, mut queue: impl FnMut(Bytes)) -> u64 {
         self.due = false;
         self.member.drain(&mut self.scratch);
         let mut events = 0;
@@ -84,14 +85,14 @@ impl Attached {
                     );
                     text.extend_from_slice(envelope);
                     text.push(b'}');
-                    queue(crate::frame::text(&text));
+                    queue(framing.text(&text));
                 }
                 Delivery::Gap { after } => {
                     // The same message as SSE's (docs/protocol.md §3).
                     let text = format!(
                         r#"{{"type":"resync_required","reason":"cursor_expired","last_event_id":"{after}"}}"#
                     );
-                    queue(crate::frame::text(text.as_bytes()));
+                    queue(framing.text(text.as_bytes()));
                 }
             }
         }

@@ -82,6 +82,9 @@ impl WsEndpoint {
         config: WsConfig,
     ) -> Self {
         crate::frame::register_render_key();
+        if config.compression {
+            crate::deflate::register_render_key();
+        }
         let metrics = TransportMetrics::new(Transport::WebSocket)
             .with_connection_limit(config.max_connections);
         WsEndpoint {
@@ -270,15 +273,22 @@ impl WsEndpoint {
         // the server picks one of its protocols, so echo it back.
         let bearer_protocol = crate::auth::bearer_protocol(&parts.headers)
             .and_then(|(protocol, _)| HeaderValue::from_str(protocol).ok());
+        let deflate = self
+            .config
+            .compression
+            .then(|| crate::extensions::negotiate(&parts.headers))
+            .flatten();
         let ctx = ConnectionContext {
             endpoint: self.clone(),
             principal,
             filter,
             remote,
             slot,
+            deflate,
         };
         self.watch_stop();
-        let (response, on_upgrade) = upgrade.accept(bearer_protocol);
+        let (response, on_upgrade) =
+            upgrade.accept(bearer_protocol, deflate.map(|agreed| agreed.response()));
         // The connection is handed over once hyper has sent the 101.
         tokio::spawn(async move {
             match on_upgrade.await {

@@ -14,6 +14,11 @@
 //! socket returned, unmasks them, reassembles fragmented messages and
 //! enforces the size limit before buffering a payload. It keeps no buffer
 //! while no partial frame is pending, so an idle connection holds none.
+//!
+//! The one extension is permessage-deflate ([`crate::deflate`]): on a
+//! connection that negotiated it, RSV1 on a message's first frame marks
+//! it compressed; the reader reassembles it as it came and inflates it
+//! once complete, within the same message limit.
 
 use std::sync::LazyLock;
 
@@ -43,13 +48,25 @@ mod opcode {
 }
 
 const FIN: u8 = 0x80;
+/// RSV1: on a message's first frame, "compressed" (RFC 7692 §6).
+const RSV1: u8 = 0x40;
+/// The text opcode, for frames built elsewhere in the crate.
+pub(crate) const OPCODE_TEXT: u8 = opcode::TEXT;
+/// The binary opcode, for frames built elsewhere in the crate.
+pub(crate) const OPCODE_BINARY: u8 = opcode::BINARY;
 /// Control frames carry at most this much (RFC 6455 §5.5).
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// A complete frame sent by the server: header, then `payload`.
 fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    data(opcode, false, payload)
+}
+
+/// A complete, unfragmented frame of `opcode` carrying `payload`, with
+/// RSV1 set when `compressed` (a permessage-deflate message).
+pub(crate) fn data(opcode: u8, compressed: bool, payload: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(payload.len() + 10);
-    out.put_u8(FIN | opcode);
+    out.put_u8(FIN | if compressed { RSV1 } else { 0 } | opcode);
     match payload.len() {
         n @ 0..=125 => out.put_u8(n as u8),
         n @ 126..=0xFFFF => {
@@ -68,11 +85,6 @@ fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
 /// A text frame carrying `text`.
 pub(crate) fn text(text: &[u8]) -> Bytes {
     server_frame(opcode::TEXT, text)
-}
-
-/// A binary frame carrying `payload` (only the echo server sends one).
-pub(crate) fn binary(payload: &[u8]) -> Bytes {
-    server_frame(opcode::BINARY, payload)
 }
 
 /// The text frame of an event's flat JSON, rendered once per event and
@@ -145,6 +157,8 @@ pub(crate) enum ReadError {
     Protocol(&'static str),
     /// A text message or close reason that is not UTF-8 (1007).
     NotUtf8,
+    /// A compressed message that is not valid DEFLATE data (1007).
+    BadCompression,
 }
 
 /// The longest frame header: 2 bytes, a 64-bit length, the mask.
@@ -154,6 +168,8 @@ const MAX_HEAD: usize = 14;
 #[derive(Debug, Clone, Copy)]
 struct Head {
     fin: bool,
+    /// RSV1: the message this frame starts is compressed.
+    compressed: bool,
     opcode: u8,
     mask: [u8; 4],
     /// Header bytes, mask included.
@@ -163,14 +179,17 @@ struct Head {
 
 /// Parses the header at the start of `buf`: `Ok(None)` if more bytes are
 /// needed. A header is refused as soon as the bytes that make it
-/// unacceptable have arrived.
-fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, ReadError> {
+/// unacceptable have arrived. RSV1 is allowed when `deflate` (the
+/// connection negotiated permessage-deflate), on a message's first frame.
+fn parse_head(buf: &[u8], max_payload: usize, deflate: bool) -> Result<Option<Head>, ReadError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(ReadError::Protocol("reserved bits set"));
     }
+    let compressed = b0 & RSV1 != 0;
     let fin = b0 & FIN != 0;
     let opcode = b0 & 0x0F;
     if opcode >= opcode::CLOSE {
@@ -182,6 +201,12 @@ fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, ReadError>
         }
     } else if opcode > opcode::BINARY {
         return Err(ReadError::Protocol("unknown opcode"));
+    }
+    if compressed && (opcode >= opcode::CLOSE || opcode == opcode::CONTINUATION) {
+        // RFC 7692 §6.1: only a data message's first frame says it.
+        return Err(ReadError::Protocol(
+            "RSV1 set on a control frame or a continuation",
+        ));
     }
     if b1 & 0x80 == 0 {
         return Err(ReadError::Protocol("client frame not masked"));
@@ -215,6 +240,7 @@ fn parse_head(buf: &[u8], max_payload: usize) -> Result<Option<Head>, ReadError>
     len += 4;
     Ok(Some(Head {
         fin,
+        compressed,
         opcode,
         mask,
         len,
@@ -250,6 +276,8 @@ struct FrameState {
 #[derive(Debug)]
 struct Message {
     opcode: u8,
+    /// Compressed (permessage-deflate): `data` is inflated at the end.
+    compressed: bool,
     data: Vec<u8>,
     /// How much of `data` is known to be UTF-8 (text): a sequence cut at
     /// the end may continue in the next piece.
@@ -271,6 +299,8 @@ const MAX_RESERVE: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct MessageReader {
     max_message: usize,
+    /// The connection negotiated permessage-deflate.
+    deflate: bool,
     /// The frame and message in progress, if any.
     state: Option<Box<InProgress>>,
     /// After an error, the reader refuses everything with it.
@@ -296,9 +326,17 @@ impl MessageReader {
     pub(crate) fn new(max_message: usize) -> Self {
         MessageReader {
             max_message,
+            deflate: false,
             state: None,
             failed: None,
         }
+    }
+
+    /// Accepts compressed messages (RSV1 on a message's first frame): the
+    /// connection negotiated permessage-deflate. Their inflated payload is
+    /// held to the same limit.
+    pub(crate) fn accept_compressed(&mut self) {
+        self.deflate = true;
     }
 
     /// Parses `data` (what the socket just returned) and appends every
@@ -314,7 +352,7 @@ impl MessageReader {
             return Ok(());
         }
         let state = self.state.get_or_insert_with(Box::default);
-        let result = state.parse(data, self.max_message, out);
+        let result = state.parse(data, self.max_message, self.deflate, out);
         if result.is_err() || state.is_idle() {
             self.state = None;
         }
@@ -343,6 +381,7 @@ impl InProgress {
         &mut self,
         mut data: &[u8],
         max_message: usize,
+        deflate: bool,
         out: &mut Vec<Incoming>,
     ) -> Result<(), ReadError> {
         loop {
@@ -353,7 +392,7 @@ impl InProgress {
                 let old = usize::from(self.head_len);
                 let n = (MAX_HEAD - old).min(data.len());
                 self.head[old..old + n].copy_from_slice(&data[..n]);
-                let Some(head) = parse_head(&self.head[..old + n], max_message)? else {
+                let Some(head) = parse_head(&self.head[..old + n], max_message, deflate)? else {
                     // Fewer than MAX_HEAD bytes: all of `data` was taken.
                     self.head_len = (old + n) as u8;
                     return Ok(());
@@ -381,7 +420,8 @@ impl InProgress {
                 self.control.extend(unmasked);
             } else if let Some(message) = self.message.as_mut() {
                 message.data.extend(unmasked);
-                if message.opcode == opcode::TEXT {
+                // Compressed text is checked once inflated.
+                if message.opcode == opcode::TEXT && !message.compressed {
                     check_utf8(&message.data, &mut message.checked)?;
                 }
             }
@@ -389,7 +429,7 @@ impl InProgress {
                 return Ok(());
             }
             self.frame = None;
-            if let Some(message) = self.finish(head)? {
+            if let Some(message) = self.finish(head, max_message)? {
                 out.push(message);
             }
         }
@@ -414,6 +454,7 @@ impl InProgress {
             (op, None) => {
                 self.message = Some(Message {
                     opcode: op,
+                    compressed: head.compressed,
                     data: Vec::with_capacity(reserve),
                     checked: 0,
                 });
@@ -423,7 +464,7 @@ impl InProgress {
     }
 
     /// A frame has fully arrived: the message it completes, if any.
-    fn finish(&mut self, head: Head) -> Result<Option<Incoming>, ReadError> {
+    fn finish(&mut self, head: Head, max_message: usize) -> Result<Option<Incoming>, ReadError> {
         match head.opcode {
             opcode::PING => return Ok(Some(Incoming::Ping(std::mem::take(&mut self.control)))),
             opcode::PONG => {
@@ -442,6 +483,18 @@ impl InProgress {
         let Some(message) = self.message.take() else {
             return Ok(None);
         };
+        if message.compressed {
+            use crate::deflate::{InflateError, inflate};
+            let data = inflate(message.data, max_message).map_err(|e| match e {
+                InflateError::TooBig => ReadError::TooBig,
+                InflateError::Invalid => ReadError::BadCompression,
+            })?;
+            return Ok(Some(if message.opcode == opcode::TEXT {
+                Incoming::Text(String::from_utf8(data).map_err(|_| ReadError::NotUtf8)?)
+            } else {
+                Incoming::Binary(data)
+            }));
+        }
         if message.opcode == opcode::TEXT {
             if message.checked != message.data.len() {
                 // The message ends inside a UTF-8 sequence.

@@ -7,8 +7,8 @@
 
 use axum::response::Response;
 use http::header::{
-    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -65,9 +65,14 @@ impl Upgrade {
         Ok(Upgrade { accept, on_upgrade })
     }
 
-    /// The `101` answer, with `protocol` as the chosen subprotocol; and the
-    /// handle that resolves to the connection once the answer is sent.
-    pub(crate) fn accept(self, protocol: Option<HeaderValue>) -> (Response, OnUpgrade) {
+    /// The `101` answer, with `protocol` as the chosen subprotocol and
+    /// `extensions` as the accepted extensions; and the handle that
+    /// resolves to the connection once the answer is sent.
+    pub(crate) fn accept(
+        self,
+        protocol: Option<HeaderValue>,
+        extensions: Option<HeaderValue>,
+    ) -> (Response, OnUpgrade) {
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
@@ -76,6 +81,9 @@ impl Upgrade {
         headers.insert(SEC_WEBSOCKET_ACCEPT, self.accept);
         if let Some(protocol) = protocol {
             headers.insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some(extensions) = extensions {
+            headers.insert(SEC_WEBSOCKET_EXTENSIONS, extensions);
         }
         (response, self.on_upgrade)
     }
@@ -121,13 +129,19 @@ mod tests {
     #[test]
     fn a_valid_upgrade_is_answered_with_the_rfc_accept_key() {
         let upgrade = Upgrade::from_request(&mut parts(&VALID)).unwrap();
-        let (response, _) = upgrade.accept(Some(HeaderValue::from_static("bearer.x")));
+        let (response, _) = upgrade.accept(Some(HeaderValue::from_static("bearer.x")), None);
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         let h = response.headers();
         // The example of RFC 6455 §1.3.
         assert_eq!(h[SEC_WEBSOCKET_ACCEPT], "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[SEC_WEBSOCKET_PROTOCOL], "bearer.x");
+        assert!(h.get(SEC_WEBSOCKET_EXTENSIONS).is_none());
+        let upgrade = Upgrade::from_request(&mut parts(&VALID)).unwrap();
+        let deflate = HeaderValue::from_static("permessage-deflate; server_no_context_takeover");
+        let (response, _) = upgrade.accept(None, Some(deflate.clone()));
+        assert_eq!(response.headers()[SEC_WEBSOCKET_EXTENSIONS], deflate);
+        assert!(response.headers().get(SEC_WEBSOCKET_PROTOCOL).is_none());
     }
 
     #[test]

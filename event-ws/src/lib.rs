@@ -20,10 +20,20 @@
 //!   principal's scope) and asked for (`subscribe`). Events travel as shared
 //!   `Arc<Event>`s whose flat §1 JSON is rendered once, whatever the number
 //!   of clients.
-//! * The WebSocket framing is this crate's own (RFC 6455, no extensions):
+//! * The WebSocket framing is this crate's own (RFC 6455):
 //!   an event's text frame is rendered once, cached in the event, and the
 //!   same bytes are written to every socket, so fan-out copies no payload
-//!   per connection. A connection wakes once per batch and writes every
+//!   per connection.
+//! * The one extension is permessage-deflate (RFC 7692), accepted when the
+//!   client offers it (browsers do) and [`WsConfig::compression`] is on.
+//!   The server always agrees `server_no_context_takeover` and
+//!   `client_no_context_takeover`: every message is compressed on its own,
+//!   so an event's compressed frame is rendered once too and shared by
+//!   every compressing connection, and no connection keeps a compressor or
+//!   inflater between messages. Data messages of at least
+//!   [`WsConfig::compress_min_bytes`] (256) go compressed, unless longer
+//!   than the client's `server_max_window_bits` window; a client's
+//!   compressed message is held to `max_message_bytes` inflated too. A connection wakes once per batch and writes every
 //!   pending frame with one vectored write. A client that does not keep up overflows its outbox
 //!   (default 1,024 messages or 1 MiB) and is closed with **4008**; the bus
 //!   and the other clients never wait for it. Replies to the client's own
@@ -71,16 +81,17 @@
 //! [`WsConfig::default()`] is the protocol's defaults: path `/api/v1/ws`, ping
 //! every 30 s, idle timeout 90 s, 64 KiB messages, outbox 1,024 messages or
 //! 1 MiB, write stall 30 s, 10,000 connections, close handshake 5 s, queue
-//! snapshot 800 ms, every `Origin` allowed.
+//! snapshot 800 ms, every `Origin` allowed, permessage-deflate on for
+//! messages of 256 bytes or more.
 //!
 //! | code | when |
 //! |---|---|
 //! | 1001 | server shutdown (`registry.shutdown()`, the host's token, [`WsEndpoint::shutdown`]) |
 //! | *echo* | the client closed: its code is echoed (never 1005, 1006 or 1015: those, and every code a client may not send, fail the connection with 1002) |
-//! | 1002 | the client broke the framing (unmasked frame, reserved bits, unknown opcode, misplaced continuation, a close code it may not send) |
-//! | 1007 | the client sent text (or a close reason) that is not UTF-8 |
+//! | 1002 | the client broke the framing (unmasked frame, reserved bits — RSV1 without permessage-deflate, or on a control frame or continuation —, unknown opcode, misplaced continuation, a close code it may not send) |
+//! | 1007 | the client sent text (or a close reason) that is not UTF-8, or a compressed message that is not valid DEFLATE |
 //! | 1008 | removed by an operator (`registry.disconnect(id)`), or a `subscribe`/`unsubscribe` over 64 names or with a name over 128 bytes |
-//! | 1009 | the client sent more than `max_message_bytes` |
+//! | 1009 | the client sent more than `max_message_bytes`, or a compressed message inflating to more |
 //! | 1011 | internal error |
 //! | 4000 | no pong or frame from the client within `idle_timeout` |
 //! | 4008 | slow consumer: outbox overflow (events and replies together), a write stalled for `write_timeout`, or the endpoint itself missed events |
@@ -134,9 +145,11 @@ mod auth;
 mod config;
 mod connection;
 mod consumer;
+mod deflate;
 mod echo;
 mod endpoint;
 mod error;
+mod extensions;
 mod frame;
 mod handshake;
 mod protocol;

@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::deflate::Framing;
 use crate::frame::{Incoming, MessageReader, ReadError};
 
 /// Frames handed to one vectored write at most.
@@ -53,6 +54,8 @@ pub(crate) struct WsSocket<IO> {
     queued_bytes: usize,
     /// Whether part of the front frame has been written.
     front_started: bool,
+    /// Plain or compressed data frames (permessage-deflate).
+    framing: Framing,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
@@ -65,7 +68,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> WsSocket<IO> {
             out: VecDeque::new(),
             queued_bytes: 0,
             front_started: false,
+            framing: Framing::PLAIN,
         }
+    }
+
+    /// permessage-deflate was negotiated: compressed client messages are
+    /// accepted, and data messages go out as `framing` says.
+    pub(crate) fn compress(&mut self, framing: Framing) {
+        self.reader.accept_compressed();
+        self.framing = framing;
+    }
+
+    /// How data messages go out on this connection.
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Queues a frame behind the ones already waiting.

@@ -1,9 +1,10 @@
-//! `cargo xtask conformance`: the Autobahn|Testsuite's cases 1–10 against
-//! `event-ws`'s own WebSocket implementation (issue 16).
+//! `cargo xtask conformance`: the Autobahn|Testsuite against `event-ws`'s
+//! own WebSocket implementation (issue 16): cases 1–10 run by kosoku, the
+//! permessage-deflate cases 12.* and 13.* replayed with PyPI `websockets`.
 //!
-//! 1. A virtualenv under `<target>/conformance/venv` gets the PyPI package
+//! 1. A virtualenv under `<target>/conformance/venv` gets the PyPI packages
 //!    `kosoku` (0.1.0), which runs Autobahn's case files as a fuzzing
-//!    client.
+//!    client, and `websockets` (15.0.1).
 //! 2. `event-ws/examples/autobahn-echo` is built and started on a free
 //!    loopback port, with the message limit raised to 16 MiB for the 9.*
 //!    cases. The dev profile by default — inside `cargo xtask ci` its
@@ -11,7 +12,13 @@
 //!    way — or `--release`.
 //! 3. `kosoku ws://127.0.0.1:PORT/ -x '12.*' -x '13.*'` writes Autobahn's
 //!    `index.json` (and per-case reports) to `<target>/conformance/report`.
-//! 4. The verdicts are printed by case group; any `FAILED` or
+//! 4. `xtask/scripts/pmd_replay.py` replays cases 12.* and 13.* against the
+//!    same server with `websockets` as the client: kosoku 0.1.0 negotiates
+//!    the extension, but its copy of those cases fails inside the client,
+//!    before connecting, for most of them (`Strings must be encoded before
+//!    hashing`). Autobahn's offers, test files, sizes and fragmentations;
+//!    100 messages per case instead of 1,000 (`--pmd-count N` changes it).
+//! 5. The verdicts are printed by case group; any `FAILED` or
 //!    `UNIMPLEMENTED` case fails the step, and so does a `NON-STRICT` one
 //!    not listed, with its reason, in the allow-list of
 //!    `docs/conformance.md`.
@@ -31,9 +38,13 @@ use std::time::{Duration, Instant};
 /// The fuzzing client and its pinned version.
 const KOSOKU: &str = "kosoku";
 const KOSOKU_VERSION: &str = "0.1.0";
-/// Cases 12 and 13 need permessage-deflate, which the endpoint does not
-/// negotiate.
+/// The client of the permessage-deflate replay, pinned.
+const WEBSOCKETS_VERSION: &str = "15.0.1";
+/// Cases 12 and 13 (permessage-deflate) are replayed with `websockets`
+/// instead: kosoku 0.1.0's copy of them fails in the client.
 const EXCLUDED: [&str; 2] = ["12.*", "13.*"];
+/// Messages per replayed compression case (Autobahn sends 1,000).
+const PMD_COUNT: usize = 100;
 /// The largest message of the 9.* cases (16 MiB).
 const MAX_MESSAGE_BYTES: &str = "16777216";
 /// The document holding the NON-STRICT allow-list, from the workspace root.
@@ -58,17 +69,27 @@ const VERDICTS: [&str; 5] = [
 ];
 
 /// Runs the suite; `--release` builds the echo server with the release
-/// profile.
+/// profile, `--pmd-count N` sends N messages per compression case.
 pub fn run(args: &[String]) -> Result<(), String> {
-    let release = match args {
-        [] => false,
-        [flag] if flag == "--release" => true,
-        _ => {
-            return Err(format!(
-                "conformance: unknown arguments {args:?} (try `--release`)"
-            ));
+    let (mut release, mut pmd_count) = (false, PMD_COUNT);
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--release" => release = true,
+            "--pmd-count" => {
+                pmd_count = rest
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("conformance: --pmd-count needs a positive number")?;
+            }
+            _ => {
+                return Err(format!(
+                    "conformance: unknown arguments {args:?} (try `--release`, `--pmd-count N`)"
+                ));
+            }
         }
-    };
+    }
     let started = Instant::now();
     let require = std::env::var("EVENT_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
     let root = workspace_root()?;
@@ -128,12 +149,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // kosoku exits non-zero when a case fails; the verdicts come from the
     // report either way.
     let status = run_limited_status(&mut suite, SUITE_LIMIT, "kosoku")?;
-    drop(server);
 
     let index = report.join("index.json");
     let text = std::fs::read_to_string(&index)
         .map_err(|e| format!("kosoku ({status}) wrote no {}: {e}", index.display()))?;
-    let verdicts = parse_index(&text)?;
+    let mut verdicts = parse_index(&text)?;
+    let replay = replay_compression(&dir.join("venv"), &root, &server.url, pmd_count, &report);
+    drop(server);
+    verdicts.extend(replay?);
+    verdicts.sort_by_key(|v| case_key(&v.case));
     println!("\n{}", summary_table(&verdicts));
     let problems = judge(&verdicts, &allowed);
     println!(
@@ -178,6 +202,69 @@ pub(crate) fn target_dir() -> Result<PathBuf, String> {
         .ok_or_else(|| "cargo metadata has no target_directory".to_owned())
 }
 
+/// Replays cases 12.* and 13.* with `xtask/scripts/pmd_replay.py` against
+/// `url`, `count` messages per case, on Autobahn's test files as kosoku
+/// ships them; its lines go to `report/pmd_replay.jsonl`.
+fn replay_compression(
+    venv: &Path,
+    root: &Path,
+    url: &str,
+    count: usize,
+    report: &Path,
+) -> Result<Vec<Verdict>, String> {
+    let python = venv.join("bin/python");
+    let data = Command::new(&python)
+        .args([
+            "-c",
+            "import kosoku, os; print(os.path.join(os.path.dirname(kosoku.__file__), \
+             'shim', 'autobahntestsuite', 'testdata'))",
+        ])
+        .output()
+        .map_err(|e| format!("cannot find kosoku's test files: {e}"))?;
+    let data = String::from_utf8_lossy(&data.stdout).trim().to_owned();
+    let script = root.join("xtask/scripts/pmd_replay.py");
+    println!(
+        "==> python {} {url} {data} --count {count} --case '12.*' --case '13.*'",
+        script.display()
+    );
+    let lines = report.join("pmd_replay.jsonl");
+    let out = std::fs::File::create(&lines)
+        .map_err(|e| format!("cannot write {}: {e}", lines.display()))?;
+    let mut replay = Command::new(&python);
+    replay
+        .arg(&script)
+        .args([url, &data, "--count", &count.to_string()])
+        .args(["--case", "12.*", "--case", "13.*"])
+        .stdout(out);
+    // Exits non-zero when a case fails; the verdicts come from its lines.
+    let status = run_limited_status(&mut replay, SUITE_LIMIT, "the permessage-deflate replay")?;
+    let text = std::fs::read_to_string(&lines)
+        .map_err(|e| format!("cannot read {}: {e}", lines.display()))?;
+    let verdicts = parse_replay(&text);
+    if verdicts.is_empty() {
+        return Err(format!(
+            "the permessage-deflate replay ({status}) reported no case"
+        ));
+    }
+    for v in verdicts.iter().filter(|v| v.verdict != "OK") {
+        println!("    {} {}", v.case, v.verdict);
+    }
+    Ok(verdicts)
+}
+
+/// The verdicts of the replay's JSON lines (`{"case", "verdict", …}`).
+fn parse_replay(text: &str) -> Vec<Verdict> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|v| {
+            Some(Verdict {
+                case: v["case"].as_str()?.to_owned(),
+                verdict: v["verdict"].as_str().unwrap_or("FAILED").to_owned(),
+            })
+        })
+        .collect()
+}
+
 /// Makes sure `venv` holds kosoku at the pinned version; returns its
 /// command, or why it cannot be had.
 fn install_kosoku(venv: &Path) -> Result<PathBuf, String> {
@@ -187,11 +274,17 @@ fn install_kosoku(venv: &Path) -> Result<PathBuf, String> {
         Command::new(python)
             .args([
                 "-c",
-                &format!("import importlib.metadata as m; print(m.version('{KOSOKU}'))"),
+                &format!(
+                    "import importlib.metadata as m; \
+                     print(m.version('{KOSOKU}'), m.version('websockets'))"
+                ),
             ])
             .stderr(Stdio::null())
             .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == KOSOKU_VERSION)
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).trim()
+                    == format!("{KOSOKU_VERSION} {WEBSOCKETS_VERSION}")
+            })
     };
     if kosoku.exists() && installed(&python) {
         return Ok(kosoku);
@@ -212,7 +305,7 @@ fn install_kosoku(venv: &Path) -> Result<PathBuf, String> {
         )
         .map_err(|e| format!("{e} (on Debian the venv module is the package python3-venv)"))?;
     }
-    println!("==> pip install {KOSOKU}=={KOSOKU_VERSION}");
+    println!("==> pip install {KOSOKU}=={KOSOKU_VERSION} websockets=={WEBSOCKETS_VERSION}");
     run_limited(
         Command::new(&python).args([
             "-m",
@@ -221,6 +314,7 @@ fn install_kosoku(venv: &Path) -> Result<PathBuf, String> {
             "--disable-pip-version-check",
             "--quiet",
             &format!("{KOSOKU}=={KOSOKU_VERSION}"),
+            &format!("websockets=={WEBSOCKETS_VERSION}"),
         ]),
         PIP_LIMIT,
         "pip install",
@@ -550,6 +644,31 @@ mod tests {
         assert!(
             table.contains("| **all** | 6 | 2 | 1 | 1 | 1 | 1 |"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn the_replays_lines_are_verdicts() {
+        let text = concat!(
+            r#"{"case": "12.1.1", "verdict": "OK", "result": "100 echoes identical"}"#,
+            "\n",
+            r#"{"case": "13.7.18", "verdict": "FAILED", "result": "the echo differs"}"#,
+            "\nTraceback (most recent call last):\n",
+            r#"{"case": "13.1.1"}"#,
+            "\n",
+        );
+        let got = parse_replay(text);
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|v| (v.case.as_str(), v.verdict.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("12.1.1", "OK"),
+                ("13.7.18", "FAILED"),
+                ("13.1.1", "FAILED")
+            ]
         );
     }
 

@@ -267,6 +267,8 @@ impl Assembly<'_> {
             max_connections: self.config.max_connections,
             allowed_origins: self.config.allowed_origins.clone(),
             max_rate: self.config.stream_max_rate(),
+            compression: self.config.ws_compression,
+            compress_min_bytes: self.config.ws_compress_min_bytes,
             ..event_ws::WsConfig::default()
         };
         let mut ws = event_ws::WsEndpoint::new(

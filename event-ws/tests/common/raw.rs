@@ -46,10 +46,16 @@ impl RawClient {
 
     /// Upgrades `tcp` (connected to the server) on `path`, reading nothing
     /// after the `101`.
-    pub async fn upgrade(mut tcp: TcpStream, path: &str) -> RawClient {
+    pub async fn upgrade(tcp: TcpStream, path: &str) -> RawClient {
+        RawClient::upgrade_with(tcp, path, "").await.0
+    }
+
+    /// Upgrades with `extra` header lines (each ending in CRLF); returns the
+    /// client and the `101`'s head, lowercased.
+    pub async fn upgrade_with(mut tcp: TcpStream, path: &str, extra: &str) -> (RawClient, String) {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
         );
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut client = RawClient {
@@ -65,12 +71,12 @@ impl RawClient {
             client.read_more().await;
         };
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let head = head.to_ascii_lowercase();
         assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
             "{head}"
         );
-        client
+        (client, head)
     }
 
     pub async fn read_more(&mut self) {
@@ -86,10 +92,17 @@ impl RawClient {
     /// The next server frame: opcode and payload. Server frames are never
     /// masked and never fragmented.
     pub async fn frame(&mut self) -> (u8, Vec<u8>) {
+        let (b0, payload) = self.frame_with_bits().await;
+        assert_eq!(b0 & 0xF0, 0x80, "FIN set, no reserved bits: {b0:#x}");
+        (b0 & 0x0F, payload)
+    }
+
+    /// The next server frame: its first header byte (FIN, RSV bits,
+    /// opcode) and payload, whatever the bits.
+    pub async fn frame_with_bits(&mut self) -> (u8, Vec<u8>) {
         loop {
             if self.buf.len() >= 2 {
                 let (b0, b1) = (self.buf[0], self.buf[1]);
-                assert_eq!(b0 & 0xF0, 0x80, "FIN set, no reserved bits: {b0:#x}");
                 assert_eq!(b1 & 0x80, 0, "a server frame must not be masked");
                 let (len, at) = match b1 & 0x7F {
                     126 if self.buf.len() >= 4 => {
@@ -105,7 +118,7 @@ impl RawClient {
                 if len != usize::MAX && self.buf.len() >= at + len {
                     let payload = self.buf[at..at + len].to_vec();
                     self.buf.drain(..at + len);
-                    return (b0 & 0x0F, payload);
+                    return (b0, payload);
                 }
             }
             self.read_more().await;

@@ -18,6 +18,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::hist::Histogram;
 use crate::http::Target;
+use crate::wsraw::{Msg, RawWs};
 
 /// Close code of a WebSocket dropped as a slow consumer (docs/protocol.md §2).
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
@@ -31,6 +32,19 @@ pub enum Kind {
     Sse,
 }
 
+/// The WebSocket client the subscribers use (`--ws-client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WsClient {
+    /// tokio-tungstenite (no extension offered).
+    #[default]
+    Tungstenite,
+    /// This crate's raw client, counting the bytes on the wire; no
+    /// extension offered.
+    Raw,
+    /// The raw client offering permessage-deflate.
+    Deflate,
+}
+
 /// Where and how clients connect.
 #[derive(Debug, Clone)]
 pub struct SubConfig {
@@ -42,6 +56,8 @@ pub struct SubConfig {
     pub sse_path: String,
     /// How long a connection may take to deliver its first frame.
     pub connect_timeout: Duration,
+    /// The WebSocket client.
+    pub ws_client: WsClient,
 }
 
 /// Counters all clients add to, read by the progress line and the end check.
@@ -94,6 +110,10 @@ pub struct ClientStats {
     pub error: Option<String>,
     /// Publish → receive latency, nanoseconds.
     pub latency: Histogram,
+    /// Raw WebSocket client: bytes read off the socket after the upgrade.
+    pub wire_bytes: u64,
+    /// Raw WebSocket client: messages that came compressed.
+    pub compressed: u64,
 }
 
 /// Current Unix time in nanoseconds.
@@ -457,9 +477,12 @@ pub async fn subscriber(
     home: Option<u64>,
 ) -> ClientStats {
     let permit = permits.acquire_owned().await;
-    let connection = match kind {
-        Kind::Ws => ws_connect(&cfg).await.map(Either::Ws),
-        Kind::Sse => sse_connect(&cfg).await.map(Either::Sse),
+    let connection = match (kind, cfg.ws_client) {
+        (Kind::Ws, WsClient::Tungstenite) => ws_connect(&cfg).await.map(Either::Ws),
+        (Kind::Ws, client) => RawWs::connect(&cfg, client == WsClient::Deflate)
+            .await
+            .map(|ws| Either::Raw(Box::new(ws))),
+        (Kind::Sse, _) => sse_connect(&cfg).await.map(Either::Sse),
     };
     drop(permit);
     let connection = match connection {
@@ -478,6 +501,7 @@ pub async fn subscriber(
     tracker.stats.kind = Some(kind);
     let dropped = match connection {
         Either::Ws(ws) => track_ws(ws, &mut tracker, &mut stop).await,
+        Either::Raw(ws) => track_raw_ws(*ws, &mut tracker, &mut stop).await,
         Either::Sse(sse) => track_sse(sse, &mut tracker, &mut stop).await,
     };
     tracker.leave(dropped)
@@ -485,7 +509,44 @@ pub async fn subscriber(
 
 enum Either {
     Ws(Ws),
+    Raw(Box<RawWs>),
     Sse(Sse),
+}
+
+/// [`track_ws`] for the raw client; its byte and compression counts go to
+/// the client's stats.
+async fn track_raw_ws(
+    mut ws: RawWs,
+    tracker: &mut Tracker,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let dropped = loop {
+        if stopped(stop) {
+            ws.close().await;
+            break false;
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            msg = ws.next() => match msg {
+                Ok(Some(Msg::Text(text))) => {
+                    if let Some((t, n, o)) = parse_probe_origin(&text) {
+                        tracker.probe(t, n, o, unix_nanos());
+                        tracker.flush();
+                    }
+                }
+                Ok(Some(Msg::Close(code))) => {
+                    if code == Some(CLOSE_SLOW_CONSUMER) {
+                        tracker.stats.lag_signals += 1;
+                    }
+                    break true;
+                }
+                Ok(None) | Err(_) => break true,
+            },
+        }
+    };
+    tracker.stats.wire_bytes = ws.wire_bytes;
+    tracker.stats.compressed = ws.compressed;
+    dropped
 }
 
 /// Returns whether the connection ended on its own.

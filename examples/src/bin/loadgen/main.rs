@@ -40,6 +40,7 @@ mod progress;
 mod scale;
 mod sys;
 mod webhook;
+mod wsraw;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +50,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 
-use client::{ClientStats, Kind, Shared, SubConfig, subscriber, unix_nanos};
+use client::{ClientStats, Kind, Shared, SubConfig, WsClient, subscriber, unix_nanos};
 use hist::Histogram;
 use http::{HttpClient, Target};
 use progress::Progress;
@@ -83,6 +84,15 @@ struct Args {
     /// Size of each event's flat JSON, in bytes.
     #[arg(long, default_value_t = 256)]
     payload: usize,
+    /// What pads each event to `--payload`: `x` repeated, or words (text
+    /// that compresses like text, for `--ws-client deflate`).
+    #[arg(long, value_enum, default_value = "x")]
+    pad: Pad,
+    /// The WebSocket client: `tungstenite`, or this tool's own (`raw`,
+    /// counting the bytes on the wire; `deflate`, the same offering
+    /// permessage-deflate).
+    #[arg(long, value_enum, default_value = "tungstenite")]
+    ws_client: WsClient,
     /// Milliseconds between publish requests.
     #[arg(long, default_value_t = 5)]
     batch_ms: u64,
@@ -131,6 +141,15 @@ struct Args {
     quiet: bool,
 }
 
+/// What pads a probe event (`--pad`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pad {
+    /// `x` repeated.
+    X,
+    /// Words, varying with the event's counter.
+    Words,
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
@@ -157,6 +176,7 @@ fn sub_config(args: &Args, target: Target) -> SubConfig {
         ws_path: with("/api/v1/ws", &ws_query),
         sse_path: with("/api/v1/events", &sse_query),
         connect_timeout: secs(args.connect_timeout),
+        ws_client: args.ws_client,
     }
 }
 
@@ -218,6 +238,36 @@ async fn main() -> std::process::ExitCode {
 /// Appends one probe event of `size` bytes (or the minimum size); in
 /// cluster mode tagged with the instance it is published on.
 fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, origin: Option<usize>, size: usize) {
+    probe_event_padded(out, t, n, origin, size, Pad::X);
+}
+
+/// [`probe_event`] padded with `pad`.
+fn probe_event_padded(
+    out: &mut Vec<u8>,
+    t: u64,
+    n: u64,
+    origin: Option<usize>,
+    size: usize,
+    pad: Pad,
+) {
+    const WORDS: [&str; 16] = [
+        "embedding",
+        "chunk",
+        "note",
+        "linked",
+        "summary",
+        "tag",
+        "memory",
+        "job",
+        "queued",
+        "vector",
+        "index",
+        "search",
+        "title",
+        "content",
+        "model",
+        "token",
+    ];
     let start = out.len();
     let origin = origin.map(|o| format!("o={o};")).unwrap_or_default();
     out.extend_from_slice(
@@ -226,8 +276,20 @@ fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, origin: Option<usize>, size: u
         )
         .as_bytes(),
     );
-    let pad = size.saturating_sub(out.len() - start + 2);
-    out.resize(out.len() + pad, b'x');
+    let len = size.saturating_sub(out.len() - start + 2);
+    match pad {
+        Pad::X => out.resize(out.len() + len, b'x'),
+        Pad::Words => {
+            let end = out.len() + len;
+            let mut i = n as usize;
+            while out.len() < end {
+                out.extend_from_slice(WORDS[(i * 7 + i / 16) % WORDS.len()].as_bytes());
+                out.push(b' ');
+                i += 1;
+            }
+            out.truncate(end);
+        }
+    }
     out.extend_from_slice(b"\"}");
 }
 
@@ -274,12 +336,13 @@ async fn publish(args: Args, targets: Vec<Target>, published: Arc<AtomicU64>) ->
                 if i > 0 {
                     body.push(b',');
                 }
-                probe_event(
+                probe_event_padded(
                     &mut body,
                     t,
                     out.count + i,
                     cluster.then_some(at),
                     args.payload,
+                    args.pad,
                 );
             }
             body.push(b']');
@@ -448,7 +511,8 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     } else {
         publish_started.elapsed().as_secs_f64()
     };
-    let server_cpu_pct = server_cpu.and_then(|m| m.percent());
+    let server_cpu_pct = server_cpu.as_ref().and_then(CpuMeter::percent);
+    let server_cpu_s = server_cpu.as_ref().and_then(CpuMeter::seconds);
     let client_cpu_pct = client_cpu.percent();
     running.finish();
     let _ = stop_tx.send(true);
@@ -458,6 +522,8 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     let mut stats = ClientStats::default();
     let (mut same_latency, mut cross_latency) = (Histogram::default(), Histogram::default());
     let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
+    // The raw WebSocket client's counts (`--ws-client raw|deflate`).
+    let (mut ws_received, mut ws_wire_bytes, mut ws_compressed) = (0u64, 0u64, 0u64);
     for handle in handles {
         let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), handle).await else {
             failed += 1;
@@ -479,8 +545,13 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         cross_latency.merge(&s.cross_latency);
         dropped += u64::from(s.dropped);
         latency.merge(&s.latency);
+        ws_wire_bytes += s.wire_bytes;
+        ws_compressed += s.compressed;
         match s.kind {
-            Some(Kind::Ws) => ws_latency.merge(&s.latency),
+            Some(Kind::Ws) => {
+                ws_received += s.received;
+                ws_latency.merge(&s.latency);
+            }
             Some(Kind::Sse) => sse_latency.merge(&s.latency),
             None => {}
         }
@@ -520,7 +591,16 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         "latency_us_same": cluster.then(|| percentiles(&same_latency)),
         "latency_us_cross": cluster.then(|| percentiles(&cross_latency)),
         "server_cpu_pct": server_cpu_pct,
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_us_per_delivery": server_cpu_s
+            .filter(|_| stats.received > 0)
+            .map(|s| s * 1e6 / stats.received as f64),
         "client_cpu_pct": client_cpu_pct,
+        "ws_client": format!("{:?}", args.ws_client).to_lowercase(),
+        "ws_wire_bytes": ws_wire_bytes,
+        "ws_wire_bytes_per_event": (args.ws_client != WsClient::Tungstenite && ws_received > 0)
+            .then(|| ws_wire_bytes as f64 / ws_received as f64),
+        "ws_compressed_messages": ws_compressed,
     })
 }
 
@@ -558,5 +638,14 @@ mod tests {
         assert_eq!(out.len(), 256);
         assert_eq!(client::parse_probe_origin(&out), Some((7, 8, Some(2))));
         assert_eq!(client::parse_probe(&out), Some((7, 8)));
+        // Padded with words: the same size, still JSON, still a probe.
+        for size in [256, 1024, 4096] {
+            let mut out = Vec::new();
+            probe_event_padded(&mut out, 7, 9, None, size, Pad::Words);
+            assert_eq!(out.len(), size);
+            let v: Value = serde_json::from_slice(&out).unwrap();
+            assert!(v["message"].as_str().unwrap().contains("embedding"));
+            assert_eq!(client::parse_probe(&out), Some((7, 9)));
+        }
     }
 }

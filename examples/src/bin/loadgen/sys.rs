@@ -43,6 +43,11 @@ impl CpuMeter {
         }
     }
 
+    /// CPU seconds used since `start`.
+    pub fn seconds(&self) -> Option<f64> {
+        Some(cpu_seconds(&self.pid)? - self.start_cpu?)
+    }
+
     /// Percent of one core used since `start` (200 = both cores of two).
     pub fn percent(&self) -> Option<f64> {
         let used = cpu_seconds(&self.pid)? - self.start_cpu?;
