@@ -135,6 +135,7 @@
 //! (see its documentation and `examples/src/bin/third-party-sse.rs`).
 
 mod channel;
+mod compress;
 mod config;
 mod consumer;
 mod cors;
@@ -148,6 +149,7 @@ mod params;
 mod stream;
 
 pub use channel::SseChannel;
+pub use compress::{Compression, Encoding, TEXT_COMPRESS_MIN};
 pub use config::{MAX_HEARTBEAT_SECS, MAX_HISTORY_LIMIT, MIN_HEARTBEAT_SECS, SseConfig};
 pub use cors::{ALLOWED_HEADERS, cors_layer};
 pub use endpoint::SseEndpoint;
