@@ -12,11 +12,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/page.rs"]
+mod page;
+
 use std::io::Read;
 use std::process::Stdio;
 
 use clap::Parser;
-use event_server::testing::{Server, WAIT, client};
+use event_server::testing::{Server, TempDir, WAIT, client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -540,4 +543,61 @@ async fn keepalives_are_compressed_and_flushed() {
     for raw in &mut streams {
         raw.wait_for(": keepalive").await;
     }
+}
+
+/// Chromium's `EventSource` reads a compressed stream: the encoding its
+/// network stack negotiates with the host (seen through `fetch`, which
+/// shows the response's `Content-Encoding`) is a compressed one, and the
+/// `EventSource` receives each event before the next is published.
+#[tokio::test]
+async fn a_browser_event_source_reads_a_compressed_stream() {
+    if !page::browser_available() {
+        return;
+    }
+    let _one = page::one_browser_at_a_time().await;
+    let server = Server::start(&[]).await;
+    let driver = event_test_support::browser::Driver::start().await;
+    let profile = TempDir::new();
+    let browser = driver.open(profile.path()).await;
+    browser.goto(&server.url("/health")).await.unwrap();
+    browser
+        .execute(
+            r#"
+            window.got = [];
+            window.es = new EventSource('/api/v1/events?heartbeat=300&events=JobProgress');
+            window.es.addEventListener('JobProgress', e => window.got.push(e.data));
+            fetch('/api/v1/events?heartbeat=300').then(r => {
+                window.encoding = r.headers.get('content-encoding') || 'identity';
+                return r.body.cancel();
+            });
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let encoding = page::until("the fetch's response head", || async {
+        let v = browser.execute("return window.encoding || null", vec![]).await.ok()?;
+        v.as_str().map(str::to_owned)
+    })
+    .await;
+    assert!(
+        ENCODINGS.contains(&encoding.as_str()),
+        "Chromium was sent {encoding}"
+    );
+    eprintln!("Chromium's stream: Content-Encoding {encoding}");
+    page::until("the EventSource to open", || async {
+        let v = browser.execute("return window.es.readyState", vec![]).await.ok()?;
+        (v.as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    for i in 0..5 {
+        let (body, marker) = event(i * 3);
+        server.publish(&body).await;
+        page::until(&format!("event {i} in the page"), || async {
+            let v = browser.execute("return window.got.join('\\n')", vec![]).await.ok()?;
+            v.as_str()?.contains(&marker).then_some(())
+        })
+        .await;
+    }
+    browser.close().await.unwrap();
 }
