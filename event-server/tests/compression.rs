@@ -576,7 +576,10 @@ async fn a_browser_event_source_reads_a_compressed_stream() {
         .await
         .unwrap();
     let encoding = page::until("the fetch's response head", || async {
-        let v = browser.execute("return window.encoding || null", vec![]).await.ok()?;
+        let v = browser
+            .execute("return window.encoding || null", vec![])
+            .await
+            .ok()?;
         v.as_str().map(str::to_owned)
     })
     .await;
@@ -586,7 +589,10 @@ async fn a_browser_event_source_reads_a_compressed_stream() {
     );
     eprintln!("Chromium's stream: Content-Encoding {encoding}");
     page::until("the EventSource to open", || async {
-        let v = browser.execute("return window.es.readyState", vec![]).await.ok()?;
+        let v = browser
+            .execute("return window.es.readyState", vec![])
+            .await
+            .ok()?;
         (v.as_u64() == Some(1)).then_some(())
     })
     .await;
@@ -594,7 +600,10 @@ async fn a_browser_event_source_reads_a_compressed_stream() {
         let (body, marker) = event(i * 3);
         server.publish(&body).await;
         page::until(&format!("event {i} in the page"), || async {
-            let v = browser.execute("return window.got.join('\\n')", vec![]).await.ok()?;
+            let v = browser
+                .execute("return window.got.join('\\n')", vec![])
+                .await
+                .ok()?;
             v.as_str()?.contains(&marker).then_some(())
         })
         .await;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster|compression]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
@@ -11,7 +11,10 @@
 //! (`bench/log.rs`) and prints its table; `--only cluster` measures three
 //! instances on one JetStream stream, on one NATS and on a three-node NATS
 //! cluster (`bench/cluster.rs`), and writes its own section of BENCHMARKS.md
-//! (after the analysis marker, so full runs keep it).
+//! (after the analysis marker, so full runs keep it); `--only compression`
+//! measures SSE compression, bytes on the wire and server CPU per delivery
+//! with each encoding against plain (`bench/compress.rs`), and prints its
+//! table.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -34,6 +37,7 @@
 //! kept, so hand-written profiling notes survive a re-run.
 
 mod cluster;
+mod compress;
 mod log;
 mod report;
 mod run;
@@ -208,9 +212,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("embed")) => return embed_only(&plan),
         Some(Some("log")) => return log::log_only(&plan),
         Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
+        Some(Some("compression")) => return compress::compression_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log` and `cluster`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log`, `cluster` and `compression`",
                 other.unwrap_or("")
             ));
         }
