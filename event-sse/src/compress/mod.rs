@@ -318,8 +318,8 @@ const PACK_ZSTD: u8 = 8;
 ///
 /// Layout: a flags byte, then per section present, in flag order:
 /// gzip `crc32, x^(8·len) mod P, len, piece length, piece`; gzip delta
-/// `sequence before (u64), piece length, piece`; br and zstd `piece length,
-/// piece`; integers little-endian, lengths u32.
+/// `sequence before (u64), crc32 of the frame before, piece length, piece`;
+/// br and zstd `piece length, piece`; integers little-endian, lengths u32.
 pub(crate) fn pack(frame: &[u8], before: impl FnOnce() -> Option<(u64, Bytes)>) -> Bytes {
     let seen = SEEN.load(Ordering::Acquire);
     let mut out = BytesMut::with_capacity(frame.len() + 32);
@@ -351,6 +351,7 @@ pub(crate) fn pack(frame: &[u8], before: impl FnOnce() -> Option<(u64, Bytes)>) 
         {
             flags |= PACK_GZIP_DELTA;
             out.put_u64_le(seq);
+            out.put_u32_le(crc32fast::hash(&prev));
             put_piece(&mut out, |out| out.extend_from_slice(&delta));
         }
     }
@@ -387,7 +388,7 @@ fn put_piece(out: &mut BytesMut, write: impl FnOnce(&mut BytesMut)) {
 #[derive(Debug, Default)]
 struct PackView {
     gzip: Option<(u32, u32, u32, Range<usize>)>,
-    delta: Option<(u64, Range<usize>)>,
+    delta: Option<(u64, u32, Range<usize>)>,
     br: Option<Range<usize>>,
     zstd: Option<Range<usize>>,
 }
@@ -418,7 +419,8 @@ impl PackView {
         if flags & PACK_GZIP_DELTA != 0 {
             let seq = u64::from_le_bytes(pack.get(at..at + 8)?.try_into().ok()?);
             at += 8;
-            view.delta = Some((seq, piece(&mut at)?));
+            let crc = u32_at(&mut at)?;
+            view.delta = Some((seq, crc, piece(&mut at)?));
         }
         if flags & PACK_BR != 0 {
             view.br = Some(piece(&mut at)?);
@@ -446,9 +448,12 @@ pub(crate) struct WireEncoder {
     /// gzip: the CRC-32 and length (mod 2^32) of everything written.
     crc: u32,
     size: u32,
-    /// The sequence number of the event whose frame was the last thing
-    /// written (0: something else was, or nothing yet).
-    last: u64,
+    /// The sequence number and CRC-32 of the event frame that was the
+    /// last thing written (0: something else was, or nothing yet). A delta
+    /// piece is written only right after the very bytes it was compressed
+    /// after: same event, same CRC (an event read back from the log is
+    /// another instance, whose frame must be the same bytes to qualify).
+    last: (u64, u32),
 }
 
 impl WireEncoder {
@@ -457,7 +462,7 @@ impl WireEncoder {
             encoding,
             crc: 0,
             size: 0,
-            last: 0,
+            last: (0, 0),
         }
     }
 
@@ -489,7 +494,7 @@ impl WireEncoder {
         if text.is_empty() {
             return;
         }
-        self.last = 0;
+        self.last = (0, 0);
         self.fresh(text, text.len() >= TEXT_COMPRESS_MIN, out);
     }
 
@@ -530,14 +535,17 @@ impl WireEncoder {
         sink: &mut impl Sink,
     ) {
         let view = pack.and_then(|p| PackView::parse(p));
-        let after = std::mem::replace(&mut self.last, seq);
+        let after = std::mem::replace(&mut self.last, (seq, 0));
         let shared = match (self.encoding, &view, pack) {
             (Encoding::Gzip, Some(view), Some(pack)) => {
                 view.gzip.as_ref().map(|(crc, shift, len, alone)| {
                     self.crc = gzip::combine(self.crc, *crc, *shift);
                     self.size = self.size.wrapping_add(*len);
+                    self.last.1 = *crc;
                     match &view.delta {
-                        Some((before, delta)) if after != 0 && *before == after => {
+                        Some((before, before_crc, delta))
+                            if after.0 != 0 && (*before, *before_crc) == after =>
+                        {
                             pack.slice(delta.clone())
                         }
                         _ => pack.slice(alone.clone()),
@@ -550,7 +558,12 @@ impl WireEncoder {
         };
         match shared {
             Some(bytes) => sink.shared(bytes),
-            None => self.fresh(frame, frame.len() >= FRAME_COMPRESS_MIN, sink.buf()),
+            None => {
+                if self.encoding == Encoding::Gzip {
+                    self.last.1 = crc32fast::hash(frame);
+                }
+                self.fresh(frame, frame.len() >= FRAME_COMPRESS_MIN, sink.buf());
+            }
         }
     }
 }

@@ -295,8 +295,8 @@ fn a_delta_is_used_only_right_after_its_event() {
     let pb = pack(&b, || Some((1, a.clone())));
     let view = PackView::parse(&pb).unwrap();
     let (_, _, _, alone) = view.gzip.clone().unwrap();
-    let (before, delta) = view.delta.clone().unwrap();
-    assert_eq!(before, 1);
+    let (before, before_crc, delta) = view.delta.clone().unwrap();
+    assert_eq!((before, before_crc), (1, crc32fast::hash(&a)));
     let write = |last: Option<(u64, &Bytes)>, text: bool| {
         let mut enc = WireEncoder::new(Encoding::Gzip);
         let mut out = Out::default();
@@ -313,5 +313,9 @@ fn a_delta_is_used_only_right_after_its_event() {
     assert_eq!(write(Some((1, &a)), false), &pb[delta]);
     assert_eq!(write(None, false), &pb[alone.clone()]);
     assert_eq!(write(Some((1, &a)), true), &pb[alone.clone()]);
-    assert_eq!(write(Some((5, &a)), false), &pb[alone]);
+    assert_eq!(write(Some((5, &a)), false), &pb[alone.clone()]);
+    // The same event, other bytes (another instance of it that framed
+    // differently): not the bytes the delta refers to.
+    let other = frame(3);
+    assert_eq!(write(Some((1, &other)), false), &pb[alone]);
 }
