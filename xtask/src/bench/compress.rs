@@ -109,22 +109,33 @@ fn table(sizes: &Sizes, rows: &[Value]) -> String {
          |---|---|---|---|---|---|\n",
         sizes.subscribers, sizes.rate, sizes.duration
     );
-    let mut plain = (1.0, 1.0);
+    // A share of the plain run's figure; none when that is too small to
+    // divide by (a quick run's CPU is a few clock ticks).
+    let share = |v: f64, plain: f64| {
+        if plain >= 1.0 {
+            format!("{:.0} %", v / plain * 100.0)
+        } else {
+            "—".to_owned()
+        }
+    };
+    let mut plain = (0.0, 0.0);
     for row in rows {
         let bytes = row["bytes_per_event"].as_f64().unwrap_or(0.0);
         let cpu = row["cpu_ns_per_delivery"].as_f64().unwrap_or(0.0);
         if row["encoding"] == "plain" {
-            plain = (bytes.max(1e-9), cpu.max(1e-9));
+            plain = (bytes, cpu);
         }
         out.push_str(&format!(
-            "| {} | {} | {bytes:.1} | {:.0} % | {:.0} ns | {:.0} % |\n",
+            "| {} | {} | {bytes:.1} | {} | {cpu:.0} ns | {} |\n",
             row["format"].as_str().unwrap_or(""),
             row["encoding"].as_str().unwrap_or(""),
-            bytes / plain.0 * 100.0,
-            cpu,
-            cpu / plain.1 * 100.0,
+            share(bytes, plain.0),
+            share(cpu, plain.1),
         ));
     }
+    out.push_str(
+        "\nCPU is the server's user + system time (clock ticks of /proc/<pid>/stat) over events × subscribers.\n",
+    );
     out
 }
 
