@@ -610,3 +610,40 @@ async fn a_browser_event_source_reads_a_compressed_stream() {
     }
     browser.close().await.unwrap();
 }
+
+/// A named consumer's stream (fed from the event log, not the live
+/// fan-out) is compressed the same way and decodes to what a plain
+/// consumer of the same events receives.
+#[tokio::test]
+async fn a_consumer_stream_is_compressed_too() {
+    let server = Server::start(&[]).await;
+    for (n, encoding) in ENCODINGS.into_iter().enumerate() {
+        for format in ["v1", "envelope"] {
+            let path = |name: &str| {
+                format!("/api/v1/events?consumer={name}-{n}-{format}&format={format}&heartbeat=300")
+            };
+            let mut plain = Raw::open(
+                &server,
+                &format!("{}&compression=false", path("plain")),
+                None,
+            )
+            .await;
+            let mut packed = Raw::open(&server, &path("packed"), Some(encoding)).await;
+            assert_eq!(packed.header("content-encoding").as_deref(), Some(encoding));
+            let mut markers = Vec::new();
+            for i in 0..9 {
+                let (body, marker) = event(i);
+                server.publish(&body).await;
+                markers.push(marker);
+            }
+            let last = markers.last().unwrap();
+            plain.wait_for(last).await;
+            packed.wait_for(last).await;
+            assert_eq!(
+                String::from_utf8_lossy(&from_marker(&packed.decoded(), &markers[0])),
+                String::from_utf8_lossy(&from_marker(&plain.decoded(), &markers[0])),
+                "{encoding} {format}"
+            );
+        }
+    }
+}
