@@ -128,6 +128,13 @@ fn stream_rate(text: &str) -> Result<u32, String> {
     event_core::pace::parse_max_rate(text).map(|rate| rate.map_or(0, |n| n.get()))
 }
 
+/// `SSE_COMPRESSION`: `on`, `off`, or a list of `gzip`, `br`, `zstd`.
+fn compression(text: &str) -> Result<String, String> {
+    #[cfg(feature = "sse")]
+    event_sse::Compression::parse(text)?;
+    Ok(text.trim().to_owned())
+}
+
 fn seconds(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1 second".to_owned()),
@@ -293,6 +300,15 @@ pub struct Config {
     /// waits before reconnecting, in milliseconds.
     #[arg(long = "sse-retry-ms", env = "SSE_RETRY_MS", default_value = "3000", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub sse_retry_ms: u64,
+
+    /// The `Content-Encoding`s SSE streams are offered in, for clients that
+    /// accept them (`Accept-Encoding`; a client opts out with
+    /// `?compression=false`): `on` (gzip, br and zstd), `off` (every stream
+    /// plain), or a comma list of `gzip`, `br`, `zstd`. Each event is
+    /// compressed once per format and encoding in use and shared by every
+    /// connection (docs/protocol.md §3).
+    #[arg(long = "sse-compression", env = "SSE_COMPRESSION", default_value = "on", value_parser = compression)]
+    pub sse_compression: String,
 
     /// Seconds between WebSocket pings.
     #[arg(long = "ws-ping-interval-secs", env = "WS_PING_INTERVAL_SECS", default_value = "30", value_parser = seconds)]

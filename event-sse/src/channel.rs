@@ -15,7 +15,7 @@
 //! publish order, and a connection's replay and its live queue meet exactly:
 //! nothing lost, nothing twice.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SseConfig;
 use crate::endpoint::sse_response;
 use crate::error::SseError;
-use crate::event::{Format, SseEvent, SseId};
+use crate::event::{Format, Packable, SseEvent, SseId};
 use crate::frame;
 use crate::params::Query;
 use crate::stream::{Connection, Feed, Item, StreamSettings};
@@ -47,15 +47,22 @@ struct Entry<E> {
     /// The framed size in [`Format::V1`] and [`Format::Envelope`].
     sizes: [usize; 2],
     event: E,
+    /// The compressed pieces of its frame in each format, made on first
+    /// use and shared by every compressed connection.
+    packs: [OnceLock<Bytes>; 2],
+    /// The entry published before it (compressed streams' delta pieces).
+    previous: Weak<Entry<E>>,
 }
 
 impl<E: SseEvent> Entry<E> {
-    fn new(seq: u64, event: E) -> Self {
+    fn new(seq: u64, event: E, previous: Weak<Entry<E>>) -> Self {
         let size = |format| event.data(format).len() + FRAME_OVERHEAD;
         Entry {
             seq,
             sizes: [size(Format::V1), size(Format::Envelope)],
             event,
+            packs: [OnceLock::new(), OnceLock::new()],
+            previous,
         }
     }
 
@@ -120,6 +127,16 @@ impl<E: SseEvent> SseEvent for Entry<E> {
     }
 }
 
+impl<E: SseEvent> Packable for Entry<E> {
+    fn pack(&self, format: Format, render: impl FnOnce() -> Bytes) -> Option<Bytes> {
+        let slot = match format {
+            Format::V1 => &self.packs[0],
+            Format::Envelope => &self.packs[1],
+        };
+        Some(slot.get_or_init(render).clone())
+    }
+}
+
 /// One connection: its outbox and what it asked for.
 struct Subscriber<E> {
     outbox: Outbox<Entry<E>>,
@@ -142,6 +159,8 @@ struct ChannelState<E> {
     next_seq: u64,
     ring: ReplayRing<Entry<E>>,
     subscribers: Vec<Arc<Subscriber<E>>>,
+    /// The newest entry, the next one's `previous`.
+    last: Weak<Entry<E>>,
 }
 
 struct ChannelInner<E> {
@@ -215,6 +234,7 @@ impl<E: SseEvent> SseChannel<E> {
                     next_seq: 1,
                     ring: ReplayRing::new(replay_size),
                     subscribers: Vec::new(),
+                    last: Weak::new(),
                 }),
                 config,
                 shutdown: CancellationToken::new(),
@@ -241,7 +261,9 @@ impl<E: SseEvent> SseChannel<E> {
     pub fn publish(&self, make: impl FnOnce(u64) -> E) -> u64 {
         let mut st = self.lock();
         let seq = st.next_seq;
-        let entry = Arc::new(Entry::new(seq, make(seq)));
+        let previous = std::mem::take(&mut st.last);
+        let entry = Arc::new(Entry::new(seq, make(seq), previous));
+        st.last = Arc::downgrade(&entry);
         st.next_seq += 1;
         st.ring.push(entry.clone());
         // Connections that went away are pruned here rather than on drop, so
@@ -314,6 +336,7 @@ impl<E: SseEvent> SseChannel<E> {
         let query = Query::parse(req.uri())?;
         let format = query.format(config.format)?;
         let heartbeat = query.heartbeat(config.heartbeat)?;
+        let encoding = query.encoding(req.headers(), config.compression)?;
         let names = match query.get("events") {
             None => None,
             Some(raw) => {
@@ -361,13 +384,18 @@ impl<E: SseEvent> SseChannel<E> {
                 format,
                 heartbeat,
                 stall_timeout: config.stall_timeout,
+                encoding,
             },
             first.freeze(),
             Box::pin(self.inner.shutdown.clone().cancelled_owned()),
             None,
             None,
         );
-        Ok(sse_response(Body::from_stream(conn.into_stream())))
+        Ok(sse_response(
+            Body::from_stream(conn.into_stream()),
+            encoding,
+            !config.compression.is_off(),
+        ))
     }
 }
 
@@ -439,5 +467,9 @@ impl<E: SseEvent> Feed for QueueFeed<E> {
 
     fn stalled_for(&self) -> Option<Duration> {
         self.sub.outbox.full_for()
+    }
+
+    fn previous(&self, event: &Entry<E>) -> Option<Arc<Entry<E>>> {
+        event.previous.upgrade()
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use event_core::OutboxLimits;
 
+use crate::compress::Compression;
 use crate::event::Format;
 
 /// Smallest `?heartbeat=` a client may ask for, in seconds.
@@ -51,6 +52,13 @@ pub struct SseConfig {
     /// is never ended for it ([`event_core::pace`]). Replays are not paced.
     /// Not applied by [`SseChannel`](crate::SseChannel).
     pub max_rate: Option<NonZeroU32>,
+    /// The `Content-Encoding`s offered to clients that accept them (all
+    /// three: gzip, br, zstd; the host's `SSE_COMPRESSION`). A client
+    /// chooses with `Accept-Encoding` and opts out with
+    /// `?compression=false`; [`Compression::OFF`] sends every stream plain.
+    /// Each event is compressed once per format and encoding in use and
+    /// shared by every connection (see docs/protocol.md §3).
+    pub compression: Compression,
 }
 
 impl Default for SseConfig {
@@ -64,6 +72,7 @@ impl Default for SseConfig {
             history_default_limit: 100,
             max_connections: 10_000,
             max_rate: None,
+            compression: Compression::ALL,
         }
     }
 }

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use event_core::{
-    AckMode, AttachRequest, Consumers, Cursor, Delivery, Event, EventFilter, Member, Principal,
-    StartAt,
+    AckMode, AttachRequest, Consumers, Cursor, Delivery, Event, EventBus, EventFilter, Member,
+    Principal, StartAt,
 };
 
 use crate::error::SseError;
@@ -118,20 +118,27 @@ pub(crate) struct ConsumerFeed {
     member: Member,
     scratch: Vec<Delivery>,
     _slot: Slot,
+    /// For the event before one (compressed streams' delta pieces).
+    bus: EventBus,
 }
 
 impl ConsumerFeed {
-    pub(crate) fn new(member: Member, slot: Slot) -> Self {
+    pub(crate) fn new(member: Member, slot: Slot, bus: EventBus) -> Self {
         ConsumerFeed {
             member,
             scratch: Vec::new(),
             _slot: slot,
+            bus,
         }
     }
 }
 
 impl Feed for ConsumerFeed {
     type Event = Event;
+
+    fn previous(&self, event: &Event) -> Option<std::sync::Arc<Event>> {
+        crate::feed::previous_on_bus(&self.bus, event.seq())
+    }
 
     async fn ready(&self) {
         self.member.ready().await;

@@ -23,6 +23,7 @@ use event_core::{
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 
+use crate::compress::Encoding;
 use crate::config::{MAX_HISTORY_LIMIT, MAX_HISTORY_SCAN, SseConfig};
 use crate::error::SseError;
 use crate::event::Format;
@@ -82,9 +83,15 @@ impl SseEndpoint {
         bus: EventBus,
         registry: ConnectionRegistry,
         auth: Arc<dyn Authenticator>,
-        config: SseConfig,
+        mut config: SseConfig,
     ) -> Self {
         crate::event::register_render_keys();
+        if !config.compression.is_off() && !crate::event::register_pack_keys() {
+            tracing::warn!(
+                "SSE compression turned off: events have no room left to cache compressed frames (render keys exhausted)"
+            );
+            config.compression = crate::Compression::OFF;
+        }
         let metrics =
             TransportMetrics::new(Transport::Sse).with_connection_limit(config.max_connections);
         let replays = metrics::meter()
@@ -265,6 +272,7 @@ impl SseEndpoint {
         let format = query.format(inner.config.format)?;
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
         let max_rate = query.max_rate(inner.config.max_rate)?;
+        let encoding = query.encoding(headers, inner.config.compression)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
         let cursor = query.last_event_id(headers);
@@ -304,8 +312,8 @@ impl SseEndpoint {
                     }
                 })
             };
-            let feed = crate::consumer::ConsumerFeed::new(member, slot);
-            return Ok(self.respond(feed, format, heartbeat, first, closed, guard));
+            let feed = crate::consumer::ConsumerFeed::new(member, slot, inner.bus.clone());
+            return Ok(self.respond(feed, (format, encoding), heartbeat, first, closed, guard));
         }
 
         let options = SubscribeOptions {
@@ -388,14 +396,15 @@ impl SseEndpoint {
             slot,
         )
         .paced(max_rate);
-        Ok(self.respond(feed, format, heartbeat, first, closed, guard))
+        Ok(self.respond(feed, (format, encoding), heartbeat, first, closed, guard))
     }
 
-    /// The `200` whose body streams `feed` after `first`.
+    /// The `200` whose body streams `feed` after `first`, in `format` and
+    /// the negotiated encoding.
     fn respond<F: crate::stream::Feed>(
         &self,
         feed: F,
-        format: Format,
+        (format, encoding): (Format, Option<Encoding>),
         heartbeat: Duration,
         first: BytesMut,
         closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -407,13 +416,18 @@ impl SseEndpoint {
                 format,
                 heartbeat,
                 stall_timeout: self.inner.config.stall_timeout,
+                encoding,
             },
             first.freeze(),
             closed,
             Some(self.inner.metrics.clone()),
             Some(guard),
         );
-        sse_response(Body::from_stream(conn.into_stream()))
+        sse_response(
+            Body::from_stream(conn.into_stream()),
+            encoding,
+            !self.inner.config.compression.is_off(),
+        )
     }
 
     /// The connection confirmation: the current `QueueStatus`.
@@ -595,14 +609,16 @@ fn write_queue_status(out: &mut BytesMut, format: Format, status: ServerEvent) {
     }
 }
 
-/// A `200 text/event-stream` response with the headers of docs/protocol.md §3.
-pub(crate) fn sse_response(body: Body) -> Response {
+/// A `200 text/event-stream` response with the headers of docs/protocol.md
+/// §3: `Content-Encoding` when compressed, and `Vary: Accept-Encoding` when
+/// the server compresses for clients that ask (`varies`).
+pub(crate) fn sse_response(body: Body, encoding: Option<Encoding>, varies: bool) -> Response {
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::OK;
-    // Sized for these three: hyper keeps a response's header map for the
+    // Sized for these: hyper keeps a response's header map for the
     // connection's life (to parse the next request into), and the default
-    // first allocation is twice as large.
-    *response.headers_mut() = HeaderMap::with_capacity(3);
+    // first allocation is larger.
+    *response.headers_mut() = HeaderMap::with_capacity(3 + usize::from(varies) * 2);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -610,5 +626,14 @@ pub(crate) fn sse_response(body: Body) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(encoding) = encoding {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(encoding.as_str()),
+        );
+    }
+    if varies {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     response
 }

@@ -22,6 +22,11 @@ use uuid::Uuid;
 static V1_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
 /// Where an [`Event`] caches its `envelope` frame.
 static ENVELOPE_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+/// Where an [`Event`] caches the compressed pieces of its `v1` frame
+/// ([`compress::pack`](crate::compress::pack)).
+static V1_PACK: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+/// Where an [`Event`] caches the compressed pieces of its `envelope` frame.
+static ENVELOPE_PACK: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
 
 /// Registers this crate's render keys now rather than at the first frame,
 /// so that every event the bus weighs for its replay ring counts them
@@ -29,6 +34,14 @@ static ENVELOPE_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
 pub(crate) fn register_render_keys() {
     LazyLock::force(&V1_FRAME);
     LazyLock::force(&ENVELOPE_FRAME);
+}
+
+/// Registers the keys of the compressed pieces (called when an endpoint
+/// that offers compression is built); `false` if events cannot cache them
+/// (the process registered more keys than events hold), in which case the
+/// endpoint does not compress: each connection would compress every event.
+pub(crate) fn register_pack_keys() -> bool {
+    V1_PACK.is_cached() && ENVELOPE_PACK.is_cached()
 }
 
 /// The two frame formats of docs/protocol.md §3.
@@ -67,6 +80,14 @@ impl Format {
         match self {
             Format::V1 => *V1_FRAME,
             Format::Envelope => *ENVELOPE_FRAME,
+        }
+    }
+
+    /// The key of the event's compressed pieces in this format.
+    fn pack_key(self) -> RenderKey {
+        match self {
+            Format::V1 => *V1_PACK,
+            Format::Envelope => *ENVELOPE_PACK,
         }
     }
 }
@@ -186,5 +207,20 @@ impl SseEvent for Event {
             crate::frame::render_frame(ev, format)
         })
         .cloned()
+    }
+}
+
+/// An event whose compressed pieces can be cached with it (see
+/// [`compress`](crate::compress)): the crate's own [`Event`] and the
+/// entries of an [`SseChannel`](crate::SseChannel).
+pub(crate) trait Packable: SseEvent {
+    /// The pack of the event in `format`, made by `render` on the first
+    /// call and shared after; `None` when the event cannot cache it.
+    fn pack(&self, format: Format, render: impl FnOnce() -> Bytes) -> Option<Bytes>;
+}
+
+impl Packable for Event {
+    fn pack(&self, format: Format, render: impl FnOnce() -> Bytes) -> Option<Bytes> {
+        self.rendered(format.pack_key(), |_| render()).cloned()
     }
 }

@@ -478,4 +478,20 @@ impl Feed for HubFeed {
             None => chunk,
         }
     }
+
+    fn previous(&self, event: &Event) -> Option<Arc<Event>> {
+        previous_on_bus(&self.bus, event.seq())
+    }
+}
+
+/// The event numbered `seq - 1` on `bus`, if the replay ring still holds
+/// it (for gzip's delta pieces, see [`crate::compress`]).
+pub(crate) fn previous_on_bus(bus: &EventBus, seq: u64) -> Option<Arc<Event>> {
+    let want = seq.checked_sub(1).filter(|s| *s > 0)?;
+    let ev = bus
+        .history(Some(&Cursor::Seq(want - 1)), 1)
+        .ok()?
+        .into_iter()
+        .next()?;
+    (ev.seq() == want).then_some(ev)
 }

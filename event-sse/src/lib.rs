@@ -41,6 +41,13 @@
 //!   altogether is only visible at the socket: serve with `event-http`
 //!   (which aborts a stalled write on every connection) or through
 //!   [`write_timeout`], so that its connection is aborted too.
+//! * A client that accepts it (`Accept-Encoding`) gets the stream in gzip,
+//!   br or zstd ([`SseConfig::compression`], `?compression=false` for
+//!   plain). Each event is compressed once per format and encoding into
+//!   pieces that any decoder reads as one stream, cached beside its frame
+//!   and shared by every connection as the plain frame is; a connection
+//!   keeps no compressor, and every chunk decodes as it arrives (the
+//!   model: the `compress` module, docs/protocol.md §3 "Compression").
 //! * A kick or `ConnectionRegistry::shutdown()` ends the stream at once, so
 //!   a graceful shutdown completes (a client that stopped reading holds it
 //!   up until the write-stall timeout aborts its connection); the registry
@@ -66,6 +73,7 @@
 //! | a full queue | `stall_timeout`; — | 30 s | the connection is aborted (it must reconnect and resume) |
 //! | a consumer's rate | `max_rate`; `STREAM_MAX_RATE` (the client's `?max_rate=`, 0–10,000, overrides it) | unlimited | over it, live events are held and coalesced (latest `JobProgress` per job, latest `QueueStatus`), the rest counted in `events.lagged`; never disconnected ([`event_core::pace`]) |
 //! | one event | the bus's [`max_event_bytes`](event_core::EventBus::max_event_bytes); `EVENT_MAX_BYTES` | 256 KiB | larger events are refused at publish and never reach a stream |
+//! | `?compression=` | `true`/`false` ([`SseConfig::compression`]; `SSE_COMPRESSION` offers `on`, `off` or a list of `gzip`, `br`, `zstd`) | on, all three | a bad value is `400 invalid_parameter`; a client accepting nothing offered gets plain. A compressed connection keeps 24 bytes of state; its own text is compressed for it only from [`TEXT_COMPRESS_MIN`] bytes |
 //!
 //! [`SseEndpoint::buffered_bytes`] reports what the endpoint holds for its
 //! clients (queued live events and replay in flight).
@@ -135,6 +143,7 @@
 //! (see its documentation and `examples/src/bin/third-party-sse.rs`).
 
 mod channel;
+mod compress;
 mod config;
 mod consumer;
 mod cors;
@@ -148,6 +157,7 @@ mod params;
 mod stream;
 
 pub use channel::SseChannel;
+pub use compress::{Compression, Encoding, TEXT_COMPRESS_MIN};
 pub use config::{MAX_HEARTBEAT_SECS, MAX_HISTORY_LIMIT, MIN_HEARTBEAT_SECS, SseConfig};
 pub use cors::{ALLOWED_HEADERS, cors_layer};
 pub use endpoint::SseEndpoint;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, Uri};
 
+use crate::compress::{Compression, Encoding};
 use crate::config::{MAX_HEARTBEAT_SECS, MIN_HEARTBEAT_SECS};
 use crate::error::SseError;
 use crate::event::Format;
@@ -49,6 +50,42 @@ impl Query {
                 format!("expected whole seconds from {MIN_HEARTBEAT_SECS} to {MAX_HEARTBEAT_SECS}"),
             )),
         }
+    }
+
+    /// The stream's `Content-Encoding`: negotiated from `Accept-Encoding`
+    /// among what `offered` holds, unless `compression=false` (or `0`,
+    /// `off`, `no`) asks for plain; `compression=true` (`1`, `on`, `yes`)
+    /// is the default.
+    pub(crate) fn encoding(
+        &self,
+        headers: &HeaderMap,
+        offered: Compression,
+    ) -> Result<Option<Encoding>, SseError> {
+        let wanted = match self.get("compression").map(str::trim) {
+            None => true,
+            Some(v)
+                if ["true", "1", "on", "yes"]
+                    .iter()
+                    .any(|t| v.eq_ignore_ascii_case(t)) =>
+            {
+                true
+            }
+            Some(v)
+                if ["false", "0", "off", "no"]
+                    .iter()
+                    .any(|t| v.eq_ignore_ascii_case(t)) =>
+            {
+                false
+            }
+            Some(v) => {
+                return Err(SseError::param(
+                    "compression",
+                    v,
+                    "expected `true` or `false`",
+                ));
+            }
+        };
+        Ok(wanted.then(|| offered.negotiate(headers)).flatten())
     }
 
     /// `max_rate=` (events per second, `0`: none), else `default`.

@@ -12,6 +12,12 @@
 //!
 //! The stream owns the connection's registry guard and metrics gauge: when
 //! hyper drops the body (client gone, however it went) both are released.
+//!
+//! A compressed stream ([`compress`](crate::compress)) writes the same
+//! chunks through its [`WireEncoder`]: events as the shared compressed
+//! pieces cached on them, everything else in the encoding's framing. Every
+//! chunk is complete on its own (nothing held back for later), and a stream
+//! that ends cleanly (kick, shutdown) ends with the encoding's trailer.
 
 use std::future::Future;
 use std::io;
@@ -25,7 +31,8 @@ use event_core::{ConnectionGuard, TransportMetrics};
 use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
-use crate::event::{Format, SseEvent};
+use crate::compress::{self, Encoding, Sink, WireEncoder};
+use crate::event::{Format, Packable, SseEvent};
 use crate::frame;
 
 /// One item of a connection's queue.
@@ -50,7 +57,7 @@ pub(crate) enum Item<E> {
 /// Where a connection's events come from.
 pub(crate) trait Feed: Send + 'static {
     /// The event type.
-    type Event: SseEvent;
+    type Event: Packable;
     /// Resolves when items may be pending (cancel-safe; no wake-up is lost).
     fn ready(&self) -> impl Future<Output = ()> + Send + '_;
     /// Moves every pending item into `out`.
@@ -63,6 +70,13 @@ pub(crate) trait Feed: Send + 'static {
     fn seal(&mut self, chunk: Bytes) -> Bytes {
         chunk
     }
+    /// The event right before `event` in the stream every connection of
+    /// this feed's kind is fed from, if it is at hand: a compressed piece of
+    /// `event` may then refer back into its frame (gzip's delta pieces).
+    fn previous(&self, event: &Self::Event) -> Option<Arc<Self::Event>> {
+        let _ = event;
+        None
+    }
 }
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -72,6 +86,8 @@ pub(crate) struct StreamSettings {
     pub format: Format,
     pub heartbeat: Duration,
     pub stall_timeout: Duration,
+    /// The `Content-Encoding`, `None` for plain.
+    pub encoding: Option<Encoding>,
 }
 
 pub(crate) struct Connection<F: Feed> {
@@ -86,6 +102,8 @@ pub(crate) struct Connection<F: Feed> {
     items: Vec<Item<F::Event>>,
     metrics: Option<TransportMetrics>,
     guard: Option<Arc<ConnectionGuard>>,
+    /// The compressed stream's state, `None` for plain.
+    encoder: Option<WireEncoder>,
     finished: bool,
     reason: &'static str,
 }
@@ -103,6 +121,17 @@ impl<F: Feed> Connection<F> {
         if let Some(m) = &metrics {
             m.connection_opened();
         }
+        let mut encoder = settings.encoding.map(WireEncoder::new);
+        let first = match &mut encoder {
+            None => first,
+            Some(encoder) => {
+                compress::note_use(encoder.encoding());
+                let mut out = BytesMut::with_capacity(first.len() + 32);
+                encoder.header(&mut out);
+                encoder.text(&first, &mut out);
+                out.freeze()
+            }
+        };
         Connection {
             feed,
             keepalive: Box::pin(tokio::time::sleep(settings.heartbeat)),
@@ -112,6 +141,7 @@ impl<F: Feed> Connection<F> {
             items: Vec::new(),
             metrics,
             guard,
+            encoder,
             finished: false,
             reason: "client_close",
         }
@@ -160,12 +190,21 @@ impl<F: Feed> Connection<F> {
                 () = &mut self.closed => {
                     self.finished = true;
                     self.reason = "shutdown";
-                    return None;
+                    // A clean end: the encoding's trailer, then the end.
+                    let encoder = self.encoder.as_ref()?;
+                    let mut out = BytesMut::with_capacity(16);
+                    encoder.trailer(&mut out);
+                    return (!out.is_empty()).then(|| Ok(out.freeze()));
                 }
                 () = self.feed.ready() => {}
                 () = self.keepalive.as_mut() => {
                     self.touch();
-                    return Some(Ok(Bytes::from_static(frame::KEEPALIVE)));
+                    let Some(encoder) = &mut self.encoder else {
+                        return Some(Ok(Bytes::from_static(frame::KEEPALIVE)));
+                    };
+                    let mut out = BytesMut::with_capacity(32);
+                    encoder.text(frame::KEEPALIVE, &mut out);
+                    return Some(Ok(out.freeze()));
                 }
             }
         }
@@ -184,16 +223,15 @@ impl<F: Feed> Connection<F> {
         }
         let format = self.settings.format;
         let mut chunk = Chunk::default();
+        let encoder = &mut self.encoder;
+        let feed = &self.feed;
         let mut written = WrittenBatch::new();
         let (mut sent, mut dropped) = (0u64, 0u64);
         let mut replayed = false;
         for item in self.items.drain(..) {
             match item {
                 Item::Replayed(ev) => {
-                    match ev.frame(format) {
-                        Some(shared) => chunk.push_shared(shared),
-                        None => frame::write_event(chunk.buf(), &*ev, format),
-                    }
+                    write_event(&mut chunk, encoder, feed, &*ev, format);
                     sent += 1;
                     replayed = true;
                     if let Some(kind) = ev.kind() {
@@ -201,10 +239,7 @@ impl<F: Feed> Connection<F> {
                     }
                 }
                 Item::Event(ev) => {
-                    match ev.frame(format) {
-                        Some(shared) => chunk.push_shared(shared),
-                        None => frame::write_event(chunk.buf(), &*ev, format),
-                    }
+                    write_event(&mut chunk, encoder, feed, &*ev, format);
                     sent += 1;
                     if let Some(kind) = ev.kind() {
                         written.count(kind);
@@ -214,20 +249,20 @@ impl<F: Feed> Connection<F> {
                     }
                 }
                 Item::Lagged(n) => {
-                    frame::write_lagged(chunk.buf(), n);
+                    frame::write_lagged(chunk.text(encoder), n);
                     dropped += n;
                     if let Some(m) = &self.metrics {
                         m.dropped(n);
                     }
                 }
                 Item::Paced(n) => {
-                    frame::write_lagged(chunk.buf(), n);
+                    frame::write_lagged(chunk.text(encoder), n);
                     dropped += n;
                     if let Some(m) = &self.metrics {
                         m.paced(n);
                     }
                 }
-                Item::Resync(cursor) => frame::write_resync(chunk.buf(), &cursor),
+                Item::Resync(cursor) => frame::write_resync(chunk.text(encoder), &cursor),
             }
         }
         if let Some(m) = &self.metrics {
@@ -237,7 +272,7 @@ impl<F: Feed> Connection<F> {
             g.record_sent(sent);
             g.record_dropped(dropped);
         }
-        let chunk = chunk.finish()?;
+        let chunk = chunk.finish(encoder)?;
         Some(if replayed {
             self.feed.seal(chunk)
         } else {
@@ -246,16 +281,64 @@ impl<F: Feed> Connection<F> {
     }
 }
 
+/// Writes one event's frame: the shared plain frame, or for a compressed
+/// stream its shared compressed piece (rendering the event's pack on first
+/// use).
+fn write_event<F: Feed>(
+    chunk: &mut Chunk,
+    encoder: &mut Option<WireEncoder>,
+    feed: &F,
+    ev: &F::Event,
+    format: Format,
+) {
+    let Some(encoder) = encoder else {
+        match ev.frame(format) {
+            Some(shared) => chunk.push_shared(shared),
+            None => frame::write_event(chunk.buf(), ev, format),
+        }
+        return;
+    };
+    chunk.flush_text(encoder);
+    let plain = |ev: &F::Event| {
+        ev.frame(format)
+            .unwrap_or_else(|| frame::render_frame(ev, format))
+    };
+    let frame = plain(ev);
+    let seq = ev.sequence();
+    let pack = ev.pack(format, || {
+        compress::pack(&frame, || {
+            let before = feed.previous(ev)?;
+            Some((before.sequence(), plain(&before)))
+        })
+    });
+    encoder.event(seq, &frame, pack.as_ref(), chunk);
+}
+
 /// The body chunk of one drain.
 ///
 /// A lone ready-made frame — the usual case in fan-out, where a connection
 /// wakes up for each event — goes out as the event's own shared bytes, with
 /// no copy; as soon as anything else joins it, everything is concatenated
 /// into one buffer, so a burst is still one chunk.
+///
+/// In a compressed stream the connection's own text (lag and resync
+/// frames) is collected in `text` and encoded when an event or the end of
+/// the chunk follows.
 #[derive(Default)]
 struct Chunk {
     lone: Option<Bytes>,
     buf: BytesMut,
+    text: BytesMut,
+}
+
+impl Sink for Chunk {
+    fn shared(&mut self, bytes: Bytes) {
+        self.push_shared(bytes);
+    }
+
+    fn buf(&mut self) -> &mut BytesMut {
+        Chunk::buf(self)
+    }
 }
 
 impl Chunk {
@@ -278,8 +361,28 @@ impl Chunk {
         &mut self.buf
     }
 
+    /// Where to write the connection's own text: the chunk itself when
+    /// plain, to be encoded later when compressed.
+    fn text(&mut self, encoder: &Option<WireEncoder>) -> &mut BytesMut {
+        match encoder {
+            None => self.buf(),
+            Some(_) => &mut self.text,
+        }
+    }
+
+    /// Encodes the text collected so far.
+    fn flush_text(&mut self, encoder: &mut WireEncoder) {
+        if !self.text.is_empty() {
+            let text = std::mem::take(&mut self.text);
+            encoder.text(&text, self.buf());
+        }
+    }
+
     /// The chunk, `None` if nothing was written.
-    fn finish(self) -> Option<Bytes> {
+    fn finish(mut self, encoder: &mut Option<WireEncoder>) -> Option<Bytes> {
+        if let Some(encoder) = encoder {
+            self.flush_text(encoder);
+        }
         match self.lone {
             Some(lone) => (!lone.is_empty()).then_some(lone),
             None => (!self.buf.is_empty()).then(|| self.buf.freeze()),
@@ -332,6 +435,7 @@ mod tests {
                 format: Format::V1,
                 heartbeat: Duration::from_secs(15),
                 stall_timeout: Duration::from_secs(30),
+                encoding: None,
             },
             Bytes::new(),
             Box::pin(std::future::pending()),

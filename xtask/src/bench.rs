@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster|ws-compression]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster|ws-compression|compression]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
@@ -14,7 +14,10 @@
 //! (after the analysis marker, so full runs keep it); `--only
 //! ws-compression` measures WebSocket permessage-deflate off and on (bytes
 //! on the wire per event, server CPU per delivery;
-//! `bench/ws_compression.rs`) and prints its table.
+//! `bench/ws_compression.rs`) and prints its table; `--only compression`
+//! measures SSE compression, bytes on the wire and server CPU per delivery
+//! with each encoding against plain (`bench/compress.rs`), and prints its
+//! table.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -37,6 +40,7 @@
 //! kept, so hand-written profiling notes survive a re-run.
 
 mod cluster;
+mod compress;
 mod log;
 mod report;
 mod run;
@@ -213,9 +217,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("log")) => return log::log_only(&plan),
         Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
         Some(Some("ws-compression")) => return ws_compression::ws_compression_only(&plan),
+        Some(Some("compression")) => return compress::compression_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log`, `cluster` and `ws-compression`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log`, `cluster`, `ws-compression` and `compression`",
                 other.unwrap_or("")
             ));
         }

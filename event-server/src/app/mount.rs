@@ -304,6 +304,9 @@ impl Assembly<'_> {
             max_connections: self.config.max_connections,
             retry_ms: self.config.sse_retry_ms,
             max_rate: self.config.stream_max_rate(),
+            // Validated when the settings were read.
+            compression: event_sse::Compression::parse(&self.config.sse_compression)
+                .unwrap_or_default(),
             ..event_sse::SseConfig::default()
         };
         let mut sse = event_sse::SseEndpoint::new(

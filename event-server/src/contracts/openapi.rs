@@ -401,6 +401,11 @@ fn sse_ops(schemas: &mut Schemas) -> Vec<Op> {
                 json!({"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE}),
             ),
             query(
+                "compression",
+                "`false` for a plain stream whatever `Accept-Encoding` says; `true` (default) sends the stream in the best encoding the client accepts among those the server offers (`SSE_COMPRESSION`: gzip, br, zstd), with `Content-Encoding`.",
+                json!({"type": "boolean"}),
+            ),
+            query(
                 "token",
                 "The bearer token, for clients that cannot set headers.",
                 json!({"type": "string"}),

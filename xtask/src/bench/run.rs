@@ -87,6 +87,16 @@ impl Bins {
         Ok(bins)
     }
 
+    /// Like [`locate`](Self::locate), requiring only the server (the
+    /// compression measurement).
+    pub fn locate_server() -> Result<Bins, String> {
+        let bins = Bins::paths()?;
+        if !bins.server.exists() {
+            return Err(format!("{} was not built", bins.server.display()));
+        }
+        Ok(bins)
+    }
+
     /// The profile's binary directory.
     pub fn dir() -> Result<PathBuf, String> {
         Ok(Bins::paths()?
