@@ -156,6 +156,8 @@ pub const MAX_RENDER_KEYS: usize = 8;
 /// Render keys handed out so far (may pass [`MAX_RENDER_KEYS`]: the ones
 /// beyond it cache nothing).
 static REGISTERED_KEYS: AtomicUsize = AtomicUsize::new(0);
+/// The sum of the cached keys' weights ([`RenderKey::register_weighted`]).
+static REGISTERED_WEIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// A transport's slot in every [`Event`]'s render cache: one per wire
 /// format the transport renders an event into (see [`Event::rendered`]).
@@ -188,8 +190,19 @@ impl RenderKey {
     /// A new key, distinct from every other. Beyond [`MAX_RENDER_KEYS`]
     /// keys it caches nothing (and a warning is logged).
     pub fn register() -> RenderKey {
+        RenderKey::register_weighted(1)
+    }
+
+    /// A new key whose rendering may hold up to `weight` times the
+    /// event's JSON (a bundle of several compressed forms, say), so the
+    /// replay ring's bound reserves that much for it
+    /// ([`ReplayRing::weight`](crate::ReplayRing::weight)). [`register`](Self::register)
+    /// is weight 1; 0 counts as 1.
+    pub fn register_weighted(weight: usize) -> RenderKey {
         let key = RenderKey::claim(&REGISTERED_KEYS);
-        if !key.is_cached() {
+        if key.is_cached() {
+            REGISTERED_WEIGHT.fetch_add(weight.max(1), Ordering::Relaxed);
+        } else {
             tracing::warn!(
                 max = MAX_RENDER_KEYS,
                 "render keys exhausted: this transport's frames are rendered per use, not cached"
@@ -219,6 +232,13 @@ impl RenderKey {
     #[inline]
     pub fn registered() -> usize {
         REGISTERED_KEYS.load(Ordering::Relaxed).min(MAX_RENDER_KEYS)
+    }
+
+    /// The sum of the weights of the keys that cache: how many times its
+    /// JSON an event may hold in renderings.
+    #[inline]
+    pub fn registered_weight() -> usize {
+        REGISTERED_WEIGHT.load(Ordering::Relaxed)
     }
 }
 

@@ -340,7 +340,7 @@ impl ReplayRing<Event> {
         let json = event
             .rendered_json()
             .map_or_else(|| event.payload().json_len_bound(), |j| j.len());
-        json.saturating_mul(3 + crate::event::RenderKey::registered())
+        json.saturating_mul(3 + crate::event::RenderKey::registered_weight())
             .saturating_add(EVENT_OVERHEAD_BYTES)
     }
 
@@ -621,8 +621,8 @@ mod tests {
     fn the_weight_counts_every_rendering_an_event_can_hold() {
         // This process's keys, registered before anything is weighed.
         let _ = crate::event::tests::test_keys();
-        let keys = crate::event::RenderKey::registered();
-        assert_eq!(keys, 2);
+        let keys = crate::event::RenderKey::registered_weight();
+        assert_eq!(keys, 2, "two keys of weight 1");
         let e = large(1, 100_000);
         // Unrendered: the JSON bound (six bytes a string byte, at most).
         let bound = ReplayRing::weight(&e);

@@ -22,11 +22,16 @@ use uuid::Uuid;
 static V1_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
 /// Where an [`Event`] caches its `envelope` frame.
 static ENVELOPE_FRAME: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+/// How many times its frame a pack may hold: gzip's stand-alone and delta
+/// segments, brotli's and zstd's pieces, each at most about the frame
+/// (incompressible text), for the replay ring's bound.
+pub(crate) const PACK_WEIGHT: usize = 4;
 /// Where an [`Event`] caches the compressed pieces of its `v1` frame
 /// ([`compress::pack`](crate::compress::pack)).
-static V1_PACK: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+static V1_PACK: LazyLock<RenderKey> = LazyLock::new(|| RenderKey::register_weighted(PACK_WEIGHT));
 /// Where an [`Event`] caches the compressed pieces of its `envelope` frame.
-static ENVELOPE_PACK: LazyLock<RenderKey> = LazyLock::new(RenderKey::register);
+static ENVELOPE_PACK: LazyLock<RenderKey> =
+    LazyLock::new(|| RenderKey::register_weighted(PACK_WEIGHT));
 
 /// Registers this crate's render keys now rather than at the first frame,
 /// so that every event the bus weighs for its replay ring counts them

@@ -319,3 +319,30 @@ fn a_delta_is_used_only_right_after_its_event() {
     let other = frame(3);
     assert_eq!(write(Some((1, &other)), false), &pb[alone]);
 }
+
+/// The replay ring reserves `PACK_WEIGHT` times the frame for a pack: an
+/// incompressible frame with a delta against another must fit in it.
+#[test]
+fn a_pack_of_incompressible_text_stays_within_its_ring_weight() {
+    // A xorshift stream: bytes no compressor can shrink, with no crate.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    };
+    let before = Bytes::from(noise(64 * 1024));
+    let frame = noise(64 * 1024);
+    let packed = pack(&frame, || Some((1, before)));
+    assert!(
+        packed.len() <= crate::event::PACK_WEIGHT * frame.len(),
+        "a pack of {} bytes for a {}-byte frame",
+        packed.len(),
+        frame.len()
+    );
+}
