@@ -83,6 +83,42 @@ impl OutboxLimits {
             .saturating_mul(2)
     }
 
+    /// These limits ([`fit_event`](Self::fit_event)ted) with the byte budget
+    /// a client asked for (`buffer_max_bytes`): a client may lower its
+    /// budget, to hear of lag sooner, down to what holds two of the largest
+    /// events, never raise it. `Err` says the range.
+    ///
+    /// ```
+    /// use event_core::OutboxLimits;
+    /// let server = OutboxLimits { max_messages: 1024, max_bytes: 1 << 20 };
+    /// let min = OutboxLimits::min_bytes_for(1000);
+    /// assert_eq!(server.with_client_budget(Some(min as u64), 1000).unwrap().max_bytes, min);
+    /// assert_eq!(server.with_client_budget(None, 1000).unwrap().max_bytes, 1 << 20);
+    /// assert!(server.with_client_budget(Some(min as u64 - 1), 1000).is_err());
+    /// assert!(server.with_client_budget(Some((1 << 20) + 1), 1000).is_err());
+    /// ```
+    pub fn with_client_budget(
+        self,
+        requested: Option<u64>,
+        max_event_bytes: usize,
+    ) -> Result<Self, String> {
+        let fitted = self.fit_event(max_event_bytes);
+        let Some(requested) = requested else {
+            return Ok(fitted);
+        };
+        let min = Self::min_bytes_for(max_event_bytes);
+        match usize::try_from(requested) {
+            Ok(n) if (min..=fitted.max_bytes).contains(&n) => Ok(OutboxLimits {
+                max_bytes: n,
+                ..fitted
+            }),
+            _ => Err(format!(
+                "expected bytes from {min} (two of the largest events) to {} (the server's budget)",
+                fitted.max_bytes
+            )),
+        }
+    }
+
     /// These limits with the byte budget raised, if needed, to
     /// [`min_bytes_for`](Self::min_bytes_for)`(max_event_bytes)` (and room
     /// for at least two messages), so that one event, however large the bus

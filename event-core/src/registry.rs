@@ -111,10 +111,10 @@ impl ConnectionEntry {
             .store(unix_millis_now(), Ordering::Relaxed);
     }
 
-    /// Records how many events wait in the connection's queue now (its
-    /// status's `queued`); transports call it when they write a batch.
-    pub fn record_queued(&self, n: u64) {
-        self.queued.store(n, Ordering::Relaxed);
+    /// Records how many wire bytes wait in the connection's queue now (its
+    /// `queued_bytes`); transports call it when they write a batch.
+    pub fn record_queued(&self, bytes: u64) {
+        self.queued.store(bytes, Ordering::Relaxed);
     }
 
     /// The connection slot it was opened for ([`Principal::slot`]).
@@ -150,7 +150,7 @@ impl ConnectionEntry {
             connected_at: crate::event::format_rfc3339_millis(self.connected_at),
             events_sent: self.events_sent.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
-            queued: self.queued.load(Ordering::Relaxed),
+            queued_bytes: self.queued.load(Ordering::Relaxed),
             last_event_at: match self.last_sent_ms.load(Ordering::Relaxed) {
                 0 => None,
                 ms => OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -197,8 +197,8 @@ pub struct ConnectionInfo {
     pub events_sent: u64,
     /// Events it missed.
     pub dropped: u64,
-    /// Events waiting in its queue when it last wrote.
-    pub queued: u64,
+    /// Wire bytes waiting in its queue when it last wrote.
+    pub queued_bytes: u64,
     /// When an event was last written to it (RFC 3339), if ever.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "schema", schemars(extend("format" = "date-time")))]
@@ -476,7 +476,7 @@ mod tests {
         a.record_queued(5);
         let info = reg.get(a.id()).unwrap();
         assert!(info.last_event_at.is_some());
-        assert_eq!((info.events_sent, info.queued), (2, 5));
+        assert_eq!((info.events_sent, info.queued_bytes), (2, 5));
         assert_eq!(info.slot.as_deref(), Some("conn_a"));
         assert_eq!(reg.get(plain.id()).unwrap().slot, None);
         drop(a);

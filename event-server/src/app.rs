@@ -169,6 +169,7 @@ impl App {
                 per_principal: config.connection_slots_per_principal,
                 ticket_ttl: Duration::from_secs(config.connection_ticket_ttl_secs),
                 retain: Duration::from_secs(config.connection_slot_retain_secs),
+                max_event_bytes: config.event_max_bytes,
             },
             [
                 cfg!(feature = "sse").then_some(StreamKind::Sse),

@@ -64,6 +64,9 @@ pub struct SlotLimits {
     pub ticket_ttl: Duration,
     /// How long an ended slot stays readable.
     pub retain: Duration,
+    /// The bus's event limit (`EVENT_MAX_BYTES`): a `buffer_max_bytes`
+    /// holds two such events at least.
+    pub max_event_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -151,8 +154,8 @@ pub struct SlotStatus {
     pub events_delivered: u64,
     /// Events it missed (lag, coalescing).
     pub dropped: u64,
-    /// Events waiting in its queue when it last wrote.
-    pub queued: u64,
+    /// Wire bytes waiting in its queue when it last wrote.
+    pub queued_bytes: u64,
     /// Why it is in `error`: `{"error","message"}` as the transport or this
     /// store said it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -187,7 +190,7 @@ impl SlotStatus {
             last_event_time: info.last_event_at.clone(),
             events_delivered: info.events_sent,
             dropped: info.dropped,
-            queued: info.queued,
+            queued_bytes: info.queued_bytes,
             error: None,
             options: None,
         }
@@ -259,7 +262,7 @@ impl Slots {
                 ),
             ));
         }
-        options.check(owner)?;
+        options.check(owner, self.inner.limits.max_event_bytes)?;
         let limits = self.inner.limits;
         let now = Instant::now();
         let mut slots = self.lock();
@@ -325,7 +328,7 @@ impl Slots {
             last_event_time: None,
             events_delivered: 0,
             dropped: 0,
-            queued: 0,
+            queued_bytes: 0,
             error: None,
             options: Some(slot.options.clone()),
         };
@@ -335,7 +338,7 @@ impl Slots {
             status.last_event_time = info.last_event_at.clone();
             status.events_delivered = info.events_sent;
             status.dropped = info.dropped;
-            status.queued = info.queued;
+            status.queued_bytes = info.queued_bytes;
         };
         match &slot.state {
             State::Waiting { .. } => {

@@ -302,7 +302,10 @@ async fn a_websocket_slot_connects_and_deleting_it_closes_the_connection() {
     let (code, slot) = create(
         &server,
         ALICE,
-        json!({"transport": "ws", "filter": {"types": "job"}}),
+        json!({
+            "transport": "ws", "filter": {"types": "job"}, "max_rate": 1000,
+            "buffer_max_bytes": event_core::OutboxLimits::min_bytes_for(event_core::DEFAULT_MAX_EVENT_BYTES),
+        }),
     )
     .await;
     assert_eq!(code, 201, "{slot}");
@@ -431,13 +434,19 @@ async fn slots_are_bounded_per_principal_and_in_all_and_bad_requests_are_named()
         (code.as_u16(), err["error"].as_str()),
         (400, Some("invalid_json"))
     );
-    let (code, err) = create(&server, BOB, json!({"transport": "ws", "max_rate": 5})).await;
+    let (code, err) = create(&server, BOB, json!({"transport": "ws", "heartbeat": 5})).await;
     assert_eq!(
         (code.as_u16(), err["error"].as_str()),
         (400, Some("unsupported_option"))
     );
     let (code, err) = create(&server, BOB, json!({"filter": {"events": "Nope"}})).await;
     assert_eq!(code, 400, "{err}");
+    let (code, err) = create(&server, BOB, json!({"buffer_max_bytes": 1024})).await;
+    assert_eq!(
+        (code.as_u16(), err["error"].as_str()),
+        (400, Some("invalid_parameter")),
+        "{err}"
+    );
     let big = "x".repeat(9 * 1024);
     let res = client()
         .post(server.url("/api/v1/connections"))

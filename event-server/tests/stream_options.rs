@@ -471,3 +471,84 @@ async fn sse_max_rate_coalesces_to_every_jobs_latest_state_and_counts_the_rest()
     assert_eq!(all.lag_signals, 0);
     all.assert_latest_state_of_every_job(&jobs, total);
 }
+
+#[tokio::test]
+async fn ws_upgrade_max_rate_paces_from_the_first_event_and_bad_values_refuse_the_upgrade() {
+    let server = Server::start(&[]).await;
+    for (query, param) in [
+        ("max_rate=fast", "max_rate"),
+        ("max_rate=10001", "max_rate"),
+        ("buffer_max_bytes=1024", "buffer_max_bytes"),
+        ("buffer_max_bytes=99999999999", "buffer_max_bytes"),
+        ("buffer_max_bytes=lots", "buffer_max_bytes"),
+    ] {
+        let refused =
+            tokio_tungstenite::connect_async(server.ws_url(&format!("/api/v1/ws?{query}"))).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 400, "{query}");
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"], "invalid_parameter", "{query}: {body}");
+                assert!(body["message"].as_str().unwrap().contains(param), "{body}");
+            }
+            other => panic!("{query}: expected a 400, got {other:?}"),
+        }
+    }
+    // The lowest budget the server allows is accepted.
+    let min = event_core::OutboxLimits::min_bytes_for(event_core::DEFAULT_MAX_EVENT_BYTES);
+    let (mut small, _) = tokio_tungstenite::connect_async(
+        server.ws_url(&format!("/api/v1/ws?buffer_max_bytes={min}")),
+    )
+    .await
+    .expect("a budget of two largest events is accepted");
+    assert_eq!(next_json(&mut small, WAIT).await["type"], "QueueStatus");
+
+    let (mut paced, _) =
+        tokio_tungstenite::connect_async(server.ws_url("/api/v1/ws?types=job&max_rate=20"))
+            .await
+            .unwrap();
+    assert_eq!(next_json(&mut paced, WAIT).await["type"], "QueueStatus");
+    let (jobs, events) = job_burst();
+    let total = events.len() as u64;
+    publish(&server, None, Value::Array(events)).await;
+    let got = read_burst(&mut paced, total).await;
+    got.assert_latest_state_of_every_job(&jobs, total);
+    assert!(
+        got.lagged > 0 && got.events < total,
+        "a burst of {total} at 20/s from the upgrade's max_rate is coalesced: {} received",
+        got.events
+    );
+}
+
+#[tokio::test]
+async fn sse_buffer_max_bytes_is_checked_against_the_servers_range() {
+    let server = Server::start(&[]).await;
+    for bad in ["1024", "99999999999", "lots"] {
+        let res = client()
+            .get(server.url(&format!("/api/v1/events?buffer_max_bytes={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "buffer_max_bytes={bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_parameter", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("buffer_max_bytes")
+        );
+    }
+    let min = event_core::OutboxLimits::min_bytes_for(event_core::DEFAULT_MAX_EVENT_BYTES);
+    let mut sse = Sse::open(&server, &format!("types=job&buffer_max_bytes={min}")).await;
+    let job = Uuid::now_v7();
+    publish(&server, None, json!([queued(job)])).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (event, data) = sse.next(deadline).await;
+        if event == "JobQueued" {
+            assert_eq!(data["job_id"], json!(job));
+            break;
+        }
+    }
+}

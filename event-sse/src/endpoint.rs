@@ -272,6 +272,7 @@ impl SseEndpoint {
         let format = query.format(inner.config.format)?;
         let heartbeat = query.heartbeat(inner.config.heartbeat)?;
         let max_rate = query.max_rate(inner.config.max_rate)?;
+        let limits = query.outbox(inner.config.outbox, inner.bus.max_event_bytes())?;
         let encoding = query.encoding(headers, inner.config.compression)?;
         let principal = self.authenticate(headers, &query).await?;
         let filter = self.filter(headers, &query, &principal)?;
@@ -319,9 +320,10 @@ impl SseEndpoint {
         let options = SubscribeOptions {
             filter,
             principal: principal.clone(),
-            // However the host set the budget, it holds the largest event
-            // the bus lets through (twice), so one event never drops a reader.
-            limits: inner.config.outbox.fit_event(inner.bus.max_event_bytes()),
+            // However the host set the budget (or the client lowered it),
+            // it holds the largest event the bus lets through (twice), so
+            // one event never drops a reader.
+            limits,
             policy: OverflowPolicy::DropAndCount,
             wire: match format {
                 Format::V1 => WireForm::Flat,

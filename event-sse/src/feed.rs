@@ -465,6 +465,12 @@ impl Feed for HubFeed {
         }
     }
 
+    fn queued_bytes(&self) -> usize {
+        self.sub
+            .as_ref()
+            .map_or(0, |sub| sub.outbox().queued_bytes())
+    }
+
     fn stalled_for(&self) -> Option<Duration> {
         match (&self.phase, &self.sub) {
             (Phase::Live, Some(sub)) => sub.outbox().full_for(),

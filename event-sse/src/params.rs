@@ -100,6 +100,25 @@ impl Query {
         }
     }
 
+    /// The outbox limits with `buffer_max_bytes=`, if given, as the byte
+    /// budget ([`OutboxLimits::with_client_budget`]).
+    pub(crate) fn outbox(
+        &self,
+        server: event_core::OutboxLimits,
+        max_event_bytes: usize,
+    ) -> Result<event_core::OutboxLimits, SseError> {
+        let raw = self.get("buffer_max_bytes");
+        let requested = match raw {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u64>().map_err(|_| {
+                SseError::param("buffer_max_bytes", v, "expected a whole number of bytes")
+            })?),
+        };
+        server
+            .with_client_budget(requested, max_event_bytes)
+            .map_err(|why| SseError::param("buffer_max_bytes", raw.unwrap_or_default(), why))
+    }
+
     /// `memory=` first, else the `X-Fortemi-Memory` header.
     pub(crate) fn memory<'a>(
         &'a self,

@@ -77,6 +77,11 @@ pub(crate) trait Feed: Send + 'static {
         let _ = event;
         None
     }
+    /// Wire bytes waiting in the feed's queue now (the connection's
+    /// `queued_bytes` in the registry).
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -271,6 +276,7 @@ impl<F: Feed> Connection<F> {
         if let Some(g) = &self.guard {
             g.record_sent(sent);
             g.record_dropped(dropped);
+            g.record_queued(self.feed.queued_bytes() as u64);
         }
         let chunk = chunk.finish(encoder)?;
         Some(if replayed {

@@ -27,14 +27,15 @@
 
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use event_core::{
-    Closed, ConnectionGuard, EventFilter, FilterParams, HubSubscription, KindSet, Outgoing,
-    OverflowPolicy, Paced, Pacer, Principal, SubscribeOptions, Transport, WireForm,
+    Closed, ConnectionGuard, EventFilter, FilterParams, HubSubscription, KindSet, OutboxLimits,
+    Outgoing, OverflowPolicy, Paced, Pacer, Principal, SubscribeOptions, Transport, WireForm,
     current_queue_status,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,6 +82,11 @@ pub(crate) struct ConnectionContext {
     pub(crate) slot: Slot,
     /// permessage-deflate, if the client offered it and the server took it.
     pub(crate) deflate: Option<Agreed>,
+    /// The outbox limits (the server's, or the client's lower byte budget).
+    pub(crate) limits: OutboxLimits,
+    /// The rate limit it starts with (the upgrade's `max_rate`, else the
+    /// server's).
+    pub(crate) max_rate: Option<NonZeroU32>,
 }
 
 /// Why a connection ended.
@@ -221,6 +227,8 @@ where
         remote,
         slot,
         deflate,
+        limits,
+        max_rate,
     } = ctx;
     let base_kinds = filter.kinds();
     // Kept (boxed, and only when it narrows) for a consumer `subscribe`.
@@ -238,9 +246,10 @@ where
     let sub = ep.hub.subscribe(SubscribeOptions {
         filter,
         principal,
-        // Whatever the configured budget, it holds the largest event the
-        // bus lets through (twice), so one big event never drops a reader.
-        limits: ep.config.outbox.fit_event(ep.bus.max_event_bytes()),
+        // Whatever the budget, it holds the largest event the bus lets
+        // through (twice), so one big event never drops a reader
+        // (`OutboxLimits::with_client_budget`).
+        limits,
         policy: OverflowPolicy::Close,
         wire: WireForm::Flat,
     });
@@ -261,8 +270,11 @@ where
             &ep,
             &guard,
             &sub,
-            base_kinds,
-            base_filter,
+            Upgraded {
+                base_kinds,
+                base_filter,
+                max_rate,
+            },
             &mut socket,
             &span,
         )
@@ -294,15 +306,29 @@ where
 
 /// Sends the confirmation, then runs the connection until something ends
 /// it.
+/// What the upgrade request chose for the connection's life.
+struct Upgraded {
+    /// The kinds its filters allow (`subscribe` chooses within them).
+    base_kinds: KindSet,
+    /// Its filter, when it narrows anything (for a consumer `subscribe`).
+    base_filter: Option<Box<EventFilter>>,
+    /// The rate limit it starts with.
+    max_rate: Option<NonZeroU32>,
+}
+
 async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
     ep: &WsEndpoint,
     guard: &ConnectionGuard,
     sub: &HubSubscription,
-    base_kinds: KindSet,
-    base_filter: Option<Box<EventFilter>>,
+    upgraded: Upgraded,
     socket: &mut WsSocket<IO>,
     span: &Span,
 ) -> End {
+    let Upgraded {
+        base_kinds,
+        base_filter,
+        max_rate,
+    } = upgraded;
     let framing = socket.framing();
     // The confirmation comes first; events published meanwhile wait in the
     // outbox (the subscription already exists).
@@ -330,8 +356,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         attaching: None,
         acking: None,
         own: None,
-        pacer: cfg
-            .max_rate
+        pacer: max_rate
             .map(|rate| Box::new(Pacer::new(rate, sub.outbox().limits(), WireForm::Flat))),
         pace_timer: None,
         batch: Vec::new(),
@@ -823,6 +848,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
         if total > 0 {
             self.ep.metrics.record_write(&written);
             self.guard.record_sent(total);
+            let queued = self.sub.outbox().queued_bytes() + self.socket.queued_bytes();
+            self.guard.record_queued(queued as u64);
         }
         self.batch.clear();
         if self.batch.capacity() > KEEP_BATCH_CAPACITY {

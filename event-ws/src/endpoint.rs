@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use axum::routing::get;
 use event_core::metrics::TransportMetrics;
 use event_core::{
     Authenticator, CloseSignal, ConnectionRegistry, Consumers, EventBus, EventFilter, EventSink,
-    FanoutHub, FilterParams, Principal, QueueSnapshot, Transport,
+    FanoutHub, FilterParams, OutboxLimits, Principal, QueueSnapshot, Transport,
 };
 use http::HeaderValue;
 use http::request::Parts;
@@ -263,6 +264,7 @@ impl WsEndpoint {
         let credentials = crate::auth::credentials(&parts.headers, query.token.as_deref());
         let principal = self.auth.authenticate(&credentials).await?;
         let filter = query.filter(&principal)?;
+        let (limits, max_rate) = query.stream_options(&self.config, self.bus.max_event_bytes())?;
         let slot = self.admit_slot()?;
 
         let remote = parts
@@ -285,6 +287,8 @@ impl WsEndpoint {
             remote,
             slot,
             deflate,
+            limits,
+            max_rate,
         };
         self.watch_stop();
         let (response, on_upgrade) =
@@ -311,9 +315,49 @@ struct ConnectQuery {
     memory: Option<String>,
     topics: Option<String>,
     filter: Option<String>,
+    max_rate: Option<String>,
+    buffer_max_bytes: Option<String>,
 }
 
 impl ConnectQuery {
+    /// The connection's outbox limits (`buffer_max_bytes=` may lower the
+    /// byte budget) and its rate limit (`max_rate=`, else the server's;
+    /// `subscribe` may change it later).
+    fn stream_options(
+        &self,
+        config: &crate::WsConfig,
+        max_event_bytes: usize,
+    ) -> Result<(OutboxLimits, Option<NonZeroU32>), WsError> {
+        let requested = match &self.buffer_max_bytes {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| WsError::InvalidParameter {
+                        param: "buffer_max_bytes",
+                        message: format!("{v:?} is not a whole number of bytes"),
+                    })?,
+            ),
+        };
+        let limits = config
+            .outbox
+            .with_client_budget(requested, max_event_bytes)
+            .map_err(|message| WsError::InvalidParameter {
+                param: "buffer_max_bytes",
+                message,
+            })?;
+        let max_rate = match &self.max_rate {
+            None => config.max_rate,
+            Some(raw) => event_core::pace::parse_max_rate(raw).map_err(|message| {
+                WsError::InvalidParameter {
+                    param: "max_rate",
+                    message,
+                }
+            })?,
+        };
+        Ok((limits, max_rate))
+    }
+
     /// The connection's filter; `403` for a memory `principal` may not see.
     fn filter(&self, principal: &Principal) -> Result<EventFilter, WsError> {
         let filter = EventFilter::parse_with_json(

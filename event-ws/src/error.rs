@@ -19,6 +19,15 @@ pub enum WsError {
     /// A filter parameter of the upgrade request is invalid (HTTP 400).
     #[error("{0}")]
     InvalidFilter(String),
+    /// Another parameter of the upgrade request is invalid (HTTP 400
+    /// `invalid_parameter`).
+    #[error("invalid `{param}`: {message}")]
+    InvalidParameter {
+        /// The query parameter.
+        param: &'static str,
+        /// What is wrong, with the accepted range.
+        message: String,
+    },
     /// The principal may not connect, or the `Origin` is not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -37,7 +46,9 @@ impl WsError {
     /// The HTTP status of the refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            WsError::BadUpgrade(_) | WsError::InvalidFilter(_) => StatusCode::BAD_REQUEST,
+            WsError::BadUpgrade(_)
+            | WsError::InvalidFilter(_)
+            | WsError::InvalidParameter { .. } => StatusCode::BAD_REQUEST,
             WsError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WsError::Forbidden(_) => StatusCode::FORBIDDEN,
             WsError::OverCapacity(_) | WsError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -50,6 +61,7 @@ impl WsError {
         match self {
             WsError::BadUpgrade(_) => "bad_upgrade",
             WsError::InvalidFilter(_) => "invalid_filter",
+            WsError::InvalidParameter { .. } => "invalid_parameter",
             WsError::Unauthorized(_) => "unauthorized",
             WsError::Forbidden(_) => "forbidden",
             WsError::OverCapacity(_) => "too_many_connections",

@@ -307,6 +307,16 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
     if mounted.ws {
         let mut params = filter_params();
         params.push(query(
+            "max_rate",
+            "Events per second at most from the start (0 for none; default `STREAM_MAX_RATE`); `subscribe` may change it.",
+            json!({"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE}),
+        ));
+        params.push(query(
+            "buffer_max_bytes",
+            "This connection's queue budget in bytes, lower than the server's (at least two of the largest events): over it the connection is closed with 4008 sooner.",
+            json!({"type": "integer", "minimum": 1}),
+        ));
+        params.push(query(
             "token",
             "The bearer token (or the subprotocol `bearer.<token>`).",
             json!({"type": "string"}),
@@ -324,7 +334,7 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
                 (101, "Switching Protocols.", None),
                 (
                     400,
-                    "`invalid_filter`, or not a WebSocket upgrade.",
+                    "`invalid_filter`, `invalid_parameter` (`max_rate`, `buffer_max_bytes`), or not a WebSocket upgrade.",
                     error_ref(),
                 ),
                 (401, "No or a bad token.", error_ref()),
@@ -399,6 +409,11 @@ fn sse_ops(schemas: &mut Schemas) -> Vec<Op> {
                 "max_rate",
                 "Live events per second at most (0 for no limit; default `STREAM_MAX_RATE`). Over it `JobProgress` per job and `QueueStatus` are coalesced to the latest and the rest is counted in `events.lagged`; the stream is never ended for it.",
                 json!({"type": "integer", "minimum": 0, "maximum": event_core::MAX_STREAM_RATE}),
+            ),
+            query(
+                "buffer_max_bytes",
+                "This connection's queue budget in bytes, lower than the server's (at least two of the largest events, `EVENT_MAX_BYTES`): a client that would rather hear of lag sooner.",
+                json!({"type": "integer", "minimum": 1}),
             ),
             query(
                 "compression",

@@ -62,10 +62,14 @@ pub struct SlotOptions {
     /// `false`: no compression even when the client offers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<bool>,
-    /// SSE: events per second, over which progress is coalesced (`0`:
-    /// none).
+    /// Events per second, over which progress is coalesced (`0`: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<u32>,
+    /// The connection's queue budget in bytes, lower than the server's:
+    /// SSE clients hear of lag sooner, WebSocket clients are closed (4008)
+    /// sooner. At least two of the largest events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_max_bytes: Option<u64>,
     /// SSE: a named durable consumer to read as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
@@ -96,12 +100,14 @@ impl SlotOptions {
     /// Refuses what the transport would refuse, so the client hears it now
     /// rather than when it connects: the filter (and `principal`'s access to
     /// its memory), ranges, names, combinations.
-    pub fn check(&self, principal: &Principal) -> Result<(), ServerError> {
+    ///
+    /// `max_event_bytes` is the bus's event limit, which the lowest
+    /// `buffer_max_bytes` must hold twice.
+    pub fn check(&self, principal: &Principal, max_event_bytes: usize) -> Result<(), ServerError> {
         if self.transport == StreamKind::Ws {
             let sse_only = [
                 ("format", self.format.is_some()),
                 ("heartbeat", self.heartbeat.is_some()),
-                ("max_rate", self.max_rate.is_some()),
                 ("consumer", self.consumer.is_some()),
                 ("group", self.group.is_some()),
                 ("ack", self.ack.is_some()),
@@ -148,6 +154,12 @@ impl SlotOptions {
         if let Some(r) = self.max_rate {
             event_core::pace::parse_max_rate(&r.to_string())
                 .map_err(|why| bad("invalid_parameter", format!("`max_rate`: {why}")))?;
+        }
+        if self.buffer_max_bytes.is_some() {
+            // The transports' own rule and default budget.
+            event_core::OutboxLimits::default()
+                .with_client_budget(self.buffer_max_bytes, max_event_bytes)
+                .map_err(|why| bad("invalid_parameter", format!("`buffer_max_bytes`: {why}")))?;
         }
         self.check_consumer()?;
         if let Some(cursor) = &self.last_event_id {
@@ -222,6 +234,10 @@ impl SlotOptions {
             self.heartbeat.map(|h| h.to_string()).as_deref(),
         );
         q.push("max_rate", self.max_rate.map(|r| r.to_string()).as_deref());
+        q.push(
+            "buffer_max_bytes",
+            self.buffer_max_bytes.map(|b| b.to_string()).as_deref(),
+        );
         q.push("consumer", self.consumer.as_deref());
         q.push("group", self.group.as_deref());
         q.push("ack", self.ack.as_deref());
@@ -267,7 +283,7 @@ mod tests {
             "filter": {"types": "job", "memory": "a b"},
             "heartbeat": 10, "max_rate": 5, "group": "g-1", "ack": "explicit"
         }));
-        o.check(&Principal::anonymous()).unwrap();
+        o.check(&Principal::anonymous(), 1024).unwrap();
         let q = o.to_query();
         assert!(q.starts_with("filter=%7B%22"), "{q}");
         assert!(q.contains("a%20b"), "{q}");
@@ -286,7 +302,7 @@ mod tests {
     fn bad_options_are_refused_with_their_name() {
         let p = Principal::anonymous();
         let refused = |json: serde_json::Value| {
-            let err = options(json).check(&p).unwrap_err();
+            let err = options(json).check(&p, 1024).unwrap_err();
             err.to_string()
         };
         assert!(refused(serde_json::json!({"heartbeat": 1})).contains("heartbeat"));
@@ -297,15 +313,21 @@ mod tests {
         assert!(refused(serde_json::json!({"filter": {"types": "nope"}})).contains("nope"));
         assert!(refused(serde_json::json!({"last_event_id": "x"})).contains("last_event_id"));
         assert!(
-            refused(serde_json::json!({"transport": "ws", "max_rate": 3})).contains("subscribe")
+            refused(serde_json::json!({"transport": "ws", "heartbeat": 30})).contains("subscribe")
         );
+        assert!(
+            refused(serde_json::json!({"buffer_max_bytes": 100})).contains("two of the largest")
+        );
+        options(serde_json::json!({"transport": "ws", "max_rate": 3, "buffer_max_bytes": 4096}))
+            .check(&p, 1024)
+            .unwrap();
         assert!(serde_json::from_value::<SlotOptions>(serde_json::json!({"nope": 1})).is_err());
         let reader = Principal {
             memories: event_core::Access::none(),
             ..Principal::anonymous()
         };
         let err = options(serde_json::json!({"filter": {"memory": "m1"}}))
-            .check(&reader)
+            .check(&reader, 1024)
             .unwrap_err();
         assert!(matches!(err, ServerError::Forbidden(_)));
     }
