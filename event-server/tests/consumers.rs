@@ -775,3 +775,64 @@ async fn after_a_sigkill_a_consumer_resumes_without_skipping_an_event() {
     let (status, _) = host.terminate().await;
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_can_name_its_consumer_and_bad_ones_refuse_the_upgrade() {
+    let dir = TempDir::new();
+    let host = Host::start(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    for (query, param) in [
+        ("consumer=a&group=b", "group"),
+        ("ack=explicit", "ack"),
+        ("consumer=a%20b", "consumer"),
+        ("consumer=c&ack_wait=soon", "ack_wait"),
+        ("consumer=c&ack=sometimes", "consumer"),
+    ] {
+        let url = format!("ws://{}/api/v1/ws?{query}", host.addr);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 400, "{query}");
+                let body: Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert_eq!(body["error"], "invalid_parameter", "{query}: {body}");
+                assert!(body["message"].as_str().unwrap().contains(param), "{body}");
+            }
+            other => panic!("{query}: expected a 400, got {other:?}"),
+        }
+    }
+    let job = uuid::Uuid::new_v4().to_string();
+    let before = publish(
+        &host,
+        &(0..3).map(|n| progress(&job, n)).collect::<Vec<_>>(),
+    )
+    .await;
+    // No subscribe sent: the upgrade's consumer is the first request.
+    let url = format!(
+        "ws://{}/api/v1/ws?consumer=by-upgrade&start=earliest&types=job",
+        host.addr
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let reply = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = ws.next().await.unwrap().unwrap();
+            let v: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+            if v["type"] == "subscribed" || v["type"] == "error" {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the upgrade's consumer answered");
+    assert_eq!(
+        reply,
+        json!({"type":"subscribed","consumer":"by-upgrade","ack":"auto"})
+    );
+    let got: Vec<String> = ws_deliveries(&mut ws, 3)
+        .await
+        .iter()
+        .map(|d| d.0.to_string())
+        .collect();
+    assert_eq!(got, before, "start=earliest from the upgrade");
+    consumer_when(&host, "by-upgrade", |c| c["members"] == 1).await;
+    drop(ws);
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}

@@ -87,6 +87,8 @@ pub(crate) struct ConnectionContext {
     /// The rate limit it starts with (the upgrade's `max_rate`, else the
     /// server's).
     pub(crate) max_rate: Option<NonZeroU32>,
+    /// The consumer `subscribe` the upgrade asked for, handled first.
+    pub(crate) consumer: Option<Subscribe>,
 }
 
 /// Why a connection ended.
@@ -229,6 +231,7 @@ where
         deflate,
         limits,
         max_rate,
+        consumer,
     } = ctx;
     let base_kinds = filter.kinds();
     // Kept (boxed, and only when it narrows) for a consumer `subscribe`.
@@ -274,6 +277,7 @@ where
                 base_kinds,
                 base_filter,
                 max_rate,
+                consumer,
             },
             &mut socket,
             &span,
@@ -314,6 +318,8 @@ struct Upgraded {
     base_filter: Option<Box<EventFilter>>,
     /// The rate limit it starts with.
     max_rate: Option<NonZeroU32>,
+    /// A consumer `subscribe` to handle before the client's messages.
+    consumer: Option<Subscribe>,
 }
 
 async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -328,6 +334,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         base_kinds,
         base_filter,
         max_rate,
+        consumer,
     } = upgraded;
     let framing = socket.framing();
     // The confirmation comes first; events published meanwhile wait in the
@@ -367,6 +374,14 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         drain_due: true,
         read_pause: READ_PAUSE_BYTES.min(cfg.outbox.max_bytes / 2).max(1),
     };
+    if let Some(mut request) = consumer
+        && let Err(refusal) = conn.start_consumer(&mut request)
+    {
+        let reply = conn.framing.text(refusal.reply().as_bytes());
+        if let Err(end) = conn.queue_reply(reply) {
+            return end;
+        }
+    }
     poll_fn(|cx| {
         let waits = Waits {
             closed: closed.as_mut(),

@@ -265,6 +265,7 @@ impl WsEndpoint {
         let principal = self.auth.authenticate(&credentials).await?;
         let filter = query.filter(&principal)?;
         let (limits, max_rate) = query.stream_options(&self.config, self.bus.max_event_bytes())?;
+        let consumer = query.consumer_subscribe()?;
         let slot = self.admit_slot()?;
 
         let remote = parts
@@ -289,6 +290,7 @@ impl WsEndpoint {
             deflate,
             limits,
             max_rate,
+            consumer,
         };
         self.watch_stop();
         let (response, on_upgrade) =
@@ -317,9 +319,70 @@ struct ConnectQuery {
     filter: Option<String>,
     max_rate: Option<String>,
     buffer_max_bytes: Option<String>,
+    consumer: Option<String>,
+    group: Option<String>,
+    ack: Option<String>,
+    ack_wait: Option<String>,
+    start: Option<String>,
 }
 
 impl ConnectQuery {
+    /// A consumer the upgrade names (`consumer=` or `group=`, with `ack`,
+    /// `ack_wait`, `start`): the `subscribe` the connection starts with, as
+    /// if the client had sent it first (how a connection slot opens a
+    /// consumer). Checked here, so a bad one refuses the upgrade.
+    fn consumer_subscribe(&self) -> Result<Option<crate::protocol::Subscribe>, WsError> {
+        let bad =
+            |param: &'static str, message: String| WsError::InvalidParameter { param, message };
+        let (key, name) = match (&self.consumer, &self.group) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "group",
+                    "give either `consumer` or `group`, not both".to_owned(),
+                ));
+            }
+            (Some(n), None) => ("consumer", n),
+            (None, Some(n)) => ("group", n),
+            (None, None) => {
+                return match [
+                    ("ack", &self.ack),
+                    ("ack_wait", &self.ack_wait),
+                    ("start", &self.start),
+                ]
+                .into_iter()
+                .find(|(_, v)| v.is_some())
+                {
+                    Some((param, _)) => Err(bad(
+                        param,
+                        "applies only with `consumer` or `group`".to_owned(),
+                    )),
+                    None => Ok(None),
+                };
+            }
+        };
+        let mut message = serde_json::json!({"type": "subscribe", key: name});
+        if let Some(ack) = &self.ack {
+            message["ack"] = ack.as_str().into();
+        }
+        if let Some(start) = &self.start {
+            message["start"] = start.as_str().into();
+        }
+        if let Some(wait) = &self.ack_wait {
+            let secs: u64 = wait
+                .trim()
+                .parse()
+                .map_err(|_| bad("ack_wait", format!("{wait:?} is not whole seconds")))?;
+            message["ack_wait"] = secs.into();
+        }
+        match crate::protocol::ClientMessage::parse(&message.to_string()) {
+            Some(crate::protocol::ClientMessage::Subscribe(request)) => Ok(Some(request)),
+            Some(crate::protocol::ClientMessage::Refused(refusal)) => {
+                Err(bad(key, refusal.message))
+            }
+            _ => Err(bad(key, "not a consumer subscription".to_owned())),
+        }
+    }
+
     /// The connection's outbox limits (`buffer_max_bytes=` may lower the
     /// byte budget) and its rate limit (`max_rate=`, else the server's;
     /// `subscribe` may change it later).

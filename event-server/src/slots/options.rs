@@ -70,20 +70,20 @@ pub struct SlotOptions {
     /// sooner. At least two of the largest events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffer_max_bytes: Option<u64>,
-    /// SSE: a named durable consumer to read as.
+    /// A named durable consumer to read as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consumer: Option<String>,
-    /// SSE: a consumer group to join.
+    /// A consumer group to join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// SSE, with `consumer` or `group`: `auto` or `explicit`.
+    /// With `consumer` or `group`: `auto` or `explicit`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<String>,
-    /// SSE, with `consumer` or `group`: seconds before an unacknowledged
+    /// With `consumer` or `group`: seconds before an unacknowledged
     /// event is delivered again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack_wait: Option<u64>,
-    /// SSE, with `consumer` or `group`: `latest` or `earliest`.
+    /// With `consumer` or `group`: `latest` or `earliest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<String>,
     /// SSE: resume after this event (a sequence number or event id), as
@@ -108,20 +108,12 @@ impl SlotOptions {
             let sse_only = [
                 ("format", self.format.is_some()),
                 ("heartbeat", self.heartbeat.is_some()),
-                ("consumer", self.consumer.is_some()),
-                ("group", self.group.is_some()),
-                ("ack", self.ack.is_some()),
-                ("ack_wait", self.ack_wait.is_some()),
-                ("start", self.start.is_some()),
                 ("last_event_id", self.last_event_id.is_some()),
             ];
             if let Some((name, _)) = sse_only.iter().find(|(_, set)| *set) {
                 return Err(bad(
                     "unsupported_option",
-                    format!(
-                        "`{name}` is not a WebSocket slot option: a WebSocket client sends it in its \
-                         `subscribe` message (docs/protocol.md §2)"
-                    ),
+                    format!("`{name}` applies to SSE streams only (docs/protocol.md §12)"),
                 ));
             }
         }
@@ -313,7 +305,8 @@ mod tests {
         assert!(refused(serde_json::json!({"filter": {"types": "nope"}})).contains("nope"));
         assert!(refused(serde_json::json!({"last_event_id": "x"})).contains("last_event_id"));
         assert!(
-            refused(serde_json::json!({"transport": "ws", "heartbeat": 30})).contains("subscribe")
+            refused(serde_json::json!({"transport": "ws", "heartbeat": 30}))
+                .contains("SSE streams only")
         );
         assert!(
             refused(serde_json::json!({"buffer_max_bytes": 100})).contains("two of the largest")
