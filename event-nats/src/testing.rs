@@ -278,6 +278,49 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until a node other than `old` leads `stream`, asking the NATS
+/// servers at `url` (comma-separated) every 100 ms; `false` after `limit`.
+/// Each question has 500 ms for its answer (a stream without a leader may
+/// leave it unanswered), so the leader is seen at most about 0.6 s late.
+pub async fn wait_for_stream_leader_other_than(
+    url: &str,
+    stream: &str,
+    old: &str,
+    limit: Duration,
+) -> bool {
+    let question = async {
+        let client = async_nats::connect(url.split(',').collect::<Vec<_>>())
+            .await
+            .ok()?;
+        let js = async_nats::jetstream::new(client);
+        loop {
+            let info =
+                tokio::time::timeout(Duration::from_millis(500), js.get_stream(stream)).await;
+            if let Ok(Ok(stream)) = info
+                && let Some(leader) = stream.cached_info().cluster.as_ref()
+                && leader.leader.as_deref().is_some_and(|l| l != old)
+            {
+                return Some(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    matches!(tokio::time::timeout(limit, question).await, Ok(Some(())))
+}
+
+/// The answer (head and body) of `GET path` on a node's monitoring port.
+async fn monitor_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    let read = tokio::time::timeout(WAIT, conn.read_to_string(&mut body)).await;
+    matches!(read, Ok(Ok(_))).then_some(body)
+}
+
 /// One node of a [`PrivateNatsCluster`].
 #[derive(Debug)]
 struct Node {
@@ -441,31 +484,121 @@ impl PrivateNatsCluster {
         self.nodes.iter().position(|n| n.name == leader)
     }
 
+    /// How many messages `stream` holds on subjects matching `subject` (a
+    /// filter such as `prefix.job.progress`), or `None` when it cannot be
+    /// read right now (no leader, no answer within a second).
+    pub async fn subject_messages(&self, stream: &str, subject: &str) -> Option<u64> {
+        use futures_util::TryStreamExt;
+        let client = async_nats::connect(self.url().split(',').collect::<Vec<_>>())
+            .await
+            .ok()?;
+        // A short answer time: right after a failover a request can go
+        // unanswered, and the caller asks again.
+        let js = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(1))
+            .build(client);
+        let stream = js.get_stream(stream).await.ok()?;
+        let subjects = stream.info_with_subjects(subject).await.ok()?;
+        let counts: Vec<(String, usize)> = subjects.try_collect().await.ok()?;
+        Some(counts.iter().map(|(_, n)| *n as u64).sum())
+    }
+
+    /// Moves the leadership of `stream`'s replicas off node `i` (JetStream's
+    /// leader step-down, repeated until another node leads) and returns the
+    /// new leader; `None` when that did not happen within [`WAIT`].
+    pub async fn move_stream_leader_off(&self, stream: &str, i: usize) -> Option<usize> {
+        let client = async_nats::connect(self.url().split(',').collect::<Vec<_>>())
+            .await
+            .ok()?;
+        let js = async_nats::jetstream::new(client);
+        let subject = format!("STREAM.LEADER.STEPDOWN.{stream}");
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.stream_leader(stream).await {
+                    Some(leader) if leader != i => return leader,
+                    Some(_) => {
+                        // The answer only says the request was taken; the
+                        // election follows.
+                        let _: Result<serde_json::Value, _> =
+                            js.request(subject.clone(), &()).await;
+                    }
+                    None => {}
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .ok()
+    }
+
     /// The index of the node the NATS client named `client` (an instance's
     /// `NATS_INSTANCE_ID`) is connected to, from the nodes' `/connz`.
     pub async fn node_of_client(&self, client: &str) -> Option<usize> {
-        use tokio::io::AsyncWriteExt;
         let want = format!("\"name\": \"{client}\"");
         for (i, node) in self.nodes.iter().enumerate() {
-            let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", node.monitor)).await
-            else {
-                continue;
-            };
-            let request = "GET /connz?limit=1024 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-            if conn.write_all(request.as_bytes()).await.is_err() {
-                continue;
-            }
-            let mut body = String::new();
-            let read = tokio::time::timeout(
-                WAIT,
-                tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut body),
-            )
-            .await;
-            if matches!(read, Ok(Ok(_))) && body.replace("\":\"", "\": \"").contains(&want) {
+            if let Some(body) = monitor_get(node.monitor, "/connz?limit=1024").await
+                && body.replace("\":\"", "\": \"").contains(&want)
+            {
                 return Some(i);
             }
         }
         None
+    }
+
+    /// What each running node holds of `stream`, from its own `/jsz` (not
+    /// the leader's view): its replica's last sequence, whom it takes for the
+    /// leader, and the consumers placed on it with how far they delivered,
+    /// what they have pending and how many pulls wait. For failure messages:
+    /// it shows a consumer stuck on a replica that is behind.
+    pub async fn jetstream_report(&self, stream: &str) -> String {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            if node.child.is_none() {
+                out.push(format!("{}: down", node.name));
+                continue;
+            }
+            let path = "/jsz?accounts=true&streams=true&consumers=true&config=true";
+            let Some(body) = monitor_get(node.monitor, path).await else {
+                out.push(format!("{}: no /jsz answer", node.name));
+                continue;
+            };
+            let json: serde_json::Value = match body.split_once("\r\n\r\n") {
+                Some((_, json)) => serde_json::from_str(json).unwrap_or_default(),
+                None => serde_json::Value::Null,
+            };
+            let streams = json["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .filter(|s| s["name"] == stream);
+            for s in streams {
+                let consumers: Vec<String> = s["consumer_detail"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        format!(
+                            "{} (leader {}, start {}, delivered {}, pending {}, waiting {})",
+                            c["name"].as_str().unwrap_or("?"),
+                            c["cluster"]["leader"].as_str().unwrap_or("-"),
+                            c["config"]["opt_start_seq"],
+                            c["delivered"]["stream_seq"],
+                            c["num_pending"],
+                            c["num_waiting"],
+                        )
+                    })
+                    .collect();
+                out.push(format!(
+                    "{}: stream last_seq {} leader {} consumers [{}]",
+                    node.name,
+                    s["state"]["last_seq"],
+                    s["cluster"]["leader"].as_str().unwrap_or("-"),
+                    consumers.join("; ")
+                ));
+            }
+        }
+        out.join("\n")
     }
 
     /// `stream`'s state as JetStream reports it (messages, sequences,
