@@ -518,9 +518,10 @@ impl PrivateNatsCluster {
                     Some(leader) if leader != i => return leader,
                     Some(_) => {
                         // The answer only says the request was taken; the
-                        // election follows.
+                        // election follows. (An empty object: `null` is a
+                        // bad request.)
                         let _: Result<serde_json::Value, _> =
-                            js.request(subject.clone(), &()).await;
+                            js.request(subject.clone(), &serde_json::json!({})).await;
                     }
                     None => {}
                 }
