@@ -66,7 +66,10 @@ pub struct NatsConfig {
     /// 6.4 s; the default, 6, keeps retrying for 12.6 s (plus the
     /// acknowledgement timeouts), longer than a replicated stream takes to
     /// elect a new leader after losing one (4 to 9 s on NATS's Raft), during
-    /// which JetStream answers "no stream found" at once.
+    /// which JetStream answers "no stream found" at once. Between two
+    /// retries the first refused event is published alone every 250 ms; once
+    /// JetStream takes it, the rest is retried at once (these probes are not
+    /// counted as retries and do not extend the 12.6 s).
     pub publish_retries: u32,
     /// Upper bound of the reconnect backoff (exponential from 50 ms).
     pub max_reconnect_delay: Duration,

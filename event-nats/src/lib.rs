@@ -68,7 +68,9 @@
 //! * JetStream answering "no stream found" while connected (a replicated
 //!   stream electing a new leader, 4 to 9 s) is retried for about 13 s
 //!   (`NatsConfig::publish_retries`) before the events are delivered
-//!   locally only;
+//!   locally only. Between retries the first refused event is offered again
+//!   every 250 ms, so the events go through about as soon as the new leader
+//!   takes publishes, not at the next scheduled retry;
 //! * [`NatsCluster::state`] / [`NatsCluster::health`] report
 //!   `disconnected`, and the gauge `matric_nats_connected` is 0;
 //! * after reconnecting, the consumer resumes from the next stream sequence

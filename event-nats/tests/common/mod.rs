@@ -1,7 +1,7 @@
 //! Shared helpers: waiting on events and cluster state; service gating,
 //! unique streams and a private nats-server come from `event_nats::testing`.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
