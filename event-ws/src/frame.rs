@@ -540,12 +540,17 @@ fn close_payload(payload: &[u8]) -> Result<Option<u16>, ReadError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A client frame: masked, as a browser sends it.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        masked_frame(first, payload, [0x37, 0xfa, 0x21, 0x3d])
+    }
+
+    /// One client frame: the first header byte, `payload` masked with
+    /// `mask` (shared with the compression tests).
+    pub(crate) fn masked_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut out = vec![first];
         match payload.len() {
             n @ 0..=125 => out.push(0x80 | n as u8),

@@ -646,15 +646,7 @@ fn build_server() -> Result<Result<(), String>, String> {
 /// measurement 4 and prints its table with the machine load; BENCHMARKS.md
 /// is left alone.
 fn webhooks_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-    ])?;
+    run::build_loadgen()?;
     let pg_build = build_server()?;
     let bins = run::Bins::locate_server_and_loadgen()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-{}", std::process::id()));

@@ -333,15 +333,7 @@ fn write_section(out: &Path, section: &str) -> Result<(), String> {
 /// `--only cluster`: builds the server with `nats` and `loadgen`, measures
 /// both topologies, prints the section and writes it into `out`.
 pub fn cluster_only(plan: &Plan, out: &Path) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-    ])?;
+    run::build_loadgen()?;
     cargo_build(&[
         "build",
         "--profile",

@@ -17,6 +17,13 @@ const WITH_NOFILE: &str = "ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" 
 pub const PROFILE: &str = "profiling";
 
 /// Runs `cargo <args>`, echoing it.
+/// Builds `loadgen` with the bench profile.
+pub fn build_loadgen() -> Result<(), String> {
+    cargo_build(&[
+        "build", "--profile", PROFILE, "-p", "examples", "--bin", "loadgen",
+    ])
+}
+
 pub fn cargo_build(args: &[&str]) -> Result<(), String> {
     println!("==> cargo {}", args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))

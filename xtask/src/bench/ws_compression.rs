@@ -21,15 +21,7 @@ const RATE: u64 = 1_000;
 
 /// Runs the measurement and prints its table.
 pub fn ws_compression_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-    ])?;
+    run::build_loadgen()?;
     cargo_build(&["build", "--profile", run::PROFILE, "-p", "event-server"])?;
     let bins = Bins::locate_server_and_loadgen()?;
     let tmp = std::env::temp_dir().join(format!("matric-bench-wsz-{}", std::process::id()));
