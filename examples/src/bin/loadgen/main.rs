@@ -58,6 +58,8 @@ use sys::CpuMeter;
 
 /// Most events per publish request (the server's limit).
 const MAX_BATCH: u64 = 1000;
+/// The server's default `PUBLISH_MAX_BODY_BYTES`.
+const MAX_BODY_BYTES: u64 = 1 << 20;
 /// The `job_id` of every probe event.
 const PROBE_JOB: &str = "0197c0de-5e1a-7a00-8000-00000000b0b0";
 
@@ -326,7 +328,12 @@ async fn publish(args: Args, targets: Vec<Target>, published: Arc<AtomicU64>) ->
         ticker.tick().await;
         let due = ((args.rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
         while out.count < due {
-            let n = (due - out.count).min(MAX_BATCH);
+            // Within the server's default body limit (PUBLISH_MAX_BODY_BYTES,
+            // 1 MiB) whatever the payload: a catch-up batch of large events
+            // would otherwise be refused (413) and end the publishing.
+            let per_event = args.payload as u64 + 512;
+            let fits = (MAX_BODY_BYTES * 9 / 10 / per_event).max(1);
+            let n = (due - out.count).min(MAX_BATCH).min(fits);
             let at = turn % clients.len();
             turn += 1;
             body.clear();
