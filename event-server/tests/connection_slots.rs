@@ -466,3 +466,70 @@ async fn slots_are_bounded_per_principal_and_in_all_and_bad_requests_are_named()
     // A direct connection's status and kick stay admin-only.
     assert_eq!(status(&server, BOB, "1").await.0, 403);
 }
+
+#[tokio::test]
+async fn a_slot_fixes_compression_and_its_consumer() {
+    let server = start(&[]).await;
+    let open = |url: String| {
+        client()
+            .get(server.url(&url))
+            .header("accept-encoding", "gzip")
+            .send()
+    };
+    // Compression off in the slot: the opener's Accept-Encoding is ignored.
+    let (_, plain) = create(&server, ALICE, json!({"compression": false})).await;
+    let res = open(plain["stream_url"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("content-encoding").is_none());
+    // By default the opener's offer is honoured.
+    let (_, default) = create(&server, ALICE, json!({})).await;
+    let res = open(default["stream_url"].as_str().unwrap().to_owned())
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-encoding"], "gzip");
+    drop(res);
+
+    // A named consumer: it exists once its slot's stream opened, and reads
+    // from the start it was given.
+    let job = Uuid::now_v7();
+    publish(
+        &server,
+        json!([{"type": "JobQueued", "job_id": job, "job_type": "Embedding"}]),
+    )
+    .await;
+    let (code, slot) = create(
+        &server,
+        ALICE,
+        json!({"consumer": "slot-reader", "start": "earliest", "filter": {"types": "job"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{slot}");
+    let res = client()
+        .get(server.url(slot["stream_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = Box::pin(res.bytes_stream());
+    let mut seen = String::new();
+    read_until(&mut body, &mut seen, &job.to_string()).await;
+    let consumers: Value = client()
+        .get(server.url("/api/v1/consumers"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        consumers["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "slot-reader" && c["members"] == 1),
+        "{consumers}"
+    );
+}

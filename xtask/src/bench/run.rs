@@ -20,7 +20,13 @@ pub const PROFILE: &str = "profiling";
 /// Builds `loadgen` with the bench profile.
 pub fn build_loadgen() -> Result<(), String> {
     cargo_build(&[
-        "build", "--profile", PROFILE, "-p", "examples", "--bin", "loadgen",
+        "build",
+        "--profile",
+        PROFILE,
+        "-p",
+        "examples",
+        "--bin",
+        "loadgen",
     ])
 }
 
