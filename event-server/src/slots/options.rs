@@ -311,7 +311,7 @@ mod tests {
         assert!(
             refused(serde_json::json!({"buffer_max_bytes": 100})).contains("two of the largest")
         );
-        options(serde_json::json!({"transport": "ws", "max_rate": 3, "buffer_max_bytes": 4096}))
+        options(serde_json::json!({"transport": "ws", "max_rate": 3, "buffer_max_bytes": 40_000}))
             .check(&p, 1024)
             .unwrap();
         assert!(serde_json::from_value::<SlotOptions>(serde_json::json!({"nope": 1})).is_err());
