@@ -220,7 +220,6 @@ fn strip_null(prop: &mut Value) {
 
 /// `T`'s schema inline, as the server *accepts* it (request bodies: a
 /// field with a default is optional).
-#[cfg(feature = "demo")]
 pub(crate) fn request_schema<T: schemars::JsonSchema>() -> Value {
     let mut settings = SchemaSettings::draft2020_12();
     settings.inline_subschemas = true;
