@@ -323,14 +323,6 @@ impl ConnectionRegistry {
         self.inner.observer.set(observer).is_ok()
     }
 
-    /// The open connection opened for `slot`, if any.
-    pub fn find_slot(&self, slot: &str) -> Option<ConnectionInfo> {
-        self.read()
-            .values()
-            .find(|e| e.slot.as_deref() == Some(slot))
-            .map(|e| e.info())
-    }
-
     /// Every open connection, ordered by id.
     pub fn list(&self) -> Vec<ConnectionInfo> {
         let mut v: Vec<_> = self.read().values().map(|e| e.info()).collect();
@@ -467,8 +459,6 @@ mod tests {
         };
         let a = reg.register(Transport::Sse, None, &p);
         let plain = reg.register(Transport::WebSocket, None, &Principal::anonymous());
-        assert_eq!(reg.find_slot("conn_a").map(|i| i.id), Some(a.id()));
-        assert!(reg.find_slot("conn_b").is_none());
         assert_eq!(reg.get(a.id()).unwrap().last_event_at, None);
         a.record_sent(0);
         assert_eq!(reg.get(a.id()).unwrap().last_event_at, None);

@@ -32,6 +32,31 @@ use crate::{NatsConfig, Retention};
 
 mod cluster;
 
+/// Starts `command` (a `nats-server`), waits for its "Server is ready" line,
+/// and keeps draining its log so the pipe never fills up.
+async fn spawn_until_ready(command: &mut Command, name: &str) -> Child {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start nats-server");
+    let stderr = child.stderr.take().expect("nats-server's stderr is piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let ready = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("Server is ready") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(ready, Ok(true), "{name} did not become ready");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
 pub use cluster::{PrivateNatsCluster, wait_for_stream_leader_other_than};
 
 /// How long a set-up step (a `nats-server` starting) may take.
@@ -196,7 +221,8 @@ impl PrivateNats {
     }
 
     async fn run(&mut self) {
-        let mut child = Command::new(NATS_SERVER)
+        let mut command = Command::new(NATS_SERVER);
+        command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -205,26 +231,8 @@ impl PrivateNats {
                 "-js",
                 "-sd",
             ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        let stderr = child.stderr.take().expect("nats-server's stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Server is ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "nats-server did not become ready");
-        // Keep draining its log so the pipe never fills up.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .arg(&self.dir);
+        let child = spawn_until_ready(&mut command, "nats-server").await;
         self.child = Some(child);
     }
 

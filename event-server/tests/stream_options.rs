@@ -523,7 +523,7 @@ async fn ws_upgrade_max_rate_paces_from_the_first_event_and_bad_values_refuse_th
 #[tokio::test]
 async fn sse_buffer_max_bytes_is_checked_against_the_servers_range() {
     let server = Server::start(&[]).await;
-    for bad in ["1024", "99999999999", "lots"] {
+    for bad in ["1024", "99999999999", "lots", "600000&consumer=reader"] {
         let res = client()
             .get(server.url(&format!("/api/v1/events?buffer_max_bytes={bad}")))
             .send()

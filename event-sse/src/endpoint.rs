@@ -286,12 +286,15 @@ impl SseEndpoint {
         if let Some(named) = named {
             // A consumer reads at the pace of its acks and its read-ahead
             // bound; a rate limit would only hold its deliveries back.
-            if let Some(raw) = query.get("max_rate") {
-                return Err(SseError::param(
-                    "max_rate",
-                    raw,
-                    "does not apply to `consumer` or `group` streams (their read-ahead is bounded by CONSUMER_MAX_ACK_PENDING)",
-                ));
+            // Their read-ahead is the consumer's own bound, not the outbox.
+            for param in ["max_rate", "buffer_max_bytes"] {
+                if let Some(raw) = query.get(param) {
+                    return Err(SseError::param(
+                        param,
+                        raw,
+                        "does not apply to `consumer` or `group` streams (their read-ahead is bounded by CONSUMER_MAX_ACK_PENDING)",
+                    ));
+                }
             }
             let member = crate::consumer::attach(inner.consumers.as_ref(), named).await?;
             let guard = inner.registry.register(Transport::Sse, remote, &principal);

@@ -8,10 +8,8 @@
 #![allow(clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -142,27 +140,10 @@ impl PrivateNatsCluster {
 
     async fn run(&mut self, i: usize) {
         let node = &mut self.nodes[i];
-        let mut child = Command::new(NATS_SERVER)
-            .arg("-c")
-            .arg(&node.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nats-server");
-        let stderr = child.stderr.take().expect("nats-server's stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let ready = tokio::time::timeout(WAIT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains("Server is ready") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert_eq!(ready, Ok(true), "nats-server {} did not start", node.name);
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let name = format!("nats-server {}", node.name);
+        let mut command = Command::new(NATS_SERVER);
+        command.arg("-c").arg(&node.config);
+        let child = super::spawn_until_ready(&mut command, &name).await;
         node.child = Some(child);
     }
 

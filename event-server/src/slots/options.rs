@@ -173,6 +173,15 @@ impl SlotOptions {
                     "give either `consumer` or `group`, not both",
                 ));
             }
+            (Some(_), None) | (None, Some(_))
+                if self.transport == StreamKind::Sse
+                    && (self.max_rate.is_some() || self.buffer_max_bytes.is_some()) =>
+            {
+                return Err(bad(
+                    "invalid_parameter",
+                    "`max_rate` and `buffer_max_bytes` do not apply to an SSE consumer (its read-ahead is CONSUMER_MAX_ACK_PENDING)",
+                ));
+            }
             (Some(n), None) | (None, Some(n)) => n,
             (None, None) => {
                 if self.ack.is_some() || self.ack_wait.is_some() || self.start.is_some() {
@@ -273,16 +282,13 @@ mod tests {
     fn options_become_the_transport_query_percent_encoded() {
         let o = options(serde_json::json!({
             "filter": {"types": "job", "memory": "a b"},
-            "heartbeat": 10, "max_rate": 5, "group": "g-1", "ack": "explicit"
+            "heartbeat": 10, "group": "g-1", "ack": "explicit"
         }));
         o.check(&Principal::anonymous(), 1024).unwrap();
         let q = o.to_query();
         assert!(q.starts_with("filter=%7B%22"), "{q}");
         assert!(q.contains("a%20b"), "{q}");
-        assert!(
-            q.ends_with("&heartbeat=10&max_rate=5&group=g-1&ack=explicit"),
-            "{q}"
-        );
+        assert!(q.ends_with("&heartbeat=10&group=g-1&ack=explicit"), "{q}");
         let back: std::collections::HashMap<String, String> =
             axum::extract::Query::try_from_uri(&format!("/?{q}").parse().unwrap())
                 .unwrap()
@@ -300,6 +306,10 @@ mod tests {
         assert!(refused(serde_json::json!({"heartbeat": 1})).contains("heartbeat"));
         assert!(refused(serde_json::json!({"consumer": "a", "group": "b"})).contains("either"));
         assert!(refused(serde_json::json!({"ack": "explicit"})).contains("only with"));
+        assert!(
+            refused(serde_json::json!({"consumer": "c", "buffer_max_bytes": 600_000}))
+                .contains("do not apply")
+        );
         assert!(refused(serde_json::json!({"group": "g", "ack_wait": 0})).contains("ack_wait"));
         assert!(refused(serde_json::json!({"consumer": "bad name"})).contains("consumer name"));
         assert!(refused(serde_json::json!({"filter": {"types": "nope"}})).contains("nope"));
