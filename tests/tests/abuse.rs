@@ -281,6 +281,56 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
     }
     assert!(refused, "the job queue never filled");
 
+    // 7. A connection-slot flood stops at the per-principal bound
+    //    (CONNECTION_SLOTS_PER_PRINCIPAL, 100): 409 slot_limit.
+    let mut slot_refusal = None;
+    for _ in 0..=100 {
+        let res = admin(
+            http.post(server.url("/api/v1/connections"))
+                .json(&json!({"transport":"sse"})),
+        )
+        .send()
+        .await
+        .unwrap();
+        if res.status() != 201 {
+            slot_refusal = Some((res.status().as_u16(), res.text().await.unwrap()));
+            break;
+        }
+    }
+    let (status, body) = slot_refusal.expect("101 slots were created for one principal");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains(r#""error":"slot_limit""#), "{body}");
+
+    // 8. A flood of stats streams stops at STATS_STREAM_MAX (64): 503 with
+    //    Retry-After; the open ones are held (never read).
+    let mut stats_streams = Vec::new();
+    let mut stats_refusal = None;
+    for _ in 0..=64 {
+        let res = admin(http.get(server.url("/api/v1/stats/stream")))
+            .send()
+            .await
+            .unwrap();
+        if res.status() != 200 {
+            stats_refusal = Some(res);
+            break;
+        }
+        stats_streams.push(res);
+    }
+    let refusal = stats_refusal.expect("65 stats streams were opened");
+    assert_eq!(refusal.status(), 503);
+    assert!(refusal.headers().contains_key("retry-after"));
+
+    // 9. A client asking for a queue budget below two of the largest
+    //    events: 400 naming the range, on both transports.
+    let budget_url = format!(
+        "{sse_url}{}buffer_max_bytes=1",
+        if sse_url.contains('?') { '&' } else { '?' }
+    );
+    let res = admin(http.get(&budget_url)).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("buffer_max_bytes"), "{body}");
+
     // The paced clients are still served, at their rate: the burst's
     // first event, then held ones.
     for client in &mut paced {
@@ -317,7 +367,7 @@ async fn abuse(server: &Server, auth: &[(&str, &str)], sse_url: &str, ws_url: &s
         "the server's process grew {} MiB under abuse (ring already full before)",
         grown / MIB
     );
-    drop((stalled, floods, paced, paced_sse));
+    drop((stalled, floods, paced, paced_sse, stats_streams));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
