@@ -199,6 +199,8 @@ mod cluster;
 mod codec;
 mod config;
 mod error;
+mod log;
+mod offsets;
 mod origin;
 mod publisher;
 mod replay;
@@ -210,10 +212,13 @@ pub mod testing;
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
 pub use config::{
-    DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE,
-    MAX_REPLICAS, NatsConfig, Retention,
+    DEFAULT_CONSUMERS_BUCKET, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_TOPIC_SCAN,
+    DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS, MAX_TOPIC_SCAN,
+    NatsConfig, Retention,
 };
 pub use error::Error;
+pub use log::JetStreamLog;
+pub use offsets::{KvOffsets, MAX_VALUE_BYTES};
 pub use origin::LocalOriginOnly;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::member::{Delivery, MemberQueue};
 use super::{
-    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerRecord, Control, OffsetStore,
-    info_of,
+    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerRecord, Control, LogMark,
+    OffsetStore, info_of, lag_of,
 };
 use crate::auth::Principal;
 use crate::bus::EventBus;
@@ -74,6 +74,7 @@ pub(super) struct Dispatcher {
     dirty: bool,
     retry_at: Option<Instant>,
     logged: Option<watch::Receiver<u64>>,
+    mark: Option<LogMark>,
 }
 
 impl Dispatcher {
@@ -81,6 +82,7 @@ impl Dispatcher {
         record: ConsumerRecord,
         bus: EventBus,
         log: Arc<dyn EventLog>,
+        mark: Option<LogMark>,
         store: Arc<dyn OffsetStore>,
         config: ConsumerConfig,
         mailbox: mpsc::UnboundedReceiver<Control>,
@@ -92,7 +94,12 @@ impl Dispatcher {
             .build();
         // From 0, so rate() sees the series before the first redelivery.
         redelivered.add(0, &[KeyValue::new("consumer", record.name.clone())]);
-        let logged = bus.watch_logged();
+        // A log fed from elsewhere (JetStream) says itself how far it holds
+        // the bus's events; else this process's log writer does.
+        let logged = match &mark {
+            Some(mark) => Some(mark.through.clone()),
+            None => bus.watch_logged(),
+        };
         Dispatcher {
             cursor: record.committed,
             saved: record.committed,
@@ -115,6 +122,7 @@ impl Dispatcher {
             dirty: false,
             retry_at: None,
             logged,
+            mark,
         }
     }
 
@@ -145,9 +153,13 @@ impl Dispatcher {
 
     /// The committed offset: below every pending event.
     fn committed(&self) -> u64 {
+        // The logged sequence before the oldest pending event (on a
+        // strided log, the one a stride below: the numbers in between are
+        // never logged).
+        let stride = self.mark.as_ref().map_or(1, |m| m.stride.max(1));
         self.pending
             .first_key_value()
-            .map(|(seq, _)| seq - 1)
+            .map(|(seq, _)| (seq - 1) / stride * stride)
             .unwrap_or(self.cursor)
     }
 
@@ -207,7 +219,11 @@ impl Dispatcher {
                 self.cursor = through;
                 return;
             };
-            if first.seq() > self.cursor + 1 && self.cursor > 0 {
+            // The next sequence a gapless log would hold (one stride on: the
+            // numbers in between never reach a JetStream log).
+            let stride = self.mark.as_ref().map_or(1, |m| m.stride.max(1));
+            let next = (self.cursor / stride + 1).saturating_mul(stride);
+            if first.seq() > next && self.cursor > 0 {
                 self.check_gap(first.seq()).await;
             }
             for event in page {
@@ -402,12 +418,15 @@ impl Dispatcher {
                 }
             }
             Control::Info(reply) => {
-                let through = self.logged_through();
                 let mut record = self.record.clone();
                 record.committed = self.committed();
+                let lag = match &self.mark {
+                    Some(mark) => lag_of(&self.bus, Some(mark), record.committed),
+                    None => self.logged_through().saturating_sub(record.committed),
+                };
                 let _ = reply.send(info_of(
                     &record,
-                    through,
+                    lag,
                     self.pending.len(),
                     self.members.len(),
                 ));
