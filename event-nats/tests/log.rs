@@ -265,6 +265,21 @@ async fn next(member: &mut Member) -> Arc<event_core::Event> {
     }
 }
 
+/// Waits until the offset stored for `worker` is `seq`.
+async fn stored_reaches(cluster: &NatsCluster, seq: u64) {
+    let store = cluster.offsets().await.unwrap();
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            if store.load("worker").await.unwrap().map(|r| r.committed) == Some(seq) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "the stored offset did not reach {seq}");
+}
+
 #[tokio::test]
 async fn a_consumer_resumes_on_another_instance_after_its_offset() {
     let Some(url) = nats_url("a_consumer_resumes_on_another_instance_after_its_offset") else {
@@ -288,9 +303,9 @@ async fn a_consumer_resumes_on_another_instance_after_its_offset() {
         member.ack(vec![event_core::Cursor::Seq(got.seq())]);
     }
     // Detached with events 4 and 5 delivered or queued, not acknowledged:
-    // the offset stored at shutdown is the third event's.
+    // the offset stored when the last member leaves is the third event's.
     drop(member);
-    on_a.shutdown().await;
+    stored_reaches(&a, first[2].seq()).await;
     let more = publish(&b, 3).await;
 
     let info = on_b.list().await.unwrap();
@@ -308,7 +323,19 @@ async fn a_consumer_resumes_on_another_instance_after_its_offset() {
     }
     assert_eq!(got, expected, "right after the committed offset, no gap");
     drop(member);
+    stored_reaches(&a, more[2].seq()).await;
 
+    // Back on A, whose dispatcher still remembers the old position: it
+    // takes the offset B stored, so nothing is delivered twice.
+    let last = publish(&a, 2).await;
+    let mut member = on_a.attach(request()).await.unwrap();
+    for want in &last {
+        let ev = next(&mut member).await;
+        assert_eq!(ev.id(), want.id(), "after B's offset");
+        member.ack(vec![event_core::Cursor::Seq(ev.seq())]);
+    }
+    drop(member);
+    on_a.shutdown().await;
     on_b.shutdown().await;
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;

@@ -369,6 +369,25 @@ impl Dispatcher {
         self.redeliver.extend(seqs);
     }
 
+    /// Takes over the stored offset when another instance moved it while
+    /// this dispatcher had no member (cluster mode: the store is shared, a
+    /// client may have consumed on another instance meanwhile).
+    async fn reload(&mut self) {
+        match self.store.load(&self.record.name).await {
+            Ok(Some(stored)) if stored.committed != self.saved => {
+                tracing::debug!(consumer = %self.record.name, from = self.saved, to = stored.committed, "consumer moved on another instance");
+                self.reposition(stored.committed);
+                self.saved = stored.committed;
+                self.dirty = false;
+                self.record.committed = stored.committed;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(consumer = %self.record.name, error = %e, "consumer offset not reloaded; continuing from this instance's");
+            }
+        }
+    }
+
     fn reposition(&mut self, after: u64) {
         self.pending.clear();
         self.pending_bytes = 0;
@@ -456,6 +475,9 @@ impl Dispatcher {
         queue: Arc<MemberQueue>,
         id: u64,
     ) -> Result<(), ConsumerError> {
+        if self.members.is_empty() && self.mark.is_some() {
+            self.reload().await;
+        }
         let name = &self.record.name;
         let mismatch = |reason: String| ConsumerError::Mismatch {
             name: name.clone(),
