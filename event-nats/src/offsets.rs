@@ -87,7 +87,9 @@ impl NatsCluster {
             allow_rollup: true,
             deny_delete: true,
             deny_purge: false,
-            allow_direct: true,
+            // Reads from the stream's leader, not any replica: an instance
+            // must see the offset another one has just stored.
+            allow_direct: false,
             discard: stream::DiscardPolicy::New,
             ..Default::default()
         })
@@ -114,7 +116,12 @@ fn key(name: &str) -> String {
 }
 
 fn storage(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> LogError {
-    LogError::storage(format!("consumer offsets (JetStream key-value): {what}"), e)
+    // The driver's words in the message too: the host's JSON error shows
+    // only the message (they never hold the NATS URL).
+    LogError::storage(
+        format!("consumer offsets (JetStream key-value): {what}: {e}"),
+        e,
+    )
 }
 
 async fn bounded<T, E: std::error::Error + Send + Sync + 'static>(

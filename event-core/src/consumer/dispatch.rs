@@ -371,19 +371,24 @@ impl Dispatcher {
 
     /// Takes over the stored offset when another instance moved it while
     /// this dispatcher had no member (cluster mode: the store is shared, a
-    /// client may have consumed on another instance meanwhile).
-    async fn reload(&mut self) {
+    /// client may have consumed on another instance meanwhile). `false`
+    /// when the record is gone (deleted on another instance).
+    async fn reload(&mut self) -> bool {
         match self.store.load(&self.record.name).await {
-            Ok(Some(stored)) if stored.committed != self.saved => {
-                tracing::debug!(consumer = %self.record.name, from = self.saved, to = stored.committed, "consumer moved on another instance");
-                self.reposition(stored.committed);
-                self.saved = stored.committed;
-                self.dirty = false;
-                self.record.committed = stored.committed;
+            Ok(Some(stored)) => {
+                if stored.committed != self.saved {
+                    tracing::debug!(consumer = %self.record.name, from = self.saved, to = stored.committed, "consumer moved on another instance");
+                    self.reposition(stored.committed);
+                    self.saved = stored.committed;
+                    self.dirty = false;
+                    self.record.committed = stored.committed;
+                }
+                true
             }
-            Ok(_) => {}
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(consumer = %self.record.name, error = %e, "consumer offset not reloaded; continuing from this instance's");
+                true
             }
         }
     }
@@ -437,6 +442,11 @@ impl Dispatcher {
                 }
             }
             Control::Info(reply) => {
+                // Idle here, it may be reading on another instance, or be
+                // deleted there: then it is not listed and stops here.
+                if self.members.is_empty() && self.mark.is_some() && !self.reload().await {
+                    return false;
+                }
                 let mut record = self.record.clone();
                 record.committed = self.committed();
                 let lag = match &self.mark {
@@ -475,8 +485,16 @@ impl Dispatcher {
         queue: Arc<MemberQueue>,
         id: u64,
     ) -> Result<(), ConsumerError> {
-        if self.members.is_empty() && self.mark.is_some() {
-            self.reload().await;
+        if self.members.is_empty() && self.mark.is_some() && !self.reload().await {
+            // Deleted on another instance: this join creates it again.
+            let start = match request.start {
+                super::StartAt::Latest => self.bus.last_seq(),
+                super::StartAt::Earliest => 0,
+            };
+            tracing::info!(consumer = %self.record.name, "consumer deleted elsewhere; created again");
+            self.reposition(start);
+            self.saved = start;
+            self.record.committed = start;
         }
         let name = &self.record.name;
         let mismatch = |reason: String| ConsumerError::Mismatch {
