@@ -30,6 +30,10 @@ use crate::{Error, NatsCluster};
 /// Largest stored record, in bytes (a record is about 200).
 pub const MAX_VALUE_BYTES: usize = 1024;
 
+/// Most records one listing reads (the host stores at most
+/// `CONSUMER_MAX`, 1,000 by default).
+const MAX_LISTED: usize = 100_000;
+
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -196,10 +200,17 @@ impl OffsetStore for KvOffsets {
             message: e.to_string(),
         };
         let records = bounded("list", async {
-            let mut keys = self.store.keys().await.map_err(|e| failed(&e))?;
-            let mut records = Vec::new();
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(|e| failed(&e))?;
+            let mut listing = self.store.keys().await.map_err(|e| failed(&e))?;
+            // A key written while the listing runs comes again: once each.
+            let mut keys = std::collections::BTreeSet::new();
+            while let Some(key) = listing.next().await {
+                keys.insert(key.map_err(|e| failed(&e))?);
+                if keys.len() > MAX_LISTED {
+                    return Err(failed(&format!("more than {MAX_LISTED} consumers stored")));
+                }
+            }
+            let mut records = Vec::with_capacity(keys.len());
+            for key in keys {
                 // Removed since the listing started: skip.
                 if let Some(bytes) = self.store.get(key).await.map_err(|e| failed(&e))? {
                     records.push(bytes);

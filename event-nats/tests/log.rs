@@ -341,3 +341,29 @@ async fn a_consumer_resumes_on_another_instance_after_its_offset() {
     b.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
 }
+
+#[tokio::test]
+async fn offsets_list_while_another_instance_saves() {
+    let Some(url) = nats_url("offsets_list_while_another_instance_saves") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let b = connect(&instance(&config, "b"), 64).await;
+    let (on_a, on_b) = (a.offsets().await.unwrap(), b.offsets().await.unwrap());
+    assert!(on_b.list().await.unwrap().is_empty(), "an empty bucket lists");
+    let writer = tokio::spawn(async move {
+        for i in 0..200u64 {
+            on_a.save(&record(&format!("c{}", i % 5), bus_seq(i))).await.unwrap();
+        }
+    });
+    while !writer.is_finished() {
+        let listed = on_b.list().await.unwrap();
+        assert!(listed.len() <= 5, "{listed:?}");
+    }
+    writer.await.unwrap();
+    assert_eq!(on_b.list().await.unwrap().len(), 5);
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
