@@ -599,16 +599,7 @@ impl Consumers {
             .lags
             .offsets()
             .insert(request.name.clone(), committed.clone());
-        let dispatcher = Dispatcher::new(
-            record,
-            inner.bus.clone(),
-            inner.log.clone(),
-            inner.mark.clone(),
-            inner.store.clone(),
-            inner.config.clone(),
-            mailbox,
-            committed,
-        );
+        let dispatcher = Dispatcher::new(record, inner, mailbox, committed);
         tokio::spawn(dispatcher.run());
         self.running().insert(
             request.name.clone(),

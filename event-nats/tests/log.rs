@@ -351,10 +351,15 @@ async fn offsets_list_while_another_instance_saves() {
     let a = connect(&config, 64).await;
     let b = connect(&instance(&config, "b"), 64).await;
     let (on_a, on_b) = (a.offsets().await.unwrap(), b.offsets().await.unwrap());
-    assert!(on_b.list().await.unwrap().is_empty(), "an empty bucket lists");
+    assert!(
+        on_b.list().await.unwrap().is_empty(),
+        "an empty bucket lists"
+    );
     let writer = tokio::spawn(async move {
         for i in 0..200u64 {
-            on_a.save(&record(&format!("c{}", i % 5), bus_seq(i))).await.unwrap();
+            on_a.save(&record(&format!("c{}", i % 5), bus_seq(i)))
+                .await
+                .unwrap();
         }
     });
     while !writer.is_finished() {

@@ -80,14 +80,12 @@ pub(super) struct Dispatcher {
 impl Dispatcher {
     pub(super) fn new(
         record: ConsumerRecord,
-        bus: EventBus,
-        log: Arc<dyn EventLog>,
-        mark: Option<LogMark>,
-        store: Arc<dyn OffsetStore>,
-        config: ConsumerConfig,
+        inner: &super::Inner,
         mailbox: mpsc::UnboundedReceiver<Control>,
         committed_out: Arc<AtomicU64>,
     ) -> Self {
+        let (bus, log, mark) = (inner.bus.clone(), inner.log.clone(), inner.mark.clone());
+        let (store, config) = (inner.store.clone(), inner.config.clone());
         let redelivered = crate::metrics::meter()
             .u64_counter(crate::metrics::CONSUMER_REDELIVERED)
             .with_description("Consumer events delivered again (ack wait expired or member left)")
