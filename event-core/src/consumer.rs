@@ -327,6 +327,8 @@ struct Running {
 struct Inner {
     bus: EventBus,
     log: Arc<dyn EventLog>,
+    /// How far the log holds the bus's events when no log writer feeds it.
+    mark: Option<LogMark>,
     store: Arc<dyn OffsetStore>,
     config: ConsumerConfig,
     running: Mutex<HashMap<String, Running>>,
@@ -337,9 +339,42 @@ struct Inner {
     _lag_gauge: opentelemetry::metrics::ObservableGauge<u64>,
 }
 
+/// How far a log that no [`LogWriter`](crate::LogWriter) of this bus
+/// feeds holds the bus's events: a JetStream stream in cluster mode, where
+/// an event reaches the bus only after the stream stored it.
+#[derive(Debug, Clone)]
+pub struct LogMark {
+    /// The bus sequence through which the log holds every event; wakes
+    /// each consumer when it moves.
+    pub through: tokio::sync::watch::Receiver<u64>,
+    /// Bus sequence numbers per logged event, for the lag (1 when the bus
+    /// numbers events one by one; JetStream's `SEQ_STRIDE` in cluster
+    /// mode, where the numbers in between are events that never reach the
+    /// log).
+    pub stride: u64,
+}
+
+impl LogMark {
+    /// Logged events after `committed`.
+    pub(crate) fn lag(&self, committed: u64) -> u64 {
+        let stride = self.stride.max(1);
+        (*self.through.borrow() / stride).saturating_sub(committed / stride)
+    }
+}
+
+/// Logged events after `committed`: by the mark when the log has one, else
+/// by the bus's log writer.
+pub(crate) fn lag_of(bus: &EventBus, mark: Option<&LogMark>, committed: u64) -> u64 {
+    match mark {
+        Some(mark) => mark.lag(committed),
+        None => bus.logged_through().unwrap_or(0).saturating_sub(committed),
+    }
+}
+
 /// Each running consumer's committed offset, for `matric_consumer_lag`.
 pub(crate) struct LagTable {
     bus: EventBus,
+    mark: Option<LogMark>,
     offsets: Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
@@ -355,10 +390,13 @@ impl LagTable {
             .with_description("Logged events after each running named consumer's committed offset")
             .with_callback(move |observer| {
                 let Some(table) = weak.upgrade() else { return };
-                let through = table.bus.logged_through().unwrap_or(0);
                 for (name, committed) in table.offsets().iter() {
                     observer.observe(
-                        through.saturating_sub(committed.load(Ordering::Relaxed)),
+                        lag_of(
+                            &table.bus,
+                            table.mark.as_ref(),
+                            committed.load(Ordering::Relaxed),
+                        ),
                         &[opentelemetry::KeyValue::new("consumer", name.clone())],
                     );
                 }
@@ -411,8 +449,32 @@ impl Consumers {
         store: Arc<dyn OffsetStore>,
         config: ConsumerConfig,
     ) -> Self {
+        Self::build(bus, log, store, config, None)
+    }
+
+    /// Consumers of a log that no log writer of `bus` feeds (a JetStream
+    /// stream in cluster mode): `mark` says how far it holds the bus's
+    /// events. Never tap a [`LogWriter`](crate::LogWriter) onto such a log.
+    pub fn with_mark(
+        bus: EventBus,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn OffsetStore>,
+        config: ConsumerConfig,
+        mark: LogMark,
+    ) -> Self {
+        Self::build(bus, log, store, config, Some(mark))
+    }
+
+    fn build(
+        bus: EventBus,
+        log: Arc<dyn EventLog>,
+        store: Arc<dyn OffsetStore>,
+        config: ConsumerConfig,
+        mark: Option<LogMark>,
+    ) -> Self {
         let lags = Arc::new(LagTable {
             bus: bus.clone(),
+            mark: mark.clone(),
             offsets: Mutex::new(HashMap::new()),
         });
         let lag_gauge = LagTable::gauge(&lags);
@@ -420,6 +482,7 @@ impl Consumers {
             inner: Arc::new(Inner {
                 bus,
                 log,
+                mark,
                 store,
                 config,
                 running: Mutex::new(HashMap::new()),
@@ -536,15 +599,7 @@ impl Consumers {
             .lags
             .offsets()
             .insert(request.name.clone(), committed.clone());
-        let dispatcher = Dispatcher::new(
-            record,
-            inner.bus.clone(),
-            inner.log.clone(),
-            inner.store.clone(),
-            inner.config.clone(),
-            mailbox,
-            committed,
-        );
+        let dispatcher = Dispatcher::new(record, inner, mailbox, committed);
         tokio::spawn(dispatcher.run());
         self.running().insert(
             request.name.clone(),
@@ -588,10 +643,10 @@ impl Consumers {
                 out.insert(info.name.clone(), info);
             }
         }
-        let through = self.inner.bus.logged_through().unwrap_or(0);
         for record in self.inner.store.list().await? {
+            let lag = lag_of(&self.inner.bus, self.inner.mark.as_ref(), record.committed);
             out.entry(record.name.clone())
-                .or_insert_with(|| info_of(&record, through, 0, 0));
+                .or_insert_with(|| info_of(&record, lag, 0, 0));
         }
         let mut list: Vec<_> = out.into_values().collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -634,7 +689,7 @@ impl Consumers {
 
 pub(crate) fn info_of(
     record: &ConsumerRecord,
-    through: u64,
+    lag: u64,
     pending: usize,
     members: usize,
 ) -> ConsumerInfo {
@@ -644,7 +699,7 @@ pub(crate) fn info_of(
         ack: record.mode,
         ack_wait_ms: u64::try_from(record.ack_wait.as_millis()).unwrap_or(u64::MAX),
         committed_seq: record.committed,
-        lag: through.saturating_sub(record.committed),
+        lag,
         pending,
         members,
         last_seen: record.updated_at,

@@ -120,7 +120,7 @@ pub use bus::{
 };
 pub use consumer::{
     AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo, ConsumerRecord, Consumers,
-    Delivery, Member, MemoryOffsets, OffsetStore, StartAt,
+    Delivery, LogMark, Member, MemoryOffsets, OffsetStore, StartAt,
 };
 pub use error::Error;
 pub use event::{

@@ -121,6 +121,15 @@ pub enum LogError {
     /// The writer has stopped (the host is shutting down).
     #[error("the event log writer has stopped")]
     Closed,
+    /// This log does not do that (per-topic retention on JetStream, whose
+    /// stream has one retention for every event).
+    #[error("the {log} log does not support {what}")]
+    Unsupported {
+        /// The log's [`EventLog::name`].
+        log: String,
+        /// What it does not do.
+        what: &'static str,
+    },
 }
 
 impl LogError {
@@ -209,10 +218,10 @@ pub struct TopicRetention {
 /// Most topics with a retention of their own.
 pub const MAX_TOPIC_RETENTIONS: usize = 1_000;
 
-fn unsupported(log: &str, what: &str) -> LogError {
-    LogError::Storage {
-        message: format!("the {log} log does not support {what}"),
-        source: None,
+fn unsupported(log: &str, what: &'static str) -> LogError {
+    LogError::Unsupported {
+        log: log.to_owned(),
+        what,
     }
 }
 

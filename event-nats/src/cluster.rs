@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub own_event_lock: Mutex<()>,
     /// The newest stream sequence injected into the bus.
     pub last_injected: watch::Sender<u64>,
+    /// The same, as a bus sequence: how far the stream (the cluster's event
+    /// log) holds this bus's events, for named consumers.
+    pub logged: watch::Sender<u64>,
     /// Slots for concurrent replays from JetStream.
     pub replay_slots: tokio::sync::Semaphore,
 }
@@ -190,6 +193,7 @@ impl NatsCluster {
             fallback: RecentIds::new(ORIGIN_MEMORY),
             own_event_lock: Mutex::new(()),
             last_injected: watch::channel(start.saturating_sub(1)).0,
+            logged: watch::channel(bus_seq(start.saturating_sub(1))).0,
             replay_slots: tokio::sync::Semaphore::new(config.max_concurrent_replays),
             config,
         });

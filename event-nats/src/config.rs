@@ -9,6 +9,8 @@ use crate::Error;
 pub const DEFAULT_SUBJECT_PREFIX: &str = "matric.events";
 /// The default JetStream stream name.
 pub const DEFAULT_STREAM: &str = "MATRIC_EVENTS";
+/// The default key-value bucket of consumer offsets.
+pub const DEFAULT_CONSUMERS_BUCKET: &str = "MATRIC_CONSUMERS";
 /// The default NATS URL.
 pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
@@ -100,6 +102,15 @@ pub struct NatsConfig {
     /// How far around a UUID cursor's timestamp a replay looks for it in the
     /// stream (clock skew between instances and NATS).
     pub id_search_window: Duration,
+    /// How many of the newest events the topics listing of the stream as an
+    /// event log ([`crate::JetStreamLog`]) reads (`NATS_TOPIC_SCAN`; at most
+    /// [`MAX_TOPIC_SCAN`]): older events are not counted.
+    pub topic_scan: usize,
+    /// The JetStream key-value bucket where named consumers keep their
+    /// committed offsets ([`crate::KvOffsets`]; `NATS_CONSUMERS_BUCKET`,
+    /// default `MATRIC_CONSUMERS`), shared by every instance. Created with
+    /// the stream's [`replicas`](Self::replicas) and storage.
+    pub consumers_bucket: String,
 }
 
 impl Default for NatsConfig {
@@ -123,9 +134,16 @@ impl Default for NatsConfig {
             replay_timeout: Duration::from_secs(10),
             max_concurrent_replays: 8,
             id_search_window: Duration::from_secs(60),
+            topic_scan: DEFAULT_TOPIC_SCAN,
+            consumers_bucket: DEFAULT_CONSUMERS_BUCKET.to_owned(),
         }
     }
 }
+
+/// Default of [`NatsConfig::topic_scan`].
+pub const DEFAULT_TOPIC_SCAN: usize = 10_000;
+/// Largest [`NatsConfig::topic_scan`] (one listing holds that many events).
+pub const MAX_TOPIC_SCAN: usize = 100_000;
 
 /// Most stream replicas (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
@@ -150,7 +168,9 @@ impl NatsConfig {
     /// `NATS_MAX_AGE_SECS`, `NATS_REPLICAS` (stream replicas on a
     /// clustered NATS, e.g. 3; unset or unparsable: 1) and
     /// `NATS_PUBLISH_RETRIES` ([`publish_retries`](Self::publish_retries))
-    /// and `NATS_RECONNECT_GRACE_MS` ([`reconnect_grace`](Self::reconnect_grace)).
+    /// and `NATS_RECONNECT_GRACE_MS` ([`reconnect_grace`](Self::reconnect_grace))
+    /// and `NATS_TOPIC_SCAN` ([`topic_scan`](Self::topic_scan)) and
+    /// `NATS_CONSUMERS_BUCKET` ([`consumers_bucket`](Self::consumers_bucket)).
     ///
     /// A numeric variable that is set but not a number, or out of its
     /// bounds ([`validate`](Self::validate)), is an [`Error::Config`] naming
@@ -192,6 +212,12 @@ impl NatsConfig {
         }
         if let Some(ms) = number("NATS_RECONNECT_GRACE_MS", var("NATS_RECONNECT_GRACE_MS"))? {
             config.reconnect_grace = Duration::from_millis(ms);
+        }
+        if let Some(scan) = number("NATS_TOPIC_SCAN", var("NATS_TOPIC_SCAN"))? {
+            config.topic_scan = scan;
+        }
+        if let Some(bucket) = var("NATS_CONSUMERS_BUCKET") {
+            config.consumers_bucket = bucket;
         }
         config.validate()?;
         Ok(Some(config))
@@ -259,6 +285,24 @@ impl NatsConfig {
                 "NATS_RECONNECT_GRACE_MS={} is over {}",
                 self.reconnect_grace.as_millis(),
                 MAX_RECONNECT_GRACE.as_millis()
+            )));
+        }
+        if self.topic_scan > MAX_TOPIC_SCAN {
+            return Err(Error::Config(format!(
+                "NATS_TOPIC_SCAN={} is over {MAX_TOPIC_SCAN}",
+                self.topic_scan
+            )));
+        }
+        if self.consumers_bucket.is_empty()
+            || self.consumers_bucket.len() > 64
+            || !self
+                .consumers_bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        {
+            return Err(Error::Config(format!(
+                "NATS_CONSUMERS_BUCKET={:?} must be 1 to 64 characters of A-Z a-z 0-9 _ -",
+                self.consumers_bucket
             )));
         }
         if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
@@ -340,6 +384,18 @@ mod tests {
                 reconnect_grace: MAX_RECONNECT_GRACE + Duration::from_millis(1),
                 ..NatsConfig::default()
             },
+            NatsConfig {
+                topic_scan: MAX_TOPIC_SCAN + 1,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                consumers_bucket: "a.b".into(),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                consumers_bucket: "x".repeat(65),
+                ..NatsConfig::default()
+            },
         ] {
             assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
         }
@@ -347,6 +403,8 @@ mod tests {
             replicas: MAX_REPLICAS,
             publish_retries: MAX_PUBLISH_RETRIES,
             reconnect_grace: MAX_RECONNECT_GRACE,
+            topic_scan: MAX_TOPIC_SCAN,
+            consumers_bucket: "x".repeat(64),
             ..NatsConfig::default()
         };
         assert!(at_the_limits.validate().is_ok());

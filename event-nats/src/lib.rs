@@ -52,6 +52,21 @@
 //! JetStream by itself whenever its ring misses
 //! (`SseEndpoint::with_replay_source(Arc::new(cluster.clone()))`).
 //!
+//! ## The stream as the event log, shared consumer offsets
+//!
+//! The stream is also the cluster's event log: [`NatsCluster::log`] gives
+//! it as event-core's [`EventLog`](event_core::EventLog)
+//! ([`JetStreamLog`]: read by sequence, by time and by id, bounds, a
+//! bounded topics listing; the stream applies its own retention, and
+//! appending does nothing because every event is in the stream before any
+//! bus has it, so never tap a `LogWriter` onto it). Named consumers read
+//! it through `Consumers::with_mark(bus, log, offsets, config,
+//! cluster.log_mark())`, with their committed offsets in a JetStream
+//! key-value bucket ([`NatsCluster::offsets`], [`KvOffsets`],
+//! `NatsConfig::consumers_bucket`), so a consumer that reconnects to
+//! another instance resumes right after its offset. Per-topic retention
+//! is not supported on the stream (one retention for every topic).
+//!
 //! ## NATS outages
 //!
 //! The client reconnects on its own, with exponential backoff (50 ms up to
@@ -129,6 +144,9 @@
 //!   `matric_nats_connected`, `matric_nats_published{result}`,
 //!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
 //!   through the `opentelemetry` API like the other crates'.
+//! * Named consumers' offsets live in the key-value bucket
+//!   `MATRIC_CONSUMERS` (`NATS_CONSUMERS_BUCKET`), created with the
+//!   stream's replicas; every instance must name the same bucket.
 //!
 //! ## Wiring it into a host
 //!
@@ -199,6 +217,8 @@ mod cluster;
 mod codec;
 mod config;
 mod error;
+mod log;
+mod offsets;
 mod origin;
 mod publisher;
 mod replay;
@@ -210,10 +230,13 @@ pub mod testing;
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
 pub use config::{
-    DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE,
-    MAX_REPLICAS, NatsConfig, Retention,
+    DEFAULT_CONSUMERS_BUCKET, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_TOPIC_SCAN,
+    DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS, MAX_TOPIC_SCAN,
+    NatsConfig, Retention,
 };
 pub use error::Error;
+pub use log::JetStreamLog;
+pub use offsets::{KvOffsets, MAX_VALUE_BYTES};
 pub use origin::LocalOriginOnly;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,

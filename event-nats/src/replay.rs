@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::cluster::Shared;
 use crate::codec::{self, bus_seq, stream_seq};
 use crate::{Error, NatsCluster};
 
@@ -72,16 +73,7 @@ impl NatsCluster {
             .await
             .map_err(|e| Error::Replay(e.to_string()))?;
         let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        let after = match *cursor {
-            Cursor::Seq(seq) => stream_seq(seq),
-            Cursor::Id(id) => self.locate(id, first, last).await?,
-        };
-        if after > last {
-            return Err(Error::CursorUnknown(cursor.to_string()));
-        }
-        if after.saturating_add(1) < first {
-            return Err(Error::CursorExpired(cursor.to_string()));
-        }
+        let after = shared.resolve(cursor, first, last).await?;
         if after == last {
             return Ok((Vec::new(), after));
         }
@@ -92,38 +84,108 @@ impl NatsCluster {
                 limit: shared.config.max_replay,
             });
         }
+        let events = shared.read_range(after + 1, last, count as usize).await?;
+        Ok((events, after))
+    }
+}
+
+impl Shared {
+    /// The stream sequence `cursor` names, if everything after it is still
+    /// in the stream (`first..=last`).
+    async fn resolve(&self, cursor: &Cursor, first: u64, last: u64) -> Result<u64, Error> {
+        let after = match *cursor {
+            Cursor::Seq(seq) => stream_seq(seq),
+            Cursor::Id(id) => self.locate(id, first, last).await?,
+        };
+        if after > last {
+            return Err(Error::CursorUnknown(cursor.to_string()));
+        }
+        if after.saturating_add(1) < first {
+            return Err(Error::CursorExpired(cursor.to_string()));
+        }
+        Ok(after)
+    }
+
+    /// A page of history: at most `limit` events after `cursor` (from the
+    /// oldest stored when `None`), however far the stream reaches.
+    async fn history_page(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        if !self.state.is_connected() {
+            return Err(Error::Disconnected);
+        }
+        let _slot = self
+            .replay_slots
+            .acquire()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        if info.state.messages == 0 {
+            return match cursor {
+                None => Ok(Vec::new()),
+                Some(cursor) => Err(Error::CursorUnknown(cursor.to_string())),
+            };
+        }
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let after = match cursor {
+            Some(cursor) => self.resolve(cursor, first, last).await?,
+            None => first - 1,
+        };
+        self.read_range(after + 1, last, limit.min(self.config.max_replay))
+            .await
+    }
+
+    /// The events at stream sequences `start..=end`, at most `limit`, oldest
+    /// first (one ordered consumer; call only when `end` is stored, or it
+    /// waits for new events until the caller's deadline). Undecodable
+    /// messages are skipped with a warning.
+    pub(crate) async fn read_range(
+        &self,
+        start: u64,
+        end: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        if start > end || limit == 0 {
+            return Ok(Vec::new());
+        }
         let (mut messages, _consumer) = self
             .ordered(
                 DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
+                    start_sequence: start,
                 },
                 false,
             )
             .await?;
-        let mut events = Vec::with_capacity(count as usize);
+        let mut events = Vec::with_capacity(limit.min((end - start + 1) as usize).min(4096));
         while let Some(item) = messages.next().await {
             let message = item.map_err(|e| Error::Replay(e.to_string()))?;
             let info = message.info().map_err(|e| Error::Replay(e.to_string()))?;
             let seq = info.stream_sequence;
             let pending = info.pending;
-            if seq > last {
+            if seq > end {
                 break;
             }
             match codec::decode(seq, &message.payload, message.headers.as_ref()) {
                 Ok(decoded) => events.push(Arc::new(decoded.event)),
                 Err(error) => {
-                    tracing::warn!(seq, %error, "undecodable stream message; not replayed")
+                    tracing::warn!(seq, %error, "undecodable stream message; not read")
                 }
             }
-            if seq == last || pending == 0 {
+            if seq == end || pending == 0 || events.len() >= limit {
                 break;
             }
         }
-        Ok((events, after))
+        Ok(events)
     }
 
     /// The stream sequence of the event with this id.
-    async fn locate(&self, id: Uuid, first: u64, last: u64) -> Result<u64, Error> {
+    pub(crate) async fn locate(&self, id: Uuid, first: u64, last: u64) -> Result<u64, Error> {
         let unknown = || Error::CursorUnknown(id.to_string());
         if last < first {
             return Err(unknown());
@@ -134,10 +196,9 @@ impl NatsCluster {
             .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
             .map(|t| t + time::Duration::nanoseconds(i64::from(nanos)))
             .ok_or_else(unknown)?;
-        let window = time::Duration::try_from(self.config().id_search_window)
+        let window = time::Duration::try_from(self.config.id_search_window)
             .unwrap_or(time::Duration::minutes(1));
         let info = self
-            .shared()
             .stream
             .get_info()
             .await
@@ -158,7 +219,7 @@ impl NatsCluster {
                 true,
             )
             .await?;
-        let limit = self.config().max_replay.saturating_mul(10);
+        let limit = self.config.max_replay.saturating_mul(10);
         let mut scanned = 0usize;
         while let Some(item) = headers.next().await {
             let message = item.map_err(|e| Error::Replay(e.to_string()))?;
@@ -178,13 +239,12 @@ impl NatsCluster {
     /// An ordered consumer for one replay. It is deleted when the returned
     /// guard drops, rather than lingering until the server's inactivity
     /// timeout.
-    async fn ordered(
+    pub(crate) async fn ordered(
         &self,
         deliver_policy: DeliverPolicy,
         headers_only: bool,
     ) -> Result<(pull::Ordered, ConsumerGuard), Error> {
         let consumer = self
-            .shared()
             .stream
             .create_consumer(pull::OrderedConfig {
                 deliver_policy,
@@ -194,7 +254,7 @@ impl NatsCluster {
             .await
             .map_err(|e| Error::Replay(e.to_string()))?;
         let guard = ConsumerGuard {
-            stream: self.shared().stream.clone(),
+            stream: self.stream.clone(),
             name: consumer.cached_info().name.clone(),
         };
         let messages = consumer
@@ -226,19 +286,43 @@ impl ReplaySource for NatsCluster {
                 };
                 Ok(Replayed::new(events, cursor_seq))
             }
-            Err(error) => {
-                tracing::debug!(code = error.code(), %error, "cursor not served from JetStream");
-                Err(match error {
-                    Error::CursorUnknown(_) => ReplayMiss::Unknown,
-                    _ => ReplayMiss::Expired,
-                })
-            }
+            Err(error) => Err(miss(error)),
+        }
+    }
+
+    /// A page of the stream after `cursor`, or from its oldest event: the
+    /// history route in cluster mode (`since`, then its own `until`,
+    /// `offset`, filter and `limit` within the page).
+    async fn history(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        let shared = self.shared();
+        let timeout = shared.config.replay_timeout;
+        match tokio::time::timeout(timeout, shared.history_page(cursor, limit)).await {
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(error)) => Err(miss(error)),
+            Err(_) => Err(miss(Error::Replay(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            )))),
         }
     }
 }
 
+/// Every [`Error`] is a miss: [`Error::CursorUnknown`] as
+/// [`ReplayMiss::Unknown`], the others as [`ReplayMiss::Expired`].
+fn miss(error: Error) -> ReplayMiss {
+    tracing::debug!(code = error.code(), %error, "cursor not served from JetStream");
+    match error {
+        Error::CursorUnknown(_) => ReplayMiss::Unknown,
+        _ => ReplayMiss::Expired,
+    }
+}
+
 /// Deletes a replay's consumer in the background when dropped.
-struct ConsumerGuard {
+pub(crate) struct ConsumerGuard {
     stream: async_nats::jetstream::stream::Stream,
     name: String,
 }

@@ -148,6 +148,7 @@ fn inject(shared: &Shared, message: &async_nats::jetstream::Message, next: &mut 
         }
     }
     shared.last_injected.send_replace(stream_seq);
+    shared.logged.send_replace(bus_seq(stream_seq));
 }
 
 fn publish(shared: &Shared, event: event_core::Event) {

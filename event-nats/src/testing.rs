@@ -86,14 +86,16 @@ pub fn nats_url(test: &str) -> Option<String> {
     }
 }
 
-/// A configuration with a stream and subject prefix of its own (`TEST_<uuid>`,
-/// `test.<uuid>`), as instance `instance`. The stream's events expire after
-/// 10 minutes, so a stream a crashed test left behind does not grow.
+/// A configuration with a stream, subject prefix and consumer offset
+/// bucket of its own (`TEST_<uuid>`, `test.<uuid>`, `TEST_<uuid>`), as
+/// instance `instance`. The stream's events expire after 10 minutes, so a
+/// stream a crashed test left behind does not grow.
 pub fn unique_config(url: &str, instance: &str) -> NatsConfig {
     let tag = Uuid::new_v4().simple().to_string();
     NatsConfig {
         stream: format!("TEST_{tag}"),
         subject_prefix: format!("test.{tag}"),
+        consumers_bucket: format!("TEST_{tag}"),
         instance_id: instance.to_owned(),
         retention: Retention {
             max_age: Duration::from_secs(600),
@@ -112,7 +114,7 @@ pub fn instance(config: &NatsConfig, id: &str) -> NatsConfig {
     }
 }
 
-/// Deletes the stream of `config`.
+/// Deletes the stream of `config` and its consumer offset bucket.
 ///
 /// # Panics
 ///
@@ -121,10 +123,21 @@ pub async fn cleanup(config: &NatsConfig) {
     crate::delete_stream(config)
         .await
         .expect("delete the test stream");
+    crate::delete_stream(&bucket_stream(config))
+        .await
+        .expect("delete the test offset bucket");
 }
 
-/// One test's stream on one NATS ([`unique_config`]); deleted when dropped,
-/// also when the test panics.
+/// The stream behind the offset bucket of `config` (`KV_<bucket>`).
+fn bucket_stream(config: &NatsConfig) -> NatsConfig {
+    NatsConfig {
+        stream: format!("KV_{}", config.consumers_bucket),
+        ..config.clone()
+    }
+}
+
+/// One test's stream on one NATS ([`unique_config`]); deleted (with its
+/// offset bucket) when dropped, also when the test panics.
 #[derive(Debug)]
 pub struct TestStream {
     config: NatsConfig,
@@ -158,6 +171,11 @@ impl TestStream {
     pub fn subject_prefix(&self) -> &str {
         &self.config.subject_prefix
     }
+
+    /// The consumer offset bucket (the host's `NATS_CONSUMERS_BUCKET`).
+    pub fn consumers_bucket(&self) -> &str {
+        &self.config.consumers_bucket
+    }
 }
 
 impl Drop for TestStream {
@@ -170,7 +188,10 @@ impl Drop for TestStream {
                 .enable_all()
                 .build()
                 .expect("a runtime to delete the test stream");
-            runtime.block_on(crate::delete_stream(&config))
+            runtime.block_on(async {
+                crate::delete_stream(&bucket_stream(&config)).await?;
+                crate::delete_stream(&config).await
+            })
         })
         .join();
         if !matches!(deleted, Ok(Ok(_))) && !std::thread::panicking() {

@@ -134,7 +134,7 @@ impl App {
             ..BusConfig::default()
         };
         let cluster = Cluster::connect(config, &bus_config).await?;
-        // In cluster mode the JetStream stream is the log.
+        // In cluster mode the JetStream stream is the log (opened below).
         #[cfg(feature = "log")]
         let log = match cluster.is_active() {
             true => None,
@@ -152,14 +152,15 @@ impl App {
         #[cfg(feature = "log")]
         let log = match log {
             Some(log) => Some(log.start(&bus, config).await?),
-            None => None,
+            // In cluster mode, from the stream (no writer taps the bus).
+            None => crate::durable::for_cluster(&cluster, &bus, config).await?,
         };
         #[allow(unused_mut, reason = "the log gives sinks a catch-up source")]
         let mut runner = SinkRunner::new(&bus);
         // A sink that falls behind a burst catches up from the log.
         #[cfg(feature = "log")]
-        if let Some(log) = &log {
-            runner.set_catch_up(log.replay_source());
+        if let Some(source) = log.as_ref().and_then(|l| l.replay_source()) {
+            runner.set_catch_up(source);
         }
         let registry = ConnectionRegistry::new();
         let slots = Slots::new(

@@ -17,6 +17,18 @@ use crate::error::ServerError;
 
 pub use imp::Cluster;
 
+/// What cluster mode gives the host's log API and named consumers
+/// ([`Cluster::log_parts`]).
+#[cfg(feature = "log")]
+pub struct LogParts {
+    /// The stream as an event log.
+    pub log: Arc<dyn event_core::EventLog>,
+    /// Consumer offsets shared by every instance.
+    pub offsets: Arc<dyn event_core::OffsetStore>,
+    /// How far the stream holds the bus's events.
+    pub mark: event_core::LogMark,
+}
+
 #[cfg(feature = "nats")]
 mod imp {
     use super::*;
@@ -42,6 +54,9 @@ mod imp {
             }
             if let Some(prefix) = &config.nats_subject_prefix {
                 nats.subject_prefix.clone_from(prefix);
+            }
+            if let Some(bucket) = &config.nats_consumers_bucket {
+                nats.consumers_bucket.clone_from(bucket);
             }
             let nats = event_nats::NatsCluster::connect(nats, bus.clone())
                 .await
@@ -81,6 +96,24 @@ mod imp {
         /// Closes the link to NATS (the last part the app stops).
         pub fn leave(self) {
             drop(self.nats);
+        }
+
+        /// The stream as the event log and the shared offset bucket, in
+        /// cluster mode; `None` otherwise.
+        #[cfg(feature = "log")]
+        pub async fn log_parts(&self) -> Result<Option<super::LogParts>, ServerError> {
+            let Some(nats) = &self.nats else {
+                return Ok(None);
+            };
+            let offsets = nats
+                .offsets()
+                .await
+                .map_err(|e| ServerError::Startup(format!("NATS consumer offsets: {e}")))?;
+            Ok(Some(super::LogParts {
+                log: Arc::new(nats.log()),
+                offsets: Arc::new(offsets),
+                mark: nats.log_mark(),
+            }))
         }
 
         /// `health` with the NATS link as a component.
@@ -137,6 +170,12 @@ mod imp {
 
         /// Nothing to close.
         pub fn leave(self) {}
+
+        /// No cluster: no stream to serve as the log.
+        #[cfg(feature = "log")]
+        pub async fn log_parts(&self) -> Result<Option<super::LogParts>, ServerError> {
+            Ok(None)
+        }
 
         /// `health` unchanged.
         #[cfg(feature = "telemetry")]

@@ -190,8 +190,9 @@ pub struct Config {
     /// The durable event log (feature `log`): `on` (the default) keeps it
     /// beside `DATABASE_URL` (the same PostgreSQL database, or for SQLite a
     /// file of its own next to the database, `…-log.db`), `off` keeps no
-    /// log, or a `sqlite://` / `postgres://` URL of its own. Ignored in
-    /// cluster mode, where the JetStream stream is the log.
+    /// log, or a `sqlite://` / `postgres://` URL of its own. In cluster
+    /// mode the JetStream stream is the log: `off` still turns the log API
+    /// and named consumers off, any other value is ignored.
     #[arg(long = "event-log", env = "EVENT_LOG", default_value = "on")]
     pub event_log: String,
 
@@ -583,6 +584,11 @@ pub struct Config {
     /// Subject prefix of the events on NATS (default `matric.events`).
     #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX")]
     pub nats_subject_prefix: Option<String>,
+
+    /// JetStream key-value bucket of the named consumers' committed offsets,
+    /// shared by the instances (default `MATRIC_CONSUMERS`).
+    #[arg(long = "nats-consumers-bucket", env = "NATS_CONSUMERS_BUCKET")]
+    pub nats_consumers_bucket: Option<String>,
 }
 
 impl Config {

@@ -4,8 +4,17 @@
 //! before it builds the bus (so the bus continues the log's sequence),
 //! taps the bus with a [`LogWriter`] (group commit; the publish API's `202`
 //! waits for it through [`EventBus::publish_durable`]) and serves cursors
-//! older than the ring from a [`LogReplay`]. In cluster mode the JetStream
-//! stream already is the log.
+//! older than the ring from a [`LogReplay`].
+//!
+//! In cluster mode (`NATS_URL`, feature `nats`) the JetStream stream already
+//! is the log: [`for_cluster`] serves the log API, history and named
+//! consumers from it (`event_nats::JetStreamLog`), with offsets in the
+//! cluster's key-value bucket (`event_nats::KvOffsets`) so a consumer
+//! resumes on any instance. No [`LogWriter`] runs then (every event is in
+//! the stream before the bus has it), so there is no group commit to wait
+//! for, no log pruning (the stream's own retention applies) and no
+//! catch-up of sinks or webhooks from the log. `EVENT_LOG=off` turns these
+//! routes off in cluster mode too; any other value is ignored there.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,8 +37,10 @@ pub struct OpenedLog {
 
 /// The running log.
 pub struct HostLog {
-    writer: LogWriter,
-    replay: Arc<LogReplay>,
+    /// The writer and replay of a log this host appends to; `None` in
+    /// cluster mode, where the stream is appended to by publishing.
+    writer: Option<(LogWriter, Arc<LogReplay>)>,
+    log: Arc<dyn EventLog>,
     consumers: Consumers,
 }
 
@@ -87,35 +98,82 @@ impl OpenedLog {
         let writer = LogWriter::start(bus, self.log.clone(), log_config)
             .await
             .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
-        let consumers = Consumers::new(
-            bus.clone(),
-            self.log,
-            self.offsets,
-            ConsumerConfig {
-                max_consumers: config.consumer_max,
-                max_members: config.consumer_max_members,
-                max_ack_pending: config.consumer_max_ack_pending,
-                default_ack_wait: Duration::from_secs(config.consumer_ack_wait_secs as u64),
-                ..ConsumerConfig::default()
-            },
-        );
+        let consumers =
+            Consumers::new(bus.clone(), self.log, self.offsets, consumer_config(config));
         Ok(HostLog {
-            writer,
-            replay: Arc::new(replay),
+            log: writer.log().clone(),
+            writer: Some((writer, Arc::new(replay))),
             consumers,
         })
     }
 }
 
+/// The bounds of the host's named consumers.
+fn consumer_config(config: &Config) -> ConsumerConfig {
+    ConsumerConfig {
+        max_consumers: config.consumer_max,
+        max_members: config.consumer_max_members,
+        max_ack_pending: config.consumer_max_ack_pending,
+        default_ack_wait: Duration::from_secs(config.consumer_ack_wait_secs as u64),
+        ..ConsumerConfig::default()
+    }
+}
+
+/// In cluster mode: the log API and named consumers over the cluster's
+/// stream and offset bucket, or `None` outside cluster mode (or with
+/// `EVENT_LOG=off`). Never taps a [`LogWriter`]: the stream is not
+/// appended to through the log.
+pub async fn for_cluster(
+    cluster: &crate::cluster::Cluster,
+    bus: &EventBus,
+    config: &Config,
+) -> Result<Option<HostLog>, ServerError> {
+    if config
+        .event_log_url()
+        .map_err(ServerError::Startup)?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(parts) = cluster.log_parts().await? else {
+        return Ok(None);
+    };
+    let consumers = Consumers::with_mark(
+        bus.clone(),
+        parts.log.clone(),
+        parts.offsets,
+        consumer_config(config),
+        parts.mark,
+    );
+    tracing::info!(
+        log = parts.log.name(),
+        "event log API and named consumers served from the cluster's stream"
+    );
+    Ok(Some(HostLog {
+        writer: None,
+        log: parts.log,
+        consumers,
+    }))
+}
+
 impl HostLog {
-    /// Where transports replay cursors older than the ring from.
-    pub fn replay_source(&self) -> Arc<dyn ReplaySource> {
-        self.replay.clone()
+    /// Where transports replay cursors older than the ring from, and sinks
+    /// and webhooks catch up from; `None` in cluster mode (the cluster is
+    /// the replay source there, and nothing catches up from the stream).
+    pub fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
+        self.writer
+            .as_ref()
+            .map(|(_, replay)| replay.clone() as Arc<dyn ReplaySource>)
     }
 
     /// The log itself (for the topics API).
     pub fn log(&self) -> Arc<dyn EventLog> {
-        self.writer.log().clone()
+        self.log.clone()
+    }
+
+    /// Whether this is the cluster's stream (no per-topic retention).
+    pub fn is_cluster_stream(&self) -> bool {
+        self.writer.is_none()
     }
 
     /// The named consumers and groups, read from this log.
@@ -127,6 +185,8 @@ impl HostLog {
     /// (after the producers stopped).
     pub async fn stop(self, deadline: Duration) {
         let _ = tokio::time::timeout(deadline, self.consumers.shutdown()).await;
-        self.writer.shutdown(deadline).await;
+        if let Some((writer, _)) = self.writer {
+            writer.shutdown(deadline).await;
+        }
     }
 }

@@ -79,9 +79,9 @@ pub enum ServerError {
     /// log_unavailable`.
     #[error("{0}")]
     LogUnavailable(#[source] event_core::LogError),
-    /// The route needs the event log, which is off (`EVENT_LOG=off`, or
-    /// cluster mode): `410 log_off`.
-    #[error("the event log is off on this server (EVENT_LOG=off, or cluster mode): {0} needs it")]
+    /// The route needs the event log, which is off (`EVENT_LOG=off`):
+    /// `410 log_off`.
+    #[error("the event log is off on this server (EVENT_LOG=off): {0} needs it")]
     LogOff(&'static str),
     /// A named consumer refused or failed (its code and status).
     #[error("{0}")]

@@ -2,7 +2,9 @@
 //! topics in the event log with their sizes and retention;
 //! `GET/PUT/DELETE /api/v1/topics/{name}` reads, sets and removes one
 //! topic's own retention (docs/protocol.md §11). Without a log: `410
-//! log_off`.
+//! log_off`. In cluster mode the listing covers the stream's newest events
+//! (`NATS_TOPIC_SCAN`) and setting a retention answers `409
+//! topic_retention_unsupported`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,23 @@ fn log_of(log: Shared) -> Result<Arc<dyn EventLog>, ServerError> {
 
 fn unreadable(e: event_core::LogError) -> ServerError {
     ServerError::Unavailable(format!("the event log cannot be read: {e}"))
+}
+
+/// A write of a topic's retention that failed: `409
+/// topic_retention_unsupported` where the log has no per-topic retention
+/// (cluster mode: the JetStream stream's retention applies to every
+/// topic), else `503`.
+fn unwritable(e: event_core::LogError) -> ServerError {
+    match e {
+        event_core::LogError::Unsupported { log, what } => ServerError::Conflict {
+            code: "topic_retention_unsupported",
+            message: format!(
+                "the {log} event log does not support {what}: in cluster mode the JetStream \
+                 stream's retention (NATS_MAX_AGE_SECS and the stream's limits) applies to every topic"
+            ),
+        },
+        other => unreadable(other),
+    }
 }
 
 fn retention_json(r: &Option<Retention>) -> Value {
@@ -154,7 +173,7 @@ async fn put(
         }),
         pruned_through: existing.map_or(0, |o| o.pruned_through),
     };
-    log.set_topic_retention(&record).await.map_err(unreadable)?;
+    log.set_topic_retention(&record).await.map_err(unwritable)?;
     tracing::info!(topic = %name, "topic retention set");
     Ok(Json(topic_json(&name, None, Some(&record))))
 }
@@ -176,7 +195,7 @@ async fn remove(
     };
     // The watermark stays: replays still know what was pruned.
     record.retention = None;
-    log.set_topic_retention(&record).await.map_err(unreadable)?;
+    log.set_topic_retention(&record).await.map_err(unwritable)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::member::{Delivery, MemberQueue};
 use super::{
-    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerRecord, Control, OffsetStore,
-    info_of,
+    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerRecord, Control, LogMark,
+    OffsetStore, info_of, lag_of,
 };
 use crate::auth::Principal;
 use crate::bus::EventBus;
@@ -74,25 +74,30 @@ pub(super) struct Dispatcher {
     dirty: bool,
     retry_at: Option<Instant>,
     logged: Option<watch::Receiver<u64>>,
+    mark: Option<LogMark>,
 }
 
 impl Dispatcher {
     pub(super) fn new(
         record: ConsumerRecord,
-        bus: EventBus,
-        log: Arc<dyn EventLog>,
-        store: Arc<dyn OffsetStore>,
-        config: ConsumerConfig,
+        inner: &super::Inner,
         mailbox: mpsc::UnboundedReceiver<Control>,
         committed_out: Arc<AtomicU64>,
     ) -> Self {
+        let (bus, log, mark) = (inner.bus.clone(), inner.log.clone(), inner.mark.clone());
+        let (store, config) = (inner.store.clone(), inner.config.clone());
         let redelivered = crate::metrics::meter()
             .u64_counter(crate::metrics::CONSUMER_REDELIVERED)
             .with_description("Consumer events delivered again (ack wait expired or member left)")
             .build();
         // From 0, so rate() sees the series before the first redelivery.
         redelivered.add(0, &[KeyValue::new("consumer", record.name.clone())]);
-        let logged = bus.watch_logged();
+        // A log fed from elsewhere (JetStream) says itself how far it holds
+        // the bus's events; else this process's log writer does.
+        let logged = match &mark {
+            Some(mark) => Some(mark.through.clone()),
+            None => bus.watch_logged(),
+        };
         Dispatcher {
             cursor: record.committed,
             saved: record.committed,
@@ -115,6 +120,7 @@ impl Dispatcher {
             dirty: false,
             retry_at: None,
             logged,
+            mark,
         }
     }
 
@@ -145,9 +151,13 @@ impl Dispatcher {
 
     /// The committed offset: below every pending event.
     fn committed(&self) -> u64 {
+        // The logged sequence before the oldest pending event (on a
+        // strided log, the one a stride below: the numbers in between are
+        // never logged).
+        let stride = self.mark.as_ref().map_or(1, |m| m.stride.max(1));
         self.pending
             .first_key_value()
-            .map(|(seq, _)| seq - 1)
+            .map(|(seq, _)| (seq - 1) / stride * stride)
             .unwrap_or(self.cursor)
     }
 
@@ -207,7 +217,11 @@ impl Dispatcher {
                 self.cursor = through;
                 return;
             };
-            if first.seq() > self.cursor + 1 && self.cursor > 0 {
+            // The next sequence a gapless log would hold (one stride on: the
+            // numbers in between never reach a JetStream log).
+            let stride = self.mark.as_ref().map_or(1, |m| m.stride.max(1));
+            let next = (self.cursor / stride + 1).saturating_mul(stride);
+            if first.seq() > next && self.cursor > 0 {
                 self.check_gap(first.seq()).await;
             }
             for event in page {
@@ -353,6 +367,30 @@ impl Dispatcher {
         self.redeliver.extend(seqs);
     }
 
+    /// Takes over the stored offset when another instance moved it while
+    /// this dispatcher had no member (cluster mode: the store is shared, a
+    /// client may have consumed on another instance meanwhile). `false`
+    /// when the record is gone (deleted on another instance).
+    async fn reload(&mut self) -> bool {
+        match self.store.load(&self.record.name).await {
+            Ok(Some(stored)) => {
+                if stored.committed != self.saved {
+                    tracing::debug!(consumer = %self.record.name, from = self.saved, to = stored.committed, "consumer moved on another instance");
+                    self.reposition(stored.committed);
+                    self.saved = stored.committed;
+                    self.dirty = false;
+                    self.record.committed = stored.committed;
+                }
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(consumer = %self.record.name, error = %e, "consumer offset not reloaded; continuing from this instance's");
+                true
+            }
+        }
+    }
+
     fn reposition(&mut self, after: u64) {
         self.pending.clear();
         self.pending_bytes = 0;
@@ -402,12 +440,20 @@ impl Dispatcher {
                 }
             }
             Control::Info(reply) => {
-                let through = self.logged_through();
+                // Idle here, it may be reading on another instance, or be
+                // deleted there: then it is not listed and stops here.
+                if self.members.is_empty() && self.mark.is_some() && !self.reload().await {
+                    return false;
+                }
                 let mut record = self.record.clone();
                 record.committed = self.committed();
+                let lag = match &self.mark {
+                    Some(mark) => lag_of(&self.bus, Some(mark), record.committed),
+                    None => self.logged_through().saturating_sub(record.committed),
+                };
                 let _ = reply.send(info_of(
                     &record,
-                    through,
+                    lag,
                     self.pending.len(),
                     self.members.len(),
                 ));
@@ -437,6 +483,17 @@ impl Dispatcher {
         queue: Arc<MemberQueue>,
         id: u64,
     ) -> Result<(), ConsumerError> {
+        if self.members.is_empty() && self.mark.is_some() && !self.reload().await {
+            // Deleted on another instance: this join creates it again.
+            let start = match request.start {
+                super::StartAt::Latest => self.bus.last_seq(),
+                super::StartAt::Earliest => 0,
+            };
+            tracing::info!(consumer = %self.record.name, "consumer deleted elsewhere; created again");
+            self.reposition(start);
+            self.saved = start;
+            self.record.committed = start;
+        }
         let name = &self.record.name;
         let mismatch = |reason: String| ConsumerError::Mismatch {
             name: name.clone(),

@@ -57,8 +57,8 @@ impl Assembly<'_> {
             return Some(source);
         }
         #[cfg(feature = "log")]
-        if let Some(log) = &self.parts.log {
-            return Some(log.replay_source());
+        if let Some(source) = self.parts.log.as_ref().and_then(|l| l.replay_source()) {
+            return Some(source);
         }
         None
     }
@@ -151,7 +151,8 @@ impl Assembly<'_> {
                 .merge(publish),
         );
         // Mounted whenever the build has the log: without one at run time
-        // (EVENT_LOG=off, cluster mode) they answer `410 log_off`.
+        // (EVENT_LOG=off) they answer `410 log_off`; in cluster mode they
+        // serve the JetStream stream (durable::for_cluster).
         #[cfg(feature = "log")]
         {
             let log = self.parts.log.as_ref();
@@ -401,8 +402,8 @@ impl Assembly<'_> {
         // Deliveries of events an earlier process acknowledged but did not
         // queue (killed in between) are derived from the event log.
         #[cfg(feature = "log")]
-        if let Some(log) = &self.parts.log {
-            let (webhooks, source) = (webhooks.clone(), log.replay_source());
+        if let Some(source) = self.parts.log.as_ref().and_then(|l| l.replay_source()) {
+            let webhooks = webhooks.clone();
             let until = self.bus.first_seq().saturating_sub(1);
             tokio::spawn(async move {
                 if let Err(error) = webhooks.catch_up(source, until).await {
