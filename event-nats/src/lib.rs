@@ -199,6 +199,7 @@ mod cluster;
 mod codec;
 mod config;
 mod error;
+mod groups;
 mod origin;
 mod publisher;
 mod replay;
@@ -214,6 +215,10 @@ pub use config::{
     MAX_REPLICAS, NatsConfig, Retention,
 };
 pub use error::Error;
+pub use groups::{
+    DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, JetStreamGroups, PULL_WAIT_RANGE, consumer_name,
+    group_name,
+};
 pub use origin::LocalOriginOnly;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
