@@ -681,6 +681,8 @@ impl Consumers {
             if let Some(backend) = self.groups()
                 && backend.info(name).await?.is_some()
             {
+                // Another process's members hold the group's events.
+                backed::forward_acks(backend.as_ref(), name, &acks).await;
                 return Ok(0);
             }
             return match self.inner.store.load(name).await? {

@@ -11,6 +11,13 @@
 //! died), so a member on any instance takes its share and nothing a dead
 //! instance held is lost.
 //!
+//! **Acks that reach another instance.** An SSE client acks with a
+//! separate HTTP request, which a load balancer may send to any instance.
+//! An instance that does not hold the acked events publishes the acks on
+//! the core NATS subject `_matric_groups.<stream>.<consumer>.ack` (outside
+//! the stream: nothing is stored); every instance with the group open
+//! listens there and settles those it holds.
+//!
 //! **Ordering.** JetStream spreads messages over the instances that pull,
 //! so one entity's events can reach members on two instances. Within an
 //! instance the entity hash keeps one entity on one member, and every
@@ -23,10 +30,11 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
 use event_core::{
-    AckHandle, AckMode, ConsumerError, GroupBackend, GroupFeed, GroupMessage, GroupPull, GroupSpec,
-    GroupState, Settle, StartAt, async_trait,
+    AckHandle, AckMode, ConsumerError, Cursor, GroupBackend, GroupFeed, GroupMessage, GroupPull,
+    GroupSpec, GroupState, Settle, StartAt, async_trait,
 };
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 
 use crate::codec::{self, bus_seq};
 use crate::{Error, NatsCluster};
@@ -36,6 +44,9 @@ pub const GROUP_CONSUMER_PREFIX: &str = "grp_";
 /// The description that marks a durable consumer as a group's, followed
 /// by its ack mode.
 const DESCRIPTION: &str = "matric consumer group; ack=";
+/// Most acks one forwarded-ack message carries (the ack API's own limit);
+/// the rest of a longer message is ignored.
+pub const MAX_FORWARDED_ACKS: usize = 1_000;
 /// Default [`JetStreamGroups::pull_wait`].
 pub const DEFAULT_PULL_WAIT: Duration = Duration::from_secs(1);
 /// Bounds of [`JetStreamGroups::pull_wait`].
@@ -121,6 +132,14 @@ impl JetStreamGroups {
         &self.cluster.shared().stream
     }
 
+    /// The core NATS subject of a group's forwarded acks.
+    fn ack_subject(&self, consumer: &str) -> String {
+        format!(
+            "_matric_groups.{}.{consumer}.ack",
+            self.cluster.config().stream
+        )
+    }
+
     async fn consumer_info(
         &self,
         name: &str,
@@ -204,12 +223,20 @@ impl GroupBackend for JetStreamGroups {
             .create_consumer(config)
             .await
             .map_err(group_error)?;
+        let acks = self
+            .cluster
+            .shared()
+            .client
+            .subscribe(self.ack_subject(&name))
+            .await
+            .map_err(group_error)?;
         tracing::info!(group = %spec.name, consumer = %name, "group consumer opened");
         Ok(Arc::new(Feed {
             consumer,
             groups: self.clone(),
             name,
             pull_wait: self.pull_wait,
+            acks: std::sync::Mutex::new(Some(acks)),
         }))
     }
 
@@ -240,6 +267,31 @@ impl GroupBackend for JetStreamGroups {
             Err(e) => Err(group_error(e)),
         }
     }
+
+    async fn forward_acks(&self, group: &str, acks: &[Cursor]) -> Result<bool, ConsumerError> {
+        for chunk in acks.chunks(MAX_FORWARDED_ACKS) {
+            let text: Vec<String> = chunk.iter().map(Cursor::to_string).collect();
+            let payload = serde_json::to_vec(&text).map_err(group_error)?;
+            self.cluster
+                .shared()
+                .client
+                .publish(self.ack_subject(&consumer_name(group)), payload.into())
+                .await
+                .map_err(group_error)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The acks of one forwarded-ack message (at most [`MAX_FORWARDED_ACKS`];
+/// what does not parse is skipped).
+fn parse_acks(payload: &[u8]) -> Vec<Cursor> {
+    serde_json::from_slice::<Vec<String>>(payload)
+        .unwrap_or_default()
+        .iter()
+        .take(MAX_FORWARDED_ACKS)
+        .filter_map(|t| Cursor::parse(t).ok())
+        .collect()
 }
 
 /// One instance's pulls from one group's durable consumer.
@@ -248,10 +300,21 @@ struct Feed {
     groups: JetStreamGroups,
     name: String,
     pull_wait: Duration,
+    /// The subscription to forwarded acks, until the dispatcher takes it.
+    acks: std::sync::Mutex<Option<async_nats::Subscriber>>,
 }
 
 #[async_trait]
 impl GroupFeed for Feed {
+    fn forwarded_acks(&self) -> Option<BoxStream<'static, Vec<Cursor>>> {
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(
+            acks.map(|message| parse_acks(&message.payload))
+                .filter(|acks| std::future::ready(!acks.is_empty()))
+                .boxed(),
+        )
+    }
+
     async fn pull(&self, max: usize) -> Result<GroupPull, ConsumerError> {
         let batch = self
             .consumer
@@ -340,6 +403,17 @@ mod tests {
             assert!(!consumer.contains('.'));
         }
         assert_ne!(consumer_name("a.b"), consumer_name("a_db"));
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(
+            parse_acks(format!(r#"["42000000","{id}","x"]"#).as_bytes()),
+            [Cursor::Seq(42_000_000), Cursor::Id(id)]
+        );
+        let many: Vec<String> = (0..MAX_FORWARDED_ACKS + 5).map(|i| i.to_string()).collect();
+        assert_eq!(
+            parse_acks(&serde_json::to_vec(&many).unwrap()).len(),
+            MAX_FORWARDED_ACKS
+        );
+        assert!(parse_acks(b"not json").is_empty());
         for not_a_group in ["workers", "grp_", "grp_a_x", "grp_a_"] {
             assert_eq!(group_name(not_a_group), None, "{not_a_group}");
         }

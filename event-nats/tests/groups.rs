@@ -419,3 +419,57 @@ async fn an_auto_ack_group_on_three_instances_delivers_each_event_once() {
         i.shutdown(Duration::from_secs(2)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_sent_to_another_instance_reaches_the_one_holding_the_events() {
+    let Some(url) = nats_url("an_ack_sent_to_another_instance_reaches_the_one_holding_the_events")
+    else {
+        return;
+    };
+    let stream = TestStream::new(&url);
+    let a = connect(&stream.config("a"), 64).await;
+    let b = connect(&stream.config("b"), 64).await;
+    let (ca, cb) = (consumers(&a), consumers(&b));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // The member on A acks nothing itself (an SSE client acks by HTTP).
+    let member = ca
+        .attach(group("sse", AckMode::Explicit, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let _stop = run_member(member, 0, false, tx);
+    let published = publish(&a, 20, 5).await;
+    let got = take(&mut rx, published.len(), "deliveries on A").await;
+    // The ack requests land on B, which has no member of the group.
+    let (by_seq, by_id) = got.split_at(50);
+    assert_eq!(
+        cb.ack("sse", by_seq.iter().map(|g| Cursor::Seq(g.seq)).collect())
+            .await
+            .unwrap(),
+        0
+    );
+    let ids: Vec<Cursor> = {
+        let mut history = a.bus().history(None, 1_000).unwrap();
+        history.retain(|e| by_id.iter().any(|g| g.seq == e.seq()));
+        history.iter().map(|e| Cursor::Id(e.id())).collect()
+    };
+    assert_eq!(ids.len(), by_id.len());
+    assert_eq!(cb.ack("sse", ids).await.unwrap(), 0);
+    // A settled them in JetStream long before ack_wait (60 s).
+    tokio::time::timeout(LONG, async {
+        loop {
+            let info = cb.list().await.unwrap();
+            let sse = info.iter().find(|i| i.name == "sse").expect("listed on B");
+            if sse.pending == 0 && sse.committed_seq == *published.last().unwrap() {
+                assert_eq!(sse.members, 0, "members counts this instance's");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("forwarded acks settled by A");
+    assert!(rx.try_recv().is_err(), "nothing delivered again");
+    ca.delete("sse").await.unwrap();
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use time::OffsetDateTime;
@@ -69,6 +70,8 @@ pub(super) struct BackedDispatcher {
     /// it (and its room is free again).
     timers: VecDeque<(Instant, u64, u32)>,
     pull: Option<GroupPull>,
+    /// Acks forwarded by other processes, for events this one may hold.
+    forwarded: Option<BoxStream<'static, Vec<Cursor>>>,
     retry_at: Option<Instant>,
     updated_at: OffsetDateTime,
     /// The backend no longer has the group.
@@ -88,7 +91,9 @@ impl BackedDispatcher {
             .with_description("Consumer events delivered again (ack wait expired or member left)")
             .build();
         redelivered.add(0, &[KeyValue::new("consumer", spec.name.clone())]);
+        let forwarded = feed.forwarded_acks();
         BackedDispatcher {
+            forwarded,
             spec,
             backend,
             feed,
@@ -142,6 +147,12 @@ impl BackedDispatcher {
                         self.failed(e);
                     }
                     None => self.pull = None,
+                },
+                acks = next_of(&mut self.forwarded) => match acks {
+                    Some(acks) => {
+                        self.apply_acks(acks, false).await;
+                    }
+                    None => self.forwarded = None,
                 },
                 _ = sleep_until(wake) => {}
             }
@@ -309,17 +320,7 @@ impl BackedDispatcher {
                 }
             }
             Control::Ack { acks, reply } => {
-                let mut acked = 0;
-                for ack in acks {
-                    let seq = match ack {
-                        Cursor::Seq(seq) => Some(seq),
-                        Cursor::Id(id) => self.ids.get(&id).copied(),
-                    };
-                    if let Some(held) = seq.and_then(|seq| self.forget(seq)) {
-                        settle(&self.spec.name, held.handle.as_ref(), Settle::Ack).await;
-                        acked += 1;
-                    }
-                }
+                let acked = self.apply_acks(acks, true).await;
                 if let Some(reply) = reply {
                     let _ = reply.send(acked);
                 }
@@ -342,6 +343,31 @@ impl BackedDispatcher {
             }
         }
         true
+    }
+
+    /// Settles the acked events this process holds; with `forward`, passes
+    /// the others on to the processes that may hold them. How many were
+    /// held here.
+    async fn apply_acks(&mut self, acks: Vec<Cursor>, forward: bool) -> usize {
+        let mut acked = 0;
+        let mut elsewhere = Vec::new();
+        for ack in acks {
+            let seq = match ack {
+                Cursor::Seq(seq) => Some(seq),
+                Cursor::Id(id) => self.ids.get(&id).copied(),
+            };
+            match seq.and_then(|seq| self.forget(seq)) {
+                Some(held) => {
+                    settle(&self.spec.name, held.handle.as_ref(), Settle::Ack).await;
+                    acked += 1;
+                }
+                None => elsewhere.push(ack),
+            }
+        }
+        if forward && !elsewhere.is_empty() {
+            forward_acks(self.backend.as_ref(), &self.spec.name, &elsewhere).await;
+        }
+        acked
     }
 
     async fn info(&mut self) -> ConsumerInfo {
@@ -405,6 +431,7 @@ impl BackedDispatcher {
                 ..self.spec.clone()
             };
             self.feed = self.backend.open(&spec).await?;
+            self.forwarded = self.feed.forwarded_acks();
             self.spec = spec;
         }
         self.members.push(Slot {
@@ -425,9 +452,26 @@ async fn settle(group: &str, handle: &dyn AckHandle, how: Settle) {
     }
 }
 
-async fn next_of(pull: &mut Option<GroupPull>) -> Option<Result<GroupMessage, ConsumerError>> {
-    match pull {
-        Some(pull) => pull.next().await,
+/// Passes acks on to the other processes (see [`GroupBackend::forward_acks`]).
+pub(super) async fn forward_acks(backend: &dyn GroupBackend, group: &str, acks: &[Cursor]) {
+    match backend.forward_acks(group, acks).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(
+                group,
+                acks = acks.len(),
+                "acks of events not held here are dropped"
+            )
+        }
+        Err(e) => {
+            tracing::warn!(group, error = %e, "acks not forwarded; those events come again after ack_wait")
+        }
+    }
+}
+
+async fn next_of<S: futures_util::Stream + Unpin>(stream: &mut Option<S>) -> Option<S::Item> {
+    match stream {
+        Some(stream) => stream.next().await,
         None => std::future::pending().await,
     }
 }

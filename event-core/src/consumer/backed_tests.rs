@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -33,6 +33,8 @@ struct Group {
     again: BTreeSet<u64>,
     /// Deliveries of each event so far.
     deliveries: HashMap<u64, u32>,
+    /// Every event acknowledged.
+    acked: BTreeSet<u64>,
 }
 
 #[derive(Default)]
@@ -44,10 +46,22 @@ struct State {
 
 /// A JetStream-like backend in memory: each event to one puller, again at
 /// once on a nak and after `ack_wait` without a settlement.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct MemoryGroups {
     state: Arc<Mutex<State>>,
     notify: Arc<Notify>,
+    /// Forwarded acks, to every process: `(group, acks)`.
+    acks: broadcast::Sender<(String, Vec<Cursor>)>,
+}
+
+impl Default for MemoryGroups {
+    fn default() -> Self {
+        MemoryGroups {
+            state: Arc::default(),
+            notify: Arc::default(),
+            acks: broadcast::channel(64).0,
+        }
+    }
 }
 
 impl MemoryGroups {
@@ -82,6 +96,10 @@ impl MemoryGroups {
 
     fn pulls(&self) -> usize {
         self.lock().pulls
+    }
+
+    fn acked(&self, group: &str) -> BTreeSet<u64> {
+        self.lock().groups[group].acked.clone()
     }
 
     /// The next event due for a puller of `group`, if any.
@@ -144,6 +162,7 @@ impl AckHandle for MemoryHandle {
             match how {
                 Settle::Ack => {
                     g.pending.remove(&self.seq);
+                    g.acked.insert(self.seq);
                 }
                 Settle::Nak => {
                     g.pending.remove(&self.seq);
@@ -195,6 +214,26 @@ impl GroupFeed for MemoryFeed {
         })
         .boxed())
     }
+
+    fn forwarded_acks(&self) -> Option<futures_util::stream::BoxStream<'static, Vec<Cursor>>> {
+        let group = self.group.clone();
+        let rx = self.groups.acks.subscribe();
+        Some(
+            futures_util::stream::unfold(rx, move |mut rx| {
+                let group = group.clone();
+                async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok((name, acks)) if name == group => return Some((acks, rx)),
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }
+            })
+            .boxed(),
+        )
+    }
 }
 
 #[async_trait]
@@ -215,6 +254,7 @@ impl GroupBackend for MemoryGroups {
                 pending: BTreeMap::new(),
                 again: BTreeSet::new(),
                 deliveries: HashMap::new(),
+                acked: BTreeSet::new(),
             });
         if g.mode != spec.mode && !g.pending.is_empty() {
             return Err(ConsumerError::Mismatch {
@@ -254,6 +294,11 @@ impl GroupBackend for MemoryGroups {
 
     async fn delete(&self, name: &str) -> Result<bool, ConsumerError> {
         Ok(self.lock().groups.remove(name).is_some())
+    }
+
+    async fn forward_acks(&self, name: &str, acks: &[Cursor]) -> Result<bool, ConsumerError> {
+        let _ = self.acks.send((name.to_owned(), acks.to_vec()));
+        Ok(true)
     }
 }
 
@@ -482,4 +527,54 @@ async fn backed_groups_are_listed_checked_and_deleted_across_processes() {
         p2.delete("shared").await,
         Err(ConsumerError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+async fn an_ack_that_reaches_another_process_is_forwarded_to_the_holder() {
+    let groups = MemoryGroups::default();
+    let (p1, p2, p3) = (
+        process(&groups, ConsumerConfig::default()),
+        process(&groups, ConsumerConfig::default()),
+        process(&groups, ConsumerConfig::default()),
+    );
+    let holder = p1
+        .attach(AttachRequest {
+            ack_wait: Some(Duration::from_secs(30)),
+            ..group("sse", AckMode::Explicit)
+        })
+        .await
+        .unwrap();
+    let published = groups.publish((0..10).map(|_| Uuid::new_v4()));
+    let got = collect(&[&holder], published.len()).await;
+    assert_eq!(seqs(&got[0]), published);
+    // p2 runs the group (no member left) and p3 never did: neither holds
+    // the events, both pass the acks on (as SSE ack requests behind a
+    // load balancer land anywhere).
+    let other = p2
+        .attach(AttachRequest {
+            ack_wait: Some(Duration::from_secs(30)),
+            ..group("sse", AckMode::Explicit)
+        })
+        .await
+        .unwrap();
+    drop(other);
+    let first: Vec<Cursor> = published[..5].iter().map(|s| Cursor::Seq(*s)).collect();
+    assert_eq!(p2.ack("sse", first).await.unwrap(), 0);
+    let rest: Vec<Cursor> = got[0][5..]
+        .iter()
+        .map(|(e, _)| Cursor::Id(e.id()))
+        .collect();
+    let rest_by_id = p3.ack("sse", rest).await.unwrap();
+    assert_eq!(rest_by_id, 0);
+    tokio::time::timeout(WAIT, async {
+        while groups.acked("sse").len() < published.len() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the holder settled every forwarded ack");
+    assert_eq!(
+        groups.acked("sse").into_iter().collect::<Vec<_>>(),
+        published
+    );
 }

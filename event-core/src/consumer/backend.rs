@@ -17,6 +17,13 @@
 //! Inside a process the dispatcher gives each pulled event to one local
 //! member by the entity hash, as for a group without a backend; across
 //! processes the backend decides who pulls what.
+//!
+//! An ack can reach a process that does not hold the event (SSE clients
+//! ack with a separate HTTP request, which a load balancer may send to
+//! any instance). The dispatcher settles what it holds and passes the rest
+//! to [`GroupBackend::forward_acks`]; a backend that supports it delivers
+//! them to every process with the group open
+//! ([`GroupFeed::forwarded_acks`]), where the holder settles them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +35,7 @@ use time::OffsetDateTime;
 use super::{AckMode, ConsumerError, StartAt};
 use crate::event::Event;
 use crate::filter::EventFilter;
+use crate::ring::Cursor;
 
 /// What a process asks of a group when it opens it.
 #[derive(Debug, Clone)]
@@ -102,6 +110,13 @@ pub trait GroupFeed: Send + Sync + 'static {
     /// Asks for up to `max` events. They arrive on the returned stream; the
     /// backend counts them as delivered to this process until settled.
     async fn pull(&self, max: usize) -> Result<GroupPull, ConsumerError>;
+
+    /// Acks other processes forwarded for this group
+    /// ([`GroupBackend::forward_acks`]); taken once per feed. `None`: the
+    /// backend does not forward acks.
+    fn forwarded_acks(&self) -> Option<BoxStream<'static, Vec<Cursor>>> {
+        None
+    }
 }
 
 /// A group as the backend knows it (for `GET /api/v1/consumers`).
@@ -138,4 +153,13 @@ pub trait GroupBackend: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<GroupState>, ConsumerError>;
     /// Deletes the group and what it tracks; `false` if there was none.
     async fn delete(&self, name: &str) -> Result<bool, ConsumerError>;
+
+    /// Passes acks this process could not apply (it does not hold those
+    /// events) to every process with the group open; `false` when the
+    /// backend does not forward acks (they are then lost, and the events
+    /// delivered again after `ack_wait`).
+    async fn forward_acks(&self, name: &str, acks: &[Cursor]) -> Result<bool, ConsumerError> {
+        let _ = (name, acks);
+        Ok(false)
+    }
 }
