@@ -68,6 +68,7 @@
 //! | pending events of one consumer | [`ConsumerConfig::max_ack_pending`] | 1,000 | dispatching pauses until acks arrive |
 //! | pending bytes of one consumer | [`ConsumerConfig::max_pending_bytes`] | 8 MiB | dispatching pauses until acks arrive |
 //! | `ack_wait` | [`ConsumerConfig::max_ack_wait`] | 1 s – 1 h | [`ConsumerError::Invalid`] |
+//! | events one pull asks a [`GroupBackend`] for | fixed | 256, and at most the room `max_ack_pending` leaves | the rest come with the next pull |
 //! | name | [`MAX_NAME_BYTES`] | 64 bytes of `A-Z a-z 0-9 . _ -` | [`ConsumerError::Invalid`] |
 
 use std::collections::HashMap;
