@@ -748,11 +748,20 @@ impl Consumers {
                 let _ = answer.await;
             }
         }
-        let in_backend = match self.groups() {
-            Some(backend) => backend.delete(name).await?,
+        let in_store = self.inner.store.delete(name).await?;
+        let in_backend = match self.groups().map(|b| b.delete(name)) {
+            Some(deleting) => match deleting.await {
+                Ok(deleted) => deleted,
+                // A single consumer of this log needs no backend.
+                Err(e) if in_store => {
+                    tracing::warn!(consumer = %name, error = %e, "group backend unavailable while deleting");
+                    false
+                }
+                Err(e) => return Err(e),
+            },
             None => false,
         };
-        if self.inner.store.delete(name).await? || in_backend {
+        if in_store || in_backend {
             tracing::info!(consumer = %name, "consumer deleted");
             Ok(())
         } else {

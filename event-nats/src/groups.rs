@@ -47,6 +47,10 @@ const DESCRIPTION: &str = "matric consumer group; ack=";
 /// Most acks one forwarded-ack message carries (the ack API's own limit);
 /// the rest of a longer message is ignored.
 pub const MAX_FORWARDED_ACKS: usize = 1_000;
+/// How recent a group's last delivery or ack must be for it to count as
+/// in use by another instance (besides two pull waits): settings that
+/// differ are refused while it is.
+pub const IN_USE_WINDOW: Duration = Duration::from_secs(3);
 /// Default [`JetStreamGroups::pull_wait`].
 pub const DEFAULT_PULL_WAIT: Duration = Duration::from_secs(1);
 /// Bounds of [`JetStreamGroups::pull_wait`].
@@ -132,6 +136,23 @@ impl JetStreamGroups {
         &self.cluster.shared().stream
     }
 
+    /// Whether an instance uses the group: a pull of it is waiting, or it
+    /// delivered or had an event acknowledged within the last
+    /// [`IN_USE_WINDOW`] plus two pull waits (an instance pulls again as
+    /// soon as a pull ends, but the count of waiting pulls misses the moment
+    /// in between and an instance whose read-ahead is full). A nak'd event
+    /// waiting for redelivery counts as unacknowledged in JetStream, so
+    /// that count cannot tell.
+    fn in_use(&self, info: &async_nats::jetstream::consumer::Info) -> bool {
+        let window = IN_USE_WINDOW + self.pull_wait * 2;
+        let since = time::OffsetDateTime::now_utc() - window;
+        info.num_waiting > 0
+            || [info.delivered.last_active, info.ack_floor.last_active]
+                .into_iter()
+                .flatten()
+                .any(|at| at > since)
+    }
+
     /// The core NATS subject of a group's forwarded acks.
     fn ack_subject(&self, consumer: &str) -> String {
         format!(
@@ -202,15 +223,15 @@ impl GroupBackend for JetStreamGroups {
             let same = mode_of(&existing) == Some(spec.mode)
                 && existing.config.ack_wait == spec.ack_wait
                 && existing.config.max_ack_pending == config.max_ack_pending;
-            if !same && (existing.num_waiting > 0 || existing.num_ack_pending > 0) {
-                // Another instance pulls it (or holds its events) with the
-                // settings it was opened with.
+            if !same && self.in_use(&existing) {
+                // Another instance pulls it with the settings it was opened
+                // with.
                 return Err(ConsumerError::Mismatch {
                     name: spec.name.clone(),
                     reason: format!(
                         "ack={} and ack_wait={} s on another instance",
                         mode_of(&existing).unwrap_or_default().as_str(),
-                        existing.config.ack_wait.as_secs()
+                        existing.config.ack_wait.as_secs(),
                     ),
                 });
             }

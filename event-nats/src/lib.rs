@@ -234,8 +234,8 @@ pub use config::{
 };
 pub use error::Error;
 pub use groups::{
-    DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, JetStreamGroups, MAX_FORWARDED_ACKS, PULL_WAIT_RANGE,
-    consumer_name, group_name,
+    DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, IN_USE_WINDOW, JetStreamGroups, MAX_FORWARDED_ACKS,
+    PULL_WAIT_RANGE, consumer_name, group_name,
 };
 pub use origin::LocalOriginOnly;
 pub use state::{

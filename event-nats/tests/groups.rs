@@ -473,3 +473,65 @@ async fn an_ack_sent_to_another_instance_reaches_the_one_holding_the_events() {
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_settings_are_refused_while_another_instance_uses_the_group() {
+    let Some(url) = nats_url("other_settings_are_refused_while_another_instance_uses_the_group")
+    else {
+        return;
+    };
+    let stream = TestStream::new(&url);
+    let a = connect(&stream.config("a"), 64).await;
+    let b = connect(&stream.config("b"), 64).await;
+    let (ca, cb) = (consumers(&a), consumers(&b));
+    let thirty = Duration::from_secs(30);
+    // A holds an unacknowledged event of the explicit group.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let member = ca
+        .attach(group("cfg", AckMode::Explicit, thirty))
+        .await
+        .unwrap();
+    let stop = run_member(member, 0, false, tx);
+    let published = publish(&a, 1, 1).await;
+    assert_eq!(take(&mut rx, 1, "A's event").await[0].seq, published[0]);
+    let refused = cb
+        .attach(group("cfg", AckMode::Auto, thirty))
+        .await
+        .expect_err("B may not open it as auto while A uses it");
+    assert_eq!(refused.code(), "consumer_conflict", "{refused}");
+    // Once A's member left (its event given back) and A's last pull
+    // expired, B's settings replace the old ones.
+    drop(stop);
+    let mut opened = tokio::time::timeout(LONG, async {
+        loop {
+            match cb.attach(group("cfg", AckMode::Auto, thirty)).await {
+                Ok(m) => return m,
+                Err(event_core::ConsumerError::Mismatch { .. }) => {
+                    tokio::time::sleep(PULL_WAIT).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await
+    .expect("opened once nobody uses it");
+    assert_eq!(opened.mode(), AckMode::Auto);
+    let listed = ca.list().await.unwrap();
+    let cfg = listed.iter().find(|i| i.name == "cfg").unwrap();
+    assert_eq!(
+        cfg.ack,
+        AckMode::Auto,
+        "the group's settings changed in JetStream"
+    );
+    // The event A gave back reaches B.
+    match tokio::time::timeout(LONG, opened.recv()).await {
+        Ok(Some(Delivery::Event { event, redelivered })) => {
+            assert_eq!((event.seq(), redelivered), (published[0], 1));
+        }
+        other => panic!("expected A's event again, got {other:?}"),
+    }
+    drop(opened);
+    cb.delete("cfg").await.unwrap();
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}

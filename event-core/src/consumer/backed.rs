@@ -70,6 +70,10 @@ pub(super) struct BackedDispatcher {
     /// it (and its room is free again).
     timers: VecDeque<(Instant, u64, u32)>,
     pull: Option<GroupPull>,
+    /// Pulled while no member was attached: given back when the pull ends,
+    /// not at once, or the backend would hand them straight back to the
+    /// same pull.
+    returning: Vec<Box<dyn AckHandle>>,
     /// Acks forwarded by other processes, for events this one may hold.
     forwarded: Option<BoxStream<'static, Vec<Cursor>>>,
     retry_at: Option<Instant>,
@@ -94,6 +98,7 @@ impl BackedDispatcher {
         let forwarded = feed.forwarded_acks();
         BackedDispatcher {
             forwarded,
+            returning: Vec::new(),
             spec,
             backend,
             feed,
@@ -143,10 +148,10 @@ impl BackedDispatcher {
                 item = next_of(&mut self.pull) => match item {
                     Some(Ok(message)) => self.take(message).await,
                     Some(Err(e)) => {
-                        self.pull = None;
+                        self.pull_ended().await;
                         self.failed(e);
                     }
-                    None => self.pull = None,
+                    None => self.pull_ended().await,
                 },
                 acks = next_of(&mut self.forwarded) => match acks {
                     Some(acks) => {
@@ -198,8 +203,9 @@ impl BackedDispatcher {
             handle,
         } = message;
         if self.members.is_empty() {
-            // Everyone left while the pull was out: back to the others.
-            settle(&self.spec.name, handle.as_ref(), Settle::Nak).await;
+            // Everyone left while the pull was out: back to the others once
+            // it ends.
+            self.returning.push(handle);
             return;
         }
         let slot = &self.members[member_index(&event, self.members.len())];
@@ -237,6 +243,13 @@ impl BackedDispatcher {
             event,
             redelivered: delivered.saturating_sub(1),
         });
+    }
+
+    async fn pull_ended(&mut self) {
+        self.pull = None;
+        for handle in std::mem::take(&mut self.returning) {
+            settle(&self.spec.name, handle.as_ref(), Settle::Nak).await;
+        }
     }
 
     /// Drops an event from what this process holds, unsettled.
@@ -289,15 +302,17 @@ impl BackedDispatcher {
         }
         self.release(None).await;
         if let Some(mut pull) = self.pull.take() {
+            let returning = &mut self.returning;
             let _ = tokio::time::timeout(DRAIN, async {
                 while let Some(item) = pull.next().await {
                     if let Ok(message) = item {
-                        settle(&self.spec.name, message.handle.as_ref(), Settle::Nak).await;
+                        returning.push(message.handle);
                     }
                 }
             })
             .await;
         }
+        self.pull_ended().await;
     }
 
     /// Handles one message; `false` ends the dispatcher.
@@ -316,7 +331,18 @@ impl BackedDispatcher {
                 if let Some(at) = self.members.iter().position(|m| m.id == id) {
                     self.members.remove(at);
                     self.updated_at = OffsetDateTime::now_utc();
-                    self.release(Some(id)).await;
+                    if self.members.is_empty() && self.pull.is_some() {
+                        // Given back when the pull ends, so that they go to
+                        // other processes instead of into this pull.
+                        let seqs: Vec<u64> = self.held.keys().copied().collect();
+                        for seq in seqs {
+                            if let Some(held) = self.forget(seq) {
+                                self.returning.push(held.handle);
+                            }
+                        }
+                    } else {
+                        self.release(Some(id)).await;
+                    }
                 }
             }
             Control::Ack { acks, reply } => {
@@ -381,8 +407,15 @@ impl BackedDispatcher {
         ConsumerInfo {
             name: self.spec.name.clone(),
             kind: "group",
-            ack: self.spec.mode,
-            ack_wait_ms: u64::try_from(self.spec.ack_wait.as_millis()).unwrap_or(u64::MAX),
+            // The backend's: another process may have changed them.
+            ack: state.as_ref().map_or(self.spec.mode, |s| s.mode),
+            ack_wait_ms: u64::try_from(
+                state
+                    .as_ref()
+                    .map_or(self.spec.ack_wait, |s| s.ack_wait)
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             committed_seq: state.as_ref().map_or(0, |s| s.committed),
             lag: state.as_ref().map_or(0, |s| s.lag),
             pending: state.as_ref().map_or(self.held.len(), |s| s.pending),
