@@ -38,6 +38,22 @@
 //! what a client reconnecting before the server noticed its old connection
 //! die needs.
 //!
+//! # Groups across processes
+//!
+//! With a [`GroupBackend`] set ([`Consumers::with_group_backend`]), groups
+//! live in the backend rather than in this process's log and offset store
+//! (event-nats: a JetStream durable pull consumer per group, so the members
+//! of one group on several instances share its events). The group's
+//! dispatcher then pulls from the backend in bounded batches and hands each
+//! event to one *local* member by the same entity hash; a member's ack (or,
+//! in [`AckMode::Auto`], its transport taking the event) acks it in the
+//! backend, a member that leaves gives its events back at once (a nak), an
+//! event not acked within `ack_wait` is delivered again by the backend
+//! (to any process), and a process with no member of the group stops
+//! pulling. Single consumers are unchanged. The backend decides which
+//! process gets an event, so one entity's events stay on one member only
+//! within a process (see the backend's documentation).
+//!
 //! The dispatcher reads ahead at most [`ConsumerConfig::max_ack_pending`]
 //! events (and [`ConsumerConfig::max_pending_bytes`]): past that it waits
 //! for acks, so a slow group is a growing lag (`matric_consumer_lag`), never
@@ -52,6 +68,7 @@
 //! | pending events of one consumer | [`ConsumerConfig::max_ack_pending`] | 1,000 | dispatching pauses until acks arrive |
 //! | pending bytes of one consumer | [`ConsumerConfig::max_pending_bytes`] | 8 MiB | dispatching pauses until acks arrive |
 //! | `ack_wait` | [`ConsumerConfig::max_ack_wait`] | 1 s – 1 h | [`ConsumerError::Invalid`] |
+//! | events one pull asks a [`GroupBackend`] for | fixed | 256, and at most the room `max_ack_pending` leaves | the rest come with the next pull |
 //! | name | [`MAX_NAME_BYTES`] | 64 bytes of `A-Z a-z 0-9 . _ -` | [`ConsumerError::Invalid`] |
 
 use std::collections::HashMap;
@@ -68,15 +85,23 @@ use crate::filter::EventFilter;
 use crate::log::{EventLog, LogError};
 use crate::ring::Cursor;
 
+mod backed;
+#[cfg(test)]
+mod backed_tests;
+mod backend;
 mod dispatch;
 mod member;
 mod store;
 #[cfg(test)]
 mod tests;
 
+pub use backend::{
+    AckHandle, GroupBackend, GroupFeed, GroupMessage, GroupPull, GroupSpec, GroupState, Settle,
+};
 pub use member::{Delivery, Member};
 pub use store::{ConsumerRecord, MemoryOffsets, OffsetStore};
 
+use backed::BackedDispatcher;
 use dispatch::Dispatcher;
 use member::MemberQueue;
 
@@ -229,7 +254,8 @@ pub struct ConsumerInfo {
     pub lag: u64,
     /// Events delivered and not yet acknowledged.
     pub pending: usize,
-    /// Attached connections.
+    /// Attached connections (of a group in a [`GroupBackend`]: those
+    /// attached to this process).
     pub members: usize,
     /// When a member was last attached, or the offset last stored (RFC 3339).
     #[serde(with = "time::serde::rfc3339")]
@@ -267,6 +293,9 @@ pub enum ConsumerError {
     /// The offset store failed.
     #[error(transparent)]
     Store(#[from] LogError),
+    /// The group backend failed or is unreachable.
+    #[error("group backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The host is stopping.
     #[error("the server is shutting down")]
     Closed,
@@ -282,6 +311,7 @@ impl ConsumerError {
             ConsumerError::TooManyMembers { .. } => "group_full",
             ConsumerError::NotFound(_) => "consumer_not_found",
             ConsumerError::Store(_) => "log_unavailable",
+            ConsumerError::Backend(_) => "group_backend_unavailable",
             ConsumerError::Closed => "shutting_down",
         }
     }
@@ -294,7 +324,7 @@ impl ConsumerError {
             | ConsumerError::TooMany(_)
             | ConsumerError::TooManyMembers { .. } => http::StatusCode::CONFLICT,
             ConsumerError::NotFound(_) => http::StatusCode::NOT_FOUND,
-            ConsumerError::Store(_) | ConsumerError::Closed => {
+            ConsumerError::Store(_) | ConsumerError::Backend(_) | ConsumerError::Closed => {
                 http::StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -322,6 +352,8 @@ pub(crate) enum Control {
 /// A running consumer: its dispatcher's mailbox.
 struct Running {
     control: mpsc::UnboundedSender<Control>,
+    /// A group in the [`GroupBackend`].
+    backed: bool,
 }
 
 struct Inner {
@@ -332,6 +364,8 @@ struct Inner {
     store: Arc<dyn OffsetStore>,
     config: ConsumerConfig,
     running: Mutex<HashMap<String, Running>>,
+    /// Where groups live, when they span processes.
+    groups: std::sync::OnceLock<Arc<dyn GroupBackend>>,
     /// Serialises loading and creating consumers.
     creating: tokio::sync::Mutex<()>,
     next_member: AtomicU64,
@@ -486,12 +520,28 @@ impl Consumers {
                 store,
                 config,
                 running: Mutex::new(HashMap::new()),
+                groups: std::sync::OnceLock::new(),
                 creating: tokio::sync::Mutex::new(()),
                 next_member: AtomicU64::new(1),
                 lags,
                 _lag_gauge: lag_gauge,
             }),
         }
+    }
+
+    /// Keeps groups (`shared` attach requests) in `backend` instead of this
+    /// process's log and offset store, so a group spans every process that
+    /// uses the same backend. Set it once, before the first attach; a
+    /// second backend is ignored.
+    pub fn with_group_backend(self, backend: Arc<dyn GroupBackend>) -> Self {
+        if self.inner.groups.set(backend).is_err() {
+            tracing::warn!("a group backend is already set; the new one is ignored");
+        }
+        self
+    }
+
+    fn groups(&self) -> Option<&Arc<dyn GroupBackend>> {
+        self.inner.groups.get()
     }
 
     /// The configuration.
@@ -504,10 +554,36 @@ impl Consumers {
     }
 
     fn mailbox(&self, name: &str) -> Option<mpsc::UnboundedSender<Control>> {
+        self.running_kind(name).map(|(control, _)| control)
+    }
+
+    /// A running dispatcher's mailbox, and whether it is a backed group.
+    fn running_kind(&self, name: &str) -> Option<(mpsc::UnboundedSender<Control>, bool)> {
         self.running()
             .get(name)
-            .map(|r| r.control.clone())
-            .filter(|c| !c.is_closed())
+            .map(|r| (r.control.clone(), r.backed))
+            .filter(|(c, _)| !c.is_closed())
+    }
+
+    /// The running dispatcher for `request.name` if it is of the kind the
+    /// request needs.
+    fn running_for(
+        &self,
+        request: &AttachRequest,
+        backed: bool,
+    ) -> Result<Option<mpsc::UnboundedSender<Control>>, ConsumerError> {
+        match self.running_kind(&request.name) {
+            Some((control, kind)) if kind == backed => Ok(Some(control)),
+            Some((_, kind)) => Err(ConsumerError::Mismatch {
+                name: request.name.clone(),
+                reason: if kind {
+                    "group members (a group spanning instances)".to_owned()
+                } else {
+                    "a consumer of this instance's log".to_owned()
+                },
+            }),
+            None => Ok(None),
+        }
     }
 
     /// Attaches a connection to the consumer `request.name`, creating it if
@@ -561,12 +637,16 @@ impl Consumers {
         &self,
         request: &AttachRequest,
     ) -> Result<mpsc::UnboundedSender<Control>, ConsumerError> {
-        if let Some(control) = self.mailbox(&request.name) {
+        let backend = self.groups().filter(|_| request.shared).cloned();
+        if let Some(control) = self.running_for(request, backend.is_some())? {
             return Ok(control);
         }
         let _creating = self.inner.creating.lock().await;
-        if let Some(control) = self.mailbox(&request.name) {
+        if let Some(control) = self.running_for(request, backend.is_some())? {
             return Ok(control);
+        }
+        if let Some(backend) = backend {
+            return self.start_backed(request, backend).await;
         }
         let inner = &self.inner;
         let record = match inner.store.load(&request.name).await? {
@@ -605,6 +685,43 @@ impl Consumers {
             request.name.clone(),
             Running {
                 control: control.clone(),
+                backed: false,
+            },
+        );
+        Ok(control)
+    }
+
+    /// Opens the group `request.name` in `backend` and starts its
+    /// dispatcher (under the `creating` lock).
+    async fn start_backed(
+        &self,
+        request: &AttachRequest,
+        backend: Arc<dyn GroupBackend>,
+    ) -> Result<mpsc::UnboundedSender<Control>, ConsumerError> {
+        let inner = &self.inner;
+        if backend.info(&request.name).await?.is_none() {
+            let stored = inner.store.list().await?.len() + backend.list().await?.len();
+            if stored >= inner.config.max_consumers {
+                return Err(ConsumerError::TooMany(inner.config.max_consumers));
+            }
+        }
+        let spec = GroupSpec {
+            name: request.name.clone(),
+            mode: request.mode,
+            ack_wait: request.ack_wait.unwrap_or(inner.config.default_ack_wait),
+            filter: request.filter.clone(),
+            max_ack_pending: inner.config.max_ack_pending,
+            start: request.start,
+        };
+        let feed = backend.open(&spec).await?;
+        let (control, mailbox) = mpsc::unbounded_channel();
+        let dispatcher = BackedDispatcher::new(spec, backend, feed, inner.config.clone(), mailbox);
+        tokio::spawn(dispatcher.run());
+        self.running().insert(
+            request.name.clone(),
+            Running {
+                control: control.clone(),
+                backed: true,
             },
         );
         Ok(control)
@@ -615,7 +732,15 @@ impl Consumers {
     pub async fn ack(&self, name: &str, acks: Vec<Cursor>) -> Result<usize, ConsumerError> {
         validate_name(name)?;
         let Some(control) = self.mailbox(name) else {
-            // Not running: nothing is pending. Known or not?
+            // Not running here: nothing this process holds is pending.
+            // Known or not?
+            if let Some(backend) = self.groups()
+                && backend.info(name).await?.is_some()
+            {
+                // Another process's members hold the group's events.
+                backed::forward_acks(backend.as_ref(), name, &acks).await;
+                return Ok(0);
+            }
             return match self.inner.store.load(name).await? {
                 Some(_) => Ok(0),
                 None => Err(ConsumerError::NotFound(name.to_owned())),
@@ -648,6 +773,18 @@ impl Consumers {
             out.entry(record.name.clone())
                 .or_insert_with(|| info_of(&record, lag, 0, 0));
         }
+        if let Some(backend) = self.groups() {
+            match backend.list().await {
+                Ok(groups) => {
+                    for state in groups {
+                        out.entry(state.name.clone())
+                            .or_insert_with(|| info_of_group(state));
+                    }
+                }
+                // The groups of this process's listing are still shown.
+                Err(e) => tracing::warn!(error = %e, "group backend cannot list its groups"),
+            }
+        }
         let mut list: Vec<_> = out.into_values().collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(list)
@@ -666,7 +803,20 @@ impl Consumers {
                 let _ = answer.await;
             }
         }
-        if self.inner.store.delete(name).await? {
+        let in_store = self.inner.store.delete(name).await?;
+        let in_backend = match self.groups().map(|b| b.delete(name)) {
+            Some(deleting) => match deleting.await {
+                Ok(deleted) => deleted,
+                // A single consumer of this log needs no backend.
+                Err(e) if in_store => {
+                    tracing::warn!(consumer = %name, error = %e, "group backend unavailable while deleting");
+                    false
+                }
+                Err(e) => return Err(e),
+            },
+            None => false,
+        };
+        if in_store || in_backend {
             tracing::info!(consumer = %name, "consumer deleted");
             Ok(())
         } else {
@@ -684,6 +834,21 @@ impl Consumers {
                 let _ = answer.await;
             }
         }
+    }
+}
+
+/// A backed group no member of this process is attached to.
+fn info_of_group(state: GroupState) -> ConsumerInfo {
+    ConsumerInfo {
+        name: state.name,
+        kind: "group",
+        ack: state.mode,
+        ack_wait_ms: u64::try_from(state.ack_wait.as_millis()).unwrap_or(u64::MAX),
+        committed_seq: state.committed,
+        lag: state.lag,
+        pending: state.pending,
+        members: 0,
+        last_seen: state.last_active,
     }
 }
 

@@ -119,8 +119,9 @@ pub use bus::{
     Received, SeqStart, Subscription, Upstream,
 };
 pub use consumer::{
-    AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo, ConsumerRecord, Consumers,
-    Delivery, LogMark, Member, MemoryOffsets, OffsetStore, StartAt,
+    AckHandle, AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo, ConsumerRecord,
+    Consumers, Delivery, GroupBackend, GroupFeed, GroupMessage, GroupPull, GroupSpec, GroupState,
+    LogMark, Member, MemoryOffsets, OffsetStore, Settle, StartAt,
 };
 pub use error::Error;
 pub use event::{

@@ -43,6 +43,10 @@ pub enum Error {
     /// Reading from JetStream failed or took too long.
     #[error("replay from JetStream failed: {0}")]
     Replay(String),
+    /// A consumer group's durable consumer could not be created, read,
+    /// acknowledged or deleted.
+    #[error("consumer group in JetStream: {0}")]
+    Group(String),
 }
 
 impl Error {
@@ -57,6 +61,7 @@ impl Error {
             Error::ReplayTooLong { .. } => "replay_too_long",
             Error::Disconnected => "nats_disconnected",
             Error::Replay(_) => "replay_failed",
+            Error::Group(_) => "group_failed",
         }
     }
 

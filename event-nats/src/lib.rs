@@ -106,6 +106,24 @@
 //! retention removed events before this instance read them) is marked in
 //! the replay ring, so cursors before it resync instead of skipping it.
 //!
+//! ## Consumer groups across instances
+//!
+//! [`JetStreamGroups`] is event-core's `GroupBackend` on the cluster's
+//! stream: give it to the host's named consumers
+//! (`Consumers::with_group_backend(Arc::new(JetStreamGroups::new(&cluster)))`)
+//! and a consumer group spans the instances. Each group is one JetStream
+//! durable pull consumer ([`consumer_name`]: `grp_<name>`) with explicit
+//! acks, the group's `ack_wait` and `max_ack_pending`; every instance with
+//! local members pulls from it in bounded batches that expire after
+//! [`JetStreamGroups::pull_wait`] and hands each event to one local member by
+//! the entity hash. JetStream gives each message to one puller, redelivers
+//! at once what a leaving member gave back (nak) and after `ack_wait` what a
+//! crashed instance held. Acks that reach an instance not holding the events
+//! are forwarded over core NATS to the others. One entity's events can reach
+//! members on two instances (JetStream spreads messages over the pullers);
+//! within an instance they stay on one member. The crate's `tests/groups.rs`
+//! runs these cases against a real NATS.
+//!
 //! ## Deployment: N instances behind a load balancer
 //!
 //! ```text
@@ -217,6 +235,7 @@ mod cluster;
 mod codec;
 mod config;
 mod error;
+mod groups;
 mod log;
 mod offsets;
 mod origin;
@@ -235,6 +254,10 @@ pub use config::{
     NatsConfig, Retention,
 };
 pub use error::Error;
+pub use groups::{
+    DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, IN_USE_WINDOW, JetStreamGroups, MAX_FORWARDED_ACKS,
+    PULL_WAIT_RANGE, consumer_name, group_name,
+};
 pub use log::JetStreamLog;
 pub use offsets::{KvOffsets, MAX_VALUE_BYTES};
 pub use origin::LocalOriginOnly;

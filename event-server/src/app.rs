@@ -155,6 +155,12 @@ impl App {
             // In cluster mode, from the stream (no writer taps the bus).
             None => crate::durable::for_cluster(&cluster, &bus, config).await?,
         };
+        // In cluster mode a group spans the instances (the consumers share
+        // one backend; single consumers stay with the log).
+        #[cfg(feature = "log")]
+        if let (Some(log), Some(groups)) = (&log, cluster.group_backend()) {
+            let _ = log.consumers().with_group_backend(groups);
+        }
         #[allow(unused_mut, reason = "the log gives sinks a catch-up source")]
         let mut runner = SinkRunner::new(&bus);
         // A sink that falls behind a burst catches up from the log.

@@ -4,13 +4,14 @@
 //! over JetStream: the cluster builds the bus (every instance then has the
 //! same order, sequence numbers and ids), replays cursors older than the
 //! ring, keeps webhook deliveries to the instance an event originated on,
-//! and reports its link on `/health`. Without the feature (or the URL)
+//! reports its link on `/health`, and keeps consumer groups in JetStream so
+//! a group spans the instances. Without the feature (or the URL)
 //! [`Cluster`] gives the single-instance answer to each of those questions,
 //! so the mounts in `app` need no `cfg` of their own for cluster mode.
 
 use std::sync::Arc;
 
-use event_core::{BusConfig, EventBus, EventSink, ReplaySource};
+use event_core::{BusConfig, EventBus, EventSink, GroupBackend, ReplaySource};
 
 use crate::config::Config;
 use crate::error::ServerError;
@@ -82,6 +83,15 @@ mod imp {
             self.nats
                 .as_ref()
                 .map(|c| Arc::new(c.clone()) as Arc<dyn ReplaySource>)
+        }
+
+        /// Where consumer groups live so that they span the instances: one
+        /// JetStream durable pull consumer per group (`None` outside
+        /// cluster mode: groups stay in this instance's log).
+        pub fn group_backend(&self) -> Option<Arc<dyn GroupBackend>> {
+            self.nats
+                .as_ref()
+                .map(|c| Arc::new(event_nats::JetStreamGroups::new(c)) as Arc<dyn GroupBackend>)
         }
 
         /// `sink` restricted to events that originated on this instance
@@ -160,6 +170,11 @@ mod imp {
 
         /// No replay beyond the ring.
         pub fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
+            None
+        }
+
+        /// Groups stay in this instance's log.
+        pub fn group_backend(&self) -> Option<Arc<dyn GroupBackend>> {
             None
         }
 

@@ -244,16 +244,9 @@ impl Dispatcher {
         }
     }
 
-    /// The member an event goes to: by its entity, so one entity's events
-    /// stay on one member.
+    /// The member an event goes to.
     fn owner(&self, event: &Event) -> usize {
-        let key = event
-            .payload()
-            .entity()
-            .map(|(_, id)| id.as_u128())
-            .unwrap_or(0);
-        let mixed = (key as u64 ^ (key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> 32) as usize % self.members.len()
+        member_index(event, self.members.len())
     }
 
     fn dispatch_one(&mut self, event: Arc<Event>) {
@@ -595,6 +588,18 @@ impl Dispatcher {
         }
         self.saved_at = Instant::now();
     }
+}
+
+/// The index, among `members` members sorted by id, of the one an event
+/// goes to: by its entity, so one entity's events stay on one member.
+pub(super) fn member_index(event: &Event, members: usize) -> usize {
+    let key = event
+        .payload()
+        .entity()
+        .map(|(_, id)| id.as_u128())
+        .unwrap_or(0);
+    let mixed = (key as u64 ^ (key >> 64) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 32) as usize % members.max(1)
 }
 
 async fn changed(watch: Option<&mut watch::Receiver<u64>>) {
