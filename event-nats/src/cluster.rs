@@ -337,7 +337,7 @@ pub(crate) fn stream_config(config: &NatsConfig) -> stream::Config {
             stream::StorageType::File
         },
         num_replicas: config.replicas.max(1),
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: config.duplicate_window,
         allow_direct: true,
         ..Default::default()
     }

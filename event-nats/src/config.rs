@@ -100,6 +100,13 @@ pub struct NatsConfig {
     /// How far around a UUID cursor's timestamp a replay looks for it in the
     /// stream (clock skew between instances and NATS).
     pub id_search_window: Duration,
+    /// The stream's duplicate window (default 2 minutes): a message whose
+    /// `Nats-Msg-Id` (an event id, or an `Idempotency-Key` request's
+    /// derived id) the stream stored within it is dropped and acknowledged
+    /// as a duplicate of the original. JetStream keeps every id of the
+    /// window in memory. At least 1 s and at most the retention's
+    /// `max_age`; the host sets it from `DEDUP_WINDOW_SECS`.
+    pub duplicate_window: Duration,
 }
 
 impl Default for NatsConfig {
@@ -123,9 +130,14 @@ impl Default for NatsConfig {
             replay_timeout: Duration::from_secs(10),
             max_concurrent_replays: 8,
             id_search_window: Duration::from_secs(60),
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
         }
     }
 }
+
+/// The stream's default duplicate window (2 minutes, JetStream's own
+/// default too).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Most stream replicas (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
@@ -261,6 +273,16 @@ impl NatsConfig {
                 MAX_RECONNECT_GRACE.as_millis()
             )));
         }
+        if self.duplicate_window < Duration::from_secs(1)
+            || (!self.retention.max_age.is_zero() && self.duplicate_window > self.retention.max_age)
+        {
+            return Err(Error::Config(format!(
+                "the duplicate window ({} s, DEDUP_WINDOW_SECS) must be at least 1 s and at most the \
+                 stream's max age ({} s, NATS_MAX_AGE_SECS)",
+                self.duplicate_window.as_secs(),
+                self.retention.max_age.as_secs()
+            )));
+        }
         if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
             return Err(Error::Config(
                 "publish_queue, max_replay and max_concurrent_replays must be at least 1"
@@ -338,6 +360,14 @@ mod tests {
             },
             NatsConfig {
                 reconnect_grace: MAX_RECONNECT_GRACE + Duration::from_millis(1),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                duplicate_window: Duration::ZERO,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                duplicate_window: Duration::from_secs(24 * 3600 + 1),
                 ..NatsConfig::default()
             },
         ] {

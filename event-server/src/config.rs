@@ -114,6 +114,10 @@ fn beside(database_url: &str) -> String {
     }
 }
 
+/// Longest `NATS_PUBLISH_TIMEOUT_MS`: a publish request never waits longer
+/// for JetStream.
+pub const MAX_NATS_PUBLISH_TIMEOUT_MS: usize = 60_000;
+
 fn non_zero(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -583,6 +587,12 @@ pub struct Config {
     /// Subject prefix of the events on NATS (default `matric.events`).
     #[arg(long = "nats-subject-prefix", env = "NATS_SUBJECT_PREFIX")]
     pub nats_subject_prefix: Option<String>,
+
+    /// In cluster mode, how long `POST /api/v1/events` waits for JetStream
+    /// to acknowledge its events before answering `503 nats_unavailable`,
+    /// in milliseconds (at most 60,000).
+    #[arg(long = "nats-publish-timeout-ms", env = "NATS_PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = non_zero)]
+    pub nats_publish_timeout_ms: usize,
 }
 
 impl Config {
@@ -651,6 +661,12 @@ impl Config {
             return Err(format!(
                 "WEBHOOK_LEASE_SECS ({}) must be greater than WEBHOOK_TIMEOUT_SECS ({}): a claim must outlive its attempt",
                 self.webhook_lease_secs, self.webhook_timeout_secs
+            ));
+        }
+        if self.nats_publish_timeout_ms > MAX_NATS_PUBLISH_TIMEOUT_MS {
+            return Err(format!(
+                "NATS_PUBLISH_TIMEOUT_MS ({}) is over {MAX_NATS_PUBLISH_TIMEOUT_MS}",
+                self.nats_publish_timeout_ms
             ));
         }
         if self.nats_url.is_some() && !cfg!(feature = "nats") {
