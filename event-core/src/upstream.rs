@@ -161,3 +161,126 @@ impl EventBus {
             .unwrap_or(Err(Error::AckTimeout(timeout)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::bus::{BusConfig, SeqStart, Upstream};
+    use crate::payload::QueueStatus;
+
+    fn bus() -> EventBus {
+        EventBus::new(BusConfig {
+            seq_start: SeqStart::At(1),
+            ..BusConfig::default()
+        })
+    }
+
+    /// An upstream with only `forward`: the default `forward_acked`.
+    struct Plain(Mutex<Vec<Arc<Event>>>);
+
+    impl Upstream for Plain {
+        fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+            self.0.lock().unwrap().push(event);
+            Ok(())
+        }
+    }
+
+    /// An upstream that never acknowledges.
+    struct Silent;
+
+    impl Upstream for Silent {
+        fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
+            Err(event)
+        }
+
+        fn forward_acked(
+            &self,
+            _event: Arc<Event>,
+            _dedup: Option<DedupKey>,
+        ) -> Result<PendingAck, Arc<Event>> {
+            Ok(Box::pin(std::future::pending()))
+        }
+    }
+
+    #[tokio::test]
+    async fn without_an_upstream_the_bus_sequences_and_keeps_a_producer_id() {
+        let bus = bus();
+        let mut sub = bus.subscribe();
+        let id = Uuid::now_v7();
+        let events = vec![
+            AckedEvent {
+                id: Some(id),
+                ..AckedEvent::new(QueueStatus::new(1, 0))
+            },
+            AckedEvent::new(QueueStatus::new(2, 0)),
+        ];
+        let stored = bus
+            .publish_acked(events, &EventMeta::default(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(stored.iter().map(|s| s.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(stored[0].event_id, id);
+        assert!(stored.iter().all(|s| !s.duplicate));
+        match sub.try_recv() {
+            Some(crate::Received::Event(e)) => assert_eq!((e.seq(), e.id()), (1, id)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_default_forward_acked_forwards_and_reports_no_sequence() {
+        let bus = bus();
+        let up = Arc::new(Plain(Mutex::new(Vec::new())));
+        bus.set_upstream(Some(up.clone()));
+        let stored = bus
+            .publish_acked(
+                vec![AckedEvent::new(QueueStatus::new(1, 0))],
+                &EventMeta::default(),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored[0].seq, 0);
+        assert_eq!(up.0.lock().unwrap()[0].id(), stored[0].event_id);
+    }
+
+    #[tokio::test]
+    async fn an_unacknowledged_publish_times_out_and_a_too_large_one_is_refused_whole() {
+        let bus = bus();
+        bus.set_upstream(Some(Arc::new(Silent)));
+        let timeout = Duration::from_millis(20);
+        let answer = bus
+            .publish_acked(
+                vec![AckedEvent::new(QueueStatus::new(1, 0))],
+                &EventMeta::default(),
+                timeout,
+            )
+            .await;
+        assert_eq!(answer, Err(Error::AckTimeout(timeout)));
+
+        bus.set_max_event_bytes(crate::bus::MIN_MAX_EVENT_BYTES)
+            .unwrap();
+        let huge = crate::payload::JobProgress {
+            job_id: Uuid::now_v7(),
+            note_id: None,
+            progress: 1,
+            message: Some("x".repeat(4096)),
+        };
+        let answer = bus
+            .publish_acked(
+                vec![
+                    AckedEvent::new(QueueStatus::new(1, 0)),
+                    AckedEvent::new(huge),
+                ],
+                &EventMeta::default(),
+                timeout,
+            )
+            .await;
+        assert!(
+            matches!(answer, Err(Error::EventTooLarge { .. })),
+            "{answer:?}"
+        );
+    }
+}
