@@ -159,8 +159,8 @@ pub trait Upstream: Send + Sync + 'static {
     /// until the upstream stored it ([`EventBus::publish_acked`]), with what
     /// the upstream deduplicates it on when not its id (`dedup`). Must not
     /// block; returns the acknowledgement to await. `Err(event)`: it cannot
-    /// take the event now; unlike with [`forward`](Self::forward), the bus
-    /// then does not publish it locally (the waiting publisher is told).
+    /// take the event now; as with [`forward`](Self::forward), the bus then
+    /// publishes it locally (reported [`Stored::local_only`](crate::upstream::Stored::local_only)).
     ///
     /// The default has no acknowledgement to give: it
     /// [`forward`](Self::forward)s the event and reports it stored at once,
@@ -178,6 +178,7 @@ pub trait Upstream: Send + Sync + 'static {
             event_id,
             duplicate: false,
             fingerprint: None,
+            local_only: false,
         }))))
     }
 }

@@ -51,6 +51,10 @@ pub struct Stored {
     /// For a repeat: the [`DedupKey::fingerprint`] the original was stored
     /// with, if any.
     pub fingerprint: Option<String>,
+    /// The upstream could not store the event (unreachable) and it was
+    /// published on this bus only, under `seq`: no other process sees it,
+    /// and no other process recognises a retry of it.
+    pub local_only: bool,
 }
 
 /// An upstream's acknowledgement of one event, to be awaited.
@@ -89,13 +93,16 @@ impl EventBus {
     /// [`max_event_bytes`](Self::max_event_bytes) refuses the call
     /// ([`Error::EventTooLarge`]) before anything is published.
     ///
-    /// [`Error::Unstored`] when the upstream cannot take the events now (it
-    /// publishes none of the rest; those already handed over may still be
-    /// stored) or reports that it could not store one, and
-    /// [`Error::AckTimeout`] when the acknowledgements did not all come
-    /// within `timeout` (the events may still be stored later). A retry of
-    /// the same events with the same ids or [`DedupKey`]s is recognised by
-    /// the upstream within its window, so retrying after either is safe.
+    /// An event the upstream cannot take now (refused by
+    /// [`Upstream::forward_acked`]) is published on this bus only, as
+    /// [`EventBus::publish`] does, and reported [`Stored::local_only`]; so
+    /// is one the upstream gave up on and delivered locally.
+    /// [`Error::Unstored`] when the upstream reports it could not store an
+    /// event otherwise, and [`Error::AckTimeout`] when the acknowledgements
+    /// did not all come within `timeout` (the events may still be stored,
+    /// or delivered locally, later). A retry of the same events with the
+    /// same ids or [`DedupKey`]s is recognised by the upstream within its
+    /// window, so retrying after either is safe.
     ///
     /// Without an upstream the events are published on this bus at once
     /// and reported with their sequence numbers (never as duplicates).
@@ -122,11 +129,12 @@ impl EventBus {
                         event_id: event.id(),
                         duplicate: false,
                         fingerprint: None,
+                        local_only: false,
                     }
                 })
                 .collect());
         };
-        let mut acks = Vec::with_capacity(checked.len());
+        let mut acks: Vec<PendingAck> = Vec::with_capacity(checked.len());
         for (payload, json, id, dedup) in checked {
             let event = Arc::new(
                 Event::new(
@@ -140,10 +148,16 @@ impl EventBus {
             );
             match upstream.forward_acked(event, dedup) {
                 Ok(ack) => acks.push(ack),
-                Err(_) => {
-                    return Err(Error::Unstored(
-                        "the upstream cannot take events now".to_owned(),
-                    ));
+                // As `publish` does: delivered here at least.
+                Err(refused) => {
+                    let local = self.publish_local(&refused);
+                    acks.push(Box::pin(std::future::ready(Ok(Stored {
+                        seq: local.seq(),
+                        event_id: local.id(),
+                        duplicate: false,
+                        fingerprint: None,
+                        local_only: true,
+                    }))));
                 }
             }
         }

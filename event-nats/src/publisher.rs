@@ -20,10 +20,9 @@
 //! awaited `202`) travels in the same queue and batches; its publisher is
 //! told JetStream's acknowledgement (stream sequence, and whether the
 //! stream already had the message: `duplicate`, with the original's
-//! sequence). Such an event is never delivered locally only: when NATS is
-//! unreachable it is refused at once (past the grace) or, after the last
-//! retry, reported not stored, so its publisher can answer that instead of
-//! a `202`.
+//! sequence). When NATS is unreachable it is delivered locally only like
+//! any other (refused at once past the grace, or after the last retry), and
+//! its publisher is told so (`local_only`, with the local sequence).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,9 +40,18 @@ use crate::codec::{self, bus_seq};
 /// Most events sent before their acknowledgements are awaited.
 const MAX_BATCH: usize = 256;
 
-/// JetStream's answer for one event: its stream sequence and whether the
-/// stream already had it; `Err` when the publisher gave up on it.
-type AckResult = Result<(u64, bool), String>;
+/// What became of one awaited event.
+enum AckResult {
+    /// JetStream stored it at this stream sequence, or (`true`) already had
+    /// the message there.
+    Stream(u64, bool),
+    /// Given up on: delivered on this instance only, under this bus
+    /// sequence.
+    Local(u64),
+    /// Given up on, and the stream turned out to have it after all (its
+    /// sequence unknown here).
+    Lost,
+}
 
 /// A publisher waiting for an event's acknowledgement.
 pub(crate) struct Waiter {
@@ -68,16 +76,22 @@ impl Outgoing {
         (subject, message)
     }
 
-    /// Tells the waiting publisher, if any; the event back when nobody
-    /// waits (the caller then decides what happens to it).
-    fn answer(self, result: AckResult) -> Option<Arc<Event>> {
-        match self.waiter {
-            Some(waiter) => {
-                // The publisher may have stopped waiting (its timeout): fine.
-                let _ = waiter.tx.send(result);
-                None
-            }
-            None => Some(self.event),
+    /// Tells the waiting publisher, if any, what JetStream answered.
+    fn stored(self, stream_seq: u64, duplicate: bool) {
+        if let Some(waiter) = self.waiter {
+            // The publisher may have stopped waiting (its timeout): fine.
+            let _ = waiter.tx.send(AckResult::Stream(stream_seq, duplicate));
+        }
+    }
+
+    /// Given up on: delivered locally only, and the waiting publisher told.
+    fn give_up(self, shared: &Shared) {
+        let local = shared.deliver_locally(&self.event);
+        if let Some(waiter) = self.waiter {
+            let _ = waiter.tx.send(match local {
+                Some(event) => AckResult::Local(event.seq()),
+                None => AckResult::Lost,
+            });
         }
     }
 }
@@ -101,19 +115,20 @@ impl Forwarder {
             .is_some_and(|left| left.is_zero())
     }
 
-    fn refuse(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
-        // The bus publishes it locally right after this returns; remember it
-        // as ours so `originated_here` and `local_origin_only` know it.
+    /// The event back, for the bus to publish locally right after; it is
+    /// remembered as ours so `originated_here` and `local_origin_only` know
+    /// it.
+    fn refuse(&self, event: Arc<Event>) -> Arc<Event> {
         self.shared.origins.insert(event.id());
         self.shared.stats.local_only();
-        Err(event)
+        event
     }
 }
 
 impl Upstream for Forwarder {
     fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>> {
         if self.in_outage() {
-            return self.refuse(event);
+            return Err(self.refuse(event));
         }
         match self.tx.try_send(Outgoing {
             event,
@@ -122,9 +137,9 @@ impl Upstream for Forwarder {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(out)) => {
                 tracing::warn!("NATS publish queue full; delivering the event locally only");
-                self.refuse(out.event)
+                Err(self.refuse(out.event))
             }
-            Err(mpsc::error::TrySendError::Closed(out)) => self.refuse(out.event),
+            Err(mpsc::error::TrySendError::Closed(out)) => Err(self.refuse(out.event)),
         }
     }
 
@@ -134,7 +149,7 @@ impl Upstream for Forwarder {
         dedup: Option<DedupKey>,
     ) -> Result<PendingAck, Arc<Event>> {
         if self.in_outage() {
-            return Err(event);
+            return Err(self.refuse(event));
         }
         let (tx, rx) = oneshot::channel();
         let (event_id, ours) = (event.id(), event.envelope_json().clone());
@@ -148,20 +163,37 @@ impl Upstream for Forwarder {
                     out
                 }
             };
-            return Err(out.event);
+            return Err(self.refuse(out.event));
         }
         let shared = self.shared.clone();
         Ok(Box::pin(async move {
-            let (stream_seq, duplicate) = rx
+            let answer = rx
                 .await
-                .map_err(|_| CoreError::Unstored("the NATS publisher stopped".to_owned()))?
-                .map_err(CoreError::Unstored)?;
+                .map_err(|_| CoreError::Unstored("the NATS publisher stopped".to_owned()))?;
+            let (stream_seq, duplicate) = match answer {
+                AckResult::Stream(seq, duplicate) => (seq, duplicate),
+                AckResult::Local(seq) => {
+                    return Ok(Stored {
+                        seq,
+                        event_id,
+                        duplicate: false,
+                        fingerprint: None,
+                        local_only: true,
+                    });
+                }
+                AckResult::Lost => {
+                    return Err(CoreError::Unstored(
+                        "JetStream stored the event after its publisher gave up".to_owned(),
+                    ));
+                }
+            };
             if !duplicate {
                 return Ok(Stored {
                     seq: bus_seq(stream_seq),
                     event_id,
                     duplicate: false,
                     fingerprint: None,
+                    local_only: false,
                 });
             }
             original(&shared, stream_seq, ours).await
@@ -192,6 +224,7 @@ async fn original(
         event_id: decoded.event.id(),
         duplicate: message.payload != ours,
         fingerprint: codec::fingerprint(headers),
+        local_only: false,
     })
 }
 
@@ -304,7 +337,7 @@ async fn publish_batch(shared: &Shared, batch: &mut Vec<Outgoing>, cancel: &Canc
                 Some(ack) => match ack.await {
                     Ok(ack) => {
                         shared.stats.published();
-                        out.answer(Ok((ack.sequence, ack.duplicate)));
+                        out.stored(ack.sequence, ack.duplicate);
                     }
                     Err(error) => {
                         last_error = Some(error.to_string());
@@ -332,12 +365,10 @@ async fn publish_batch(shared: &Shared, batch: &mut Vec<Outgoing>, cancel: &Canc
     if !pending.is_empty() {
         tracing::warn!(
             events = pending.len(),
-            "could not publish to JetStream; delivering locally only (awaited ones: reported not stored)"
+            "could not publish to JetStream; delivering locally only"
         );
         for out in pending {
-            if let Some(event) = out.answer(Err("JetStream did not take the event".to_owned())) {
-                shared.deliver_locally(&event);
-            }
+            out.give_up(shared);
         }
     }
 }
@@ -379,7 +410,7 @@ async fn probe_until(
         if let Ok(Ok(ack)) = tokio::time::timeout_at(until, probe).await {
             tracing::debug!("JetStream takes publishes again; retrying now");
             shared.stats.published();
-            pending.remove(0).answer(Ok((ack.sequence, ack.duplicate)));
+            pending.remove(0).stored(ack.sequence, ack.duplicate);
             return;
         }
     }

@@ -590,8 +590,10 @@ pub struct Config {
 
     /// In cluster mode, how long `POST /api/v1/events` waits for JetStream
     /// to acknowledge its events before answering `503 nats_unavailable`,
-    /// in milliseconds (at most 60,000).
-    #[arg(long = "nats-publish-timeout-ms", env = "NATS_PUBLISH_TIMEOUT_MS", default_value = "5000", value_parser = non_zero)]
+    /// in milliseconds (at most 60,000). The default outlasts the
+    /// publisher's retries through a stream-leader election (about 13 s),
+    /// so an election delays answers instead of failing them.
+    #[arg(long = "nats-publish-timeout-ms", env = "NATS_PUBLISH_TIMEOUT_MS", default_value = "20000", value_parser = non_zero)]
     pub nats_publish_timeout_ms: usize,
 }
 

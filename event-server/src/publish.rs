@@ -9,7 +9,9 @@
 //!
 //! In a NATS cluster (the bus has an upstream) `202` comes once JetStream
 //! acknowledged every event (within `NATS_PUBLISH_TIMEOUT_MS`, else `503
-//! nats_unavailable`), with the bus sequence the stream gave each. There
+//! nats_unavailable`), with the bus sequence the stream gave each; while
+//! NATS is unreachable, once the events were delivered on this instance
+//! only (`"local_only": true`), as for in-process publishers. There
 //! the stream deduplicates, so a retry is recognised on every instance: an
 //! event may carry its producer's `event_id` (a UUIDv7, the message's
 //! `Nats-Msg-Id`), and an `Idempotency-Key` request's events get message
@@ -88,6 +90,12 @@ pub struct PublishResponse {
     /// events the first one published, and nothing was published now.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
+    /// Cluster mode while NATS is unreachable: (some of) the events were
+    /// delivered on this instance only (their `seq` is a local one between
+    /// two stream sequences); other instances never see them, and a retry
+    /// is not recognised elsewhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// Parses and validates a request body into events, naming the first problem.
@@ -273,6 +281,7 @@ pub async fn publish(
                     let answer = PublishResponse {
                         events,
                         duplicate: true,
+                        local_only: false,
                     };
                     return Ok((StatusCode::ACCEPTED, Json(answer)));
                 }
@@ -341,6 +350,7 @@ pub async fn publish(
     let answer = PublishResponse {
         events: published,
         duplicate: false,
+        local_only: false,
     };
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
@@ -399,6 +409,7 @@ async fn publish_clustered(
     }
     Ok(PublishResponse {
         duplicate: stored.iter().all(|s| s.duplicate),
+        local_only: stored.iter().any(|s| s.local_only),
         events: stored
             .into_iter()
             .map(|s| Published {

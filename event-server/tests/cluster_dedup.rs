@@ -5,7 +5,8 @@
 //! is answered with the original's `seq`/`event_id` and `"duplicate": true`
 //! and reaches no client twice; a key reused with another body is `422` on
 //! any instance; a publish while NATS is down is `503 nats_unavailable`
-//! within `NATS_PUBLISH_TIMEOUT_MS`.
+//! within `NATS_PUBLISH_TIMEOUT_MS` during the reconnect grace, and
+//! delivered on its instance only (`"local_only": true`) after it.
 //!
 //! Needs `TEST_NATS_URL` (skipped with a reason when unset, failed when
 //! `EVENT_TEST_REQUIRE_SERVICES=1`); every test has a stream of its own.
@@ -277,57 +278,85 @@ async fn a_producer_event_id_outside_cluster_mode_is_refused() {
 }
 
 #[tokio::test]
-async fn a_publish_while_nats_is_down_answers_503_within_the_timeout() {
-    let test = "a_publish_while_nats_is_down_answers_503_within_the_timeout";
+async fn while_nats_is_down_a_publish_is_503_within_the_timeout_then_local_only() {
+    let test = "while_nats_is_down_a_publish_is_503_within_the_timeout_then_local_only";
     if nats_url(test).is_none() {
         return;
     }
     let mut nats = PrivateNats::start().await;
     let stream = event_nats::testing::TestStream::new(&nats.url());
+    // Shorter than the 2 s reconnect grace, during which events wait for
+    // NATS: a publish made right after NATS went away times out.
     let timeout_ms = 1000u64;
     let mut a = instance(
         &stream,
         &["--nats-publish-timeout-ms", &timeout_ms.to_string()],
     )
     .await;
+    let mut b = instance(&stream, &[]).await;
+    let (mut ws_a, mut ws_b) = (WsClient::connect(&a).await, WsClient::connect(&b).await);
     let job = Uuid::now_v7();
     let (status, answer) = post(&a, &json!(progress(job, "up")), None).await;
     assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer.get("local_only"), None);
 
     nats.stop().await;
-    wait_nats_health(&a, "degraded").await;
-    // Within the reconnect grace (queued, then given up) or after it
-    // (refused at once): 503 either way, never later than the timeout
-    // (plus generous slack for a shared machine).
-    for round in 0..2 {
-        let started = Instant::now();
-        let (status, answer) = post(&a, &json!(progress(job, "down")), Some("k-down")).await;
-        assert_eq!(status, 503, "round {round}: {answer}");
-        assert_eq!(answer["error"], "nats_unavailable");
-        assert!(
-            started.elapsed() < Duration::from_millis(timeout_ms) + Duration::from_secs(10),
-            "round {round}: answered after {:?}",
-            started.elapsed()
-        );
-    }
+    let started = Instant::now();
+    let (status, answer) = post(&a, &json!(progress(job, "waited")), Some("k-down")).await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"], "nats_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_millis(timeout_ms) + Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
 
-    // Back: the same key publishes now (the failed request released it).
-    nats.restart().await;
-    wait_nats_health(&a, "up").await;
+    // Past the grace: delivered on A only, at once, and said so.
+    wait_nats_health(&a, "degraded").await;
     let answer = tokio::time::timeout(WAIT, async {
         loop {
-            let (status, answer) = post(&a, &json!(progress(job, "down")), Some("k-down")).await;
+            let (status, answer) = post(&a, &json!(progress(job, "local")), Some("k-local")).await;
+            if status == 202 {
+                return answer;
+            }
+            // Still within the grace.
+            assert_eq!(status, 503, "{answer}");
+        }
+    })
+    .await
+    .expect("a local-only 202 once the grace ran out");
+    assert_eq!(answer["local_only"], true, "{answer}");
+    let (seq, _) = identities(&answer)[0].clone();
+    assert_ne!(seq % event_nats::SEQ_STRIDE, 0, "a local sequence: {seq}");
+    // A's clients get "up", then the events it delivered locally ("waited"
+    // too, when its publisher gave up on it, possibly after 503 retries
+    // of "local"), ending with "local".
+    assert_eq!(ws_a.next().await, "up");
+    assert_eq!(ws_b.next().await, "up");
+    tokio::time::timeout(WAIT, async { while ws_a.next().await != "local" {} })
+        .await
+        .expect("A's client got the local-only event");
+
+    // Back: B never got the local-only events; the next is from the stream.
+    nats.restart().await;
+    wait_nats_health(&a, "up").await;
+    wait_nats_health(&b, "up").await;
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            let (status, answer) = post(&a, &json!(progress(job, "after")), None).await;
             if status == 202 {
                 return answer;
             }
             assert_eq!(status, 503, "{answer}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     })
     .await
     .expect("publishing works again");
-    assert!(identities(&answer)[0].0 > 0);
+    assert_eq!(answer.get("local_only"), None, "{answer}");
+    assert_eq!(identities(&answer)[0].0 % event_nats::SEQ_STRIDE, 0);
+    assert_eq!(ws_b.next().await, "after");
 
     a.shutdown().await;
+    b.shutdown().await;
     drop(stream); // deleted while this NATS still runs
 }
