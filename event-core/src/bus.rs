@@ -154,6 +154,33 @@ pub trait Upstream: Send + Sync + 'static {
     /// away with the next local sequence number (e.g. while the upstream is
     /// unreachable).
     fn forward(&self, event: Arc<Event>) -> Result<(), Arc<Event>>;
+
+    /// Takes a locally published event (`seq() == 0`) whose publisher waits
+    /// until the upstream stored it ([`EventBus::publish_acked`]), with what
+    /// the upstream deduplicates it on when not its id (`dedup`). Must not
+    /// block; returns the acknowledgement to await. `Err(event)`: it cannot
+    /// take the event now; as with [`forward`](Self::forward), the bus then
+    /// publishes it locally (reported [`Stored::local_only`](crate::upstream::Stored::local_only)).
+    ///
+    /// The default has no acknowledgement to give: it
+    /// [`forward`](Self::forward)s the event and reports it stored at once,
+    /// with sequence number `0` (not known) and never as a duplicate.
+    fn forward_acked(
+        &self,
+        event: Arc<Event>,
+        dedup: Option<crate::upstream::DedupKey>,
+    ) -> Result<crate::upstream::PendingAck, Arc<Event>> {
+        let _ = dedup;
+        let event_id = event.id();
+        self.forward(event)?;
+        Ok(Box::pin(std::future::ready(Ok(crate::upstream::Stored {
+            seq: 0,
+            event_id,
+            duplicate: false,
+            fingerprint: None,
+            local_only: false,
+        }))))
+    }
 }
 
 /// The event bus. Cheap to clone; all clones publish to the same stream.
@@ -432,7 +459,7 @@ impl EventBus {
     /// event keeps that rendering, so it is still rendered once) and checked
     /// exactly.
     #[allow(clippy::result_large_err)]
-    fn checked(
+    pub(crate) fn checked(
         &self,
         payload: ServerEvent,
     ) -> Result<(ServerEvent, Option<Bytes>), (ServerEvent, Error)> {
@@ -470,17 +497,8 @@ impl EventBus {
 
     /// Gives an accepted event its identity and publishes it (or hands it to
     /// the upstream).
-    fn sequence(
-        &self,
-        payload: ServerEvent,
-        json: Option<Bytes>,
-        mut meta: EventMeta,
-    ) -> Arc<Event> {
-        // In-process publishers join the trace they run in (only with an
-        // installed propagation; one atomic load otherwise).
-        if meta.trace.is_none() {
-            meta.trace = crate::trace::current();
-        }
+    fn sequence(&self, payload: ServerEvent, json: Option<Bytes>, meta: EventMeta) -> Arc<Event> {
+        let meta = self.with_trace_owned(meta);
         if let Some(upstream) = self.upstream() {
             let event = Arc::new(
                 Event::new(0, Uuid::now_v7(), OffsetDateTime::now_utc(), meta, payload)
@@ -491,21 +509,40 @@ impl EventBus {
                 Err(refused) => self.publish_local(&refused),
             };
         }
+        self.sequence_local(payload, json, meta, None)
+    }
+
+    /// `meta` joining the trace the caller runs in, if it names none: in-process
+    /// publishers join their trace (only with an installed propagation; one
+    /// atomic load otherwise).
+    pub(crate) fn with_trace(&self, meta: &EventMeta) -> EventMeta {
+        self.with_trace_owned(meta.clone())
+    }
+
+    fn with_trace_owned(&self, mut meta: EventMeta) -> EventMeta {
+        if meta.trace.is_none() {
+            meta.trace = crate::trace::current();
+        }
+        meta
+    }
+
+    /// Sequences and publishes an event on this bus, with `id` or a new
+    /// UUIDv7.
+    pub(crate) fn sequence_local(
+        &self,
+        payload: ServerEvent,
+        json: Option<Bytes>,
+        meta: EventMeta,
+        id: Option<Uuid>,
+    ) -> Arc<Event> {
         let mut state = self.state();
         let seq = state.next_seq;
         state.next_seq += 1;
         // Generated inside the lock: the shared v7 context is monotonic, so
         // id order follows sequence order.
-        let event = Arc::new(
-            Event::new(
-                seq,
-                Uuid::now_v7(),
-                OffsetDateTime::now_utc(),
-                meta,
-                payload,
-            )
-            .with_json(json),
-        );
+        let id = id.unwrap_or_else(Uuid::now_v7);
+        let event =
+            Arc::new(Event::new(seq, id, OffsetDateTime::now_utc(), meta, payload).with_json(json));
         Self::commit(&mut state, &self.inner, &event);
         event
     }
@@ -583,7 +620,7 @@ impl EventBus {
         self.upstream().is_some()
     }
 
-    fn upstream(&self) -> Option<Arc<dyn Upstream>> {
+    pub(crate) fn upstream(&self) -> Option<Arc<dyn Upstream>> {
         self.inner
             .upstream
             .read()

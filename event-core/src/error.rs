@@ -75,6 +75,15 @@ pub enum Error {
     /// A bounded store is full (outstanding one-time tokens, say).
     #[error("{0}")]
     Full(String),
+    /// The bus's [`Upstream`](crate::Upstream) did not store an event a
+    /// publisher waits for ([`EventBus::publish_acked`](crate::EventBus::publish_acked)):
+    /// it could not take it, or gave up publishing it.
+    #[error("the event was not stored upstream: {0}")]
+    Unstored(String),
+    /// The [`Upstream`](crate::Upstream) did not acknowledge the events
+    /// within the publisher's wait (they may still be stored later).
+    #[error("the upstream did not acknowledge the events within {} ms", .0.as_millis())]
+    AckTimeout(std::time::Duration),
 }
 
 impl Error {
@@ -94,6 +103,7 @@ impl Error {
             Error::InvalidSetting { .. } => "invalid_setting",
             Error::InvalidTopic { .. } => "invalid_topic",
             Error::Full(_) => "limit_reached",
+            Error::Unstored(_) | Error::AckTimeout(_) => "upstream_unavailable",
         }
     }
 }

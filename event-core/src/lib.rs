@@ -108,6 +108,7 @@ pub mod sink;
 pub mod snapshot;
 mod sync;
 pub mod trace;
+pub mod upstream;
 
 pub use async_trait::async_trait;
 pub use auth::{
@@ -154,6 +155,7 @@ pub use sink::{
 };
 pub use snapshot::{QueueSnapshot, current_queue_status};
 pub use trace::TraceContext;
+pub use upstream::{AckedEvent, DedupKey, PendingAck, Stored};
 
 /// Re-exported so sinks and hosts use the same versions.
 pub use bytes::Bytes;

@@ -48,20 +48,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Delivers a locally produced event on this instance only.
-    pub(crate) fn deliver_locally(&self, event: &Event) {
+    /// Delivers a locally produced event on this instance only: the copy
+    /// published, `None` when the stream has it after all (the source
+    /// already injected it).
+    pub(crate) fn deliver_locally(&self, event: &Event) -> Option<Arc<Event>> {
         let _guard = self
             .own_event_lock
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if self.origins.contains(&event.id()) {
-            // The stream has it after all and the source already injected it.
-            return;
+            return None;
         }
         self.fallback.insert(event.id());
         self.origins.insert(event.id());
         self.stats.local_only();
-        self.bus.publish_local(event);
+        Some(self.bus.publish_local(event))
     }
 }
 
@@ -341,7 +342,7 @@ pub(crate) fn stream_config(config: &NatsConfig) -> stream::Config {
             stream::StorageType::File
         },
         num_replicas: config.replicas.max(1),
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: config.duplicate_window,
         allow_direct: true,
         ..Default::default()
     }

@@ -7,7 +7,7 @@
 //! publishes on it) and `Matric-Origin: <instance id>`.
 
 use async_nats::HeaderMap;
-use event_core::{Envelope, Event};
+use event_core::{DedupKey, Envelope, Event};
 use uuid::Uuid;
 
 /// Bus sequence numbers per stream sequence number.
@@ -34,15 +34,38 @@ pub fn stream_seq(bus_seq: u64) -> u64 {
 /// The header naming the instance that published an event.
 pub const ORIGIN_HEADER: &str = "Matric-Origin";
 
-/// The headers of a published event.
-pub(crate) fn headers(event: &Event, instance_id: &str) -> HeaderMap {
+/// The header carrying the event id of a message whose `Nats-Msg-Id` is a
+/// [`DedupKey`]'s (an `Idempotency-Key` request's) instead.
+pub const EVENT_ID_HEADER: &str = "Matric-Event-Id";
+
+/// The header carrying a [`DedupKey::fingerprint`]: a digest of the request
+/// the event came from, read back when a retry is answered from the
+/// original.
+pub const REQUEST_HEADER: &str = "Matric-Request";
+
+/// The headers of a published event: `Nats-Msg-Id` is the event id, or
+/// `dedup`'s id (then the event id goes in [`EVENT_ID_HEADER`] and the
+/// fingerprint in [`REQUEST_HEADER`]).
+pub(crate) fn headers(event: &Event, instance_id: &str, dedup: Option<&DedupKey>) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        event.id().to_string().as_str(),
-    );
+    let event_id = event.id().to_string();
+    match dedup {
+        Some(key) => {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, key.id.as_str());
+            headers.insert(EVENT_ID_HEADER, event_id.as_str());
+            headers.insert(REQUEST_HEADER, key.fingerprint.as_str());
+        }
+        None => headers.insert(async_nats::header::NATS_MESSAGE_ID, event_id.as_str()),
+    }
     headers.insert(ORIGIN_HEADER, instance_id);
     headers
+}
+
+/// The request fingerprint a message was stored with, if any.
+pub(crate) fn fingerprint(headers: Option<&HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(REQUEST_HEADER))
+        .map(|v| v.as_str().to_owned())
 }
 
 /// A decoded stream message.
@@ -74,11 +97,12 @@ pub(crate) fn decode(
     })
 }
 
-/// The event id a message carries in `Nats-Msg-Id`, without decoding the
-/// payload.
+/// The event id a message carries in its headers ([`EVENT_ID_HEADER`], else
+/// `Nats-Msg-Id`), without decoding the payload.
 pub(crate) fn message_id(headers: Option<&HeaderMap>) -> Option<Uuid> {
-    headers
-        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+    let h = headers?;
+    h.get(EVENT_ID_HEADER)
+        .or_else(|| h.get(async_nats::header::NATS_MESSAGE_ID))
         .and_then(|v| Uuid::try_parse(v.as_str()).ok())
 }
 
@@ -114,7 +138,7 @@ mod tests {
                 message: Some("Embedding chunk 2/5".into()),
             }),
         );
-        let headers = headers(&original, "a");
+        let headers = headers(&original, "a", None);
         let decoded = decode(7, original.envelope_json(), Some(&headers)).unwrap();
         assert_eq!(decoded.origin.as_deref(), Some("a"));
         assert_eq!(decoded.event.seq(), 7 * SEQ_STRIDE);
@@ -124,5 +148,30 @@ mod tests {
         assert_eq!(decoded.event.envelope_json(), original.envelope_json());
         assert_eq!(message_id(Some(&headers)), Some(original.id()));
         assert!(decode(1, b"{}", None).is_err());
+        assert_eq!(fingerprint(Some(&headers)), None);
+    }
+
+    #[test]
+    fn a_dedup_key_replaces_the_message_id_and_the_event_id_moves_to_a_header() {
+        let event = Event::new(
+            0,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default(),
+            ServerEvent::QueueStatus(event_core::QueueStatus::new(1, 0)),
+        );
+        let key = DedupKey {
+            id: "idem-abc".to_owned(),
+            fingerprint: "f1".to_owned(),
+        };
+        let headers = headers(&event, "a", Some(&key));
+        assert_eq!(
+            headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .map(|v| v.as_str()),
+            Some("idem-abc")
+        );
+        assert_eq!(message_id(Some(&headers)), Some(event.id()));
+        assert_eq!(fingerprint(Some(&headers)).as_deref(), Some("f1"));
     }
 }

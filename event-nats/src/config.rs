@@ -111,6 +111,13 @@ pub struct NatsConfig {
     /// default `MATRIC_CONSUMERS`), shared by every instance. Created with
     /// the stream's [`replicas`](Self::replicas) and storage.
     pub consumers_bucket: String,
+    /// The stream's duplicate window (default 2 minutes): a message whose
+    /// `Nats-Msg-Id` (an event id, or an `Idempotency-Key` request's
+    /// derived id) the stream stored within it is dropped and acknowledged
+    /// as a duplicate of the original. JetStream keeps every id of the
+    /// window in memory. At least 1 s and at most the retention's
+    /// `max_age`; the host sets it from `DEDUP_WINDOW_SECS`.
+    pub duplicate_window: Duration,
 }
 
 impl Default for NatsConfig {
@@ -136,6 +143,7 @@ impl Default for NatsConfig {
             id_search_window: Duration::from_secs(60),
             topic_scan: DEFAULT_TOPIC_SCAN,
             consumers_bucket: DEFAULT_CONSUMERS_BUCKET.to_owned(),
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
         }
     }
 }
@@ -144,6 +152,9 @@ impl Default for NatsConfig {
 pub const DEFAULT_TOPIC_SCAN: usize = 10_000;
 /// Largest [`NatsConfig::topic_scan`] (one listing holds that many events).
 pub const MAX_TOPIC_SCAN: usize = 100_000;
+/// The stream's default duplicate window (2 minutes, JetStream's own
+/// default too).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Most stream replicas (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
@@ -305,6 +316,16 @@ impl NatsConfig {
                 self.consumers_bucket
             )));
         }
+        if self.duplicate_window < Duration::from_secs(1)
+            || (!self.retention.max_age.is_zero() && self.duplicate_window > self.retention.max_age)
+        {
+            return Err(Error::Config(format!(
+                "the duplicate window ({} s, DEDUP_WINDOW_SECS) must be at least 1 s and at most the \
+                 stream's max age ({} s, NATS_MAX_AGE_SECS)",
+                self.duplicate_window.as_secs(),
+                self.retention.max_age.as_secs()
+            )));
+        }
         if self.publish_queue == 0 || self.max_replay == 0 || self.max_concurrent_replays == 0 {
             return Err(Error::Config(
                 "publish_queue, max_replay and max_concurrent_replays must be at least 1"
@@ -394,6 +415,14 @@ mod tests {
             },
             NatsConfig {
                 consumers_bucket: "x".repeat(65),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                duplicate_window: Duration::ZERO,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                duplicate_window: Duration::from_secs(24 * 3600 + 1),
                 ..NatsConfig::default()
             },
         ] {

@@ -15,6 +15,19 @@
 //! `matric.events.job.progress`), payload the envelope JSON, headers
 //! `Nats-Msg-Id: <event id>` and `Matric-Origin: <instance id>`.
 //!
+//! **Acknowledged publishing and deduplication.** `EventBus::publish_acked`
+//! (the host's publish API) goes through the same queue and batches but
+//! resolves with JetStream's acknowledgement: the bus sequence the stream
+//! gave each event, or, when the stream already had the message id within
+//! its duplicate window (`NatsConfig::duplicate_window`), the original's
+//! sequence and id with `duplicate: true`. A publisher may name the message
+//! id itself (`event_core::DedupKey`, e.g. derived from an
+//! `Idempotency-Key`): then `Nats-Msg-Id` is that id, and the event id and
+//! a digest of the request travel as [`EVENT_ID_HEADER`] and
+//! [`REQUEST_HEADER`] (read back for the original of a repeat). Such awaited
+//! events are never delivered locally only: during an outage they are
+//! refused, and their publisher answers an error instead.
+//!
 //! Every instance, **the origin included**, runs one ordered consumer on
 //! the stream and injects each event into its bus with
 //! `EventBus::publish_event`, keeping the original id and using the stream
@@ -190,7 +203,8 @@
 //!    producing.
 //!
 //! `EventBus::publish` returns the event with `seq() == 0` under NATS (the
-//! stream numbers it a moment later); its `id()` is final.
+//! stream numbers it a moment later); its `id()` is final. A publisher that
+//! must know the stream took the event awaits `EventBus::publish_acked`.
 //!
 //! ## Example
 //!
@@ -247,11 +261,11 @@ mod state;
 pub mod testing;
 
 pub use cluster::{NatsCluster, delete_stream};
-pub use codec::{ORIGIN_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
+pub use codec::{EVENT_ID_HEADER, ORIGIN_HEADER, REQUEST_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
 pub use config::{
-    DEFAULT_CONSUMERS_BUCKET, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, DEFAULT_TOPIC_SCAN,
-    DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS, MAX_TOPIC_SCAN,
-    NatsConfig, Retention,
+    DEFAULT_CONSUMERS_BUCKET, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX,
+    DEFAULT_TOPIC_SCAN, DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS,
+    MAX_TOPIC_SCAN, NatsConfig, Retention,
 };
 pub use error::Error;
 pub use groups::{

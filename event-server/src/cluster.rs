@@ -59,6 +59,11 @@ mod imp {
             if let Some(bucket) = &config.nats_consumers_bucket {
                 nats.consumers_bucket.clone_from(bucket);
             }
+            // One window for both: a retry is recognised by this instance's
+            // Idempotency-Key memory and by the stream for as long.
+            if config.dedup_window_secs > 0 {
+                nats.duplicate_window = std::time::Duration::from_secs(config.dedup_window_secs);
+            }
             let nats = event_nats::NatsCluster::connect(nats, bus.clone())
                 .await
                 .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?;

@@ -114,6 +114,10 @@ fn beside(database_url: &str) -> String {
     }
 }
 
+/// Longest `NATS_PUBLISH_TIMEOUT_MS`: a publish request never waits longer
+/// for JetStream.
+pub const MAX_NATS_PUBLISH_TIMEOUT_MS: usize = 60_000;
+
 fn non_zero(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -589,6 +593,13 @@ pub struct Config {
     /// shared by the instances (default `MATRIC_CONSUMERS`).
     #[arg(long = "nats-consumers-bucket", env = "NATS_CONSUMERS_BUCKET")]
     pub nats_consumers_bucket: Option<String>,
+    /// In cluster mode, how long `POST /api/v1/events` waits for JetStream
+    /// to acknowledge its events before answering `503 nats_unavailable`,
+    /// in milliseconds (at most 60,000). The default outlasts the
+    /// publisher's retries through a stream-leader election (about 13 s),
+    /// so an election delays answers instead of failing them.
+    #[arg(long = "nats-publish-timeout-ms", env = "NATS_PUBLISH_TIMEOUT_MS", default_value = "20000", value_parser = non_zero)]
+    pub nats_publish_timeout_ms: usize,
 }
 
 impl Config {
@@ -657,6 +668,12 @@ impl Config {
             return Err(format!(
                 "WEBHOOK_LEASE_SECS ({}) must be greater than WEBHOOK_TIMEOUT_SECS ({}): a claim must outlive its attempt",
                 self.webhook_lease_secs, self.webhook_timeout_secs
+            ));
+        }
+        if self.nats_publish_timeout_ms > MAX_NATS_PUBLISH_TIMEOUT_MS {
+            return Err(format!(
+                "NATS_PUBLISH_TIMEOUT_MS ({}) is over {MAX_NATS_PUBLISH_TIMEOUT_MS}",
+                self.nats_publish_timeout_ms
             ));
         }
         if self.nats_url.is_some() && !cfg!(feature = "nats") {

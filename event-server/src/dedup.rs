@@ -16,8 +16,10 @@
 //! second, arriving while the first is still publishing (waiting for the
 //! event log's commit), is answered `409 idempotency_key_in_flight` and
 //! may retry. A request that fails releases its key. Requests without a key
-//! never take the lock. The window is this instance's: in a cluster, a
-//! retry that reaches another instance is not recognised.
+//! never take the lock. This memory is the instance's own; in a cluster the
+//! JetStream stream recognises a retry that reaches another instance (the
+//! publish handler derives message ids from the key, see
+//! [`crate::publish::dedup_key`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};

@@ -79,6 +79,11 @@ pub enum ServerError {
     /// log_unavailable`.
     #[error("{0}")]
     LogUnavailable(#[source] event_core::LogError),
+    /// In cluster mode, JetStream did not acknowledge a publish request's
+    /// events within `NATS_PUBLISH_TIMEOUT_MS`, or NATS is unreachable:
+    /// `503 nats_unavailable`.
+    #[error("{0}")]
+    NatsUnavailable(#[source] event_core::Error),
     /// The route needs the event log, which is off (`EVENT_LOG=off`):
     /// `410 log_off`.
     #[error("the event log is off on this server (EVENT_LOG=off): {0} needs it")]
@@ -111,6 +116,9 @@ impl ServerError {
             ServerError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServerError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ServerError::LogUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
+            ServerError::NatsUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "nats_unavailable")
+            }
             ServerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ServerError::EventTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "event_too_large"),
             ServerError::UnsupportedMediaType(_) => {
@@ -138,6 +146,9 @@ impl From<event_core::Error> for ServerError {
             event_core::Error::Unauthorized(m) => ServerError::Unauthorized(m),
             event_core::Error::Forbidden(m) => ServerError::Forbidden(m),
             event_core::Error::Provider(m) => ServerError::Internal(m),
+            e @ (event_core::Error::Unstored(_) | event_core::Error::AckTimeout(_)) => {
+                ServerError::NatsUnavailable(e)
+            }
             e @ event_core::Error::EventTooLarge { .. } => ServerError::EventTooLarge(format!(
                 "{e} (EVENT_MAX_BYTES); nothing of this request was published"
             )),

@@ -262,8 +262,8 @@ impl Server {
 
     /// Publishes `body` (one event or an array) through
     /// `POST /api/v1/events`, the path outside producers take, and returns
-    /// `(seq, event_id)` of each event; `seq` is 0 in a NATS cluster, where
-    /// the stream numbers the event later (as with `EventBus::publish`).
+    /// `(seq, event_id)` of each event (in a NATS cluster too: the `202`
+    /// waits for JetStream's acknowledgement and carries its sequence).
     ///
     /// # Panics
     ///

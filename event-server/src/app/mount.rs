@@ -132,6 +132,7 @@ impl Assembly<'_> {
                         self.config.dedup_max_keys,
                     ))
                 }),
+                ack_timeout: Duration::from_millis(self.config.nats_publish_timeout_ms as u64),
             }),
         );
         let rate = RateGuard::per_second(

@@ -189,7 +189,7 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
                     json!({"type": "string"}),
                 ),
                 json!({"name": "Idempotency-Key", "in": "header", "required": false,
-                       "description": "1–255 visible ASCII bytes: a repeat within `DEDUP_WINDOW_SECS` gets the first answer with `\"duplicate\": true` and publishes nothing.",
+                       "description": "1–255 visible ASCII bytes: a repeat within `DEDUP_WINDOW_SECS` gets the first answer with `\"duplicate\": true` and publishes nothing (in cluster mode on any instance). Each event may also carry `event_id` (a UUIDv7; cluster mode only), deduplicated by the stream.",
                        "schema": {"type": "string", "minLength": 1, "maxLength": 255}}),
             ],
             body: json_body(json!({
@@ -226,7 +226,7 @@ fn operations(mounted: Mounted, schemas: &mut Schemas) -> Vec<Op> {
                 (429, "Over `PUBLISH_MAX_RATE`.", error_ref()),
                 (
                     503,
-                    "`log_unavailable`: the event log did not confirm the commit within `EVENT_LOG_COMMIT_TIMEOUT_MS`.",
+                    "`log_unavailable`: the event log did not confirm the commit within `EVENT_LOG_COMMIT_TIMEOUT_MS`. `nats_unavailable` (cluster mode): JetStream did not acknowledge within `NATS_PUBLISH_TIMEOUT_MS`, or NATS is unreachable.",
                     error_ref(),
                 ),
             ],
