@@ -15,9 +15,14 @@
 //! connection wakes once per batch, not once per event.
 //!
 //! An outbox is bounded in messages and bytes. What happens when a client
-//! does not keep up is the [`OverflowPolicy`]: the WebSocket closes the
-//! connection (close code 4008), SSE drops the excess and tells the client
-//! how many it missed.
+//! does not keep up is the [`OverflowPolicy`]: by default the WebSocket and
+//! SSE [`Coalesce`](OverflowPolicy::Coalesce) — the excess is dropped and
+//! counted (the lag signal) except the latest state per job and of the
+//! queue, which the client gets right after the lag marker — so that under
+//! saturation a client that keeps reading stays connected; the WebSocket
+//! can instead close the connection (close code 4008) on overflow
+//! ([`Close`](OverflowPolicy::Close)). A client that stops reading is cut
+//! by its transport's stall timeout.
 //!
 //! # Concurrency model
 //!
@@ -32,353 +37,27 @@
 //! its lock released. The subscriber table (`RwLock`) and the counters stay
 //! `std`: they carry no wake-up protocol.
 
-use std::collections::VecDeque;
+mod coalesce;
+mod outbox;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
 
 use crate::auth::Principal;
 use crate::event::Event;
 use crate::filter::{EventFilter, KindSet};
 use crate::sink::{EventSink, SinkError};
-use crate::sync::{Mutex, MutexGuard, Unmodelled};
+use crate::sync::MutexGuard;
 
-/// How much an outbox may hold before its connection counts as slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutboxLimits {
-    /// Maximum queued messages.
-    pub max_messages: usize,
-    /// Maximum queued bytes (wire size).
-    pub max_bytes: usize,
-}
-
-impl Default for OutboxLimits {
-    /// 1,024 messages or 1 MiB (room for two events of the bus's default
-    /// size limit, [`DEFAULT_MAX_EVENT_BYTES`](crate::bus::DEFAULT_MAX_EVENT_BYTES)).
-    fn default() -> Self {
-        OutboxLimits {
-            max_messages: 1024,
-            max_bytes: 1024 * 1024,
-        }
-    }
-}
-
-/// Room per event, beyond its JSON, that [`OutboxLimits::fit_event`]
-/// reserves: the envelope's identity, time, actor and scope fields and the
-/// SSE framing (16 KiB).
-pub const EVENT_SLACK_BYTES: usize = 16 * 1024;
-
-impl OutboxLimits {
-    /// The smallest byte budget that holds two events of `max_event_bytes`
-    /// (the bus's [`max_event_bytes`](crate::EventBus::max_event_bytes)) in
-    /// either wire form: `2 × (max_event_bytes + EVENT_SLACK_BYTES)`.
-    pub const fn min_bytes_for(max_event_bytes: usize) -> usize {
-        max_event_bytes
-            .saturating_add(EVENT_SLACK_BYTES)
-            .saturating_mul(2)
-    }
-
-    /// These limits ([`fit_event`](Self::fit_event)ted) with the byte budget
-    /// a client asked for (`buffer_max_bytes`): a client may lower its
-    /// budget, to hear of lag sooner, down to what holds two of the largest
-    /// events, never raise it. `Err` says the range.
-    ///
-    /// ```
-    /// use event_core::OutboxLimits;
-    /// let server = OutboxLimits { max_messages: 1024, max_bytes: 1 << 20 };
-    /// let min = OutboxLimits::min_bytes_for(1000);
-    /// assert_eq!(server.with_client_budget(Some(min as u64), 1000).unwrap().max_bytes, min);
-    /// assert_eq!(server.with_client_budget(None, 1000).unwrap().max_bytes, 1 << 20);
-    /// assert!(server.with_client_budget(Some(min as u64 - 1), 1000).is_err());
-    /// assert!(server.with_client_budget(Some((1 << 20) + 1), 1000).is_err());
-    /// ```
-    pub fn with_client_budget(
-        self,
-        requested: Option<u64>,
-        max_event_bytes: usize,
-    ) -> Result<Self, String> {
-        let fitted = self.fit_event(max_event_bytes);
-        let Some(requested) = requested else {
-            return Ok(fitted);
-        };
-        let min = Self::min_bytes_for(max_event_bytes);
-        match usize::try_from(requested) {
-            Ok(n) if (min..=fitted.max_bytes).contains(&n) => Ok(OutboxLimits {
-                max_bytes: n,
-                ..fitted
-            }),
-            _ => Err(format!(
-                "expected bytes from {min} (two of the largest events) to {} (the server's budget)",
-                fitted.max_bytes
-            )),
-        }
-    }
-
-    /// These limits with the byte budget raised, if needed, to
-    /// [`min_bytes_for`](Self::min_bytes_for)`(max_event_bytes)` (and room
-    /// for at least two messages), so that one event, however large the bus
-    /// lets it be, can never overflow the budget of a client that reads.
-    #[must_use]
-    pub const fn fit_event(self, max_event_bytes: usize) -> Self {
-        let min = Self::min_bytes_for(max_event_bytes);
-        OutboxLimits {
-            max_messages: if self.max_messages < 2 {
-                2
-            } else {
-                self.max_messages
-            },
-            max_bytes: if self.max_bytes < min {
-                min
-            } else {
-                self.max_bytes
-            },
-        }
-    }
-}
-
-/// What an outbox does when a push would exceed its limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverflowPolicy {
-    /// Stop accepting and mark the outbox overflowed; the connection should
-    /// close (WebSocket: 4008).
-    Close,
-    /// Drop the excess, counting it as a [`Outgoing::Lagged`] marker in the
-    /// queue, and keep going (SSE: `events.lagged`).
-    DropAndCount,
-}
-
-/// Which rendering of an event a connection writes, used to account bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WireForm {
-    /// The flat §1 JSON.
-    #[default]
-    Flat,
-    /// The §3 envelope JSON.
-    Envelope,
-}
-
-impl WireForm {
-    /// The bytes of `event` in this form (rendered once per event).
-    pub fn bytes(self, event: &Event) -> &bytes::Bytes {
-        match self {
-            WireForm::Flat => event.json(),
-            WireForm::Envelope => event.envelope_json(),
-        }
-    }
-}
-
-/// Frame overhead per message beyond the JSON (SSE `id:`/`event:` lines);
-/// the pacer counts its held events the same way.
-pub(crate) const FRAME_OVERHEAD: usize = 64;
-
-/// One item in an outbox: by default of a bus [`Event`] (see [`Outbox`]).
-#[derive(Debug)]
-pub enum Outgoing<T = Event> {
-    /// An event to write.
-    Event(Arc<T>),
-    /// This many events were dropped at this point of the stream.
-    Lagged(u64),
-}
-
-// By hand: a derive would ask `T: Clone`, where only the `Arc` is cloned.
-impl<T> Clone for Outgoing<T> {
-    fn clone(&self) -> Self {
-        match self {
-            Outgoing::Event(e) => Outgoing::Event(e.clone()),
-            Outgoing::Lagged(n) => Outgoing::Lagged(*n),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct OutboxState<T> {
-    queue: VecDeque<Outgoing<T>>,
-    bytes: usize,
-    messages: usize,
-    overflowed: bool,
-    /// When the outbox last hit its limit without being drained since.
-    full_since: Option<Instant>,
-}
-
-// By hand: a derive would ask `T: Default`.
-impl<T> Default for OutboxState<T> {
-    fn default() -> Self {
-        OutboxState {
-            queue: VecDeque::new(),
-            bytes: 0,
-            messages: 0,
-            overflowed: false,
-            full_since: None,
-        }
-    }
-}
-
-/// A connection's bounded queue of outgoing events.
-///
-/// `Outbox` alone queues the bus's [`Event`]s (what a [`FanoutHub`] fills);
-/// a transport streaming items of its own uses `Outbox<T>` with the same
-/// bounds, overflow policy and wake-ups, filling it with [`push`](Self::push).
-pub struct Outbox<T = Event> {
-    state: Mutex<OutboxState<T>>,
-    notify: Notify,
-    /// `notify`'s calls, for the loom model (zero-sized otherwise).
-    notify_calls: Unmodelled,
-    limits: OutboxLimits,
-    policy: OverflowPolicy,
-}
-
-impl<T> fmt::Debug for Outbox<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbox")
-            .field("limits", &self.limits)
-            .field("policy", &self.policy)
-            .finish()
-    }
-}
-
-/// What a drain found besides the items.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DrainStatus {
-    /// The outbox overflowed under [`OverflowPolicy::Close`]: close the connection.
-    pub overflowed: bool,
-}
-
-impl<T> Outbox<T> {
-    /// An empty outbox.
-    pub fn new(limits: OutboxLimits, policy: OverflowPolicy) -> Self {
-        Outbox {
-            state: Mutex::new(OutboxState::default()),
-            notify: Notify::new(),
-            notify_calls: Unmodelled::new(),
-            limits,
-            policy,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, OutboxState<T>> {
-        // Queue operations cannot leave the state inconsistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until something was pushed since the last drain (cancel-safe;
-    /// a push that happens before the wait is not lost).
-    ///
-    /// A named future, so a connection can keep it in its own state and
-    /// poll it by hand: after it resolves, replace it with a fresh one and
-    /// poll that before waiting (a push that lands in between is kept as a
-    /// permit and resolves it at once).
-    pub fn ready(&self) -> Notified<'_> {
-        self.notify_calls.step();
-        self.notify.notified()
-    }
-
-    /// Moves everything queued into `out` (appending) and reports overflow.
-    pub fn drain_into(&self, out: &mut Vec<Outgoing<T>>) -> DrainStatus {
-        let mut st = self.lock();
-        out.extend(st.queue.drain(..));
-        st.bytes = 0;
-        st.messages = 0;
-        st.full_since = None;
-        DrainStatus {
-            overflowed: st.overflowed,
-        }
-    }
-
-    /// How long the outbox has been full without a drain, if it is.
-    pub fn full_for(&self) -> Option<Duration> {
-        self.lock().full_since.map(|t| t.elapsed())
-    }
-
-    /// The wire bytes queued right now (what this connection holds in
-    /// memory beyond the shared events themselves, by the budget's measure).
-    pub fn queued_bytes(&self) -> usize {
-        self.lock().bytes
-    }
-
-    /// The limits.
-    pub fn limits(&self) -> OutboxLimits {
-        self.limits
-    }
-
-    /// Whether the outbox overflowed under [`OverflowPolicy::Close`].
-    pub fn is_overflowed(&self) -> bool {
-        self.lock().overflowed
-    }
-
-    /// Queues a lag marker (events lost upstream of this outbox).
-    pub fn push_lagged(&self, missed: u64) {
-        {
-            let mut st = self.lock();
-            Self::add_lag(&mut st, missed);
-        }
-        self.notify_calls.step();
-        self.notify.notify_one();
-    }
-
-    fn add_lag(st: &mut OutboxState<T>, missed: u64) {
-        if let Some(Outgoing::Lagged(n)) = st.queue.back_mut() {
-            *n += missed;
-        } else {
-            st.queue.push_back(Outgoing::Lagged(missed));
-        }
-    }
-
-    /// Pushes one event of wire size `size` (what it counts against the
-    /// byte budget) and wakes the connection. Returns `false` if it was not
-    /// queued: the outbox is full, and the [`OverflowPolicy`] applied
-    /// (under [`DropAndCount`](OverflowPolicy::DropAndCount) the drop is
-    /// counted in a [`Outgoing::Lagged`] marker).
-    ///
-    /// An event always fits an outbox that holds no event: a client that
-    /// reads everything it is sent is never dropped for one event. A
-    /// [`FanoutHub`] pushes a whole batch under one lock instead; this is
-    /// for a single producer's own items.
-    pub fn push(&self, event: &Arc<T>, size: usize) -> bool {
-        let queued = {
-            let mut st = self.lock();
-            self.push_locked(&mut st, event, size)
-        };
-        // Woken also when dropped: the lag marker is news to the client.
-        self.notify_calls.step();
-        self.notify.notify_one();
-        queued
-    }
-
-    /// Pushes one event of wire size `size`. Returns `false` if it was not
-    /// queued (overflow).
-    ///
-    /// An event always fits an outbox that holds no event: a client that
-    /// reads everything it is sent is never dropped for one event, however
-    /// the budget compares to the event's size.
-    #[inline]
-    fn push_locked(&self, st: &mut OutboxState<T>, event: &Arc<T>, size: usize) -> bool {
-        if st.overflowed {
-            return false;
-        }
-        let fits = st.messages == 0
-            || (st.messages < self.limits.max_messages
-                && st.bytes.saturating_add(size) <= self.limits.max_bytes);
-        if fits {
-            st.queue.push_back(Outgoing::Event(event.clone()));
-            st.messages += 1;
-            st.bytes += size;
-            return true;
-        }
-        st.full_since.get_or_insert_with(Instant::now);
-        match self.policy {
-            OverflowPolicy::Close => {
-                st.overflowed = true;
-            }
-            OverflowPolicy::DropAndCount => Self::add_lag(st, 1),
-        }
-        false
-    }
-}
+pub use coalesce::{CoalesceKey, event_coalesce_key};
+pub(crate) use outbox::FRAME_OVERHEAD;
+use outbox::OutboxState;
+pub use outbox::{
+    DrainStatus, EVENT_SLACK_BYTES, Outbox, OutboxLimits, Outgoing, OverflowPolicy, WireForm,
+};
 
 /// The bit of [`HubSubscriber::kinds`] beyond the seven kinds that says the
 /// connection set a filter of its own ([`HubSubscription::set_filter`]): a
@@ -481,7 +160,9 @@ impl FanoutHub {
             extra: RwLock::new(None),
             principal: options.principal,
             wire: options.wire,
-            outbox: Arc::new(Outbox::new(options.limits, options.policy)),
+            outbox: Arc::new(
+                Outbox::new(options.limits, options.policy).with_coalesce_keys(event_coalesce_key),
+            ),
         });
         let mut slots = self
             .inner
@@ -520,12 +201,15 @@ impl FanoutHub {
         self.len() == 0
     }
 
-    /// Events pushed into outboxes so far (one per event per connection).
+    /// Events pushed into outboxes so far (one per event per connection),
+    /// less those a coalescing outbox replaced by a newer state.
     pub fn delivered(&self) -> u64 {
         self.inner.delivered.load(Ordering::Relaxed)
     }
 
-    /// Events not queued because an outbox was full.
+    /// Events not queued because an outbox was full, and events a
+    /// coalescing outbox replaced by a newer state: what the lag markers of
+    /// overflowing outboxes count.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
@@ -567,11 +251,13 @@ impl FanoutHub {
                 }
                 let size = sub.wire.bytes(ev).len() + FRAME_OVERHEAD;
                 let st = state.get_or_insert_with(|| sub.outbox.lock());
-                if sub.outbox.push_locked(st, ev, size) {
-                    delivered += 1;
-                } else {
-                    dropped += 1;
-                }
+                let pushed = sub.outbox.push_locked(st, ev, size);
+                // A replaced event was counted as delivered when kept: the
+                // sum never goes below zero, only this batch's part may.
+                delivered = delivered
+                    .wrapping_add(u64::from(pushed.kept))
+                    .wrapping_sub(u64::from(pushed.replaced));
+                dropped += pushed.lost();
             }
             if state.take().is_some() {
                 sub.outbox.notify_calls.step();
@@ -727,7 +413,8 @@ mod tests {
     use super::*;
     use crate::bus::{BusConfig, EventBus, SeqStart};
     use crate::event::EventMeta;
-    use crate::payload::{EventKind, QueueStatus};
+    use crate::payload::{EventKind, JobCompleted, JobProgress, NoteUpdated, QueueStatus};
+    use uuid::Uuid;
 
     fn options(policy: OverflowPolicy, max_messages: usize) -> SubscribeOptions {
         SubscribeOptions {
@@ -768,6 +455,147 @@ mod tests {
             .collect();
         assert_eq!(shape, ["e1", "e2", "e3", "lag2"]);
         assert_eq!(hub.dropped(), 2);
+    }
+
+    fn shape(out: &[Outgoing]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => format!("e{}", e.seq()),
+                Outgoing::Lagged(n) => format!("lag{n}"),
+            })
+            .collect()
+    }
+
+    fn progress(bus: &EventBus, job: Uuid, percent: u8) -> Arc<Event> {
+        bus.publish(JobProgress {
+            job_id: job,
+            note_id: None,
+            progress: percent,
+            message: None,
+        })
+    }
+
+    fn note(bus: &EventBus) -> Arc<Event> {
+        bus.publish(NoteUpdated {
+            note_id: Uuid::now_v7(),
+            title: None,
+            tags: vec![],
+            has_ai_content: false,
+            has_links: false,
+            operation: None,
+            user_id: None,
+        })
+    }
+
+    #[test]
+    fn coalesce_policy_keeps_the_latest_state_after_the_lag_marker() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Coalesce, 4));
+        let bus = EventBus::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let queued = [
+            bus.publish(QueueStatus::new(1, 0)),
+            progress(&bus, a, 1),
+            progress(&bus, b, 1),
+            note(&bus),
+        ];
+        let a2 = progress(&bus, a, 2);
+        let qs2 = bus.publish(QueueStatus::new(2, 0));
+        let skipped = note(&bus);
+        let b2 = progress(&bus, b, 2);
+        let a3 = progress(&bus, a, 3);
+        let done = bus.publish(JobCompleted {
+            job_id: a,
+            job_type: "Embedding".to_owned(),
+            note_id: None,
+            duration_ms: None,
+        });
+        let qs3 = bus.publish(QueueStatus::new(3, 0));
+        hub.fan_out(&queued);
+        hub.fan_out(&[a2, qs2, skipped, b2.clone(), a3.clone(), done.clone()]);
+        hub.fan_out(std::slice::from_ref(&qs3));
+        assert!(sub.outbox().full_for().is_some());
+
+        let mut out = Vec::new();
+        let status = sub.outbox().drain_into(&mut out);
+        assert!(!status.overflowed, "coalescing never closes");
+        // a2, qs2 (replaced) and the note (not kept).
+        assert_eq!(status.dropped, 3);
+        // The queue as it was, the marker, then the latest state per key
+        // in the order each key first overflowed.
+        let mut want: Vec<String> = queued.iter().map(|e| format!("e{}", e.seq())).collect();
+        want.push("lag3".into());
+        for e in [&a3, &qs3, &b2, &done] {
+            want.push(format!("e{}", e.seq()));
+        }
+        assert_eq!(shape(&out), want);
+        assert_eq!(hub.dropped(), 3);
+        assert_eq!(
+            hub.delivered() + hub.dropped(),
+            11,
+            "every push counted once"
+        );
+        assert_eq!(sub.outbox().queued_bytes(), 0);
+        assert_eq!(sub.outbox().full_for(), None);
+
+        // Caught up: pushes go to the queue again, in order.
+        out.clear();
+        let next = bus.publish(QueueStatus::new(4, 0));
+        hub.fan_out(std::slice::from_ref(&next));
+        let status = sub.outbox().drain_into(&mut out);
+        assert_eq!((status.overflowed, status.dropped), (false, 0));
+        assert_eq!(shape(&out), [format!("e{}", next.seq())]);
+    }
+
+    #[test]
+    fn coalesced_state_is_bounded_by_the_limits() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Coalesce, 4));
+        let bus = EventBus::default();
+        // 4 queued, 4 jobs kept (the spill's own budget), 92 dropped.
+        let jobs: Vec<Arc<Event>> = (0..100)
+            .map(|_| progress(&bus, Uuid::now_v7(), 1))
+            .collect();
+        hub.fan_out(&jobs);
+        let size = jobs[0].json().len() + FRAME_OVERHEAD;
+        assert_eq!(sub.outbox().queued_bytes(), 8 * size);
+        let mut out = Vec::new();
+        assert_eq!(sub.outbox().drain_into(&mut out).dropped, 92);
+        let mut want: Vec<String> = jobs[..8].iter().map(|e| format!("e{}", e.seq())).collect();
+        want.insert(4, "lag92".into());
+        assert_eq!(shape(&out), want);
+
+        // By bytes too: a budget of about two events keeps two.
+        let small = hub.subscribe(SubscribeOptions {
+            limits: OutboxLimits {
+                max_messages: 100,
+                max_bytes: 2 * size,
+            },
+            ..options(OverflowPolicy::Coalesce, 100)
+        });
+        hub.fan_out(&jobs);
+        let mut out = Vec::new();
+        assert_eq!(small.outbox().drain_into(&mut out).dropped, 96);
+        assert_eq!(out.len(), 5);
+    }
+
+    #[test]
+    fn an_upstream_loss_is_told_apart_from_the_outbox_drops() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Coalesce, 1));
+        let bus = EventBus::default();
+        hub.fan_out(&[note(&bus), note(&bus)]);
+        hub.lagged(5);
+        let mut out = Vec::new();
+        let status = sub.outbox().drain_into(&mut out);
+        let total: u64 = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Lagged(n) => *n,
+                Outgoing::Event(_) => 0,
+            })
+            .sum();
+        assert_eq!((total, status.dropped), (6, 1));
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub struct SseConfig {
     /// The keep-alive interval when the client sends no `?heartbeat=` (15 s).
     pub heartbeat: Duration,
     /// How much a connection may have queued before it starts losing events
-    /// (and receives `events.lagged`); the byte budget also bounds a replay
+    /// (and receives `events.lagged`, then the latest state per job and of
+    /// the queue, kept within a second budget of this size); the byte
+    /// budget also bounds a replay
     /// in flight. Each connection raises it, if needed, to hold two of the
     /// bus's largest events ([`OutboxLimits::fit_event`]).
     pub outbox: OutboxLimits,

@@ -327,7 +327,10 @@ impl SseEndpoint {
             // it holds the largest event the bus lets through (twice), so
             // one event never drops a reader.
             limits,
-            policy: OverflowPolicy::DropAndCount,
+            // A client that falls behind keeps the latest state: the
+            // excess is counted in `events.lagged`, then the latest
+            // `JobProgress` per job, `QueueStatus` and job ends follow.
+            policy: OverflowPolicy::Coalesce,
             wire: match format {
                 Format::V1 => WireForm::Flat,
                 Format::Envelope => WireForm::Envelope,

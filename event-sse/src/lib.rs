@@ -36,8 +36,11 @@
 //!   byte-exactly once per format, from its cached JSON, and shared by
 //!   every connection (a lone frame is passed on without a copy).
 //! * A connection that falls behind loses the excess and receives
-//!   `event: events.lagged` with the exact count; one whose queue stays full
-//!   for [`SseConfig::stall_timeout`] is dropped. A client that stops reading
+//!   `event: events.lagged` with the exact count, then the latest state of
+//!   what it missed — the latest `JobProgress` per job, `QueueStatus`, and
+//!   each job's `JobCompleted`/`JobFailed` — kept while its queue was full
+//!   ([`OverflowPolicy::Coalesce`](event_core::OverflowPolicy::Coalesce));
+//!   one whose queue stays full for [`SseConfig::stall_timeout`] is dropped. A client that stops reading
 //!   altogether is only visible at the socket: serve with `event-http`
 //!   (which aborts a stalled write on every connection) or through
 //!   [`write_timeout`], so that its connection is aborted too.
@@ -68,7 +71,7 @@
 //! | limit | setting ([`SseConfig`] field; host setting) | default | what a client gets |
 //! |---|---|---|---|
 //! | open streams | `max_connections`; `MAX_CONNECTIONS` | 10,000 | beyond it `503`, `Retry-After: 5`, `{"error":"too_many_connections","message":"too many connections (limit N)"}` (as the WebSocket upgrade) |
-//! | a connection's queue | `outbox`; — | 1,024 events or 1 MiB, raised to hold two of the bus's largest events ([`OutboxLimits::fit_event`](event_core::OutboxLimits::fit_event)) | the excess is dropped and counted: `events.lagged` with the number missed |
+//! | a connection's queue | `outbox`; — | 1,024 events or 1 MiB, raised to hold two of the bus's largest events ([`OutboxLimits::fit_event`](event_core::OutboxLimits::fit_event)) | the excess is dropped and counted: `events.lagged` with the number missed, followed by the latest `JobProgress` per job, `QueueStatus` and job ends, kept within a second budget of the same size |
 //! | a replay in flight | the same byte budget | 1 MiB, in chunks of at most 256 KiB | the replay waits for the client to read; if the ring overwrites what it has not had yet, `resync_required`, then live |
 //! | a full queue | `stall_timeout`; — | 30 s | the connection is aborted (it must reconnect and resume) |
 //! | a consumer's rate | `max_rate`; `STREAM_MAX_RATE` (the client's `?max_rate=`, 0–10,000, overrides it) | unlimited | over it, live events are held and coalesced (latest `JobProgress` per job, latest `QueueStatus`), the rest counted in `events.lagged`; never disconnected ([`event_core::pace`]) |

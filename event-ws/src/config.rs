@@ -38,8 +38,10 @@ pub mod close_code {
     /// The client stopped answering heartbeats (no pong, no frame) for the
     /// idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4000;
-    /// The client did not read fast enough: its outgoing budget overflowed or
-    /// a write stalled.
+    /// The client did not read: a write made no progress for the write
+    /// timeout, its replies overflowed their budget, or (with
+    /// [`WsConfig::close_on_overflow`]) its outgoing budget overflowed. Also
+    /// sent when the endpoint itself missed events.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The named consumer the connection read was taken over by a newer
     /// connection under its name, or deleted.
@@ -72,13 +74,27 @@ pub struct WsConfig {
     /// compressed message is held to it twice: as it arrives, and once
     /// inflated.
     pub max_message_bytes: usize,
-    /// Each connection's outgoing budget. A connection that exceeds it is
-    /// closed with [`close_code::SLOW_CONSUMER`] (1,024 messages or 1 MiB).
-    /// Replies to the client's requests count against `max_bytes` too,
-    /// together with the events being written.
+    /// Each connection's outgoing budget (1,024 messages or 1 MiB). When
+    /// events come faster than the client reads, its outbox coalesces
+    /// beyond it ([`event_core::OverflowPolicy::Coalesce`]): the client
+    /// gets `{"type":"events.lagged","dropped_count":N}` and then the latest
+    /// `JobProgress` per job, `QueueStatus` and job ends, kept within a
+    /// second budget of the same size; it is not closed for it (unless
+    /// [`close_on_overflow`](Self::close_on_overflow)). Replies to the
+    /// client's requests have a budget of `max_bytes` of their own beside
+    /// the events being written; a client that makes the server owe it
+    /// more is closed with [`close_code::SLOW_CONSUMER`].
     pub outbox: OutboxLimits,
-    /// How long one write to a client may stall before the client counts as
-    /// a slow consumer (30 s).
+    /// Close a connection whose outbox overflows with
+    /// [`close_code::SLOW_CONSUMER`] at once, as before coalescing existed,
+    /// instead of coalescing (off). Under saturation, when the machine is
+    /// the bottleneck and every client looks slow, this disconnects every
+    /// client.
+    pub close_on_overflow: bool,
+    /// How long a write to a client may make no progress (the socket takes
+    /// no byte) before the client counts as a slow consumer and is closed
+    /// with [`close_code::SLOW_CONSUMER`] (30 s). A client that reads, however
+    /// slowly, is not closed by it.
     pub write_timeout: Duration,
     /// Most simultaneous connections; beyond it the upgrade is refused with
     /// `503` (10,000).
@@ -119,6 +135,7 @@ impl Default for WsConfig {
             idle_timeout: Duration::from_secs(90),
             max_message_bytes: 64 * 1024,
             outbox: OutboxLimits::default(),
+            close_on_overflow: false,
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             close_timeout: Duration::from_secs(5),

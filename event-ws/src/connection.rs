@@ -11,11 +11,17 @@
 //! drain and one write of the event's shared frame, little else.
 //!
 //! The outbox is drained only once everything drained before has been
-//! written: while the socket is full, events wait in the outbox, whose
-//! bound then decides when the client counts as too slow (4008). Client
-//! messages are read only while little is waiting to be written, so a
-//! client that floods requests without reading the answers is held back by
-//! TCP rather than buffered.
+//! written: while the socket is full, events wait in the outbox. When it
+//! fills, the outbox coalesces ([`OverflowPolicy::Coalesce`]): the client
+//! gets what was queued, then `events.lagged` with the count of what it
+//! missed, then the latest `JobProgress` per job, `QueueStatus` and job
+//! ends — so under saturation, when every client looks slow, a client that
+//! keeps reading stays connected. Only a client whose socket takes no byte
+//! for the write timeout is closed (4008), or, with
+//! [`WsConfig::close_on_overflow`](crate::WsConfig::close_on_overflow), one
+//! whose outbox overflows. Client messages are read only while little is
+//! waiting to be written, so a client that floods requests without reading
+//! the answers is held back by TCP rather than buffered.
 //!
 //! Whatever ends the connection decides the close code; the close
 //! handshake is then bounded by the close timeout.
@@ -253,7 +259,11 @@ where
         // through (twice), so one big event never drops a reader
         // (`OutboxLimits::with_client_budget`).
         limits,
-        policy: OverflowPolicy::Close,
+        policy: if ep.config.close_on_overflow {
+            OverflowPolicy::Close
+        } else {
+            OverflowPolicy::Coalesce
+        },
         wire: WireForm::Flat,
     });
     let mut socket = WsSocket::new(io, ep.config.max_message_bytes);
@@ -369,6 +379,7 @@ async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
         batch: Vec::new(),
         incoming: Vec::new(),
         stall: None,
+        drained_bytes: 0,
         refresh: None,
         failed: None,
         drain_due: true,
@@ -449,8 +460,14 @@ struct Conn<'a, IO> {
     /// Client messages read but not handled yet (waiting behind a
     /// `refresh`, whose reply must come first).
     incoming: Vec<Incoming>,
-    /// The write-stall deadline, only while a write waits for room.
+    /// The write-stall deadline, only while a write waits for room; pushed
+    /// back whenever the socket takes bytes, so only a client that stops
+    /// reading reaches it.
     stall: Option<Pin<Box<Sleep>>>,
+    /// The bytes the last drain queued on the socket (events and lag
+    /// signals), until they are written: replies get their own budget
+    /// beside them.
+    drained_bytes: usize,
     /// The reply to a `refresh`, while the host's snapshot is awaited.
     refresh: Option<Refresh<'a>>,
     /// The client's input failed the connection; it ends with this once
@@ -731,6 +748,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
         loop {
             if self.socket.pending() > 0 {
+                let before = self.socket.queued_bytes();
                 match self.socket.poll_write_out(cx) {
                     Poll::Ready(Ok(())) => {
                         self.stall = None;
@@ -739,6 +757,13 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                     Poll::Ready(Err(_)) => return Err(End::WriteFailed),
                     Poll::Pending => {
                         let limit = self.ep.config.write_timeout;
+                        if self.socket.queued_bytes() < before
+                            && let Some(stall) = self.stall.as_mut()
+                        {
+                            // The client reads, however slowly: the stall
+                            // counts from its last progress.
+                            stall.as_mut().reset(Instant::now() + limit);
+                        }
                         let stall = self.stall.get_or_insert_with(|| Box::pin(sleep(limit)));
                         if stall.as_mut().poll(cx).is_ready() {
                             return Err(End::SlowConsumer("write stalled"));
@@ -761,7 +786,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// Moves the outbox into the socket's queue (each event as its shared
     /// frame), through the pacer if the connection has a rate limit.
     fn drain(&mut self) -> Result<(), End> {
-        if self.sub.outbox().drain_into(&mut self.batch).overflowed {
+        let status = self.sub.outbox().drain_into(&mut self.batch);
+        if status.overflowed {
             return Err(self.overflowed());
         }
         let missed: u64 = self
@@ -772,7 +798,9 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 Outgoing::Event(_) => 0,
             })
             .sum();
-        if missed > 0 {
+        // What the outbox itself dropped while coalescing is said with
+        // `events.lagged` below, followed by the state it kept.
+        if missed > status.dropped {
             // The whole endpoint fell behind the bus: this client missed
             // events it did not choose to miss, so it must reconnect and
             // resynchronise.
@@ -782,6 +810,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
         }
         let (mut paced, mut lost) = (0, 0);
         let framing = self.framing;
+        let before = self.socket.queued_bytes();
         if let Some(pacer) = self.pacer.as_mut() {
             // The batch goes through the pacer and holds, after, what it
             // lets through (the events written, for `record_written`).
@@ -797,8 +826,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                         paced += n;
                         self.socket.queue(framing.text(lagged_json(n).as_bytes()));
                     }
-                    // Losses upstream ended the connection above; none
-                    // reach the pacer, but one would be said the same way.
+                    // What the outbox dropped while coalescing (losses
+                    // upstream ended the connection above).
                     Paced::Lagged(n) => {
                         lost += n;
                         self.socket.queue(framing.text(lagged_json(n).as_bytes()));
@@ -821,11 +850,16 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             }
         } else {
             for item in &self.batch {
-                if let Outgoing::Event(event) = item {
-                    self.socket.queue(framing.event(event));
+                match item {
+                    Outgoing::Event(event) => self.socket.queue(framing.event(event)),
+                    Outgoing::Lagged(n) => {
+                        lost += n;
+                        self.socket.queue(framing.text(lagged_json(*n).as_bytes()));
+                    }
                 }
             }
         }
+        self.drained_bytes = self.socket.queued_bytes().saturating_sub(before);
         if paced + lost > 0 {
             // The consumer's own limit is not a loss to alert on.
             self.ep.metrics.paced(paced);
@@ -850,6 +884,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// read and a histogram update per event per connection dominated
     /// fan-out).
     fn record_written(&mut self) {
+        self.drained_bytes = 0;
         if self.batch.is_empty() {
             return;
         }
@@ -873,10 +908,12 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     }
 
     /// Queues a reply to the client inside the connection's byte budget
-    /// (the outbox's `max_bytes`, shared with the events being written): a
-    /// client that makes the server owe it more is a slow consumer.
+    /// (the outbox's `max_bytes`, beside the events of the last drain, which
+    /// a coalescing outbox may fill up to twice the budget): a client that
+    /// makes the server owe it more is a slow consumer.
     fn queue_reply(&mut self, frame: Bytes) -> Result<(), End> {
-        if self.socket.queued_bytes() + frame.len() > self.ep.config.outbox.max_bytes {
+        let budget = self.ep.config.outbox.max_bytes + self.drained_bytes;
+        if self.socket.queued_bytes() + frame.len() > budget {
             return Err(End::SlowConsumer("replies over the outbox budget"));
         }
         self.socket.queue(frame);

@@ -196,10 +196,11 @@ impl WsEndpoint {
 
     /// The most bytes any one connection of this endpoint has had waiting
     /// to be written at once (events taken from its outbox and replies to
-    /// its requests), since the endpoint was created. A connection is
-    /// closed with 4008 before this exceeds the outbox budget
-    /// ([`WsConfig::outbox`]`.max_bytes`), whatever the client sends
-    /// without reading.
+    /// its requests), since the endpoint was created. Events taken at once
+    /// are at most twice the outbox budget ([`WsConfig::outbox`]`.max_bytes`:
+    /// the queue and the state coalesced beside it), and replies have a
+    /// budget of that size of their own, whatever the client sends without
+    /// reading (a client over it is closed with 4008).
     pub fn peak_queued_bytes(&self) -> usize {
         self.peak_queued.load(Ordering::Relaxed)
     }

@@ -34,12 +34,19 @@
 //!   [`WsConfig::compress_min_bytes`] (256) go compressed, unless longer
 //!   than the client's `server_max_window_bits` window; a client's
 //!   compressed message is held to `max_message_bytes` inflated too. A connection wakes once per batch and writes every
-//!   pending frame with one vectored write. A client that does not keep up overflows its outbox
-//!   (default 1,024 messages or 1 MiB) and is closed with **4008**; the bus
+//!   pending frame with one vectored write. A client that does not keep up fills its outbox
+//!   (default 1,024 messages or 1 MiB), which then coalesces: the client
+//!   gets `events.lagged` with the count it missed and the latest
+//!   `JobProgress` per job, `QueueStatus` and job ends, and stays
+//!   connected — under saturation every client looks slow, and none is
+//!   dropped for it. A client whose socket takes no byte for
+//!   [`WsConfig::write_timeout`] is closed with **4008**
+//!   ([`WsConfig::close_on_overflow`] closes on overflow instead). The bus
 //!   and the other clients never wait for it. Replies to the client's own
-//!   requests (pongs, `subscribed`, queue statuses) count against the same
-//!   byte budget, and its messages are not read while 64 KiB wait to be
-//!   written, so a client that sends without reading is held back by TCP.
+//!   requests (pongs, `subscribed`, queue statuses) have a byte budget of
+//!   the outbox's size beside the events, and its messages are not read
+//!   while 64 KiB wait to be written, so a client that sends without
+//!   reading is held back by TCP.
 //! * Right after the upgrade a client receives one `QueueStatus` (the host's
 //!   [`QueueSnapshot`](event_core::QueueSnapshot) if configured, else the
 //!   last published one). The text `refresh` asks for another, answered to
@@ -94,7 +101,7 @@
 //! | 1009 | the client sent more than `max_message_bytes`, or a compressed message inflating to more |
 //! | 1011 | internal error |
 //! | 4000 | no pong or frame from the client within `idle_timeout` |
-//! | 4008 | slow consumer: outbox overflow (events and replies together), a write stalled for `write_timeout`, or the endpoint itself missed events |
+//! | 4008 | slow consumer: a write made no progress for `write_timeout`, replies over their budget, outbox overflow with `close_on_overflow`, or the endpoint itself missed events |
 //!
 //! Refusals before the upgrade are HTTP errors with a JSON body
 //! `{"error":"<code>","message":"…"}` ([`WsError`]): `400` not an upgrade,

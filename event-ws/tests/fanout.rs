@@ -76,6 +76,9 @@ async fn a_client_that_never_reads_is_closed_with_4008_while_others_get_everythi
                 max_messages: 2 * CHUNK,
                 max_bytes: 16 * 1024 * 1024,
             },
+            // The stalled client's outbox coalesces; it is closed once its
+            // write has made no progress for this long.
+            write_timeout: Duration::from_secs(2),
             // Long enough for the test to read the stalled client's backlog
             // and reach the close frame.
             close_timeout: Duration::from_secs(60),
@@ -153,6 +156,14 @@ async fn a_client_that_never_reads_is_closed_with_4008_while_others_get_everythi
         server.endpoint.hub().dropped() > 0,
         "the stalled client should have exceeded its budget"
     );
+    // Its connection ends after the write timeout (the sub goes first).
+    tokio::time::timeout(WAIT, async {
+        while server.endpoint.hub().len() > READERS {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stalled client was not closed");
 
     // The stalled client, reading at last, finds part of the stream and then
     // the slow-consumer close code.

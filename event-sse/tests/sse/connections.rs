@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use event_core::{BusConfig, NoteUpdated, OutboxLimits, QueueStatus, SeqStart, Uuid};
+use event_core::{BusConfig, JobProgress, NoteUpdated, OutboxLimits, QueueStatus, SeqStart, Uuid};
 use event_sse::SseConfig;
 use futures_util::future::join_all;
 use tokio::net::TcpSocket;
@@ -352,4 +352,94 @@ async fn registry_entry_goes_away_however_the_client_leaves() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_fell_behind_gets_the_lag_count_then_the_latest_state() {
+    const JOBS: usize = 8;
+    const STEPS: u8 = 100;
+    let server = Server::with(Options {
+        config: SseConfig {
+            outbox: OutboxLimits {
+                max_messages: 32,
+                max_bytes: 1 << 20,
+            },
+            ..SseConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let slow = stalled_client(&server).await;
+    server.wait_connections(1).await;
+    let jobs: Vec<Uuid> = (0..JOBS).map(|_| Uuid::now_v7()).collect();
+    let hub = server.endpoint.hub();
+    let fanned_out = |n: u64| async move {
+        // The fan-out keeps up with the bus: what is lost is the
+        // client's, not the endpoint's.
+        tokio::time::timeout(WAIT, async {
+            while hub.delivered() + hub.dropped() < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the fan-out stopped");
+    };
+    // Notes until the socket buffers are full and the outbox overflows.
+    let mut published = 0u64;
+    while hub.dropped() == 0 {
+        assert!(published < 100_000, "the stalled client never overflowed");
+        for _ in 0..64 {
+            server.bus.publish(big_note(published));
+            published += 1;
+        }
+        fanned_out(published).await;
+    }
+    for step in 1..=STEPS {
+        for job in &jobs {
+            server.bus.publish(JobProgress {
+                job_id: *job,
+                note_id: None,
+                progress: step,
+                message: None,
+            });
+        }
+        server.bus.publish(QueueStatus::new(u64::from(step), 0));
+        server.bus.publish(big_note(u64::from(step)));
+        published += JOBS as u64 + 2;
+        fanned_out(published).await;
+    }
+    server.shutdown();
+
+    let mut client = RawSse::resume(slow).await;
+    client.skip_preamble().await;
+    let mut progress = std::collections::HashMap::new();
+    let (mut pending, mut events, mut lagged) = (0, 0u64, 0u64);
+    while let Some(raw) = tokio::time::timeout(WAIT, client.next_raw()).await.unwrap() {
+        let frame = crate::common::Frame::parse(&raw);
+        if frame.comment {
+            continue;
+        }
+        let v = frame.json();
+        match v["type"].as_str().unwrap() {
+            "events.lagged" => lagged += v["dropped_count"].as_u64().unwrap(),
+            "JobProgress" => {
+                events += 1;
+                let p = v["progress"].as_u64().unwrap();
+                let last = progress.insert(v["job_id"].as_str().unwrap().to_owned(), p);
+                assert!(last.is_none_or(|l| l < p), "progress went back");
+            }
+            "QueueStatus" => {
+                events += 1;
+                pending = v["pending"].as_u64().unwrap();
+            }
+            _ => events += 1,
+        }
+    }
+    assert!(lagged > 0, "no events.lagged");
+    assert_eq!(events + lagged, published, "events unaccounted for");
+    assert_eq!(lagged, hub.dropped());
+    // The latest state of everything, though most of it was skipped.
+    assert_eq!(pending, u64::from(STEPS));
+    assert_eq!(progress.len(), JOBS);
+    assert!(progress.values().all(|p| *p == u64::from(STEPS)));
 }
