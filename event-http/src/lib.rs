@@ -46,6 +46,14 @@
 //!   copy. Anything else — another method or path, a body, an upgrade, a
 //!   head that does not parse — goes to hyper with the bytes already read,
 //!   as if nothing had touched the connection.
+//! * **Intake runtime.** With [`Serve::intake`], a connection whose first
+//!   request is not a `GET` (publishing, the REST API) is served on a
+//!   runtime of its own. Under a saturated fan-out the server's runtime
+//!   holds a writer task per client in its queue, and a publish request
+//!   waiting behind all of them for each read and write would be starved
+//!   (event-server took a fifth of the events offered at 10,000 events/s ×
+//!   2,000 subscribers, BENCHMARKS.md); on its own threads the intake gets
+//!   the operating system's share of the CPU instead.
 //! * **Graceful shutdown.** When the [`Serve::with_graceful_shutdown`] signal
 //!   completes, the listener closes, the [`Serve::registry`] (if given) is
 //!   shut down — WebSockets close with 1001, SSE streams end — idle
@@ -147,6 +155,7 @@ pub fn serve(listener: TcpListener, router: Router) -> Serve {
         head_timeout: DEFAULT_HEAD_TIMEOUT,
         write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
         registry: None,
+        intake: None,
     }
 }
 
@@ -166,6 +175,7 @@ pub struct Serve<S = Pending<()>> {
     head_timeout: Duration,
     write_stall_timeout: Duration,
     registry: Option<ConnectionRegistry>,
+    intake: Option<tokio::runtime::Handle>,
 }
 
 impl<S> fmt::Debug for Serve<S> {
@@ -177,6 +187,7 @@ impl<S> fmt::Debug for Serve<S> {
             .field("head_timeout", &self.head_timeout)
             .field("write_stall_timeout", &self.write_stall_timeout)
             .field("registry", &self.registry.is_some())
+            .field("intake", &self.intake.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +210,7 @@ impl<S> Serve<S> {
             head_timeout: self.head_timeout,
             write_stall_timeout: self.write_stall_timeout,
             registry: self.registry,
+            intake: self.intake,
         }
     }
 
@@ -244,6 +256,19 @@ impl<S> Serve<S> {
         self
     }
 
+    /// A runtime for the connections whose first request is not a `GET`
+    /// (publishing, the REST API): they are served there, with their own
+    /// threads, so that a saturated fan-out — a writer task per client on
+    /// the main runtime — does not starve them. Event streams, WebSocket
+    /// upgrades and other `GET`s stay on the runtime the server runs on.
+    /// Default: none (everything on that runtime).
+    ///
+    /// The runtime must have time and I/O enabled and outlive the server.
+    pub fn intake(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.intake = Some(runtime);
+        self
+    }
+
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
@@ -268,6 +293,7 @@ where
                 head_timeout: self.head_timeout,
                 write_stall_timeout: self.write_stall_timeout,
                 registry: self.registry,
+                intake: self.intake,
             };
             serve::serve(listener, self.router, settings, self.signal).await;
         })

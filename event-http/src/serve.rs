@@ -52,6 +52,8 @@ pub(crate) struct Settings {
     /// Shut down (WebSockets closed with 1001, SSE streams ended) on the
     /// signal.
     pub(crate) registry: Option<ConnectionRegistry>,
+    /// Where connections whose first request is not a `GET` are served.
+    pub(crate) intake: Option<tokio::runtime::Handle>,
 }
 
 /// Serves `router` on `listener` until `signal` completes, then waits for
@@ -69,6 +71,7 @@ pub(crate) async fn serve<L>(
         head_timeout,
         write_stall_timeout,
         registry,
+        intake,
     } = settings;
     let mut signal = pin!(signal);
     let stop = CancellationToken::new();
@@ -99,6 +102,7 @@ pub(crate) async fn serve<L>(
             head_timeout,
             builder,
             stop,
+            intake.clone(),
         ));
     }
     drop(listener);
@@ -114,7 +118,12 @@ pub(crate) async fn serve<L>(
 }
 
 /// One accepted connection: its first request through [`direct`], the rest
-/// (if any) through hyper.
+/// (if any) through hyper — on the `intake` runtime when there is one and
+/// the first request is not a `GET`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the accept loop's settings, taken apart once per connection"
+)]
 async fn serve_connection<I>(
     io: I,
     remote: SocketAddr,
@@ -123,6 +132,7 @@ async fn serve_connection<I>(
     head_timeout: Duration,
     builder: http1::Builder,
     stop: CancellationToken,
+    intake: Option<tokio::runtime::Handle>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -130,9 +140,21 @@ async fn serve_connection<I>(
     let First::Hyper(io) = first.await else {
         return;
     };
+    let on_intake = intake.filter(|_| !io.is_get());
     // Boxed: a connection answered directly never holds hyper's (much
     // larger) connection state in its task.
-    Box::pin(serve_hyper(io, remote, router, builder, stop)).await;
+    let served = Box::pin(serve_hyper(io, remote, router, builder, stop));
+    match on_intake {
+        // Publishing and the REST API on their own threads: under a
+        // saturated fan-out the runtime's queue holds a writer task per
+        // client, and a request waiting behind all of them for each read
+        // and write would take seconds. This task stays (the accept loop's
+        // tracker waits for it) and only waits for the intake's.
+        Some(intake) => {
+            let _ = intake.spawn(served).await;
+        }
+        None => served.await,
+    }
 }
 
 /// One connection through hyper's HTTP/1.1 server, WebSocket upgrades
@@ -199,6 +221,7 @@ mod tests {
             TIMEOUT,
             builder,
             CancellationToken::new(),
+            None,
         ));
         client
     }

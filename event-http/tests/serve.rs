@@ -187,3 +187,84 @@ async fn a_connection_over_the_caps_is_refused_with_503() {
     stop.send(()).unwrap();
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
 }
+
+/// With an intake runtime, a connection whose first request is not a `GET`
+/// is served on the intake's threads, keep-alive requests after it too;
+/// a `GET` (an event stream, a WebSocket upgrade, the rest) stays on the
+/// server's runtime. And the server still shuts down gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_are_not_gets_are_served_on_the_intake_runtime() {
+    let intake = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-intake")
+        .enable_all()
+        .build()
+        .unwrap();
+    let thread = || async {
+        std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned()
+    };
+    let router = Router::new().route("/thread", get(thread).post(thread));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = event_http::serve(listener, router)
+        .intake(intake.handle().clone())
+        .with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+    let server = tokio::spawn(std::future::IntoFuture::into_future(server));
+
+    /// Sends `head` and returns the body of the answer (`content-length`).
+    async fn ask(tcp: &mut TcpStream, head: &str) -> String {
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        read_until(tcp, &mut seen, b"\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(str::to_owned)
+            })
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = body.as_bytes().to_vec();
+        while body.len() < len {
+            let mut chunk = [0u8; 256];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0);
+            body.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(body).unwrap()
+    }
+    let post = "POST /thread HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n";
+    let get_head = "GET /thread HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut publisher = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(ask(&mut publisher, post).await, "test-intake");
+    // Later requests on the same connection: still the intake's.
+    assert_eq!(ask(&mut publisher, get_head).await, "test-intake");
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    let on_main = ask(&mut reader, get_head).await;
+    assert_ne!(on_main, "test-intake");
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("serve did not return after the signal")
+        .unwrap();
+    let mut rest = Vec::new();
+    read_to_close(&mut publisher, &mut rest).await;
+    intake.shutdown_background();
+}

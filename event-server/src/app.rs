@@ -43,6 +43,42 @@ pub struct App {
     parts: Parts,
     caps: event_http::ConnectionCaps,
     head_timeout: Duration,
+    intake: Intake,
+}
+
+/// The intake runtime (`INTAKE_THREADS`): publishing and the REST API on
+/// their own threads, apart from the fan-out's writers (see
+/// [`event_http::Serve::intake`]).
+struct Intake(Option<tokio::runtime::Runtime>);
+
+impl Intake {
+    fn start(threads: usize) -> Result<Intake, ServerError> {
+        if threads == 0 {
+            return Ok(Intake(None));
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("intake")
+            .enable_all()
+            .build()
+            .map(|rt| Intake(Some(rt)))
+            .map_err(|e| ServerError::Startup(format!("INTAKE_THREADS: {e}")))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        // Dropped from async code (the server's end, a test's App): a
+        // blocking shutdown would panic there. By then every connection
+        // it served has ended (the server waits for them).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The feature-selected pieces that need an orderly stop.
@@ -245,6 +281,7 @@ impl App {
                 config.max_connections_per_ip,
             ),
             head_timeout: Duration::from_secs(config.http_head_timeout_secs),
+            intake: Intake::start(config.intake_threads)?,
             router: app.router,
             bus: app.bus,
             registry: app.registry,
@@ -294,6 +331,7 @@ impl App {
             parts,
             caps,
             head_timeout,
+            intake,
             ..
         } = self;
         let stop = cancel.clone();
@@ -310,6 +348,10 @@ impl App {
             .head_timeout(head_timeout)
             .registry(registry)
             .with_graceful_shutdown(on_signal);
+        let server = match intake.handle() {
+            Some(handle) => server.intake(handle),
+            None => server,
+        };
         #[cfg(feature = "sse")]
         let server = server
             .stream_paths(&event_sse::SseEndpoint::STREAM_PATHS)

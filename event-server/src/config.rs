@@ -126,6 +126,18 @@ fn non_zero(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Most intake threads (`INTAKE_THREADS`).
+pub const MAX_INTAKE_THREADS: usize = 64;
+
+/// `INTAKE_THREADS`: 0 to [`MAX_INTAKE_THREADS`].
+fn intake_threads(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_INTAKE_THREADS => Ok(n),
+        Ok(n) => Err(format!("{n}: at most {MAX_INTAKE_THREADS} threads")),
+        Err(e) => Err(format!("{text:?}: {e}")),
+    }
+}
+
 /// A stream rate limit (`STREAM_MAX_RATE`): `0` (none) or 1 to
 /// [`event_core::MAX_STREAM_RATE`] events per second.
 fn stream_rate(text: &str) -> Result<u32, String> {
@@ -370,6 +382,13 @@ pub struct Config {
     /// response for a later one; past it the connection is closed.
     #[arg(long = "http-head-timeout-secs", env = "HTTP_HEAD_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
     pub http_head_timeout_secs: u64,
+
+    /// Threads of the intake runtime, which serves the connections whose
+    /// first request is not a `GET` (publishing, the REST API) apart from
+    /// the fan-out's writers, so that a saturated fan-out cannot starve the
+    /// publishers (`0`: everything on the main runtime; at most 64).
+    #[arg(long = "intake-threads", env = "INTAKE_THREADS", default_value = "1", value_parser = intake_threads)]
+    pub intake_threads: usize,
 
     /// Seconds a client has to send a whole request body (else `408` and the
     /// connection is closed).
@@ -786,6 +805,19 @@ mod tests {
         assert!(!c.auth_enabled());
         assert!(c.ws_compression);
         assert_eq!(c.ws_compress_min_bytes, 256);
+    }
+
+    #[test]
+    fn intake_threads_default_to_one_and_are_bounded() {
+        assert_eq!(parse(&[]).unwrap().intake_threads, 1);
+        assert_eq!(parse(&["--intake-threads", "0"]).unwrap().intake_threads, 0);
+        assert_eq!(
+            parse(&["--intake-threads", "64"]).unwrap().intake_threads,
+            64
+        );
+        let err = parse(&["--intake-threads", "65"]).unwrap_err();
+        assert!(err.contains("at most 64"), "{err}");
+        assert!(parse(&["--intake-threads", "x"]).is_err());
     }
 
     #[test]

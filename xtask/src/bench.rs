@@ -1,11 +1,14 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|embed|log|cluster|ws-compression|compression]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|saturation|embed|log|cluster|ws-compression|compression]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
 //! (BENCHMARKS.md is not touched); `--only idle` does the same for
 //! measurement 2, adding a run per transport; `--only latency` runs the
 //! fan-out pairs at the lowest rate (where the p99 ratio is judged), with
-//! the server's profile unless `--no-profile`; `--only embed` runs the
+//! the server's profile unless `--no-profile`; `--only saturation` runs two
+//! floor/event-server pairs at 10,000 events/s and prints the fan-out
+//! table with the publisher-starvation targets (publish acceptance and
+//! p99, deliveries vs the floor); `--only embed` runs the
 //! fan-out (one pair per rate) and idle measurements with their embed-axum
 //! rows and prints those tables; `--only log` measures the event log
 //! (`bench/log.rs`) and prints its table; `--only cluster` measures three
@@ -213,6 +216,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("webhooks")) => return webhooks_only(&plan),
         Some(Some("idle")) => return idle_only(&plan),
         Some(Some("latency")) => return latency_only(&plan),
+        Some(Some("saturation")) => return saturation_only(&plan),
         Some(Some("embed")) => return embed_only(&plan),
         Some(Some("log")) => return log::log_only(&plan),
         Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
@@ -220,7 +224,7 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("compression")) => return compress::compression_only(&plan),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `embed`, `log`, `cluster`, `ws-compression` and `compression`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `saturation`, `embed`, `log`, `cluster`, `ws-compression` and `compression`",
                 other.unwrap_or("")
             ));
         }
@@ -616,6 +620,52 @@ fn latency_only(plan: &Plan) -> Result<(), String> {
             .profile
             .map(|p| format!("Profile of event-server:\n\n```text\n{p}\n```\n\n"))
             .unwrap_or_default(),
+        sh("cut -d' ' -f1-3 /proc/loadavg"),
+        started.elapsed().as_secs_f64(),
+        sh("git rev-parse --short HEAD"),
+    );
+    Ok(())
+}
+
+/// `--only saturation`: floor/event-server pairs at the saturation rate
+/// (10,000 events/s; `--quick`: 100 + 100 clients), twice, printed as the
+/// fan-out tables with the publisher-starvation targets (publish
+/// acceptance, publish p99) and deliveries vs the floor; BENCHMARKS.md is
+/// left alone.
+fn saturation_only(plan: &Plan) -> Result<(), String> {
+    let (bins, tmp) = connection_bins()?;
+    let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
+    let started = Instant::now();
+    let plan = Plan {
+        latency_rounds: 2,
+        profile: false,
+        ..plan.clone()
+    };
+    let mut results = Results::default();
+    let rate = targets::SATURATION_RATE;
+    let run = fanout_runs(&plan, &bins, &tmp, &[rate], &mut results);
+    let _ = std::fs::remove_dir_all(&tmp);
+    run?;
+    let deliveries = targets::targets(&plan, &results)
+        .into_iter()
+        .filter(|t| t.what.starts_with("deliveries/s") || t.what.starts_with("publish "));
+    let lines: Vec<String> = deliveries
+        .map(|t| {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "not measured",
+            };
+            format!(
+                "- {}: target {}, measured {} ({verdict}; {})",
+                t.what, t.target, t.measured, t.note
+            )
+        })
+        .collect();
+    println!(
+        "\n{}{}\n\nload average before {load_before}, after {}; {:.0} s; git {}",
+        report::fanout_table(&plan, &results),
+        lines.join("\n"),
         sh("cut -d' ' -f1-3 /proc/loadavg"),
         started.elapsed().as_secs_f64(),
         sh("git rev-parse --short HEAD"),

@@ -481,6 +481,13 @@ impl HeadEnd {
 }
 
 impl<I> Replay<I> {
+    /// Whether the connection's first request is a `GET` (as far as read:
+    /// an empty prefix, a connection kept after a direct answer, counts as
+    /// one).
+    pub(crate) fn is_get(&self) -> bool {
+        self.prefix.as_ref().is_none_or(|p| is_get_prefix(p))
+    }
+
     fn new(io: I, prefix: Vec<u8>) -> Replay<I> {
         let prefix = (!prefix.is_empty()).then(|| Bytes::from(prefix));
         Replay {

@@ -20,6 +20,9 @@ use crate::hist::Histogram;
 use crate::http::Target;
 use crate::wsraw::{Msg, RawWs};
 
+/// The most counters a client tracks (64 per word): 1 M words, 64 M events.
+const MAX_SEEN_WORDS: usize = 1 << 20;
+
 /// Close code of a WebSocket dropped as a slow consumer (docs/protocol.md §2).
 const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
@@ -114,6 +117,21 @@ pub struct ClientStats {
     pub wire_bytes: u64,
     /// Raw WebSocket client: messages that came compressed.
     pub compressed: u64,
+    /// The probe counters received, one bit each (to count the deliveries
+    /// of acknowledged events, whatever order they came in).
+    pub seen: Vec<u64>,
+}
+
+impl ClientStats {
+    /// How many of the events in `acked` (a bitmap of counters) this
+    /// client received.
+    pub fn received_of(&self, acked: &[u64]) -> u64 {
+        self.seen
+            .iter()
+            .zip(acked)
+            .map(|(s, a)| u64::from((s & a).count_ones()))
+            .sum()
+    }
 }
 
 /// Current Unix time in nanoseconds.
@@ -165,10 +183,6 @@ struct Tracker {
     flushed: (u64, u64, u64),
     flushed_next: u64,
     last_probe_at: u64,
-    /// Cluster mode: the counters seen, one bit each (events from several
-    /// instances arrive in the stream's order, not the counter's, so gaps
-    /// say nothing; what was never seen is lost).
-    seen: Vec<u64>,
 }
 
 impl Tracker {
@@ -182,22 +196,30 @@ impl Tracker {
             flushed: (0, 0, 0),
             flushed_next: 0,
             last_probe_at: 0,
-            seen: Vec::new(),
         }
     }
 
     fn probe(&mut self, t: u64, n: u64, origin: Option<u64>, now: u64) {
         let s = &mut self.stats;
+        // Every counter once: in cluster mode events from several instances
+        // arrive in the stream's order, not the counter's, so gaps say
+        // nothing; in both modes what counts at the end is which
+        // acknowledged events arrived.
+        let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
+        if word >= MAX_SEEN_WORDS {
+            // Not a counter this tool published.
+            return;
+        }
+        if word >= s.seen.len() {
+            s.seen.resize(word + 1, 0);
+        }
+        let repeat = s.seen[word] & bit != 0;
+        s.seen[word] |= bit;
         if let Some(home) = s.home {
-            let (word, bit) = ((n / 64) as usize, 1u64 << (n % 64));
-            if word >= self.seen.len() {
-                self.seen.resize(word + 1, 0);
-            }
-            if self.seen[word] & bit != 0 {
+            if repeat {
                 s.duplicates += 1;
                 return;
             }
-            self.seen[word] |= bit;
             s.received += 1;
             // Distinct events so far: what the end check compares.
             s.next = s.received;

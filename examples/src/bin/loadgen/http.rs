@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The server under test: where to connect and what to send as `Host`.
@@ -116,7 +116,7 @@ impl HttpClient {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
+async fn fill<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut Vec<u8>) -> Result<(), String> {
     buf.reserve(8192);
     match stream.read_buf(buf).await {
         Ok(0) => Err("connection closed by the server".to_owned()),
@@ -125,7 +125,12 @@ async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), String> {
     }
 }
 
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response, String> {
+/// Reads one response from `stream`; `buf` keeps what was read beyond it
+/// (the next pipelined response's start).
+pub async fn read_response<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<Response, String> {
     let head_end = loop {
         if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
             break end;

@@ -33,10 +33,14 @@
 //!     --url http://127.0.0.1:3000 --ws 100 --sse 100 --rate 1000 --duration 10
 //! ```
 
+// The fan-out's report is one `json!` object with many fields.
+#![recursion_limit = "256"]
+
 mod client;
 mod hist;
 mod http;
 mod progress;
+mod publisher;
 mod scale;
 mod sys;
 mod webhook;
@@ -52,8 +56,9 @@ use tokio::sync::{Semaphore, watch};
 
 use client::{ClientStats, Kind, Shared, SubConfig, WsClient, subscriber, unix_nanos};
 use hist::Histogram;
-use http::{HttpClient, Target};
+use http::Target;
 use progress::Progress;
+use publisher::{Outcome, PublishPlan};
 use sys::CpuMeter;
 
 /// Most events per publish request (the server's limit).
@@ -98,6 +103,17 @@ struct Args {
     /// Milliseconds between publish requests.
     #[arg(long, default_value_t = 5)]
     batch_ms: u64,
+    /// Keep-alive connections the publisher pipelines its requests on
+    /// (per server).
+    #[arg(long, default_value_t = 4)]
+    publish_connections: usize,
+    /// Requests a publisher connection may have waiting for an answer;
+    /// a batch due when every connection is full is not sent (backlogged).
+    #[arg(long, default_value_t = 256)]
+    publish_window: usize,
+    /// Seconds a publish answer may take to acknowledge its events.
+    #[arg(long, default_value_t = 2.0)]
+    publish_timeout: f64,
     /// Seconds to wait after publishing for events still in flight.
     #[arg(long, default_value_t = 10.0)]
     settle: f64,
@@ -295,92 +311,6 @@ fn probe_event_padded(
     out.extend_from_slice(b"\"}");
 }
 
-/// What the publisher did.
-#[derive(Debug, Default)]
-struct Published {
-    count: u64,
-    requests: u64,
-    elapsed: f64,
-    error: Option<String>,
-}
-
-/// Publishes `rate × duration` probe events, catching up when a request
-/// takes longer than the batch interval. Stops at the first failed request
-/// (its events would show up as losses otherwise) or at twice the planned
-/// time.
-async fn publish(args: Args, targets: Vec<Target>, published: Arc<AtomicU64>) -> Published {
-    let cluster = targets.len() > 1;
-    let mut clients: Vec<HttpClient> = targets.into_iter().map(HttpClient::new).collect();
-    let mut turn = 0usize;
-    let total = (args.rate * args.duration).round().max(0.0) as u64;
-    let auth = args.admin_token.as_ref().map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(auth) = &auth {
-        headers.push(("authorization", auth.as_str()));
-    }
-    let deadline = secs(args.duration * 2.0 + 5.0);
-    let mut ticker = tokio::time::interval(Duration::from_millis(args.batch_ms.max(1)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut body = Vec::new();
-    let mut out = Published::default();
-    let started = Instant::now();
-    while out.count < total && started.elapsed() < deadline {
-        ticker.tick().await;
-        let due = ((args.rate * started.elapsed().as_secs_f64()).ceil() as u64).min(total);
-        while out.count < due {
-            // Within the server's default body limit (PUBLISH_MAX_BODY_BYTES,
-            // 1 MiB) whatever the payload: a catch-up batch of large events
-            // would otherwise be refused (413) and end the publishing.
-            let per_event = args.payload as u64 + 512;
-            let fits = (MAX_BODY_BYTES * 9 / 10 / per_event).max(1);
-            let n = (due - out.count).min(MAX_BATCH).min(fits);
-            let at = turn % clients.len();
-            turn += 1;
-            body.clear();
-            body.push(b'[');
-            let t = unix_nanos();
-            for i in 0..n {
-                if i > 0 {
-                    body.push(b',');
-                }
-                probe_event_padded(
-                    &mut body,
-                    t,
-                    out.count + i,
-                    cluster.then_some(at),
-                    args.payload,
-                    args.pad,
-                );
-            }
-            body.push(b']');
-            out.requests += 1;
-            match clients[at]
-                .request("POST", "/api/v1/events", &headers, &body)
-                .await
-            {
-                Ok(resp) if (200..300).contains(&resp.status) => {
-                    out.count += n;
-                    published.store(out.count, Ordering::Relaxed);
-                }
-                Ok(resp) => {
-                    out.error = Some(format!(
-                        "publish answered {}: {}",
-                        resp.status,
-                        String::from_utf8_lossy(&resp.body)
-                    ));
-                }
-                Err(e) => out.error = Some(format!("publish failed: {e}")),
-            }
-            if out.error.is_some() {
-                out.elapsed = started.elapsed().as_secs_f64();
-                return out;
-            }
-        }
-    }
-    out.elapsed = started.elapsed().as_secs_f64();
-    out
-}
-
 fn micros(ns: u64) -> f64 {
     (ns as f64 / 100.0).round() / 10.0
 }
@@ -454,32 +384,43 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
 
     let server_cpu = pid.map(CpuMeter::start);
     let client_cpu = CpuMeter::start("self");
-    let published = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
     let publish_started = Instant::now();
     let publish_started_unix = unix_nanos();
     let publisher = {
-        let (args, targets, published) = (args.clone(), targets.clone(), published.clone());
+        let plan = PublishPlan {
+            rate: args.rate,
+            duration: args.duration,
+            batch_ms: args.batch_ms,
+            payload: args.payload,
+            pad: args.pad,
+            connections: args.publish_connections,
+            window: args.publish_window,
+            timeout: secs(args.publish_timeout),
+            auth: args.admin_token.as_ref().map(|t| format!("Bearer {t}")),
+        };
+        let (targets, accepted) = (targets.clone(), accepted.clone());
         // Its own thread and runtime, so a busy client runtime does not
         // delay publish ticks.
         std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(publish(args, targets, published)))
-                .unwrap_or_else(|e| Published {
+                .map(|rt| rt.block_on(publisher::publish(plan, targets, accepted)))
+                .unwrap_or_else(|e| Outcome {
                     error: Some(format!("publisher runtime: {e}")),
-                    ..Published::default()
+                    ..Outcome::default()
                 })
         })
     };
     let running = Progress::start(args.quiet, "fan-out", {
-        let (shared, published) = (shared.clone(), published.clone());
+        let (shared, accepted) = (shared.clone(), accepted.clone());
         move || {
             let secs = publish_started.elapsed().as_secs_f64().max(1e-9);
             let delivered = shared.received.load(Ordering::Relaxed);
             format!(
-                "published {}, delivered {delivered} ({:.0}/s), lost {}, lag signals {}",
-                published.load(Ordering::Relaxed),
+                "accepted {}, delivered {delivered} ({:.0}/s), gaps {}, lag signals {}",
+                accepted.load(Ordering::Relaxed),
                 delivered as f64 / secs,
                 shared.lost.load(Ordering::Relaxed),
                 shared.lag_signals.load(Ordering::Relaxed),
@@ -489,16 +430,24 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     while !publisher.is_finished() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let publish_report = publisher.join().unwrap_or_else(|_| Published {
+    let publish_report = publisher.join().unwrap_or_else(|_| Outcome {
         error: Some("publisher panicked".to_owned()),
-        ..Published::default()
+        ..Outcome::default()
     });
-    // Wait until every live client has seen the last event, or nothing
-    // arrived for 2 s (the rest was lost), or the settle time is up.
-    let total = publish_report.count;
+    // Wait until every live client has seen the last acknowledged event,
+    // or nothing arrived for 2 s (the rest was lost), or the settle time
+    // is up. A client's progress is its highest counter + 1 (cluster mode:
+    // the distinct events it received).
+    let accepted = publish_report.accepted;
+    let per_client = if cluster {
+        accepted
+    } else {
+        publish_report.last_acked.map_or(0, |l| l + 1)
+    };
     let settle_started = Instant::now();
-    let complete =
-        || shared.progress.load(Ordering::Relaxed) >= total * shared.live.load(Ordering::Relaxed);
+    let complete = || {
+        shared.progress.load(Ordering::Relaxed) >= per_client * shared.live.load(Ordering::Relaxed)
+    };
     let (mut seen, mut last_progress) = (u64::MAX, Instant::now());
     while !complete()
         && settle_started.elapsed() < secs(args.settle)
@@ -529,6 +478,7 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     let mut stats = ClientStats::default();
     let (mut same_latency, mut cross_latency) = (Histogram::default(), Histogram::default());
     let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
+    let mut delivered = 0u64;
     // The raw WebSocket client's counts (`--ws-client raw|deflate`).
     let (mut ws_received, mut ws_wire_bytes, mut ws_compressed) = (0u64, 0u64, 0u64);
     for handle in handles {
@@ -541,10 +491,10 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
             first_error.get_or_insert(e);
             continue;
         }
-        // Events never received before the end count as lost too.
-        let tail = total.saturating_sub(s.next);
+        // What counts: the acknowledged events this client received.
+        delivered += s.received_of(&publish_report.acked);
         stats.received += s.received;
-        stats.lost += s.lost + tail;
+        stats.lost += s.lost;
         stats.lag_signals += s.lag_signals;
         stats.out_of_order += s.out_of_order;
         stats.duplicates += s.duplicates;
@@ -564,6 +514,9 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         }
     }
     let established = clients - failed;
+    let p = &publish_report;
+    let expected = accepted * established;
+    let pct = |part: u64, whole: u64| (whole > 0).then(|| part as f64 * 100.0 / whole as f64);
     json!({
         "mode": "fanout",
         "url": args.url,
@@ -576,17 +529,33 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         "rate": args.rate,
         "duration_s": args.duration,
         "payload_bytes": args.payload,
-        "published": total,
-        "publish_requests": publish_report.requests,
-        "publish_s": publish_report.elapsed,
-        "publish_rate": total as f64 / publish_report.elapsed.max(1e-9),
-        "publish_error": publish_report.error,
-        "expected": total * established,
-        "delivered": stats.received,
+        "offered": p.offered,
+        "accepted": accepted,
+        "accepted_pct": pct(accepted, p.offered),
+        "publish_late": p.late,
+        "publish_refused": p.refused,
+        "publish_timed_out": p.timed_out,
+        "publish_failed": p.failed,
+        "publish_backlogged": p.backlogged,
+        "publish_requests": p.requests,
+        "publish_connections": args.publish_connections * targets.len(),
+        "publish_timeout_s": args.publish_timeout,
+        "publish_latency_us": percentiles(&p.latency),
+        "publish_s": p.elapsed,
+        "offered_rate": p.offered as f64 / p.elapsed.max(1e-9),
+        "publish_rate": accepted as f64 / p.elapsed.max(1e-9),
+        "publish_error": p.error,
+        "published": accepted,
+        "expected": expected,
+        "delivered": delivered,
+        "delivered_pct": pct(delivered, expected),
+        "lost": expected.saturating_sub(delivered),
+        "received": stats.received,
+        "unacknowledged_received": stats.received.saturating_sub(delivered),
+        "gaps": stats.lost,
         "window_s": window,
-        "delivered_per_s": stats.received as f64 / window.max(1e-9),
+        "delivered_per_s": delivered as f64 / window.max(1e-9),
         "settled": settled,
-        "lost": stats.lost,
         "lag_signals": stats.lag_signals,
         "out_of_order": stats.out_of_order,
         "clients_dropped": dropped,
