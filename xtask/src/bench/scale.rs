@@ -734,6 +734,30 @@ mod tests {
         assert_eq!(gauge_of("other 1\n"), None);
     }
 
+    /// Against the machine's NATS (skipped when it does not answer, unless
+    /// `EVENT_TEST_REQUIRE_SERVICES` is set).
+    #[test]
+    fn the_run_s_stream_is_deleted_from_the_local_nats() {
+        if TcpStream::connect(NATS_ADDR).is_err() {
+            assert!(
+                std::env::var_os("EVENT_TEST_REQUIRE_SERVICES").is_none(),
+                "no NATS at {NATS_ADDR}"
+            );
+            return;
+        }
+        let name = format!("XTASK_SCALE_TEST_{}", std::process::id());
+        let config = format!(
+            r#"{{"name":"{name}","subjects":["xtask.scale.test.{}.>"],"storage":"memory"}}"#,
+            std::process::id()
+        );
+        let created = nats_request(&format!("$JS.API.STREAM.CREATE.{name}"), &config).unwrap();
+        assert!(created.contains(&name), "{created}");
+        delete_stream(&name).unwrap();
+        let info = nats_request(&format!("$JS.API.STREAM.INFO.{name}"), "").unwrap();
+        assert!(info.contains("stream not found"), "{info}");
+        assert!(delete_stream(&name).is_err());
+    }
+
     #[test]
     fn source_blocks_are_distinct_loopback_addresses() {
         assert_eq!(sources(0).split(',').count(), SOURCES_PER_PHASE as usize);
