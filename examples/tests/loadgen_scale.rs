@@ -28,7 +28,11 @@ impl Floor {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
         Floor { child, port }
     }
