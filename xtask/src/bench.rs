@@ -20,7 +20,10 @@
 //! `bench/ws_compression.rs`) and prints its table; `--only compression`
 //! measures SSE compression, bytes on the wire and server CPU per delivery
 //! with each encoding against plain (`bench/compress.rs`), and prints its
-//! table.
+//! table. `--only scale [--connections N] [--rate R] [--processes P]`
+//! holds 100,000 connections split over as many processes as the
+//! file-descriptor limit needs, with a fan-out to all of them
+//! (`bench/scale.rs`), and prints its table.
 //!
 //! Measurements (issue 9, "Benchmarks"):
 //! 1. fan-out: `loadgen` with 1,000 WS + 1,000 SSE clients at 100, 1,000 and
@@ -47,6 +50,7 @@ mod compress;
 mod log;
 mod report;
 mod run;
+mod scale;
 mod targets;
 mod ws_compression;
 
@@ -222,9 +226,10 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
         Some(Some("ws-compression")) => return ws_compression::ws_compression_only(&plan),
         Some(Some("compression")) => return compress::compression_only(&plan),
+        Some(Some("scale")) => return scale::scale_only(&plan, args),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `saturation`, `embed`, `log`, `cluster`, `ws-compression` and `compression`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `saturation`, `embed`, `log`, `cluster`, `ws-compression`, `compression` and `scale`",
                 other.unwrap_or("")
             ));
         }

@@ -266,12 +266,16 @@ async fn handle(hub: Arc<Hub>, mut stream: TcpStream) {
                 );
                 let mut first = head.into_bytes();
                 first.extend_from_slice(&ws_text_frame(QUEUE_STATUS.as_bytes()));
+                // A streaming connection reads no more requests: the head
+                // buffer would only add to the floor's idle memory.
+                drop(buf);
                 return stream_to(hub, stream, Kind::Ws, first).await;
             }
             ("GET", "/api/v1/events" | "/api/v1/events/stream") => {
                 let first = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n\r\nretry: 3000\n\nevent: QueueStatus\ndata: {QUEUE_STATUS}\n\n"
                 );
+                drop(buf);
                 return stream_to(hub, stream, Kind::Sse, first.into_bytes()).await;
             }
             ("POST", "/api/v1/events") => {
@@ -337,10 +341,13 @@ async fn stream_to(hub: Arc<Hub>, stream: TcpStream, kind: Kind, first: Vec<u8>)
     if write.write_all(&first).await.is_err() {
         return;
     }
+    drop(first);
     let id = hub.add(kind, conn.clone());
     let reader_conn = conn.clone();
     let reader = tokio::spawn(async move {
-        let mut sink = [0u8; 512];
+        // As small as the real server's watch of an SSE client: a bigger
+        // array only makes every idle connection's task bigger.
+        let mut sink = [0u8; 64];
         loop {
             match read.read(&mut sink).await {
                 // A client frame starting with FIN + opcode 8 is a close:

@@ -289,7 +289,7 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Opens a WebSocket and waits for its first text frame (the `QueueStatus`).
 pub async fn ws_connect(cfg: &SubConfig) -> Result<Ws, String> {
     let connect = async {
-        let stream = TcpStream::connect(cfg.target.addr)
+        let stream = crate::source::connect(cfg.target.addr)
             .await
             .map_err(|e| format!("ws connect: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -405,7 +405,7 @@ impl Sse {
 /// Opens an SSE stream and waits for its `QueueStatus` frame.
 pub async fn sse_connect(cfg: &SubConfig) -> Result<Sse, String> {
     let connect = async {
-        let mut stream = TcpStream::connect(cfg.target.addr)
+        let mut stream = crate::source::connect(cfg.target.addr)
             .await
             .map_err(|e| format!("sse connect: {e}"))?;
         let _ = stream.set_nodelay(true);

@@ -16,6 +16,13 @@
 //! * **webhooks** (`--webhooks N`): a receiver in this process, one webhook
 //!   registered through `/api/v1/webhooks`, N events published at `--rate`; reports
 //!   deliveries/s until all N arrived.
+//! * **subscribe** (`--subscribe K`): K measuring subscribers held until a
+//!   `stop` line on stdin, while other processes publish; one client
+//!   process of `cargo xtask bench --only scale`.
+//!
+//! `--source-addrs 127.0.0.2,127.0.0.3,…` binds the client sockets to those
+//! loopback addresses in turn, so that more connections than one address's
+//! ephemeral ports can be opened.
 //!
 //! **Cluster mode**: `--url` with several comma-separated servers (instances
 //! of one cluster): the fan-out clients are spread over them in turn, the
@@ -42,6 +49,7 @@ mod http;
 mod progress;
 mod publisher;
 mod scale;
+mod source;
 mod sys;
 mod webhook;
 mod wsraw;
@@ -154,6 +162,20 @@ struct Args {
     /// Seconds the webhook mode waits for deliveries.
     #[arg(long, default_value_t = 120.0)]
     webhook_timeout: f64,
+    /// Subscribe mode (`cargo xtask bench --only scale`): hold this many
+    /// measuring subscribers (`--idle-mix`) until `stop <published> <first
+    /// publish ns>` on stdin, then report what they received.
+    #[arg(long, conflicts_with_all = ["idle", "churn", "webhooks"])]
+    subscribe: Option<u64>,
+    /// Seconds the subscribe mode may take to connect, and then to get its
+    /// stop line.
+    #[arg(long, default_value_t = 600.0)]
+    subscribe_timeout: f64,
+    /// Local addresses client sockets are bound to in turn before they
+    /// connect (comma-separated, e.g. `127.0.0.2,127.0.0.3`): each adds a
+    /// range of ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    source_addrs: Vec<std::net::IpAddr>,
     /// No progress line.
     #[arg(long, short)]
     quiet: bool,
@@ -201,6 +223,7 @@ fn sub_config(args: &Args, target: Target) -> SubConfig {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    source::set(args.source_addrs.clone());
     let mut targets = Vec::new();
     for url in args.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         match Target::parse(url).await {
@@ -244,6 +267,10 @@ async fn main() -> std::process::ExitCode {
             args.quiet,
         )
         .await
+    } else if let Some(count) = args.subscribe {
+        let (settle, timeout) = (secs(args.settle), secs(args.subscribe_timeout));
+        let (mix, concurrency) = (args.idle_mix, args.concurrency);
+        scale::subscribe(cfg, mix, count, concurrency, settle, timeout, args.quiet).await
     } else if let Some(cycles) = args.churn {
         scale::churn(cfg, cycles, args.concurrency, pid.as_deref(), args.quiet).await
     } else {

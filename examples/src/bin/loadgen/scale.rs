@@ -1,5 +1,7 @@
-//! Connection-count modes: idle scale (hold many connections) and churn
-//! (connect, confirm, disconnect, many times).
+//! Connection-count modes: idle scale (hold many connections), churn
+//! (connect, confirm, disconnect, many times) and subscribe (one client
+//! process of several in `cargo xtask bench --only scale`: hold measuring
+//! subscribers while another process publishes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +10,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::client::{Kind, SubConfig, sse_connect, ws_connect};
+use crate::client::{ClientStats, Kind, Shared, SubConfig, sse_connect, subscriber, ws_connect};
+use crate::hist::Histogram;
 use crate::http::connection_gauge;
 use crate::progress::Progress;
 use crate::sys::{CpuMeter, rss_kib};
@@ -252,4 +255,225 @@ pub async fn churn(
         "server_rss_after_kib": rss_after,
         "rss_change_pct": change,
     })
+}
+
+/// What the driver of a subscribe run says on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    /// Probe events published (counters `0..published`).
+    pub published: u64,
+    /// Unix nanoseconds of the first publish (start of the delivery window).
+    pub started_unix: u64,
+}
+
+/// Parses `stop <published> <first publish, unix ns>` (both optional:
+/// `stop` alone, or end of input, means nothing was published).
+pub fn parse_stop(line: &str) -> Option<Stop> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "stop" {
+        return None;
+    }
+    let mut num = || {
+        words
+            .next()
+            .and_then(|w| w.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some(Stop {
+        published: num(),
+        started_unix: num(),
+    })
+}
+
+/// Waits for the stop line on stdin (its own thread: stdin blocks), at most
+/// `timeout`.
+async fn wait_for_stop(timeout: Duration) -> (Stop, &'static str) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let stop = loop {
+            line.clear();
+            match std::io::stdin().read_line(&mut line) {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {
+                    if let Some(stop) = parse_stop(&line) {
+                        break Some(stop);
+                    }
+                }
+            }
+        };
+        let _ = tx.send(stop);
+    });
+    let nothing = Stop {
+        published: 0,
+        started_unix: 0,
+    };
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(Some(stop))) => (stop, "stop"),
+        Ok(_) => (nothing, "end of input"),
+        Err(_) => (nothing, "timeout"),
+    }
+}
+
+/// Subscribe mode (`--subscribe N`): opens `count` measuring subscribers
+/// (`mix`), `concurrency` at a time, and prints one JSON line
+/// (`"phase":"connected"`) once each is confirmed or failed. Then waits
+/// (at most `timeout`) for `stop <published> <first publish ns>` on stdin,
+/// lets the subscribers receive up to `settle` (ending early once all have
+/// every event or nothing arrived for 2 s), disconnects them all and
+/// returns the report: deliveries, loss (counter gaps and events never
+/// received), lag signals, latency.
+pub async fn subscribe(
+    cfg: Arc<SubConfig>,
+    mix: Mix,
+    count: u64,
+    concurrency: usize,
+    settle: Duration,
+    timeout: Duration,
+    quiet: bool,
+) -> Value {
+    let shared = Arc::new(Shared::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..count)
+        .map(|i| {
+            tokio::spawn(subscriber(
+                kind_of(i, mix),
+                cfg.clone(),
+                shared.clone(),
+                permits.clone(),
+                stop_rx.clone(),
+                None,
+            ))
+        })
+        .collect();
+    let progress = Progress::start(quiet, "subscribe", {
+        let shared = shared.clone();
+        move || {
+            format!(
+                "established {}/{count}, failed {}",
+                shared.established.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed)
+            )
+        }
+    });
+    let settled_count =
+        || shared.established.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
+    // Each connection has its own connect timeout; `timeout` bounds the whole.
+    while settled_count() < count && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.finish();
+    let connect_s = started.elapsed().as_secs_f64();
+    let established = shared.established.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        json!({
+            "mode": "subscribe",
+            "phase": "connected",
+            "connections": count,
+            "established": established,
+            "failed": shared.failed.load(Ordering::Relaxed),
+            "connect_s": connect_s,
+        })
+    );
+
+    let (stop, why) = wait_for_stop(timeout).await;
+    let total = stop.published;
+    let settle_started = Instant::now();
+    let complete =
+        || shared.progress.load(Ordering::Relaxed) >= total * shared.live.load(Ordering::Relaxed);
+    let (mut seen, mut last_progress) = (u64::MAX, Instant::now());
+    while total > 0
+        && !complete()
+        && settle_started.elapsed() < settle
+        && last_progress.elapsed() < Duration::from_secs(2)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = shared.received.load(Ordering::Relaxed);
+        if now != seen {
+            (seen, last_progress) = (now, Instant::now());
+        }
+    }
+    let settled = complete();
+    let last_receive = shared.last_receive.load(Ordering::Relaxed);
+    let window_s = (stop.started_unix > 0 && last_receive > stop.started_unix)
+        .then(|| (last_receive - stop.started_unix) as f64 / 1e9);
+    let _ = stop_tx.send(true);
+
+    let mut all = ClientStats::default();
+    let (mut ws_latency, mut sse_latency) = (Histogram::default(), Histogram::default());
+    let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
+    for handle in handles {
+        let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), handle).await else {
+            failed += 1;
+            continue;
+        };
+        if let Some(e) = s.error {
+            failed += 1;
+            first_error.get_or_insert(e);
+            continue;
+        }
+        all.received += s.received;
+        all.lost += s.lost + total.saturating_sub(s.next);
+        all.lag_signals += s.lag_signals;
+        all.out_of_order += s.out_of_order;
+        dropped += u64::from(s.dropped);
+        all.latency.merge(&s.latency);
+        match s.kind {
+            Some(Kind::Ws) => ws_latency.merge(&s.latency),
+            Some(Kind::Sse) => sse_latency.merge(&s.latency),
+            None => {}
+        }
+    }
+    json!({
+        "mode": "subscribe",
+        "phase": "done",
+        "mix": format!("{mix:?}").to_lowercase(),
+        "connections": count,
+        "established": count - failed,
+        "failed": failed,
+        "first_error": first_error,
+        "connect_s": connect_s,
+        "stopped_by": why,
+        "published": total,
+        "expected": total * (count - failed),
+        "delivered": all.received,
+        "window_s": window_s,
+        "delivered_per_s": window_s.map(|w| all.received as f64 / w.max(1e-9)),
+        "settled": settled,
+        "lost": all.lost,
+        "lag_signals": all.lag_signals,
+        "out_of_order": all.out_of_order,
+        "clients_dropped": dropped,
+        "latency_us": crate::percentiles(&all.latency),
+        "latency_us_ws": crate::percentiles(&ws_latency),
+        "latency_us_sse": crate::percentiles(&sse_latency),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stop_line_carries_the_published_count_and_start() {
+        assert_eq!(
+            parse_stop("stop 500 1764000000000000000\n"),
+            Some(Stop {
+                published: 500,
+                started_unix: 1_764_000_000_000_000_000
+            })
+        );
+        assert_eq!(
+            parse_stop("stop"),
+            Some(Stop {
+                published: 0,
+                started_unix: 0
+            })
+        );
+        assert_eq!(parse_stop("go 5"), None);
+        assert_eq!(parse_stop(""), None);
+    }
 }

@@ -40,7 +40,7 @@ impl RawWs {
     /// Upgrades (offering permessage-deflate when `offer`) and reads up to
     /// the first text message (the `QueueStatus`).
     pub async fn connect(cfg: &SubConfig, offer: bool) -> Result<RawWs, String> {
-        let mut stream = TcpStream::connect(cfg.target.addr)
+        let mut stream = crate::source::connect(cfg.target.addr)
             .await
             .map_err(|e| format!("ws connect: {e}"))?;
         let _ = stream.set_nodelay(true);
