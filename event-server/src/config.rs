@@ -356,6 +356,13 @@ pub struct Config {
     )]
     pub ws_compress_min_bytes: usize,
 
+    /// How long a WebSocket client's socket may take no byte of what the
+    /// server writes before the client is closed with `4008` (a client that
+    /// reads, however slowly, is never closed by it: under overload it gets
+    /// coalesced state and `events.lagged` instead), in seconds.
+    #[arg(long = "ws-write-timeout-secs", env = "WS_WRITE_TIMEOUT_SECS", default_value = "30", value_parser = seconds)]
+    pub ws_write_timeout_secs: u64,
+
     /// Maximum open client connections per transport (WebSocket, SSE).
     #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value = "10000", value_parser = non_zero)]
     pub max_connections: usize,
@@ -806,6 +813,8 @@ mod tests {
         assert!(!c.auth_enabled());
         assert!(c.ws_compression);
         assert_eq!(c.ws_compress_min_bytes, 256);
+        assert_eq!(c.ws_write_timeout_secs, 30);
+        assert!(parse(&["--ws-write-timeout-secs", "0"]).is_err());
     }
 
     #[test]

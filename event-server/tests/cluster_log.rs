@@ -278,3 +278,49 @@ async fn history_and_topics_read_the_stream_in_cluster_mode() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "topic_retention_unsupported", "{body}");
 }
+
+#[tokio::test]
+async fn a_group_spans_the_instances_through_the_host() {
+    let Some(url) = nats_url("a_group_spans_the_instances_through_the_host") else {
+        return;
+    };
+    let stream = TestStream::new(&url);
+    let (a, b) = (stream.instance(64).await, stream.instance(64).await);
+    let path = "/api/v1/events?group=indexers&ack=auto&format=v1&events=JobProgress";
+    let mut on_a = Reader::open(&a, path).await;
+    let mut on_b = Reader::open(&b, path).await;
+    // One member on each instance, one group in JetStream.
+    consumer_when(&a, "indexers", |c| c["kind"] == "group" && c["members"] == 1).await;
+    consumer_when(&b, "indexers", |c| c["kind"] == "group" && c["members"] == 1).await;
+
+    let jobs: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let events: Vec<Value> = (0..200).map(|n| progress(&jobs[n % 20], n as u64)).collect();
+    for batch in events.chunks(50) {
+        publish(&a, batch).await;
+    }
+    // Without a backend shared by the instances each member would get all
+    // 200; spanning, each event reaches exactly one of the two.
+    let mut seen = std::collections::HashMap::new();
+    tokio::time::timeout(WAIT, async {
+        while seen.len() < 200 {
+            let (who, (_, message)) = tokio::select! {
+                Some(f) = on_a.frames.recv() => ("a", f),
+                Some(f) = on_b.frames.recv() => ("b", f),
+            };
+            if let Some(first) = seen.insert(message.clone(), who) {
+                panic!("{message} reached the group twice ({first} and {who})");
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of 200 events reached the group", seen.len()));
+    // Nothing more comes to either member (no duplicate after the union).
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        tokio::select! {
+            Some(f) = on_a.frames.recv() => f,
+            Some(f) = on_b.frames.recv() => f,
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "an event came again: {extra:?}");
+}

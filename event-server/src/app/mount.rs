@@ -271,6 +271,7 @@ impl Assembly<'_> {
             max_rate: self.config.stream_max_rate(),
             compression: self.config.ws_compression,
             compress_min_bytes: self.config.ws_compress_min_bytes,
+            write_timeout: Duration::from_secs(self.config.ws_write_timeout_secs),
             ..event_ws::WsConfig::default()
         };
         let mut ws = event_ws::WsEndpoint::new(
