@@ -25,8 +25,13 @@
 //!   into an intake queue of its own (so a burst or a slow database cannot
 //!   make it lag behind the bus), finds subscribers in memory (no query per
 //!   event), renders each event's body once, and writes one row per (event,
-//!   webhook) in a single transaction per batch *before* acknowledging it.
-//!   A crash after that loses nothing.
+//!   webhook) in a single transaction per batch (a few batches in flight at
+//!   once); the worker gets the rows only once they are committed, and a
+//!   crash after that loses nothing.
+//! * **Recording**: attempt results are written in batches; on PostgreSQL
+//!   these transactions commit without waiting for the WAL flush (a
+//!   database crash can only make a delivery be sent again, never lose it:
+//!   see `store/postgres/record.rs`).
 //! * **Delivery**: the [worker](DeliveryWorker) claims due rows under a
 //!   lease (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so several instances share
 //!   one queue; SQLite: one worker process per database), with a global and

@@ -11,14 +11,21 @@
 //! For each batch the runner takes from the intake, the sink looks the
 //! subscribers of each event up in the in-memory index, renders the request
 //! body once per event (shared by every webhook), and writes one row per
-//! (event, webhook) in a single transaction before returning. Only then is
-//! the batch acknowledged, and the worker is woken. While a transaction
-//! runs, the intake fills, so under load the next batch is larger (up to
-//! the runner's batch limit) and the database cost per row falls.
+//! (event, webhook) in a single transaction. Up to four such transactions
+//! are in flight at once, so a batch waits for its own commit only, not for
+//! the commits of the batches before it (on PostgreSQL each is a round trip
+//! and a WAL flush, which concurrent commits share). A batch's rows go to
+//! the worker only once they are committed, and the event-log cursor passes
+//! a batch only once it and every batch before it are committed. While the
+//! transactions run, the intake fills, so under load batches grow (up to the
+//! runner's batch limit) and the database cost per row falls.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use event_core::{Cursor, Event, EventSink, ReplaySource, SinkError, async_trait};
 use time::OffsetDateTime;
@@ -32,11 +39,20 @@ use crate::service::Shared;
 /// [`Webhooks::sink`](crate::Webhooks::sink).
 pub struct WebhookSink {
     shared: Arc<Shared>,
+    /// Enqueue transactions in flight (at most [`ENQUEUE_PIPELINE`]).
+    slots: Arc<Semaphore>,
+    /// Batches in arrival order, so the log cursor passes a batch only once
+    /// it and every batch before it are queued.
+    order: Arc<Mutex<InOrder>>,
 }
 
 impl WebhookSink {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        WebhookSink { shared }
+        WebhookSink {
+            shared,
+            slots: Arc::new(Semaphore::new(ENQUEUE_PIPELINE)),
+            order: Arc::default(),
+        }
     }
 
     fn rows_for(&self, events: &[Arc<Event>]) -> Vec<NewDelivery> {
@@ -188,6 +204,45 @@ pub(crate) async fn catch_up(
     Ok(queued)
 }
 
+/// Batches whose enqueue has started, oldest first: the newest event
+/// sequence of each and whether it is queued.
+#[derive(Default)]
+struct InOrder {
+    /// The ticket of the front entry.
+    first: u64,
+    batches: VecDeque<(u64, bool)>,
+}
+
+impl InOrder {
+    /// Notes a batch whose newest event is `seq`; returns its ticket.
+    fn start(&mut self, seq: u64) -> u64 {
+        self.batches.push_back((seq, false));
+        self.first + self.batches.len() as u64 - 1
+    }
+
+    /// Notes that batch `ticket` is queued; returns the newest sequence
+    /// through which every batch is, when that moved.
+    fn done(&mut self, ticket: u64) -> Option<u64> {
+        let i = usize::try_from(ticket.checked_sub(self.first)?).ok()?;
+        if let Some(entry) = self.batches.get_mut(i) {
+            entry.1 = true;
+        }
+        let mut through = None;
+        while let Some(&(seq, true)) = self.batches.front() {
+            self.batches.pop_front();
+            self.first += 1;
+            through = Some(through.map_or(seq, |t: u64| t.max(seq)));
+        }
+        through
+    }
+}
+
+/// Enqueue transactions the sink keeps in flight. With one, every batch
+/// waits for the previous batch's commit (a round trip and, on PostgreSQL,
+/// a WAL flush) before its own starts; a few in flight share the flushes
+/// (group commit) and a batch waits only for its own.
+pub(crate) const ENQUEUE_PIPELINE: usize = 4;
+
 /// How often the log cursor is stored at most (a crash repeats at most
 /// this long of deliveries).
 const CURSOR_STORE_EVERY_MS: u64 = 200;
@@ -243,54 +298,115 @@ impl EventSink for WebhookSink {
         self.deliver_batch(vec![event]).await
     }
 
+    // Returns once the batch's enqueue has started (at most
+    // `ENQUEUE_PIPELINE` in flight, so the intake still fills while the
+    // database is slow); the rows are handed to the worker, and the log
+    // cursor moves past them, only once they are committed.
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
         let newest = events.iter().map(|e| e.seq()).max().unwrap_or(0);
-        let mut rows = self.rows_for(&events);
-        if rows.is_empty() {
-            let store = self.shared.store.as_ref();
-            self.shared.log_cursor.queued(store, newest).await;
-            return Ok(());
-        }
-        // Rows this process's worker has room for are inserted claimed and
-        // handed to it directly (see `worker::handoff`).
-        let reservation = self.shared.worker.reserve(&mut rows);
-        let claim = reservation.as_ref().map(|r| *r.claim());
-        let claimed = claim.map_or(0, |c| c.count);
-        let mut tries = ENQUEUE_BACKOFF.iter();
-        loop {
-            match self
-                .shared
-                .store
-                .enqueue_claiming(&rows, claim.as_ref())
-                .await
-            {
-                Ok(()) => break,
-                Err(error) => match tries.next() {
-                    Some(pause) => {
-                        tracing::warn!(%error, rows = rows.len(), "webhook enqueue failed; retrying");
-                        tokio::time::sleep(*pause).await;
-                    }
-                    None => {
-                        // A restart must catch these up from the log.
-                        self.shared.log_cursor.frozen.store(true, Ordering::Relaxed);
-                        return Err(SinkError::with_source(
-                            format!("could not queue {} webhook deliveries", rows.len()),
-                            error,
-                        ));
-                    }
-                },
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            return Err(SinkError::new("the webhook sink is shut down"));
+        };
+        let ticket = lock(&self.order).start(newest);
+        let rows = self.rows_for(&events);
+        let oldest = events.iter().map(|e| e.occurred_at()).min();
+        let (shared, order) = (self.shared.clone(), self.order.clone());
+        tokio::spawn(async move {
+            if !enqueue(&shared, rows, oldest).await {
+                // The cursor stays where a restart must catch these up
+                // from the log.
+                shared.log_cursor.frozen.store(true, Ordering::Relaxed);
             }
-        }
-        self.shared
-            .log_cursor
-            .queued(self.shared.store.as_ref(), newest)
-            .await;
-        if let Some(reservation) = reservation {
-            reservation.adopt(&rows).await;
-        }
-        if claimed < rows.len() {
-            self.shared.wake.notify_one();
-        }
+            let through = lock(&order).done(ticket);
+            if let Some(seq) = through {
+                shared.log_cursor.queued(shared.store.as_ref(), seq).await;
+            }
+            drop(permit);
+        });
         Ok(())
+    }
+
+    // Waits for the enqueues in flight.
+    async fn shutdown(&self) {
+        let all = u32::try_from(ENQUEUE_PIPELINE).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+        self.slots.close();
+    }
+}
+
+fn lock(order: &Mutex<InOrder>) -> std::sync::MutexGuard<'_, InOrder> {
+    order.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Queues `rows` (retrying while the database is briefly away) and hands
+/// the ones the worker reserved to it; whether they were queued.
+async fn enqueue(
+    shared: &Shared,
+    mut rows: Vec<NewDelivery>,
+    oldest: Option<OffsetDateTime>,
+) -> bool {
+    if rows.is_empty() {
+        return true;
+    }
+    // Rows this process's worker has room for are inserted claimed and
+    // handed to it directly (see `worker::handoff`).
+    let reservation = shared.worker.reserve(&mut rows);
+    let claim = reservation.as_ref().map(|r| *r.claim());
+    let claimed = claim.map_or(0, |c| c.count);
+    let started = std::time::Instant::now();
+    let mut tries = ENQUEUE_BACKOFF.iter();
+    loop {
+        match shared.store.enqueue_claiming(&rows, claim.as_ref()).await {
+            Ok(()) => break,
+            Err(error) => match tries.next() {
+                Some(pause) => {
+                    tracing::warn!(%error, rows = rows.len(), "webhook enqueue failed; retrying");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => {
+                    tracing::error!(%error, rows = rows.len(), "could not queue webhook deliveries; a restart catches them up from the event log, if any");
+                    return false;
+                }
+            },
+        }
+    }
+    tracing::debug!(
+        target: "matric::webhooks::timing",
+        rows = rows.len(),
+        claimed,
+        enqueue_us = started.elapsed().as_micros() as u64,
+        waited_us = oldest.map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_microseconds().max(0) as u64),
+        "webhook enqueue"
+    );
+    if let Some(reservation) = reservation {
+        reservation.adopt(&rows).await;
+    }
+    if claimed < rows.len() {
+        shared.wake.notify_one();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InOrder;
+
+    #[test]
+    fn the_cursor_passes_a_batch_only_when_every_earlier_one_is_queued() {
+        let mut order = InOrder::default();
+        let a = order.start(10);
+        let b = order.start(20);
+        let c = order.start(30);
+        // The later ones finish first: nothing moves.
+        assert_eq!(order.done(c), None);
+        assert_eq!(order.done(b), None);
+        // The first one finishes: through the last, at once.
+        assert_eq!(order.done(a), Some(30));
+        let d = order.start(40);
+        let e = order.start(50);
+        assert_eq!(order.done(d), Some(40));
+        assert_eq!(order.done(e), Some(50));
+        // A ticket seen already changes nothing.
+        assert_eq!(order.done(a), None);
     }
 }

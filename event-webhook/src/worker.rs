@@ -289,6 +289,7 @@ impl Dispatcher {
             token: Uuid::new_v4(),
         };
         let attempt_by = Instant::now() + self.window;
+        let started = Instant::now();
         let rows = match self.shared.store.claim_due(&request).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -296,6 +297,12 @@ impl Dispatcher {
                 return 0;
             }
         };
+        tracing::debug!(
+            target: "matric::webhooks::timing",
+            rows = rows.len(),
+            claim_us = started.elapsed().as_micros() as u64,
+            "webhook claim"
+        );
         let mut kept = 0;
         let mut give_back = Vec::new();
         {
@@ -476,6 +483,12 @@ impl Dispatcher {
         )
         .instrument(span.clone())
         .await;
+        tracing::debug!(
+            target: "matric::webhooks::timing",
+            queued_us = (exchange.started_at - row.created_at).whole_microseconds().max(0) as u64,
+            http_us = exchange.duration.as_micros() as u64,
+            "webhook attempt"
+        );
         if let Some(status) = exchange.status {
             span.record("webhook.status", status);
         }
@@ -518,6 +531,7 @@ async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>)
             }
         }
         let mut tries = 0u64;
+        let started = Instant::now();
         let effects = loop {
             match shared.store.complete_attempts(&batch).await {
                 Ok(effects) => break effects,
@@ -534,6 +548,12 @@ async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>)
                 }
             }
         };
+        tracing::debug!(
+            target: "matric::webhooks::timing",
+            records = batch.len(),
+            record_us = started.elapsed().as_micros() as u64,
+            "webhook record"
+        );
         let mut disabled = false;
         for (record, effect) in batch.iter().zip(&effects) {
             if effect.lost_claim {

@@ -240,7 +240,11 @@ impl Engine for PostgresStore {
     }
 
     async fn begin_record(&self) -> Result<record::PgRecord> {
-        Ok(record::PgRecord::new(self.pool.begin().await?))
+        // Outcome bookkeeping only, so the commit does not wait for its WAL
+        // flush (see `record::RECORD_BEGIN`).
+        Ok(record::PgRecord::new(
+            self.pool.begin_with(record::RECORD_BEGIN).await?,
+        ))
     }
 
     fn id(row: &PgRow, column: &str) -> Result<Uuid> {

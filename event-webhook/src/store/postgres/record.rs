@@ -13,6 +13,19 @@ use crate::store::outcome_columns;
 use crate::store::record::{RecordSteps, WebhookState};
 use crate::store::sql::state_of;
 
+/// How a recording transaction begins: with an asynchronous commit, which
+/// returns once the commit is in PostgreSQL's WAL buffers instead of after
+/// the WAL is flushed to disk (`synchronous_commit = off` for this
+/// transaction only). Its effects are visible to every other session at
+/// once, exactly as with a synchronous commit, so claims stay exclusive;
+/// what a crash of the *database server* can lose is the last few hundred
+/// milliseconds of recorded outcomes (`wal_writer_delay` × 3). Nothing
+/// more is at stake: a delivery whose outcome was lost is still claimed,
+/// so it is sent again when the lease ends (at-least-once), and its attempt
+/// row and webhook counters are written then. Enqueueing, which would lose
+/// a delivery, keeps the server's setting.
+pub(super) const RECORD_BEGIN: &str = "BEGIN; SET LOCAL synchronous_commit = off";
+
 /// A recording transaction.
 pub struct PgRecord {
     tx: Transaction<'static, Postgres>,
