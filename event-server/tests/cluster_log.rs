@@ -290,11 +290,19 @@ async fn a_group_spans_the_instances_through_the_host() {
     let mut on_a = Reader::open(&a, path).await;
     let mut on_b = Reader::open(&b, path).await;
     // One member on each instance, one group in JetStream.
-    consumer_when(&a, "indexers", |c| c["kind"] == "group" && c["members"] == 1).await;
-    consumer_when(&b, "indexers", |c| c["kind"] == "group" && c["members"] == 1).await;
+    consumer_when(&a, "indexers", |c| {
+        c["kind"] == "group" && c["members"] == 1
+    })
+    .await;
+    consumer_when(&b, "indexers", |c| {
+        c["kind"] == "group" && c["members"] == 1
+    })
+    .await;
 
     let jobs: Vec<String> = (0..20).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-    let events: Vec<Value> = (0..200).map(|n| progress(&jobs[n % 20], n as u64)).collect();
+    let events: Vec<Value> = (0..200)
+        .map(|n| progress(&jobs[n % 20], n as u64))
+        .collect();
     for batch in events.chunks(50) {
         publish(&a, batch).await;
     }
