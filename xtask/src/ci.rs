@@ -124,7 +124,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     no_postgres_driver()?;
     // Loom models of event-core's concurrency, in <target>/loom (issue 24).
     crate::loom::run()?;
-    // Two server instances on one NATS (needs TEST_NATS_URL); the deploy/
+    // Two server instances on one NATS (needs TEST_NATS_URL; with the
+    // stream as the log, groups spanning them, deduplication across them);
+    // the deploy/
     // check again with a cluster, for the `matric_nats_*` names; the
     // cluster failure drills (issue 22: instance killed, webhooks across a
     // kill, a NATS node killed, NATS down 10 s; they also need the
@@ -139,6 +141,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "nats,postgres",
         "--test",
         "cluster",
+        "--test",
+        "cluster_log",
+        "--test",
+        "cluster_dedup",
         "--test",
         "deploy",
         "--test",
