@@ -457,7 +457,8 @@ mod tests {
         assert_eq!(hub.dropped(), 2);
     }
 
-    fn shape(out: &[Outgoing]) -> Vec<String> {
+    /// `e<seq>` per event, `lag<n>` per marker (the coalescing tests use it too).
+    pub(super) fn shape(out: &[Outgoing]) -> Vec<String> {
         out.iter()
             .map(|o| match o {
                 Outgoing::Event(e) => format!("e{}", e.seq()),

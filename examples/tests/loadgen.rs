@@ -72,12 +72,18 @@ fn fanout_delivers_every_event_to_every_client_without_loss() {
             "500",
             "--duration",
             "1",
+            // One publishing connection: the requests (pipelined) are
+            // answered in order, so each client's counters must ascend.
+            "--publish-connections",
+            "1",
         ],
     );
     assert_eq!(r["established"], 8, "{r}");
     let published = r["published"].as_u64().expect("published");
     assert_eq!(published, 500, "{r}");
     assert_eq!(r["publish_error"], Value::Null, "{r}");
+    assert_eq!(r["accepted"].as_u64(), Some(published), "{r}");
+    assert_eq!(r["expected"].as_u64(), Some(published * 8), "{r}");
     assert_eq!(r["delivered"].as_u64(), Some(published * 8), "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["lag_signals"], 0, "{r}");

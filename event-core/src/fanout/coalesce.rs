@@ -299,6 +299,7 @@ impl<T> Spill<T> {
 mod tests {
     use super::*;
     use crate::bus::EventBus;
+    use crate::fanout::tests::shape;
     use crate::payload::{JobCompleted, JobProgress, NoteUpdated, QueueStatus};
 
     fn limits(max_messages: usize, max_bytes: usize) -> OutboxLimits {
@@ -315,15 +316,6 @@ mod tests {
             progress: percent,
             message: None,
         })
-    }
-
-    fn seqs(out: &[Outgoing]) -> Vec<String> {
-        out.iter()
-            .map(|o| match o {
-                Outgoing::Event(e) => format!("e{}", e.seq()),
-                Outgoing::Lagged(n) => format!("lag{n}"),
-            })
-            .collect()
     }
 
     #[test]
@@ -393,7 +385,7 @@ mod tests {
             format!("e{}", evs[3].seq()),
             format!("e{}", evs[1].seq()),
         ];
-        assert_eq!(seqs(&out), want);
+        assert_eq!(shape(&out), want);
         assert_eq!(spill.bytes(), 0);
         out.clear();
         assert_eq!(spill.drain_into(&mut out), 0);
@@ -425,7 +417,7 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(spill.drain_into(&mut out), 4);
         assert_eq!(
-            seqs(&out),
+            shape(&out),
             ["lag4".to_owned(), format!("e{}", jobs[1].seq())]
         );
     }
@@ -445,6 +437,6 @@ mod tests {
         assert_eq!(spill.push(None, &e, 10, limits(8, 100)), Pushed::DROPPED);
         let mut out = Vec::new();
         assert_eq!(spill.drain_into(&mut out), 1);
-        assert_eq!(seqs(&out), ["lag1"]);
+        assert_eq!(shape(&out), ["lag1"]);
     }
 }
