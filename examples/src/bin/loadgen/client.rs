@@ -84,6 +84,30 @@ pub struct Shared {
     pub last_receive: AtomicU64,
 }
 
+impl Shared {
+    /// Waits until every live client has all of the first `per_client`
+    /// probe events, for at most `limit`, giving up earlier when nothing
+    /// arrives for 2 s; `true` when complete.
+    pub async fn settle(&self, per_client: u64, limit: Duration, poll: Duration) -> bool {
+        let complete = || {
+            self.progress.load(Ordering::Relaxed) >= per_client * self.live.load(Ordering::Relaxed)
+        };
+        let started = std::time::Instant::now();
+        let (mut seen, mut last_progress) = (u64::MAX, std::time::Instant::now());
+        while !complete()
+            && started.elapsed() < limit
+            && last_progress.elapsed() < Duration::from_secs(2)
+        {
+            tokio::time::sleep(poll).await;
+            let now = self.received.load(Ordering::Relaxed);
+            if now != seen {
+                (seen, last_progress) = (now, std::time::Instant::now());
+            }
+        }
+        complete()
+    }
+}
+
 /// What one client saw.
 #[derive(Debug, Default)]
 pub struct ClientStats {

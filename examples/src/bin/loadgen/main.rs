@@ -471,22 +471,9 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     } else {
         publish_report.last_acked.map_or(0, |l| l + 1)
     };
-    let settle_started = Instant::now();
-    let complete = || {
-        shared.progress.load(Ordering::Relaxed) >= per_client * shared.live.load(Ordering::Relaxed)
-    };
-    let (mut seen, mut last_progress) = (u64::MAX, Instant::now());
-    while !complete()
-        && settle_started.elapsed() < secs(args.settle)
-        && last_progress.elapsed() < Duration::from_secs(2)
-    {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        let now = shared.received.load(Ordering::Relaxed);
-        if now != seen {
-            (seen, last_progress) = (now, Instant::now());
-        }
-    }
-    let settled = complete();
+    let settled = shared
+        .settle(per_client, secs(args.settle), Duration::from_millis(2))
+        .await;
     // From the first publish to the last event received.
     let last_receive = shared.last_receive.load(Ordering::Relaxed);
     let window = if last_receive > publish_started_unix {

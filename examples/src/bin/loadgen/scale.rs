@@ -381,22 +381,7 @@ pub async fn subscribe(
 
     let (stop, why) = wait_for_stop(timeout).await;
     let total = stop.published;
-    let settle_started = Instant::now();
-    let complete =
-        || shared.progress.load(Ordering::Relaxed) >= total * shared.live.load(Ordering::Relaxed);
-    let (mut seen, mut last_progress) = (u64::MAX, Instant::now());
-    while total > 0
-        && !complete()
-        && settle_started.elapsed() < settle
-        && last_progress.elapsed() < Duration::from_secs(2)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let now = shared.received.load(Ordering::Relaxed);
-        if now != seen {
-            (seen, last_progress) = (now, Instant::now());
-        }
-    }
-    let settled = complete();
+    let settled = total == 0 || shared.settle(total, settle, Duration::from_millis(5)).await;
     let last_receive = shared.last_receive.load(Ordering::Relaxed);
     let window_s = (stop.started_unix > 0 && last_receive > stop.started_unix)
         .then(|| (last_receive - stop.started_unix) as f64 / 1e9);
