@@ -43,42 +43,10 @@ pub struct App {
     parts: Parts,
     caps: event_http::ConnectionCaps,
     head_timeout: Duration,
-    intake: Intake,
-}
-
-/// The intake runtime (`INTAKE_THREADS`): publishing and the REST API on
-/// their own threads, apart from the fan-out's writers (see
-/// [`event_http::Serve::intake`]).
-struct Intake(Option<tokio::runtime::Runtime>);
-
-impl Intake {
-    fn start(threads: usize) -> Result<Intake, ServerError> {
-        if threads == 0 {
-            return Ok(Intake(None));
-        }
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("intake")
-            .enable_all()
-            .build()
-            .map(|rt| Intake(Some(rt)))
-            .map_err(|e| ServerError::Startup(format!("INTAKE_THREADS: {e}")))
-    }
-
-    fn handle(&self) -> Option<tokio::runtime::Handle> {
-        self.0.as_ref().map(|rt| rt.handle().clone())
-    }
-}
-
-impl Drop for Intake {
-    fn drop(&mut self) {
-        // Dropped from async code (the server's end, a test's App): a
-        // blocking shutdown would panic there. By then every connection
-        // it served has ended (the server waits for them).
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
+    /// The intake runtime (`INTAKE_THREADS`): publishing and the REST API
+    /// on their own threads, apart from the fan-out's writers (see
+    /// [`event_http::Serve::intake`]).
+    intake: crate::runtimes::Dedicated,
 }
 
 /// The feature-selected pieces that need an orderly stop.
@@ -281,7 +249,7 @@ impl App {
                 config.max_connections_per_ip,
             ),
             head_timeout: Duration::from_secs(config.http_head_timeout_secs),
-            intake: Intake::start(config.intake_threads)?,
+            intake: crate::runtimes::Dedicated::start("intake", config.intake_threads)?,
             router: app.router,
             bus: app.bus,
             registry: app.registry,

@@ -3,7 +3,8 @@
 //! Outside cluster mode, with `EVENT_LOG` not `off`, the host opens the log
 //! before it builds the bus (so the bus continues the log's sequence),
 //! taps the bus with a [`LogWriter`] (group commit; the publish API's `202`
-//! waits for it through [`EventBus::publish_durable`]) and serves cursors
+//! waits for it through [`EventBus::publish_durable`], so the writer runs
+//! on a thread of its own, see [`crate::runtimes`]) and serves cursors
 //! older than the ring from a [`LogReplay`].
 //!
 //! In cluster mode (`NATS_URL`, feature `nats`) the JetStream stream already
@@ -26,6 +27,7 @@ use event_core::{
 
 use crate::config::Config;
 use crate::error::ServerError;
+use crate::runtimes::Dedicated;
 
 /// An opened log, before the bus exists.
 pub struct OpenedLog {
@@ -42,6 +44,9 @@ pub struct HostLog {
     writer: Option<(LogWriter, Arc<LogReplay>)>,
     log: Arc<dyn EventLog>,
     consumers: Consumers,
+    /// The writer's own thread (see [`crate::runtimes`]); last, so it
+    /// outlives the writer's tasks.
+    _runtime: Option<Dedicated>,
 }
 
 /// Opens the log `config` names, or `None` (`EVENT_LOG=off`).
@@ -95,7 +100,13 @@ impl OpenedLog {
             .max_replay(config.event_log_max_replay)
             .max_replay_bytes(config.event_log_max_replay_bytes)
             .replay_memory(config.event_log_replay_memory_bytes);
-        let writer = LogWriter::start(bus, self.log.clone(), log_config)
+        // Every durable publish waits for this writer's commit: it runs on
+        // a thread of its own, so a saturated fan-out cannot delay it.
+        let runtime = Dedicated::start("event-log", 1)?;
+        let handle = runtime
+            .handle()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let writer = LogWriter::start_on(bus, self.log.clone(), log_config, &handle)
             .await
             .map_err(|e| ServerError::Startup(format!("EVENT_LOG: {e}")))?;
         let consumers =
@@ -104,6 +115,7 @@ impl OpenedLog {
             log: writer.log().clone(),
             writer: Some((writer, Arc::new(replay))),
             consumers,
+            _runtime: Some(runtime),
         })
     }
 }
@@ -153,6 +165,7 @@ pub async fn for_cluster(
         writer: None,
         log: parts.log,
         consumers,
+        _runtime: None,
     }))
 }
 

@@ -41,6 +41,7 @@ pub mod health;
 pub mod logging;
 pub mod publish;
 pub mod rate;
+pub mod runtimes;
 pub mod slots;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;

@@ -461,6 +461,60 @@ async fn a_topic_retention_prunes_in_the_background_and_refuses_only_readers_of_
     writer.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Blocks the calling thread (and so its current-thread runtime) until the
+/// writer has committed `seq`, or `deadline` passes.
+fn committed_while_blocked(writer: &LogWriter, seq: u64, deadline: Duration) -> bool {
+    let until = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < until {
+        if writer.stats().committed_seq >= seq {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_writer_on_its_own_runtime_commits_while_the_publishers_runtime_is_busy() {
+    let own = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = bus_at(1, 16);
+    let log = MemoryLog::default();
+    let writer = LogWriter::start_on(
+        &bus,
+        Arc::new(log.clone()),
+        LogConfig::default(),
+        own.handle(),
+    )
+    .await
+    .unwrap();
+    let seq = bus.publish(status(1)).seq();
+    // This runtime's only thread never yields here: only a writer that runs
+    // elsewhere can commit.
+    assert!(committed_while_blocked(&writer, seq, Duration::from_secs(10)));
+    assert_eq!(seqs(&log).await, [1]);
+    writer.shutdown(Duration::from_secs(5)).await;
+    own.shutdown_background();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_writer_on_the_publishers_runtime_waits_for_its_turn() {
+    // The counterpart of the test above: it shows that test can fail.
+    let bus = bus_at(1, 16);
+    let log = MemoryLog::default();
+    let writer = LogWriter::start(&bus, Arc::new(log.clone()), LogConfig::default())
+        .await
+        .unwrap();
+    let seq = bus.publish(status(1)).seq();
+    assert!(!committed_while_blocked(&writer, seq, Duration::from_millis(200)));
+    writer.flush(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(writer.stats().committed_seq, seq);
+    writer.shutdown(Duration::from_secs(5)).await;
+}
+
 #[test]
 fn durable_publishing_can_run_on_any_worker_thread() {
     fn send<T: Send>(_: T) {}

@@ -287,6 +287,24 @@ impl LogWriter {
         log: Arc<dyn EventLog>,
         config: LogConfig,
     ) -> Result<LogWriter, LogError> {
+        Self::start_on(bus, log, config, &tokio::runtime::Handle::current()).await
+    }
+
+    /// [`start`](Self::start), with the writer and pruner tasks on
+    /// `runtime`.
+    ///
+    /// Every durable publish waits for the writer's commit, so the writer
+    /// must be scheduled promptly even when the runtime that serves the
+    /// connections is saturated by fan-out writes: there, each wake of the
+    /// writer queues behind thousands of connection tasks and publishers
+    /// time out waiting for commits that are late only for want of a turn.
+    /// A host gives the writer a runtime (a thread) of its own.
+    pub async fn start_on(
+        bus: &EventBus,
+        log: Arc<dyn EventLog>,
+        config: LogConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<LogWriter, LogError> {
         let bounds = log.bounds().await?;
         let shared = Arc::new_cyclic(|weak| Shared {
             queue: Mutex::new(VecDeque::new()),
@@ -311,8 +329,8 @@ impl LogWriter {
         shared.committed.send_replace(seen_through);
         bus.set_durability(Some(Durability(shared.clone())));
         let tasks = vec![
-            tokio::spawn(write_loop(shared.clone(), log.clone())),
-            tokio::spawn(prune_loop(shared.clone(), log.clone())),
+            runtime.spawn(write_loop(shared.clone(), log.clone())),
+            runtime.spawn(prune_loop(shared.clone(), log.clone())),
         ];
         Ok(LogWriter {
             bus: bus.clone(),

@@ -492,6 +492,8 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
     let mut stats = ClientStats::default();
     let (mut same_latency, mut cross_latency) = (Histogram::default(), Histogram::default());
     let (mut dropped, mut failed, mut first_error) = (0u64, 0u64, None);
+    // Which transport's connections ended before the run did.
+    let (mut ws_dropped, mut sse_dropped) = (0u64, 0u64);
     let mut delivered = 0u64;
     // The raw WebSocket client's counts (`--ws-client raw|deflate`).
     let (mut ws_received, mut ws_wire_bytes, mut ws_compressed) = (0u64, 0u64, 0u64);
@@ -522,8 +524,12 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
             Some(Kind::Ws) => {
                 ws_received += s.received;
                 ws_latency.merge(&s.latency);
+                ws_dropped += u64::from(s.dropped);
             }
-            Some(Kind::Sse) => sse_latency.merge(&s.latency),
+            Some(Kind::Sse) => {
+                sse_latency.merge(&s.latency);
+                sse_dropped += u64::from(s.dropped);
+            }
             None => {}
         }
     }
@@ -573,6 +579,8 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         "lag_signals": stats.lag_signals,
         "out_of_order": stats.out_of_order,
         "clients_dropped": dropped,
+        "clients_dropped_ws": ws_dropped,
+        "clients_dropped_sse": sse_dropped,
         "latency_us": percentiles(&latency),
         "latency_us_ws": percentiles(&ws_latency),
         "latency_us_sse": percentiles(&sse_latency),
