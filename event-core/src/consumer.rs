@@ -91,6 +91,7 @@ mod backed_tests;
 mod backend;
 mod dispatch;
 mod member;
+mod relay;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -99,6 +100,7 @@ pub use backend::{
     AckHandle, GroupBackend, GroupFeed, GroupMessage, GroupPull, GroupSpec, GroupState, Settle,
 };
 pub use member::{Delivery, Member};
+pub use relay::AckRelay;
 pub use store::{ConsumerRecord, MemoryOffsets, OffsetStore};
 
 use backed::BackedDispatcher;
@@ -366,6 +368,7 @@ struct Inner {
     running: Mutex<HashMap<String, Running>>,
     /// Where groups live, when they span processes.
     groups: std::sync::OnceLock<Arc<dyn GroupBackend>>,
+    relay: std::sync::OnceLock<Arc<dyn AckRelay>>,
     /// Serialises loading and creating consumers.
     creating: tokio::sync::Mutex<()>,
     next_member: AtomicU64,
@@ -521,6 +524,7 @@ impl Consumers {
                 config,
                 running: Mutex::new(HashMap::new()),
                 groups: std::sync::OnceLock::new(),
+                relay: std::sync::OnceLock::new(),
                 creating: tokio::sync::Mutex::new(()),
                 next_member: AtomicU64::new(1),
                 lags,
@@ -542,6 +546,17 @@ impl Consumers {
 
     fn groups(&self) -> Option<&Arc<dyn GroupBackend>> {
         self.inner.groups.get()
+    }
+
+    /// Carries the acks of single consumers between processes (see
+    /// [`AckRelay`]): acks for a consumer this process does not hold go to
+    /// the process that does. Set it once, before the first attach; a
+    /// second relay is ignored.
+    pub fn with_ack_relay(self, relay: Arc<dyn AckRelay>) -> Self {
+        if self.inner.relay.set(relay).is_err() {
+            tracing::warn!("an ack relay is already set; the new one is ignored");
+        }
+        self
     }
 
     /// The configuration.
@@ -681,6 +696,9 @@ impl Consumers {
             .insert(request.name.clone(), committed.clone());
         let dispatcher = Dispatcher::new(record, inner, mailbox, committed);
         tokio::spawn(dispatcher.run());
+        if let Some(relay) = inner.relay.get() {
+            relay::listen_for(relay.as_ref(), request.name.clone(), control.clone()).await;
+        }
         self.running().insert(
             request.name.clone(),
             Running {
@@ -742,10 +760,16 @@ impl Consumers {
                 return Ok(0);
             }
             return match self.inner.store.load(name).await? {
-                Some(_) => Ok(0),
+                Some(_) => {
+                    self.relay_acks(name, &acks).await;
+                    Ok(0)
+                }
                 None => Err(ConsumerError::NotFound(name.to_owned())),
             };
         };
+        // Kept for the relay: this process may hold none of these events
+        // (a dispatcher whose member left, while another process streams).
+        let relayed = self.inner.relay.get().is_some().then(|| acks.clone());
         let (reply, answer) = oneshot::channel();
         control
             .send(Control::Ack {
@@ -753,7 +777,28 @@ impl Consumers {
                 reply: Some(reply),
             })
             .map_err(|_| ConsumerError::Closed)?;
-        answer.await.map_err(|_| ConsumerError::Closed)
+        let applied = answer.await.map_err(|_| ConsumerError::Closed)?;
+        if let Some(acks) = relayed
+            && applied < acks.len()
+            && !self.running_kind(name).is_some_and(|(_, backed)| backed)
+        {
+            self.relay_acks(name, &acks).await;
+        }
+        Ok(applied)
+    }
+
+    /// Passes acks this process could not apply to the process that runs
+    /// the consumer, when a relay is set. A failure costs only the
+    /// redelivery after `ack_wait`, so it is logged, not returned.
+    async fn relay_acks(&self, name: &str, acks: &[Cursor]) {
+        let Some(relay) = self.inner.relay.get() else {
+            return;
+        };
+        match relay.forward(name, acks).await {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(consumer = %name, "acks not relayed: no relay reachable"),
+            Err(error) => tracing::warn!(consumer = %name, %error, "acks not relayed"),
+        }
     }
 
     /// Every consumer, running or only stored, by name.

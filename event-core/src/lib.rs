@@ -120,9 +120,9 @@ pub use bus::{
     Received, SeqStart, Subscription, Upstream,
 };
 pub use consumer::{
-    AckHandle, AckMode, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo, ConsumerRecord,
-    Consumers, Delivery, GroupBackend, GroupFeed, GroupMessage, GroupPull, GroupSpec, GroupState,
-    LogMark, Member, MemoryOffsets, OffsetStore, Settle, StartAt,
+    AckHandle, AckMode, AckRelay, AttachRequest, ConsumerConfig, ConsumerError, ConsumerInfo,
+    ConsumerRecord, Consumers, Delivery, GroupBackend, GroupFeed, GroupMessage, GroupPull,
+    GroupSpec, GroupState, LogMark, Member, MemoryOffsets, OffsetStore, Settle, StartAt,
 };
 pub use error::Error;
 pub use event::{

@@ -306,7 +306,7 @@ impl GroupBackend for JetStreamGroups {
 
 /// The acks of one forwarded-ack message (at most [`MAX_FORWARDED_ACKS`];
 /// what does not parse is skipped).
-fn parse_acks(payload: &[u8]) -> Vec<Cursor> {
+pub(crate) fn parse_acks(payload: &[u8]) -> Vec<Cursor> {
     serde_json::from_slice::<Vec<String>>(payload)
         .unwrap_or_default()
         .iter()

@@ -254,6 +254,7 @@ mod log;
 mod offsets;
 mod origin;
 mod publisher;
+mod relay;
 mod replay;
 mod source;
 mod state;
@@ -275,6 +276,7 @@ pub use groups::{
 pub use log::JetStreamLog;
 pub use offsets::{KvOffsets, MAX_VALUE_BYTES};
 pub use origin::LocalOriginOnly;
+pub use relay::NatsAckRelay;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
 };

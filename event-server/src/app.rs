@@ -165,6 +165,11 @@ impl App {
         if let (Some(log), Some(groups)) = (&log, cluster.group_backend()) {
             let _ = log.consumers().with_group_backend(groups);
         }
+        // And a single consumer's acks reach the instance streaming to it.
+        #[cfg(feature = "log")]
+        if let (Some(log), Some(relay)) = (&log, cluster.ack_relay()) {
+            let _ = log.consumers().with_ack_relay(relay);
+        }
         #[allow(unused_mut, reason = "the log gives sinks a catch-up source")]
         let mut runner = SinkRunner::new(&bus);
         // A sink that falls behind a burst catches up from the log.

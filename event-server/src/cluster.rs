@@ -99,6 +99,14 @@ mod imp {
                 .map(|c| Arc::new(event_nats::JetStreamGroups::new(c)) as Arc<dyn GroupBackend>)
         }
 
+        /// How the acks of a single consumer reach the instance that runs
+        /// it, over core NATS (`None` outside cluster mode).
+        pub fn ack_relay(&self) -> Option<Arc<dyn event_core::AckRelay>> {
+            self.nats.as_ref().map(|c| {
+                Arc::new(event_nats::NatsAckRelay::new(c)) as Arc<dyn event_core::AckRelay>
+            })
+        }
+
         /// `sink` restricted to events that originated on this instance
         /// (for sinks whose effects are shared, such as the webhook queue).
         pub fn local_origin_only(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
@@ -180,6 +188,11 @@ mod imp {
 
         /// Groups stay in this instance's log.
         pub fn group_backend(&self) -> Option<Arc<dyn GroupBackend>> {
+            None
+        }
+
+        /// One instance: every ack reaches the consumer it is for.
+        pub fn ack_relay(&self) -> Option<Arc<dyn event_core::AckRelay>> {
             None
         }
 

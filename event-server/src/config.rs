@@ -393,9 +393,9 @@ pub struct Config {
     /// Threads of the intake runtime, which serves the connections whose
     /// first request is not a `GET` (publishing, the REST API) apart from
     /// the fan-out's writers, so that a saturated fan-out cannot starve the
-    /// publishers (`0`, the default until BENCHMARKS.md shows its effect:
-    /// everything on the main runtime; at most 64).
-    #[arg(long = "intake-threads", env = "INTAKE_THREADS", default_value = "0", value_parser = intake_threads)]
+    /// publishers (default 1, measured in BENCHMARKS.md; `0`: everything
+    /// on the main runtime; at most 64).
+    #[arg(long = "intake-threads", env = "INTAKE_THREADS", default_value = "1", value_parser = intake_threads)]
     pub intake_threads: usize,
 
     /// Seconds a client has to send a whole request body (else `408` and the
@@ -818,8 +818,8 @@ mod tests {
     }
 
     #[test]
-    fn intake_threads_default_to_none_and_are_bounded() {
-        assert_eq!(parse(&[]).unwrap().intake_threads, 0);
+    fn intake_threads_default_to_one_and_are_bounded() {
+        assert_eq!(parse(&[]).unwrap().intake_threads, 1);
         assert_eq!(parse(&["--intake-threads", "1"]).unwrap().intake_threads, 1);
         assert_eq!(parse(&["--intake-threads", "0"]).unwrap().intake_threads, 0);
         assert_eq!(

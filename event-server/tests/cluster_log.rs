@@ -332,3 +332,41 @@ async fn a_group_spans_the_instances_through_the_host() {
     .await;
     assert!(extra.is_err(), "an event came again: {extra:?}");
 }
+
+#[tokio::test]
+async fn an_explicit_ack_sent_to_the_other_instance_reaches_the_consumer() {
+    let Some(url) = nats_url("an_explicit_ack_sent_to_the_other_instance_reaches_the_consumer")
+    else {
+        return;
+    };
+    let stream = TestStream::new(&url);
+    let (a, b) = (stream.instance(64).await, stream.instance(64).await);
+    let job = uuid::Uuid::new_v4().to_string();
+    // An ack wait far beyond the test's: only the relayed ack can settle.
+    let path =
+        "/api/v1/events?consumer=worker&ack=explicit&ack_wait=300&format=v1&events=JobProgress";
+    let mut reader = Reader::open(&a, path).await;
+    consumer_when(&a, "worker", |c| c["members"] == 1).await;
+    publish(&a, &(0..3).map(|n| progress(&job, n)).collect::<Vec<_>>()).await;
+    let got = reader.take(3).await;
+    consumer_when(&a, "worker", |c| c["pending"] == 3).await;
+
+    // A load balancer sends the client's ack to B, which does not hold the
+    // consumer's events: B passes it on over NATS.
+    let seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+    let res = client()
+        .post(b.url("/api/v1/consumers/worker/ack"))
+        .json(&json!({ "seqs": seqs }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    let last = seqs[2];
+    consumer_when(&a, "worker", |c| {
+        c["pending"] == 0 && c["committed_seq"] == last
+    })
+    .await;
+    // And nothing comes again.
+    let again = tokio::time::timeout(Duration::from_millis(500), reader.frames.recv()).await;
+    assert!(again.is_err(), "an acked event came again: {again:?}");
+}

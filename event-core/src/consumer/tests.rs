@@ -454,3 +454,99 @@ async fn a_consumer_behind_the_retention_gets_a_gap_then_the_oldest_retained_eve
     }
     assert_eq!(seqs(&take(&mut member, 3).await), later[3..]);
 }
+
+/// An [`AckRelay`] between the processes of one test: every listener of a
+/// name gets what is forwarded for it.
+#[derive(Default)]
+struct LocalRelay {
+    listeners:
+        std::sync::Mutex<HashMap<String, Vec<tokio::sync::mpsc::UnboundedSender<Vec<Cursor>>>>>,
+}
+
+#[async_trait::async_trait]
+impl AckRelay for LocalRelay {
+    async fn forward(&self, name: &str, acks: &[Cursor]) -> Result<bool, ConsumerError> {
+        let mut listeners = self.listeners.lock().unwrap();
+        let open = listeners.entry(name.to_owned()).or_default();
+        open.retain(|tx| tx.send(acks.to_vec()).is_ok());
+        Ok(!open.is_empty())
+    }
+
+    async fn listen(
+        &self,
+        name: &str,
+    ) -> Option<futures_util::stream::BoxStream<'static, Vec<Cursor>>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.listeners
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .push(tx);
+        Some(Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|acks| (acks, rx))
+        })))
+    }
+}
+
+#[tokio::test]
+async fn an_ack_sent_to_another_process_reaches_the_consumer_through_the_relay() {
+    let f = Fixture::new().await;
+    let relay = Arc::new(LocalRelay::default());
+    // Two processes over one log and offset store; the consumer runs on `a`.
+    let a = f
+        .consumers(ConsumerConfig::default())
+        .with_ack_relay(relay.clone());
+    let b = f
+        .consumers(ConsumerConfig::default())
+        .with_ack_relay(relay.clone());
+    let mut member = a
+        .attach(AttachRequest {
+            mode: AckMode::Explicit,
+            // Far beyond the test's wait: only the relayed ack can settle.
+            ack_wait: Some(Duration::from_secs(300)),
+            ..request("worker")
+        })
+        .await
+        .unwrap();
+    let job = Uuid::now_v7();
+    let published = f.publish((0..3).map(|i| (job, i))).await;
+    assert_eq!(seqs(&take(&mut member, 3).await), published);
+    let acks: Vec<Cursor> = published.iter().map(|&s| Cursor::Seq(s)).collect();
+    // `b` holds none of them: it answers 0 and passes them on.
+    assert_eq!(b.ack("worker", acks).await.unwrap(), 0);
+    until_info(&a, "worker", |i| {
+        i.pending == 0 && i.committed_seq == published[2]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_process_whose_member_left_passes_acks_on_to_the_one_streaming() {
+    let f = Fixture::new().await;
+    let relay = Arc::new(LocalRelay::default());
+    let a = f
+        .consumers(ConsumerConfig::default())
+        .with_ack_relay(relay.clone());
+    let b = f
+        .consumers(ConsumerConfig::default())
+        .with_ack_relay(relay.clone());
+    let explicit = || AttachRequest {
+        mode: AckMode::Explicit,
+        ack_wait: Some(Duration::from_secs(300)),
+        ..request("worker")
+    };
+    // The consumer ran on `b` once: its dispatcher is still there, empty.
+    drop(b.attach(explicit()).await.unwrap());
+    until_info(&b, "worker", |i| i.members == 0).await;
+    let mut member = a.attach(explicit()).await.unwrap();
+    let job = Uuid::now_v7();
+    let published = f.publish((0..2).map(|i| (job, i))).await;
+    assert_eq!(seqs(&take(&mut member, 2).await), published);
+    let acks: Vec<Cursor> = published.iter().map(|&s| Cursor::Seq(s)).collect();
+    assert_eq!(b.ack("worker", acks).await.unwrap(), 0);
+    until_info(&a, "worker", |i| {
+        i.pending == 0 && i.committed_seq == published[1]
+    })
+    .await;
+}

@@ -494,7 +494,11 @@ async fn a_writer_on_its_own_runtime_commits_while_the_publishers_runtime_is_bus
     let seq = bus.publish(status(1)).seq();
     // This runtime's only thread never yields here: only a writer that runs
     // elsewhere can commit.
-    assert!(committed_while_blocked(&writer, seq, Duration::from_secs(10)));
+    assert!(committed_while_blocked(
+        &writer,
+        seq,
+        Duration::from_secs(10)
+    ));
     assert_eq!(seqs(&log).await, [1]);
     writer.shutdown(Duration::from_secs(5)).await;
     own.shutdown_background();
@@ -509,7 +513,11 @@ async fn a_writer_on_the_publishers_runtime_waits_for_its_turn() {
         .await
         .unwrap();
     let seq = bus.publish(status(1)).seq();
-    assert!(!committed_while_blocked(&writer, seq, Duration::from_millis(200)));
+    assert!(!committed_while_blocked(
+        &writer,
+        seq,
+        Duration::from_millis(200)
+    ));
     writer.flush(Duration::from_secs(5)).await.unwrap();
     assert_eq!(writer.stats().committed_seq, seq);
     writer.shutdown(Duration::from_secs(5)).await;

@@ -578,6 +578,8 @@ async fn track_raw_ws(
                     if let Some((t, n, o)) = parse_probe_origin(&text) {
                         tracker.probe(t, n, o, unix_nanos());
                         tracker.flush();
+                    } else if is_lag_signal(&text) {
+                        tracker.stats.lag_signals += 1;
                     }
                 }
                 Ok(Some(Msg::Close(code))) => {
@@ -609,6 +611,8 @@ async fn track_ws(mut ws: Ws, tracker: &mut Tracker, stop: &mut watch::Receiver<
                     if let Some((t, n, o)) = parse_probe_origin(text.as_bytes()) {
                         tracker.probe(t, n, o, unix_nanos());
                         tracker.flush();
+                    } else if is_lag_signal(text.as_bytes()) {
+                        tracker.stats.lag_signals += 1;
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -624,6 +628,12 @@ async fn track_ws(mut ws: Ws, tracker: &mut Tracker, stop: &mut watch::Receiver<
     }
 }
 
+/// Whether a message that is not a probe is the server's `events.lagged`
+/// (WebSocket and SSE alike; a WebSocket may also be closed with 4008).
+fn is_lag_signal(message: &[u8]) -> bool {
+    memchr::memmem::find(message, b"events.lagged").is_some()
+}
+
 async fn track_sse(mut sse: Sse, tracker: &mut Tracker, stop: &mut watch::Receiver<bool>) -> bool {
     loop {
         // Frames that arrived with the connection confirmation, then each read.
@@ -631,7 +641,7 @@ async fn track_sse(mut sse: Sse, tracker: &mut Tracker, stop: &mut watch::Receiv
         sse.frames(|frame| {
             if let Some((t, n, o)) = parse_probe_origin(frame) {
                 tracker.probe(t, n, o, now);
-            } else if memchr::memmem::find(frame, b"events.lagged").is_some() {
+            } else if is_lag_signal(frame) {
                 tracker.stats.lag_signals += 1;
             }
         });
