@@ -193,3 +193,46 @@ impl State {
             .any(|w| w != me && self.running.get(w).copied().unwrap_or(0) < per)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+    use uuid::Uuid;
+
+    #[test]
+    fn a_short_claim_clears_only_what_was_noted_before_it_and_not_the_excluded() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut st = State::new();
+        st.note_behind(a);
+        st.note_behind(b);
+        let epoch = st.start_claim();
+        // Noted while the claim ran: it may not have seen those rows.
+        st.note_behind(c);
+        st.caught_up(epoch, &[b]);
+        assert!(st.unknown.is_none(), "the start-up unknown is cleared");
+        assert!(!st.behind.contains_key(&a), "claimed for, came back short");
+        assert!(st.behind.contains_key(&b), "left out of the claim");
+        assert!(st.behind.contains_key(&c), "noted after the claim looked");
+    }
+
+    #[test]
+    fn what_was_unknown_stays_behind_for_the_webhooks_a_claim_left_out() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut st = State::new();
+        let first = st.start_claim();
+        st.caught_up(first, &[]);
+        assert!(st.unknown.is_none() && st.behind.is_empty());
+        st.note_unknown();
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[a]);
+        assert!(st.unknown.is_none());
+        assert!(st.behind.contains_key(&a));
+        assert!(!st.behind.contains_key(&b));
+        // Unknown again while a claim runs: that claim does not clear it.
+        let epoch = st.start_claim();
+        st.note_unknown();
+        st.caught_up(epoch, &[]);
+        assert!(st.unknown.is_some());
+        assert!(st.behind.is_empty(), "a was claimed for this time");
+    }
+}
