@@ -576,6 +576,15 @@ pub struct Config {
     #[arg(long = "webhook-lease-secs", env = "WEBHOOK_LEASE_SECS", default_value = "300", value_parser = seconds)]
     pub webhook_lease_secs: u64,
 
+    /// Rows of one webhook the delivery worker may hold locally when they
+    /// come straight from this instance's own event sink: those are queued
+    /// already claimed and skip the claim query. Beyond it rows are queued
+    /// unclaimed and claimed in order. A crashed instance leaves up to this
+    /// many per webhook claimed until `WEBHOOK_LEASE_SECS` ends
+    /// (PostgreSQL). `0`: off (every row waits for a claim).
+    #[arg(long = "webhook-handoff-hold", env = "WEBHOOK_HANDOFF_HOLD", default_value = "1024", value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub webhook_handoff_hold: u64,
+
     /// Name of the hex HMAC signature header on webhook requests.
     #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
     pub webhook_signature_header: String,

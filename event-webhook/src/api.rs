@@ -350,6 +350,8 @@ async fn update(
         return Err(WebhookError::NotFound("webhook"));
     }
     shared.refresh_index().await;
+    // Re-enabled, its waiting rows come first.
+    shared.worker.note_behind([w.id]);
     shared.wake.notify_one();
     tracing::info!(webhook_id = %w.id, host = %host_of(&w.url), "webhook updated");
     Ok(Json(WebhookJson::public(&w)).into_response())
@@ -407,6 +409,7 @@ async fn redeliver(
         .redeliver(w.id, delivery_id, OffsetDateTime::now_utc())
         .await?
         .ok_or(WebhookError::NotFound("delivery"))?;
+    shared.worker.note_behind([w.id]);
     shared.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(d)).into_response())
 }

@@ -42,6 +42,17 @@ pub struct WebhookConfig {
     pub lease: Duration,
     /// Most rows claimed per query (default 256).
     pub claim_batch: u32,
+    /// Rows of one webhook the worker may hold locally (waiting for a slot,
+    /// running, or being inserted) when they come straight from this
+    /// process's own sink (default 1,024; `WEBHOOK_HANDOFF_HOLD`; 0 turns
+    /// the handoff off). Such rows are inserted already claimed by this
+    /// worker and never wait for a claim query; rows beyond it are inserted
+    /// unclaimed and claimed in order later. All webhooks together hold at
+    /// most this many or `max_concurrency` × 16, whichever is larger. A
+    /// larger hold keeps bursts off the claim path; the price is that a
+    /// process that dies leaves up to this many rows per webhook claimed
+    /// until its lease ends (PostgreSQL; SQLite frees them at start-up).
+    pub handoff_hold: usize,
     /// Events the sink holds in memory, waiting for the store, before it
     /// starts dropping them (default 100,000; counted in
     /// `events_dropped_total{consumer="webhook"}` and logged). The publisher
@@ -89,6 +100,7 @@ impl Default for WebhookConfig {
             poll_interval: Duration::from_secs(1),
             lease: Duration::from_secs(300),
             claim_batch: 256,
+            handoff_hold: 1024,
             intake_capacity: 100_000,
             index_refresh_interval: Duration::from_secs(30),
             allow_cidrs: Vec::new(),

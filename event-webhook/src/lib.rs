@@ -27,7 +27,12 @@
 //!   event), renders each event's body once, and writes one row per (event,
 //!   webhook) in a single transaction per batch (a few batches in flight at
 //!   once); the worker gets the rows only once they are committed, and a
-//!   crash after that loses nothing.
+//!   crash after that loses nothing. Rows for this process's own worker
+//!   are inserted already claimed by it, up to
+//!   [`WebhookConfig::handoff_hold`] per webhook (`WEBHOOK_HANDOFF_HOLD`,
+//!   1,024), and handed over without a claim query; the rest, and later
+//!   rows of their webhook until those are claimed, wait for a claim, in
+//!   order. [`Webhooks::queue_stats`] counts both ways.
 //! * **Recording**: attempt results are written in batches; on PostgreSQL
 //!   these transactions commit without waiting for the WAL flush (a
 //!   database crash can only make a delivery be sent again, never lose it:

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// without a claim query.
     pub worker: crate::worker::WorkerLink,
     pub metrics: WebhookMetrics,
+    /// How rows reached the worker (see [`Webhooks::queue_stats`]).
+    pub counters: crate::worker::QueueCounters,
     /// Held from counting the webhooks to storing a new one, so this
     /// process's concurrent registrations cannot pass `max_webhooks`
     /// together.
@@ -134,6 +136,7 @@ impl Webhooks {
             wake: Notify::new(),
             worker: crate::worker::WorkerLink::default(),
             metrics: WebhookMetrics::new(),
+            counters: crate::worker::QueueCounters::default(),
             create_lock: tokio::sync::Mutex::new(()),
             log_cursor: crate::sink::LogCursor::default(),
         });
@@ -184,6 +187,12 @@ impl Webhooks {
     /// The configuration.
     pub fn config(&self) -> &WebhookConfig {
         &self.shared.config
+    }
+
+    /// How rows reached this process's worker so far: handed over by the
+    /// sink, left unclaimed for a claim, and what claim queries brought.
+    pub fn queue_stats(&self) -> crate::worker::QueueStats {
+        self.shared.counters.snapshot()
     }
 
     /// Reloads the subscriber index from the store now.

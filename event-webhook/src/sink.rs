@@ -34,6 +34,7 @@ use uuid::Uuid;
 use crate::deliver::body_for;
 use crate::model::NewDelivery;
 use crate::service::Shared;
+use crate::worker::Reservation;
 
 /// The webhook [`EventSink`]. Obtain it from
 /// [`Webhooks::sink`](crate::Webhooks::sink).
@@ -184,6 +185,8 @@ pub(crate) async fn catch_up(
                 break Err(e);
             }
             queued += rows.len() as u64;
+            // Older than anything the sink queues now.
+            shared.worker.note_unknown();
             shared.wake.notify_one();
         }
         shared.store.set_log_cursor(last).await?;
@@ -308,11 +311,19 @@ impl EventSink for WebhookSink {
             return Err(SinkError::new("the webhook sink is shut down"));
         };
         let ticket = lock(&self.order).start(newest);
-        let rows = self.rows_for(&events);
+        let mut rows = self.rows_for(&events);
+        // Rows this process's worker has room for are inserted claimed and
+        // handed to it directly (see `worker::handoff`). Reserved here, in
+        // batch order, not in the task: the room goes to the oldest rows.
+        let reservation = if rows.is_empty() {
+            None
+        } else {
+            self.shared.worker.reserve(&mut rows)
+        };
         let oldest = events.iter().map(|e| e.occurred_at()).min();
         let (shared, order) = (self.shared.clone(), self.order.clone());
         tokio::spawn(async move {
-            if !enqueue(&shared, rows, oldest).await {
+            if !enqueue(&shared, rows, reservation, oldest).await {
                 // The cursor stays where a restart must catch these up
                 // from the log.
                 shared.log_cursor.frozen.store(true, Ordering::Relaxed);
@@ -339,18 +350,17 @@ fn lock(order: &Mutex<InOrder>) -> std::sync::MutexGuard<'_, InOrder> {
 }
 
 /// Queues `rows` (retrying while the database is briefly away) and hands
-/// the ones the worker reserved to it; whether they were queued.
+/// the ones `reservation` holds room for (the first ones) to the worker;
+/// whether they were queued.
 async fn enqueue(
     shared: &Shared,
-    mut rows: Vec<NewDelivery>,
+    rows: Vec<NewDelivery>,
+    reservation: Option<Reservation>,
     oldest: Option<OffsetDateTime>,
 ) -> bool {
     if rows.is_empty() {
         return true;
     }
-    // Rows this process's worker has room for are inserted claimed and
-    // handed to it directly (see `worker::handoff`).
-    let reservation = shared.worker.reserve(&mut rows);
     let claim = reservation.as_ref().map(|r| *r.claim());
     let claimed = claim.map_or(0, |c| c.count);
     let started = std::time::Instant::now();
@@ -382,6 +392,16 @@ async fn enqueue(
         reservation.adopt(&rows).await;
     }
     if claimed < rows.len() {
+        let unclaimed = &rows[claimed..];
+        shared
+            .counters
+            .queued_unclaimed
+            .fetch_add(unclaimed.len() as u64, Ordering::Relaxed);
+        // Noted again now they are committed: a claim that ran between the
+        // reservation and the commit did not see them.
+        shared
+            .worker
+            .note_behind(unclaimed.iter().map(|r| r.webhook_id));
         shared.wake.notify_one();
     }
     true

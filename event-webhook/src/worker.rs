@@ -4,8 +4,10 @@
 //!
 //! Rows reach the per-webhook local queues two ways. Rows the sink of this
 //! process queues are inserted already claimed and handed over directly
-//! when there is room and nothing older is due in the store (module
-//! `handoff`): no claim query at all on the steady path. Everything else
+//! when the webhook holds fewer than
+//! [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows and nothing
+//! older of it is due in the store (module `handoff`): no claim query at
+//! all on the steady path, whole batches at a time. Everything else
 //! (retries coming due, a backlog, rows queued by other instances) is
 //! claimed in batches by a dispatcher loop, skipping webhooks that already
 //! hold enough. The loop claims only while the store may hold due rows it
@@ -25,16 +27,19 @@
 //! stays claimed; if the process dies first, the row is sent again
 //! (at-least-once).
 //!
-//! A webhook holds at most 16 rounds of its slots locally, all webhooks 16
-//! rounds of the global slots, so each claim brings many rows. A row still
-//! waiting when an attempt started now might outlast its claim (a slow
-//! endpoint) is handed back unattempted and claimed again later, so no row
-//! is ever sent on an expired claim; rows still queued at shutdown are
+//! A claim brings a webhook's rows only while it has fewer than 16 rounds
+//! of its slots claimed locally (queued or running), all webhooks 16 rounds
+//! of the global slots, so each claim brings many rows; with the sink's
+//! rows a webhook holds at most the larger of that and `handoff_hold`. A
+//! row still waiting when an attempt started now might outlast its claim (a
+//! slow endpoint) is handed back unattempted and claimed again later, so no
+//! row is ever sent on an expired claim; rows still queued at shutdown are
 //! released at once. A slow endpoint occupies only its own slots. At
 //! start-up, claims left by a dead process are freed; succeeded rows older
 //! than `retention` are pruned periodically.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -54,9 +59,12 @@ use crate::ssrf::host_of;
 
 mod handoff;
 mod state;
+mod stats;
 
-pub(crate) use handoff::WorkerLink;
+pub(crate) use handoff::{Reservation, WorkerLink};
 use state::{Held, State};
+pub(crate) use stats::QueueCounters;
+pub use stats::QueueStats;
 
 /// Most attempt results written in one transaction. The stores write a
 /// batch with a fixed number of set-based statements, so a large batch
@@ -94,6 +102,8 @@ impl DeliveryWorker {
         tracker.spawn(record_loop(shared.clone(), record_rx));
         let cfg = shared.config.clone();
         let per = cfg.per_endpoint_concurrency.max(1);
+        let hold = per * ROUNDS;
+        let capacity = cfg.max_concurrency.max(1) * ROUNDS;
         let dispatcher = Arc::new(Dispatcher {
             stop: stop.clone(),
             tracker: tracker.clone(),
@@ -105,9 +115,14 @@ impl DeliveryWorker {
             // its slots, so each claim (a commit) brings many rows. A row
             // still waiting when its claim is about to run out (a slow
             // endpoint) is handed back unattempted.
-            hold: per * ROUNDS,
+            hold,
             // All webhooks together: as many rounds of the global slots.
-            capacity: cfg.max_concurrency.max(1) * ROUNDS,
+            capacity,
+            // Rows from this process's sink need no claim: a webhook may
+            // hold more of those, so whole batches go over (`handoff`).
+            fresh_hold: cfg.handoff_hold,
+            fresh_capacity: capacity.max(cfg.handoff_hold),
+            max_hold: hold.max(cfg.handoff_hold),
             // Time to start an attempt after claiming: the lease less the
             // longest attempt, with a margin for recording the result.
             window: cfg.lease.saturating_sub(cfg.request_timeout).mul_f64(0.9),
@@ -150,8 +165,16 @@ struct Dispatcher {
     state: Mutex<State>,
     slot_freed: Notify,
     per: usize,
+    /// Rows of one webhook a claim may bring it up to (queued or running).
     hold: usize,
+    /// Rows all webhooks may hold locally for a claim (queued or reserved).
     capacity: usize,
+    /// Rows of one webhook the sink may hand over up to (all held rows).
+    fresh_hold: usize,
+    /// Rows all webhooks may hold locally for the handoff.
+    fresh_capacity: usize,
+    /// Rows one webhook may hold in all: the larger hold.
+    max_hold: usize,
     window: Duration,
     records: mpsc::Sender<AttemptRecord>,
 }
@@ -190,7 +213,8 @@ impl Dispatcher {
             let retry_at = self.state().retry_due_in(OffsetDateTime::now_utc());
             if retry_at.is_some_and(|d| d.is_zero()) {
                 let mut st = self.state();
-                st.note_backlog();
+                // A retry is older than the sink's fresh rows.
+                st.note_unknown();
                 st.next_retry = None;
             }
             if now >= next_prune {
@@ -260,14 +284,22 @@ impl Dispatcher {
         let (room, exclude, per_webhook) = {
             let st = self.state();
             let room = capacity.saturating_sub(st.local_total());
+            // Rows still being inserted for the handoff do not count
+            // against a claim's hold (they count against the larger one):
+            // a webhook with a steady stream of fresh rows is still claimed
+            // for, so its retries are not starved by its fresh rows.
+            let room_of = |w: &Uuid| {
+                (self.hold.saturating_sub(st.active(w)))
+                    .min(self.max_hold.saturating_sub(st.held(w)))
+            };
             let (exclude, open): (Vec<Uuid>, Vec<Uuid>) = st
                 .busy_webhooks()
                 .into_iter()
-                .partition(|w| st.held(w) >= self.hold);
+                .partition(|w| room_of(w) == 0);
             // Ask for no more of a webhook than the fullest open one can
             // take, so no row comes back only to be given back.
-            let fullest = open.iter().map(|w| st.held(w)).max().unwrap_or(0);
-            (room, exclude, self.hold - fullest)
+            let per_webhook = open.iter().map(room_of).min().unwrap_or(self.hold);
+            (room, exclude, per_webhook)
         };
         if room == 0 {
             return 0;
@@ -290,6 +322,8 @@ impl Dispatcher {
         };
         let attempt_by = Instant::now() + self.window;
         let started = Instant::now();
+        let epoch = self.state().start_claim();
+        self.shared.counters.claims.fetch_add(1, Ordering::Relaxed);
         let rows = match self.shared.store.claim_due(&request).await {
             Ok(rows) => rows,
             Err(error) => {
@@ -303,6 +337,10 @@ impl Dispatcher {
             claim_us = started.elapsed().as_micros() as u64,
             "webhook claim"
         );
+        self.shared
+            .counters
+            .claimed
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         let mut kept = 0;
         let mut give_back = Vec::new();
         {
@@ -314,11 +352,18 @@ impl Dispatcher {
                 *per_webhook.entry(row.webhook_id).or_default() += 1;
             }
             let capped = per_webhook.values().any(|&n| n >= request.per_webhook);
-            st.backlog = rows.len() >= request.limit as usize || constrained || capped;
+            let short = rows.len() < request.limit as usize && !capped;
+            st.backlog = !short || constrained;
+            if short {
+                st.caught_up(epoch, &request.exclude);
+            }
             st.fruitless = (rows.is_empty() && constrained).then(|| request.exclude.clone());
             for row in rows {
-                if st.held(&row.webhook_id) >= self.hold {
+                let w = row.webhook_id;
+                if st.active(&w) >= self.hold || st.held(&w) >= self.max_hold {
                     give_back.push(row.id);
+                    // Older than the webhook's fresh rows: those wait.
+                    st.note_behind(w);
                 } else {
                     st.push(Held { row, attempt_by });
                     kept += 1;
@@ -422,7 +467,7 @@ impl Dispatcher {
         if let Err(error) = self.shared.store.release(&[row.id], row.claim_token).await {
             tracing::warn!(%error, "handing back a webhook delivery failed; it returns after its lease");
         }
-        self.state().note_backlog();
+        self.state().note_behind(row.webhook_id);
     }
 
     async fn webhook(&self, id: Uuid) -> Option<Arc<Webhook>> {

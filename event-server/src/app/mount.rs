@@ -375,6 +375,7 @@ impl Assembly<'_> {
             lease: Duration::from_secs(c.webhook_lease_secs),
             allow_cidrs: c.webhook_allow_cidrs.clone(),
             max_webhooks: c.webhook_max_count,
+            handoff_hold: usize::try_from(c.webhook_handoff_hold).unwrap_or(usize::MAX),
             secret_keys: match &c.webhook_secret_key {
                 Some(keys) => event_webhook::SecretKey::parse_list(keys).map_err(|e| {
                     crate::error::ServerError::Startup(format!("WEBHOOK_SECRET_KEY: {e}"))

@@ -1,17 +1,30 @@
 //! Rows the sink queues go straight to this process's worker, already
-//! claimed, when it has room and nothing older is waiting in the store.
+//! claimed, when it has room and nothing older of their webhook is waiting
+//! in the store.
 //!
 //! A claim is a write transaction that rewrites every row it takes; for a
 //! delivery that was queued a moment ago by this very process it is pure
-//! overhead. So the sink asks the worker to [`reserve`](WorkerLink::reserve)
-//! room for the rows it is about to insert, inserts those rows claimed (in
-//! the same transaction as the rest), and hands them over with
-//! [`Reservation::adopt`]. Rows without room, or any rows while the store
-//! may hold older due ones (so fresh rows do not overtake a backlog), are
-//! inserted unclaimed and claimed the usual way. A reservation that is
-//! dropped without being adopted (the insert failed) gives its room back.
+//! overhead, and worse, the rows wait for it after their commit. So the
+//! sink asks the worker to [`reserve`](WorkerLink::reserve) room for the
+//! rows it is about to insert, inserts those rows claimed (in the same
+//! transaction as the rest), and hands them over with
+//! [`Reservation::adopt`]. The room is
+//! [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows per webhook
+//! (queued, running or being inserted), larger than what a claim may bring
+//! (16 rounds of the webhook's slots), so whole batches go over even while
+//! earlier ones are still being inserted or sent.
+//!
+//! Rows without room are inserted unclaimed and claimed the usual way, and
+//! so are the later rows of their webhook until a claim has taken the
+//! earlier ones (the webhook is *behind*): fresh rows never overtake older
+//! rows of their webhook waiting in the store. While the store may hold due
+//! rows of webhooks this worker cannot name (at start-up, a retry coming
+//! due, a redelivery), nothing is handed over until a claim has looked. A
+//! reservation that is dropped without being adopted (the insert failed)
+//! gives its room back.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 
 use time::OffsetDateTime;
@@ -41,6 +54,26 @@ impl WorkerLink {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Notes that rows of these webhooks were committed unclaimed: their
+    /// later rows are not handed over until a claim has taken these.
+    pub(crate) fn note_behind(&self, webhooks: impl IntoIterator<Item = Uuid>) {
+        if let Some(worker) = self.get() {
+            let mut st = worker.state();
+            for w in webhooks {
+                st.note_behind(w);
+            }
+        }
+    }
+
+    /// Notes that due rows of webhooks not named here may be waiting in the
+    /// store (queued again through the API, or caught up from the log):
+    /// nothing is handed over until a claim has looked.
+    pub(crate) fn note_unknown(&self) {
+        if let Some(worker) = self.get() {
+            worker.state().note_unknown();
+        }
+    }
+
     fn get(&self) -> Option<Arc<Dispatcher>> {
         self.0
             .read()
@@ -56,21 +89,31 @@ impl WorkerLink {
         if worker.stop.is_cancelled() {
             return None;
         }
+        if worker.fresh_hold == 0 {
+            return None;
+        }
         let mut taken: HashMap<Uuid, usize> = HashMap::new();
         let mut take = Vec::with_capacity(rows.len());
         {
             let mut st = worker.state();
-            // Something older may be due in the store: claim in order.
-            if st.backlog {
+            // Something older may be due in the store, of any webhook:
+            // claim in order.
+            if st.unknown.is_some() {
                 return None;
             }
             for row in rows.iter() {
-                let fits =
-                    st.held(&row.webhook_id) < worker.hold && st.local_total() < worker.capacity;
+                let w = row.webhook_id;
+                let fits = !st.behind.contains_key(&w)
+                    && st.held(&w) < worker.fresh_hold
+                    && st.local_total() < worker.fresh_capacity;
                 if fits {
-                    *st.reserved.entry(row.webhook_id).or_default() += 1;
+                    *st.reserved.entry(w).or_default() += 1;
                     st.reserved_total += 1;
-                    *taken.entry(row.webhook_id).or_default() += 1;
+                    *taken.entry(w).or_default() += 1;
+                } else {
+                    // This row goes to the store unclaimed: the webhook's
+                    // later rows must not overtake it.
+                    st.note_behind(w);
                 }
                 take.push(fits);
             }
@@ -159,6 +202,11 @@ impl Reservation {
             }
         }
         self.taken.clear();
+        worker
+            .shared
+            .counters
+            .handed_off
+            .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         worker.dispatch();
     }
 }

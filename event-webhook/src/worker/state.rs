@@ -1,7 +1,7 @@
 //! The dispatcher's state: local queues, running attempts, and whether the
 //! store may hold due rows this worker has not claimed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -32,8 +32,23 @@ pub(super) struct State {
     pub reserved: HashMap<Uuid, usize>,
     /// Rows in `reserved`.
     pub reserved_total: usize,
-    /// Whether the store may hold due rows this worker has not claimed.
+    /// Whether the store may hold due rows this worker has not claimed:
+    /// the dispatcher claims while it is set.
     pub backlog: bool,
+    /// Set (with the claim epoch it was set in) while the store may hold
+    /// due rows older than fresh ones, of webhooks this worker cannot name
+    /// (rows from before it started, retries coming due, rows the API
+    /// queued again): the sink's rows are then inserted unclaimed, so they
+    /// do not overtake those.
+    pub unknown: Option<u64>,
+    /// Webhooks known to have due rows in the store older than fresh ones
+    /// (rows this process queued unclaimed, rows handed back), with the
+    /// claim epoch each was noted in: their fresh rows are inserted
+    /// unclaimed until a claim that included the webhook took all of them.
+    pub behind: HashMap<Uuid, u64>,
+    /// Counts claims started, so a claim clears only what was noted before
+    /// it looked.
+    pub epoch: u64,
     /// The earliest retry this worker scheduled and has not looked for yet.
     pub next_retry: Option<OffsetDateTime>,
     /// The webhooks left out of the last claim, when it found nothing: due
@@ -47,14 +62,53 @@ impl State {
         State {
             // Rows may be waiting from before this worker started.
             backlog: true,
+            unknown: Some(0),
             ..State::default()
         }
     }
 
-    /// Notes that the store may hold due rows this worker has not claimed.
+    /// Notes that the store may hold due rows this worker has not claimed
+    /// (and that are not older than the sink's fresh rows in any way that
+    /// matters: rows of other instances, or a periodic look).
     pub fn note_backlog(&mut self) {
         self.backlog = true;
         self.fruitless = None;
+    }
+
+    /// Notes that the store may hold due rows, of webhooks not known here,
+    /// that fresh rows must not overtake.
+    pub fn note_unknown(&mut self) {
+        self.note_backlog();
+        self.unknown = Some(self.epoch);
+    }
+
+    /// Notes that `webhook` has due rows in the store that its fresh rows
+    /// must not overtake.
+    pub fn note_behind(&mut self, webhook: Uuid) {
+        self.note_backlog();
+        self.behind.insert(webhook, self.epoch);
+    }
+
+    /// Starts a claim: returns its epoch.
+    pub fn start_claim(&mut self) -> u64 {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        epoch
+    }
+
+    /// A claim of `epoch` that left out `excluded` came back short: every
+    /// due row of the other webhooks noted before it started is claimed.
+    /// What was unknown then may still be due for the excluded ones.
+    pub fn caught_up(&mut self, epoch: u64, excluded: &[Uuid]) {
+        if let Some(at) = self.unknown.filter(|at| *at <= epoch) {
+            self.unknown = None;
+            for w in excluded {
+                self.behind.entry(*w).or_insert(at);
+            }
+        }
+        let excluded: HashSet<&Uuid> = excluded.iter().collect();
+        self.behind
+            .retain(|w, at| *at > epoch || excluded.contains(w));
     }
 
     /// Notes a retry scheduled at `at`.
@@ -73,6 +127,13 @@ impl State {
         self.queued.get(webhook).map_or(0, VecDeque::len)
             + self.running.get(webhook).copied().unwrap_or(0)
             + self.reserved.get(webhook).copied().unwrap_or(0)
+    }
+
+    /// Rows of `webhook` claimed and not finished: queued or running (not
+    /// those still being inserted).
+    pub fn active(&self, webhook: &Uuid) -> usize {
+        self.queued.get(webhook).map_or(0, VecDeque::len)
+            + self.running.get(webhook).copied().unwrap_or(0)
     }
 
     /// Rows held locally and not running: queued or reserved.
@@ -130,5 +191,48 @@ impl State {
         self.queued
             .keys()
             .any(|w| w != me && self.running.get(w).copied().unwrap_or(0) < per)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+    use uuid::Uuid;
+
+    #[test]
+    fn a_short_claim_clears_only_what_was_noted_before_it_and_not_the_excluded() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut st = State::new();
+        st.note_behind(a);
+        st.note_behind(b);
+        let epoch = st.start_claim();
+        // Noted while the claim ran: it may not have seen those rows.
+        st.note_behind(c);
+        st.caught_up(epoch, &[b]);
+        assert!(st.unknown.is_none(), "the start-up unknown is cleared");
+        assert!(!st.behind.contains_key(&a), "claimed for, came back short");
+        assert!(st.behind.contains_key(&b), "left out of the claim");
+        assert!(st.behind.contains_key(&c), "noted after the claim looked");
+    }
+
+    #[test]
+    fn what_was_unknown_stays_behind_for_the_webhooks_a_claim_left_out() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut st = State::new();
+        let first = st.start_claim();
+        st.caught_up(first, &[]);
+        assert!(st.unknown.is_none() && st.behind.is_empty());
+        st.note_unknown();
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[a]);
+        assert!(st.unknown.is_none());
+        assert!(st.behind.contains_key(&a));
+        assert!(!st.behind.contains_key(&b));
+        // Unknown again while a claim runs: that claim does not clear it.
+        let epoch = st.start_claim();
+        st.note_unknown();
+        st.caught_up(epoch, &[]);
+        assert!(st.unknown.is_some());
+        assert!(st.behind.is_empty(), "a was claimed for this time");
     }
 }
