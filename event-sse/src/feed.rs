@@ -151,7 +151,9 @@ pub(crate) struct HubFeed {
     hub: FanoutHub,
     /// The subscription to open once the ring replay has caught up (kept
     /// only while replaying from the ring).
-    options: Option<SubscribeOptions>,
+    /// (Boxed: ~200 bytes that a live connection, most of them, would
+    /// otherwise keep room for.)
+    options: Option<Box<SubscribeOptions>>,
     sub: Option<HubSubscription>,
     phase: Phase,
     format: Format,
@@ -220,7 +222,7 @@ impl HubFeed {
         HubFeed {
             bus,
             hub,
-            options: matches!(phase, Phase::Ring { .. }).then_some(options),
+            options: matches!(phase, Phase::Ring { .. }).then(|| Box::new(options)),
             credit: (!matches!(phase, Phase::Live)).then(|| Credit::new(replay_held.clone())),
             sub,
             phase,
@@ -327,7 +329,7 @@ impl HubFeed {
     /// then replay what was published since the last page.
     fn catch_up(&mut self, after: u64, after_id: Option<Uuid>, out: &mut Vec<Item<Event>>) {
         if let Some(options) = self.options.take() {
-            self.sub = Some(self.hub.subscribe(options));
+            self.sub = Some(self.hub.subscribe(*options));
         }
         // Subscribed first: whatever is published from now on reaches the
         // outbox; what came before is in this read (or in both, and skipped).
@@ -358,7 +360,7 @@ impl HubFeed {
         if self.sub.is_none()
             && let Some(options) = self.options.take()
         {
-            self.sub = Some(self.hub.subscribe(options));
+            self.sub = Some(self.hub.subscribe(*options));
         }
         self.skip_through = after;
         self.blocked_since = None;

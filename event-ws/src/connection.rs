@@ -94,7 +94,9 @@ pub(crate) struct ConnectionContext {
     /// server's).
     pub(crate) max_rate: Option<NonZeroU32>,
     /// The consumer `subscribe` the upgrade asked for, handled first.
-    pub(crate) consumer: Option<Subscribe>,
+    /// (Boxed: it is used once, at the start, and the connection's task
+    /// would otherwise keep room for it in several places for its life.)
+    pub(crate) consumer: Option<Box<Subscribe>>,
 }
 
 /// Why a connection ended.
@@ -224,7 +226,10 @@ impl From<ReadError> for End {
 
 /// Registers an upgraded connection and returns the future that runs it to
 /// its end.
-pub(crate) fn serve<IO>(ctx: ConnectionContext, io: IO) -> impl Future<Output = ()> + Send
+///
+/// `ctx` is taken apart (and its box freed) here, before the future exists:
+/// what the future captures, it keeps for the connection's life.
+pub(crate) fn serve<IO>(ctx: Box<ConnectionContext>, io: IO) -> impl Future<Output = ()> + Send
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -238,7 +243,7 @@ where
         limits,
         max_rate,
         consumer,
-    } = ctx;
+    } = *ctx;
     let base_kinds = filter.kinds();
     // Kept (boxed, and only when it narrows) for a consumer `subscribe`.
     let base_filter = (filter != EventFilter::all()).then(|| Box::new(filter.clone()));
@@ -246,7 +251,11 @@ where
         .registry
         .register(Transport::WebSocket, remote, &principal);
     let remote_label = remote.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let span = tracing::info_span!(
+    // DEBUG, like the lines it carries: at the default `info` level a span
+    // would be kept by the log subscriber for every open connection (its
+    // formatted fields and extensions, ~350 bytes), for nothing. The
+    // connection's WARN lines name the connection themselves.
+    let span = tracing::debug_span!(
         "ws_connection",
         conn_id = guard.id(),
         remote = %remote_label,
@@ -298,7 +307,14 @@ where
         let teardown = async move {
             match end {
                 End::SlowConsumer(why) => {
-                    tracing::warn!(reason = why, "slow consumer disconnected (4008)")
+                    let info = guard.info();
+                    tracing::warn!(
+                        conn_id = info.id,
+                        remote = info.remote_addr.as_deref().unwrap_or("unknown"),
+                        principal = %info.principal,
+                        reason = why,
+                        "slow consumer disconnected (4008)"
+                    )
                 }
                 End::ProtocolError(why) => {
                     tracing::debug!(reason = why, "client broke the framing (1002)")
@@ -329,7 +345,7 @@ struct Upgraded {
     /// The rate limit it starts with.
     max_rate: Option<NonZeroU32>,
     /// A consumer `subscribe` to handle before the client's messages.
-    consumer: Option<Subscribe>,
+    consumer: Option<Box<Subscribe>>,
 }
 
 async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
