@@ -154,7 +154,7 @@ pub use sink::{
     EventSink, RunnerConfig, ShutdownReport, SinkError, SinkRunner, SinkStats, SinkStatsSnapshot,
 };
 pub use snapshot::{QueueSnapshot, current_queue_status};
-pub use trace::TraceContext;
+pub use trace::{CONNECTION_SPAN_TARGET, TraceContext};
 pub use upstream::{AckedEvent, DedupKey, PendingAck, Stored};
 
 /// Re-exported so sinks and hosts use the same versions.

@@ -24,6 +24,14 @@ use std::sync::OnceLock;
 /// bytes; 512 bytes is what implementations must propagate).
 pub const MAX_TRACESTATE_BYTES: usize = 512;
 
+/// The target of spans that last as long as a client's connection (the
+/// WebSocket's `ws_connection`). They are for traces: a log layer should not
+/// keep them (event-telemetry's does not), because a subscriber keeps each
+/// enabled span's fields for its whole life, which at one span per idle
+/// connection is memory every client pays for. The lines a connection logs
+/// name the connection themselves where it matters.
+pub const CONNECTION_SPAN_TARGET: &str = "matric::connection";
+
 /// A W3C trace context: a valid `traceparent` and an optional `tracestate`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TraceContext {

@@ -78,15 +78,21 @@ pub fn init(config: &Config) -> Result<LogGuard, String> {
     if endpoint("OTEL_EXPORTER_OTLP_ENDPOINT") || endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return Err(NO_OTLP.to_owned());
     }
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
+    // Connection-long spans are for traces, not logs (see
+    // `event_core::CONNECTION_SPAN_TARGET`).
     let filter = tracing_subscriber::EnvFilter::try_new(&config.rust_log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
-    let result = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .and(tracing_subscriber::filter::filter_fn(|meta| {
+            !(meta.is_span() && meta.target() == event_core::CONNECTION_SPAN_TARGET)
+        }));
+    let layer = match config.log_format {
+        LogFormat::Text => fmt::layer().with_ansi(false).with_filter(filter).boxed(),
+        LogFormat::Json => fmt::layer().json().with_filter(filter).boxed(),
     };
-    drop(result);
+    drop(tracing_subscriber::registry().with(layer).try_init());
     Ok(LogGuard::default())
 }

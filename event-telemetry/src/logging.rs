@@ -20,6 +20,7 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::Subscriber;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt;
@@ -134,7 +135,15 @@ fn format_layer<W>(config: &TelemetryConfig, writer: W) -> Result<BoxedLayer, Te
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = config.env_filter()?;
+    // Connection-long spans are for traces, not logs (see
+    // `event_core::CONNECTION_SPAN_TARGET`).
+    let filter = config
+        .env_filter()?
+        .and(tracing_subscriber::filter::filter_fn(
+            |meta: &tracing::Metadata<'_>| {
+                !(meta.is_span() && meta.target() == event_core::CONNECTION_SPAN_TARGET)
+            },
+        ));
     let layer = match config.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -279,5 +288,34 @@ impl<'a> MakeWriter<'a> for LogCapture {
         CaptureWriter {
             buffer: self.buffer.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_layer_leaves_connection_spans_out_and_keeps_the_others() {
+        let config = TelemetryConfig {
+            filter: Some("debug".into()),
+            ..TelemetryConfig::default()
+        };
+        let subscriber = subscriber(&config, LogCapture::new()).expect("subscriber");
+        tracing::subscriber::with_default(subscriber, || {
+            let connection = tracing::info_span!(
+                target: event_core::CONNECTION_SPAN_TARGET,
+                "ws_connection",
+                conn_id = 1
+            );
+            assert!(connection.is_disabled(), "a connection span was kept");
+            let request = tracing::info_span!("publish");
+            assert!(!request.is_disabled(), "other spans are still logged");
+            // Events under the connection's target still reach the log.
+            assert!(tracing::enabled!(
+                target: "matric::connection",
+                tracing::Level::WARN
+            ));
+        });
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::eventually;
 use common::receiver::{Receiver, Recorded, Reply};
-use event_webhook::model::{DeliveryStatus, NewDelivery, Webhook};
+use event_webhook::model::{DeliveryStatus, NewDelivery};
 use event_webhook::store::WebhookStore;
 use uuid::Uuid;
 
@@ -34,19 +34,7 @@ fn spawn_worker(database_url: &str, lease_ms: u64) -> Child {
 
 async fn queue(store: &Arc<dyn WebhookStore>, url: String) -> (Uuid, HashSet<String>) {
     let now = time::OffsetDateTime::now_utc();
-    let w = Webhook {
-        id: Uuid::now_v7(),
-        url,
-        events: vec![],
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        active: true,
-        max_retries: 4,
-        created_at: now,
-        updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
-    };
+    let w = common::webhook(url, vec![]);
     store.create_webhook(&w).await.unwrap();
     let rows: Vec<NewDelivery> = (0..N)
         .map(|i| {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::receiver::{Receiver, Reply};
 use common::{eventually, fast_config};
 use event_core::{AllowAnonymous, EventBus, EventKind, JobQueued, SinkRunner};
-use event_webhook::model::{DeliveryStatus, Webhook};
+use event_webhook::model::DeliveryStatus;
 use event_webhook::store::WebhookStore;
 use event_webhook::{WebhookConfig, Webhooks};
 use tokio_util::sync::CancellationToken;
@@ -25,20 +25,7 @@ use uuid::Uuid;
 /// Registers a `JobQueued` webhook pointing at `url` and reloads the
 /// service's index.
 async fn register(webhooks: &Webhooks, url: String) -> Uuid {
-    let now = time::OffsetDateTime::now_utc();
-    let w = Webhook {
-        id: Uuid::now_v7(),
-        url,
-        events: vec![EventKind::JobQueued],
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        active: true,
-        max_retries: 4,
-        created_at: now,
-        updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
-    };
+    let w = common::webhook(url, vec![EventKind::JobQueued]);
     webhooks.store().create_webhook(&w).await.unwrap();
     webhooks.refresh().await.unwrap();
     w.id

@@ -128,19 +128,7 @@ async fn a_lost_outcome_batch_is_sent_again_and_recorded(store: Arc<dyn WebhookS
     let rx = Receiver::start().await;
     rx.default_reply("lost", Reply::status(204));
     let now = OffsetDateTime::now_utc();
-    let w = Webhook {
-        id: Uuid::now_v7(),
-        url: rx.url("lost"),
-        events: vec![],
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        active: true,
-        max_retries: 4,
-        created_at: now,
-        updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
-    };
+    let w = common::webhook(rx.url("lost"), vec![]);
     store.create_webhook(&w).await.unwrap();
     let rows: Vec<NewDelivery> = (0..N)
         .map(|i| {

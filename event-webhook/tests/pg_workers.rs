@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::receiver::{Receiver, Reply};
 use common::{eventually, fast_config, postgres_url};
 use event_core::AllowAnonymous;
-use event_webhook::model::{DeliveryStatus, NewDelivery, Webhook};
+use event_webhook::model::{DeliveryStatus, NewDelivery};
 use event_webhook::store::{PostgresStore, WebhookStore};
 use event_webhook::{WebhookConfig, Webhooks};
 use tokio_util::sync::CancellationToken;
@@ -47,19 +47,7 @@ async fn two_workers_share_one_queue_without_double_sending() {
     }
     let store = services[0].store().clone();
     let now = time::OffsetDateTime::now_utc();
-    let w = Webhook {
-        id: Uuid::now_v7(),
-        url: rx.url("p"),
-        events: vec![],
-        secret: "0123456789abcdef".into(),
-        active: true,
-        max_retries: 4,
-        created_at: now,
-        updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
-    };
+    let w = common::webhook(rx.url("p"), vec![]);
     store.create_webhook(&w).await.unwrap();
     let rows: Vec<NewDelivery> = (0..N)
         .map(|_| {

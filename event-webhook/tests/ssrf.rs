@@ -130,7 +130,6 @@ async fn loopback_passes_only_through_the_allow_list() {
 async fn refused_at_delivery_time_too() {
     let rx = Receiver::start().await;
     let store = sqlite_store().await;
-    let now = time::OffsetDateTime::now_utc();
     let mut ids = Vec::new();
     for url in [
         format!("http://localhost:{}/named", rx.addr.port()),
@@ -138,17 +137,8 @@ async fn refused_at_delivery_time_too() {
         format!("http://2130706433:{}/decimal", rx.addr.port()),
     ] {
         let w = Webhook {
-            id: uuid::Uuid::now_v7(),
-            url,
-            events: vec![],
-            secret: "0123456789abcdef".into(),
-            active: true,
             max_retries: 0,
-            created_at: now,
-            updated_at: now,
-            last_triggered_at: None,
-            failure_count: 0,
-            disabled_reason: None,
+            ..common::webhook(url, vec![])
         };
         store.create_webhook(&w).await.unwrap();
         ids.push(w.id);

@@ -251,11 +251,12 @@ where
         .registry
         .register(Transport::WebSocket, remote, &principal);
     let remote_label = remote.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    // DEBUG, like the lines it carries: at the default `info` level a span
-    // would be kept by the log subscriber for every open connection (its
-    // formatted fields and extensions, ~350 bytes), for nothing. The
-    // connection's WARN lines name the connection themselves.
-    let span = tracing::debug_span!(
+    // INFO, so trace export (OTLP) records the connection, under the
+    // connection-span target, which log layers leave out: a log subscriber
+    // would keep the span's formatted fields (~350 bytes) for every open
+    // connection. The connection's WARN lines name the connection themselves.
+    let span = tracing::info_span!(
+        target: event_core::CONNECTION_SPAN_TARGET,
         "ws_connection",
         conn_id = guard.id(),
         remote = %remote_label,

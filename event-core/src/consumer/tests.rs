@@ -489,32 +489,44 @@ impl AckRelay for LocalRelay {
     }
 }
 
+/// Two processes over one log and offset store, sharing one relay.
+fn two_processes(f: &Fixture) -> (Consumers, Consumers) {
+    let relay = Arc::new(LocalRelay::default());
+    let config = ConsumerConfig::default;
+    (
+        f.consumers(config()).with_ack_relay(relay.clone()),
+        f.consumers(config()).with_ack_relay(relay),
+    )
+}
+
+/// An explicit-ack consumer whose ack wait is far beyond the tests' wait:
+/// only an ack that arrives can settle its events.
+fn explicit(name: &str) -> AttachRequest {
+    AttachRequest {
+        mode: AckMode::Explicit,
+        ack_wait: Some(Duration::from_secs(300)),
+        ..request(name)
+    }
+}
+
+/// Publishes `n` events, checks `member` receives them, and acks them all
+/// through `other` (which holds none of them: it answers 0).
+async fn ack_elsewhere(f: &Fixture, member: &mut Member, other: &Consumers, n: u8) -> Vec<u64> {
+    let job = Uuid::now_v7();
+    let published = f.publish((0..n).map(|i| (job, i))).await;
+    assert_eq!(seqs(&take(member, n as usize).await), published);
+    let acks: Vec<Cursor> = published.iter().map(|&s| Cursor::Seq(s)).collect();
+    assert_eq!(other.ack("worker", acks).await.unwrap(), 0);
+    published
+}
+
 #[tokio::test]
 async fn an_ack_sent_to_another_process_reaches_the_consumer_through_the_relay() {
     let f = Fixture::new().await;
-    let relay = Arc::new(LocalRelay::default());
-    // Two processes over one log and offset store; the consumer runs on `a`.
-    let a = f
-        .consumers(ConsumerConfig::default())
-        .with_ack_relay(relay.clone());
-    let b = f
-        .consumers(ConsumerConfig::default())
-        .with_ack_relay(relay.clone());
-    let mut member = a
-        .attach(AttachRequest {
-            mode: AckMode::Explicit,
-            // Far beyond the test's wait: only the relayed ack can settle.
-            ack_wait: Some(Duration::from_secs(300)),
-            ..request("worker")
-        })
-        .await
-        .unwrap();
-    let job = Uuid::now_v7();
-    let published = f.publish((0..3).map(|i| (job, i))).await;
-    assert_eq!(seqs(&take(&mut member, 3).await), published);
-    let acks: Vec<Cursor> = published.iter().map(|&s| Cursor::Seq(s)).collect();
-    // `b` holds none of them: it answers 0 and passes them on.
-    assert_eq!(b.ack("worker", acks).await.unwrap(), 0);
+    // The consumer runs on `a`; `b` never ran it.
+    let (a, b) = two_processes(&f);
+    let mut member = a.attach(explicit("worker")).await.unwrap();
+    let published = ack_elsewhere(&f, &mut member, &b, 3).await;
     until_info(&a, "worker", |i| {
         i.pending == 0 && i.committed_seq == published[2]
     })
@@ -524,27 +536,12 @@ async fn an_ack_sent_to_another_process_reaches_the_consumer_through_the_relay()
 #[tokio::test]
 async fn a_process_whose_member_left_passes_acks_on_to_the_one_streaming() {
     let f = Fixture::new().await;
-    let relay = Arc::new(LocalRelay::default());
-    let a = f
-        .consumers(ConsumerConfig::default())
-        .with_ack_relay(relay.clone());
-    let b = f
-        .consumers(ConsumerConfig::default())
-        .with_ack_relay(relay.clone());
-    let explicit = || AttachRequest {
-        mode: AckMode::Explicit,
-        ack_wait: Some(Duration::from_secs(300)),
-        ..request("worker")
-    };
+    let (a, b) = two_processes(&f);
     // The consumer ran on `b` once: its dispatcher is still there, empty.
-    drop(b.attach(explicit()).await.unwrap());
+    drop(b.attach(explicit("worker")).await.unwrap());
     until_info(&b, "worker", |i| i.members == 0).await;
-    let mut member = a.attach(explicit()).await.unwrap();
-    let job = Uuid::now_v7();
-    let published = f.publish((0..2).map(|i| (job, i))).await;
-    assert_eq!(seqs(&take(&mut member, 2).await), published);
-    let acks: Vec<Cursor> = published.iter().map(|&s| Cursor::Seq(s)).collect();
-    assert_eq!(b.ack("worker", acks).await.unwrap(), 0);
+    let mut member = a.attach(explicit("worker")).await.unwrap();
+    let published = ack_elsewhere(&f, &mut member, &b, 2).await;
     until_info(&a, "worker", |i| {
         i.pending == 0 && i.committed_seq == published[1]
     })

@@ -12,6 +12,8 @@ pub mod receiver;
 
 use std::sync::Arc;
 
+use event_core::EventKind;
+use event_webhook::model::Webhook;
 use event_webhook::store::{SqliteStore, WebhookStore};
 
 /// The PostgreSQL URL for tests, or `None` (skip) when unset. With
@@ -177,4 +179,24 @@ macro_rules! on_both_engines {
             )*
         }
     };
+}
+
+/// An active webhook for `url` (every kind when `events` is empty), with a
+/// test secret and 4 retries; tests change what they need with
+/// `Webhook { field, ..webhook(url, events) }`.
+pub fn webhook(url: impl Into<String>, events: Vec<EventKind>) -> Webhook {
+    let now = time::OffsetDateTime::now_utc();
+    Webhook {
+        id: uuid::Uuid::now_v7(),
+        url: url.into(),
+        events,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        active: true,
+        max_retries: 4,
+        created_at: now,
+        updated_at: now,
+        last_triggered_at: None,
+        failure_count: 0,
+        disabled_reason: None,
+    }
 }
