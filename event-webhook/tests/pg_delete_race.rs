@@ -25,17 +25,10 @@ const PER_WEBHOOK: usize = 25;
 
 fn webhook(now: OffsetDateTime) -> Webhook {
     Webhook {
-        id: Uuid::now_v7(),
-        url: "https://a.example/hook".to_owned(),
-        events: vec![],
         secret: "whsec_dGVzdC1zZWNyZXQtdGVzdC1zZWNyZXQ=".to_owned(),
-        active: true,
-        max_retries: 4,
         created_at: now,
         updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
+        ..common::webhook("https://a.example/hook", vec![])
     }
 }
 

@@ -19,7 +19,6 @@ use event_webhook::model::Webhook;
 use event_webhook::store::PostgresStore;
 use event_webhook::store::{SqliteStore, WebhookStore};
 use event_webhook::{SecretKey, WebhookConfig, WebhookError, Webhooks};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -95,19 +94,9 @@ impl Raw {
 }
 
 fn webhook(url: String, secret: &str) -> Webhook {
-    let now = OffsetDateTime::now_utc();
     Webhook {
-        id: Uuid::now_v7(),
-        url,
-        events: Vec::new(),
         secret: secret.to_owned(),
-        active: true,
-        max_retries: 4,
-        created_at: now,
-        updated_at: now,
-        last_triggered_at: None,
-        failure_count: 0,
-        disabled_reason: None,
+        ..common::webhook(url, Vec::new())
     }
 }
 
