@@ -18,39 +18,18 @@ use std::time::Duration;
 use event_core::{Cursor, EventKind};
 use event_nats::testing::{PrivateNats, nats_url};
 use event_server::testing::{Server, client};
+
+#[path = "common/stream.rs"]
+mod stream;
+
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde_json::{Value, json};
+use stream::TestStream;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// The longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One test's stream on one NATS (deleted when dropped), and host
-/// instances on it.
-struct TestStream(event_nats::testing::TestStream);
-
-impl TestStream {
-    fn new(url: &str) -> TestStream {
-        TestStream(event_nats::testing::TestStream::new(url))
-    }
-
-    /// Starts an instance on this stream with a replay ring of `replay` events.
-    async fn instance(&self, replay: usize) -> Server {
-        let replay = replay.to_string();
-        Server::start(&[
-            "--nats-url",
-            self.0.url(),
-            "--nats-stream",
-            self.0.stream(),
-            "--nats-subject-prefix",
-            self.0.subject_prefix(),
-            "--event-replay-size",
-            &replay,
-        ])
-        .await
-    }
-}
 
 /// Job progress events of one test, told apart by their message.
 struct Producer {

@@ -19,27 +19,18 @@ use std::time::{Duration, Instant};
 use event_core::Cursor;
 use event_nats::testing::{PrivateNats, nats_url};
 use event_server::testing::{Server, client};
+
+#[path = "common/stream.rs"]
+mod stream;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use stream::TestStream;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 /// The longest any single wait may take (the machine is shared).
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Starts an instance on `stream` with extra flags.
-async fn instance(stream: &event_nats::testing::TestStream, extra: &[&str]) -> Server {
-    let mut args = vec![
-        "--nats-url",
-        stream.url(),
-        "--nats-stream",
-        stream.stream(),
-        "--nats-subject-prefix",
-        stream.subject_prefix(),
-    ];
-    args.extend_from_slice(extra);
-    Server::start(&args).await
-}
 
 fn progress(job: Uuid, message: &str) -> Value {
     json!({"type": "JobProgress", "job_id": job, "progress": 10, "message": message})
@@ -160,9 +151,9 @@ async fn an_idempotency_key_retried_on_b_is_answered_with_as_original_and_delive
     let Some(url) = nats_url(test) else {
         return;
     };
-    let stream = event_nats::testing::TestStream::new(&url);
-    let mut a = instance(&stream, &[]).await;
-    let mut b = instance(&stream, &[]).await;
+    let stream = TestStream::new(&url);
+    let mut a = stream.with_flags(&[]).await;
+    let mut b = stream.with_flags(&[]).await;
     let (mut ws_a, mut ws_b) = (WsClient::connect(&a).await, WsClient::connect(&b).await);
     let job = Uuid::now_v7();
     let body = json!([progress(job, "first"), progress(job, "second")]);
@@ -192,7 +183,7 @@ async fn an_idempotency_key_retried_on_b_is_answered_with_as_original_and_delive
 
     // The key with another body, on an instance that never saw the key:
     // the stream's copy tells the retry from a reuse.
-    let mut c = instance(&stream, &[]).await;
+    let mut c = stream.with_flags(&[]).await;
     let other = json!([
         progress(job, "other"),
         progress(job, "second"),
@@ -220,9 +211,9 @@ async fn a_producer_event_id_retried_on_b_is_a_duplicate_delivered_once() {
     let Some(url) = nats_url(test) else {
         return;
     };
-    let stream = event_nats::testing::TestStream::new(&url);
-    let mut a = instance(&stream, &[]).await;
-    let mut b = instance(&stream, &[]).await;
+    let stream = TestStream::new(&url);
+    let mut a = stream.with_flags(&[]).await;
+    let mut b = stream.with_flags(&[]).await;
     let (mut ws_a, mut ws_b) = (WsClient::connect(&a).await, WsClient::connect(&b).await);
     let job = Uuid::now_v7();
     let event_id = Uuid::now_v7();
@@ -284,16 +275,14 @@ async fn while_nats_is_down_a_publish_is_503_within_the_timeout_then_local_only(
         return;
     }
     let mut nats = PrivateNats::start().await;
-    let stream = event_nats::testing::TestStream::new(&nats.url());
+    let stream = TestStream::new(&nats.url());
     // Shorter than the 2 s reconnect grace, during which events wait for
     // NATS: a publish made right after NATS went away times out.
     let timeout_ms = 1000u64;
-    let mut a = instance(
-        &stream,
-        &["--nats-publish-timeout-ms", &timeout_ms.to_string()],
-    )
-    .await;
-    let mut b = instance(&stream, &[]).await;
+    let mut a = stream
+        .with_flags(&["--nats-publish-timeout-ms", &timeout_ms.to_string()])
+        .await;
+    let mut b = stream.with_flags(&[]).await;
     let (mut ws_a, mut ws_b) = (WsClient::connect(&a).await, WsClient::connect(&b).await);
     let job = Uuid::now_v7();
     let (status, answer) = post(&a, &json!(progress(job, "up")), None).await;

@@ -13,37 +13,16 @@ use std::time::Duration;
 
 use event_nats::testing::nats_url;
 use event_server::testing::{Server, client};
+
+#[path = "common/stream.rs"]
+mod stream;
+
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use stream::TestStream;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct TestStream(event_nats::testing::TestStream);
-
-impl TestStream {
-    fn new(url: &str) -> TestStream {
-        TestStream(event_nats::testing::TestStream::new(url))
-    }
-
-    /// An instance on this stream with a replay ring of `replay` events.
-    async fn instance(&self, replay: usize) -> Server {
-        let replay = replay.to_string();
-        Server::start(&[
-            "--nats-url",
-            self.0.url(),
-            "--nats-stream",
-            self.0.stream(),
-            "--nats-subject-prefix",
-            self.0.subject_prefix(),
-            "--nats-consumers-bucket",
-            self.0.consumers_bucket(),
-            "--event-replay-size",
-            &replay,
-        ])
-        .await
-    }
-}
 
 fn progress(job: &str, n: u64) -> Value {
     json!({"type": "JobProgress", "job_id": job, "progress": n % 100, "message": format!("m{n}")})
