@@ -14,9 +14,11 @@
 //! (event, webhook) in a single transaction. Up to four such transactions
 //! are in flight at once, so a batch waits for its own commit only, not for
 //! the commits of the batches before it (on PostgreSQL each is a round trip
-//! and a WAL flush, which concurrent commits share). A batch's rows go to
-//! the worker only once they are committed, and the event-log cursor passes
-//! a batch only once it and every batch before it are committed. While the
+//! and a WAL flush, which concurrent commits share). The rows this
+//! process's worker has room for go to it before the transaction starts
+//! and are sent while it commits (`worker::handoff`): the commit is not
+//! part of a delivery's latency. The event-log cursor passes a batch only
+//! once it and every batch before it are committed. While the
 //! transactions run, the intake fills, so under load batches grow (up to the
 //! runner's batch limit) and the database cost per row falls.
 
@@ -32,9 +34,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::deliver::body_for;
-use crate::model::NewDelivery;
+use crate::model::{BatchClaim, NewDelivery};
 use crate::service::Shared;
-use crate::worker::Reservation;
+use crate::worker::{InsertDone, Inserted, Reservation};
 
 /// The webhook [`EventSink`]. Obtain it from
 /// [`Webhooks::sink`](crate::Webhooks::sink).
@@ -303,27 +305,39 @@ impl EventSink for WebhookSink {
 
     // Returns once the batch's enqueue has started (at most
     // `ENQUEUE_PIPELINE` in flight, so the intake still fills while the
-    // database is slow); the rows are handed to the worker, and the log
-    // cursor moves past them, only once they are committed.
+    // database is slow). The rows the worker has room for are handed to it
+    // first, before any wait: they are sent while they are inserted. The
+    // log cursor moves past the batch only once it is committed.
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
         let newest = events.iter().map(|e| e.seq()).max().unwrap_or(0);
-        let Ok(permit) = self.slots.clone().acquire_owned().await else {
-            return Err(SinkError::new("the webhook sink is shut down"));
-        };
-        let ticket = lock(&self.order).start(newest);
         let mut rows = self.rows_for(&events);
-        // Rows this process's worker has room for are inserted claimed and
-        // handed to it directly (see `worker::handoff`). Reserved here, in
-        // batch order, not in the task: the room goes to the oldest rows.
+        // Reserved and handed over here, in batch order, not in the task:
+        // the room goes to the oldest rows, and they go out in order.
         let reservation = if rows.is_empty() {
             None
         } else {
             self.shared.worker.reserve(&mut rows)
         };
+        let (done, inserted) = Inserted::channel();
+        let claim = reservation.as_ref().map(|r| *r.claim());
+        let stopped = reservation.and_then(|r| r.hand_over(&rows, &inserted).err());
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            // Shut down: rows already handed over are not recorded (their
+            // insert counts as failed), and the log cursor stays before them.
+            return Err(SinkError::new("the webhook sink is shut down"));
+        };
+        let ticket = lock(&self.order).start(newest);
         let oldest = events.iter().map(|e| e.occurred_at()).min();
         let (shared, order) = (self.shared.clone(), self.order.clone());
         tokio::spawn(async move {
-            if !enqueue(&shared, rows, reservation, oldest).await {
+            let batch = Batch {
+                rows,
+                claim,
+                done,
+                stopped,
+                oldest,
+            };
+            if !enqueue(&shared, batch).await {
                 // The cursor stays where a restart must catch these up
                 // from the log.
                 shared.log_cursor.frozen.store(true, Ordering::Relaxed);
@@ -349,19 +363,33 @@ fn lock(order: &Mutex<InOrder>) -> std::sync::MutexGuard<'_, InOrder> {
     order.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Queues `rows` (retrying while the database is briefly away) and hands
-/// the ones `reservation` holds room for (the first ones) to the worker;
-/// whether they were queued.
-async fn enqueue(
-    shared: &Shared,
+/// One batch's rows on their way into the store.
+struct Batch {
     rows: Vec<NewDelivery>,
-    reservation: Option<Reservation>,
+    /// The claim the first rows are inserted with (handed to the worker).
+    claim: Option<BatchClaim>,
+    /// Tells the worker whether the insert committed.
+    done: InsertDone,
+    /// The reservation of a worker that stopped before the hand-over: its
+    /// rows are released once committed.
+    stopped: Option<Reservation>,
     oldest: Option<OffsetDateTime>,
-) -> bool {
+}
+
+/// Queues the batch's rows (retrying while the database is briefly away)
+/// and tells the worker how that went; whether they were queued.
+async fn enqueue(shared: &Shared, batch: Batch) -> bool {
+    let Batch {
+        rows,
+        claim,
+        done,
+        stopped,
+        oldest,
+    } = batch;
     if rows.is_empty() {
+        done.finish(true);
         return true;
     }
-    let claim = reservation.as_ref().map(|r| *r.claim());
     let claimed = claim.map_or(0, |c| c.count);
     let started = std::time::Instant::now();
     let mut tries = ENQUEUE_BACKOFF.iter();
@@ -375,11 +403,13 @@ async fn enqueue(
                 }
                 None => {
                     tracing::error!(%error, rows = rows.len(), "could not queue webhook deliveries; a restart catches them up from the event log, if any");
+                    done.finish(false);
                     return false;
                 }
             },
         }
     }
+    done.finish(true);
     tracing::debug!(
         target: "matric::webhooks::timing",
         rows = rows.len(),
@@ -388,8 +418,8 @@ async fn enqueue(
         waited_us = oldest.map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_microseconds().max(0) as u64),
         "webhook enqueue"
     );
-    if let Some(reservation) = reservation {
-        reservation.adopt(&rows).await;
+    if let Some(reservation) = stopped {
+        reservation.release_after_insert(&rows).await;
     }
     if claimed < rows.len() {
         let unclaimed = &rows[claimed..];

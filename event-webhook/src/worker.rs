@@ -61,7 +61,7 @@ mod handoff;
 mod state;
 mod stats;
 
-pub(crate) use handoff::{Reservation, WorkerLink};
+pub(crate) use handoff::{InsertDone, Inserted, Reservation, WorkerLink};
 use state::{Held, State};
 pub(crate) use stats::QueueCounters;
 pub use stats::QueueStats;
@@ -176,7 +176,7 @@ struct Dispatcher {
     /// Rows one webhook may hold in all: the larger hold.
     max_hold: usize,
     window: Duration,
-    records: mpsc::Sender<AttemptRecord>,
+    records: mpsc::Sender<(AttemptRecord, Option<Inserted>)>,
 }
 
 impl Dispatcher {
@@ -365,7 +365,11 @@ impl Dispatcher {
                     // Older than the webhook's fresh rows: those wait.
                     st.note_behind(w);
                 } else {
-                    st.push(Held { row, attempt_by });
+                    st.push(Held {
+                        row,
+                        attempt_by,
+                        inserted: None,
+                    });
                     kept += 1;
                 }
             }
@@ -402,9 +406,9 @@ impl Dispatcher {
         let webhook_id = held.row.webhook_id;
         loop {
             if Instant::now() <= held.attempt_by {
-                self.attempt(&held.row).await;
+                self.attempt(&held).await;
             } else {
-                self.hand_back(&held.row).await;
+                self.hand_back(&held).await;
             }
             let mut st = self.state();
             let next = if self.stop.is_cancelled()
@@ -440,18 +444,19 @@ impl Dispatcher {
     }
 
     async fn release_queued(&self) {
-        let rows: Vec<ClaimedDelivery> = {
+        let rows: Vec<Held> = {
             let mut st = self.state();
             st.queued_total = 0;
-            st.queued
-                .drain()
-                .flat_map(|(_, q)| q)
-                .map(|h| h.row)
-                .collect()
+            st.queued.drain().flat_map(|(_, q)| q).collect()
         };
         let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        for r in rows {
-            by_token.entry(r.claim_token).or_default().push(r.id);
+        for held in rows {
+            if held.in_store().await {
+                by_token
+                    .entry(held.row.claim_token)
+                    .or_default()
+                    .push(held.row.id);
+            }
         }
         for (token, ids) in by_token {
             if let Err(error) = self.shared.store.release(&ids, token).await {
@@ -462,7 +467,11 @@ impl Dispatcher {
 
     /// Gives back a row whose claim would run out before an attempt started
     /// now is recorded: it is claimed again later with a fresh lease.
-    async fn hand_back(&self, row: &ClaimedDelivery) {
+    async fn hand_back(&self, held: &Held) {
+        let row = &held.row;
+        if !held.in_store().await {
+            return;
+        }
         tracing::debug!(delivery_id = %row.id, "webhook delivery waited too long locally; handed back");
         if let Err(error) = self.shared.store.release(&[row.id], row.claim_token).await {
             tracing::warn!(%error, "handing back a webhook delivery failed; it returns after its lease");
@@ -484,8 +493,8 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, row: &ClaimedDelivery) {
-        let shared = &self.shared;
+    async fn attempt(&self, held: &Held) {
+        let (shared, row) = (&self.shared, &held.row);
         let Some(webhook) = self.webhook(row.webhook_id).await else {
             // Deleted meanwhile (its rows go with it) or unreadable: the
             // claim expires and the row, if any, comes back.
@@ -494,7 +503,9 @@ impl Dispatcher {
         if !webhook.active {
             // Disabled since the claim (410, too many dead deliveries, the
             // API): hand the row back untouched.
-            if let Err(error) = shared.store.release(&[row.id], row.claim_token).await {
+            if held.in_store().await
+                && let Err(error) = shared.store.release(&[row.id], row.claim_token).await
+            {
                 tracing::warn!(%error, "releasing a delivery of a disabled webhook failed");
             }
             return;
@@ -555,25 +566,44 @@ impl Dispatcher {
             disable_after_dead: shared.config.disable_after_dead,
         };
         // Recorded in the background: the next attempt need not wait for
-        // this one's transaction. Until it commits the claim protects the
+        // this one's transaction (nor for the row's own insert, if it was
+        // handed over before it). Until it commits the claim protects the
         // row; if the process dies first, the row is sent again.
-        let _ = self.records.send(record).await;
+        let _ = self.records.send((record, held.inserted.clone())).await;
     }
 }
 
 /// Writes attempt results in batches: whatever arrived while the previous
-/// transaction ran goes into the next one.
-async fn record_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<AttemptRecord>) {
+/// transaction ran goes into the next one. A result of a row handed over
+/// before its insert committed waits for that commit, and is dropped if
+/// the insert failed (there is no row to record it on).
+async fn record_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(AttemptRecord, Option<Inserted>)>,
+) {
+    let mut arrived = Vec::with_capacity(RECORD_BATCH);
     let mut batch: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
-    while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+    while rx.recv_many(&mut arrived, RECORD_BATCH).await > 0 {
         let until = Instant::now() + RECORD_LINGER;
-        while batch.len() < RECORD_BATCH {
-            let room = RECORD_BATCH - batch.len();
-            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+        while arrived.len() < RECORD_BATCH {
+            let room = RECORD_BATCH - arrived.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut arrived, room)).await {
                 Ok(n) if n > 0 => {}
                 // Time is up, or every sender is gone (shutdown).
                 _ => break,
             }
+        }
+        for (record, inserted) in arrived.drain(..) {
+            let in_store = match &inserted {
+                Some(inserted) => inserted.committed().await,
+                None => true,
+            };
+            if in_store {
+                batch.push(record);
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let mut tries = 0u64;
         let started = Instant::now();

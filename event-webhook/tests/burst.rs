@@ -138,8 +138,21 @@ async fn an_overflowing_intake_is_counted_and_the_sink_goes_on() {
         .await;
     assert_eq!(got.len(), 101);
     assert_eq!(stats.snapshot().lagged, 900);
-    let stored = webhooks
-        .store()
+    // Sent while their rows commit: the last row may still be on its way.
+    let store = webhooks.store().clone();
+    eventually(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .list_deliveries(webhook_id, None, 10_000)
+                .await
+                .unwrap()
+                .len()
+                >= 101
+        }
+    })
+    .await;
+    let stored = store
         .list_deliveries(webhook_id, None, 10_000)
         .await
         .unwrap();

@@ -1,8 +1,9 @@
 //! The sink → worker handoff: rows this process's sink queues are inserted
 //! already claimed by its worker and sent without a claim query, whole
-//! batches at a time, up to `handoff_hold` per webhook; beyond it rows wait
-//! for a claim, in order; and rows handed over to a worker that dies are
-//! sent by the next one once their lease ends (at least once, none lost).
+//! batches at a time, up to `handoff_hold` per webhook, and without waiting
+//! for their insert to commit; beyond it rows wait for a claim, in order;
+//! and rows handed over to a worker that dies are sent by the next one once
+//! their lease ends (at least once, none lost).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -181,6 +182,129 @@ on_both_engines!(
     the_handoff_stops_at_its_hold
 );
 
+/// Another connection holding a write lock on the deliveries: the sink's
+/// inserts wait until it is released.
+enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgConnection),
+}
+
+impl WriteLock {
+    async fn release(self) {
+        use sqlx::Connection;
+        match self {
+            WriteLock::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+            #[cfg(feature = "postgres")]
+            WriteLock::Postgres(mut c) => {
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+                c.close().await.unwrap();
+            }
+        }
+    }
+}
+
+/// A handed-over row is sent while its insert is still waiting for the
+/// database (the commit is not part of the delivery's latency), and its
+/// outcome is recorded once the insert has committed: the row ends
+/// succeeded, with one attempt, sent once.
+async fn a_handed_over_row_is_sent_before_its_insert_commits(
+    store: Arc<dyn WebhookStore>,
+    lock: impl AsyncFnOnce() -> WriteLock,
+) {
+    let rx = Receiver::start().await;
+    let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), fast_config())
+        .await
+        .unwrap();
+    let webhook = register(&webhooks, rx.url("early")).await;
+    let bus = EventBus::default();
+    let mut runner = SinkRunner::new(&bus);
+    runner.register(webhooks.sink());
+    let worker = webhooks.start_worker(CancellationToken::new());
+    wait_for_first_claims(&webhooks).await;
+
+    let lock = lock().await;
+    let ids = publish(&bus, 3);
+    // Sent while nothing can be inserted (the lock outlasts this wait).
+    let requests = rx.wait_for("early", 3, Duration::from_secs(8)).await;
+    let store = webhooks.store().clone();
+    assert!(
+        store
+            .list_deliveries(webhook, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the rows were inserted despite the lock"
+    );
+    lock.release().await;
+    eventually(Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { succeeded(&store, webhook, 10).await == 3 }
+    })
+    .await;
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert!(worker.shutdown(Duration::from_secs(5)).await);
+    let got: HashSet<&str> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect());
+    assert_eq!(
+        rx.requests_to("early").len(),
+        3,
+        "a delivery was sent twice"
+    );
+    for d in store.list_deliveries(webhook, None, 10).await.unwrap() {
+        assert_eq!(store.list_attempts(d.id).await.unwrap().len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_handed_over_row_is_sent_before_its_insert_commits() {
+    use sqlx::Connection;
+    let (url, _) = common::sqlite_url();
+    let store = Arc::new(
+        event_webhook::store::SqliteStore::connect(&url)
+            .await
+            .unwrap(),
+    );
+    a_handed_over_row_is_sent_before_its_insert_commits(store, async || {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Sqlite(c)
+    })
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_handed_over_row_is_sent_before_its_insert_commits() {
+    use sqlx::Connection;
+    let Some((store, schema)) = common::postgres_store().await else {
+        return;
+    };
+    let url = common::postgres_url().unwrap();
+    let s = schema.clone();
+    a_handed_over_row_is_sent_before_its_insert_commits(store, async move || {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
+        sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Postgres(c)
+    })
+    .await;
+    common::drop_schema(&schema).await;
+}
+
 /// Opens a store on the database under test (a new pool each time).
 type Open = Arc<
     dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn WebhookStore>> + Send>>
@@ -237,7 +361,17 @@ async fn handed_rows_survive_a_crash(open: Open) {
             let w = webhooks.clone();
             eventually(Duration::from_secs(30), move || {
                 let w = w.clone();
-                async move { w.queue_stats().handed_off == N as u64 }
+                async move {
+                    // Handed over, and committed (they are sent while
+                    // their insert commits).
+                    w.queue_stats().handed_off == N as u64
+                        && w.store()
+                            .list_deliveries(webhook, None, N as u32)
+                            .await
+                            .unwrap()
+                            .len()
+                            == N
+                }
             })
             .await;
             webhooks.queue_stats()

@@ -6,13 +6,27 @@
 //! delivery that was queued a moment ago by this very process it is pure
 //! overhead, and worse, the rows wait for it after their commit. So the
 //! sink asks the worker to [`reserve`](WorkerLink::reserve) room for the
-//! rows it is about to insert, inserts those rows claimed (in the same
-//! transaction as the rest), and hands them over with
-//! [`Reservation::adopt`]. The room is
+//! rows it is about to insert, and hands them over with
+//! [`Reservation::hand_over`] *before* inserting them, claimed, in the same
+//! transaction as the rest. The room is
 //! [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows per webhook
 //! (queued, running or being inserted), larger than what a claim may bring
 //! (16 rounds of the webhook's slots), so whole batches go over even while
 //! earlier ones are still being inserted or sent.
+//!
+//! # Sent while the insert commits
+//!
+//! A handed-over row is sent at once; its insert commits meanwhile. The
+//! commit (a WAL flush on PostgreSQL, shared with every other writer of the
+//! database, the event log among them) is then not part of the delivery's
+//! latency. What the worker writes *about* such a row (the attempt's
+//! outcome, a release) waits for [`Inserted::committed`]: written before the
+//! insert committed, it would find no row, and the row would then sit
+//! claimed until its lease ran out and be sent again. If the insert never
+//! commits (the database stayed away through every retry), nothing is
+//! written about the row: the sink leaves the event log cursor before the
+//! batch, so a restart derives the deliveries again (at least once, with the
+//! same `webhook-id`).
 //!
 //! Rows without room are inserted unclaimed and claimed the usual way, and
 //! so are the later rows of their webhook until a claim has taken the
@@ -20,14 +34,15 @@
 //! rows of their webhook waiting in the store. While the store may hold due
 //! rows of webhooks this worker cannot name (at start-up, a retry coming
 //! due, a redelivery), nothing is handed over until a claim has looked. A
-//! reservation that is dropped without being adopted (the insert failed)
-//! gives its room back.
+//! reservation that is dropped without being handed over gives its room
+//! back.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -151,7 +166,7 @@ impl WorkerLink {
 }
 
 /// Room reserved in the worker for rows being inserted claimed. Dropped
-/// without [`adopt`](Self::adopt), it gives the room back.
+/// without [`hand_over`](Self::hand_over), it gives the room back.
 pub(crate) struct Reservation {
     worker: Arc<Dispatcher>,
     taken: HashMap<Uuid, usize>,
@@ -165,18 +180,20 @@ impl Reservation {
         &self.claim
     }
 
-    /// Hands the rows, now committed claimed, to the worker: `rows` is the
-    /// batch given to [`WorkerLink::reserve`].
-    pub(crate) async fn adopt(mut self, rows: &[NewDelivery]) {
+    /// Hands the reserved rows (the first ones of `rows`, the batch given
+    /// to [`WorkerLink::reserve`]) to the worker before their insert
+    /// commits; `inserted` tells the worker when it has. A worker that has
+    /// stopped meanwhile takes nothing: the reservation comes back, to
+    /// [`release_after_insert`](Self::release_after_insert).
+    pub(crate) fn hand_over(
+        mut self,
+        rows: &[NewDelivery],
+        inserted: &Inserted,
+    ) -> Result<(), Reservation> {
         let claimed = &rows[..self.claim.count.min(rows.len())];
         let worker = self.worker.clone();
         if worker.stop.is_cancelled() {
-            // Stopped meanwhile: give the rows back to the store.
-            let ids: Vec<Uuid> = claimed.iter().map(|r| r.id).collect();
-            if let Err(error) = worker.shared.store.release(&ids, self.claim.token).await {
-                tracing::warn!(%error, "releasing webhook deliveries failed; they return after the lease");
-            }
-            return;
+            return Err(self);
         }
         {
             let mut st = worker.state();
@@ -198,6 +215,7 @@ impl Reservation {
                         trace: d.trace.clone(),
                     },
                     attempt_by: self.attempt_by,
+                    inserted: Some(inserted.clone()),
                 });
             }
         }
@@ -208,6 +226,57 @@ impl Reservation {
             .handed_off
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
         worker.dispatch();
+        Ok(())
+    }
+
+    /// For a worker that stopped before the hand-over: gives the rows,
+    /// now committed claimed, back to the store.
+    pub(crate) async fn release_after_insert(self, rows: &[NewDelivery]) {
+        let ids: Vec<Uuid> = rows[..self.claim.count.min(rows.len())]
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        if let Err(error) = self
+            .worker
+            .shared
+            .store
+            .release(&ids, self.claim.token)
+            .await
+        {
+            tracing::warn!(%error, "releasing webhook deliveries failed; they return after the lease");
+        }
+    }
+}
+
+/// Tells the worker whether the insert of rows handed over before their
+/// commit committed (see the module docs). Cheap to clone: one per row.
+#[derive(Clone, Debug)]
+pub(crate) struct Inserted(watch::Receiver<Option<bool>>);
+
+/// The sink's end of an [`Inserted`]: dropped unfinished, the insert
+/// counts as failed.
+#[derive(Debug)]
+pub(crate) struct InsertDone(watch::Sender<Option<bool>>);
+
+impl Inserted {
+    pub(crate) fn channel() -> (InsertDone, Inserted) {
+        let (tx, rx) = watch::channel(None);
+        (InsertDone(tx), Inserted(rx))
+    }
+
+    /// Waits for the insert; whether it committed.
+    pub(crate) async fn committed(&self) -> bool {
+        let mut rx = self.0.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+}
+
+impl InsertDone {
+    pub(crate) fn finish(self, committed: bool) {
+        self.0.send_replace(Some(committed));
     }
 }
 

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::handoff::Inserted;
 use crate::model::ClaimedDelivery;
 
 /// A claimed row waiting for a slot.
@@ -16,6 +17,20 @@ pub(super) struct Held {
     /// After this the claim may run out before an attempt started now has
     /// been recorded: the row is handed back instead.
     pub attempt_by: Instant,
+    /// For a row handed over by the sink before its insert committed: what
+    /// the worker writes about the row waits for the commit.
+    pub inserted: Option<Inserted>,
+}
+
+impl Held {
+    /// Waits for the row's insert, if it was handed over before it; whether
+    /// the row is in the store (so writing about it has an effect).
+    pub async fn in_store(&self) -> bool {
+        match &self.inserted {
+            Some(inserted) => inserted.committed().await,
+            None => true,
+        }
+    }
 }
 
 /// The dispatcher's bookkeeping, under one lock.
