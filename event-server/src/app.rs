@@ -47,6 +47,8 @@ pub struct App {
     /// on their own threads, apart from the fan-out's writers (see
     /// [`event_http::Serve::intake`]).
     intake: crate::runtimes::Dedicated,
+    /// `MEMORY_TRIM_CLOSED` (see `memory`).
+    memory_trim_closed: usize,
 }
 
 /// The feature-selected pieces that need an orderly stop.
@@ -255,6 +257,7 @@ impl App {
             ),
             head_timeout: Duration::from_secs(config.http_head_timeout_secs),
             intake: crate::runtimes::Dedicated::start("intake", config.intake_threads)?,
+            memory_trim_closed: config.memory_trim_closed,
             router: app.router,
             bus: app.bus,
             registry: app.registry,
@@ -305,9 +308,16 @@ impl App {
             caps,
             head_timeout,
             intake,
+            memory_trim_closed,
             ..
         } = self;
         let stop = cancel.clone();
+        tokio::spawn(crate::memory::reclaim_after_closes(
+            registry.watch_total(),
+            memory_trim_closed,
+            stop.clone(),
+            crate::memory::trim,
+        ));
         let on_signal = async move {
             signal.await;
             tracing::info!("shutting down");

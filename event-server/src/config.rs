@@ -398,6 +398,17 @@ pub struct Config {
     #[arg(long = "intake-threads", env = "INTAKE_THREADS", default_value = "1", value_parser = intake_threads)]
     pub intake_threads: usize,
 
+    /// Connections that must have closed (and at least half of those open
+    /// at the peak) before the server returns malloc's free pages to the
+    /// system, a second after the fall (glibc `malloc_trim`; default 1,000;
+    /// `0`: never).
+    #[arg(
+        long = "memory-trim-closed",
+        env = "MEMORY_TRIM_CLOSED",
+        default_value = "1000"
+    )]
+    pub memory_trim_closed: usize,
+
     /// Seconds a client has to send a whole request body (else `408` and the
     /// connection is closed).
     #[arg(long = "http-body-timeout-secs", env = "HTTP_BODY_TIMEOUT_SECS", default_value = "10", value_parser = seconds)]
@@ -584,6 +595,20 @@ pub struct Config {
     /// (PostgreSQL). `0`: off (every row waits for a claim).
     #[arg(long = "webhook-handoff-hold", env = "WEBHOOK_HANDOFF_HOLD", default_value = "1024", value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub webhook_handoff_hold: u64,
+
+    /// Delivery attempts the worker runs at once, over all webhooks.
+    #[arg(long = "webhook-concurrency", env = "WEBHOOK_CONCURRENCY", default_value = "64", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub webhook_concurrency: u64,
+
+    /// Delivery attempts the worker runs at once to one webhook: how many
+    /// requests a receiver may see in flight from one instance.
+    #[arg(long = "webhook-endpoint-concurrency", env = "WEBHOOK_ENDPOINT_CONCURRENCY", default_value = "8", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_endpoint_concurrency: u64,
+
+    /// Delivery rows the webhook sink keeps queued for insertion or being
+    /// inserted; beyond it new events wait in the sink's intake.
+    #[arg(long = "webhook-insert-pending", env = "WEBHOOK_INSERT_PENDING", default_value = "16384", value_parser = clap::value_parser!(u64).range(256..=1_000_000))]
+    pub webhook_insert_pending: u64,
 
     /// Name of the hex HMAC signature header on webhook requests.
     #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
@@ -838,6 +863,35 @@ mod tests {
         let err = parse(&["--intake-threads", "65"]).unwrap_err();
         assert!(err.contains("at most 64"), "{err}");
         assert!(parse(&["--intake-threads", "x"]).is_err());
+    }
+
+    #[test]
+    fn webhook_concurrency_has_defaults_and_bounds() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            (c.webhook_concurrency, c.webhook_endpoint_concurrency),
+            (64, 8)
+        );
+        assert!(parse(&["--webhook-concurrency", "0"]).is_err());
+        assert!(parse(&["--webhook-concurrency", "4097"]).is_err());
+        assert!(parse(&["--webhook-endpoint-concurrency", "0"]).is_err());
+        assert!(parse(&["--webhook-endpoint-concurrency", "1025"]).is_err());
+        let c = parse(&["--webhook-endpoint-concurrency", "16"]).unwrap();
+        assert_eq!(c.webhook_endpoint_concurrency, 16);
+        assert_eq!(parse(&[]).unwrap().webhook_insert_pending, 16_384);
+        assert!(parse(&["--webhook-insert-pending", "255"]).is_err());
+    }
+
+    #[test]
+    fn memory_trim_defaults_to_a_thousand_closed_connections() {
+        assert_eq!(parse(&[]).unwrap().memory_trim_closed, 1_000);
+        assert_eq!(
+            parse(&["--memory-trim-closed", "0"])
+                .unwrap()
+                .memory_trim_closed,
+            0
+        );
+        assert!(parse(&["--memory-trim-closed", "-1"]).is_err());
     }
 
     #[test]
