@@ -218,6 +218,9 @@ struct RegistryInner {
     observer: OnceLock<Arc<dyn ConnectionObserver>>,
 }
 
+/// Table capacity below which the registry never shrinks its table.
+const SHRINK_ABOVE: usize = 1024;
+
 /// The registry of open client connections. Cheap to clone.
 #[derive(Clone)]
 pub struct ConnectionRegistry {
@@ -309,12 +312,25 @@ impl ConnectionRegistry {
         let len = {
             let mut map = self.write();
             map.remove(&entry.id);
+            // After a mass close the table would keep the peak's buckets
+            // for the process's life: give most of them back once it is a
+            // quarter full (amortised, like its growth).
+            let len = map.len();
+            if map.capacity() > SHRINK_ABOVE && len < map.capacity() / 4 {
+                map.shrink_to(len * 2);
+            }
             map.len()
         };
         self.inner.count.send_replace(len);
         if let Some(observer) = self.inner.observer.get() {
             observer.closed(&entry.info());
         }
+    }
+
+    /// Buckets the table has room for (for the shrink test).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.read().capacity()
     }
 
     /// Installs the one [`ConnectionObserver`]; `false` if one was
@@ -407,6 +423,24 @@ impl Drop for ConnectionGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_shrinks_after_a_mass_close() {
+        let reg = ConnectionRegistry::new();
+        let p = Principal::anonymous();
+        let guards: Vec<_> = (0..20_000)
+            .map(|_| reg.register(Transport::Sse, None, &p))
+            .collect();
+        let peak = reg.capacity();
+        assert!(peak >= 20_000);
+        drop(guards);
+        assert_eq!(reg.total(), 0);
+        assert!(
+            reg.capacity() <= SHRINK_ABOVE * 2,
+            "{} buckets kept after the close (peak {peak})",
+            reg.capacity()
+        );
+    }
 
     #[tokio::test]
     async fn register_list_kick_drop() {
