@@ -525,9 +525,8 @@ impl SinkTask {
                 .await
             {
                 Ok(page) => page,
-                // Nothing read yet: report the whole gap as a lag.
-                Err(_) if caught_up == 0 => return false,
-                // Part of the gap is lost after all: report the lag.
+                // The source cannot serve the (rest of the) gap: report
+                // the lag, with the reason.
                 Err(miss) => {
                     tracing::warn!(sink = %self.sink.name(), reason = miss.as_str(), caught_up, "catching up from the log stopped");
                     self.stats.recovered.fetch_add(caught_up, Ordering::Relaxed);

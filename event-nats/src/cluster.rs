@@ -33,7 +33,7 @@ pub(crate) struct Shared {
     pub origins: Arc<RecentIds>,
     /// Ids of events delivered locally after a failed publish: if the
     /// publish did reach the stream after all, the source skips them.
-    pub fallback: RecentIds,
+    pub fallback: Arc<RecentIds>,
     /// Serialises "deliver locally after a failed publish" against "inject
     /// from the stream" for this instance's own events, so neither delivers
     /// an event the other already did.
@@ -191,7 +191,7 @@ impl NatsCluster {
             state,
             stats,
             origins: Arc::new(RecentIds::new(ORIGIN_MEMORY)),
-            fallback: RecentIds::new(ORIGIN_MEMORY),
+            fallback: Arc::new(RecentIds::new(ORIGIN_MEMORY)),
             own_event_lock: Mutex::new(()),
             last_injected: watch::channel(start.saturating_sub(1)).0,
             logged: watch::channel(bus_seq(start.saturating_sub(1))).0,
@@ -303,6 +303,19 @@ impl NatsCluster {
         Arc::new(LocalOriginOnly::new(
             sink,
             self.handle.shared.origins.clone(),
+        ))
+    }
+
+    /// Wraps a sink so it receives only the events this instance delivered
+    /// locally only (NATS unreachable, see the crate docs): events that
+    /// never entered the stream, so a [`WorkQueue`](crate::WorkQueue) on
+    /// the stream never sees them. With a work queue for a once-per-event
+    /// effect, register the same effect's sink behind this wrapper to keep
+    /// it for the events of an outage too.
+    pub fn local_only_events(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+        Arc::new(LocalOriginOnly::new(
+            sink,
+            self.handle.shared.fallback.clone(),
         ))
     }
 

@@ -47,6 +47,9 @@ pub enum Error {
     /// acknowledged or deleted.
     #[error("consumer group in JetStream: {0}")]
     Group(String),
+    /// A work queue's durable consumer could not be created or read.
+    #[error("work queue in JetStream: {0}")]
+    Work(String),
 }
 
 impl Error {
@@ -62,6 +65,7 @@ impl Error {
             Error::Disconnected => "nats_disconnected",
             Error::Replay(_) => "replay_failed",
             Error::Group(_) => "group_failed",
+            Error::Work(_) => "work_queue_failed",
         }
     }
 

@@ -159,18 +159,26 @@
 //!   which clients should still resume rather than resync.
 //! * Webhooks: all instances share the PostgreSQL webhook store and delivery
 //!   queue, whose claiming gives each delivery to exactly one instance.
-//!   Every instance sees every event, so enqueue each event once: register
-//!   the webhook sink wrapped in [`NatsCluster::local_origin_only`] (only the
-//!   instance where the event was produced enqueues it; an event whose
-//!   origin crashes between publishing and enqueueing gets no delivery), or,
-//!   more robust, let every instance enqueue and make the enqueue
-//!   idempotent on `(webhook, event id)`.
+//!   Every instance sees every event, so enqueue each event once: derive
+//!   the deliveries through a [`WorkQueue`] ([`NatsCluster::work_queue`]:
+//!   one durable consumer all instances share, each event handled by one
+//!   live instance and acknowledged once its rows are committed, handed to
+//!   another when that instance dies first), and keep the webhook sink only
+//!   for the events delivered locally during an outage
+//!   ([`NatsCluster::local_only_events`]). The simpler
+//!   [`NatsCluster::local_origin_only`] (only the instance where the event
+//!   was produced enqueues it) loses the deliveries of an event whose origin
+//!   crashes between publishing and enqueueing.
+//! * Sinks that fall behind the bus catch up from the stream: give the
+//!   host's `SinkRunner` the cluster as its catch-up source
+//!   (`runner.set_catch_up(Arc::new(cluster.clone()))`).
 //! * With the reference host `event-server`: build it with
 //!   `--features nats,postgres` and start every instance with the same
 //!   `NATS_URL` (and `NATS_STREAM` / `NATS_SUBJECT_PREFIX`, or the flags
 //!   `--nats-stream` / `--nats-subject-prefix`) and the same PostgreSQL
-//!   `DATABASE_URL`. It does the wiring below: webhook sink behind
-//!   `local_origin_only`, SSE replay from JetStream, `nats` in `/health`.
+//!   `DATABASE_URL`. It does the wiring below: webhook deliveries through
+//!   the work queue `webhooks`, SSE replay and sink catch-up from
+//!   JetStream, `nats` in `/health`.
 //! * `/health` should include [`NatsCluster::health`]; the metrics
 //!   `matric_nats_connected`, `matric_nats_published{result}`,
 //!   `matric_nats_received` and `matric_nats_skipped{reason}` are recorded
@@ -187,8 +195,10 @@
 //!    [`NatsCluster::connect`]`(config, bus_config)` and use
 //!    `cluster.bus()` everywhere a bus is needed; when `None`,
 //!    `EventBus::new(bus_config)` as before.
-//! 2. Register sinks on that bus *after* `connect`; wrap the webhook sink in
-//!    [`NatsCluster::local_origin_only`] (or dedupe the enqueue).
+//! 2. Register sinks on that bus *after* `connect`, with the cluster as the
+//!    runner's catch-up source; derive webhook deliveries through a
+//!    [`WorkQueue`] and wrap the webhook sink in
+//!    [`NatsCluster::local_only_events`].
 //! 3. SSE replay: `sse.with_replay_source(Arc::new(cluster.clone()))`: when
 //!    the ring cannot serve a `Last-Event-ID`, the endpoint replays from
 //!    JetStream (the `ReplaySource` impl), else sends `resync_required`.
@@ -260,6 +270,7 @@ mod source;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod work;
 
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{EVENT_ID_HEADER, ORIGIN_HEADER, REQUEST_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
@@ -279,4 +290,7 @@ pub use origin::LocalOriginOnly;
 pub use relay::NatsAckRelay;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
+};
+pub use work::{
+    WORK_ACK_WAIT_RANGE, WORK_CONSUMER_PREFIX, WorkConfig, WorkError, WorkHandler, WorkQueue,
 };

@@ -57,8 +57,9 @@ impl RecentIds {
     }
 }
 
-/// Wraps a sink so it sees only the events this instance originated (see
-/// [`crate::NatsCluster::local_origin_only`]).
+/// Wraps a sink so it sees only the events whose ids are in a set: those
+/// this instance originated ([`crate::NatsCluster::local_origin_only`]) or
+/// those it delivered locally only ([`crate::NatsCluster::local_only_events`]).
 pub struct LocalOriginOnly {
     inner: Arc<dyn EventSink>,
     origins: Arc<RecentIds>,

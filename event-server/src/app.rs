@@ -62,6 +62,9 @@ struct Parts {
     simulator: Option<Arc<event_bridge_jobs::simulator::SimulatedWorker>>,
     #[cfg(feature = "webhook")]
     webhooks: Option<(event_webhook::Webhooks, event_webhook::DeliveryWorker)>,
+    /// In cluster mode, this instance's share of the webhook work queue.
+    #[cfg(feature = "webhook")]
+    webhook_queue: Option<crate::cluster::WorkQueue>,
     #[cfg(feature = "log")]
     log: Option<crate::durable::HostLog>,
     cluster: Cluster,
@@ -91,6 +94,12 @@ impl Parts {
             if let Some(bridge) = self.bridge {
                 let _ = tokio::time::timeout(Duration::from_secs(1), bridge.shutdown()).await;
             }
+        }
+        // The work queue before the worker: what it pulled and did not
+        // derive goes back to the other instances.
+        #[cfg(feature = "webhook")]
+        if let Some(queue) = self.webhook_queue {
+            queue.stop(Duration::from_secs(2)).await;
         }
         #[cfg(feature = "webhook")]
         if let Some((_, worker)) = self.webhooks
@@ -172,11 +181,15 @@ impl App {
         if let (Some(log), Some(relay)) = (&log, cluster.ack_relay()) {
             let _ = log.consumers().with_ack_relay(relay);
         }
-        #[allow(unused_mut, reason = "the log gives sinks a catch-up source")]
         let mut runner = SinkRunner::new(&bus);
-        // A sink that falls behind a burst catches up from the log.
+        // A sink that falls behind a burst catches up from the log: the
+        // event log, or in cluster mode the stream (every event a bus holds
+        // was stored in the stream first).
         #[cfg(feature = "log")]
         if let Some(source) = log.as_ref().and_then(|l| l.replay_source()) {
+            runner.set_catch_up(source);
+        }
+        if let Some(source) = cluster.replay_source() {
             runner.set_catch_up(source);
         }
         let registry = ConnectionRegistry::new();

@@ -3,7 +3,9 @@
 //! With the `nats` feature and `NATS_URL` set, several instances are one
 //! over JetStream: the cluster builds the bus (every instance then has the
 //! same order, sequence numbers and ids), replays cursors older than the
-//! ring, keeps webhook deliveries to the instance an event originated on,
+//! ring (and catches lagging sinks up from the stream), derives each
+//! event's webhook deliveries on one instance through a shared JetStream
+//! work queue,
 //! reports its link on `/health`, and keeps consumer groups in JetStream so
 //! a group spans the instances. Without the feature (or the URL)
 //! [`Cluster`] gives the single-instance answer to each of those questions,
@@ -108,12 +110,53 @@ mod imp {
         }
 
         /// `sink` restricted to events that originated on this instance
-        /// (for sinks whose effects are shared, such as the webhook queue).
+        /// (the webhook sink on a store of the instance's own).
         pub fn local_origin_only(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
             match &self.nats {
                 Some(c) => c.local_origin_only(sink),
                 None => sink,
             }
+        }
+
+        /// `sink` restricted to the events this instance delivered locally
+        /// only (NATS unreachable), in cluster mode: the webhook sink, whose
+        /// other events the shared work queue derives
+        /// ([`webhook_queue`](Self::webhook_queue)).
+        pub fn local_only_events(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+            match &self.nats {
+                Some(c) => c.local_only_events(sink),
+                None => sink,
+            }
+        }
+
+        /// In cluster mode: this instance's share of the webhook work queue
+        /// (`event_nats::WorkQueue` named `webhooks`): each stream event's
+        /// deliveries are derived by one live instance and acknowledged in
+        /// JetStream once committed (see docs/cluster.md). `None` outside
+        /// cluster mode.
+        #[cfg(feature = "webhook")]
+        pub async fn webhook_queue(
+            &self,
+            webhooks: &event_webhook::Webhooks,
+            config: &Config,
+        ) -> Result<Option<WorkQueue>, ServerError> {
+            let Some(nats) = &self.nats else {
+                return Ok(None);
+            };
+            let ack_wait = std::time::Duration::from_secs(config.nats_webhook_ack_wait_secs);
+            // A repeat comes only while the stream holds the event (and at
+            // most one ack wait after its last hand-out).
+            let memory = nats.config().retention.max_age + ack_wait * 2;
+            let handler = Arc::new(Derivation(webhooks.deriver(memory)));
+            let work = event_nats::WorkConfig {
+                ack_wait,
+                ..event_nats::WorkConfig::new(WEBHOOK_QUEUE)
+            };
+            let queue = nats
+                .work_queue(work, handler)
+                .await
+                .map_err(|e| ServerError::Startup(format!("NATS webhook work queue: {e}")))?;
+            Ok(Some(WorkQueue(queue)))
         }
 
         /// Closes the link to NATS (the last part the app stops).
@@ -153,6 +196,50 @@ mod imp {
                 ),
             })
         }
+    }
+}
+
+/// The name of the instances' shared webhook work queue (its JetStream
+/// consumer is `work_webhooks`).
+#[cfg(all(feature = "nats", feature = "webhook"))]
+const WEBHOOK_QUEUE: &str = "webhooks";
+
+/// Webhook deliveries derived from the stream: acknowledged once committed.
+#[cfg(all(feature = "nats", feature = "webhook"))]
+struct Derivation(event_webhook::Deriver);
+
+#[cfg(all(feature = "nats", feature = "webhook"))]
+#[event_core::async_trait]
+impl event_nats::WorkHandler for Derivation {
+    async fn handle(
+        &self,
+        events: Vec<Arc<event_core::Event>>,
+    ) -> Result<(), event_nats::WorkError> {
+        self.0
+            .derive(&events)
+            .await
+            .map(|_| ())
+            .map_err(|e| event_nats::WorkError(e.to_string()))
+    }
+}
+
+/// This instance's share of a work queue the instances share (cluster
+/// mode only).
+#[cfg(feature = "nats")]
+pub struct WorkQueue(event_nats::WorkQueue);
+
+/// No cluster, no shared work.
+#[cfg(not(feature = "nats"))]
+pub struct WorkQueue;
+
+impl WorkQueue {
+    /// Stops pulling; what this instance pulled and did not handle goes
+    /// back to the other instances at once.
+    pub async fn stop(self, deadline: std::time::Duration) {
+        #[cfg(feature = "nats")]
+        self.0.shutdown(deadline).await;
+        #[cfg(not(feature = "nats"))]
+        let _ = deadline;
     }
 }
 
@@ -199,6 +286,21 @@ mod imp {
         /// Every event is local: `sink` unchanged.
         pub fn local_origin_only(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
             sink
+        }
+
+        /// Every event is local: `sink` unchanged.
+        pub fn local_only_events(&self, sink: Arc<dyn EventSink>) -> Arc<dyn EventSink> {
+            sink
+        }
+
+        /// No cluster: the sink queues every delivery.
+        #[cfg(feature = "webhook")]
+        pub async fn webhook_queue(
+            &self,
+            _webhooks: &event_webhook::Webhooks,
+            _config: &Config,
+        ) -> Result<Option<super::WorkQueue>, ServerError> {
+            Ok(None)
         }
 
         /// Nothing to close.

@@ -661,6 +661,14 @@ pub struct Config {
     /// so an election delays answers instead of failing them.
     #[arg(long = "nats-publish-timeout-ms", env = "NATS_PUBLISH_TIMEOUT_MS", default_value = "20000", value_parser = non_zero)]
     pub nats_publish_timeout_ms: usize,
+
+    /// In cluster mode, how long an instance may hold events of the
+    /// instances' shared webhook work queue without acknowledging them
+    /// before JetStream hands them to another instance, in seconds
+    /// (5–3,600): how late the deliveries of events a killed instance had
+    /// taken are queued by another.
+    #[arg(long = "nats-webhook-ack-wait-secs", env = "NATS_WEBHOOK_ACK_WAIT_SECS", default_value = "30", value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub nats_webhook_ack_wait_secs: u64,
 }
 
 impl Config {

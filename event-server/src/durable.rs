@@ -13,9 +13,11 @@
 //! cluster's key-value bucket (`event_nats::KvOffsets`) so a consumer
 //! resumes on any instance. No [`LogWriter`] runs then (every event is in
 //! the stream before the bus has it), so there is no group commit to wait
-//! for, no log pruning (the stream's own retention applies) and no
-//! catch-up of sinks or webhooks from the log. `EVENT_LOG=off` turns these
-//! routes off in cluster mode too; any other value is ignored there.
+//! for and no log pruning (the stream's own retention applies); sinks
+//! catch up from the stream (`Cluster::replay_source`) and webhooks are
+//! derived from it (`Cluster::webhook_queue`) instead. `EVENT_LOG=off`
+//! turns these routes off in cluster mode too; any other value is ignored
+//! there.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -171,8 +173,8 @@ pub async fn for_cluster(
 
 impl HostLog {
     /// Where transports replay cursors older than the ring from, and sinks
-    /// and webhooks catch up from; `None` in cluster mode (the cluster is
-    /// the replay source there, and nothing catches up from the stream).
+    /// and webhooks catch up from; `None` in cluster mode (the cluster's
+    /// stream is the replay and catch-up source there).
     pub fn replay_source(&self) -> Option<Arc<dyn ReplaySource>> {
         self.writer
             .as_ref()

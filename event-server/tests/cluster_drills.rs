@@ -367,22 +367,6 @@ async fn wait_nats_health(host: &Host, want: &str) {
     );
 }
 
-/// A counter of `/metrics` (the sum over its series matching `labels`).
-async fn metric(host: &Host, name: &str, labels: &str) -> f64 {
-    let text = client()
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Each of `messages` exactly once in `got`, and nothing else.
 fn assert_exactly_once(who: &str, got: &[String], messages: &[String]) {
     let mut counts: HashMap<&str, usize> = HashMap::new();
@@ -821,8 +805,9 @@ async fn webhook_deliveries_pending_on_a_killed_instance_are_made_once_by_the_ot
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
 
-    // 1,000 events on A: its webhook sink queues a delivery for each (only
-    // the origin queues), the receiver refuses them all for now.
+    // 1,000 events on A: the instances' shared work queue derives a
+    // delivery for each (each event on one of them), the receiver refuses
+    // them all for now.
     let job = uuid::Uuid::now_v7();
     let mut ids = Vec::new();
     for chunk in 0..WEBHOOK_EVENTS / 100 {
@@ -1080,7 +1065,9 @@ async fn nats_node_drill(kill_leader: bool) {
     // … every acknowledged event went through the stream (none fell back to
     // local-only delivery) …
     for (name, host) in [("A", &a), ("B", &b)] {
-        let local_only = metric(host, "matric_nats_published_total", "result=\"local_only\"").await;
+        let local_only = host
+            .metric("matric_nats_published_total", "result=\"local_only\"")
+            .await;
         assert_eq!(
             local_only, 0.0,
             "instance {name} delivered events locally only"
@@ -1203,7 +1190,10 @@ async fn nats_down_ten_seconds_instances_serve_locally_and_reconnect() {
     let acked = acked.lock().unwrap().clone();
     let mut local_only = Vec::new();
     for host in [&a, &b] {
-        local_only.push(metric(host, "matric_nats_published_total", "result=\"local_only\"").await);
+        local_only.push(
+            host.metric("matric_nats_published_total", "result=\"local_only\"")
+                .await,
+        );
     }
 
     let results = finish(clients).await;

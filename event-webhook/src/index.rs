@@ -12,12 +12,16 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::model::Webhook;
-use crate::store::WebhookStore;
+use crate::store::{WebhookStore, WebhooksFingerprint};
 
 #[derive(Debug, Default)]
 struct Snapshot {
     by_kind: [Vec<Arc<Webhook>>; 7],
     by_id: HashMap<Uuid, Arc<Webhook>>,
+    /// When the reload that built it started (`None` before the first).
+    loaded_at: Option<time::OffsetDateTime>,
+    /// The list's fingerprint, as the store computes it.
+    fingerprint: Option<WebhooksFingerprint>,
 }
 
 /// Active webhooks by event kind, swapped atomically on reload.
@@ -39,8 +43,16 @@ impl SubscriberIndex {
     /// Rebuilds the index from the store.
     pub async fn reload(&self, store: &dyn WebhookStore) -> Result<()> {
         let _one_at_a_time = self.reload.lock().await;
+        let started = time::OffsetDateTime::now_utc();
         let all = store.list_webhooks().await?;
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            loaded_at: Some(started),
+            fingerprint: Some(WebhooksFingerprint {
+                count: all.len() as u64,
+                updated_at: all.iter().map(|w| w.updated_at).max(),
+            }),
+            ..Snapshot::default()
+        };
         for w in all {
             let w = Arc::new(w);
             if w.active {
@@ -71,6 +83,18 @@ impl SubscriberIndex {
     pub fn has_subscribers(&self, kind: EventKind) -> bool {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         !current.by_kind[kind.index()].is_empty()
+    }
+
+    /// When the reload the index is from started: it holds every change
+    /// committed before then (`None` before the first reload).
+    pub fn loaded_at(&self) -> Option<time::OffsetDateTime> {
+        self.snapshot().loaded_at
+    }
+
+    /// The fingerprint of the list the index was built from (see
+    /// [`WebhookStore::webhooks_fingerprint`]).
+    pub fn fingerprint(&self) -> Option<WebhooksFingerprint> {
+        self.snapshot().fingerprint
     }
 
     /// A webhook by id, as of the last reload.

@@ -140,6 +140,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 mod deliver;
+pub mod derive;
 pub mod error;
 pub mod index;
 pub mod metrics;
@@ -154,6 +155,7 @@ pub mod worker;
 
 pub use client::http_client;
 pub use config::WebhookConfig;
+pub use derive::Deriver;
 pub use error::{Result, WebhookError};
 pub use secret_key::SecretKey;
 pub use service::Webhooks;

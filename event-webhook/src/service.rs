@@ -162,6 +162,17 @@ impl Webhooks {
         crate::sink::catch_up(&self.shared, source.as_ref(), until).await
     }
 
+    /// Derives deliveries from a stream of events that every instance of
+    /// a cluster sees, once per event and committed before it returns (see
+    /// [`derive`](crate::derive)); for the host's shared work queue in
+    /// place of the sink. Each derived event is remembered for `memory` so
+    /// that a repeat within it queues nothing twice: give it at least the
+    /// stream's retention (a repeat can only come while the stream holds
+    /// the event).
+    pub fn deriver(&self, memory: std::time::Duration) -> crate::derive::Deriver {
+        crate::derive::Deriver::new(self.shared.clone(), memory)
+    }
+
     /// The event sink to register on the host's `SinkRunner`.
     pub fn sink(&self) -> Arc<dyn EventSink> {
         Arc::new(WebhookSink::new(self.shared.clone()))

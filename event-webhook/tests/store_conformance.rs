@@ -601,7 +601,69 @@ async fn trace_context_round_trips_through_the_queue(store: Store) {
     assert_eq!(context.tracestate(), Some("vendor=abc"));
 }
 
+/// A derivation repeated (in part or whole) queues nothing twice; the
+/// record of derived events is pruned by age.
+async fn derived_events_are_queued_once(store: Store) {
+    let w = webhook("https://a.example/hook", vec![]);
+    let v = webhook("https://b.example/hook", vec![]);
+    store.create_webhook(&w).await.unwrap();
+    store.create_webhook(&v).await.unwrap();
+    let t0 = now();
+    // Two webhooks for the first event, one for the second.
+    let first = delivery(w.id, Some(t0), t0);
+    let first_too = NewDelivery {
+        id: Uuid::now_v7(),
+        webhook_id: v.id,
+        ..first.clone()
+    };
+    let second = delivery(w.id, Some(t0), t0);
+    let batch = [first.clone(), first_too.clone(), second.clone()];
+    assert_eq!(store.enqueue_derived(&batch, t0).await.unwrap(), 3);
+    // Handed out again, with fresh row ids: nothing more.
+    let again: Vec<NewDelivery> = batch
+        .iter()
+        .map(|d| NewDelivery {
+            id: Uuid::now_v7(),
+            ..d.clone()
+        })
+        .collect();
+    assert_eq!(store.enqueue_derived(&again, t0).await.unwrap(), 0);
+    // A batch overlapping an earlier one queues only its new event.
+    let third = delivery(v.id, Some(t0), t0);
+    let overlap = [again[2].clone(), third.clone()];
+    assert_eq!(store.enqueue_derived(&overlap, t0).await.unwrap(), 1);
+    let mut queued = store.list_deliveries(w.id, None, 100).await.unwrap();
+    queued.extend(store.list_deliveries(v.id, None, 100).await.unwrap());
+    assert_eq!(queued.len(), 4);
+    // Forgotten after the memory: a repeat then would queue again.
+    assert_eq!(
+        store
+            .prune_derived(t0 + Duration::seconds(1))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.enqueue_derived(&again[..1], t0).await.unwrap(), 1);
+}
+
+/// The fingerprint tells a list that changed from one that did not.
+async fn fingerprint_follows_registrations_and_updates(store: Store) {
+    let empty = store.webhooks_fingerprint().await.unwrap().unwrap();
+    assert_eq!(empty.count, 0);
+    let mut w = webhook("https://a.example/hook", vec![]);
+    store.create_webhook(&w).await.unwrap();
+    let one = store.webhooks_fingerprint().await.unwrap().unwrap();
+    assert_ne!(one, empty);
+    assert_eq!(store.webhooks_fingerprint().await.unwrap().unwrap(), one);
+    w.active = false;
+    w.updated_at += Duration::seconds(1);
+    assert!(store.update_webhook(&w).await.unwrap());
+    assert_ne!(store.webhooks_fingerprint().await.unwrap().unwrap(), one);
+}
+
 on_both_engines!(
+    fingerprint_follows_registrations_and_updates,
+    derived_events_are_queued_once,
     trace_context_round_trips_through_the_queue,
     log_cursor_only_moves_forward,
     webhook_crud,

@@ -391,9 +391,28 @@ impl Assembly<'_> {
         let webhooks = event_webhook::Webhooks::connect(&c.database_url, self.auth.clone(), config)
             .await
             .map_err(|e| crate::error::ServerError::Startup(format!("webhooks: {e}")))?;
-        // In a cluster every instance sees every event; only the one it
-        // originated on queues its deliveries (the queue is shared).
-        let sink = self.parts.cluster.local_origin_only(webhooks.sink());
+        // In a cluster every instance sees every event: with a queue the
+        // instances share (PostgreSQL), the shared work queue derives each
+        // event's deliveries on one of them and acknowledges it once they
+        // are committed, so an instance killed after a `202` loses none;
+        // the sink then queues only the events this instance delivered
+        // locally only (NATS away), which never reach the stream. A store
+        // of the instance's own (SQLite) keeps each instance to the events
+        // published on it, as before.
+        let cluster = &self.parts.cluster;
+        if cluster.is_active() && !webhooks.store().shared_queue() {
+            tracing::warn!(
+                "webhooks in cluster mode need a DATABASE_URL all instances share (PostgreSQL): with this store each instance queues only the events published on it, and loses them if it is killed first"
+            );
+        }
+        self.parts.webhook_queue = match webhooks.store().shared_queue() {
+            true => cluster.webhook_queue(&webhooks, c).await?,
+            false => None,
+        };
+        let sink = match self.parts.webhook_queue.is_some() {
+            true => cluster.local_only_events(webhooks.sink()),
+            false => cluster.local_origin_only(webhooks.sink()),
+        };
         self.runner.register(sink);
         // The crate checks the admin token itself; the host's guard decides
         // it from the head as well, before a body is read. Registrations

@@ -96,6 +96,23 @@ impl Host {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// A counter or gauge of `/metrics`: the sum over its series whose line
+    /// contains `labels` (`""` for all).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The log lines written since the last call (or since it was
     /// listening), without waiting.
     pub fn drain_log(&mut self) -> Vec<String> {

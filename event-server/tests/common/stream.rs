@@ -1,5 +1,7 @@
 //! One test's JetStream stream (its stream, subject prefix and consumer
-//! bucket on one NATS, deleted when dropped) and host instances on it.
+//! bucket on one NATS, deleted when dropped) and host instances on it: in
+//! this process, or (with [`TestStream::env`]) as `event-server`
+//! processes.
 
 #![allow(dead_code)]
 
@@ -12,6 +14,20 @@ impl TestStream {
     /// A stream of its own on the NATS at `url`.
     pub fn new(url: &str) -> TestStream {
         TestStream(event_nats::testing::TestStream::new(url))
+    }
+
+    /// The environment that puts an `event-server` process (`host.rs`) on
+    /// this stream as instance `id`.
+    pub fn env(&self, id: &str) -> Vec<(&'static str, String)> {
+        let s = &self.0;
+        vec![
+            ("NATS_URL", s.url().to_owned()),
+            ("NATS_STREAM", s.stream().to_owned()),
+            ("NATS_SUBJECT_PREFIX", s.subject_prefix().to_owned()),
+            ("NATS_CONSUMERS_BUCKET", s.consumers_bucket().to_owned()),
+            ("NATS_INSTANCE_ID", id.to_owned()),
+            ("NATS_MAX_AGE_SECS", "600".to_owned()),
+        ]
     }
 
     /// Starts a host on this stream with a replay ring of `replay` events.

@@ -47,6 +47,15 @@ mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// See [`WebhookStore::webhooks_fingerprint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhooksFingerprint {
+    /// How many webhooks exist (active or not).
+    pub count: u64,
+    /// The newest `updated_at`; `None` without webhooks.
+    pub updated_at: Option<OffsetDateTime>,
+}
+
 /// The storage the webhook service needs. Implemented for SQLite and
 /// PostgreSQL; the same conformance suite runs against both.
 #[async_trait]
@@ -110,6 +119,41 @@ pub trait WebhookStore: Send + Sync + 'static {
         deliveries: &[NewDelivery],
         claim: Option<&BatchClaim>,
     ) -> Result<()>;
+
+    /// Queues the deliveries of events derived from the event stream (see
+    /// [`Webhooks::derive`](crate::Webhooks::derive)), all in one
+    /// transaction, and records their events as derived at `now`; rows of
+    /// an event recorded by an earlier call are skipped, so a repeated
+    /// derivation queues nothing twice. Returns how many rows it queued.
+    /// Rows of a webhook that no longer exists are skipped.
+    ///
+    /// The default queues every row ([`enqueue`](Self::enqueue)): at least
+    /// once; the built-in stores record the events.
+    async fn enqueue_derived(
+        &self,
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let _ = now;
+        self.enqueue(deliveries).await?;
+        Ok(deliveries.len() as u64)
+    }
+
+    /// A fingerprint of the webhook list: how many webhooks exist and the
+    /// newest `updated_at` among them (every registration and update sets
+    /// it). Equal fingerprints mean no webhook was created or changed in
+    /// between. `None` when the store cannot tell cheaply (the default).
+    async fn webhooks_fingerprint(&self) -> Result<Option<WebhooksFingerprint>> {
+        Ok(None)
+    }
+
+    /// Forgets the events [`enqueue_derived`](Self::enqueue_derived)
+    /// recorded before `before`; returns how many. The default records
+    /// none.
+    async fn prune_derived(&self, before: OffsetDateTime) -> Result<u64> {
+        let _ = before;
+        Ok(0)
+    }
 
     /// Queues one delivery already claimed by the caller (a test delivery
     /// sent right away).

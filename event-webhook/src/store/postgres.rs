@@ -183,6 +183,49 @@ impl Engine for PostgresStore {
         Ok(())
     }
 
+    async fn enqueue_derived(
+        &self,
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        // One statement: the events not derived before are recorded (in
+        // id order, so two instances deriving overlapping batches take the
+        // keys in one order), and only their rows are inserted. A
+        // concurrent derivation of the same event waits on its key and then
+        // finds it taken.
+        let done = sqlx::query(
+            "WITH fresh AS ( \
+               INSERT INTO webhook_derived (event_id, derived_at) \
+               SELECT e, $9 FROM (SELECT DISTINCT e FROM UNNEST($3::uuid[]) AS e) d \
+               ORDER BY e \
+               ON CONFLICT (event_id) DO NOTHING RETURNING event_id \
+             ) \
+             INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+             attempts, next_attempt_at, created_at, trace) \
+             SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
+             v.next_at, v.created_at, v.trace \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+               $6::timestamptz[], $7::timestamptz[], $8::text[]) \
+               AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, trace) \
+             JOIN fresh f ON f.event_id = v.event_id \
+             JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
+        )
+        .bind(col(deliveries, |d| d.id))
+        .bind(col(deliveries, |d| d.webhook_id))
+        .bind(col(deliveries, |d| d.event_id))
+        .bind(col(deliveries, |d| d.event_type))
+        .bind(col(deliveries, |d| {
+            String::from_utf8_lossy(&d.body).into_owned()
+        }))
+        .bind(col(deliveries, |d| d.next_attempt_at))
+        .bind(col(deliveries, |d| d.created_at))
+        .bind(col(deliveries, |d| d.trace.clone()))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<PgRow>> {
         // Candidates come from the oldest due rows only (an index range
         // scan, whatever the queue length); the ranked subquery keeps at most

@@ -118,6 +118,22 @@ impl WebhookStore for SealedStore {
         self.inner.enqueue_claiming(deliveries, claim).await
     }
 
+    async fn enqueue_derived(
+        &self,
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        self.inner.enqueue_derived(deliveries, now).await
+    }
+
+    async fn prune_derived(&self, before: OffsetDateTime) -> Result<u64> {
+        self.inner.prune_derived(before).await
+    }
+
+    async fn webhooks_fingerprint(&self) -> Result<Option<super::WebhooksFingerprint>> {
+        self.inner.webhooks_fingerprint().await
+    }
+
     async fn enqueue_claimed(
         &self,
         delivery: &NewDelivery,

@@ -77,6 +77,9 @@ pub trait Engine: Send + Sync + 'static {
         deliveries: &[NewDelivery],
         claim: Option<&BatchClaim>,
     ) -> Result<()>;
+    /// See [`WebhookStore::enqueue_derived`].
+    async fn enqueue_derived(&self, deliveries: &[NewDelivery], now: OffsetDateTime)
+    -> Result<u64>;
     /// Claims due rows (see [`WebhookStore::claim_due`]); returns the
     /// columns of [`CLAIMED_COLUMNS`].
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Self::Row>>;
@@ -407,6 +410,38 @@ impl<E: Engine> WebhookStore for E {
             return Ok(Vec::new());
         }
         record_batch(self.begin_record().await?, records).await
+    }
+
+    async fn enqueue_derived(
+        &self,
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        Engine::enqueue_derived(self, deliveries, now).await
+    }
+
+    async fn webhooks_fingerprint(&self) -> Result<Option<super::WebhooksFingerprint>> {
+        let rows = self
+            .read(
+                "SELECT COUNT(*) AS n, MAX(updated_at) AS at FROM webhooks",
+                &[],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(super::WebhooksFingerprint {
+            count: E::big(row, "n")?.max(0) as u64,
+            updated_at: E::opt_time(row, "at")?,
+        }))
+    }
+
+    async fn prune_derived(&self, before: OffsetDateTime) -> Result<u64> {
+        let sql = "DELETE FROM webhook_derived WHERE derived_at < $1";
+        self.execute(sql, &[Arg::Time(before)]).await
     }
 
     async fn recover_in_flight(&self, now: OffsetDateTime) -> Result<u64> {

@@ -246,42 +246,47 @@ impl Engine for SqliteStore {
         claim: Option<&BatchClaim>,
     ) -> Result<()> {
         let _write = self.write.lock().await;
-        let claimed = claim.map_or(0, |c| c.count);
         let mut tx = self.writer.begin().await?;
-        for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
-            // Rows of a webhook deleted since the sink looked it up are
-            // skipped: failing the whole batch on the foreign key would drop
-            // every other webhook's rows with it.
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "WITH v(id, webhook_id, event_id, event_type, body, status, attempts, \
-                 next_attempt_at, created_at, claimed_until, claim_token, trace) AS (",
-            );
-            let mut i = n * INSERT_CHUNK;
-            qb.push_values(chunk, |mut b, d| {
-                let claim = claim.filter(|_| i < claimed);
-                i += 1;
-                b.push_bind(d.id)
-                    .push_bind(d.webhook_id)
-                    .push_bind(d.event_id)
-                    .push_bind(d.event_type)
-                    .push_bind(String::from_utf8_lossy(&d.body).into_owned())
-                    .push_bind("pending")
-                    .push_bind(0_i64)
-                    .push_bind(d.next_attempt_at.map(ms))
-                    .push_bind(ms(d.created_at))
-                    .push_bind(claim.map(|c| ms(c.lease_until)))
-                    .push_bind(claim.map(|c| c.token))
-                    .push_bind(d.trace.as_deref());
-            });
-            qb.push(
-                ") INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-                 attempts, next_attempt_at, created_at, claimed_until, claim_token, trace) \
-                 SELECT * FROM v WHERE v.webhook_id IN (SELECT id FROM webhooks)",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
+        insert_rows(&mut tx, deliveries, claim).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn enqueue_derived(
+        &self,
+        deliveries: &[NewDelivery],
+        now: OffsetDateTime,
+    ) -> Result<u64> {
+        let _write = self.write.lock().await;
+        let mut tx = self.writer.begin().await?;
+        // Record each event once; rows of events recorded before drop out.
+        let mut fresh = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for d in deliveries {
+            if !seen.insert(d.event_id) {
+                continue;
+            }
+            let new = sqlx::query(
+                "INSERT INTO webhook_derived (event_id, derived_at) VALUES ($1, $2) \
+                 ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(d.event_id)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if new == 1 {
+                fresh.insert(d.event_id);
+            }
+        }
+        let rows: Vec<NewDelivery> = deliveries
+            .iter()
+            .filter(|d| fresh.contains(&d.event_id))
+            .cloned()
+            .collect();
+        let queued = insert_rows(&mut tx, &rows, None).await?;
+        tx.commit().await?;
+        Ok(queued)
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<SqliteRow>> {
@@ -392,4 +397,48 @@ impl Engine for SqliteStore {
             .map_err(|e| WebhookError::Corrupt(format!("events: {e}")))?;
         kinds_from_names(&names)
     }
+}
+
+/// Inserts `deliveries` in `tx` (the first `claim.count` claimed), skipping
+/// rows of a webhook deleted since they were built; how many it inserted.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    deliveries: &[NewDelivery],
+    claim: Option<&BatchClaim>,
+) -> Result<u64> {
+    let claimed = claim.map_or(0, |c| c.count);
+    let mut inserted = 0;
+    for (n, chunk) in deliveries.chunks(INSERT_CHUNK).enumerate() {
+        // Rows of a webhook deleted since the sink looked it up are
+        // skipped: failing the whole batch on the foreign key would drop
+        // every other webhook's rows with it.
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "WITH v(id, webhook_id, event_id, event_type, body, status, attempts, \
+                 next_attempt_at, created_at, claimed_until, claim_token, trace) AS (",
+        );
+        let mut i = n * INSERT_CHUNK;
+        qb.push_values(chunk, |mut b, d| {
+            let claim = claim.filter(|_| i < claimed);
+            i += 1;
+            b.push_bind(d.id)
+                .push_bind(d.webhook_id)
+                .push_bind(d.event_id)
+                .push_bind(d.event_type)
+                .push_bind(String::from_utf8_lossy(&d.body).into_owned())
+                .push_bind("pending")
+                .push_bind(0_i64)
+                .push_bind(d.next_attempt_at.map(ms))
+                .push_bind(ms(d.created_at))
+                .push_bind(claim.map(|c| ms(c.lease_until)))
+                .push_bind(claim.map(|c| c.token))
+                .push_bind(d.trace.as_deref());
+        });
+        qb.push(
+            ") INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
+                 attempts, next_attempt_at, created_at, claimed_until, claim_token, trace) \
+                 SELECT * FROM v WHERE v.webhook_id IN (SELECT id FROM webhooks)",
+        );
+        inserted += qb.build().execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(inserted)
 }
