@@ -605,11 +605,6 @@ pub struct Config {
     #[arg(long = "webhook-endpoint-concurrency", env = "WEBHOOK_ENDPOINT_CONCURRENCY", default_value = "8", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub webhook_endpoint_concurrency: u64,
 
-    /// Delivery rows the webhook sink keeps queued for insertion or being
-    /// inserted; beyond it new events wait in the sink's intake.
-    #[arg(long = "webhook-insert-pending", env = "WEBHOOK_INSERT_PENDING", default_value = "16384", value_parser = clap::value_parser!(u64).range(256..=1_000_000))]
-    pub webhook_insert_pending: u64,
-
     /// Name of the hex HMAC signature header on webhook requests.
     #[arg(long = "webhook-signature-header", env = "WEBHOOK_SIGNATURE_HEADER", default_value = "X-Matric-Signature", value_parser = header_name)]
     pub webhook_signature_header: String,
@@ -886,8 +881,6 @@ mod tests {
         assert!(parse(&["--webhook-endpoint-concurrency", "1025"]).is_err());
         let c = parse(&["--webhook-endpoint-concurrency", "16"]).unwrap();
         assert_eq!(c.webhook_endpoint_concurrency, 16);
-        assert_eq!(parse(&[]).unwrap().webhook_insert_pending, 16_384);
-        assert!(parse(&["--webhook-insert-pending", "255"]).is_err());
     }
 
     #[test]

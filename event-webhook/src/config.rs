@@ -53,12 +53,6 @@ pub struct WebhookConfig {
     /// process that dies leaves up to this many rows per webhook claimed
     /// until its lease ends (PostgreSQL; SQLite frees them at start-up).
     pub handoff_hold: usize,
-    /// Delivery rows the sink keeps queued for insertion or being inserted
-    /// (default 16,384; `WEBHOOK_INSERT_PENDING`). Beyond it the sink
-    /// waits and events wait in its intake; rows already handed to the
-    /// worker are sent meanwhile. While the database is slow, the queued
-    /// batches are inserted together, up to 4,096 rows per statement.
-    pub insert_pending: usize,
     /// Events the sink holds in memory, waiting for the store, before it
     /// starts dropping them (default 100,000; counted in
     /// `events_dropped_total{consumer="webhook"}` and logged). The publisher
@@ -107,7 +101,6 @@ impl Default for WebhookConfig {
             lease: Duration::from_secs(300),
             claim_batch: 256,
             handoff_hold: 1024,
-            insert_pending: 16_384,
             intake_capacity: 100_000,
             index_refresh_interval: Duration::from_secs(30),
             allow_cidrs: Vec::new(),

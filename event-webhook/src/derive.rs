@@ -36,9 +36,7 @@ use event_core::Event;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::deliver::body_for;
 use crate::error::Result;
-use crate::model::NewDelivery;
 use crate::service::Shared;
 
 /// How often the record of derived events is pruned, at most.
@@ -81,7 +79,7 @@ impl Deriver {
         if let Some(newest) = events.iter().map(|e| e.occurred_at()).max() {
             self.fresh_index(newest).await?;
         }
-        let rows = rows_for(shared, events);
+        let rows = crate::sink::rows_for(shared, events, true);
         let queued = if rows.is_empty() {
             0
         } else {
@@ -136,37 +134,4 @@ impl Deriver {
             Err(error) => tracing::warn!(%error, "derived webhook events not pruned"),
         }
     }
-}
-
-/// One row per (event, active subscribed webhook created at or before the
-/// event occurred).
-fn rows_for(shared: &Shared, events: &[Arc<Event>]) -> Vec<NewDelivery> {
-    let now = OffsetDateTime::now_utc();
-    let mut rows = Vec::new();
-    for event in events {
-        let subscribers: Vec<_> = shared
-            .index
-            .subscribers(event.kind())
-            .into_iter()
-            .filter(|w| w.created_at <= event.occurred_at())
-            .collect();
-        if subscribers.is_empty() {
-            continue;
-        }
-        let body = body_for(event);
-        let trace = event.meta().trace.as_ref().map(crate::model::encode_trace);
-        for w in subscribers {
-            rows.push(NewDelivery {
-                id: Uuid::now_v7(),
-                webhook_id: w.id,
-                event_id: event.id(),
-                event_type: event.kind().type_name(),
-                body: body.clone(),
-                created_at: now,
-                next_attempt_at: Some(now),
-                trace: trace.clone(),
-            });
-        }
-    }
-    rows
 }

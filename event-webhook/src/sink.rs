@@ -22,35 +22,39 @@
 //! transactions run, the intake fills, so under load batches grow (up to the
 //! runner's batch limit) and the database cost per row falls.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use event_core::{Cursor, Event, EventSink, ReplaySource, SinkError, async_trait};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::deliver::body_for;
-use crate::model::NewDelivery;
+use crate::model::{BatchClaim, NewDelivery};
 use crate::service::Shared;
-use crate::worker::Inserted;
-
-mod inserts;
-
-use inserts::{Inserts, PendingBatch};
+use crate::worker::{InsertDone, Inserted, Reservation};
 
 /// The webhook [`EventSink`]. Obtain it from
 /// [`Webhooks::sink`](crate::Webhooks::sink).
 pub struct WebhookSink {
     shared: Arc<Shared>,
-    /// Batches waiting for (or in) their insert.
-    inserts: Arc<Inserts>,
+    /// Enqueue transactions in flight (at most [`ENQUEUE_PIPELINE`]).
+    slots: Arc<Semaphore>,
+    /// Batches in arrival order, so the log cursor passes a batch only once
+    /// it and every batch before it are queued.
+    order: Arc<Mutex<InOrder>>,
 }
 
 impl WebhookSink {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         WebhookSink {
             shared,
-            inserts: Inserts::new(),
+            slots: Arc::new(Semaphore::new(ENQUEUE_PIPELINE)),
+            order: Arc::default(),
         }
     }
 
@@ -60,8 +64,13 @@ impl WebhookSink {
 }
 
 /// One row per (event, subscribed webhook); with `existed_then`, only for
-/// webhooks created before the event occurred (a catch-up of old events).
-fn rows_for(shared: &Shared, events: &[Arc<Event>], existed_then: bool) -> Vec<NewDelivery> {
+/// webhooks created at or before the event occurred (a catch-up of old
+/// events, a derivation from a shared stream).
+pub(crate) fn rows_for(
+    shared: &Shared,
+    events: &[Arc<Event>],
+    existed_then: bool,
+) -> Vec<NewDelivery> {
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
     for event in events {
@@ -205,12 +214,62 @@ pub(crate) async fn catch_up(
     Ok(queued)
 }
 
+/// Batches whose enqueue has started, oldest first: the newest event
+/// sequence of each and whether it is queued.
+#[derive(Default)]
+struct InOrder {
+    /// The ticket of the front entry.
+    first: u64,
+    batches: VecDeque<(u64, bool)>,
+}
+
+impl InOrder {
+    /// Notes a batch whose newest event is `seq`; returns its ticket.
+    fn start(&mut self, seq: u64) -> u64 {
+        self.batches.push_back((seq, false));
+        self.first + self.batches.len() as u64 - 1
+    }
+
+    /// Notes that batch `ticket` is queued; returns the newest sequence
+    /// through which every batch is, when that moved.
+    fn done(&mut self, ticket: u64) -> Option<u64> {
+        let i = usize::try_from(ticket.checked_sub(self.first)?).ok()?;
+        if let Some(entry) = self.batches.get_mut(i) {
+            entry.1 = true;
+        }
+        let mut through = None;
+        while let Some(&(seq, true)) = self.batches.front() {
+            self.batches.pop_front();
+            self.first += 1;
+            through = Some(through.map_or(seq, |t: u64| t.max(seq)));
+        }
+        through
+    }
+}
+
+/// Enqueue transactions the sink keeps in flight. With one, every batch
+/// waits for the previous batch's commit (a round trip and, on PostgreSQL,
+/// a WAL flush) before its own starts; a few in flight share the flushes
+/// (group commit) and a batch waits only for its own.
+pub(crate) const ENQUEUE_PIPELINE: usize = 4;
+
 /// How often the log cursor is stored at most (a crash repeats at most
 /// this long of deliveries).
 const CURSOR_STORE_EVERY_MS: u64 = 200;
 
 /// Events read from the log per catch-up page.
 const CATCH_UP_PAGE: usize = 1024;
+
+/// Back-off between enqueue attempts when the database is briefly away
+/// (about 18 s in all, within the runner's 30-second delivery timeout;
+/// meanwhile new events wait in the intake).
+const ENQUEUE_BACKOFF: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+];
 
 #[async_trait]
 impl EventSink for WebhookSink {
@@ -249,16 +308,16 @@ impl EventSink for WebhookSink {
         self.deliver_batch(vec![event]).await
     }
 
-    // Hands the rows the worker has room for to it at once (they are sent
-    // while they are inserted), then queues the batch for its insert and
-    // returns: it waits only while `insert_pending` rows are queued, so
-    // the next batch's hand-over never waits for a commit. The log cursor
-    // moves past a batch only once it and every earlier one are committed.
+    // Returns once the batch's enqueue has started (at most
+    // `ENQUEUE_PIPELINE` in flight, so the intake still fills while the
+    // database is slow). The rows the worker has room for are handed to it
+    // first, before any wait: they are sent while they are inserted. The
+    // log cursor moves past the batch only once it is committed.
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
         let newest = events.iter().map(|e| e.seq()).max().unwrap_or(0);
         let mut rows = self.rows_for(&events);
-        // Reserved and handed over here, in batch order: the room goes to
-        // the oldest rows, and they go out in order.
+        // Reserved and handed over here, in batch order, not in the task:
+        // the room goes to the oldest rows, and they go out in order.
         let reservation = if rows.is_empty() {
             None
         } else {
@@ -267,25 +326,142 @@ impl EventSink for WebhookSink {
         let (done, inserted) = Inserted::channel();
         let claim = reservation.as_ref().map(|r| *r.claim());
         let stopped = reservation.and_then(|r| r.hand_over(&rows, &inserted).err());
-        let batch = PendingBatch {
-            rows,
-            claim,
-            done,
-            stopped,
-            newest,
-            oldest: events.iter().map(|e| e.occurred_at()).min(),
-        };
-        if self.inserts.push(&self.shared, batch).await {
-            Ok(())
-        } else {
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
             // Shut down: rows already handed over are not recorded (their
             // insert counts as failed), and the log cursor stays before them.
-            Err(SinkError::new("the webhook sink is shut down"))
-        }
+            return Err(SinkError::new("the webhook sink is shut down"));
+        };
+        let ticket = lock(&self.order).start(newest);
+        let oldest = events.iter().map(|e| e.occurred_at()).min();
+        let (shared, order) = (self.shared.clone(), self.order.clone());
+        tokio::spawn(async move {
+            let batch = Batch {
+                rows,
+                claim,
+                done,
+                stopped,
+                oldest,
+            };
+            if !enqueue(&shared, batch).await {
+                // The cursor stays where a restart must catch these up
+                // from the log.
+                shared.log_cursor.frozen.store(true, Ordering::Relaxed);
+            }
+            let through = lock(&order).done(ticket);
+            if let Some(seq) = through {
+                shared.log_cursor.queued(shared.store.as_ref(), seq).await;
+            }
+            drop(permit);
+        });
+        Ok(())
     }
 
-    // Waits for the inserts queued and in flight.
+    // Waits for the enqueues in flight.
     async fn shutdown(&self) {
-        self.inserts.shutdown().await;
+        let all = u32::try_from(ENQUEUE_PIPELINE).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+        self.slots.close();
+    }
+}
+
+fn lock(order: &Mutex<InOrder>) -> std::sync::MutexGuard<'_, InOrder> {
+    order.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One batch's rows on their way into the store.
+struct Batch {
+    rows: Vec<NewDelivery>,
+    /// The claim the first rows are inserted with (handed to the worker).
+    claim: Option<BatchClaim>,
+    /// Tells the worker whether the insert committed.
+    done: InsertDone,
+    /// The reservation of a worker that stopped before the hand-over: its
+    /// rows are released once committed.
+    stopped: Option<Reservation>,
+    oldest: Option<OffsetDateTime>,
+}
+
+/// Queues the batch's rows (retrying while the database is briefly away)
+/// and tells the worker how that went; whether they were queued.
+async fn enqueue(shared: &Shared, batch: Batch) -> bool {
+    let Batch {
+        rows,
+        claim,
+        done,
+        stopped,
+        oldest,
+    } = batch;
+    if rows.is_empty() {
+        done.finish(true);
+        return true;
+    }
+    let claimed = claim.map_or(0, |c| c.count);
+    let started = std::time::Instant::now();
+    let mut tries = ENQUEUE_BACKOFF.iter();
+    loop {
+        match shared.store.enqueue_claiming(&rows, claim.as_ref()).await {
+            Ok(()) => break,
+            Err(error) => match tries.next() {
+                Some(pause) => {
+                    tracing::warn!(%error, rows = rows.len(), "webhook enqueue failed; retrying");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => {
+                    tracing::error!(%error, rows = rows.len(), "could not queue webhook deliveries; a restart catches them up from the event log, if any");
+                    done.finish(false);
+                    return false;
+                }
+            },
+        }
+    }
+    done.finish(true);
+    tracing::debug!(
+        target: "matric::webhooks::timing",
+        rows = rows.len(),
+        claimed,
+        enqueue_us = started.elapsed().as_micros() as u64,
+        waited_us = oldest.map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_microseconds().max(0) as u64),
+        "webhook enqueue"
+    );
+    if let Some(reservation) = stopped {
+        reservation.release_after_insert(&rows).await;
+    }
+    if claimed < rows.len() {
+        let unclaimed = &rows[claimed..];
+        shared
+            .counters
+            .queued_unclaimed
+            .fetch_add(unclaimed.len() as u64, Ordering::Relaxed);
+        // Noted again now they are committed: a claim that ran between the
+        // reservation and the commit did not see them.
+        shared
+            .worker
+            .note_behind(unclaimed.iter().map(|r| r.webhook_id));
+        shared.wake.notify_one();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InOrder;
+
+    #[test]
+    fn the_cursor_passes_a_batch_only_when_every_earlier_one_is_queued() {
+        let mut order = InOrder::default();
+        let a = order.start(10);
+        let b = order.start(20);
+        let c = order.start(30);
+        // The later ones finish first: nothing moves.
+        assert_eq!(order.done(c), None);
+        assert_eq!(order.done(b), None);
+        // The first one finishes: through the last, at once.
+        assert_eq!(order.done(a), Some(30));
+        let d = order.start(40);
+        let e = order.start(50);
+        assert_eq!(order.done(d), Some(40));
+        assert_eq!(order.done(e), Some(50));
+        // A ticket seen already changes nothing.
+        assert_eq!(order.done(a), None);
     }
 }

@@ -58,7 +58,6 @@ use crate::service::Shared;
 use crate::ssrf::host_of;
 
 mod handoff;
-mod record;
 mod state;
 mod stats;
 
@@ -66,6 +65,19 @@ pub(crate) use handoff::{InsertDone, Inserted, Reservation, WorkerLink};
 use state::{Held, State};
 pub(crate) use stats::QueueCounters;
 pub use stats::QueueStats;
+
+/// Most attempt results written in one transaction. The stores write a
+/// batch with a fixed number of set-based statements, so a large batch
+/// costs little more than a small one: under load the recorder keeps up by
+/// writing more per transaction, not by adding round trips.
+const RECORD_BATCH: usize = 1024;
+
+/// How long the recorder waits for more results before writing a small
+/// batch. A result only has to be durable before its claim runs out, so
+/// waiting costs nothing but a slightly longer window in which a crash
+/// would send the delivery again, and it turns hundreds of small
+/// transactions a second into a few large ones.
+const RECORD_LINGER: Duration = Duration::from_millis(10);
 
 /// The poll interval, at most, while claims keep finding rows.
 const BUSY_POLL: Duration = Duration::from_millis(50);
@@ -86,8 +98,8 @@ impl DeliveryWorker {
     pub(crate) fn start(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
         let stop = shutdown.child_token();
         let tracker = TaskTracker::new();
-        let (record_tx, record_rx) = mpsc::channel(record::RECORD_BATCH * 4);
-        tracker.spawn(record::record_loop(shared.clone(), record_rx));
+        let (record_tx, record_rx) = mpsc::channel(RECORD_BATCH * 4);
+        tracker.spawn(record_loop(shared.clone(), record_rx));
         let cfg = shared.config.clone();
         let per = cfg.per_endpoint_concurrency.max(1);
         let hold = per * ROUNDS;
@@ -115,7 +127,6 @@ impl DeliveryWorker {
             // longest attempt, with a margin for recording the result.
             window: cfg.lease.saturating_sub(cfg.request_timeout).mul_f64(0.9),
             records: record_tx,
-            handoff_token: Uuid::new_v4(),
             shared,
         });
         dispatcher.shared.worker.attach(&dispatcher);
@@ -166,8 +177,6 @@ struct Dispatcher {
     max_hold: usize,
     window: Duration,
     records: mpsc::Sender<(AttemptRecord, Option<Inserted>)>,
-    /// The claim token of every row the sink hands over (`handoff`).
-    handoff_token: Uuid,
 }
 
 impl Dispatcher {
@@ -530,6 +539,12 @@ impl Dispatcher {
         )
         .instrument(span.clone())
         .await;
+        tracing::debug!(
+            target: "matric::webhooks::timing",
+            queued_us = (exchange.started_at - row.created_at).whole_microseconds().max(0) as u64,
+            http_us = exchange.duration.as_micros() as u64,
+            "webhook attempt"
+        );
         if let Some(status) = exchange.status {
             span.record("webhook.status", status);
         }
@@ -554,15 +569,80 @@ impl Dispatcher {
         // this one's transaction (nor for the row's own insert, if it was
         // handed over before it). Until it commits the claim protects the
         // row; if the process dies first, the row is sent again.
-        let sent = Instant::now();
         let _ = self.records.send((record, held.inserted.clone())).await;
+    }
+}
+
+/// Writes attempt results in batches: whatever arrived while the previous
+/// transaction ran goes into the next one. A result of a row handed over
+/// before its insert committed waits for that commit, and is dropped if
+/// the insert failed (there is no row to record it on).
+async fn record_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<(AttemptRecord, Option<Inserted>)>,
+) {
+    let mut arrived = Vec::with_capacity(RECORD_BATCH);
+    let mut batch: Vec<AttemptRecord> = Vec::with_capacity(RECORD_BATCH);
+    while rx.recv_many(&mut arrived, RECORD_BATCH).await > 0 {
+        let until = Instant::now() + RECORD_LINGER;
+        while arrived.len() < RECORD_BATCH {
+            let room = RECORD_BATCH - arrived.len();
+            match tokio::time::timeout_at(until, rx.recv_many(&mut arrived, room)).await {
+                Ok(n) if n > 0 => {}
+                // Time is up, or every sender is gone (shutdown).
+                _ => break,
+            }
+        }
+        for (record, inserted) in arrived.drain(..) {
+            let in_store = match &inserted {
+                Some(inserted) => inserted.committed().await,
+                None => true,
+            };
+            if in_store {
+                batch.push(record);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut tries = 0u64;
+        let started = Instant::now();
+        let effects = loop {
+            match shared.store.complete_attempts(&batch).await {
+                Ok(effects) => break effects,
+                Err(error) if tries < 3 => {
+                    tries += 1;
+                    tracing::warn!(%error, "recording webhook attempts failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(error) => {
+                    // The claims expire and the deliveries are sent again:
+                    // at-least-once.
+                    tracing::error!(%error, attempts = batch.len(), "recording webhook attempts failed");
+                    break Vec::new();
+                }
+            }
+        };
         tracing::debug!(
             target: "matric::webhooks::timing",
-            queued_us = (exchange.started_at - row.created_at).whole_microseconds().max(0) as u64,
-            http_us = exchange.duration.as_micros() as u64,
-            record_wait_us = sent.elapsed().as_micros() as u64,
-            "webhook attempt"
+            records = batch.len(),
+            record_us = started.elapsed().as_micros() as u64,
+            "webhook record"
         );
+        let mut disabled = false;
+        for (record, effect) in batch.iter().zip(&effects) {
+            if effect.lost_claim {
+                tracing::warn!(delivery_id = %record.delivery_id, "webhook attempt not recorded: the claim expired or the delivery was deleted");
+            }
+            if effect.webhook_disabled {
+                tracing::warn!(webhook_id = %record.webhook_id, "webhook disabled");
+                disabled = true;
+            }
+        }
+        if disabled {
+            shared.refresh_index().await;
+        }
+        batch.clear();
     }
 }
 

@@ -208,17 +208,13 @@ impl WriteLock {
 }
 
 /// A handed-over row is sent while its insert is still waiting for the
-/// database (the commit is not part of the delivery's latency), and so are
-/// the rows of later batches, more of them than inserts may be in flight:
-/// none waits for an earlier insert. Their outcomes are recorded once the
-/// inserts have committed: every row ends succeeded, with one attempt,
-/// sent once.
+/// database (the commit is not part of the delivery's latency), and its
+/// outcome is recorded once the insert has committed: the row ends
+/// succeeded, with one attempt, sent once.
 async fn a_handed_over_row_is_sent_before_its_insert_commits(
     store: Arc<dyn WebhookStore>,
     lock: impl AsyncFnOnce() -> WriteLock,
 ) {
-    // More batches than the sink keeps inserts in flight (4).
-    const BATCHES: usize = 6;
     let rx = Receiver::start().await;
     let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), fast_config())
         .await
@@ -231,13 +227,9 @@ async fn a_handed_over_row_is_sent_before_its_insert_commits(
     wait_for_first_claims(&webhooks).await;
 
     let lock = lock().await;
-    // One event at a time, each sent before the next is published: each
-    // is a batch of its own, and its insert waits for the lock.
-    let mut ids = Vec::new();
-    for n in 1..=BATCHES {
-        ids.extend(publish(&bus, 1));
-        rx.wait_for("early", n, Duration::from_secs(8)).await;
-    }
+    let ids = publish(&bus, 3);
+    // Sent while nothing can be inserted (the lock outlasts this wait).
+    let requests = rx.wait_for("early", 3, Duration::from_secs(8)).await;
     let store = webhooks.store().clone();
     assert!(
         store
@@ -250,17 +242,21 @@ async fn a_handed_over_row_is_sent_before_its_insert_commits(
     lock.release().await;
     eventually(Duration::from_secs(30), || {
         let store = store.clone();
-        async move { succeeded(&store, webhook, 10).await == BATCHES }
+        async move { succeeded(&store, webhook, 10).await == 3 }
     })
     .await;
     runner.shutdown(Duration::from_secs(5)).await;
     assert!(worker.shutdown(Duration::from_secs(5)).await);
-    let requests = rx.requests_to("early");
-    let got: Vec<&str> = requests
+    let got: HashSet<&str> = requests
         .iter()
         .filter_map(|r| r.header("webhook-id"))
         .collect();
-    assert_eq!(got, ids, "each sent once, in order");
+    assert_eq!(got, ids.iter().map(String::as_str).collect());
+    assert_eq!(
+        rx.requests_to("early").len(),
+        3,
+        "a delivery was sent twice"
+    );
     for d in store.list_deliveries(webhook, None, 10).await.unwrap() {
         assert_eq!(store.list_attempts(d.id).await.unwrap().len(), 1);
     }
@@ -458,81 +454,4 @@ async fn postgres_handed_rows_survive_a_crash() {
     }))
     .await;
     common::drop_schema(&schema).await;
-}
-
-/// While the database holds the sink's inserts back, the rows queued for
-/// insertion stop growing at their bound (`insert_pending`; the rest wait
-/// in the sink's intake), and once it lets go the queued batches
-/// go in with far fewer inserts than there were batches; every event is
-/// delivered once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_rows_waiting_for_their_insert_are_bounded_and_coalesced() {
-    use sqlx::Connection;
-    // A little more than the bound: nearly everything is queued for
-    // insertion when the lock goes.
-    const N: usize = 1_700;
-    const BOUND: u64 = 1_500;
-    // The sink runner's largest batch: what a push may add past the bound.
-    const RUNNER_BATCH: u64 = 256;
-    let (url, _) = common::sqlite_url();
-    let store = Arc::new(
-        event_webhook::store::SqliteStore::connect(&url)
-            .await
-            .unwrap(),
-    );
-    let rx = Receiver::start().await;
-    let config = WebhookConfig {
-        insert_pending: BOUND as usize,
-        ..fast_config()
-    };
-    let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), config)
-        .await
-        .unwrap();
-    register(&webhooks, rx.url("many")).await;
-    let bus = EventBus::default();
-    let mut runner = SinkRunner::new(&bus);
-    runner.register(webhooks.sink());
-    let worker = webhooks.start_worker(CancellationToken::new());
-    wait_for_first_claims(&webhooks).await;
-
-    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut lock)
-        .await
-        .unwrap();
-    let ids = publish(&bus, N);
-    let w = webhooks.clone();
-    eventually(Duration::from_secs(30), move || {
-        let w = w.clone();
-        async move { w.queue_stats().insert_pending >= BOUND }
-    })
-    .await;
-    // Held there while the lock lasts (sampled a few times).
-    for _ in 0..10 {
-        let pending = webhooks.queue_stats().insert_pending;
-        assert!(pending < BOUND + RUNNER_BATCH, "{pending} rows queued");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before = webhooks.queue_stats();
-    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
-    lock.close().await.unwrap();
-
-    let requests = rx.wait_for("many", N, Duration::from_secs(120)).await;
-    runner.shutdown(Duration::from_secs(10)).await;
-    assert!(worker.shutdown(Duration::from_secs(10)).await);
-    let stats = webhooks.queue_stats();
-    assert_eq!(stats.insert_pending, 0, "{stats:?}");
-    // Four inserts (one per pipeline slot) waited for the lock with a
-    // batch each; the batches queued behind them went in together.
-    assert!(
-        stats.inserts < stats.insert_batches,
-        "no batches were inserted together: {before:?} {stats:?}"
-    );
-    let got: HashSet<&str> = requests
-        .iter()
-        .filter_map(|r| r.header("webhook-id"))
-        .collect();
-    assert_eq!(got.len(), N);
-    assert_eq!(got, ids.iter().map(String::as_str).collect());
-    assert_eq!(rx.requests_to("many").len(), N, "a delivery was sent twice");
 }

@@ -379,7 +379,6 @@ impl Assembly<'_> {
             max_concurrency: usize::try_from(c.webhook_concurrency).unwrap_or(usize::MAX),
             per_endpoint_concurrency: usize::try_from(c.webhook_endpoint_concurrency)
                 .unwrap_or(usize::MAX),
-            insert_pending: usize::try_from(c.webhook_insert_pending).unwrap_or(usize::MAX),
             secret_keys: match &c.webhook_secret_key {
                 Some(keys) => event_webhook::SecretKey::parse_list(keys).map_err(|e| {
                     crate::error::ServerError::Startup(format!("WEBHOOK_SECRET_KEY: {e}"))

@@ -156,9 +156,7 @@ impl WorkerLink {
             attempt_by: Instant::now() + worker.window,
             claim: BatchClaim {
                 count,
-                // One token for all of this worker's handed-over rows, so
-                // the sink can insert several batches in one statement.
-                token: worker.handoff_token,
+                token: Uuid::new_v4(),
                 lease_until: now + lease,
             },
             taken,
@@ -231,14 +229,18 @@ impl Reservation {
         Ok(())
     }
 
-    /// For a worker that stopped before the hand-over: gives the rows
-    /// (`ids`, the reserved ones), now committed claimed, back to the store.
-    pub(crate) async fn release_after_insert(self, ids: &[Uuid]) {
+    /// For a worker that stopped before the hand-over: gives the rows,
+    /// now committed claimed, back to the store.
+    pub(crate) async fn release_after_insert(self, rows: &[NewDelivery]) {
+        let ids: Vec<Uuid> = rows[..self.claim.count.min(rows.len())]
+            .iter()
+            .map(|r| r.id)
+            .collect();
         if let Err(error) = self
             .worker
             .shared
             .store
-            .release(ids, self.claim.token)
+            .release(&ids, self.claim.token)
             .await
         {
             tracing::warn!(%error, "releasing webhook deliveries failed; they return after the lease");
@@ -260,16 +262,6 @@ impl Inserted {
     pub(crate) fn channel() -> (InsertDone, Inserted) {
         let (tx, rx) = watch::channel(None);
         (InsertDone(tx), Inserted(rx))
-    }
-
-    /// Whether the insert committed, if it has settled.
-    pub(crate) fn settled(&self) -> Option<bool> {
-        match *self.0.borrow() {
-            Some(committed) => Some(committed),
-            // The sink's end is gone unfinished: it failed.
-            None if self.0.has_changed().is_err() => Some(false),
-            None => None,
-        }
     }
 
     /// Waits for the insert; whether it committed.

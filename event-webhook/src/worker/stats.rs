@@ -17,14 +17,6 @@ pub struct QueueStats {
     pub claims: u64,
     /// Rows claim queries returned.
     pub claimed: u64,
-    /// Rows the sink has queued for insertion and not yet inserted (a
-    /// gauge; at most `insert_pending` and one batch of the sink runner).
-    pub insert_pending: u64,
-    /// Insert statements the sink has run (each may take several of its
-    /// batches).
-    pub inserts: u64,
-    /// Batches the sink has queued for insertion.
-    pub insert_batches: u64,
 }
 
 /// The counters behind [`QueueStats`].
@@ -34,9 +26,6 @@ pub(crate) struct QueueCounters {
     pub queued_unclaimed: AtomicU64,
     pub claims: AtomicU64,
     pub claimed: AtomicU64,
-    pub insert_pending: AtomicU64,
-    pub inserts: AtomicU64,
-    pub insert_batches: AtomicU64,
 }
 
 impl QueueCounters {
@@ -46,9 +35,6 @@ impl QueueCounters {
             queued_unclaimed: self.queued_unclaimed.load(Ordering::Relaxed),
             claims: self.claims.load(Ordering::Relaxed),
             claimed: self.claimed.load(Ordering::Relaxed),
-            insert_pending: self.insert_pending.load(Ordering::Relaxed),
-            inserts: self.inserts.load(Ordering::Relaxed),
-            insert_batches: self.insert_batches.load(Ordering::Relaxed),
         }
     }
 }
