@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// The protocol's subject prefix: events go to `matric.events.<dot name>`,
-/// e.g. `matric.events.job.progress`.
+/// The protocol's subject prefix: events go to
+/// `matric.events.<dot name>.<partition>.<topic>`, e.g.
+/// `matric.events.job.progress.7.job` ([`NatsConfig::subject_for`]).
 pub const DEFAULT_SUBJECT_PREFIX: &str = "matric.events";
 /// The default JetStream stream name.
 pub const DEFAULT_STREAM: &str = "MATRIC_EVENTS";
@@ -45,7 +46,8 @@ pub struct NatsConfig {
     pub url: String,
     /// JetStream stream name (no `.`, `*`, `>` or whitespace).
     pub stream: String,
-    /// Subject prefix; each event goes to `<prefix>.<dot name>`.
+    /// Subject prefix; each event goes to
+    /// `<prefix>.<dot name>.<partition>.<topic>` ([`subject_for`](Self::subject_for)).
     pub subject_prefix: String,
     /// This instance's id, sent with every event it publishes (header
     /// `Matric-Origin`). Unique per running instance; keep it stable across
@@ -118,6 +120,13 @@ pub struct NatsConfig {
     /// window in memory. At least 1 s and at most the retention's
     /// `max_age`; the host sets it from `DEDUP_WINDOW_SECS`.
     pub duplicate_window: Duration,
+    /// How many partitions the stream's events are spread over, by a hash
+    /// of their entity (`NATS_GROUP_PARTITIONS`, default 16, 1 to
+    /// [`MAX_GROUP_PARTITIONS`]): a consumer group's unit of work across
+    /// instances, so one entity's events are pulled by one instance at a
+    /// time (docs/cluster.md). The same on every instance: an event's
+    /// subject carries its partition.
+    pub group_partitions: u16,
 }
 
 impl Default for NatsConfig {
@@ -144,6 +153,7 @@ impl Default for NatsConfig {
             topic_scan: DEFAULT_TOPIC_SCAN,
             consumers_bucket: DEFAULT_CONSUMERS_BUCKET.to_owned(),
             duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            group_partitions: DEFAULT_GROUP_PARTITIONS,
         }
     }
 }
@@ -155,6 +165,12 @@ pub const MAX_TOPIC_SCAN: usize = 100_000;
 /// The stream's default duplicate window (2 minutes, JetStream's own
 /// default too).
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Default of [`NatsConfig::group_partitions`].
+pub const DEFAULT_GROUP_PARTITIONS: u16 = 16;
+/// Most [`NatsConfig::group_partitions`] (each is a JetStream consumer per
+/// group).
+pub const MAX_GROUP_PARTITIONS: u16 = 256;
 
 /// Most stream replicas (JetStream's own limit).
 pub const MAX_REPLICAS: usize = 5;
@@ -181,7 +197,8 @@ impl NatsConfig {
     /// `NATS_PUBLISH_RETRIES` ([`publish_retries`](Self::publish_retries))
     /// and `NATS_RECONNECT_GRACE_MS` ([`reconnect_grace`](Self::reconnect_grace))
     /// and `NATS_TOPIC_SCAN` ([`topic_scan`](Self::topic_scan)) and
-    /// `NATS_CONSUMERS_BUCKET` ([`consumers_bucket`](Self::consumers_bucket)).
+    /// `NATS_CONSUMERS_BUCKET` ([`consumers_bucket`](Self::consumers_bucket))
+    /// and `NATS_GROUP_PARTITIONS` ([`group_partitions`](Self::group_partitions)).
     ///
     /// A numeric variable that is set but not a number, or out of its
     /// bounds ([`validate`](Self::validate)), is an [`Error::Config`] naming
@@ -230,6 +247,9 @@ impl NatsConfig {
         if let Some(bucket) = var("NATS_CONSUMERS_BUCKET") {
             config.consumers_bucket = bucket;
         }
+        if let Some(n) = number("NATS_GROUP_PARTITIONS", var("NATS_GROUP_PARTITIONS"))? {
+            config.group_partitions = n;
+        }
         config.validate()?;
         Ok(Some(config))
     }
@@ -245,9 +265,26 @@ impl NatsConfig {
             .collect()
     }
 
-    /// The subject an event of this dot name goes to.
-    pub fn subject_for(&self, dot_name: &str) -> String {
-        format!("{}.{dot_name}", self.subject_prefix)
+    /// The subject of an event of type `dot_name` in `partition` and
+    /// `topic`: `<prefix>.<dot name>.<partition>.<topic>`. The type comes
+    /// first, so `<prefix>.job.>` still selects every job event; the
+    /// partition is at a fixed place, so a group's consumer of one partition
+    /// filters on [`partition_subjects`](Self::partition_subjects).
+    pub fn subject_for(&self, dot_name: &str, partition: u16, topic: &str) -> String {
+        format!("{}.{dot_name}.{partition}.{topic}", self.subject_prefix)
+    }
+
+    /// The subjects of every event in `partition`:
+    /// `<prefix>.*.*.<partition>.>` (every dot name has two tokens).
+    pub fn partition_subjects(&self, partition: u16) -> String {
+        format!("{}.*.*.{partition}.>", self.subject_prefix)
+    }
+
+    /// The key-value bucket where instances agree on who pulls which of a
+    /// group's partitions: [`consumers_bucket`](Self::consumers_bucket)
+    /// with `_GROUPS` appended.
+    pub fn groups_bucket(&self) -> String {
+        format!("{}_GROUPS", self.consumers_bucket)
     }
 
     /// The stream's subject filter: `<prefix>.>`.
@@ -316,6 +353,12 @@ impl NatsConfig {
                 self.consumers_bucket
             )));
         }
+        if !(1..=MAX_GROUP_PARTITIONS).contains(&self.group_partitions) {
+            return Err(Error::Config(format!(
+                "NATS_GROUP_PARTITIONS={} is outside 1 to {MAX_GROUP_PARTITIONS}",
+                self.group_partitions
+            )));
+        }
         if self.duplicate_window < Duration::from_secs(1)
             || (!self.retention.max_age.is_zero() && self.duplicate_window > self.retention.max_age)
         {
@@ -361,7 +404,11 @@ mod tests {
     fn defaults_are_the_protocol_names() {
         let c = NatsConfig::default();
         assert!(c.validate().is_ok());
-        assert_eq!(c.subject_for("job.progress"), "matric.events.job.progress");
+        assert_eq!(
+            c.subject_for("job.progress", 7, "job"),
+            "matric.events.job.progress.7.job"
+        );
+        assert_eq!(c.partition_subjects(7), "matric.events.*.*.7.>");
         assert_eq!(c.stream_subjects(), "matric.events.>");
     }
 
@@ -425,6 +472,14 @@ mod tests {
                 duplicate_window: Duration::from_secs(24 * 3600 + 1),
                 ..NatsConfig::default()
             },
+            NatsConfig {
+                group_partitions: 0,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                group_partitions: MAX_GROUP_PARTITIONS + 1,
+                ..NatsConfig::default()
+            },
         ] {
             assert!(matches!(bad.validate(), Err(Error::Config(_))), "{bad:?}");
         }
@@ -434,9 +489,15 @@ mod tests {
             reconnect_grace: MAX_RECONNECT_GRACE,
             topic_scan: MAX_TOPIC_SCAN,
             consumers_bucket: "x".repeat(64),
+            group_partitions: MAX_GROUP_PARTITIONS,
             ..NatsConfig::default()
         };
         assert!(at_the_limits.validate().is_ok());
+        let one = NatsConfig {
+            group_partitions: 1,
+            ..NatsConfig::default()
+        };
+        assert!(one.validate().is_ok());
     }
 
     #[test]

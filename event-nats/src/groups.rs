@@ -1,15 +1,26 @@
-//! Consumer groups spanning instances: one JetStream durable pull consumer
-//! per group on the cluster's stream ([`JetStreamGroups`], event-core's
-//! [`GroupBackend`]).
+//! Consumer groups spanning instances ([`JetStreamGroups`], event-core's
+//! [`GroupBackend`]): a group is a set of JetStream durable pull consumers
+//! on the cluster's stream, one per partition.
 //!
-//! Each instance with members of a group pulls from the group's durable
-//! consumer in bounded batches (at most the room its `max_ack_pending`
-//! leaves, each pull expiring after [`JetStreamGroups::pull_wait`]) and
-//! hands each event to one of its local members. JetStream gives each
-//! message to one puller, delivers it again at once when it is nak'd (a
+//! **Partitions.** Every event's subject carries its partition, a hash of
+//! its entity (its job or note) modulo [`NatsConfig::group_partitions`]
+//! ([`partition_of`]), and a group has one durable consumer per partition
+//! (`grp_<name>_p<n>`, filtering on that partition's subjects). Each
+//! partition is pulled by one instance at a time, the instances sharing the
+//! partitions in proportion to their members ([`owners`]), and within an
+//! instance the entity hash keeps an entity on one member: so one entity's
+//! events reach one member, in stream order, wherever the members are
+//! connected. When the instances' members change, partitions move: the
+//! giving instance stops pulling a partition before the taking one starts,
+//! but events it had handed out and not yet had acknowledged are delivered
+//! again (after a nak or `ack_wait`) behind newer ones.
+//!
+//! Each instance pulls its partitions in bounded batches (at most the room
+//! its `max_ack_pending` leaves, each pull expiring after
+//! [`JetStreamGroups::pull_wait`]) and hands each event to one of its local
+//! members. JetStream delivers a message again at once when it is nak'd (a
 //! member left) and after `ack_wait` when nobody acked it (an instance
-//! died), so a member on any instance takes its share and nothing a dead
-//! instance held is lost.
+//! died), so nothing a dead instance held is lost.
 //!
 //! **Acks that reach another instance.** An SSE client acks with a
 //! separate HTTP request, which a load balancer may send to any instance.
@@ -17,27 +28,37 @@
 //! the core NATS subject `_matric_groups.<stream>.<consumer>.ack` (outside
 //! the stream: nothing is stored); every instance with the group open
 //! listens there and settles those it holds.
-//!
-//! **Ordering.** JetStream spreads messages over the instances that pull,
-//! so one entity's events can reach members on two instances. Within an
-//! instance the entity hash keeps one entity on one member, and every
-//! member receives its events in stream order (redeliveries aside).
 
+mod names;
+mod owners;
+
+use names::parse_consumer;
+pub use names::{consumer_name, group_name, partition_consumer_name, partition_of};
+
+#[cfg(doc)]
+use crate::NatsConfig;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream;
 use event_core::{
     AckHandle, AckMode, ConsumerError, Cursor, GroupBackend, GroupFeed, GroupMessage, GroupPull,
     GroupSpec, GroupState, Settle, StartAt, async_trait,
 };
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use tokio::sync::OnceCell;
 
 use crate::codec::{self, bus_seq};
 use crate::{Error, NatsCluster};
+
+pub use owners::{OWNER_BEAT, OWNER_LEASE};
 
 /// Every group's durable consumer name starts with this.
 pub const GROUP_CONSUMER_PREFIX: &str = "grp_";
@@ -56,41 +77,9 @@ pub const DEFAULT_PULL_WAIT: Duration = Duration::from_secs(1);
 /// Bounds of [`JetStreamGroups::pull_wait`].
 pub const PULL_WAIT_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(30);
-
-/// The durable consumer name of group `group`: [`GROUP_CONSUMER_PREFIX`]
-/// and the name with `_` written `__` and `.` written `_d` (JetStream
-/// names may not contain `.`), so distinct groups never share a consumer
-/// and the name reads back ([`group_name`]).
-pub fn consumer_name(group: &str) -> String {
-    let mut out = String::with_capacity(GROUP_CONSUMER_PREFIX.len() + group.len() * 2);
-    out.push_str(GROUP_CONSUMER_PREFIX);
-    for c in group.chars() {
-        match c {
-            '_' => out.push_str("__"),
-            '.' => out.push_str("_d"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The group whose durable consumer is `consumer`, if it is one
-/// ([`consumer_name`] read back).
-pub fn group_name(consumer: &str) -> Option<String> {
-    let mut chars = consumer.strip_prefix(GROUP_CONSUMER_PREFIX)?.chars();
-    let mut out = String::new();
-    while let Some(c) = chars.next() {
-        match c {
-            '_' => match chars.next()? {
-                '_' => out.push('_'),
-                'd' => out.push('.'),
-                _ => return None,
-            },
-            c => out.push(c),
-        }
-    }
-    (!out.is_empty()).then_some(out)
-}
+/// How long the groups bucket keeps a key nobody rewrites (what a dead
+/// instance left): far longer than [`OWNER_LEASE`], which is what decides.
+const KEY_MAX_AGE: Duration = Duration::from_secs(60);
 
 fn group_error(e: impl std::fmt::Display) -> ConsumerError {
     ConsumerError::Backend(Box::new(Error::Group(e.to_string())))
@@ -108,6 +97,8 @@ fn is_not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
 pub struct JetStreamGroups {
     cluster: NatsCluster,
     pull_wait: Duration,
+    /// The groups bucket, opened by the first group.
+    owners: Arc<OnceCell<kv::Store>>,
 }
 
 impl JetStreamGroups {
@@ -116,6 +107,7 @@ impl JetStreamGroups {
         JetStreamGroups {
             cluster: cluster.clone(),
             pull_wait: DEFAULT_PULL_WAIT,
+            owners: Arc::new(OnceCell::new()),
         }
     }
 
@@ -132,8 +124,63 @@ impl JetStreamGroups {
         self.pull_wait
     }
 
+    fn partitions(&self) -> u16 {
+        self.cluster.config().group_partitions.max(1)
+    }
+
     fn stream(&self) -> &async_nats::jetstream::stream::Stream {
         &self.cluster.shared().stream
+    }
+
+    /// The groups bucket, created (or updated) the first time.
+    async fn owners_bucket(&self) -> Result<&kv::Store, ConsumerError> {
+        self.owners
+            .get_or_try_init(|| async {
+                let config = self.cluster.config();
+                let bucket = config.groups_bucket();
+                let js = &self.cluster.shared().js;
+                // Made here as async-nats' `create_key_value` would, which
+                // first asks for account limits NATS 2.9 does not answer.
+                // In memory: leases need no disk.
+                js.create_or_update_stream(stream::Config {
+                    name: format!("KV_{bucket}"),
+                    description: Some("matric consumer groups' partition owners".to_owned()),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_age: KEY_MAX_AGE,
+                    storage: stream::StorageType::Memory,
+                    num_replicas: config.replicas.max(1),
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: false,
+                    discard: stream::DiscardPolicy::New,
+                    ..Default::default()
+                })
+                .await
+                .map_err(group_error)?;
+                js.get_key_value(&bucket).await.map_err(group_error)
+            })
+            .await
+    }
+
+    /// Which instance pulls each partition of `group` now (`None`: none),
+    /// as the groups bucket says.
+    pub async fn owners(&self, group: &str) -> Result<Vec<Option<String>>, ConsumerError> {
+        let kv = self.owners_bucket().await?;
+        let consumer = consumer_name(group);
+        let mut out = Vec::with_capacity(usize::from(self.partitions()));
+        for partition in 0..self.partitions() {
+            let owner = kv
+                .get(format!("{consumer}.p.{partition}"))
+                .await
+                .map_err(group_error)?;
+            out.push(
+                owner
+                    .and_then(|v| String::from_utf8(v.to_vec()).ok())
+                    .and_then(|hex| owners::unhex(&hex)),
+            );
+        }
+        Ok(out)
     }
 
     /// Whether an instance uses the group: a pull of it is waiting, or it
@@ -171,6 +218,19 @@ impl JetStreamGroups {
             Err(e) => Err(group_error(e)),
         }
     }
+
+    /// Every partition consumer of `group` that exists.
+    async fn partition_infos(
+        &self,
+        group: &str,
+    ) -> Result<Vec<async_nats::jetstream::consumer::Info>, ConsumerError> {
+        let infos =
+            futures_util::future::try_join_all((0..self.partitions()).map(|p| async move {
+                self.consumer_info(&partition_consumer_name(group, p)).await
+            }))
+            .await?;
+        Ok(infos.into_iter().flatten().collect())
+    }
 }
 
 fn info_not_found(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
@@ -191,15 +251,41 @@ fn mode_of(info: &async_nats::jetstream::consumer::Info) -> Option<AckMode> {
         .and_then(AckMode::parse)
 }
 
-fn state_of(name: String, info: &async_nats::jetstream::consumer::Info) -> GroupState {
+/// A group's state from its partition consumers' (at least one).
+fn state_of(name: String, infos: &[&async_nats::jetstream::consumer::Info]) -> GroupState {
+    let first = infos[0];
+    let outstanding =
+        |i: &&&async_nats::jetstream::consumer::Info| i.num_pending > 0 || i.num_ack_pending > 0;
+    // Everything below the lowest floor of a partition with work left is
+    // settled; with none left, everything delivered is.
+    let floor = match infos
+        .iter()
+        .filter(outstanding)
+        .map(|i| i.ack_floor.stream_sequence)
+        .min()
+    {
+        Some(floor) => floor,
+        None => infos
+            .iter()
+            .map(|i| i.ack_floor.stream_sequence)
+            .max()
+            .unwrap_or(0),
+    };
     GroupState {
         name,
-        mode: mode_of(info).unwrap_or_default(),
-        ack_wait: info.config.ack_wait,
-        committed: bus_seq(info.ack_floor.stream_sequence),
-        lag: info.num_pending.saturating_add(info.num_ack_pending as u64),
-        pending: info.num_ack_pending,
-        last_active: info.delivered.last_active.unwrap_or(info.created),
+        mode: mode_of(first).unwrap_or_default(),
+        ack_wait: first.config.ack_wait,
+        committed: bus_seq(floor),
+        lag: infos
+            .iter()
+            .map(|i| i.num_pending.saturating_add(i.num_ack_pending as u64))
+            .sum(),
+        pending: infos.iter().map(|i| i.num_ack_pending).sum(),
+        last_active: infos
+            .iter()
+            .map(|i| i.delivered.last_active.unwrap_or(i.created))
+            .max()
+            .unwrap_or(first.created),
     }
 }
 
@@ -207,41 +293,48 @@ fn state_of(name: String, info: &async_nats::jetstream::consumer::Info) -> Group
 impl GroupBackend for JetStreamGroups {
     async fn open(&self, spec: &GroupSpec) -> Result<Arc<dyn GroupFeed>, ConsumerError> {
         let name = consumer_name(&spec.name);
-        let mut config = pull::Config {
-            durable_name: Some(name.clone()),
-            description: Some(format!("{DESCRIPTION}{}", spec.mode.as_str())),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: spec.ack_wait,
-            max_ack_pending: i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX),
-            deliver_policy: match spec.start {
-                StartAt::Latest => DeliverPolicy::New,
-                StartAt::Earliest => DeliverPolicy::All,
-            },
-            ..Default::default()
+        let max_ack_pending = i64::try_from(spec.max_ack_pending).unwrap_or(i64::MAX);
+        let mut deliver_policy = match spec.start {
+            StartAt::Latest => DeliverPolicy::New,
+            StartAt::Earliest => DeliverPolicy::All,
         };
-        if let Some(existing) = self.consumer_info(&name).await? {
-            let same = mode_of(&existing) == Some(spec.mode)
-                && existing.config.ack_wait == spec.ack_wait
-                && existing.config.max_ack_pending == config.max_ack_pending;
-            if !same && self.in_use(&existing) {
+        let existing = self.partition_infos(&spec.name).await?;
+        if let Some(first) = existing.first() {
+            let same = existing.iter().all(|e| {
+                mode_of(e) == Some(spec.mode)
+                    && e.config.ack_wait == spec.ack_wait
+                    && e.config.max_ack_pending == max_ack_pending
+            });
+            if !same && existing.iter().any(|e| self.in_use(e)) {
                 // Another instance pulls it with the settings it was opened
                 // with.
                 return Err(ConsumerError::Mismatch {
                     name: spec.name.clone(),
                     reason: format!(
                         "ack={} and ack_wait={} s on another instance",
-                        mode_of(&existing).unwrap_or_default().as_str(),
-                        existing.config.ack_wait.as_secs(),
+                        mode_of(first).unwrap_or_default().as_str(),
+                        first.config.ack_wait.as_secs(),
                     ),
                 });
             }
             // Where it starts is fixed once it exists.
-            config.deliver_policy = existing.config.deliver_policy;
+            deliver_policy = first.config.deliver_policy;
         }
-        // Creates it, or updates an unused one's settings.
-        let consumer: PullConsumer = self
-            .stream()
-            .create_consumer(config)
+        let config = self.cluster.config();
+        // Creates them, or updates unused ones' settings.
+        let consumers: Vec<PullConsumer> =
+            futures_util::future::try_join_all((0..self.partitions()).map(|partition| {
+                self.stream().create_consumer(pull::Config {
+                    durable_name: Some(partition_consumer_name(&spec.name, partition)),
+                    description: Some(format!("{DESCRIPTION}{}", spec.mode.as_str())),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: spec.ack_wait,
+                    max_ack_pending,
+                    deliver_policy,
+                    filter_subject: config.partition_subjects(partition),
+                    ..Default::default()
+                })
+            }))
             .await
             .map_err(group_error)?;
         let acks = self
@@ -251,42 +344,62 @@ impl GroupBackend for JetStreamGroups {
             .subscribe(self.ack_subject(&name))
             .await
             .map_err(group_error)?;
-        tracing::info!(group = %spec.name, consumer = %name, "group consumer opened");
+        let owners = owners::Owners::start(
+            self.owners_bucket().await?.clone(),
+            &name,
+            &config.instance_id,
+            self.partitions(),
+        );
+        tracing::info!(group = %spec.name, consumer = %name, partitions = consumers.len(), "group consumers opened");
         Ok(Arc::new(Feed {
-            consumer,
+            consumers,
+            owners,
             groups: self.clone(),
-            name,
+            group: spec.name.clone(),
             pull_wait: self.pull_wait,
             acks: std::sync::Mutex::new(Some(acks)),
+            turn: std::sync::atomic::AtomicUsize::new(0),
         }))
     }
 
     async fn info(&self, group: &str) -> Result<Option<GroupState>, ConsumerError> {
-        let info = self.consumer_info(&consumer_name(group)).await?;
-        Ok(info
-            .filter(|i| mode_of(i).is_some())
-            .map(|i| state_of(group.to_owned(), &i)))
+        let infos = self.partition_infos(group).await?;
+        let infos: Vec<_> = infos.iter().filter(|i| mode_of(i).is_some()).collect();
+        Ok((!infos.is_empty()).then(|| state_of(group.to_owned(), &infos)))
     }
 
     async fn list(&self) -> Result<Vec<GroupState>, ConsumerError> {
         let mut consumers = self.stream().consumers();
-        let mut out = Vec::new();
+        let mut groups: BTreeMap<String, Vec<async_nats::jetstream::consumer::Info>> =
+            BTreeMap::new();
         while let Some(info) = consumers.next().await {
             let info = info.map_err(group_error)?;
-            if let Some(group) = group_name(&info.name).filter(|_| mode_of(&info).is_some()) {
-                out.push(state_of(group, &info));
+            if let Some((group, Some(_))) = parse_consumer(&info.name)
+                && mode_of(&info).is_some()
+            {
+                groups.entry(group).or_default().push(info);
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(groups
+            .into_iter()
+            .map(|(group, infos)| state_of(group, &infos.iter().collect::<Vec<_>>()))
+            .collect())
     }
 
     async fn delete(&self, group: &str) -> Result<bool, ConsumerError> {
-        match self.stream().delete_consumer(&consumer_name(group)).await {
-            Ok(status) => Ok(status.success),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(group_error(e)),
+        // The partitions', and one from before partitions if it is left.
+        let names = (0..self.partitions())
+            .map(|p| partition_consumer_name(group, p))
+            .chain([consumer_name(group)]);
+        let mut deleted = false;
+        for name in names {
+            match self.stream().delete_consumer(&name).await {
+                Ok(status) => deleted |= status.success,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(group_error(e)),
+            }
         }
+        Ok(deleted)
     }
 
     async fn forward_acks(&self, group: &str, acks: &[Cursor]) -> Result<bool, ConsumerError> {
@@ -315,14 +428,19 @@ pub(crate) fn parse_acks(payload: &[u8]) -> Vec<Cursor> {
         .collect()
 }
 
-/// One instance's pulls from one group's durable consumer.
+/// One instance's pulls from one group's partitions.
 struct Feed {
-    consumer: PullConsumer,
+    /// Every partition's consumer, by partition.
+    consumers: Vec<PullConsumer>,
+    /// Which of them this instance pulls.
+    owners: owners::Owners,
     groups: JetStreamGroups,
-    name: String,
+    group: String,
     pull_wait: Duration,
     /// The subscription to forwarded acks, until the dispatcher takes it.
     acks: std::sync::Mutex<Option<async_nats::Subscriber>>,
+    /// Rotates which partitions a pull smaller than their number asks.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -336,33 +454,66 @@ impl GroupFeed for Feed {
         )
     }
 
+    fn members_changed(&self, members: usize) {
+        self.owners.set_members(members);
+    }
+
     async fn pull(&self, max: usize) -> Result<GroupPull, ConsumerError> {
-        let batch = self
-            .consumer
-            .batch()
-            .max_messages(max)
-            .expires(self.pull_wait)
-            .messages()
-            .await
-            .map_err(group_error)?;
-        let groups = self.groups.clone();
-        let name = self.name.clone();
-        Ok(batch
-            .filter_map(move |item| {
-                let (groups, name) = (groups.clone(), name.clone());
-                async move {
-                    match item {
-                        Ok(message) => decode(message).await,
-                        // A pull refused because the group was deleted (by
-                        // any instance) ends its members here too.
-                        Err(e) => Some(Err(match groups.consumer_info(&name).await {
-                            Ok(None) => ConsumerError::NotFound(group_name(&name).unwrap_or(name)),
-                            _ => group_error(e),
-                        })),
-                    }
-                }
-            })
-            .boxed())
+        let mut leases = self.owners.lease_pulls();
+        if leases.is_empty() {
+            // Nothing owned yet (or any more): an empty pull of the usual
+            // length, so the dispatcher asks again.
+            let wait = self.pull_wait;
+            return Ok(futures_util::stream::once(tokio::time::sleep(wait))
+                .filter_map(|()| std::future::ready(None))
+                .boxed());
+        }
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = leases.len();
+        leases.rotate_left(turn % n);
+        let mut pulls = Vec::with_capacity(n);
+        for (i, lease) in leases.into_iter().enumerate() {
+            // `max` split over the partitions; the first ones get the rest.
+            let share = max / n + usize::from(i < max % n);
+            if share == 0 {
+                continue;
+            }
+            let Some(consumer) = self.consumers.get(usize::from(lease.partition)) else {
+                continue;
+            };
+            let batch = consumer
+                .batch()
+                .max_messages(share)
+                .expires(self.pull_wait)
+                .messages()
+                .await
+                .map_err(group_error)?;
+            let groups = self.groups.clone();
+            let group = self.group.clone();
+            let name = partition_consumer_name(&group, lease.partition);
+            pulls.push(
+                batch
+                    .filter_map(move |item| {
+                        // Held until the pull of this partition ends.
+                        let _lease = &lease;
+                        let (groups, group, name) = (groups.clone(), group.clone(), name.clone());
+                        async move {
+                            match item {
+                                Ok(message) => decode(message).await,
+                                // A pull refused because the group was
+                                // deleted (by any instance) ends its
+                                // members here too.
+                                Err(e) => Some(Err(match groups.consumer_info(&name).await {
+                                    Ok(None) => ConsumerError::NotFound(group),
+                                    _ => group_error(e),
+                                })),
+                            }
+                        }
+                    })
+                    .boxed(),
+            );
+        }
+        Ok(futures_util::stream::select_all(pulls).boxed())
     }
 }
 
@@ -404,39 +555,5 @@ impl AckHandle for Handle {
             Settle::InProgress => AckKind::Progress,
         };
         self.0.ack_with(kind).await.map_err(group_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_names_map_to_distinct_consumer_names_and_back() {
-        for (group, consumer) in [
-            ("workers", "grp_workers"),
-            ("a.b", "grp_a_db"),
-            ("a_d", "grp_a__d"),
-            ("a_.-Z9", "grp_a___d-Z9"),
-        ] {
-            assert_eq!(consumer_name(group), consumer);
-            assert_eq!(group_name(consumer).as_deref(), Some(group));
-            assert!(!consumer.contains('.'));
-        }
-        assert_ne!(consumer_name("a.b"), consumer_name("a_db"));
-        let id = uuid::Uuid::now_v7();
-        assert_eq!(
-            parse_acks(format!(r#"["42000000","{id}","x"]"#).as_bytes()),
-            [Cursor::Seq(42_000_000), Cursor::Id(id)]
-        );
-        let many: Vec<String> = (0..MAX_FORWARDED_ACKS + 5).map(|i| i.to_string()).collect();
-        assert_eq!(
-            parse_acks(&serde_json::to_vec(&many).unwrap()).len(),
-            MAX_FORWARDED_ACKS
-        );
-        assert!(parse_acks(b"not json").is_empty());
-        for not_a_group in ["workers", "grp_", "grp_a_x", "grp_a_"] {
-            assert_eq!(group_name(not_a_group), None, "{not_a_group}");
-        }
     }
 }

@@ -124,17 +124,23 @@
 //! [`JetStreamGroups`] is event-core's `GroupBackend` on the cluster's
 //! stream: give it to the host's named consumers
 //! (`Consumers::with_group_backend(Arc::new(JetStreamGroups::new(&cluster)))`)
-//! and a consumer group spans the instances. Each group is one JetStream
-//! durable pull consumer ([`consumer_name`]: `grp_<name>`) with explicit
-//! acks, the group's `ack_wait` and `max_ack_pending`; every instance with
-//! local members pulls from it in bounded batches that expire after
-//! [`JetStreamGroups::pull_wait`] and hands each event to one local member by
-//! the entity hash. JetStream gives each message to one puller, redelivers
-//! at once what a leaving member gave back (nak) and after `ack_wait` what a
-//! crashed instance held. Acks that reach an instance not holding the events
-//! are forwarded over core NATS to the others. One entity's events can reach
-//! members on two instances (JetStream spreads messages over the pullers);
-//! within an instance they stay on one member. The crate's `tests/groups.rs`
+//! and a consumer group spans the instances. Each event's subject carries
+//! its partition, a hash of its entity ([`partition_of`], among
+//! [`NatsConfig::group_partitions`]), and each group is one JetStream
+//! durable pull consumer per partition ([`partition_consumer_name`]:
+//! `grp_<name>_p<n>`) with explicit acks, the group's `ack_wait` and
+//! `max_ack_pending`. The instances with members share the partitions in
+//! proportion to their members, agreeing through leases in a key-value
+//! bucket ([`NatsConfig::groups_bucket`]; renewed every [`OWNER_BEAT`],
+//! taken over after [`OWNER_LEASE`]), so one partition, and so one entity,
+//! is pulled by one instance at a time; each instance pulls its partitions
+//! in bounded batches that expire after [`JetStreamGroups::pull_wait`] and
+//! hands each event to one local member by the entity hash. One entity's
+//! events therefore reach one member in stream order, wherever the members
+//! are (a rebalance aside). JetStream redelivers at once what a leaving
+//! member gave back (nak) and after `ack_wait` what a crashed instance
+//! held. Acks that reach an instance not holding the events are forwarded
+//! over core NATS to the others. The crate's `tests/groups.rs`
 //! runs these cases against a real NATS.
 //!
 //! ## Deployment: N instances behind a load balancer
@@ -275,14 +281,15 @@ mod work;
 pub use cluster::{NatsCluster, delete_stream};
 pub use codec::{EVENT_ID_HEADER, ORIGIN_HEADER, REQUEST_HEADER, SEQ_STRIDE, bus_seq, stream_seq};
 pub use config::{
-    DEFAULT_CONSUMERS_BUCKET, DEFAULT_DUPLICATE_WINDOW, DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX,
-    DEFAULT_TOPIC_SCAN, DEFAULT_URL, MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS,
-    MAX_TOPIC_SCAN, NatsConfig, Retention,
+    DEFAULT_CONSUMERS_BUCKET, DEFAULT_DUPLICATE_WINDOW, DEFAULT_GROUP_PARTITIONS, DEFAULT_STREAM,
+    DEFAULT_SUBJECT_PREFIX, DEFAULT_TOPIC_SCAN, DEFAULT_URL, MAX_GROUP_PARTITIONS,
+    MAX_PUBLISH_RETRIES, MAX_RECONNECT_GRACE, MAX_REPLICAS, MAX_TOPIC_SCAN, NatsConfig, Retention,
 };
 pub use error::Error;
 pub use groups::{
     DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, IN_USE_WINDOW, JetStreamGroups, MAX_FORWARDED_ACKS,
-    PULL_WAIT_RANGE, consumer_name, group_name,
+    OWNER_BEAT, OWNER_LEASE, PULL_WAIT_RANGE, consumer_name, group_name, partition_consumer_name,
+    partition_of,
 };
 pub use log::JetStreamLog;
 pub use offsets::{KvOffsets, MAX_VALUE_BYTES};

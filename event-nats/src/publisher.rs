@@ -69,7 +69,11 @@ impl Outgoing {
     fn message(&self, shared: &Shared) -> (String, PublishMessage) {
         let event = &self.event;
         let dedup = self.waiter.as_ref().and_then(|w| w.dedup.as_ref());
-        let subject = shared.config.subject_for(event.kind().dot_name());
+        let subject = shared.config.subject_for(
+            event.kind().dot_name(),
+            crate::groups::partition_of(event, shared.config.group_partitions),
+            event.topic(),
+        );
         let message = PublishMessage::build()
             .payload(event.envelope_json().clone())
             .headers(codec::headers(event, &shared.config.instance_id, dedup));

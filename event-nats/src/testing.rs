@@ -114,7 +114,8 @@ pub fn instance(config: &NatsConfig, id: &str) -> NatsConfig {
     }
 }
 
-/// Deletes the stream of `config` and its consumer offset bucket.
+/// Deletes the stream of `config`, its consumer offset bucket and its
+/// groups bucket.
 ///
 /// # Panics
 ///
@@ -126,12 +127,23 @@ pub async fn cleanup(config: &NatsConfig) {
     crate::delete_stream(&bucket_stream(config))
         .await
         .expect("delete the test offset bucket");
+    crate::delete_stream(&groups_stream(config))
+        .await
+        .expect("delete the test groups bucket");
 }
 
 /// The stream behind the offset bucket of `config` (`KV_<bucket>`).
 fn bucket_stream(config: &NatsConfig) -> NatsConfig {
     NatsConfig {
         stream: format!("KV_{}", config.consumers_bucket),
+        ..config.clone()
+    }
+}
+
+/// The stream behind the groups bucket of `config`.
+fn groups_stream(config: &NatsConfig) -> NatsConfig {
+    NatsConfig {
+        stream: format!("KV_{}", config.groups_bucket()),
         ..config.clone()
     }
 }
@@ -190,6 +202,7 @@ impl Drop for TestStream {
                 .expect("a runtime to delete the test stream");
             runtime.block_on(async {
                 crate::delete_stream(&bucket_stream(&config)).await?;
+                crate::delete_stream(&groups_stream(&config)).await?;
                 crate::delete_stream(&config).await
             })
         })

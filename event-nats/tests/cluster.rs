@@ -435,11 +435,14 @@ async fn foreign_garbage_on_the_stream_is_skipped() {
     // Someone else publishes junk on one of the stream's subjects.
     let client = async_nats::connect(url.as_str()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.publish(config.subject_for("job.progress"), "not an event".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(
+        config.subject_for("job.progress", 0, "job"),
+        "not an event".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
     let next = a.bus().publish(progress(5));
     let got = next_event(&mut sub, "after junk").await;
     assert_eq!((got.id(), got.seq()), (next.id(), bus_seq(2)));

@@ -53,6 +53,7 @@ fn group(name: &str, mode: AckMode, ack_wait: Duration) -> AttachRequest {
 struct Got {
     member: usize,
     seq: u64,
+    id: Uuid,
     job: Uuid,
     redelivered: u32,
 }
@@ -77,7 +78,7 @@ fn run_member(
                             member.ack(vec![Cursor::Seq(event.seq())]);
                         }
                         let job = event.payload().job_id().expect("a job event");
-                        let _ = out.send(Got { member: index, seq: event.seq(), job, redelivered });
+                        let _ = out.send(Got { member: index, seq: event.seq(), id: event.id(), job, redelivered });
                     }
                     Some(Delivery::Gap { after }) => panic!("member {index}: gap after {after}"),
                     None => return,
@@ -125,6 +126,36 @@ async fn publish(cluster: &NatsCluster, jobs: usize, rounds: usize) -> Vec<u64> 
     (first + 1..=last).map(bus_seq).collect()
 }
 
+/// Waits until every partition of `group` is owned and each of `instances`
+/// owns some; the owners by partition.
+async fn wait_for_owners(
+    cluster: &NatsCluster,
+    group: &str,
+    instances: &[&str],
+) -> Vec<Option<String>> {
+    let groups = JetStreamGroups::new(cluster);
+    let mut last = Vec::new();
+    let settled = tokio::time::timeout(LONG, async {
+        loop {
+            last = groups.owners(group).await.unwrap();
+            if last.iter().all(Option::is_some)
+                && instances
+                    .iter()
+                    .all(|i| last.iter().any(|o| o.as_deref() == Some(*i)))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "partitions not shared by {instances:?}: {last:?}"
+    );
+    last
+}
+
 fn check_order(got: &[Got]) {
     let mut last: HashMap<(usize, Uuid), u64> = HashMap::new();
     for g in got {
@@ -155,6 +186,11 @@ async fn a_group_of_three_members_on_two_instances_shares_ten_thousand_events() 
             .unwrap();
         stops.push(run_member(member, i, true, tx.clone()));
     }
+    // Both instances pull their share of the partitions (A's two members
+    // weigh twice B's one) before the stream starts.
+    let owners = wait_for_owners(&a, "work", &["a", "b"]).await;
+    let a_owns = owners.iter().filter(|o| o.as_deref() == Some("a")).count();
+    assert_eq!((a_owns, owners.len() - a_owns), (11, 5), "{owners:?}");
     let published = publish(&a, 100, 100).await;
     let got = take(&mut rx, published.len(), "10,000 events").await;
 
@@ -176,10 +212,15 @@ async fn a_group_of_three_members_on_two_instances_shares_ten_thousand_events() 
         "a member got nothing: {shares:?}"
     );
     check_order(&got);
-    // Within instance A one job stays on one of its two members.
+    // One job stays on one member, across the instances too.
     let mut owner: HashMap<Uuid, usize> = HashMap::new();
-    for g in got.iter().filter(|g| g.member < 2) {
-        assert_eq!(*owner.entry(g.job).or_insert(g.member), g.member);
+    for g in &got {
+        assert_eq!(
+            *owner.entry(g.job).or_insert(g.member),
+            g.member,
+            "job {} reached two members",
+            g.job
+        );
     }
     // Everything acknowledged: the group's floor reaches the last event.
     tokio::time::timeout(LONG, async {
@@ -447,12 +488,7 @@ async fn an_ack_sent_to_another_instance_reaches_the_one_holding_the_events() {
             .unwrap(),
         0
     );
-    let ids: Vec<Cursor> = {
-        let mut history = a.bus().history(None, 1_000).unwrap();
-        history.retain(|e| by_id.iter().any(|g| g.seq == e.seq()));
-        history.iter().map(|e| Cursor::Id(e.id())).collect()
-    };
-    assert_eq!(ids.len(), by_id.len());
+    let ids: Vec<Cursor> = by_id.iter().map(|g| Cursor::Id(g.id)).collect();
     assert_eq!(cb.ack("sse", ids).await.unwrap(), 0);
     // A settled them in JetStream long before ack_wait (60 s).
     tokio::time::timeout(LONG, async {

@@ -93,8 +93,8 @@ mod imp {
         }
 
         /// Where consumer groups live so that they span the instances: one
-        /// JetStream durable pull consumer per group (`None` outside
-        /// cluster mode: groups stay in this instance's log).
+        /// JetStream durable pull consumer per group and partition (`None`
+        /// outside cluster mode: groups stay in this instance's log).
         pub fn group_backend(&self) -> Option<Arc<dyn GroupBackend>> {
             self.nats
                 .as_ref()

@@ -1002,7 +1002,7 @@ async fn nats_node_drill(kill_leader: bool) {
     // may come before some of them in the stream's order, and clients
     // (which stop reading at the marker) would miss them.
     let acked_count = acked_len(&acked) as u64;
-    let progress_subject = format!("{}.job.progress", stream.subject_prefix());
+    let progress_subject = format!("{}.job.progress.>", stream.subject_prefix());
     let mut in_stream = 0;
     let all_stored = tokio::time::timeout(WAIT, async {
         loop {

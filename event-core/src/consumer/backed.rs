@@ -300,6 +300,7 @@ impl BackedDispatcher {
         for m in self.members.drain(..) {
             m.queue.close();
         }
+        self.feed.members_changed(0);
         self.release(None).await;
         if let Some(mut pull) = self.pull.take() {
             let returning = &mut self.returning;
@@ -330,6 +331,7 @@ impl BackedDispatcher {
             Control::Leave(id) => {
                 if let Some(at) = self.members.iter().position(|m| m.id == id) {
                     self.members.remove(at);
+                    self.feed.members_changed(self.members.len());
                     self.updated_at = OffsetDateTime::now_utc();
                     if self.members.is_empty() && self.pull.is_some() {
                         // Given back when the pull ends, so that they go to
@@ -473,6 +475,7 @@ impl BackedDispatcher {
             principal: request.principal,
         });
         self.members.sort_by_key(|m| m.id);
+        self.feed.members_changed(self.members.len());
         self.updated_at = OffsetDateTime::now_utc();
         Ok(())
     }

@@ -117,6 +117,13 @@ pub trait GroupFeed: Send + Sync + 'static {
     fn forwarded_acks(&self) -> Option<BoxStream<'static, Vec<Cursor>>> {
         None
     }
+
+    /// This process's members of the group changed to `members` (`0`: the
+    /// last one left). A backend that shares the group's work out among
+    /// processes by their members uses it; the default ignores it.
+    fn members_changed(&self, members: usize) {
+        let _ = members;
+    }
 }
 
 /// A group as the backend knows it (for `GET /api/v1/consumers`).

@@ -214,7 +214,7 @@ impl PrivateNatsCluster {
     }
 
     /// How many messages `stream` holds on subjects matching `subject` (a
-    /// filter such as `prefix.job.progress`), or `None` when it cannot be
+    /// filter such as `prefix.job.progress.>`), or `None` when it cannot be
     /// read right now (no leader, no answer within a second).
     pub async fn subject_messages(&self, stream: &str, subject: &str) -> Option<u64> {
         use futures_util::TryStreamExt;
