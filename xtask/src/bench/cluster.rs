@@ -38,7 +38,7 @@ const INSTANCES: usize = 3;
 type Runs<'a> = [(&'a str, Result<Vec<(u64, Value)>, String>)];
 
 /// `nats-server` processes of the run; killed on drop.
-struct Nats {
+pub(super) struct Nats {
     children: Vec<Child>,
     urls: Vec<String>,
     dir: PathBuf,
@@ -65,7 +65,7 @@ fn nats_server() -> Result<PathBuf, String> {
 
 impl Nats {
     /// One node (`replicated == false`) or three with routes between them.
-    fn start(tmp: &Path, replicated: bool) -> Result<Nats, String> {
+    pub(super) fn start(tmp: &Path, replicated: bool) -> Result<Nats, String> {
         let bin = nats_server()?;
         let nodes = if replicated { 3 } else { 1 };
         let dir = tmp.join(if replicated { "nats-cluster" } else { "nats" });
@@ -124,7 +124,7 @@ impl Nats {
         Ok(nats)
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         self.urls.join(",")
     }
 }
