@@ -590,19 +590,7 @@ fn embed_only(plan: &Plan) -> Result<(), String> {
 /// Builds what the connection measurements run (the server, `raw-floor`,
 /// `loadgen`, `embed-axum`) and makes the run's temporary directory.
 fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-        "--bin",
-        "raw-floor",
-        "--bin",
-        "embed-axum",
-    ])?;
+    run::build_examples(&["loadgen", "raw-floor", "embed-axum"])?;
     // The full run's server build (these measurements do not use PostgreSQL).
     let _postgres_built = build_server()?;
     let bins = run::Bins::locate_without_bench_core()?;

@@ -7,20 +7,12 @@
 
 use serde_json::Value;
 
-use super::run::{self, Bins, cargo_build, run_json};
+use super::run::{self, Bins, run_json};
 use super::{Plan, sh};
 
 /// Builds `bench-fanout`, runs it and prints its table.
 pub fn fanout_cost_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "bench-fanout",
-    ])?;
+    run::build_examples(&["bench-fanout"])?;
     let bin = Bins::dir()?.join("bench-fanout");
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let args: &[&str] = if plan.quick {
