@@ -884,6 +884,19 @@ mod tests {
     }
 
     #[test]
+    fn webhook_ack_wait_has_a_default_and_bounds() {
+        assert_eq!(parse(&[]).unwrap().nats_webhook_ack_wait_secs, 30);
+        for secs in [5, 3600] {
+            let c = parse(&["--nats-webhook-ack-wait-secs", &secs.to_string()]).unwrap();
+            assert_eq!(c.nats_webhook_ack_wait_secs, secs);
+        }
+        for secs in ["4", "3601"] {
+            let err = parse(&["--nats-webhook-ack-wait-secs", secs]).unwrap_err();
+            assert!(err.contains("NATS_WEBHOOK_ACK_WAIT_SECS"), "{secs}: {err}");
+        }
+    }
+
+    #[test]
     fn memory_trim_defaults_to_a_thousand_closed_connections() {
         assert_eq!(parse(&[]).unwrap().memory_trim_closed, 1_000);
         assert_eq!(

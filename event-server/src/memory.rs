@@ -165,21 +165,30 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// The mass close of the test above, with `MEMORY_TRIM_CLOSED=0`: no
+    /// trim, however long it is watched.
     #[tokio::test(start_paused = true)]
     async fn zero_turns_it_off() {
-        let (tx, rx) = watch::channel(1_000usize);
+        let (tx, rx) = watch::channel(0usize);
         let trims = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
         let counted = trims.clone();
-        let task = tokio::spawn(reclaim_after_closes(
-            rx,
-            0,
-            CancellationToken::new(),
-            move || {
-                counted.fetch_add(1, Ordering::SeqCst);
-            },
-        ));
-        task.await.unwrap();
+        let task = tokio::spawn(reclaim_after_closes(rx, 0, stop.clone(), move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        tx.send_replace(1_000);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.send_replace(10);
+        tokio::time::sleep(SETTLE * 3).await;
+        tx.send_replace(300);
+        tokio::time::sleep(Duration::from_millis(10)).await;
         tx.send_replace(0);
+        tokio::time::sleep(SETTLE * 3).await;
         assert_eq!(trims.load(Ordering::SeqCst), 0);
+        stop.cancel();
+        tokio::time::timeout(SETTLE, task)
+            .await
+            .expect("the task ends when stopped")
+            .unwrap();
     }
 }

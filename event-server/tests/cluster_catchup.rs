@@ -15,78 +15,22 @@
 #[path = "common/host.rs"]
 #[allow(dead_code)]
 mod host;
+#[path = "common/producer.rs"]
+mod producer;
 #[path = "common/stream.rs"]
 mod stream;
+#[cfg(all(feature = "webhook", feature = "postgres"))]
+#[path = "common/webhook.rs"]
+mod webhook;
 
 use std::time::Duration;
 
 use event_nats::testing::nats_url;
-use event_server::testing::{TempDir, client};
+use event_server::testing::TempDir;
 use host::Host;
-use serde_json::{Value, json};
+use producer::{burst, progress, try_publish};
+use serde_json::Value;
 use stream::TestStream;
-
-fn progress(n: u64) -> Value {
-    json!({
-        "type": "JobProgress",
-        "job_id": uuid::Uuid::now_v7(),
-        "progress": n % 100,
-        "message": format!("step {n}"),
-    })
-}
-
-/// POSTs `events`; the `event_id` of each, `None` unless answered `202`.
-async fn try_publish(host_url: &str, events: &[Value]) -> Option<Vec<String>> {
-    let res = client()
-        .post(format!("{host_url}/api/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .ok()?;
-    if res.status() != 202 {
-        return None;
-    }
-    let answer: Value = res.json().await.ok()?;
-    answer["events"]
-        .as_array()?
-        .iter()
-        .map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// POSTs `events`; the `event_id` of each (panics unless `202`).
-async fn publish(host_url: &str, events: &[Value]) -> Vec<String> {
-    try_publish(host_url, events).await.expect("a 202")
-}
-
-/// `producers` tasks each posting `rounds` requests of `per_request`
-/// events as fast as they are accepted; every acknowledged event id.
-async fn burst(url: &str, producers: u64, rounds: u64, per_request: u64) -> Vec<String> {
-    let tasks: Vec<_> = (0..producers)
-        .map(|p| {
-            let url = url.to_owned();
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for r in 0..rounds {
-                    let first = (p * rounds + r) * per_request;
-                    let batch: Vec<Value> = (first..first + per_request).map(progress).collect();
-                    ids.extend(publish(&url, &batch).await);
-                }
-                ids
-            })
-        })
-        .collect();
-    let mut acked = Vec::new();
-    for task in tasks {
-        acked.extend(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .expect("the burst is accepted")
-                .unwrap(),
-        );
-    }
-    acked
-}
 
 /// 20,000 events posted as fast as they are accepted to one instance of a
 /// cluster, with a WebSocket and an SSE client connected and a bus buffer
@@ -110,14 +54,7 @@ async fn a_burst_reaches_every_sink_whole_in_cluster_mode() {
         ("RUST_LOG", "info,event_core::sink=debug".to_owned()),
     ]);
     let host = Host::start(&env).await;
-    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
-        .await
-        .unwrap();
-    let _sse = client()
-        .get(host.url("/api/v1/events"))
-        .send()
-        .await
-        .unwrap();
+    let _clients = host.sink_clients().await;
     let acked = burst(&host.url(""), 4, 5, 1000).await;
     assert_eq!(acked.len(), 20_000);
     // Every event reached the bus (and so went past the sinks) before the
@@ -145,34 +82,6 @@ async fn a_burst_reaches_every_sink_whole_in_cluster_mode() {
         behind.is_empty(),
         "sinks lost events: {behind:#?}\nthe runner's log: {runner:#?}"
     );
-}
-
-/// A webhook receiver on loopback: how many times each `webhook-id` came.
-#[cfg(all(feature = "webhook", feature = "postgres"))]
-async fn receiver() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
-) {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post({
-            let seen = seen.clone();
-            move |headers: axum::http::HeaderMap| {
-                let seen = seen.clone();
-                async move {
-                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
-                        *seen.lock().unwrap().entry(id.to_owned()).or_insert(0) += 1;
-                    }
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
 }
 
 /// Two instances on one PostgreSQL; a burst into A while the database
@@ -209,14 +118,8 @@ async fn killed_right_after_a_burst_every_webhook_delivery_arrives_through_anoth
     // One after the other: the first creates the tables.
     let mut a = Host::start(&with("a")).await;
     let b = Host::start(&with("b")).await;
-    let (hook_url, seen) = receiver().await;
-    let res = client()
-        .post(a.url("/api/v1/webhooks"))
-        .json(&json!({"url": hook_url, "events": ["JobProgress"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let (hook_url, hook) = webhook::Receiver::start(true).await;
+    webhook::subscribe(&a.url(""), &hook_url).await;
     // Published right after: B, which learns of the webhook only from the
     // database, derives its share of them too.
 
@@ -239,7 +142,10 @@ async fn killed_right_after_a_burst_every_webhook_delivery_arrives_through_anoth
                     let first = (p * 1_000_000) + r * 100;
                     let batch: Vec<Value> = (first..first + 100).map(progress).collect();
                     match try_publish(&url, &batch).await {
-                        Some(ids) => acked.lock().unwrap().extend(ids),
+                        Some(ids) => acked
+                            .lock()
+                            .unwrap()
+                            .extend(ids.into_iter().map(|(_, id)| id)),
                         None => return,
                     }
                 }
@@ -261,22 +167,7 @@ async fn killed_right_after_a_burst_every_webhook_delivery_arrives_through_anoth
     lock.rollback().await.unwrap();
     let acked = acked.lock().unwrap().clone();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let missing = {
-            let seen = seen.lock().unwrap();
-            acked.iter().filter(|id| !seen.contains_key(*id)).count()
-        };
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} of {} acknowledged events never reached the webhook",
-            acked.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hook.wait_for_all(&acked, Duration::from_secs(90)).await;
     // Queued once each, however the work was split and handed out again
     // (a statement A had sent is committed by the database after A died,
     // and its events are then handed to B as well).

@@ -30,6 +30,9 @@
 #[path = "common/host.rs"]
 #[allow(dead_code)]
 mod host;
+#[cfg(all(feature = "postgres", feature = "webhook"))]
+#[path = "common/webhook.rs"]
+mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -720,55 +723,6 @@ fn acked_len(acked: &Acked) -> usize {
 #[cfg(all(feature = "postgres", feature = "webhook"))]
 const WEBHOOK_EVENTS: usize = 1000;
 
-/// A Standard Webhooks receiver on loopback that refuses (503) until
-/// `accepting`, and de-duplicates by `webhook-id`.
-#[cfg(all(feature = "postgres", feature = "webhook"))]
-#[derive(Default)]
-struct Receiver {
-    accepting: AtomicBool,
-    /// webhook-id → (refused attempts, accepted attempts).
-    attempts: Mutex<HashMap<String, (u32, u32)>>,
-}
-
-#[cfg(all(feature = "postgres", feature = "webhook"))]
-async fn receiver() -> (String, Arc<Receiver>) {
-    let state = Arc::new(Receiver::default());
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post({
-            let state = state.clone();
-            move |headers: axum::http::HeaderMap| {
-                let state = state.clone();
-                async move {
-                    let id = headers
-                        .get("webhook-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let accepting = state.accepting.load(Ordering::SeqCst);
-                    {
-                        let mut attempts = state.attempts.lock().unwrap();
-                        let entry = attempts.entry(id).or_default();
-                        if accepting {
-                            entry.1 += 1;
-                            return axum::http::StatusCode::NO_CONTENT;
-                        }
-                        entry.0 += 1;
-                    }
-                    // Refusals take a moment, so the instance always has
-                    // attempts in flight (claimed deliveries) when it dies.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, state)
-}
-
 #[cfg(all(feature = "postgres", feature = "webhook"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_deliveries_pending_on_a_killed_instance_are_made_once_by_the_other() {
@@ -795,15 +749,11 @@ async fn webhook_deliveries_pending_on_a_killed_instance_are_made_once_by_the_ot
     // One after the other: the first creates the tables.
     let mut a = instance(&stream, "a", &dir, &env).await;
     let b = instance(&stream, "b", &dir, &env).await;
-    let (hook_url, hook) = receiver().await;
+    // A receiver that refuses (503) until told to accept, and
+    // de-duplicates by `webhook-id`.
+    let (hook_url, hook) = webhook::Receiver::start(false).await;
     let http = client();
-    let res = http
-        .post(a.url("/api/v1/webhooks"))
-        .json(&json!({"url": hook_url, "events": ["JobProgress"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    webhook::subscribe(&a.url(""), &hook_url).await;
 
     // 1,000 events on A: the instances' shared work queue derives a
     // delivery for each (each event on one of them), the receiver refuses

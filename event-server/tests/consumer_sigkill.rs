@@ -14,6 +14,8 @@
 #[path = "common/host.rs"]
 #[allow(dead_code)]
 mod host;
+#[path = "common/producer.rs"]
+mod producer;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -23,56 +25,13 @@ use std::time::{Duration, Instant};
 use event_server::testing::{TempDir, client};
 use futures_util::{Stream, StreamExt};
 use host::Host;
+use producer::publisher;
 use serde_json::{Value, json};
 
 /// Any single wait (a debug build on a shared machine).
 const WAIT: Duration = Duration::from_secs(30);
 
 const CONSUMER: &str = "/api/v1/events?consumer=crash&ack=explicit&events=JobProgress";
-
-fn progress(n: u64) -> Value {
-    json!({
-        "type": "JobProgress",
-        "job_id": uuid::Uuid::now_v7(),
-        "progress": n % 100,
-        "message": format!("step {n}"),
-    })
-}
-
-/// Publishes batches of 5 every 10 ms until the server is gone, recording
-/// `seq → message` of every event answered 202.
-fn publisher(url: String, acked: Arc<Mutex<BTreeMap<u64, String>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut n = 0;
-        loop {
-            tick.tick().await;
-            let batch: Vec<Value> = (0..5).map(|i| progress(n + i)).collect();
-            n += 5;
-            let Ok(res) = client()
-                .post(format!("{url}/api/v1/events"))
-                .json(&batch)
-                .send()
-                .await
-            else {
-                return;
-            };
-            if res.status() != 202 {
-                return;
-            }
-            let Ok(answer) = res.json::<Value>().await else {
-                return;
-            };
-            let mut acked = acked.lock().unwrap();
-            for (e, sent) in answer["events"].as_array().unwrap().iter().zip(&batch) {
-                acked.insert(
-                    e["seq"].as_u64().unwrap(),
-                    sent["message"].as_str().unwrap().to_owned(),
-                );
-            }
-        }
-    })
-}
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<event_core::Bytes>> + Send>>;
 
@@ -152,7 +111,18 @@ async fn a_consumer_killed_with_its_server_resumes_after_its_last_acknowledged_e
     let mut consumer = Consumer::connect(&host).await;
     let http = client();
     let published = Arc::new(Mutex::new(BTreeMap::new()));
-    let publishing = publisher(url.clone(), published.clone());
+    // Batches of 5 every 10 ms until the server is gone, recording
+    // `seq → message` of every event answered 202.
+    let publishing = publisher(url.clone(), 5, {
+        let published = published.clone();
+        move |batch, events| {
+            let mut published = published.lock().unwrap();
+            for ((seq, _), sent) in events.into_iter().zip(batch) {
+                assert_ne!(seq, 0, "a 202 without the event's seq");
+                published.insert(seq, sent["message"].as_str().unwrap().to_owned());
+            }
+        }
+    });
 
     // Read and acknowledge, each event once it arrived; then read 50 more
     // without acknowledging them (received, not done with), and SIGKILL

@@ -11,6 +11,10 @@
 #[path = "common/host.rs"]
 #[allow(dead_code)]
 mod host;
+#[path = "common/producer.rs"]
+mod producer;
+#[path = "common/webhook.rs"]
+mod webhook;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,43 +23,8 @@ use std::time::Duration;
 use event_server::testing::{TempDir, client};
 use futures_util::StreamExt;
 use host::{Host, WAIT};
+use producer::{burst, progress, publish, publisher};
 use serde_json::{Value, json};
-
-fn progress(n: u64) -> Value {
-    json!({
-        "type": "JobProgress",
-        "job_id": uuid::Uuid::now_v7(),
-        "progress": n % 100,
-        "message": format!("step {n}"),
-    })
-}
-
-/// Publishes `events`; `(seq, event_id)` of each, or `None` when not
-/// answered 202.
-async fn publish(host_url: &str, events: &[Value]) -> Option<Vec<(u64, String)>> {
-    let res = client()
-        .post(format!("{host_url}/api/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .ok()?;
-    if res.status() != 202 {
-        return None;
-    }
-    let answer: Value = res.json().await.ok()?;
-    Some(
-        answer["events"]
-            .as_array()?
-            .iter()
-            .map(|e| {
-                (
-                    e["seq"].as_u64().unwrap_or(0),
-                    e["event_id"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect(),
-    )
-}
 
 /// Every event the host's history holds, from the oldest, page by page:
 /// `(seq, event_id)` (the v1 `seq` is not in the envelope; the ids are).
@@ -82,29 +51,14 @@ async fn kill(mut host: Host) {
     host.kill().await;
 }
 
-/// Publishes at about 1,000 events/s (batches of 10 every 10 ms) until
-/// `stop`, recording what was acknowledged.
-fn publisher(url: String, acked: Arc<Mutex<Vec<(u64, String)>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut n = 0;
-        loop {
-            tick.tick().await;
-            let batch: Vec<Value> = (0..10).map(|i| progress(n + i)).collect();
-            n += 10;
-            match publish(&url, &batch).await {
-                Some(events) => acked.lock().unwrap().extend(events),
-                // The server is gone.
-                None => return,
-            }
-        }
-    })
-}
-
 async fn sigkill_loses_no_acknowledged_event(env: Vec<(&str, String)>) {
     let host = Host::start(&env).await;
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let publishing = publisher(host.url(""), acked.clone());
+    // About 1,000 events/s: batches of 10 every 10 ms.
+    let publishing = publisher(host.url(""), 10, {
+        let acked = acked.clone();
+        move |_, events| acked.lock().unwrap().extend(events)
+    });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 1500 {
         assert!(
@@ -140,7 +94,7 @@ async fn sigkill_loses_no_acknowledged_event(env: Vec<(&str, String)>) {
     }
     // The sequence continues above everything acknowledged before.
     let top = acked.iter().map(|(s, _)| *s).max().unwrap();
-    let after = publish(&host.url(""), &[progress(0)]).await.unwrap();
+    let after = publish(&host.url(""), &[progress(0)]).await;
     assert!(
         after[0].0 > top,
         "{} after a restart, {top} before",
@@ -218,14 +172,10 @@ async fn cursors_from_before_a_restart_resume_from_the_log(env: Vec<(&str, Strin
     let mut env = env;
     env.push(("EVENT_REPLAY_SIZE", "4".to_owned()));
     let host = Host::start(&env).await;
-    let before = publish(&host.url(""), &(0..8).map(progress).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let before = publish(&host.url(""), &(0..8).map(progress).collect::<Vec<_>>()).await;
     kill(host).await;
     let host = Host::start(&env).await;
-    let after = publish(&host.url(""), &(0..3).map(progress).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let after = publish(&host.url(""), &(0..3).map(progress).collect::<Vec<_>>()).await;
     // v1: by sequence number.
     let ids = sse_ids(
         &host.url("/api/v1/events?format=v1"),
@@ -307,9 +257,7 @@ async fn without_the_log_a_restart_forgets_and_old_cursors_resync() {
         ("EVENT_LOG", "off".to_owned()),
     ];
     let host = Host::start(&env).await;
-    let before = publish(&host.url(""), &[progress(1), progress(2)])
-        .await
-        .unwrap();
+    let before = publish(&host.url(""), &[progress(1), progress(2)]).await;
     kill(host).await;
     let host = Host::start(&env).await;
     let res = client()
@@ -324,35 +272,10 @@ async fn without_the_log_a_restart_forgets_and_old_cursors_resync() {
 
 /// 20,000 events posted as fast as they are accepted, with a WebSocket and
 /// an SSE client connected; every sink still sees every event.
-async fn burst(env: &[(&str, String)]) -> Vec<String> {
+async fn burst_with_sinks(env: &[(&str, String)]) -> Vec<String> {
     let host = Host::start(env).await;
-    let (_ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", host.addr))
-        .await
-        .unwrap();
-    let _sse = client()
-        .get(host.url("/api/v1/events"))
-        .send()
-        .await
-        .unwrap();
-    let producers: Vec<_> = (0..4)
-        .map(|p| {
-            let url = host.url("");
-            tokio::spawn(async move {
-                for r in 0..5 {
-                    let batch: Vec<Value> = (0..1000)
-                        .map(|i| progress(p * 5000 + r * 1000 + i))
-                        .collect();
-                    publish(&url, &batch).await.expect("a 202");
-                }
-            })
-        })
-        .collect();
-    for p in producers {
-        tokio::time::timeout(Duration::from_secs(120), p)
-            .await
-            .expect("the burst is accepted")
-            .unwrap();
-    }
+    let _clients = host.sink_clients().await;
+    burst(&host.url(""), 4, 5, 1000).await;
     let (status, log) = host.terminate().await;
     assert!(status.success());
     log
@@ -361,7 +284,7 @@ async fn burst(env: &[(&str, String)]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_reaches_every_sink_whole_with_the_log() {
     let dir = TempDir::new();
-    let log = burst(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    let log = burst_with_sinks(&[("DATABASE_URL", dir.sqlite_url())]).await;
     let behind: Vec<&String> = log
         .iter()
         .filter(|l| l.contains("sink fell behind the bus"))
@@ -369,79 +292,17 @@ async fn a_burst_reaches_every_sink_whole_with_the_log() {
     assert!(behind.is_empty(), "sinks lost events: {behind:#?}");
 }
 
-/// A webhook receiver on loopback: the `webhook-id`s it was sent.
-async fn receiver() -> (String, Arc<Mutex<HashSet<String>>>) {
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let app = axum::Router::new().route(
-        "/",
-        axum::routing::post({
-            let seen = seen.clone();
-            move |headers: axum::http::HeaderMap| {
-                let seen = seen.clone();
-                async move {
-                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
-                        seen.lock().unwrap().insert(id.to_owned());
-                    }
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, seen)
-}
-
 async fn killed_after_a_burst_every_webhook_delivery_still_arrives(env: Vec<(&str, String)>) {
     let mut env = env;
     env.push(("WEBHOOK_ALLOW_CIDRS", "127.0.0.0/8".to_owned()));
-    let (url, seen) = receiver().await;
+    let (url, hook) = webhook::Receiver::start(true).await;
     let host = Host::start(&env).await;
-    let res = client()
-        .post(host.url("/api/v1/webhooks"))
-        .json(&json!({"url": url, "events": ["JobProgress"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    webhook::subscribe(&host.url(""), &url).await;
     // A burst, then SIGKILL right after the last 202.
-    let producers: Vec<_> = (0..5)
-        .map(|p| {
-            let url = host.url("");
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for r in 0..4 {
-                    let batch: Vec<Value> =
-                        (0..100).map(|i| progress(p * 400 + r * 100 + i)).collect();
-                    ids.extend(publish(&url, &batch).await.expect("a 202"));
-                }
-                ids
-            })
-        })
-        .collect();
-    let mut acked = Vec::new();
-    for p in producers {
-        acked.extend(p.await.unwrap());
-    }
+    let acked = burst(&host.url(""), 5, 4, 100).await;
     kill(host).await;
     let host = Host::start(&env).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let missing = {
-            let seen = seen.lock().unwrap();
-            acked.iter().filter(|(_, id)| !seen.contains(id)).count()
-        };
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} of {} acknowledged events never reached the webhook",
-            acked.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    hook.wait_for_all(&acked, Duration::from_secs(90)).await;
     let (status, log) = host.terminate().await;
     assert!(status.success());
     for line in log
@@ -502,7 +363,7 @@ async fn topics_file_filter_and_list_events() {
     assert_eq!(named.status(), 202);
     let named: Value = named.json().await.unwrap();
     let named_id = named["events"][0]["event_id"].as_str().unwrap().to_owned();
-    publish(&host.url(""), &[progress(2)]).await.unwrap(); // topic `job`
+    publish(&host.url(""), &[progress(2)]).await; // topic `job`
     let last = http
         .post(host.url("/api/v1/events?topic=gpu.small"))
         .json(&progress(3))
@@ -629,7 +490,7 @@ async fn a_topic_retention_is_set_applied_and_removed_and_resumes_stay_exact() {
         let answer: Value = res.json().await.unwrap();
         gpu.push(answer["events"][0]["seq"].as_u64().unwrap());
         if i < 2 {
-            job.push(publish(&host.url(""), &[progress(10 + i)]).await.unwrap()[0].0);
+            job.push(publish(&host.url(""), &[progress(10 + i)]).await[0].0);
         }
     }
     // Pruned in the background to the newest two.

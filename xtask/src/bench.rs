@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|saturation|embed|log|cluster|ws-compression|compression]`:
+//! `cargo xtask bench [--quick] [--no-profile] [--out FILE] [--only webhooks|idle|latency|saturation|embed|log|cluster|ws-compression|compression|fanout-cost|scale]`:
 //! the benchmark harness. Builds release binaries, runs each measurement
 //! against real processes on loopback, and writes `BENCHMARKS.md`.
 //! `--only webhooks` runs measurement 4 alone and prints its table instead
@@ -20,7 +20,9 @@
 //! `bench/ws_compression.rs`) and prints its table; `--only compression`
 //! measures SSE compression, bytes on the wire and server CPU per delivery
 //! with each encoding against plain (`bench/compress.rs`), and prints its
-//! table. `--only scale [--connections N] [--rate R] [--processes P]`
+//! table. `--only fanout-cost` measures `FanoutHub::fan_out` in-process,
+//! ns per delivery and per push into full outboxes (`bench/fanout_cost.rs`),
+//! and prints its table. `--only scale [--connections N] [--rate R] [--processes P]`
 //! holds 100,000 connections split over as many processes as the
 //! file-descriptor limit needs, with a fan-out to all of them
 //! (`bench/scale.rs`), and prints its table.
@@ -47,6 +49,7 @@
 
 mod cluster;
 mod compress;
+mod fanout_cost;
 mod log;
 mod report;
 mod run;
@@ -226,10 +229,11 @@ pub fn bench(args: &[String]) -> Result<(), String> {
         Some(Some("cluster")) => return cluster::cluster_only(&plan, &out),
         Some(Some("ws-compression")) => return ws_compression::ws_compression_only(&plan),
         Some(Some("compression")) => return compress::compression_only(&plan),
+        Some(Some("fanout-cost")) => return fanout_cost::fanout_cost_only(&plan),
         Some(Some("scale")) => return scale::scale_only(&plan, args),
         Some(other) => {
             return Err(format!(
-                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `saturation`, `embed`, `log`, `cluster`, `ws-compression`, `compression` and `scale`",
+                "--only {}: the parts that run alone are `webhooks`, `idle`, `latency`, `saturation`, `embed`, `log`, `cluster`, `ws-compression`, `compression`, `fanout-cost` and `scale`",
                 other.unwrap_or("")
             ));
         }
@@ -586,19 +590,7 @@ fn embed_only(plan: &Plan) -> Result<(), String> {
 /// Builds what the connection measurements run (the server, `raw-floor`,
 /// `loadgen`, `embed-axum`) and makes the run's temporary directory.
 fn connection_bins() -> Result<(run::Bins, PathBuf), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-        "--bin",
-        "raw-floor",
-        "--bin",
-        "embed-axum",
-    ])?;
+    run::build_examples(&["loadgen", "raw-floor", "embed-axum"])?;
     // The full run's server build (these measurements do not use PostgreSQL).
     let _postgres_built = build_server()?;
     let bins = run::Bins::locate_without_bench_core()?;

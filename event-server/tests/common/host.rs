@@ -18,6 +18,12 @@ pub const START: Duration = Duration::from_secs(60);
 /// Any other single wait.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A WebSocket and an SSE client of [`Host::sink_clients`].
+pub type SinkClients = (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    reqwest::Response,
+);
+
 /// The binary, killed on drop if it has not exited.
 pub struct Host {
     child: Child,
@@ -94,6 +100,21 @@ impl Host {
         res.json()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// A WebSocket and an SSE client on every event, connected until the
+    /// value is dropped: each sink has a client to deliver to (and so can
+    /// fall behind).
+    pub async fn sink_clients(&self) -> SinkClients {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws", self.addr))
+            .await
+            .unwrap();
+        let sse = client()
+            .get(self.url("/api/v1/events"))
+            .send()
+            .await
+            .unwrap();
+        (ws, sse)
     }
 
     /// A counter or gauge of `/metrics`: the sum over its series whose line

@@ -114,6 +114,27 @@ fn bound(sql: &'static str, args: &[Arg<'_>]) -> Query<'static, Postgres, PgArgu
     })
 }
 
+/// `sql` with the columns every inserted delivery has bound as arrays for
+/// `UNNEST`, `$1`–`$8`: id, webhook id, event id, event type, body,
+/// next attempt, creation time, trace. The statement binds whatever else
+/// it needs from `$9` on.
+fn with_delivery_columns(
+    sql: &'static str,
+    deliveries: &[NewDelivery],
+) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(col(deliveries, |d| d.id))
+        .bind(col(deliveries, |d| d.webhook_id))
+        .bind(col(deliveries, |d| d.event_id))
+        .bind(col(deliveries, |d| d.event_type))
+        .bind(col(deliveries, |d| {
+            String::from_utf8_lossy(&d.body).into_owned()
+        }))
+        .bind(col(deliveries, |d| d.next_attempt_at))
+        .bind(col(deliveries, |d| d.created_at))
+        .bind(col(deliveries, |d| d.trace.clone()))
+}
+
 #[async_trait]
 impl Engine for PostgresStore {
     type Row = PgRow;
@@ -155,29 +176,20 @@ impl Engine for PostgresStore {
         // (failing the whole batch on the foreign key would drop every other
         // webhook's rows with it); `KEY SHARE` waits for a delete in
         // progress, after which that webhook's rows drop out.
-        sqlx::query(
+        with_delivery_columns(
             "INSERT INTO deliveries (id, webhook_id, event_id, event_type, body, status, \
-             attempts, next_attempt_at, created_at, claimed_until, claim_token, trace) \
+             attempts, next_attempt_at, created_at, trace, claimed_until, claim_token) \
              SELECT v.id, v.webhook_id, v.event_id, v.event_type, v.body::json, 'pending', 0, \
-             v.next_at, v.created_at, v.claimed_until, v.claim_token, v.trace \
+             v.next_at, v.created_at, v.trace, v.claimed_until, v.claim_token \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
-               $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::uuid[], $10::text[]) \
-               AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, \
-               claimed_until, claim_token, trace) \
+               $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::uuid[]) \
+               AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, trace, \
+               claimed_until, claim_token) \
              JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
+            deliveries,
         )
-        .bind(col(deliveries, |d| d.id))
-        .bind(col(deliveries, |d| d.webhook_id))
-        .bind(col(deliveries, |d| d.event_id))
-        .bind(col(deliveries, |d| d.event_type))
-        .bind(col(deliveries, |d| {
-            String::from_utf8_lossy(&d.body).into_owned()
-        }))
-        .bind(col(deliveries, |d| d.next_attempt_at))
-        .bind(col(deliveries, |d| d.created_at))
         .bind(col(&claims, |c| c.map(|c| c.lease_until)))
         .bind(col(&claims, |c| c.map(|c| c.token)))
-        .bind(col(deliveries, |d| d.trace.clone()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -193,7 +205,7 @@ impl Engine for PostgresStore {
         // keys in one order), and only their rows are inserted. A
         // concurrent derivation of the same event waits on its key and then
         // finds it taken.
-        let done = sqlx::query(
+        let done = with_delivery_columns(
             "WITH fresh AS ( \
                INSERT INTO webhook_derived (event_id, derived_at) \
                SELECT e, $9 FROM (SELECT DISTINCT e FROM UNNEST($3::uuid[]) AS e) d \
@@ -209,17 +221,8 @@ impl Engine for PostgresStore {
                AS v(id, webhook_id, event_id, event_type, body, next_at, created_at, trace) \
              JOIN fresh f ON f.event_id = v.event_id \
              JOIN webhooks w ON w.id = v.webhook_id FOR KEY SHARE OF w",
+            deliveries,
         )
-        .bind(col(deliveries, |d| d.id))
-        .bind(col(deliveries, |d| d.webhook_id))
-        .bind(col(deliveries, |d| d.event_id))
-        .bind(col(deliveries, |d| d.event_type))
-        .bind(col(deliveries, |d| {
-            String::from_utf8_lossy(&d.body).into_owned()
-        }))
-        .bind(col(deliveries, |d| d.next_attempt_at))
-        .bind(col(deliveries, |d| d.created_at))
-        .bind(col(deliveries, |d| d.trace.clone()))
         .bind(now)
         .execute(&self.pool)
         .await?;

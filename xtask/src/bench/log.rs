@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::run::{self, Bins, cargo_build, postgres_db, run_json};
+use super::run::{self, Bins, postgres_db, run_json};
 use super::{Plan, sh};
 
 /// Target: sustained appends per second on each engine (issue 18).
@@ -15,15 +15,7 @@ pub const APPEND_TARGET: f64 = 50_000.0;
 
 /// Runs both measurements on both engines and prints the table.
 pub fn log_only(plan: &Plan) -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "bench-log",
-    ])?;
+    run::build_examples(&["bench-log"])?;
     let bin = Bins::dir()?.join("bench-log");
     let tmp = std::env::temp_dir().join(format!("matric-bench-log-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;

@@ -19,15 +19,17 @@ pub const PROFILE: &str = "profiling";
 /// Runs `cargo <args>`, echoing it.
 /// Builds `loadgen` with the bench profile.
 pub fn build_loadgen() -> Result<(), String> {
-    cargo_build(&[
-        "build",
-        "--profile",
-        PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "loadgen",
-    ])
+    build_examples(&["loadgen"])
+}
+
+/// Builds these binaries of the `examples` package with the bench profile,
+/// in one cargo run.
+pub fn build_examples(bins: &[&str]) -> Result<(), String> {
+    let mut args = vec!["build", "--profile", PROFILE, "-p", "examples"];
+    for bin in bins {
+        args.extend(["--bin", bin]);
+    }
+    cargo_build(&args)
 }
 
 pub fn cargo_build(args: &[&str]) -> Result<(), String> {

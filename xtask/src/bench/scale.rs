@@ -592,15 +592,7 @@ pub fn scale_only(plan: &Plan, args: &[String]) -> Result<(), String> {
         size.processes = size.processes.max(2);
     }
     run::build_loadgen()?;
-    cargo_build(&[
-        "build",
-        "--profile",
-        run::PROFILE,
-        "-p",
-        "examples",
-        "--bin",
-        "raw-floor",
-    ])?;
+    run::build_examples(&["raw-floor"])?;
     cargo_build(&[
         "build",
         "--profile",
