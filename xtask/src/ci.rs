@@ -125,7 +125,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // Loom models of event-core's concurrency, in <target>/loom (issue 24).
     crate::loom::run()?;
     // Two server instances on one NATS (needs TEST_NATS_URL; with the
-    // stream as the log, groups spanning them, deduplication across them);
+    // stream as the log, groups spanning them, deduplication across them,
+    // sinks catching up from the stream and webhooks derived from it);
     // the deploy/
     // check again with a cluster, for the `matric_nats_*` names; the
     // cluster failure drills (issue 22: instance killed, webhooks across a
@@ -149,6 +150,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "deploy",
         "--test",
         "durable",
+        "--test",
+        "cluster_catchup",
     ])?;
     cargo(&[
         "test",
