@@ -141,14 +141,19 @@ impl JetStreamGroups {
                 let js = &self.cluster.shared().js;
                 // Made here as async-nats' `create_key_value` would, which
                 // first asks for account limits NATS 2.9 does not answer.
-                // In memory: leases need no disk.
+                // On disk like the stream: a bucket in memory would be gone
+                // after a NATS restart, and with it every lease.
                 js.create_or_update_stream(stream::Config {
                     name: format!("KV_{bucket}"),
                     description: Some("matric consumer groups' partition owners".to_owned()),
                     subjects: vec![format!("$KV.{bucket}.>")],
                     max_messages_per_subject: 1,
                     max_age: KEY_MAX_AGE,
-                    storage: stream::StorageType::Memory,
+                    storage: if config.memory_storage {
+                        stream::StorageType::Memory
+                    } else {
+                        stream::StorageType::File
+                    },
                     num_replicas: config.replicas.max(1),
                     allow_rollup: true,
                     deny_delete: true,
