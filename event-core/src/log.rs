@@ -121,8 +121,9 @@ pub enum LogError {
     /// The writer has stopped (the host is shutting down).
     #[error("the event log writer has stopped")]
     Closed,
-    /// This log does not do that (per-topic retention on JetStream, whose
-    /// stream has one retention for every event).
+    /// This log does not do that (a bound per topic the log cannot
+    /// enforce, such as `max_bytes` on the JetStream stream); `what` says
+    /// what and why.
     #[error("the {log} log does not support {what}")]
     Unsupported {
         /// The log's [`EventLog::name`].
@@ -295,9 +296,22 @@ pub trait EventLog: Send + Sync + 'static {
     }
 }
 
-/// Whether a reader with `filter` may have missed events pruned under
-/// `retentions` after the sequence `after`.
-pub(crate) fn pruned_for(
+/// Whether a reader with `filter` (`None`: any event) may have missed
+/// events pruned under `retentions` after the sequence `after`: some topic
+/// the filter can match was pruned through a sequence above `after`.
+///
+/// Every replay from a log with per-topic retention asks this before it
+/// serves a cursor ([`LogReplay`] here, the JetStream stream's replay in
+/// `event-nats`), and named consumers ask it when the log skips sequence
+/// numbers ahead of them.
+///
+/// ```
+/// use event_core::log::{TopicRetention, pruned_for};
+/// let gpu = TopicRetention { topic: "gpu".into(), retention: None, pruned_through: 10 };
+/// assert!(pruned_for(std::slice::from_ref(&gpu), None, 9));
+/// assert!(!pruned_for(std::slice::from_ref(&gpu), None, 10));
+/// ```
+pub fn pruned_for(
     retentions: &[TopicRetention],
     filter: Option<&crate::filter::EventFilter>,
     after: u64,
