@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub logged: watch::Sender<u64>,
     /// Slots for concurrent replays from JetStream.
     pub replay_slots: tokio::sync::Semaphore,
+    /// Per-topic retentions and watermarks (the topics bucket).
+    pub topics: crate::topics::TopicRecords,
 }
 
 impl Shared {
@@ -196,6 +198,7 @@ impl NatsCluster {
             last_injected: watch::channel(start.saturating_sub(1)).0,
             logged: watch::channel(bus_seq(start.saturating_sub(1))).0,
             replay_slots: tokio::sync::Semaphore::new(config.max_concurrent_replays),
+            topics: crate::topics::TopicRecords::default(),
             config,
         });
         let cancel = CancellationToken::new();

@@ -287,6 +287,20 @@ impl NatsConfig {
         format!("{}_GROUPS", self.consumers_bucket)
     }
 
+    /// The key-value bucket of per-topic retentions and their pruning
+    /// watermarks, shared by every instance:
+    /// [`consumers_bucket`](Self::consumers_bucket) with `_TOPICS` appended.
+    pub fn topics_bucket(&self) -> String {
+        format!("{}_TOPICS", self.consumers_bucket)
+    }
+
+    /// The subjects of every event of `topic`: `<prefix>.*.*.*.<topic>`
+    /// (the dot name's two tokens and the partition come first, so the
+    /// topic, which may hold `.`, is the subject's tail).
+    pub fn topic_subjects(&self, topic: &str) -> String {
+        format!("{}.*.*.*.{topic}", self.subject_prefix)
+    }
+
     /// The stream's subject filter: `<prefix>.>`.
     pub fn stream_subjects(&self) -> String {
         format!("{}.>", self.subject_prefix)
@@ -410,6 +424,11 @@ mod tests {
         );
         assert_eq!(c.partition_subjects(7), "matric.events.*.*.7.>");
         assert_eq!(c.stream_subjects(), "matric.events.>");
+        assert_eq!(
+            c.topic_subjects("gpu.large"),
+            "matric.events.*.*.*.gpu.large"
+        );
+        assert_eq!(c.topics_bucket(), "MATRIC_CONSUMERS_TOPICS");
     }
 
     #[test]

@@ -77,8 +77,20 @@
 //! cluster.log_mark())`, with their committed offsets in a JetStream
 //! key-value bucket ([`NatsCluster::offsets`], [`KvOffsets`],
 //! `NatsConfig::consumers_bucket`), so a consumer that reconnects to
-//! another instance resumes right after its offset. Per-topic retention
-//! is not supported on the stream (one retention for every topic).
+//! another instance resumes right after its offset.
+//!
+//! **Per-topic retention.** A topic's subjects are
+//! `<prefix>.*.*.*.<topic>` ([`NatsConfig::topic_subjects`]), so one
+//! topic's oldest events can be purged from the stream without touching
+//! the others. [`JetStreamLog`] keeps each topic's bounds (`max_events`,
+//! `max_age`; `max_bytes` is refused) and its pruning watermark in a
+//! key-value bucket every instance shares ([`NatsConfig::topics_bucket`],
+//! at most [`MAX_TOPIC_RECORDS`] records), a [`TopicPruner`]
+//! ([`JetStreamLog::start_pruning`]) applies them, and every replay from
+//! the stream (the `ReplaySource` impl, named consumers) refuses a reader
+//! whose filter can match a topic pruned after its cursor, as the
+//! single-instance log does. The watermark is stored before each purge,
+//! so a reader that checks it after reading never misses a purge silently.
 //!
 //! ## NATS outages
 //!
@@ -276,6 +288,7 @@ mod source;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod topics;
 mod work;
 
 pub use cluster::{NatsCluster, delete_stream};
@@ -291,13 +304,14 @@ pub use groups::{
     OWNER_BEAT, OWNER_LEASE, PULL_WAIT_RANGE, consumer_name, group_name, partition_consumer_name,
     partition_of,
 };
-pub use log::JetStreamLog;
+pub use log::{JetStreamLog, TopicPruner};
 pub use offsets::{KvOffsets, MAX_VALUE_BYTES};
 pub use origin::LocalOriginOnly;
 pub use relay::NatsAckRelay;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
 };
+pub use topics::{MAX_PRUNE_PER_ROUND, MAX_TOPIC_RECORD_BYTES, MAX_TOPIC_RECORDS, PRUNE_CHUNK};
 pub use work::{
     WORK_ACK_WAIT_RANGE, WORK_CONSUMER_PREFIX, WorkConfig, WorkError, WorkHandler, WorkQueue,
 };

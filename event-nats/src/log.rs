@@ -15,7 +15,16 @@
 //! | `topics` | the newest [`NatsConfig::topic_scan`](crate::NatsConfig::topic_scan) events only (default 10,000): a stream of a million events is not read for an operator's listing |
 //! | `prune` | nothing (returns 0): the stream applies its own retention ([`NatsConfig::retention`](crate::NatsConfig::retention)) |
 //! | `append` | nothing: see below |
-//! | per-topic retention | not supported (the trait's default error) |
+//! | `topic_retentions`, `set_topic_retention` | records in the key-value bucket [`NatsConfig::topics_bucket`](crate::NatsConfig::topics_bucket), shared by every instance (at most [`MAX_TOPIC_RECORDS`](crate::MAX_TOPIC_RECORDS)); a write never lowers a watermark; `max_bytes` is refused ([`LogError::Unsupported`]) |
+//! | `prune_topic` | purges the topic's subjects `<prefix>.*.*.*.<topic>` below the newest message `max_events` or `max_age` removes, after raising the topic's watermark to it (the exact newest removed event); by the time the stream *stored* each event |
+//!
+//! No [`LogWriter`](event_core::LogWriter) runs in cluster mode, so nothing
+//! calls `prune_topic` by itself: [`JetStreamLog::start_pruning`] runs a
+//! [`TopicPruner`], which applies every topic's retention each interval
+//! ([`JetStreamLog::prune_topics`]). Every instance may run one: a purge
+//! below a sequence is idempotent and the watermark only rises, so two
+//! instances pruning at once remove nothing twice and lose no watermark,
+//! and pruning goes on while any instance lives (no election to fail).
 //!
 //! **Why `append` does nothing.** Events reach the stream through the
 //! publisher ([`EventBus::publish`](event_core::EventBus::publish) hands
@@ -33,13 +42,17 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::DeliverPolicy;
 use event_core::{
-    Event, EventLog, LogBounds, LogError, LogMark, Retention, TopicStats, async_trait,
+    Event, EventLog, LogBounds, LogError, LogMark, Retention, TopicRetention, TopicStats,
+    async_trait,
 };
 use futures_util::StreamExt;
 use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::cluster::Shared;
@@ -252,5 +265,169 @@ impl EventLog for JetStreamLog {
     /// Nothing to do (returns 0): the stream applies its own retention.
     async fn prune(&self, _retention: &Retention, _now: OffsetDateTime) -> Result<u64, LogError> {
         Ok(0)
+    }
+
+    /// The records of the topics bucket, by topic (from memory while the
+    /// bucket is unchanged).
+    async fn topic_retentions(&self) -> Result<Vec<TopicRetention>, LogError> {
+        let shared = &self.shared;
+        let records = shared
+            .topics
+            .records(shared)
+            .await
+            .map_err(|e| failed("topic retentions", e))?;
+        Ok(records.as_ref().clone())
+    }
+
+    /// Stores `record` in the topics bucket, keeping a higher stored
+    /// watermark. A `max_bytes` bound, or a topic with an empty
+    /// `.`-separated part, is [`LogError::Unsupported`].
+    async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
+        supported(&record.topic, record.retention.as_ref())?;
+        let shared = &self.shared;
+        if !shared.state.is_connected() {
+            return Err(failed("store a topic retention", Error::Disconnected));
+        }
+        shared
+            .topics
+            .set(shared, record)
+            .await
+            .map_err(|e| failed("store a topic retention", e))
+    }
+
+    /// Purges the oldest of `topic`'s events that `retention`'s
+    /// `max_events` or `max_age` removes, after raising its watermark to the
+    /// newest of them (so the returned sequence is stored already).
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        supported(topic, Some(retention))?;
+        let shared = &self.shared;
+        if !shared.state.is_connected() {
+            return Err(failed("prune a topic", Error::Disconnected));
+        }
+        crate::topics::prune(shared, topic, retention, now)
+            .await
+            .map_err(|e| failed("prune a topic", e))
+    }
+}
+
+/// What the stream cannot do for a topic: a bound by size, or a topic
+/// whose subject filter would be invalid.
+fn supported(topic: &str, retention: Option<&Retention>) -> Result<(), LogError> {
+    let refuse = |what| {
+        Err(LogError::Unsupported {
+            log: "jetstream".to_owned(),
+            what,
+        })
+    };
+    if retention.is_some_and(|r| r.max_bytes.is_some()) {
+        return refuse(
+            "a topic's max_bytes in cluster mode (JetStream purges a topic's subjects by count \
+             or by sequence, never by size, and finding the cut would read the whole topic on \
+             every round); use max_events or max_age",
+        );
+    }
+    if topic.split('.').any(str::is_empty) {
+        return refuse(
+            "a retention for a topic with an empty `.`-separated part (its JetStream subject \
+             filter would be invalid)",
+        );
+    }
+    Ok(())
+}
+
+impl JetStreamLog {
+    /// One round of per-topic retention: prunes every topic with a
+    /// retention of its own at `now` (each topic's failure is logged and
+    /// the others go on), then forgets the watermarks of removed
+    /// retentions the stream's own retention has passed. Returns how many
+    /// topics lost events.
+    pub async fn prune_topics(&self, now: OffsetDateTime) -> Result<usize, LogError> {
+        let records = self.topic_retentions().await?;
+        let mut pruned = 0;
+        for record in records {
+            let Some(retention) = record.retention else {
+                continue;
+            };
+            match self.prune_topic(&record.topic, &retention, now).await {
+                Ok(Some(through)) => {
+                    pruned += 1;
+                    tracing::debug!(topic = %record.topic, through, "topic pruned");
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, topic = %record.topic, "topic prune failed"),
+            }
+        }
+        let shared = &self.shared;
+        match shared.topics.forget_passed(shared).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(forgotten = n, "passed topic watermarks forgotten"),
+            Err(error) => tracing::warn!(%error, "passed topic watermarks not forgotten"),
+        }
+        Ok(pruned)
+    }
+
+    /// Runs [`prune_topics`](Self::prune_topics) every `interval` (at least
+    /// 10 ms; the first round after one interval) until the returned
+    /// pruner is shut down or dropped.
+    pub fn start_pruning(&self, interval: Duration) -> TopicPruner {
+        let cancel = CancellationToken::new();
+        let log = self.clone();
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            let period = interval.max(Duration::from_millis(10));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = stop.cancelled() => return,
+                }
+                let round = log.prune_topics(OffsetDateTime::now_utc());
+                tokio::select! {
+                    result = round => {
+                        if let Err(error) = result {
+                            tracing::warn!(%error, "topic retentions not applied");
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+        TopicPruner {
+            cancel,
+            task: Some(task),
+        }
+    }
+}
+
+/// The task applying per-topic retention in cluster mode
+/// ([`JetStreamLog::start_pruning`]); stops when dropped.
+#[derive(Debug)]
+pub struct TopicPruner {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TopicPruner {
+    /// Stops the task, waiting up to `deadline` for a round in progress to
+    /// end (a purge already sent completes in NATS either way).
+    pub async fn shutdown(mut self, deadline: Duration) {
+        self.cancel.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(deadline, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TopicPruner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }

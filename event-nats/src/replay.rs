@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use event_core::{Cursor, Event, ReplayMiss, ReplaySource, Replayed, async_trait};
+use event_core::{Cursor, Event, EventFilter, ReplayMiss, ReplaySource, Replayed, async_trait};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,8 +40,61 @@ impl NatsCluster {
     }
 
     /// Like [`replay_since`](Self::replay_since) but always from JetStream.
+    /// A cursor before events a topic's own retention removed is
+    /// [`Error::CursorExpired`].
     pub async fn replay_from_stream(&self, cursor: &Cursor) -> Result<Vec<Arc<Event>>, Error> {
-        self.replay_bounded(cursor).await.map(|(events, _)| events)
+        let (events, after) = self.replay_bounded(cursor).await?;
+        self.check_topics(cursor, cursor_seq(cursor, after), None)
+            .await?;
+        Ok(events)
+    }
+
+    /// Refuses a reader with `filter` (`None`: any event) whose cursor, at
+    /// bus sequence `after`, is older than events a topic's own retention
+    /// removed. Asked after the read: a prune stores the topic's watermark
+    /// before it purges, so one that cut into the read is seen here.
+    async fn check_topics(
+        &self,
+        cursor: &Cursor,
+        after: u64,
+        filter: Option<&EventFilter>,
+    ) -> Result<(), Error> {
+        let shared = self.shared();
+        let records = shared.topics.records(shared).await?;
+        if event_core::log::pruned_for(&records, filter, after) {
+            return Err(Error::CursorExpired(cursor.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn replay_for(
+        &self,
+        cursor: &Cursor,
+        filter: Option<&EventFilter>,
+    ) -> Result<Replayed, Error> {
+        let (events, after) = self.replay_bounded(cursor).await?;
+        let cursor_seq = cursor_seq(cursor, after);
+        self.check_topics(cursor, cursor_seq, filter).await?;
+        Ok(Replayed::new(events, cursor_seq))
+    }
+
+    async fn history_for(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let shared = self.shared();
+        let timeout = shared.config.replay_timeout;
+        let (events, after) = tokio::time::timeout(timeout, shared.history_page(cursor, limit))
+            .await
+            .map_err(|_| Error::Replay(format!("no answer within {} ms", timeout.as_millis())))??;
+        // From the oldest stored event: nothing before it is claimed.
+        if let (Some(cursor), Some(after)) = (cursor, after) {
+            self.check_topics(cursor, cursor_seq(cursor, after), filter)
+                .await?;
+        }
+        Ok(events)
     }
 
     /// The replay from JetStream and the stream sequence of the cursor,
@@ -107,12 +160,13 @@ impl Shared {
     }
 
     /// A page of history: at most `limit` events after `cursor` (from the
-    /// oldest stored when `None`), however far the stream reaches.
+    /// oldest stored when `None`), however far the stream reaches, and the
+    /// stream sequence of the cursor.
     async fn history_page(
         &self,
         cursor: Option<&Cursor>,
         limit: usize,
-    ) -> Result<Vec<Arc<Event>>, Error> {
+    ) -> Result<(Vec<Arc<Event>>, Option<u64>), Error> {
         if !self.state.is_connected() {
             return Err(Error::Disconnected);
         }
@@ -128,7 +182,7 @@ impl Shared {
             .map_err(|e| Error::Replay(e.to_string()))?;
         if info.state.messages == 0 {
             return match cursor {
-                None => Ok(Vec::new()),
+                None => Ok((Vec::new(), None)),
                 Some(cursor) => Err(Error::CursorUnknown(cursor.to_string())),
             };
         }
@@ -137,8 +191,10 @@ impl Shared {
             Some(cursor) => self.resolve(cursor, first, last).await?,
             None => first - 1,
         };
-        self.read_range(after + 1, last, limit.min(self.config.max_replay))
-            .await
+        let events = self
+            .read_range(after + 1, last, limit.min(self.config.max_replay))
+            .await?;
+        Ok((events, cursor.map(|_| after)))
     }
 
     /// The events at stream sequences `start..=end`, at most `limit`, oldest
@@ -244,25 +300,38 @@ impl Shared {
         deliver_policy: DeliverPolicy,
         headers_only: bool,
     ) -> Result<(pull::Ordered, ConsumerGuard), Error> {
-        let consumer = self
-            .stream
-            .create_consumer(pull::OrderedConfig {
-                deliver_policy,
-                headers_only,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::Replay(e.to_string()))?;
-        let guard = ConsumerGuard {
-            stream: self.stream.clone(),
-            name: consumer.cached_info().name.clone(),
+        let config = pull::OrderedConfig {
+            deliver_policy,
+            headers_only,
+            ..Default::default()
         };
-        let messages = consumer
-            .messages()
+        ordered_on(&self.stream, config)
             .await
-            .map_err(|e| Error::Replay(e.to_string()))?;
-        Ok((messages, guard))
+            .map(|(messages, guard, _)| (messages, guard))
     }
+}
+
+/// An ordered consumer on `stream` with `config`, the guard that deletes
+/// it, and how many messages it has to deliver (when it was created).
+pub(crate) async fn ordered_on(
+    stream: &async_nats::jetstream::stream::Stream,
+    config: pull::OrderedConfig,
+) -> Result<(pull::Ordered, ConsumerGuard, u64), Error> {
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| Error::Replay(e.to_string()))?;
+    let info = consumer.cached_info();
+    let guard = ConsumerGuard {
+        stream: stream.clone(),
+        name: info.name.clone(),
+    };
+    let pending = info.num_pending;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::Replay(e.to_string()))?;
+    Ok((messages, guard, pending))
 }
 
 /// For `event_sse::SseEndpoint::with_replay_source` (or any transport):
@@ -275,19 +344,24 @@ impl Shared {
 /// nothing follows the cursor, the cursor's own (for a UUID cursor, the bus
 /// sequence of its stream position). So a client that resumes here with an
 /// event this instance has not injected yet does not get it twice.
+///
+/// A cursor older than events a topic's own retention removed (its
+/// watermark, [`JetStreamLog`](crate::JetStreamLog)) is
+/// [`ReplayMiss::Expired`] for a reader whose filter can match that topic
+/// (`replay_matching`, `history_matching`; any reader without a filter),
+/// and served for the others.
 #[async_trait]
 impl ReplaySource for NatsCluster {
     async fn replay_since(&self, cursor: &Cursor) -> Result<Replayed, ReplayMiss> {
-        match self.replay_bounded(cursor).await {
-            Ok((events, after)) => {
-                let cursor_seq = match *cursor {
-                    Cursor::Seq(seq) => seq,
-                    Cursor::Id(_) => bus_seq(after),
-                };
-                Ok(Replayed::new(events, cursor_seq))
-            }
-            Err(error) => Err(miss(error)),
-        }
+        self.replay_for(cursor, None).await.map_err(miss)
+    }
+
+    async fn replay_matching(
+        &self,
+        cursor: &Cursor,
+        filter: &EventFilter,
+    ) -> Result<Replayed, ReplayMiss> {
+        self.replay_for(cursor, Some(filter)).await.map_err(miss)
     }
 
     /// A page of the stream after `cursor`, or from its oldest event: the
@@ -298,16 +372,28 @@ impl ReplaySource for NatsCluster {
         cursor: Option<&Cursor>,
         limit: usize,
     ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
-        let shared = self.shared();
-        let timeout = shared.config.replay_timeout;
-        match tokio::time::timeout(timeout, shared.history_page(cursor, limit)).await {
-            Ok(Ok(events)) => Ok(events),
-            Ok(Err(error)) => Err(miss(error)),
-            Err(_) => Err(miss(Error::Replay(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            )))),
-        }
+        self.history_for(cursor, limit, None).await.map_err(miss)
+    }
+
+    async fn history_matching(
+        &self,
+        cursor: Option<&Cursor>,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
+        self.history_for(cursor, limit, Some(filter))
+            .await
+            .map_err(miss)
+    }
+}
+
+/// The bus sequence a replay after `cursor` is complete through when it
+/// holds no event: the cursor's own, or for a UUID the bus sequence of its
+/// stream position `after`.
+fn cursor_seq(cursor: &Cursor, after: u64) -> u64 {
+    match *cursor {
+        Cursor::Seq(seq) => seq,
+        Cursor::Id(_) => bus_seq(after),
     }
 }
 

@@ -114,8 +114,8 @@ pub fn instance(config: &NatsConfig, id: &str) -> NatsConfig {
     }
 }
 
-/// Deletes the stream of `config`, its consumer offset bucket and its
-/// groups bucket.
+/// Deletes the stream of `config`, its consumer offset bucket, its groups
+/// bucket and its topics bucket.
 ///
 /// # Panics
 ///
@@ -130,6 +130,9 @@ pub async fn cleanup(config: &NatsConfig) {
     crate::delete_stream(&groups_stream(config))
         .await
         .expect("delete the test groups bucket");
+    crate::delete_stream(&topics_stream(config))
+        .await
+        .expect("delete the test topics bucket");
 }
 
 /// The stream behind the offset bucket of `config` (`KV_<bucket>`).
@@ -148,8 +151,17 @@ fn groups_stream(config: &NatsConfig) -> NatsConfig {
     }
 }
 
+/// The stream behind the topics bucket of `config`.
+fn topics_stream(config: &NatsConfig) -> NatsConfig {
+    NatsConfig {
+        stream: format!("KV_{}", config.topics_bucket()),
+        ..config.clone()
+    }
+}
+
 /// One test's stream on one NATS ([`unique_config`]); deleted (with its
-/// offset bucket) when dropped, also when the test panics.
+/// offset, groups and topics buckets) when dropped, also when the test
+/// panics.
 #[derive(Debug)]
 pub struct TestStream {
     config: NatsConfig,
@@ -203,6 +215,7 @@ impl Drop for TestStream {
             runtime.block_on(async {
                 crate::delete_stream(&bucket_stream(&config)).await?;
                 crate::delete_stream(&groups_stream(&config)).await?;
+                crate::delete_stream(&topics_stream(&config)).await?;
                 crate::delete_stream(&config).await
             })
         })

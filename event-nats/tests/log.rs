@@ -112,7 +112,8 @@ async fn the_stream_reads_as_a_log_by_seq_time_and_id() {
     );
 
     // The stream keeps its own retention; the log neither prunes nor
-    // appends, and has no per-topic retention.
+    // appends, and a topic's `max_bytes` (the default's 1 GiB) is refused
+    // (tests/topics.rs has the rest of per-topic retention).
     assert_eq!(
         log.prune(&Retention::default(), OffsetDateTime::now_utc())
             .await

@@ -1,0 +1,404 @@
+//! Per-topic retention on the cluster's stream ([`event_nats::JetStreamLog`]
+//! with the topics key-value bucket), on a real NATS: records shared by the
+//! instances, pruning by count and by age of one topic's subjects only,
+//! and the readers a prune concerns told to resync.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use event_core::{
+    AttachRequest, ConsumerConfig, Consumers, Cursor, Delivery, Event, EventFilter, EventLog,
+    EventMeta, LogError, Member, Principal, ReplayMiss, ReplaySource, Retention, TopicPattern,
+    TopicRetention,
+};
+use event_nats::{MAX_TOPIC_RECORDS, NatsCluster, bus_seq};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Publishes one event per topic of `topics` on `cluster`, each once its
+/// bus has the one before (so each has the next stream sequence).
+async fn publish(cluster: &NatsCluster, topics: &[&str]) -> Vec<Arc<Event>> {
+    let mut sub = cluster.bus().subscribe();
+    let mut events = Vec::with_capacity(topics.len());
+    for (i, topic) in topics.iter().enumerate() {
+        cluster
+            .bus()
+            .publish_with(progress(i as u8), EventMeta::default().topic(*topic));
+        events.push(next_event(&mut sub, &format!("published #{i}")).await);
+    }
+    events
+}
+
+fn retention(max_events: Option<u64>, max_age: Option<Duration>) -> Retention {
+    Retention {
+        max_age,
+        max_events,
+        max_bytes: None,
+    }
+}
+
+fn only(topic: &str) -> EventFilter {
+    EventFilter::all().with_topics(vec![TopicPattern::parse(topic).unwrap()])
+}
+
+fn ids(events: &[Arc<Event>]) -> Vec<Uuid> {
+    events.iter().map(|e| e.id()).collect()
+}
+
+/// `log`'s record of `topic`, once `check` holds for it.
+async fn record_when(
+    log: &dyn EventLog,
+    topic: &str,
+    check: impl Fn(&TopicRetention) -> bool,
+) -> TopicRetention {
+    let mut last = None;
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let records = log.topic_retentions().await.unwrap();
+            last = records.iter().find(|r| r.topic == topic).cloned();
+            if let Some(record) = last.as_ref().filter(|r| check(r)) {
+                return record.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("topic {topic}: last record {last:?}"))
+}
+
+#[tokio::test]
+async fn records_are_shared_and_a_write_never_lowers_a_watermark() {
+    let Some(url) = nats_url("records_are_shared_and_a_write_never_lowers_a_watermark") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let b = connect(&instance(&config, "b"), 64).await;
+    let (on_a, on_b) = (a.log(), b.log());
+    assert_eq!(on_b.topic_retentions().await.unwrap(), vec![], "no bucket");
+
+    let gpu = TopicRetention {
+        topic: "gpu.large".into(),
+        retention: Some(retention(Some(2), Some(Duration::from_secs(90)))),
+        pruned_through: bus_seq(5),
+    };
+    on_a.set_topic_retention(&gpu).await.unwrap();
+    assert_eq!(on_b.topic_retentions().await.unwrap(), vec![gpu.clone()]);
+
+    // New bounds from B with a stale watermark: the bounds change, the
+    // watermark stays.
+    let stale = TopicRetention {
+        retention: Some(retention(Some(3), None)),
+        pruned_through: 0,
+        ..gpu.clone()
+    };
+    on_b.set_topic_retention(&stale).await.unwrap();
+    let want = TopicRetention {
+        pruned_through: bus_seq(5),
+        ..stale.clone()
+    };
+    assert_eq!(on_a.topic_retentions().await.unwrap(), vec![want]);
+    // Removed: only the watermark is left.
+    let removed = TopicRetention {
+        retention: None,
+        ..gpu.clone()
+    };
+    on_a.set_topic_retention(&removed).await.unwrap();
+    assert_eq!(on_b.topic_retentions().await.unwrap(), vec![removed]);
+
+    // What the stream cannot do is refused, clearly.
+    for refused in [
+        TopicRetention {
+            topic: "job".into(),
+            retention: Some(Retention {
+                max_bytes: Some(1024),
+                ..retention(Some(1), None)
+            }),
+            pruned_through: 0,
+        },
+        TopicRetention {
+            topic: "a..b".into(),
+            retention: Some(retention(Some(1), None)),
+            pruned_through: 0,
+        },
+    ] {
+        match on_a.set_topic_retention(&refused).await {
+            Err(LogError::Unsupported { what, .. }) => assert!(!what.is_empty()),
+            other => panic!("{refused:?}: {other:?}"),
+        }
+    }
+    let pruned = on_a
+        .prune_topic(
+            "job",
+            &Retention {
+                max_bytes: Some(1),
+                ..retention(None, None)
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+    assert!(
+        matches!(pruned, Err(LogError::Unsupported { .. })),
+        "{pruned:?}"
+    );
+
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_records_are_bounded_and_updates_still_pass_at_the_bound() {
+    let Some(url) = nats_url("the_records_are_bounded_and_updates_still_pass_at_the_bound") else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let log = a.log();
+    let record = |i: usize, events: u64| TopicRetention {
+        topic: format!("t{i}"),
+        retention: Some(retention(Some(events), None)),
+        pruned_through: 0,
+    };
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in (w..MAX_TOPIC_RECORDS).step_by(8) {
+                    log.set_topic_retention(&record(i, 10)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    assert_eq!(
+        log.topic_retentions().await.unwrap().len(),
+        MAX_TOPIC_RECORDS
+    );
+    let refused = log
+        .set_topic_retention(&record(MAX_TOPIC_RECORDS, 10))
+        .await;
+    assert!(
+        matches!(refused, Err(LogError::Storage { .. })),
+        "{refused:?}"
+    );
+    // At the bound, existing records still change.
+    log.set_topic_retention(&record(7, 20)).await.unwrap();
+    let records = log.topic_retentions().await.unwrap();
+    let seven = records.iter().find(|r| r.topic == "t7").unwrap();
+    assert_eq!(seven.retention.unwrap().max_events, Some(20));
+    assert_eq!(records.len(), MAX_TOPIC_RECORDS);
+
+    a.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
+
+/// `event_core`'s consumers over `cluster`'s stream and offsets.
+async fn consumers(cluster: &NatsCluster) -> Consumers {
+    Consumers::with_mark(
+        cluster.bus().clone(),
+        Arc::new(cluster.log()),
+        Arc::new(cluster.offsets().await.unwrap()),
+        ConsumerConfig {
+            save_interval: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        },
+        cluster.log_mark(),
+    )
+}
+
+fn request(name: &str, filter: EventFilter) -> AttachRequest {
+    AttachRequest {
+        filter,
+        ..AttachRequest::new(name, Principal::anonymous())
+    }
+}
+
+/// The ids of `member`'s next `n` deliveries (`None` for a gap).
+async fn deliveries(member: &mut Member, n: usize) -> Vec<Option<Uuid>> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, member.recv()).await {
+            Ok(Some(Delivery::Event { event, .. })) => out.push(Some(event.id())),
+            Ok(Some(Delivery::Gap { .. })) => out.push(None),
+            other => panic!("after {out:?}: {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn count_retention_prunes_only_its_topic_and_only_its_readers_resync() {
+    let Some(url) = nats_url("count_retention_prunes_only_its_topic_and_only_its_readers_resync")
+    else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let b = connect(&instance(&config, "b"), 64).await;
+    let on_b = consumers(&b).await;
+
+    let first = publish(&a, &["job"]).await;
+    // Two named consumers with their offsets at the first event.
+    for (name, filter) in [("all", EventFilter::all()), ("jobs", only("job"))] {
+        drop(on_b.attach(request(name, filter)).await.unwrap());
+    }
+    let stored = b.offsets().await.unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let list = on_b.list().await.unwrap();
+            if list.len() == 2 && list.iter().all(|c| c.members == 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both consumers detached");
+    for name in ["all", "jobs"] {
+        let committed = event_core::OffsetStore::load(&stored, name)
+            .await
+            .unwrap()
+            .unwrap()
+            .committed;
+        assert_eq!(committed, first[0].seq(), "{name}");
+    }
+    let events = publish(&a, &["gpu", "job", "gpu", "job", "gpu", "gpu", "gpu"]).await;
+    let (gpu, job): (Vec<_>, Vec<_>) = events.iter().cloned().partition(|e| e.topic() == "gpu");
+
+    // Set on A, applied by B's pruner.
+    a.log()
+        .set_topic_retention(&TopicRetention {
+            topic: "gpu".into(),
+            retention: Some(retention(Some(2), None)),
+            pruned_through: 0,
+        })
+        .await
+        .unwrap();
+    let pruner = b.log().start_pruning(Duration::from_millis(100));
+    let record = record_when(&a.log(), "gpu", |r| r.pruned_through > 0).await;
+    assert_eq!(record.pruned_through, gpu[2].seq(), "the newest removed");
+    pruner.shutdown(Duration::from_secs(5)).await;
+    // Exactly the oldest three of `gpu`; `job` untouched.
+    let left = a.log().read_after(0, 100).await.unwrap();
+    let want: Vec<_> = first.iter().chain(&job).chain(&gpu[3..]).cloned().collect();
+    let mut want = ids(&want);
+    want.sort();
+    let mut got = ids(&left);
+    got.sort();
+    assert_eq!(got, want);
+    // Nothing more to remove.
+    assert_eq!(
+        b.log()
+            .prune_topics(OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Replays from before the pruned range: a reader of `job` resumes, a
+    // reader that may see `gpu` resyncs, by sequence and by id.
+    let before = Cursor::Seq(first[0].seq());
+    let replayed = b.replay_matching(&before, &only("job")).await.unwrap();
+    assert_eq!(ids(&replayed.events), ids(&left[1..]));
+    let by_id = Cursor::Id(first[0].id());
+    assert!(b.replay_matching(&by_id, &only("job")).await.is_ok());
+    for cursor in [&before, &by_id] {
+        assert_eq!(
+            b.replay_matching(cursor, &only("gpu")).await.unwrap_err(),
+            ReplayMiss::Expired
+        );
+        assert_eq!(
+            ReplaySource::replay_since(&b, cursor).await.unwrap_err(),
+            ReplayMiss::Expired
+        );
+    }
+    let page = b
+        .history_matching(Some(&before), 100, &only("job"))
+        .await
+        .unwrap();
+    assert_eq!(ids(&page), ids(&left[1..]));
+    assert_eq!(
+        b.history_matching(Some(&before), 100, &only("gpu*"))
+            .await
+            .unwrap_err(),
+        ReplayMiss::Expired
+    );
+    // After the pruned range, everyone resumes.
+    let after = Cursor::Seq(gpu[2].seq());
+    let replayed = ReplaySource::replay_since(&b, &after).await.unwrap();
+    assert_eq!(ids(&replayed.events), ids(&gpu[3..]));
+    assert!(b.replay_from_stream(&before).await.is_err());
+
+    // Named consumers: the one that may see `gpu` is told of the gap first.
+    let mut jobs = on_b.attach(request("jobs", only("job"))).await.unwrap();
+    let want: Vec<_> = job.iter().map(|e| Some(e.id())).collect();
+    assert_eq!(deliveries(&mut jobs, 2).await, want);
+    let mut all = on_b
+        .attach(request("all", EventFilter::all()))
+        .await
+        .unwrap();
+    let mut want = vec![None];
+    want.extend(left[1..].iter().map(|e| Some(e.id())));
+    assert_eq!(deliveries(&mut all, want.len()).await, want);
+
+    drop((jobs, all));
+    on_b.shutdown().await;
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
+
+#[tokio::test]
+async fn age_retention_prunes_what_the_stream_stored_before_the_cutoff() {
+    let Some(url) = nats_url("age_retention_prunes_what_the_stream_stored_before_the_cutoff")
+    else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let log = a.log();
+    let old = publish(&a, &["gpu", "job", "gpu"]).await;
+    // Everything below is stored after `t1`.
+    let t1 = OffsetDateTime::now_utc();
+    let new = publish(&a, &["gpu", "job"]).await;
+    let minute = Duration::from_secs(60);
+    let age = retention(None, Some(minute));
+
+    let through = log.prune_topic("gpu", &age, t1 + minute).await.unwrap();
+    assert_eq!(through, Some(old[2].seq()));
+    let left = log.read_after(0, 100).await.unwrap();
+    assert_eq!(ids(&left), [old[1].id(), new[0].id(), new[1].id()]);
+    let record = record_when(&log, "gpu", |_| true).await;
+    assert_eq!(
+        record.pruned_through,
+        old[2].seq(),
+        "stored before the purge"
+    );
+
+    // A day on, every `gpu` event is older: all of them go, `job` stays.
+    let through = log
+        .prune_topic("gpu", &age, t1 + time::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(through, Some(new[0].seq()));
+    let left = log.read_after(0, 100).await.unwrap();
+    assert_eq!(ids(&left), [old[1].id(), new[1].id()]);
+    // Nothing of the topic left: nothing to do.
+    assert_eq!(
+        log.prune_topic("gpu", &age, t1 + time::Duration::days(1))
+            .await
+            .unwrap(),
+        None
+    );
+
+    a.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
