@@ -402,3 +402,60 @@ async fn age_retention_prunes_what_the_stream_stored_before_the_cutoff() {
     a.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
 }
+
+#[tokio::test]
+async fn a_removed_retentions_watermark_is_forgotten_once_the_stream_passed_it() {
+    let Some(url) =
+        nats_url("a_removed_retentions_watermark_is_forgotten_once_the_stream_passed_it")
+    else {
+        return;
+    };
+    let config = event_nats::NatsConfig {
+        retention: event_nats::Retention {
+            max_messages: 3,
+            ..event_nats::Retention::default()
+        },
+        ..unique_config(&url, "a")
+    };
+    let a = connect(&config, 64).await;
+    let log = a.log();
+    // The stream's first event stays while `gpu` is pruned.
+    let gpu = publish(&a, &["job", "gpu", "gpu"]).await.split_off(1);
+    let kept = |topic: &str| TopicRetention {
+        topic: topic.into(),
+        retention: Some(retention(Some(1), None)),
+        pruned_through: 0,
+    };
+    for topic in ["gpu", "kept"] {
+        log.set_topic_retention(&kept(topic)).await.unwrap();
+    }
+    assert_eq!(
+        log.prune_topics(OffsetDateTime::now_utc()).await.unwrap(),
+        1
+    );
+    // Removed: the watermark stays while cursors before it can be served.
+    log.set_topic_retention(&TopicRetention {
+        retention: None,
+        pruned_through: gpu[0].seq(),
+        ..kept("gpu")
+    })
+    .await
+    .unwrap();
+    log.prune_topics(OffsetDateTime::now_utc()).await.unwrap();
+    let topics = |records: Vec<TopicRetention>| -> Vec<String> {
+        records.into_iter().map(|r| r.topic).collect()
+    };
+    assert_eq!(
+        topics(log.topic_retentions().await.unwrap()),
+        ["gpu", "kept"]
+    );
+    // The stream's own retention passes it: forgotten. A topic with
+    // bounds stays whatever its watermark.
+    publish(&a, &["job", "job", "job"]).await;
+    assert!(log.first_seq().await.unwrap() > gpu[0].seq());
+    log.prune_topics(OffsetDateTime::now_utc()).await.unwrap();
+    assert_eq!(topics(log.topic_retentions().await.unwrap()), ["kept"]);
+
+    a.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
