@@ -228,16 +228,16 @@ impl Dispatcher {
             if self.cursor > 0 && first.seq() > self.next_after(self.cursor) {
                 self.check_gap(first.seq()).await;
             }
-            // A topic's retention removes events from the middle of the log:
-            // the page itself may skip some.
-            if let Some(after) = page
-                .windows(2)
-                .find(|w| w[1].seq() > self.next_after(w[0].seq()))
-                .map(|w| w[0].seq())
-            {
-                self.check_topics(after).await;
-            }
+            let mut before: Option<u64> = None;
             for event in page {
+                // A topic's retention removes events from the middle of the
+                // log: the page itself may skip some, told where they were.
+                if let Some(prev) = before
+                    && event.seq() > self.next_after(prev)
+                {
+                    self.check_topics(prev).await;
+                }
+                before = Some(event.seq());
                 self.dispatch_one(event);
             }
         }
