@@ -10,6 +10,8 @@ use crate::event::{Event, EventMeta};
 use crate::log::{LogConfig, LogWriter, MemoryLog};
 use crate::payload::{JobProgress, ServerEvent};
 
+mod topics;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Fixture {
@@ -453,80 +455,6 @@ async fn a_consumer_behind_the_retention_gets_a_gap_then_the_oldest_retained_eve
         other => panic!("expected the retention gap first, got {other:?}"),
     }
     assert_eq!(seqs(&take(&mut member, 3).await), later[3..]);
-}
-
-#[tokio::test]
-async fn a_consumer_behind_a_topics_retention_gets_a_gap_and_another_topics_does_not() {
-    use crate::filter::{EventFilter, TopicPattern};
-    use crate::log::{EventLog, Retention, TopicRetention};
-    let f = Fixture::new().await;
-    let consumers = f.consumers(ConsumerConfig::default());
-    let only =
-        |topic: &str| EventFilter::all().with_topics(vec![TopicPattern::parse(topic).unwrap()]);
-    let attach = |name: &str, filter: EventFilter| AttachRequest {
-        filter,
-        ..request(name)
-    };
-    let start = f.publish([(Uuid::now_v7(), 0)]).await[0];
-    // Both consumers exist, with their offsets at `start`.
-    for (name, filter) in [("all", EventFilter::all()), ("jobs", only("job"))] {
-        drop(consumers.attach(attach(name, filter)).await.unwrap());
-        until_info(&consumers, name, |i| {
-            i.members == 0 && i.committed_seq == start
-        })
-        .await;
-    }
-    // gpu, job, gpu, job, gpu: the oldest two of `gpu` are pruned.
-    let mut published = Vec::new();
-    for i in 0..5u8 {
-        let meta = EventMeta::default().topic(if i % 2 == 0 { "gpu" } else { "job" });
-        let payload = ServerEvent::JobProgress(JobProgress {
-            job_id: Uuid::now_v7(),
-            note_id: None,
-            progress: i,
-            message: None,
-        });
-        let events = f.bus.publish_durable([payload], &meta).await.unwrap();
-        published.push(events[0].seq());
-    }
-    let kept = Retention {
-        max_age: None,
-        max_events: Some(1),
-        max_bytes: None,
-    };
-    let through = f
-        .log
-        .prune_topic("gpu", &kept, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
-    assert_eq!(through, Some(published[2]));
-    f.log
-        .set_topic_retention(&TopicRetention {
-            topic: "gpu".into(),
-            retention: Some(kept),
-            pruned_through: published[2],
-        })
-        .await
-        .unwrap();
-
-    let mut jobs = consumers.attach(attach("jobs", only("job"))).await.unwrap();
-    assert_eq!(
-        seqs(&take(&mut jobs, 2).await),
-        [published[1], published[3]]
-    );
-    let mut all = consumers
-        .attach(attach("all", EventFilter::all()))
-        .await
-        .unwrap();
-    match tokio::time::timeout(WAIT, all.recv()).await {
-        Ok(Some(Delivery::Gap { after })) => assert_eq!(after, start),
-        other => panic!("expected the topic's gap first, got {other:?}"),
-    }
-    // One gap for the pruned range, then what is left, in order.
-    assert_eq!(
-        seqs(&take(&mut all, 3).await),
-        [published[1], published[3], published[4]]
-    );
 }
 
 /// An [`AckRelay`] between the processes of one test: every listener of a
