@@ -30,6 +30,25 @@ pub struct LogParts {
     pub offsets: Arc<dyn event_core::OffsetStore>,
     /// How far the stream holds the bus's events.
     pub mark: event_core::LogMark,
+    /// This instance's share of per-topic retention: the task that applies
+    /// every topic's own retention to the stream.
+    pub pruner: TopicPruning,
+}
+
+/// Cluster mode's per-topic pruning task (`event_nats::TopicPruner`);
+/// stops when dropped or [stopped](Self::stop).
+#[cfg(feature = "log")]
+pub struct TopicPruning(#[cfg(feature = "nats")] event_nats::TopicPruner);
+
+#[cfg(feature = "log")]
+impl TopicPruning {
+    /// Stops it, waiting up to `deadline` for a round in progress.
+    pub async fn stop(self, deadline: std::time::Duration) {
+        #[cfg(feature = "nats")]
+        self.0.shutdown(deadline).await;
+        #[cfg(not(feature = "nats"))]
+        let _ = deadline;
+    }
 }
 
 #[cfg(feature = "nats")]
@@ -165,9 +184,16 @@ mod imp {
         }
 
         /// The stream as the event log and the shared offset bucket, in
-        /// cluster mode; `None` otherwise.
+        /// cluster mode, with per-topic retention applied every
+        /// `prune_interval` (every instance prunes: a purge below a
+        /// sequence is idempotent and a watermark only rises, so pruning
+        /// needs no leader and goes on while any instance lives); `None`
+        /// otherwise.
         #[cfg(feature = "log")]
-        pub async fn log_parts(&self) -> Result<Option<super::LogParts>, ServerError> {
+        pub async fn log_parts(
+            &self,
+            prune_interval: std::time::Duration,
+        ) -> Result<Option<super::LogParts>, ServerError> {
             let Some(nats) = &self.nats else {
                 return Ok(None);
             };
@@ -175,10 +201,13 @@ mod imp {
                 .offsets()
                 .await
                 .map_err(|e| ServerError::Startup(format!("NATS consumer offsets: {e}")))?;
+            let log = nats.log();
+            let pruner = super::TopicPruning(log.start_pruning(prune_interval));
             Ok(Some(super::LogParts {
-                log: Arc::new(nats.log()),
+                log: Arc::new(log),
                 offsets: Arc::new(offsets),
                 mark: nats.log_mark(),
+                pruner,
             }))
         }
 
@@ -308,7 +337,10 @@ mod imp {
 
         /// No cluster: no stream to serve as the log.
         #[cfg(feature = "log")]
-        pub async fn log_parts(&self) -> Result<Option<super::LogParts>, ServerError> {
+        pub async fn log_parts(
+            &self,
+            _prune_interval: std::time::Duration,
+        ) -> Result<Option<super::LogParts>, ServerError> {
             Ok(None)
         }
 

@@ -13,11 +13,13 @@
 //! cluster's key-value bucket (`event_nats::KvOffsets`) so a consumer
 //! resumes on any instance. No [`LogWriter`] runs then (every event is in
 //! the stream before the bus has it), so there is no group commit to wait
-//! for and no log pruning (the stream's own retention applies); sinks
-//! catch up from the stream (`Cluster::replay_source`) and webhooks are
-//! derived from it (`Cluster::webhook_queue`) instead. `EVENT_LOG=off`
-//! turns these routes off in cluster mode too; any other value is ignored
-//! there.
+//! for and the stream's own retention applies to the whole log; each
+//! topic's own retention (the topics API) is applied by a pruner every
+//! `EVENT_LOG_PRUNE_INTERVAL_SECS` on every instance
+//! (`event_nats::TopicPruner`). Sinks catch up from the stream
+//! (`Cluster::replay_source`) and webhooks are derived from it
+//! (`Cluster::webhook_queue`) instead. `EVENT_LOG=off` turns these routes
+//! off in cluster mode too; any other value is ignored there.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +48,8 @@ pub struct HostLog {
     writer: Option<(LogWriter, Arc<LogReplay>)>,
     log: Arc<dyn EventLog>,
     consumers: Consumers,
+    /// Per-topic pruning of the cluster's stream (cluster mode only).
+    pruner: Option<crate::cluster::TopicPruning>,
     /// The writer's own thread (see [`crate::runtimes`]); last, so it
     /// outlives the writer's tasks.
     _runtime: Option<Dedicated>,
@@ -117,6 +121,7 @@ impl OpenedLog {
             log: writer.log().clone(),
             writer: Some((writer, Arc::new(replay))),
             consumers,
+            pruner: None,
             _runtime: Some(runtime),
         })
     }
@@ -149,7 +154,8 @@ pub async fn for_cluster(
     {
         return Ok(None);
     }
-    let Some(parts) = cluster.log_parts().await? else {
+    let prune_interval = Duration::from_secs(config.event_log_prune_interval_secs as u64);
+    let Some(parts) = cluster.log_parts(prune_interval).await? else {
         return Ok(None);
     };
     let consumers = Consumers::with_mark(
@@ -167,6 +173,7 @@ pub async fn for_cluster(
         writer: None,
         log: parts.log,
         consumers,
+        pruner: Some(parts.pruner),
         _runtime: None,
     }))
 }
@@ -186,7 +193,8 @@ impl HostLog {
         self.log.clone()
     }
 
-    /// Whether this is the cluster's stream (no per-topic retention).
+    /// Whether this is the cluster's stream (appended to by publishing,
+    /// pruned per topic by its own task).
     pub fn is_cluster_stream(&self) -> bool {
         self.writer.is_none()
     }
@@ -199,6 +207,9 @@ impl HostLog {
     /// Stores the consumers' offsets, appends what is queued and stops
     /// (after the producers stopped).
     pub async fn stop(self, deadline: Duration) {
+        if let Some(pruner) = self.pruner {
+            pruner.stop(deadline).await;
+        }
         let _ = tokio::time::timeout(deadline, self.consumers.shutdown()).await;
         if let Some((writer, _)) = self.writer {
             writer.shutdown(deadline).await;

@@ -3,8 +3,9 @@
 //! `GET/PUT/DELETE /api/v1/topics/{name}` reads, sets and removes one
 //! topic's own retention (docs/protocol.md §11). Without a log: `410
 //! log_off`. In cluster mode the listing covers the stream's newest events
-//! (`NATS_TOPIC_SCAN`) and setting a retention answers `409
-//! topic_retention_unsupported`.
+//! (`NATS_TOPIC_SCAN`), the retentions are shared by every instance (a
+//! JetStream key-value bucket), and a `max_bytes` bound answers `409
+//! topic_retention_unsupported` (JetStream cannot purge a topic by size).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,17 +34,13 @@ fn unreadable(e: event_core::LogError) -> ServerError {
 }
 
 /// A write of a topic's retention that failed: `409
-/// topic_retention_unsupported` where the log has no per-topic retention
-/// (cluster mode: the JetStream stream's retention applies to every
-/// topic), else `503`.
+/// topic_retention_unsupported` for what the log cannot do (cluster mode:
+/// a `max_bytes` bound; the message says why), else `503`.
 fn unwritable(e: event_core::LogError) -> ServerError {
     match e {
         event_core::LogError::Unsupported { log, what } => ServerError::Conflict {
             code: "topic_retention_unsupported",
-            message: format!(
-                "the {log} event log does not support {what}: in cluster mode the JetStream \
-                 stream's retention (NATS_MAX_AGE_SECS and the stream's limits) applies to every topic"
-            ),
+            message: format!("the {log} event log does not support {what}"),
         },
         other => unreadable(other),
     }

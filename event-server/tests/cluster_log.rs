@@ -246,10 +246,11 @@ async fn history_and_topics_read_the_stream_in_cluster_mode() {
     assert!(first > 0 && last % event_nats::SEQ_STRIDE == 0, "{topics}");
     assert!(last - first >= 9 * event_nats::SEQ_STRIDE, "{topics}");
 
-    // One retention for the whole stream: a topic's own is refused, clearly.
+    // A topic's own retention by size is refused, clearly (JetStream
+    // purges by count or sequence; tests/cluster_topics.rs has the rest).
     let res = client()
         .put(b.url("/api/v1/topics/job"))
-        .json(&json!({"max_events": 5}))
+        .json(&json!({"max_bytes": 5000}))
         .send()
         .await
         .unwrap();
