@@ -262,4 +262,16 @@ async fn a_topic_retention_set_on_one_instance_prunes_that_topic_and_resyncs_onl
     let mut want = vec!["resync".to_owned()];
     want.extend(ids(&[job[0], job[1], gpu[3], gpu[4]]));
     assert_eq!(frames(&a, all, None, want.len()).await, want);
+
+    // Removed on B, for A too: the bounds go, the watermark stays.
+    let remove = || client().delete(b.url("/api/v1/topics/gpu")).send();
+    assert_eq!(remove().await.unwrap().status(), 204);
+    let (status, shown) = get(&a, "/api/v1/topics/gpu").await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(
+        (&shown["retention"], shown["pruned_through"].as_u64()),
+        (&Value::Null, Some(gpu[2])),
+        "{shown}"
+    );
+    assert_eq!(remove().await.unwrap().status(), 404);
 }
