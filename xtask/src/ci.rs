@@ -152,6 +152,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "durable",
         "--test",
         "cluster_catchup",
+        "--test",
+        "cluster_topics",
     ])?;
     cargo(&[
         "test",
