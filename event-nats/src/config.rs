@@ -271,7 +271,11 @@ impl NatsConfig {
     /// partition is at a fixed place, so a group's consumer of one partition
     /// filters on [`partition_subjects`](Self::partition_subjects).
     pub fn subject_for(&self, dot_name: &str, partition: u16, topic: &str) -> String {
-        format!("{}.{dot_name}.{partition}.{topic}", self.subject_prefix)
+        format!(
+            "{}.{dot_name}.{partition}.{}",
+            self.subject_prefix,
+            topic_tokens(topic)
+        )
     }
 
     /// The subjects of every event in `partition`:
@@ -298,7 +302,7 @@ impl NatsConfig {
     /// (the dot name's two tokens and the partition come first, so the
     /// topic, which may hold `.`, is the subject's tail).
     pub fn topic_subjects(&self, topic: &str) -> String {
-        format!("{}.*.*.*.{topic}", self.subject_prefix)
+        format!("{}.*.*.*.{}", self.subject_prefix, topic_tokens(topic))
     }
 
     /// The stream's subject filter: `<prefix>.>`.
@@ -393,6 +397,24 @@ impl NatsConfig {
     }
 }
 
+/// `topic` as subject tokens: itself, except that an empty part (`a..b`,
+/// `a.`: valid topics, but a subject token may not be empty) is written
+/// `E`, which no topic part can be (topics are lowercase), so distinct
+/// topics keep distinct subjects.
+fn topic_tokens(topic: &str) -> std::borrow::Cow<'_, str> {
+    if topic.split('.').any(str::is_empty) {
+        std::borrow::Cow::Owned(
+            topic
+                .split('.')
+                .map(|part| if part.is_empty() { "E" } else { part })
+                .collect::<Vec<_>>()
+                .join("."),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(topic)
+    }
+}
+
 /// The URL(s) without user info, for logs.
 pub(crate) fn redact_url(url: &str) -> String {
     url.split(',')
@@ -423,6 +445,13 @@ mod tests {
             "matric.events.job.progress.7.job"
         );
         assert_eq!(c.partition_subjects(7), "matric.events.*.*.7.>");
+        // Empty topic parts become `E`: a subject token may not be empty.
+        assert_eq!(
+            c.subject_for("job.progress", 0, "a..b."),
+            "matric.events.job.progress.0.a.E.b.E"
+        );
+        assert_eq!(c.topic_subjects("a..b."), "matric.events.*.*.*.a.E.b.E");
+        assert_ne!(c.topic_subjects("a..b"), c.topic_subjects("a.e.b"));
         assert_eq!(c.stream_subjects(), "matric.events.>");
         assert_eq!(
             c.topic_subjects("gpu.large"),

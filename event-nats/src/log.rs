@@ -280,10 +280,9 @@ impl EventLog for JetStreamLog {
     }
 
     /// Stores `record` in the topics bucket, keeping a higher stored
-    /// watermark. A `max_bytes` bound, or a topic with an empty
-    /// `.`-separated part, is [`LogError::Unsupported`].
+    /// watermark. A `max_bytes` bound is [`LogError::Unsupported`].
     async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
-        supported(&record.topic, record.retention.as_ref())?;
+        supported(record.retention.as_ref())?;
         let shared = &self.shared;
         if !shared.state.is_connected() {
             return Err(failed("store a topic retention", Error::Disconnected));
@@ -304,7 +303,7 @@ impl EventLog for JetStreamLog {
         retention: &Retention,
         now: OffsetDateTime,
     ) -> Result<Option<u64>, LogError> {
-        supported(topic, Some(retention))?;
+        supported(Some(retention))?;
         let shared = &self.shared;
         if !shared.state.is_connected() {
             return Err(failed("prune a topic", Error::Disconnected));
@@ -315,9 +314,8 @@ impl EventLog for JetStreamLog {
     }
 }
 
-/// What the stream cannot do for a topic: a bound by size, or a topic
-/// whose subject filter would be invalid.
-fn supported(topic: &str, retention: Option<&Retention>) -> Result<(), LogError> {
+/// What the stream cannot do for a topic: a bound by size.
+fn supported(retention: Option<&Retention>) -> Result<(), LogError> {
     let refuse = |what| {
         Err(LogError::Unsupported {
             log: "jetstream".to_owned(),
@@ -329,12 +327,6 @@ fn supported(topic: &str, retention: Option<&Retention>) -> Result<(), LogError>
             "a topic's max_bytes in cluster mode (JetStream purges a topic's subjects by count \
              or by sequence, never by size, and finding the cut would read the whole topic on \
              every round); use max_events or max_age",
-        );
-    }
-    if topic.split('.').any(str::is_empty) {
-        return refuse(
-            "a retention for a topic with an empty `.`-separated part (its JetStream subject \
-             filter would be invalid)",
         );
     }
     Ok(())
