@@ -139,27 +139,15 @@ impl JetStreamGroups {
                 let config = self.cluster.config();
                 let bucket = config.groups_bucket();
                 let js = &self.cluster.shared().js;
-                // Made here as async-nats' `create_key_value` would, which
-                // first asks for account limits NATS 2.9 does not answer.
                 // On disk like the stream: a bucket in memory would be gone
                 // after a NATS restart, and with it every lease.
                 js.create_or_update_stream(stream::Config {
-                    name: format!("KV_{bucket}"),
-                    description: Some("matric consumer groups' partition owners".to_owned()),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
                     max_age: KEY_MAX_AGE,
-                    storage: if config.memory_storage {
-                        stream::StorageType::Memory
-                    } else {
-                        stream::StorageType::File
-                    },
-                    num_replicas: config.replicas.max(1),
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: false,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
+                    ..crate::bucket::bucket_stream(
+                        config,
+                        &bucket,
+                        "matric consumer groups' partition owners",
+                    )
                 })
                 .await
                 .map_err(group_error)?;

@@ -273,6 +273,7 @@
 //! `TEST_NATS_URL` gating and a private `nats-server` process, for tests
 //! against a real NATS (this crate's and the host's cluster tests).
 
+mod bucket;
 mod cluster;
 mod codec;
 mod config;

@@ -73,29 +73,13 @@ impl NatsCluster {
             stream: stream.clone(),
             message: e.to_string(),
         };
-        // The bucket's stream as async-nats' `create_key_value` makes it,
-        // created here because that call first asks for the account's
-        // limits in a form NATS 2.9 does not answer.
         js.create_or_update_stream(stream::Config {
-            name: stream.clone(),
-            description: Some("matric named consumers' committed offsets".to_owned()),
-            subjects: vec![format!("$KV.{}.>", config.consumers_bucket)],
-            max_messages_per_subject: 1,
             max_message_size: MAX_VALUE_BYTES as i32,
-            storage: if config.memory_storage {
-                stream::StorageType::Memory
-            } else {
-                stream::StorageType::File
-            },
-            num_replicas: config.replicas.max(1),
-            allow_rollup: true,
-            deny_delete: true,
-            deny_purge: false,
-            // Reads from the stream's leader, not any replica: an instance
-            // must see the offset another one has just stored.
-            allow_direct: false,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
+            ..crate::bucket::bucket_stream(
+                config,
+                &config.consumers_bucket,
+                "matric named consumers' committed offsets",
+            )
         })
         .await
         .map_err(|e| failed(&e))?;

@@ -185,34 +185,16 @@ impl TopicRecords {
         let bucket = config.topics_bucket();
         let name = format!("KV_{bucket}");
         if create {
-            // The bucket's stream as async-nats' `create_key_value` makes
-            // it, created here because that call first asks for the
-            // account's limits in a form NATS 2.9 does not answer.
             shared
                 .js
                 .create_or_update_stream(stream::Config {
-                    name: name.clone(),
-                    description: Some(
-                        "matric per-topic retentions and pruning watermarks".to_owned(),
-                    ),
-                    subjects: vec![format!("$KV.{bucket}.>")],
-                    max_messages_per_subject: 1,
                     max_messages: MAX_TOPIC_RECORDS as i64,
                     max_message_size: MAX_TOPIC_RECORD_BYTES as i32,
-                    storage: if config.memory_storage {
-                        stream::StorageType::Memory
-                    } else {
-                        stream::StorageType::File
-                    },
-                    num_replicas: config.replicas.max(1),
-                    allow_rollup: true,
-                    deny_delete: true,
-                    deny_purge: false,
-                    // Reads from the stream's leader: an instance must see
-                    // the watermark another one has just stored.
-                    allow_direct: false,
-                    discard: stream::DiscardPolicy::New,
-                    ..Default::default()
+                    ..crate::bucket::bucket_stream(
+                        config,
+                        &bucket,
+                        "matric per-topic retentions and pruning watermarks",
+                    )
                 })
                 .await
                 .map_err(|e| bucket_error(shared, e))?;
