@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use event_core::{
-    AckMode, AttachRequest, ConsumerConfig, ConsumerRecord, Consumers, Delivery, EventLog,
-    LogError, Member, OffsetStore, Principal, Retention, StartAt, TopicRetention,
+    AckMode, AttachRequest, ConsumerRecord, Delivery, EventLog, LogError, Member, OffsetStore,
+    Principal, Retention, StartAt, TopicRetention,
 };
 use event_nats::{NatsCluster, Retention as StreamRetention, bus_seq};
 use time::OffsetDateTime;
@@ -243,20 +243,6 @@ async fn offsets_are_shared_by_every_instance() {
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
-}
-
-/// `event_core`'s consumers over `cluster`'s stream and offsets.
-async fn consumers(cluster: &NatsCluster) -> Consumers {
-    Consumers::with_mark(
-        cluster.bus().clone(),
-        Arc::new(cluster.log()),
-        Arc::new(cluster.offsets().await.unwrap()),
-        ConsumerConfig {
-            save_interval: Duration::from_millis(50),
-            ..ConsumerConfig::default()
-        },
-        cluster.log_mark(),
-    )
 }
 
 async fn next(member: &mut Member) -> Arc<event_core::Event> {

@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use event_core::{
-    AttachRequest, ConsumerConfig, Consumers, Cursor, Delivery, Event, EventFilter, EventLog,
-    EventMeta, LogError, Member, Principal, ReplayMiss, ReplaySource, Retention, TopicPattern,
-    TopicRetention,
+    AttachRequest, Cursor, Delivery, Event, EventFilter, EventLog, EventMeta, LogError, Member,
+    Principal, ReplayMiss, ReplaySource, Retention, TopicPattern, TopicRetention,
 };
 use event_nats::{MAX_TOPIC_RECORDS, NatsCluster, bus_seq};
 use time::OffsetDateTime;
@@ -191,20 +190,6 @@ async fn the_records_are_bounded_and_updates_still_pass_at_the_bound() {
 
     a.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
-}
-
-/// `event_core`'s consumers over `cluster`'s stream and offsets.
-async fn consumers(cluster: &NatsCluster) -> Consumers {
-    Consumers::with_mark(
-        cluster.bus().clone(),
-        Arc::new(cluster.log()),
-        Arc::new(cluster.offsets().await.unwrap()),
-        ConsumerConfig {
-            save_interval: Duration::from_millis(50),
-            ..ConsumerConfig::default()
-        },
-        cluster.log_mark(),
-    )
 }
 
 fn request(name: &str, filter: EventFilter) -> AttachRequest {

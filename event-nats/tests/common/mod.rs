@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use event_core::{BusConfig, Event, JobProgress, Received, SeqStart, Subscription};
+use event_core::{
+    BusConfig, ConsumerConfig, Consumers, Event, JobProgress, Received, SeqStart, Subscription,
+};
 pub use event_nats::testing::{PrivateNats, cleanup, instance, nats_url, unique_config};
 use event_nats::{ConnectionState, NatsCluster, NatsConfig};
 use uuid::Uuid;
@@ -25,6 +27,20 @@ pub async fn connect(config: &NatsConfig, replay_size: usize) -> NatsCluster {
     NatsCluster::connect(config.clone(), bus_config(replay_size))
         .await
         .expect("connect to NATS")
+}
+
+/// `event_core`'s consumers over `cluster`'s stream and offsets.
+pub async fn consumers(cluster: &NatsCluster) -> Consumers {
+    Consumers::with_mark(
+        cluster.bus().clone(),
+        Arc::new(cluster.log()),
+        Arc::new(cluster.offsets().await.unwrap()),
+        ConsumerConfig {
+            save_interval: Duration::from_millis(50),
+            ..ConsumerConfig::default()
+        },
+        cluster.log_mark(),
+    )
 }
 
 pub fn progress(n: u8) -> JobProgress {
