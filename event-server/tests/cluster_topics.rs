@@ -199,8 +199,13 @@ async fn a_topic_retention_set_on_one_instance_prunes_that_topic_and_resyncs_onl
     assert_eq!(status, 200, "{body}");
     let old = post(&b, Some("old"), 8).await.0;
 
-    let shown = json_when(&b, "/api/v1/topics/gpu", |t| t["pruned_through"] == gpu[2]).await;
-    assert_eq!(shown["events"], 2, "{shown}");
+    // The watermark is stored before the purge (so no reader misses the
+    // cut): wait for both, the purge a moment after the watermark.
+    let shown = json_when(&b, "/api/v1/topics/gpu", |t| {
+        t["pruned_through"] == gpu[2] && t["events"] == 2
+    })
+    .await;
+    assert_eq!(shown["first_seq"], gpu[3], "{shown}");
     json_when(&a, "/api/v1/topics/old", |t| t["pruned_through"] == old).await;
     // (Also `queue`: each instance's queue status at start.)
     let listed = json_when(&a, "/api/v1/topics", |t| {
