@@ -37,3 +37,42 @@ pub(crate) fn bucket_stream(
         ..Default::default()
     }
 }
+
+/// `prefix` then `name`'s bytes as lowercase hex: any name (a consumer, a
+/// topic, an instance id) as a valid key token, and distinct names as
+/// distinct keys.
+pub(crate) fn hex_key(prefix: &str, name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(prefix.len() + name.len() * 2);
+    key.push_str(prefix);
+    for b in name.bytes() {
+        let _ = write!(key, "{b:02x}");
+    }
+    key
+}
+
+/// The name `hex_key("", name)` wrote, read back.
+pub(crate) fn unhex(token: &str) -> Option<String> {
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back_from_their_key_token() {
+        assert_eq!(hex_key("c_", "a.b"), "c_612e62");
+        for id in ["a", "instance-7f3e", "ünïcode id"] {
+            let token = hex_key("", id);
+            assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(unhex(&token).as_deref(), Some(id));
+        }
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}

@@ -58,7 +58,7 @@ use tokio::sync::OnceCell;
 use crate::codec::{self, bus_seq};
 use crate::{Error, NatsCluster};
 
-pub use owners::{OWNER_BEAT, OWNER_LEASE};
+pub use owners::{OWNER_BEAT, OWNER_LEASE, OWNER_RENEW};
 
 /// Every group's durable consumer name starts with this.
 pub const GROUP_CONSUMER_PREFIX: &str = "grp_";
@@ -170,7 +170,7 @@ impl JetStreamGroups {
             out.push(
                 owner
                     .and_then(|v| String::from_utf8(v.to_vec()).ok())
-                    .and_then(|hex| owners::unhex(&hex)),
+                    .and_then(|hex| crate::bucket::unhex(&hex)),
             );
         }
         Ok(out)

@@ -143,8 +143,8 @@
 //! `grp_<name>_p<n>`) with explicit acks, the group's `ack_wait` and
 //! `max_ack_pending`. The instances with members share the partitions in
 //! proportion to their members, agreeing through leases in a key-value
-//! bucket ([`NatsConfig::groups_bucket`]; renewed every [`OWNER_BEAT`],
-//! taken over after [`OWNER_LEASE`]), so one partition, and so one entity,
+//! bucket ([`NatsConfig::groups_bucket`]; renewed every [`OWNER_RENEW`],
+//! taken over after [`OWNER_LEASE`], rebalanced every [`OWNER_BEAT`]), so one partition, and so one entity,
 //! is pulled by one instance at a time; each instance pulls its partitions
 //! in bounded batches that expire after [`JetStreamGroups::pull_wait`] and
 //! hands each event to one local member by the entity hash. One entity's
@@ -302,8 +302,8 @@ pub use config::{
 pub use error::Error;
 pub use groups::{
     DEFAULT_PULL_WAIT, GROUP_CONSUMER_PREFIX, IN_USE_WINDOW, JetStreamGroups, MAX_FORWARDED_ACKS,
-    OWNER_BEAT, OWNER_LEASE, PULL_WAIT_RANGE, consumer_name, group_name, partition_consumer_name,
-    partition_of,
+    OWNER_BEAT, OWNER_LEASE, OWNER_RENEW, PULL_WAIT_RANGE, consumer_name, group_name,
+    partition_consumer_name, partition_of,
 };
 pub use log::{JetStreamLog, TopicPruner};
 pub use offsets::{KvOffsets, MAX_VALUE_BYTES};

@@ -95,12 +95,7 @@ impl NatsCluster {
 }
 
 fn key(name: &str) -> String {
-    let mut key = String::with_capacity(2 + name.len() * 2);
-    key.push_str("c_");
-    for b in name.bytes() {
-        key.push_str(&format!("{b:02x}"));
-    }
-    key
+    crate::bucket::hex_key("c_", name)
 }
 
 fn storage(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> LogError {

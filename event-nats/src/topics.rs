@@ -130,12 +130,7 @@ impl Stored {
 }
 
 fn key(topic: &str) -> String {
-    let mut key = String::with_capacity(2 + topic.len() * 2);
-    key.push_str("t_");
-    for b in topic.bytes() {
-        key.push_str(&format!("{b:02x}"));
-    }
-    key
+    crate::bucket::hex_key("t_", topic)
 }
 
 /// The records as last read, and the bucket state they were read at.

@@ -7,11 +7,13 @@
 //! owns what through keys in the groups bucket
 //! ([`NatsConfig::groups_bucket`]), under `<consumer>.`:
 //!
-//! - `i.<instance id, hex>`: an instance's heartbeat, written every
-//!   [`OWNER_BEAT`] while it has members of the group, holding how many;
-//! - `p.<n>`: the owner of partition `n`, rewritten by that owner every beat
+//! - `i.<instance id, hex>`: an instance's heartbeat, rewritten every
+//!   2 s (and when its member count changes) while it has members of the
+//!   group, holding how many;
+//! - `p.<n>`: the owner of partition `n`, rewritten by that owner every 2 s
 //!   against the revision it wrote last (compare-and-set), so an owner whose
-//!   partition was taken over learns it at its next beat and stops pulling.
+//!   partition was taken over learns it at its next rewrite and stops
+//!   pulling.
 //!
 //! Each instance watches the group's keys. At every beat (and at once when
 //! its member count changes) it works out each live instance's share of
@@ -37,11 +39,26 @@ use tokio::time::Instant;
 #[cfg(doc)]
 use crate::NatsConfig;
 
-/// How often an instance with members renews its keys and rebalances.
+/// How often an instance with members rebalances (moves partitions toward
+/// its share).
 pub const OWNER_BEAT: Duration = Duration::from_secs(1);
 /// How long a heartbeat or an owner's key stays valid without renewal:
 /// after it, the instance counts as gone and its partitions are taken over.
 pub const OWNER_LEASE: Duration = Duration::from_secs(5);
+/// How often the heartbeat and the owned partitions' keys are rewritten:
+/// twice within a lease, so one late rewrite does not lose it. The beats in
+/// between (and the ones a member change or a finished pull wakes) only
+/// rebalance.
+pub const OWNER_RENEW: Duration = Duration::from_secs(2);
+
+/// What the coordinator remembers between beats.
+#[derive(Debug, Default)]
+struct Renewal {
+    /// The heartbeat as last written: this instance's member count.
+    heartbeat: Option<usize>,
+    /// When the keys were last rewritten.
+    at: Option<Instant>,
+}
 
 /// One key of the group as this instance last saw it.
 #[derive(Debug, Clone)]
@@ -130,7 +147,7 @@ impl Owners {
         let inner = Arc::new(Inner {
             kv,
             prefix: format!("{consumer}."),
-            me: hex(instance),
+            me: crate::bucket::hex_key("", instance),
             partitions,
             members: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -189,20 +206,6 @@ impl Drop for Owners {
     }
 }
 
-/// `id` as lowercase hex: any instance id as a key token.
-fn hex(id: &str) -> String {
-    id.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The instance id a hex key token stands for.
-pub(super) fn unhex(token: &str) -> Option<String> {
-    let bytes = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
-
 /// How many of `partitions` each live instance owns: in proportion to its
 /// members (counted up to `partitions`), the remainder going to the
 /// largest fractions, then by id. `live` is sorted by id; every instance
@@ -234,7 +237,7 @@ pub(super) fn shares(live: &[(String, usize)], partitions: u16) -> Vec<u16> {
 async fn run(inner: Arc<Inner>) {
     let mut view: HashMap<String, Seen> = HashMap::new();
     let mut watch: Option<kv::Watch> = None;
-    let mut heartbeat_written = false;
+    let mut renewal = Renewal::default();
     let mut tick = tokio::time::interval(OWNER_BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -259,8 +262,8 @@ async fn run(inner: Arc<Inner>) {
                 }
                 None => watch = None,
             },
-            _ = tick.tick() => beat(&inner, &view, &mut heartbeat_written).await,
-            _ = inner.wake.notified() => beat(&inner, &view, &mut heartbeat_written).await,
+            _ = tick.tick() => beat(&inner, &view, &mut renewal).await,
+            _ = inner.wake.notified() => beat(&inner, &view, &mut renewal).await,
         }
     }
 }
@@ -306,21 +309,32 @@ fn seen(inner: &Inner, view: &mut HashMap<String, Seen>, entry: kv::Entry) {
     }
 }
 
-/// Renews this instance's keys and moves its partitions toward its share.
-async fn beat(inner: &Inner, view: &HashMap<String, Seen>, heartbeat_written: &mut bool) {
+/// Renews this instance's keys when due and moves its partitions toward
+/// its share.
+async fn beat(inner: &Inner, view: &HashMap<String, Seen>, renewal: &mut Renewal) {
     let members = inner.members.load(Ordering::SeqCst);
     let now = Instant::now();
-    if members > 0 {
+    let due = renewal
+        .at
+        .is_none_or(|at| now.saturating_duration_since(at) >= OWNER_RENEW);
+    if members > 0 && (due || renewal.heartbeat != Some(members)) {
         match inner
             .kv
             .put(inner.heartbeat_key(), members.to_string().into())
             .await
         {
-            Ok(_) => *heartbeat_written = true,
+            Ok(_) => renewal.heartbeat = Some(members),
             Err(error) => tracing::debug!(%error, "group heartbeat not written"),
         }
-    } else if *heartbeat_written && inner.kv.delete(inner.heartbeat_key()).await.is_ok() {
-        *heartbeat_written = false;
+    } else if members == 0
+        && renewal.heartbeat.is_some()
+        && inner.kv.delete(inner.heartbeat_key()).await.is_ok()
+    {
+        renewal.heartbeat = None;
+    }
+    if due {
+        renew(inner).await;
+        renewal.at = Some(now);
     }
 
     let fresh = |s: &Seen| now.saturating_duration_since(s.at) < OWNER_LEASE;
@@ -342,7 +356,6 @@ async fn beat(inner: &Inner, view: &HashMap<String, Seen>, heartbeat_written: &m
         .position(|(id, _)| *id == inner.me)
         .map_or(0, |i| shares(&live, inner.partitions)[i]);
 
-    renew(inner).await;
     release(inner, share).await;
     take(inner, view, share, now).await;
 }
@@ -485,16 +498,5 @@ mod tests {
             let total: u16 = shares(&live(&members), 16).iter().sum();
             assert_eq!(total, 16, "{members:?}");
         }
-    }
-
-    #[test]
-    fn instance_ids_read_back_from_their_key_token() {
-        for id in ["a", "instance-7f3e", "ünïcode id"] {
-            let token = hex(id);
-            assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
-            assert_eq!(unhex(&token).as_deref(), Some(id));
-        }
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("abc"), None);
     }
 }
