@@ -83,7 +83,7 @@
 //! `<prefix>.*.*.*.<topic>` ([`NatsConfig::topic_subjects`]), so one
 //! topic's oldest events can be purged from the stream without touching
 //! the others. [`JetStreamLog`] keeps each topic's bounds (`max_events`,
-//! `max_age`; `max_bytes` is refused) and its pruning watermark in a
+//! `max_age`, `max_bytes`) and its pruning watermark in a
 //! key-value bucket every instance shares ([`NatsConfig::topics_bucket`],
 //! at most [`MAX_TOPIC_RECORDS`] records), a [`TopicPruner`]
 //! ([`JetStreamLog::start_pruning`]) applies them, and every replay from
@@ -312,7 +312,10 @@ pub use relay::NatsAckRelay;
 pub use state::{
     ConnectionState, NATS_CONNECTED, NATS_PUBLISHED, NATS_RECEIVED, NATS_SKIPPED, NatsHealth,
 };
-pub use topics::{MAX_PRUNE_PER_ROUND, MAX_TOPIC_RECORD_BYTES, MAX_TOPIC_RECORDS, PRUNE_CHUNK};
+pub use topics::{
+    MARK_EVERY, MAX_INDEX_PER_ROUND, MAX_PRUNE_PER_ROUND, MAX_TOPIC_RECORD_BYTES,
+    MAX_TOPIC_RECORDS, PRUNE_CHUNK,
+};
 pub use work::{
     WORK_ACK_WAIT_RANGE, WORK_CONSUMER_PREFIX, WorkConfig, WorkError, WorkHandler, WorkQueue,
 };

@@ -15,8 +15,8 @@
 //! | `topics` | the newest [`NatsConfig::topic_scan`](crate::NatsConfig::topic_scan) events only (default 10,000): a stream of a million events is not read for an operator's listing |
 //! | `prune` | nothing (returns 0): the stream applies its own retention ([`NatsConfig::retention`](crate::NatsConfig::retention)) |
 //! | `append` | nothing: see below |
-//! | `topic_retentions`, `set_topic_retention` | records in the key-value bucket [`NatsConfig::topics_bucket`](crate::NatsConfig::topics_bucket), shared by every instance (at most [`MAX_TOPIC_RECORDS`](crate::MAX_TOPIC_RECORDS)); a write never lowers a watermark; `max_bytes` is refused ([`LogError::Unsupported`]) |
-//! | `prune_topic` | purges the topic's subjects `<prefix>.*.*.*.<topic>` below the newest message `max_events` or `max_age` removes, after raising the topic's watermark to it (the exact newest removed event); by the time the stream *stored* each event |
+//! | `topic_retentions`, `set_topic_retention` | records in the key-value bucket [`NatsConfig::topics_bucket`](crate::NatsConfig::topics_bucket), shared by every instance (at most [`MAX_TOPIC_RECORDS`](crate::MAX_TOPIC_RECORDS)); a write never lowers a watermark |
+//! | `prune_topic` | purges the topic's subjects `<prefix>.*.*.*.<topic>` below the newest message `max_events`, `max_age` or `max_bytes` removes, after raising the topic's watermark to it (the exact newest removed event); by the time the stream *stored* each event; by the payload sizes (`Nats-Msg-Size`, the envelope JSON's length, as the SQL logs count), from an index of them each instance keeps (one mark per [`MARK_EVERY`](crate::MARK_EVERY) messages), so a round reads what was stored since the last and at most `MARK_EVERY` older messages |
 //!
 //! No [`LogWriter`](event_core::LogWriter) runs in cluster mode, so nothing
 //! calls `prune_topic` by itself: [`JetStreamLog::start_pruning`] runs a
@@ -280,9 +280,8 @@ impl EventLog for JetStreamLog {
     }
 
     /// Stores `record` in the topics bucket, keeping a higher stored
-    /// watermark. A `max_bytes` bound is [`LogError::Unsupported`].
+    /// watermark.
     async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
-        supported(record.retention.as_ref())?;
         let shared = &self.shared;
         if !shared.state.is_connected() {
             return Err(failed("store a topic retention", Error::Disconnected));
@@ -294,16 +293,17 @@ impl EventLog for JetStreamLog {
             .map_err(|e| failed("store a topic retention", e))
     }
 
-    /// Purges the oldest of `topic`'s events that `retention`'s
-    /// `max_events` or `max_age` removes, after raising its watermark to the
-    /// newest of them (so the returned sequence is stored already).
+    /// Purges the oldest of `topic`'s events that `retention`'s bounds
+    /// remove, after raising its watermark to the newest of them (so the
+    /// returned sequence is stored already). A `max_bytes` bound is applied
+    /// from this instance's index of the topic's message sizes (one mark
+    /// per [`MARK_EVERY`](crate::MARK_EVERY) messages; docs/cluster.md).
     async fn prune_topic(
         &self,
         topic: &str,
         retention: &Retention,
         now: OffsetDateTime,
     ) -> Result<Option<u64>, LogError> {
-        supported(Some(retention))?;
         let shared = &self.shared;
         if !shared.state.is_connected() {
             return Err(failed("prune a topic", Error::Disconnected));
@@ -314,24 +314,6 @@ impl EventLog for JetStreamLog {
     }
 }
 
-/// What the stream cannot do for a topic: a bound by size.
-fn supported(retention: Option<&Retention>) -> Result<(), LogError> {
-    let refuse = |what| {
-        Err(LogError::Unsupported {
-            log: "jetstream".to_owned(),
-            what,
-        })
-    };
-    if retention.is_some_and(|r| r.max_bytes.is_some()) {
-        return refuse(
-            "a topic's max_bytes in cluster mode (JetStream purges a topic's subjects by count \
-             or by sequence, never by size, and finding the cut would read the whole topic on \
-             every round); use max_events or max_age",
-        );
-    }
-    Ok(())
-}
-
 impl JetStreamLog {
     /// One round of per-topic retention: prunes every topic with a
     /// retention of its own at `now` (each topic's failure is logged and
@@ -340,6 +322,12 @@ impl JetStreamLog {
     /// topics lost events.
     pub async fn prune_topics(&self, now: OffsetDateTime) -> Result<usize, LogError> {
         let records = self.topic_retentions().await?;
+        let by_size: Vec<&str> = records
+            .iter()
+            .filter(|r| r.retention.is_some_and(|r| r.max_bytes.is_some()))
+            .map(|r| r.topic.as_str())
+            .collect();
+        crate::topics::retain_size_indexes(&self.shared, &by_size).await;
         let mut pruned = 0;
         for record in records {
             let Some(retention) = record.retention else {

@@ -40,9 +40,11 @@
 //! [`MAX_PRUNE_PER_ROUND`] per topic and round; the rest waits for the
 //! next round.
 //!
-//! `max_bytes` is refused: JetStream purges a subject by count or by
-//! sequence, never by size, and finding the cut would read every message
-//! of the topic, newest to oldest, on every round.
+//! By `max_bytes`, the cut is the newest message with more than that
+//! many bytes of the topic at and after it; [`sizes`] finds it from an
+//! index each instance keeps of the topic's message sizes, reading only
+//! what was stored since its last round and at most [`MARK_EVERY`] older
+//! messages.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,7 +65,10 @@ use crate::codec::bus_seq;
 use crate::replay::ordered_on;
 
 mod prune;
+mod sizes;
 pub(crate) use prune::prune;
+pub(crate) use sizes::retain as retain_size_indexes;
+pub use sizes::{MARK_EVERY, MAX_INDEX_PER_ROUND};
 
 /// Most keys in the topics bucket: [`MAX_TOPIC_RETENTIONS`] topics with a
 /// retention (the API's bound) and as many watermarks of removed ones,
@@ -145,6 +150,8 @@ struct Cached {
 pub(crate) struct TopicRecords {
     store: OnceCell<kv::Store>,
     cache: Mutex<Option<Cached>>,
+    /// This instance's index of each `max_bytes` topic's sizes.
+    sizes: tokio::sync::Mutex<std::collections::HashMap<String, sizes::SizeIndex>>,
 }
 
 fn bucket_error(shared: &Shared, e: impl std::fmt::Display) -> Error {

@@ -41,6 +41,13 @@ fn retention(max_events: Option<u64>, max_age: Option<Duration>) -> Retention {
     }
 }
 
+fn removed_again(record: &TopicRetention) -> TopicRetention {
+    TopicRetention {
+        retention: None,
+        ..record.clone()
+    }
+}
+
 fn only(topic: &str) -> EventFilter {
     EventFilter::all().with_topics(vec![TopicPattern::parse(topic).unwrap()])
 }
@@ -110,33 +117,19 @@ async fn records_are_shared_and_a_write_never_lowers_a_watermark() {
     on_a.set_topic_retention(&removed).await.unwrap();
     assert_eq!(on_b.topic_retentions().await.unwrap(), vec![removed]);
 
-    // What the stream cannot do is refused, clearly.
-    for refused in [TopicRetention {
+    // A bound by size is kept like the others.
+    let sized = TopicRetention {
         topic: "job".into(),
         retention: Some(Retention {
             max_bytes: Some(1024),
             ..retention(Some(1), None)
         }),
         pruned_through: 0,
-    }] {
-        match on_a.set_topic_retention(&refused).await {
-            Err(LogError::Unsupported { what, .. }) => assert!(!what.is_empty()),
-            other => panic!("{refused:?}: {other:?}"),
-        }
-    }
-    let pruned = on_a
-        .prune_topic(
-            "job",
-            &Retention {
-                max_bytes: Some(1),
-                ..retention(None, None)
-            },
-            OffsetDateTime::now_utc(),
-        )
-        .await;
-    assert!(
-        matches!(pruned, Err(LogError::Unsupported { .. })),
-        "{pruned:?}"
+    };
+    on_a.set_topic_retention(&sized).await.unwrap();
+    assert_eq!(
+        on_b.topic_retentions().await.unwrap(),
+        vec![removed_again(&gpu), sized]
     );
 
     a.shutdown(Duration::from_secs(2)).await;
@@ -471,5 +464,111 @@ async fn topics_with_empty_parts_are_stored_and_pruned_apart() {
     );
 
     a.shutdown(Duration::from_secs(2)).await;
+    cleanup(&config).await;
+}
+
+/// The bytes of `events` from the `n`-th newest on: what a topic holding
+/// exactly those holds (the envelope JSON is the stored payload).
+fn newest_bytes(events: &[Arc<Event>], n: usize) -> u64 {
+    events[events.len() - n..]
+        .iter()
+        .map(|e| e.envelope_json().len() as u64)
+        .sum()
+}
+
+fn by_size(max_bytes: u64) -> Retention {
+    Retention {
+        max_bytes: Some(max_bytes),
+        ..retention(None, None)
+    }
+}
+
+/// The ids of `topic`'s events left in the stream.
+async fn left_of(log: &dyn EventLog, topic: &str) -> Vec<Uuid> {
+    let left = log.read_after(0, 100_000).await.unwrap();
+    left.iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.id())
+        .collect()
+}
+
+#[tokio::test]
+async fn size_retention_keeps_the_newest_that_fit_across_instances_and_rounds() {
+    let Some(url) =
+        nats_url("size_retention_keeps_the_newest_that_fit_across_instances_and_rounds")
+    else {
+        return;
+    };
+    let config = unique_config(&url, "a");
+    let a = connect(&config, 64).await;
+    let b = connect(&instance(&config, "b"), 64).await;
+    let (on_a, on_b) = (a.log(), b.log());
+    // 2,600 `gpu` events (several of the index's stretches) between `job` ones.
+    let topics: Vec<&str> = (0..3250)
+        .map(|i| if i % 5 == 4 { "job" } else { "gpu" })
+        .collect();
+    let published = publish(&a, &topics).await;
+    let (mut gpu, job): (Vec<_>, Vec<_>) = published.into_iter().partition(|e| e.topic() == "gpu");
+    assert_eq!(gpu.len(), 2600);
+
+    // Exactly the newest 700 fit: the 701st newest is the last removed.
+    let max = newest_bytes(&gpu, 700);
+    let through = on_a
+        .prune_topic("gpu", &by_size(max), OffsetDateTime::now_utc())
+        .await;
+    assert_eq!(through.unwrap(), Some(gpu[gpu.len() - 701].seq()));
+    assert_eq!(left_of(&on_a, "gpu").await, ids(&gpu[gpu.len() - 700..]));
+    assert_eq!(left_of(&on_a, "job").await, ids(&job), "other topics stay");
+    let record = record_when(&on_b, "gpu", |r| r.pruned_through > 0).await;
+    assert_eq!(record.pruned_through, gpu[gpu.len() - 701].seq());
+    // Already within the bound: nothing to do.
+    let again = on_a
+        .prune_topic("gpu", &by_size(max), OffsetDateTime::now_utc())
+        .await;
+    assert_eq!(again.unwrap(), None);
+    // One byte less: one more goes.
+    let through = on_a
+        .prune_topic("gpu", &by_size(max - 1), OffsetDateTime::now_utc())
+        .await;
+    assert_eq!(through.unwrap(), Some(gpu[gpu.len() - 700].seq()));
+
+    // B, through the shared record and its own index, keeps only 300.
+    on_a.set_topic_retention(&TopicRetention {
+        topic: "gpu".into(),
+        retention: Some(by_size(newest_bytes(&gpu, 300))),
+        pruned_through: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        on_b.prune_topics(OffsetDateTime::now_utc()).await.unwrap(),
+        1
+    );
+    assert_eq!(left_of(&on_a, "gpu").await, ids(&gpu[gpu.len() - 300..]));
+
+    // A's index still counts what B purged; after 1,500 more it must cut
+    // by what is stored, not by what it read.
+    let more: Vec<&str> = vec!["gpu"; 1500];
+    gpu.extend(publish(&a, &more).await);
+    let max = newest_bytes(&gpu, 1000);
+    let through = on_a
+        .prune_topic("gpu", &by_size(max), OffsetDateTime::now_utc())
+        .await;
+    assert_eq!(through.unwrap(), Some(gpu[gpu.len() - 1001].seq()));
+    assert_eq!(left_of(&on_a, "gpu").await, ids(&gpu[gpu.len() - 1000..]));
+    // And a new instance, whose index starts from what is stored, agrees.
+    let c = connect(&instance(&config, "c"), 64).await;
+    let max = newest_bytes(&gpu, 999);
+    let through = c
+        .log()
+        .prune_topic("gpu", &by_size(max), OffsetDateTime::now_utc())
+        .await;
+    assert_eq!(through.unwrap(), Some(gpu[gpu.len() - 1000].seq()));
+    assert_eq!(left_of(&on_a, "gpu").await, ids(&gpu[gpu.len() - 999..]));
+    assert_eq!(left_of(&on_a, "job").await, ids(&job), "other topics stay");
+
+    for cluster in [a, b, c] {
+        cluster.shutdown(Duration::from_secs(2)).await;
+    }
     cleanup(&config).await;
 }

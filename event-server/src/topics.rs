@@ -4,8 +4,8 @@
 //! topic's own retention (docs/protocol.md §11). Without a log: `410
 //! log_off`. In cluster mode the listing covers the stream's newest events
 //! (`NATS_TOPIC_SCAN`), the retentions are shared by every instance (a
-//! JetStream key-value bucket), and a `max_bytes` bound answers `409
-//! topic_retention_unsupported` (JetStream cannot purge a topic by size).
+//! JetStream key-value bucket). A log that cannot apply a bound answers
+//! `409 topic_retention_unsupported` (none of the shipped ones).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +34,8 @@ fn unreadable(e: event_core::LogError) -> ServerError {
 }
 
 /// A write of a topic's retention that failed: `409
-/// topic_retention_unsupported` for what the log cannot do (cluster mode:
-/// a `max_bytes` bound; the message says why), else `503`.
+/// topic_retention_unsupported` for what the log cannot do (the message
+/// says why), else `503`.
 fn unwritable(e: event_core::LogError) -> ServerError {
     match e {
         event_core::LogError::Unsupported { log, what } => ServerError::Conflict {

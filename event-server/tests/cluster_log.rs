@@ -245,18 +245,6 @@ async fn history_and_topics_read_the_stream_in_cluster_mode() {
     );
     assert!(first > 0 && last % event_nats::SEQ_STRIDE == 0, "{topics}");
     assert!(last - first >= 9 * event_nats::SEQ_STRIDE, "{topics}");
-
-    // A topic's own retention by size is refused, clearly (JetStream
-    // purges by count or sequence; tests/cluster_topics.rs has the rest).
-    let res = client()
-        .put(b.url("/api/v1/topics/job"))
-        .json(&json!({"max_bytes": 5000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 409);
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"], "topic_retention_unsupported", "{body}");
 }
 
 #[tokio::test]

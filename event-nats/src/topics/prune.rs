@@ -11,9 +11,9 @@ use crate::cluster::Shared;
 use crate::codec::bus_seq;
 use crate::replay::ordered_on;
 
-/// Removes the oldest of `topic`'s events until `retention`'s `max_events`
-/// and `max_age` hold at `now` (see the module docs); the newest removed
-/// event's bus sequence, if any was.
+/// Removes the oldest of `topic`'s events until `retention`'s bounds hold
+/// at `now` (see the module docs); the newest removed event's bus
+/// sequence, if any was.
 pub(crate) async fn prune(
     shared: &Shared,
     topic: &str,
@@ -24,17 +24,39 @@ pub(crate) async fn prune(
         .max_age
         .and_then(|age| time::Duration::try_from(age).ok())
         .and_then(|age| now.checked_sub(age));
+    let subject = shared.config.topic_subjects(topic);
+    let by_count_or_age = by_count_or_age(shared, topic, &subject, retention, cutoff).await?;
+    let by_size = match retention.max_bytes {
+        Some(max) => super::sizes::cut(shared, topic, &subject, max).await?,
+        None => None,
+    };
+    if let Some(seq) = by_size
+        && by_count_or_age.is_none_or(|c| c < seq)
+    {
+        purge_through(shared, topic, &subject, seq).await?;
+    }
+    Ok(by_count_or_age.max(by_size).map(bus_seq))
+}
+
+/// The `max_events` and `max_age` part of [`prune`]: the newest removed
+/// stream sequence.
+async fn by_count_or_age(
+    shared: &Shared,
+    topic: &str,
+    subject: &str,
+    retention: &Retention,
+    cutoff: Option<OffsetDateTime>,
+) -> Result<Option<u64>, Error> {
     if retention.max_events.is_none() && cutoff.is_none() {
         return Ok(None);
     }
-    let subject = shared.config.topic_subjects(topic);
     let (mut messages, _guard, pending) = bounded(
         shared,
         "read a topic",
         ordered_on(
             &shared.stream,
             pull::OrderedConfig {
-                filter_subject: subject.clone(),
+                filter_subject: subject.to_owned(),
                 deliver_policy: DeliverPolicy::All,
                 headers_only: true,
                 ..Default::default()
@@ -69,16 +91,16 @@ pub(crate) async fn prune(
             break;
         }
         if read.is_multiple_of(PRUNE_CHUNK) {
-            purge_through(shared, topic, &subject, info.stream_sequence).await?;
+            purge_through(shared, topic, subject, info.stream_sequence).await?;
             purged = through;
         }
     }
     if let Some(seq) = through
         && purged != through
     {
-        purge_through(shared, topic, &subject, seq).await?;
+        purge_through(shared, topic, subject, seq).await?;
     }
-    Ok(through.map(bus_seq))
+    Ok(through)
 }
 
 /// Raises `topic`'s watermark to `seq` (a stream sequence) and then purges
