@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use event_core::{
-    AckMode, AttachRequest, ConsumerRecord, Delivery, EventLog, LogError, Member, OffsetStore,
-    Principal, Retention, StartAt, TopicRetention,
+    AckMode, AttachRequest, ConsumerRecord, Delivery, EventLog, Member, OffsetStore, Principal,
+    Retention, StartAt, TopicRetention,
 };
 use event_nats::{NatsCluster, Retention as StreamRetention, bus_seq};
 use time::OffsetDateTime;
@@ -112,8 +112,9 @@ async fn the_stream_reads_as_a_log_by_seq_time_and_id() {
     );
 
     // The stream keeps its own retention; the log neither prunes nor
-    // appends, and a topic's `max_bytes` (the default's 1 GiB) is refused
-    // (tests/topics.rs has the rest of per-topic retention).
+    // appends. A topic's own retention, `max_bytes` included (the
+    // default's 1 GiB), is stored (tests/topics.rs has the rest of
+    // per-topic retention).
     assert_eq!(
         log.prune(&Retention::default(), OffsetDateTime::now_utc())
             .await
@@ -126,17 +127,13 @@ async fn the_stream_reads_as_a_log_by_seq_time_and_id() {
         20,
         "append stored nothing"
     );
-    let refused = log
-        .set_topic_retention(&TopicRetention {
-            topic: "job".into(),
-            retention: Some(Retention::default()),
-            pruned_through: 0,
-        })
-        .await;
-    assert!(
-        matches!(refused, Err(LogError::Unsupported { .. })),
-        "{refused:?}"
-    );
+    let job = TopicRetention {
+        topic: "job".into(),
+        retention: Some(Retention::default()),
+        pruned_through: 0,
+    };
+    log.set_topic_retention(&job).await.unwrap();
+    assert_eq!(log.topic_retentions().await.unwrap(), vec![job]);
 
     a.shutdown(Duration::from_secs(2)).await;
     cleanup(&config).await;
