@@ -29,8 +29,10 @@
 //! the stream: nothing is stored); every instance with the group open
 //! listens there and settles those it holds.
 
+mod losses;
 mod names;
 mod owners;
+pub(crate) use losses::note_purge;
 
 use names::parse_consumer;
 pub use names::{consumer_name, group_name, partition_consumer_name, partition_of};
@@ -449,6 +451,10 @@ impl GroupFeed for Feed {
 
     fn members_changed(&self, members: usize) {
         self.owners.set_members(members);
+    }
+
+    fn gaps(&self) -> Option<BoxStream<'static, u64>> {
+        self.owners.take_gaps()
     }
 
     async fn pull(&self, max: usize) -> Result<GroupPull, ConsumerError> {

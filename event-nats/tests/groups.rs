@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use event_core::log::MemoryLog;
 use event_core::{
-    AckMode, AttachRequest, ConsumerConfig, Consumers, Cursor, Delivery, JobProgress, Member,
-    MemoryOffsets, Principal, StartAt,
+    AckMode, AttachRequest, ConsumerConfig, Consumers, Cursor, Delivery, EventLog, GroupBackend,
+    JobProgress, Member, MemoryOffsets, Principal, StartAt,
 };
 use event_nats::testing::TestStream;
 use event_nats::{JetStreamGroups, NatsCluster, bus_seq};
@@ -568,6 +568,104 @@ async fn other_settings_are_refused_while_another_instance_uses_the_group() {
     }
     drop(opened);
     cb.delete("cfg").await.unwrap();
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The deliveries `member` gets until a gap: how many events, and the gap.
+async fn until_gap(member: &mut Member, what: &str) -> (usize, u64) {
+    let mut events = 0;
+    let after = tokio::time::timeout(LONG, async {
+        loop {
+            match member.recv().await {
+                Some(Delivery::Event { .. }) => events += 1,
+                Some(Delivery::Gap { after }) => return after,
+                None => panic!("{what}: member ended"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: no gap within {LONG:?} ({events} events)"));
+    (events, after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_events_a_group_had_not_settled_is_a_gap_for_its_members() {
+    let Some(url) = nats_url("a_purge_of_events_a_group_had_not_settled_is_a_gap") else {
+        return;
+    };
+    let stream = TestStream::new(&url);
+    let a = connect(&stream.config("a"), 64).await;
+    let b = connect(&stream.config("b"), 64).await;
+    let (ca, cb) = (consumers(&a), consumers(&b));
+    let ack_wait = Duration::from_secs(120);
+    // `slow` (a member on each instance) never acks; `done` acks at once.
+    let mut slow_a = ca
+        .attach(group("slow", AckMode::Explicit, ack_wait))
+        .await
+        .unwrap();
+    let mut slow_b = cb
+        .attach(group("slow", AckMode::Explicit, ack_wait))
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let done = cb
+        .attach(group("done", AckMode::Explicit, ack_wait))
+        .await
+        .unwrap();
+    let _done = run_member(done, 0, true, tx);
+    wait_for_owners(&a, "slow", &["a", "b"]).await;
+    wait_for_owners(&a, "done", &["b"]).await;
+
+    let published = publish(&a, 8, 5).await;
+    take(&mut rx, published.len(), "the acking group").await;
+    let groups = JetStreamGroups::new(&a);
+    tokio::time::timeout(LONG, async {
+        loop {
+            let state = groups.info("done").await.unwrap().unwrap();
+            if state.pending == 0 && state.lag == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the acking group settled everything");
+
+    // `job` keeps its newest event: the others go.
+    let through = a
+        .log()
+        .prune_topic(
+            "job",
+            &event_core::Retention {
+                max_events: Some(1),
+                max_age: None,
+                max_bytes: None,
+            },
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(through, Some(published[published.len() - 2]));
+    // Both members of the group that had not settled them are told, on
+    // each instance, after at most what they were given.
+    let ((got_a, gap_a), (got_b, gap_b)) = tokio::join!(
+        until_gap(&mut slow_a, "slow on A"),
+        until_gap(&mut slow_b, "slow on B")
+    );
+    assert!(got_a + got_b <= published.len(), "{got_a} + {got_b}");
+    assert_eq!(gap_a, gap_b, "one notice");
+    assert!(gap_a < published[0], "after {gap_a}: before the first lost");
+    // The group that had settled everything is not: its member (which
+    // panics at a gap) takes the next event as usual.
+    let next = publish(&a, 1, 1).await;
+    let got = take(&mut rx, 1, "the next event").await;
+    assert_eq!(got[0].seq, next[0]);
+
+    for c in [&ca, &cb] {
+        let _ = c.delete("slow").await;
+        let _ = c.delete("done").await;
+    }
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }

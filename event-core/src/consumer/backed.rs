@@ -76,6 +76,8 @@ pub(super) struct BackedDispatcher {
     returning: Vec<Box<dyn AckHandle>>,
     /// Acks forwarded by other processes, for events this one may hold.
     forwarded: Option<BoxStream<'static, Vec<Cursor>>>,
+    /// The backend's notices of lost events ([`GroupFeed::gaps`]).
+    gaps: Option<BoxStream<'static, u64>>,
     retry_at: Option<Instant>,
     updated_at: OffsetDateTime,
     /// The backend no longer has the group.
@@ -96,8 +98,10 @@ impl BackedDispatcher {
             .build();
         redelivered.add(0, &[KeyValue::new("consumer", spec.name.clone())]);
         let forwarded = feed.forwarded_acks();
+        let gaps = feed.gaps();
         BackedDispatcher {
             forwarded,
+            gaps,
             returning: Vec::new(),
             spec,
             backend,
@@ -158,6 +162,15 @@ impl BackedDispatcher {
                         self.apply_acks(acks, false).await;
                     }
                     None => self.forwarded = None,
+                },
+                after = next_of(&mut self.gaps) => match after {
+                    Some(after) => {
+                        tracing::warn!(group = %self.spec.name, after, "group lost events a topic's retention removed; members told to resync");
+                        for m in &self.members {
+                            m.queue.push(Delivery::Gap { after });
+                        }
+                    }
+                    None => self.gaps = None,
                 },
                 _ = sleep_until(wake) => {}
             }
@@ -467,6 +480,7 @@ impl BackedDispatcher {
             };
             self.feed = self.backend.open(&spec).await?;
             self.forwarded = self.feed.forwarded_acks();
+            self.gaps = self.feed.gaps();
             self.spec = spec;
         }
         self.members.push(Slot {

@@ -52,6 +52,8 @@ struct MemoryGroups {
     notify: Arc<Notify>,
     /// Forwarded acks, to every process: `(group, acks)`.
     acks: broadcast::Sender<(String, Vec<Cursor>)>,
+    /// Notices of lost events, to every process: `(group, after)`.
+    gaps: broadcast::Sender<(String, u64)>,
 }
 
 impl Default for MemoryGroups {
@@ -60,6 +62,7 @@ impl Default for MemoryGroups {
             state: Arc::default(),
             notify: Arc::default(),
             acks: broadcast::channel(64).0,
+            gaps: broadcast::channel(64).0,
         }
     }
 }
@@ -216,24 +219,32 @@ impl GroupFeed for MemoryFeed {
     }
 
     fn forwarded_acks(&self) -> Option<futures_util::stream::BoxStream<'static, Vec<Cursor>>> {
-        let group = self.group.clone();
-        let rx = self.groups.acks.subscribe();
-        Some(
-            futures_util::stream::unfold(rx, move |mut rx| {
-                let group = group.clone();
-                async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok((name, acks)) if name == group => return Some((acks, rx)),
-                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                            Err(broadcast::error::RecvError::Closed) => return None,
-                        }
-                    }
-                }
-            })
-            .boxed(),
-        )
+        Some(of_group(self.groups.acks.subscribe(), self.group.clone()))
     }
+
+    fn gaps(&self) -> Option<futures_util::stream::BoxStream<'static, u64>> {
+        Some(of_group(self.groups.gaps.subscribe(), self.group.clone()))
+    }
+}
+
+/// The items of `rx` for `group`.
+fn of_group<T: Clone + Send + 'static>(
+    rx: broadcast::Receiver<(String, T)>,
+    group: String,
+) -> futures_util::stream::BoxStream<'static, T> {
+    futures_util::stream::unfold(rx, move |mut rx| {
+        let group = group.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok((name, item)) if name == group => return Some((item, rx)),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 #[async_trait]
@@ -575,5 +586,47 @@ async fn an_ack_that_reaches_another_process_is_forwarded_to_the_holder() {
     assert_eq!(
         groups.acked("sse").into_iter().collect::<Vec<_>>(),
         published
+    );
+}
+
+#[tokio::test]
+async fn events_the_backend_lost_are_a_gap_for_every_member_of_every_process() {
+    let groups = MemoryGroups::default();
+    let (p1, p2) = (
+        process(&groups, ConsumerConfig::default()),
+        process(&groups, ConsumerConfig::default()),
+    );
+    let a = p1.attach(group("lossy", AckMode::Explicit)).await.unwrap();
+    let b = p1.attach(group("lossy", AckMode::Explicit)).await.unwrap();
+    let c = p2.attach(group("lossy", AckMode::Explicit)).await.unwrap();
+    let other = p2.attach(group("other", AckMode::Explicit)).await.unwrap();
+    // Every feed is open (each member got an event) before the notice.
+    let published = groups.publish((0..30).map(|_| Uuid::new_v4()));
+    collect(&[&a, &b, &c], published.len()).await;
+    let _ = groups.gaps.send(("lossy".to_owned(), 17));
+    for (name, member) in [("a", &a), ("b", &b), ("c", &c)] {
+        let gap = tokio::time::timeout(WAIT, async {
+            loop {
+                let mut out = Vec::new();
+                member.drain(&mut out);
+                if let Some(after) = out.iter().find_map(|d| match d {
+                    Delivery::Gap { after } => Some(*after),
+                    _ => None,
+                }) {
+                    return after;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("member {name}: no gap"));
+        assert_eq!(gap, 17, "member {name}");
+    }
+    // Another group's member is not told.
+    let mut out = Vec::new();
+    other.drain(&mut out);
+    assert!(
+        out.iter().all(|d| !matches!(d, Delivery::Gap { .. })),
+        "{out:?}"
     );
 }

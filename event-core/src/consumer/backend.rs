@@ -118,6 +118,17 @@ pub trait GroupFeed: Send + Sync + 'static {
         None
     }
 
+    /// Notices that the group lost events it had not settled (a topic's
+    /// retention removed them from the backend first); taken once per feed.
+    /// Each item is the bus sequence after which events may be missing; the
+    /// dispatcher tells every local member ([`Delivery::Gap`], a resync
+    /// signal). `None` (the default): the backend never loses them.
+    ///
+    /// [`Delivery::Gap`]: crate::Delivery::Gap
+    fn gaps(&self) -> Option<BoxStream<'static, u64>> {
+        None
+    }
+
     /// This process's members of the group changed to `members` (`0`: the
     /// last one left). A backend that shares the group's work out among
     /// processes by their members uses it; the default ignores it.

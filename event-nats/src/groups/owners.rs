@@ -13,7 +13,11 @@
 //! - `p.<n>`: the owner of partition `n`, rewritten by that owner every 2 s
 //!   against the revision it wrote last (compare-and-set), so an owner whose
 //!   partition was taken over learns it at its next rewrite and stops
-//!   pulling.
+//!   pulling;
+//! - `gap`: the last notice that the group lost events a topic's retention
+//!   purged before the group settled them (written by the pruning instance,
+//!   [`losses`](super::losses)); every instance with members tells them
+//!   ([`GroupFeed::gaps`](event_core::GroupFeed::gaps)).
 //!
 //! Each instance watches the group's keys. At every beat (and at once when
 //! its member count changes) it works out each live instance's share of
@@ -33,7 +37,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use futures_util::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 #[cfg(doc)]
@@ -93,6 +97,8 @@ struct Inner {
     members: AtomicUsize,
     wake: Notify,
     state: Mutex<State>,
+    /// The last `gap` notice seen, as written.
+    gaps: watch::Sender<String>,
 }
 
 impl Inner {
@@ -115,6 +121,8 @@ impl Inner {
 pub(super) struct Owners {
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    /// The notices of lost events, until the feed's dispatcher takes them.
+    gaps: Mutex<Option<watch::Receiver<String>>>,
 }
 
 /// A pull's claim on a partition: while it lives the partition is not
@@ -152,9 +160,30 @@ impl Owners {
             members: AtomicUsize::new(0),
             wake: Notify::new(),
             state: Mutex::new(State::default()),
+            gaps: watch::Sender::new(String::new()),
         });
+        // Subscribed before the watch starts: no notice is missed.
+        let gaps = Mutex::new(Some(inner.gaps.subscribe()));
         let task = tokio::spawn(run(inner.clone()));
-        Owners { inner, task }
+        Owners { inner, task, gaps }
+    }
+
+    /// The bus sequences after which the group lost events, as notices
+    /// arrive (each notice once); taken once.
+    pub(super) fn take_gaps(&self) -> Option<futures_util::stream::BoxStream<'static, u64>> {
+        let rx = self.gaps.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        Some(
+            futures_util::stream::unfold(rx, |mut rx| async move {
+                loop {
+                    rx.changed().await.ok()?;
+                    let notice = rx.borrow_and_update().clone();
+                    if let Some(after) = super::losses::after_of(&notice) {
+                        return Some((after, rx));
+                    }
+                }
+            })
+            .boxed(),
+        )
     }
 
     /// This instance now has `members` members of the group.
@@ -240,6 +269,18 @@ async fn run(inner: Arc<Inner>) {
     let mut renewal = Renewal::default();
     let mut tick = tokio::time::interval(OWNER_BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A notice from before this instance opened the group is not news to
+    // its members (they had not read anything yet); the watch replays it.
+    let gap_key = format!("{}{}", inner.prefix, super::losses::GAP_KEY);
+    if let Ok(Some(entry)) = inner.kv.entry(gap_key).await
+        && entry.operation == Operation::Put
+        && let Ok(notice) = std::str::from_utf8(&entry.value)
+    {
+        inner.gaps.send_if_modified(|last| {
+            notice.clone_into(last);
+            false
+        });
+    }
     loop {
         if watch.is_none() {
             match inner
@@ -283,6 +324,21 @@ fn seen(inner: &Inner, view: &mut HashMap<String, Seen>, entry: kv::Entry) {
     let Some(key) = entry.key.strip_prefix(&inner.prefix) else {
         return;
     };
+    if key == super::losses::GAP_KEY {
+        if entry.operation == Operation::Put
+            && let Ok(notice) = std::str::from_utf8(&entry.value)
+        {
+            // A notice seen again (the watch restarted) is not news.
+            inner.gaps.send_if_modified(|last| {
+                let new = last != notice;
+                if new {
+                    notice.clone_into(last);
+                }
+                new
+            });
+        }
+        return;
+    }
     match entry.operation {
         Operation::Put => {
             let at = if entry.seen_current {

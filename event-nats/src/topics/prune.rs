@@ -103,12 +103,23 @@ async fn by_count_or_age(
     Ok(through)
 }
 
-/// Raises `topic`'s watermark to `seq` (a stream sequence) and then purges
-/// its messages at or below it: never the other way round, so a reader
-/// that checks the watermark after reading sees every purge that could
-/// have cut into its read.
+/// Raises `topic`'s watermark to `seq` (a stream sequence), tells the
+/// consumer groups that had not settled events below it, and then purges
+/// the topic's messages at or below it: never the other way round, so a
+/// reader that checks the watermark after reading sees every purge that
+/// could have cut into its read.
 async fn purge_through(shared: &Shared, topic: &str, subject: &str, seq: u64) -> Result<(), Error> {
     shared.topics.raise(shared, topic, bus_seq(seq)).await?;
+    // Consumer groups cannot see a purge afterwards: they are told first.
+    if let Err(error) = bounded(
+        shared,
+        "check the groups",
+        crate::groups::note_purge(shared, seq),
+    )
+    .await
+    {
+        tracing::warn!(%error, topic, "consumer groups not checked before a topic's purge; one that had not settled its events is not told");
+    }
     bounded(shared, "purge a topic", async {
         shared
             .stream
