@@ -21,7 +21,7 @@
 //! section, and measured exactly (the event keeps that rendering).
 //! [`EventBus::try_publish`] reports a refusal; [`EventBus::publish`] logs it.
 //!
-//! The critical section's lock comes from [`crate::sync`], so
+//! The critical section's lock comes from `crate::sync`, so
 //! `loom_model` below checks, under `--cfg loom`, that concurrent
 //! publishers and readers see one order: sequence, id, ring, tap and
 //! channel order agree, a concurrent replay is a gap-free run, and the

@@ -26,7 +26,7 @@
 //!
 //! # Concurrency model
 //!
-//! An outbox's queue lock comes from [`crate::sync`], so `loom_model`
+//! An outbox's queue lock comes from `crate::sync`, so `loom_model`
 //! below checks, under `--cfg loom`, the hub pushing batches while the
 //! connection waits on [`Outbox::ready`] and drains: no batch is left
 //! queued with the connection asleep, and every event arrives once, in

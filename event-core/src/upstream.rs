@@ -1,11 +1,11 @@
-//! Acknowledged publishing through an [`Upstream`]: a publisher that
+//! Acknowledged publishing through an [`Upstream`](crate::Upstream): a publisher that
 //! answers someone (the publish API's `202`) waits until the upstream's log
 //! stored its events, learns the sequence number each got there, and learns
 //! when the upstream recognised one as a repeat of an event it already had.
 //!
 //! [`EventBus::publish`] stays synchronous and never waits: only
 //! [`EventBus::publish_acked`] does, and it waits on what
-//! [`Upstream::forward_acked`] hands back, while the upstream keeps sending
+//! [`Upstream::forward_acked`](crate::Upstream::forward_acked) hands back, while the upstream keeps sending
 //! many publishers' events together (it is not one round trip per event).
 
 use std::future::Future;
@@ -85,7 +85,7 @@ impl AckedEvent {
 
 impl EventBus {
     /// Publishes the events in order, all with a copy of `meta`, and
-    /// resolves with what the [`Upstream`] stored for each (in order), once
+    /// resolves with what the [`Upstream`](crate::Upstream) stored for each (in order), once
     /// it acknowledged all of them; for publishers that acknowledge to
     /// someone in cluster mode (the publish API's `202`).
     ///
@@ -94,7 +94,7 @@ impl EventBus {
     /// ([`Error::EventTooLarge`]) before anything is published.
     ///
     /// An event the upstream cannot take now (refused by
-    /// [`Upstream::forward_acked`]) is published on this bus only, as
+    /// [`Upstream::forward_acked`](crate::Upstream::forward_acked)) is published on this bus only, as
     /// [`EventBus::publish`] does, and reported [`Stored::local_only`]; so
     /// is one the upstream gave up on and delivered locally.
     /// [`Error::Unstored`] when the upstream reports it could not store an

@@ -1,7 +1,7 @@
 //! # event-log
 //!
 //! The durable event log on SQLite (embedded, the default) or PostgreSQL:
-//! implementations of event-core's [`EventLog`](event_core::EventLog).
+//! implementations of event-core's [`EventLog`].
 //! A host taps its bus with a [`LogWriter`](event_core::LogWriter) over one
 //! of these and serves old cursors with a
 //! [`LogReplay`](event_core::LogReplay); the model is in

@@ -81,7 +81,7 @@ fn invalid(variable: &str, value: &str, expected: &str) -> TelemetryError {
 
 impl TelemetryConfig {
     /// This configuration with the `OTEL_*` variables `lookup` returns
-    /// applied (see the [module docs](self)); `lookup` is usually
+    /// applied (the `OTEL_*` variables the README lists); `lookup` is usually
     /// `|name| std::env::var(name).ok()`.
     ///
     /// ```

@@ -40,7 +40,7 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// The client did not read: a write made no progress for the write
     /// timeout, its replies overflowed their budget, or (with
-    /// [`WsConfig::close_on_overflow`]) its outgoing budget overflowed. Also
+    /// [`WsConfig::close_on_overflow`](crate::WsConfig::close_on_overflow)) its outgoing budget overflowed. Also
     /// sent when the endpoint itself missed events.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The named consumer the connection read was taken over by a newer

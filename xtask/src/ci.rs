@@ -8,7 +8,8 @@
 //! host feature built and run alone, the WebSocket
 //! conformance suite (`conformance.rs`), the MCP conformance suite
 //! (`mcp_conformance.rs`), the API documents through external validators
-//! (`contracts.rs`), then the doc tests. The HTTP
+//! (`contracts.rs`), then the doc tests and the API docs (`cargo doc`, links
+//! checked). The HTTP
 //! differential test (`event-server/tests/differential.rs`) and the SSE and
 //! WebSocket interop matrix (`tests/tests/interop.rs`) run with their
 //! members' tests (see `docs/conformance.md`).
@@ -176,6 +177,18 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // AsyncAPI and OpenAPI documents through external validators (issue 20).
     crate::contracts::run(&[])?;
     cargo(&["test", "--locked", "--workspace", "--doc"])?;
+    // The API docs build without a broken link or a public item linking
+    // to a private one.
+    crate::cargo_with_env(
+        &[
+            "doc",
+            "--locked",
+            "--workspace",
+            "--no-deps",
+            "--all-features",
+        ],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     println!(
         "\nci: all checks passed in {:.0}s",
         started.elapsed().as_secs_f64()

@@ -76,10 +76,17 @@ fn print_help() {
 
 /// Runs `cargo <args>`, echoing the command and its duration.
 fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_with_env(args, &[])
+}
+
+/// [`cargo`] with `env` set for that run only.
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let started = Instant::now();
-    println!("\n==> cargo {}", args.join(" "));
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v:?} ")).collect();
+    println!("\n==> {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;
     println!("<== {:.1}s", started.elapsed().as_secs_f64());

@@ -121,7 +121,7 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Queues the deliveries of events derived from the event stream (see
-    /// [`Webhooks::derive`](crate::Webhooks::derive)), all in one
+    /// [`Deriver::derive`](crate::Deriver::derive)), all in one
     /// transaction, and records their events as derived at `now`; rows of
     /// an event recorded by an earlier call are skipped, so a repeated
     /// derivation queues nothing twice. Returns how many rows it queued.

@@ -2,7 +2,7 @@
 //! (build it with `--release`).
 //!
 //! * `append` — sustained append: a bus tapped by a
-//!   [`LogWriter`](event_core::LogWriter) over the log at `--url` (SQLite or
+//!   [`LogWriter`] over the log at `--url` (SQLite or
 //!   PostgreSQL), `--events` `JobProgress` events of about 256 bytes
 //!   published 1,000 at a time as fast as the writer takes them (the
 //!   publisher pauses for the writer only while 90,000 are queued, below
