@@ -22,26 +22,31 @@
 //! freed chunks of its own (glibc's *tcache*, by default up to 7 chunks
 //! for each of 64 sizes up to 1 KiB), which the allocator counts as in
 //! use. The Tokio workers free most of a closed connection's small
-//! allocations, so each keeps up to 448 such chunks, scattered over the
-//! pages of the peak, and every page holding one stays resident; only the
+//! allocations, so each keeps up to 448 of them, scattered over the peak's
+//! pages: they pin the pages they sit on and keep the free space around
+//! them from merging into whole pages that a trim could return. Only the
 //! thread itself empties its cache, when it exits, and the workers never
-//! do. Measured (BENCHMARKS.md, "Thread caches"): after 19,000 connections
-//! closed RSS stayed about an eighth above the start with the default
-//! caches, and came back within a few percent with 2 chunks per size.
+//! do. Measured (BENCHMARKS.md, "Thread caches"): after 19,000
+//! connections closed, RSS stayed 14–15 % above the start with glibc's
+//! default caches, 3.5–4.5 % with 2 chunks per size (two instances on
+//! NATS: 9–10 % and 1.5 %); the fan-out's cost did not change measurably
+//! (it allocates nothing per delivery), a connect and close cycle may cost
+//! a few percent more CPU.
 //!
 //! glibc reads its tunables (`GLIBC_TUNABLES`) only when a program is
-//! loaded; no call changes the cache size of a running process. So
-//! [`limit_thread_caches`], the first thing `main` does once the settings
-//! are parsed (before any thread exists), re-executes the binary in
-//! place (`execve` of `/proc/self/exe`, the same arguments, the same
-//! process id) with [`TCACHE_TUNABLE`] added to `GLIBC_TUNABLES`. It does
-//! not when trimming is off (`MEMORY_TRIM_CLOSED=0`), when the operator
-//! set `glibc.malloc.tcache_count` in `GLIBC_TUNABLES` themselves (their
+//! loaded, and no call changes the cache size of a running process or
+//! empties another thread's cache. So [`limit_thread_caches`], the first
+//! thing `main` does once the settings are parsed (before any thread
+//! exists), re-executes the binary in place (`execve` of
+//! `/proc/self/exe`, the same arguments, the same process id) with
+//! [`TCACHE_TUNABLE`] added to `GLIBC_TUNABLES`. It does not when trimming
+//! is off (`MEMORY_TRIM_CLOSED=0`), when the operator set
+//! `glibc.malloc.tcache_count` in `GLIBC_TUNABLES` themselves (their
 //! value is kept), or in the re-executed process ([`REEXEC_MARKER`] is in
 //! its environment: a loader that ignores `GLIBC_TUNABLES`, as for a
-//! set-user-ID program, cannot make it loop). A program run under a tool
-//! that follows it by replacing the binary (`valgrind` without
-//! `--trace-children=yes`) should set either of the two.
+//! set-user-ID program, cannot make it loop). Under a tool that runs the
+//! program itself and lets an `execve` escape it (`valgrind` without
+//! `--trace-children=yes`), set one of the two.
 
 use std::ffi::OsStr;
 use std::time::Duration;
