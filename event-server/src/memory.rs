@@ -11,7 +11,7 @@
 //!
 //! A trim walks every arena under its lock, so it is not run on a timer:
 //! a task watches the connection gauge and trims once the count has fallen
-//! by at least [`MEMORY_TRIM_CLOSED`](crate::Config::memory_trim_closed)
+//! by at least [`MEMORY_TRIM_CLOSED`](crate::config::Config::memory_trim_closed)
 //! connections (and at least half of them) from its peak since the last
 //! trim, a second after the fall, on a blocking thread. `0` turns it off;
 //! on other allocators than glibc's there is nothing to do.
