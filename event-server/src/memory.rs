@@ -26,12 +26,12 @@
 //! pages: they pin the pages they sit on and keep the free space around
 //! them from merging into whole pages that a trim could return. Only the
 //! thread itself empties its cache, when it exits, and the workers never
-//! do. Measured (BENCHMARKS.md, "Thread caches"): after 19,000
-//! connections closed, RSS stayed 14–15 % above the start with glibc's
-//! default caches, 3.5–4.5 % with 2 chunks per size (two instances on
-//! NATS: 9–10 % and 1.5 %); the fan-out's cost did not change measurably
-//! (it allocates nothing per delivery), a connect and close cycle may cost
-//! a few percent more CPU.
+//! do. Measured (BENCHMARKS.md, "RSS back within 10 % after a mass close
+//! — malloc's thread caches"): after 19,000 connections closed, RSS
+//! stayed 13–15 % above the start with glibc's default caches and 2.9–4.5 %
+//! with 2 chunks per size (two instances on NATS: 9–10.5 % and 1.3–1.6 %);
+//! the fan-out's cost did not change measurably (it allocates nothing per
+//! delivery), a connect and close cycle cost 3–6 % more server CPU.
 //!
 //! glibc reads its tunables (`GLIBC_TUNABLES`) only when a program is
 //! loaded, and no call changes the cache size of a running process or
