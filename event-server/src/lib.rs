@@ -39,7 +39,7 @@ pub mod guard;
 #[cfg(not(feature = "telemetry"))]
 pub mod health;
 pub mod logging;
-mod memory;
+pub mod memory;
 pub mod publish;
 pub mod rate;
 pub mod runtimes;

@@ -2,10 +2,29 @@
 
 use event_server::app::App;
 use event_server::config::Config;
+use event_server::memory::{self, ReexecError};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let config = Config::load();
+    // First, while this is the only thread: glibc reads its tunables only
+    // when a program is loaded, so smaller malloc thread caches mean
+    // re-executing this binary in place (see `event_server::memory`). It
+    // returns only when that is not wanted or failed.
+    let reexec = memory::limit_thread_caches(config.memory_trim_closed);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("event-server: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(config, reexec))
+}
+
+async fn run(config: Config, reexec: Result<(), ReexecError>) -> std::process::ExitCode {
     let logs = match event_server::logging::init(&config) {
         Ok(logs) => logs,
         Err(e) => {
@@ -13,6 +32,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if let Err(e) = reexec {
+        tracing::warn!(
+            error = %e,
+            cause = %std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default(),
+            "malloc's thread caches keep glibc's default size: after a mass close more memory stays resident"
+        );
+    }
     let app = match App::build(&config).await {
         Ok(app) => app,
         Err(e) => {

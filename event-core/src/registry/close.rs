@@ -26,6 +26,11 @@ use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+/// Waiter-table capacity below which a signal never shrinks its table (a
+/// connection's own signal has one waiter; a transport's has one per
+/// connection).
+const SHRINK_ABOVE: usize = 1024;
+
 /// A signal closed once (a kick, a shutdown) that any number of
 /// [`Closed`] futures wait on.
 ///
@@ -72,6 +77,20 @@ impl CloseSignal {
     fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waker>> {
         // A panic while holding it cannot leave the list inconsistent.
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Removes a waiter that leaves before the close.
+    fn leave(&self, id: u64) {
+        let mut waiters = self.waiters();
+        waiters.remove(&id);
+        // A transport's signal has a waiter per connection: after a mass
+        // close its table would keep the peak's buckets for the process's
+        // life. Give most of them back once it is a quarter full
+        // (amortised, like its growth), as the connection registry does.
+        if waiters.capacity() > SHRINK_ABOVE && waiters.len() < waiters.capacity() / 4 {
+            let keep = waiters.len() * 2;
+            waiters.shrink_to(keep);
+        }
     }
 }
 
@@ -122,7 +141,7 @@ impl Drop for Closed<'_> {
         if let Some((id, _)) = self.registered.take()
             && !self.signal.is_closed()
         {
-            self.signal.waiters().remove(&id);
+            self.signal.leave(id);
         }
     }
 }
@@ -162,6 +181,28 @@ mod tests {
         signal.closed().await;
         signal.close();
         assert!(signal.is_closed());
+    }
+
+    #[test]
+    fn the_waiter_table_shrinks_after_a_mass_close() {
+        let signal = CloseSignal::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut waiting: Vec<_> = (0..20_000).map(|_| Box::pin(signal.closed())).collect();
+        for closed in &mut waiting {
+            assert!(closed.as_mut().poll(&mut cx).is_pending());
+        }
+        let peak = signal.waiters().capacity();
+        assert!(peak >= 20_000);
+        let kept = waiting.split_off(19_990);
+        drop(waiting);
+        assert_eq!(signal.waiters().len(), kept.len());
+        assert!(
+            signal.waiters().capacity() <= SHRINK_ABOVE * 2,
+            "{} buckets kept after the close (peak {peak})",
+            signal.waiters().capacity()
+        );
+        drop(kept);
+        assert!(signal.waiters().is_empty());
     }
 
     #[tokio::test]

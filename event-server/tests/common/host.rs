@@ -44,6 +44,9 @@ impl Host {
             "ALLOWED_ORIGINS",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "MEMORY_TRIM_CLOSED",
+            "GLIBC_TUNABLES",
+            event_server::memory::REEXEC_MARKER,
         ] {
             command.env_remove(var);
         }
@@ -78,6 +81,11 @@ impl Host {
         .await
         .expect("the server never logged that it was listening");
         Host { child, addr, lines }
+    }
+
+    /// The process id (also the re-executed binary's: `execve` keeps it).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server is running")
     }
 
     pub fn url(&self, path: &str) -> String {
