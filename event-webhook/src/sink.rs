@@ -326,6 +326,7 @@ impl EventSink for WebhookSink {
         let (done, inserted) = Inserted::channel();
         let claim = reservation.as_ref().map(|r| *r.claim());
         let stopped = reservation.and_then(|r| r.hand_over(&rows, &inserted).err());
+        let waiting = std::time::Instant::now();
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
             // Shut down: rows already handed over are not recorded (their
             // insert counts as failed), and the log cursor stays before them.
@@ -333,6 +334,9 @@ impl EventSink for WebhookSink {
         };
         let ticket = lock(&self.order).start(newest);
         let oldest = events.iter().map(|e| e.occurred_at()).min();
+        // How long this batch (and the intake behind it) waited for an
+        // enqueue slot: the next batch's hand-over waits as long.
+        let slot_wait = waiting.elapsed();
         let (shared, order) = (self.shared.clone(), self.order.clone());
         tokio::spawn(async move {
             let batch = Batch {
@@ -341,6 +345,7 @@ impl EventSink for WebhookSink {
                 done,
                 stopped,
                 oldest,
+                slot_wait,
             };
             if !enqueue(&shared, batch).await {
                 // The cursor stays where a restart must catch these up
@@ -379,6 +384,8 @@ struct Batch {
     /// rows are released once committed.
     stopped: Option<Reservation>,
     oldest: Option<OffsetDateTime>,
+    /// Time spent waiting for an enqueue slot (timing log).
+    slot_wait: Duration,
 }
 
 /// Queues the batch's rows (retrying while the database is briefly away)
@@ -390,6 +397,7 @@ async fn enqueue(shared: &Shared, batch: Batch) -> bool {
         done,
         stopped,
         oldest,
+        slot_wait,
     } = batch;
     if rows.is_empty() {
         done.finish(true);
@@ -420,6 +428,7 @@ async fn enqueue(shared: &Shared, batch: Batch) -> bool {
         rows = rows.len(),
         claimed,
         enqueue_us = started.elapsed().as_micros() as u64,
+        slot_wait_us = slot_wait.as_micros() as u64,
         waited_us = oldest.map_or(0, |t| (OffsetDateTime::now_utc() - t).whole_microseconds().max(0) as u64),
         "webhook enqueue"
     );
