@@ -421,6 +421,104 @@ async fn postgres_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() 
     common::drop_schema(&schema).await;
 }
 
+/// Batches whose rows all went to the worker do not wait for an enqueue
+/// slot before the next batch is handed over: with every insert held up by
+/// a write lock, more batches than the sink keeps enqueues in flight (4)
+/// are each sent while the lock holds; once it is released every row ends
+/// succeeded, sent once.
+async fn later_batches_are_sent_while_earlier_inserts_wait(
+    store: Arc<dyn WebhookStore>,
+    lock: impl AsyncFnOnce() -> WriteLock,
+) {
+    const BATCHES: usize = 8;
+    let rx = Receiver::start().await;
+    let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), fast_config())
+        .await
+        .unwrap();
+    let webhook = register(&webhooks, rx.url("later")).await;
+    let bus = EventBus::default();
+    let mut runner = SinkRunner::new(&bus);
+    runner.register(webhooks.sink());
+    let worker = webhooks.start_worker(CancellationToken::new());
+    wait_for_first_claims(&webhooks).await;
+
+    let lock = lock().await;
+    let mut ids = Vec::new();
+    for i in 1..=BATCHES {
+        // One event at a time, each its own batch: the next is published
+        // once this one arrived.
+        ids.extend(publish(&bus, 1));
+        rx.wait_for("later", i, Duration::from_secs(10)).await;
+    }
+    let store = webhooks.store().clone();
+    assert!(
+        store
+            .list_deliveries(webhook, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the rows were inserted despite the lock"
+    );
+    lock.release().await;
+    eventually(Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { succeeded(&store, webhook, BATCHES as u32).await == BATCHES }
+    })
+    .await;
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert!(worker.shutdown(Duration::from_secs(5)).await);
+    let requests = rx.requests_to("later");
+    assert_eq!(requests.len(), BATCHES, "a delivery was sent twice");
+    let got: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_later_batches_are_sent_while_earlier_inserts_wait() {
+    use sqlx::Connection;
+    let (url, _) = common::sqlite_url();
+    let store = Arc::new(
+        event_webhook::store::SqliteStore::connect(&url)
+            .await
+            .unwrap(),
+    );
+    later_batches_are_sent_while_earlier_inserts_wait(store, async || {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Sqlite(c)
+    })
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_later_batches_are_sent_while_earlier_inserts_wait() {
+    use sqlx::Connection;
+    let Some((store, schema)) = common::postgres_store().await else {
+        return;
+    };
+    let url = common::postgres_url().unwrap();
+    let s = schema.clone();
+    later_batches_are_sent_while_earlier_inserts_wait(store, async move || {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
+        sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Postgres(c)
+    })
+    .await;
+    common::drop_schema(&schema).await;
+}
+
 /// Opens a store on the database under test (a new pool each time).
 type Open = Arc<
     dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn WebhookStore>> + Send>>
