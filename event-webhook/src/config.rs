@@ -46,8 +46,10 @@ pub struct WebhookConfig {
     /// running, or being inserted) when they come straight from this
     /// process's own sink (default 1,024; `WEBHOOK_HANDOFF_HOLD`; 0 turns
     /// the handoff off). Such rows are inserted already claimed by this
-    /// worker and never wait for a claim query; rows beyond it are inserted
-    /// unclaimed and claimed in order later. All webhooks together hold at
+    /// worker and need no claim query (while older rows of their webhook
+    /// may be due in the store they wait for the claim that takes those,
+    /// and go after them); rows beyond it are inserted unclaimed and claimed
+    /// in order later. All webhooks together hold at
     /// most this many or `max_concurrency` × 16, whichever is larger. A
     /// larger hold keeps bursts off the claim path; the price is that a
     /// process that dies leaves up to this many rows per webhook claimed

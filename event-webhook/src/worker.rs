@@ -5,9 +5,10 @@
 //! Rows reach the per-webhook local queues two ways. Rows the sink of this
 //! process queues are inserted already claimed and handed over directly
 //! when the webhook holds fewer than
-//! [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows and nothing
-//! older of it is due in the store (module `handoff`): no claim query at
-//! all on the steady path, whole batches at a time. Everything else
+//! [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows (module
+//! `handoff`): no claim query at all on the steady path, whole batches at a
+//! time; while older rows of their webhook may be due in the store they
+//! wait (parked) until a claim has taken those. Everything else
 //! (retries coming due, a backlog, rows queued by other instances) is
 //! claimed in batches by a dispatcher loop, skipping webhooks that already
 //! hold enough. The loop claims only while the store may hold due rows it
@@ -290,7 +291,7 @@ impl Dispatcher {
             // for, so its retries are not starved by its fresh rows.
             let room_of = |w: &Uuid| {
                 (self.hold.saturating_sub(st.active(w)))
-                    .min(self.max_hold.saturating_sub(st.held(w)))
+                    .min(self.max_hold.saturating_sub(st.claimable_held(w)))
             };
             let (exclude, open): (Vec<Uuid>, Vec<Uuid>) = st
                 .busy_webhooks()
@@ -353,14 +354,17 @@ impl Dispatcher {
             }
             let capped = per_webhook.values().any(|&n| n >= request.per_webhook);
             let short = rows.len() < request.limit as usize && !capped;
-            st.backlog = !short || constrained;
             if short {
                 st.caught_up(epoch, &request.exclude);
             }
+            // What was noted while this claim ran (rows committed unclaimed
+            // meanwhile, a retry come due) needs another look: parked rows
+            // wait for it.
+            st.backlog = !short || constrained || st.unknown.is_some() || !st.behind.is_empty();
             st.fruitless = (rows.is_empty() && constrained).then(|| request.exclude.clone());
             for row in rows {
                 let w = row.webhook_id;
-                if st.active(&w) >= self.hold || st.held(&w) >= self.max_hold {
+                if st.active(&w) >= self.hold || st.claimable_held(&w) >= self.max_hold {
                     give_back.push(row.id);
                     // Older than the webhook's fresh rows: those wait.
                     st.note_behind(w);
@@ -373,6 +377,9 @@ impl Dispatcher {
                     kept += 1;
                 }
             }
+            // Older rows first: what this claim brought, then the fresh rows
+            // that waited for it.
+            st.release_parked();
         }
         if !give_back.is_empty()
             && let Err(error) = self.shared.store.release(&give_back, request.token).await
@@ -447,7 +454,9 @@ impl Dispatcher {
         let rows: Vec<Held> = {
             let mut st = self.state();
             st.queued_total = 0;
-            st.queued.drain().flat_map(|(_, q)| q).collect()
+            let mut rows: Vec<Held> = st.queued.drain().flat_map(|(_, q)| q).collect();
+            rows.extend(st.drain_parked());
+            rows
         };
         let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
         for held in rows {

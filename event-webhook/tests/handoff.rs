@@ -2,6 +2,8 @@
 //! already claimed by its worker and sent without a claim query, whole
 //! batches at a time, up to `handoff_hold` per webhook, and without waiting
 //! for their insert to commit; beyond it rows wait for a claim, in order;
+//! while older rows may be due in the store, fresh rows wait in the worker
+//! for the claim that takes those (not in the store, unclaimed);
 //! and rows handed over to a worker that dies are sent by the next one once
 //! their lease ends (at least once, none lost).
 
@@ -292,6 +294,218 @@ async fn postgres_a_handed_over_row_is_sent_before_its_insert_commits() {
     let url = common::postgres_url().unwrap();
     let s = schema.clone();
     a_handed_over_row_is_sent_before_its_insert_commits(store, async move || {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
+        sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Postgres(c)
+    })
+    .await;
+    common::drop_schema(&schema).await;
+}
+
+/// Rows the sink queues while older rows may be due in the store (here: at
+/// start-up, before the worker's first claim, which a write lock holds up)
+/// are still handed over, claimed in their insert, but wait in the worker
+/// until that claim has looked; then they go out in order, none through a
+/// claim and none queued unclaimed. (Queued unclaimed instead, a steady
+/// stream of fresh rows kept the webhook behind: every claim found the rows
+/// committed while it ran.)
+async fn fresh_rows_wait_for_the_first_claim_without_going_unclaimed(
+    store: Arc<dyn WebhookStore>,
+    lock: impl AsyncFnOnce() -> WriteLock,
+) {
+    const N: usize = 40;
+    let rx = Receiver::start().await;
+    let config = WebhookConfig {
+        per_endpoint_concurrency: 1,
+        max_concurrency: 1,
+        ..fast_config()
+    };
+    let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), config)
+        .await
+        .unwrap();
+    let webhook = register(&webhooks, rx.url("parked")).await;
+    let bus = EventBus::default();
+    let mut runner = SinkRunner::new(&bus);
+    runner.register(webhooks.sink());
+    // The worker's start-up (freeing old claims, the first claim) waits for
+    // the lock: until it has looked, the store may hold older rows.
+    let lock = lock().await;
+    let worker = webhooks.start_worker(CancellationToken::new());
+
+    let ids = publish(&bus, N);
+    let w = webhooks.clone();
+    eventually(Duration::from_secs(10), move || {
+        let w = w.clone();
+        async move { w.queue_stats().handed_off == N as u64 }
+    })
+    .await;
+    let stats = webhooks.queue_stats();
+    assert_eq!(stats.parked, N as u64, "{stats:?}");
+    assert_eq!(stats.claims, 0, "the first claim finished: {stats:?}");
+    assert!(
+        rx.requests_to("parked").is_empty(),
+        "a parked row was sent before the claim looked"
+    );
+
+    lock.release().await;
+    let requests = rx.wait_for("parked", N, Duration::from_secs(30)).await;
+    let store = webhooks.store().clone();
+    eventually(Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { succeeded(&store, webhook, N as u32).await == N }
+    })
+    .await;
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert!(worker.shutdown(Duration::from_secs(5)).await);
+
+    let stats = webhooks.queue_stats();
+    assert_eq!(stats.queued_unclaimed, 0, "{stats:?}");
+    assert_eq!(stats.claimed, 0, "no row came through a claim: {stats:?}");
+    let order: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(order, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        rx.requests_to("parked").len(),
+        N,
+        "a delivery was sent twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
+    use sqlx::Connection;
+    let (url, _) = common::sqlite_url();
+    let store = Arc::new(
+        event_webhook::store::SqliteStore::connect(&url)
+            .await
+            .unwrap(),
+    );
+    fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async || {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Sqlite(c)
+    })
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
+    use sqlx::Connection;
+    let Some((store, schema)) = common::postgres_store().await else {
+        return;
+    };
+    let url = common::postgres_url().unwrap();
+    let s = schema.clone();
+    fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async move || {
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
+        sqlx::query(sqlx::AssertSqlSafe(lock))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Postgres(c)
+    })
+    .await;
+    common::drop_schema(&schema).await;
+}
+
+/// Batches whose rows all went to the worker do not wait for an enqueue
+/// slot before the next batch is handed over: with every insert held up by
+/// a write lock, more batches than the sink keeps enqueues in flight (4)
+/// are each sent while the lock holds; once it is released every row ends
+/// succeeded, sent once.
+async fn later_batches_are_sent_while_earlier_inserts_wait(
+    store: Arc<dyn WebhookStore>,
+    lock: impl AsyncFnOnce() -> WriteLock,
+) {
+    const BATCHES: usize = 8;
+    let rx = Receiver::start().await;
+    let webhooks = Webhooks::new(store, Arc::new(AllowAnonymous), fast_config())
+        .await
+        .unwrap();
+    let webhook = register(&webhooks, rx.url("later")).await;
+    let bus = EventBus::default();
+    let mut runner = SinkRunner::new(&bus);
+    runner.register(webhooks.sink());
+    let worker = webhooks.start_worker(CancellationToken::new());
+    wait_for_first_claims(&webhooks).await;
+
+    let lock = lock().await;
+    let mut ids = Vec::new();
+    for i in 1..=BATCHES {
+        // One event at a time, each its own batch: the next is published
+        // once this one arrived.
+        ids.extend(publish(&bus, 1));
+        rx.wait_for("later", i, Duration::from_secs(10)).await;
+    }
+    let store = webhooks.store().clone();
+    assert!(
+        store
+            .list_deliveries(webhook, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the rows were inserted despite the lock"
+    );
+    lock.release().await;
+    eventually(Duration::from_secs(30), || {
+        let store = store.clone();
+        async move { succeeded(&store, webhook, BATCHES as u32).await == BATCHES }
+    })
+    .await;
+    runner.shutdown(Duration::from_secs(5)).await;
+    assert!(worker.shutdown(Duration::from_secs(5)).await);
+    let requests = rx.requests_to("later");
+    assert_eq!(requests.len(), BATCHES, "a delivery was sent twice");
+    let got: Vec<&str> = requests
+        .iter()
+        .filter_map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_later_batches_are_sent_while_earlier_inserts_wait() {
+    use sqlx::Connection;
+    let (url, _) = common::sqlite_url();
+    let store = Arc::new(
+        event_webhook::store::SqliteStore::connect(&url)
+            .await
+            .unwrap(),
+    );
+    later_batches_are_sent_while_earlier_inserts_wait(store, async || {
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        WriteLock::Sqlite(c)
+    })
+    .await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_later_batches_are_sent_while_earlier_inserts_wait() {
+    use sqlx::Connection;
+    let Some((store, schema)) = common::postgres_store().await else {
+        return;
+    };
+    let url = common::postgres_url().unwrap();
+    let s = schema.clone();
+    later_batches_are_sent_while_earlier_inserts_wait(store, async move || {
         let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
         sqlx::query("BEGIN").execute(&mut c).await.unwrap();
         let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");

@@ -160,8 +160,8 @@ pub struct Results {
     pub telemetry: Value,
     /// The same with `JobCompleted` (INFO: every event logged).
     pub telemetry_info: Value,
-    /// Webhooks: `(engine, at the target rate, at 4× the target rate)`.
-    pub webhooks: Vec<(String, Value, Value)>,
+    /// Webhooks, one entry per database engine.
+    pub webhooks: Vec<WebhookRuns>,
     /// Telemetry's share of the server's profile during the 1,000 events/s
     /// fan-out run: `{pct, symbols: [{pct, symbol}], rate}`.
     pub telemetry_share: Option<Value>,
@@ -169,6 +169,20 @@ pub struct Results {
     pub profile: Option<String>,
     /// Wall time of the whole run.
     pub elapsed: Duration,
+}
+
+/// The webhook runs on one database engine.
+#[derive(Debug)]
+pub struct WebhookRuns {
+    /// `SQLite` or `PostgreSQL`.
+    pub engine: String,
+    /// At the target rate, publisher pipelined.
+    pub sustained: Value,
+    /// At 4× the target rate, publisher pipelined.
+    pub peak: Value,
+    /// At the target rate, publisher serial (each request waits for the
+    /// one before): the shape `loadgen` offered before, kept for comparison.
+    pub serial: Value,
 }
 
 fn workspace_root() -> PathBuf {
@@ -339,14 +353,16 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
 /// Measurement 4: webhooks, SQLite then PostgreSQL (when `pg_build`
 /// succeeded and the local server answers): sustained at the target rate,
-/// then offered at 4× the target rate to find the peak.
+/// then offered at 4× the target rate to find the peak, both with the
+/// publisher pipelining its requests as an independent producer does; then
+/// the target rate again with a serial publisher (the earlier shape).
 fn webhooks(
     plan: &Plan,
     bins: &run::Bins,
     tmp: &Path,
     pg_build: Result<(), String>,
-) -> Vec<(String, Value, Value)> {
-    let webhook_args = |rate: u64| -> Vec<String> {
+) -> Vec<WebhookRuns> {
+    let webhook_args = |rate: u64, publish: &str| -> Vec<String> {
         [
             "--webhooks",
             &plan.webhook_events.to_string(),
@@ -354,34 +370,43 @@ fn webhooks(
             &rate.to_string(),
             "--webhook-timeout",
             "120",
+            "--webhook-publish",
+            publish,
             "--quiet",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect()
     };
+    let runs = |engine: &str, db: &str| WebhookRuns {
+        engine: engine.to_owned(),
+        sustained: run::webhook_run(bins, tmp, db, &webhook_args(WEBHOOK_TARGET, "pipelined")),
+        peak: run::webhook_run(
+            bins,
+            tmp,
+            db,
+            &webhook_args(4 * WEBHOOK_TARGET, "pipelined"),
+        ),
+        serial: run::webhook_run(bins, tmp, db, &webhook_args(WEBHOOK_TARGET, "serial")),
+    };
     let mut out = Vec::new();
     let sqlite_db = format!("sqlite://{}", tmp.join("webhooks.db").display());
-    out.push((
-        "SQLite".into(),
-        run::webhook_run(bins, tmp, &sqlite_db, &webhook_args(WEBHOOK_TARGET)),
-        run::webhook_run(bins, tmp, &sqlite_db, &webhook_args(4 * WEBHOOK_TARGET)),
-    ));
-    let (pg_sustained, pg_peak) = match pg_build.and_then(|()| postgres_db()) {
+    out.push(runs("SQLite", &sqlite_db));
+    match pg_build.and_then(|()| postgres_db()) {
         Ok(db) => {
-            let r = (
-                run::webhook_run(bins, tmp, &db.url, &webhook_args(WEBHOOK_TARGET)),
-                run::webhook_run(bins, tmp, &db.url, &webhook_args(4 * WEBHOOK_TARGET)),
-            );
+            out.push(runs("PostgreSQL", &db.url));
             db.drop_db();
-            r
         }
         Err(reason) => {
             let e = json!({"error": format!("not measured: {reason}")});
-            (e.clone(), e)
+            out.push(WebhookRuns {
+                engine: "PostgreSQL".into(),
+                sustained: e.clone(),
+                peak: e.clone(),
+                serial: e,
+            });
         }
-    };
-    out.push(("PostgreSQL".into(), pg_sustained, pg_peak));
+    }
     out
 }
 

@@ -28,16 +28,22 @@
 //! batch, so a restart derives the deliveries again (at least once, with the
 //! same `webhook-id`).
 //!
-//! Rows without room are inserted unclaimed and claimed the usual way, and
-//! so are the later rows of their webhook until a claim has taken the
-//! earlier ones (the webhook is *behind*): fresh rows never overtake older
-//! rows of their webhook waiting in the store. While the store may hold due
-//! rows of webhooks this worker cannot name (at start-up, a retry coming
-//! due, a redelivery), nothing is handed over until a claim has looked. A
-//! reservation that is dropped without being handed over gives its room
-//! back.
+//! Rows without room are inserted unclaimed and claimed the usual way. Fresh
+//! rows never overtake older rows of their webhook waiting in the store:
+//! while a webhook has such rows (it is *behind*: rows of it were inserted
+//! unclaimed, or handed back), and while the store may hold due rows of
+//! webhooks this worker cannot name (at start-up, a retry coming due, a
+//! redelivery), its fresh rows are still handed over, claimed in their
+//! insert, but *parked*: they wait in the worker until a claim has taken the
+//! older rows, and queue after them. Inserting them unclaimed instead (as
+//! before) kept a webhook behind for as long as fresh rows kept coming under
+//! load: every claim found the rows committed while it ran, so it never came
+//! back short, and every delivery went through the claim path (on
+//! PostgreSQL at 5,000/s, 100–250 ms instead of ~1 ms). Parked rows count
+//! against the hold, not against what a claim may bring. A reservation that
+//! is dropped without being handed over gives its room back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, Weak};
 
@@ -107,31 +113,55 @@ impl WorkerLink {
         if worker.fresh_hold == 0 {
             return None;
         }
-        let mut taken: HashMap<Uuid, usize> = HashMap::new();
+        let mut taken: HashMap<Uuid, Taken> = HashMap::new();
         let mut take = Vec::with_capacity(rows.len());
+        let mut evicted = Vec::new();
         {
             let mut st = worker.state();
-            // Something older may be due in the store, of any webhook:
-            // claim in order.
-            if st.unknown.is_some() {
-                return None;
-            }
+            // Whether each webhook's rows must wait for a claim, as things
+            // stood before this batch (its own overflow below marks the
+            // webhook behind, but its rows before the overflow are older).
+            let mut blocked: HashMap<Uuid, bool> = HashMap::new();
+            let mut overflowed: HashSet<Uuid> = HashSet::new();
             for row in rows.iter() {
                 let w = row.webhook_id;
-                let fits = !st.behind.contains_key(&w)
+                let park = *blocked.entry(w).or_insert_with(|| st.blocked(&w));
+                let fits = !overflowed.contains(&w)
                     && st.held(&w) < worker.fresh_hold
-                    && st.local_total() < worker.fresh_capacity;
+                    && st.local_total() + st.parked_total < worker.fresh_capacity;
                 if fits {
                     *st.reserved.entry(w).or_default() += 1;
                     st.reserved_total += 1;
-                    *taken.entry(w).or_default() += 1;
+                    let t = taken.entry(w).or_insert(Taken { rows: 0, park });
+                    t.rows += 1;
                 } else {
                     // This row goes to the store unclaimed: the webhook's
                     // later rows must not overtake it.
+                    overflowed.insert(w);
                     st.note_behind(w);
                 }
                 take.push(fits);
             }
+            // A webhook that overflowed with rows parked, or about to be:
+            // those are older than the rows now going to the store
+            // unclaimed, which a claim may bring before they are released.
+            // So they go to the store too, and the claims take all of them
+            // in order.
+            for w in &overflowed {
+                if taken.get(w).is_some_and(|t| t.park) {
+                    for (row, t) in rows.iter().zip(take.iter_mut()) {
+                        if *t && row.webhook_id == *w {
+                            *t = false;
+                            st.unreserve(w);
+                        }
+                    }
+                    taken.remove(w);
+                }
+                evicted.extend(st.evict_parked(w));
+            }
+        }
+        if !evicted.is_empty() {
+            give_back_parked(&worker, evicted);
         }
         let count = take.iter().filter(|t| **t).count();
         if count == 0 {
@@ -165,11 +195,57 @@ impl WorkerLink {
     }
 }
 
+/// Gives parked rows back to the store, unclaimed (once their insert has
+/// committed), so that claims take them in order with the rows of their
+/// webhook that went there after them. Their webhook stays behind until
+/// this is done (`State::releasing`).
+fn give_back_parked(worker: &Arc<Dispatcher>, rows: Vec<Held>) {
+    tracing::debug!(
+        rows = rows.len(),
+        "webhook hold overflowed with rows parked; they wait for a claim instead"
+    );
+    let worker = worker.clone();
+    worker.tracker.clone().spawn(async move {
+        let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut webhooks: HashMap<Uuid, usize> = HashMap::new();
+        for held in &rows {
+            *webhooks.entry(held.row.webhook_id).or_default() += 1;
+            if held.in_store().await {
+                by_token
+                    .entry(held.row.claim_token)
+                    .or_default()
+                    .push(held.row.id);
+            }
+        }
+        for (token, ids) in by_token {
+            if let Err(error) = worker.shared.store.release(&ids, token).await {
+                tracing::warn!(%error, "giving parked webhook deliveries back failed; they return after their lease");
+            }
+        }
+        {
+            let mut st = worker.state();
+            for (w, n) in webhooks {
+                st.released_back(w, n);
+            }
+        }
+        worker.shared.wake.notify_one();
+    });
+}
+
+/// A webhook's rows in a reservation.
+struct Taken {
+    /// Rows reserved and not handed over yet.
+    rows: usize,
+    /// Whether they wait for a claim (parked) at the hand-over, if they
+    /// still must then.
+    park: bool,
+}
+
 /// Room reserved in the worker for rows being inserted claimed. Dropped
 /// without [`hand_over`](Self::hand_over), it gives the room back.
 pub(crate) struct Reservation {
     worker: Arc<Dispatcher>,
-    taken: HashMap<Uuid, usize>,
+    taken: HashMap<Uuid, Taken>,
     claim: BatchClaim,
     attempt_by: Instant,
 }
@@ -195,14 +271,19 @@ impl Reservation {
         if worker.stop.is_cancelled() {
             return Err(self);
         }
+        let mut parked = 0;
         {
             let mut st = worker.state();
             for d in claimed {
                 st.unreserve(&d.webhook_id);
-                if let Some(n) = self.taken.get_mut(&d.webhook_id) {
-                    *n = n.saturating_sub(1);
-                }
-                st.push(Held {
+                let park = match self.taken.get_mut(&d.webhook_id) {
+                    Some(t) => {
+                        t.rows = t.rows.saturating_sub(1);
+                        t.park
+                    }
+                    None => false,
+                };
+                let held = Held {
                     row: ClaimedDelivery {
                         id: d.id,
                         webhook_id: d.webhook_id,
@@ -216,15 +297,23 @@ impl Reservation {
                     },
                     attempt_by: self.attempt_by,
                     inserted: Some(inserted.clone()),
-                });
+                };
+                // A claim may have caught up since the reservation: then
+                // nothing older waits in the store any more.
+                if park && st.blocked(&d.webhook_id) {
+                    st.park(held);
+                    parked += 1;
+                } else {
+                    st.push(held);
+                }
             }
         }
         self.taken.clear();
-        worker
-            .shared
-            .counters
+        let counters = &worker.shared.counters;
+        counters
             .handed_off
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+        counters.parked.fetch_add(parked, Ordering::Relaxed);
         worker.dispatch();
         Ok(())
     }
@@ -282,11 +371,11 @@ impl InsertDone {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.taken.values().all(|n| *n == 0) {
+        if self.taken.values().all(|t| t.rows == 0) {
             return;
         }
         let mut st = self.worker.state();
-        for (w, n) in self.taken.drain() {
+        for (w, Taken { rows: n, .. }) in self.taken.drain() {
             for _ in 0..n {
                 st.unreserve(&w);
             }

@@ -47,6 +47,20 @@ pub(super) struct State {
     pub reserved: HashMap<Uuid, usize>,
     /// Rows in `reserved`.
     pub reserved_total: usize,
+    /// Rows the sink handed over while older rows of their webhook may be
+    /// due in the store (`unknown`, or the webhook `behind`), per webhook:
+    /// inserted claimed like every handed-over row, they wait here until a
+    /// claim has taken those older rows, then queue after them
+    /// ([`release_parked`](Self::release_parked)). Inserted unclaimed
+    /// instead, they would keep the webhook behind for as long as fresh rows
+    /// keep coming: each claim would find the rows committed while it ran.
+    pub parked: HashMap<Uuid, VecDeque<Held>>,
+    /// Rows in `parked`.
+    pub parked_total: usize,
+    /// Parked rows on their way back to the store (their webhook's hold
+    /// overflowed), per webhook: until they are there, a claim cannot have
+    /// taken them, so their webhook stays behind.
+    pub releasing: HashMap<Uuid, usize>,
     /// Whether the store may hold due rows this worker has not claimed:
     /// the dispatcher claims while it is set.
     pub backlog: bool,
@@ -122,8 +136,9 @@ impl State {
             }
         }
         let excluded: HashSet<&Uuid> = excluded.iter().collect();
+        let releasing = &self.releasing;
         self.behind
-            .retain(|w, at| *at > epoch || excluded.contains(w));
+            .retain(|w, at| *at > epoch || excluded.contains(w) || releasing.contains_key(w));
     }
 
     /// Notes a retry scheduled at `at`.
@@ -137,11 +152,85 @@ impl State {
             .map(|at| Duration::try_from(at - now).unwrap_or(Duration::ZERO))
     }
 
-    /// Rows of `webhook` this worker holds: queued, running or reserved.
+    /// Rows of `webhook` this worker holds: queued, running, reserved or
+    /// parked (what the sink's handoff may fill up to its hold).
     pub fn held(&self, webhook: &Uuid) -> usize {
+        self.claimable_held(webhook) + self.parked.get(webhook).map_or(0, VecDeque::len)
+    }
+
+    /// Rows of `webhook` held and not parked: what a claim's room counts.
+    /// Parked rows wait for a claim, so they must not keep it from taking
+    /// the older rows they wait for.
+    pub fn claimable_held(&self, webhook: &Uuid) -> usize {
         self.queued.get(webhook).map_or(0, VecDeque::len)
             + self.running.get(webhook).copied().unwrap_or(0)
             + self.reserved.get(webhook).copied().unwrap_or(0)
+    }
+
+    /// Whether due rows of `webhook` older than fresh ones may be waiting in
+    /// the store: its fresh rows then wait for a claim ([`park`](Self::park)).
+    pub fn blocked(&self, webhook: &Uuid) -> bool {
+        self.unknown.is_some() || self.behind.contains_key(webhook)
+    }
+
+    /// Holds a handed-over row back until a claim has taken the older rows
+    /// of its webhook.
+    pub fn park(&mut self, held: Held) {
+        self.parked_total += 1;
+        self.parked
+            .entry(held.row.webhook_id)
+            .or_default()
+            .push_back(held);
+    }
+
+    /// Queues the parked rows of every webhook no longer blocked, after the
+    /// rows already queued (those a claim just brought are older); how many.
+    pub fn release_parked(&mut self) -> usize {
+        let free: Vec<Uuid> = self
+            .parked
+            .keys()
+            .filter(|w| !self.blocked(w))
+            .copied()
+            .collect();
+        let mut released = 0;
+        for w in free {
+            for held in self.parked.remove(&w).unwrap_or_default() {
+                self.parked_total -= 1;
+                self.push(held);
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Takes the parked rows of `webhook` out, to go back to the store
+    /// (see [`released_back`](Self::released_back)).
+    pub fn evict_parked(&mut self, webhook: &Uuid) -> Vec<Held> {
+        let rows: Vec<Held> = self.parked.remove(webhook).unwrap_or_default().into();
+        if !rows.is_empty() {
+            self.parked_total -= rows.len();
+            *self.releasing.entry(*webhook).or_default() += rows.len();
+        }
+        rows
+    }
+
+    /// `n` evicted rows of `webhook` are back in the store (or their
+    /// release failed, and they return when their lease ends): a claim
+    /// must take them before the webhook's fresh rows go out.
+    pub fn released_back(&mut self, webhook: Uuid, n: usize) {
+        if let Some(left) = self.releasing.get_mut(&webhook) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                self.releasing.remove(&webhook);
+            }
+        }
+        self.note_behind(webhook);
+    }
+
+    /// Takes every parked row out (shutdown).
+    pub fn drain_parked(&mut self) -> Vec<Held> {
+        self.parked_total = 0;
+        self.parked.drain().flat_map(|(_, q)| q).collect()
     }
 
     /// Rows of `webhook` claimed and not finished: queued or running (not
@@ -211,8 +300,85 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use super::State;
+    use super::{Held, State};
+    use crate::model::ClaimedDelivery;
+    use time::OffsetDateTime;
+    use tokio::time::Instant;
     use uuid::Uuid;
+
+    fn held(webhook: Uuid) -> Held {
+        Held {
+            row: ClaimedDelivery {
+                id: Uuid::now_v7(),
+                webhook_id: webhook,
+                event_id: Uuid::now_v7(),
+                event_type: "JobQueued".into(),
+                body: "{}".into(),
+                attempts: 0,
+                created_at: OffsetDateTime::now_utc(),
+                claim_token: Uuid::new_v4(),
+                trace: None,
+            },
+            attempt_by: Instant::now(),
+            inserted: None,
+        }
+    }
+
+    #[test]
+    fn parked_rows_queue_after_the_claimed_ones_once_nothing_older_waits() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut st = State::new();
+        // At start-up everything waits for the first claim.
+        assert!(st.blocked(&a) && st.blocked(&b));
+        let (pa, pb) = (held(a), held(b));
+        let (pa_id, pb_id) = (pa.row.id, pb.row.id);
+        st.park(pa);
+        st.park(pb);
+        assert_eq!(st.held(&a), 1, "parked rows count against the hold");
+        assert_eq!(st.claimable_held(&a), 0, "but not against a claim's room");
+        assert_eq!(st.release_parked(), 0, "no claim has looked yet");
+        // A claim that left b out comes back short, with an older row of a.
+        let epoch = st.start_claim();
+        let older = held(a);
+        let older_id = older.row.id;
+        st.caught_up(epoch, &[b]);
+        st.push(older);
+        assert_eq!(st.release_parked(), 1);
+        let order: Vec<Uuid> = std::iter::from_fn(|| st.pop(&a))
+            .map(|h| h.row.id)
+            .collect();
+        assert_eq!(order, [older_id, pa_id], "the claimed row first");
+        assert!(st.blocked(&b), "b was left out: still behind");
+        assert_eq!(st.parked_total, 1);
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[]);
+        assert_eq!(st.release_parked(), 1);
+        assert_eq!(st.pop(&b).map(|h| h.row.id), Some(pb_id));
+        assert_eq!((st.parked_total, st.queued_total), (0, 0));
+    }
+
+    #[test]
+    fn a_webhook_stays_behind_while_its_evicted_rows_go_back() {
+        let a = Uuid::now_v7();
+        let mut st = State::new();
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[]);
+        st.note_behind(a);
+        st.park(held(a));
+        st.park(held(a));
+        assert_eq!(st.evict_parked(&a).len(), 2);
+        assert_eq!((st.parked_total, st.held(&a)), (0, 0));
+        // A claim that could not see them yet does not clear the webhook.
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[]);
+        assert!(st.blocked(&a));
+        st.released_back(a, 2);
+        assert!(st.releasing.is_empty());
+        assert!(st.blocked(&a), "the next claim must look");
+        let epoch = st.start_claim();
+        st.caught_up(epoch, &[]);
+        assert!(!st.blocked(&a));
+    }
 
     #[test]
     fn a_short_claim_clears_only_what_was_noted_before_it_and_not_the_excluded() {

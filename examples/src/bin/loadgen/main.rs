@@ -73,6 +73,10 @@ use sys::CpuMeter;
 const MAX_BATCH: u64 = 1000;
 /// The server's default `PUBLISH_MAX_BODY_BYTES`.
 const MAX_BODY_BYTES: u64 = 1 << 20;
+/// `--publish-connections` of the fan-out.
+const FANOUT_PUBLISH_CONNECTIONS: usize = 4;
+/// `--publish-connections` of the webhook mode (see the argument).
+const WEBHOOK_PUBLISH_CONNECTIONS: usize = 32;
 /// The `job_id` of every probe event.
 const PROBE_JOB: &str = "0197c0de-5e1a-7a00-8000-00000000b0b0";
 
@@ -112,9 +116,12 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     batch_ms: u64,
     /// Keep-alive connections the publisher pipelines its requests on
-    /// (per server).
-    #[arg(long, default_value_t = 4)]
-    publish_connections: usize,
+    /// (per server); default 4, and 32 in webhook mode, whose benchmark
+    /// runs on PostgreSQL too: there a `202` waits tens of milliseconds for
+    /// the event log's commit, and HTTP/1.1 answers a connection's requests
+    /// in order, so a request every 5 ms needs that many to not queue.
+    #[arg(long)]
+    publish_connections: Option<usize>,
     /// Requests a publisher connection may have waiting for an answer;
     /// a batch due when every connection is full is not sent (backlogged).
     #[arg(long, default_value_t = 256)]
@@ -162,6 +169,19 @@ struct Args {
     /// Seconds the webhook mode waits for deliveries.
     #[arg(long, default_value_t = 120.0)]
     webhook_timeout: f64,
+    /// How the webhook mode publishes: `pipelined`, as the fan-out's
+    /// publisher and an independent client do (a batch every `--batch-ms`
+    /// on `--publish-connections`, not waiting for earlier answers), or
+    /// `serial` (one request at a time, each waiting for its answer, so a
+    /// slow `202` makes fewer, larger batches: this tool's shape before).
+    #[arg(long, value_enum, default_value = "pipelined")]
+    webhook_publish: webhook::PublishMode,
+    /// Webhook mode: the receiver answers the first delivery of every
+    /// event whose counter is a multiple of this with 503 (0: never), so
+    /// the server retries those while the rest keep coming. Their latency
+    /// includes the retry delay.
+    #[arg(long, default_value_t = 0)]
+    webhook_fail_every: u64,
     /// Subscribe mode (`cargo xtask bench --only scale`): hold this many
     /// measuring subscribers (`--idle-mix`) until `stop <published> <first
     /// publish ns>` on stdin, then report what they received.
@@ -257,16 +277,26 @@ async fn main() -> std::process::ExitCode {
         )
         .await
     } else if let Some(events) = args.webhooks {
-        webhook::webhooks(
-            target,
+        let plan = PublishPlan {
+            rate: args.rate,
+            duration: events as f64 / args.rate.max(1e-9),
+            batch_ms: args.batch_ms,
+            payload: args.payload,
+            pad: args.pad,
+            connections: args
+                .publish_connections
+                .unwrap_or(WEBHOOK_PUBLISH_CONNECTIONS),
+            window: args.publish_window,
+            timeout: secs(args.publish_timeout),
+            auth: args.admin_token.as_ref().map(|t| format!("Bearer {t}")),
+        };
+        let run = webhook::WebhookRun {
             events,
-            args.rate,
-            args.admin_token.as_deref(),
-            pid.as_deref(),
-            secs(args.webhook_timeout),
-            args.quiet,
-        )
-        .await
+            mode: args.webhook_publish,
+            fail_every: args.webhook_fail_every,
+            timeout: secs(args.webhook_timeout),
+        };
+        webhook::webhooks(target, run, plan, pid.as_deref(), args.quiet).await
     } else if let Some(count) = args.subscribe {
         let (settle, timeout) = (secs(args.settle), secs(args.subscribe_timeout));
         let (mix, concurrency) = (args.idle_mix, args.concurrency);
@@ -421,7 +451,9 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
             batch_ms: args.batch_ms,
             payload: args.payload,
             pad: args.pad,
-            connections: args.publish_connections,
+            connections: args
+                .publish_connections
+                .unwrap_or(FANOUT_PUBLISH_CONNECTIONS),
             window: args.publish_window,
             timeout: secs(args.publish_timeout),
             auth: args.admin_token.as_ref().map(|t| format!("Bearer {t}")),
@@ -558,7 +590,7 @@ async fn fanout(args: &Args, targets: Vec<Target>, pid: Option<&str>) -> Value {
         "publish_failed": p.failed,
         "publish_backlogged": p.backlogged,
         "publish_requests": p.requests,
-        "publish_connections": args.publish_connections * targets.len(),
+        "publish_connections": args.publish_connections.unwrap_or(FANOUT_PUBLISH_CONNECTIONS) * targets.len(),
         "publish_timeout_s": args.publish_timeout,
         "publish_latency_us": percentiles(&p.latency),
         "publish_s": p.elapsed,
