@@ -458,6 +458,14 @@ impl Dispatcher {
             rows.extend(st.drain_parked());
             rows
         };
+        self.release_rows(&rows, "shutdown").await;
+    }
+
+    /// Gives `rows` back to the store unclaimed, each once its insert has
+    /// committed (a row whose insert failed is not there to give back). A
+    /// failed release is logged (`during` says when); those rows come
+    /// back when their lease ends.
+    pub(super) async fn release_rows(&self, rows: &[Held], during: &'static str) {
         let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
         for held in rows {
             if held.in_store().await {
@@ -469,7 +477,7 @@ impl Dispatcher {
         }
         for (token, ids) in by_token {
             if let Err(error) = self.shared.store.release(&ids, token).await {
-                tracing::warn!(%error, "releasing queued deliveries at shutdown failed");
+                tracing::warn!(%error, during, rows = ids.len(), "giving webhook deliveries back failed; they return after their lease");
             }
         }
     }

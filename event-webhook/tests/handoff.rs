@@ -192,6 +192,32 @@ enum WriteLock {
     Postgres(sqlx::PgConnection),
 }
 
+/// A write lock on the SQLite database at `url`, held until dropped.
+async fn sqlite_write_lock(url: &str) -> WriteLock {
+    use sqlx::Connection;
+    let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    WriteLock::Sqlite(c)
+}
+
+/// A lock on `schema`'s deliveries table that holds up every insert,
+/// until dropped.
+#[cfg(feature = "postgres")]
+async fn postgres_write_lock(url: &str, schema: &str) -> WriteLock {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut c).await.unwrap();
+    let lock = format!("LOCK TABLE \"{schema}\".deliveries IN EXCLUSIVE MODE");
+    sqlx::query(sqlx::AssertSqlSafe(lock))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    WriteLock::Postgres(c)
+}
+
 impl WriteLock {
     async fn release(self) {
         use sqlx::Connection;
@@ -266,7 +292,6 @@ async fn a_handed_over_row_is_sent_before_its_insert_commits(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_handed_over_row_is_sent_before_its_insert_commits() {
-    use sqlx::Connection;
     let (url, _) = common::sqlite_url();
     let store = Arc::new(
         event_webhook::store::SqliteStore::connect(&url)
@@ -274,12 +299,7 @@ async fn sqlite_a_handed_over_row_is_sent_before_its_insert_commits() {
             .unwrap(),
     );
     a_handed_over_row_is_sent_before_its_insert_commits(store, async || {
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Sqlite(c)
+        sqlite_write_lock(&url).await
     })
     .await;
 }
@@ -287,21 +307,13 @@ async fn sqlite_a_handed_over_row_is_sent_before_its_insert_commits() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_handed_over_row_is_sent_before_its_insert_commits() {
-    use sqlx::Connection;
     let Some((store, schema)) = common::postgres_store().await else {
         return;
     };
     let url = common::postgres_url().unwrap();
     let s = schema.clone();
     a_handed_over_row_is_sent_before_its_insert_commits(store, async move || {
-        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
-        sqlx::query(sqlx::AssertSqlSafe(lock))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Postgres(c)
+        postgres_write_lock(&url, &s).await
     })
     .await;
     common::drop_schema(&schema).await;
@@ -380,7 +392,6 @@ async fn fresh_rows_wait_for_the_first_claim_without_going_unclaimed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
-    use sqlx::Connection;
     let (url, _) = common::sqlite_url();
     let store = Arc::new(
         event_webhook::store::SqliteStore::connect(&url)
@@ -388,12 +399,7 @@ async fn sqlite_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
             .unwrap(),
     );
     fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async || {
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Sqlite(c)
+        sqlite_write_lock(&url).await
     })
     .await;
 }
@@ -401,21 +407,13 @@ async fn sqlite_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
-    use sqlx::Connection;
     let Some((store, schema)) = common::postgres_store().await else {
         return;
     };
     let url = common::postgres_url().unwrap();
     let s = schema.clone();
     fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async move || {
-        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
-        sqlx::query(sqlx::AssertSqlSafe(lock))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Postgres(c)
+        postgres_write_lock(&url, &s).await
     })
     .await;
     common::drop_schema(&schema).await;
@@ -478,7 +476,6 @@ async fn later_batches_are_sent_while_earlier_inserts_wait(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_later_batches_are_sent_while_earlier_inserts_wait() {
-    use sqlx::Connection;
     let (url, _) = common::sqlite_url();
     let store = Arc::new(
         event_webhook::store::SqliteStore::connect(&url)
@@ -486,12 +483,7 @@ async fn sqlite_later_batches_are_sent_while_earlier_inserts_wait() {
             .unwrap(),
     );
     later_batches_are_sent_while_earlier_inserts_wait(store, async || {
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Sqlite(c)
+        sqlite_write_lock(&url).await
     })
     .await;
 }
@@ -499,21 +491,13 @@ async fn sqlite_later_batches_are_sent_while_earlier_inserts_wait() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_later_batches_are_sent_while_earlier_inserts_wait() {
-    use sqlx::Connection;
     let Some((store, schema)) = common::postgres_store().await else {
         return;
     };
     let url = common::postgres_url().unwrap();
     let s = schema.clone();
     later_batches_are_sent_while_earlier_inserts_wait(store, async move || {
-        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut c).await.unwrap();
-        let lock = format!("LOCK TABLE \"{s}\".deliveries IN EXCLUSIVE MODE");
-        sqlx::query(sqlx::AssertSqlSafe(lock))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        WriteLock::Postgres(c)
+        postgres_write_lock(&url, &s).await
     })
     .await;
     common::drop_schema(&schema).await;

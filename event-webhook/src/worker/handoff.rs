@@ -206,22 +206,11 @@ fn give_back_parked(worker: &Arc<Dispatcher>, rows: Vec<Held>) {
     );
     let worker = worker.clone();
     worker.tracker.clone().spawn(async move {
-        let mut by_token: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
         let mut webhooks: HashMap<Uuid, usize> = HashMap::new();
         for held in &rows {
             *webhooks.entry(held.row.webhook_id).or_default() += 1;
-            if held.in_store().await {
-                by_token
-                    .entry(held.row.claim_token)
-                    .or_default()
-                    .push(held.row.id);
-            }
         }
-        for (token, ids) in by_token {
-            if let Err(error) = worker.shared.store.release(&ids, token).await {
-                tracing::warn!(%error, "giving parked webhook deliveries back failed; they return after their lease");
-            }
-        }
+        worker.release_rows(&rows, "hold overflow").await;
         {
             let mut st = worker.state();
             for (w, n) in webhooks {
