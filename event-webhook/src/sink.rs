@@ -17,22 +17,17 @@
 //! and a WAL flush, which concurrent commits share). The rows this
 //! process's worker has room for go to it before the transaction starts
 //! and are sent while it commits (`worker::handoff`): the commit is not
-//! part of a delivery's latency. A batch whose rows all went to the worker
-//! does not hold up the next batch's hand-over either: while four enqueues
-//! are in flight it waits for its turn in a task of its own (up to
-//! `handoff_hold` rows of such batches; beyond it, and for a batch with
-//! rows left to a claim, the runner waits as before). The event-log cursor
-//! passes a batch only once it and every batch before it are committed.
-//! While the transactions run, the intake fills, so under load batches grow
-//! (up to the runner's batch limit) and the database cost per row falls.
+//! part of a delivery's latency. The event-log cursor passes a batch only
+//! once it and every batch before it are committed. While the
+//! transactions run, the intake fills, so under load batches grow (up to the
+//! runner's batch limit) and the database cost per row falls.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, TryAcquireError};
-use tokio_util::task::TaskTracker;
+use tokio::sync::Semaphore;
 
 use event_core::{Cursor, Event, EventSink, ReplaySource, SinkError, async_trait};
 use time::OffsetDateTime;
@@ -49,15 +44,6 @@ pub struct WebhookSink {
     shared: Arc<Shared>,
     /// Enqueue transactions in flight (at most [`ENQUEUE_PIPELINE`]).
     slots: Arc<Semaphore>,
-    /// Batches whose rows all went to the worker and whose enqueue waits
-    /// for a slot in a task of its own instead of in the runner: a slow
-    /// commit (on PostgreSQL, a WAL flush shared with the event log, at
-    /// times 50–100 ms on a busy disk) then holds up no hand-over. Bounded
-    /// by [`handoff_hold`](crate::WebhookConfig::handoff_hold) rows (a batch
-    /// without rows counts one); beyond it the runner waits, as before.
-    waiting: Arc<Waiting>,
-    /// The enqueue tasks, for the shutdown to wait for.
-    tasks: TaskTracker,
     /// Batches in arrival order, so the log cursor passes a batch only once
     /// it and every batch before it are queued.
     order: Arc<Mutex<InOrder>>,
@@ -65,15 +51,9 @@ pub struct WebhookSink {
 
 impl WebhookSink {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let waiting = Arc::new(Waiting {
-            rows: AtomicUsize::new(0),
-            limit: shared.config.handoff_hold,
-        });
         WebhookSink {
             shared,
             slots: Arc::new(Semaphore::new(ENQUEUE_PIPELINE)),
-            waiting,
-            tasks: TaskTracker::new(),
             order: Arc::default(),
         }
     }
@@ -330,11 +310,9 @@ impl EventSink for WebhookSink {
 
     // Returns once the batch's enqueue has started (at most
     // `ENQUEUE_PIPELINE` in flight, so the intake still fills while the
-    // database is slow), or, for a batch whose rows all went to the worker,
-    // once it is queued for a slot (see `WebhookSink::waiting`). The rows
-    // the worker has room for are handed to it first, before any wait: they
-    // are sent while they are inserted. The log cursor moves past the batch
-    // only once it is committed.
+    // database is slow). The rows the worker has room for are handed to it
+    // first, before any wait: they are sent while they are inserted. The
+    // log cursor moves past the batch only once it is committed.
     async fn deliver_batch(&self, events: Vec<Arc<Event>>) -> Result<(), SinkError> {
         let newest = events.iter().map(|e| e.seq()).max().unwrap_or(0);
         let mut rows = self.rows_for(&events);
@@ -348,61 +326,26 @@ impl EventSink for WebhookSink {
         let (done, inserted) = Inserted::channel();
         let claim = reservation.as_ref().map(|r| *r.claim());
         let stopped = reservation.and_then(|r| r.hand_over(&rows, &inserted).err());
-        let waiting_since = std::time::Instant::now();
-        // Slots are granted first come, first served, so batches still
-        // start their enqueues in arrival order.
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(TryAcquireError::Closed) => return Err(shut_down()),
-            Err(TryAcquireError::NoPermits) => {
-                // Nothing of this batch waits for its insert to be sent:
-                // the next batch's hand-over need not wait for a slot
-                // either, within the bound.
-                let handed_whole = stopped.is_none() && claim.map_or(0, |c| c.count) == rows.len();
-                let cost = rows.len().max(1);
-                if handed_whole && self.waiting.try_add(cost) {
-                    None
-                } else {
-                    Some(
-                        self.slots
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| shut_down())?,
-                    )
-                }
-            }
+        let waiting = std::time::Instant::now();
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            // Shut down: rows already handed over are not recorded (their
+            // insert counts as failed), and the log cursor stays before them.
+            return Err(SinkError::new("the webhook sink is shut down"));
         };
         let ticket = lock(&self.order).start(newest);
         let oldest = events.iter().map(|e| e.occurred_at()).min();
+        // How long this batch (and the intake behind it) waited for an
+        // enqueue slot: the next batch's hand-over waits as long.
+        let slot_wait = waiting.elapsed();
         let (shared, order) = (self.shared.clone(), self.order.clone());
-        let (slots, waiting) = (self.slots.clone(), self.waiting.clone());
-        self.tasks.spawn(async move {
-            let permit = match permit {
-                Some(permit) => permit,
-                None => {
-                    let permit = slots.acquire_owned().await;
-                    waiting.sub(rows.len().max(1));
-                    match permit {
-                        Ok(permit) => permit,
-                        // Shut down meanwhile: as if the insert failed
-                        // (`done` dropped), the cursor stays before it.
-                        Err(_) => {
-                            shared.log_cursor.frozen.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            };
+        tokio::spawn(async move {
             let batch = Batch {
                 rows,
                 claim,
                 done,
                 stopped,
                 oldest,
-                // How long this batch waited for an enqueue slot (in the
-                // runner, the intake behind it waited as long).
-                slot_wait: waiting_since.elapsed(),
+                slot_wait,
             };
             if !enqueue(&shared, batch).await {
                 // The cursor stays where a restart must catch these up
@@ -418,38 +361,11 @@ impl EventSink for WebhookSink {
         Ok(())
     }
 
-    // Waits for the enqueues in flight and those waiting for a slot.
+    // Waits for the enqueues in flight.
     async fn shutdown(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
+        let all = u32::try_from(ENQUEUE_PIPELINE).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
         self.slots.close();
-    }
-}
-
-fn shut_down() -> SinkError {
-    // Rows already handed over are not recorded (their insert counts as
-    // failed), and the log cursor stays before them.
-    SinkError::new("the webhook sink is shut down")
-}
-
-/// Rows of batches waiting for an enqueue slot outside the runner.
-struct Waiting {
-    rows: AtomicUsize,
-    limit: usize,
-}
-
-impl Waiting {
-    /// Counts `n` more rows in, if they fit under the limit.
-    fn try_add(&self, n: usize) -> bool {
-        self.rows
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
-                (now + n <= self.limit).then_some(now + n)
-            })
-            .is_ok()
-    }
-
-    fn sub(&self, n: usize) {
-        self.rows.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
