@@ -327,7 +327,7 @@ impl JetStreamLog {
             .filter(|r| r.retention.is_some_and(|r| r.max_bytes.is_some()))
             .map(|r| r.topic.as_str())
             .collect();
-        crate::topics::retain_size_indexes(&self.shared, &by_size).await;
+        self.shared.topics.retain_size_indexes(&by_size);
         let mut pruned = 0;
         for record in records {
             let Some(retention) = record.retention else {

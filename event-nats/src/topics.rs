@@ -67,7 +67,6 @@ use crate::replay::ordered_on;
 mod prune;
 mod sizes;
 pub(crate) use prune::prune;
-pub(crate) use sizes::retain as retain_size_indexes;
 pub use sizes::{MARK_EVERY, MAX_INDEX_PER_ROUND};
 
 /// Most keys in the topics bucket: [`MAX_TOPIC_RETENTIONS`] topics with a
@@ -150,8 +149,10 @@ struct Cached {
 pub(crate) struct TopicRecords {
     store: OnceCell<kv::Store>,
     cache: Mutex<Option<Cached>>,
-    /// This instance's index of each `max_bytes` topic's sizes.
-    sizes: tokio::sync::Mutex<std::collections::HashMap<String, sizes::SizeIndex>>,
+    /// This instance's index of each `max_bytes` topic's sizes, each
+    /// behind a lock of its own, held across one round's reads of that
+    /// topic only.
+    sizes: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<sizes::SizeIndex>>>>,
 }
 
 fn bucket_error(shared: &Shared, e: impl std::fmt::Display) -> Error {
@@ -220,6 +221,24 @@ impl TopicRecords {
         Ok(Some(
             self.store.get_or_init(|| async { store }).await.clone(),
         ))
+    }
+
+    /// The lock of `topic`'s size index (made empty the first time).
+    pub(crate) fn size_index(&self, topic: &str) -> Arc<tokio::sync::Mutex<sizes::SizeIndex>> {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(topic.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Keeps the size indexes of `keep`'s topics only.
+    pub(crate) fn retain_size_indexes(&self, keep: &[&str]) {
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|topic, _| keep.contains(&topic.as_str()));
     }
 
     fn cached(&self) -> std::sync::MutexGuard<'_, Option<Cached>> {

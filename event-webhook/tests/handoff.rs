@@ -290,35 +290,6 @@ async fn a_handed_over_row_is_sent_before_its_insert_commits(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_handed_over_row_is_sent_before_its_insert_commits() {
-    let (url, _) = common::sqlite_url();
-    let store = Arc::new(
-        event_webhook::store::SqliteStore::connect(&url)
-            .await
-            .unwrap(),
-    );
-    a_handed_over_row_is_sent_before_its_insert_commits(store, async || {
-        sqlite_write_lock(&url).await
-    })
-    .await;
-}
-
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_handed_over_row_is_sent_before_its_insert_commits() {
-    let Some((store, schema)) = common::postgres_store().await else {
-        return;
-    };
-    let url = common::postgres_url().unwrap();
-    let s = schema.clone();
-    a_handed_over_row_is_sent_before_its_insert_commits(store, async move || {
-        postgres_write_lock(&url, &s).await
-    })
-    .await;
-    common::drop_schema(&schema).await;
-}
-
 /// Rows the sink queues while older rows may be due in the store (here: at
 /// start-up, before the worker's first claim, which a write lock holds up)
 /// are still handed over, claimed in their insert, but wait in the worker
@@ -390,34 +361,50 @@ async fn fresh_rows_wait_for_the_first_claim_without_going_unclaimed(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
-    let (url, _) = common::sqlite_url();
-    let store = Arc::new(
-        event_webhook::store::SqliteStore::connect(&url)
-            .await
-            .unwrap(),
-    );
-    fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async || {
-        sqlite_write_lock(&url).await
-    })
-    .await;
+/// `sqlite_locked::<scenario>` and `postgres_locked::<scenario>` tests:
+/// each scenario on each engine, given a way to take a write lock on the
+/// database under test.
+macro_rules! locked_on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_locked {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (url, _) = super::common::sqlite_url();
+                    let store = std::sync::Arc::new(
+                        event_webhook::store::SqliteStore::connect(&url)
+                            .await
+                            .unwrap(),
+                    );
+                    super::$name(store, async || super::sqlite_write_lock(&url).await).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres_locked {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some((store, schema)) = super::common::postgres_store().await else {
+                        return;
+                    };
+                    let url = super::common::postgres_url().unwrap();
+                    let s = schema.clone();
+                    super::$name(store, async move || {
+                        super::postgres_write_lock(&url, &s).await
+                    })
+                    .await;
+                    super::common::drop_schema(&schema).await;
+                }
+            )*
+        }
+    };
 }
 
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_fresh_rows_wait_for_the_first_claim_without_going_unclaimed() {
-    let Some((store, schema)) = common::postgres_store().await else {
-        return;
-    };
-    let url = common::postgres_url().unwrap();
-    let s = schema.clone();
-    fresh_rows_wait_for_the_first_claim_without_going_unclaimed(store, async move || {
-        postgres_write_lock(&url, &s).await
-    })
-    .await;
-    common::drop_schema(&schema).await;
-}
+locked_on_both_engines!(
+    a_handed_over_row_is_sent_before_its_insert_commits,
+    fresh_rows_wait_for_the_first_claim_without_going_unclaimed
+);
 
 /// Opens a store on the database under test (a new pool each time).
 type Open = Arc<

@@ -143,10 +143,11 @@ pub(crate) async fn cut(
     subject: &str,
     max: u64,
 ) -> Result<Option<u64>, Error> {
-    // One round per topic at a time on this instance; the lock is held
-    // across the reads so the index and its reads stay consistent.
-    let mut indexes = shared.topics.sizes.lock().await;
-    let index = indexes.entry(topic.to_owned()).or_default();
+    // One round per topic at a time on this instance; the topic's lock is
+    // held across the reads so the index and its reads stay consistent,
+    // while other topics' rounds go on.
+    let index = shared.topics.size_index(topic);
+    let mut index = index.lock().await;
     let mut oldest = None;
     read(shared, subject, DeliverPolicy::All, 1, |m| {
         oldest = Some(m.seq)
@@ -188,17 +189,6 @@ pub(crate) async fn cut(
         index.forget_below(Some(through.saturating_add(1)));
     }
     Ok(through)
-}
-
-/// Drops the indexes of topics not in `keep` (those without a
-/// `max_bytes` now).
-pub(crate) async fn retain(shared: &Shared, keep: &[&str]) {
-    shared
-        .topics
-        .sizes
-        .lock()
-        .await
-        .retain(|topic, _| keep.contains(&topic.as_str()));
 }
 
 /// Hands `each` up to `limit` of `subject`'s messages from `from`, in

@@ -166,6 +166,29 @@ pub(super) fn targets(plan: &Plan, results: &Results) -> Vec<Target> {
         }
         None => not_measured("idle scale", "≤ 8 KiB per connection", "not run"),
     });
+    // Issue 23: idle memory per connection against the floor's, same run.
+    t.push(match &results.idle {
+        Some((floor, ours)) => {
+            let per = |v: &Value| num(v, &["rss_per_conn_bytes"]);
+            let ratio = per(ours).zip(per(floor)).map(|(o, f)| o / f);
+            Target {
+                what: format!(
+                    "idle: {} connections, server RSS per connection vs raw floor",
+                    group(&plan.idle.to_string())
+                ),
+                target: "≤ 1.25×",
+                measured: format!(
+                    "{}× ({} vs {} bytes)",
+                    fmt(ratio, 2),
+                    fmt(per(ours), 0),
+                    fmt(per(floor), 0)
+                ),
+                met: ratio.map(|r| r <= 1.25 && num(ours, &["failed"]) == Some(0.0)),
+                note: String::new(),
+            }
+        }
+        None => not_measured("idle vs raw floor", "≤ 1.25×", "not run"),
+    });
 
     // 3. Publish cost.
     let hub: Vec<&Value> = results

@@ -316,6 +316,28 @@ fn probe_event(out: &mut Vec<u8>, t: u64, n: u64, origin: Option<usize>, size: u
     probe_event_padded(out, t, n, origin, size, Pad::X);
 }
 
+/// `out` set to a JSON array of `n` probe events numbered from `first`,
+/// all stamped `t` (one `POST /api/v1/events` body).
+fn probe_batch(
+    out: &mut Vec<u8>,
+    t: u64,
+    first: u64,
+    n: u64,
+    origin: Option<usize>,
+    size: usize,
+    pad: Pad,
+) {
+    out.clear();
+    out.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        probe_event_padded(out, t, first + i, origin, size, pad);
+    }
+    out.push(b']');
+}
+
 /// [`probe_event`] padded with `pad`.
 fn probe_event_padded(
     out: &mut Vec<u8>,

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use crate::client::unix_nanos;
 use crate::hist::Histogram;
 use crate::http::{Target, read_response};
-use crate::{MAX_BATCH, MAX_BODY_BYTES, Pad, probe_event_padded};
+use crate::{MAX_BATCH, MAX_BODY_BYTES, Pad, probe_batch};
 
 /// How the publisher offers its load.
 #[derive(Debug, Clone)]
@@ -295,17 +295,9 @@ pub async fn publish(plan: PublishPlan, targets: Vec<Target>, accepted: Arc<Atom
                 continue;
             };
             let conn = &conns[at];
-            body.clear();
-            body.push(b'[');
             let t = unix_nanos();
-            for i in 0..n {
-                if i > 0 {
-                    body.push(b',');
-                }
-                let origin = cluster.then_some(conn.server);
-                probe_event_padded(&mut body, t, offered + i, origin, plan.payload, plan.pad);
-            }
-            body.push(b']');
+            let origin = cluster.then_some(conn.server);
+            probe_batch(&mut body, t, offered, n, origin, plan.payload, plan.pad);
             let bytes = request(&targets[conn.server], plan.auth.as_deref(), &body);
             lock(&conn.flights).push_back(Flight {
                 due: due_at,

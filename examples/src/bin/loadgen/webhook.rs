@@ -374,16 +374,16 @@ async fn publish_serial(
         let due = ((plan.rate * started.elapsed().as_secs_f64()).ceil() as u64).min(events);
         while out.events < due {
             let n = (due - out.events).min(crate::MAX_BATCH);
-            body.clear();
-            body.push(b'[');
             let t = unix_nanos();
-            for i in 0..n {
-                if i > 0 {
-                    body.push(b',');
-                }
-                crate::probe_event(&mut body, t, out.events + i, None, plan.payload);
-            }
-            body.push(b']');
+            crate::probe_batch(
+                &mut body,
+                t,
+                out.events,
+                n,
+                None,
+                plan.payload,
+                crate::Pad::X,
+            );
             let sent = Instant::now();
             out.requests += 1;
             match client
