@@ -79,7 +79,8 @@ pub struct Plan {
     /// Seconds of publishing per fan-out run.
     pub duration: f64,
     /// Floor/ours pairs run at the lowest rate, where the p99 ratio is
-    /// judged (one pair's tail moves with the machine; the median of
+    /// judged, and at the saturation rate, where the deliveries and
+    /// publish ratios are (one pair moves with the machine; the median of
     /// interleaved pairs does much less).
     pub latency_rounds: u32,
     /// Idle connections.
@@ -492,7 +493,9 @@ fn fanout_runs(
 ) -> Result<(), String> {
     let lowest = rates.iter().copied().min().unwrap_or(0);
     let runs = rates.iter().flat_map(|&rate| {
-        let rounds = if rate == lowest {
+        // The lowest rate judges the p99 ratio, the saturation rate the
+        // deliveries and publish ratios: each the median of several pairs.
+        let rounds = if rate == lowest || rate >= targets::SATURATION_RATE {
             plan.latency_rounds.max(1)
         } else {
             1
@@ -514,7 +517,9 @@ fn fanout_runs(
             );
             let server = Server::start(bins, ServerKind::Ours, tmp, Some(&db))?;
             let heaviest = rate == *rates.iter().max().unwrap_or(&rate);
-            let perf = (plan.profile && heaviest).then(|| run::Perf::start(server.pid(), tmp));
+            // The first pair at the heaviest rate only.
+            let perf = (plan.profile && heaviest && results.profile.is_none())
+                .then(|| run::Perf::start(server.pid(), tmp));
             // Telemetry's share of the server's CPU at the reference rate.
             let share = (plan.profile && rate == 1_000 && results.telemetry_share.is_none())
                 .then(|| run::Perf::start_dense(server.pid(), tmp));
