@@ -469,11 +469,6 @@ impl<E: SseEvent> Feed for QueueFeed<E> {
         self.sub.outbox.full_for()
     }
 
-    fn release_idle(&mut self) {
-        self.scratch = Vec::new();
-        self.sub.outbox.release_idle();
-    }
-
     fn previous(&self, event: &Entry<E>) -> Option<Arc<Entry<E>>> {
         event.previous.upgrade()
     }

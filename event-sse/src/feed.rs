@@ -473,13 +473,6 @@ impl Feed for HubFeed {
             .map_or(0, |sub| sub.outbox().queued_bytes())
     }
 
-    fn release_idle(&mut self) {
-        self.scratch = Vec::new();
-        if let Some(sub) = &self.sub {
-            sub.outbox().release_idle();
-        }
-    }
-
     fn stalled_for(&self) -> Option<Duration> {
         match (&self.phase, &self.sub) {
             (Phase::Live, Some(sub)) => sub.outbox().full_for(),

@@ -82,16 +82,7 @@ pub(crate) trait Feed: Send + 'static {
     fn queued_bytes(&self) -> usize {
         0
     }
-    /// Gives back the buffers a drain left allocated (empty now): called
-    /// after a drain that followed a quiet spell, so a connection that
-    /// mostly waits holds no queue memory between its rare events.
-    fn release_idle(&mut self) {}
 }
-
-/// A drain this long after the connection's previous chunk (or more) was a
-/// quiet connection's: its buffers are given back after it. Busier
-/// connections keep them, so the fan-out allocates nothing per event.
-const QUIET: Duration = Duration::from_secs(1);
 
 type Closed = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -196,13 +187,7 @@ impl<F: Feed> Connection<F> {
                 return Some(Err(io::Error::other("slow consumer dropped")));
             }
             if let Some(chunk) = self.drain_chunk() {
-                // The keep-alive deadline is the previous chunk's time plus
-                // the heartbeat: no clock of its own for this.
-                let quiet_since = self.keepalive.deadline() - self.settings.heartbeat;
                 self.touch();
-                if self.keepalive.deadline() - self.settings.heartbeat >= quiet_since + QUIET {
-                    self.release_idle();
-                }
                 return Some(Ok(chunk));
             }
             tokio::select! {
@@ -228,12 +213,6 @@ impl<F: Feed> Connection<F> {
                 }
             }
         }
-    }
-
-    /// Gives back the drain's buffers (see [`Feed::release_idle`]).
-    fn release_idle(&mut self) {
-        self.items = Vec::new();
-        self.feed.release_idle();
     }
 
     /// Frames everything pending into one chunk; `None` when nothing is.
@@ -430,8 +409,7 @@ mod tests {
     use super::*;
     use event_core::{Event, EventMeta, QueueStatus, ServerEvent, Uuid};
 
-    /// Items to drain, and how many times it was told to release.
-    struct VecFeed(Vec<Item<Event>>, usize);
+    struct VecFeed(Vec<Item<Event>>);
 
     impl Feed for VecFeed {
         type Event = Event;
@@ -443,9 +421,6 @@ mod tests {
         }
         fn stalled_for(&self) -> Option<Duration> {
             None
-        }
-        fn release_idle(&mut self) {
-            self.1 += 1;
         }
     }
 
@@ -461,7 +436,7 @@ mod tests {
 
     fn connection(items: Vec<Item<Event>>) -> Connection<VecFeed> {
         Connection::new(
-            VecFeed(items, 0),
+            VecFeed(items),
             StreamSettings {
                 format: Format::V1,
                 heartbeat: Duration::from_secs(15),
@@ -508,29 +483,6 @@ mod tests {
         frame::write_lagged(&mut want, 2);
         frame::write_resync(&mut want, "8");
         assert_eq!(chunk, want.freeze());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_drain_after_a_quiet_spell_gives_its_buffers_back() {
-        let mut conn = connection(Vec::new());
-        assert!(conn.next_chunk().await.is_some(), "the first chunk");
-        // Busy: one chunk right after another keeps the buffers.
-        conn.feed
-            .0
-            .extend([Item::Event(event(1)), Item::Event(event(2))]);
-        assert!(conn.next_chunk().await.is_some());
-        assert_eq!(conn.feed.1, 0);
-        assert!(conn.items.capacity() >= 2);
-        tokio::time::advance(QUIET / 2).await;
-        conn.feed.0.push(Item::Event(event(3)));
-        assert!(conn.next_chunk().await.is_some());
-        assert_eq!(conn.feed.1, 0, "half a quiet spell is still busy");
-        // Quiet: the next drain's buffers are given back after it.
-        tokio::time::advance(QUIET).await;
-        conn.feed.0.push(Item::Event(event(4)));
-        assert!(conn.next_chunk().await.is_some());
-        assert_eq!(conn.feed.1, 1);
-        assert_eq!(conn.items.capacity(), 0);
     }
 
     #[tokio::test]

@@ -70,6 +70,8 @@ const KEEP_BATCH_CAPACITY: usize = 64;
 /// bounded by bytes whatever their number: a client that sends without
 /// reading is held back by TCP, not buffered.
 const READ_PAUSE_BYTES: usize = 64 * 1024;
+/// A batch of client messages whose buffer grew beyond this is not kept.
+const KEEP_INCOMING_CAPACITY: usize = 16;
 /// Rounds of the state machine per poll before the task yields, so that a
 /// busy connection cannot hold a worker thread.
 const ROUNDS_PER_POLL: usize = 32;
@@ -745,7 +747,6 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             if w.ping.as_mut().poll(cx).is_ready() {
                 self.socket.queue(frame::ping());
                 w.ping.as_mut().reset(Instant::now() + cfg.ping_interval);
-                self.release_idle();
                 again = true;
             }
             if w.idle.as_mut().poll(cx).is_ready() {
@@ -923,17 +924,6 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
         }
     }
 
-    /// Gives back the buffers an idle connection keeps from its last
-    /// drain (the batch, the outbox's queue), at the ping tick: a
-    /// connection that mostly waits holds none of them between its rare
-    /// events, and a busy one reallocates them once per ping interval.
-    fn release_idle(&mut self) {
-        if self.batch.is_empty() {
-            self.batch = Vec::new();
-        }
-        self.sub.outbox().release_idle();
-    }
-
     /// Queues a reply to the client inside the connection's byte budget
     /// (the outbox's `max_bytes`, beside the events of the last drain, which
     /// a coalescing outbox may fill up to twice the budget): a client that
@@ -966,9 +956,7 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             }
         }
         messages.drain(..handled);
-        // Client messages are rare (a pong per ping, an occasional
-        // subscribe): the buffer is not kept between them.
-        if messages.is_empty() {
+        if messages.is_empty() && messages.capacity() > KEEP_INCOMING_CAPACITY {
             messages = Vec::new();
         }
         self.incoming = messages;

@@ -315,23 +315,6 @@ impl<T> Outbox<T> {
         }
     }
 
-    /// Gives back the buffer an empty queue keeps from earlier pushes, for
-    /// a connection that has gone quiet: an idle connection then holds no
-    /// queue memory, and the next push allocates it again. Nothing changes
-    /// while items are queued.
-    pub fn release_idle(&self) {
-        let mut st = self.lock();
-        if st.queue.is_empty() {
-            st.queue = VecDeque::new();
-        }
-    }
-
-    /// The queue's buffer, in items (for tests of [`release_idle`](Self::release_idle)).
-    #[cfg(test)]
-    pub(crate) fn queue_capacity(&self) -> usize {
-        self.lock().queue.capacity()
-    }
-
     /// How long the outbox has been full without a drain, if it is.
     pub fn full_for(&self) -> Option<Duration> {
         self.lock().full_since.map(|t| t.elapsed())
