@@ -105,8 +105,6 @@ pub(crate) struct Connection<F: Feed> {
     /// cleared a timer-wheel entry for every event.
     keepalive: Pin<Box<Sleep>>,
     items: Vec<Item<F::Event>>,
-    /// Reused by every drain (its piece list keeps its capacity).
-    chunk: Chunk,
     metrics: Option<TransportMetrics>,
     guard: Option<Arc<ConnectionGuard>>,
     /// The compressed stream's state, `None` for plain.
@@ -146,7 +144,6 @@ impl<F: Feed> Connection<F> {
             first: Some(first),
             closed,
             items: Vec::new(),
-            chunk: Chunk::default(),
             metrics,
             guard,
             encoder,
@@ -230,7 +227,7 @@ impl<F: Feed> Connection<F> {
             return None;
         }
         let format = self.settings.format;
-        let chunk = &mut self.chunk;
+        let mut chunk = Chunk::default();
         let encoder = &mut self.encoder;
         let feed = &self.feed;
         let mut written = WrittenBatch::new();
@@ -239,7 +236,7 @@ impl<F: Feed> Connection<F> {
         for item in self.items.drain(..) {
             match item {
                 Item::Replayed(ev) => {
-                    write_event(chunk, encoder, feed, &*ev, format);
+                    write_event(&mut chunk, encoder, feed, &*ev, format);
                     sent += 1;
                     replayed = true;
                     if let Some(kind) = ev.kind() {
@@ -247,7 +244,7 @@ impl<F: Feed> Connection<F> {
                     }
                 }
                 Item::Event(ev) => {
-                    write_event(chunk, encoder, feed, &*ev, format);
+                    write_event(&mut chunk, encoder, feed, &*ev, format);
                     sent += 1;
                     if let Some(kind) = ev.kind() {
                         written.count(kind);
@@ -325,30 +322,18 @@ fn write_event<F: Feed>(
 
 /// The body chunk of one drain.
 ///
-/// The pieces — frames shared with other connections, and this
-/// connection's own text between them — are collected first and
-/// concatenated once at the end into a buffer of exactly their size. A
-/// lone piece (the usual case in fan-out at a low rate, where a connection
-/// wakes up for each event) goes out as it is: an event's shared bytes,
-/// with no copy. Under saturation a drain holds hundreds of frames; copying
-/// each into a buffer grown as it went cost as much again in reallocation
-/// copies (and the allocator's work) as the frames themselves.
+/// A lone ready-made frame — the usual case in fan-out, where a connection
+/// wakes up for each event — goes out as the event's own shared bytes, with
+/// no copy; as soon as anything else joins it, everything is concatenated
+/// into one buffer, so a burst is still one chunk.
 ///
 /// In a compressed stream the connection's own text (lag and resync
 /// frames) is collected in `text` and encoded when an event or the end of
 /// the chunk follows.
-/// A chunk's piece list that grew past this many entries is released
-/// after the drain rather than kept for the next.
-const KEEP_PARTS: usize = 64;
-
 #[derive(Default)]
 struct Chunk {
-    /// The pieces so far, in order.
-    parts: Vec<Bytes>,
-    /// Their total length.
-    len: usize,
-    /// Own bytes written after the last piece in `parts`.
-    own: BytesMut,
+    lone: Option<Bytes>,
+    buf: BytesMut,
     text: BytesMut,
 }
 
@@ -365,24 +350,21 @@ impl Sink for Chunk {
 impl Chunk {
     /// Adds a frame shared with other connections.
     fn push_shared(&mut self, frame: Bytes) {
-        self.close_own();
-        self.len += frame.len();
-        self.parts.push(frame);
-    }
-
-    /// Moves the own bytes written so far into `parts`.
-    fn close_own(&mut self) {
-        if !self.own.is_empty() {
-            let own = self.own.split().freeze();
-            self.len += own.len();
-            self.parts.push(own);
+        if self.lone.is_none() && self.buf.is_empty() {
+            self.lone = Some(frame);
+        } else {
+            self.buf().extend_from_slice(&frame);
         }
     }
 
-    /// The buffer to append the connection's own bytes to (after
-    /// everything added so far).
+    /// The buffer to append to, holding everything added so far.
     fn buf(&mut self) -> &mut BytesMut {
-        &mut self.own
+        if let Some(lone) = self.lone.take() {
+            // Room for a few more frames of the same size before it grows.
+            self.buf.reserve(lone.len() * 4);
+            self.buf.extend_from_slice(&lone);
+        }
+        &mut self.buf
     }
 
     /// Where to write the connection's own text: the chunk itself when
@@ -402,32 +384,15 @@ impl Chunk {
         }
     }
 
-    /// The chunk, `None` if nothing was written. Leaves the chunk empty,
-    /// its piece list kept for the next drain.
-    fn finish(&mut self, encoder: &mut Option<WireEncoder>) -> Option<Bytes> {
+    /// The chunk, `None` if nothing was written.
+    fn finish(mut self, encoder: &mut Option<WireEncoder>) -> Option<Bytes> {
         if let Some(encoder) = encoder {
             self.flush_text(encoder);
         }
-        self.close_own();
-        let len = std::mem::take(&mut self.len);
-        let chunk = match self.parts.len() {
-            0 => None,
-            1 => self.parts.pop(),
-            _ => {
-                let mut out = BytesMut::with_capacity(len);
-                for part in self.parts.drain(..) {
-                    out.extend_from_slice(&part);
-                }
-                Some(out.freeze())
-            }
-        };
-        // A burst's list is not kept by a connection that caught up (nor
-        // the own bytes' buffer by an idle one).
-        if self.parts.capacity() > KEEP_PARTS {
-            self.parts = Vec::new();
+        match self.lone {
+            Some(lone) => (!lone.is_empty()).then_some(lone),
+            None => (!self.buf.is_empty()).then(|| self.buf.freeze()),
         }
-        self.own = BytesMut::new();
-        chunk.filter(|c| !c.is_empty())
     }
 }
 
@@ -518,26 +483,6 @@ mod tests {
         frame::write_lagged(&mut want, 2);
         frame::write_resync(&mut want, "8");
         assert_eq!(chunk, want.freeze());
-    }
-
-    #[tokio::test]
-    async fn drains_start_afresh_and_a_burst_list_is_not_kept() {
-        let burst: Vec<_> = (1..=KEEP_PARTS as u64 + 1).map(event).collect();
-        let mut items: Vec<_> = burst.iter().cloned().map(Item::Event).collect();
-        items.push(Item::Lagged(3));
-        let mut conn = connection(items);
-        let chunk = conn.drain_chunk().unwrap();
-        let mut want = BytesMut::new();
-        for ev in &burst {
-            want.extend_from_slice(&ev.frame(Format::V1).unwrap());
-        }
-        frame::write_lagged(&mut want, 3);
-        assert_eq!(chunk, want.freeze());
-        assert_eq!(conn.chunk.parts.capacity(), 0);
-        // The next drain holds only what came after.
-        let next = event(100);
-        conn.feed.0.push(Item::Event(next.clone()));
-        assert_eq!(conn.drain_chunk().unwrap(), next.frame(Format::V1).unwrap());
     }
 
     #[tokio::test]
