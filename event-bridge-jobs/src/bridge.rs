@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use event_core::{
-    Actor, ConnectionRegistry, EventBus, EventMeta, QueueSnapshot, QueueStatus, ServerEvent,
-    async_trait,
+    Actor, ConnectionRegistry, Event, EventBus, EventKind, EventMeta, QueueSnapshot, QueueStatus,
+    ServerEvent, Uuid, async_trait,
 };
 use opentelemetry::KeyValue;
 use tokio::sync::{broadcast, watch};
@@ -51,6 +51,12 @@ pub struct JobBridgeConfig {
     pub queue_status_interval: Duration,
     /// While a client is connected, a `QueueStatus` goes out this often even
     /// without changes. Default 5 s.
+    ///
+    /// The tick is skipped when another producer's unscoped `QueueStatus`
+    /// reached the bus within it — in a cluster, another instance's tick,
+    /// which this instance's clients received too — and comes one tick after
+    /// that status instead. So a cluster's clients get about one periodic
+    /// status per tick, not one per instance.
     pub queue_status_tick: Duration,
     /// A running job with no worker event for this long is forgotten (its
     /// terminal event was probably lost). Default 30 min.
@@ -257,6 +263,7 @@ impl JobBridge {
             core,
             cancel: self.cancel,
             out: Vec::new(),
+            own_status: None,
         };
         JobBridgeHandle {
             view: QueueView { shared },
@@ -275,6 +282,8 @@ struct Runner {
     core: BridgeCore,
     cancel: CancellationToken,
     out: Vec<ServerEvent>,
+    /// The id of the last `QueueStatus` this bridge published.
+    own_status: Option<Uuid>,
 }
 
 impl Runner {
@@ -311,8 +320,19 @@ impl Runner {
                         self.core.resync(&status, worker.len());
                     }
                     let now = Instant::now();
-                    self.core.publish_status(now, false, &mut self.out);
-                    next_tick = Some(now + self.tick);
+                    match self.foreign_status_age() {
+                        Some(age) if age < self.tick => {
+                            // Another instance's status already reached
+                            // this instance's clients: a tick now would
+                            // repeat it. Counts that changed still go out.
+                            self.core.status_changed(now, &mut self.out);
+                            next_tick = Some(now + (self.tick - age));
+                        }
+                        _ => {
+                            self.core.publish_status(now, false, &mut self.out);
+                            next_tick = Some(now + self.tick);
+                        }
+                    }
                 }
                 changed = clients.changed(), if watching_clients => {
                     if changed.is_err() {
@@ -349,9 +369,20 @@ impl Runner {
             .publish_status(Instant::now(), true, &mut self.out);
     }
 
+    /// How long ago the bus's latest `QueueStatus` was published, if another
+    /// producer published it (see [`foreign_status_age`]).
+    fn foreign_status_age(&self) -> Option<Duration> {
+        let latest = self.bus.latest(EventKind::QueueStatus)?;
+        foreign_status_age(&latest, self.own_status, time::OffsetDateTime::now_utc())
+    }
+
     fn publish(&mut self) {
         for event in self.out.drain(..) {
-            self.bus.publish_with(event, self.meta.clone());
+            let is_status = matches!(event, ServerEvent::QueueStatus(_));
+            let published = self.bus.publish_with(event, self.meta.clone());
+            if is_status {
+                self.own_status = Some(published.id());
+            }
             BridgeStats::inc(&self.shared.stats.published);
         }
         let counts = self.core.counts();
@@ -361,6 +392,28 @@ impl Runner {
             changed
         });
     }
+}
+
+/// The age of `latest`, the bus's newest `QueueStatus`, at `now`, when it
+/// stands in for this bridge's tick: not the bridge's own (`own`), and
+/// unscoped and on the default topic, so every client that gets the tick
+/// got it. The age is by the publisher's clock (`occurred_at`): a status
+/// from the future counts as just published; a publisher's clock behind by
+/// more than the tick only makes both ticks go out, as before.
+fn foreign_status_age(
+    latest: &Event,
+    own: Option<Uuid>,
+    now: time::OffsetDateTime,
+) -> Option<Duration> {
+    let meta = latest.meta();
+    if own == Some(latest.id())
+        || meta.memory.is_some()
+        || meta.tenant_id.is_some()
+        || meta.topic.is_some()
+    {
+        return None;
+    }
+    Some(Duration::try_from(now - latest.occurred_at()).unwrap_or(Duration::ZERO))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -448,5 +501,57 @@ impl QueueSnapshot for QueueView {
             return Ok(status);
         }
         Ok(self.shared.counts.borrow().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn status_at(at: time::OffsetDateTime, meta: EventMeta) -> Event {
+        Event::new(
+            7,
+            Uuid::now_v7(),
+            at,
+            meta,
+            ServerEvent::QueueStatus(QueueStatus::new(1, 0)),
+        )
+    }
+
+    #[test]
+    fn another_producers_unscoped_status_stands_in_for_the_tick() {
+        let now = time::OffsetDateTime::now_utc();
+        let two_s_ago = status_at(now - time::Duration::seconds(2), EventMeta::default());
+        assert_eq!(
+            foreign_status_age(&two_s_ago, None, now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            foreign_status_age(&two_s_ago, Some(Uuid::now_v7()), now),
+            Some(Duration::from_secs(2)),
+            "another id than the bridge's own"
+        );
+        // A publisher whose clock runs ahead: as if just published.
+        let ahead = status_at(now + time::Duration::seconds(3), EventMeta::default());
+        assert_eq!(foreign_status_age(&ahead, None, now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn the_bridges_own_or_a_scoped_status_does_not() {
+        let now = time::OffsetDateTime::now_utc();
+        let own = status_at(now, EventMeta::default());
+        assert_eq!(foreign_status_age(&own, Some(own.id()), now), None);
+        for meta in [
+            EventMeta::default().tenant("t1"),
+            EventMeta::default().memory("m1"),
+            EventMeta {
+                topic: Some("elsewhere".into()),
+                ..EventMeta::default()
+            },
+        ] {
+            assert_eq!(foreign_status_age(&status_at(now, meta), None, now), None);
+        }
     }
 }

@@ -469,7 +469,7 @@ impl BridgeCore {
 
     /// Publishes a `QueueStatus` if the counts changed and the rate allows,
     /// else schedules one (coalescing).
-    fn status_changed(&mut self, now: Instant, out: &mut Vec<ServerEvent>) {
+    pub(crate) fn status_changed(&mut self, now: Instant, out: &mut Vec<ServerEvent>) {
         let current = self.counts();
         if self.last_status.as_ref() == Some(&current) {
             self.status_due = None;

@@ -33,7 +33,11 @@
 //!   [`BridgeStatsSnapshot`], not published.
 //! * **QueueStatus** (`total_jobs = pending + running`) is published when the
 //!   counts change (coalesced, at most one per 250 ms) and every 5 s while at
-//!   least one WebSocket/SSE client is connected — never otherwise. The
+//!   least one WebSocket/SSE client is connected — never otherwise. A tick
+//!   is put off when another producer's unscoped `QueueStatus` reached the
+//!   bus within it: in a cluster each instance's bridge publishes onto the
+//!   one stream every instance's clients read, so they get about one
+//!   periodic status per 5 s, not one per instance. The
 //!   bridge counts jobs from the events it sees; the host's [`QueueStats`]
 //!   (e.g. a job-table query) is the source of truth it resyncs from at
 //!   start, on each tick and after the bridge lagged behind the worker.
