@@ -46,6 +46,12 @@ const FD_MARGIN: u64 = 3_300;
 const SOURCES_PER_PHASE: u64 = 6;
 /// Seconds of publishing in the fan-out.
 const FANOUT_SECONDS: f64 = 5.0;
+/// How long after the last connection RSS is read: past event-server's
+/// first periodic `QueueStatus` (5 s) and first WebSocket ping (30 s), which
+/// is what a connection allocates as it ages. A phase that connects in 3 s
+/// and one that connects over 40 s then compare connections that have all
+/// had both.
+const AGE_BEFORE_READING: Duration = Duration::from_secs(35);
 
 /// Sizes of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -399,8 +405,7 @@ fn phase_inner(
         "    established {} of {}, failed {}, in {:.1} s",
         p.established, p.connections, p.failed, p.connect_s
     );
-    // Per-connection setup finishes after the first frame.
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(AGE_BEFORE_READING);
     p.rss_open_kib = rss(&servers);
     p.gauge_open = servers.iter().map(gauge).sum();
 
