@@ -13,8 +13,16 @@
 //! a task watches the connection gauge and trims once the count has fallen
 //! by at least [`MEMORY_TRIM_CLOSED`](crate::config::Config::memory_trim_closed)
 //! connections (and at least half of them) from its peak since the last
-//! trim, a second after the fall, on a blocking thread. `0` turns it off;
-//! on other allocators than glibc's there is nothing to do.
+//! trim, once the count has not changed for a second (at most ten seconds
+//! after the fall), on a blocking thread. `0` turns it off; on other
+//! allocators than glibc's there is nothing to do.
+//!
+//! Waiting for the count to settle rather than a fixed second after the
+//! fall matters when the close itself takes seconds (several instances on
+//! two cores, the cluster mode of the scale bench): a trim in the middle of
+//! it left the memory of the connections that closed after it resident,
+//! and a fall too small for another trim kept it for good (BENCHMARKS.md,
+//! branch `cluster-close`).
 //!
 //! # Thread caches
 //!
@@ -149,13 +157,18 @@ fn tunables_for_reexec(
     }
 }
 
-/// How long the count must have fallen before a trim: a mass close takes a
-/// moment, and one trim after it is enough.
+/// How long the count must have stayed unchanged before a trim: a mass
+/// close takes a moment, and one trim after it is enough.
 const SETTLE: Duration = Duration::from_secs(1);
+
+/// The longest a trim waits for the count to settle: connections that keep
+/// opening or closing postpone it at most this long.
+const MAX_SETTLE: Duration = Duration::from_secs(10);
 
 /// Watches `total` (the connection gauge) until `stop`, and calls `trim`
 /// after the count fell by at least `min_closed` (and by half) from its
-/// peak since the last trim.
+/// peak since the last trim, once it has not changed for [`SETTLE`] (or
+/// [`MAX_SETTLE`] after the fall, if it keeps changing).
 pub(crate) async fn reclaim_after_closes(
     mut total: watch::Receiver<usize>,
     min_closed: usize,
@@ -176,9 +189,19 @@ pub(crate) async fn reclaim_after_closes(
         if !fell_enough(peak, now, min_closed) {
             continue;
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(SETTLE) => {}
+        // Trim once the closes are over, not a fixed second after the
+        // count crossed the threshold: closing thousands can take seconds
+        // on a busy machine, and the connections that closed after the
+        // trim kept their pages (module docs).
+        let give_up = tokio::time::Instant::now() + MAX_SETTLE;
+        loop {
+            let quiet = tokio::time::sleep(SETTLE);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = quiet => break,
+                () = tokio::time::sleep_until(give_up) => break,
+                changed = total.changed() => if changed.is_err() { return },
+            }
         }
         let trim = trim.clone();
         let _ = tokio::task::spawn_blocking(trim).await;
@@ -351,5 +374,59 @@ mod tests {
             .await
             .expect("the task ends when stopped")
             .unwrap();
+    }
+
+    /// A close spread over seconds (a busy machine, several instances):
+    /// one trim, after the last close rather than in the middle of it; and
+    /// a count that never settles is trimmed after `MAX_SETTLE`.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_close_trims_once_after_the_count_settles() {
+        let (tx, rx) = watch::channel(0usize);
+        let trims = Arc::new(AtomicUsize::new(0));
+        let at_trim = Arc::new(AtomicUsize::new(usize::MAX));
+        let stop = CancellationToken::new();
+        let counted = trims.clone();
+        let seen = at_trim.clone();
+        let gauge = rx.clone();
+        let task = tokio::spawn(reclaim_after_closes(rx, 100, stop.clone(), move || {
+            seen.store(*gauge.borrow(), Ordering::SeqCst);
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        tx.send_replace(5_000);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // 5,000 → 0 over 4 s, 250 every 200 ms: half are closed after 2 s.
+        for left in (0..5_000).step_by(250).rev() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tx.send_replace(left);
+            assert_eq!(trims.load(Ordering::SeqCst), 0, "trimmed at {left}");
+        }
+        trims_reach(&trims, 1).await;
+        assert_eq!(at_trim.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(SETTLE * 3).await;
+        assert_eq!(trims.load(Ordering::SeqCst), 1);
+
+        // Up again, down by half, then a count that changes every 500 ms:
+        // trimmed MAX_SETTLE after the fall all the same.
+        tx.send_replace(4_000);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let fell = tokio::time::Instant::now();
+        tx.send_replace(1_000);
+        let churn = async {
+            for i in 0..40 {
+                tokio::time::sleep(SETTLE / 2).await;
+                tx.send_replace(1_000 + i % 2);
+            }
+        };
+        tokio::select! {
+            () = churn => panic!("no trim while the count kept changing"),
+            () = trims_reach(&trims, 2) => {}
+        }
+        let waited = fell.elapsed();
+        assert!(
+            waited >= MAX_SETTLE && waited < MAX_SETTLE + SETTLE,
+            "trimmed {waited:?} after the fall"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }
