@@ -605,6 +605,23 @@ mod tests {
         assert_eq!((total, status.dropped), (6, 1));
     }
 
+    /// An idle connection's periodic event leaves no queue buffer behind
+    /// (the outbox holds a lone event inline; see `outbox.rs`).
+    #[test]
+    fn a_lone_event_fanned_out_allocates_no_queue() {
+        let hub = FanoutHub::new("t");
+        let sub = hub.subscribe(options(OverflowPolicy::Coalesce, 1024));
+        let mut out = Vec::new();
+        for ev in events(3) {
+            hub.fan_out(std::slice::from_ref(&ev));
+            assert_eq!(sub.outbox().queue_capacity(), 0);
+            out.clear();
+            sub.outbox().drain_into(&mut out);
+            assert_eq!(shape(&out), [format!("e{}", ev.seq())]);
+        }
+        assert_eq!(sub.outbox().queue_capacity(), 0);
+    }
+
     #[test]
     fn close_policy_marks_overflow() {
         let hub = FanoutHub::new("t");

@@ -136,6 +136,14 @@ impl ConsumerFeed {
 impl Feed for ConsumerFeed {
     type Event = Event;
 
+    fn lend_items(_kept: &mut Vec<Item<Event>>) -> Vec<Item<Event>> {
+        crate::scratch::lend_items()
+    }
+
+    fn give_back_items(_kept: &mut Vec<Item<Event>>, items: Vec<Item<Event>>) {
+        crate::scratch::give_back_items(items);
+    }
+
     fn previous(&self, event: &Event) -> Option<std::sync::Arc<Event>> {
         crate::feed::previous_on_bus(&self.bus, event.seq())
     }

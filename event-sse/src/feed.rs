@@ -41,6 +41,7 @@ use event_core::{
 use tokio::sync::Notify;
 
 use crate::event::{Format, SseEvent};
+use crate::scratch;
 use crate::stream::{Feed, Item};
 
 /// Events read from the ring per page.
@@ -168,7 +169,6 @@ pub(crate) struct HubFeed {
     credit: Option<Arc<Credit>>,
     /// Since when the replay has been waiting for its bytes to be written.
     blocked_since: Option<Instant>,
-    scratch: Vec<Outgoing>,
     /// The connection's outbox limits (what a pacer may hold, too).
     limits: OutboxLimits,
     /// The consumer's rate limit (`?max_rate=`), if it has one: live
@@ -231,7 +231,6 @@ impl HubFeed {
             skip_through,
             budget,
             blocked_since: None,
-            scratch: Vec::new(),
             limits,
             pacer: None,
             _slot: slot,
@@ -413,33 +412,43 @@ impl HubFeed {
         let Some(sub) = &self.sub else {
             return;
         };
-        sub.outbox().drain_into(&mut self.scratch);
+        // The thread's list: filled and emptied here (see `scratch`).
+        let mut scratch = scratch::lend_outgoing();
+        sub.outbox().drain_into(&mut scratch);
         let skip = self.skip_through;
         if let Some(pacer) = self.pacer.as_mut() {
             // Events the replay already sent take no token.
-            self.scratch
-                .retain(|o| !matches!(o, Outgoing::Event(e) if e.seq() <= skip));
+            scratch.retain(|o| !matches!(o, Outgoing::Event(e) if e.seq() <= skip));
             out.extend(
                 pacer
-                    .pace(&mut self.scratch, tokio::time::Instant::now())
+                    .pace(&mut scratch, tokio::time::Instant::now())
                     .map(|p| match p {
                         Paced::Event(e) => Item::Event(e),
                         Paced::Lagged(n) => Item::Lagged(n),
                         Paced::Dropped(n) => Item::Paced(n),
                     }),
             );
-            return;
+        } else {
+            out.extend(scratch.drain(..).filter_map(|o| match o {
+                Outgoing::Event(e) if e.seq() <= skip => None,
+                Outgoing::Event(e) => Some(Item::Event(e)),
+                Outgoing::Lagged(n) => Some(Item::Lagged(n)),
+            }));
         }
-        out.extend(self.scratch.drain(..).filter_map(|o| match o {
-            Outgoing::Event(e) if e.seq() <= skip => None,
-            Outgoing::Event(e) => Some(Item::Event(e)),
-            Outgoing::Lagged(n) => Some(Item::Lagged(n)),
-        }));
+        scratch::give_back_outgoing(scratch);
     }
 }
 
 impl Feed for HubFeed {
     type Event = Event;
+
+    fn lend_items(_kept: &mut Vec<Item<Event>>) -> Vec<Item<Event>> {
+        scratch::lend_items()
+    }
+
+    fn give_back_items(_kept: &mut Vec<Item<Event>>, items: Vec<Item<Event>>) {
+        scratch::give_back_items(items);
+    }
 
     async fn ready(&self) {
         match (&self.phase, &self.sub) {
@@ -502,4 +511,81 @@ pub(crate) fn previous_on_bus(bus: &EventBus, seq: u64) -> Option<Arc<Event>> {
         .into_iter()
         .next()?;
     (ev.seq() == want).then_some(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use event_core::{
+        EventFilter, OverflowPolicy, Principal, QueueStatus, SubscribeOptions, WireForm,
+    };
+
+    use super::*;
+    use crate::stream::{Connection, StreamSettings};
+
+    fn connection(bus: &EventBus, hub: &FanoutHub) -> Connection<HubFeed> {
+        let options = SubscribeOptions {
+            filter: EventFilter::all(),
+            principal: Principal::anonymous(),
+            limits: OutboxLimits::default(),
+            policy: OverflowPolicy::Coalesce,
+            wire: WireForm::Flat,
+        };
+        let feed = HubFeed::new(
+            bus.clone(),
+            hub.clone(),
+            options.clone(),
+            Format::V1,
+            Start::Live(hub.subscribe(options)),
+            &Arc::new(AtomicUsize::new(0)),
+            Slot(Arc::new(AtomicUsize::new(1))),
+        );
+        Connection::new(
+            feed,
+            StreamSettings {
+                format: Format::V1,
+                heartbeat: Duration::from_secs(15),
+                stall_timeout: Duration::from_secs(30),
+                encoding: None,
+            },
+            Bytes::new(),
+            Box::pin(std::future::pending()),
+            None,
+            None,
+        )
+    }
+
+    /// What keeps an idle connection small (BENCHMARKS.md, branch
+    /// `lone-event`): its drains use the thread's lists, so after a lone
+    /// event, or a burst, the connection keeps no list of its own.
+    #[tokio::test]
+    async fn a_drain_keeps_no_list_on_the_connection() {
+        let bus = EventBus::default();
+        let hub = FanoutHub::new("t");
+        let mut conn = connection(&bus, &hub);
+        let lone = bus.publish(QueueStatus::new(1, 0));
+        hub.fan_out(std::slice::from_ref(&lone));
+        assert_eq!(conn.drain_chunk(), lone.frame(Format::V1));
+        assert_eq!(conn.kept_items(), 0);
+
+        let burst: Vec<_> = (2..5)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect();
+        hub.fan_out(&burst);
+        let mut want = BytesMut::new();
+        for ev in &burst {
+            want.extend_from_slice(&ev.frame(Format::V1).unwrap());
+        }
+        assert_eq!(conn.drain_chunk(), Some(want.freeze()));
+        assert_eq!(conn.kept_items(), 0);
+        // The lists went back to this thread, for the next drain of any
+        // connection.
+        assert!(scratch::lend_items().capacity() >= 3);
+        assert!(scratch::lend_outgoing().capacity() >= 3);
+        assert_eq!(conn.drain_chunk(), None);
+    }
 }

@@ -157,6 +157,7 @@ mod feed;
 pub mod frame;
 mod listener;
 mod params;
+mod scratch;
 mod stream;
 
 pub use channel::SseChannel;

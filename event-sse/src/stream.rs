@@ -62,6 +62,19 @@ pub(crate) trait Feed: Send + 'static {
     fn ready(&self) -> impl Future<Output = ()> + Send + '_;
     /// Moves every pending item into `out`.
     fn drain(&mut self, out: &mut Vec<Item<Self::Event>>);
+    /// The list a drain fills, lent for one drain and given back empty to
+    /// [`give_back_items`](Self::give_back_items). By default the
+    /// connection's own, `kept`, which keeps its room between drains; a
+    /// feed of the bus's events lends its thread's
+    /// ([`scratch`](crate::scratch)), so that an idle connection keeps
+    /// none.
+    fn lend_items(kept: &mut Vec<Item<Self::Event>>) -> Vec<Item<Self::Event>> {
+        std::mem::take(kept)
+    }
+    /// Takes back the list [`lend_items`](Self::lend_items) lent, emptied.
+    fn give_back_items(kept: &mut Vec<Item<Self::Event>>, items: Vec<Item<Self::Event>>) {
+        *kept = items;
+    }
     /// How long the queue has been full without being drained, if it is.
     fn stalled_for(&self) -> Option<Duration>;
     /// Takes the chunk framed from a drain that held replayed items, before
@@ -104,6 +117,8 @@ pub(crate) struct Connection<F: Feed> {
     /// connection's life: a fresh `sleep_until` per wait registered and
     /// cleared a timer-wheel entry for every event.
     keepalive: Pin<Box<Sleep>>,
+    /// The list drains fill, for a feed that keeps its own
+    /// ([`Feed::lend_items`]).
     items: Vec<Item<F::Event>>,
     metrics: Option<TransportMetrics>,
     guard: Option<Arc<ConnectionGuard>>,
@@ -221,9 +236,24 @@ impl<F: Feed> Connection<F> {
     /// latency sample for the oldest event), not once per event: with a
     /// thousand clients that is the difference between a thousand and a
     /// million histogram updates per thousand events.
-    fn drain_chunk(&mut self) -> Option<Bytes> {
-        self.feed.drain(&mut self.items);
-        if self.items.is_empty() {
+    pub(crate) fn drain_chunk(&mut self) -> Option<Bytes> {
+        let mut items = F::lend_items(&mut self.items);
+        self.feed.drain(&mut items);
+        let chunk = self.frame_items(&mut items);
+        F::give_back_items(&mut self.items, items);
+        chunk
+    }
+
+    /// The room of the connection's own item list (for the tests that a
+    /// feed lending its thread's list leaves none).
+    #[cfg(test)]
+    pub(crate) fn kept_items(&self) -> usize {
+        self.items.capacity()
+    }
+
+    /// Frames (and drains) `items` into one chunk.
+    fn frame_items(&mut self, items: &mut Vec<Item<F::Event>>) -> Option<Bytes> {
+        if items.is_empty() {
             return None;
         }
         let format = self.settings.format;
@@ -233,7 +263,7 @@ impl<F: Feed> Connection<F> {
         let mut written = WrittenBatch::new();
         let (mut sent, mut dropped) = (0u64, 0u64);
         let mut replayed = false;
-        for item in self.items.drain(..) {
+        for item in items.drain(..) {
             match item {
                 Item::Replayed(ev) => {
                     write_event(&mut chunk, encoder, feed, &*ev, format);

@@ -59,19 +59,15 @@ use crate::protocol::{
     ClientMessage, PONG, Refusal, Selection, Subscribe, lagged_json, queue_status_json,
     subscribed_reply,
 };
+use crate::scratch;
 use crate::socket::{Read, ReadFailure, WsSocket};
 
-/// A batch buffer larger than this is released after use, so a burst does
-/// not pin memory on an idle connection.
-const KEEP_BATCH_CAPACITY: usize = 64;
 /// Client messages are not read while this many bytes wait to be written
 /// (or half the outbox budget, if that is less). What a client's messages
 /// cause — pongs, `subscribed` replies, queue statuses — is therefore
 /// bounded by bytes whatever their number: a client that sends without
 /// reading is held back by TCP, not buffered.
 const READ_PAUSE_BYTES: usize = 64 * 1024;
-/// A batch of client messages whose buffer grew beyond this is not kept.
-const KEEP_INCOMING_CAPACITY: usize = 16;
 /// Rounds of the state machine per poll before the task yields, so that a
 /// busy connection cannot hold a worker thread.
 const ROUNDS_PER_POLL: usize = 32;
@@ -472,10 +468,13 @@ struct Conn<'a, IO> {
     /// When the pacer's held events may go next.
     pace_timer: Option<Pin<Box<Sleep>>>,
     /// Events queued on the socket and not yet completely written (their
-    /// metrics are recorded once they are).
+    /// metrics are recorded once they are). The thread's list
+    /// ([`scratch::lend_batch`]) while a drain is written, given back once
+    /// it is: an idle connection keeps no buffer here.
     batch: Vec<Outgoing>,
     /// Client messages read but not handled yet (waiting behind a
-    /// `refresh`, whose reply must come first).
+    /// `refresh`, whose reply must come first). Like `batch`, the thread's
+    /// list while in use ([`scratch::lend_incoming`]).
     incoming: Vec<Incoming>,
     /// The write-stall deadline, only while a write waits for room; pushed
     /// back whenever the socket takes bytes, so only a client that stops
@@ -714,7 +713,16 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
                 && self.incoming.is_empty()
                 && self.socket.queued_bytes() < self.read_pause
             {
-                match self.socket.poll_read_messages(cx, &mut self.incoming) {
+                if self.incoming.capacity() == 0 {
+                    self.incoming = scratch::lend_incoming();
+                }
+                let read = self.socket.poll_read_messages(cx, &mut self.incoming);
+                if self.incoming.is_empty() {
+                    // Nothing to handle (the usual case): the list goes
+                    // back to the thread at once.
+                    scratch::give_back_incoming(std::mem::take(&mut self.incoming));
+                }
+                match read {
                     Poll::Ready(Ok(Read::Data)) => {
                         // Any frame, pongs included, proves the client is alive.
                         w.idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
@@ -761,8 +769,17 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     }
 
     /// Writes what is queued, then what the outbox holds, until the socket
-    /// is full or nothing is left.
+    /// is full or nothing is left. The batch list goes back to the thread
+    /// unless a write of it is still pending.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        let result = self.poll_write_batches(cx);
+        if self.batch.is_empty() && self.batch.capacity() > 0 {
+            scratch::give_back_batch(std::mem::take(&mut self.batch));
+        }
+        result
+    }
+
+    fn poll_write_batches(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
         loop {
             if self.socket.pending() > 0 {
                 let before = self.socket.queued_bytes();
@@ -803,6 +820,10 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
     /// Moves the outbox into the socket's queue (each event as its shared
     /// frame), through the pacer if the connection has a rate limit.
     fn drain(&mut self) -> Result<(), End> {
+        if self.batch.capacity() == 0 {
+            // Empty (drains wait for the batch before to be written).
+            self.batch = scratch::lend_batch();
+        }
         let status = self.sub.outbox().drain_into(&mut self.batch);
         if status.overflowed {
             return Err(self.overflowed());
@@ -918,10 +939,8 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             let queued = self.sub.outbox().queued_bytes() + self.socket.queued_bytes();
             self.guard.record_queued(queued as u64);
         }
+        // Written: the list goes back to the thread (`poll_write`).
         self.batch.clear();
-        if self.batch.capacity() > KEEP_BATCH_CAPACITY {
-            self.batch = Vec::new();
-        }
     }
 
     /// Queues a reply to the client inside the connection's byte budget
@@ -956,10 +975,12 @@ impl<'a, IO: AsyncRead + AsyncWrite + Unpin> Conn<'a, IO> {
             }
         }
         messages.drain(..handled);
-        if messages.is_empty() && messages.capacity() > KEEP_INCOMING_CAPACITY {
-            messages = Vec::new();
+        if messages.is_empty() {
+            scratch::give_back_incoming(messages);
+        } else {
+            // Behind a `refresh`: kept until its reply is queued.
+            self.incoming = messages;
         }
-        self.incoming = messages;
         end
     }
 

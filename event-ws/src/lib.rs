@@ -160,6 +160,7 @@ mod extensions;
 mod frame;
 mod handshake;
 mod protocol;
+mod scratch;
 mod socket;
 
 pub use auth::{bearer_protocol, credentials};

@@ -178,6 +178,15 @@ impl<T> Clone for Outgoing<T> {
 
 #[derive(Debug)]
 pub(crate) struct OutboxState<T> {
+    /// The oldest item, held inline while it is alone: a connection that
+    /// gets one event (or a lag marker) between drains, as an idle one gets
+    /// the periodic `QueueStatus`, never allocates `queue`. The items are
+    /// `head` then `queue`, in that order; `head` is empty only while
+    /// `queue` is too.
+    head: Option<Outgoing<T>>,
+    /// The items after `head`: allocated at the first push that finds
+    /// `head` taken, and kept (a busy connection does not allocate per
+    /// event).
     queue: VecDeque<Outgoing<T>>,
     bytes: usize,
     messages: usize,
@@ -199,6 +208,7 @@ pub(crate) struct OutboxState<T> {
 impl<T> Default for OutboxState<T> {
     fn default() -> Self {
         OutboxState {
+            head: None,
             queue: VecDeque::new(),
             bytes: 0,
             messages: 0,
@@ -206,6 +216,34 @@ impl<T> Default for OutboxState<T> {
             spill: None,
             dropped: 0,
             full_since: None,
+        }
+    }
+}
+
+impl<T> OutboxState<T> {
+    /// Appends `item` after everything held: into `head` if nothing is.
+    #[inline]
+    fn push_back(&mut self, item: Outgoing<T>) {
+        if self.head.is_none() {
+            self.head = Some(item);
+        } else {
+            self.queue.push_back(item);
+        }
+    }
+
+    /// The last item held.
+    fn back_mut(&mut self) -> Option<&mut Outgoing<T>> {
+        match self.queue.back_mut() {
+            Some(item) => Some(item),
+            None => self.head.as_mut(),
+        }
+    }
+
+    /// Moves every item held into `out`, in order. `queue` keeps its buffer.
+    fn drain_into(&mut self, out: &mut Vec<Outgoing<T>>) {
+        if let Some(head) = self.head.take() {
+            out.push(head);
+            out.extend(self.queue.drain(..));
         }
     }
 }
@@ -293,7 +331,7 @@ impl<T> Outbox<T> {
     /// pushes into its queue again.
     pub fn drain_into(&self, out: &mut Vec<Outgoing<T>>) -> DrainStatus {
         let mut st = self.lock();
-        out.extend(st.queue.drain(..));
+        st.drain_into(out);
         st.bytes = 0;
         st.messages = 0;
         st.full_since = None;
@@ -313,6 +351,13 @@ impl<T> Outbox<T> {
             overflowed: st.diverted,
             dropped,
         }
+    }
+
+    /// The room `queue` has, in items: 0 until two items were held at once
+    /// (for the tests that a lone event allocates nothing).
+    #[cfg(test)]
+    pub(crate) fn queue_capacity(&self) -> usize {
+        self.lock().queue.capacity()
     }
 
     /// How long the outbox has been full without a drain, if it is.
@@ -354,10 +399,10 @@ impl<T> Outbox<T> {
     }
 
     fn add_lag(st: &mut OutboxState<T>, missed: u64) {
-        if let Some(Outgoing::Lagged(n)) = st.queue.back_mut() {
+        if let Some(Outgoing::Lagged(n)) = st.back_mut() {
             *n += missed;
         } else {
-            st.queue.push_back(Outgoing::Lagged(missed));
+            st.push_back(Outgoing::Lagged(missed));
         }
     }
 
@@ -400,7 +445,7 @@ impl<T> Outbox<T> {
                 || (st.messages < self.limits.max_messages
                     && st.bytes.saturating_add(size) <= self.limits.max_bytes);
             if fits {
-                st.queue.push_back(Outgoing::Event(event.clone()));
+                st.push_back(Outgoing::Event(event.clone()));
                 st.messages += 1;
                 st.bytes += size;
                 return Pushed::KEPT;
@@ -432,5 +477,118 @@ impl<T> Outbox<T> {
                     .push(key, event, size, self.limits)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(policy: OverflowPolicy, max_messages: usize) -> Outbox<u32> {
+        Outbox::new(
+            OutboxLimits {
+                max_messages,
+                max_bytes: usize::MAX,
+            },
+            policy,
+        )
+    }
+
+    /// `n` per item, `lag<n>` per marker.
+    fn shape(out: &[Outgoing<u32>]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.to_string(),
+                Outgoing::Lagged(n) => format!("lag{n}"),
+            })
+            .collect()
+    }
+
+    fn drain(outbox: &Outbox<u32>) -> Vec<String> {
+        let mut out = Vec::new();
+        outbox.drain_into(&mut out);
+        shape(&out)
+    }
+
+    /// What keeps an idle connection small (BENCHMARKS.md, branch
+    /// `lone-event`): one event between drains is held inline, so the
+    /// periodic `QueueStatus` leaves no queue buffer behind.
+    #[test]
+    fn a_lone_event_allocates_no_queue() {
+        let outbox = outbox(OverflowPolicy::Coalesce, 8);
+        for i in 0..3 {
+            assert!(outbox.push(&Arc::new(i), 10));
+            assert_eq!(outbox.queue_capacity(), 0, "push {i}");
+            assert_eq!(outbox.queued_bytes(), 10);
+            assert_eq!(drain(&outbox), [i.to_string()]);
+            assert_eq!(outbox.queue_capacity(), 0, "drain {i}");
+            assert_eq!(outbox.queued_bytes(), 0);
+        }
+        // A lone lag marker, and one that later losses add to, too.
+        outbox.push_lagged(2);
+        outbox.push_lagged(3);
+        assert_eq!(outbox.queue_capacity(), 0);
+        assert_eq!(drain(&outbox), ["lag5"]);
+    }
+
+    #[test]
+    fn items_beyond_the_first_keep_their_order_and_the_queue_is_reused() {
+        let outbox = outbox(OverflowPolicy::Close, 8);
+        for i in 1..=3 {
+            outbox.push(&Arc::new(i), 1);
+        }
+        outbox.push_lagged(4);
+        outbox.push(&Arc::new(5), 1);
+        assert_eq!(drain(&outbox), ["1", "2", "3", "lag4", "5"]);
+        // The queue a burst allocated is kept for the next one (no
+        // allocation per event on a busy connection) …
+        let room = outbox.queue_capacity();
+        assert!(room >= 3);
+        outbox.push(&Arc::new(6), 1);
+        outbox.push(&Arc::new(7), 1);
+        assert_eq!(outbox.queue_capacity(), room);
+        assert_eq!(drain(&outbox), ["6", "7"]);
+        // … and a lone event still goes inline, in order with the rest.
+        outbox.push(&Arc::new(8), 1);
+        assert_eq!(drain(&outbox), ["8"]);
+    }
+
+    #[test]
+    fn a_lag_marker_behind_the_inline_item_counts_every_drop() {
+        let outbox = outbox(OverflowPolicy::DropAndCount, 1);
+        assert!(outbox.push(&Arc::new(1), 1));
+        assert!(!outbox.push(&Arc::new(2), 1));
+        assert!(!outbox.push(&Arc::new(3), 1));
+        outbox.push_lagged(4);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_into(&mut out).dropped, 2);
+        assert_eq!(shape(&out), ["1", "lag6"]);
+    }
+
+    #[test]
+    fn coalescing_behind_the_inline_item_keeps_it_first() {
+        // No keys: the excess is counted after what was queued.
+        let outbox = outbox(OverflowPolicy::Coalesce, 1);
+        outbox.push(&Arc::new(1), 1);
+        outbox.push(&Arc::new(2), 1);
+        let mut out = Vec::new();
+        let status = outbox.drain_into(&mut out);
+        assert_eq!((status.overflowed, status.dropped), (false, 1));
+        assert_eq!(shape(&out), ["1", "lag1"]);
+        assert_eq!(outbox.queue_capacity(), 0);
+        // Caught up: the next event is queued again.
+        outbox.push(&Arc::new(3), 1);
+        assert_eq!(drain(&outbox), ["3"]);
+    }
+
+    #[test]
+    fn close_overflows_behind_the_inline_item() {
+        let outbox = outbox(OverflowPolicy::Close, 1);
+        outbox.push(&Arc::new(1), 1);
+        assert!(!outbox.push(&Arc::new(2), 1));
+        assert!(outbox.is_overflowed());
+        let mut out = Vec::new();
+        assert!(outbox.drain_into(&mut out).overflowed);
+        assert_eq!(shape(&out), ["1"]);
     }
 }
