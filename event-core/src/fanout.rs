@@ -39,6 +39,7 @@
 
 mod coalesce;
 mod outbox;
+pub mod thread_list;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
