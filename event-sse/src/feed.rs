@@ -517,15 +517,14 @@ pub(crate) fn previous_on_bus(bus: &EventBus, seq: u64) -> Option<Arc<Event>> {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
-    use bytes::{Bytes, BytesMut};
+    use bytes::BytesMut;
     use event_core::{
         EventFilter, OverflowPolicy, Principal, QueueStatus, SubscribeOptions, WireForm,
     };
 
     use super::*;
-    use crate::stream::{Connection, StreamSettings};
+    use crate::stream::Connection;
 
     fn connection(bus: &EventBus, hub: &FanoutHub) -> Connection<HubFeed> {
         let options = SubscribeOptions {
@@ -544,19 +543,7 @@ mod tests {
             &Arc::new(AtomicUsize::new(0)),
             Slot(Arc::new(AtomicUsize::new(1))),
         );
-        Connection::new(
-            feed,
-            StreamSettings {
-                format: Format::V1,
-                heartbeat: Duration::from_secs(15),
-                stall_timeout: Duration::from_secs(30),
-                encoding: None,
-            },
-            Bytes::new(),
-            Box::pin(std::future::pending()),
-            None,
-            None,
-        )
+        Connection::for_test(feed)
     }
 
     /// What keeps an idle connection small (BENCHMARKS.md, branch

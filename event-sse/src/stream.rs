@@ -251,6 +251,25 @@ impl<F: Feed> Connection<F> {
         self.items.capacity()
     }
 
+    /// A V1 connection on `feed` with the default heartbeat and stall
+    /// timeout, nothing written first, never closed, no metrics (tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(feed: F) -> Self {
+        Connection::new(
+            feed,
+            StreamSettings {
+                format: crate::event::Format::V1,
+                heartbeat: Duration::from_secs(15),
+                stall_timeout: Duration::from_secs(30),
+                encoding: None,
+            },
+            Bytes::new(),
+            Box::pin(std::future::pending()),
+            None,
+            None,
+        )
+    }
+
     /// Frames (and drains) `items` into one chunk.
     fn frame_items(&mut self, items: &mut Vec<Item<F::Event>>) -> Option<Bytes> {
         if items.is_empty() {
@@ -465,19 +484,7 @@ mod tests {
     }
 
     fn connection(items: Vec<Item<Event>>) -> Connection<VecFeed> {
-        Connection::new(
-            VecFeed(items),
-            StreamSettings {
-                format: Format::V1,
-                heartbeat: Duration::from_secs(15),
-                stall_timeout: Duration::from_secs(30),
-                encoding: None,
-            },
-            Bytes::new(),
-            Box::pin(std::future::pending()),
-            None,
-            None,
-        )
+        Connection::for_test(VecFeed(items))
     }
 
     #[tokio::test]
