@@ -54,6 +54,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// The longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The longest a client waits for its next message (or SSE bytes). Longer
+/// than [`WAIT`] because a failover may silence a stream by design for
+/// longer than that on a loaded machine: an instance retries the stream's
+/// leader election for about 13 s before it delivers locally, and a
+/// consumer lost with its node is replaced after about 10 s
+/// (`event-nats`' crate docs). The drills typically see ≤ 6 s (printed);
+/// this bound only tells a hang from a slow failover. One CI run of the
+/// node drill hit the 20 s it was.
+const READ_WAIT: Duration = Duration::from_secs(45);
+
 /// An HTTP client for long-lived streams: no overall timeout (every read
 /// has its own deadline).
 fn stream_client() -> reqwest::Client {
@@ -249,7 +259,7 @@ impl Sse {
                 );
                 return Some(frame);
             }
-            let chunk = tokio::time::timeout(WAIT, self.body.next())
+            let chunk = tokio::time::timeout(READ_WAIT, self.body.next())
                 .await
                 .expect("no SSE data within the deadline");
             match chunk {
@@ -302,7 +312,7 @@ async fn ws_open(addr: std::net::SocketAddr) -> (WsStream, Value) {
 /// The next JSON text message; `None` when the socket ended or broke.
 async fn ws_json(ws: &mut WsStream) -> Option<Value> {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
+        let msg = tokio::time::timeout(READ_WAIT, ws.next())
             .await
             .expect("no WebSocket message within the deadline");
         match msg {
@@ -711,6 +721,34 @@ async fn finish(
     out
 }
 
+/// Until `stop`: the longest any client's `progress` stood still.
+fn longest_silence(
+    progress: Vec<Arc<AtomicUsize>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut last: Vec<(usize, Instant)> = progress
+            .iter()
+            .map(|p| (p.load(Ordering::SeqCst), Instant::now()))
+            .collect();
+        let mut longest = Duration::ZERO;
+        while !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now = Instant::now();
+            for (p, (count, since)) in progress.iter().zip(&mut last) {
+                let n = p.load(Ordering::SeqCst);
+                if n == *count {
+                    longest = longest.max(now - *since);
+                } else {
+                    *count = n;
+                    *since = now;
+                }
+            }
+        }
+        longest
+    })
+}
+
 fn acked_len(acked: &Acked) -> usize {
     acked.lock().unwrap().len()
 }
@@ -861,8 +899,8 @@ async fn nats_node_drill(kill_leader: bool) {
         ("RUST_LOG", "info,event_nats=debug".to_owned()),
     ];
     // One after the other: the first creates the replicated stream.
-    let a = instance(&stream, "a", &dir, &env).await;
-    let b = instance(&stream, "b", &dir, &env).await;
+    let mut a = instance(&stream, "a", &dir, &env).await;
+    let mut b = instance(&stream, "b", &dir, &env).await;
     const END: &str = "end";
     let (clients, progress) = steady_clients(&[&a, &b], 5, END).await;
 
@@ -883,6 +921,7 @@ async fn nats_node_drill(kill_leader: bool) {
         progress.iter().all(|p| p.load(Ordering::SeqCst) >= 200)
     })
     .await;
+    let silence = longest_silence(progress.clone(), stop.clone());
 
     // Choose the node, kill it, publish on for 600 events, bring it back,
     // publish 400 more.
@@ -944,6 +983,7 @@ async fn nats_node_drill(kill_leader: bool) {
         .await
         .expect("the publisher stops")
         .unwrap();
+    let silence = silence.await.unwrap();
 
     // A 202 means "queued for JetStream": an instance whose publisher is
     // still retrying (a leader election) stores its backlog later, after
@@ -989,7 +1029,6 @@ async fn nats_node_drill(kill_leader: bool) {
     let new_leader = nats.stream_leader(stream.stream()).await;
 
     // Every client reads up to the end marker …
-    let (mut a, mut b) = (a, b);
     let deadline = Instant::now() + WAIT;
     while !clients.iter().all(|(_, _, task)| task.is_finished()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1042,7 +1081,8 @@ async fn nats_node_drill(kill_leader: bool) {
          {connected:?}) killed for {:.1} s (leader after: {:?}); {} events acknowledged at 200 \
          events/s ({} while the node was down); {}all of them in the stream {:.1} s after the \
          kill (checked from when publishing stopped), 0 local-only, every one at all {} clients \
-         of both instances exactly once",
+         of both instances exactly once; the longest a client went without an event while \
+         publishing: {:.1} s",
         if kill_leader { "leader" } else { "follower" },
         nats.name(victim),
         down_for.as_secs_f64(),
@@ -1055,6 +1095,7 @@ async fn nats_node_drill(kill_leader: bool) {
         )),
         stored_after.as_secs_f64(),
         results.len(),
+        silence.as_secs_f64(),
     );
     drop((a, b));
     drop(stream); // deleted while the NATS cluster still runs
