@@ -5,8 +5,9 @@
 //! (BENCHMARKS.md is not touched); `--only idle` does the same for
 //! measurement 2, adding a run per transport; `--only latency` runs the
 //! fan-out pairs at the lowest rate (where the p99 ratio is judged), with
-//! the server's profile unless `--no-profile`; `--only saturation` runs two
-//! floor/event-server pairs at 10,000 events/s and prints the fan-out
+//! the server's profile unless `--no-profile`; `--only saturation` runs three
+//! floor/event-server pairs at 10,000 events/s (judged by their median, as
+//! in a full run) and prints the fan-out
 //! table with the publisher-starvation targets (publish acceptance and
 //! p99, deliveries vs the floor); `--only embed` runs the
 //! fan-out (one pair per rate) and idle measurements with their embed-axum
@@ -664,7 +665,7 @@ fn saturation_only(plan: &Plan) -> Result<(), String> {
     let load_before = sh("cut -d' ' -f1-3 /proc/loadavg");
     let started = Instant::now();
     let plan = Plan {
-        latency_rounds: 2,
+        latency_rounds: 3,
         profile: false,
         ..plan.clone()
     };
