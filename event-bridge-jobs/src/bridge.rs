@@ -54,9 +54,10 @@ pub struct JobBridgeConfig {
     ///
     /// The tick is skipped when another producer's unscoped `QueueStatus`
     /// reached the bus within it — in a cluster, another instance's tick,
-    /// which this instance's clients received too — and comes one tick after
-    /// that status instead. So a cluster's clients get about one periodic
-    /// status per tick, not one per instance.
+    /// which this instance's clients received too — and comes a quarter
+    /// tick after that producer's next status is due instead. So a
+    /// cluster's clients get about one periodic status per tick, not one per
+    /// instance (at most a tick and a quarter apart).
     pub queue_status_tick: Duration,
     /// A running job with no worker event for this long is forgotten (its
     /// terminal event was probably lost). Default 30 min.
@@ -320,15 +321,18 @@ impl Runner {
                         self.core.resync(&status, worker.len());
                     }
                     let now = Instant::now();
-                    match self.foreign_status_age() {
-                        Some(age) if age < self.tick => {
+                    let latest = self.bus.latest(EventKind::QueueStatus);
+                    let wall = time::OffsetDateTime::now_utc();
+                    match tick_decision(latest.as_deref(), self.own_status, wall, self.tick) {
+                        Tick::PutOff(wait) => {
                             // Another instance's status already reached
-                            // this instance's clients: a tick now would
-                            // repeat it. Counts that changed still go out.
+                            // this instance's clients (or will first): a
+                            // tick now would repeat it. Counts that changed
+                            // still go out.
                             self.core.status_changed(now, &mut self.out);
-                            next_tick = Some(now + (self.tick - age));
+                            next_tick = Some(now + wait);
                         }
-                        _ => {
+                        Tick::Publish => {
                             self.core.publish_status(now, false, &mut self.out);
                             next_tick = Some(now + self.tick);
                         }
@@ -369,13 +373,6 @@ impl Runner {
             .publish_status(Instant::now(), true, &mut self.out);
     }
 
-    /// How long ago the bus's latest `QueueStatus` was published, if another
-    /// producer published it (see [`foreign_status_age`]).
-    fn foreign_status_age(&self) -> Option<Duration> {
-        let latest = self.bus.latest(EventKind::QueueStatus)?;
-        foreign_status_age(&latest, self.own_status, time::OffsetDateTime::now_utc())
-    }
-
     fn publish(&mut self) {
         for event in self.out.drain(..) {
             let is_status = matches!(event, ServerEvent::QueueStatus(_));
@@ -391,6 +388,44 @@ impl Runner {
             *c = counts;
             changed
         });
+    }
+}
+
+/// What a bridge does when its periodic tick is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tick {
+    /// Publish the periodic status; the next tick is a tick later.
+    Publish,
+    /// Skip it (another producer's status stands in); tick after this long.
+    PutOff(Duration),
+}
+
+/// The tick's decision at `now`, given the bus's latest `QueueStatus` and
+/// the id of the bridge's own last one.
+///
+/// A status from another producer younger than the tick stands in for it
+/// (see [`foreign_status_age`]). The bridge then ticks a quarter tick after
+/// the other's *next* status is due, not at the same moment: by then that
+/// status has crossed to this instance and stands in again, so the other
+/// instance leads and this one keeps following. Ticking at the same moment
+/// put both in phase, where neither saw the other's status of that tick
+/// and both went out every time (the two-instance cluster test).
+///
+/// Instances can still be in phase (they started so, or a status crossed
+/// late): the other's status is then about a tick old. Every instance sees
+/// the same latest status (the stream's order), so the one that sent it
+/// ticks and the others step back a quarter tick, to follow it from then on.
+fn tick_decision(
+    latest: Option<&Event>,
+    own: Option<Uuid>,
+    now: time::OffsetDateTime,
+    tick: Duration,
+) -> Tick {
+    let margin = tick / 4;
+    match latest.and_then(|latest| foreign_status_age(latest, own, now)) {
+        Some(age) if age < tick => Tick::PutOff(tick - age + margin),
+        Some(age) if age < tick + margin => Tick::PutOff(margin),
+        _ => Tick::Publish,
     }
 }
 
@@ -536,6 +571,54 @@ mod tests {
         // A publisher whose clock runs ahead: as if just published.
         let ahead = status_at(now + time::Duration::seconds(3), EventMeta::default());
         assert_eq!(foreign_status_age(&ahead, None, now), Some(Duration::ZERO));
+    }
+
+    const TICK: Duration = Duration::from_secs(4);
+
+    #[test]
+    fn a_follower_ticks_a_quarter_tick_after_the_leaders_next_status() {
+        let now = time::OffsetDateTime::now_utc();
+        let none = tick_decision(None, None, now, TICK);
+        assert_eq!(none, Tick::Publish);
+        // The other's status 3 s old: its next is due in 1 s; tick 1 s later.
+        let recent = status_at(now - time::Duration::seconds(3), EventMeta::default());
+        assert_eq!(
+            tick_decision(Some(&recent), None, now, TICK),
+            Tick::PutOff(Duration::from_secs(2))
+        );
+        // Following: the leader's status a quarter tick old puts it off a tick.
+        let leader = status_at(now - time::Duration::seconds(1), EventMeta::default());
+        let own = Some(Uuid::now_v7());
+        assert_eq!(
+            tick_decision(Some(&leader), own, now, TICK),
+            Tick::PutOff(TICK)
+        );
+        // The bridge's own status, or one older than a tick and a quarter: tick.
+        assert_eq!(
+            tick_decision(Some(&recent), Some(recent.id()), now, TICK),
+            Tick::Publish
+        );
+        let old = status_at(now - time::Duration::seconds(6), EventMeta::default());
+        assert_eq!(tick_decision(Some(&old), own, now, TICK), Tick::Publish);
+    }
+
+    #[test]
+    fn of_instances_in_phase_the_one_that_sent_the_latest_status_ticks() {
+        let now = time::OffsetDateTime::now_utc();
+        // Both ticked a tick (and a little) ago; B's status came last.
+        let at = now - time::Duration::milliseconds(4_010);
+        let (a, b) = (
+            status_at(at, EventMeta::default()),
+            status_at(at, EventMeta::default()),
+        );
+        assert_eq!(
+            tick_decision(Some(&b), Some(a.id()), now, TICK),
+            Tick::PutOff(TICK / 4)
+        );
+        assert_eq!(
+            tick_decision(Some(&b), Some(b.id()), now, TICK),
+            Tick::Publish
+        );
     }
 
     #[test]

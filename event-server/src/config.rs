@@ -483,6 +483,14 @@ pub struct Config {
     #[arg(long = "demo-max-queued-jobs", env = "DEMO_MAX_QUEUED_JOBS", default_value = "1000", value_parser = non_zero)]
     pub demo_max_queued_jobs: usize,
 
+    /// Milliseconds between the job bridge's periodic `QueueStatus` to the
+    /// clients (100–3,600,000), sent while the instance has any (feature
+    /// `jobs`). In a cluster an instance skips its tick while another
+    /// instance's status reached it within the tick, so clients get one per
+    /// tick, not one per instance (docs/cluster.md).
+    #[arg(long = "queue-status-tick-ms", env = "QUEUE_STATUS_TICK_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub queue_status_tick_ms: u64,
+
     /// Milliseconds between two `stats` frames of `GET /api/v1/stats/stream`
     /// (the dashboard's charts), 250–60,000. The counters are collected once
     /// per interval for all open streams, and only while one is open.
@@ -882,6 +890,19 @@ mod tests {
         assert!(parse(&["--webhook-endpoint-concurrency", "1025"]).is_err());
         let c = parse(&["--webhook-endpoint-concurrency", "16"]).unwrap();
         assert_eq!(c.webhook_endpoint_concurrency, 16);
+    }
+
+    #[test]
+    fn queue_status_tick_has_a_default_and_bounds() {
+        assert_eq!(parse(&[]).unwrap().queue_status_tick_ms, 5000);
+        for ms in [100, 3_600_000] {
+            let c = parse(&["--queue-status-tick-ms", &ms.to_string()]).unwrap();
+            assert_eq!(c.queue_status_tick_ms, ms);
+        }
+        for ms in ["99", "3600001", "0"] {
+            let err = parse(&["--queue-status-tick-ms", ms]).unwrap_err();
+            assert!(err.contains("QUEUE_STATUS_TICK_MS"), "{ms}: {err}");
+        }
     }
 
     #[test]

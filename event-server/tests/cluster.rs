@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use event_core::{Cursor, EventKind};
 use event_nats::testing::{PrivateNats, nats_url};
-use event_server::testing::{Server, client};
+use event_server::testing::{Server, client, next_where};
 
 #[path = "common/stream.rs"]
 mod stream;
@@ -529,4 +529,57 @@ async fn instances_recover_from_a_nats_restart_without_restarting() {
     a.shutdown().await;
     b.shutdown().await;
     drop(stream); // deleted while this NATS still runs
+}
+
+/// The job bridge's periodic `QueueStatus` (issue 23): with two instances
+/// on one stream, a client gets one status per tick, not one from each
+/// instance. Both instances have a client, so both bridges tick; each puts
+/// its tick off while the other's status, which reached its bus through the
+/// stream, is younger than the tick. Without that rule A's bus (and so its
+/// clients) gets A's statuses and B's: ten within about five ticks.
+#[tokio::test]
+async fn two_instances_send_their_clients_one_periodic_queue_status_per_tick() {
+    let Some(url) = nats_url("two_instances_send_their_clients_one_periodic_queue_status_per_tick")
+    else {
+        return;
+    };
+    const TICK_MS: u64 = 500;
+    let tick = Duration::from_millis(TICK_MS);
+    let stream = TestStream::new(&url);
+    let flags = ["--queue-status-tick-ms", &TICK_MS.to_string()];
+    let mut a = stream.with_flags(&flags).await;
+    let mut b = stream.with_flags(&flags).await;
+    // A client on each: a bridge ticks only while its instance has one.
+    let _ws_a = WsClient::connect(&a).await;
+    let _ws_b = WsClient::connect(&b).await;
+    let (mut on_a, mut on_b) = (a.bus.subscribe(), b.bus.subscribe());
+    let is_status = |e: &event_core::Event| e.kind() == EventKind::QueueStatus;
+
+    // Eleven statuses on A's bus: spaced a tick apart they span ten ticks
+    // (less only if a status took longer than a tick to cross, which makes
+    // both instances tick).
+    let first = next_where(&mut on_a, is_status).await;
+    let started = tokio::time::Instant::now();
+    let mut ids = HashSet::from([first.id()]);
+    for _ in 0..10 {
+        ids.insert(next_where(&mut on_a, is_status).await.id());
+    }
+    let span = started.elapsed();
+    assert!(
+        span >= tick * 7,
+        "ten periodic statuses came within {span:?} ({:.1} ticks): both instances ticked",
+        span.as_secs_f64() / tick.as_secs_f64()
+    );
+    // They are the cluster's statuses, not A's alone: B's bus has them too
+    // (else each instance would tick on its own, one per tick each, and the
+    // spacing above would prove nothing).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ids.is_empty() {
+        let on_b = tokio::time::timeout_at(deadline, next_where(&mut on_b, is_status))
+            .await
+            .unwrap_or_else(|_| panic!("{} of A's statuses never reached B", ids.len()));
+        ids.remove(&on_b.id());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -201,7 +201,11 @@ impl Assembly<'_> {
     #[cfg(feature = "jobs")]
     pub(super) async fn mount_jobs(&mut self) -> Result<(), crate::error::ServerError> {
         use event_bridge_jobs::{JobBridge, JobBridgeConfig};
-        let bridge = JobBridge::new(&self.bus, &self.registry, JobBridgeConfig::default())
+        let config = JobBridgeConfig {
+            queue_status_tick: Duration::from_millis(self.config.queue_status_tick_ms),
+            ..JobBridgeConfig::default()
+        };
+        let bridge = JobBridge::new(&self.bus, &self.registry, config)
             .with_cancellation(self.cancel.child_token());
         let bridge = self.start_worker(bridge).await?;
         self.queue = Some(bridge.queue_snapshot());
