@@ -131,8 +131,40 @@ pub fn gauge_of(metrics: &str) -> Option<f64> {
     found
 }
 
+/// The events a bus has carried, from a `/metrics` text: the sum of
+/// `matric_events_published_total` over its event types (in cluster mode
+/// the events received through NATS count too).
+pub fn bus_events_of(metrics: &str) -> Option<f64> {
+    let mut found = None;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("matric_events_published_total") else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// The replay ring's default count bound (`EVENT_REPLAY_SIZE`), which the
+/// bench leaves as it is.
+const REPLAY_SIZE: f64 = 1024.0;
+
 /// A server's connection gauge (`GET /metrics`).
 fn gauge(server: &Server) -> Option<f64> {
+    gauge_of(&metrics(server)?)
+}
+
+/// A server's `GET /metrics` text.
+fn metrics(server: &Server) -> Option<String> {
     let addr: SocketAddr = server.url.strip_prefix("http://")?.parse().ok()?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     stream
@@ -145,7 +177,7 @@ fn gauge(server: &Server) -> Option<f64> {
     .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    gauge_of(&text)
+    Some(text)
 }
 
 /// A `loadgen --subscribe` process: its stdin (the stop line) and its JSON
@@ -290,6 +322,9 @@ struct Phase {
     gauge_open: Option<f64>,
     gauges_end: Vec<Option<f64>>,
     gauge_zero_s: Option<f64>,
+    /// Per instance after the close, the events its replay ring holds: the
+    /// events its bus carried, at most [`REPLAY_SIZE`] (event-server only).
+    ring_events: Vec<f64>,
     fanout: Option<Value>,
     error: Option<String>,
 }
@@ -464,6 +499,17 @@ fn phase_inner(
     }
     std::thread::sleep(Duration::from_secs(2));
     p.rss_end_kib = Some(rss(&servers));
+    if kind == ServerKind::Ours {
+        // The replay ring's events, with their cached renderings, stay after
+        // the close, and keep the worker arenas' pages they sit on resident
+        // (BENCHMARKS.md, branch `close-fanout`): legitimate retained data
+        // that "RSS after close" includes.
+        p.ring_events = servers
+            .iter()
+            .filter_map(|s| bus_events_of(&metrics(s)?))
+            .map(|n| n.min(REPLAY_SIZE))
+            .collect();
+    }
     for s in servers {
         s.stop();
     }
@@ -508,14 +554,17 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| run | processes | connections | established | failed | connect s | RSS start MiB | RSS growth per connection, bytes | × floor | gauge open | gauges after close | gauge 0 after s | RSS after close vs start |"
+        "| run | processes | connections | established | failed | connect s | RSS start MiB | RSS growth per connection, bytes | × floor | gauge open | gauges after close | gauge 0 after s | RSS after close vs start | replay ring events per instance after close |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for p in phases {
         if let Some(e) = &p.error {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | failed: {e} |||||||||",
+                "| {} | {} | {} | failed: {e} ||||||||||",
                 p.label, p.processes, p.connections
             );
             continue;
@@ -526,9 +575,10 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
             .rss_end_kib
             .map(|e| (e as f64 / p.rss_start_kib.max(1) as f64 - 1.0) * 100.0);
         let gauges: Vec<String> = p.gauges_end.iter().map(|g| fmt(*g, 0)).collect();
+        let ring = ring_range(&p.ring_events);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.label,
             p.processes,
             fmt(Some(p.connections as f64), 0),
@@ -543,6 +593,7 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
             fmt(p.gauge_zero_s, 1),
             end.map(|e| format!("{e:+.1} %"))
                 .unwrap_or_else(|| "–".to_owned()),
+            ring,
         );
     }
     for p in phases {
@@ -570,6 +621,24 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
         );
     }
     s
+}
+
+/// `min–max` of the instances' ring counts (`n` when all are equal, `–`
+/// when none was read).
+fn ring_range(counts: &[f64]) -> String {
+    let min = counts
+        .iter()
+        .copied()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
+    let max = counts
+        .iter()
+        .copied()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    match (min, max) {
+        (Some(a), Some(b)) if a == b => fmt(Some(a), 0),
+        (Some(a), Some(b)) => format!("{}–{}", fmt(Some(a), 0), fmt(Some(b), 0)),
+        _ => "–".to_owned(),
+    }
 }
 
 /// The value after `flag` in `args`.
@@ -753,6 +822,20 @@ mod tests {
         let info = nats_request(&format!("$JS.API.STREAM.INFO.{name}"), "").unwrap();
         assert!(info.contains("stream not found"), "{info}");
         assert!(delete_stream(&name).is_err());
+    }
+
+    #[test]
+    fn the_bus_events_are_the_sum_over_event_types() {
+        let text = "# TYPE matric_events_published_total counter\n\
+                    matric_events_published_total{event_type=\"JobProgress\"} 82\n\
+                    matric_events_published_total{event_type=\"QueueStatus\"} 27\n\
+                    matric_events_published_totally 5\n\
+                    matric_nats_received_total 111\n";
+        assert_eq!(bus_events_of(text), Some(109.0));
+        assert_eq!(bus_events_of("other 1\n"), None);
+        assert_eq!(ring_range(&[109.0, 111.0, 109.0]), "109–111");
+        assert_eq!(ring_range(&[5.0, 5.0]), "5");
+        assert_eq!(ring_range(&[]), "–");
     }
 
     #[test]
