@@ -108,38 +108,31 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The sum of the WebSocket and SSE connection gauges in a `/metrics` text.
 pub fn gauge_of(metrics: &str) -> Option<f64> {
-    let mut found = None;
-    for line in metrics.lines() {
-        let Some(rest) = line
-            .strip_prefix("matric_ws_connections_active")
-            .or_else(|| line.strip_prefix("matric_sse_connections_active"))
-        else {
-            continue;
-        };
-        // `name value` or `name{labels} value`.
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
-            continue;
-        }
-        if let Some(v) = rest
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
-            found = Some(found.unwrap_or(0.0) + v);
-        }
-    }
-    found
+    sum_of(
+        metrics,
+        &[
+            "matric_ws_connections_active",
+            "matric_sse_connections_active",
+        ],
+    )
 }
 
 /// The events a bus has carried, from a `/metrics` text: the sum of
 /// `matric_events_published_total` over its event types (in cluster mode
 /// the events received through NATS count too).
 pub fn bus_events_of(metrics: &str) -> Option<f64> {
+    sum_of(metrics, &["matric_events_published_total"])
+}
+
+/// The sum of the samples of the metrics `names` (any labels) in a
+/// `/metrics` text; `None` when there is none.
+fn sum_of(metrics: &str, names: &[&str]) -> Option<f64> {
     let mut found = None;
     for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("matric_events_published_total") else {
+        let Some(rest) = names.iter().find_map(|name| line.strip_prefix(name)) else {
             continue;
         };
+        // `name value` or `name{labels} value`.
         if !(rest.starts_with(' ') || rest.starts_with('{')) {
             continue;
         }
