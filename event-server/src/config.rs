@@ -485,9 +485,10 @@ pub struct Config {
 
     /// Milliseconds between the job bridge's periodic `QueueStatus` to the
     /// clients (100–3,600,000), sent while the instance has any (feature
-    /// `jobs`). In a cluster an instance skips its tick while another
-    /// instance's status reached it within the tick, so clients get one per
-    /// tick, not one per instance (docs/cluster.md).
+    /// `jobs`). In a cluster an instance that sees another instance's status
+    /// younger than the tick puts its own off until a quarter tick after the
+    /// other's next one is due, so clients get one per tick, not one per
+    /// instance, and at most 1.25 ticks apart (docs/cluster.md).
     #[arg(long = "queue-status-tick-ms", env = "QUEUE_STATUS_TICK_MS", default_value = "5000", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub queue_status_tick_ms: u64,
 
