@@ -137,6 +137,52 @@ struct BusInner {
     /// [`LogWriter`](crate::log::LogWriter) runs.
     durability: RwLock<Option<Durability>>,
     first_seq: u64,
+    /// `matric_replay_ring_events` and `matric_replay_ring_bytes`, read
+    /// from the ring when a reader collects (kept only to stay registered).
+    _gauges: [opentelemetry::metrics::ObservableGauge<u64>; 2],
+}
+
+fn lock_state(inner: &BusInner) -> MutexGuard<'_, BusState> {
+    // A panic while holding this lock could only come from an allocation
+    // failure; the state is still consistent (each step is a single
+    // assignment), so keep going rather than poisoning every publisher.
+    inner
+        .state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The replay ring's gauges, observed through a weak handle so that they
+/// do not keep the bus alive.
+fn ring_gauges(
+    bus: &std::sync::Weak<BusInner>,
+) -> [opentelemetry::metrics::ObservableGauge<u64>; 2] {
+    let meter = crate::metrics::meter();
+    let gauge = |name: &'static str, description: &'static str, read: fn(&ReplayRing) -> usize| {
+        let weak = bus.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |observer| {
+                if let Some(inner) = weak.upgrade() {
+                    let value = read(&lock_state(&inner).ring);
+                    observer.observe(u64::try_from(value).unwrap_or(u64::MAX), &[]);
+                }
+            })
+            .build()
+    };
+    [
+        gauge(
+            crate::metrics::REPLAY_RING_EVENTS,
+            "Events the replay ring holds",
+            ReplayRing::len,
+        ),
+        gauge(
+            crate::metrics::REPLAY_RING_BYTES,
+            "The summed weight of the events the replay ring holds (bounded by EVENT_REPLAY_MAX_BYTES)",
+            ReplayRing::bytes,
+        ),
+    ]
 }
 
 /// An external sequencer for a bus: a shared log (e.g. a NATS JetStream
@@ -232,7 +278,7 @@ impl EventBus {
         };
         let (sender, _) = broadcast::channel(capacity);
         EventBus {
-            inner: Arc::new(BusInner {
+            inner: Arc::new_cyclic(|weak| BusInner {
                 state: Mutex::new(BusState {
                     next_seq: first_seq,
                     ring: ReplayRing::starting_at(config.replay_size, first_seq),
@@ -247,18 +293,13 @@ impl EventBus {
                 upstream: RwLock::new(None),
                 durability: RwLock::new(None),
                 first_seq,
+                _gauges: ring_gauges(weak),
             }),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, BusState> {
-        // A panic while holding this lock could only come from an allocation
-        // failure; the state is still consistent (each step is a single
-        // assignment), so keep going rather than poisoning every publisher.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_state(&self.inner)
     }
 
     /// Publishes an unscoped event caused by the system.

@@ -75,6 +75,11 @@ pub const LOG_PENDING: &str = "matric_log_pending";
 pub const LOG_FIRST_SEQ: &str = "matric_log_first_seq";
 /// Gauge: sequence number of the newest committed event.
 pub const LOG_LAST_SEQ: &str = "matric_log_last_seq";
+/// Gauge: events the bus's replay ring holds.
+pub const REPLAY_RING_EVENTS: &str = "matric_replay_ring_events";
+/// Gauge: the summed weight of the events the replay ring holds (what
+/// `EVENT_REPLAY_MAX_BYTES` bounds).
+pub const REPLAY_RING_BYTES: &str = "matric_replay_ring_bytes";
 /// Gauge: events stored in the log.
 pub const LOG_EVENTS: &str = "matric_log_events";
 /// Gauge: bytes of envelope JSON stored in the log.

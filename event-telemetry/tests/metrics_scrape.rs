@@ -128,8 +128,19 @@ async fn scrape_reports_every_protocol_metric_with_exact_values() {
     }
     lag_runner.shutdown(Duration::from_secs(5)).await;
     assert_eq!(lag_stats.snapshot().lagged, 6);
+    // Only `bus` is left to report its replay ring (a dropped bus reports
+    // nothing): the eight events it retains, and their weight.
+    drop(small);
 
     let s = scrape(addr).await;
+
+    assert_eq!(s.kind("matric_replay_ring_events"), Some("gauge"));
+    assert_eq!(s.value("matric_replay_ring_events", &[]), Some(8.0));
+    assert_eq!(
+        s.value("matric_replay_ring_bytes", &[]),
+        Some(bus.retained_bytes() as f64)
+    );
+    assert!(bus.retained_bytes() > 0);
 
     // Gauges back to 0, closes counted by reason.
     assert_eq!(s.value("matric_ws_connections_active", &[]), Some(0.0));

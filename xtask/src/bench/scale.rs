@@ -117,11 +117,10 @@ pub fn gauge_of(metrics: &str) -> Option<f64> {
     )
 }
 
-/// The events a bus has carried, from a `/metrics` text: the sum of
-/// `matric_events_published_total` over its event types (in cluster mode
-/// the events received through NATS count too).
-pub fn bus_events_of(metrics: &str) -> Option<f64> {
-    sum_of(metrics, &["matric_events_published_total"])
+/// The events a server's replay ring holds, from a `/metrics` text
+/// (`matric_replay_ring_events`).
+pub fn ring_events_of(metrics: &str) -> Option<f64> {
+    sum_of(metrics, &["matric_replay_ring_events"])
 }
 
 /// The sum of the samples of the metrics `names` (any labels) in a
@@ -146,10 +145,6 @@ fn sum_of(metrics: &str, names: &[&str]) -> Option<f64> {
     }
     found
 }
-
-/// The replay ring's default count bound (`EVENT_REPLAY_SIZE`), which the
-/// bench leaves as it is.
-const REPLAY_SIZE: f64 = 1024.0;
 
 /// A server's connection gauge (`GET /metrics`).
 fn gauge(server: &Server) -> Option<f64> {
@@ -315,8 +310,8 @@ struct Phase {
     gauge_open: Option<f64>,
     gauges_end: Vec<Option<f64>>,
     gauge_zero_s: Option<f64>,
-    /// Per instance after the close, the events its replay ring holds: the
-    /// events its bus carried, at most [`REPLAY_SIZE`] (event-server only).
+    /// Per instance after the close, the events its replay ring holds
+    /// (event-server only).
     ring_events: Vec<f64>,
     fanout: Option<Value>,
     error: Option<String>,
@@ -499,8 +494,7 @@ fn phase_inner(
         // that "RSS after close" includes.
         p.ring_events = servers
             .iter()
-            .filter_map(|s| bus_events_of(&metrics(s)?))
-            .map(|n| n.min(REPLAY_SIZE))
+            .filter_map(|s| ring_events_of(&metrics(s)?))
             .collect();
     }
     for s in servers {
@@ -619,18 +613,13 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
 /// `min–max` of the instances' ring counts (`n` when all are equal, `–`
 /// when none was read).
 fn ring_range(counts: &[f64]) -> String {
-    let min = counts
-        .iter()
-        .copied()
-        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x))));
-    let max = counts
-        .iter()
-        .copied()
-        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
-    match (min, max) {
-        (Some(a), Some(b)) if a == b => fmt(Some(a), 0),
-        (Some(a), Some(b)) => format!("{}–{}", fmt(Some(a), 0), fmt(Some(b), 0)),
-        _ => "–".to_owned(),
+    let range = counts.iter().fold(None, |r: Option<(f64, f64)>, &x| {
+        Some(r.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x))))
+    });
+    match range {
+        Some((a, b)) if a == b => fmt(Some(a), 0),
+        Some((a, b)) => format!("{}–{}", fmt(Some(a), 0), fmt(Some(b), 0)),
+        None => "–".to_owned(),
     }
 }
 
@@ -818,14 +807,13 @@ mod tests {
     }
 
     #[test]
-    fn the_bus_events_are_the_sum_over_event_types() {
-        let text = "# TYPE matric_events_published_total counter\n\
-                    matric_events_published_total{event_type=\"JobProgress\"} 82\n\
-                    matric_events_published_total{event_type=\"QueueStatus\"} 27\n\
-                    matric_events_published_totally 5\n\
-                    matric_nats_received_total 111\n";
-        assert_eq!(bus_events_of(text), Some(109.0));
-        assert_eq!(bus_events_of("other 1\n"), None);
+    fn the_ring_events_are_read_from_their_gauge() {
+        let text = "# TYPE matric_replay_ring_events gauge\n\
+                    matric_replay_ring_events 109\n\
+                    matric_replay_ring_events_other 5\n\
+                    matric_replay_ring_bytes 279040\n";
+        assert_eq!(ring_events_of(text), Some(109.0));
+        assert_eq!(ring_events_of("other 1\n"), None);
         assert_eq!(ring_range(&[109.0, 111.0, 109.0]), "109–111");
         assert_eq!(ring_range(&[5.0, 5.0]), "5");
         assert_eq!(ring_range(&[]), "–");
