@@ -36,8 +36,9 @@
 //! (histogram, label `transport`; for `ws` and `sse` one sample per write to
 //! a client socket, for the oldest event in it), plus `matric_webhook_queue_depth` (gauge),
 //! `matric_bus_lagged_events_total{consumer}`,
-//! `matric_connections_closed_total{transport,reason}` and
-//! `matric_sse_replays_total{replay}`.
+//! `matric_connections_closed_total{transport,reason}`,
+//! `matric_sse_replays_total{replay}`, and the bus's own
+//! `matric_replay_ring_events` and `matric_replay_ring_bytes` (gauges).
 //!
 //! ## Example
 //!
