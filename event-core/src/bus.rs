@@ -781,6 +781,57 @@ impl EventBus {
         self.state().ring.bytes()
     }
 
+    /// Copies every event the replay ring holds into allocations made on
+    /// the calling thread and puts the copies in the originals' places
+    /// (also where one is the latest of its kind); returns how many were
+    /// replaced. Subscribers that still hold an original keep it.
+    ///
+    /// For a host that returns freed memory to the system after many
+    /// connections closed: each retained event's renderings were allocated
+    /// by a worker thread among the connections' buffers while it was
+    /// delivered, and once those buffers are freed each rendering keeps its
+    /// page resident — 6–12 times its own size (BENCHMARKS.md, branch
+    /// `close-fanout`). Called on a thread of its own (a blocking one)
+    /// just before the trim, the copies land in that thread's memory and
+    /// the pages the originals pinned can be returned. The copying happens
+    /// outside the bus's lock, 64 events at a time; publishers wait only
+    /// for each chunk's swap.
+    pub fn relocate_retained(&self) -> usize {
+        // In chunks, so that at most one chunk's originals and copies
+        // exist side by side (not the whole ring twice, up to
+        // `EVENT_REPLAY_MAX_BYTES` more), and the lock is taken briefly.
+        const CHUNK: usize = 64;
+        let mut done = 0;
+        let mut after = 0;
+        loop {
+            let originals: Vec<Arc<Event>> = {
+                let state = self.state();
+                let ring = &state.ring;
+                let from = ring.iter().position(|e| e.seq() > after);
+                from.map_or_else(Vec::new, |from| {
+                    ring.iter().skip(from).take(CHUNK).cloned().collect()
+                })
+            };
+            let Some(last) = originals.last() else {
+                return done;
+            };
+            after = last.seq();
+            let copies: Vec<Arc<Event>> =
+                originals.iter().map(|e| Arc::new(e.relocated())).collect();
+            let mut state = self.state();
+            for copy in copies {
+                for latest in state.latest.iter_mut().flatten() {
+                    if latest.seq() == copy.seq() {
+                        *latest = copy.clone();
+                    }
+                }
+                done += usize::from(state.ring.replace(copy).is_some());
+            }
+            drop(state);
+            // The chunk's originals are freed here, outside the lock.
+        }
+    }
+
     /// The replay ring's byte bound. Default [`DEFAULT_REPLAY_MAX_BYTES`]
     /// (64 MiB).
     pub fn replay_max_bytes(&self) -> usize {
@@ -891,6 +942,37 @@ mod tests {
             second.seq()
         );
         assert!(bus.latest(EventKind::JobQueued).is_none());
+    }
+
+    #[test]
+    fn relocating_the_retained_events_puts_equal_copies_in_their_places() {
+        let bus = bus(4, 3);
+        let originals: Vec<Arc<Event>> = (0..5)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect();
+        for ev in &originals {
+            let _ = ev.json();
+        }
+        assert_eq!(bus.relocate_retained(), 3);
+        let retained = bus.history(None, 10).unwrap();
+        assert_eq!(retained.len(), 3);
+        for (now, before) in retained.iter().zip(&originals[2..]) {
+            assert_eq!(now.seq(), before.seq());
+            assert_eq!(now.json(), before.json());
+            assert!(!Arc::ptr_eq(now, before), "seq {} not replaced", now.seq());
+        }
+        // The latest of its kind is the ring's copy, not the original.
+        let latest = bus.latest(EventKind::QueueStatus).unwrap();
+        assert!(Arc::ptr_eq(&latest, &retained[2]));
+        // The ring's bookkeeping is unchanged: cursors and the next event.
+        assert_eq!(
+            bus.replay_since(&Cursor::Seq(originals[2].seq()))
+                .unwrap()
+                .len(),
+            2
+        );
+        let next = bus.publish(QueueStatus::new(9, 0));
+        assert_eq!(next.seq(), originals[4].seq() + 1);
     }
 
     struct Collect(Mutex<Vec<Arc<Event>>>, bool);

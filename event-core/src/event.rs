@@ -364,6 +364,38 @@ impl Event {
         Some(cell.get_or_init(|| render(self)))
     }
 
+    /// A copy of this event in allocations of its own: its metadata, its
+    /// payload and every rendering cached so far (copied, not shared), with
+    /// the same sequence number, id and times.
+    ///
+    /// For [`EventBus::relocate_retained`](crate::bus::EventBus::relocate_retained):
+    /// the renderings of a retained event are made by whichever worker
+    /// thread delivered it first, among the per-connection buffers of that
+    /// moment, and after those connections close each one keeps its
+    /// page of freed memory resident. A copy made on another thread lands
+    /// in memory of its own, and the original's pages can be returned.
+    pub fn relocated(&self) -> Event {
+        let copy = |cell: &OnceLock<Bytes>| {
+            let fresh = OnceLock::new();
+            if let Some(bytes) = cell.get() {
+                let _ = fresh.set(Bytes::copy_from_slice(bytes));
+            }
+            fresh
+        };
+        Event {
+            seq: self.seq,
+            id: self.id,
+            occurred_at: self.occurred_at,
+            published_at: self.published_at,
+            meta: self.meta.clone(),
+            payload: self.payload.clone(),
+            json: copy(&self.json),
+            envelope_json: copy(&self.envelope_json),
+            rendered: std::array::from_fn(|i| copy(&self.rendered[i])),
+            renders: AtomicU32::new(self.renders.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Rebuilds an event from its envelope JSON (docs/protocol.md §3, what
     /// [`envelope_json`](Self::envelope_json) renders) with sequence number
     /// `seq`: for events read back from a log or another instance. The
@@ -693,5 +725,43 @@ pub(crate) mod tests {
         assert!(ev.rendered(uncached, render(b"out")).is_none());
         assert_eq!(calls.load(Ordering::Relaxed), 2);
         assert_eq!(ev.render_count(), 0);
+    }
+
+    #[test]
+    fn a_relocated_event_is_equal_in_allocations_of_its_own() {
+        let ev = Event::new(
+            7,
+            Uuid::now_v7(),
+            OffsetDateTime::now_utc(),
+            EventMeta::default().memory("m1").topic("jobs.a"),
+            ServerEvent::QueueStatus(QueueStatus::new(3, 1)),
+        );
+        let [zero, one] = test_keys();
+        let json = ev.json().clone();
+        let frame = ev
+            .rendered(zero, |_| Bytes::from_static(b"frame"))
+            .unwrap()
+            .clone();
+        let copy = ev.relocated();
+        assert_eq!((copy.seq(), copy.id()), (ev.seq(), ev.id()));
+        assert_eq!(copy.occurred_at(), ev.occurred_at());
+        assert_eq!(copy.published_at(), ev.published_at());
+        assert_eq!(copy.meta(), ev.meta());
+        assert_eq!(copy.payload(), ev.payload());
+        assert_eq!(copy.render_count(), 1);
+        // The cached renderings came along, as copies: not rendered again.
+        let copied_json = copy.rendered_json().expect("the flat JSON came along");
+        assert_eq!(copied_json, &json);
+        assert_ne!(copied_json.as_ptr(), json.as_ptr());
+        let copied_frame = copy.rendered(zero, |_| panic!("rendered again")).unwrap();
+        assert_eq!(copied_frame, &frame);
+        assert_ne!(copied_frame.as_ptr(), frame.as_ptr());
+        // What was never rendered stays unrendered.
+        assert!(copy.envelope_json.get().is_none());
+        assert_eq!(
+            &copy.rendered(one, |_| Bytes::from_static(b"late")).unwrap()[..],
+            b"late"
+        );
+        assert_eq!(copy.envelope_json(), ev.envelope_json());
     }
 }

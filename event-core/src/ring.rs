@@ -262,6 +262,18 @@ impl<T: Sequenced> ReplayRing<T> {
         self.evicted_seq = self.evicted_seq.max(seq);
     }
 
+    /// Puts `item` in the place of the retained item with the same
+    /// sequence number and returns the one it replaced; `None` (and `item`
+    /// is dropped) when no retained item has that number. The weight
+    /// counted for the place is kept: `item` must be an equal copy (see
+    /// [`Event::relocated`]).
+    pub fn replace(&mut self, item: Arc<T>) -> Option<Arc<T>> {
+        let seq = item.seq();
+        let at = self.events.binary_search_by_key(&seq, |e| e.seq()).ok()?;
+        let slot = self.events.get_mut(at)?;
+        Some(std::mem::replace(slot, item))
+    }
+
     /// How many events are retained.
     pub fn len(&self) -> usize {
         self.events.len()
@@ -442,6 +454,28 @@ mod tests {
         ] {
             assert!(Cursor::parse(bad).is_err(), "{bad:?} should not parse");
         }
+    }
+
+    #[test]
+    fn replace_swaps_the_item_of_the_same_seq_only() {
+        let mut ring = ReplayRing::new(3);
+        for seq in 1..=4 {
+            ring.push(ev(seq));
+        }
+        let bytes = ring.bytes();
+        let copy = ev(3);
+        let old = ring.replace(copy.clone()).expect("seq 3 is retained");
+        assert_eq!(old.seq(), 3);
+        assert!(!Arc::ptr_eq(&old, &copy));
+        assert!(ring.iter().any(|e| Arc::ptr_eq(e, &copy)));
+        // Evicted or never pushed: nothing replaced.
+        assert!(ring.replace(ev(1)).is_none());
+        assert!(ring.replace(ev(9)).is_none());
+        assert_eq!(
+            seqs(&ring.iter().cloned().collect::<Vec<_>>()),
+            vec![2, 3, 4]
+        );
+        assert_eq!(ring.bytes(), bytes);
     }
 
     #[test]

@@ -322,6 +322,7 @@ impl App {
             head_timeout,
             intake,
             memory_trim_closed,
+            bus,
             ..
         } = self;
         let stop = cancel.clone();
@@ -329,7 +330,7 @@ impl App {
             registry.watch_total(),
             memory_trim_closed,
             stop.clone(),
-            crate::memory::trim,
+            move || crate::memory::relocate_and_trim(&bus),
         ));
         let on_signal = async move {
             signal.await;

@@ -24,6 +24,19 @@
 //! and a fall too small for another trim kept it for good (BENCHMARKS.md,
 //! branch `cluster-close`).
 //!
+//! # The replay ring's events
+//!
+//! The events the replay ring keeps (`EVENT_REPLAY_SIZE`) are legitimate
+//! data, but where they sit matters: each one's renderings were cached by
+//! the worker thread that delivered it first, in the middle of the
+//! per-connection buffers of a fan-out. After those connections closed,
+//! every surviving rendering kept its page resident, so a cluster
+//! instance ended 8–21 % above its start instead of 1–2 % (BENCHMARKS.md,
+//! branch `close-fanout`). So before trimming, [`relocate_and_trim`]
+//! has the bus copy its retained events on the trim's own (blocking)
+//! thread ([`EventBus::relocate_retained`]), whose memory is not the
+//! workers', and the originals' pages become free for the trim.
+//!
 //! # Thread caches
 //!
 //! `malloc_trim` cannot return everything: each thread keeps a cache of
@@ -58,6 +71,8 @@
 
 use std::ffi::OsStr;
 use std::time::Duration;
+
+use event_core::EventBus;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -217,14 +232,24 @@ fn fell_enough(peak: usize, now: usize, min_closed: usize) -> bool {
     closed >= min_closed && closed >= peak / 2
 }
 
+/// Copies the replay ring's events away from the freed connections'
+/// pages, then [`trim`]s. Runs on a blocking thread (module docs, "The
+/// replay ring's events").
+pub(crate) fn relocate_and_trim(bus: &EventBus) {
+    trim(bus.relocate_retained());
+}
+
 /// Returns malloc's free pages to the system (glibc), logging how much
-/// the RSS fell. The workspace's only `unsafe`: a call into the C library
+/// the RSS fell and how many retained events were copied before
+/// (`relocated`). The workspace's only `unsafe`: a call into the C library
 /// std already links, with no pointer or invariant to uphold.
 #[cfg_attr(
     all(target_os = "linux", target_env = "gnu"),
     expect(unsafe_code, reason = "the malloc_trim FFI call")
 )]
-pub(crate) fn trim() {
+pub(crate) fn trim(relocated: usize) {
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = relocated;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         let before = rss_kib();
@@ -239,6 +264,7 @@ pub(crate) fn trim() {
             rss_before_kib = before,
             rss_after_kib = rss_kib(),
             took_ms = started.elapsed().as_millis() as u64,
+            relocated_events = relocated,
             "connections closed: free memory returned to the system"
         );
     }
@@ -263,6 +289,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn the_trim_first_moves_the_retained_events_into_copies() {
+        let bus = EventBus::default();
+        let originals: Vec<_> = (0..3)
+            .map(|i| bus.publish(event_core::QueueStatus::new(i, 0)))
+            .collect();
+        relocate_and_trim(&bus);
+        let retained = bus.history(None, 10).expect("retained");
+        assert_eq!(retained.len(), 3);
+        for (now, before) in retained.iter().zip(&originals) {
+            assert_eq!(now.seq(), before.seq());
+            assert!(!Arc::ptr_eq(now, before), "seq {} not moved", now.seq());
+        }
+    }
 
     #[test]
     fn the_tcache_tunable_is_added_unless_chosen_or_off() {
