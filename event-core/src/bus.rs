@@ -158,31 +158,22 @@ fn ring_gauges(
     bus: &std::sync::Weak<BusInner>,
 ) -> [opentelemetry::metrics::ObservableGauge<u64>; 2] {
     let meter = crate::metrics::meter();
-    let gauge = |name: &'static str, description: &'static str, read: fn(&ReplayRing) -> usize| {
-        let weak = bus.clone();
-        meter
-            .u64_observable_gauge(name)
-            .with_description(description)
-            .with_callback(move |observer| {
-                if let Some(inner) = weak.upgrade() {
-                    let value = read(&lock_state(&inner).ring);
-                    observer.observe(u64::try_from(value).unwrap_or(u64::MAX), &[]);
-                }
-            })
-            .build()
-    };
-    [
-        gauge(
+    type Read = fn(&BusInner) -> u64;
+    let gauges: [(&'static str, &'static str, Read); 2] = [
+        (
             crate::metrics::REPLAY_RING_EVENTS,
             "Events the replay ring holds",
-            ReplayRing::len,
+            |inner| lock_state(inner).ring.len() as u64,
         ),
-        gauge(
+        (
             crate::metrics::REPLAY_RING_BYTES,
             "The summed weight of the events the replay ring holds (bounded by EVENT_REPLAY_MAX_BYTES)",
-            ReplayRing::bytes,
+            |inner| lock_state(inner).ring.bytes() as u64,
         ),
-    ]
+    ];
+    gauges.map(|(name, description, read)| {
+        crate::metrics::weak_gauge(&meter, name, description, bus, read)
+    })
 }
 
 /// An external sequencer for a bus: a shared log (e.g. a NATS JetStream

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{
-    BoundCounter, BoundHistogram, Counter, Histogram, Meter, UpDownCounter,
+    BoundCounter, BoundHistogram, Counter, Histogram, Meter, ObservableGauge, UpDownCounter,
 };
 
 use crate::payload::EventKind;
@@ -115,6 +115,28 @@ pub const LATENCY_BUCKETS_MS: [f64; 14] = [
 /// The global meter all matric instruments come from.
 pub fn meter() -> Meter {
     opentelemetry::global::meter(METER_NAME)
+}
+
+/// A gauge whose value `read` takes from `shared` whenever a reader
+/// collects, while `shared` is alive (a weak handle: the gauge does not
+/// keep it alive, and a dropped one reports nothing).
+pub(crate) fn weak_gauge<T: Send + Sync + 'static>(
+    meter: &Meter,
+    name: &'static str,
+    description: &'static str,
+    shared: &std::sync::Weak<T>,
+    read: fn(&T) -> u64,
+) -> ObservableGauge<u64> {
+    let weak = shared.clone();
+    meter
+        .u64_observable_gauge(name)
+        .with_description(description)
+        .with_callback(move |observer| {
+            if let Some(shared) = weak.upgrade() {
+                observer.observe(read(&shared), &[]);
+            }
+        })
+        .build()
 }
 
 /// The latency histogram, shared by every transport (label `transport`).

@@ -115,17 +115,8 @@ struct Instruments {
 impl Instruments {
     fn new(shared: &std::sync::Weak<Shared>) -> Self {
         let meter = metrics::meter();
-        let gauge = |name: &'static str, description: &'static str, read: fn(&Shared) -> u64| {
-            let weak = shared.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |observer| {
-                    if let Some(shared) = weak.upgrade() {
-                        observer.observe(read(&shared), &[]);
-                    }
-                })
-                .build()
+        let gauge = |name, description, read: fn(&Shared) -> u64| {
+            metrics::weak_gauge(&meter, name, description, shared, read)
         };
         let instruments = Instruments {
             appended: meter
