@@ -795,14 +795,13 @@ impl EventBus {
         let mut done = 0;
         let mut after = 0;
         loop {
-            let originals: Vec<Arc<Event>> = {
-                let state = self.state();
-                let ring = &state.ring;
-                let from = ring.iter().position(|e| e.seq() > after);
-                from.map_or_else(Vec::new, |from| {
-                    ring.iter().skip(from).take(CHUNK).cloned().collect()
-                })
-            };
+            let originals: Vec<Arc<Event>> = self
+                .state()
+                .ring
+                .newer_than(after)
+                .take(CHUNK)
+                .cloned()
+                .collect();
             let Some(last) = originals.last() else {
                 return done;
             };
@@ -937,7 +936,8 @@ mod tests {
 
     #[test]
     fn relocating_the_retained_events_puts_equal_copies_in_their_places() {
-        let bus = bus(4, 3);
+        let bus_with = bus;
+        let bus = bus_with(4, 3);
         let originals: Vec<Arc<Event>> = (0..5)
             .map(|i| bus.publish(QueueStatus::new(i, 0)))
             .collect();
@@ -964,6 +964,21 @@ mod tests {
         );
         let next = bus.publish(QueueStatus::new(9, 0));
         assert_eq!(next.seq(), originals[4].seq() + 1);
+
+        // Over several chunks of 64: every one replaced, none twice.
+        let bus = bus_with(4, 150);
+        let originals: Vec<Arc<Event>> = (0..150)
+            .map(|i| bus.publish(QueueStatus::new(i, 0)))
+            .collect();
+        assert_eq!(bus.relocate_retained(), 150);
+        let retained = bus.history(None, 1000).unwrap();
+        assert_eq!(retained.len(), 150);
+        assert!(
+            retained
+                .iter()
+                .zip(&originals)
+                .all(|(now, before)| now.seq() == before.seq() && !Arc::ptr_eq(now, before))
+        );
     }
 
     struct Collect(Mutex<Vec<Arc<Event>>>, bool);

@@ -294,6 +294,15 @@ impl<T: Sequenced> ReplayRing<T> {
         self.events.iter()
     }
 
+    /// The retained items with a sequence number above `seq`, oldest
+    /// first, found by binary search. Unlike [`after_seq`](Self::after_seq)
+    /// this does not ask whether everything after `seq` is still retained:
+    /// for walking the ring in pieces, not for serving a cursor.
+    pub fn newer_than(&self, seq: u64) -> impl Iterator<Item = &Arc<T>> {
+        let start = self.events.partition_point(|e| e.seq() <= seq);
+        self.events.range(start..)
+    }
+
     /// Every retained item after the one with sequence number `seq`,
     /// oldest first (none when `seq` is the newest), or why they cannot
     /// all be served: [`ReplayMiss::Expired`] when some were evicted,
@@ -471,6 +480,11 @@ mod tests {
         // Evicted or never pushed: nothing replaced.
         assert!(ring.replace(ev(1)).is_none());
         assert!(ring.replace(ev(9)).is_none());
+        // Walking on from any number, evicted or not.
+        let newer = |seq| seqs(&ring.newer_than(seq).cloned().collect::<Vec<_>>());
+        assert_eq!(newer(0), vec![2, 3, 4]);
+        assert_eq!(newer(2), vec![3, 4]);
+        assert!(newer(4).is_empty());
         assert_eq!(
             seqs(&ring.iter().cloned().collect::<Vec<_>>()),
             vec![2, 3, 4]
