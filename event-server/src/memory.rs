@@ -32,7 +32,7 @@
 //! per-connection buffers of a fan-out. After those connections closed,
 //! every surviving rendering kept its page resident, so a cluster
 //! instance ended 8–21 % above its start instead of 1–2 % (BENCHMARKS.md,
-//! branch `close-fanout`). So before trimming, [`relocate_and_trim`]
+//! branch `close-fanout`). So before trimming, `relocate_and_trim`
 //! has the bus copy its retained events on the trim's own (blocking)
 //! thread ([`EventBus::relocate_retained`]), whose memory is not the
 //! workers', and the originals' pages become free for the trim.
