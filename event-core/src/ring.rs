@@ -299,8 +299,7 @@ impl<T: Sequenced> ReplayRing<T> {
     /// this does not ask whether everything after `seq` is still retained:
     /// for walking the ring in pieces, not for serving a cursor.
     pub fn newer_than(&self, seq: u64) -> impl Iterator<Item = &Arc<T>> {
-        let start = self.events.partition_point(|e| e.seq() <= seq);
-        self.events.range(start..)
+        self.events.range(self.first_newer_than(seq)..)
     }
 
     /// Every retained item after the one with sequence number `seq`,
@@ -335,7 +334,13 @@ impl<T: Sequenced> ReplayRing<T> {
         if self.evicted_seq > seq {
             return Err(ReplayMiss::Expired);
         }
-        Ok(self.events.partition_point(|e| e.seq() <= seq))
+        Ok(self.first_newer_than(seq))
+    }
+
+    /// The index of the first retained item with a sequence number above
+    /// `seq` (the length when there is none).
+    fn first_newer_than(&self, seq: u64) -> usize {
+        self.events.partition_point(|e| e.seq() <= seq)
     }
 }
 
