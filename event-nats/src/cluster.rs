@@ -118,6 +118,29 @@ impl NatsCluster {
     /// the host can retry or run single-instance); later outages are
     /// survived.
     pub async fn connect(config: NatsConfig, bus_config: BusConfig) -> Result<Self, Error> {
+        Self::connect_on(config, bus_config, None).await
+    }
+
+    /// As [`connect`](Self::connect), with the connection to NATS (its
+    /// reads, writes and reconnects, every acknowledgement and reply) and
+    /// the task that publishes local events on `io`'s runtime instead of
+    /// the caller's; `None` is the caller's.
+    ///
+    /// A host whose main runtime writes events to many connections gives
+    /// the link a runtime of its own (event-server: the intake runtime), so
+    /// that an awaited publish ([`EventBus::publish_acked`]) is answered as
+    /// soon as JetStream acknowledges it, not once the saturated workers
+    /// get to the socket: with 100,000 connections on two cores, 13 of 500
+    /// publishes were answered within 2 s with the link on the main runtime
+    /// (BENCHMARKS.md, scale). The task that injects the stream's events
+    /// into the bus stays on the caller's runtime, with the fan-out it
+    /// feeds. The link ends with `io`'s runtime: keep that runtime until
+    /// [`shutdown`](Self::shutdown) returned.
+    pub async fn connect_on(
+        config: NatsConfig,
+        bus_config: BusConfig,
+        io: Option<tokio::runtime::Handle>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         let state = Arc::new(StateCell::new());
         let callback_state = state.clone();
@@ -149,9 +172,22 @@ impl NatsCluster {
                     }
                 }
             })
-            .connect(config.server_urls())
-            .await
-            .map_err(|e| Error::Connect(format!("{} ({e})", redact_url(&config.url))))?;
+            .connect(
+                config
+                    .server_urls()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            );
+        // async-nats spawns its connection task where it connects.
+        let client = match &io {
+            Some(io) => io
+                .spawn(client)
+                .await
+                .map_err(|e| Error::Connect(format!("the NATS runtime stopped ({e})")))?,
+            None => client.await,
+        }
+        .map_err(|e| Error::Connect(format!("{} ({e})", redact_url(&config.url))))?;
         state.set_connected(client.connection_state() == async_nats::connection::State::Connected);
 
         let js = jetstream::ContextBuilder::new()
@@ -203,9 +239,13 @@ impl NatsCluster {
         });
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(shared.config.publish_queue);
+        let publishing = publisher::run(shared.clone(), rx, cancel.clone());
         let tasks = vec![
             tokio::spawn(source::run(shared.clone(), start, cancel.clone())),
-            tokio::spawn(publisher::run(shared.clone(), rx, cancel.clone())),
+            match &io {
+                Some(io) => io.spawn(publishing),
+                None => tokio::spawn(publishing),
+            },
         ];
         let cluster = NatsCluster {
             handle: Arc::new(Handle {

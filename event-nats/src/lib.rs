@@ -54,7 +54,10 @@
 //! the most recent events (the ring's size, or `NatsConfig::warm_up`) into
 //! the replay ring before returning, so a restarted instance can serve
 //! resuming clients at once. Register sinks *after* `connect` (they see only
-//! new events, not the warm-up).
+//! new events, not the warm-up). [`NatsCluster::connect_on`] puts the link
+//! itself (the NATS connection and the publishing task) on a runtime of the
+//! host's choosing, so that acknowledgements are not read behind a
+//! saturated fan-out.
 //!
 //! **Replay.** [`NatsCluster::replay_since`] serves a cursor from the local
 //! ring, or from JetStream when it is older than the ring (as far as the
@@ -228,7 +231,8 @@
 //!    disconnected (it still serves its local events), so report it as a
 //!    degraded component rather than failing the check.
 //! 5. Shutdown: `cluster.shutdown(deadline)` after the transports stopped
-//!    producing.
+//!    producing (and before the runtime given to
+//!    [`NatsCluster::connect_on`], if any, is dropped).
 //!
 //! `EventBus::publish` returns the event with `seq() == 0` under NATS (the
 //! stream numbers it a moment later); its `id()` is final. A publisher that

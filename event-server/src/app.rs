@@ -148,7 +148,11 @@ impl App {
             replay_size: config.replay_size,
             ..BusConfig::default()
         };
-        let cluster = Cluster::connect(config, &bus_config).await?;
+        let intake = crate::runtimes::Dedicated::start("intake", config.intake_threads)?;
+        // The cluster's link shares the intake runtime: an awaited publish
+        // waits for its JetStream acknowledgement, which must not queue
+        // behind the fan-out's writes either.
+        let cluster = Cluster::connect(config, &bus_config, intake.handle()).await?;
         // In cluster mode the JetStream stream is the log (opened below).
         #[cfg(feature = "log")]
         let log = match cluster.is_active() {
@@ -269,7 +273,7 @@ impl App {
                 config.max_connections_per_ip,
             ),
             head_timeout: Duration::from_secs(config.http_head_timeout_secs),
-            intake: crate::runtimes::Dedicated::start("intake", config.intake_threads)?,
+            intake,
             memory_trim_closed: config.memory_trim_closed,
             router: app.router,
             bus: app.bus,

@@ -62,8 +62,14 @@ mod imp {
     }
 
     impl Cluster {
-        /// Joins the cluster `config` names (none without `NATS_URL`).
-        pub async fn connect(config: &Config, bus: &BusConfig) -> Result<Cluster, ServerError> {
+        /// Joins the cluster `config` names (none without `NATS_URL`), with
+        /// the link to NATS on `io`'s runtime (`None`: the caller's; see
+        /// `event_nats::NatsCluster::connect_on`).
+        pub async fn connect(
+            config: &Config,
+            bus: &BusConfig,
+            io: Option<tokio::runtime::Handle>,
+        ) -> Result<Cluster, ServerError> {
             let Some(url) = &config.nats_url else {
                 return Ok(Cluster::default());
             };
@@ -85,7 +91,7 @@ mod imp {
             if config.dedup_window_secs > 0 {
                 nats.duplicate_window = std::time::Duration::from_secs(config.dedup_window_secs);
             }
-            let nats = event_nats::NatsCluster::connect(nats, bus.clone())
+            let nats = event_nats::NatsCluster::connect_on(nats, bus.clone(), io)
                 .await
                 .map_err(|e| ServerError::Startup(format!("NATS: {e}")))?;
             Ok(Cluster { nats: Some(nats) })
@@ -283,7 +289,11 @@ mod imp {
     impl Cluster {
         /// Always the single instance; `NATS_URL` is refused by the
         /// configuration of a build without `nats`.
-        pub async fn connect(_config: &Config, _bus: &BusConfig) -> Result<Cluster, ServerError> {
+        pub async fn connect(
+            _config: &Config,
+            _bus: &BusConfig,
+            _io: Option<tokio::runtime::Handle>,
+        ) -> Result<Cluster, ServerError> {
             Ok(Cluster)
         }
 

@@ -5,8 +5,11 @@
 //! waits behind all of them. Work whose latency other clients wait on gets a
 //! small runtime of its own: the event log's group commit (every durable
 //! publish waits for it) and, with `INTAKE_THREADS`, the publish API's
-//! connections. The operating system then shares the cores between these
-//! threads and the main runtime's workers, so neither starves.
+//! connections and, in cluster mode, the link to NATS (the JetStream
+//! acknowledgement every awaited publish waits for; the stream's events
+//! are still injected into the bus on the main runtime). The operating
+//! system then shares the cores between these threads and the main
+//! runtime's workers, so neither starves.
 
 use crate::error::ServerError;
 
