@@ -39,8 +39,92 @@ const SHRINK_ABOVE: usize = 1024;
 #[derive(Debug, Default)]
 pub struct CloseSignal {
     closing: AtomicBool,
-    waiters: Mutex<HashMap<u64, Waker>>,
+    waiters: Mutex<Waiters>,
     next_waiter: AtomicU64,
+}
+
+/// The wakers of a signal's waiting futures, by id.
+///
+/// Every connection has a signal of its own with one waiter (its task), so
+/// the first waiter is kept inline: a table for it would be an allocation
+/// of ~130 bytes per open connection (BENCHMARKS.md, issue 23). Further
+/// waiters (a transport's signal has one per connection) go to the table,
+/// created with the second.
+#[derive(Debug, Default)]
+struct Waiters {
+    first: Option<(u64, Waker)>,
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every connection's signal instead of an empty table's 48; the table exists only on a transport's signal"
+    )]
+    rest: Option<Box<HashMap<u64, Waker>>>,
+}
+
+impl Waiters {
+    /// Registers `waker` for `id`, replacing the one `id` had.
+    fn insert(&mut self, id: u64, waker: Waker) {
+        if let Some((first, kept)) = &mut self.first
+            && *first == id
+        {
+            *kept = waker;
+            return;
+        }
+        if let Some(kept) = self.rest.as_mut().and_then(|rest| rest.get_mut(&id)) {
+            *kept = waker;
+            return;
+        }
+        if self.first.is_none() {
+            self.first = Some((id, waker));
+        } else {
+            self.rest.get_or_insert_default().insert(id, waker);
+        }
+    }
+
+    /// Forgets `id`'s waker; a table that became mostly empty gives most
+    /// of its room back.
+    fn remove(&mut self, id: u64) {
+        if self.first.as_ref().is_some_and(|(first, _)| *first == id) {
+            self.first = None;
+            return;
+        }
+        let Some(rest) = &mut self.rest else {
+            return;
+        };
+        rest.remove(&id);
+        // A transport's signal has a waiter per connection: after a mass
+        // close its table would keep the peak's buckets for the process's
+        // life. Give most of them back once it is a quarter full
+        // (amortised, like its growth), as the connection registry does.
+        if rest.capacity() > SHRINK_ABOVE && rest.len() < rest.capacity() / 4 {
+            let keep = rest.len() * 2;
+            rest.shrink_to(keep);
+        }
+    }
+
+    /// Every waker.
+    fn into_wakers(self) -> impl Iterator<Item = Waker> {
+        let rest = self.rest.map(|rest| rest.into_values());
+        self.first
+            .map(|(_, waker)| waker)
+            .into_iter()
+            .chain(rest.into_iter().flatten())
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Room in the table (without the inline waiter).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.rest.as_ref().map_or(0, |rest| rest.capacity())
+    }
 }
 
 impl CloseSignal {
@@ -54,8 +138,9 @@ impl CloseSignal {
         if self.closing.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Out of the lock before waking.
         let waiters = std::mem::take(&mut *self.waiters());
-        for (_, waker) in waiters {
+        for waker in waiters.into_wakers() {
             waker.wake();
         }
     }
@@ -74,23 +159,14 @@ impl CloseSignal {
         }
     }
 
-    fn waiters(&self) -> MutexGuard<'_, HashMap<u64, Waker>> {
+    fn waiters(&self) -> MutexGuard<'_, Waiters> {
         // A panic while holding it cannot leave the list inconsistent.
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Removes a waiter that leaves before the close.
     fn leave(&self, id: u64) {
-        let mut waiters = self.waiters();
-        waiters.remove(&id);
-        // A transport's signal has a waiter per connection: after a mass
-        // close its table would keep the peak's buckets for the process's
-        // life. Give most of them back once it is a quarter full
-        // (amortised, like its growth), as the connection registry does.
-        if waiters.capacity() > SHRINK_ABOVE && waiters.len() < waiters.capacity() / 4 {
-            let keep = waiters.len() * 2;
-            waiters.shrink_to(keep);
-        }
+        self.waiters().remove(id);
     }
 }
 
@@ -203,6 +279,76 @@ mod tests {
         );
         drop(kept);
         assert!(signal.waiters().is_empty());
+    }
+
+    struct Noop;
+    impl std::task::Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[test]
+    fn one_waiter_needs_no_table_and_others_share_one() {
+        let signal = CloseSignal::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut first = Box::pin(signal.closed());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(signal.waiters().len(), 1);
+        assert!(
+            signal.waiters().rest.is_none(),
+            "a lone waiter is kept inline"
+        );
+        let mut others: Vec<_> = (0..3).map(|_| Box::pin(signal.closed())).collect();
+        for closed in &mut others {
+            assert!(closed.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(signal.waiters().len(), 4);
+        // The inline place, once free, takes the next new waiter; a waiter
+        // in the table polled again stays where it is (no second entry).
+        drop(first);
+        assert_eq!(signal.waiters().len(), 3);
+        let moved = Waker::from(Arc::new(Noop));
+        assert!(!moved.will_wake(cx.waker()));
+        assert!(
+            others[0]
+                .as_mut()
+                .poll(&mut Context::from_waker(&moved))
+                .is_pending()
+        );
+        assert_eq!(signal.waiters().len(), 3);
+        assert!(signal.waiters().first.is_none());
+        let mut late = Box::pin(signal.closed());
+        assert!(late.as_mut().poll(&mut cx).is_pending());
+        assert!(signal.waiters().first.is_some());
+        assert_eq!(signal.waiters().len(), 4);
+        drop(others);
+        assert_eq!(signal.waiters().len(), 1);
+        signal.close();
+        assert!(late.as_mut().poll(&mut cx).is_ready());
+        assert!(signal.waiters().is_empty());
+    }
+
+    /// Each waker is woken on close, the inline one and the table's.
+    #[test]
+    fn close_wakes_the_inline_waiter_and_the_tables() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let signal = CloseSignal::default();
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut waiting: Vec<_> = (0..3).map(|_| Box::pin(signal.closed())).collect();
+        for closed in &mut waiting {
+            assert!(closed.as_mut().poll(&mut cx).is_pending());
+        }
+        signal.close();
+        assert_eq!(count.0.load(Ordering::SeqCst), 3);
+        for closed in &mut waiting {
+            assert!(closed.as_mut().poll(&mut cx).is_ready());
+        }
     }
 
     #[tokio::test]
