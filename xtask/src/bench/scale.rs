@@ -99,10 +99,27 @@ fn unix_nanos() -> u64 {
 
 /// Resident set size of a process, KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "VmRSS",
+    )
+}
+
+/// The anonymous part of a process's resident set, KiB (`RssAnon`: its
+/// heaps, without the binary's code pages, which are file-backed and shared
+/// by every instance of the same binary).
+fn rss_anon_kib(pid: u32) -> Option<u64> {
+    status_kib(
+        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
+        "RssAnon",
+    )
+}
+
+/// A `kB` field of a `/proc/PID/status` text.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -307,6 +324,9 @@ struct Phase {
     rss_start_kib: u64,
     rss_open_kib: u64,
     rss_end_kib: Option<u64>,
+    /// `RssAnon` summed over the servers at the start and after the close.
+    anon_start_kib: u64,
+    anon_end_kib: Option<u64>,
     gauge_open: Option<f64>,
     gauges_end: Vec<Option<f64>>,
     gauge_zero_s: Option<f64>,
@@ -410,6 +430,9 @@ fn phase_inner(
     std::thread::sleep(Duration::from_secs(2));
     let rss = |servers: &[Server]| -> u64 { servers.iter().filter_map(|s| rss_kib(s.pid())).sum() };
     p.rss_start_kib = rss(&servers);
+    let anon =
+        |servers: &[Server]| -> u64 { servers.iter().filter_map(|s| rss_anon_kib(s.pid())).sum() };
+    p.anon_start_kib = anon(&servers);
     let connect_limit = Duration::from_secs(300);
     let started = Instant::now();
     let mut subs = servers
@@ -487,6 +510,7 @@ fn phase_inner(
     }
     std::thread::sleep(Duration::from_secs(2));
     p.rss_end_kib = Some(rss(&servers));
+    p.anon_end_kib = Some(anon(&servers));
     if kind == ServerKind::Ours {
         // The replay ring's events, with their cached renderings, stay after
         // the close, and keep the worker arenas' pages they sit on resident
@@ -541,31 +565,32 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| run | processes | connections | established | failed | connect s | RSS start MiB | RSS growth per connection, bytes | × floor | gauge open | gauges after close | gauge 0 after s | RSS after close vs start | replay ring events per instance after close |"
+        "| run | processes | connections | established | failed | connect s | RSS start MiB | RSS growth per connection, bytes | × floor | gauge open | gauges after close | gauge 0 after s | RSS after close vs start | anonymous RSS after close vs start | replay ring events per instance after close |"
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in phases {
         if let Some(e) = &p.error {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | failed: {e} ||||||||||",
+                "| {} | {} | {} | failed: {e} |||||||||||",
                 p.label, p.processes, p.connections
             );
             continue;
         }
         let per = p.per_conn_bytes();
         let ratio = per.zip(floor_of(&p.label)).map(|(a, b)| a / b);
-        let end = p
-            .rss_end_kib
-            .map(|e| (e as f64 / p.rss_start_kib.max(1) as f64 - 1.0) * 100.0);
+        let change = |end: Option<u64>, start: u64| {
+            end.map(|e| format!("{:+.1} %", (e as f64 / start.max(1) as f64 - 1.0) * 100.0))
+                .unwrap_or_else(|| "–".to_owned())
+        };
         let gauges: Vec<String> = p.gauges_end.iter().map(|g| fmt(*g, 0)).collect();
         let ring = ring_range(&p.ring_events);
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             p.label,
             p.processes,
             fmt(Some(p.connections as f64), 0),
@@ -578,8 +603,8 @@ fn table(phases: &[Phase], floor_of: impl Fn(&str) -> Option<f64>) -> String {
             fmt(p.gauge_open, 0),
             gauges.join(" "),
             fmt(p.gauge_zero_s, 1),
-            end.map(|e| format!("{e:+.1} %"))
-                .unwrap_or_else(|| "–".to_owned()),
+            change(p.rss_end_kib, p.rss_start_kib),
+            change(p.anon_end_kib, p.anon_start_kib),
             ring,
         );
     }
@@ -804,6 +829,16 @@ mod tests {
         let info = nats_request(&format!("$JS.API.STREAM.INFO.{name}"), "").unwrap();
         assert!(info.contains("stream not found"), "{info}");
         assert!(delete_stream(&name).is_err());
+    }
+
+    #[test]
+    fn status_fields_are_read_in_kib() {
+        let status = "Name:\tevent-server\nVmRSS:\t   81234 kB\nRssAnon:\t   60000 kB\nRssFile:\t   21234 kB\n";
+        assert_eq!(status_kib(status, "VmRSS"), Some(81_234));
+        assert_eq!(status_kib(status, "RssAnon"), Some(60_000));
+        assert_eq!(status_kib(status, "RssShmem"), None);
+        // A field whose name starts another's is not taken for it.
+        assert_eq!(status_kib("RssAnonX:\t5 kB\n", "RssAnon"), None);
     }
 
     #[test]
