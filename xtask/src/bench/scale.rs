@@ -97,21 +97,14 @@ fn unix_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-/// Resident set size of a process, KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of process `pid`'s `/proc/PID/status`: `VmRSS` (its
+/// resident set) or `RssAnon` (the anonymous part of it: the heaps, without
+/// the binary's code pages, which are file-backed and shared by every
+/// instance of the same binary).
+fn process_kib(pid: u32, field: &str) -> Option<u64> {
     status_kib(
         &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
-        "VmRSS",
-    )
-}
-
-/// The anonymous part of a process's resident set, KiB (`RssAnon`: its
-/// heaps, without the binary's code pages, which are file-backed and shared
-/// by every instance of the same binary).
-fn rss_anon_kib(pid: u32) -> Option<u64> {
-    status_kib(
-        &std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?,
-        "RssAnon",
+        field,
     )
 }
 
@@ -428,11 +421,15 @@ fn phase_inner(
     let servers = servers(bins, tmp, kind, n, stream)?;
     // Let each server settle (NATS consumers, allocator arenas) first.
     std::thread::sleep(Duration::from_secs(2));
-    let rss = |servers: &[Server]| -> u64 { servers.iter().filter_map(|s| rss_kib(s.pid())).sum() };
+    let sum = |servers: &[Server], field: &str| -> u64 {
+        servers
+            .iter()
+            .filter_map(|s| process_kib(s.pid(), field))
+            .sum()
+    };
+    let rss = |servers: &[Server]| sum(servers, "VmRSS");
     p.rss_start_kib = rss(&servers);
-    let anon =
-        |servers: &[Server]| -> u64 { servers.iter().filter_map(|s| rss_anon_kib(s.pid())).sum() };
-    p.anon_start_kib = anon(&servers);
+    p.anon_start_kib = sum(&servers, "RssAnon");
     let connect_limit = Duration::from_secs(300);
     let started = Instant::now();
     let mut subs = servers
@@ -510,7 +507,7 @@ fn phase_inner(
     }
     std::thread::sleep(Duration::from_secs(2));
     p.rss_end_kib = Some(rss(&servers));
-    p.anon_end_kib = Some(anon(&servers));
+    p.anon_end_kib = Some(sum(&servers, "RssAnon"));
     if kind == ServerKind::Ours {
         // The replay ring's events, with their cached renderings, stay after
         // the close, and keep the worker arenas' pages they sit on resident
