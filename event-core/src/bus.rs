@@ -775,7 +775,10 @@ impl EventBus {
     /// Copies every event the replay ring holds into allocations made on
     /// the calling thread and puts the copies in the originals' places
     /// (also where one is the latest of its kind); returns how many were
-    /// replaced. Subscribers that still hold an original keep it.
+    /// replaced. The copies leave the cached renderings behind (see
+    /// [`Event::relocated`]): a copy that is delivered again is rendered
+    /// again, once per wire format. Subscribers that still hold an
+    /// original keep it.
     ///
     /// For a host that returns freed memory to the system after many
     /// connections closed: each retained event's renderings were allocated
@@ -944,11 +947,14 @@ mod tests {
         for ev in &originals {
             let _ = ev.json();
         }
+        let weight = bus.retained_bytes();
         assert_eq!(bus.relocate_retained(), 3);
+        assert_eq!(bus.retained_bytes(), weight, "the bound counted as before");
         let retained = bus.history(None, 10).unwrap();
         assert_eq!(retained.len(), 3);
         for (now, before) in retained.iter().zip(&originals[2..]) {
             assert_eq!(now.seq(), before.seq());
+            assert!(now.rendered_json().is_none(), "a rendering came along");
             assert_eq!(now.json(), before.json());
             assert!(!Arc::ptr_eq(now, before), "seq {} not replaced", now.seq());
         }

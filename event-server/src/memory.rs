@@ -35,7 +35,10 @@
 //! branch `close-fanout`). So before trimming, `relocate_and_trim`
 //! has the bus copy its retained events on the trim's own (blocking)
 //! thread ([`EventBus::relocate_retained`]), whose memory is not the
-//! workers', and the originals' pages become free for the trim.
+//! workers', and the originals' pages become free for the trim. The
+//! copies keep each event's data but not its renderings, most of its
+//! memory: a client that replays one after the close has it rendered
+//! again (BENCHMARKS.md, "the retained events' renderings").
 //!
 //! # Thread caches
 //!

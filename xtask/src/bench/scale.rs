@@ -509,10 +509,10 @@ fn phase_inner(
     p.rss_end_kib = Some(rss(&servers));
     p.anon_end_kib = Some(sum(&servers, "RssAnon"));
     if kind == ServerKind::Ours {
-        // The replay ring's events, with their cached renderings, stay after
-        // the close, and keep the worker arenas' pages they sit on resident
-        // (BENCHMARKS.md, branch `close-fanout`): legitimate retained data
-        // that "RSS after close" includes.
+        // The replay ring's events stay after the close (copied by the
+        // trim, without their renderings: BENCHMARKS.md, branch
+        // `close-fanout` and "the retained events' renderings"):
+        // legitimate retained data that "RSS after close" includes.
         p.ring_events = servers
             .iter()
             .filter_map(|s| ring_events_of(&metrics(s)?))
