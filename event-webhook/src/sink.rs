@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use event_core::{Cursor, Event, EventSink, ReplaySource, SinkError, async_trait};
 use time::OffsetDateTime;
@@ -325,6 +326,7 @@ impl EventSink for WebhookSink {
         };
         let (done, inserted) = Inserted::channel();
         let claim = reservation.as_ref().map(|r| *r.claim());
+        let recovered = reservation.as_ref().map(|r| r.recovered());
         let stopped = reservation.and_then(|r| r.hand_over(&rows, &inserted).err());
         let waiting = std::time::Instant::now();
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
@@ -342,6 +344,7 @@ impl EventSink for WebhookSink {
             let batch = Batch {
                 rows,
                 claim,
+                recovered,
                 done,
                 stopped,
                 oldest,
@@ -378,6 +381,9 @@ struct Batch {
     rows: Vec<NewDelivery>,
     /// The claim the first rows are inserted with (handed to the worker).
     claim: Option<BatchClaim>,
+    /// With a claim: the worker's start-up recovery, which the insert waits
+    /// for (`Reservation::recovered`).
+    recovered: Option<CancellationToken>,
     /// Tells the worker whether the insert committed.
     done: InsertDone,
     /// The reservation of a worker that stopped before the hand-over: its
@@ -394,6 +400,7 @@ async fn enqueue(shared: &Shared, batch: Batch) -> bool {
     let Batch {
         rows,
         claim,
+        recovered,
         done,
         stopped,
         oldest,
@@ -404,6 +411,10 @@ async fn enqueue(shared: &Shared, batch: Batch) -> bool {
         return true;
     }
     let claimed = claim.map_or(0, |c| c.count);
+    if let Some(recovered) = recovered {
+        // Only at start-up: once the recovery ran, this returns at once.
+        recovered.cancelled().await;
+    }
     let started = std::time::Instant::now();
     let mut tries = ENQUEUE_BACKOFF.iter();
     loop {

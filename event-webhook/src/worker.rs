@@ -107,6 +107,7 @@ impl DeliveryWorker {
         let capacity = cfg.max_concurrency.max(1) * ROUNDS;
         let dispatcher = Arc::new(Dispatcher {
             stop: stop.clone(),
+            recovered: CancellationToken::new(),
             tracker: tracker.clone(),
             slots: Arc::new(Semaphore::new(cfg.max_concurrency.max(1))),
             state: Mutex::new(State::new()),
@@ -161,6 +162,10 @@ impl DeliveryWorker {
 struct Dispatcher {
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// Cancelled once the start-up recovery has run (or failed, or the
+    /// loop ended): rows inserted claimed for the handoff wait for it (see
+    /// `Reservation::recovered`).
+    recovered: CancellationToken,
     tracker: TaskTracker,
     slots: Arc<Semaphore>,
     state: Mutex<State>,
@@ -187,6 +192,9 @@ impl Dispatcher {
 
     async fn run(self: Arc<Self>) {
         let cfg = &self.shared.config;
+        // However this loop ends (even dropped before the recovery ran),
+        // no insert of handed-over rows waits for the recovery for ever.
+        let recovered = self.recovered.clone().drop_guard();
         match self
             .shared
             .store
@@ -197,6 +205,7 @@ impl Dispatcher {
             Ok(n) => tracing::info!(rows = n, "recovered deliveries left in flight"),
             Err(error) => tracing::warn!(%error, "recovering in-flight deliveries failed"),
         }
+        drop(recovered);
         self.shared.refresh_index().await;
         let mut next_prune = Instant::now();
         let mut next_refresh = Instant::now() + cfg.index_refresh_interval;

@@ -50,6 +50,7 @@ use std::sync::{Arc, RwLock, Weak};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Dispatcher;
@@ -243,6 +244,15 @@ impl Reservation {
     /// The claim to insert the first rows with.
     pub(crate) fn claim(&self) -> &BatchClaim {
         &self.claim
+    }
+
+    /// Cancelled once the worker's start-up recovery has run: the insert
+    /// of the claimed rows must wait for it. On SQLite the recovery frees
+    /// every claim it finds (they belong to a process that is gone), so a
+    /// handed-over row committed before it would lose its claim, and the
+    /// first claim would take it a second time, out of the handoff's order.
+    pub(crate) fn recovered(&self) -> CancellationToken {
+        self.worker.recovered.clone()
     }
 
     /// Hands the reserved rows (the first ones of `rows`, the batch given
