@@ -301,7 +301,12 @@ async fn fresh_rows_wait_for_the_first_claim_without_going_unclaimed(
     store: Arc<dyn WebhookStore>,
     lock: impl AsyncFnOnce() -> WriteLock,
 ) {
-    const N: usize = 40;
+    // While the lock holds the inserts up, the sink hands over the rows of
+    // at most five batches (four inserts in flight, `ENQUEUE_PIPELINE`, and
+    // the batch waiting for a slot after its hand-over). The runner may
+    // split the events into as many batches as there are events, so more
+    // than five could not all be handed over before the release.
+    const N: usize = 5;
     let rx = Receiver::start().await;
     let config = WebhookConfig {
         per_endpoint_concurrency: 1,
