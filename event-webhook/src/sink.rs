@@ -251,8 +251,10 @@ impl InOrder {
 /// Enqueue transactions the sink keeps in flight. With one, every batch
 /// waits for the previous batch's commit (a round trip and, on PostgreSQL,
 /// a WAL flush) before its own starts; a few in flight share the flushes
-/// (group commit) and a batch waits only for its own.
-pub(crate) const ENQUEUE_PIPELINE: usize = 4;
+/// (group commit) and a batch waits only for its own. While the store
+/// holds the inserts up, the sink takes at most one batch more from the
+/// bus, which then waits for a slot.
+pub const ENQUEUE_PIPELINE: usize = 4;
 
 /// How often the log cursor is stored at most (a crash repeats at most
 /// this long of deliveries).

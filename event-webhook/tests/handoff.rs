@@ -302,11 +302,11 @@ async fn fresh_rows_wait_for_the_first_claim_without_going_unclaimed(
     lock: impl AsyncFnOnce() -> WriteLock,
 ) {
     // While the lock holds the inserts up, the sink hands over the rows of
-    // at most five batches (four inserts in flight, `ENQUEUE_PIPELINE`, and
-    // the batch waiting for a slot after its hand-over). The runner may
-    // split the events into as many batches as there are events, so more
-    // than five could not all be handed over before the release.
-    const N: usize = 5;
+    // at most `ENQUEUE_PIPELINE` batches in flight and the one batch waiting
+    // for a slot after its hand-over. The runner may split the events into
+    // as many batches as there are events, so more could not all be handed
+    // over before the release.
+    const N: usize = event_webhook::sink::ENQUEUE_PIPELINE + 1;
     let rx = Receiver::start().await;
     let config = WebhookConfig {
         per_endpoint_concurrency: 1,
