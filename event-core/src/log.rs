@@ -55,6 +55,8 @@ mod memory;
 mod replay;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topic_prune_tests;
 pub(crate) mod writer;
 
 pub use memory::MemoryLog;
@@ -276,7 +278,9 @@ pub trait EventLog: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Creates or replaces a topic's retention record.
+    /// Creates or replaces a topic's retention record, keeping a higher
+    /// stored `pruned_through` (the pruner may have raised it since the
+    /// caller read the record).
     async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
         let _ = record;
         Err(unsupported(self.name(), "per-topic retention"))
@@ -285,6 +289,12 @@ pub trait EventLog: Send + Sync + 'static {
     /// Removes the oldest events of `topic` until `retention` holds for the
     /// topic's events at `now`; returns the newest removed sequence number,
     /// if any was removed.
+    ///
+    /// The topic's stored record (if it has one) has its `pruned_through`
+    /// raised to that number **before** any event goes: a reader that checks
+    /// the watermark after reading (as [`LogReplay`] does) then cannot have
+    /// missed a removed event without seeing the mark that tells it to
+    /// resync.
     async fn prune_topic(
         &self,
         topic: &str,

@@ -22,12 +22,16 @@ pub(crate) const CREATE: &str = "CREATE TABLE IF NOT EXISTS matric_topic_retenti
 pub(crate) const SELECT_ALL: &str = "SELECT topic, has_retention, max_age_ms, max_events,
     max_bytes, pruned_through FROM matric_topic_retention ORDER BY topic";
 
+/// Creates or replaces a record, keeping a higher stored watermark: the
+/// pruner may have raised it since the caller read it.
 pub(crate) const UPSERT: &str = "INSERT INTO matric_topic_retention
     (topic, has_retention, max_age_ms, max_events, max_bytes, pruned_through)
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (topic) DO UPDATE SET has_retention = excluded.has_retention,
         max_age_ms = excluded.max_age_ms, max_events = excluded.max_events,
-        max_bytes = excluded.max_bytes, pruned_through = excluded.pruned_through";
+        max_bytes = excluded.max_bytes,
+        pruned_through = CASE WHEN excluded.pruned_through > matric_topic_retention.pruned_through
+            THEN excluded.pruned_through ELSE matric_topic_retention.pruned_through END";
 
 /// The newest of the topic's events older than the cutoff.
 pub(crate) const THROUGH_AGE: &str =
@@ -41,6 +45,11 @@ pub(crate) const THROUGH_COUNT: &str =
 pub(crate) const THROUGH_BYTES: &str = "SELECT seq FROM (SELECT seq,
     SUM(size) OVER (ORDER BY seq DESC) AS kept FROM matric_event_log WHERE topic = $1) AS t
     WHERE kept > $2 ORDER BY seq DESC LIMIT 1";
+
+/// Raises a topic's stored watermark (never lowers it), before its events
+/// are removed (see `EventLog::prune_topic`).
+pub(crate) const RAISE_MARK: &str = "UPDATE matric_topic_retention SET pruned_through = $2
+    WHERE topic = $1 AND pruned_through < $2";
 
 /// Removes up to 10,000 of the topic's events at or below a sequence number
 /// (a chunk at a time, so appends never wait long behind a prune).
@@ -163,6 +172,14 @@ macro_rules! topic_methods {
                 let Some(through) = through else {
                     return Ok(None);
                 };
+                // The mark first: a reader that read around the rows going
+                // now sees it when it checks after its read.
+                sqlx::query($crate::topics::RAISE_MARK)
+                    .bind(topic)
+                    .bind(through)
+                    .execute(&self.$write)
+                    .await
+                    .map_err($crate::storage("raising a topic's watermark"))?;
                 loop {
                     let done = sqlx::query($crate::topics::DELETE_CHUNK)
                         .bind(topic)

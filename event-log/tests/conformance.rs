@@ -315,8 +315,19 @@ async fn a_topic_retention_prunes_only_that_topics_oldest_events_and_is_stored()
             max_events: Some(4),
             max_bytes: None,
         };
+        // A stored record: the prune raises its watermark itself, before
+        // the events go (a reader checks it after reading).
+        log.set_topic_retention(&TopicRetention {
+            topic: "gpu".into(),
+            retention: Some(keep_four),
+            pruned_through: 0,
+        })
+        .await
+        .unwrap();
         let through = log.prune_topic("gpu", &keep_four, now).await.unwrap();
         assert_eq!(through, Some(gpu_seqs[5]), "{}", log.name());
+        let marks = log.topic_retentions().await.unwrap();
+        assert_eq!(marks[0].pruned_through, gpu_seqs[5], "{}", log.name());
         let left = log.read_after(0, 100).await.unwrap();
         assert_eq!(left.len(), 14, "{}", log.name());
         assert_eq!(
@@ -360,6 +371,14 @@ async fn a_topic_retention_prunes_only_that_topics_oldest_events_and_is_stored()
         assert_eq!(log.topic_retentions().await.unwrap(), vec![record.clone()]);
         record.retention = None;
         log.set_topic_retention(&record).await.unwrap();
+        assert_eq!(log.topic_retentions().await.unwrap(), vec![record.clone()]);
+        // A record read before a prune and stored after it (a lower mark)
+        // keeps the stored one.
+        let stale = TopicRetention {
+            pruned_through: gpu_seqs[2],
+            ..record.clone()
+        };
+        log.set_topic_retention(&stale).await.unwrap();
         assert_eq!(log.topic_retentions().await.unwrap(), vec![record]);
     }
 }

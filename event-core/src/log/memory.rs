@@ -116,8 +116,12 @@ impl EventLog for MemoryLog {
     }
 
     async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
-        self.topic_map()
-            .insert(record.topic.clone(), record.clone());
+        let mut map = self.topic_map();
+        // A higher stored watermark stays (see `EventLog::prune_topic`).
+        let kept = map.get(&record.topic).map_or(0, |r| r.pruned_through);
+        let mut record = record.clone();
+        record.pruned_through = record.pruned_through.max(kept);
+        map.insert(record.topic.clone(), record);
         Ok(())
     }
 
@@ -156,6 +160,10 @@ impl EventLog for MemoryLog {
             }
         }
         if let Some(through) = through {
+            // The mark first (see `EventLog::prune_topic`).
+            if let Some(record) = self.topic_map().get_mut(topic) {
+                record.pruned_through = record.pruned_through.max(through);
+            }
             events.retain(|e| e.topic() != topic || e.seq() > through);
         }
         Ok(through)

@@ -291,6 +291,9 @@ impl LogReplay {
         let after = self.resolve(cursor).await?;
         self.check_topics(after, filter).await?;
         let replayed = self.bounded_replay(after).await?;
+        // Again after reading: a topic pruned while we read raised its mark
+        // before its events went, so a read that missed them is caught here.
+        self.check_topics(after, filter).await?;
         // Joined to the ring where the log ran out: anything after the last
         // event here is live.
         if replayed.through < target {
@@ -305,15 +308,20 @@ impl LogReplay {
         limit: usize,
         filter: Option<&EventFilter>,
     ) -> Result<Vec<Arc<Event>>, ReplayMiss> {
-        let after = match cursor {
+        let (after, checked) = match cursor {
             Some(cursor) => {
                 let after = self.resolve(cursor).await?;
                 self.check_topics(after, filter).await?;
-                after
+                (after, true)
             }
-            None => self.first_seq().await?.saturating_sub(1),
+            None => (self.first_seq().await?.saturating_sub(1), false),
         };
-        self.page(after, limit).await
+        let page = self.page(after, limit).await?;
+        if checked {
+            // As in `replay_for`: pruned while we read.
+            self.check_topics(after, filter).await?;
+        }
+        Ok(page)
     }
 }
 

@@ -515,7 +515,10 @@ async fn append_until_stored(shared: &Shared, log: &dyn EventLog, batch: &[Arc<E
     }
 }
 
-/// Applies each topic's own retention and advances its watermark.
+/// Applies each topic's own retention. The log raises each watermark
+/// itself, before the events go (`EventLog::prune_topic`); storing the
+/// record read at the round's start here would also undo a retention
+/// changed meanwhile.
 async fn prune_topics(log: &dyn EventLog) {
     let topics = match log.topic_retentions().await {
         Ok(topics) => topics,
@@ -524,7 +527,7 @@ async fn prune_topics(log: &dyn EventLog) {
             return;
         }
     };
-    for mut record in topics {
+    for record in topics {
         let Some(retention) = record.retention else {
             continue;
         };
@@ -532,14 +535,10 @@ async fn prune_topics(log: &dyn EventLog) {
             .prune_topic(&record.topic, &retention, OffsetDateTime::now_utc())
             .await
         {
-            Ok(Some(through)) if through > record.pruned_through => {
-                record.pruned_through = through;
-                if let Err(error) = log.set_topic_retention(&record).await {
-                    tracing::warn!(%error, topic = %record.topic, "topic watermark not stored");
-                }
+            Ok(Some(through)) => {
                 tracing::debug!(topic = %record.topic, through, "topic pruned");
             }
-            Ok(_) => {}
+            Ok(None) => {}
             Err(error) => tracing::warn!(%error, topic = %record.topic, "topic prune failed"),
         }
     }

@@ -29,9 +29,9 @@ impl Dispatcher {
 
     /// The log skipped sequence numbers after `after`: if a topic the
     /// members' filter can match was pruned past it, they missed its events.
-    /// Asked after the read, so a prune that raced the read is seen (a log
-    /// stores a topic's watermark before it removes the events, or at
-    /// least before the next read that could miss them).
+    /// Asked after the read, so a prune that raced the read is seen (every
+    /// log raises a topic's watermark before it removes the events,
+    /// `EventLog::prune_topic`).
     pub(super) async fn check_topics(&mut self, after: u64) {
         // The members were told already: every pruned event up to there is
         // one gap, not one per event skipped.
