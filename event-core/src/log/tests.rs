@@ -17,13 +17,17 @@ use crate::ring::{Cursor, ReplayMiss};
 
 /// A [`MemoryLog`] whose appends can be held (a semaphore permit per
 /// append) or made to fail, to drive the writer through a slow or broken
-/// storage.
+/// storage, and whose next read can be preceded by a topic's prune (the
+/// pruner's round landing inside a reader's read).
 #[derive(Clone, Default)]
-struct Faulty {
-    inner: MemoryLog,
+pub(super) struct Faulty {
+    pub(super) inner: MemoryLog,
     fail_next: Arc<AtomicUsize>,
     gate: Option<Arc<Semaphore>>,
     appends: Arc<AtomicUsize>,
+    /// A topic and the retention to prune it by at the start of the next
+    /// read (taken by that read).
+    pub(super) prune_on_read: Arc<std::sync::Mutex<Option<(String, Retention)>>>,
 }
 
 #[async_trait]
@@ -49,6 +53,15 @@ impl EventLog for Faulty {
         self.inner.append(events).await
     }
     async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, LogError> {
+        let prune = self
+            .prune_on_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((topic, retention)) = prune {
+            let now = OffsetDateTime::now_utc();
+            self.inner.prune_topic(&topic, &retention, now).await?;
+        }
         self.inner.read_after(after, limit).await
     }
     async fn seq_at_time(&self, t: OffsetDateTime) -> Result<Option<u64>, LogError> {
@@ -65,6 +78,20 @@ impl EventLog for Faulty {
     }
     async fn prune(&self, r: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
         self.inner.prune(r, now).await
+    }
+    async fn topic_retentions(&self) -> Result<Vec<TopicRetention>, LogError> {
+        self.inner.topic_retentions().await
+    }
+    async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
+        self.inner.set_topic_retention(record).await
+    }
+    async fn prune_topic(
+        &self,
+        topic: &str,
+        retention: &Retention,
+        now: OffsetDateTime,
+    ) -> Result<Option<u64>, LogError> {
+        self.inner.prune_topic(topic, retention, now).await
     }
 }
 

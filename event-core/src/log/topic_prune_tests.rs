@@ -3,12 +3,10 @@
 //! that read around removed events resyncs instead of missing them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_trait::async_trait;
 use time::OffsetDateTime;
-use uuid::Uuid;
 
+use super::tests::Faulty;
 use super::*;
 use crate::bus::{BusConfig, EventBus, SeqStart};
 use crate::event::EventMeta;
@@ -16,15 +14,6 @@ use crate::filter::{EventFilter, TopicPattern};
 use crate::payload::QueueStatus;
 use crate::replay_source::ReplaySource;
 use crate::ring::{Cursor, ReplayMiss};
-
-/// A [`MemoryLog`] that prunes topic `noisy` to its newest two events at
-/// the start of the next read, once armed: the pruner's round landing
-/// between a reader's watermark check and its read.
-#[derive(Clone, Default)]
-struct PrunesDuringRead {
-    inner: MemoryLog,
-    armed: Arc<AtomicBool>,
-}
 
 fn keep_two() -> Retention {
     Retention {
@@ -34,62 +23,22 @@ fn keep_two() -> Retention {
     }
 }
 
-#[async_trait]
-impl EventLog for PrunesDuringRead {
-    fn name(&self) -> &str {
-        "prunes-during-read"
-    }
-    async fn append(&self, events: &[Arc<Event>]) -> Result<(), LogError> {
-        self.inner.append(events).await
-    }
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<Event>>, LogError> {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            let now = OffsetDateTime::now_utc();
-            self.inner.prune_topic("noisy", &keep_two(), now).await?;
-        }
-        self.inner.read_after(after, limit).await
-    }
-    async fn seq_at_time(&self, t: OffsetDateTime) -> Result<Option<u64>, LogError> {
-        self.inner.seq_at_time(t).await
-    }
-    async fn seq_of(&self, id: Uuid) -> Result<Option<u64>, LogError> {
-        self.inner.seq_of(id).await
-    }
-    async fn first_seq(&self) -> Result<u64, LogError> {
-        self.inner.first_seq().await
-    }
-    async fn bounds(&self) -> Result<LogBounds, LogError> {
-        self.inner.bounds().await
-    }
-    async fn prune(&self, r: &Retention, now: OffsetDateTime) -> Result<u64, LogError> {
-        self.inner.prune(r, now).await
-    }
-    async fn topic_retentions(&self) -> Result<Vec<TopicRetention>, LogError> {
-        self.inner.topic_retentions().await
-    }
-    async fn set_topic_retention(&self, record: &TopicRetention) -> Result<(), LogError> {
-        self.inner.set_topic_retention(record).await
-    }
-    async fn prune_topic(
-        &self,
-        topic: &str,
-        retention: &Retention,
-        now: OffsetDateTime,
-    ) -> Result<Option<u64>, LogError> {
-        self.inner.prune_topic(topic, retention, now).await
-    }
+/// Arms `log` to prune `noisy` to its newest two at the start of its next
+/// read: between the replay's first watermark check and its read.
+fn prune_during_next_read(log: &Faulty) {
+    *log.prune_on_read.lock().unwrap() = Some(("noisy".into(), keep_two()));
 }
 
 /// A bus whose ring holds two events (replays come from the log) and a log
 /// holding `noisy` at 1, 3, …, 11 and `queue` at 2, 4, …, 12, with a
 /// retention of two for `noisy` not yet applied.
-async fn logged() -> (EventBus, PrunesDuringRead) {
+async fn logged() -> (EventBus, Faulty) {
     let bus = EventBus::new(BusConfig {
         replay_size: 2,
         seq_start: SeqStart::At(1),
         ..BusConfig::default()
     });
-    let log = PrunesDuringRead::default();
+    let log = Faulty::default();
     log.set_topic_retention(&TopicRetention {
         topic: "noisy".into(),
         retention: Some(keep_two()),
@@ -134,7 +83,7 @@ async fn a_replay_that_read_around_a_prune_resyncs() {
     let (bus, log) = logged().await;
     let replay = LogReplay::new(&bus, Arc::new(log.clone()));
     // Before its read the watermark is 0, so the first check lets it in.
-    log.armed.store(true, Ordering::SeqCst);
+    prune_during_next_read(&log);
     assert_eq!(
         replay
             .replay_matching(&Cursor::Seq(2), &EventFilter::all())
@@ -142,7 +91,7 @@ async fn a_replay_that_read_around_a_prune_resyncs() {
             .unwrap_err(),
         ReplayMiss::Expired
     );
-    log.armed.store(true, Ordering::SeqCst);
+    prune_during_next_read(&log);
     let page = replay
         .history_matching(Some(&Cursor::Seq(2)), 100, &EventFilter::all())
         .await;
@@ -154,7 +103,7 @@ async fn a_reader_of_another_topic_is_not_refused_by_a_prune_during_its_read() {
     let (bus, log) = logged().await;
     let replay = LogReplay::new(&bus, Arc::new(log.clone()));
     let queue_only = EventFilter::all().with_topics(vec![TopicPattern::parse("queue").unwrap()]);
-    log.armed.store(true, Ordering::SeqCst);
+    prune_during_next_read(&log);
     let got = replay
         .replay_matching(&Cursor::Seq(2), &queue_only)
         .await
