@@ -50,6 +50,14 @@ impl<T> WriteTimeoutIo<T> {
         &self.io
     }
 
+    /// The wrapped connection, to change in place (say, to register its
+    /// socket with another runtime). A write stall being timed is forgotten:
+    /// the next pending write starts a new timer on the current runtime.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.pending_since = None;
+        &mut self.io
+    }
+
     fn check<R>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if poll.is_ready() {
             self.pending_since = None;

@@ -38,6 +38,27 @@ use std::time::Duration;
 
 use direct::{First, Replay};
 
+/// A connection that can move to the runtime it is served on.
+///
+/// A tokio socket is registered with the I/O driver of the runtime that
+/// accepted it, and only that runtime's workers turn the kernel's readiness
+/// into wake-ups. A connection moved to the intake runtime but left
+/// registered with the main one would have every read wait until a main
+/// worker, busy with the fan-out, next polls its driver (milliseconds per
+/// request under saturation, BENCHMARKS.md). Called on the new runtime,
+/// before any I/O there.
+pub(crate) trait Rehome {
+    /// Registers the connection with the current runtime's driver (and
+    /// timer); a connection that is not a socket has nothing to move.
+    fn rehome(&mut self) -> std::io::Result<()>;
+}
+
+impl<T: Rehome> Rehome for WriteTimeoutIo<T> {
+    fn rehome(&mut self) -> std::io::Result<()> {
+        self.get_mut().rehome()
+    }
+}
+
 /// How the accept loop serves its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -66,6 +87,7 @@ pub(crate) async fn serve<L>(
     signal: impl Future<Output = ()> + Send + 'static,
 ) where
     L: Listener<Addr = SocketAddr>,
+    L::Io: Rehome,
 {
     let Settings {
         stream_paths,
@@ -145,7 +167,7 @@ fn serve_connection<I>(
     stop: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + Rehome + 'static,
 {
     let first = Box::pin(direct::first_request(
         io,
@@ -176,16 +198,10 @@ fn hyper_rest<I>(
     stop: CancellationToken,
 ) -> Rest
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + Rehome + 'static,
 {
     let on_intake = shared.intake.clone().filter(|_| !io.is_get());
-    let served = serve_hyper(
-        io,
-        remote,
-        shared.router.clone(),
-        shared.builder.clone(),
-        stop,
-    );
+    let (router, builder) = (shared.router.clone(), shared.builder.clone());
     match on_intake {
         // Publishing and the REST API on their own threads: under a
         // saturated fan-out the runtime's queue holds a writer task per
@@ -193,12 +209,19 @@ where
         // and write would take seconds. This task stays (the accept loop's
         // tracker waits for it) and only waits for the intake's.
         Some(intake) => {
-            let served = intake.spawn(served);
+            let served = intake.spawn(async move {
+                let mut io = io;
+                if let Err(error) = io.rehome() {
+                    tracing::debug!(%error, "connection not moved to the intake runtime");
+                    return;
+                }
+                serve_hyper(io, remote, router, builder, stop).await;
+            });
             Box::pin(async move {
                 let _ = served.await;
             })
         }
-        None => Box::pin(served),
+        None => Box::pin(serve_hyper(io, remote, router, builder, stop)),
     }
 }
 
@@ -247,6 +270,13 @@ mod tests {
     use tokio::time::Instant;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// An in-memory pipe belongs to no runtime's driver.
+    impl Rehome for tokio::io::DuplexStream {
+        fn rehome(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     const PATHS: &[&str] = &["/api/v1/events"];
 
     /// The connection type the accept loop serves.

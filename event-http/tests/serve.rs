@@ -188,6 +188,79 @@ async fn a_connection_over_the_caps_is_refused_with_503() {
     tokio::time::timeout(WAIT, server).await.unwrap().unwrap();
 }
 
+/// A connection moved to the intake is registered with the intake's own I/O
+/// driver: its requests are read and answered while every worker of the
+/// main runtime is busy (here: blocked). Registered with the main runtime's
+/// driver, as it was accepted, its reads would wait for a main worker to
+/// poll that driver, which under a saturated fan-out took milliseconds per
+/// request (BENCHMARKS.md) and here never happens.
+#[tokio::test]
+async fn an_intake_connection_is_served_while_the_main_runtime_is_stuck() {
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, intake) = (runtime("test-main"), runtime("test-intake"));
+    let router = Router::new().route("/ok", axum::routing::post(|| async { "ok" }));
+    let listener = {
+        let _entered = main.enter();
+        let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std.set_nonblocking(true).unwrap();
+        TcpListener::from_std(std).unwrap()
+    };
+    let addr = listener.local_addr().unwrap();
+    main.spawn(std::future::IntoFuture::into_future(
+        event_http::serve(listener, router).intake(intake.handle().clone()),
+    ));
+    let post = b"POST /ok HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n";
+    let mut publisher = TcpStream::connect(addr).await.unwrap();
+    async fn answer(tcp: &mut TcpStream) -> String {
+        let mut seen = Vec::new();
+        read_until(tcp, &mut seen, b"\r\n\r\nok").await;
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+    // The first request is read on the main runtime, then the connection
+    // moves to the intake.
+    publisher.write_all(post).await.unwrap();
+    assert!(answer(&mut publisher).await.starts_with("HTTP/1.1 200"));
+
+    // Main's only worker blocked, as a saturated fan-out keeps it from its
+    // driver.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (blocked, is_blocked) = oneshot::channel::<()>();
+    main.spawn(async move {
+        let _ = blocked.send(());
+        let _ = released.recv_timeout(3 * WAIT);
+    });
+    tokio::time::timeout(WAIT, is_blocked)
+        .await
+        .unwrap()
+        .unwrap();
+
+    publisher.write_all(post).await.unwrap();
+    let mut seen = Vec::new();
+    // Shorter than `read_until`'s own deadline, so that the main runtime
+    // is released before anything panics.
+    let read = tokio::time::timeout(
+        WAIT / 2,
+        read_until(&mut publisher, &mut seen, b"\r\n\r\nok"),
+    )
+    .await;
+    let _ = release.send(());
+    assert!(
+        read.is_ok(),
+        "no answer while the main runtime was stuck: the connection still waits on its driver"
+    );
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    drop(publisher);
+    main.shutdown_background();
+    intake.shutdown_background();
+}
+
 /// With an intake runtime, a connection whose first request is not a `GET`
 /// is served on the intake's threads, keep-alive requests after it too;
 /// a `GET` (an event stream, a WebSocket upgrade, the rest) stays on the

@@ -581,6 +581,17 @@ impl<I> Replay<I> {
     }
 }
 
+impl<I: super::Rehome> super::Rehome for Replay<I> {
+    fn rehome(&mut self) -> io::Result<()> {
+        // The head's deadline was set on the old runtime's timer.
+        if let Some(head) = self.head.as_mut() {
+            let deadline = head.sleep.deadline();
+            head.sleep = Box::pin(tokio::time::sleep_until(deadline));
+        }
+        self.io.rehome()
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
