@@ -69,7 +69,11 @@ pub const LOG_DROPPED: &str = "matric_log_dropped";
 pub const LOG_APPEND_ERRORS: &str = "matric_log_append_errors";
 /// Histogram: seconds per append (one batch, one transaction).
 pub const LOG_APPEND_SECONDS: &str = "matric_log_append_seconds";
-/// Gauge: events queued for the log and not yet committed.
+/// Histogram: seconds from an event's publication to its commit to the
+/// event log, for the oldest event of each batch (what a durable publisher
+/// waits at most, beside its own request).
+pub const LOG_COMMIT_WAIT_SECONDS: &str = "matric_log_commit_wait_seconds";
+/// Gauge: events queued for the event log and not yet committed.
 pub const LOG_PENDING: &str = "matric_log_pending";
 /// Gauge: sequence number of the oldest event in the log.
 pub const LOG_FIRST_SEQ: &str = "matric_log_first_seq";

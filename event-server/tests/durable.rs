@@ -270,6 +270,51 @@ async fn without_the_log_a_restart_forgets_and_old_cursors_resync() {
     assert!(status.success());
 }
 
+/// `matric_log_commit_wait_seconds` takes one sample per commit, as
+/// `matric_log_append_seconds` does, and each spans its batch's append
+/// (from the oldest event's publication to the commit), so its sum is at
+/// least the appends'.
+#[tokio::test]
+async fn the_commit_wait_is_measured_once_per_commit_and_spans_the_append() {
+    let dir = TempDir::new();
+    let host = Host::start(&[("DATABASE_URL", dir.sqlite_url())]).await;
+    for n in 0..5 {
+        publish(&host.url(""), &[progress(2 * n), progress(2 * n + 1)]).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = client()
+            .get(host.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let scrape = event_test_support::Scrape::parse(&text);
+        let read = |name: &str| scrape.find(name, &[]).unwrap_or(0.0);
+        let (waits, appends) = (
+            read("matric_log_commit_wait_seconds_count"),
+            read("matric_log_append_seconds_count"),
+        );
+        // The wait is recorded just after the commit it ends is announced.
+        if waits == appends && waits >= 1.0 {
+            assert!(
+                read("matric_log_commit_wait_seconds_sum") >= read("matric_log_append_seconds_sum"),
+                "a commit wait shorter than its append:\n{text}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{waits} commit waits against {appends} appends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _) = host.terminate().await;
+    assert!(status.success());
+}
+
 /// 20,000 events posted as fast as they are accepted, with a WebSocket and
 /// an SSE client connected; every sink still sees every event.
 async fn burst_with_sinks(env: &[(&str, String)]) -> Vec<String> {

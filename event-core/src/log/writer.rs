@@ -88,7 +88,8 @@ pub struct LogStatsSnapshot {
 const MAX_DROPPED_RANGES: usize = 1024;
 
 struct Shared {
-    queue: Mutex<VecDeque<Arc<Event>>>,
+    /// Each event with the moment it was queued.
+    queue: Mutex<VecDeque<(Arc<Event>, Instant)>>,
     /// Wakes the writer task.
     wake: Notify,
     /// Wakes durable publishers waiting for room.
@@ -109,6 +110,7 @@ struct Instruments {
     dropped: Counter<u64>,
     errors: Counter<u64>,
     append_seconds: Histogram<f64>,
+    commit_wait_seconds: Histogram<f64>,
     _gauges: Vec<ObservableGauge<u64>>,
 }
 
@@ -134,6 +136,15 @@ impl Instruments {
             append_seconds: meter
                 .f64_histogram(metrics::LOG_APPEND_SECONDS)
                 .with_description("Time of one append (one batch, one transaction)")
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                ])
+                .build(),
+            commit_wait_seconds: meter
+                .f64_histogram(metrics::LOG_COMMIT_WAIT_SECONDS)
+                .with_description(
+                    "Time from an event's publication to its commit: the oldest event of each batch",
+                )
                 .with_boundaries(vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 ])
@@ -177,7 +188,7 @@ impl Instruments {
 }
 
 impl Shared {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<Arc<Event>>> {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<(Arc<Event>, Instant)>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -227,7 +238,7 @@ impl Tap for LogTap {
         }
         shared.pending.fetch_add(1, Ordering::Relaxed);
         shared.queued_through.store(event.seq(), Ordering::Relaxed);
-        shared.queue().push_back(event.clone());
+        shared.queue().push_back((event.clone(), Instant::now()));
         shared.wake.notify_one();
     }
 }
@@ -440,11 +451,13 @@ impl Durability {
 async fn write_loop(shared: Arc<Shared>, log: Arc<dyn EventLog>) {
     let mut batch = Vec::with_capacity(shared.config.max_batch.min(4096));
     loop {
-        {
+        let oldest = {
             let mut queue = shared.queue();
             let n = queue.len().min(shared.config.max_batch);
-            batch.extend(queue.drain(..n));
-        }
+            let oldest = queue.front().map(|(_, at)| *at);
+            batch.extend(queue.drain(..n).map(|(event, _)| event));
+            oldest
+        };
         if batch.is_empty() {
             if shared.stop.is_cancelled() {
                 return;
@@ -463,6 +476,12 @@ async fn write_loop(shared: Arc<Shared>, log: Arc<dyn EventLog>) {
         shared.stats.last_seq.fetch_max(last, Ordering::Relaxed);
         shared.committed.send_replace(last);
         shared.room.notify_waiters();
+        if let Some(at) = oldest {
+            shared
+                .instruments
+                .commit_wait_seconds
+                .record(at.elapsed().as_secs_f64(), &[]);
+        }
     }
 }
 
