@@ -2,6 +2,16 @@
 //!
 //! An append is one statement however many events it carries (arrays bound
 //! as six parameters), so a batch costs one round trip and one commit.
+//!
+//! Appends have a connection of their own, opened by the first append. A
+//! tokio socket is served by the I/O driver of the runtime it was opened
+//! on, and a host runs the log writer on a thread of its own (event-server:
+//! the `event-log` runtime) because its main runtime is saturated by the
+//! fan-out; a connection opened there, at startup, would make every commit
+//! wait for a busy main worker to poll that runtime's driver (at 10,000
+//! events/s × 2,000 subscribers: 38–55 % of the offered events accepted,
+//! against 100 % with this connection, BENCHMARKS.md). Reads, retention and
+//! offsets share the other pool.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +35,8 @@ crate::offsets::offset_store!(PostgresLog, pool, pool);
 #[derive(Debug, Clone)]
 pub struct PostgresLog {
     pool: PgPool,
+    /// One connection for appends, opened on the appending runtime.
+    writer: PgPool,
 }
 
 impl PostgresLog {
@@ -67,9 +79,14 @@ impl PostgresLog {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(storage("cannot connect to PostgreSQL"))?;
+        // Lazy: its connection is opened (and reopened) inside an append.
+        let writer = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options);
         sqlx::raw_sql(
             "CREATE TABLE IF NOT EXISTS matric_event_log (
                 seq BIGINT PRIMARY KEY,
@@ -93,7 +110,7 @@ impl PostgresLog {
             .execute(&pool)
             .await
             .map_err(storage("cannot create the event log table"))?;
-        Ok(PostgresLog { pool })
+        Ok(PostgresLog { pool, writer })
     }
 }
 
@@ -156,7 +173,7 @@ impl EventLog for PostgresLog {
         .bind(topics)
         .bind(sizes)
         .bind(bodies)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(storage("appending events"))?;
         Ok(())

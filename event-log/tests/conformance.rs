@@ -382,3 +382,47 @@ async fn a_topic_retention_prunes_only_that_topics_oldest_events_and_is_stored()
         assert_eq!(log.topic_retentions().await.unwrap(), vec![record]);
     }
 }
+
+/// A host opens the log at startup, on its main runtime, and appends from
+/// a thread of its own (event-server's `event-log` runtime), because the
+/// main runtime's workers are busy with the fan-out. An append must not
+/// wait for them: here the runtime that opened the log is blocked outright
+/// while another appends. (PostgreSQL's connections are sockets served by
+/// the driver of the runtime that opened them; SQLite's run on threads of
+/// their own.)
+#[test]
+fn an_append_does_not_wait_for_the_runtime_that_opened_the_log() {
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (main, writer) = (runtime("test-main"), runtime("test-log-writer"));
+    let bus = bus();
+    for log in main.block_on(logs()) {
+        // Opened and used on `main`: its connections are there.
+        main.block_on(log.bounds()).unwrap();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (blocked, is_blocked) = std::sync::mpsc::channel::<()>();
+        main.spawn(async move {
+            let _ = blocked.send(());
+            let _ = released.recv_timeout(Duration::from_secs(60));
+        });
+        is_blocked.recv_timeout(Duration::from_secs(20)).unwrap();
+        let event = bus.publish(progress(1));
+        let appended = writer.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), log.append(&[event])).await
+        });
+        let _ = release.send(());
+        assert!(
+            matches!(appended, Ok(Ok(()))),
+            "{}: the append waited for the blocked runtime ({appended:?})",
+            log.name()
+        );
+    }
+    main.shutdown_background();
+    writer.shutdown_background();
+}
