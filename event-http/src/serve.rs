@@ -49,7 +49,8 @@ use direct::{First, Replay};
 /// before any I/O there.
 pub(crate) trait Rehome {
     /// Registers the connection with the current runtime's driver (and
-    /// timer); a connection that is not a socket has nothing to move.
+    /// timer); a connection that is not a socket has nothing to move. On
+    /// an error the connection is unchanged and still usable.
     fn rehome(&mut self) -> std::io::Result<()>;
 }
 
@@ -211,9 +212,10 @@ where
         Some(intake) => {
             let served = intake.spawn(async move {
                 let mut io = io;
+                // On failure (no descriptor left for the copy) the socket is
+                // as it was: served, only woken through the main runtime.
                 if let Err(error) = io.rehome() {
-                    tracing::debug!(%error, "connection not moved to the intake runtime");
-                    return;
+                    tracing::debug!(%error, "connection left on the accepting runtime's driver");
                 }
                 serve_hyper(io, remote, router, builder, stop).await;
             });
@@ -270,6 +272,7 @@ mod tests {
     use tokio::time::Instant;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+    const PATHS: &[&str] = &["/api/v1/events"];
 
     /// An in-memory pipe belongs to no runtime's driver.
     impl Rehome for tokio::io::DuplexStream {
@@ -277,7 +280,6 @@ mod tests {
             Ok(())
         }
     }
-    const PATHS: &[&str] = &["/api/v1/events"];
 
     /// The connection type the accept loop serves.
     type Served = WriteTimeoutIo<listener::CappedStream>;

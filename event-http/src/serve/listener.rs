@@ -304,30 +304,20 @@ pub struct CappedStream {
     _place: Place,
 }
 
-impl CappedStream {
-    /// Registers the socket with the current runtime's I/O driver instead
-    /// of the one it was accepted on; see [`Rehome`](super::Rehome).
-    #[cfg(unix)]
-    fn rehome_socket(&mut self) -> io::Result<()> {
-        use std::os::fd::AsFd;
-        // A second descriptor of the same socket, registered here; dropping
-        // the first deregisters it from the old driver before closing it, so
-        // that driver never reports this socket again.
-        let fd = self.tcp.as_fd().try_clone_to_owned()?;
-        let tcp = TcpStream::from_std(std::net::TcpStream::from(fd))?;
-        self.tcp = tcp;
-        Ok(())
-    }
-
-    #[cfg(not(unix))]
-    fn rehome_socket(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
+/// The socket is registered with the current runtime's I/O driver instead
+/// of the one it was accepted on; see [`Rehome`](super::Rehome).
 impl super::Rehome for CappedStream {
     fn rehome(&mut self) -> io::Result<()> {
-        self.rehome_socket()
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            // A second descriptor of the same socket, registered here;
+            // dropping the first deregisters it from the old driver before
+            // closing it, so that driver never reports this socket again.
+            let fd = self.tcp.as_fd().try_clone_to_owned()?;
+            self.tcp = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+        }
+        Ok(())
     }
 }
 
