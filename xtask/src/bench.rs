@@ -187,13 +187,6 @@ pub struct WebhookRuns {
     pub serial: Value,
 }
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
 fn sh(cmd: &str) -> String {
     std::process::Command::new("sh")
         .args(["-c", cmd])
@@ -222,7 +215,9 @@ fn machine(command: &str) -> Value {
 pub fn bench(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let profile = !args.iter().any(|a| a == "--no-profile");
-    let root = workspace_root();
+    // Asked of cargo, not compiled in: an xtask binary built in another
+    // checkout sharing this target directory would write to that one.
+    let root = crate::conformance::workspace_root()?;
     let out = args
         .iter()
         .position(|a| a == "--out")
