@@ -379,14 +379,7 @@ async fn the_consumers_api_answers_lists_and_deletes_and_bad_requests_are_named(
     assert_eq!(res.status(), 409);
     let listed = consumer_when(&host, "audit", |c| c["members"] == 1).await;
     assert_eq!(listed["ack"], "explicit");
-    let metrics = http
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = host.metrics_text().await;
     assert!(
         metrics.contains("matric_consumer_lag{consumer=\"audit\""),
         "no consumer lag series"

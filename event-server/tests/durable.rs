@@ -283,14 +283,8 @@ async fn the_commit_wait_is_measured_once_per_commit_and_spans_the_append() {
     }
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let text = client()
-            .get(host.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        // One scrape for all four series, so that they agree.
+        let text = host.metrics_text().await;
         let scrape = event_test_support::Scrape::parse(&text);
         let read = |name: &str| scrape.find(name, &[]).unwrap_or(0.0);
         let (waits, appends) = (

@@ -125,17 +125,22 @@ impl Host {
         (ws, sse)
     }
 
-    /// A counter or gauge of `/metrics`: the sum over its series whose line
-    /// contains `labels` (`""` for all).
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = client()
+    /// `/metrics`, as scraped now.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A counter or gauge of `/metrics`: the sum over its series whose line
+    /// contains `labels` (`""` for all).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|l| l.starts_with(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
