@@ -16,6 +16,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use event_core::{ConnectionRegistry, Principal, Transport};
 use event_http::ConnectionCaps;
+use event_test_support::runtime::{occupy, one_worker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -196,15 +197,7 @@ async fn a_connection_over_the_caps_is_refused_with_503() {
 /// request (BENCHMARKS.md) and here never happens.
 #[tokio::test]
 async fn an_intake_connection_is_served_while_the_main_runtime_is_stuck() {
-    let runtime = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let (main, intake) = (runtime("test-main"), runtime("test-intake"));
+    let (main, intake) = (one_worker("test-main"), one_worker("test-intake"));
     let router = Router::new().route("/ok", axum::routing::post(|| async { "ok" }));
     let listener = {
         let _entered = main.enter();
@@ -227,16 +220,7 @@ async fn an_intake_connection_is_served_while_the_main_runtime_is_stuck() {
 
     // Main's only worker blocked, as a saturated fan-out keeps it from its
     // driver.
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let (blocked, is_blocked) = oneshot::channel::<()>();
-    main.spawn(async move {
-        let _ = blocked.send(());
-        let _ = released.recv_timeout(3 * WAIT);
-    });
-    tokio::time::timeout(WAIT, is_blocked)
-        .await
-        .unwrap()
-        .unwrap();
+    let stuck = occupy(&main, 3 * WAIT);
 
     publisher.write_all(post).await.unwrap();
     let mut seen = Vec::new();
@@ -247,7 +231,7 @@ async fn an_intake_connection_is_served_while_the_main_runtime_is_stuck() {
         read_until(&mut publisher, &mut seen, b"\r\n\r\nok"),
     )
     .await;
-    let _ = release.send(());
+    drop(stuck);
     assert!(
         read.is_ok(),
         "no answer while the main runtime was stuck: the connection still waits on its driver"
@@ -264,12 +248,7 @@ async fn an_intake_connection_is_served_while_the_main_runtime_is_stuck() {
 /// server's runtime. And the server still shuts down gracefully.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_are_not_gets_are_served_on_the_intake_runtime() {
-    let intake = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("test-intake")
-        .enable_all()
-        .build()
-        .unwrap();
+    let intake = one_worker("test-intake");
     let thread = || async {
         std::thread::current()
             .name()

@@ -9,6 +9,7 @@ use std::time::Duration;
 use event_core::{
     BusConfig, Event, EventBus, EventLog, EventMeta, JobProgress, QueueStatus, Retention, SeqStart,
 };
+use event_test_support::runtime::{occupy, one_worker};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -392,31 +393,17 @@ async fn a_topic_retention_prunes_only_that_topics_oldest_events_and_is_stored()
 /// their own.)
 #[test]
 fn an_append_does_not_wait_for_the_runtime_that_opened_the_log() {
-    let runtime = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(name)
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    let (main, writer) = (runtime("test-main"), runtime("test-log-writer"));
+    let (main, writer) = (one_worker("test-main"), one_worker("test-log-writer"));
     let bus = bus();
     for log in main.block_on(logs()) {
         // Opened and used on `main`: its connections are there.
         main.block_on(log.bounds()).unwrap();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let (blocked, is_blocked) = std::sync::mpsc::channel::<()>();
-        main.spawn(async move {
-            let _ = blocked.send(());
-            let _ = released.recv_timeout(Duration::from_secs(60));
-        });
-        is_blocked.recv_timeout(Duration::from_secs(20)).unwrap();
+        let stuck = occupy(&main, Duration::from_secs(60));
         let event = bus.publish(progress(1));
         let appended = writer.block_on(async {
             tokio::time::timeout(Duration::from_secs(20), log.append(&[event])).await
         });
-        let _ = release.send(());
+        drop(stuck);
         assert!(
             matches!(appended, Ok(Ok(()))),
             "{}: the append waited for the blocked runtime ({appended:?})",

@@ -4,7 +4,8 @@
 //! behind the global meter provider and reading series from it, [`Scrape`]
 //! (the workspace's one reader of the Prometheus text format, also used by
 //! the load generator) and, with the feature `browser`, headless Chromium
-//! over WebDriver ([`browser`]). Not published (`publish = false`); it
+//! over WebDriver ([`browser`]) and, with the feature `runtime`, one-worker
+//! runtimes a test can occupy ([`runtime`]). Not published (`publish = false`); it
 //! depends on no `event-*` crate, so every crate can take it as a
 //! dev-dependency without pulling in another transport.
 //!
@@ -38,6 +39,8 @@ pub use scrape::{Sample, Scrape};
 
 #[cfg(feature = "browser")]
 pub mod browser;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod scrape;
 
 /// Installs a Prometheus exporter over a fresh registry as the process-global
