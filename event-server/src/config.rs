@@ -401,8 +401,8 @@ pub struct Config {
     /// Connections that must have closed (and at least half of those open
     /// at the peak) before the server returns malloc's free pages to the
     /// system, once the count has not changed for a second (at most ten
-    /// seconds after the fall; glibc `malloc_trim`; default 1,000; `0`:
-    /// never).
+    /// seconds after the fall; glibc `malloc_trim`), and again 5, 15, 30 and
+    /// 60 seconds later; default 1,000; `0`: never.
     #[arg(
         long = "memory-trim-closed",
         env = "MEMORY_TRIM_CLOSED",
