@@ -204,7 +204,7 @@ impl Default for Retention {
 /// applies to every event (the stricter wins).
 ///
 /// `pruned_through` is the newest sequence number among the topic's events
-/// removed so far: a reader whose filter can match the topic and whose
+/// removed (or being removed) so far: a reader whose filter can match the topic and whose
 /// cursor is older cannot be served without a gap, so replays refuse it
 /// ([`ReplayMiss::Expired`](crate::ReplayMiss::Expired)). It is kept when
 /// the bounds are removed.
@@ -214,7 +214,11 @@ pub struct TopicRetention {
     pub topic: String,
     /// Its bounds; `None` once removed (only the watermark remains).
     pub retention: Option<Retention>,
-    /// The newest of its events pruned so far (0: none).
+    /// The topic's watermark: the sequence number through which its events
+    /// are pruned (0: none yet). A prune raises it before it deletes them
+    /// (see [`EventLog::prune_topic`]), so some may still be stored for a
+    /// moment; a reader whose cursor is older is refused either way. Never
+    /// lowered.
     pub pruned_through: u64,
 }
 
