@@ -31,12 +31,13 @@
 //! later, up to half a minute (measured with six instances on two cores
 //! after a fan-out to 100,000 connections: one instance's trim left 97.8 MB,
 //! and 55 MB more were freed 20 seconds after it). A trim returns only what
-//! is free when it runs: what is freed after it stays resident, and an
-//! instance ended 10–60 % above its start; a `malloc_trim` a minute later
-//! brought all six to within 5 % (BENCHMARKS.md, "memory freed after the
-//! trim"). So a mass close's trim is followed by [`FOLLOW_UPS`] more, 5, 15,
-//! 30 and 60 seconds after it. Each costs what the first does (milliseconds
-//! of one blocking thread, under each arena's lock in turn).
+//! is free when it runs: what is freed after it stays resident, and a
+//! minute after the close instances stood up to 66 % above their start; a
+//! `malloc_trim` then brought all six to within 5 % (BENCHMARKS.md, "what
+//! the connections held is freed after the trim"). So a mass close's trim
+//! is followed by `FOLLOW_UPS` more, 5, 15, 30 and 60 seconds after it.
+//! Each costs what the first does (milliseconds of one blocking thread,
+//! under each arena's lock in turn).
 //!
 //! # The replay ring's events
 //!
