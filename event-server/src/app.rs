@@ -240,6 +240,7 @@ impl App {
                 ws: None,
             },
             slots,
+            intake: intake.handle(),
         };
         app.mount_core();
         // Before the transports: they send the queue status it keeps.

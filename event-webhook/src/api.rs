@@ -267,7 +267,7 @@ async fn create(
     check_url(&shared, &url).await?;
     let _creating = shared.create_lock.lock().await;
     let max = shared.config.max_webhooks;
-    if max > 0 && shared.store.count_webhooks().await? >= max as u64 {
+    if max > 0 && shared.api().count_webhooks().await? >= max as u64 {
         return Err(WebhookError::TooManyWebhooks(max));
     }
     let now = OffsetDateTime::now_utc();
@@ -286,7 +286,7 @@ async fn create(
         failure_count: 0,
         disabled_reason: None,
     };
-    shared.store.create_webhook(&webhook).await?;
+    shared.api().create_webhook(&webhook).await?;
     shared.refresh_index().await;
     tracing::info!(webhook_id = %webhook.id, host = %host_of(&webhook.url), "webhook created");
     Ok((
@@ -297,7 +297,7 @@ async fn create(
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Result<Response> {
-    let all = shared.store.list_webhooks().await?;
+    let all = shared.api().list_webhooks().await?;
     let items: Vec<_> = all.iter().map(WebhookJson::public).collect();
     Ok(Json(items).into_response())
 }
@@ -305,7 +305,7 @@ async fn list(State(shared): State<Arc<Shared>>) -> Result<Response> {
 async fn load(shared: &Shared, raw_id: &str) -> Result<Webhook> {
     let id = parse_id(raw_id, "webhook")?;
     shared
-        .store
+        .api()
         .get_webhook(id)
         .await?
         .ok_or(WebhookError::NotFound("webhook"))
@@ -346,7 +346,7 @@ async fn update(
         w.active = active;
     }
     w.updated_at = OffsetDateTime::now_utc();
-    if !shared.store.update_webhook(&w).await? {
+    if !shared.api().update_webhook(&w).await? {
         return Err(WebhookError::NotFound("webhook"));
     }
     shared.refresh_index().await;
@@ -359,7 +359,7 @@ async fn update(
 
 async fn remove(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Result<Response> {
     let id = parse_id(&id, "webhook")?;
-    if !shared.store.delete_webhook(id).await? {
+    if !shared.api().delete_webhook(id).await? {
         return Err(WebhookError::NotFound("webhook"));
     }
     shared.refresh_index().await;
@@ -394,7 +394,7 @@ async fn deliveries(
         })?),
     };
     let w = load(&shared, &id).await?;
-    let list = shared.store.list_deliveries(w.id, status, limit).await?;
+    let list = shared.api().list_deliveries(w.id, status, limit).await?;
     Ok(Json(list).into_response())
 }
 
@@ -405,7 +405,7 @@ async fn redeliver(
     let w = load(&shared, &id).await?;
     let delivery_id = parse_id(&delivery_id, "delivery")?;
     let d = shared
-        .store
+        .api()
         .redeliver(w.id, delivery_id, OffsetDateTime::now_utc())
         .await?
         .ok_or(WebhookError::NotFound("delivery"))?;
@@ -443,7 +443,7 @@ async fn test_delivery(
     let token = Uuid::new_v4();
     let lease = time::Duration::try_from(shared.config.lease).unwrap_or(time::Duration::minutes(5));
     shared
-        .store
+        .api()
         .enqueue_claimed(&row, token, now + lease)
         .await?;
     let exchange = crate::deliver::send(
@@ -472,9 +472,9 @@ async fn test_delivery(
         },
         disable_after_dead: shared.config.disable_after_dead,
     };
-    shared.store.complete_attempt(&record).await?;
+    shared.api().complete_attempt(&record).await?;
     let d = shared
-        .store
+        .api()
         .get_delivery(w.id, row.id)
         .await?
         .ok_or(WebhookError::NotFound("delivery"))?;

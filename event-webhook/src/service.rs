@@ -23,6 +23,9 @@ use crate::worker::DeliveryWorker;
 /// What the router, the sink and the worker share.
 pub(crate) struct Shared {
     pub store: Arc<dyn WebhookStore>,
+    /// The store the REST API uses when it is not `store`
+    /// ([`Webhooks::serve_api_from`]).
+    pub api_store: std::sync::OnceLock<Arc<dyn WebhookStore>>,
     pub index: SubscriberIndex,
     pub auth: Arc<dyn Authenticator>,
     pub config: WebhookConfig,
@@ -46,10 +49,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Reloads the subscriber index, logging (not failing) on error: the
-    /// periodic refresh will catch up.
+    /// The store the REST API reads and writes.
+    pub fn api(&self) -> &Arc<dyn WebhookStore> {
+        self.api_store.get().unwrap_or(&self.store)
+    }
+
+    /// Reloads the subscriber index (through the API's store: the API's
+    /// writes call it), logging (not failing) on error: the periodic
+    /// refresh will catch up.
     pub async fn refresh_index(&self) {
-        if let Err(error) = self.index.reload(self.store.as_ref()).await {
+        if let Err(error) = self.index.reload(self.api().as_ref()).await {
             tracing::warn!(%error, "webhook subscriber index reload failed");
         }
     }
@@ -129,6 +138,7 @@ impl Webhooks {
             client: http_client(&config)?,
             guard: SsrfGuard::new(config.allow_cidrs.clone()),
             store,
+            api_store: std::sync::OnceLock::new(),
             index: SubscriberIndex::default(),
             auth,
             signature_header,
@@ -176,6 +186,38 @@ impl Webhooks {
     /// The event sink to register on the host's `SinkRunner`.
     pub fn sink(&self) -> Arc<dyn EventSink> {
         Arc::new(WebhookSink::new(self.shared.clone()))
+    }
+
+    /// Has the REST API ([`router`](Webhooks::router)) read and write
+    /// through `store` instead of the store the sink and the worker use: the
+    /// same database, another handle (its secrets sealed and opened with the
+    /// same [`WebhookConfig::secret_keys`]). Call it before serving the
+    /// routes.
+    ///
+    /// Why a host would: a PostgreSQL connection is a socket served by the
+    /// I/O driver of the Tokio runtime that opened it. A host that serves its
+    /// REST requests on a runtime of their own, away from a busy fan-out
+    /// (event-server's intake), opens this store there, so that its
+    /// requests do not wait for the busy runtime to poll its driver
+    /// (measured: p50 35.6 ms instead of 2–3 ms under a saturated fan-out;
+    /// BENCHMARKS.md). The connections a pool opens later are opened by the
+    /// tasks that use it, on their runtime, so one pool shared with the
+    /// worker would not stay there. With SQLite there is no reason to: its
+    /// connections run on threads of their own, and a second handle would
+    /// be a second writer.
+    ///
+    /// # Errors
+    ///
+    /// [`WebhookError::Invalid`] if the API already has a store of its own.
+    pub fn serve_api_from(&self, store: Arc<dyn WebhookStore>) -> Result<()> {
+        let sealed: Arc<dyn WebhookStore> = Arc::new(SealedStore::new(
+            store,
+            SecretCipher::new(self.shared.config.secret_keys.clone()),
+        ));
+        self.shared
+            .api_store
+            .set(sealed)
+            .map_err(|_| WebhookError::invalid("api_store", "is already set"))
     }
 
     /// The `/api/v1/webhooks` routes.

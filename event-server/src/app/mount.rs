@@ -46,6 +46,13 @@ pub(super) struct Assembly<'c> {
     pub slots: Slots,
     /// The transports' routers, which slot streams are opened through.
     pub streams: StreamRoutes,
+    /// The intake runtime (`INTAKE_THREADS`), which serves the REST
+    /// requests; `None` when they share the main runtime.
+    #[cfg_attr(
+        not(feature = "webhook"),
+        allow(dead_code, reason = "the webhook API opens its store there")
+    )]
+    pub intake: Option<tokio::runtime::Handle>,
 }
 
 impl Assembly<'_> {
@@ -425,6 +432,22 @@ impl Assembly<'_> {
             c.webhook_create_max_rate,
             |method, path| *method == Method::POST && path == "/api/v1/webhooks",
         );
+        // The API is served on the intake: its PostgreSQL connections are
+        // opened there too, so that they are served by the intake's I/O
+        // driver, not the main runtime's, busy with the fan-out
+        // (`Webhooks::serve_api_from`).
+        if let (Some(intake), true) = (&self.intake, webhooks.store().engine() == "postgres") {
+            let url = c.database_url.clone();
+            let startup = |e: &dyn std::fmt::Display| {
+                crate::error::ServerError::Startup(format!("webhooks: the API's store: {e}"))
+            };
+            intake
+                .spawn(async move { event_webhook::store::connect(&url).await })
+                .await
+                .map_err(|e| startup(&e))?
+                .and_then(|store| webhooks.serve_api_from(store))
+                .map_err(|e| startup(&e))?;
+        }
         let routes = self.guarded(webhooks.router(), Need::Admin, rate, None);
         self.merge(routes);
         let worker = webhooks.start_worker(self.cancel.child_token());
