@@ -296,7 +296,13 @@ where
 {
     match db {
         Db::Sqlite(pool) => {
-            let mut tx = AfterCommit::begin(pool, bus).await.map_err(commit_error)?;
+            // IMMEDIATE: the write lock from the start. A deferred
+            // transaction reads first and upgrades to a write, which fails
+            // at once (SQLITE_BUSY, not waited out by the busy timeout) when
+            // another connection to the file (the webhook store's) wrote in
+            // between: a `500` on an update under load.
+            let tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+            let mut tx = AfterCommit::new(tx, bus);
             let current = match id {
                 Some(id) => match sqlx::query("SELECT * FROM demo_notes WHERE id = ?")
                     .bind(id.to_string())
